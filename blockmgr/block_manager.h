@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: blockmgr/block_manager.h
+//
+// BlockManager maps every (sequence, layer, kv_head) stream to its own block
+// table of pages from one shared PagePool, so that each stream can have its own
+// length: what head-wise eviction (Ada-KV, SnapKV, PyramidKV, DBudgetKV) needs
+// in order to give memory back.
+//
+// It is host bookkeeping for the serving engine's scheduler thread: it sees
+// counts, never K/V bytes, and returns the data movement as plans (plans.h) that a
+// kernel backend executes in stream order. Every operation checks first and
+// commits only if it can succeed, so an error (bad input, or ResourceExhausted:
+// the normal state of a loaded server) leaves the manager exactly as it was.
+//
+// Page lifetime. A stream holds one reference to each page of its block table;
+// Fork() shares them (refcount + 1), and a shared, partly filled tail page is
+// copied before it is written (copy-on-write, planned by Reserve()). Evict()
+// *retires* the pages it takes from a stream instead of releasing them: the
+// compaction plan still has to read them. Retired pages stay allocated until
+// ReleaseRetiredPages(), which the engine calls once the plans are enqueued.
+// Pages released by Free() and copy-on-write may be reused by the next
+// allocation; that is safe because every plan runs in stream order.
+//
+// Example, one decode step for a batch:
+//   for each seq i: manager.Reserve(seq[i], 1, {slots, batch, i}, &copies);
+//   execute copies (kernels CopyPages), then WriteKV per layer;
+//   manager.RefreshBlockTable(&table[layer]) and upload what changed;
+//   run attention.
+//
+// Thread-compatible: one thread owns the manager and its pool.
+#ifndef HEADPAGE_BLOCKMGR_BLOCK_MANAGER_H_
+#define HEADPAGE_BLOCKMGR_BLOCK_MANAGER_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "allocator/page_pool.h"
+#include "blockmgr/block_table.h"
+#include "blockmgr/plans.h"
+#include "core/geometry.h"
+
+namespace headpage {
+
+struct BlockManagerStats {
+  int64_t num_sequences = 0;
+  int64_t num_streams = 0;
+  // Pages. The figures assume this manager is the pool's only user.
+  int64_t pages_total = 0;
+  int64_t pages_free = 0;
+  int64_t pages_in_use = 0;   // held by at least one stream
+  int64_t pages_retired = 0;  // held only by compaction plans not yet released
+  int64_t peak_pages_used = 0;
+  // Slots of the pages in use. A shared page counts once.
+  int64_t allocated_slots = 0;
+  int64_t used_slots = 0;  // holding a live token
+  // allocated - used: the empty tail of each stream's last page (every other page
+  // of a block table is full).
+  int64_t internal_fragmentation = 0;
+  // Per-stream lengths. stream_tokens counts a shared token once per stream.
+  int64_t stream_tokens = 0;
+  int64_t min_stream_len = 0;
+  int64_t max_stream_len = 0;
+  double mean_stream_len = 0.0;
+};
+
+class BlockManager {
+ public:
+  // InvalidArgument for a bad geometry, a null pool, or a pool whose slot ids
+  // (num_pages * page_size) do not fit in int32. REQUIRES: `pool` outlives the
+  // manager and serves no one else.
+  [[nodiscard]] static absl::StatusOr<BlockManager> Create(const CacheGeometry& geometry,
+                                                           PagePool* pool);
+
+  BlockManager(BlockManager&&) = default;
+  BlockManager& operator=(BlockManager&&) = default;
+
+  // A new, empty sequence.
+  SeqId AddSequence();
+
+  // Room for `num_tokens` new tokens in every stream of `seq`. Writes their slot
+  // ids where `out` says and appends the copy-on-write page copies the writes
+  // need to `page_copies`. O(streams + new pages).
+  // Errors: NotFound (unknown or freed seq), InvalidArgument (num_tokens < 0 or
+  // past the int32 position range), FailedPrecondition (seq has an unreleased
+  // compaction plan), ResourceExhausted (no message) when the pool is short.
+  [[nodiscard]] absl::Status Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut out,
+                                     PageCopies* page_copies);
+  // The same, with a slot mapping [num_layers][num_kv_heads][num_tokens] of its own.
+  [[nodiscard]] absl::StatusOr<ReservePlan> Reserve(SeqId seq, int64_t num_tokens);
+
+  // Pages Reserve(seq, num_tokens) would take now, for admission control with
+  // PagePool::CanAllocate(). NotFound, InvalidArgument as for Reserve.
+  [[nodiscard]] absl::StatusOr<int64_t> PagesNeeded(SeqId seq, int64_t num_tokens) const;
+
+  // A new sequence sharing every page of `parent` (parallel sampling, beam
+  // search). O(pages of parent). NotFound, FailedPrecondition as for Reserve.
+  [[nodiscard]] absl::StatusOr<SeqId> Fork(SeqId parent);
+
+  // Releases every page of `seq`; the id is dead afterwards. NotFound for an
+  // unknown or already freed seq; FailedPrecondition with an unreleased plan.
+  [[nodiscard]] absl::Status Free(SeqId seq);
+
+  // Shrinks stream (seq, layer, h) to kept_counts[h] tokens for every kv_head h
+  // and appends num_kv_heads rows (kv_head order) to `plan`. Survivors go to
+  // fresh pages when the pool has enough; otherwise a stream whose pages no other
+  // sequence shares is compacted in place (its tail pages are retired). Streams
+  // that keep everything get a row that moves nothing.
+  // Errors, all changing nothing: NotFound (seq), InvalidArgument (layer out of
+  // range, kept_counts.size() != num_kv_heads, a count < 0 or > the stream's
+  // length, null plan), FailedPrecondition (this layer of seq already has a row
+  // in an unreleased plan), ResourceExhausted (no room even in place).
+  [[nodiscard]] absl::Status Evict(SeqId seq, int32_t layer,
+                                   absl::Span<const int32_t> kept_counts, CompactionPlan* plan);
+
+  // Releases the pages that Evict() retired. Call once every compaction plan
+  // built since the last call is enqueued (or executed, on the CPU backend).
+  void ReleaseRetiredPages();
+
+  // Layer `layer`'s block tables for `seqs` (see block_table.h). NotFound for an
+  // unknown seq, InvalidArgument for a bad layer, an empty batch or more than
+  // 2^31 - 1 page entries.
+  [[nodiscard]] absl::StatusOr<BlockTableCsr> BlockTable(
+      int32_t layer, absl::Span<const SeqId> seqs,
+      const BlockTableOptions& options = BlockTableOptions()) const;
+
+  // Brings `table` up to date: appended pages go into the rows' headroom and are
+  // listed in changed_entries(); a row whose pages were replaced (eviction,
+  // copy-on-write) is rewritten; a row past its capacity rebuilds the whole
+  // table (rebuilt() is then true). O(rows + changed entries) when no rebuild is
+  // needed. NotFound, changing nothing, if a sequence of the table was freed.
+  [[nodiscard]] absl::Status RefreshBlockTable(BlockTableCsr* table) const;
+
+  BlockManagerStats Stats() const;
+
+  bool Contains(SeqId seq) const { return seqs_.contains(seq); }
+  int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }
+  const CacheGeometry& geometry() const { return geometry_; }
+  const PagePool& pool() const { return *pool_; }
+
+  // Positions appended to `seq` so far (its logical length).
+  [[nodiscard]] absl::StatusOr<int64_t> NumTokens(SeqId seq) const;
+  // Lengths of seq's streams, [num_layers][num_kv_heads].
+  [[nodiscard]] absl::StatusOr<absl::Span<const uint32_t>> StreamLengths(SeqId seq) const;
+  // The block table of one stream.
+  [[nodiscard]] absl::StatusOr<absl::Span<const PageId>> StreamPages(SeqId seq, int32_t layer,
+                                                                     int32_t kv_head) const;
+
+  // Proves the bookkeeping from scratch: every page is exactly free or
+  // referenced, refcounts equal the references streams and retired lists hold,
+  // lengths fit the pages, the incremental statistics match a recount. Internal
+  // naming the first violation. O(pool + pages held).
+  [[nodiscard]] absl::Status CheckInvariants() const;
+
+ private:
+  // The streams of one sequence, struct-of-arrays indexed by
+  // stream = layer * num_kv_heads + kv_head. Reserve() on the decode path reads
+  // only lens, tails and tail_maybe_shared: 9 contiguous bytes a stream.
+  struct Sequence {
+    int64_t num_tokens = 0;
+    std::vector<uint32_t> lens;
+    std::vector<PageId> tails;              // pages.back(), or kNoPage
+    std::vector<uint8_t> tail_maybe_shared;  // 0: the tail page is known to be ours alone
+    std::vector<uint32_t> versions;          // + 1 whenever existing page ids change
+    std::vector<std::vector<PageId>> pages;
+    std::vector<uint8_t> pending_layers;  // layer has rows in an unreleased plan
+  };
+
+  BlockManager(const CacheGeometry& geometry, PagePool* pool);
+
+  absl::StatusOr<Sequence*> Find(SeqId seq);
+  absl::StatusOr<const Sequence*> Find(SeqId seq) const;
+  static bool HasPendingPlan(const Sequence& s);
+  int64_t ModPage(int64_t x) const { return page_mask_ ? (x & page_mask_) : x % page_size_; }
+  int64_t CountReservePages(const Sequence& s, int64_t num_tokens) const;
+  // References held by streams: pool refcount less the retired lists' references.
+  uint32_t StreamHolders(PageId page) const {
+    return pool_->refcount(page) - retired_refs_[page];
+  }
+  // A stream stops holding `page`, whose live tokens numbered `fill`.
+  void ReleaseFromStream(PageId page, int64_t fill);
+  void RetireFromStream(PageId page, int64_t fill);
+  void RebuildTable(BlockTableCsr* table, absl::Span<const Sequence* const> seqs) const;
+  void DebugCheck() const;
+
+  CacheGeometry geometry_;
+  PagePool* pool_;
+  int32_t num_streams_;  // per sequence
+  int32_t page_size_;
+  int64_t page_mask_;  // page_size - 1 when page_size is a power of two, else 0
+
+  absl::flat_hash_map<SeqId, std::unique_ptr<Sequence>> seqs_;
+  SeqId next_seq_id_ = 1;
+
+  // Σ stream lengths, and how much of it counts a slot of a shared page more
+  // than once: Σ over pages of (stream holders - 1) * fill. used slots =
+  // stream_tokens_ - shared_excess_slots_. Kept incrementally, so that Stats()
+  // costs O(streams) and the decode path never looks at page fill levels.
+  int64_t stream_tokens_ = 0;
+  int64_t shared_excess_slots_ = 0;
+
+  std::vector<PageId> retired_;        // one entry per retired reference
+  std::vector<uint32_t> retired_refs_;  // [pool pages] entries of retired_ per page
+  int64_t retired_only_pages_ = 0;     // pages held by retired_ and no stream
+  std::vector<SeqId> pending_seqs_;    // seqs with pending_layers set
+
+  std::vector<PageId> scratch_pages_;  // reused by Reserve() and Evict()
+};
+
+}  // namespace headpage
+
+#endif  // HEADPAGE_BLOCKMGR_BLOCK_MANAGER_H_

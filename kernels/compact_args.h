@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: kernels/compact_args.h
+//
+// Compact executes a compaction plan (blockmgr/plans.h): for every row (one
+// stream of one layer), the tokens of its keep set move, in order, to slots
+// 0..kept-1 of its destination block table, K, V and position alike.
+//
+// A row is either fresh (its destination pages are newly allocated and disjoint
+// from every source page) or in place (its destination block table is a prefix of
+// its source block table). In place is safe because the keep set is ascending:
+// survivor i comes from logical slot keep[i] >= i, so copying in ascending chunks
+// (read a whole chunk, then write it) never overwrites a slot still to be read.
+// Plain C++: .cu files include it.
+#ifndef HEADPAGE_KERNELS_COMPACT_ARGS_H_
+#define HEADPAGE_KERNELS_COMPACT_ARGS_H_
+
+#include <cstdint>
+
+#include "core/paged_kv.h"
+
+namespace headpage {
+
+struct CompactArgs {
+  PagedKV cache;
+  int32_t num_rows = 0;
+  const int32_t* src_indptr = nullptr;    // [num_rows + 1] into src_page_ids
+  const int32_t* src_page_ids = nullptr;  // the rows' block tables before compaction
+  const int32_t* src_lens = nullptr;      // [num_rows] tokens in each row before compaction
+  const int32_t* dst_indptr = nullptr;    // [num_rows + 1] into dst_page_ids
+  const int32_t* dst_page_ids = nullptr;  // the rows' block tables after compaction
+  const int32_t* keep_indptr = nullptr;   // [num_rows + 1] into keep
+  const int32_t* keep = nullptr;          // logical slots kept, strictly ascending per row
+  const uint8_t* in_place = nullptr;      // [num_rows] 1: dst pages are a prefix of src pages
+};
+
+}  // namespace headpage
+
+#endif  // HEADPAGE_KERNELS_COMPACT_ARGS_H_

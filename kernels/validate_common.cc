@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "kernels/validate_common.h"
+
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/supported.h"
+
+namespace headpage {
+
+absl::Status ValidatePagedKV(const PagedKV& cache, const char* op) {
+  if (cache.data == nullptr || cache.positions == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": cache data or positions is null"));
+  }
+  if (cache.num_pages <= 0 || cache.page_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": cache has ", cache.num_pages,
+                                                   " pages of ", cache.page_size, " tokens"));
+  }
+  if (cache.num_slots() > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", cache.num_slots(),
+                                                   " slots exceed the int32 slot id range"));
+  }
+  if (SizeOf(cache.dtype) == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": unknown dtype value ", static_cast<int>(cache.dtype)));
+  }
+  if (!IsSupportedHeadDim(cache.head_dim)) {
+    return absl::UnimplementedError(absl::StrCat(op, ": head_dim ", cache.head_dim,
+                                                 " is not compiled in; supported: ",
+                                                 absl::StrJoin(kSupportedHeadDims, ", ")));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace headpage

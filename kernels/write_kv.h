@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: kernels/write_kv.h
+//
+// WriteKV: see write_kv_args.h. Slot mappings come from BlockManager::Reserve, whose
+// layout [layer][kv_head][token] gives one layer's [kv_head][token] block directly.
+#ifndef HEADPAGE_KERNELS_WRITE_KV_H_
+#define HEADPAGE_KERNELS_WRITE_KV_H_
+
+#include "absl/status/status.h"
+#include "kernels/write_kv_args.h"
+
+namespace headpage {
+
+// Checks shapes and pointers (not the contents of device arrays); shared by
+// both backends. InvalidArgument or Unimplemented (head_dim) with the reason.
+[[nodiscard]] absl::Status Validate(const WriteKVArgs& args);
+
+namespace ref {
+// CPU reference. Also checks every slot id is -1 or inside the cache (OutOfRange,
+// writing nothing, otherwise). Host pointers.
+[[nodiscard]] absl::Status WriteKV(const WriteKVArgs& args);
+}  // namespace ref
+
+}  // namespace headpage
+
+#endif  // HEADPAGE_KERNELS_WRITE_KV_H_

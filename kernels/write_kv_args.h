@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: kernels/write_kv_args.h
+//
+// WriteKV scatters the K/V of new tokens of one layer into the pool, where the
+// block manager's slot mapping says, and stores each token's position beside it.
+// Plain C++: .cu files include it.
+#ifndef HEADPAGE_KERNELS_WRITE_KV_ARGS_H_
+#define HEADPAGE_KERNELS_WRITE_KV_ARGS_H_
+
+#include <cstdint>
+
+#include "core/paged_kv.h"
+
+namespace headpage {
+
+struct WriteKVArgs {
+  PagedKV cache;
+  int32_t num_tokens = 0;
+  int32_t num_kv_heads = 0;
+  const void* keys = nullptr;            // [num_tokens][num_kv_heads][head_dim] of cache.dtype
+  const void* values = nullptr;          // [num_tokens][num_kv_heads][head_dim] of cache.dtype
+  const int32_t* slot_mapping = nullptr;  // [num_kv_heads][num_tokens] flat slot ids; -1 = skip
+  const int32_t* positions = nullptr;    // [num_tokens] token positions stored beside the K/V
+};
+
+}  // namespace headpage
+
+#endif  // HEADPAGE_KERNELS_WRITE_KV_ARGS_H_
