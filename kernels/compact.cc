@@ -14,10 +14,11 @@ absl::Status Validate(const CompactArgs& args) {
   if (args.num_rows < 0) {
     return absl::InvalidArgumentError(absl::StrCat("Compact: num_rows ", args.num_rows));
   }
+  // The arrays sized by num_rows must exist. page_ids and keep may be null when
+  // they are empty (every row keeps nothing, say): ref checks that against indptr.
   if (args.num_rows > 0 &&
-      (args.src_indptr == nullptr || args.src_page_ids == nullptr || args.src_lens == nullptr ||
-       args.dst_indptr == nullptr || args.dst_page_ids == nullptr ||
-       args.keep_indptr == nullptr || args.keep == nullptr || args.in_place == nullptr)) {
+      (args.src_indptr == nullptr || args.src_lens == nullptr || args.dst_indptr == nullptr ||
+       args.keep_indptr == nullptr || args.in_place == nullptr)) {
     return absl::InvalidArgumentError("Compact: a plan array is null");
   }
   return absl::OkStatus();
@@ -80,6 +81,12 @@ absl::Status CheckRow(const CompactArgs& a, int32_t r) {
 
 absl::Status Compact(const CompactArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_rows > 0 &&
+      ((args.src_indptr[args.num_rows] > 0 && args.src_page_ids == nullptr) ||
+       (args.dst_indptr[args.num_rows] > 0 && args.dst_page_ids == nullptr) ||
+       (args.keep_indptr[args.num_rows] > 0 && args.keep == nullptr))) {
+    return absl::InvalidArgumentError("Compact: a non-empty plan array is null");
+  }
   for (int32_t r = 0; r < args.num_rows; ++r) HEADPAGE_RETURN_IF_ERROR(CheckRow(args, r));
 
   const PagedKV& cache = args.cache;

@@ -22,17 +22,17 @@ const absl::Status& ToStatus(const absl::StatusOr<T>& s) {
 // REQUIRE that a Status or StatusOr is OK, printing the error if not.
 #define REQUIRE_OK(expr)                                                        \
   do {                                                                          \
-    const auto& headpage_s_ = ::headpage::testing::ToStatus(expr);              \
+    const ::absl::Status headpage_s_ = ::headpage::testing::ToStatus(expr);     \
     INFO(headpage_s_.ToString());                                               \
     REQUIRE(headpage_s_.ok());                                                  \
   } while (0)
 
 // REQUIRE a given error code, and that the message mentions `substr`.
-#define REQUIRE_ERROR(expr, code, substr)                                       \
+#define REQUIRE_ERROR(expr, expected_code, substr)                                       \
   do {                                                                          \
-    const auto headpage_s_ = ::headpage::testing::ToStatus(expr);               \
+    const ::absl::Status headpage_s_ = ::headpage::testing::ToStatus(expr);     \
     INFO(headpage_s_.ToString());                                               \
-    REQUIRE(headpage_s_.code() == (code));                                      \
+    REQUIRE(headpage_s_.code() == (expected_code));                                      \
     REQUIRE(std::string(headpage_s_.message()).find(substr) != std::string::npos); \
   } while (0)
 

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "kernels/compact.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "tests/kernels/kernel_test_util.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+using testing::HostCache;
+
+// A plan built row by row, in the CSR layout Compact takes.
+struct Plan {
+  std::vector<int32_t> src_indptr{0}, src_pages, src_lens, dst_indptr{0}, dst_pages,
+      keep_indptr{0}, keep;
+  std::vector<uint8_t> in_place;
+
+  void AddRow(const std::vector<int32_t>& src, int32_t len, const std::vector<int32_t>& dst,
+              const std::vector<int32_t>& kept, bool inplace) {
+    src_pages.insert(src_pages.end(), src.begin(), src.end());
+    src_indptr.push_back(static_cast<int32_t>(src_pages.size()));
+    src_lens.push_back(len);
+    dst_pages.insert(dst_pages.end(), dst.begin(), dst.end());
+    dst_indptr.push_back(static_cast<int32_t>(dst_pages.size()));
+    keep.insert(keep.end(), kept.begin(), kept.end());
+    keep_indptr.push_back(static_cast<int32_t>(keep.size()));
+    in_place.push_back(inplace);
+  }
+  CompactArgs Args(const PagedKV& cache) const {
+    return CompactArgs{cache,
+                       static_cast<int32_t>(src_lens.size()),
+                       src_indptr.data(),
+                       src_pages.data(),
+                       src_lens.data(),
+                       dst_indptr.data(),
+                       dst_pages.data(),
+                       keep_indptr.data(),
+                       keep.data(),
+                       in_place.data()};
+  }
+};
+
+// Fills a stream's slots with tokens `first + i`.
+void FillStream(HostCache* cache, const std::vector<int32_t>& pages, int32_t len, int32_t first) {
+  for (int32_t i = 0; i < len; ++i) cache->Put(SlotOf(pages.data(), i, cache->view.page_size), first + i);
+}
+
+TEST_CASE("Compact: fresh pages receive the keep set in order", "[kernels]") {
+  HostCache cache(8, 4, 64);
+  const std::vector<int32_t> src = {3, 1};
+  FillStream(&cache, src, 6, 0);  // tokens 0..5 at slots 12,13,14,15,4,5
+  Plan plan;
+  plan.AddRow(src, 6, {7}, {0, 2, 5}, false);
+  REQUIRE_OK(ref::Compact(plan.Args(cache.view)));
+  REQUIRE(cache.Holds(28, 0));
+  REQUIRE(cache.Holds(29, 2));
+  REQUIRE(cache.Holds(30, 5));
+  REQUIRE(cache.Holds(12, 0));  // sources untouched
+}
+
+TEST_CASE("Compact: in place moves survivors down without clobbering", "[kernels]") {
+  HostCache cache(8, 4, 64);
+  const std::vector<int32_t> src = {2, 5, 6};
+  FillStream(&cache, src, 10, 0);
+  Plan plan;
+  // Keep 1,2,3,4,5,9: survivor i reads slot keep[i] >= i, the dense prefix moves.
+  plan.AddRow(src, 10, {2, 5}, {1, 2, 3, 4, 5, 9}, true);
+  REQUIRE_OK(ref::Compact(plan.Args(cache.view)));
+  const std::vector<int32_t> expect = {1, 2, 3, 4, 5, 9};
+  for (int32_t i = 0; i < 6; ++i) REQUIRE(cache.Holds(SlotOf(src.data(), i, 4), expect[i]));
+}
+
+TEST_CASE("Compact: matches a dense gather, whatever the page ids", "[kernels]") {
+  const uint32_t seed = GENERATE(11u, 12u, 13u, 14u);
+  CAPTURE(seed);
+  std::mt19937 rng(seed);
+  const int32_t page_size = static_cast<int32_t>(1 + rng() % 8);
+  const int32_t num_pages = 200;
+  HostCache cache(num_pages, page_size, 64);
+  // Shuffled page ids: any assignment of pages to rows must give the same tokens.
+  std::vector<int32_t> ids(num_pages);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  size_t next = 0;
+  auto take = [&](int64_t n) {
+    std::vector<int32_t> out(ids.begin() + next, ids.begin() + next + n);
+    next += n;
+    return out;
+  };
+  Plan plan;
+  std::vector<std::vector<int32_t>> dense_expected;  // per row: tokens kept, in order
+  std::vector<std::vector<int32_t>> dst_tables;
+  for (int32_t r = 0; r < 5; ++r) {
+    const int32_t len = static_cast<int32_t>(rng() % 40);
+    const std::vector<int32_t> src = take(PagesFor(len, page_size));
+    FillStream(&cache, src, len, r * 1000);
+    std::vector<int32_t> keep;
+    for (int32_t i = 0; i < len; ++i) {
+      if (rng() % 3 == 0) keep.push_back(i);
+    }
+    const bool inplace = rng() % 2 == 0;
+    std::vector<int32_t> dst = inplace
+        ? std::vector<int32_t>(src.begin(), src.begin() + PagesFor(static_cast<int64_t>(keep.size()), page_size))
+        : take(PagesFor(static_cast<int64_t>(keep.size()), page_size));
+    plan.AddRow(src, len, dst, keep, inplace);
+    std::vector<int32_t> expected;
+    for (int32_t k : keep) expected.push_back(r * 1000 + k);  // the dense oracle: gather
+    dense_expected.push_back(expected);
+    dst_tables.push_back(dst);
+  }
+  REQUIRE_OK(ref::Compact(plan.Args(cache.view)));
+  for (size_t r = 0; r < dense_expected.size(); ++r) {
+    for (size_t i = 0; i < dense_expected[r].size(); ++i) {
+      REQUIRE(cache.Holds(SlotOf(dst_tables[r].data(), static_cast<int64_t>(i), page_size),
+                          dense_expected[r][i]));
+    }
+  }
+}
+
+TEST_CASE("Compact: malformed plans are rejected before anything moves", "[kernels]") {
+  HostCache cache(8, 4, 64);
+  const std::vector<int32_t> src = {0, 1};
+  FillStream(&cache, src, 6, 0);
+  auto expect_error = [&](Plan plan, const char* what) {
+    const std::vector<int32_t> before(cache.positions);
+    REQUIRE_ERROR(ref::Compact(plan.Args(cache.view)), absl::StatusCode::kInvalidArgument, what);
+    REQUIRE(cache.positions == before);
+  };
+  Plan good;
+  good.AddRow(src, 6, {4}, {1, 3}, false);
+  Plan descending;
+  descending.AddRow({4}, 1, {5}, {0}, false);  // a valid row first: nothing may move
+  descending.AddRow(src, 6, {2}, {3, 1}, false);
+  expect_error(descending, "strictly ascending");
+  Plan duplicate;
+  duplicate.AddRow(src, 6, {2}, {1, 1}, false);
+  expect_error(duplicate, "strictly ascending");
+  Plan past_end;
+  past_end.AddRow(src, 6, {2}, {2, 6}, false);
+  expect_error(past_end, "strictly ascending");
+  Plan too_many;
+  too_many.AddRow({0}, 2, {2}, {0, 1, 1}, false);
+  expect_error(too_many, "keeps 3 of 2");
+  Plan short_dst;
+  short_dst.AddRow(src, 6, {}, {0}, false);
+  expect_error(short_dst, "too few pages");
+  Plan bad_page;
+  bad_page.AddRow(src, 6, {8}, {0}, false);
+  expect_error(bad_page, "out of range");
+  Plan not_prefix;
+  not_prefix.AddRow(src, 6, {1}, {0}, true);
+  expect_error(not_prefix, "prefix");
+
+  CompactArgs null_args = good.Args(cache.view);
+  null_args.keep = nullptr;
+  REQUIRE_ERROR(ref::Compact(null_args), absl::StatusCode::kInvalidArgument, "non-empty plan array is null");
+  null_args = good.Args(cache.view);
+  null_args.src_lens = nullptr;
+  REQUIRE_ERROR(Validate(null_args), absl::StatusCode::kInvalidArgument, "null");
+  Plan keeps_nothing;  // empty page and keep arrays may be null
+  keeps_nothing.AddRow({}, 0, {}, {}, false);
+  REQUIRE(keeps_nothing.keep.data() == nullptr);
+  REQUIRE_OK(ref::Compact(keeps_nothing.Args(cache.view)));
+  CompactArgs none{cache.view, 0};
+  REQUIRE_OK(ref::Compact(none));
+}
+
+}  // namespace
+}  // namespace headpage
