@@ -123,7 +123,11 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
         absl::StrCat("Reserve: slot mapping output (row_stride ", out.row_stride, ", column ",
                      out.column, ") cannot hold ", num_tokens, " tokens, or a pointer is null"));
   }
-  scratch_pages_.resize(static_cast<size_t>(CountReservePages(*s, num_tokens)));
+  // Compare with the pool before sizing anything by the request, so that an
+  // absurd num_tokens is a cheap ResourceExhausted, not a huge allocation.
+  const int64_t need = CountReservePages(*s, num_tokens);
+  if (need > pool_->free_pages()) return absl::Status(absl::StatusCode::kResourceExhausted, "");
+  scratch_pages_.resize(static_cast<size_t>(need));
   HEADPAGE_RETURN_IF_ERROR(pool_->Allocate(absl::MakeSpan(scratch_pages_)));
 
   // Commit; nothing below can fail.
@@ -151,6 +155,7 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
       if (offset == 0) {
         tail = *next_page++;
         s->pages[st].push_back(tail);
+        s->tail_maybe_shared[st] = 0;  // a fresh page is ours alone
       }
       row[t] = static_cast<int32_t>(static_cast<int64_t>(tail) * page_size_ + offset);
       if (++offset == page_size_) offset = 0;
@@ -170,6 +175,14 @@ absl::StatusOr<ReservePlan> BlockManager::Reserve(SeqId seq, int64_t num_tokens)
   if (num_tokens < 0 || num_tokens > kMaxInt32 - s->num_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("Reserve: num_tokens ", num_tokens,
                                                    " is negative or past the int32 positions"));
+  }
+  if (HasPendingPlan(*s)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Reserve: sequence ", seq, " has a compaction plan not yet released (ReleaseRetiredPages)"));
+  }
+  // As above: refuse before allocating a slot mapping sized by the request.
+  if (CountReservePages(*s, num_tokens) > pool_->free_pages()) {
+    return absl::Status(absl::StatusCode::kResourceExhausted, "");
   }
   ReservePlan plan;
   plan.first_position = s->num_tokens;

@@ -104,6 +104,13 @@ TEST_CASE("BlockManager: running out of pages is ResourceExhausted and changes n
   REQUIRE(Snap(*m) == before);
   REQUIRE(*m->NumTokens(seq) == 8);
   REQUIRE_OK(m->CheckInvariants());
+  // An absurd request is refused by counting, before anything is sized by it.
+  REQUIRE(m->Reserve(seq, 2'000'000'000).status().code() == absl::StatusCode::kResourceExhausted);
+  int32_t unused = 0;
+  PageCopies copies;
+  REQUIRE(m->Reserve(seq, 2'000'000'000, {&unused, 2'000'000'000, 0}, &copies).code() ==
+          absl::StatusCode::kResourceExhausted);
+  REQUIRE(Snap(*m) == before);
   // A fully exhausted pool refuses a brand-new sequence's first token too.
   Fixture tiny(3);
   const SeqId t = tiny->AddSequence();
