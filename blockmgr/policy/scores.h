@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: blockmgr/policy/scores.h
+//
+// Step 1 of a policy: scorers. Each writes one float per token of one stream
+// (per KV head; GQA groups are reduced, KV heads are never repeated), higher
+// meaning more important. Formulas and defaults follow
+// shared/research/eviction-methods.md; every attention softmax is computed in
+// float over the keys a query may see (positions <= the query's position).
+//
+// Errors (all InvalidArgument, naming the problem, writing nothing): null
+// arrays, a scores span of the wrong size, head_dim mismatch between keys and
+// queries, group_size < 1, an even or non-positive pooling kernel, an unknown
+// enum value.
+#ifndef HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
+#define HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "blockmgr/policy/types.h"
+
+namespace headpage::policy {
+
+struct SnapKVOptions {
+  // The observation window is the queries passed in (SnapKV: the last w = 32
+  // prompt tokens); the keys at positions >= the first window query's position
+  // are the window's own keys: always kept, and excluded from pooling.
+  int32_t kernel_size = 7;             // odd; 1 disables pooling
+  Pooling pooling = Pooling::kMax;     // SnapKV's LongBench configs: maxpool, k = 7
+  GroupReduce reduce = GroupReduce::kMean;  // Ada-KV's GQA default
+};
+
+// SnapKV: A = softmax(q k^T / sqrt(d)) per window query row (causal), summed
+// over the rows, reduced over the group, then pooled with stride 1 and padding
+// kernel_size / 2 over the prefix (the keys before the window) with PyTorch's
+// semantics: avg counts the zero padding (count_include_pad), max pads with
+// -inf. Group reduction happens before pooling, as in Ada-KV's GQA mode.
+// Window keys get their unpooled reduced sum (they are protected anyway).
+[[nodiscard]] absl::Status SnapKVScores(const StreamKeys& keys, const GroupQueries& window,
+                                        const SnapKVOptions& options, absl::Span<float> scores);
+
+// H2O: attention received, accumulated over every query given (all prompt rows
+// at prefill, then each decode query), reduced over the group. No pooling.
+// Accumulates: adds into `scores`, so a caller can fold in one decode step at a
+// time; zero it first for a fresh score.
+[[nodiscard]] absl::Status AccumulateAttention(const StreamKeys& keys, const GroupQueries& queries,
+                                               GroupReduce reduce, absl::Span<float> scores);
+
+// StreamingLLM: the score is the token's position, so the most recent tokens
+// win; the sinks (4 by default) come from Protection, not from the score.
+[[nodiscard]] absl::Status RecencyScores(const StreamKeys& keys, absl::Span<float> scores);
+
+// TOVA: the attention of the last query (the query with the highest position
+// among `last_queries`, one row per q head) averaged over *every* q head of the
+// layer, so one score per token for the whole layer. `layer_keys[h]` are the
+// keys of KV head h; all must hold the same positions (TOVA keeps one token set
+// per layer), else FailedPrecondition. `last_queries[h]` is the group of KV head h.
+[[nodiscard]] absl::Status TovaScores(absl::Span<const StreamKeys> layer_keys,
+                                      absl::Span<const GroupQueries> last_queries,
+                                      absl::Span<float> scores);
+
+// Knorm: -||k||_2, so the keys with the lowest L2 norm are kept.
+[[nodiscard]] absl::Status KeyNormScores(const StreamKeys& keys, absl::Span<float> scores);
+
+// Uniform random scores in [0, 1) from `seed`: the baseline. Deterministic.
+void RandomScores(uint64_t seed, absl::Span<float> scores);
+
+// DBudgetKV's input: the attention row of one query (the last prompt token),
+// per q head of the group: rows[g * num_tokens + j] = softmax over the keys the
+// query sees. `query` must hold exactly one query (num_queries == 1).
+[[nodiscard]] absl::Status LastQueryAttention(const StreamKeys& keys, const GroupQueries& query,
+                                              absl::Span<float> rows);
+
+}  // namespace headpage::policy
+
+#endif  // HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
