@@ -68,23 +68,35 @@ absl::Status PagePool::Share(absl::Span<const PageId> pages) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Out of line, so that building the message does not bloat Release()'s loop.
+[[gnu::noinline, gnu::cold]] absl::Status BadRelease(PageId page, size_t num_pages) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "Release: page ", page,
+      page >= num_pages ? " is out of range" : " has no reference left to release"));
+}
+
+}  // namespace
+
 absl::Status PagePool::Release(absl::Span<const PageId> pages) {
   // One pass that commits as it goes and undoes itself on the first bad id. The
   // pages it pushed are exactly the top of the free stack, so undoing is cheap,
   // and a page listed more often than it has references is caught where it
   // reaches zero the second time.
-  const int64_t old_top = free_top_;
+  uint32_t* refcounts = refcounts_.data();
+  PageId* stack = free_stack_.data();
+  const size_t num_pages = refcounts_.size();
+  int64_t top = free_top_;
   for (size_t i = 0; i < pages.size(); ++i) {
     const PageId page = pages[i];
-    if (page >= refcounts_.size() || refcounts_[page] == 0) {
-      for (size_t j = 0; j < i; ++j) ++refcounts_[pages[j]];
-      free_top_ = old_top;
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Release: page ", page,
-          page >= refcounts_.size() ? " is out of range" : " has no reference left to release"));
+    if (page >= num_pages || refcounts[page] == 0) {
+      for (size_t j = 0; j < i; ++j) ++refcounts[pages[j]];
+      return BadRelease(page, num_pages);  // free_top_ was never written
     }
-    if (--refcounts_[page] == 0) free_stack_[static_cast<size_t>(free_top_++)] = page;
+    if (--refcounts[page] == 0) stack[top++] = page;
   }
+  free_top_ = top;
   return absl::OkStatus();
 }
 

@@ -44,6 +44,7 @@ BlockManager::BlockManager(const CacheGeometry& geometry, PagePool* pool)
       num_streams_(geometry.streams_per_sequence()),
       page_size_(geometry.page_size),
       page_mask_((geometry.page_size & (geometry.page_size - 1)) == 0 ? geometry.page_size - 1 : 0),
+      page_size_is_pow2_((geometry.page_size & (geometry.page_size - 1)) == 0),
       retired_refs_(static_cast<size_t>(pool->num_pages()), 0) {}
 
 SeqId BlockManager::AddSequence() {
@@ -78,20 +79,34 @@ absl::StatusOr<const BlockManager::Sequence*> BlockManager::Find(SeqId seq) cons
   return it->second.get();
 }
 
-bool BlockManager::HasPendingPlan(const Sequence& s) {
-  return std::find(s.pending_layers.begin(), s.pending_layers.end(), 1) != s.pending_layers.end();
-}
+bool BlockManager::HasPendingPlan(const Sequence& s) { return s.num_pending_layers > 0; }
 
 // ---------------------------------------------------------------------------
 // Reserve
 
 int64_t BlockManager::CountReservePages(const Sequence& s, int64_t num_tokens) const {
+  const uint32_t* lens = s.lens.data();
+  const int32_t streams = num_streams_;
   int64_t need = 0;
-  for (int32_t st = 0; st < num_streams_; ++st) {
-    const int64_t offset = ModPage(s.lens[st]);
-    const int64_t room = offset == 0 ? 0 : page_size_ - offset;  // empty slots of the tail page
-    if (num_tokens > room) need += (num_tokens - room + page_size_ - 1) / page_size_;
-    if (offset != 0 && s.tail_maybe_shared[st] && StreamHolders(s.tails[st]) > 1) ++need;  // copy
+  if (num_tokens == 1 && page_size_is_pow2_) {
+    // The decode step: a page exactly where a stream sits on a page boundary.
+    // Branch-free, so the compiler vectorizes it.
+    const uint32_t mask = static_cast<uint32_t>(page_size_ - 1);
+    for (int32_t st = 0; st < streams; ++st) need += (lens[st] & mask) == 0;
+  } else {
+    const int64_t page_size = page_size_;
+    for (int32_t st = 0; st < streams; ++st) {
+      const int64_t offset = ModPage(lens[st]);
+      const int64_t room = offset == 0 ? 0 : page_size - offset;  // empty slots in the tail page
+      if (num_tokens > room) need += (num_tokens - room + page_size - 1) / page_size;
+    }
+  }
+  if (s.any_maybe_shared) {
+    for (int32_t st = 0; st < streams; ++st) {
+      if (s.tail_maybe_shared[st] && ModPage(lens[st]) != 0 && StreamHolders(s.tails[st]) > 1) {
+        ++need;  // a copy-on-write
+      }
+    }
   }
   return need;
 }
@@ -117,11 +132,11 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
         "Reserve: sequence ", seq, " has a compaction plan not yet released (ReleaseRetiredPages)"));
   }
   if (num_tokens == 0) return absl::OkStatus();
-  if (out.data == nullptr || page_copies == nullptr || out.column < 0 ||
-      out.row_stride < out.column + num_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Reserve: slot mapping output (row_stride ", out.row_stride, ", column ",
-                     out.column, ") cannot hold ", num_tokens, " tokens, or a pointer is null"));
+  if (out.data == nullptr || page_copies == nullptr || out.first_token < 0 ||
+      out.batch_tokens < out.first_token + num_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Reserve: slot mapping output (batch_tokens ", out.batch_tokens, ", first_token ",
+        out.first_token, ") cannot hold ", num_tokens, " tokens, or a pointer is null"));
   }
   // Compare with the pool before sizing anything by the request, so that an
   // absurd num_tokens is a cheap ResourceExhausted, not a huge allocation.
@@ -130,38 +145,89 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
   scratch_pages_.resize(static_cast<size_t>(need));
   HEADPAGE_RETURN_IF_ERROR(pool_->Allocate(absl::MakeSpan(scratch_pages_)));
 
-  // Commit; nothing below can fail.
+  // Commit; nothing below can fail. What the loops read lives in locals: the
+  // int32 stores into `out` could alias the members' uint32 arrays and would
+  // make the compiler reload them at every store.
   const PageId* next_page = scratch_pages_.data();
-  for (int32_t st = 0; st < num_streams_; ++st) {
-    const int64_t len = s->lens[st];
-    int64_t offset = ModPage(len);
-    PageId tail = s->tails[st];
-    if (offset != 0 && s->tail_maybe_shared[st]) {
-      // Copy-on-write: a partly filled page that another sequence still holds
-      // must not see our tokens.
-      if (StreamHolders(tail) > 1) {
+  const int64_t page_size = page_size_;
+  const int32_t streams = num_streams_;
+  uint32_t* lens = s->lens.data();
+  PageId* tails = s->tails.data();
+  uint8_t* maybe_shared = s->tail_maybe_shared.data();
+  int32_t* record = out.data + out.first_token * streams;  // token t's slots, one per stream
+  // Copy-on-write: a partly filled page that another sequence still holds must
+  // not see our tokens. Only sequences touched by a fork have flags to look at.
+  if (s->any_maybe_shared) {
+    for (int32_t st = 0; st < streams; ++st) {
+      if (!maybe_shared[st] || ModPage(lens[st]) == 0) continue;
+      if (StreamHolders(tails[st]) > 1) {
         const PageId copy = *next_page++;
-        page_copies->src.push_back(static_cast<int32_t>(tail));
+        page_copies->src.push_back(static_cast<int32_t>(tails[st]));
         page_copies->dst.push_back(static_cast<int32_t>(copy));
-        ReleaseFromStream(tail, offset);
+        ReleaseFromStream(tails[st], ModPage(lens[st]));
         s->pages[st].back() = copy;
-        tail = copy;
+        tails[st] = copy;
         ++s->versions[st];
       }
-      s->tail_maybe_shared[st] = 0;
+      maybe_shared[st] = 0;
     }
-    int32_t* row = out.data + st * out.row_stride + out.column;
-    for (int64_t t = 0; t < num_tokens; ++t) {
-      if (offset == 0) {
-        tail = *next_page++;
-        s->pages[st].push_back(tail);
-        s->tail_maybe_shared[st] = 0;  // a fresh page is ours alone
+    // Flags on full tails stay until those streams take a fresh page; recount.
+    s->any_maybe_shared = std::find(maybe_shared, maybe_shared + streams, 1) != maybe_shared + streams;
+  }
+  if (num_tokens == 1 && page_size_is_pow2_) {
+    // The decode step, in two passes. The first writes every stream's slot as
+    // if its tail page had room and is branch-free, so it vectorizes; the second
+    // fixes up the streams that sat on a page boundary (none on most steps,
+    // since a stream crosses one every page_size tokens).
+    const auto mask = static_cast<uint32_t>(page_size - 1);
+    const auto ps = static_cast<uint32_t>(page_size);
+    for (int32_t st = 0; st < streams; ++st) {
+      // Unsigned: a stream with no page yet (kNoPage) wraps harmlessly here and
+      // is fixed up below.
+      record[st] = static_cast<int32_t>(tails[st] * ps + (lens[st] & mask));
+      lens[st] += 1;
+    }
+    if (next_page != scratch_pages_.data() + scratch_pages_.size()) {
+      for (int32_t st = 0; st < streams; ++st) {
+        if (((lens[st] - 1) & mask) != 0) continue;
+        const PageId page = *next_page++;
+        s->pages[st].push_back(page);
+        tails[st] = page;
+        maybe_shared[st] = 0;  // a fresh page is ours alone
+        record[st] = static_cast<int32_t>(page * ps);
       }
-      row[t] = static_cast<int32_t>(static_cast<int64_t>(tail) * page_size_ + offset);
-      if (++offset == page_size_) offset = 0;
     }
-    s->tails[st] = tail;
-    s->lens[st] = static_cast<uint32_t>(len + num_tokens);
+  } else {
+    // Many tokens (prefill), or a page size that is no power of two: hand each stream its new pages (stream-major, so a
+    // stream's pages are consecutive ids), then write the records token by token.
+    stream_offset_.resize(static_cast<size_t>(streams));
+    stream_cursor_.resize(static_cast<size_t>(streams));
+    int64_t* offset = stream_offset_.data();
+    const PageId** cursor = stream_cursor_.data();
+    for (int32_t st = 0; st < streams; ++st) {
+      offset[st] = ModPage(lens[st]);
+      const int64_t room = offset[st] == 0 ? 0 : page_size - offset[st];
+      const int64_t fresh = num_tokens > room ? (num_tokens - room + page_size - 1) / page_size : 0;
+      cursor[st] = next_page;
+      if (fresh > 0) {
+        // Headroom for the decode steps that follow: a vector filled exactly
+        // would be reallocated by the first one, for all 256 streams at once.
+        std::vector<PageId>& pages = s->pages[st];
+        const size_t size = pages.size() + static_cast<size_t>(fresh);
+        if (pages.capacity() < size) pages.reserve(size + size / 2);
+        pages.insert(pages.end(), next_page, next_page + fresh);
+        maybe_shared[st] = 0;
+        next_page += fresh;
+      }
+    }
+    for (int64_t t = 0; t < num_tokens; ++t, record += streams) {
+      for (int32_t st = 0; st < streams; ++st) {
+        if (offset[st] == 0) tails[st] = *cursor[st]++;
+        record[st] = static_cast<int32_t>(static_cast<int64_t>(tails[st]) * page_size + offset[st]);
+        if (++offset[st] == page_size) offset[st] = 0;
+      }
+    }
+    for (int32_t st = 0; st < streams; ++st) lens[st] += static_cast<uint32_t>(num_tokens);
   }
   HEADPAGE_DCHECK(next_page == scratch_pages_.data() + scratch_pages_.size());
   stream_tokens_ += num_tokens * num_streams_;
@@ -228,6 +294,7 @@ void BlockManager::ReleaseRetiredPages() {
     auto it = seqs_.find(id);
     if (it != seqs_.end()) {
       std::fill(it->second->pending_layers.begin(), it->second->pending_layers.end(), 0);
+      it->second->num_pending_layers = 0;
     }
   }
   pending_seqs_.clear();
@@ -256,6 +323,7 @@ absl::StatusOr<SeqId> BlockManager::Fork(SeqId parent_id) {
   shared_excess_slots_ += tokens;
   std::fill(parent->tail_maybe_shared.begin(), parent->tail_maybe_shared.end(), 1);
   std::fill(child->tail_maybe_shared.begin(), child->tail_maybe_shared.end(), 1);
+  parent->any_maybe_shared = child->any_maybe_shared = true;
   const SeqId id = next_seq_id_++;
   seqs_.emplace(id, std::move(child));
   DebugCheck();
@@ -271,9 +339,18 @@ absl::Status BlockManager::Free(SeqId seq) {
   for (int32_t st = 0; st < num_streams_; ++st) {
     const auto& pages = s->pages[st];
     const int64_t n = static_cast<int64_t>(pages.size());
+    // The accounting of ReleaseFromStream page by page, then one pool call for
+    // the stream: a pool call per page cost half of Free's time.
     for (int64_t j = 0; j < n; ++j) {
-      ReleaseFromStream(pages[j], PageFill(s->lens[st], n, j, page_size_));
+      const uint32_t holders = StreamHolders(pages[j]);
+      HEADPAGE_CHECK(holders >= 1);
+      if (holders > 1) {
+        shared_excess_slots_ -= PageFill(s->lens[st], n, j, page_size_);
+      } else if (retired_refs_[pages[j]] > 0) {
+        ++retired_only_pages_;
+      }
     }
+    HEADPAGE_CHECK(pool_->Release(pages).ok());
     stream_tokens_ -= s->lens[st];
   }
   seqs_.erase(seq);
@@ -389,6 +466,7 @@ absl::Status BlockManager::Evict(SeqId seq, int32_t layer, absl::Span<const int3
   HEADPAGE_DCHECK(next_page == scratch_pages_.data() + scratch_pages_.size());
   if (!HasPendingPlan(*s)) pending_seqs_.push_back(seq);
   s->pending_layers[layer] = 1;
+  ++s->num_pending_layers;
   DebugCheck();
   return absl::OkStatus();
 }
@@ -580,6 +658,14 @@ absl::Status BlockManager::CheckInvariants() const {
         s->tail_maybe_shared.size() != s->lens.size() ||
         s->pending_layers.size() != static_cast<size_t>(geometry_.num_layers)) {
       return absl::InternalError(absl::StrCat("sequence ", id, ": stream arrays have wrong sizes"));
+    }
+    if (s->num_pending_layers !=
+        std::count(s->pending_layers.begin(), s->pending_layers.end(), uint8_t{1})) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": pending layer count out of step"));
+    }
+    if (!s->any_maybe_shared && std::find(s->tail_maybe_shared.begin(), s->tail_maybe_shared.end(),
+                                          uint8_t{1}) != s->tail_maybe_shared.end()) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": a shared tail flag is hidden"));
     }
     if (HasPendingPlan(*s) &&
         std::find(pending_seqs_.begin(), pending_seqs_.end(), id) == pending_seqs_.end()) {

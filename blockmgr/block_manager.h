@@ -83,14 +83,14 @@ class BlockManager {
   SeqId AddSequence();
 
   // Room for `num_tokens` new tokens in every stream of `seq`. Writes their slot
-  // ids where `out` says and appends the copy-on-write page copies the writes
+  // ids where `out` says (plans.h: [token][layer][kv_head]) and appends the copy-on-write page copies the writes
   // need to `page_copies`. O(streams + new pages).
   // Errors: NotFound (unknown or freed seq), InvalidArgument (num_tokens < 0 or
   // past the int32 position range), FailedPrecondition (seq has an unreleased
   // compaction plan), ResourceExhausted (no message) when the pool is short.
   [[nodiscard]] absl::Status Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut out,
                                      PageCopies* page_copies);
-  // The same, with a slot mapping [num_layers][num_kv_heads][num_tokens] of its own.
+  // The same, with a slot mapping [num_tokens][num_layers][num_kv_heads] of its own.
   [[nodiscard]] absl::StatusOr<ReservePlan> Reserve(SeqId seq, int64_t num_tokens);
 
   // Pages Reserve(seq, num_tokens) would take now, for admission control with
@@ -168,6 +168,8 @@ class BlockManager {
     std::vector<uint32_t> versions;          // + 1 whenever existing page ids change
     std::vector<std::vector<PageId>> pages;
     std::vector<uint8_t> pending_layers;  // layer has rows in an unreleased plan
+    int32_t num_pending_layers = 0;       // count of the above
+    bool any_maybe_shared = false;        // false: every tail_maybe_shared is 0
   };
 
   BlockManager(const CacheGeometry& geometry, PagePool* pool);
@@ -192,6 +194,7 @@ class BlockManager {
   int32_t num_streams_;  // per sequence
   int32_t page_size_;
   int64_t page_mask_;  // page_size - 1 when page_size is a power of two, else 0
+  bool page_size_is_pow2_;
 
   absl::flat_hash_map<SeqId, std::unique_ptr<Sequence>> seqs_;
   SeqId next_seq_id_ = 1;
@@ -209,6 +212,9 @@ class BlockManager {
   std::vector<SeqId> pending_seqs_;    // seqs with pending_layers set
 
   std::vector<PageId> scratch_pages_;  // reused by Reserve() and Evict()
+  // Reserve()'s per-stream cursors for many tokens, kept to avoid allocating.
+  std::vector<int64_t> stream_offset_;
+  std::vector<const PageId*> stream_cursor_;
 };
 
 }  // namespace headpage

@@ -30,17 +30,24 @@ struct PageCopies {
 };
 
 // Where Reserve() writes slot ids, so that a batch of sequences shares one slot
-// mapping: slot (layer, kv_head, token t of this call) goes to
-//   data[(layer * num_kv_heads + kv_head) * row_stride + column + t].
-// One layer's block [num_kv_heads][row_stride] is WriteKV's slot_mapping.
+// mapping [batch_tokens][num_layers][num_kv_heads]: each token has one record of
+// its slots in every stream, and slot (token t of this call, layer, kv_head)
+// goes to
+//   data[((first_token + t) * num_layers + layer) * num_kv_heads + kv_head].
+// WriteKV reads one layer's [token][kv_head] from it with a token stride of
+// num_layers * num_kv_heads (WriteKVArgs::slot_stride), matching its K/V input
+// [token][kv_head][head_dim]. A token's record is contiguous, so a decode step
+// writes 1 KiB in a row per Llama-3-8B sequence; layer-major layouts put one
+// sequence's 256 writes a power-of-two stride apart, onto a few L1 sets, and
+// were 3x slower (docs/performance.md).
 struct SlotMappingOut {
   int32_t* data = nullptr;
-  int64_t row_stride = 0;  // tokens per (layer, kv_head) row: the whole batch's
-  int64_t column = 0;      // where this sequence's tokens start in each row
+  int64_t batch_tokens = 0;  // tokens of the whole batch
+  int64_t first_token = 0;   // where this sequence's tokens start in the batch
 };
 
 struct ReservePlan {
-  std::vector<int32_t> slot_mapping;  // [num_layers][num_kv_heads][num_tokens]
+  std::vector<int32_t> slot_mapping;  // [num_tokens][num_layers][num_kv_heads]
   PageCopies page_copies;
   int64_t first_position = 0;  // position of the first reserved token
 };
@@ -68,7 +75,14 @@ struct CompactionPlan {
   std::vector<uint8_t> in_place;       // [rows] 1: destination is a prefix of the source
 
   int32_t num_rows() const { return static_cast<int32_t>(rows.size()); }
-  void Clear() { *this = CompactionPlan(); }
+  // Empties the plan but keeps its memory, so that a plan reused for every
+  // eviction allocates only while it grows.
+  void Clear() {
+    rows.clear();
+    for (auto* v : {&src_page_ids, &src_lens, &dst_page_ids, &kept}) v->clear();
+    for (auto* v : {&src_indptr, &dst_indptr, &keep_indptr}) v->assign(1, 0);
+    in_place.clear();
+  }
 };
 
 }  // namespace headpage

@@ -15,6 +15,10 @@ absl::Status Validate(const WriteKVArgs& args) {
     return absl::InvalidArgumentError(absl::StrCat("WriteKV: num_tokens ", args.num_tokens,
                                                    ", num_kv_heads ", args.num_kv_heads));
   }
+  if (args.num_tokens > 0 && args.slot_stride < args.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("WriteKV: slot_stride ", args.slot_stride,
+                                                   " is below num_kv_heads ", args.num_kv_heads));
+  }
   if (args.num_tokens > 0 && (args.keys == nullptr || args.values == nullptr ||
                               args.slot_mapping == nullptr || args.positions == nullptr)) {
     return absl::InvalidArgumentError("WriteKV: keys, values, slot_mapping or positions is null");
@@ -27,12 +31,13 @@ namespace ref {
 absl::Status WriteKV(const WriteKVArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
   const PagedKV& cache = args.cache;
-  const int64_t n = static_cast<int64_t>(args.num_tokens) * args.num_kv_heads;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t slot = args.slot_mapping[i];
-    if (slot < -1 || slot >= cache.num_slots()) {
-      return absl::OutOfRangeError(absl::StrCat("WriteKV: slot_mapping[", i, "] = ", slot,
-                                                " is outside [-1, ", cache.num_slots(), ")"));
+  for (int32_t t = 0; t < args.num_tokens; ++t) {
+    for (int32_t h = 0; h < args.num_kv_heads; ++h) {
+      const int32_t slot = args.slot_mapping[static_cast<int64_t>(t) * args.slot_stride + h];
+      if (slot < -1 || slot >= cache.num_slots()) {
+        return absl::OutOfRangeError(absl::StrCat("WriteKV: slot of token ", t, ", head ", h, " = ",
+                                                  slot, " is outside [-1, ", cache.num_slots(), ")"));
+      }
     }
   }
   const size_t elem = SizeOf(cache.dtype);
@@ -40,9 +45,9 @@ absl::Status WriteKV(const WriteKVArgs& args) {
   auto* base = static_cast<char*>(cache.data);
   const auto* keys = static_cast<const char*>(args.keys);
   const auto* values = static_cast<const char*>(args.values);
-  for (int32_t h = 0; h < args.num_kv_heads; ++h) {
-    for (int32_t t = 0; t < args.num_tokens; ++t) {
-      const int32_t slot = args.slot_mapping[static_cast<int64_t>(h) * args.num_tokens + t];
+  for (int32_t t = 0; t < args.num_tokens; ++t) {
+    for (int32_t h = 0; h < args.num_kv_heads; ++h) {
+      const int32_t slot = args.slot_mapping[static_cast<int64_t>(t) * args.slot_stride + h];
       if (slot < 0) continue;
       const size_t src = (static_cast<size_t>(t) * args.num_kv_heads + h) * row_bytes;
       std::memcpy(base + cache.KeyOffset(slot) * elem, keys + src, row_bytes);

@@ -2,7 +2,7 @@
 // File: kernels/write_kv.h
 //
 // WriteKV: see write_kv_args.h. Slot mappings come from BlockManager::Reserve, whose
-// layout [layer][kv_head][token] gives one layer's [kv_head][token] block directly.
+// layout [token][layer][kv_head] gives one layer's slots with a token stride.
 #ifndef HEADPAGE_KERNELS_WRITE_KV_H_
 #define HEADPAGE_KERNELS_WRITE_KV_H_
 

@@ -19,7 +19,11 @@ struct WriteKVArgs {
   int32_t num_kv_heads = 0;
   const void* keys = nullptr;            // [num_tokens][num_kv_heads][head_dim] of cache.dtype
   const void* values = nullptr;          // [num_tokens][num_kv_heads][head_dim] of cache.dtype
-  const int32_t* slot_mapping = nullptr;  // [num_kv_heads][num_tokens] flat slot ids; -1 = skip
+  // Flat slot ids, -1 = skip: token t, head h at slot_mapping[t * slot_stride + h].
+  // BlockManager::Reserve's [token][layer][kv_head] gives layer l with
+  // slot_mapping = base + l * num_kv_heads, slot_stride = num_layers * num_kv_heads.
+  const int32_t* slot_mapping = nullptr;
+  int32_t slot_stride = 0;               // >= num_kv_heads
   const int32_t* positions = nullptr;    // [num_tokens] token positions stored beside the K/V
 };
 

@@ -1,1 +1,546 @@
 // SPDX-License-Identifier: Apache-2.0
+#include "blockmgr/policy/budget.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <queue>
+
+#include "absl/strings/str_cat.h"
+#include "blockmgr/policy/select.h"
+
+namespace headpage::policy {
+namespace {
+
+using internal::FromOrderedKey;
+using internal::OrderedKey;
+using internal::SelectTopK;
+
+constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// What the allocators need to know about one validated stream. Positions
+// strictly ascend, so the sinks (positions < sinks) are a prefix of the slots
+// and the recent window a suffix: the candidates (unprotected slots) are the
+// contiguous range [begin, end), and NumProtected() is num_tokens minus its size.
+struct StreamInfo {
+  int32_t begin = 0;
+  int32_t end = 0;
+  int32_t num_tokens = 0;
+
+  int32_t num_candidates() const { return end - begin; }
+  int32_t num_protected() const { return num_tokens - num_candidates(); }
+};
+
+// Checks what every allocator relies on (equal span sizes, strictly ascending
+// positions, no NaN score: selection and sorting rank by score) and
+// locates each stream's candidates. `who` prefixes the messages.
+absl::StatusOr<std::vector<StreamInfo>> InspectStreams(absl::Span<const StreamScores> streams,
+                                                      const char* who) {
+  std::vector<StreamInfo> infos(streams.size());
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const StreamScores& s = streams[i];
+    if (s.positions.size() != s.scores.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": stream ", i, " has ",
+                                                     s.scores.size(), " scores but ",
+                                                     s.positions.size(), " positions"));
+    }
+    if (s.scores.size() > static_cast<size_t>(kMaxInt32)) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": stream ", i, " is longer than int32"));
+    }
+    const int32_t n = s.num_tokens();
+    // Branch-free scans over raw pointers (they vectorize; absl::Span's
+    // operator[] may carry a hardening check that stops that). The failing slot
+    // is looked up only on the error path.
+    const int32_t* positions = s.positions.data();
+    const float* scores = s.scores.data();
+    int bad_order = 0, bad_score = 0;
+    for (int32_t j = 1; j < n; ++j) bad_order |= positions[j] <= positions[j - 1];
+    for (int32_t j = 0; j < n; ++j) bad_score |= scores[j] != scores[j];
+    if (bad_order) {
+      int32_t j = 1;
+      while (positions[j] > positions[j - 1]) ++j;
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": stream ", i, ": positions are not strictly ascending at slot ", j));
+    }
+    if (bad_score) {
+      int32_t j = 0;
+      while (!std::isnan(scores[j])) ++j;
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": stream ", i, ": NaN score at slot ", j));
+    }
+    const int32_t begin = static_cast<int32_t>(
+        std::lower_bound(s.positions.begin(), s.positions.end(), s.protection.sinks) -
+        s.positions.begin());
+    // recent may exceed n (all protected) or be negative (no recent window);
+    // StreamScores::IsProtected() reads both the same way.
+    const int32_t end = static_cast<int32_t>(
+        std::clamp<int64_t>(int64_t{n} - s.protection.recent, begin, int64_t{n}));
+    infos[i] = StreamInfo{begin, end, n};
+  }
+  return infos;
+}
+
+// Python's // (floor division), which the PyramidKV schedule is written in;
+// C++'s / truncates toward zero and differs when the step is negative.
+int64_t FloorDiv(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+// Python's int(x) for x >= 0, which both Ada-KV (int(B' * alpha)) and kvpress
+// (int(alpha * n_kept)) use for the floor: computed on the double product.
+int64_t FloorOfProduct(double alpha, int64_t b) {
+  return static_cast<int64_t>(std::floor(alpha * static_cast<double>(b)));
+}
+
+// Stable LSD radix sort of `values` by the 32-bit key key_of(value): three
+// passes of 11, 11 and 10 bits, skipping a pass whose digit every value shares
+// (scores concentrated in a few octaves share their top bits). Stability
+// carries the tie order the caller laid the values out in. Short inputs, where
+// clearing the histograms would dominate, go to std::sort on the values
+// themselves, so callers must make the values' natural order agree with (key,
+// original position) order.
+template <typename T, typename KeyOf>
+void RadixSort(std::vector<T>* values, std::vector<T>* scratch, KeyOf key_of) {
+  const size_t n = values->size();
+  if (n < 1024) {
+    std::sort(values->begin(), values->end());
+    return;
+  }
+  constexpr uint32_t kBuckets = 2048;
+  constexpr int kShift[3] = {0, 11, 22};
+  std::vector<size_t> hist(3 * kBuckets, 0);
+  for (const T& v : *values) {
+    const uint32_t key = key_of(v);
+    ++hist[key & 0x7FFu];
+    ++hist[kBuckets + ((key >> 11) & 0x7FFu)];
+    ++hist[2 * kBuckets + (key >> 22)];
+  }
+  scratch->resize(n);
+  for (int pass = 0; pass < 3; ++pass) {
+    size_t* h = hist.data() + pass * kBuckets;
+    if (h[(key_of((*values)[0]) >> kShift[pass]) & 0x7FFu] == n) continue;
+    size_t sum = 0;
+    for (uint32_t b = 0; b < kBuckets; ++b) {
+      const size_t count = h[b];
+      h[b] = sum;
+      sum += count;
+    }
+    for (const T& v : *values) (*scratch)[h[(key_of(v) >> kShift[pass]) & 0x7FFu]++] = v;
+    values->swap(*scratch);
+  }
+}
+
+int64_t PagesFor(int64_t tokens, int64_t page_size) { return (tokens + page_size - 1) / page_size; }
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> UniformKept(absl::Span<const StreamScores> streams,
+                                                 int32_t capacity) {
+  if (capacity <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("UniformKept: capacity must be positive, got ", capacity));
+  }
+  auto infos = InspectStreams(streams, "UniformKept");
+  if (!infos.ok()) return infos.status();
+  std::vector<int32_t> kept(streams.size());
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const StreamInfo& s = (*infos)[i];
+    if (capacity < s.num_protected()) {
+      return absl::InvalidArgumentError(absl::StrCat("UniformKept: capacity ", capacity,
+                                                     " is smaller than stream ", i, "'s ",
+                                                     s.num_protected(), " protected tokens"));
+    }
+    kept[i] = std::min(capacity, s.num_tokens);
+  }
+  return kept;
+}
+
+absl::StatusOr<std::vector<int32_t>> PyramidCapacities(int32_t num_layers, int32_t capacity,
+                                                       int32_t window, int32_t prompt_len,
+                                                       double beta) {
+  if (num_layers < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PyramidCapacities: num_layers must be >= 1, got ", num_layers));
+  }
+  if (capacity <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PyramidCapacities: capacity must be positive, got ", capacity));
+  }
+  if (!(beta > 0) || !std::isfinite(beta)) {  // also rejects NaN
+    return absl::InvalidArgumentError(
+        absl::StrCat("PyramidCapacities: beta must be positive and finite, got ", beta));
+  }
+  if (window < 0 || window >= capacity) {
+    return absl::InvalidArgumentError(absl::StrCat("PyramidCapacities: window ", window,
+                                                   " must be in [0, capacity ", capacity, ")"));
+  }
+  if (prompt_len <= window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PyramidCapacities: prompt_len ", prompt_len, " must exceed window ", window));
+  }
+  // All arithmetic in int64: 2 B' and l * step overflow int32 near its limit.
+  const int64_t b = int64_t{capacity} - window;  // B' >= 1
+  const double min_real = std::floor(static_cast<double>(b) / beta);
+  // beta < 1/2 makes min > 2 B', so the bottom layer's max = 2 B' - min would be
+  // negative: no schedule exists (beta < 1 merely inverts the pyramid).
+  if (min_real > static_cast<double>(2 * b)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PyramidCapacities: beta ", beta, " gives min = floor(B'/beta) = ", min_real,
+        " above 2 B' = ", 2 * b, ", a negative bottom-layer budget"));
+  }
+  int64_t min_b = static_cast<int64_t>(min_real);
+  int64_t max_b = 2 * b - min_b;
+  const int64_t prefix = int64_t{prompt_len} - window;
+  if (max_b >= prefix) {
+    max_b = prefix;
+    min_b = 2 * b - max_b;
+  }
+  // Negative only when capacity > prompt_len (max was clamped below min); then
+  // every layer's capacity is >= prompt_len and the schedule is a no-op anyway.
+  const int64_t step = num_layers == 1 ? 0 : FloorDiv(max_b - min_b, num_layers - 1);
+  std::vector<int32_t> caps(num_layers);
+  for (int32_t l = 0; l < num_layers; ++l) {
+    const int64_t cap = max_b - l * step + window;
+    if (cap > kMaxInt32) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PyramidCapacities: layer ", l, "'s capacity ", cap, " overflows int32"));
+    }
+    caps[l] = static_cast<int32_t>(cap);
+  }
+  return caps;
+}
+
+absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
+                                             int32_t capacity, const AdaOptions& options) {
+  if (capacity <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AdaKept: capacity must be positive, got ", capacity));
+  }
+  if (!(options.alpha >= 0.0 && options.alpha <= 1.0)) {  // also rejects NaN
+    return absl::InvalidArgumentError(
+        absl::StrCat("AdaKept: alpha must be in [0, 1], got ", options.alpha));
+  }
+  if (options.floor != AdaFloor::kScaled && options.floor != AdaFloor::kProtectTop) {
+    return absl::InvalidArgumentError(absl::StrCat("AdaKept: unknown AdaFloor value ",
+                                                   static_cast<int>(options.floor)));
+  }
+  auto infos = InspectStreams(streams, "AdaKept");
+  if (!infos.ok()) return infos.status();
+
+  std::vector<int32_t> kept(streams.size());
+  // The streams that compete: those whose B'_h does not cover their candidates.
+  // A covered stream keeps everything and leaves the competition, taking its
+  // B'_h with it (unused budget is not handed to the others). When every
+  // stream's candidates are equally many (one layer of one sequence, as in the
+  // papers) either all streams compete or none does, and this is Ada-KV's
+  // "B' >= L - w: no compression" (the reference's test is B' > L - w; at
+  // B' == L - w its rounding can still drop a token, which we do not).
+  std::vector<size_t> competing;
+  std::vector<absl::Span<const float>> segments;
+  int64_t total_budget = 0;  // K = sum of B'_h over the competing streams
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const StreamInfo& s = (*infos)[i];
+    if (capacity < s.num_protected()) {
+      return absl::InvalidArgumentError(absl::StrCat("AdaKept: capacity ", capacity,
+                                                     " is smaller than stream ", i, "'s ",
+                                                     s.num_protected(), " protected tokens"));
+    }
+    kept[i] = s.num_tokens;
+    const int64_t b = int64_t{capacity} - s.num_protected();
+    if (b < s.num_candidates()) {
+      competing.push_back(i);
+      segments.push_back(streams[i].scores.subspan(s.begin, s.num_candidates()));
+      total_budget += b;
+    }
+  }
+  if (competing.empty()) return kept;
+
+  const double alpha = options.alpha;
+  if (options.floor == AdaFloor::kScaled) {
+    // Ada-KV: the global top-K picks c_h per stream, then
+    // B_h = round_half_even(c_h (1 - alpha) + floor(alpha B'_h)). The
+    // reference computes this in float32 (torch); double agrees with it on
+    // every exact .5 tie and is closer to the formula elsewhere. nearbyint in
+    // the default rounding mode (to nearest) rounds half to even, like
+    // torch.round.
+    const std::vector<int64_t> hits = SelectTopK(segments, total_budget).counts;
+    for (size_t c = 0; c < competing.size(); ++c) {
+      const size_t i = competing[c];
+      const StreamInfo& s = (*infos)[i];
+      const int64_t b = int64_t{capacity} - s.num_protected();
+      const double scaled =
+          static_cast<double>(hits[c]) * (1.0 - alpha) + static_cast<double>(FloorOfProduct(alpha, b));
+      const int64_t budget = static_cast<int64_t>(std::nearbyint(scaled));
+      kept[i] = static_cast<int32_t>(std::min<int64_t>(budget + s.num_protected(), s.num_tokens));
+    }
+    return kept;
+  }
+
+  // kProtectTop (kvpress): each stream's top floor(alpha B'_h) candidates are in
+  // first; the rest of K is a global top-k over what remains. Only counts leave
+  // this function, so a stream's remainder is built as a multiset: the values
+  // below its safe threshold plus the threshold ties the safe set did not take.
+  std::vector<int64_t> safe(competing.size());
+  size_t total = 0;
+  for (const auto& seg : segments) total += seg.size();
+  // One past the end for the unconditional store of the compaction below.
+  std::vector<float> buffer(total + 1);
+  std::vector<size_t> rest_begin(competing.size()), rest_size(competing.size());
+  size_t used = 0;
+  int64_t safe_total = 0;
+  for (size_t c = 0; c < competing.size(); ++c) {
+    const size_t i = competing[c];
+    const int64_t b = int64_t{capacity} - (*infos)[i].num_protected();
+    safe[c] = FloorOfProduct(alpha, b);  // <= B'_h < candidates
+    safe_total += safe[c];
+    rest_begin[c] = used;
+    const float* v = segments[c].data();
+    const size_t n = segments[c].size();
+    if (safe[c] == 0) {
+      std::copy(v, v + n, buffer.begin() + used);
+      used += n;
+    } else {
+      // Branch-free compaction of the values below the safe threshold (the
+      // store is unconditional, only the index moves), then the ties it left.
+      const internal::TopK top = SelectTopK({segments[c]}, safe[c]);
+      const float t = top.threshold;
+      int64_t equal = 0;
+      for (size_t j = 0; j < n; ++j) {
+        buffer[used] = v[j];
+        used += v[j] < t;
+        equal += v[j] == t;
+      }
+      const size_t leftover = static_cast<size_t>(equal - top.ties_taken);
+      std::fill(buffer.begin() + used, buffer.begin() + used + leftover, t);
+      used += leftover;
+    }
+    rest_size[c] = used - rest_begin[c];
+  }
+  std::vector<absl::Span<const float>> rest(competing.size());
+  for (size_t c = 0; c < competing.size(); ++c) {
+    rest[c] = absl::MakeConstSpan(buffer.data() + rest_begin[c], rest_size[c]);
+  }
+  const std::vector<int64_t> hits = SelectTopK(rest, total_budget - safe_total).counts;
+  for (size_t c = 0; c < competing.size(); ++c) {
+    const size_t i = competing[c];
+    kept[i] = static_cast<int32_t>(safe[c] + hits[c] + (*infos)[i].num_protected());
+  }
+  return kept;
+}
+
+absl::StatusOr<std::vector<int32_t>> DBudgetKept(
+    absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
+    int32_t group_size, double threshold, bool by_position) {
+  if (group_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DBudgetKept: group_size must be >= 1, got ", group_size));
+  }
+  if (!(threshold >= 0.0)) {  // also rejects NaN
+    return absl::InvalidArgumentError(
+        absl::StrCat("DBudgetKept: threshold must be >= 0, got ", threshold));
+  }
+  if (attention.size() != streams.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("DBudgetKept: ", streams.size(),
+                                                   " streams but ", attention.size(),
+                                                   " attention spans"));
+  }
+  auto infos = InspectStreams(streams, "DBudgetKept");
+  if (!infos.ok()) return infos.status();
+  std::vector<int32_t> kept(streams.size());
+  if (streams.empty()) return kept;
+  const int32_t n = (*infos)[0].num_candidates();
+  for (size_t h = 0; h < streams.size(); ++h) {
+    const StreamInfo& s = (*infos)[h];
+    kept[h] = s.num_tokens;
+    if (attention[h].size() != static_cast<size_t>(group_size) * s.num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DBudgetKept: attention[", h, "] has ", attention[h].size(), " values, expected group_size ",
+          group_size, " x num_tokens ", s.num_tokens));
+    }
+    for (const float a : attention[h]) {
+      if (!std::isfinite(a)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("DBudgetKept: attention[", h, "] holds a non-finite value"));
+      }
+    }
+    if (s.num_candidates() != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DBudgetKept: streams must have equally many candidates; stream 0 has ", n,
+          ", stream ", h, " has ", s.num_candidates()));
+    }
+  }
+  // threshold 0 keeps everything by definition. Without this, candidates whose
+  // attention is exactly 0 in every head (fp32 softmax underflow) would leave
+  // kept(k) == base and be cut even at T = 0.
+  if (threshold == 0.0 || n == 0) return kept;
+
+  // kept_sum[k] = sum over every q head of sqrt(sum of a^2 over all but the k
+  // least important candidates): each head's reverse cumulative sum of squares
+  // in its stream's order, added into one array, O(n) per head after sorting.
+  // Each term is non-increasing in k and they are added in the same order for
+  // every k, so kept_sum is non-increasing in floating point too: the ratio is
+  // monotone and the largest admissible k is found by one scan.
+  std::vector<double> kept_sum(n + 1, 0.0);
+  std::vector<double> suffix(n + 1);
+  std::vector<int32_t> order(n);  // candidate slots, least important first
+  std::vector<uint64_t> keys, scratch;
+  for (size_t h = 0; h < streams.size(); ++h) {
+    const StreamInfo& s = (*infos)[h];
+    if (by_position) {
+      // Oldest first: slot order is position order.
+      for (int32_t i = 0; i < n; ++i) order[i] = s.begin + i;
+    } else {
+      // Score ascending, and among equal scores the higher slot first: the
+      // exact reverse of SelectKeepSet's ranking, so that the tokens measured
+      // as kept are the ones it keeps. Packed as (score key, ~slot) in one
+      // uint64 laid out highest slot first, then radix-sorted by the score key.
+      keys.resize(n);
+      const float* scores = streams[h].scores.data();
+      for (int32_t i = 0; i < n; ++i) {
+        const uint32_t slot = static_cast<uint32_t>(s.end - 1 - i);
+        keys[i] = (uint64_t{OrderedKey(scores[slot])} << 32) | (0xFFFFFFFFu - slot);
+      }
+      RadixSort(&keys, &scratch, [](uint64_t key) { return static_cast<uint32_t>(key >> 32); });
+      for (int32_t i = 0; i < n; ++i) {
+        order[i] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[i]));
+      }
+    }
+    for (int32_t g = 0; g < group_size; ++g) {
+      const float* a = attention[h].data() + static_cast<size_t>(g) * s.num_tokens;
+      suffix[n] = 0.0;
+      for (int32_t i = n - 1; i >= 0; --i) {
+        const double x = a[order[i]];
+        suffix[i] = suffix[i + 1] + x * x;
+      }
+      for (int32_t k = 0; k <= n; ++k) kept_sum[k] += std::sqrt(suffix[k]);
+    }
+  }
+  const double num_heads = static_cast<double>(streams.size()) * group_size;
+  const double base = kept_sum[0] / num_heads;
+  // No attention mass on any candidate: the rule is 0/0 (the reference's NaN
+  // comparison keeps all), and there is nothing to measure a loss by.
+  if (!(base > 0.0)) return kept;
+  int32_t cut = 0;
+  for (int32_t k = n; k > 0; --k) {
+    const double ratio = (base - kept_sum[k] / num_heads) / base;
+    if (ratio <= threshold) {
+      cut = k;
+      break;
+    }
+  }
+  for (size_t h = 0; h < streams.size(); ++h) kept[h] = (*infos)[h].num_tokens - cut;
+  return kept;
+}
+
+absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> streams,
+                                                absl::Span<const int32_t> floors,
+                                                int32_t page_size, int64_t pages_to_free) {
+  if (floors.size() != streams.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("GlobalKept: ", streams.size(),
+                                                   " streams but ", floors.size(), " floors"));
+  }
+  if (page_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GlobalKept: page_size must be positive, got ", page_size));
+  }
+  if (pages_to_free < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GlobalKept: pages_to_free must be >= 0, got ", pages_to_free));
+  }
+  auto infos = InspectStreams(streams, "GlobalKept");
+  if (!infos.ok()) return infos.status();
+
+  std::vector<int32_t> kept(streams.size());
+  std::vector<int32_t> min_kept(streams.size());
+  int64_t freeable = 0;  // pages freed if every stream went down to its minimum
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const StreamInfo& s = (*infos)[i];
+    if (floors[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GlobalKept: floors[", i, "] is negative (", floors[i], ")"));
+    }
+    // Normalizing to a share of the stream's mass needs mass: a negative score
+    // (Knorm's -||k||) would flip the order, an infinite one makes 0/0.
+    const float* scores = streams[i].scores.data();
+    int bad = 0;
+    for (int32_t j = s.begin; j < s.end; ++j) bad |= !(scores[j] >= 0.0f && scores[j] < kInf);
+    if (bad) {
+      int32_t j = s.begin;
+      while (scores[j] >= 0.0f && scores[j] < kInf) ++j;
+      return absl::InvalidArgumentError(absl::StrCat("GlobalKept: stream ", i,
+                                                     ": scores must be finite and >= 0 "
+                                                     "(attention mass), slot ",
+                                                     j, " has ", scores[j]));
+    }
+    kept[i] = s.num_tokens;
+    min_kept[i] = std::max(s.num_protected(), std::min(floors[i], s.num_tokens));
+    freeable += PagesFor(s.num_tokens, page_size) - PagesFor(min_kept[i], page_size);
+  }
+  if (pages_to_free == 0) return kept;
+  if (freeable < pages_to_free) return min_kept;  // free what the floors allow
+
+  // Eviction goes in one global order: lowest normalized score (share) first,
+  // equal shares the higher stream first (the mirror of Ada's (stream, slot)
+  // top-k tie rule), each stream stopping at its minimum. Restricted to one
+  // stream that order is the stream's ascending score order, so each stream's
+  // candidates are sorted once and a heap holding each stream's next token
+  // merges them, stopping at the first prefix that frees enough pages.
+  std::vector<size_t> offset(streams.size() + 1, 0);
+  std::vector<double> mass(streams.size(), 0.0);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const bool evicts = kept[i] > min_kept[i];
+    offset[i + 1] = offset[i] + (evicts ? (*infos)[i].num_candidates() : 0);
+  }
+  std::vector<uint32_t> sorted(offset.back()), keys, scratch;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const StreamInfo& s = (*infos)[i];
+    if (offset[i + 1] == offset[i]) continue;
+    keys.resize(s.num_candidates());
+    const float* scores = streams[i].scores.data() + s.begin;
+    for (int32_t j = 0; j < s.num_candidates(); ++j) {
+      const float v = scores[j];
+      mass[i] += v;
+      keys[j] = OrderedKey(v);
+    }
+    RadixSort(&keys, &scratch, [](uint32_t key) { return key; });
+    std::copy(keys.begin(), keys.end(), sorted.begin() + offset[i]);
+  }
+  // A stream with no mass on its candidates (all scores 0) is treated as
+  // uniform: each token carries 1/n of it. Any other choice would make its
+  // tokens free (share 0) or priceless against every other stream.
+  auto share = [&](size_t i, size_t rank) {
+    const size_t n = offset[i + 1] - offset[i];
+    return mass[i] > 0.0 ? static_cast<double>(FromOrderedKey(sorted[offset[i] + rank])) / mass[i]
+                         : 1.0 / static_cast<double>(n);
+  };
+  struct Next {
+    double share;
+    int32_t stream;
+    int32_t rank;  // the stream's tokens evicted so far
+  };
+  // priority_queue pops its largest: "a < b" says b is evicted first.
+  auto later = [](const Next& a, const Next& b) {
+    return a.share > b.share || (a.share == b.share && a.stream < b.stream);
+  };
+  std::priority_queue<Next, std::vector<Next>, decltype(later)> heap(later);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    if (offset[i + 1] > offset[i]) heap.push({share(i, 0), static_cast<int32_t>(i), 0});
+  }
+  int64_t freed = 0;
+  while (freed < pages_to_free && !heap.empty()) {
+    const Next next = heap.top();
+    heap.pop();
+    int32_t& k = kept[next.stream];
+    // A token frees a page exactly when it was alone on its stream's last page.
+    freed += PagesFor(k, page_size) - PagesFor(k - 1, page_size);
+    --k;
+    if (k > min_kept[next.stream]) {
+      heap.push({share(next.stream, next.rank + 1), next.stream, next.rank + 1});
+    }
+  }
+  return kept;
+}
+
+}  // namespace headpage::policy

@@ -7,10 +7,15 @@
 // shared/research/eviction-methods.md; every attention softmax is computed in
 // float over the keys a query may see (positions <= the query's position).
 //
+// A query that sees no key (every key's position is above its own) contributes
+// nothing. head_dim may be any value >= 1; keys and queries may differ in dtype.
+//
 // Errors (all InvalidArgument, naming the problem, writing nothing): null
-// arrays, a scores span of the wrong size, head_dim mismatch between keys and
-// queries, group_size < 1, an even or non-positive pooling kernel, an unknown
-// enum value.
+// arrays (null is fine for an empty one), negative counts, head_dim < 1, key
+// positions not strictly ascending, a scores span of the wrong size, head_dim
+// mismatch between keys and queries, group_size < 1, an even or non-positive
+// pooling kernel (checked even with Pooling::kNone), an unknown enum value
+// (DType included).
 #ifndef HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
 #define HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
 
@@ -24,8 +29,9 @@ namespace headpage::policy {
 
 struct SnapKVOptions {
   // The observation window is the queries passed in (SnapKV: the last w = 32
-  // prompt tokens); the keys at positions >= the first window query's position
-  // are the window's own keys: always kept, and excluded from pooling.
+  // prompt tokens); the keys at positions >= the first (lowest) window query's
+  // position are the window's own keys: always kept, and excluded from pooling.
+  // An empty window (num_queries == 0) scores every key 0.
   int32_t kernel_size = 7;             // odd; 1 disables pooling
   Pooling pooling = Pooling::kMax;     // SnapKV's LongBench configs: maxpool, k = 7
   GroupReduce reduce = GroupReduce::kMean;  // Ada-KV's GQA default
@@ -43,12 +49,16 @@ struct SnapKVOptions {
 // H2O: attention received, accumulated over every query given (all prompt rows
 // at prefill, then each decode query), reduced over the group. No pooling.
 // Accumulates: adds into `scores`, so a caller can fold in one decode step at a
-// time; zero it first for a fresh score.
+// time; zero it first for a fresh score. The group is reduced per call: with
+// GroupReduce::kMax, one call over queries A and B gives max_g(A_g + B_g) while
+// two calls give max_g A_g + max_g B_g (kMean agrees either way, up to
+// rounding).
 [[nodiscard]] absl::Status AccumulateAttention(const StreamKeys& keys, const GroupQueries& queries,
                                                GroupReduce reduce, absl::Span<float> scores);
 
 // StreamingLLM: the score is the token's position, so the most recent tokens
-// win; the sinks (4 by default) come from Protection, not from the score.
+// win; the sinks (4 by default) come from Protection, not from the score. Reads
+// only keys.positions and keys.num_tokens (data, head_dim, dtype are ignored).
 [[nodiscard]] absl::Status RecencyScores(const StreamKeys& keys, absl::Span<float> scores);
 
 // TOVA: the attention of the last query (the query with the highest position
@@ -56,6 +66,8 @@ struct SnapKVOptions {
 // layer, so one score per token for the whole layer. `layer_keys[h]` are the
 // keys of KV head h; all must hold the same positions (TOVA keeps one token set
 // per layer), else FailedPrecondition. `last_queries[h]` is the group of KV head h.
+// InvalidArgument also for an empty layer, a size mismatch between the spans, a
+// group with no query, or last queries at different positions across heads.
 [[nodiscard]] absl::Status TovaScores(absl::Span<const StreamKeys> layer_keys,
                                       absl::Span<const GroupQueries> last_queries,
                                       absl::Span<float> scores);

@@ -117,8 +117,8 @@ class ModelTest {
         }
       }
       const WriteKVArgs args{arena_->view(), static_cast<int32_t>(n), heads(), keys.data(),
-                             values.data(), plan->slot_mapping.data() + layer * heads() * n,
-                             positions.data()};
+                             values.data(), plan->slot_mapping.data() + layer * heads(),
+                             streams(), positions.data()};
       REQUIRE_OK(ref::WriteKV(args));
     }
     seq.num_tokens += n;

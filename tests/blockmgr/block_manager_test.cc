@@ -61,7 +61,8 @@ TEST_CASE("BlockManager: Reserve fills pages in order and maps every token", "[b
       const std::vector<PageId> pages = Pages(*m, seq, layer, h);
       REQUIRE(pages == std::vector<PageId>{PageId(2 * st), PageId(2 * st + 1)});
       for (int32_t t = 0; t < 6; ++t) {
-        REQUIRE(plan->slot_mapping[st * 6 + t] == static_cast<int32_t>(pages[t / 4] * 4 + t % 4));
+        // [token][layer][kv_head]: token t's record of 4 streams
+        REQUIRE(plan->slot_mapping[t * 4 + st] == static_cast<int32_t>(pages[t / 4] * 4 + t % 4));
       }
     }
   }
@@ -70,8 +71,8 @@ TEST_CASE("BlockManager: Reserve fills pages in order and maps every token", "[b
   REQUIRE_OK(more);
   REQUIRE(more->first_position == 6);
   REQUIRE(more->slot_mapping[0] == 1 * 4 + 2);
-  REQUIRE(more->slot_mapping[1] == 1 * 4 + 3);
-  REQUIRE(more->slot_mapping[2] == 8 * 4 + 0);
+  REQUIRE(more->slot_mapping[4] == 1 * 4 + 3);  // token 1 of stream 0
+  REQUIRE(more->slot_mapping[8] == 8 * 4 + 0);
   REQUIRE(*m->NumTokens(seq) == 9);
   REQUIRE_OK(m->CheckInvariants());
 }
@@ -79,13 +80,14 @@ TEST_CASE("BlockManager: Reserve fills pages in order and maps every token", "[b
 TEST_CASE("BlockManager: Reserve writes into a shared batch slot mapping", "[blockmgr]") {
   Fixture m(64);
   const SeqId a = m->AddSequence(), b = m->AddSequence();
-  std::vector<int32_t> slots(4 * 3, -7);  // [stream][batch of 3 tokens]
+  std::vector<int32_t> slots(3 * 4, -7);  // [batch of 3 tokens][layer][kv_head]
   PageCopies copies;
   REQUIRE_OK(m->Reserve(a, 2, {slots.data(), 3, 0}, &copies));
   REQUIRE_OK(m->Reserve(b, 1, {slots.data(), 3, 2}, &copies));
-  for (int32_t st = 0; st < 4; ++st) {
-    for (int32_t t = 0; t < 3; ++t) REQUIRE(slots[st * 3 + t] >= 0);
-  }
+  for (const int32_t slot : slots) REQUIRE(slot >= 0);
+  // b's token sits at batch position 2 of every layer, beside a's two.
+  REQUIRE(slots[2 * 4 + 3] ==
+          static_cast<int32_t>(m->StreamPages(b, 1, 1).value()[0] * 4));
   REQUIRE_ERROR(m->Reserve(a, 2, {slots.data(), 3, 2}, &copies),
                 absl::StatusCode::kInvalidArgument, "cannot hold");
   REQUIRE_ERROR(m->Reserve(a, 1, {slots.data(), 3, 0}, nullptr),

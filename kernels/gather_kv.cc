@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "kernels/gather_kv.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/validate_common.h"
+
+namespace headpage {
+
+absl::Status Validate(const GatherKVArgs& args) {
+  HEADPAGE_RETURN_IF_ERROR(ValidatePagedKV(args.cache, "GatherKV"));
+  if (args.num_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("GatherKV: num_rows ", args.num_rows));
+  }
+  if (args.num_rows > 0 && (args.indptr == nullptr || args.lens == nullptr)) {
+    return absl::InvalidArgumentError("GatherKV: indptr or lens is null");
+  }
+  return absl::OkStatus();
+}
+
+namespace ref {
+
+absl::Status GatherKV(const GatherKVArgs& args) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  const PagedKV& cache = args.cache;
+  for (int32_t r = 0; r < args.num_rows; ++r) {
+    const int32_t pages = args.indptr[r + 1] - args.indptr[r];
+    if (args.lens[r] < 0 || PagesFor(args.lens[r], cache.page_size) > pages ||
+        (pages > 0 && args.page_ids == nullptr)) {
+      return absl::InvalidArgumentError(absl::StrCat("GatherKV: row ", r, " has ", pages,
+                                                     " pages for ", args.lens[r], " tokens"));
+    }
+    for (int32_t j = args.indptr[r]; j < args.indptr[r + 1]; ++j) {
+      if (args.page_ids[j] < 0 || args.page_ids[j] >= cache.num_pages) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("GatherKV: row ", r, " page id ", args.page_ids[j], " is out of range"));
+      }
+    }
+  }
+  const size_t elem = SizeOf(cache.dtype);
+  const size_t row_bytes = static_cast<size_t>(cache.head_dim) * elem;
+  const auto* base = static_cast<const char*>(cache.data);
+  int64_t out = 0;
+  for (int32_t r = 0; r < args.num_rows; ++r) {
+    const int32_t* pages = args.page_ids + args.indptr[r];
+    for (int32_t i = 0; i < args.lens[r]; ++i, ++out) {
+      const int64_t slot = SlotOf(pages, i, cache.page_size);
+      if (args.keys != nullptr) {
+        std::memcpy(static_cast<char*>(args.keys) + out * row_bytes,
+                    base + cache.KeyOffset(slot) * elem, row_bytes);
+      }
+      if (args.values != nullptr) {
+        std::memcpy(static_cast<char*>(args.values) + out * row_bytes,
+                    base + cache.ValueOffset(slot) * elem, row_bytes);
+      }
+      if (args.positions != nullptr) args.positions[out] = cache.positions[slot];
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ref
+}  // namespace headpage
