@@ -23,7 +23,7 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -59,7 +59,7 @@ struct PolicyConfig {
 // The named policies of the simulator and the command line, with the papers'
 // defaults: full, uniform-snapkv, pyramid, ada-snapkv, ada-pyramid, dbudget, h2o,
 // streamingllm, tova, knorm, random. InvalidArgument naming the known ones.
-[[nodiscard]] absl::StatusOr<PolicyConfig> PolicyByName(std::string_view name);
+[[nodiscard]] absl::StatusOr<PolicyConfig> PolicyByName(absl::string_view name);
 // InvalidArgument for options out of range (window < 0, alpha outside [0, 1],
 // beta <= 0, threshold < 0, an even pooling kernel, ...).
 [[nodiscard]] absl::Status Validate(const PolicyConfig& config);
@@ -72,7 +72,7 @@ struct Budget {
   double value = 1.0;
 
   // "128" or "20%". InvalidArgument for anything else, 0, negative, > 100%.
-  [[nodiscard]] static absl::StatusOr<Budget> Parse(std::string_view text);
+  [[nodiscard]] static absl::StatusOr<Budget> Parse(absl::string_view text);
   static Budget TokensPerHead(int32_t tokens) { return {Kind::kTokensPerHead, double(tokens)}; }
   static Budget Fraction(double f) { return {Kind::kFraction, f}; }
   // Tokens per head for a prompt of prompt_len tokens (at least 1).
@@ -163,9 +163,9 @@ class EvictionEngine {
 
   EvictionEngine(BlockManager* manager, const PagedKV& cache);
 
-  // Dense keys and positions of one layer's streams of `seq` (as floats).
+  // Dense keys and positions of one layer's streams of `seq`.
   struct LayerData {
-    std::vector<float> keys;          // [sum lens][head_dim]
+    std::vector<char> keys;           // [sum lens][head_dim] of the cache dtype, raw
     std::vector<int32_t> positions;   // [sum lens]
     std::vector<int32_t> offsets;     // [kv_heads + 1] into both
   };

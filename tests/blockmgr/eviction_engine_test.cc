@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "blockmgr/eviction_engine.h"
+
+#include <map>
+#include <random>
+#include <vector>
+
+#include "allocator/arena.h"
+#include "blockmgr/policy/select.h"
+#include "kernels/write_kv.h"
+#include "tests/blockmgr/blockmgr_test_util.h"
+
+namespace headpage {
+namespace {
+
+// 2 layers x 2 KV heads x 2 q heads per group, head_dim 64, f32, page size 4:
+// a sequence's prompt is written with random K/V, and a dense copy of every
+// stream is kept to check the pool against after eviction.
+class EngineFixture {
+ public:
+  static constexpr int32_t kLayers = 2, kHeads = 2, kQHeads = 4, kDim = 64;
+
+  explicit EngineFixture(int64_t pages = 600, uint64_t seed = 7)
+      : geometry_(Geometry()), fixture_(pages, geometry_), rng_(seed) {
+    auto arena = HostArena::Create(geometry_, pages);
+    REQUIRE_OK(arena);
+    arena_ = std::make_unique<HostArena>(std::move(arena).value());
+    auto engine = EvictionEngine::Create(fixture_.manager.get(), arena_->view());
+    REQUIRE_OK(engine);
+    engine_ = std::make_unique<EvictionEngine>(std::move(engine).value());
+  }
+
+  static CacheGeometry Geometry() {
+    CacheGeometry g = testing::TinyGeometry(4);
+    g.num_q_heads = kQHeads;
+    return g;
+  }
+
+  BlockManager& manager() { return *fixture_.manager; }
+  EvictionEngine& engine() { return *engine_; }
+
+  // A new sequence holding `len` tokens with random K/V.
+  SeqId Prefill(int32_t len) {
+    const SeqId seq = manager().AddSequence();
+    Append(seq, len);
+    return seq;
+  }
+
+  // Appends `n` tokens with random K/V to every stream of `seq`.
+  void Append(SeqId seq, int32_t n) {
+    auto plan = manager().Reserve(seq, n);
+    REQUIRE_OK(plan);
+    REQUIRE(plan->page_copies.size() == 0);
+    std::vector<int32_t> positions(n);
+    for (int32_t t = 0; t < n; ++t) positions[t] = static_cast<int32_t>(plan->first_position + t);
+    for (int32_t layer = 0; layer < kLayers; ++layer) {
+      std::vector<float> keys(static_cast<size_t>(n) * kHeads * kDim), values(keys.size());
+      for (float& x : keys) x = Normal();
+      for (float& x : values) x = Normal();
+      for (int32_t t = 0; t < n; ++t) {
+        for (int32_t h = 0; h < kHeads; ++h) {
+          auto& dense = dense_[{seq, layer, h}][positions[t]];
+          dense.assign(keys.begin() + (t * kHeads + h) * kDim, keys.begin() + (t * kHeads + h + 1) * kDim);
+          dense.insert(dense.end(), values.begin() + (t * kHeads + h) * kDim,
+                       values.begin() + (t * kHeads + h + 1) * kDim);
+        }
+      }
+      REQUIRE_OK(ref::WriteKV({arena_->view(), n, kHeads, keys.data(), values.data(),
+                               plan->slot_mapping.data() + layer * kHeads, kLayers * kHeads,
+                               positions.data()}));
+    }
+  }
+
+  // Random queries for every layer: `w` rows at positions first..first+w-1.
+  std::vector<LayerQueries> Queries(int32_t w, int32_t first) {
+    query_data_.assign(kLayers, {});
+    query_positions_.resize(w);
+    for (int32_t r = 0; r < w; ++r) query_positions_[r] = first + r;
+    std::vector<LayerQueries> out;
+    for (int32_t layer = 0; layer < kLayers; ++layer) {
+      query_data_[layer].resize(static_cast<size_t>(kQHeads) * w * kDim);
+      for (float& x : query_data_[layer]) x = 2.0f * Normal();  // peaky attention
+      out.push_back({query_data_[layer].data(), query_positions_.data(), w, DType::kF32});
+    }
+    return out;
+  }
+
+  // The keys written to stream (seq, layer, h), dense in position order.
+  std::vector<float> DenseKeys(SeqId seq, int32_t layer, int32_t h, std::vector<int32_t>* positions) {
+    std::vector<float> keys;
+    positions->clear();
+    for (const auto& [position, kv] : dense_.at({seq, layer, h})) {
+      positions->push_back(position);
+      keys.insert(keys.end(), kv.begin(), kv.begin() + kDim);
+    }
+    return keys;
+  }
+
+  // The positions a stream holds, in slot order, after checking that every
+  // slot's K and V are exactly what was written for that position.
+  std::vector<int32_t> CheckStream(SeqId seq, int32_t layer, int32_t h) {
+    auto pages = manager().StreamPages(seq, layer, h);
+    REQUIRE_OK(pages);
+    auto lens = manager().StreamLengths(seq);
+    REQUIRE_OK(lens);
+    const std::vector<int32_t> table(pages->begin(), pages->end());
+    const PagedKV& kv = arena_->view();
+    const auto* data = static_cast<const float*>(kv.data);
+    std::vector<int32_t> held;
+    for (uint32_t i = 0; i < (*lens)[layer * kHeads + h]; ++i) {
+      const int64_t slot = SlotOf(table.data(), i, kv.page_size);
+      const int32_t position = kv.positions[slot];
+      const auto& dense = dense_.at({seq, layer, h}).at(position);
+      for (int32_t e = 0; e < kDim; ++e) {
+        REQUIRE(data[kv.KeyOffset(slot) + e] == dense[e]);
+        REQUIRE(data[kv.ValueOffset(slot) + e] == dense[kDim + e]);
+      }
+      if (!held.empty()) REQUIRE(position > held.back());  // position order
+      held.push_back(position);
+    }
+    return held;
+  }
+
+ private:
+  float Normal() { return std::normal_distribution<float>(0.0f, 1.0f)(rng_); }
+
+  CacheGeometry geometry_;
+  testing::Fixture fixture_;
+  std::mt19937 rng_;
+  std::unique_ptr<HostArena> arena_;
+  std::unique_ptr<EvictionEngine> engine_;
+  std::map<std::tuple<SeqId, int32_t, int32_t>, std::map<int32_t, std::vector<float>>> dense_;
+  std::vector<std::vector<float>> query_data_;
+  std::vector<int32_t> query_positions_;
+};
+
+// What a policy should keep, recomputed on a dense copy of the stream's keys
+// with the policy functions directly: the engine must agree with it exactly.
+std::vector<int32_t> ExpectedSnapKVKeep(const std::vector<float>& keys, const std::vector<int32_t>& positions,
+                                        const LayerQueries& q, int32_t h, int32_t kept, int32_t window) {
+  const int32_t n = static_cast<int32_t>(positions.size());
+  const policy::StreamKeys sk{keys.data(), positions.data(), n, EngineFixture::kDim, DType::kF32};
+  const auto* qd = static_cast<const float*>(q.data) + static_cast<size_t>(h) * 2 * q.num_queries * EngineFixture::kDim;
+  const policy::GroupQueries gq{qd, q.positions, 2, q.num_queries, EngineFixture::kDim, DType::kF32};
+  std::vector<float> scores(n);
+  REQUIRE_OK(policy::SnapKVScores(sk, gq, policy::SnapKVOptions(), absl::MakeSpan(scores)));
+  std::vector<int32_t> keep;
+  REQUIRE_OK(policy::SelectKeepSet({scores, positions, {0, window}}, kept, &keep));
+  for (int32_t& k : keep) k = positions[k];
+  return keep;
+}
+
+TEST_CASE("EvictionEngine: every policy leaves exactly its chosen tokens, and frees their pages",
+          "[eviction]") {
+  const std::string name = GENERATE("uniform-snapkv", "pyramid", "ada-snapkv", "ada-pyramid",
+                                    "dbudget", "h2o", "streamingllm", "tova", "knorm", "random");
+  CAPTURE(name);
+  EngineFixture f;
+  const int32_t len = 150;
+  const SeqId seq = f.Prefill(len);
+  auto config = PolicyByName(name);
+  REQUIRE_OK(config);
+  const int32_t w = config->scorer == PolicyConfig::Scorer::kH2O ? len : std::max(config->window, 1);
+  auto queries = f.Queries(w, len - w);
+  const int64_t free_before = f.manager().pool().free_pages();
+  auto result = f.engine().Compress(seq, *config, Budget::TokensPerHead(48), queries);
+  REQUIRE_OK(result);
+  REQUIRE(result->tokens_before == 4 * len);
+  int64_t tokens = 0, pages = 0;
+  for (int32_t layer = 0; layer < 2; ++layer) {
+    for (int32_t h = 0; h < 2; ++h) {
+      const std::vector<int32_t> held = f.CheckStream(seq, layer, h);
+      REQUIRE(static_cast<int32_t>(held.size()) == result->kept[layer * 2 + h]);
+      tokens += static_cast<int64_t>(held.size());
+      pages += PagesFor(static_cast<int64_t>(held.size()), 4);
+      // Protected tokens survive.
+      for (int32_t p = 0; p < config->sinks; ++p) REQUIRE(std::count(held.begin(), held.end(), p) == 1);
+      if (config->window > 0) REQUIRE(held.back() == len - 1);
+    }
+  }
+  REQUIRE(result->tokens_after == tokens);
+  REQUIRE(tokens < 4 * len);
+  // Every page the policy gave up is back in the pool.
+  REQUIRE(result->pages_freed == 4 * PagesFor(len, 4) - pages);
+  REQUIRE(f.manager().pool().free_pages() - free_before == result->pages_freed);
+  REQUIRE(f.manager().Stats().pages_retired == 0);
+  REQUIRE_OK(f.manager().CheckInvariants());
+  if (name != "dbudget" && name != "pyramid" && name != "ada-pyramid") {
+    // Fixed budgets: 48 a head on average (Ada's rounding within half a token a head).
+    REQUIRE(std::abs(tokens - 4 * 48) <= 2);
+  }
+}
+
+TEST_CASE("EvictionEngine: uniform-snapkv keeps SnapKV's top tokens of every head", "[eviction]") {
+  EngineFixture f;
+  const SeqId seq = f.Prefill(100);
+  auto config = PolicyByName("uniform-snapkv");
+  REQUIRE_OK(config);
+  auto queries = f.Queries(32, 100 - 32);
+  // The oracle: SnapKV and selection on the dense keys that were written.
+  std::vector<std::vector<int32_t>> expected(4);
+  for (int32_t st = 0; st < 4; ++st) {
+    std::vector<int32_t> positions;
+    const std::vector<float> keys = f.DenseKeys(seq, st / 2, st % 2, &positions);
+    expected[st] = ExpectedSnapKVKeep(keys, positions, queries[st / 2], st % 2, 40, 32);
+  }
+  REQUIRE_OK(f.engine().Compress(seq, *config, Budget::TokensPerHead(40), queries));
+  for (int32_t st = 0; st < 4; ++st) {
+    CAPTURE(st);
+    REQUIRE(f.CheckStream(seq, st / 2, st % 2) == expected[st]);
+  }
+  // Heads choose differently: head-wise eviction, not one token set per layer.
+  REQUIRE(expected[0] != expected[1]);
+}
+
+TEST_CASE("EvictionEngine: full changes nothing; a larger budget is a no-op", "[eviction]") {
+  EngineFixture f;
+  const SeqId seq = f.Prefill(60);
+  auto queries = f.Queries(32, 28);
+  auto full = PolicyByName("full");
+  REQUIRE_OK(full);
+  auto r = f.engine().Compress(seq, *full, Budget::Fraction(0.2), queries);
+  REQUIRE_OK(r);
+  REQUIRE(r->tokens_after == r->tokens_before);
+  REQUIRE(r->pages_freed == 0);
+  auto ada = PolicyByName("ada-snapkv");
+  REQUIRE_OK(ada);
+  r = f.engine().Compress(seq, *ada, Budget::TokensPerHead(100), queries);
+  REQUIRE_OK(r);
+  REQUIRE(r->tokens_after == 4 * 60);
+  for (int32_t st = 0; st < 4; ++st) REQUIRE(f.CheckStream(seq, st / 2, st % 2).size() == 60);
+}
+
+TEST_CASE("EvictionEngine: bad policies, budgets and queries are refused, changing nothing",
+          "[eviction]") {
+  EngineFixture f;
+  const SeqId seq = f.Prefill(40);
+  auto queries = f.Queries(32, 8);
+  auto config = PolicyByName("ada-snapkv");
+  REQUIRE_OK(config);
+  REQUIRE_ERROR(PolicyByName("snapkv2"), absl::StatusCode::kInvalidArgument, "unknown policy");
+  const auto check_unchanged = [&] {
+    for (int32_t st = 0; st < 4; ++st) REQUIRE(f.CheckStream(seq, st / 2, st % 2).size() == 40);
+  };
+  PolicyConfig bad = *config;
+  bad.ada.alpha = 1.5;
+  REQUIRE_ERROR(f.engine().Compress(seq, bad, Budget::TokensPerHead(36), queries),
+                absl::StatusCode::kInvalidArgument, "alpha");
+  bad = *config;
+  bad.pyramid_beta = 0;
+  REQUIRE_ERROR(f.engine().Compress(seq, bad, Budget::TokensPerHead(36), queries),
+                absl::StatusCode::kInvalidArgument, "beta");
+  bad = *config;
+  bad.dbudget_threshold = -1;
+  REQUIRE_ERROR(f.engine().Compress(seq, bad, Budget::TokensPerHead(36), queries),
+                absl::StatusCode::kInvalidArgument, "threshold");
+  bad = *config;
+  bad.window = 41;
+  REQUIRE_ERROR(f.engine().Compress(seq, bad, Budget::TokensPerHead(36), queries),
+                absl::StatusCode::kInvalidArgument, "longer than the prompt");
+  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(0), queries),
+                absl::StatusCode::kInvalidArgument, "budget");
+  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(36),
+                                    absl::MakeConstSpan(queries).subspan(0, 1)),
+                absl::StatusCode::kInvalidArgument, "queries for 1 layers");
+  REQUIRE_ERROR(f.engine().Compress(seq + 100, *config, Budget::TokensPerHead(36), queries),
+                absl::StatusCode::kNotFound, "not live");
+  check_unchanged();
+  REQUIRE_OK(f.manager().CheckInvariants());
+}
+
+TEST_CASE("Budget: parsing token counts and percentages", "[eviction]") {
+  auto b = Budget::Parse("128");
+  REQUIRE_OK(b);
+  REQUIRE(b->CapacityFor(4000) == 128);
+  b = Budget::Parse("20%");
+  REQUIRE_OK(b);
+  REQUIRE(b->CapacityFor(4000) == 800);
+  REQUIRE(b->ToString() == "20%");
+  for (const char* bad : {"0", "-5", "abc", "150%", "0%", "12.5", ""}) {
+    CAPTURE(bad);
+    REQUIRE(Budget::Parse(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("EvictionEngine: decode-time compression every N steps", "[eviction]") {
+  EngineFixture f;
+  const SeqId seq = f.Prefill(40);
+  auto config = PolicyByName("uniform-snapkv");
+  REQUIRE_OK(config);
+  const DecodeSchedule schedule{/*interval=*/8, /*target=*/24, /*window=*/4};
+  for (int32_t step = 0; step < 16; ++step) {
+    f.Append(seq, 1);
+    auto q = f.Queries(1, 40 + step);
+    REQUIRE_OK(f.engine().ObserveDecode(seq, *config, q, schedule));
+    auto lens = f.manager().StreamLengths(seq);
+    REQUIRE_OK(lens);
+    const uint32_t expect = step == 7 || step == 15 ? 24u : (step < 7 ? 41u + step : 24u + (step - 7));
+    for (uint32_t len : *lens) REQUIRE(len == expect);
+  }
+  for (int32_t st = 0; st < 4; ++st) REQUIRE(f.CheckStream(seq, st / 2, st % 2).back() == 55);
+}
+
+TEST_CASE("EvictionEngine: H2O evicts as it decodes, staying at its capacity", "[eviction]") {
+  EngineFixture f;
+  const SeqId seq = f.Prefill(80);
+  auto config = PolicyByName("h2o");
+  REQUIRE_OK(config);
+  auto prompt = f.Queries(80, 0);
+  REQUIRE_OK(f.engine().Compress(seq, *config, Budget::TokensPerHead(20), prompt));
+  for (int32_t step = 0; step < 12; ++step) {
+    f.Append(seq, 1);
+    auto q = f.Queries(1, 80 + step);
+    REQUIRE_OK(f.engine().ObserveDecode(seq, *config, q));
+    for (int32_t st = 0; st < 4; ++st) {
+      const std::vector<int32_t> held = f.CheckStream(seq, st / 2, st % 2);
+      REQUIRE(held.size() == 20);
+      // The recent half is always kept.
+      for (int32_t p = 80 + step - 9; p <= 80 + step; ++p) {
+        REQUIRE(std::count(held.begin(), held.end(), p) == 1);
+      }
+    }
+  }
+  REQUIRE_OK(f.manager().CheckInvariants());
+}
+
+TEST_CASE("EvictionEngine: the pool-wide budget frees pages across sequences", "[eviction]") {
+  EngineFixture f;
+  auto config = PolicyByName("ada-snapkv");
+  REQUIRE_OK(config);
+  std::vector<SeqId> seqs;
+  for (int32_t i = 0; i < 3; ++i) {
+    seqs.push_back(f.Prefill(60 + 20 * i));
+    auto q = f.Queries(32, 60 + 20 * i - 32);
+    REQUIRE_OK(f.engine().Compress(seqs.back(), *config, Budget::Fraction(0.8), q));
+  }
+  const int64_t free_before = f.manager().pool().free_pages();
+  auto freed = f.engine().EnforcePoolBudget(/*pages_to_free=*/20, /*floor_tokens=*/8,
+                                            /*protect_recent=*/4);
+  REQUIRE_OK(freed);
+  REQUIRE(*freed >= 20);
+  REQUIRE(f.manager().pool().free_pages() - free_before == *freed);
+  for (const SeqId seq : seqs) {
+    for (int32_t st = 0; st < 4; ++st) {
+      const std::vector<int32_t> held = f.CheckStream(seq, st / 2, st % 2);
+      REQUIRE(held.size() >= 8);
+    }
+  }
+  // Floors above every stream's length: nothing can go.
+  auto none = f.engine().EnforcePoolBudget(10, 1000, 0);
+  REQUIRE_OK(none);
+  REQUIRE(*none == 0);
+  REQUIRE_ERROR(f.engine().EnforcePoolBudget(-1), absl::StatusCode::kInvalidArgument, "pages_to_free");
+  REQUIRE_OK(f.manager().CheckInvariants());
+}
+
+}  // namespace
+}  // namespace headpage
