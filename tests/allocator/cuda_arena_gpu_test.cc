@@ -14,7 +14,7 @@ TEST_CASE("CudaArena: device memory of the documented size, positions -1", "[all
   CacheGeometry g = CacheGeometry::Llama3_8B();
   auto arena = CudaArena::Create(g, 1024);
   REQUIRE_OK(arena);
-  const PagedKV& v = arena->view();
+  const PagedKV v = arena->view();  // a copy: the move below empties the arena's own
   REQUIRE(arena->kv_bytes() == 1024 * g.page_bytes());
   cudaPointerAttributes attrs{};
   REQUIRE(cudaPointerGetAttributes(&attrs, v.data) == cudaSuccess);
@@ -35,6 +35,7 @@ TEST_CASE("CudaArena: device memory of the documented size, positions -1", "[all
   // Moving transfers ownership; the moved-from arena frees nothing.
   CudaArena moved = std::move(arena).value();
   REQUIRE(moved.view().data == v.data);
+  REQUIRE(arena->view().data == nullptr);
 }
 
 TEST_CASE("CudaArena: an impossible size is ResourceExhausted, not a crash", "[allocator][gpu]") {
