@@ -111,26 +111,28 @@ int64_t BlockManager::CountReservePages(const Sequence& s, int64_t num_tokens) c
   return need;
 }
 
-absl::StatusOr<int64_t> BlockManager::PagesNeeded(SeqId seq, int64_t num_tokens) const {
-  HEADPAGE_ASSIGN_OR_RETURN(const Sequence* s, Find(seq));
-  if (num_tokens < 0 || num_tokens > kMaxInt32 - s->num_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("PagesNeeded: num_tokens ", num_tokens,
+absl::Status BlockManager::CheckReservable(const Sequence& s, SeqId seq, int64_t num_tokens) const {
+  if (num_tokens < 0 || num_tokens > kMaxInt32 - s.num_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("Reserve: num_tokens ", num_tokens,
                                                    " is negative or past the int32 positions"));
   }
+  if (HasPendingPlan(s)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Reserve: sequence ", seq, " has a compaction plan not yet released (ReleaseRetiredPages)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> BlockManager::PagesNeeded(SeqId seq, int64_t num_tokens) const {
+  HEADPAGE_ASSIGN_OR_RETURN(const Sequence* s, Find(seq));
+  HEADPAGE_RETURN_IF_ERROR(CheckReservable(*s, seq, num_tokens));
   return CountReservePages(*s, num_tokens);
 }
 
 absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut out,
                                    PageCopies* page_copies) {
   HEADPAGE_ASSIGN_OR_RETURN(Sequence* s, Find(seq));
-  if (num_tokens < 0 || num_tokens > kMaxInt32 - s->num_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("Reserve: num_tokens ", num_tokens,
-                                                   " is negative or past the int32 positions"));
-  }
-  if (HasPendingPlan(*s)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "Reserve: sequence ", seq, " has a compaction plan not yet released (ReleaseRetiredPages)"));
-  }
+  HEADPAGE_RETURN_IF_ERROR(CheckReservable(*s, seq, num_tokens));
   if (num_tokens == 0) return absl::OkStatus();
   if (out.data == nullptr || page_copies == nullptr || out.first_token < 0 ||
       out.batch_tokens < out.first_token + num_tokens) {
@@ -238,14 +240,7 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
 
 absl::StatusOr<ReservePlan> BlockManager::Reserve(SeqId seq, int64_t num_tokens) {
   HEADPAGE_ASSIGN_OR_RETURN(const Sequence* s, Find(seq));
-  if (num_tokens < 0 || num_tokens > kMaxInt32 - s->num_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("Reserve: num_tokens ", num_tokens,
-                                                   " is negative or past the int32 positions"));
-  }
-  if (HasPendingPlan(*s)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "Reserve: sequence ", seq, " has a compaction plan not yet released (ReleaseRetiredPages)"));
-  }
+  HEADPAGE_RETURN_IF_ERROR(CheckReservable(*s, seq, num_tokens));
   // As above: refuse before allocating a slot mapping sized by the request.
   if (CountReservePages(*s, num_tokens) > pool_->free_pages()) {
     return absl::Status(absl::StatusCode::kResourceExhausted, "");

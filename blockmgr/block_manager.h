@@ -94,7 +94,7 @@ class BlockManager {
   [[nodiscard]] absl::StatusOr<ReservePlan> Reserve(SeqId seq, int64_t num_tokens);
 
   // Pages Reserve(seq, num_tokens) would take now, for admission control with
-  // PagePool::CanAllocate(). NotFound, InvalidArgument as for Reserve.
+  // PagePool::CanAllocate(). NotFound, InvalidArgument, FailedPrecondition as for Reserve.
   [[nodiscard]] absl::StatusOr<int64_t> PagesNeeded(SeqId seq, int64_t num_tokens) const;
 
   // A new sequence sharing every page of `parent` (parallel sampling, beam
@@ -177,6 +177,9 @@ class BlockManager {
   absl::StatusOr<Sequence*> Find(SeqId seq);
   absl::StatusOr<const Sequence*> Find(SeqId seq) const;
   static bool HasPendingPlan(const Sequence& s);
+  // InvalidArgument for a negative num_tokens or one past the int32 positions,
+  // FailedPrecondition while seq has an unreleased compaction plan.
+  absl::Status CheckReservable(const Sequence& s, SeqId seq, int64_t num_tokens) const;
   int64_t ModPage(int64_t x) const { return page_mask_ ? (x & page_mask_) : x % page_size_; }
   int64_t CountReservePages(const Sequence& s, int64_t num_tokens) const;
   // References held by streams: pool refcount less the retired lists' references.
