@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <queue>
 
 #include "absl/strings/str_cat.h"
@@ -285,8 +286,9 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
   std::vector<int64_t> safe(competing.size());
   size_t total = 0;
   for (const auto& seg : segments) total += seg.size();
-  // One past the end for the unconditional store of the compaction below.
-  std::vector<float> buffer(total + 1);
+  // One past the end for the unconditional store of the compaction below;
+  // uninitialized, every value read is written first.
+  std::unique_ptr<float[]> buffer(new float[total + 1]);
   std::vector<size_t> rest_begin(competing.size()), rest_size(competing.size());
   size_t used = 0;
   int64_t safe_total = 0;
@@ -299,7 +301,7 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
     const float* v = segments[c].data();
     const size_t n = segments[c].size();
     if (safe[c] == 0) {
-      std::copy(v, v + n, buffer.begin() + used);
+      std::copy(v, v + n, buffer.get() + used);
       used += n;
     } else {
       // Branch-free compaction of the values below the safe threshold (the
@@ -313,14 +315,14 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
         equal += v[j] == t;
       }
       const size_t leftover = static_cast<size_t>(equal - top.ties_taken);
-      std::fill(buffer.begin() + used, buffer.begin() + used + leftover, t);
+      std::fill(buffer.get() + used, buffer.get() + used + leftover, t);
       used += leftover;
     }
     rest_size[c] = used - rest_begin[c];
   }
   std::vector<absl::Span<const float>> rest(competing.size());
   for (size_t c = 0; c < competing.size(); ++c) {
-    rest[c] = absl::MakeConstSpan(buffer.data() + rest_begin[c], rest_size[c]);
+    rest[c] = absl::MakeConstSpan(buffer.get() + rest_begin[c], rest_size[c]);
   }
   const std::vector<int64_t> hits = SelectTopK(rest, total_budget - safe_total).counts;
   for (size_t c = 0; c < competing.size(); ++c) {

@@ -10,7 +10,8 @@
 //
 // Errors (InvalidArgument with the reason, nothing computed): capacity <= 0,
 // a capacity smaller than a stream's protected tokens, alpha outside [0, 1],
-// beta <= 0, threshold < 0, num_layers < 1, spans of mismatched sizes.
+// beta <= 0, threshold < 0, num_layers < 1, spans of mismatched sizes,
+// positions not strictly ascending, a NaN score.
 #ifndef HEADPAGE_BLOCKMGR_POLICY_BUDGET_H_
 #define HEADPAGE_BLOCKMGR_POLICY_BUDGET_H_
 
@@ -34,6 +35,12 @@ namespace headpage::policy {
 //   step = (max - min) / (num_layers - 1) (integer division; 0 for one layer),
 //   capacity_l = max - l * step + window.
 // Returns the capacity (window included) of each layer, bottom layer first.
+// The division floors like Python's // (the step is negative only when
+// capacity > prompt_len, where every layer keeps the whole prompt anyway). One
+// layer gets max, as the formula says. The capacities average to capacity plus
+// r / 2, r = (max - min) mod (num_layers - 1), the remainder the integer step
+// drops. Also an error: window outside [0, capacity), prompt_len <= window, and
+// beta so small (< 1/2) that max = 2 B' - min would be negative.
 [[nodiscard]] absl::StatusOr<std::vector<int32_t>> PyramidCapacities(int32_t num_layers,
                                                                      int32_t capacity,
                                                                      int32_t window,
@@ -43,7 +50,10 @@ namespace headpage::policy {
 enum class AdaFloor : uint8_t {
   // Ada-KV's paper and code: global top-(H B') over the layer's candidate
   // scores, c_h hits per stream, B_h = round_half_even(c_h (1 - alpha) +
-  // floor(alpha B')). Sum of B_h is H B' up to rounding (at most H/2 off).
+  // floor(alpha B')). Before rounding the sum is H B' minus the fractions the
+  // floors drop (sum_h frac(alpha B'_h), none when alpha B' is an integer);
+  // rounding then moves it by at most H/2. So sum B_h is in
+  // (H B' - 3H/2, H B' + H/2], within H/2 when alpha B' is integral.
   kScaled,
   // kvpress's AdaKVPress: each stream's top floor(alpha B') candidates are
   // protected (its code: n_safe = int(alpha * n_kept)), the rest of the H B' is
@@ -61,9 +71,13 @@ struct AdaOptions {
 // tokens included: stream h's selectable budget is B'_h = capacity -
 // NumProtected(h), the global top-k takes sum_h B'_h of the candidates (the
 // unprotected tokens; ties break by (stream, slot) order), c_h are the hits in
-// stream h, and floor(alpha B'_h) replaces floor(alpha B'). When every stream's
-// B'_h covers its candidates nothing is evicted. kept_h = B_h + protected_h,
-// clamped to num_tokens_h.
+// stream h, and floor(alpha B'_h) replaces floor(alpha B'). A stream whose B'_h
+// covers its candidates keeps everything and does not compete (its budget is
+// not handed to the others), so when every stream's does, nothing is evicted
+// (the reference compresses at B' == L - w and its rounding can drop a token
+// there; this does not). kept_h = B_h + protected_h, clamped to num_tokens_h.
+// B_h is computed in double (torch uses float32; they agree on every exact .5
+// tie). O(total tokens): a sampled/radix select, no sort.
 [[nodiscard]] absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
                                                            int32_t capacity,
                                                            const AdaOptions& options = AdaOptions());
@@ -77,7 +91,13 @@ struct AdaOptions {
 //   least important candidates of a[g][j]^2),
 // the cut is the largest k with (base - kept(k)) / base <= threshold, the same
 // k for every stream of the layer: kept_h = num_tokens_h - k. threshold 0
-// keeps everything. Streams must have equally many candidates.
+// keeps everything (even candidates with exactly zero attention), and so does
+// base == 0 (no attention on any candidate: the rule is 0/0). Streams must have
+// equally many candidates. Ties in score order the higher slot as less
+// important, the reverse of SelectKeepSet, so SelectKeepSet(kept_h) keeps
+// exactly the tokens measured; with by_position, select with position scores
+// (StreamingLLM's) for the same reason. O(n) per stream to order (a radix
+// sort) and per q head for the metric.
 [[nodiscard]] absl::StatusOr<std::vector<int32_t>> DBudgetKept(
     absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
     int32_t group_size, double threshold = 0.05, bool by_position = false);
@@ -92,6 +112,18 @@ struct AdaOptions {
 // lost mass (Ada-KV's L1 bound summed over every head in the pool). Each
 // stream keeps at least floors[i] tokens (and its protected ones). Returns the
 // kept counts; when the floors forbid freeing pages_to_free, frees what they allow.
+//
+// Precisely: tokens are evicted in one global order, lowest normalized score
+// first, equal ones from the higher stream index first (the mirror of Ada's
+// (stream, slot) tie rule), each stream stopping at its minimum, and the
+// result is the shortest prefix of that order that frees pages_to_free pages
+// (pages(t) = ceil(t / page_size)). Every token below the threshold goes, also
+// one that frees no page by itself. A stream whose candidates sum to 0 counts
+// as uniform (1/n each). Scores must be finite and >= 0 (attention mass; a
+// Knorm score is negative): InvalidArgument otherwise, as for a floor < 0,
+// page_size <= 0 or pages_to_free < 0. O(N) to validate and radix-sort each
+// evicting stream's candidates, plus O(E log S) to merge them (E tokens
+// evicted, S streams); memory 4 bytes per candidate.
 [[nodiscard]] absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> streams,
                                                               absl::Span<const int32_t> floors,
                                                               int32_t page_size,

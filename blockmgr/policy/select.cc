@@ -5,7 +5,6 @@
 #include <cmath>
 #include <functional>
 #include <limits>
-#include <memory>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -119,9 +118,17 @@ KthLargest RadixKthLargest(absl::Span<const absl::Span<const float>> segments, i
 
   // The bucket is a closed float interval: two compares select it, and the
   // unconditional write (overwritten unless the value matched) avoids
-  // mispredictions when the bucket holds a large share.
-  const float bucket_low = FromOrderedKey(prefix);
-  const float bucket_high = FromOrderedKey(prefix | 0x1FFFFFu);
+  // mispredictions when the bucket holds a large share. The interval's ends
+  // must be values whose keys lie in the bucket: the outermost buckets span
+  // NaN bit patterns beyond the infinities (clamped to the infinities: there
+  // is no NaN to miss), and key 0x7FFFFFFF, the top of the bucket below zero,
+  // decodes to -0, which compares equal to +0 of the next bucket (no value has
+  // that key, -0 being folded into +0; its neighbor is -denorm_min).
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  uint32_t high_key = std::min(prefix | 0x1FFFFFu, OrderedKey(kInf));
+  if (high_key == 0x7FFFFFFFu) high_key = 0x7FFFFFFEu;
+  const float bucket_low = FromOrderedKey(std::max(prefix, OrderedKey(-kInf)));
+  const float bucket_high = FromOrderedKey(high_key);
   std::vector<uint32_t> keys(static_cast<size_t>(hist[top.index]) + 1);
   size_t num_keys = 0;
   for (const auto& seg : segments) {
@@ -212,30 +219,40 @@ bool SampledSelect(absl::Span<const absl::Span<const float>> segments, int64_t k
     low = sample[low_rank];
   }
 
-  // Room for every value: the unconditional store may write one past the last
-  // gathered value. Left uninitialized, so only the written prefix is touched.
-  std::unique_ptr<float[]> inside(new float[static_cast<size_t>(total) + 1]);
+  // Gathered block by block through a small buffer sized for a whole block
+  // (the unconditional store needs room for every value of it), so memory
+  // grows with what is gathered, not with the input.
+  constexpr size_t kBlock = 1024;
+  float block[kBlock + 1];
+  std::vector<float> inside;
+  inside.reserve(static_cast<size_t>(total / m * (2 * margin + 1)) + kBlock);
   std::vector<int64_t> above(segments.size()), inside_end(segments.size());
-  int64_t num_inside = 0, num_above = 0;
+  int64_t num_above = 0;
   for (size_t s = 0; s < segments.size(); ++s) {
     const float* v = segments[s].data();
     const size_t n = segments[s].size();
     int64_t seg_above = 0;
-    for (size_t j = 0; j < n; ++j) {
-      seg_above += v[j] > high;
-      inside[num_inside] = v[j];
-      num_inside += (v[j] >= low) & (v[j] <= high);
+    for (size_t first = 0; first < n; first += kBlock) {
+      const size_t last = std::min(n, first + kBlock);
+      size_t gathered = 0;
+      for (size_t j = first; j < last; ++j) {
+        seg_above += v[j] > high;
+        block[gathered] = v[j];
+        gathered += (v[j] >= low) & (v[j] <= high);
+      }
+      inside.insert(inside.end(), block, block + gathered);
     }
     above[s] = seg_above;
-    inside_end[s] = num_inside;
+    inside_end[s] = static_cast<int64_t>(inside.size());
     num_above += seg_above;
   }
+  const int64_t num_inside = static_cast<int64_t>(inside.size());
   if (num_above >= k || num_above + num_inside < k) return false;
 
   // The (k - num_above)-th largest gathered value, on a copy: the gathered
   // values stay in segment order for the per-segment counts below.
   const int64_t pos = k - num_above - 1;
-  std::vector<float> work(inside.get(), inside.get() + num_inside);
+  std::vector<float> work(inside.begin(), inside.end());
   std::nth_element(work.begin(), work.begin() + pos, work.end(), std::greater<float>());
   const float t = work[pos];
   int64_t need = k - num_above;
@@ -299,29 +316,27 @@ absl::Status SelectKeepSet(const StreamScores& stream, int32_t kept, std::vector
   }
   const int32_t take = kept - num_protected;  // unprotected slots to keep
 
-  keep->clear();
-  keep->reserve(kept);
-  for (int32_t j = 0; j < range->begin; ++j) keep->push_back(j);
+  keep->resize(static_cast<size_t>(kept));
+  int32_t* out = keep->data();
+  int32_t m = 0;
+  for (int32_t j = 0; j < range->begin; ++j) out[m++] = j;
   if (take == num_candidates) {
-    for (int32_t j = range->begin; j < range->end; ++j) keep->push_back(j);
+    for (int32_t j = range->begin; j < range->end; ++j) out[m++] = j;
   } else if (take > 0) {
     // Rather than ranking (score, slot) pairs, find the threshold and walk the
     // slots in order: everything above it is kept, and of the slots equal to it
-    // the lowest ones fill what is left. The output comes out ascending.
+    // the lowest ones fill what is left, so the output comes out ascending.
     const float* candidates = stream.scores.data() + range->begin;
     const internal::TopK top =
         internal::SelectTopK({absl::MakeConstSpan(candidates, num_candidates)}, take);
+    const float t = top.threshold;
     int64_t ties_left = top.ties_taken;
     for (int32_t j = 0; j < num_candidates; ++j) {
-      if (candidates[j] > top.threshold) {
-        keep->push_back(range->begin + j);
-      } else if (candidates[j] == top.threshold && ties_left > 0) {
-        keep->push_back(range->begin + j);
-        --ties_left;
-      }
+      const float v = candidates[j];
+      if (v >= t && (v > t || ties_left-- > 0)) out[m++] = range->begin + j;
     }
   }
-  for (int32_t j = range->end; j < n; ++j) keep->push_back(j);
+  for (int32_t j = range->end; j < n; ++j) out[m++] = j;
   return absl::OkStatus();
 }
 
