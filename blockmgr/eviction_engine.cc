@@ -576,6 +576,14 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
         const std::vector<float>& known = state.scores[layer * heads + h];
         const auto scored = static_cast<int32_t>(std::min<size_t>(known.size(), n));
         scores.emplace_back(known.begin(), known.begin() + scored);
+        // GlobalKept compares shares of each stream's score mass, which needs
+        // scores >= 0. Knorm's are negative (-||k||): shift a stream's scores to
+        // start at zero, which keeps their order within the stream.
+        const auto lowest = std::min_element(scores.back().begin(), scores.back().end());
+        if (lowest != scores.back().end() && *lowest < 0.0f) {
+          const float shift = *lowest;
+          for (float& x : scores.back()) x -= shift;
+        }
         scores.back().resize(static_cast<size_t>(n), 0.0f);
         positions.emplace_back(data.positions.begin() + data.offsets[h],
                                data.positions.begin() + data.offsets[h + 1]);

@@ -138,9 +138,10 @@ class EvictionEngine {
 
   // The pool-wide budget: evicts the globally least important tokens of every
   // sequence the engine has scores for (policy::GlobalKept, one threshold over
-  // all of them), keeping at least `floor_tokens` (and the protected tokens) in
-  // every stream, until pages_to_free pages are back in the pool or the floors
-  // stop it. Returns the pages freed. InvalidArgument for negative arguments.
+  // all of them), keeping at least `floor_tokens` in every stream, and its last
+  // `protect_recent` tokens, until pages_to_free pages are back in the pool or
+  // the floors stop it. A stream's negative scores (knorm's) are shifted to start
+  // at zero first. Returns the pages freed. InvalidArgument for negative arguments.
   [[nodiscard]] absl::StatusOr<int64_t> EnforcePoolBudget(int64_t pages_to_free,
                                                           int32_t floor_tokens = 0,
                                                           int32_t protect_recent = 0);

@@ -354,5 +354,18 @@ TEST_CASE("EvictionEngine: the pool-wide budget frees pages across sequences", "
   REQUIRE_OK(f.manager().CheckInvariants());
 }
 
+TEST_CASE("EvictionEngine: the pool-wide budget works from knorm's negative scores", "[eviction]") {
+  EngineFixture f;
+  auto config = PolicyByName("knorm");
+  REQUIRE_OK(config);
+  const SeqId seq = f.Prefill(80);
+  auto q = f.Queries(1, 79);
+  REQUIRE_OK(f.engine().Compress(seq, *config, Budget::Fraction(0.9), q));
+  auto freed = f.engine().EnforcePoolBudget(8, 4, 0);
+  REQUIRE_OK(freed);
+  REQUIRE(*freed >= 8);
+  for (int32_t st = 0; st < 4; ++st) REQUIRE(f.CheckStream(seq, st / 2, st % 2).size() >= 4);
+}
+
 }  // namespace
 }  // namespace headpage
