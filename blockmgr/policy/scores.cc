@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -125,11 +126,145 @@ absl::Status ValidateSize(size_t actual, int64_t expected, const char* what) {
 
 // ---------------------------------------------------------------------------
 // Numerics.
+//
+// Every attention scorer needs, per query row, softmax(q k^T / sqrt(d)) over
+// the keys the row sees. That is a matrix product plus one exp per logit: for
+// SnapKV on one Llama-3-8B layer at 8192 keys, 8 KV heads x 128 query rows x
+// 8192 keys x d = 128 (1.1 G multiply-adds) and 8.4 M exps. Both run four
+// lanes at a time on the baseline ISA (SSE2 on x86-64: the library is built
+// without -march, so wider vectors and FMA are not available). The product
+// dominates; at two SSE arithmetic instructions per four multiply-adds it is
+// bound by the FP ports, which the kernel below keeps busy.
+//
+// The logits are bit-identical to the textbook loop
+//   float dot = 0; for (e = 0; e < d; ++e) dot += q[e] * k[e]; logit = dot / sqrt(d)
+// because the vectors run across keys (one key per lane), not across e: each
+// lane performs exactly that sequence of roundings, nothing is reassociated.
+// What differs from a scalar softmax is only rounding: exp within 1 ulp
+// instead of 0.5 (ExpNonPositive) and the order of each row's sum.
+
+// Four floats in one register: SSE on x86-64 (part of its baseline ABI), NEON
+// on arm64. GCC's and Clang's vector extensions give lane-wise + - * / and
+// comparisons with one code path for every target.
+typedef float V4 __attribute__((vector_size(16)));
+typedef int32_t V4i __attribute__((vector_size(16)));
+constexpr int32_t kLanes = 4;
+
+inline V4 Splat(float x) { return V4{x, x, x, x}; }
+// Unaligned load and store; memcpy compiles to a single movups.
+inline V4 Load(const float* p) {
+  V4 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store(float* p, V4 v) { std::memcpy(p, &v, sizeof(v)); }
+
+int32_t CeilDiv(int32_t a, int32_t b) { return (a + b - 1) / b; }
+
+// exp(x) per lane for x <= 0 (a softmax argument once the row max is
+// subtracted): within 1 ulp of the exact value for every float in [-104, 0],
+// denormal results included (std::exp is within 0.5 ulp; the difference, ~6e-8
+// relative, is far inside the scorers' 1e-6), 0 below -104 where float's exp
+// rounds to 0 anyway, and NaN stays NaN. Cephes' expf: x = n ln2 + r with
+// |r| <= ln2 / 2, exp(r) from a polynomial, then scaled by 2^n. About three
+// times the throughput of std::exp per element, which matters at one exp per
+// logit.
+//
+// kFullRange = false requires -87 <= x <= 0, where 2^n is a normal float: it
+// skips the clamp and the split scale below, and gives the same result bit for
+// bit (both scalings are exact until the one final rounding).
+template <bool kFullRange>
+inline V4 ExpNonPositive(V4 x) {
+  if constexpr (kFullRange) {
+    const V4 lowest = Splat(-104.0f);
+    x = x < lowest ? lowest : x;  // NaN compares false and passes through
+  }
+  // n = round(x log2(e)): adding 1.5 * 2^23 rounds to an integer held in the
+  // low bits of the significand, so n is also the bit difference.
+  const V4 round = Splat(12582912.0f);
+  const V4 t = x * Splat(1.44269504088896341f) + round;
+  const V4i n = (V4i)t - (V4i)round;
+  const V4 nf = t - round;
+  // r = x - n ln2 with ln2 split in two (Cody-Waite): n * 0.693359375 is exact.
+  const V4 r = (x - nf * Splat(0.693359375f)) - nf * Splat(-2.12194440e-4f);
+  // exp(r) = 1 + r + r^2 p(r), p of degree 5 evaluated in Estrin's scheme
+  // (shorter dependency chains than Horner's, so more exps overlap).
+  const V4 r2 = r * r;
+  const V4 p01 = Splat(1.6666665459e-1f) * r + Splat(5.0000001201e-1f);
+  const V4 p23 = Splat(8.3334519073e-3f) * r + Splat(4.1665795894e-2f);
+  const V4 p45 = Splat(1.9875691500e-4f) * r + Splat(1.3981999507e-3f);
+  const V4 p = (p45 * r2 + p23) * r2 + p01;
+  const V4 exp_r = (p * r2 + r) + Splat(1.0f);
+  if constexpr (!kFullRange) {
+    return exp_r * (V4)((n + 127) << 23);
+  } else {
+    // 2^n as two factors: n goes down to -150, below the smallest normal
+    // exponent (-126). The first product is exact, the second rounds once,
+    // into the denormals where it must, as the correctly rounded exp would.
+    const V4i n1 = n >> 1;
+    const V4i n2 = n - n1;
+    return exp_r * (V4)((n1 + 127) << 23) * (V4)((n2 + 127) << 23);
+  }
+}
+
+// Keys as the logits kernel reads them: panels of kPanel consecutive keys,
+// each panel [head_dim][kPanel] floats. The kernel walks one panel front to
+// back (4 KiB at d = 128: it stays in L1 while every query row of a chunk uses
+// it, where a plain transpose [d][n] would stride by n and thrash the cache
+// sets) and loads the kPanel keys' element e with two vector loads. f16 and
+// bf16 are widened here, once per call; widening is exact, so the scores do
+// not depend on the storage dtype. The last panel is padded with zero keys,
+// whose logits are computed and never read.
+constexpr int32_t kPanelVecs = 2;
+constexpr int32_t kPanel = kPanelVecs * kLanes;
+
+inline float Widen(float x) { return x; }
+inline float Widen(f16 x) { return x.ToFloat(); }
+inline float Widen(bf16 x) { return x.ToFloat(); }
+
+template <class T>
+void PackKeysAs(const T* keys, int32_t n, int32_t d, float* packed) {
+  for (int32_t first = 0; first < n; first += kPanel) {
+    const T* block = keys + static_cast<size_t>(first) * d;
+    float* panel = packed + static_cast<size_t>(first) * d;
+    // e outer, so that the stores are contiguous: 2x faster than walking each
+    // key's row and scattering it down the panel.
+    if (first + kPanel <= n) {
+      for (int32_t e = 0; e < d; ++e) {
+        for (int32_t c = 0; c < kPanel; ++c) panel[e * kPanel + c] = Widen(block[c * d + e]);
+      }
+    } else {
+      for (int32_t e = 0; e < d; ++e) {
+        for (int32_t c = 0; c < kPanel; ++c) {
+          panel[e * kPanel + c] = first + c < n ? Widen(block[c * d + e]) : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// The stream's keys packed into `storage` (resized to whole panels).
+const float* PackKeys(const StreamKeys& keys, std::vector<float>* storage) {
+  const int32_t n = keys.num_tokens;
+  const int32_t d = keys.head_dim;
+  storage->resize(static_cast<size_t>(CeilDiv(n, kPanel)) * kPanel * d);
+  switch (keys.dtype) {
+    case DType::kF32:
+      PackKeysAs(static_cast<const float*>(keys.data), n, d, storage->data());
+      break;
+    case DType::kF16:
+      PackKeysAs(static_cast<const f16*>(keys.data), n, d, storage->data());
+      break;
+    case DType::kBF16:
+      PackKeysAs(static_cast<const bf16*>(keys.data), n, d, storage->data());
+      break;
+  }
+  return storage->data();
+}
 
 // A float view of `count` elements of `dtype`: f32 is read in place, f16 and
-// bf16 are widened once into `storage` so that the O(n d) loops below do not
-// dispatch on the dtype per element. Widening is exact, so the results do not
-// depend on the storage dtype beyond the rounding already in the values.
+// bf16 are widened once into `storage`. Exact, like PackKeys. (Queries are
+// small next to the keys: [group][rows][d] against [n][d].)
 const float* AsFloat(const void* data, size_t count, DType dtype, std::vector<float>* storage) {
   if (dtype == DType::kF32) return static_cast<const float*>(data);
   storage->resize(count);
@@ -146,66 +281,225 @@ int32_t VisibleKeys(const StreamKeys& keys, int32_t position) {
       keys.positions);
 }
 
-// row[j] = softmax_j(q . k_j / sqrt(d)) over the first `visible` keys, in float
-// with the max subtracted (as the references' fp32 softmax). Entries past
-// `visible` are not touched. With visible == 0 there is nothing to write, which
-// is how a query that sees no key contributes nothing.
-void SoftmaxRow(const float* q, const float* k, int32_t visible, int32_t head_dim,
-                float* row) {
-  if (visible == 0) return;
-  const float sqrt_d = std::sqrt(static_cast<float>(head_dim));
-  float max_logit = -std::numeric_limits<float>::infinity();
-  for (int32_t j = 0; j < visible; ++j) {
-    const float* kj = k + static_cast<size_t>(j) * head_dim;
-    float dot = 0.0f;
-    for (int32_t c = 0; c < head_dim; ++c) dot += q[c] * kj[c];
-    row[j] = dot / sqrt_d;
-    max_logit = std::max(max_logit, row[j]);
+// Working memory of the attention scorers, kept per thread between calls. At
+// 8192 keys and d = 128 a call needs ~5 MiB (4 MiB of packed keys, a chunk of
+// logits);
+// allocating that per call costs page faults on the same order as the
+// arithmetic. thread_local keeps the scorers safe to run on several threads at
+// once (nothing in here carries meaning from one call to the next), and
+// TrimIfLarge() frees what a very long stream grew, so that it is not pinned
+// for the thread's lifetime.
+struct Scratch {
+  std::vector<float> packed_keys;  // PackKeys
+  std::vector<float> logits;       // ForEachAttentionRow: [kChunkRows][panels * kPanel]
+  std::vector<float> q_splat;      // ForEachAttentionRow: [kChunkRows][d][kLanes]
+  std::vector<float> queries;      // queries widened to float
+  std::vector<float> rows;         // TOVA: each KV head's last query rows, gathered
+  std::vector<int32_t> visible;    // keys seen per query row
+  std::vector<float> head_sum;     // [n] attention summed over one q head's rows
+  std::vector<float> total;        // [n] the result before it is written out
+
+  static constexpr size_t kRetainedBytes = size_t{32} << 20;
+
+  void TrimIfLarge() {
+    const size_t bytes =
+        sizeof(float) * (packed_keys.capacity() + logits.capacity() + q_splat.capacity() +
+                         queries.capacity() + rows.capacity() + head_sum.capacity() +
+                         total.capacity()) +
+        sizeof(int32_t) * visible.capacity();
+    if (bytes > kRetainedBytes) *this = Scratch();
   }
-  // The max entry contributes exp(0) = 1, so the sum is >= 1: no division by 0.
-  float sum = 0.0f;
-  for (int32_t j = 0; j < visible; ++j) {
-    row[j] = std::exp(row[j] - max_logit);
-    sum += row[j];
+};
+
+Scratch& ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+// The logits kernel computes kRows query rows against one panel of keys:
+// kRows x kPanel / kLanes = 8 vector accumulators stay in registers (x86-64
+// has 16), each key vector loaded is used kRows times and each query element
+// kPanel times, so the loop is bound by the multiplies and adds, not by loads.
+// (4 x 12 and 6 x 8 tiles measured no faster.) The query elements come
+// pre-broadcast ([e][r][kLanes] per block of rows), so the inner loop is only
+// loads, multiplies and adds: a broadcast in the loop is a shuffle competing
+// with the adds for a port.
+constexpr int32_t kRows = 4;
+
+// out[r][col + c] = (q[r] . key c of `panel`) / sqrt_d for r < kRows and
+// c < kPanel. Each lane sums q[r][e] * k[e] for e = 0, 1, ..., d - 1 starting
+// from 0: bit for bit the scalar dot product.
+inline void LogitsTile(const float* q_splat, const float* panel, int32_t d, V4 sqrt_d,
+                       float* const out[kRows], size_t col) {
+  V4 acc[kRows][kPanelVecs] = {};
+  for (int32_t e = 0; e < d; ++e) {
+    V4 k[kPanelVecs];
+    for (int32_t v = 0; v < kPanelVecs; ++v) k[v] = Load(panel + e * kPanel + v * kLanes);
+    for (int32_t r = 0; r < kRows; ++r) {
+      const V4 qe = Load(q_splat + (e * kRows + r) * kLanes);
+      for (int32_t v = 0; v < kPanelVecs; ++v) acc[r][v] += qe * k[v];
+    }
   }
-  for (int32_t j = 0; j < visible; ++j) row[j] /= sum;
+  for (int32_t r = 0; r < kRows; ++r) {
+    for (int32_t v = 0; v < kPanelVecs; ++v) Store(out[r] + col + v * kLanes, acc[r][v] / sqrt_d);
+  }
+}
+
+// row[j] = exp(row[j] - max) for j < visible; returns their sum. The sum is
+// kept per lane and then added across: not the sequential order, which the
+// scorers' tolerances allow.
+template <bool kFullRange>
+float ExpRowFrom(float* row, int32_t visible, float max) {
+  const int32_t body = visible - visible % kLanes;
+  const V4 shift = Splat(max);
+  V4 lane_sum = {};
+  for (int32_t j = 0; j < body; j += kLanes) {
+    const V4 e = ExpNonPositive<kFullRange>(Load(row + j) - shift);
+    Store(row + j, e);
+    lane_sum += e;
+  }
+  float sum = (lane_sum[0] + lane_sum[1]) + (lane_sum[2] + lane_sum[3]);
+  if (body < visible) {
+    // The last 1..3 entries go through the same exp, padded with exp(0).
+    float tail[kLanes] = {max, max, max, max};
+    std::copy(row + body, row + visible, tail);
+    const V4 e = ExpNonPositive<kFullRange>(Load(tail) - shift);
+    for (int32_t j = body; j < visible; ++j) {
+      row[j] = e[j - body];
+      sum += row[j];
+    }
+  }
+  return sum;
+}
+
+// row[j] = exp(row[j] - max) for j < visible (>= 1), where max is the largest
+// of them; returns their sum (>= 1, since the max contributes exp(0)).
+float ExpRow(float* row, int32_t visible) {
+  const int32_t body = visible - visible % kLanes;
+  V4 lane_max = Splat(-std::numeric_limits<float>::infinity());
+  V4 lane_min = Splat(std::numeric_limits<float>::infinity());
+  for (int32_t j = 0; j < body; j += kLanes) {
+    const V4 x = Load(row + j);
+    lane_max = x > lane_max ? x : lane_max;
+    lane_min = x < lane_min ? x : lane_min;
+  }
+  float max = std::max(std::max(lane_max[0], lane_max[1]), std::max(lane_max[2], lane_max[3]));
+  float min = std::min(std::min(lane_min[0], lane_min[1]), std::min(lane_min[2], lane_min[3]));
+  for (int32_t j = body; j < visible; ++j) {
+    max = std::max(max, row[j]);
+    min = std::min(min, row[j]);
+  }
+  // Rows whose logits span less than 87 (nearly all: softmax weights below
+  // e^-87 ~ 1.6e-38 are rare) take the faster exp; the results are the same.
+  return min - max >= -87.0f ? ExpRowFrom<false>(row, visible, max)
+                             : ExpRowFrom<true>(row, visible, max);
+}
+
+// Query rows are processed kChunkRows at a time. Within a chunk each panel of
+// keys is loaded once and used by every row block; the chunk's broadcast
+// queries (32 KiB at d = 128) and the panel (4 KiB) fit in L1, which 32 rows
+// per chunk did not (20% slower). The chunk's logits ([kChunkRows][n] floats,
+// 512 KiB at 8192 keys) stay in L2 between the product and the softmax, and
+// the memory is bounded whatever the number of rows (H2O may pass every
+// prompt row).
+constexpr int32_t kChunkRows = 16;
+static_assert(kChunkRows % kRows == 0, "chunks hold whole row blocks");
+
+// For each query row i < num_rows of q ([num_rows][d] floats) that sees a key
+// (visible[i] > 0 keys, a slot prefix), calls sink(i, e, visible[i], sum)
+// where e[j] = exp(logit_ij - max_j logit_ij) for j < visible[i] and sum is
+// their sum: the row's attention is e[j] / sum. `e` is valid only during the
+// call. A block of rows stops at the last panel any of its rows sees, so a
+// causal (triangular) set of rows costs about half a full product.
+template <class Sink>
+void ForEachAttentionRow(const float* packed_keys, int32_t num_keys, int32_t d, const float* q,
+                         const int32_t* visible, int32_t num_rows, Scratch* scratch, Sink&& sink) {
+  const size_t ld = static_cast<size_t>(CeilDiv(num_keys, kPanel)) * kPanel;
+  scratch->logits.resize(kChunkRows * ld);
+  scratch->q_splat.resize(static_cast<size_t>(kChunkRows) * d * kLanes);
+  const V4 sqrt_d = Splat(std::sqrt(static_cast<float>(d)));
+
+  for (int32_t first = 0; first < num_rows; first += kChunkRows) {
+    const int32_t rows = std::min(kChunkRows, num_rows - first);
+    const int32_t blocks = CeilDiv(rows, kRows);
+    // Rows past `rows` in the last block are zero queries, computed and ignored.
+    float* row_logits[kChunkRows];
+    for (int32_t i = 0; i < blocks * kRows; ++i) row_logits[i] = scratch->logits.data() + i * ld;
+    float* q_splat = scratch->q_splat.data();
+    for (int32_t b = 0; b < blocks; ++b) {
+      for (int32_t e = 0; e < d; ++e) {
+        for (int32_t r = 0; r < kRows; ++r) {
+          const int32_t i = b * kRows + r;
+          const float x = i < rows ? q[static_cast<size_t>(first + i) * d + e] : 0.0f;
+          Store(q_splat + ((static_cast<size_t>(b) * d + e) * kRows + r) * kLanes, Splat(x));
+        }
+      }
+    }
+    int32_t block_panels[kChunkRows / kRows];  // panels holding a key the block sees
+    int32_t chunk_panels = 0;
+    for (int32_t b = 0; b < blocks; ++b) {
+      int32_t seen = 0;
+      for (int32_t i = b * kRows; i < std::min(rows, (b + 1) * kRows); ++i) {
+        seen = std::max(seen, visible[first + i]);
+      }
+      block_panels[b] = CeilDiv(seen, kPanel);
+      chunk_panels = std::max(chunk_panels, block_panels[b]);
+    }
+    for (int32_t p = 0; p < chunk_panels; ++p) {
+      const float* panel = packed_keys + static_cast<size_t>(p) * d * kPanel;
+      for (int32_t b = 0; b < blocks; ++b) {
+        if (p >= block_panels[b]) continue;
+        LogitsTile(q_splat + static_cast<size_t>(b) * d * kRows * kLanes, panel, d, sqrt_d,
+                   row_logits + b * kRows, static_cast<size_t>(p) * kPanel);
+      }
+    }
+    for (int32_t i = 0; i < rows; ++i) {
+      const int32_t seen = visible[first + i];
+      if (seen == 0) continue;  // a query that sees no key contributes nothing
+      const float sum = ExpRow(row_logits[i], seen);
+      sink(first + i, static_cast<const float*>(row_logits[i]), seen, sum);
+    }
+  }
 }
 
 // reduced[j] = reduce_g( sum_r A[g][r][j] ): the attention key j receives from
-// every query row of q head g, then reduced over the group. Written, not added.
-// The whole group is reduced per call (max of the sums, not sum of the maxes).
+// every query row of q head g, then reduced over the group. Written, not added
+// (to scratch->total, [n]). The whole group is reduced per call (max of the
+// sums, not sum of the maxes).
 void ReducedAttentionSum(const StreamKeys& keys, const GroupQueries& queries, GroupReduce reduce,
-                         std::vector<float>* reduced) {
+                         Scratch* scratch) {
   const int32_t n = keys.num_tokens;
   const int32_t d = keys.head_dim;
-  std::vector<float> key_storage, query_storage;
-  const float* k = AsFloat(keys.data, static_cast<size_t>(n) * d, keys.dtype, &key_storage);
-  const float* q = AsFloat(
-      queries.data, static_cast<size_t>(queries.group_size) * queries.num_queries * d,
-      queries.dtype, &query_storage);
+  const int32_t w = queries.num_queries;
+  std::vector<float>& reduced = scratch->total;
+  std::vector<float>& head_sum = scratch->head_sum;
+  reduced.assign(n, 0.0f);
+  if (n == 0 || w == 0) return;
 
-  reduced->assign(n, 0.0f);
-  std::vector<float> head_sum(n);  // sum over rows for the current q head
-  std::vector<float> row(n);
+  const float* k = PackKeys(keys, &scratch->packed_keys);
+  const float* q = AsFloat(queries.data, static_cast<size_t>(queries.group_size) * w * d,
+                           queries.dtype, &scratch->queries);
+  scratch->visible.resize(w);
+  for (int32_t r = 0; r < w; ++r) scratch->visible[r] = VisibleKeys(keys, queries.positions[r]);
+
   for (int32_t g = 0; g < queries.group_size; ++g) {
-    std::fill(head_sum.begin(), head_sum.end(), 0.0f);
-    for (int32_t r = 0; r < queries.num_queries; ++r) {
-      const int32_t visible = VisibleKeys(keys, queries.positions[r]);
-      const float* qr = q + (static_cast<size_t>(g) * queries.num_queries + r) * d;
-      SoftmaxRow(qr, k, visible, d, row.data());
-      for (int32_t j = 0; j < visible; ++j) head_sum[j] += row[j];
-    }
-    for (int32_t j = 0; j < n; ++j) {
-      if (reduce == GroupReduce::kMax) {
-        // Sums are >= 0, so the first head's sum may start the max.
-        (*reduced)[j] = g == 0 ? head_sum[j] : std::max((*reduced)[j], head_sum[j]);
-      } else {
-        (*reduced)[j] += head_sum[j];
+    head_sum.assign(n, 0.0f);
+    float* sum_of_rows = head_sum.data();
+    ForEachAttentionRow(k, n, d, q + static_cast<size_t>(g) * w * d, scratch->visible.data(), w,
+                        scratch, [&](int32_t, const float* e, int32_t seen, float sum) {
+                          for (int32_t j = 0; j < seen; ++j) sum_of_rows[j] += e[j] / sum;
+                        });
+    if (reduce == GroupReduce::kMax) {
+      // Sums are >= 0, so the first head's sum may start the max.
+      for (int32_t j = 0; j < n; ++j) {
+        reduced[j] = g == 0 ? head_sum[j] : std::max(reduced[j], head_sum[j]);
       }
+    } else {
+      for (int32_t j = 0; j < n; ++j) reduced[j] += head_sum[j];
     }
   }
   if (reduce == GroupReduce::kMean) {
-    for (float& v : *reduced) v /= static_cast<float>(queries.group_size);
+    for (float& v : reduced) v /= static_cast<float>(queries.group_size);
   }
 }
 
@@ -255,8 +549,9 @@ absl::Status SnapKVScores(const StreamKeys& keys, const GroupQueries& window,
   HEADPAGE_RETURN_IF_ERROR(ValidateReduce(options.reduce));
   HEADPAGE_RETURN_IF_ERROR(ValidateSize(scores.size(), keys.num_tokens, "scores"));
 
-  std::vector<float> reduced;
-  ReducedAttentionSum(keys, window, options.reduce, &reduced);
+  Scratch& scratch = ThreadScratch();
+  ReducedAttentionSum(keys, window, options.reduce, &scratch);
+  const std::vector<float>& reduced = scratch.total;
 
   // The window starts at its lowest query position; the keys before it (a slot
   // prefix) are the candidates that get pooled. Pooling stops at the window so
@@ -274,6 +569,7 @@ absl::Status SnapKVScores(const StreamKeys& keys, const GroupQueries& window,
                                  keys.positions);
   Pool1d(reduced.data(), prefix, options.kernel_size, options.pooling, scores.data());
   std::copy(reduced.begin() + prefix, reduced.end(), scores.begin() + prefix);
+  scratch.TrimIfLarge();
   return absl::OkStatus();
 }
 
@@ -284,9 +580,10 @@ absl::Status AccumulateAttention(const StreamKeys& keys, const GroupQueries& que
   HEADPAGE_RETURN_IF_ERROR(ValidateReduce(reduce));
   HEADPAGE_RETURN_IF_ERROR(ValidateSize(scores.size(), keys.num_tokens, "scores"));
 
-  std::vector<float> reduced;
-  ReducedAttentionSum(keys, queries, reduce, &reduced);
-  for (int32_t j = 0; j < keys.num_tokens; ++j) scores[j] += reduced[j];
+  Scratch& scratch = ThreadScratch();
+  ReducedAttentionSum(keys, queries, reduce, &scratch);
+  for (int32_t j = 0; j < keys.num_tokens; ++j) scores[j] += scratch.total[j];
+  scratch.TrimIfLarge();
   return absl::OkStatus();
 }
 
@@ -349,27 +646,34 @@ absl::Status TovaScores(absl::Span<const StreamKeys> layer_keys,
   HEADPAGE_RETURN_IF_ERROR(ValidateSize(scores.size(), head0.num_tokens, "scores"));
 
   const int32_t n = head0.num_tokens;
-  std::vector<float> total(n, 0.0f);
-  std::vector<float> row(n);
+  Scratch& scratch = ThreadScratch();
+  std::vector<float>& total = scratch.total;
+  total.assign(n, 0.0f);
   int64_t num_q_heads = 0;
   for (size_t h = 0; h < layer_keys.size(); ++h) {
     const StreamKeys& keys = layer_keys[h];
     const GroupQueries& q = last_queries[h];
     const int32_t d = keys.head_dim;
-    std::vector<float> key_storage, query_storage;
-    const float* k = AsFloat(keys.data, static_cast<size_t>(n) * d, keys.dtype, &key_storage);
-    const float* qf =
-        AsFloat(q.data, static_cast<size_t>(q.group_size) * q.num_queries * d, q.dtype,
-                &query_storage);
-    const int32_t visible = VisibleKeys(keys, q.positions[last_row[h]]);
-    for (int32_t g = 0; g < q.group_size; ++g) {
-      const float* qr = qf + (static_cast<size_t>(g) * q.num_queries + last_row[h]) * d;
-      SoftmaxRow(qr, k, visible, d, row.data());
-      for (int32_t j = 0; j < visible; ++j) total[j] += row[j];
-    }
     num_q_heads += q.group_size;
+    const int32_t seen = VisibleKeys(keys, q.positions[last_row[h]]);
+    if (seen == 0) continue;  // the last query sees no key: nothing to add
+    // The last row of each q head, [group_size][d] as float.
+    scratch.rows.resize(static_cast<size_t>(q.group_size) * d);
+    for (int32_t g = 0; g < q.group_size; ++g) {
+      const size_t row = (static_cast<size_t>(g) * q.num_queries + last_row[h]) * d;
+      for (int32_t c = 0; c < d; ++c) {
+        scratch.rows[static_cast<size_t>(g) * d + c] = LoadAsFloat(q.data, row + c, q.dtype);
+      }
+    }
+    scratch.visible.assign(q.group_size, seen);
+    const float* k = PackKeys(keys, &scratch.packed_keys);
+    ForEachAttentionRow(k, n, d, scratch.rows.data(), scratch.visible.data(), q.group_size,
+                        &scratch, [&](int32_t, const float* e, int32_t, float sum) {
+                          for (int32_t j = 0; j < seen; ++j) total[j] += e[j] / sum;
+                        });
   }
   for (int32_t j = 0; j < n; ++j) scores[j] = total[j] / static_cast<float>(num_q_heads);
+  scratch.TrimIfLarge();
   return absl::OkStatus();
 }
 
@@ -407,17 +711,24 @@ absl::Status LastQueryAttention(const StreamKeys& keys, const GroupQueries& quer
   const int64_t n = keys.num_tokens;
   HEADPAGE_RETURN_IF_ERROR(ValidateSize(rows.size(), query.group_size * n, "rows"));
 
-  const int32_t d = keys.head_dim;
-  std::vector<float> key_storage, query_storage;
-  const float* k = AsFloat(keys.data, static_cast<size_t>(n) * d, keys.dtype, &key_storage);
-  const float* q = AsFloat(query.data, static_cast<size_t>(query.group_size) * d, query.dtype,
-                           &query_storage);
-  const int32_t visible = VisibleKeys(keys, query.positions[0]);
-  for (int32_t g = 0; g < query.group_size; ++g) {
-    float* row = rows.data() + g * n;
-    SoftmaxRow(q + static_cast<size_t>(g) * d, k, visible, d, row);
-    std::fill(row + visible, row + n, 0.0f);  // keys the query cannot see
+  const int32_t seen = VisibleKeys(keys, query.positions[0]);
+  if (seen == 0) {  // the query sees no key: all rows are zero
+    std::fill(rows.begin(), rows.end(), 0.0f);
+    return absl::OkStatus();
   }
+  const int32_t d = keys.head_dim;
+  Scratch& scratch = ThreadScratch();
+  const float* k = PackKeys(keys, &scratch.packed_keys);
+  const float* q = AsFloat(query.data, static_cast<size_t>(query.group_size) * d, query.dtype,
+                           &scratch.queries);
+  scratch.visible.assign(query.group_size, seen);
+  ForEachAttentionRow(k, keys.num_tokens, d, q, scratch.visible.data(), query.group_size, &scratch,
+                      [&](int32_t g, const float* e, int32_t, float sum) {
+                        float* row = rows.data() + g * n;
+                        for (int32_t j = 0; j < seen; ++j) row[j] = e[j] / sum;
+                        std::fill(row + seen, row + n, 0.0f);  // keys the query cannot see
+                      });
+  scratch.TrimIfLarge();
   return absl::OkStatus();
 }
 
