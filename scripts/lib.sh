@@ -77,3 +77,24 @@ hp_configure_and_build() {
   hp_configure_release
   hp_build build
 }
+
+# A virtual environment in .venv with what the plotting scripts need (pinned),
+# made on first use. Sets HEADPAGE_PYTHON for `headpage sweep --plot`.
+HEADPAGE_PLOT_REQUIREMENTS=(matplotlib==3.10.7 numpy==2.3.5)
+hp_plot_venv() {
+  local venv="$HEADPAGE_ROOT/.venv"
+  if ! "$venv/bin/python" -c "import matplotlib" >/dev/null 2>&1; then
+    hp_log "creating $venv for the plots (${HEADPAGE_PLOT_REQUIREMENTS[*]})"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian's python3 ships venv separately.
+      local sudo=()
+      [[ $(id -u) -ne 0 ]] && sudo=(sudo)
+      ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
+      ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends python3-venv
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${HEADPAGE_PLOT_REQUIREMENTS[@]}"
+  fi
+  export HEADPAGE_PYTHON="$venv/bin/python"
+}

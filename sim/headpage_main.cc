@@ -4,15 +4,26 @@
 //
 // Exit status: 0 on success, 1 when the work itself fails (the error is printed),
 // 2 for a usage error (unknown subcommand, bad flag).
+#include <atomic>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "core/geometry.h"
+#include "sim/replay.h"
+#include "sim/sweep.h"
+#include "sim/trace.h"
 #include "sim/walkthrough.h"
 
 namespace headpage {
@@ -133,6 +144,290 @@ int RunWalkthroughCommand(int argc, char** argv) {
   return 0;
 }
 
+
+// ---------------------------------------------------------------------------
+// trace info, replay, sweep
+
+int Fail(const char* command, const absl::Status& status) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "headpage %s: %s\n", command, status.ToString().c_str());
+  return 1;
+}
+
+int UsageError(const char* command, const std::string& message, const char* usage) {
+  std::fprintf(stderr, "headpage %s: %s\n\n%s", command, message.c_str(), usage);
+  return 2;
+}
+
+constexpr char kTraceUsage[] =
+    "usage: headpage trace info FILE\n"
+    "\n"
+    "Prints a trace's metadata, its tensors' shapes, and how concentrated each layer's\n"
+    "attention is: the share of visible tokens that carry 90% of the last prompt query's\n"
+    "attention, averaged over q heads (with the least and most concentrated head).\n";
+
+int RunTraceCommand(int argc, char** argv) {
+  if (argc == 2 && (absl::string_view(argv[1]) == "--help" || absl::string_view(argv[1]) == "-h")) {
+    std::fputs(kTraceUsage, stdout);
+    return 0;
+  }
+  if (argc != 3 || absl::string_view(argv[1]) != "info") {
+    return UsageError("trace", "expected: trace info FILE", kTraceUsage);
+  }
+  absl::StatusOr<Trace> trace = Trace::Open(argv[2]);
+  if (!trace.ok()) return Fail("trace info", trace.status());
+  const TraceMetadata& m = trace->metadata();
+  std::printf("trace      %s\nmodel      %s\ntask       %s\nsource     %s\n", argv[2], m.model.c_str(),
+              m.task.c_str(), m.source.c_str());
+  std::printf("geometry   %d layers, %d q heads, %d kv heads, head_dim %d, %s, rope %s\n",
+              m.num_layers, m.num_q_heads, m.num_kv_heads, m.head_dim, DTypeName(m.dtype),
+              m.rope_applied ? "applied" : "not applied");
+  std::printf("tokens     %d prompt + %d generated = %d\n", m.prompt_len, m.generated_len,
+              trace->num_tokens());
+  std::printf("layers     %zu captured\n\n", trace->layers().size());
+  std::printf("layer  keys/values       queries        outputs  90%%-mass share: mean   min    max\n");
+  const std::vector<LayerConcentration> conc = AttentionConcentration(*trace);
+  for (size_t i = 0; i < trace->layers().size(); ++i) {
+    const TraceLayer& l = trace->layers()[i];
+    const auto shape = [](const TensorView& t) { return absl::StrJoin(t.shape, "x"); };
+    std::printf("%5d  %-16s  %-13s  %-7s  %21.3f  %5.3f  %5.3f\n", l.index, shape(l.keys).c_str(),
+                shape(l.queries).c_str(), l.outputs ? "yes" : "no",
+                i < conc.size() ? conc[i].mean_share : 0.0, i < conc.size() ? conc[i].min_share : 0.0,
+                i < conc.size() ? conc[i].max_share : 0.0);
+  }
+  return 0;
+}
+
+// Parses "a,b,c" into budgets / page sizes / names.
+absl::StatusOr<std::vector<Budget>> ParseBudgets(absl::string_view list) {
+  std::vector<Budget> out;
+  for (absl::string_view part : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    absl::StatusOr<Budget> b = Budget::Parse(part);
+    if (!b.ok()) return b.status();
+    out.push_back(*b);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("no budget given");
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> ParsePageSizes(absl::string_view list) {
+  std::vector<int32_t> out;
+  for (absl::string_view part : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    int32_t v = 0;
+    if (!absl::SimpleAtoi(part, &v) || v < 1 || v > (1 << 16)) {
+      return absl::InvalidArgumentError(absl::StrCat("page size '", part, "' is not in [1, 65536]"));
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("no page size given");
+  return out;
+}
+
+std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view format) {
+  if (format == "csv") return SweepCsv(rows);
+  if (format == "json") {
+    std::string out = "[\n";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const SweepRow& r = rows[i];
+      const ReplayMetrics& m = r.metrics;
+      absl::StrAppendFormat(
+          &out,
+          "  {\"trace\": \"%s\", \"policy\": \"%s\", \"budget\": \"%s\", \"page_size\": %d, "
+          "\"layer\": %s, \"mean_l1_error\": %.9g, \"mean_rel_l2_error\": %.9g, "
+          "\"mean_lost_mass\": %.9g, \"bound\": %.9g, \"topk_recall\": %.9g, \"kept_tokens\": %d, "
+          "\"kept_pages\": %d, \"fragmentation\": %d, \"full_tokens\": %d}%s\n",
+          r.trace, r.policy, r.budget, r.page_size,
+          m.layer < 0 ? std::string("\"all\"") : absl::StrCat(m.layer), m.mean_l1_error,
+          m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall, m.kept_tokens,
+          m.kept_pages, m.fragmentation, m.full_tokens, i + 1 < rows.size() ? "," : "");
+    }
+    return out + "]\n";
+  }
+  std::string out = absl::StrFormat("%-22s %-15s %-7s %5s %5s %10s %10s %10s %10s %7s %9s %8s %6s\n",
+                                    "trace", "policy", "budget", "page", "layer", "l1_error",
+                                    "rel_l2", "lost_mass", "bound", "recall", "kept_tok", "pages",
+                                    "frag");
+  for (const SweepRow& r : rows) {
+    const ReplayMetrics& m = r.metrics;
+    absl::StrAppendFormat(&out, "%-22s %-15s %-7s %5d %5s %10.4g %10.4g %10.4g %10.4g %7.3f %9d %8d %6d\n",
+                          r.trace, r.policy, r.budget, r.page_size,
+                          m.layer < 0 ? std::string("all") : absl::StrCat(m.layer), m.mean_l1_error,
+                          m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall,
+                          m.kept_tokens, m.kept_pages, m.fragmentation);
+  }
+  return out;
+}
+
+std::atomic<bool> interrupted{false};
+extern "C" void OnInterrupt(int) { interrupted = true; }
+
+constexpr char kReplayUsage[] =
+    "usage: headpage replay --trace FILE --policy P --budget B [--page-size N]\n"
+    "                       [--format table|csv|json] [--threads N]\n"
+    "\n"
+    "Compresses the trace's prompt with policy P at budget B (tokens per KV head, window\n"
+    "included, e.g. 128, or a share of the prompt, e.g. 20%), appends the generated\n"
+    "tokens, and reports per layer and overall what eviction did to attention: output\n"
+    "error (L1, relative L2), lost attention mass, Ada-KV's L1 bound, top-32 recall, and\n"
+    "the tokens, pages and empty tail slots kept. Policies: full, uniform-snapkv, pyramid,\n"
+    "ada-snapkv, ada-pyramid, dbudget, h2o, streamingllm, tova, knorm, random.\n";
+
+constexpr char kSweepUsage[] =
+    "usage: headpage sweep --trace FILE [--trace FILE...] --policies P1,P2 --budgets B1,B2\n"
+    "                      [--page-size N[,N...]] [--out results.csv] [--plot plot.png]\n"
+    "                      [--threads N]\n"
+    "\n"
+    "Replays every trace x policy x budget x page size on all cores (the same numbers for\n"
+    "any thread count), prints the rows of layer 'all', writes every row as CSV with\n"
+    "--out, and with --plot draws error and lost mass against budget, one line per policy\n"
+    "(tools/plot_sweep.py, matplotlib). Ctrl-C stops it between configurations.\n";
+
+int RunReplayOrSweep(int argc, char** argv, bool sweep) {
+  const char* command = sweep ? "sweep" : "replay";
+  const char* usage = sweep ? kSweepUsage : kReplayUsage;
+  SweepSpec spec;
+  std::string format = "table", out_path, plot_path, budgets = "", policies = "", page_sizes = "16";
+  for (int i = 1; i < argc; ++i) {
+    const char* value = nullptr;
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+    std::string* target = nullptr;
+    std::string trace;
+    if (MatchFlag(argc, argv, &i, "trace", &value)) {
+      target = &trace;
+    } else if (MatchFlag(argc, argv, &i, sweep ? "policies" : "policy", &value)) {
+      target = &policies;
+    } else if (MatchFlag(argc, argv, &i, sweep ? "budgets" : "budget", &value)) {
+      target = &budgets;
+    } else if (MatchFlag(argc, argv, &i, "page-size", &value)) {
+      target = &page_sizes;
+    } else if (!sweep && MatchFlag(argc, argv, &i, "format", &value)) {
+      target = &format;
+    } else if (sweep && MatchFlag(argc, argv, &i, "out", &value)) {
+      target = &out_path;
+    } else if (sweep && MatchFlag(argc, argv, &i, "plot", &value)) {
+      target = &plot_path;
+    } else if (MatchFlag(argc, argv, &i, "threads", &value)) {
+      if (value == nullptr || !absl::SimpleAtoi(value, &spec.threads) || spec.threads < 0) {
+        return UsageError(command, "--threads needs an integer >= 0", usage);
+      }
+      continue;
+    } else {
+      return UsageError(command, absl::StrCat("unknown argument '", arg, "'"), usage);
+    }
+    if (value == nullptr) return UsageError(command, absl::StrCat(arg, " needs a value"), usage);
+    *target = value;
+    if (target == &trace) spec.traces.push_back(trace);
+  }
+  if (spec.traces.empty() || policies.empty() || budgets.empty()) {
+    return UsageError(command, "--trace, a policy and a budget are required", usage);
+  }
+  if (!sweep && (spec.traces.size() > 1 || policies.find(',') != std::string::npos ||
+                 budgets.find(',') != std::string::npos || page_sizes.find(',') != std::string::npos)) {
+    return UsageError(command, "replay takes one trace, policy, budget and page size; see sweep", usage);
+  }
+  if (format != "table" && format != "csv" && format != "json") {
+    return UsageError(command, absl::StrCat("--format must be table, csv or json, not '", format, "'"), usage);
+  }
+  spec.policies = absl::StrSplit(policies, ',', absl::SkipEmpty());
+  absl::StatusOr<std::vector<Budget>> b = ParseBudgets(budgets);
+  if (!b.ok()) return UsageError(command, std::string(b.status().message()), usage);
+  spec.budgets = *b;
+  absl::StatusOr<std::vector<int32_t>> ps = ParsePageSizes(page_sizes);
+  if (!ps.ok()) return UsageError(command, std::string(ps.status().message()), usage);
+  spec.page_sizes = *ps;
+  for (const std::string& name : spec.policies) {
+    if (!PolicyByName(name).ok()) {
+      return UsageError(command, std::string(PolicyByName(name).status().message()), usage);
+    }
+  }
+
+  std::signal(SIGINT, OnInterrupt);
+  const int64_t total = static_cast<int64_t>(spec.traces.size() * spec.policies.size() *
+                                             spec.budgets.size() * spec.page_sizes.size());
+  const bool show_progress = sweep && total > 1;
+  SweepProgress progress = [&](int64_t done, int64_t n) {
+    if (!show_progress) return;
+    const int width = 30;
+    const int filled = static_cast<int>(width * done / n);
+    std::fprintf(stderr, "\r[%s%s] %lld/%lld configurations", std::string(filled, '#').c_str(),
+                 std::string(width - filled, ' ').c_str(), static_cast<long long>(done),
+                 static_cast<long long>(n));
+    std::fflush(stderr);
+  };
+  if (!sweep && spec.threads == 0) spec.replay.threads = 0;  // one replay: threads over layers
+  absl::StatusOr<std::vector<SweepRow>> rows =
+      sweep || total > 1 ? RunSweep(spec, progress, &interrupted) : absl::StatusOr<std::vector<SweepRow>>();
+  if (!sweep) {
+    absl::StatusOr<Trace> trace = Trace::Open(spec.traces[0]);
+    if (!trace.ok()) return Fail(command, trace.status());
+    ReplayOptions options;
+    options.page_size = spec.page_sizes[0];
+    options.threads = spec.threads;
+    absl::StatusOr<ReplayResult> result =
+        Replay(*trace, *PolicyByName(spec.policies[0]), spec.budgets[0], options);
+    if (!result.ok()) return Fail(command, result.status());
+    std::vector<SweepRow> replay_rows;
+    SweepRow row{spec.traces[0].substr(spec.traces[0].find_last_of('/') + 1), spec.policies[0],
+                 spec.budgets[0].ToString(), spec.page_sizes[0], {}};
+    for (const ReplayMetrics& m : result->layers) {
+      row.metrics = m;
+      replay_rows.push_back(row);
+    }
+    row.metrics = result->all;
+    replay_rows.push_back(row);
+    rows = std::move(replay_rows);
+  }
+  if (show_progress) std::fputc('\n', stderr);
+  if (!rows.ok()) {
+    if (absl::IsCancelled(rows.status())) {
+      std::fprintf(stderr, "headpage %s: interrupted; nothing written\n", command);
+      return 130;
+    }
+    return Fail(command, rows.status());
+  }
+  if (!sweep) {
+    std::fputs(FormatRows(*rows, format).c_str(), stdout);
+    return 0;
+  }
+  std::vector<SweepRow> all_rows;
+  for (const SweepRow& r : *rows) {
+    if (r.metrics.layer < 0) all_rows.push_back(r);
+  }
+  std::fputs(FormatRows(all_rows, "table").c_str(), stdout);
+  if (!out_path.empty()) {
+    std::ofstream out(out_path);
+    out << SweepCsv(*rows);
+    if (!out) return Fail(command, absl::UnavailableError(absl::StrCat("cannot write ", out_path)));
+    std::printf("wrote %s (%zu rows)\n", out_path.c_str(), rows->size());
+  }
+  if (!plot_path.empty()) {
+    std::string csv = out_path;
+    if (csv.empty()) {
+      csv = plot_path + ".csv";
+      std::ofstream out(csv);
+      out << SweepCsv(*rows);
+    }
+    // tools/plot_sweep.py needs matplotlib: the repository's .venv has it when
+    // scripts/demo made one; otherwise whatever python3 is on PATH.
+    const char* python = std::getenv("HEADPAGE_PYTHON");
+    const std::string cmd = absl::StrCat(python != nullptr ? python : "python3", " \"",
+                                         HEADPAGE_SOURCE_DIR, "/tools/plot_sweep.py\" \"", csv,
+                                         "\" \"", plot_path, "\"");
+    if (std::system(cmd.c_str()) != 0) {
+      return Fail(command, absl::UnavailableError(absl::StrCat("plotting failed: ", cmd)));
+    }
+    std::printf("wrote %s\n", plot_path.c_str());
+  }
+  return 0;
+}
+
+int RunReplayCommand(int argc, char** argv) { return RunReplayOrSweep(argc, argv, false); }
+int RunSweepCommand(int argc, char** argv) { return RunReplayOrSweep(argc, argv, true); }
+
 // ---------------------------------------------------------------------------
 // Dispatch
 
@@ -146,6 +441,12 @@ constexpr Subcommand kSubcommands[] = {
     {"walkthrough",
      "one sequence through prefill, decode, fork, eviction and free; the pool after each step",
      &RunWalkthroughCommand},
+    {"trace", "trace info FILE: a trace's metadata, shapes and attention concentration",
+     &RunTraceCommand},
+    {"replay", "one policy and budget over a trace: attention error, lost mass, memory kept",
+     &RunReplayCommand},
+    {"sweep", "traces x policies x budgets x page sizes on all cores; CSV and a plot",
+     &RunSweepCommand},
 };
 
 void PrintUsage(std::FILE* out) {

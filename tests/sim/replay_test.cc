@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: Apache-2.0
+// Replay on the real SmolLM2 traces bundled in tests/data/traces.
+#include "sim/replay.h"
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "sim/sweep.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+std::vector<std::string> BundledTraces() {
+  const std::string dir = std::string(HEADPAGE_SOURCE_DIR) + "/tests/data/traces";
+  std::vector<std::string> out;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") out.push_back(dir + "/" + name);
+    }
+    closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Trace Open(const std::string& path) {
+  auto trace = Trace::Open(path);
+  REQUIRE_OK(trace);
+  return std::move(trace).value();
+}
+
+ReplayResult Run(const Trace& trace, const char* policy, const Budget& budget, int32_t threads = 0) {
+  auto config = PolicyByName(policy);
+  REQUIRE_OK(config);
+  ReplayOptions options;
+  options.threads = threads;
+  auto result = Replay(trace, *config, budget, options);
+  REQUIRE_OK(result);
+  return std::move(result).value();
+}
+
+TEST_CASE("Replay: the bundled traces are real and their attention recomputes", "[sim]") {
+  const std::vector<std::string> traces = BundledTraces();
+  REQUIRE(traces.size() >= 1);
+  for (const std::string& path : traces) {
+    CAPTURE(path);
+    const Trace trace = Open(path);
+    REQUIRE(trace.metadata().model.find("SmolLM2") != std::string::npos);
+    // Our attention over the trace's Q, K, V equals the model's own outputs
+    // (stored by the same capture) within fp16 rounding.
+    auto check = CheckTraceOutputs(trace);
+    REQUIRE_OK(check);
+    CAPTURE(check->max_abs_error, check->max_rel_error);
+    REQUIRE(check->outputs_checked > 0);
+    REQUIRE(check->max_rel_error < 2e-2);
+    REQUIRE(check->max_abs_error < 2e-2);
+  }
+}
+
+TEST_CASE("Replay: full has no error and keeps everything", "[sim]") {
+  for (const std::string& path : BundledTraces()) {
+    CAPTURE(path);
+    const Trace trace = Open(path);
+    const ReplayResult r = Run(trace, "full", Budget::Fraction(0.2));
+    REQUIRE(r.all.mean_l1_error == 0.0);
+    REQUIRE(r.all.mean_lost_mass == 0.0);
+    REQUIRE(r.all.mean_topk_recall == 1.0);
+    REQUIRE(r.all.kept_tokens == r.all.full_tokens);
+    REQUIRE(r.all.queries > 0);
+  }
+}
+
+TEST_CASE("Replay: Ada-KV's theorem holds on the window that scored the prompt", "[sim]") {
+  // Ada-KV's Theorem 3: with the same total budget, allocating by a global
+  // top-k over the heads' scores retains at least the attention mass of any
+  // other allocation, uniform included, for the attention those scores sum.
+  // That is the observation window's, unpooled, with no floor (alpha = 0).
+  for (const std::string& path : BundledTraces()) {
+    const Trace trace = Open(path);
+    for (const double fraction : {0.05, 0.1, 0.2, 0.3, 0.5}) {
+      CAPTURE(path, fraction);
+      ReplayOptions options;
+      options.queries = ReplayOptions::Queries::kWindow;
+      auto uniform = PolicyByName("uniform-snapkv");
+      auto ada = PolicyByName("ada-snapkv");
+      REQUIRE_OK(uniform);
+      REQUIRE_OK(ada);
+      for (PolicyConfig* c : {&*uniform, &*ada}) {
+        c->snapkv.kernel_size = 1;
+        c->snapkv.pooling = policy::Pooling::kNone;
+      }
+      ada->ada.alpha = 0.0;
+      auto u = Replay(trace, *uniform, Budget::Fraction(fraction), options);
+      auto a = Replay(trace, *ada, Budget::Fraction(fraction), options);
+      REQUIRE_OK(u);
+      REQUIRE_OK(a);
+      REQUIRE(a->all.kept_tokens == u->all.kept_tokens);  // alpha = 0: an exact total
+      REQUIRE(a->all.mean_lost_mass <= u->all.mean_lost_mass * (1 + 1e-9) + 1e-12);
+      REQUIRE(a->all.mean_bound <= u->all.mean_bound * (1 + 1e-9) + 1e-9);
+    }
+  }
+}
+
+TEST_CASE("Replay: the same numbers every run, whatever the thread count", "[sim]") {
+  const std::vector<std::string> traces = BundledTraces();
+  REQUIRE(!traces.empty());
+  const Trace trace = Open(traces[0]);
+  const ReplayResult a = Run(trace, "ada-snapkv", Budget::TokensPerHead(128), 1);
+  const ReplayResult b = Run(trace, "ada-snapkv", Budget::TokensPerHead(128), 3);
+  REQUIRE(a.layers.size() == b.layers.size());
+  for (size_t i = 0; i < a.layers.size(); ++i) {
+    REQUIRE(a.layers[i].mean_l1_error == b.layers[i].mean_l1_error);
+    REQUIRE(a.layers[i].mean_lost_mass == b.layers[i].mean_lost_mass);
+    REQUIRE(a.layers[i].kept_pages == b.layers[i].kept_pages);
+  }
+  SweepSpec spec;
+  spec.traces = {traces[0]};
+  spec.policies = {"uniform-snapkv", "h2o", "streamingllm"};
+  spec.budgets = {Budget::TokensPerHead(96), Budget::Fraction(0.3)};
+  spec.page_sizes = {8, 16};
+  spec.threads = 1;
+  auto one = RunSweep(spec);
+  REQUIRE_OK(one);
+  spec.threads = 4;
+  auto four = RunSweep(spec);
+  REQUIRE_OK(four);
+  REQUIRE(SweepCsv(*one) == SweepCsv(*four));
+  REQUIRE(one->size() == 3 * 2 * 2 * (trace.layers().size() + 1));
+}
+
+TEST_CASE("Replay: every policy runs, and memory kept shrinks with the budget", "[sim]") {
+  const std::vector<std::string> traces = BundledTraces();
+  REQUIRE(!traces.empty());
+  const Trace trace = Open(traces[0]);
+  for (const char* policy : {"uniform-snapkv", "pyramid", "ada-snapkv", "ada-pyramid", "dbudget",
+                             "h2o", "streamingllm", "tova", "knorm", "random"}) {
+    CAPTURE(policy);
+    const ReplayResult small = Run(trace, policy, Budget::Fraction(0.1));
+    const ReplayResult large = Run(trace, policy, Budget::Fraction(0.5));
+    REQUIRE(small.all.kept_tokens < small.all.full_tokens);
+    if (std::string(policy) != "dbudget") REQUIRE(small.all.kept_tokens < large.all.kept_tokens);
+    REQUIRE(small.all.mean_lost_mass >= 0.0);
+    REQUIRE(small.all.mean_lost_mass <= 1.0);
+  }
+}
+
+TEST_CASE("Replay: bad arguments are refused", "[sim]") {
+  const std::vector<std::string> traces = BundledTraces();
+  REQUIRE(!traces.empty());
+  const Trace trace = Open(traces[0]);
+  auto config = PolicyByName("ada-snapkv");
+  REQUIRE_OK(config);
+  ReplayOptions options;
+  options.page_size = 0;
+  REQUIRE_ERROR(Replay(trace, *config, Budget::Fraction(0.2), options), absl::StatusCode::kInvalidArgument,
+                "page size");
+  PolicyConfig bad = *config;
+  bad.ada.alpha = -1;
+  REQUIRE_ERROR(Replay(trace, bad, Budget::Fraction(0.2)), absl::StatusCode::kInvalidArgument, "alpha");
+  SweepSpec spec;
+  spec.traces = {traces[0]};
+  spec.policies = {"nope"};
+  spec.budgets = {Budget::Fraction(0.2)};
+  REQUIRE_ERROR(RunSweep(spec), absl::StatusCode::kInvalidArgument, "unknown policy");
+  spec.policies = {"full"};
+  spec.traces = {"/nonexistent.safetensors"};
+  REQUIRE(RunSweep(spec).status().code() == absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace headpage
