@@ -264,18 +264,21 @@ extern "C" void OnInterrupt(int) { interrupted = true; }
 constexpr char kReplayUsage[] =
     "usage: headpage replay --trace FILE --policy P --budget B [--page-size N]\n"
     "                       [--format table|csv|json] [--threads N]\n"
+    "                       [--decode-interval N --decode-target T [--decode-window W]]\n"
     "\n"
     "Compresses the trace's prompt with policy P at budget B (tokens per KV head, window\n"
     "included, e.g. 128, or a share of the prompt, e.g. 20%), appends the generated\n"
     "tokens, and reports per layer and overall what eviction did to attention: output\n"
     "error (L1, relative L2), lost attention mass, Ada-KV's L1 bound, top-32 recall, and\n"
     "the tokens, pages and empty tail slots kept. Policies: full, uniform-snapkv, pyramid,\n"
-    "ada-snapkv, ada-pyramid, dbudget, h2o, streamingllm, tova, knorm, random.\n";
+    "ada-snapkv, ada-pyramid, dbudget, h2o, streamingllm, tova, knorm, random.\n"
+    "--decode-interval N compresses again every N generated tokens to T tokens per head,\n"
+    "scoring with the last W generated queries (default 32), as kvpress's DecodingPress.\n";
 
 constexpr char kSweepUsage[] =
     "usage: headpage sweep --trace FILE [--trace FILE...] --policies P1,P2 --budgets B1,B2\n"
     "                      [--page-size N[,N...]] [--out results.csv] [--plot plot.png]\n"
-    "                      [--threads N]\n"
+    "                      [--threads N] [--decode-interval N --decode-target T]\n"
     "\n"
     "Replays every trace x policy x budget x page size on all cores (the same numbers for\n"
     "any thread count), prints the rows of layer 'all', writes every row as CSV with\n"
@@ -315,12 +318,26 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
         return UsageError(command, "--threads needs an integer >= 0", usage);
       }
       continue;
+    } else if (MatchFlag(argc, argv, &i, "decode-interval", &value) ||
+               MatchFlag(argc, argv, &i, "decode-target", &value) ||
+               MatchFlag(argc, argv, &i, "decode-window", &value)) {
+      DecodeSchedule& d = spec.replay.decode;
+      int32_t* field = arg.find("interval") != absl::string_view::npos ? &d.interval
+                       : arg.find("target") != absl::string_view::npos ? &d.target
+                                                                       : &d.window;
+      if (value == nullptr || !absl::SimpleAtoi(value, field) || *field < 0) {
+        return UsageError(command, absl::StrCat(arg, " needs an integer >= 0"), usage);
+      }
+      continue;
     } else {
       return UsageError(command, absl::StrCat("unknown argument '", arg, "'"), usage);
     }
     if (value == nullptr) return UsageError(command, absl::StrCat(arg, " needs a value"), usage);
     *target = value;
     if (target == &trace) spec.traces.push_back(trace);
+  }
+  if (spec.replay.decode.interval > 0 && spec.replay.decode.target < 1) {
+    return UsageError(command, "--decode-interval needs --decode-target (tokens per head)", usage);
   }
   if (spec.traces.empty() || policies.empty() || budgets.empty()) {
     return UsageError(command, "--trace, a policy and a budget are required", usage);
@@ -364,7 +381,7 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
   if (!sweep) {
     absl::StatusOr<Trace> trace = Trace::Open(spec.traces[0]);
     if (!trace.ok()) return Fail(command, trace.status());
-    ReplayOptions options;
+    ReplayOptions options = spec.replay;
     options.page_size = spec.page_sizes[0];
     options.threads = spec.threads;
     absl::StatusOr<ReplayResult> result =

@@ -174,3 +174,27 @@ TEST_CASE("Replay: bad arguments are refused", "[sim]") {
 
 }  // namespace
 }  // namespace headpage
+
+namespace headpage {
+namespace {
+
+TEST_CASE("Replay: decode-time compression keeps streams near their target", "[sim]") {
+  const std::vector<std::string> traces = BundledTraces();
+  REQUIRE(!traces.empty());
+  const Trace trace = Open(traces[0]);
+  auto config = PolicyByName("uniform-snapkv");
+  REQUIRE_OK(config);
+  ReplayOptions options;
+  options.decode = DecodeSchedule{/*interval=*/8, /*target=*/150, /*window=*/8};
+  auto r = Replay(trace, *config, Budget::Fraction(0.2), options);
+  REQUIRE_OK(r);
+  const int64_t streams = static_cast<int64_t>(trace.layers().size()) * trace.metadata().num_kv_heads;
+  const int32_t generated = trace.metadata().generated_len;
+  // The last compression came at most 7 steps before the end.
+  REQUIRE(r->all.kept_tokens <= streams * (150 + 7));
+  REQUIRE(r->all.kept_tokens >= streams * 150);
+  REQUIRE(generated >= 8);
+}
+
+}  // namespace
+}  // namespace headpage
