@@ -40,43 +40,10 @@ absl::StatusOr<std::vector<StreamInfo>> InspectStreams(absl::Span<const StreamSc
                                                       const char* who) {
   std::vector<StreamInfo> infos(streams.size());
   for (size_t i = 0; i < streams.size(); ++i) {
-    const StreamScores& s = streams[i];
-    if (s.positions.size() != s.scores.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": stream ", i, " has ",
-                                                     s.scores.size(), " scores but ",
-                                                     s.positions.size(), " positions"));
-    }
-    if (s.scores.size() > static_cast<size_t>(kMaxInt32)) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": stream ", i, " is longer than int32"));
-    }
-    const int32_t n = s.num_tokens();
-    // Branch-free scans over raw pointers (they vectorize; absl::Span's
-    // operator[] may carry a hardening check that stops that). The failing slot
-    // is looked up only on the error path.
-    const int32_t* positions = s.positions.data();
-    const float* scores = s.scores.data();
-    int bad_order = 0, bad_score = 0;
-    for (int32_t j = 1; j < n; ++j) bad_order |= positions[j] <= positions[j - 1];
-    for (int32_t j = 0; j < n; ++j) bad_score |= scores[j] != scores[j];
-    if (bad_order) {
-      int32_t j = 1;
-      while (positions[j] > positions[j - 1]) ++j;
-      return absl::InvalidArgumentError(absl::StrCat(
-          who, ": stream ", i, ": positions are not strictly ascending at slot ", j));
-    }
-    if (bad_score) {
-      int32_t j = 0;
-      while (!std::isnan(scores[j])) ++j;
-      return absl::InvalidArgumentError(
-          absl::StrCat(who, ": stream ", i, ": NaN score at slot ", j));
-    }
-    const int32_t begin = static_cast<int32_t>(
-        std::lower_bound(s.positions.begin(), s.positions.end(), s.protection.sinks) -
-        s.positions.begin());
-    // recent may exceed n (all protected) or be negative (no recent window);
-    // StreamScores::IsProtected() reads both the same way.
-    const int32_t end = static_cast<int32_t>(
-        std::clamp<int64_t>(int64_t{n} - s.protection.recent, begin, int64_t{n}));
+    const absl::StatusOr<internal::CandidateRange> range =
+        internal::ValidateStream(streams[i], absl::StrCat(who, ": stream ", i));
+    if (!range.ok()) return range.status();
+    const int32_t begin = range->begin, end = range->end, n = streams[i].num_tokens();
     infos[i] = StreamInfo{begin, end, n};
   }
   return infos;

@@ -28,55 +28,6 @@ Bucket FindBucket(const int64_t* hist, uint32_t num_buckets, int64_t need) {
   return {b, need - above};
 }
 
-// Positions strictly ascend, so the sinks (positions < sinks) are a prefix of
-// the slots and the recent window a suffix: the candidates (unprotected slots)
-// are the one contiguous range [begin, end). This is what lets selection skip
-// IsProtected() per slot and emit the keep set already sorted.
-struct CandidateRange {
-  int32_t begin = 0;
-  int32_t end = 0;
-};
-
-absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream) {
-  if (stream.positions.size() != stream.scores.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("SelectKeepSet: ", stream.scores.size(), " scores but ",
-                     stream.positions.size(), " positions"));
-  }
-  if (stream.scores.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    return absl::InvalidArgumentError("SelectKeepSet: stream is longer than int32");
-  }
-  const int32_t n = stream.num_tokens();
-  // Branch-free scans over raw pointers (they vectorize; absl::Span's
-  // operator[] may carry a hardening check that stops that). The failing slot
-  // is looked up only on the error path.
-  const int32_t* positions = stream.positions.data();
-  const float* scores = stream.scores.data();
-  int bad_order = 0, bad_score = 0;
-  for (int32_t j = 1; j < n; ++j) bad_order |= positions[j] <= positions[j - 1];
-  for (int32_t j = 0; j < n; ++j) bad_score |= scores[j] != scores[j];
-  if (bad_order) {
-    int32_t j = 1;
-    while (positions[j] > positions[j - 1]) ++j;
-    return absl::InvalidArgumentError(
-        absl::StrCat("SelectKeepSet: positions are not strictly ascending at slot ", j));
-  }
-  if (bad_score) {
-    // A NaN has no place in the order the selection ranks by.
-    int32_t j = 0;
-    while (!std::isnan(scores[j])) ++j;
-    return absl::InvalidArgumentError(absl::StrCat("SelectKeepSet: NaN score at slot ", j));
-  }
-  const int32_t begin = static_cast<int32_t>(
-      std::lower_bound(stream.positions.begin(), stream.positions.end(), stream.protection.sinks) -
-      stream.positions.begin());
-  // recent may exceed n (a stream shorter than its window: all protected) or be
-  // negative (nothing recent is protected); IsProtected() reads it the same way.
-  const int32_t end = static_cast<int32_t>(
-      std::clamp<int64_t>(int64_t{n} - stream.protection.recent, begin, int64_t{n}));
-  return CandidateRange{begin, end};
-}
-
 }  // namespace
 
 namespace internal {
@@ -300,11 +251,52 @@ TopK SelectTopK(absl::Span<const absl::Span<const float>> segments, int64_t k) {
   return result;
 }
 
+absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::string_view who) {
+  if (stream.positions.size() != stream.scores.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, ": ", stream.scores.size(), " scores but ",
+                     stream.positions.size(), " positions"));
+  }
+  if (stream.scores.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": longer than int32"));
+  }
+  const int32_t n = stream.num_tokens();
+  // Branch-free scans over raw pointers (they vectorize; absl::Span's
+  // operator[] may carry a hardening check that stops that). The failing slot
+  // is looked up only on the error path.
+  const int32_t* positions = stream.positions.data();
+  const float* scores = stream.scores.data();
+  int bad_order = 0, bad_score = 0;
+  for (int32_t j = 1; j < n; ++j) bad_order |= positions[j] <= positions[j - 1];
+  for (int32_t j = 0; j < n; ++j) bad_score |= scores[j] != scores[j];
+  if (bad_order) {
+    int32_t j = 1;
+    while (positions[j] > positions[j - 1]) ++j;
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, ": positions are not strictly ascending at slot ", j));
+  }
+  if (bad_score) {
+    // A NaN has no place in the order the selection ranks by.
+    int32_t j = 0;
+    while (!std::isnan(scores[j])) ++j;
+    return absl::InvalidArgumentError(absl::StrCat(who, ": NaN score at slot ", j));
+  }
+  const int32_t begin = static_cast<int32_t>(
+      std::lower_bound(stream.positions.begin(), stream.positions.end(), stream.protection.sinks) -
+      stream.positions.begin());
+  // recent may exceed n (a stream shorter than its window: all protected) or be
+  // negative (nothing recent is protected); IsProtected() reads it the same way.
+  const int32_t end = static_cast<int32_t>(
+      std::clamp<int64_t>(int64_t{n} - stream.protection.recent, begin, int64_t{n}));
+  return CandidateRange{begin, end};
+}
+
+
 }  // namespace internal
 
 absl::Status SelectKeepSet(const StreamScores& stream, int32_t kept, std::vector<int32_t>* keep) {
   if (keep == nullptr) return absl::InvalidArgumentError("SelectKeepSet: keep is null");
-  const absl::StatusOr<CandidateRange> range = ValidateStream(stream);
+  const absl::StatusOr<internal::CandidateRange> range = internal::ValidateStream(stream, "SelectKeepSet");
   if (!range.ok()) return range.status();
   const int32_t n = stream.num_tokens();
   const int32_t num_candidates = range->end - range->begin;

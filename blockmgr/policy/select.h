@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "blockmgr/policy/types.h"
 
@@ -59,6 +61,20 @@ struct TopK {
   std::vector<int64_t> counts;
 };
 TopK SelectTopK(absl::Span<const absl::Span<const float>> segments, int64_t k);
+
+// Positions strictly ascend, so the sinks (positions < sinks) are a prefix of
+// the slots and the recent window a suffix: the candidates (unprotected slots)
+// are the one contiguous range [begin, end). This is what lets selection skip
+// IsProtected() per slot and emit the keep set already sorted.
+struct CandidateRange {
+  int32_t begin = 0;
+  int32_t end = 0;
+};
+
+// Checks what selection and every allocator rely on (equal span sizes, an int32
+// length, strictly ascending positions, no NaN score: they rank by score) and
+// locates the stream's candidates. InvalidArgument messages start with `who`.
+absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::string_view who);
 
 }  // namespace internal
 
