@@ -41,7 +41,7 @@ absl::StatusOr<std::vector<StreamInfo>> InspectStreams(absl::Span<const StreamSc
   std::vector<StreamInfo> infos(streams.size());
   for (size_t i = 0; i < streams.size(); ++i) {
     const absl::StatusOr<internal::CandidateRange> range =
-        internal::ValidateStream(streams[i], absl::StrCat(who, ": stream ", i));
+        internal::ValidateStream(streams[i], who, static_cast<int64_t>(i));
     if (!range.ok()) return range.status();
     const int32_t begin = range->begin, end = range->end, n = streams[i].num_tokens();
     infos[i] = StreamInfo{begin, end, n};

@@ -2,6 +2,7 @@
 #include "blockmgr/policy/select.h"
 
 #include <algorithm>
+#include <string>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -251,14 +252,18 @@ TopK SelectTopK(absl::Span<const absl::Span<const float>> segments, int64_t k) {
   return result;
 }
 
-absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::string_view who) {
+absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::string_view who,
+                                              int64_t index) {
+  const auto prefix = [&] {
+    return index < 0 ? std::string(who) : absl::StrCat(who, ": stream ", index);
+  };
   if (stream.positions.size() != stream.scores.size()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(who, ": ", stream.scores.size(), " scores but ",
+        absl::StrCat(prefix(), ": ", stream.scores.size(), " scores but ",
                      stream.positions.size(), " positions"));
   }
   if (stream.scores.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": longer than int32"));
+    return absl::InvalidArgumentError(absl::StrCat(prefix(), ": longer than int32"));
   }
   const int32_t n = stream.num_tokens();
   // Branch-free scans over raw pointers (they vectorize; absl::Span's
@@ -273,13 +278,13 @@ absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::
     int32_t j = 1;
     while (positions[j] > positions[j - 1]) ++j;
     return absl::InvalidArgumentError(
-        absl::StrCat(who, ": positions are not strictly ascending at slot ", j));
+        absl::StrCat(prefix(), ": positions are not strictly ascending at slot ", j));
   }
   if (bad_score) {
     // A NaN has no place in the order the selection ranks by.
     int32_t j = 0;
     while (!std::isnan(scores[j])) ++j;
-    return absl::InvalidArgumentError(absl::StrCat(who, ": NaN score at slot ", j));
+    return absl::InvalidArgumentError(absl::StrCat(prefix(), ": NaN score at slot ", j));
   }
   const int32_t begin = static_cast<int32_t>(
       std::lower_bound(stream.positions.begin(), stream.positions.end(), stream.protection.sinks) -

@@ -73,8 +73,10 @@ struct CandidateRange {
 
 // Checks what selection and every allocator rely on (equal span sizes, an int32
 // length, strictly ascending positions, no NaN score: they rank by score) and
-// locates the stream's candidates. InvalidArgument messages start with `who`.
-absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::string_view who);
+// locates the stream's candidates. InvalidArgument messages start with `who`,
+// and ": stream <index>" when index >= 0 (built only on the error path).
+absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::string_view who,
+                                              int64_t index = -1);
 
 }  // namespace internal
 
