@@ -2,10 +2,10 @@
 #include "blockmgr/policy/select.h"
 
 #include <algorithm>
-#include <string>
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
