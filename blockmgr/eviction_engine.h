@@ -121,7 +121,9 @@ class EvictionEngine {
   // wrong number of layers, no queries, a bad policy or budget, a window longer
   // than the prompt), FailedPrecondition (TOVA on a layer whose heads hold
   // different tokens). ResourceExhausted when the pool cannot even compact in
-  // place (streams shared with a fork), also changing nothing.
+  // place (streams shared with a fork): each layer is compacted and its pages
+  // released before the next, which keeps the extra memory to one layer's fresh
+  // pages, so the layers before the failing one stay compressed.
   [[nodiscard]] absl::StatusOr<CompressResult> Compress(SeqId seq, const PolicyConfig& config,
                                                         const Budget& budget,
                                                         absl::Span<const LayerQueries> queries);
