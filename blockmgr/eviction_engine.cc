@@ -161,28 +161,21 @@ EvictionEngine::SeqState& EvictionEngine::StateFor(SeqId seq) {
 
 absl::Status EvictionEngine::GatherLayer(SeqId seq, int32_t layer, LayerData* out) const {
   const CacheGeometry& g = manager_->geometry();
-  std::vector<int32_t> indptr{0}, page_ids, lens;
-  for (int32_t h = 0; h < g.num_kv_heads; ++h) {
-    HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const PageId> pages,
-                              manager_->StreamPages(seq, layer, h));
-    page_ids.insert(page_ids.end(), pages.begin(), pages.end());
-    indptr.push_back(static_cast<int32_t>(page_ids.size()));
-  }
-  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> all_lens, manager_->StreamLengths(seq));
+  // The layer's block tables of `seq`, tight: the CSR GatherKV takes.
+  const SeqId seqs[] = {seq};
+  HEADPAGE_ASSIGN_OR_RETURN(const BlockTableCsr table,
+                            manager_->BlockTable(layer, seqs, BlockTableOptions{0}));
   out->offsets.assign(1, 0);
-  for (int32_t h = 0; h < g.num_kv_heads; ++h) {
-    lens.push_back(static_cast<int32_t>(all_lens[layer * g.num_kv_heads + h]));
-    out->offsets.push_back(out->offsets.back() + lens.back());
-  }
+  for (const int32_t len : table.lens()) out->offsets.push_back(out->offsets.back() + len);
   const size_t tokens = static_cast<size_t>(out->offsets.back());
   out->keys.resize(tokens * g.head_dim * SizeOf(g.dtype));
   out->positions.resize(tokens);
   GatherKVArgs args;
   args.cache = cache_;
-  args.num_rows = g.num_kv_heads;
-  args.indptr = indptr.data();
-  args.page_ids = page_ids.data();
-  args.lens = lens.data();
+  args.num_rows = table.num_rows();
+  args.indptr = table.indptr().data();
+  args.page_ids = table.page_ids().data();
+  args.lens = table.lens().data();
   args.keys = out->keys.data();
   args.positions = out->positions.data();
   return ref::GatherKV(args);

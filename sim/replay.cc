@@ -149,20 +149,17 @@ void Measure(const DenseLayer& L, int32_t g, int32_t r, const uint8_t* kept, int
 absl::Status KeptMasks(const BlockManager& manager, const PagedKV& cache, SeqId seq, int32_t layer,
                        int32_t n, std::vector<uint8_t>* masks) {
   const int32_t heads = manager.geometry().num_kv_heads;
-  std::vector<int32_t> indptr{0}, page_ids, lens;
-  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> all_lens, manager.StreamLengths(seq));
-  for (int32_t h = 0; h < heads; ++h) {
-    HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const PageId> pages, manager.StreamPages(seq, layer, h));
-    page_ids.insert(page_ids.end(), pages.begin(), pages.end());
-    indptr.push_back(static_cast<int32_t>(page_ids.size()));
-    lens.push_back(static_cast<int32_t>(all_lens[layer * heads + h]));
-  }
+  // The layer's block tables of `seq`, tight: the CSR GatherKV takes.
+  const SeqId seqs[] = {seq};
+  HEADPAGE_ASSIGN_OR_RETURN(const BlockTableCsr table,
+                            manager.BlockTable(layer, seqs, BlockTableOptions{0}));
+  const absl::Span<const int32_t> lens = table.lens();
   std::vector<int32_t> positions(std::accumulate(lens.begin(), lens.end(), size_t{0}));
   GatherKVArgs args;
   args.cache = cache;
   args.num_rows = heads;
-  args.indptr = indptr.data();
-  args.page_ids = page_ids.data();
+  args.indptr = table.indptr().data();
+  args.page_ids = table.page_ids().data();
   args.lens = lens.data();
   args.positions = positions.data();
   HEADPAGE_RETURN_IF_ERROR(ref::GatherKV(args));
