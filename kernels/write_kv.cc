@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
 
 namespace headpage {
@@ -59,4 +60,18 @@ absl::Status WriteKV(const WriteKVArgs& args) {
 }
 
 }  // namespace ref
+
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+
+absl::Status WriteKV(const WriteKVArgs& args, GpuStream stream) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_tokens == 0) return absl::OkStatus();
+  return LaunchStatus(internal::LaunchWriteKV(args, stream), "WriteKV", args.cache.dtype,
+                      args.cache.head_dim);
+}
+
+}  // namespace gpu
+#endif
+
 }  // namespace headpage

@@ -21,6 +21,16 @@ namespace ref {
 [[nodiscard]] absl::Status WriteKV(const WriteKVArgs& args);
 }  // namespace ref
 
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+// CUDA. Device pointers; enqueued on `stream` with no host synchronization, so
+// it can be captured in a CUDA graph. The slot ids live on the device and are
+// not checked on the host: one outside [-1, num_slots) is skipped, never
+// written through.
+[[nodiscard]] absl::Status WriteKV(const WriteKVArgs& args, GpuStream stream);
+}  // namespace gpu
+#endif
+
 }  // namespace headpage
 
 #endif  // HEADPAGE_KERNELS_WRITE_KV_H_

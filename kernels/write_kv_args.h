@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "core/paged_kv.h"
+#include "kernels/gpu_launch.h"
 
 namespace headpage {
 
@@ -26,6 +27,11 @@ struct WriteKVArgs {
   int32_t slot_stride = 0;               // >= num_kv_heads
   const int32_t* positions = nullptr;    // [num_tokens] token positions stored beside the K/V
 };
+
+namespace gpu::internal {
+// write_kv.cu; gpu::WriteKV (write_kv.h) validates, then calls it.
+LaunchResult LaunchWriteKV(const WriteKVArgs& args, GpuStream stream);
+}  // namespace gpu::internal
 
 }  // namespace headpage
 

@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: kernels/cuda_common.cuh
+//
+// What every .cu file of kernels/ shares: the dtype and head_dim dispatch (the
+// only compile-time parameters, DESIGN.md "Kernels"), launch checking, and
+// float conversion of the storage types. CUDA and plain headers only.
+#ifndef HEADPAGE_KERNELS_CUDA_COMMON_CUH_
+#define HEADPAGE_KERNELS_CUDA_COMMON_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "core/dtype.h"
+#include "kernels/gpu_launch.h"
+#include "kernels/supported.h"
+
+namespace headpage::gpu::internal {
+
+template <typename T>
+struct DTypeTag {
+  using type = T;
+};
+template <int kHeadDim>
+using HeadDimTag = std::integral_constant<int, kHeadDim>;
+
+// The storage type of a DType on the device.
+template <DType kDType> struct CudaType;
+template <> struct CudaType<DType::kF32> { using type = float; };
+template <> struct CudaType<DType::kF16> { using type = __half; };
+template <> struct CudaType<DType::kBF16> { using type = __nv_bfloat16; };
+
+inline LaunchResult CudaErrorResult(cudaError_t error) {
+  if (error == cudaSuccess) return LaunchResult{};
+  LaunchResult result;
+  result.kind = LaunchResult::Kind::kCudaError;
+  result.cuda_error = static_cast<int>(error);
+  result.cuda_message = cudaGetErrorString(error);
+  return result;
+}
+
+// After a launch: the launch's own error (bad configuration, too much shared
+// memory). Asynchronous faults surface at the caller's next synchronization.
+inline LaunchResult CheckLaunch() { return CudaErrorResult(cudaGetLastError()); }
+
+inline LaunchResult Unsupported(LaunchResult::Kind kind) {
+  LaunchResult result;
+  result.kind = kind;
+  return result;
+}
+
+// The exhaustive switches. `f` is a generic lambda taking a DTypeTag<T> (resp.
+// a HeadDimTag<D>) and returning a LaunchResult; a value outside the switch is
+// an error result, never a silent fallback.
+template <typename F>
+LaunchResult DispatchDType(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kF32: return f(DTypeTag<float>{});
+    case DType::kF16: return f(DTypeTag<__half>{});
+    case DType::kBF16: return f(DTypeTag<__nv_bfloat16>{});
+  }
+  return Unsupported(LaunchResult::Kind::kUnsupportedDType);
+}
+
+template <typename F>
+LaunchResult DispatchHeadDim(int32_t head_dim, F&& f) {
+  static_assert(sizeof(kSupportedHeadDims) / sizeof(kSupportedHeadDims[0]) == 3 &&
+                    kSupportedHeadDims[0] == 64 && kSupportedHeadDims[1] == 128 &&
+                    kSupportedHeadDims[2] == 256,
+                "DispatchHeadDim's cases must be exactly kSupportedHeadDims");
+  switch (head_dim) {
+    case 64: return f(HeadDimTag<64>{});
+    case 128: return f(HeadDimTag<128>{});
+    case 256: return f(HeadDimTag<256>{});
+  }
+  return Unsupported(LaunchResult::Kind::kUnsupportedHeadDim);
+}
+
+template <typename F>
+LaunchResult DispatchDTypeAndHeadDim(DType dtype, int32_t head_dim, F&& f) {
+  return DispatchDType(dtype, [&](auto dtype_tag) {
+    return DispatchHeadDim(head_dim, [&](auto head_dim_tag) { return f(dtype_tag, head_dim_tag); });
+  });
+}
+
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Bytes moved per vector access: rows of every supported head_dim and dtype
+// are multiples of it, and pages start 16-byte aligned (the arenas align them).
+inline constexpr int kVectorBytes = 16;
+using Vector = uint4;
+
+template <typename T>
+constexpr int ElementsPerVector() { return kVectorBytes / static_cast<int>(sizeof(T)); }
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace headpage::gpu::internal
+
+#endif  // HEADPAGE_KERNELS_CUDA_COMMON_CUH_
