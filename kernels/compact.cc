@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
 
 namespace headpage {
@@ -114,4 +115,18 @@ absl::Status Compact(const CompactArgs& args) {
 }
 
 }  // namespace ref
+
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+
+absl::Status Compact(const CompactArgs& args, GpuStream stream) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_rows == 0) return absl::OkStatus();
+  return LaunchStatus(internal::LaunchCompact(args, stream), "Compact", args.cache.dtype,
+                      args.cache.head_dim);
+}
+
+}  // namespace gpu
+#endif
+
 }  // namespace headpage

@@ -21,6 +21,17 @@ namespace ref {
 [[nodiscard]] absl::Status Compact(const CompactArgs& args);
 }  // namespace ref
 
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+// CUDA. Device pointers; enqueued on `stream` with no host synchronization
+// (CUDA-graph capturable). The plan lives on the device and is not checked on
+// the host: it must satisfy what ref::Compact checks (BlockManager::Evict's
+// plans do). Fresh rows are copied in parallel; an in-place row is copied by
+// one block in ascending chunks.
+[[nodiscard]] absl::Status Compact(const CompactArgs& args, GpuStream stream);
+}  // namespace gpu
+#endif
+
 }  // namespace headpage
 
 #endif  // HEADPAGE_KERNELS_COMPACT_H_

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "core/paged_kv.h"
+#include "kernels/gpu_launch.h"
 
 namespace headpage {
 
@@ -32,6 +33,11 @@ struct CompactArgs {
   const int32_t* keep = nullptr;          // logical slots kept, strictly ascending per row
   const uint8_t* in_place = nullptr;      // [num_rows] 1: dst pages are a prefix of src pages
 };
+
+namespace gpu::internal {
+// compact.cu; gpu::Compact (compact.h) validates, then calls it.
+LaunchResult LaunchCompact(const CompactArgs& args, GpuStream stream);
+}  // namespace gpu::internal
 
 }  // namespace headpage
 

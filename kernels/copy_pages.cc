@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
 
 namespace headpage {
@@ -57,4 +58,18 @@ absl::Status CopyPages(const CopyPagesArgs& args) {
 }
 
 }  // namespace ref
+
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+
+absl::Status CopyPages(const CopyPagesArgs& args, GpuStream stream) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_copies == 0) return absl::OkStatus();
+  return LaunchStatus(internal::LaunchCopyPages(args, stream), "CopyPages", args.cache.dtype,
+                      args.cache.head_dim);
+}
+
+}  // namespace gpu
+#endif
+
 }  // namespace headpage

@@ -19,6 +19,16 @@ namespace ref {
 [[nodiscard]] absl::Status CopyPages(const CopyPagesArgs& args);
 }  // namespace ref
 
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+// CUDA. Device pointers; enqueued on `stream` with no host synchronization.
+// The page ids live on the device and are not checked on the host: a copy
+// naming a page outside the cache is skipped, never written through; the
+// caller guarantees what ref::CopyPages checks (BlockManager's plans do).
+[[nodiscard]] absl::Status CopyPages(const CopyPagesArgs& args, GpuStream stream);
+}  // namespace gpu
+#endif
+
 }  // namespace headpage
 
 #endif  // HEADPAGE_KERNELS_COPY_PAGES_H_

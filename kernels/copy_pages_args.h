@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "core/paged_kv.h"
+#include "kernels/gpu_launch.h"
 
 namespace headpage {
 
@@ -19,6 +20,11 @@ struct CopyPagesArgs {
   const int32_t* src_pages = nullptr;  // [num_copies]
   const int32_t* dst_pages = nullptr;  // [num_copies]; distinct, and none is also a source
 };
+
+namespace gpu::internal {
+// copy_pages.cu; gpu::CopyPages (copy_pages.h) validates, then calls it.
+LaunchResult LaunchCopyPages(const CopyPagesArgs& args, GpuStream stream);
+}  // namespace gpu::internal
 
 }  // namespace headpage
 

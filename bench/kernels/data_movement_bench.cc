@@ -1,1 +1,127 @@
 // SPDX-License-Identifier: Apache-2.0
+// The data-movement kernels: Compact (the target: to 20%, >= 70% of the
+// copy bandwidth), WriteKV (one decode step of one layer) and CopyPages.
+// Bytes count what the kernel must read and write.
+#include <algorithm>
+#include <random>
+#include <vector>
+
+#include "bench/kernels/gpu_bench_util.h"
+#include "kernels/compact.h"
+#include "kernels/copy_pages.h"
+#include "kernels/write_kv.h"
+
+namespace headpage::bench {
+namespace {
+
+// Every stream of batch x kKVHeads keeps a random 20% of its len tokens into
+// fresh pages (the eviction engine's usual plan when the pool has room).
+void BM_CompactTo20Percent(benchmark::State& state) {
+  const int32_t batch = static_cast<int32_t>(state.range(0));
+  const int32_t len = static_cast<int32_t>(state.range(1));
+  const int32_t streams = batch * kKVHeads;
+  const int32_t kept = len / 5;
+  const int32_t dst_pages_per_stream = static_cast<int32_t>(PagesFor(kept, kPageSize));
+  BenchPool pool(std::vector<int32_t>(static_cast<size_t>(streams), len),
+                 streams * dst_pages_per_stream);
+  // The spare pages are the ids BenchPool did not hand to a stream.
+  std::vector<uint8_t> used(static_cast<size_t>(pool.view.num_pages), 0);
+  for (int32_t p : pool.host_page_ids) used[static_cast<size_t>(p)] = 1;
+  std::vector<int32_t> dst_pages, dst_indptr{0}, keep, keep_indptr{0};
+  for (int32_t p = 0; p < pool.view.num_pages; ++p) {
+    if (!used[static_cast<size_t>(p)]) dst_pages.push_back(p);
+  }
+  std::mt19937_64 rng(7);
+  std::vector<int32_t> all(static_cast<size_t>(len));
+  for (int32_t s = 0; s < streams; ++s) {
+    for (int32_t i = 0; i < len; ++i) all[static_cast<size_t>(i)] = i;
+    std::shuffle(all.begin(), all.end(), rng);
+    std::sort(all.begin(), all.begin() + kept);
+    keep.insert(keep.end(), all.begin(), all.begin() + kept);
+    keep_indptr.push_back(static_cast<int32_t>(keep.size()));
+    dst_indptr.push_back(dst_indptr.back() + dst_pages_per_stream);
+  }
+  DeviceBuffer d_dst_indptr(dst_indptr), d_dst_pages(dst_pages), d_keep_indptr(keep_indptr),
+      d_keep(keep), d_in_place(std::vector<uint8_t>(static_cast<size_t>(streams), 0));
+  const CompactArgs args{pool.view,
+                         streams,
+                         pool.indptr.get<int32_t>(),
+                         pool.page_ids.get<int32_t>(),
+                         pool.lens.get<int32_t>(),
+                         d_dst_indptr.get<int32_t>(),
+                         d_dst_pages.get<int32_t>(),
+                         d_keep_indptr.get<int32_t>(),
+                         d_keep.get<int32_t>(),
+                         d_in_place.get<uint8_t>()};
+  TimeWithEvents(state, [&] {
+    if (!gpu::Compact(args, nullptr).ok()) state.SkipWithError("gpu::Compact failed");
+  });
+  // K and V rows of every survivor, read once and written once.
+  const double moved = static_cast<double>(streams) * kept * 2 * kHeadDim * SizeOf(kDType);
+  SetBytesPerSecond(state, "read_write_Bps", 2.0 * moved);
+}
+BENCHMARK(BM_CompactTo20Percent)
+    ->Apply(BatchLengthShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// One decode step of one layer: batch tokens, each to its own slot per KV head.
+void BM_WriteKVDecodeStep(benchmark::State& state) {
+  const int32_t batch = static_cast<int32_t>(state.range(0));
+  BenchPool pool(std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, kPageSize - 1), 0);
+  std::vector<int32_t> slots, positions(static_cast<size_t>(batch), 100);
+  for (int32_t s = 0; s < batch * kKVHeads; ++s) {
+    slots.push_back(static_cast<int32_t>(
+        SlotOf(pool.host_page_ids.data() + pool.host_indptr[s], kPageSize - 1, kPageSize)));
+  }
+  const size_t row_elements = static_cast<size_t>(batch) * kKVHeads * kHeadDim;
+  DeviceBuffer keys(row_elements * SizeOf(kDType)), values(row_elements * SizeOf(kDType)),
+      d_slots(slots), d_positions(positions);
+  WriteKVArgs args;
+  args.cache = pool.view;
+  args.num_tokens = batch;
+  args.num_kv_heads = kKVHeads;
+  args.keys = keys.get();
+  args.values = values.get();
+  args.slot_mapping = d_slots.get<int32_t>();
+  args.slot_stride = kKVHeads;
+  args.positions = d_positions.get<int32_t>();
+  TimeWithEvents(state, [&] {
+    if (!gpu::WriteKV(args, nullptr).ok()) state.SkipWithError("gpu::WriteKV failed");
+  });
+  SetBytesPerSecond(state, "read_write_Bps", 2.0 * 2 * row_elements * SizeOf(kDType));
+}
+BENCHMARK(BM_WriteKVDecodeStep)
+    ->ArgName("batch")
+    ->Arg(1)
+    ->Arg(32)
+    ->Arg(256)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Copy-on-write of `copies` pages (a beam search forking many tails at once).
+void BM_CopyPages(benchmark::State& state) {
+  const int32_t copies = static_cast<int32_t>(state.range(0));
+  BenchPool pool(std::vector<int32_t>(static_cast<size_t>(copies), kPageSize), copies);
+  std::vector<int32_t> src, dst;
+  std::vector<uint8_t> used(static_cast<size_t>(pool.view.num_pages), 0);
+  for (int32_t p : pool.host_page_ids) used[static_cast<size_t>(p)] = 1;
+  for (int32_t p = 0; p < pool.view.num_pages; ++p) (used[p] ? src : dst).push_back(p);
+  DeviceBuffer d_src(src), d_dst(dst);
+  const CopyPagesArgs args{pool.view, copies, d_src.get<int32_t>(), d_dst.get<int32_t>()};
+  TimeWithEvents(state, [&] {
+    if (!gpu::CopyPages(args, nullptr).ok()) state.SkipWithError("gpu::CopyPages failed");
+  });
+  SetBytesPerSecond(state, "read_write_Bps",
+                    2.0 * copies * 2 * kPageSize * kHeadDim * SizeOf(kDType));
+}
+BENCHMARK(BM_CopyPages)
+    ->ArgName("copies")
+    ->Arg(64)
+    ->Arg(4096)
+    ->Arg(65536)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace headpage::bench

@@ -1,1 +1,138 @@
 // SPDX-License-Identifier: Apache-2.0
+// gpu::Compact against ref::Compact on random plans over the shared generator's
+// pools: fresh and in-place rows mixed, byte-exact (ctest label `gpu`).
+#include <algorithm>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "kernels/compact.h"
+#include "tests/kernels/device_buffer.h"
+#include "tests/kernels/paged_case.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::DevicePool;
+using testing::PagedCase;
+
+// A compaction plan over every stream of a PagedCase: a random keep set per
+// stream (none, all, or a random subset), in place for about half the rows,
+// otherwise into fresh pages taken from the pool's spare pages.
+struct RandomPlan {
+  std::vector<int32_t> src_indptr{0}, src_pages, src_lens, dst_indptr{0}, dst_pages,
+      keep_indptr{0}, keep;
+  std::vector<uint8_t> in_place;
+
+  explicit RandomPlan(PagedCase& c) {
+    std::mt19937_64& rng = c.rng();
+    const int32_t ps = c.spec().page_size;
+    std::set<int32_t> used(c.page_ids().begin(), c.page_ids().end());
+    std::vector<int32_t> spare;
+    for (int32_t p = 0; p < c.num_pages(); ++p) {
+      if (used.count(p) == 0) spare.push_back(p);
+    }
+    std::shuffle(spare.begin(), spare.end(), rng);
+    for (int32_t s = 0; s < c.num_streams(); ++s) {
+      const int32_t len = c.lens()[s];
+      const int32_t mode = static_cast<int32_t>(rng() % 4);
+      std::vector<int32_t> kept;
+      for (int32_t i = 0; i < len; ++i) {
+        if (mode == 0 || (mode >= 2 && rng() % 5 == 0)) kept.push_back(i);  // all, or ~20%
+      }
+      if (mode == 1) kept.clear();
+      const bool inplace = rng() % 2 == 0;
+      const int32_t dst_count = static_cast<int32_t>(PagesFor(static_cast<int64_t>(kept.size()), ps));
+      const int32_t* src = c.page_ids().data() + c.indptr()[s];
+      src_pages.insert(src_pages.end(), src, src + (c.indptr()[s + 1] - c.indptr()[s]));
+      if (inplace || static_cast<int32_t>(spare.size()) < dst_count) {
+        dst_pages.insert(dst_pages.end(), src, src + dst_count);
+        in_place.push_back(1);
+      } else {
+        dst_pages.insert(dst_pages.end(), spare.end() - dst_count, spare.end());
+        spare.resize(spare.size() - dst_count);
+        in_place.push_back(0);
+      }
+      src_indptr.push_back(static_cast<int32_t>(src_pages.size()));
+      dst_indptr.push_back(static_cast<int32_t>(dst_pages.size()));
+      src_lens.push_back(len);
+      keep.insert(keep.end(), kept.begin(), kept.end());
+      keep_indptr.push_back(static_cast<int32_t>(keep.size()));
+    }
+  }
+};
+
+void CheckAgainstRef(PagedCase& c) {
+  RandomPlan plan(c);
+  DevicePool device(c.view(), c.data(), c.positions());
+  DeviceBuffer src_indptr(plan.src_indptr), src_pages(plan.src_pages), src_lens(plan.src_lens),
+      dst_indptr(plan.dst_indptr), dst_pages(plan.dst_pages), keep_indptr(plan.keep_indptr),
+      keep(plan.keep), in_place(plan.in_place);
+  CompactArgs args{device.view,
+                   c.num_streams(),
+                   src_indptr.get<int32_t>(),
+                   src_pages.get<int32_t>(),
+                   src_lens.get<int32_t>(),
+                   dst_indptr.get<int32_t>(),
+                   dst_pages.get<int32_t>(),
+                   keep_indptr.get<int32_t>(),
+                   keep.get<int32_t>(),
+                   in_place.get<uint8_t>()};
+  REQUIRE_OK(gpu::Compact(args, nullptr));
+  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+
+  CompactArgs host{c.view(),
+                   c.num_streams(),
+                   plan.src_indptr.data(),
+                   plan.src_pages.data(),
+                   plan.src_lens.data(),
+                   plan.dst_indptr.data(),
+                   plan.dst_pages.data(),
+                   plan.keep_indptr.data(),
+                   plan.keep.data(),
+                   plan.in_place.data()};
+  REQUIRE_OK(ref::Compact(host));
+  // The whole pool, not only the destinations: nothing else may change either.
+  REQUIRE(device.positions.Download<int32_t>() == c.positions());
+  REQUIRE(device.data.Download<uint8_t>() == c.data());
+}
+
+TEST_CASE("gpu::Compact equals ref::Compact, fresh and in place", "[kernels][gpu][sanitize]") {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      for (int32_t page_size : {1, 16, 7}) {
+        CAPTURE(DTypeName(dtype), head_dim, page_size);
+        std::vector<int32_t> lens = testing::EdgeLengths(page_size);
+        lens.push_back(40 * page_size + 3);
+        const std::vector<int32_t> more = lens;
+        lens.insert(lens.end(), more.begin(), more.end());  // two of each, more mode mixes
+        PagedCase c({page_size, head_dim, dtype, lens, 60 * (page_size + 1)},
+                    static_cast<uint64_t>(head_dim + 1000 * page_size) + static_cast<int>(dtype));
+        CheckAgainstRef(c);
+      }
+    }
+  }
+}
+
+TEST_CASE("gpu::Compact: 32K-token streams", "[kernels][gpu]") {
+  PagedCase c({16, 128, DType::kBF16, {32768, 32768, 32767, 1}, 2100}, 77);
+  CheckAgainstRef(c);
+}
+
+TEST_CASE("gpu::Compact: no rows, and Validate's errors", "[kernels][gpu]") {
+  PagedCase c({16, 64, DType::kF16, {3}, 1}, 3);
+  DevicePool device(c.view(), c.data(), c.positions());
+  CompactArgs args;
+  args.cache = device.view;
+  REQUIRE_OK(gpu::Compact(args, nullptr));
+  args.num_rows = 1;
+  REQUIRE_ERROR(gpu::Compact(args, nullptr), absl::StatusCode::kInvalidArgument, "null");
+  args.num_rows = 0;
+  args.cache.dtype = static_cast<DType>(9);
+  REQUIRE_ERROR(gpu::Compact(args, nullptr), absl::StatusCode::kInvalidArgument, "dtype");
+}
+
+}  // namespace
+}  // namespace headpage

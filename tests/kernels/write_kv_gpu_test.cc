@@ -21,7 +21,8 @@ TEST_CASE("gpu::WriteKV equals ref::WriteKV, byte for byte", "[kernels][gpu][san
       for (int32_t page_size : {1, 16, 33}) {
         CAPTURE(DTypeName(dtype), head_dim, page_size);
         const int32_t kv_heads = 3, layers = 2, layer = 1, tokens = 70;
-        PagedCase pool({page_size, head_dim, dtype, {5 * page_size, 0, 2 * page_size + 3}, 40},
+        // Spare pages enough for every (token, head) to get its own slot at page size 1.
+        PagedCase pool({page_size, head_dim, dtype, {5 * page_size, 0, 2 * page_size + 3}, tokens * kv_heads},
                        static_cast<uint64_t>(head_dim * 100 + page_size));
         std::mt19937_64& rng = pool.rng();
         // A [token][layer][kv_head] slot mapping (BlockManager's layout): distinct

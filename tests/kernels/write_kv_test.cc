@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels/supported.h"
+#include "tests/kernels/paged_case.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/testing/status_matchers.h"
 
@@ -114,6 +115,56 @@ TEST_CASE("kernels: every supported head_dim passes Validate", "[kernels]") {
     WriteKVArgs args{cache.view, 0, 1, nullptr, nullptr, nullptr, 0, nullptr};
     args.cache.head_dim = d;
     REQUIRE_OK(Validate(args));
+  }
+}
+
+TEST_CASE("WriteKV: the dense view holds what was written, whatever the page ids", "[kernels]") {
+  // Overwrites every token of every stream through block-table slots, on a pool
+  // and on the same pool with its pages relabelled: both dense views must equal
+  // the new rows (the oracle), whatever the physical pages.
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    CAPTURE(DTypeName(dtype));
+    const std::vector<int32_t> lens = testing::EdgeLengths(8);
+    testing::PagedCase original({8, 64, dtype, lens, 5}, 21);
+    testing::PagedCase relabelled({8, 64, dtype, lens, 5}, 21);
+    relabelled.RelabelPages(22);
+    int32_t tokens = 0;
+    for (int32_t len : lens) tokens = std::max(tokens, len);
+    std::mt19937_64 rng(23);
+    const int32_t heads = static_cast<int32_t>(lens.size());
+    const auto keys = testing::RandomRows(size_t{1} * tokens * heads * 64, dtype, 1, rng);
+    const auto values = testing::RandomRows(size_t{1} * tokens * heads * 64, dtype, 1, rng);
+    std::vector<int32_t> positions(static_cast<size_t>(tokens));
+    for (int32_t t = 0; t < tokens; ++t) positions[t] = 500 + t;
+    for (testing::PagedCase* c : {&original, &relabelled}) {
+      // Stream s plays KV head s; token t goes to its logical slot t if it has one.
+      std::vector<int32_t> slots(static_cast<size_t>(tokens) * heads, -1);
+      for (int32_t t = 0; t < tokens; ++t) {
+        for (int32_t h = 0; h < heads; ++h) {
+          if (t < lens[h]) slots[t * heads + h] = static_cast<int32_t>(c->Slot(h, t));
+        }
+      }
+      WriteKVArgs args;
+      args.cache = c->view();
+      args.num_tokens = tokens;
+      args.num_kv_heads = heads;
+      args.keys = keys.data();
+      args.values = values.data();
+      args.slot_mapping = slots.data();
+      args.slot_stride = heads;
+      args.positions = positions.data();
+      REQUIRE_OK(ref::WriteKV(args));
+      for (int32_t h = 0; h < heads; ++h) {
+        for (int32_t t = 0; t < lens[h]; ++t) {
+          REQUIRE(c->Position(h, t) == 500 + t);
+          for (int32_t e = 0; e < 64; ++e) {
+            const size_t at = (static_cast<size_t>(t) * heads + h) * 64 + e;
+            REQUIRE(c->Key(h, t, e) == LoadAsFloat(keys.data(), at, dtype));
+            REQUIRE(c->Value(h, t, e) == LoadAsFloat(values.data(), at, dtype));
+          }
+        }
+      }
+    }
   }
 }
 

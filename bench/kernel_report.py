@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Issue #5's targets as a Markdown table: bench_kernels' JSON beside the PyTorch
+baselines of torch_baselines.py, both measured by one scripts/gpu-check run.
+
+  python3 bench/kernel_report.py bench_kernels.json torch_baselines.json [--device device.txt]
+
+Each row: the kernel figure, its baseline, the ratio and the target. Exit status
+1 when a figure is missing (a benchmark renamed or not run), so a silent gap
+cannot pass; a missed target is reported in the table, not as a failure, since
+the table is what docs/performance.md quotes.
+"""
+import argparse
+import json
+import re
+import sys
+
+
+def load_bench(path):
+    with open(path) as f:
+        data = json.load(f)
+    runs = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+            continue
+        runs[b["name"]] = b
+    return data.get("context", {}), runs
+
+
+def ms(run):
+    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[run.get("time_unit", "ns")]
+    return run["real_time"] * scale
+
+
+def find(runs, pattern):
+    hits = [name for name in runs if re.fullmatch(pattern, name)]
+    if len(hits) != 1:
+        raise KeyError(f"{len(hits)} benchmarks match {pattern!r}")
+    return runs[hits[0]]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench_json")
+    parser.add_argument("torch_json")
+    parser.add_argument("--device", help="nvidia-smi's CSV line (device.txt)")
+    args = parser.parse_args()
+    _, runs = load_bench(args.bench_json)
+    with open(args.torch_json) as f:
+        torch = json.load(f)
+
+    rows, missing = [], []
+
+    def row(what, figure, baseline, ratio, target, ok):
+        rows.append((what, figure, baseline, f"{ratio:.2f}", target, "yes" if ok else "**no**"))
+
+    def attempt(fn):
+        try:
+            fn()
+        except KeyError as e:
+            missing.append(str(e))
+
+    copy_Bps = None
+
+    def copy():
+        nonlocal copy_Bps
+        copy_Bps = find(runs, r"BM_CopyBandwidth.*")["read_write_Bps"]
+        row("copy bandwidth (cudaMemcpy D2D, 1 GiB)", f"{copy_Bps / 1e12:.2f} TB/s",
+            f"torch copy_ {torch['copy']['read_write_Bps'] / 1e12:.2f} TB/s",
+            copy_Bps / torch["copy"]["read_write_Bps"], "(yardstick)", True)
+
+    attempt(copy)
+
+    for batch, length in [(8, 32768), (1, 131072)]:
+        def full(batch=batch, length=length):
+            run = find(runs, rf"BM_DecodeAttention/batch:{batch}/len:{length}/manual_time")
+            kv = run["kv_Bps"]
+            sdpa = torch["sdpa"][f"{batch}x{length}"]
+            row(f"DecodeAttention, full, {batch}x{length // 1024}K: K/V read rate",
+                f"{kv / 1e12:.2f} TB/s ({ms(run):.3f} ms)",
+                f"copy {copy_Bps / 1e12:.2f} TB/s (SDPA {sdpa['kv_Bps'] / 1e12:.2f} TB/s, "
+                f"{sdpa['ms']:.3f} ms)", kv / copy_Bps, ">= 0.85", kv / copy_Bps >= 0.85)
+        attempt(full)
+
+    def headwise():
+        at20 = find(runs, r"BM_DecodeAttentionHeadwise20/batch:8/len:32768/manual_time")
+        at100 = find(runs, r"BM_DecodeAttention/batch:8/len:32768/manual_time")
+        sdpa20 = torch["sdpa20"]["8x32768"]["ms"]
+        row("DecodeAttention, head-wise 20% (5x skew), 8x32K vs dense SDPA on uniform 20%",
+            f"{ms(at20):.4f} ms", f"{sdpa20:.4f} ms", ms(at20) / sdpa20, "<= 1.2",
+            ms(at20) / sdpa20 <= 1.2)
+        row("DecodeAttention, head-wise 20% vs itself at 100%, 8x32K", f"{ms(at20):.4f} ms",
+            f"{ms(at100):.4f} ms", ms(at100) / ms(at20), ">= 3.5 (speed-up)",
+            ms(at100) / ms(at20) >= 3.5)
+        gather = torch["gather_sdpa20"]["8x32768"]["ms"]
+        row("DecodeAttention, head-wise 20% vs gather-then-SDPA (PyTorch head-wise)",
+            f"{ms(at20):.4f} ms", f"{gather:.4f} ms", gather / ms(at20), "(speed-up)", True)
+
+    attempt(headwise)
+
+    def scores():
+        run = find(runs, r"BM_WindowScores/batch:8/len:32768/manual_time")
+        base = torch["snapkv"]["8x32768"]["ms"]
+        row("WindowScores (W=32), 8x32K vs the PyTorch SnapKV formulation", f"{ms(run):.3f} ms",
+            f"{base:.3f} ms", base / ms(run), ">= 10 (speed-up)", base / ms(run) >= 10)
+        if "floor_ms" in run:
+            row("WindowScores (W=32), 8x32K vs its floor (keys once + window FLOPs)",
+                f"{ms(run):.3f} ms", f"{run['floor_ms']:.3f} ms", ms(run) / run["floor_ms"],
+                "<= 3", ms(run) / run["floor_ms"] <= 3)
+
+    attempt(scores)
+
+    def select():
+        run = find(runs, r"BM_SelectAda/manual_time")
+        base = torch["topk"]["8x8x32768"]["ms"]
+        row("Select, Ada (8 seqs x 8 heads x 32K, 20%, floors) vs torch.topk", f"{ms(run):.4f} ms",
+            f"{base:.4f} ms", base / ms(run), ">= 4 (speed-up)", base / ms(run) >= 4)
+
+    attempt(select)
+
+    def compact():
+        run = find(runs, r"BM_CompactTo20Percent/batch:8/len:32768/manual_time")
+        rate = run["read_write_Bps"]
+        row("Compact to 20%, 8x32K: bytes read + written", f"{rate / 1e12:.2f} TB/s",
+            f"copy {copy_Bps / 1e12:.2f} TB/s", rate / copy_Bps, ">= 0.70", rate / copy_Bps >= 0.7)
+
+    attempt(compact)
+
+    if args.device:
+        with open(args.device) as f:
+            print("Device: " + f.read().strip().splitlines()[-1])
+        print(f"PyTorch {torch.get('torch', '?')} on {torch.get('device', '?')}\n")
+    print("| kernel figure | measured | baseline | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    for m in missing:
+        print(f"missing: {m}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
