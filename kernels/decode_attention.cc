@@ -1,1 +1,204 @@
 // SPDX-License-Identifier: Apache-2.0
+#include "kernels/decode_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/gpu_status.h"
+#include "kernels/validate_common.h"
+
+namespace headpage {
+namespace {
+
+// q rows and the workspace are read in 16-byte vectors.
+constexpr size_t kVectorAlignment = 16;
+
+bool IsAligned(const void* p, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+}
+
+}  // namespace
+
+size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_dim,
+                                     int32_t num_splits) {
+  if (num_splits <= 1 || num_seqs <= 0 || num_q_heads <= 0 || head_dim <= 0) return 0;
+  // Per (seq, q head, split), in float: the partial out (head_dim values, so
+  // 16-byte rows), then after all of them the partial lse (decode_attention.cu).
+  const size_t partials = static_cast<size_t>(num_seqs) * num_q_heads * num_splits;
+  return partials * (static_cast<size_t>(head_dim) + 1) * sizeof(float);
+}
+
+int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms) {
+  if (max_len <= 0 || num_streams <= 0) return 1;
+  // About four (stream, split) blocks per multiprocessor: two waves at two
+  // resident blocks each, so that the last wave is a small part of the time
+  // even when lengths differ 5x between streams (measured on an H100: fewer
+  // leave streams too long, more pay each block's start and a larger merge).
+  constexpr int64_t kBlocksPerSM = 4;
+  // A split reads at least this many tokens (128 KiB of bf16 K/V at head_dim
+  // 128): shorter ones spend more on their pipeline start and the merge than
+  // the parallelism gains.
+  constexpr int64_t kMinSplitTokens = 256;
+  const int64_t wanted = (kBlocksPerSM * std::max(num_sms, 1) + num_streams - 1) / num_streams;
+  const int64_t useful = (max_len + kMinSplitTokens - 1) / kMinSplitTokens;
+  return static_cast<int32_t>(
+      std::clamp<int64_t>(std::min(wanted, useful), 1, int64_t{kDecodeMaxSplits}));
+}
+
+absl::Status Validate(const DecodeAttentionArgs& args) {
+  HEADPAGE_RETURN_IF_ERROR(ValidatePagedKV(args.cache, "DecodeAttention"));
+  if (args.num_seqs < 0 || args.num_q_heads <= 0 || args.num_kv_heads <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("DecodeAttention: num_seqs ", args.num_seqs,
+                                                   ", num_q_heads ", args.num_q_heads,
+                                                   ", num_kv_heads ", args.num_kv_heads));
+  }
+  if (args.num_q_heads % args.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: num_q_heads ", args.num_q_heads,
+                     " is not a multiple of num_kv_heads ", args.num_kv_heads));
+  }
+  if (args.num_q_heads / args.num_kv_heads > kDecodeMaxGroup) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: GQA group ", args.num_q_heads / args.num_kv_heads,
+                     " exceeds ", kDecodeMaxGroup));
+  }
+  if (args.num_splits < 1 || args.num_splits > kDecodeMaxSplits) {
+    return absl::InvalidArgumentError(absl::StrCat("DecodeAttention: num_splits ", args.num_splits,
+                                                   " is outside [1, ", kDecodeMaxSplits, "]"));
+  }
+  // One CUDA block per (stream, split), in a one-dimensional grid.
+  if (static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * args.num_splits >
+      std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: ", args.num_seqs, " seqs x ", args.num_kv_heads,
+                     " kv heads x ", args.num_splits, " splits exceed the int32 block range"));
+  }
+  if (!std::isfinite(args.sm_scale)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: sm_scale ", args.sm_scale, " is not finite"));
+  }
+  if (args.num_seqs == 0) return absl::OkStatus();
+  if (args.q == nullptr || args.indptr == nullptr || args.page_ids == nullptr ||
+      args.lens == nullptr || args.out == nullptr) {
+    return absl::InvalidArgumentError(
+        "DecodeAttention: q, indptr, page_ids, lens or out is null");
+  }
+  if (!IsAligned(args.q, kVectorAlignment)) {
+    return absl::InvalidArgumentError("DecodeAttention: q is not 16-byte aligned");
+  }
+  const size_t needed = DecodeAttentionWorkspaceBytes(args.num_seqs, args.num_q_heads,
+                                                      args.cache.head_dim, args.num_splits);
+  if (needed > 0 && (args.workspace == nullptr || args.workspace_bytes < needed)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: workspace of ", args.workspace_bytes, " bytes",
+                     args.workspace == nullptr ? " (null)" : "", " is below the ", needed,
+                     " that ", args.num_splits, " splits need"));
+  }
+  if (needed > 0 && !IsAligned(args.workspace, kVectorAlignment)) {
+    return absl::InvalidArgumentError("DecodeAttention: workspace is not 16-byte aligned");
+  }
+  return absl::OkStatus();
+}
+
+namespace ref {
+namespace {
+
+// The block tables must fit the cache before the reference reads through them.
+absl::Status CheckBlockTables(const DecodeAttentionArgs& args) {
+  const int32_t num_streams = args.num_seqs * args.num_kv_heads;
+  for (int32_t stream = 0; stream < num_streams; ++stream) {
+    const int32_t begin = args.indptr[stream];
+    const int32_t end = args.indptr[stream + 1];
+    const int32_t len = args.lens[stream];
+    if (begin < 0 || end < begin || len < 0 || PagesFor(len, args.cache.page_size) > end - begin) {
+      return absl::OutOfRangeError(absl::StrCat("DecodeAttention: stream ", stream, " has ", len,
+                                                " tokens in pages [", begin, ", ", end, ")"));
+    }
+    for (int32_t i = begin; i < begin + PagesFor(len, args.cache.page_size); ++i) {
+      if (args.page_ids[i] < 0 || args.page_ids[i] >= args.cache.num_pages) {
+        return absl::OutOfRangeError(
+            absl::StrCat("DecodeAttention: stream ", stream, " names page ", args.page_ids[i],
+                         " outside [0, ", args.cache.num_pages, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status DecodeAttention(const DecodeAttentionArgs& args) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_seqs == 0) return absl::OkStatus();
+  HEADPAGE_RETURN_IF_ERROR(CheckBlockTables(args));
+  const PagedKV& cache = args.cache;
+  const int32_t head_dim = cache.head_dim;
+  const int32_t group = args.num_q_heads / args.num_kv_heads;
+  std::vector<float> q(static_cast<size_t>(head_dim));
+  std::vector<float> scores;
+  std::vector<float> acc(static_cast<size_t>(head_dim));
+  for (int32_t s = 0; s < args.num_seqs; ++s) {
+    for (int32_t qh = 0; qh < args.num_q_heads; ++qh) {
+      const int64_t stream = static_cast<int64_t>(s) * args.num_kv_heads + qh / group;
+      const int32_t* pages = args.page_ids + args.indptr[stream];
+      const int32_t len = args.lens[stream];
+      const size_t row = static_cast<size_t>(s) * args.num_q_heads + qh;
+      for (int32_t e = 0; e < head_dim; ++e) {
+        q[e] = LoadAsFloat(args.q, row * head_dim + e, cache.dtype);
+      }
+      // Pass 1: the scores and their maximum.
+      scores.assign(static_cast<size_t>(len), 0.0f);
+      float max_score = -std::numeric_limits<float>::infinity();
+      for (int32_t i = 0; i < len; ++i) {
+        const int64_t key = cache.KeyOffset(SlotOf(pages, i, cache.page_size));
+        float dot = 0.0f;
+        for (int32_t e = 0; e < head_dim; ++e) {
+          dot += q[e] * LoadAsFloat(cache.data, static_cast<size_t>(key + e), cache.dtype);
+        }
+        scores[i] = args.sm_scale * dot;
+        max_score = std::max(max_score, scores[i]);
+      }
+      // Pass 2: the weights, relative to the maximum, and the weighted values.
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      float sum = 0.0f;
+      for (int32_t i = 0; i < len; ++i) {
+        const float weight = std::exp(scores[i] - max_score);
+        sum += weight;
+        const int64_t value = cache.ValueOffset(SlotOf(pages, i, cache.page_size));
+        for (int32_t e = 0; e < head_dim; ++e) {
+          acc[e] += weight * LoadAsFloat(cache.data, static_cast<size_t>(value + e), cache.dtype);
+        }
+      }
+      for (int32_t e = 0; e < head_dim; ++e) {
+        StoreFromFloat(args.out, row * head_dim + e, cache.dtype, len > 0 ? acc[e] / sum : 0.0f);
+      }
+      if (args.lse != nullptr) {
+        args.lse[row] =
+            len > 0 ? max_score + std::log(sum) : -std::numeric_limits<float>::infinity();
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ref
+
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+
+absl::Status DecodeAttention(const DecodeAttentionArgs& args, GpuStream stream) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_seqs == 0) return absl::OkStatus();
+  return LaunchStatus(internal::LaunchDecodeAttention(args, stream), "DecodeAttention",
+                      args.cache.dtype, args.cache.head_dim);
+}
+
+}  // namespace gpu
+#endif
+
+}  // namespace headpage

@@ -1,1 +1,257 @@
 // SPDX-License-Identifier: Apache-2.0
+// gpu::DecodeAttention against ref::DecodeAttention on the same random pools
+// (ctest label `gpu`), split and unsplit, eagerly and replayed from a CUDA graph.
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/decode_attention.h"
+#include "tests/kernels/device_buffer.h"
+#include "tests/kernels/paged_case.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::DevicePool;
+using testing::PagedCase;
+using testing::PagedCaseSpec;
+
+// out: relative to each element plus its row's RMS, so an element that cancels
+// to near zero is held to the row's scale, not its own.
+double OutTolerance(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return 1e-4;
+    case DType::kF16: return 1e-3;
+    case DType::kBF16: return 1e-2;
+  }
+  return 0;
+}
+constexpr float kLseTolerance = 1e-3f;
+
+// One decode problem, on the host for ref:: and on the device for gpu::.
+class Problem {
+ public:
+  Problem(const PagedCaseSpec& spec, int32_t group, int32_t kv_heads, uint64_t seed, float q_scale)
+      : pool_(spec, seed),
+        seqs_(static_cast<int32_t>(spec.lens.size()) / kv_heads),
+        q_heads_(group * kv_heads),
+        kv_heads_(kv_heads),
+        q_(testing::RandomRows(Rows() * spec.head_dim, spec.dtype, q_scale, pool_.rng())),
+        device_(pool_.view(), pool_.data(), pool_.positions()),
+        d_q_(q_),
+        d_indptr_(pool_.indptr()),
+        d_page_ids_(pool_.page_ids().empty() ? std::vector<int32_t>{0} : pool_.page_ids()),
+        d_lens_(pool_.lens()),
+        d_out_(Rows() * spec.head_dim * SizeOf(spec.dtype)),
+        d_lse_(Rows() * sizeof(float)) {}
+
+  size_t Rows() const { return static_cast<size_t>(seqs_) * q_heads_; }
+  DType dtype() const { return pool_.spec().dtype; }
+  int32_t head_dim() const { return pool_.spec().head_dim; }
+  DeviceBuffer& d_lens() { return d_lens_; }
+  std::vector<float> DownloadLse() const { return d_lse_.Download<float>(); }
+
+  DecodeAttentionArgs DeviceArgs(int32_t num_splits) {
+    DecodeAttentionArgs args = Common(num_splits);
+    args.cache = device_.view;
+    args.q = d_q_.get();
+    args.indptr = d_indptr_.get<int32_t>();
+    args.page_ids = d_page_ids_.get<int32_t>();
+    args.lens = d_lens_.get<int32_t>();
+    args.out = d_out_.get();
+    args.lse = d_lse_.get<float>();
+    const size_t bytes = DecodeAttentionWorkspaceBytes(seqs_, q_heads_, head_dim(), num_splits);
+    if (workspace_.bytes() < bytes) workspace_ = DeviceBuffer(bytes);
+    workspace_.Poison();
+    args.workspace = workspace_.get();
+    args.workspace_bytes = workspace_.bytes();
+    return args;
+  }
+
+  // ref:: on the host with stream lengths `lens` (the pool's by default).
+  void RunRef(const std::vector<int32_t>& lens = {}) {
+    DecodeAttentionArgs args = Common(1);
+    args.cache = pool_.view();
+    args.q = q_.data();
+    args.indptr = pool_.indptr().data();
+    args.page_ids = pool_.page_ids().data();
+    args.lens = lens.empty() ? pool_.lens().data() : lens.data();
+    ref_out_.assign(d_out_.bytes(), 0xff);
+    ref_lse_.assign(Rows(), NAN);
+    args.out = ref_out_.data();
+    args.lse = ref_lse_.data();
+    REQUIRE_OK(ref::DecodeAttention(args));
+  }
+
+  void PoisonOutputs() {
+    d_out_.Poison();
+    d_lse_.Poison();
+  }
+
+  // The device's out and lse against the last RunRef.
+  void RequireMatchesRef() {
+    const std::vector<uint8_t> out = d_out_.Download<uint8_t>();
+    const std::vector<float> lse = d_lse_.Download<float>();
+    const double tolerance = OutTolerance(dtype());
+    for (size_t row = 0; row < Rows(); ++row) {
+      CAPTURE(row);
+      if (std::isinf(ref_lse_[row])) {
+        REQUIRE(lse[row] == ref_lse_[row]);
+      } else {
+        REQUIRE(std::abs(lse[row] - ref_lse_[row]) <= kLseTolerance);
+      }
+      double sum_squares = 0;
+      for (int32_t e = 0; e < head_dim(); ++e) {
+        const double want = LoadAsFloat(ref_out_.data(), row * head_dim() + e, dtype());
+        sum_squares += want * want;
+      }
+      const double rms = std::sqrt(sum_squares / head_dim());
+      for (int32_t e = 0; e < head_dim(); ++e) {
+        const double want = LoadAsFloat(ref_out_.data(), row * head_dim() + e, dtype());
+        const double got = LoadAsFloat(out.data(), row * head_dim() + e, dtype());
+        CAPTURE(e, got, want, rms);
+        REQUIRE(std::abs(got - want) <= tolerance * (std::abs(want) + rms));  // NaN fails
+      }
+    }
+  }
+
+  // Poisoned outputs, gpu::, synchronize, compare with the last RunRef.
+  void RunGpuAndCompare(int32_t num_splits) {
+    CAPTURE(num_splits);
+    PoisonOutputs();
+    REQUIRE_OK(gpu::DecodeAttention(DeviceArgs(num_splits), nullptr));
+    HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+    RequireMatchesRef();
+  }
+
+ private:
+  DecodeAttentionArgs Common(int32_t num_splits) const {
+    DecodeAttentionArgs args;
+    args.num_seqs = seqs_;
+    args.num_q_heads = q_heads_;
+    args.num_kv_heads = kv_heads_;
+    args.sm_scale = 1.0f / std::sqrt(static_cast<float>(pool_.spec().head_dim));
+    args.num_splits = num_splits;
+    return args;
+  }
+
+  PagedCase pool_;
+  int32_t seqs_, q_heads_, kv_heads_;
+  std::vector<uint8_t> q_;
+  DevicePool device_;
+  DeviceBuffer d_q_, d_indptr_, d_page_ids_, d_lens_, d_out_, d_lse_, workspace_;
+  std::vector<uint8_t> ref_out_;
+  std::vector<float> ref_lse_;
+};
+
+// Streams of the edge lengths (two kv heads per seq, so three seqs), against
+// ref with one split, a few, and more splits than any stream has pages.
+void CheckEdgeLengths(DType dtype, int32_t head_dim, int32_t page_size, int32_t group) {
+  CAPTURE(DTypeName(dtype), head_dim, page_size, group);
+  Problem problem({page_size, head_dim, dtype, testing::EdgeLengths(page_size)}, group, 2,
+                  static_cast<uint64_t>(head_dim * 1000 + page_size * 10 + group), 2.0f);
+  problem.RunRef();
+  for (int32_t splits : {1, 3, 40}) problem.RunGpuAndCompare(splits);
+}
+
+TEST_CASE("gpu::DecodeAttention equals ref: every dtype, head_dim, page size and group",
+          "[kernels][gpu]") {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      for (int32_t page_size : {1, 16, 33}) {
+        for (int32_t group : {1, 2, 4, 8}) CheckEdgeLengths(dtype, head_dim, page_size, group);
+      }
+    }
+  }
+}
+
+// Every kernel path (each tile shape: 16-bit at head_dim 64/128/256, f32 at 256
+// with its two-stage pipeline; split and merge) at sizes the sanitizers finish.
+TEST_CASE("gpu::DecodeAttention equals ref: the sanitizer's subset", "[kernels][gpu][sanitize]") {
+  CheckEdgeLengths(DType::kBF16, 128, 16, 4);
+  CheckEdgeLengths(DType::kF16, 64, 1, 8);
+  CheckEdgeLengths(DType::kBF16, 256, 7, 3);
+  CheckEdgeLengths(DType::kF32, 256, 16, 1);
+  // A few hundred tokens, so that the pipeline wraps around its stages.
+  Problem problem({16, 128, DType::kBF16, {700, 300, 0, 513}}, 4, 2, 5, 3.0f);
+  problem.RunRef();
+  for (int32_t splits : {1, 2, 7}) problem.RunGpuAndCompare(splits);
+}
+
+TEST_CASE("gpu::DecodeAttention equals ref on a 32K-token stream", "[kernels][gpu]") {
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    CAPTURE(DTypeName(dtype));
+    Problem problem({16, 128, dtype, {32768, 5000, 17, 0}}, 4, 2, 7, 2.0f);
+    problem.RunRef();
+    const int32_t heuristic = DecodeAttentionSplits(32768, 4, 132);
+    for (int32_t splits : {1, heuristic, 300}) problem.RunGpuAndCompare(splits);
+  }
+}
+
+TEST_CASE("gpu::DecodeAttention replays from a CUDA graph, reading new lengths on the device",
+          "[kernels][gpu][sanitize]") {
+  const std::vector<int32_t> lens = {300, 0, 17, 129, 64, 1};
+  Problem problem({16, 128, DType::kBF16, lens}, 4, 2, 9, 2.0f);
+  cudaStream_t stream;
+  HEADPAGE_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const DecodeAttentionArgs args = problem.DeviceArgs(4);  // poisons the workspace, synchronously
+  cudaGraph_t graph;
+  HEADPAGE_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  const absl::Status captured = gpu::DecodeAttention(args, stream);
+  HEADPAGE_CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  REQUIRE_OK(captured);
+  cudaGraphExec_t exec;
+  HEADPAGE_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+
+  // Replays: the captured lengths, then every stream shorter (a head-wise
+  // eviction), then longer again, each written into the device array the graph reads.
+  std::vector<int32_t> shorter = lens;
+  for (int32_t& len : shorter) len = len / 3;
+  for (const std::vector<int32_t>& now : {lens, shorter, lens}) {
+    problem.d_lens().Upload(now);
+    problem.PoisonOutputs();
+    HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+    HEADPAGE_CUDA_OK(cudaGraphLaunch(exec, stream));
+    HEADPAGE_CUDA_OK(cudaStreamSynchronize(stream));
+    problem.RunRef(now);
+    problem.RequireMatchesRef();
+  }
+  HEADPAGE_CUDA_OK(cudaGraphExecDestroy(exec));
+  HEADPAGE_CUDA_OK(cudaGraphDestroy(graph));
+  HEADPAGE_CUDA_OK(cudaStreamDestroy(stream));
+}
+
+TEST_CASE("gpu::DecodeAttention: no seqs launches nothing; bad arguments are errors",
+          "[kernels][gpu][sanitize]") {
+  Problem problem({16, 128, DType::kBF16, {40, 3}}, 2, 2, 11, 1.0f);
+  DecodeAttentionArgs args = problem.DeviceArgs(1);
+  const DecodeAttentionArgs good = args;
+  args.num_seqs = 0;
+  REQUIRE_OK(gpu::DecodeAttention(args, nullptr));
+  args = good;
+  args.lens = nullptr;
+  REQUIRE_ERROR(gpu::DecodeAttention(args, nullptr), absl::StatusCode::kInvalidArgument, "null");
+  args = good;
+  args.cache.head_dim = 96;
+  REQUIRE_ERROR(gpu::DecodeAttention(args, nullptr), absl::StatusCode::kUnimplemented,
+                "head_dim 96");
+  args = good;
+  args.num_splits = 2;  // without a workspace
+  args.workspace = nullptr;
+  REQUIRE_ERROR(gpu::DecodeAttention(args, nullptr), absl::StatusCode::kInvalidArgument,
+                "workspace");
+  // A page id outside the cache reads as zeros instead of faulting.
+  DeviceBuffer bad_ids(std::vector<int32_t>{1 << 30, -5, 1 << 30, 1 << 30});
+  args = good;
+  args.page_ids = bad_ids.get<int32_t>();
+  problem.PoisonOutputs();
+  REQUIRE_OK(gpu::DecodeAttention(args, nullptr));
+  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+  for (float lse : problem.DownloadLse()) REQUIRE(std::isfinite(lse));
+}
+
+}  // namespace
+}  // namespace headpage

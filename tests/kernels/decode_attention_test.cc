@@ -1,1 +1,315 @@
 // SPDX-License-Identifier: Apache-2.0
+#include "kernels/decode_attention.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "tests/kernels/paged_case.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+using testing::PagedCase;
+using testing::PagedCaseSpec;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// A decode step over a PagedCase whose streams are seqs x kv_heads (seq-major),
+// with random queries and host outputs.
+struct Step {
+  PagedCase pool;
+  int32_t seqs, q_heads, kv_heads;
+  std::vector<uint8_t> q, out;
+  std::vector<float> lse;
+
+  Step(const PagedCaseSpec& spec, int32_t q_heads_, int32_t kv_heads_, uint64_t seed,
+       float q_scale = 1.0f)
+      : pool(spec, seed),
+        seqs(static_cast<int32_t>(spec.lens.size()) / kv_heads_),
+        q_heads(q_heads_),
+        kv_heads(kv_heads_) {
+    const size_t rows = static_cast<size_t>(seqs) * q_heads;
+    q = testing::RandomRows(rows * spec.head_dim, spec.dtype, q_scale, pool.rng());
+    out.assign(rows * spec.head_dim * SizeOf(spec.dtype), 0xff);
+    lse.assign(rows, std::nanf(""));
+  }
+
+  DecodeAttentionArgs Args() {
+    DecodeAttentionArgs args;
+    args.cache = pool.view();
+    args.num_seqs = seqs;
+    args.num_q_heads = q_heads;
+    args.num_kv_heads = kv_heads;
+    args.q = q.data();
+    args.indptr = pool.indptr().data();
+    args.page_ids = pool.page_ids().data();
+    args.lens = pool.lens().data();
+    args.sm_scale = 1.0f / std::sqrt(static_cast<float>(pool.spec().head_dim));
+    args.out = out.data();
+    args.lse = lse.data();
+    return args;
+  }
+  float Out(size_t row, int32_t e) const {
+    return LoadAsFloat(out.data(), row * pool.spec().head_dim + e, pool.spec().dtype);
+  }
+  float Query(size_t row, int32_t e) const {
+    return LoadAsFloat(q.data(), row * pool.spec().head_dim + e, pool.spec().dtype);
+  }
+};
+
+// Attention over the dense view, in double: the oracle of the oracle.
+struct Dense {
+  std::vector<double> out, lse;
+};
+Dense DenseAttention(Step& step, float sm_scale) {
+  const int32_t head_dim = step.pool.spec().head_dim;
+  const int32_t group = step.q_heads / step.kv_heads;
+  Dense dense;
+  for (int32_t s = 0; s < step.seqs; ++s) {
+    for (int32_t qh = 0; qh < step.q_heads; ++qh) {
+      const size_t row = static_cast<size_t>(s) * step.q_heads + qh;
+      const size_t stream = static_cast<size_t>(s) * step.kv_heads + qh / group;
+      const int32_t len = step.pool.lens()[stream];
+      std::vector<double> scores(static_cast<size_t>(len));
+      double max_score = -kInf;
+      for (int32_t i = 0; i < len; ++i) {
+        double dot = 0;
+        for (int32_t e = 0; e < head_dim; ++e) {
+          dot += double{step.Query(row, e)} * step.pool.Key(stream, i, e);
+        }
+        scores[i] = sm_scale * dot;
+        max_score = std::max(max_score, scores[i]);
+      }
+      double sum = 0;
+      for (double& score : scores) {
+        score = std::exp(score - max_score);  // now the weight
+        sum += score;
+      }
+      for (int32_t e = 0; e < head_dim; ++e) {
+        double acc = 0;
+        for (int32_t i = 0; i < len; ++i) acc += scores[i] * step.pool.Value(stream, i, e);
+        dense.out.push_back(len > 0 ? acc / sum : 0.0);
+      }
+      dense.lse.push_back(len > 0 ? max_score + std::log(sum) : -kInf);
+    }
+  }
+  return dense;
+}
+
+// ref's out within rounding of the output dtype (plus float accumulation) of
+// the dense result; lse within 1e-4.
+void RequireNearDense(Step& step, const Dense& dense) {
+  const double rel = step.pool.spec().dtype == DType::kF32 ? 1e-5 : 8e-3;
+  const int32_t head_dim = step.pool.spec().head_dim;
+  for (size_t row = 0; row < dense.lse.size(); ++row) {
+    CAPTURE(row);
+    if (std::isinf(dense.lse[row])) {
+      REQUIRE(step.lse[row] == -kInf);
+    } else {
+      REQUIRE(std::abs(step.lse[row] - dense.lse[row]) <= 1e-4 * (1 + std::abs(dense.lse[row])));
+    }
+    for (int32_t e = 0; e < head_dim; ++e) {
+      const double want = dense.out[row * head_dim + e];
+      REQUIRE(std::abs(step.Out(row, e) - want) <= rel * std::abs(want) + 1e-5);
+    }
+  }
+}
+
+TEST_CASE("DecodeAttention: one key gives its value, and lse its score", "[kernels]") {
+  Step step({16, 64, DType::kF32, {1}}, 1, 1, 3);
+  auto args = step.Args();
+  REQUIRE_OK(ref::DecodeAttention(args));
+  double dot = 0;
+  for (int32_t e = 0; e < 64; ++e) {
+    REQUIRE(step.Out(0, e) == step.pool.Value(0, 0, e));
+    dot += double{step.Query(0, e)} * step.pool.Key(0, 0, e);
+  }
+  REQUIRE(step.lse[0] == Approx(args.sm_scale * dot).margin(1e-6));
+}
+
+TEST_CASE("DecodeAttention: two equal keys give the mean of their values; lse adds log 2",
+          "[kernels]") {
+  Step step({4, 64, DType::kF32, {2}}, 2, 1, 5);
+  // Token 1's key becomes token 0's (they sit on one page of 4).
+  auto* data = reinterpret_cast<float*>(step.pool.data().data());
+  const PagedKV view = step.pool.view();
+  for (int32_t e = 0; e < 64; ++e) {
+    data[view.KeyOffset(step.pool.Slot(0, 1)) + e] = data[view.KeyOffset(step.pool.Slot(0, 0)) + e];
+  }
+  auto args = step.Args();
+  REQUIRE_OK(ref::DecodeAttention(args));
+  for (size_t row = 0; row < 2; ++row) {  // both query heads of the group
+    double dot = 0;
+    for (int32_t e = 0; e < 64; ++e) {
+      const float mean = (step.pool.Value(0, 0, e) + step.pool.Value(0, 1, e)) / 2;
+      REQUIRE(step.Out(row, e) == Approx(mean).margin(1e-6));
+      dot += double{step.Query(row, e)} * step.pool.Key(0, 0, e);
+    }
+    REQUIRE(step.lse[row] == Approx(args.sm_scale * dot + std::log(2.0)).margin(1e-5));
+  }
+}
+
+TEST_CASE("DecodeAttention: an empty stream gives zeros and lse -inf", "[kernels]") {
+  // Seq 0: kv head 0 empty, kv head 1 of 5 tokens; two query heads each.
+  Step step({16, 128, DType::kBF16, {0, 5}}, 4, 2, 7);
+  REQUIRE_OK(ref::DecodeAttention(step.Args()));
+  for (size_t row = 0; row < 2; ++row) {
+    REQUIRE(step.lse[row] == -kInf);
+    for (int32_t e = 0; e < 128; ++e) REQUIRE(step.Out(row, e) == 0.0f);
+  }
+  REQUIRE(std::isfinite(step.lse[2]));
+  REQUIRE(std::isfinite(step.lse[3]));
+}
+
+TEST_CASE("DecodeAttention: ref equals dense attention for GQA groups 1 to 8", "[kernels]") {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int32_t group : {1, 2, 4, 8}) {
+      for (int32_t page_size : {1, 7, 16}) {
+        CAPTURE(DTypeName(dtype), group, page_size);
+        // Two seqs x two kv heads: edge lengths and a longer stream.
+        const std::vector<int32_t> lens = {page_size - 1, page_size + 1, 3 * page_size + 5, 200};
+        Step step({page_size, 64, dtype, lens}, 2 * group, 2, 11 + group, 3.0f);
+        auto args = step.Args();
+        REQUIRE_OK(ref::DecodeAttention(args));
+        RequireNearDense(step, DenseAttention(step, args.sm_scale));
+      }
+    }
+  }
+}
+
+TEST_CASE("DecodeAttention: the same result whatever the page ids", "[kernels]") {
+  Step step({16, 128, DType::kBF16, {33, 0, 100, 16, 17, 1}}, 6, 3, 13);
+  REQUIRE_OK(ref::DecodeAttention(step.Args()));
+  const std::vector<uint8_t> out = step.out;
+  const std::vector<float> lse = step.lse;
+  step.pool.RelabelPages(99);
+  REQUIRE_OK(ref::DecodeAttention(step.Args()));
+  REQUIRE(step.out == out);
+  REQUIRE(std::memcmp(step.lse.data(), lse.data(), lse.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("DecodeAttention: ref ignores num_splits but checks the workspace", "[kernels]") {
+  Step step({16, 64, DType::kF16, {40, 3}}, 2, 2, 17);
+  REQUIRE_OK(ref::DecodeAttention(step.Args()));
+  const std::vector<uint8_t> out = step.out;
+  auto args = step.Args();
+  args.num_splits = 5;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kInvalidArgument, "workspace");
+  std::vector<float> workspace(DecodeAttentionWorkspaceBytes(1, 2, 64, 5) / sizeof(float), -1.0f);
+  args.workspace = workspace.data();
+  args.workspace_bytes = workspace.size() * sizeof(float);
+  REQUIRE_OK(ref::DecodeAttention(args));
+  REQUIRE(step.out == out);
+  args.lse = nullptr;  // lse is optional
+  REQUIRE_OK(ref::DecodeAttention(args));
+  REQUIRE(step.out == out);
+}
+
+TEST_CASE("DecodeAttention: Validate names every bad argument", "[kernels]") {
+  Step step({16, 128, DType::kBF16, {20, 5}}, 4, 2, 19);
+  const auto good = step.Args();
+  REQUIRE_OK(Validate(good));
+  using absl::StatusCode;
+  auto args = good;
+  args.cache.data = nullptr;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "cache data");
+  args = good;
+  args.cache.head_dim = 96;
+  REQUIRE_ERROR(Validate(args), StatusCode::kUnimplemented, "head_dim 96");
+  args = good;
+  args.num_seqs = -1;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "num_seqs -1");
+  args = good;
+  args.num_kv_heads = 0;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "num_kv_heads 0");
+  args = good;
+  args.num_q_heads = 3;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "not a multiple");
+  args = good;
+  args.num_q_heads = 18;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "GQA group 9 exceeds 8");
+  for (int32_t splits : {0, kDecodeMaxSplits + 1}) {
+    args = good;
+    args.num_splits = splits;
+    REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "num_splits");
+  }
+  args = good;
+  args.num_seqs = 1 << 20;
+  args.num_kv_heads = 2;
+  args.num_q_heads = 2;
+  args.num_splits = kDecodeMaxSplits;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "int32 block range");
+  args = good;
+  args.sm_scale = std::nanf("");
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "sm_scale");
+  for (int i = 0; i < 5; ++i) {
+    args = good;
+    if (i == 0) args.q = nullptr;
+    if (i == 1) args.indptr = nullptr;
+    if (i == 2) args.page_ids = nullptr;
+    if (i == 3) args.lens = nullptr;
+    if (i == 4) args.out = nullptr;
+    REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "is null");
+  }
+  args = good;
+  args.q = static_cast<const char*>(args.q) + 2;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "q is not 16-byte aligned");
+  args = good;
+  args.num_splits = 3;
+  const size_t needed = DecodeAttentionWorkspaceBytes(1, 4, 128, 3);
+  std::vector<float> workspace(needed / sizeof(float) + 4);
+  args.workspace = workspace.data();
+  args.workspace_bytes = needed - 4;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "is below the");
+  args.workspace_bytes = needed;
+  REQUIRE_OK(Validate(args));
+  args.workspace = workspace.data() + 1;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "workspace is not 16-byte aligned");
+  // No sequences: nothing is read, so null arrays are fine.
+  args = DecodeAttentionArgs{};
+  args.cache = good.cache;
+  args.num_q_heads = args.num_kv_heads = 1;
+  args.sm_scale = 1;
+  REQUIRE_OK(Validate(args));
+  REQUIRE_OK(ref::DecodeAttention(args));
+}
+
+TEST_CASE("DecodeAttention: ref rejects block tables outside the cache", "[kernels]") {
+  Step step({16, 64, DType::kF32, {20, 5}}, 2, 2, 23);
+  std::vector<int32_t> page_ids = step.pool.page_ids();
+  std::vector<int32_t> lens = step.pool.lens();
+  auto args = step.Args();
+  args.page_ids = page_ids.data();
+  args.lens = lens.data();
+  page_ids[1] = step.pool.num_pages();
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "names page");
+  page_ids[1] = -1;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "names page");
+  page_ids = step.pool.page_ids();
+  lens[1] = 17;  // one page holds 16
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "17 tokens");
+  lens[1] = -1;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "-1 tokens");
+  REQUIRE(std::isnan(step.lse[0]));  // nothing written
+}
+
+TEST_CASE("DecodeAttention: the split heuristic and the workspace size", "[kernels]") {
+  REQUIRE(DecodeAttentionWorkspaceBytes(8, 32, 128, 1) == 0);
+  REQUIRE(DecodeAttentionWorkspaceBytes(8, 32, 128, 4) == size_t{8} * 32 * 4 * 129 * sizeof(float));
+  REQUIRE(DecodeAttentionSplits(0, 64, 132) == 1);
+  REQUIRE(DecodeAttentionSplits(100, 64, 132) == 1);      // too short to split
+  REQUIRE(DecodeAttentionSplits(32768, 4096, 132) == 1);  // enough streams already
+  const int32_t long_few = DecodeAttentionSplits(131072, 8, 132);
+  const int32_t long_many = DecodeAttentionSplits(32768, 64, 132);
+  REQUIRE(long_few > long_many);
+  REQUIRE(long_many > 1);
+  REQUIRE(8 * long_few >= 4 * 132);  // a few waves of blocks
+  REQUIRE(DecodeAttentionSplits(int64_t{1} << 40, 1, 100000) == kDecodeMaxSplits);
+}
+
+}  // namespace
+}  // namespace headpage
