@@ -40,10 +40,11 @@ struct TokenMove {
   }
 };
 
-// Survivor i of row r.
-__device__ __forceinline__ TokenMove MoveOf(const CompactArgs& a, int32_t r, int32_t i) {
+// Survivor i of row r, if i < end (end <= the row's kept count).
+__device__ __forceinline__ TokenMove MoveOf(const CompactArgs& a, int32_t r, int32_t i,
+                                           int32_t end) {
+  if (i >= end) return {};
   const int32_t keep_begin = a.keep_indptr[r];
-  if (i >= a.keep_indptr[r + 1] - keep_begin) return {};
   const int32_t page_size = a.cache.page_size;
   const int32_t k = a.keep[keep_begin + i];
   const int32_t from_index = k / page_size, to_index = i / page_size;
@@ -81,13 +82,18 @@ __global__ void __launch_bounds__(kThreads) CompactKernel(CompactArgs a) {
     // kUnroll survivors per thread per round, their index loads and then their
     // vector loads issued together: the chain keep -> page id -> K/V would
     // otherwise leave one load in flight per thread.
+    // Each block takes one contiguous range of survivors, so that its rounds
+    // walk the row's source pages in order (DRAM page locality).
     constexpr int kStride = kTokensPerStep * kUnroll;
-    for (int32_t base = blockIdx.y * kStride + token_in_step; base < kept;
-         base += gridDim.y * kStride) {
+    const int32_t per_block =
+        static_cast<int32_t>(CeilDiv(CeilDiv(kept, gridDim.y), kStride) * kStride);
+    const int32_t begin = blockIdx.y * per_block;
+    const int32_t end = min(kept, begin + per_block);
+    for (int32_t base = begin + token_in_step; base < end; base += kStride) {
       TokenMove moves[kUnroll];
       Vector held[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) moves[u] = MoveOf(a, r, base + u * kTokensPerStep);
+      for (int u = 0; u < kUnroll; ++u) moves[u] = MoveOf(a, r, base + u * kTokensPerStep, end);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         // Streaming loads and stores (evict-first): each byte is touched once,
@@ -116,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) CompactKernel(CompactArgs a) {
     TokenMove moves[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      moves[u] = MoveOf(a, r, chunk + u * kTokensPerStep + token_in_step);
+      moves[u] = MoveOf(a, r, chunk + u * kTokensPerStep + token_in_step, kept);
       if (moves[u].moves()) {
         held[u] = *VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset, lane);
         held_position[u] = a.cache.positions[moves[u].from_slot(ps)];

@@ -109,7 +109,7 @@ using Vector = uint4;
 template <typename T>
 constexpr int ElementsPerVector() { return kVectorBytes / static_cast<int>(sizeof(T)); }
 
-inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace headpage::gpu::internal
 

@@ -33,4 +33,25 @@ absl::Status ValidatePagedKV(const PagedKV& cache, const char* op) {
   return absl::OkStatus();
 }
 
+absl::Status CheckBlockTables(const PagedKV& cache, int32_t num_streams, const int32_t* indptr,
+                              const int32_t* page_ids, const int32_t* lens, const char* op) {
+  for (int32_t stream = 0; stream < num_streams; ++stream) {
+    const int32_t begin = indptr[stream];
+    const int32_t end = indptr[stream + 1];
+    const int32_t len = lens[stream];
+    if (begin < 0 || end < begin || len < 0 || PagesFor(len, cache.page_size) > end - begin) {
+      return absl::OutOfRangeError(absl::StrCat(op, ": stream ", stream, " has ", len,
+                                                " tokens in pages [", begin, ", ", end, ")"));
+    }
+    for (int64_t i = begin; i < begin + PagesFor(len, cache.page_size); ++i) {
+      if (page_ids[i] < 0 || page_ids[i] >= cache.num_pages) {
+        return absl::OutOfRangeError(absl::StrCat(op, ": stream ", stream, " names page ",
+                                                  page_ids[i], " outside [0, ",
+                                                  cache.num_pages, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace headpage

@@ -14,6 +14,14 @@ namespace headpage {
 // Unimplemented for a head_dim outside kSupportedHeadDims.
 [[nodiscard]] absl::Status ValidatePagedKV(const PagedKV& cache, const char* op);
 
+// What a ref:: implementation checks before it reads through CSR block tables
+// (host arrays): for each of `num_streams` streams, indptr ascending from 0 or
+// more, enough pages for lens[i] tokens, and every page id it uses inside the
+// cache. OutOfRange naming the stream otherwise.
+[[nodiscard]] absl::Status CheckBlockTables(const PagedKV& cache, int32_t num_streams,
+                                            const int32_t* indptr, const int32_t* page_ids,
+                                            const int32_t* lens, const char* op);
+
 }  // namespace headpage
 
 #endif  // HEADPAGE_KERNELS_VALIDATE_COMMON_H_

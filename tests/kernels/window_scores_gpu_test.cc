@@ -1,1 +1,237 @@
 // SPDX-License-Identifier: Apache-2.0
+// gpu::WindowScores against ref::WindowScores on the same random pools (ctest
+// label `gpu`).
+//
+// Tolerance: ref:: computes in double, gpu:: in float on the same inputs, so
+// the two differ by rounding only: f32 keys go through float FMAs (1e-5
+// relative, the float bound); f16/bf16 products are exact in the
+// tensor cores' float accumulators, which add in another order and round
+// differently, and exp2 is the hardware approximation (2^-22 relative), so
+// 1e-4 relative, two orders of magnitude inside the dtype bounds
+// (bf16 1e-2, f16 1e-3). Every case prints its worst relative error.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/window_scores.h"
+#include "tests/kernels/device_buffer.h"
+#include "tests/kernels/window_scores_case.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::DevicePool;
+using testing::PagedCaseSpec;
+using testing::WindowScoresCase;
+using testing::WindowScoresShape;
+
+struct Options {
+  ScorePooling pooling = ScorePooling::kMax;
+  ScoreGroupReduce reduce = ScoreGroupReduce::kMean;
+  int32_t kernel_size = 7;
+};
+
+// The case's arrays on the device, with poisoned scores and workspace.
+struct DeviceCase {
+  DevicePool pool;
+  DeviceBuffer queries, query_positions, indptr, page_ids, lens, score_offsets, scores, workspace;
+  WindowScoresArgs args;
+
+  DeviceCase(WindowScoresCase& c, const Options& options)
+      : pool(c.pool().view(), c.pool().data(), c.pool().positions()),
+        queries(c.queries()),
+        query_positions(c.query_positions()),
+        indptr(c.pool().indptr()),
+        page_ids(c.pool().page_ids()),
+        lens(c.pool().lens()),
+        score_offsets(c.score_offsets()),
+        scores(static_cast<size_t>(c.num_scores()) * sizeof(float)) {
+    args = c.HostArgs();
+    args.pooling = options.pooling;
+    args.reduce = options.reduce;
+    args.kernel_size = options.kernel_size;
+    workspace = DeviceBuffer(WindowScoresWorkspaceBytes(args));
+    scores.Poison();
+    workspace.Poison();
+    args.cache = pool.view;
+    args.queries = queries.get();
+    args.query_positions = query_positions.get<int32_t>();
+    args.indptr = indptr.get<int32_t>();
+    args.page_ids = page_ids.get<int32_t>();
+    args.lens = lens.get<int32_t>();
+    args.score_offsets = score_offsets.get<int32_t>();
+    args.scores = scores.get<float>();
+    args.workspace = workspace.get();
+    args.workspace_bytes = workspace.bytes();
+  }
+};
+
+std::vector<float> RunRef(WindowScoresCase& c, const Options& options) {
+  WindowScoresArgs args = c.HostArgs();
+  args.pooling = options.pooling;
+  args.reduce = options.reduce;
+  args.kernel_size = options.kernel_size;
+  std::vector<float> scores(static_cast<size_t>(c.num_scores()), -1.0f);
+  args.scores = scores.data();
+  REQUIRE_OK(ref::WindowScores(args));
+  return scores;
+}
+
+// gpu:: on `c` equals ref:: within the dtype's tolerance; returns the worst
+// relative error (over scores above 1e-6).
+double CheckAgainstRef(WindowScoresCase& c, const Options& options) {
+  DeviceCase device(c, options);
+  REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
+  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> actual = device.scores.Download<float>();
+  const std::vector<float> expected = RunRef(c, options);
+  const double tolerance = c.pool().spec().dtype == DType::kF32 ? 1e-5 : 1e-4;
+  double worst = 0.0;
+  for (size_t j = 0; j < expected.size(); ++j) {
+    INFO("score " << j << " of " << expected.size() << ": gpu " << actual[j] << ", ref "
+                  << expected[j]);
+    REQUIRE(actual[j] == Approx(expected[j]).epsilon(tolerance).margin(1e-9));
+    if (expected[j] > 1e-6) {
+      worst = std::max<double>(worst, std::abs(actual[j] - expected[j]) / expected[j]);
+    }
+  }
+  return worst;
+}
+
+// Small enough for compute-sanitizer, yet every path: several splits (the
+// 600-key stream: chunks of 256 keys) and their merge, partial tiles, empty
+// streams, windows longer than the stream, row groups of padded heads (W = 33:
+// 48-row heads, two per group, the fourth warp idle, four row groups), one
+// 16-row tile per head (W = 1), the f32 FMA path, both reductions, every pooling,
+// kernels within and beyond the pooling tile's halo.
+TEST_CASE("gpu::WindowScores equals ref:: on small cases",
+          "[kernels][gpu][sanitize][window_scores]") {
+  struct Shape {
+    DType dtype;
+    int32_t head_dim;
+    WindowScoresShape shape;
+    Options options;
+  };
+  const std::vector<Shape> shapes = {
+      {DType::kBF16, 128, {2, 8, 2, 32}, {ScorePooling::kMax, ScoreGroupReduce::kMean, 7}},
+      {DType::kBF16, 128, {2, 8, 2, 32}, {ScorePooling::kAvg, ScoreGroupReduce::kMax, 5}},
+      {DType::kF16, 64, {2, 16, 2, 33}, {ScorePooling::kAvg, ScoreGroupReduce::kMean, 7}},
+      {DType::kF16, 64, {2, 16, 2, 33}, {ScorePooling::kMax, ScoreGroupReduce::kMax, 3}},
+      {DType::kF32, 64, {2, 4, 2, 1}, {ScorePooling::kNone, ScoreGroupReduce::kMax, 7}},
+      {DType::kBF16, 256, {2, 4, 2, 16}, {ScorePooling::kMax, ScoreGroupReduce::kMean, 7}},
+      // Kernels wider than the pooling tile's halo take the global-memory path.
+      {DType::kBF16, 64, {2, 8, 2, 32}, {ScorePooling::kAvg, ScoreGroupReduce::kMean, 301}},
+      {DType::kF16, 64, {2, 8, 2, 32}, {ScorePooling::kMax, ScoreGroupReduce::kMax, 131}},
+  };
+  uint64_t seed = 11;
+  for (const Shape& s : shapes) {
+    CAPTURE(DTypeName(s.dtype), s.head_dim, s.shape.num_q_heads, s.shape.window,
+            static_cast<int>(s.options.pooling), static_cast<int>(s.options.reduce));
+    WindowScoresCase c(PagedCaseSpec{16, s.head_dim, s.dtype, {0, 1, 15, 600}}, s.shape, seed++);
+    const double worst = CheckAgainstRef(c, s.options);
+    WARN(DTypeName(s.dtype) << " d=" << s.head_dim << " W=" << s.shape.window
+                            << ": worst relative error " << worst);
+  }
+}
+
+TEST_CASE("gpu::WindowScores equals ref:: across dtypes, head_dims, pages and options",
+          "[kernels][gpu][window_scores]") {
+  const std::vector<WindowScoresShape> shapes = {
+      {3, 8, 2, 32}, {2, 8, 8, 7}, {2, 16, 2, 48}, {2, 4, 4, 128}, {2, 16, 2, 64}};
+  uint64_t seed = 100;
+  double worst[3] = {0, 0, 0};
+  int which = 0;
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      for (int32_t page_size : {16, 7}) {
+        const WindowScoresShape& shape = shapes[which++ % shapes.size()];
+        std::vector<int32_t> lens;
+        const int32_t streams = shape.num_seqs * shape.num_kv_heads;
+        for (int32_t i = 0; i < streams; ++i) {
+          lens.push_back(testing::EdgeLengths(page_size)[i % 6] + (i / 6) * 300);
+        }
+        WindowScoresCase c(PagedCaseSpec{page_size, head_dim, dtype, lens}, shape, seed++);
+        for (ScorePooling pooling : {ScorePooling::kNone, ScorePooling::kAvg, ScorePooling::kMax}) {
+          for (ScoreGroupReduce reduce : {ScoreGroupReduce::kMean, ScoreGroupReduce::kMax}) {
+            CAPTURE(DTypeName(dtype), head_dim, page_size, shape.num_q_heads, shape.num_kv_heads,
+                    shape.window, static_cast<int>(pooling), static_cast<int>(reduce));
+            const double w = CheckAgainstRef(c, {pooling, reduce, 5});
+            double& slot = worst[static_cast<int>(dtype)];
+            slot = std::max(slot, w);
+          }
+        }
+      }
+    }
+  }
+  WARN("worst relative error: f32 " << worst[0] << ", f16 " << worst[1] << ", bf16 " << worst[2]);
+}
+
+// The long stream: 32K keys (128 chunks' worth of splits at this
+// batch), SnapKV's defaults, beside short streams and an empty one.
+TEST_CASE("gpu::WindowScores equals ref:: on a 32K stream", "[kernels][gpu][window_scores]") {
+  WindowScoresCase c(PagedCaseSpec{16, 128, DType::kBF16, {32768, 5, 0, 3000}},
+                     WindowScoresShape{2, 8, 2, 32}, 7);
+  for (ScorePooling pooling : {ScorePooling::kAvg, ScorePooling::kMax}) {
+    const double worst = CheckAgainstRef(c, {pooling, ScoreGroupReduce::kMean, 7});
+    WARN("32K stream, pooling " << static_cast<int>(pooling) << ": worst relative error " << worst);
+  }
+}
+
+// Deterministic (no atomics), and capturable: a CUDA graph of the four
+// launches gives the same bits as a direct call.
+TEST_CASE("gpu::WindowScores: deterministic and CUDA-graph capturable",
+          "[kernels][gpu][window_scores]") {
+  WindowScoresCase c(PagedCaseSpec{16, 128, DType::kBF16, {2000, 700, 1, 64}},
+                     WindowScoresShape{2, 16, 2, 32}, 21);
+  DeviceCase device(c, Options{});
+  REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
+  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> direct = device.scores.Download<float>();
+
+  cudaStream_t stream;
+  HEADPAGE_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  device.scores.Poison();
+  cudaGraph_t graph;
+  HEADPAGE_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  REQUIRE_OK(gpu::WindowScores(device.args, stream));
+  HEADPAGE_CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  HEADPAGE_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  HEADPAGE_CUDA_OK(cudaGraphLaunch(exec, stream));
+  HEADPAGE_CUDA_OK(cudaStreamSynchronize(stream));
+  REQUIRE(device.scores.Download<float>() == direct);
+  HEADPAGE_CUDA_OK(cudaGraphExecDestroy(exec));
+  HEADPAGE_CUDA_OK(cudaGraphDestroy(graph));
+  HEADPAGE_CUDA_OK(cudaStreamDestroy(stream));
+}
+
+TEST_CASE("gpu::WindowScores: bad arguments and a short workspace are errors",
+          "[kernels][gpu][sanitize][window_scores]") {
+  WindowScoresCase c(PagedCaseSpec{16, 128, DType::kBF16, {40, 3}}, WindowScoresShape{1, 4, 2, 8},
+                     5);
+  DeviceCase device(c, Options{});
+  WindowScoresArgs args = device.args;
+  args.workspace_bytes -= 1;
+  REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kInvalidArgument, "needs");
+  args = device.args;
+  args.cache.head_dim = 96;
+  REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kUnimplemented, "head_dim 96");
+  args = device.args;
+  args.window = 0;
+  REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kInvalidArgument, "window 0");
+  // Nothing to do: no workspace needed, nothing launched, nothing written.
+  args = device.args;
+  args.max_len = 0;
+  args.workspace = nullptr;
+  args.workspace_bytes = 0;
+  REQUIRE_OK(gpu::WindowScores(args, nullptr));
+  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+  for (float s : device.scores.Download<float>()) REQUIRE(std::isnan(s));
+}
+
+}  // namespace
+}  // namespace headpage
