@@ -1,1 +1,247 @@
 // SPDX-License-Identifier: Apache-2.0
+// gpu::Select against ref::Select on the same random layers (ctest label
+// `gpu`): keep sets and kept counts equal exactly, for every cluster size.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kernels/select.h"
+#include "tests/kernels/device_buffer.h"
+#include "tests/kernels/paged_case.h"
+#include "tests/kernels/select_case.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::SelectCase;
+using testing::SelectCaseSpec;
+using Ints = std::vector<int32_t>;
+
+// What gpu::Select wrote: kept counts and the whole keep array.
+struct DeviceResult {
+  Ints counts;
+  Ints keep;
+};
+
+// The case's host args with `mode_args`' mode, budgets and ctas_per_group.
+SelectArgs WithMode(const SelectCase& c, const SelectArgs& mode_args) {
+  SelectArgs args = c.HostArgs();
+  args.mode = mode_args.mode;
+  args.capacity = mode_args.capacity;
+  args.alpha = mode_args.alpha;
+  args.floor = mode_args.floor;
+  args.ctas_per_group = mode_args.ctas_per_group;
+  return args;
+}
+
+// Runs gpu::Select on the case in `mode_args`' mode, every output and the
+// workspace poisoned first.
+DeviceResult RunGpu(const SelectCase& c, const SelectArgs& mode_args, const Ints& kept) {
+  DeviceBuffer offsets(c.offsets()), scores(c.scores()), positions(c.positions());
+  DeviceBuffer d_kept(kept.empty() ? Ints{0} : kept);
+  DeviceBuffer keep(sizeof(int32_t) * std::max(1, c.size()));
+  DeviceBuffer counts(sizeof(int32_t) * static_cast<size_t>(c.num_streams()));
+  DeviceBuffer workspace(std::max<size_t>(1, SelectWorkspaceBytes(mode_args)));
+  keep.Poison();
+  counts.Poison();
+  workspace.Poison();
+  SelectArgs args = WithMode(c, mode_args);
+  args.score_offsets = offsets.get<int32_t>();
+  args.scores = scores.get<float>();
+  args.positions = positions.get<int32_t>();
+  args.kept = d_kept.get<int32_t>();
+  args.keep = keep.get<int32_t>();
+  args.kept_counts = counts.get<int32_t>();
+  args.workspace = workspace.get();
+  REQUIRE_OK(gpu::Select(args, nullptr));
+  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+  return {counts.Download<int32_t>(), keep.Download<int32_t>()};
+}
+
+// gpu::Select equals ref::Select: the counts, and each stream's keep set
+// (what lies past it is not an output).
+void CheckAgainstRef(const SelectCase& c, const SelectArgs& mode_args, const Ints& kept = {}) {
+  SelectArgs args = WithMode(c, mode_args);
+  Ints ref_keep(static_cast<size_t>(c.size()), -1), ref_counts(static_cast<size_t>(c.num_streams()));
+  args.kept = kept.data();
+  args.keep = ref_keep.data();
+  args.kept_counts = ref_counts.data();
+  static char host_workspace;
+  args.workspace = &host_workspace;
+  REQUIRE_OK(ref::Select(args));
+
+  const DeviceResult gpu = RunGpu(c, args, kept);
+  REQUIRE(gpu.counts == ref_counts);
+  for (int32_t s = 0; s < c.num_streams(); ++s) {
+    const auto first = c.offsets()[s], last = first + ref_counts[s];
+    INFO("stream " << s << " of length " << c.length(s) << " keeps " << ref_counts[s]);
+    REQUIRE(std::equal(ref_keep.begin() + first, ref_keep.begin() + last, gpu.keep.begin() + first));
+  }
+}
+
+SelectArgs TopB(int32_t ctas) {
+  SelectArgs args;
+  args.mode = SelectMode::kTopB;
+  args.ctas_per_group = ctas;
+  return args;
+}
+
+SelectArgs Ada(int32_t capacity, double alpha, SelectAdaFloor floor, int32_t ctas) {
+  SelectArgs args;
+  args.mode = SelectMode::kAda;
+  args.capacity = capacity;
+  args.alpha = alpha;
+  args.floor = floor;
+  args.ctas_per_group = ctas;
+  return args;
+}
+
+int32_t MaxProtected(const SelectCase& c) {
+  int32_t most = 1;
+  for (int32_t s = 0; s < c.num_streams(); ++s) most = std::max(most, c.NumProtected(s));
+  return most;
+}
+
+// Edge-length layers (0, 1, 15, 16, 17, 53 tokens per stream, shuffled in
+// each of two sequences), with ties or without, protection or none, one or
+// several CTAs per cluster; kTopB and kAda with either floor.
+void CheckEdgeLengths(int iterations, bool every_alpha) {
+  std::mt19937_64 rng(17);
+  const Ints edges = testing::EdgeLengths(16);
+  for (int iter = 0; iter < iterations; ++iter) {
+    SelectCaseSpec spec;
+    spec.num_seqs = 2;
+    spec.num_kv_heads = static_cast<int32_t>(edges.size());
+    for (int32_t seq = 0; seq < spec.num_seqs; ++seq) {
+      Ints lens = edges;
+      std::shuffle(lens.begin(), lens.end(), rng);
+      spec.lens.insert(spec.lens.end(), lens.begin(), lens.end());
+    }
+    const int32_t distinct_choices[] = {0, 3, 1, 6};
+    spec.distinct = distinct_choices[iter % 4];
+    spec.sinks = static_cast<int32_t>(iter % 3 == 0 ? 0 : rng() % 5);
+    spec.recent = static_cast<int32_t>(iter % 4 == 1 ? 0 : rng() % 9);
+    spec.lead = iter % 2;
+    SelectCase c(spec, rng());
+    const int32_t ctas_choices[] = {1, 2, 3, 8};
+    const int32_t ctas = ctas_choices[iter % 4];
+    INFO("iter " << iter << " ctas " << ctas << " distinct " << spec.distinct);
+    CheckAgainstRef(c, TopB(ctas), c.RandomKept());
+    const int32_t capacity = MaxProtected(c) + static_cast<int32_t>(rng() % 30);
+    const double alpha_choices[] = {0.0, 0.2, 0.5};
+    for (const SelectAdaFloor floor : {SelectAdaFloor::kScaled, SelectAdaFloor::kProtectTop}) {
+      for (int a = 0; a < 3; ++a) {
+        if (!every_alpha && a != iter % 3) continue;
+        const double alpha = alpha_choices[a];
+        INFO("capacity " << capacity << " alpha " << alpha << " floor " << static_cast<int>(floor));
+        CheckAgainstRef(c, Ada(capacity, alpha, floor, ctas));
+      }
+    }
+  }
+}
+
+// Small enough for compute-sanitizer's racecheck, yet every path: one and
+// several CTAs per cluster, both floors, early and late ends of the select.
+TEST_CASE("gpu::Select equals ref::Select on the edge lengths, every cluster size",
+          "[kernels][gpu][select][sanitize]") {
+  CheckEdgeLengths(4, false);
+}
+
+TEST_CASE("gpu::Select equals ref::Select on the edge lengths, more cases",
+          "[kernels][gpu][select]") {
+  CheckEdgeLengths(16, true);
+}
+
+TEST_CASE("gpu::Select equals ref::Select on 32K streams, with and without ties",
+          "[kernels][gpu][select]") {
+  std::mt19937_64 rng(23);
+  for (const int32_t distinct : {0, 5, 1}) {
+    SelectCaseSpec spec;
+    spec.num_seqs = 2;
+    spec.num_kv_heads = 4;
+    spec.lens = {32768, 32768, 32768, 32768, 32768, 20000, 32771, 901};
+    spec.distinct = distinct;
+    spec.sinks = 4;
+    spec.recent = 32;
+    spec.lead = 3;
+    SelectCase c(spec, rng());
+    for (const int32_t ctas : {0, 1, 8}) {
+      INFO("distinct " << distinct << " ctas " << ctas);
+      Ints uniform(static_cast<size_t>(c.num_streams()));
+      for (int32_t s = 0; s < c.num_streams(); ++s) {
+        uniform[s] = std::max(c.NumProtected(s), std::min(c.length(s), 6554));
+      }
+      CheckAgainstRef(c, TopB(ctas), uniform);
+      CheckAgainstRef(c, TopB(ctas), c.RandomKept());
+      for (const SelectAdaFloor floor : {SelectAdaFloor::kScaled, SelectAdaFloor::kProtectTop}) {
+        // 20%, and a capacity that covers the 901-token stream only.
+        for (const int32_t capacity : {6554, 1000}) {
+          CheckAgainstRef(c, Ada(capacity, 0.2, floor, ctas));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("gpu::Select equals ref::Select on 128K streams, cached in shared memory or not",
+          "[kernels][gpu][select]") {
+  SelectCaseSpec spec;
+  spec.num_seqs = 1;
+  spec.num_kv_heads = 2;
+  spec.lens = {131072, 131072};
+  spec.sinks = 4;
+  spec.recent = 64;
+  SelectCase c(spec, 3);
+  // One CTA per group: a share too large for shared memory, read from global
+  // memory on every pass.
+  for (const int32_t ctas : {0, 1}) {
+    CheckAgainstRef(c, TopB(ctas), {26214, 13107});
+    CheckAgainstRef(c, Ada(26214, 0.2, SelectAdaFloor::kScaled, ctas));
+    CheckAgainstRef(c, Ada(26214, 0.2, SelectAdaFloor::kProtectTop, ctas));
+  }
+}
+
+TEST_CASE("gpu::Select: bad device contents give well-formed output", "[kernels][gpu][select][sanitize]") {
+  SelectCaseSpec spec;
+  spec.num_seqs = 1;
+  spec.num_kv_heads = 3;
+  spec.lens = {40, 40, 40};
+  spec.sinks = 2;
+  spec.recent = 3;
+  SelectCase c(spec, 9);
+  // NaN scores, which the reference rejects: ranked by their bits.
+  c.mutable_scores()[5] = std::nanf("");
+  c.mutable_scores()[50] = -std::nanf("");
+  // kTopB counts outside [protected, length] are clamped.
+  const Ints kept = {-5, 20, 1000};
+  for (const SelectArgs& mode : {TopB(2), Ada(1, 0.2, SelectAdaFloor::kScaled, 2)}) {
+    const DeviceResult gpu = RunGpu(c, mode, kept);
+    for (int32_t s = 0; s < c.num_streams(); ++s) {
+      const int32_t count = gpu.counts[s];
+      INFO("stream " << s << " keeps " << count);
+      REQUIRE(count >= c.NumProtected(s));
+      REQUIRE(count <= c.length(s));
+      const auto first = gpu.keep.begin() + c.offsets()[s];
+      REQUIRE(std::is_sorted(first, first + count));
+      REQUIRE(std::adjacent_find(first, first + count) == first + count);
+      REQUIRE(std::all_of(first, first + count, [&](int32_t j) { return j >= 0 && j < c.length(s); }));
+    }
+    if (mode.mode == SelectMode::kTopB) REQUIRE(gpu.counts == Ints{c.NumProtected(0), 20, 40});
+  }
+}
+
+TEST_CASE("gpu::Select: no streams launches nothing; bad arguments are errors",
+          "[kernels][gpu][select]") {
+  SelectArgs args;
+  args.num_kv_heads = 8;
+  REQUIRE_OK(gpu::Select(args, nullptr));
+  args.num_seqs = 1;
+  REQUIRE_ERROR(gpu::Select(args, nullptr), absl::StatusCode::kInvalidArgument, "null");
+}
+
+}  // namespace
+}  // namespace headpage
