@@ -14,6 +14,7 @@ Geometry: 32 query heads, 8 KV heads, head_dim 128, bf16.
   snapkv        SnapKV scoring, the PyTorch formulation (kvpress/Ada-KV style):
                 repeat_interleave, matmul, fp32 softmax, sum, mean over the group,
                 avg_pool1d (W = 32, kernel 7)
+  matmul        a bf16 8192^3 matmul: the tensor-core rate of WindowScores' floor
   topk          torch.topk over the flattened scores of one layer per sequence
                 (8 sequences x 8 KV heads x 32K, keep 20%)
 """
@@ -104,6 +105,13 @@ def main():
     ms = time_ms(lambda: dst.copy_(src))
     results["copy"] = {"ms": ms, "read_write_Bps": 2 * (1 << 30) / (ms / 1e3)}
     print(f"copy 1 GiB: {ms:.3f} ms, {results['copy']['read_write_Bps'] / 1e12:.3f} TB/s")
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=DT)
+    b = torch.randn(8192, 8192, device="cuda", dtype=DT)
+    ms = time_ms(lambda: torch.matmul(a, b))
+    results["matmul"] = {"ms": ms, "flops": 2 * 8192**3 / (ms / 1e3)}
+    print(f"bf16 matmul 8192^3: {ms:.3f} ms, {results['matmul']['flops'] / 1e12:.0f} TFLOP/s")
+    del a, b
 
     for batch, length in SHAPES:
         key = f"{batch}x{length}"
