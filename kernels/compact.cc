@@ -45,7 +45,8 @@ absl::Status CheckRow(const CompactArgs& a, int32_t r) {
   const int32_t dst_begin = a.dst_indptr[r], dst_end = a.dst_indptr[r + 1];
   const int32_t keep_begin = a.keep_indptr[r], keep_end = a.keep_indptr[r + 1];
   const int32_t len = a.src_lens[r];
-  if (src_end < src_begin || dst_end < dst_begin || keep_end < keep_begin || len < 0) {
+  if (src_begin < 0 || dst_begin < 0 || keep_begin < 0 || src_end < src_begin ||
+      dst_end < dst_begin || keep_end < keep_begin || len < 0) {
     return absl::InvalidArgumentError(absl::StrCat("Compact: row ", r, " has a negative extent"));
   }
   const int32_t kept = keep_end - keep_begin;

@@ -25,8 +25,10 @@ namespace ref {
 namespace gpu {
 // CUDA. Device pointers; enqueued on `stream` with no host synchronization
 // (CUDA-graph capturable). The plan lives on the device and is not checked on
-// the host: it must satisfy what ref::Compact checks (BlockManager::Evict's
-// plans do). Fresh rows are copied in parallel; an in-place row is copied by
+// the host: it must satisfy what ref::Compact checks, and more, which only the
+// plan's maker can know: fresh rows' destination pages are distinct and
+// disjoint from every source page of the launch (BlockManager::Evict's plans
+// are, by construction). Fresh rows are copied in parallel; an in-place row is copied by
 // one block in ascending chunks.
 [[nodiscard]] absl::Status Compact(const CompactArgs& args, GpuStream stream);
 }  // namespace gpu

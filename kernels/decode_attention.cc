@@ -15,13 +15,6 @@
 namespace headpage {
 namespace {
 
-// q rows and the workspace are read in 16-byte vectors.
-constexpr size_t kVectorAlignment = 16;
-
-bool IsAligned(const void* p, size_t alignment) {
-  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
-}
-
 }  // namespace
 
 size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_dim,
@@ -88,7 +81,7 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
     return absl::InvalidArgumentError(
         "DecodeAttention: q, indptr, page_ids, lens or out is null");
   }
-  if (!IsAligned(args.q, kVectorAlignment)) {
+  if (!IsKernelAligned(args.q)) {
     return absl::InvalidArgumentError("DecodeAttention: q is not 16-byte aligned");
   }
   const size_t needed = DecodeAttentionWorkspaceBytes(args.num_seqs, args.num_q_heads,
@@ -99,7 +92,7 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
                      args.workspace == nullptr ? " (null)" : "", " is below the ", needed,
                      " that ", args.num_splits, " splits need"));
   }
-  if (needed > 0 && !IsAligned(args.workspace, kVectorAlignment)) {
+  if (needed > 0 && !IsKernelAligned(args.workspace)) {
     return absl::InvalidArgumentError("DecodeAttention: workspace is not 16-byte aligned");
   }
   return absl::OkStatus();

@@ -84,8 +84,12 @@ __device__ __forceinline__ BlockWork WorkOfThisBlock(const DecodeAttentionArgs& 
   work.seq = work.stream / args.num_kv_heads;
   work.kv_head = work.stream - work.seq * args.num_kv_heads;
   work.group = args.num_q_heads / args.num_kv_heads;
-  const int64_t len = args.lens[work.stream];
   const int page_size = args.cache.page_size;
+  // The lengths live on the device: never trust one beyond its own block-table
+  // row, which would read the next row's (or past the last row's) page ids.
+  const int64_t table_tokens =
+      static_cast<int64_t>(args.indptr[work.stream + 1] - args.indptr[work.stream]) * page_size;
+  const int64_t len = min(static_cast<int64_t>(args.lens[work.stream]), table_tokens);
   const int64_t align =
       static_cast<int64_t>(page_size) * ((tile_tokens + page_size - 1) / page_size);
   const int64_t chunk = ((len + args.num_splits - 1) / args.num_splits + align - 1) / align * align;

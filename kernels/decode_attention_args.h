@@ -7,7 +7,9 @@
 //
 //   score_i = sm_scale * dot(q, k_i)                 over the stream's tokens i
 //   out     = sum_i softmax(score)_i * v_i
-//   lse     = log(sum_i exp(score_i))                natural log
+//   lse     = ln(sum_i exp(score_i))                 natural log (base e; FlashInfer's
+//                                                    wrappers return base 2 by default:
+//                                                    multiply by log2(e) to merge with them)
 //
 // A stream of length 0 gives out = 0 and lse = -inf (FlashInfer's convention),
 // so partial results over disjoint token sets merge as online softmax states.

@@ -27,7 +27,7 @@ absl::Status GatherKV(const GatherKVArgs& args) {
   const PagedKV& cache = args.cache;
   for (int32_t r = 0; r < args.num_rows; ++r) {
     const int32_t pages = args.indptr[r + 1] - args.indptr[r];
-    if (args.lens[r] < 0 || PagesFor(args.lens[r], cache.page_size) > pages ||
+    if (args.indptr[r] < 0 || args.lens[r] < 0 || PagesFor(args.lens[r], cache.page_size) > pages ||
         (pages > 0 && args.page_ids == nullptr)) {
       return absl::InvalidArgumentError(absl::StrCat("GatherKV: row ", r, " has ", pages,
                                                      " pages for ", args.lens[r], " tokens"));

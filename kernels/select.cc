@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
+#include "kernels/validate_common.h"
 
 namespace headpage {
 
@@ -63,6 +64,10 @@ absl::Status Validate(const SelectArgs& args) {
                       args.kept_counts == nullptr)) {
     return absl::InvalidArgumentError(
         "Select: score_offsets, scores, positions, keep or kept_counts is null");
+  }
+  if (SelectWorkspaceBytes(args) > 0 && !IsKernelAligned(args.workspace)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Select: workspace must be ", kKernelAlignment, "-byte aligned"));
   }
   if (SelectWorkspaceBytes(args) > 0 && args.workspace == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("Select: workspace is null, ",

@@ -13,6 +13,10 @@ absl::Status ValidatePagedKV(const PagedKV& cache, const char* op) {
   if (cache.data == nullptr || cache.positions == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": cache data or positions is null"));
   }
+  if (!IsKernelAligned(cache.data)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": cache data is not ", kKernelAlignment, "-byte aligned"));
+  }
   if (cache.num_pages <= 0 || cache.page_size <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": cache has ", cache.num_pages,
                                                    " pages of ", cache.page_size, " tokens"));

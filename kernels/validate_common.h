@@ -5,13 +5,24 @@
 #ifndef HEADPAGE_KERNELS_VALIDATE_COMMON_H_
 #define HEADPAGE_KERNELS_VALIDATE_COMMON_H_
 
+#include <cstddef>
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "core/paged_kv.h"
 
 namespace headpage {
 
-// InvalidArgument for null pointers, non-positive sizes or an unknown dtype;
-// Unimplemented for a head_dim outside kSupportedHeadDims.
+// The CUDA kernels move K/V rows, queries and workspaces in 16-byte vectors;
+// a misaligned pointer would be a sticky device fault, so Validate() rejects it.
+inline constexpr size_t kKernelAlignment = 16;
+inline bool IsKernelAligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % kKernelAlignment == 0;
+}
+
+// InvalidArgument for null pointers, misaligned data (kKernelAlignment),
+// non-positive sizes or an unknown dtype; Unimplemented for a head_dim outside
+// kSupportedHeadDims.
 [[nodiscard]] absl::Status ValidatePagedKV(const PagedKV& cache, const char* op);
 
 // What a ref:: implementation checks before it reads through CSR block tables

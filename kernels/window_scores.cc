@@ -72,6 +72,10 @@ absl::Status Validate(const WindowScoresArgs& args) {
     return absl::InvalidArgumentError(
         "WindowScores: queries, query_positions, indptr, lens or score_offsets is null");
   }
+  if (!IsKernelAligned(args.queries)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WindowScores: queries must be ", kKernelAlignment, "-byte aligned"));
+  }
   if (args.num_seqs > 0 && args.max_len > 0 && args.page_ids == nullptr) {
     return absl::InvalidArgumentError("WindowScores: page_ids is null with max_len > 0");
   }
@@ -84,6 +88,10 @@ absl::Status Validate(const WindowScoresArgs& args) {
 
 absl::Status ValidateWindowScoresWorkspace(const WindowScoresArgs& args) {
   const size_t needed = WindowScoresWorkspaceBytes(args);
+  if (needed > 0 && !IsKernelAligned(args.workspace)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WindowScores: workspace must be ", kKernelAlignment, "-byte aligned"));
+  }
   if (needed > 0 && (args.workspace == nullptr || args.workspace_bytes < needed)) {
     return absl::InvalidArgumentError(
         absl::StrCat("WindowScores: workspace of ", args.workspace_bytes, " bytes",

@@ -41,6 +41,14 @@
 namespace headpage::gpu::internal {
 namespace {
 
+// A stream's length as the kernels use it: the device's `lens` cut to the
+// host's max_len (which sized the grid) and to the stream's own block-table
+// row, so a bad length never reads another row's page ids.
+__device__ __forceinline__ int32_t StreamLength(const WindowScoresArgs& args, int32_t stream) {
+  const int32_t table_tokens = (args.indptr[stream + 1] - args.indptr[stream]) * args.cache.page_size;
+  return min(min(args.lens[stream], args.max_len), table_tokens);
+}
+
 constexpr int kTile = kScoreTileKeys;                // keys per pipeline stage
 constexpr int kRowsPerBlock = kScoreRowsPerGroup;    // query rows per block
 constexpr int kMTiles = kRowsPerBlock / 16;          // 16-row tensor-core tiles
@@ -199,7 +207,7 @@ __device__ __forceinline__ bool MakeTask(const WindowScoresArgs& args,
   b /= plan.row_groups;
   task->split = static_cast<int32_t>(b % plan.num_splits);
   task->stream = static_cast<int32_t>(b / plan.num_splits);
-  const int32_t len = min(args.lens[task->stream], args.max_len);
+  const int32_t len = StreamLength(args, task->stream);
   task->begin = task->split * plan.chunk;
   if (task->begin >= len) return false;
   task->end = min(len, task->begin + plan.chunk);
@@ -645,7 +653,7 @@ __global__ void __launch_bounds__(kRowsPerBlock)
   const int32_t stream = static_cast<int32_t>(set / plan.row_groups);
   const int32_t row_group = static_cast<int32_t>(set % plan.row_groups);
   const int row = threadIdx.x;
-  const int32_t len = min(args.lens[stream], args.max_len);
+  const int32_t len = StreamLength(args, stream);
   const int32_t splits = (len + plan.chunk - 1) / plan.chunk;
   const int heads = min(plan.heads_per_group, plan.group_size - row_group * plan.heads_per_group);
   const bool valid = row < heads * plan.padded_window && row % plan.padded_window < args.window;
@@ -679,7 +687,7 @@ __global__ void __launch_bounds__(kPoolThreads)
   __shared__ float tile[kPoolThreads + 2 * kPoolMaxHalo];
   const int32_t stream = static_cast<int32_t>(blockIdx.x / blocks_per_stream);
   const int32_t first = static_cast<int32_t>(blockIdx.x % blocks_per_stream) * kPoolThreads;
-  const int32_t len = min(args.lens[stream], args.max_len);
+  const int32_t len = StreamLength(args, stream);
   if (first >= len) return;
   const int64_t base = args.score_offsets[stream];
   const float* partial = reinterpret_cast<const float*>(

@@ -24,6 +24,10 @@ absl::Status Validate(const WriteKVArgs& args) {
                               args.slot_mapping == nullptr || args.positions == nullptr)) {
     return absl::InvalidArgumentError("WriteKV: keys, values, slot_mapping or positions is null");
   }
+  if (!IsKernelAligned(args.keys) || !IsKernelAligned(args.values)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WriteKV: keys and values must be ", kKernelAlignment, "-byte aligned"));
+  }
   return absl::OkStatus();
 }
 

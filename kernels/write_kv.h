@@ -26,7 +26,9 @@ namespace gpu {
 // CUDA. Device pointers; enqueued on `stream` with no host synchronization, so
 // it can be captured in a CUDA graph. The slot ids live on the device and are
 // not checked on the host: one outside [-1, num_slots) is skipped, never
-// written through.
+// written through. Slots must be distinct (BlockManager's are): two tokens
+// written to one slot would interleave their 16-byte pieces, where ref:: keeps
+// the last.
 [[nodiscard]] absl::Status WriteKV(const WriteKVArgs& args, GpuStream stream);
 }  // namespace gpu
 #endif

@@ -168,6 +168,16 @@ TEST_CASE("Compact: malformed plans are rejected before anything moves", "[kerne
   REQUIRE_OK(ref::Compact(keeps_nothing.Args(cache.view)));
   CompactArgs none{cache.view, 0};
   REQUIRE_OK(ref::Compact(none));
+  CompactArgs negative{cache.view, -1};
+  REQUIRE_ERROR(Validate(negative), absl::StatusCode::kInvalidArgument, "num_rows -1");
+  // A negative offset must be caught before it is read through.
+  Plan shifted;
+  shifted.AddRow(src, 6, {4}, {1, 3}, false);
+  shifted.keep_indptr[0] = -1;
+  expect_error(shifted, "negative extent");
+  shifted = good;
+  shifted.src_indptr = {-2, 2};
+  expect_error(shifted, "negative extent");
 }
 
 }  // namespace

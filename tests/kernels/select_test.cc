@@ -102,8 +102,8 @@ SelectArgs AdaArgs(const SelectCase& c, int32_t capacity, double alpha, SelectAd
   args.alpha = alpha;
   args.floor = floor;
   // The reference needs no workspace; Validate() only wants a pointer.
-  static char workspace;
-  args.workspace = &workspace;
+  alignas(16) static char workspace[16];
+  args.workspace = workspace;
   return args;
 }
 
@@ -334,6 +334,10 @@ TEST_CASE("Select: every Validate() error", "[kernels][select]") {
   args.floor = SelectAdaFloor::kProtectTop;
   args.workspace = nullptr;
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "workspace is null, 32 bytes");
+  alignas(16) static char workspace[48];
+  args.workspace = workspace + 8;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "16-byte aligned");
+  args.workspace = nullptr;
   args.floor = SelectAdaFloor::kScaled;
   REQUIRE_OK(Validate(args));
 }

@@ -104,6 +104,12 @@ TEST_CASE("WriteKV: bad arguments get clear errors and write nothing", "[kernels
   bad = args;
   bad.cache.data = nullptr;
   REQUIRE_ERROR(Validate(bad), absl::StatusCode::kInvalidArgument, "null");
+  bad = args;
+  bad.num_tokens = -1;
+  REQUIRE_ERROR(Validate(bad), absl::StatusCode::kInvalidArgument, "num_tokens -1");
+  bad = args;
+  bad.values = reinterpret_cast<const char*>(in.values.data()) + 8;
+  REQUIRE_ERROR(Validate(bad), absl::StatusCode::kInvalidArgument, "16-byte aligned");
   // No tokens: nothing to check beyond the cache.
   WriteKVArgs empty{cache.view, 0, 1, nullptr, nullptr, nullptr, 0, nullptr};
   REQUIRE_OK(ref::WriteKV(empty));

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "kernels/gather_kv.h"
+
+#include <vector>
+
+#include "tests/kernels/paged_case.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+using testing::PagedCase;
+
+TEST_CASE("GatherKV: rows come out dense, in order, whatever the page ids", "[kernels]") {
+  const std::vector<int32_t> lens = testing::EdgeLengths(4);
+  PagedCase original({4, 64, DType::kBF16, lens, 3}, 31);
+  PagedCase relabelled({4, 64, DType::kBF16, lens, 3}, 31);
+  relabelled.RelabelPages(32);
+  int64_t total = 0;
+  for (int32_t len : lens) total += len;
+  std::vector<std::vector<uint8_t>> keys, values;
+  std::vector<std::vector<int32_t>> positions;
+  for (PagedCase* c : {&original, &relabelled}) {
+    keys.emplace_back(static_cast<size_t>(total) * 64 * 2);
+    values.emplace_back(static_cast<size_t>(total) * 64 * 2);
+    positions.emplace_back(static_cast<size_t>(total));
+    GatherKVArgs args{c->view(),          c->num_streams(),       c->indptr().data(),
+                      c->page_ids().data(), c->lens().data(),     keys.back().data(),
+                      values.back().data(), positions.back().data()};
+    REQUIRE_OK(ref::GatherKV(args));
+    // The dense oracle: row after row, token after token.
+    int64_t out = 0;
+    for (int32_t s = 0; s < c->num_streams(); ++s) {
+      for (int32_t i = 0; i < lens[s]; ++i, ++out) {
+        REQUIRE(positions.back()[out] == c->Position(s, i));
+        for (int32_t e = 0; e < 64; ++e) {
+          REQUIRE(LoadAsFloat(keys.back().data(), out * 64 + e, DType::kBF16) == c->Key(s, i, e));
+          REQUIRE(LoadAsFloat(values.back().data(), out * 64 + e, DType::kBF16) ==
+                  c->Value(s, i, e));
+        }
+      }
+    }
+  }
+  REQUIRE(keys[0] == keys[1]);
+  REQUIRE(values[0] == values[1]);
+  REQUIRE(positions[0] == positions[1]);
+}
+
+TEST_CASE("GatherKV: bad arguments are errors that write nothing", "[kernels]") {
+  PagedCase c({4, 64, DType::kF32, {5, 2}, 1}, 33);
+  std::vector<int32_t> indptr = c.indptr(), pages = c.page_ids(), lens = c.lens();
+  std::vector<int32_t> positions(7, -3);
+  auto args = [&] {
+    return GatherKVArgs{c.view(), 2, indptr.data(), pages.data(), lens.data(),
+                        nullptr,  nullptr, positions.data()};
+  };
+  REQUIRE_ERROR(Validate(GatherKVArgs{c.view(), -1}), absl::StatusCode::kInvalidArgument,
+                "num_rows -1");
+  REQUIRE_ERROR(Validate(GatherKVArgs{c.view(), 1}), absl::StatusCode::kInvalidArgument, "null");
+  lens[0] = 9;  // 3 pages' worth in a 2-page row
+  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kInvalidArgument, "2 pages for 9 tokens");
+  lens = c.lens();
+  pages[1] = c.num_pages();
+  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kInvalidArgument, "out of range");
+  pages = c.page_ids();
+  indptr[0] = -1;
+  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kInvalidArgument, "row 0");
+  REQUIRE(positions == std::vector<int32_t>(7, -3));
+}
+
+TEST_CASE("ValidatePagedKV: every op rejects a bad cache the same way", "[kernels]") {
+  PagedCase c({4, 64, DType::kF32, {5}, 1}, 34);
+  auto check = [&](PagedKV cache, const char* what) {
+    REQUIRE_ERROR(Validate(GatherKVArgs{cache, 0}), absl::StatusCode::kInvalidArgument, what);
+  };
+  PagedKV v = c.view();
+  v.positions = nullptr;
+  check(v, "positions is null");
+  v = c.view();
+  v.data = static_cast<char*>(v.data) + 4;
+  check(v, "16-byte aligned");
+  v = c.view();
+  v.num_pages = 0;
+  check(v, "0 pages");
+  v = c.view();
+  v.num_pages = 1 << 30;
+  v.page_size = 4;
+  check(v, "int32 slot id range");
+  v = c.view();
+  v.dtype = static_cast<DType>(7);
+  check(v, "unknown dtype");
+  v = c.view();
+  v.head_dim = 80;
+  REQUIRE_ERROR(Validate(GatherKVArgs{v, 0}), absl::StatusCode::kUnimplemented, "head_dim 80");
+}
+
+}  // namespace
+}  // namespace headpage
