@@ -79,9 +79,8 @@ __global__ void __launch_bounds__(kThreads) CompactKernel(CompactArgs a) {
   const int32_t ps = a.cache.page_size;
 
   if (!a.in_place[r]) {
-    // kUnroll survivors per thread per round, their index loads and then their
-    // vector loads issued together: the chain keep -> page id -> K/V would
-    // otherwise leave one load in flight per thread.
+    // kUnroll survivors per thread per round, their vector loads issued
+    // together.
     // Each block takes one contiguous range of survivors, so that its rounds
     // walk the row's source pages in order (DRAM page locality).
     constexpr int kStride = kTokensPerStep * kUnroll;
@@ -89,28 +88,37 @@ __global__ void __launch_bounds__(kThreads) CompactKernel(CompactArgs a) {
         static_cast<int32_t>(CeilDiv(CeilDiv(kept, gridDim.y), kStride) * kStride);
     const int32_t begin = blockIdx.y * per_block;
     const int32_t end = min(kept, begin + per_block);
-    for (int32_t base = begin + token_in_step; base < end; base += kStride) {
-      TokenMove moves[kUnroll];
-      Vector held[kUnroll];
+    // Software-pipelined: the next round's index chain (keep -> page ids) is
+    // loaded while this round's K/V vectors are in flight, so each round
+    // waits for one memory latency, not three.
+    TokenMove moves[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) moves[u] = MoveOf(a, r, base + u * kTokensPerStep, end);
+    for (int u = 0; u < kUnroll; ++u) {
+      moves[u] = MoveOf(a, r, begin + token_in_step + u * kTokensPerStep, end);
+    }
+    for (int32_t base = begin + token_in_step; base < end; base += kStride) {
+      Vector held[kUnroll];
+      int32_t held_position[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        // Streaming loads and stores (evict-first): each byte is touched once,
-        // so keep L2 for the index arrays.
         if (moves[u].moves()) {
-          held[u] = __ldcs(VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset,
-                                                 lane));
+          held[u] = *VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset, lane);
+          if (lane == 0) held_position[u] = a.cache.positions[moves[u].from_slot(ps)];
         }
+      }
+      TokenMove next[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        next[u] = MoveOf(a, r, base + kStride + u * kTokensPerStep, end);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         if (!moves[u].moves()) continue;
-        __stcs(VectorAt<kRowVectors>(a.cache, moves[u].to_page, moves[u].to_offset, lane), held[u]);
-        if (lane == 0) {
-          a.cache.positions[moves[u].to_slot(ps)] = a.cache.positions[moves[u].from_slot(ps)];
-        }
+        *VectorAt<kRowVectors>(a.cache, moves[u].to_page, moves[u].to_offset, lane) = held[u];
+        if (lane == 0) a.cache.positions[moves[u].to_slot(ps)] = held_position[u];
       }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) moves[u] = next[u];
     }
     return;
   }
