@@ -140,6 +140,22 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
         "Reserve: slot mapping output (batch_tokens ", out.batch_tokens, ", first_token ",
         out.first_token, ") cannot hold ", num_tokens, " tokens, or a pointer is null"));
   }
+  return CommitReserve(s, num_tokens, out.data + out.first_token * num_streams_, page_copies);
+}
+
+absl::Status BlockManager::ReserveWithoutSlots(SeqId seq, int64_t num_tokens,
+                                               PageCopies* page_copies) {
+  HEADPAGE_ASSIGN_OR_RETURN(Sequence* s, Find(seq));
+  HEADPAGE_RETURN_IF_ERROR(CheckReservable(*s, seq, num_tokens));
+  if (num_tokens == 0) return absl::OkStatus();
+  if (page_copies == nullptr) {
+    return absl::InvalidArgumentError("ReserveWithoutSlots: page_copies is null");
+  }
+  return CommitReserve(s, num_tokens, nullptr, page_copies);
+}
+
+absl::Status BlockManager::CommitReserve(Sequence* s, int64_t num_tokens, int32_t* record,
+                                         PageCopies* page_copies) {
   // Compare with the pool before sizing anything by the request, so that an
   // absurd num_tokens is a cheap ResourceExhausted, not a huge allocation.
   const int64_t need = CountReservePages(*s, num_tokens);
@@ -156,7 +172,6 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
   uint32_t* lens = s->lens.data();
   PageId* tails = s->tails.data();
   uint8_t* maybe_shared = s->tail_maybe_shared.data();
-  int32_t* record = out.data + out.first_token * streams;  // token t's slots, one per stream
   // Copy-on-write: a partly filled page that another sequence still holds must
   // not see our tokens. Only sequences touched by a fork have flags to look at.
   if (s->any_maybe_shared) {
@@ -183,11 +198,15 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
     // since a stream crosses one every page_size tokens).
     const auto mask = static_cast<uint32_t>(page_size - 1);
     const auto ps = static_cast<uint32_t>(page_size);
-    for (int32_t st = 0; st < streams; ++st) {
-      // Unsigned: a stream with no page yet (kNoPage) wraps harmlessly here and
-      // is fixed up below.
-      record[st] = static_cast<int32_t>(tails[st] * ps + (lens[st] & mask));
-      lens[st] += 1;
+    if (record != nullptr) {
+      for (int32_t st = 0; st < streams; ++st) {
+        // Unsigned: a stream with no page yet (kNoPage) wraps harmlessly here and
+        // is fixed up below.
+        record[st] = static_cast<int32_t>(tails[st] * ps + (lens[st] & mask));
+        lens[st] += 1;
+      }
+    } else {
+      for (int32_t st = 0; st < streams; ++st) lens[st] += 1;
     }
     if (next_page != scratch_pages_.data() + scratch_pages_.size()) {
       for (int32_t st = 0; st < streams; ++st) {
@@ -196,7 +215,7 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
         s->pages[st].push_back(page);
         tails[st] = page;
         maybe_shared[st] = 0;  // a fresh page is ours alone
-        record[st] = static_cast<int32_t>(page * ps);
+        if (record != nullptr) record[st] = static_cast<int32_t>(page * ps);
       }
     }
   } else {
@@ -220,9 +239,10 @@ absl::Status BlockManager::Reserve(SeqId seq, int64_t num_tokens, SlotMappingOut
         pages.insert(pages.end(), next_page, next_page + fresh);
         maybe_shared[st] = 0;
         next_page += fresh;
+        if (record == nullptr) tails[st] = pages.back();
       }
     }
-    for (int64_t t = 0; t < num_tokens; ++t, record += streams) {
+    for (int64_t t = 0; record != nullptr && t < num_tokens; ++t, record += streams) {
       for (int32_t st = 0; st < streams; ++st) {
         if (offset[st] == 0) tails[st] = *cursor[st]++;
         record[st] = static_cast<int32_t>(static_cast<int64_t>(tails[st]) * page_size + offset[st]);
@@ -331,9 +351,14 @@ absl::Status BlockManager::Free(SeqId seq) {
     return absl::FailedPreconditionError(
         absl::StrCat("Free: sequence ", seq, " has a compaction plan not yet released"));
   }
+  // No page held by two streams (each extra holder adds its page's fill, at
+  // least one token, to shared_excess_slots_) and none retired: every page of
+  // the sequence has exactly one holder and the accounting below would change
+  // nothing, so its pass over the pages (two random reads a page) is skipped.
+  const bool all_exclusive = shared_excess_slots_ == 0 && retired_.empty();
   for (int32_t st = 0; st < num_streams_; ++st) {
     const auto& pages = s->pages[st];
-    const int64_t n = static_cast<int64_t>(pages.size());
+    const int64_t n = all_exclusive ? 0 : static_cast<int64_t>(pages.size());
     // The accounting of ReleaseFromStream page by page, then one pool call for
     // the stream: a pool call per page cost half of Free's time.
     for (int64_t j = 0; j < n; ++j) {

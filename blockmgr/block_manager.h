@@ -92,6 +92,12 @@ class BlockManager {
                                      PageCopies* page_copies);
   // The same, with a slot mapping [num_tokens][num_layers][num_kv_heads] of its own.
   [[nodiscard]] absl::StatusOr<ReservePlan> Reserve(SeqId seq, int64_t num_tokens);
+  // The same, writing no slot ids: for callers that track memory only (the
+  // workload simulator), where a prefill's num_tokens * streams slot ids would
+  // cost more than everything else Reserve does. Same effect on the manager and
+  // the same errors (InvalidArgument for a null page_copies).
+  [[nodiscard]] absl::Status ReserveWithoutSlots(SeqId seq, int64_t num_tokens,
+                                                 PageCopies* page_copies);
 
   // Pages Reserve(seq, num_tokens) would take now, for admission control with
   // PagePool::CanAllocate(). NotFound, InvalidArgument, FailedPrecondition as for Reserve.
@@ -182,6 +188,10 @@ class BlockManager {
   absl::Status CheckReservable(const Sequence& s, SeqId seq, int64_t num_tokens) const;
   int64_t ModPage(int64_t x) const { return page_mask_ ? (x & page_mask_) : x % page_size_; }
   int64_t CountReservePages(const Sequence& s, int64_t num_tokens) const;
+  // Reserve after its checks: allocates, plans copy-on-write, and writes token
+  // t's slot ids to record[t * streams + stream] unless record is null.
+  absl::Status CommitReserve(Sequence* s, int64_t num_tokens, int32_t* record,
+                             PageCopies* page_copies);
   // References held by streams: pool refcount less the retired lists' references.
   uint32_t StreamHolders(PageId page) const {
     return pool_->refcount(page) - retired_refs_[page];

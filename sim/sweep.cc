@@ -5,11 +5,11 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
+#include "sim/parallel.h"
 
 namespace headpage {
 namespace {
@@ -51,31 +51,20 @@ absl::StatusOr<std::vector<SweepRow>> RunSweep(const SweepSpec& spec, const Swee
     }
   }
   std::vector<absl::StatusOr<ReplayResult>> results(configs.size(), absl::UnknownError("not run"));
-  std::atomic<size_t> next{0};
   std::atomic<int64_t> done{0};
   std::mutex progress_mutex;
-  auto work = [&] {
-    for (size_t i; (i = next++) < configs.size();) {
-      if (cancel != nullptr && cancel->load()) return;
-      const Config& c = configs[i];
-      ReplayOptions options = spec.replay;
-      options.page_size = spec.page_sizes[c.page_size];
-      options.threads = 1;  // the sweep is parallel across configurations
-      results[i] = Replay(*traces[c.trace], policies[c.policy], spec.budgets[c.budget], options);
-      const int64_t finished = ++done;
-      if (progress) {
-        std::lock_guard<std::mutex> lock(progress_mutex);
-        progress(finished, static_cast<int64_t>(configs.size()));
-      }
+  ParallelFor(configs.size(), spec.threads, cancel, [&](size_t i) {
+    const Config& c = configs[i];
+    ReplayOptions options = spec.replay;
+    options.page_size = spec.page_sizes[c.page_size];
+    options.threads = 1;  // the sweep is parallel across configurations
+    results[i] = Replay(*traces[c.trace], policies[c.policy], spec.budgets[c.budget], options);
+    const int64_t finished = ++done;
+    if (progress) {
+      std::lock_guard<std::mutex> lock(progress_mutex);
+      progress(finished, static_cast<int64_t>(configs.size()));
     }
-  };
-  const auto threads = static_cast<size_t>(std::max<int64_t>(
-      1, std::min<int64_t>(static_cast<int64_t>(configs.size()),
-                           spec.threads > 0 ? spec.threads : std::thread::hardware_concurrency())));
-  std::vector<std::thread> workers;
-  for (size_t t = 1; t < threads; ++t) workers.emplace_back(work);
-  work();
-  for (std::thread& w : workers) w.join();
+  });
   if (cancel != nullptr && cancel->load()) return absl::CancelledError("sweep cancelled");
 
   std::vector<SweepRow> rows;

@@ -14,26 +14,12 @@
 #include "absl/strings/string_view.h"
 #include "allocator/page_pool.h"
 #include "core/status.h"
+#include "sim/random.h"
 
 namespace headpage {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-constexpr double kPi = 3.14159265358979323846;
-
-// splitmix64: a tiny generator whose output is the same everywhere (the
-// <random> distributions are not).
-uint64_t SplitMix64(uint64_t* state) {
-  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// Uniform in [0, 1).
-double Uniform01(uint64_t* state) {
-  return static_cast<double>(SplitMix64(state) >> 11) * 0x1.0p-53;
-}
 
 // Time spent inside BlockManager calls during one step.
 class StepClock {
@@ -140,14 +126,8 @@ absl::StatusOr<int64_t> PagesForBudget(const CacheGeometry& geometry, double gib
 
 std::vector<double> SkewedHeadWeights(int32_t num_heads, double sigma, uint64_t seed) {
   std::vector<double> weights(static_cast<size_t>(std::max(num_heads, 0)));
-  uint64_t state = seed;
-  for (double& w : weights) {
-    // Box-Muller from two uniforms; 1 - u keeps the logarithm finite.
-    const double u1 = 1.0 - Uniform01(&state);
-    const double u2 = Uniform01(&state);
-    const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * kPi * u2);
-    w = std::exp(sigma * z);
-  }
+  SplitMix64 rng(seed);
+  for (double& w : weights) w = std::exp(sigma * rng.Normal());
   return weights;
 }
 

@@ -308,5 +308,100 @@ TEST_CASE("BlockManager: Stats counts tail waste as internal fragmentation", "[b
   REQUIRE(s.mean_stream_len == Approx(3.5));
 }
 
+// Two managers driven through the same calls, one with slot mappings and one
+// without, must hold the same pages, lengths and tails: ReserveWithoutSlots is
+// Reserve minus the slot ids.
+TEST_CASE("BlockManager: ReserveWithoutSlots leaves what Reserve leaves", "[blockmgr]") {
+  for (const int32_t page_size : {4, 3}) {  // the power-of-two decode path, and the other
+    CAPTURE(page_size);
+    Fixture with(128, TinyGeometry(page_size)), without(128, TinyGeometry(page_size));
+    PageCopies with_copies, without_copies;
+    std::vector<int32_t> slots(4 * 16);
+    auto both = [&](SeqId seq, int64_t tokens) {
+      REQUIRE_OK(with->Reserve(seq, tokens, {slots.data(), tokens, 0}, &with_copies));
+      REQUIRE_OK(without->ReserveWithoutSlots(seq, tokens, &without_copies));
+    };
+    const SeqId a = with->AddSequence();
+    REQUIRE(without->AddSequence() == a);
+    both(a, 6);  // prefill
+    both(a, 1);  // decode steps, across a page boundary
+    both(a, 1);
+    auto forked = with->Fork(a);
+    REQUIRE_OK(forked);
+    REQUIRE(*without->Fork(a) == *forked);
+    both(a, 1);        // copy-on-write of the shared, partly filled tails
+    both(*forked, 5);  // the child writes in place, then takes fresh pages
+    REQUIRE(without_copies.src == with_copies.src);
+    REQUIRE(without_copies.dst == with_copies.dst);
+    for (const SeqId seq : {a, *forked}) {
+      REQUIRE(*without->NumTokens(seq) == *with->NumTokens(seq));
+      for (int32_t layer = 0; layer < 2; ++layer) {
+        for (int32_t h = 0; h < 2; ++h) REQUIRE(Pages(*without, seq, layer, h) == Pages(*with, seq, layer, h));
+      }
+    }
+    REQUIRE(Snap(*without) == Snap(*with));
+    REQUIRE_OK(without->CheckInvariants());
+    // The next Reserve must see the tails ReserveWithoutSlots left: its slots
+    // continue where the streams stand.
+    auto plan = without->Reserve(a, 1);
+    REQUIRE_OK(plan);
+    REQUIRE(plan->slot_mapping[0] ==
+            static_cast<int32_t>(Pages(*without, a, 0, 0).back() * page_size +
+                                 (*without->NumTokens(a) - 1) % page_size));
+  }
+}
+
+TEST_CASE("BlockManager: ReserveWithoutSlots errors change nothing", "[blockmgr]") {
+  Fixture m(10);
+  PageCopies copies;
+  const SeqId seq = m->AddSequence();
+  REQUIRE_ERROR(m->ReserveWithoutSlots(seq + 1, 1, &copies), absl::StatusCode::kNotFound, "not live");
+  REQUIRE_ERROR(m->ReserveWithoutSlots(seq, -1, &copies), absl::StatusCode::kInvalidArgument, "negative");
+  REQUIRE_ERROR(m->ReserveWithoutSlots(seq, 1, nullptr), absl::StatusCode::kInvalidArgument, "null");
+  REQUIRE_OK(m->ReserveWithoutSlots(seq, 0, nullptr));  // nothing to do, as Reserve
+  REQUIRE_OK(m->ReserveWithoutSlots(seq, 8, &copies));  // 4 streams x 2 pages
+  const Snapshot before = Snap(*m);
+  REQUIRE(m->ReserveWithoutSlots(seq, 1, &copies).code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE(Snap(*m) == before);
+  REQUIRE_OK(m->CheckInvariants());
+}
+
+// Free skips its per-page accounting while no page is shared or retired; the
+// statistics must come out the same as when it has to look (a fork, a plan
+// still holding retired pages of another sequence).
+TEST_CASE("BlockManager: Free keeps the statistics with and without sharing", "[blockmgr]") {
+  Fixture m(64);
+  const SeqId a = m->AddSequence(), b = m->AddSequence();
+  REQUIRE_OK(m->Reserve(a, 6));
+  REQUIRE_OK(m->Reserve(b, 5));
+  REQUIRE_OK(m->Free(b));  // nothing shared: the fast path
+  REQUIRE_OK(m->CheckInvariants());
+  REQUIRE(m->Stats().pages_in_use == 4 * 2);
+  REQUIRE(m->Stats().used_slots == 4 * 6);
+
+  auto child = m->Fork(a);  // every page of a now has two holders
+  REQUIRE_OK(child);
+  REQUIRE_OK(m->Free(a));
+  REQUIRE_OK(m->CheckInvariants());
+  REQUIRE(m->Stats().pages_in_use == 4 * 2);  // the child still holds them
+  REQUIRE(m->Stats().used_slots == 4 * 6);
+  REQUIRE(m->Stats().internal_fragmentation == 4 * 2);
+
+  // A plan retires pages of the child; freeing another sequence meanwhile.
+  const SeqId c = m->AddSequence();
+  REQUIRE_OK(m->Reserve(c, 3));
+  CompactionPlan plan;
+  const int32_t kept[] = {1, 1};
+  REQUIRE_OK(m->Evict(*child, 0, kept, &plan));
+  REQUIRE_OK(m->Free(c));
+  REQUIRE_OK(m->CheckInvariants());
+  REQUIRE(m->Stats().pages_retired == 2 * 2);
+  m->ReleaseRetiredPages();
+  REQUIRE_OK(m->Free(*child));
+  REQUIRE_OK(m->CheckInvariants());
+  REQUIRE(m->Stats().pages_in_use == 0);
+  REQUIRE(m->pool().free_pages() == 64);
+}
+
 }  // namespace
 }  // namespace headpage
