@@ -297,7 +297,7 @@ extern "C" void OnInterrupt(int) { interrupted = true; }
 
 constexpr char kReplayUsage[] =
     "usage: headpage replay --trace FILE --policy P --budget B [--page-size N]\n"
-    "                       [--format table|csv|json] [--threads N]\n"
+    "                       [--format table|csv|json] [--threads N] [--queries Q]\n"
     "                       [--decode-interval N --decode-target T [--decode-window W]]\n"
     "\n"
     "Compresses the trace's prompt with policy P at budget B (tokens per KV head, window\n"
@@ -307,12 +307,16 @@ constexpr char kReplayUsage[] =
     "the tokens, pages and empty tail slots kept. Policies: full, uniform-snapkv, pyramid,\n"
     "ada-snapkv, ada-pyramid, dbudget, h2o, streamingllm, tova, knorm, random.\n"
     "--decode-interval N compresses again every N generated tokens to T tokens per head,\n"
-    "scoring with the last W generated queries (default 32), as kvpress's DecodingPress.\n";
+    "scoring with the last W generated queries (default 32), as kvpress's DecodingPress.\n"
+    "--queries all|window|generated measures every later query (default), only the\n"
+    "observation window that scored the prompt (where Ada-KV's theorem applies), or only\n"
+    "the generated tokens'.\n";
 
 constexpr char kSweepUsage[] =
     "usage: headpage sweep --trace FILE [--trace FILE...] --policies P1,P2 --budgets B1,B2\n"
     "                      [--page-size N[,N...]] [--out results.csv] [--plot plot.png]\n"
-    "                      [--threads N] [--decode-interval N --decode-target T]\n"
+    "                      [--threads N] [--queries all|window|generated]\n"
+    "                      [--decode-interval N --decode-target T]\n"
     "\n"
     "Replays every trace x policy x budget x page size on all cores (the same numbers for\n"
     "any thread count), prints the rows of layer 'all', writes every row as CSV with\n"
@@ -350,6 +354,18 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
     } else if (MatchFlag(argc, argv, &i, "threads", &value)) {
       if (value == nullptr || !absl::SimpleAtoi(value, &spec.threads) || spec.threads < 0) {
         return UsageError(command, "--threads needs an integer >= 0", usage);
+      }
+      continue;
+    } else if (MatchFlag(argc, argv, &i, "queries", &value)) {
+      const absl::string_view q = value == nullptr ? "" : value;
+      if (q == "all") {
+        spec.replay.queries = ReplayOptions::Queries::kAll;
+      } else if (q == "window") {
+        spec.replay.queries = ReplayOptions::Queries::kWindow;
+      } else if (q == "generated") {
+        spec.replay.queries = ReplayOptions::Queries::kGenerated;
+      } else {
+        return UsageError(command, "--queries must be all, window or generated", usage);
       }
       continue;
     } else if (MatchFlag(argc, argv, &i, "decode-interval", &value) ||
