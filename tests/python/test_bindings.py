@@ -1,0 +1,232 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage's Python bindings on the CPU: the pool, the arena's zero-copy views,
+the block manager, the eviction engine, the reference kernels, and the exceptions
+a bad argument raises."""
+import numpy as np
+import pytest
+import torch
+
+import headpage as hp
+
+PAGE = 4
+
+
+@pytest.fixture
+def small():
+    """A 2-layer, 2-KV-head, 4-query-head f32 cache of 64 pages."""
+    g = hp.CacheGeometry(num_layers=2, num_kv_heads=2, num_q_heads=4, head_dim=64, dtype="f32",
+                         page_size=PAGE)
+    pool = hp.PagePool(64)
+    arena = hp.HostArena(g, 64)
+    return g, pool, arena, hp.BlockManager(g, pool)
+
+
+def fill(arena, manager, seq, layers, tokens, start=0, seed=0):
+    """Reserves `tokens` tokens and writes random K/V to every layer; returns them
+    as [layer] -> (k, v), each [tokens][kv_heads][head_dim]."""
+    gen = torch.Generator().manual_seed(seed)
+    plan = manager.reserve(seq, tokens)
+    assert plan["first_position"] == start
+    positions = torch.arange(start, start + tokens, dtype=torch.int32)
+    written = []
+    for layer in range(layers):
+        k = torch.randn(tokens, 2, 64, generator=gen)
+        v = torch.randn(tokens, 2, 64, generator=gen)
+        hp.write_kv(arena, k, v, plan["slot_mapping"][:, layer, :], positions)
+        written.append((k, v))
+    return written
+
+
+def gather(arena, table):
+    n = int(table.lens.sum())
+    keys, values = torch.empty(n, 64), torch.empty(n, 64)
+    positions = torch.empty(n, dtype=torch.int32)
+    hp.gather_kv(arena, table.indptr, table.page_ids, table.lens, keys, values, positions)
+    return keys, values, positions
+
+
+def test_geometry_and_pool():
+    g = hp.CacheGeometry(num_layers=30, num_kv_heads=3, num_q_heads=9, head_dim=64, dtype="bf16")
+    assert (g.page_size, g.dtype, g.streams_per_sequence) == (16, "bf16", 90)
+    assert g.page_bytes == 2 * 16 * 64 * 2
+    pool = hp.PagePool(100, watermark=0.1)
+    assert (pool.num_pages, pool.free_pages, pool.used_pages) == (100, 100, 0)
+    assert pool.can_allocate(90) and not pool.can_allocate(91)
+    assert pool.stats()["watermark_pages"] == 10
+    pool.check_invariants()
+
+
+def test_arena_views_are_zero_copy(small):
+    g, pool, arena, manager = small
+    kv = torch.from_dlpack(arena.kv)
+    assert kv.shape == (64, 2, PAGE, 64) and kv.dtype == torch.float32
+    assert arena.kv.__dlpack_device__() == (1, 0)  # kDLCPU
+    seq = manager.add_sequence()
+    (k, v), _ = fill(arena, manager, seq, 2, 3)
+    page = manager.stream_pages(seq, 0, 1)[0]
+    # The write is visible through a view taken before it, and through numpy.
+    assert torch.equal(kv[page, 0, :3], k[:, 1])
+    assert torch.equal(kv[page, 1, :3], v[:, 1])
+    positions = np.from_dlpack(arena.positions)
+    assert positions[page * PAGE: page * PAGE + 4].tolist() == [0, 1, 2, -1]
+    kv[page, 0, 0, 0] = 42.0  # and a write through the view lands in the pool
+    keys, _, _ = gather(arena, manager.block_table(0, [seq]))
+    assert keys[3, 0].item() == 42.0  # row 1 (kv head 1) starts after head 0's 3 tokens
+
+
+def test_write_gather_round_trip_and_stats(small):
+    g, pool, arena, manager = small
+    seq = manager.add_sequence()
+    written = fill(arena, manager, seq, 2, 6)
+    table = manager.block_table(1, [seq])
+    assert table.lens.tolist() == [6, 6] and table.indptr.tolist() == [0, 2, 4]
+    keys, values, positions = gather(arena, table)
+    k, v = written[1]
+    assert torch.equal(keys, torch.cat([k[:, 0], k[:, 1]]))
+    assert torch.equal(values, torch.cat([v[:, 0], v[:, 1]]))
+    assert positions.tolist() == list(range(6)) * 2
+    stats = manager.stats()
+    assert stats["pages_in_use"] == 2 * 2 * 2 and stats["used_slots"] == 24
+    assert stats["internal_fragmentation"] == 4 * 2
+    assert manager.stream_lengths(seq).tolist() == [[6, 6], [6, 6]]
+    manager.free(seq)
+    assert pool.free_pages == 64
+    manager.check_invariants()
+
+
+def test_decode_attention_matches_dense(small):
+    g, pool, arena, manager = small
+    seqs = [manager.add_sequence() for _ in range(2)]
+    data = [fill(arena, manager, s, 2, n, seed=i) for i, (s, n) in enumerate(zip(seqs, (5, 9)))]
+    table = manager.block_table(1, seqs, headroom_pages=2)
+    q = torch.randn(2, 4, 64)
+    out, lse = torch.empty(2, 4, 64), torch.empty(2, 4)
+    hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, out, lse=lse)
+    for b in range(2):
+        k, v = data[b][1]
+        kr = k.transpose(0, 1).repeat_interleave(2, 0)  # q head h reads kv head h // 2
+        vr = v.transpose(0, 1).repeat_interleave(2, 0)
+        scores = (q[b].unsqueeze(1) @ kr.transpose(1, 2)).squeeze(1) / 8.0
+        want = (torch.softmax(scores, -1).unsqueeze(1) @ vr).squeeze(1)
+        torch.testing.assert_close(out[b], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lse[b], torch.logsumexp(scores, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_fork_copy_on_write(small):
+    g, pool, arena, manager = small
+    parent = manager.add_sequence()
+    fill(arena, manager, parent, 2, 6)
+    used = pool.used_pages
+    child = manager.fork(parent)
+    assert pool.used_pages == used  # sharing, no copy
+    plan = manager.reserve(child, 1)
+    # Each stream's half-full tail page is shared: copied before the child writes.
+    assert len(plan["copy_src"]) == 4
+    hp.copy_pages(arena, plan["copy_src"], plan["copy_dst"])
+    # Whole pages, byte for byte (unwritten slots hold whatever the memory held, NaN too).
+    kv = torch.from_dlpack(arena.kv).view(torch.int32)
+    assert torch.equal(kv[plan["copy_dst"].astype(np.int64)], kv[plan["copy_src"].astype(np.int64)])
+    assert manager.num_tokens(child) == 7 and manager.num_tokens(parent) == 6
+    manager.check_invariants()
+
+
+def test_evict_and_compact(small):
+    g, pool, arena, manager = small
+    seq = manager.add_sequence()
+    written = fill(arena, manager, seq, 2, 10)
+    plan = hp.CompactionPlan()
+    manager.evict(seq, 0, [3, 10], plan)  # head 0 keeps 3 tokens, head 1 all 10
+    assert plan.num_rows == 2 and plan.kept.tolist() == [3, 10]
+    keep = np.array([1, 4, 9] + list(range(10)), dtype=np.int32)
+    hp.compact(arena, keep=keep, **plan.kernel_args())
+    manager.release_retired_pages()
+    table = manager.block_table(0, [seq])
+    assert table.lens.tolist() == [3, 10]
+    keys, _, positions = gather(arena, table)
+    k, _ = written[0]
+    assert torch.equal(keys[:3], k[[1, 4, 9], 0])
+    assert positions.tolist() == [1, 4, 9] + list(range(10))
+    # 10 tokens took 3 pages in each of 4 streams; head 0 of layer 0 now needs 1.
+    assert manager.stats()["pages_in_use"] == 12 - 2
+    manager.check_invariants()
+
+
+def test_eviction_engine_uniform_budget(small):
+    g, pool, arena, manager = small
+    engine = hp.EvictionEngine(manager, arena)
+    seq = manager.add_sequence()
+    fill(arena, manager, seq, 2, 40)
+    window = 8
+    queries = [torch.randn(4, window, 64) for _ in range(2)]
+    positions = torch.arange(40 - window, 40, dtype=torch.int32)
+    policy = hp.policy_by_name("uniform-snapkv")
+    policy.window = window
+    free_before = pool.free_pages
+    result = engine.compress(seq, policy, 12, queries, [positions])
+    assert result["tokens_before"] == 4 * 40 and result["tokens_after"] == 4 * 12
+    assert result["kept"].tolist() == [[12, 12], [12, 12]]
+    # 40 tokens = 10 pages per stream; 12 tokens = 3.
+    assert result["pages_freed"] == 4 * (10 - 3) == pool.free_pages - free_before
+    manager.check_invariants()
+
+
+def test_policies_and_budgets():
+    for name in hp.POLICIES:
+        assert hp.policy_by_name(name).name == name
+    assert hp.policy_by_name("streamingllm").sinks == 4
+    assert hp.budget_capacity("20%", 1000) == 200
+    assert hp.budget_capacity(128, 1000) == 128
+    assert hp.budget_capacity(0.5, 100) == 50
+
+
+def test_bad_arguments_raise_clear_exceptions(small):
+    g, pool, arena, manager = small
+    with pytest.raises(ValueError, match="page_size"):
+        hp.CacheGeometry(num_layers=2, num_kv_heads=2, num_q_heads=4, head_dim=64, page_size=0)
+    with pytest.raises(ValueError, match="unknown dtype 'f8'"):
+        hp.CacheGeometry(num_layers=2, num_kv_heads=2, num_q_heads=4, head_dim=64, dtype="f8")
+    with pytest.raises(ValueError, match="num_pages"):
+        hp.PagePool(0)
+    with pytest.raises(ValueError, match="unknown policy 'snapkv'"):
+        hp.policy_by_name("snapkv")
+    with pytest.raises(ValueError):
+        hp.budget_capacity("150%", 100)
+    with pytest.raises(TypeError):
+        hp.budget_capacity([1], 100)
+    with pytest.raises(KeyError, match="sequence 999"):
+        manager.reserve(999, 1)
+    seq = manager.add_sequence()
+    with pytest.raises(hp.ResourceExhausted) as err:
+        manager.reserve(seq, 10_000)
+    assert isinstance(err.value, MemoryError) and "pages" in str(err.value)
+    assert manager.num_tokens(seq) == 0  # nothing changed
+    plan = manager.reserve(seq, 2)
+    slots = plan["slot_mapping"][:, 0, :]
+    pos = torch.arange(2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="keys: want dtype f32"):
+        hp.write_kv(arena, torch.zeros(2, 2, 64, dtype=torch.float64), torch.zeros(2, 2, 64), slots, pos)
+    with pytest.raises(ValueError, match=r"values: want shape \[2, 2, 64\]"):
+        hp.write_kv(arena, torch.zeros(2, 2, 64), torch.zeros(2, 2, 32), slots, pos)
+    with pytest.raises(ValueError, match="positions"):
+        hp.write_kv(arena, torch.zeros(2, 2, 64), torch.zeros(2, 2, 64), slots, pos[:1])
+    with pytest.raises(ValueError, match="contiguous"):
+        hp.write_kv(arena, torch.zeros(2, 64, 2).transpose(1, 2), torch.zeros(2, 2, 64), slots, pos)
+    with pytest.raises(ValueError, match="out of range|outside"):
+        hp.write_kv(arena, torch.zeros(2, 2, 64), torch.zeros(2, 2, 64),
+                    np.full((2, 2), 10_000, dtype=np.int32), pos)
+    table = manager.block_table(0, [seq])
+    with pytest.raises(ValueError, match="head_dim|shape"):
+        hp.decode_attention(arena, torch.zeros(1, 4, 32), table.indptr, table.page_ids, table.lens,
+                            torch.zeros(1, 4, 32))
+    with pytest.raises(ValueError, match="multiple"):
+        hp.decode_attention(arena, torch.zeros(3, 4, 64), table.indptr, table.page_ids, table.lens,
+                            torch.zeros(3, 4, 64))
+    with pytest.raises(ValueError, match="kept_counts|count|kv_heads"):
+        manager.evict(seq, 0, [1], hp.CompactionPlan())
+    engine = hp.EvictionEngine(manager, arena)
+    with pytest.raises(ValueError, match="queries: 1 layers; the model has 2"):
+        engine.compress(seq, "uniform-snapkv", "20%", [torch.zeros(4, 1, 64)],
+                        [torch.zeros(1, dtype=torch.int32)])
+    if not hp.has_cuda:
+        with pytest.raises(NotImplementedError, match="without CUDA"):
+            hp.CudaArena(g, 4)

@@ -1,0 +1,145 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage.hf.Cache with a real model on the CPU: SmolLM2-135M-Instruct (Llama
+architecture, 30 layers, 9 query heads over 3 KV heads)."""
+import math
+import os
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import headpage
+from conftest import chat_ids
+
+hf = pytest.importorskip("headpage.hf")
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short story about a robot who learns to paint.",
+    "Explain in simple words how a hash table works.",
+]
+NEW_TOKENS = 64
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def generate(model, ids, cache, new_tokens=NEW_TOKENS):
+    # min_new_tokens: every prompt gives the full count, end-of-turn or not.
+    return model.generate(ids, past_key_values=cache, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_full_budget_gives_transformers_tokens(smollm2, prompt):
+    tok, model = smollm2
+    ids = chat_ids(tok, prompt)
+    want = generate(model, ids, DynamicCache(config=model.config))
+    cache = hf.Cache(model, page_size=16)
+    got = generate(model, ids, cache)
+    assert got.shape[1] == ids.shape[1] + NEW_TOKENS
+    assert got[0].tolist() == want[0].tolist()
+    # Every stream holds every token: the prompt, and the generated tokens but the last.
+    tokens = ids.shape[1] + NEW_TOKENS - 1
+    stats = cache.stats()
+    assert stats["min_stream_len"] == stats["max_stream_len"] == tokens
+    assert stats["pages_in_use"] == 30 * 3 * math.ceil(tokens / 16)
+
+
+@torch.no_grad()
+def test_chunked_prefill_at_full_budget(smollm2):
+    """A second multi-token step attends densely over K/V read back from the pool."""
+    tok, model = smollm2
+    ids = chat_ids(tok, PROMPTS[1])
+    half = ids.shape[1] // 2
+    dynamic, cache = DynamicCache(config=model.config), hf.Cache(model)
+    for chunk in (ids[:, :half], ids[:, half:]):
+        want = model(chunk, past_key_values=dynamic, use_cache=True).logits
+        got = model(chunk, past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(got, want)
+    assert cache.get_seq_length() == ids.shape[1]
+
+
+@pytest.fixture(scope="module")
+def long_prompt(smollm2):
+    tok, _ = smollm2
+    with open(os.path.join(ROOT, "tools", "prompts", "needle.txt"), encoding="utf-8") as f:
+        text = f.read()[:1800]
+    return chat_ids(tok, text + "\n\nSummarize the text above in one sentence.")
+
+
+def pages_for(lengths, page_size):
+    return sum(math.ceil(int(n) / page_size) for n in lengths.flatten())
+
+
+@pytest.mark.parametrize("policy", ["uniform-snapkv", "ada-snapkv", "pyramid", "dbudget",
+                                    "streamingllm"])
+def test_compression_frees_the_pages_of_the_budget(smollm2, long_prompt, policy):
+    tok, model = smollm2
+    ids = long_prompt
+    prompt = ids.shape[1]
+    cache = hf.Cache(model, policy=policy, budget="20%", page_size=16)
+    model(ids, past_key_values=cache, use_cache=True)
+    before = cache.stats()
+    free_before = cache.pool.free_pages
+    assert before["pages_in_use"] == 90 * math.ceil(prompt / 16)
+    result = cache.compress()[0]
+    after = cache.stats()
+    kept = result["kept"]
+    assert kept.tolist() == cache.manager.stream_lengths(cache.seqs[0]).tolist()
+    # The pool got back exactly the pages the kept tokens no longer fill.
+    assert after["pages_in_use"] == pages_for(kept, 16)
+    assert result["pages_freed"] == before["pages_in_use"] - after["pages_in_use"]
+    assert cache.pool.free_pages - free_before == result["pages_freed"]
+    assert result["tokens_after"] == kept.sum()
+    capacity = headpage.budget_capacity("20%", prompt)
+    window = cache.policy.window
+    assert (kept >= min(window, capacity)).all() and (kept <= prompt).all()
+    if policy in ("uniform-snapkv", "streamingllm"):
+        assert (kept == capacity).all()
+    elif policy == "ada-snapkv":  # head-adaptive: a layer's heads share its budget
+        # (each head's share is rounded half to even: a layer may be off by one a head)
+        assert (abs(kept.sum(axis=1) - 3 * capacity) <= 3).all()
+        assert len(set(kept.flatten().tolist())) > 1
+    elif policy == "pyramid":  # one budget per layer, shrinking with depth
+        assert (kept == kept[:, :1]).all()
+        assert kept[0, 0] > kept[-1, 0]
+    else:  # dbudget sets its own budget: one cut per layer, where the attention norm allows
+        assert (kept == kept[:, :1]).all() and result["pages_freed"] > 0
+    cache.manager.check_invariants()
+
+    # Decode goes on from the compressed streams, one token each.
+    steps = 4
+    out = model.generate(ids, past_key_values=hf.Cache(model, policy=policy, budget="20%"),
+                         max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    assert out.shape[1] == prompt + steps
+    cache2 = hf.Cache(model, policy=policy, budget="20%")
+    model.generate(ids, past_key_values=cache2, max_new_tokens=steps, min_new_tokens=steps,
+                   do_sample=False)
+    lengths = cache2.manager.stream_lengths(cache2.seqs[0])
+    assert (lengths == kept + steps - 1).all()
+    assert cache2.stats()["pages_in_use"] == pages_for(lengths, 16)
+
+
+def test_bad_arguments(smollm2):
+    tok, model = smollm2
+    with pytest.raises(ValueError, match="unknown policy 'snap'"):
+        hf.Cache(model, policy="snap", budget="20%")
+    with pytest.raises(ValueError, match="needs a budget"):
+        hf.Cache(model, policy="ada-snapkv")
+    with pytest.raises(ValueError, match="150%"):
+        hf.Cache(model, policy="ada-snapkv", budget="150%")
+    with pytest.raises(ValueError, match="page_size"):
+        hf.Cache(model, page_size=0)
+    with pytest.raises(ValueError, match="num_pages"):
+        hf.Cache(model, num_pages=-1)
+    ids = chat_ids(tok, PROMPTS[0])
+    cache = hf.Cache(model, num_pages=90 * 2)  # 32 tokens a stream
+    with pytest.raises(headpage.ResourceExhausted, match="pages"):
+        generate(model, ids, cache, new_tokens=4)
+    # A cache made from the config leaves the model's attention alone: decoding
+    # would read nothing from the pool, so it refuses.
+    model.set_attn_implementation("sdpa")
+    try:
+        with pytest.raises(RuntimeError, match="set_attn_implementation"):
+            generate(model, ids, hf.Cache(model.config), new_tokens=2)
+    finally:
+        model.set_attn_implementation(hf.ATTENTION)
