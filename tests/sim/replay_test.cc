@@ -5,6 +5,7 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,28 @@ TEST_CASE("Replay: full has no error and keeps everything", "[sim]") {
   }
 }
 
+// uniform-snapkv and ada-snapkv replayed on the observation window's queries
+// (the attention their scores sum) at `fraction` of the prompt, after `adjust`
+// edits the two configurations.
+struct UniformAndAda {
+  ReplayMetrics uniform, ada;
+};
+UniformAndAda ReplayOnWindow(const Trace& trace, double fraction,
+                             const std::function<void(PolicyConfig*, PolicyConfig*)>& adjust) {
+  ReplayOptions options;
+  options.queries = ReplayOptions::Queries::kWindow;
+  auto uniform = PolicyByName("uniform-snapkv");
+  auto ada = PolicyByName("ada-snapkv");
+  REQUIRE_OK(uniform);
+  REQUIRE_OK(ada);
+  adjust(&*uniform, &*ada);
+  auto u = Replay(trace, *uniform, Budget::Fraction(fraction), options);
+  auto a = Replay(trace, *ada, Budget::Fraction(fraction), options);
+  REQUIRE_OK(u);
+  REQUIRE_OK(a);
+  return {u->all, a->all};
+}
+
 TEST_CASE("Replay: Ada-KV's theorem holds on the window that scored the prompt", "[sim]") {
   // Ada-KV's Theorem 3: with the same total budget, allocating by a global
   // top-k over the heads' scores retains at least the attention mass of any
@@ -84,24 +107,16 @@ TEST_CASE("Replay: Ada-KV's theorem holds on the window that scored the prompt",
     const Trace trace = Open(path);
     for (const double fraction : {0.05, 0.1, 0.2, 0.3, 0.5}) {
       CAPTURE(path, fraction);
-      ReplayOptions options;
-      options.queries = ReplayOptions::Queries::kWindow;
-      auto uniform = PolicyByName("uniform-snapkv");
-      auto ada = PolicyByName("ada-snapkv");
-      REQUIRE_OK(uniform);
-      REQUIRE_OK(ada);
-      for (PolicyConfig* c : {&*uniform, &*ada}) {
-        c->snapkv.kernel_size = 1;
-        c->snapkv.pooling = policy::Pooling::kNone;
-      }
-      ada->ada.alpha = 0.0;
-      auto u = Replay(trace, *uniform, Budget::Fraction(fraction), options);
-      auto a = Replay(trace, *ada, Budget::Fraction(fraction), options);
-      REQUIRE_OK(u);
-      REQUIRE_OK(a);
-      REQUIRE(a->all.kept_tokens == u->all.kept_tokens);  // alpha = 0: an exact total
-      REQUIRE(a->all.mean_lost_mass <= u->all.mean_lost_mass * (1 + 1e-9) + 1e-12);
-      REQUIRE(a->all.mean_bound <= u->all.mean_bound * (1 + 1e-9) + 1e-9);
+      const UniformAndAda r = ReplayOnWindow(trace, fraction, [](PolicyConfig* u, PolicyConfig* a) {
+        for (PolicyConfig* c : {u, a}) {
+          c->snapkv.kernel_size = 1;
+          c->snapkv.pooling = policy::Pooling::kNone;
+        }
+        a->ada.alpha = 0.0;
+      });
+      REQUIRE(r.ada.kept_tokens == r.uniform.kept_tokens);  // alpha = 0: an exact total
+      REQUIRE(r.ada.mean_lost_mass <= r.uniform.mean_lost_mass * (1 + 1e-9) + 1e-12);
+      REQUIRE(r.ada.mean_bound <= r.uniform.mean_bound * (1 + 1e-9) + 1e-9);
     }
   }
 }
@@ -117,21 +132,12 @@ TEST_CASE("Replay: with the paper defaults, Ada-KV loses no more window mass tha
     const Trace trace = Open(path);
     for (const double fraction : {0.05, 0.1, 0.2, 0.3, 0.5}) {
       CAPTURE(path, fraction);
-      ReplayOptions options;
-      options.queries = ReplayOptions::Queries::kWindow;
-      auto uniform = PolicyByName("uniform-snapkv");
-      auto ada = PolicyByName("ada-snapkv");
-      REQUIRE_OK(uniform);
-      REQUIRE_OK(ada);
-      auto u = Replay(trace, *uniform, Budget::Fraction(fraction), options);
-      auto a = Replay(trace, *ada, Budget::Fraction(fraction), options);
-      REQUIRE_OK(u);
-      REQUIRE_OK(a);
-      // kScaled's rounding may keep a few tokens fewer than uniform, never more
-      // than H/2 per layer above.
-      REQUIRE(a->all.kept_tokens <= u->all.kept_tokens + 8);
-      REQUIRE(a->all.mean_lost_mass <= u->all.mean_lost_mass);
-      REQUIRE(a->all.mean_bound <= u->all.mean_bound);
+      const UniformAndAda r = ReplayOnWindow(trace, fraction, [](PolicyConfig*, PolicyConfig*) {});
+      // kScaled's rounding may keep a few tokens fewer than uniform, and at
+      // most H/2 per layer more.
+      REQUIRE(r.ada.kept_tokens <= r.uniform.kept_tokens + 8);
+      REQUIRE(r.ada.mean_lost_mass <= r.uniform.mean_lost_mass);
+      REQUIRE(r.ada.mean_bound <= r.uniform.mean_bound);
     }
   }
 }
