@@ -39,11 +39,16 @@ absl::Status CheckPages(const int32_t* pages, int32_t begin, int32_t end, int32_
   return absl::OkStatus();
 }
 
+int32_t KeepBegin(const CompactArgs& a, int32_t r) {
+  return a.keep_offsets != nullptr ? a.keep_offsets[r] : a.keep_indptr[r];
+}
+
 absl::Status CheckRow(const CompactArgs& a, int32_t r) {
   const int32_t ps = a.cache.page_size;
   const int32_t src_begin = a.src_indptr[r], src_end = a.src_indptr[r + 1];
   const int32_t dst_begin = a.dst_indptr[r], dst_end = a.dst_indptr[r + 1];
-  const int32_t keep_begin = a.keep_indptr[r], keep_end = a.keep_indptr[r + 1];
+  const int32_t keep_begin = KeepBegin(a, r);
+  const int32_t keep_end = keep_begin + (a.keep_indptr[r + 1] - a.keep_indptr[r]);
   const int32_t len = a.src_lens[r];
   if (src_begin < 0 || dst_begin < 0 || keep_begin < 0 || src_end < src_begin ||
       dst_end < dst_begin || keep_end < keep_begin || len < 0) {
@@ -98,7 +103,7 @@ absl::Status Compact(const CompactArgs& args) {
   for (int32_t r = 0; r < args.num_rows; ++r) {
     const int32_t* src_pages = args.src_page_ids + args.src_indptr[r];
     const int32_t* dst_pages = args.dst_page_ids + args.dst_indptr[r];
-    const int32_t* keep = args.keep + args.keep_indptr[r];
+    const int32_t* keep = args.keep + KeepBegin(args, r);
     const int32_t kept = args.keep_indptr[r + 1] - args.keep_indptr[r];
     // One survivor at a time, in ascending order: also correct in place, since
     // slot i is written only after every keep[j] <= i was read.

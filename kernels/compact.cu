@@ -44,7 +44,7 @@ struct TokenMove {
 __device__ __forceinline__ TokenMove MoveOf(const CompactArgs& a, int32_t r, int32_t i,
                                            int32_t end) {
   if (i >= end) return {};
-  const int32_t keep_begin = a.keep_indptr[r];
+  const int32_t keep_begin = a.keep_offsets != nullptr ? a.keep_offsets[r] : a.keep_indptr[r];
   const int32_t page_size = a.cache.page_size;
   const int32_t k = a.keep[keep_begin + i];
   const int32_t from_index = k / page_size, to_index = i / page_size;

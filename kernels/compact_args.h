@@ -32,6 +32,13 @@ struct CompactArgs {
   const int32_t* keep_indptr = nullptr;   // [num_rows + 1] into keep
   const int32_t* keep = nullptr;          // logical slots kept, strictly ascending per row
   const uint8_t* in_place = nullptr;      // [num_rows] 1: dst pages are a prefix of src pages
+  // Optional [num_rows]: where row r's keep set starts in `keep`, for keep sets
+  // that do not lie back to back in row order. gpu::Select writes stream s's
+  // at its score offset, in (sequence, kv head) order of one layer, where a
+  // plan's rows are (layer, kv head) of one sequence: these offsets let
+  // Compact read Select's output where it lies. Null: at keep_indptr[r].
+  // keep_indptr still gives the counts (the host knows them: Evict takes them).
+  const int32_t* keep_offsets = nullptr;
 };
 
 namespace gpu::internal {

@@ -64,12 +64,26 @@ struct RandomPlan {
   }
 };
 
-void CheckAgainstRef(PagedCase& c) {
+// With `scattered`, the GPU reads the keep sets through keep_offsets from an
+// array holding them in reverse row order with gaps (gpu::Select's layout);
+// the reference reads the packed plan.
+void CheckAgainstRef(PagedCase& c, bool scattered = false) {
   RandomPlan plan(c);
   DevicePool device(c.view(), c.data(), c.positions());
+  std::vector<int32_t> keep_array = plan.keep, offsets;
+  if (scattered) {
+    keep_array.assign(5, -1);
+    offsets.resize(static_cast<size_t>(c.num_streams()));
+    for (int32_t r = c.num_streams() - 1; r >= 0; --r) {
+      offsets[r] = static_cast<int32_t>(keep_array.size());
+      keep_array.insert(keep_array.end(), plan.keep.begin() + plan.keep_indptr[r],
+                        plan.keep.begin() + plan.keep_indptr[r + 1]);
+      keep_array.insert(keep_array.end(), 3, -1);
+    }
+  }
   DeviceBuffer src_indptr(plan.src_indptr), src_pages(plan.src_pages), src_lens(plan.src_lens),
       dst_indptr(plan.dst_indptr), dst_pages(plan.dst_pages), keep_indptr(plan.keep_indptr),
-      keep(plan.keep), in_place(plan.in_place);
+      keep(keep_array), in_place(plan.in_place), keep_offsets(offsets);
   CompactArgs args{device.view,
                    c.num_streams(),
                    src_indptr.get<int32_t>(),
@@ -79,7 +93,8 @@ void CheckAgainstRef(PagedCase& c) {
                    dst_pages.get<int32_t>(),
                    keep_indptr.get<int32_t>(),
                    keep.get<int32_t>(),
-                   in_place.get<uint8_t>()};
+                   in_place.get<uint8_t>(),
+                   scattered ? keep_offsets.get<int32_t>() : nullptr};
   REQUIRE_OK(gpu::Compact(args, nullptr));
   HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
 
@@ -113,6 +128,17 @@ TEST_CASE("gpu::Compact equals ref::Compact, fresh and in place", "[kernels][gpu
         CheckAgainstRef(c);
       }
     }
+  }
+}
+
+TEST_CASE("gpu::Compact reads keep sets where keep_offsets say", "[kernels][gpu][sanitize]") {
+  for (int32_t page_size : {1, 16}) {
+    CAPTURE(page_size);
+    std::vector<int32_t> lens = testing::EdgeLengths(page_size);
+    lens.push_back(40 * page_size + 3);
+    PagedCase c({page_size, 128, DType::kBF16, lens, 60 * (page_size + 1)},
+                static_cast<uint64_t>(900 + page_size));
+    CheckAgainstRef(c, /*scattered=*/true);
   }
 }
 

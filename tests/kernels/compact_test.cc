@@ -113,7 +113,21 @@ TEST_CASE("Compact: matches a dense gather, whatever the page ids", "[kernels]")
     dense_expected.push_back(expected);
     dst_tables.push_back(dst);
   }
-  REQUIRE_OK(ref::Compact(plan.Args(cache.view)));
+  CompactArgs args = plan.Args(cache.view);
+  // The same keep sets, rows in reverse order with gaps between them, found
+  // through keep_offsets (how gpu::Select's output is laid out).
+  std::vector<int32_t> scattered(3, -1), offsets(5);
+  for (int32_t r = 4; r >= 0; --r) {
+    offsets[r] = static_cast<int32_t>(scattered.size());
+    scattered.insert(scattered.end(), plan.keep.begin() + plan.keep_indptr[r],
+                     plan.keep.begin() + plan.keep_indptr[r + 1]);
+    scattered.insert(scattered.end(), 2, -1);
+  }
+  if (GENERATE(false, true)) {
+    args.keep = scattered.data();
+    args.keep_offsets = offsets.data();
+  }
+  REQUIRE_OK(ref::Compact(args));
   for (size_t r = 0; r < dense_expected.size(); ++r) {
     for (size_t i = 0; i < dense_expected[r].size(); ++i) {
       REQUIRE(cache.Holds(SlotOf(dst_tables[r].data(), static_cast<int64_t>(i), page_size),
@@ -178,6 +192,10 @@ TEST_CASE("Compact: malformed plans are rejected before anything moves", "[kerne
   shifted = good;
   shifted.src_indptr = {-2, 2};
   expect_error(shifted, "negative extent");
+  CompactArgs offset_args = good.Args(cache.view);
+  const int32_t negative_offset = -4;
+  offset_args.keep_offsets = &negative_offset;
+  REQUIRE_ERROR(ref::Compact(offset_args), absl::StatusCode::kInvalidArgument, "negative extent");
 }
 
 }  // namespace
