@@ -24,13 +24,8 @@ void RunCompact(benchmark::State& state, int32_t kept, int32_t run) {
   const int32_t dst_pages_per_stream = static_cast<int32_t>(PagesFor(kept, kPageSize));
   BenchPool pool(std::vector<int32_t>(static_cast<size_t>(streams), len),
                  streams * dst_pages_per_stream);
-  // The spare pages are the ids BenchPool did not hand to a stream.
-  std::vector<uint8_t> used(static_cast<size_t>(pool.view.num_pages), 0);
-  for (int32_t p : pool.host_page_ids) used[static_cast<size_t>(p)] = 1;
-  std::vector<int32_t> dst_pages, dst_indptr{0}, keep, keep_indptr{0};
-  for (int32_t p = 0; p < pool.view.num_pages; ++p) {
-    if (!used[static_cast<size_t>(p)]) dst_pages.push_back(p);
-  }
+  const std::vector<int32_t> dst_pages = pool.SparePages();
+  std::vector<int32_t> dst_indptr{0}, keep, keep_indptr{0};
   std::mt19937_64 rng(7);
   std::vector<int32_t> runs(static_cast<size_t>(len / run));
   for (int32_t s = 0; s < streams; ++s) {
@@ -129,10 +124,10 @@ BENCHMARK(BM_WriteKVDecodeStep)
 void BM_CopyPages(benchmark::State& state) {
   const int32_t copies = static_cast<int32_t>(state.range(0));
   BenchPool pool(std::vector<int32_t>(static_cast<size_t>(copies), kPageSize), copies);
-  std::vector<int32_t> src, dst;
-  std::vector<uint8_t> used(static_cast<size_t>(pool.view.num_pages), 0);
-  for (int32_t p : pool.host_page_ids) used[static_cast<size_t>(p)] = 1;
-  for (int32_t p = 0; p < pool.view.num_pages; ++p) (used[p] ? src : dst).push_back(p);
+  // Every stream's page to a spare one, both in ascending id order.
+  std::vector<int32_t> src = pool.host_page_ids;
+  std::sort(src.begin(), src.end());
+  const std::vector<int32_t> dst = pool.SparePages();
   DeviceBuffer d_src(src), d_dst(dst);
   const CopyPagesArgs args{pool.view, copies, d_src.get<int32_t>(), d_dst.get<int32_t>()};
   TimeWithEvents(state, [&] {

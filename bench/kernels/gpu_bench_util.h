@@ -114,6 +114,18 @@ struct BenchPool {
     view.positions = positions.get<int32_t>();
   }
 
+  // The page ids no stream holds (the spare_pages), ascending: destinations
+  // for the kernels that move tokens to fresh pages.
+  std::vector<int32_t> SparePages() const {
+    std::vector<uint8_t> used(static_cast<size_t>(view.num_pages), 0);
+    for (int32_t p : host_page_ids) used[static_cast<size_t>(p)] = 1;
+    std::vector<int32_t> spare;
+    for (int32_t p = 0; p < view.num_pages; ++p) {
+      if (!used[static_cast<size_t>(p)]) spare.push_back(p);
+    }
+    return spare;
+  }
+
   // K and V bytes of every stream's tokens.
   double kv_bytes() const {
     return static_cast<double>(total_tokens) * 2 * view.head_dim * SizeOf(view.dtype);
