@@ -1,17 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: kernels/compact.cu
 //
-// Compact on the GPU. A token's K and V rows are moved by 2 * kRowVectors
-// threads, one 16-byte vector each (a 128-dim bf16 token: 32 threads, one warp),
-// so a 256-thread block moves several tokens per step.
+// Compact on the GPU: one kernel, two kinds of block.
 //
-// Fresh rows have no hazards (destination pages are disjoint from every source),
-// so their survivors are spread over gridDim.y blocks per row. An in-place row
-// is handled by the row's first block alone, in ascending chunks: each chunk is
-// read into registers, the block synchronizes, then writes it. Survivor i reads
-// slot keep[i] >= i, so the slots a chunk writes are read only by itself (done
-// before the barrier) or by earlier chunks (done before it started); later
-// chunks read slots no earlier chunk writes.
+// Fresh rows have no hazards (their destination pages are disjoint from every
+// source), so their survivors are moved by warps working on one flat range of
+// survivors over all rows, split evenly: a skewed plan (Ada keeps 5x more in
+// one stream than in another) still spreads over the whole GPU. A warp handles
+// a slab of 32 survivors at a time: lane j works out where survivor j of the
+// slab comes from and goes to (keep set, then two page ids: the index chain,
+// once per survivor and not once per thread), and the warp then moves the
+// slab's K and V rows with every lane on one 16-byte vector, the addresses
+// passed round by shuffles. The next slab's index chain is loaded while this
+// slab's vectors are in flight.
+//
+// An in-place row is moved by one block alone, in ascending chunks: each chunk
+// is read into registers, the block synchronizes, then writes it. Survivor i
+// reads slot keep[i] >= i, so the slots a chunk writes are read only by itself
+// (done before the barrier) or by earlier chunks (done before it started);
+// later chunks read slots no earlier chunk writes.
 #include "kernels/compact_args.h"
 #include "kernels/cuda_common.cuh"
 
@@ -19,40 +26,168 @@ namespace headpage::gpu::internal {
 namespace {
 
 constexpr int kThreads = 256;
-// Survivors a thread holds in registers at once: more bytes in flight per
-// round (and, in place, per round of the sequential loop).
-constexpr int kUnroll = 8;
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = kThreads / kWarpSize;
+constexpr unsigned kFullMask = 0xffffffffu;
+// Vectors a lane holds at once, so that many loads are in flight together.
+constexpr int kHeld = 8;
+// Bytes in flight per SM are blocks x warps x kHeld vectors: ask the compiler
+// for registers enough for three blocks (the fresh path needs about 75).
+constexpr int kMinBlocksPerSM = 3;
 
-// Where one survivor goes: pages and offsets in 32-bit arithmetic (one
-// division each), since every thread of a token computes them.
+__device__ __forceinline__ int32_t KeepBegin(const CompactArgs& a, int32_t r) {
+  return a.keep_offsets != nullptr ? a.keep_offsets[r] : a.keep_indptr[r];
+}
+
+// The vector index of the first vector of a token's K row; its V row starts
+// page_size * kRowVectors vectors later.
+template <int kRowVectors>
+__device__ __forceinline__ int64_t KeyVectorOf(int32_t page, int32_t offset, int32_t page_size) {
+  return static_cast<int64_t>(page) * (2 * page_size * kRowVectors) + offset * kRowVectors;
+}
+
+// ---- Fresh rows: flat slabs of survivors ----------------------------------
+
+// One survivor of a slab, as its lane sees it.
+struct SurvivorMove {
+  int64_t from = -1;  // K row vector index of the source; < 0: nothing to move
+  int64_t to = 0;     // K row vector index of the destination
+  int64_t to_slot = 0;
+  int32_t position = 0;
+};
+
+// The row that holds flat survivor i: the last r with keep_indptr[r] <= i.
+// Binary search over keep_indptr, which the rows' kept counts make
+// non-decreasing.
+__device__ __forceinline__ int32_t RowOf(const CompactArgs& a, int64_t i) {
+  int32_t lo = 0, hi = a.num_rows - 1;
+  while (lo < hi) {
+    const int32_t mid = (lo + hi + 1) / 2;
+    if (a.keep_indptr[mid] <= i) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// Where flat survivor i (of row r) goes, if i < end and its row is fresh. Also
+// loads the survivor's position, to be stored once the move happens.
+template <int kRowVectors>
+__device__ __forceinline__ SurvivorMove FreshMoveOf(const CompactArgs& a, int32_t r, int64_t i,
+                                                    int64_t end) {
+  SurvivorMove move;
+  if (i >= end || a.in_place[r]) return move;
+  const int32_t ps = a.cache.page_size;
+  const int32_t j = static_cast<int32_t>(i - a.keep_indptr[r]);
+  const int32_t k = a.keep[KeepBegin(a, r) + j];
+  const int32_t from_index = k / ps, to_index = j / ps;
+  const int32_t from_page = a.src_page_ids[a.src_indptr[r] + from_index];
+  const int32_t to_page = a.dst_page_ids[a.dst_indptr[r] + to_index];
+  const int32_t from_offset = k - from_index * ps, to_offset = j - to_index * ps;
+  move.from = KeyVectorOf<kRowVectors>(from_page, from_offset, ps);
+  move.to = KeyVectorOf<kRowVectors>(to_page, to_offset, ps);
+  move.to_slot = static_cast<int64_t>(to_page) * ps + to_offset;
+  move.position = a.cache.positions[static_cast<int64_t>(from_page) * ps + from_offset];
+  return move;
+}
+
+// The row of flat survivor i, given the row of an earlier survivor: rows are
+// walked forward (a slab rarely crosses more than one row boundary).
+__device__ __forceinline__ int32_t AdvanceRow(const CompactArgs& a, int32_t r, int64_t i) {
+  while (r + 1 < a.num_rows && a.keep_indptr[r + 1] <= i) ++r;
+  return r;
+}
+
+template <int kRowVectors>
+__device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t flat_block,
+                                                   int32_t flat_blocks) {
+  // A token is 2 * kRowVectors vectors (K, then V); step m of a slab moves
+  // vector lane + 32 m of the slab, token (lane + 32 m) / kTokenVectors.
+  constexpr int kTokenVectors = 2 * kRowVectors;
+  static_assert(kTokenVectors % kHeld == 0, "a slab's steps must split into groups of kHeld");
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t first = a.keep_indptr[0];
+  const int64_t total = a.keep_indptr[a.num_rows] - first;
+  const int64_t warps = static_cast<int64_t>(flat_blocks) * kWarpsPerBlock;
+  const int64_t warp = static_cast<int64_t>(flat_block) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  // Contiguous ranges, at least one slab each: a warp walks its survivors (and
+  // so its rows' pages) in order.
+  const int64_t per_warp = max(static_cast<int64_t>(kWarpSize), CeilDiv(total, warps));
+  const int64_t begin = first + warp * per_warp;
+  const int64_t end = min(first + total, begin + per_warp);
+  if (begin >= end) return;
+
+  // Vector `part` of a token, from its K row's first vector: K row vectors,
+  // then V row vectors (half a page later).
+  const int64_t value_row = static_cast<int64_t>(a.cache.page_size) * kRowVectors;
+  const auto VectorWithin = [value_row](int part) -> int64_t {
+    return part < kRowVectors ? part : value_row + (part - kRowVectors);
+  };
+  Vector* data = static_cast<Vector*>(a.cache.data);
+  int32_t row = RowOf(a, min(begin + lane, end - 1));
+  SurvivorMove move = FreshMoveOf<kRowVectors>(a, row, begin + lane, end);
+  for (int64_t slab = begin; slab < end; slab += kWarpSize) {
+    SurvivorMove next;
+    // Not unrolled: the compiler would hoist later groups' loads and hold
+    // more registers than the bytes in flight are worth.
+#pragma unroll 1
+    for (int group = 0; group < kTokenVectors; group += kHeld) {
+      Vector held[kHeld];
+#pragma unroll
+      for (int u = 0; u < kHeld; ++u) {
+        const int vector = lane + kWarpSize * (group + u);
+        const int64_t from = __shfl_sync(kFullMask, move.from, vector / kTokenVectors);
+        if (from >= 0) held[u] = __ldcs(data + from + VectorWithin(vector % kTokenVectors));
+      }
+      if (group == 0) {
+        // The next slab's index chain, while this group's loads are in flight.
+        const int64_t next_i = slab + kWarpSize + lane;
+        if (next_i < end) row = AdvanceRow(a, row, next_i);
+        next = FreshMoveOf<kRowVectors>(a, row, next_i, end);
+      }
+#pragma unroll
+      for (int u = 0; u < kHeld; ++u) {
+        const int vector = lane + kWarpSize * (group + u);
+        const int64_t from = __shfl_sync(kFullMask, move.from, vector / kTokenVectors);
+        const int64_t to = __shfl_sync(kFullMask, move.to, vector / kTokenVectors);
+        if (from >= 0) __stcs(data + to + VectorWithin(vector % kTokenVectors), held[u]);
+      }
+    }
+    if (move.from >= 0) a.cache.positions[move.to_slot] = move.position;
+    move = next;
+  }
+}
+
+// ---- In-place rows: one block each, in ascending chunks ---------------------
+
+// Survivors a thread holds per chunk.
+constexpr int kInPlaceUnroll = 8;
+
+// Where survivor i of row r goes, if i < kept: pages and offsets in 32-bit
+// arithmetic. from_page < 0: nothing to move (past the keep set, or it stays
+// put).
 struct TokenMove {
-  int32_t from_page = -1;  // < 0: nothing to move (past the keep set, or stays put)
+  int32_t from_page = -1;
   int32_t from_offset = 0;
   int32_t to_page = 0;
   int32_t to_offset = 0;
 
   __device__ __forceinline__ bool moves() const { return from_page >= 0; }
-  __device__ __forceinline__ int64_t from_slot(int32_t page_size) const {
-    return static_cast<int64_t>(from_page) * page_size + from_offset;
-  }
-  __device__ __forceinline__ int64_t to_slot(int32_t page_size) const {
-    return static_cast<int64_t>(to_page) * page_size + to_offset;
-  }
 };
 
-// Survivor i of row r, if i < end (end <= the row's kept count).
-__device__ __forceinline__ TokenMove MoveOf(const CompactArgs& a, int32_t r, int32_t i,
-                                           int32_t end) {
-  if (i >= end) return {};
-  const int32_t keep_begin = a.keep_offsets != nullptr ? a.keep_offsets[r] : a.keep_indptr[r];
-  const int32_t page_size = a.cache.page_size;
-  const int32_t k = a.keep[keep_begin + i];
-  const int32_t from_index = k / page_size, to_index = i / page_size;
+__device__ __forceinline__ TokenMove InPlaceMoveOf(const CompactArgs& a, int32_t r, int32_t i,
+                                                   int32_t kept) {
+  if (i >= kept) return {};
+  const int32_t ps = a.cache.page_size;
+  const int32_t k = a.keep[KeepBegin(a, r) + i];
+  const int32_t from_index = k / ps, to_index = i / ps;
   TokenMove move;
   move.from_page = a.src_page_ids[a.src_indptr[r] + from_index];
-  move.from_offset = k - from_index * page_size;
+  move.from_offset = k - from_index * ps;
   move.to_page = a.dst_page_ids[a.dst_indptr[r] + to_index];
-  move.to_offset = i - to_index * page_size;
+  move.to_offset = i - to_index * ps;
   if (move.from_page == move.to_page && move.from_offset == move.to_offset) move.from_page = -1;
   return move;
 }
@@ -61,90 +196,66 @@ __device__ __forceinline__ TokenMove MoveOf(const CompactArgs& a, int32_t r, int
 template <int kRowVectors>
 __device__ __forceinline__ Vector* VectorAt(const PagedKV& cache, int32_t page, int32_t offset,
                                             int lane) {
-  const int64_t page_vectors = 2LL * cache.page_size * kRowVectors;
-  const int32_t within = lane < kRowVectors ? offset * kRowVectors + lane
-                                            : (cache.page_size + offset) * kRowVectors +
-                                                  (lane - kRowVectors);
-  return static_cast<Vector*>(cache.data) + page * page_vectors + within;
+  const int64_t key = KeyVectorOf<kRowVectors>(page, offset, cache.page_size);
+  const int64_t within = lane < kRowVectors
+                             ? lane
+                             : static_cast<int64_t>(cache.page_size) * kRowVectors + (lane - kRowVectors);
+  return static_cast<Vector*>(cache.data) + key + within;
 }
 
 template <int kRowVectors>
-__global__ void __launch_bounds__(kThreads) CompactKernel(CompactArgs a) {
+__device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) {
   constexpr int kThreadsPerToken = 2 * kRowVectors;
   constexpr int kTokensPerStep = kThreads / kThreadsPerToken;
-  const int32_t r = blockIdx.x;  // rows on x: up to 2^31 - 1 of them
+  constexpr int kTokensPerChunk = kTokensPerStep * kInPlaceUnroll;
   const int lane = threadIdx.x % kThreadsPerToken;
   const int token_in_step = threadIdx.x / kThreadsPerToken;
   const int32_t kept = a.keep_indptr[r + 1] - a.keep_indptr[r];
   const int32_t ps = a.cache.page_size;
-
-  if (!a.in_place[r]) {
-    // kUnroll survivors per thread per round, their vector loads issued
-    // together.
-    // Each block takes one contiguous range of survivors, so that its rounds
-    // walk the row's source pages in order (DRAM page locality).
-    constexpr int kStride = kTokensPerStep * kUnroll;
-    const int32_t per_block =
-        static_cast<int32_t>(CeilDiv(CeilDiv(kept, gridDim.y), kStride) * kStride);
-    const int32_t begin = blockIdx.y * per_block;
-    const int32_t end = min(kept, begin + per_block);
-    // Software-pipelined: the next round's index chain (keep -> page ids) is
-    // loaded while this round's K/V vectors are in flight, so each round
-    // waits for one memory latency, not three.
-    TokenMove moves[kUnroll];
+  for (int32_t chunk = 0; chunk < kept; chunk += kTokensPerChunk) {
+    Vector held[kInPlaceUnroll];
+    int32_t held_position[kInPlaceUnroll];
+    TokenMove moves[kInPlaceUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      moves[u] = MoveOf(a, r, begin + token_in_step + u * kTokensPerStep, end);
-    }
-    for (int32_t base = begin + token_in_step; base < end; base += kStride) {
-      Vector held[kUnroll];
-      int32_t held_position[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (moves[u].moves()) {
-          held[u] = *VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset, lane);
-          if (lane == 0) held_position[u] = a.cache.positions[moves[u].from_slot(ps)];
+    for (int u = 0; u < kInPlaceUnroll; ++u) {
+      moves[u] = InPlaceMoveOf(a, r, chunk + u * kTokensPerStep + token_in_step, kept);
+      if (moves[u].moves()) {
+        held[u] = *VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset, lane);
+        if (lane == 0) {
+          held_position[u] =
+              a.cache.positions[static_cast<int64_t>(moves[u].from_page) * ps + moves[u].from_offset];
         }
       }
-      TokenMove next[kUnroll];
+    }
+    __syncthreads();
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        next[u] = MoveOf(a, r, base + kStride + u * kTokensPerStep, end);
+    for (int u = 0; u < kInPlaceUnroll; ++u) {
+      if (!moves[u].moves()) continue;
+      *VectorAt<kRowVectors>(a.cache, moves[u].to_page, moves[u].to_offset, lane) = held[u];
+      if (lane == 0) {
+        a.cache.positions[static_cast<int64_t>(moves[u].to_page) * ps + moves[u].to_offset] =
+            held_position[u];
       }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (!moves[u].moves()) continue;
-        *VectorAt<kRowVectors>(a.cache, moves[u].to_page, moves[u].to_offset, lane) = held[u];
-        if (lane == 0) a.cache.positions[moves[u].to_slot(ps)] = held_position[u];
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) moves[u] = next[u];
+    }
+    __syncthreads();
+  }
+}
+
+// Blocks [0, in_place_blocks) take the in-place rows, a stride of rows each
+// (a block skips a fresh row at the cost of one load); the rest move the fresh
+// rows' survivors. The in-place blocks come first so that the GPU starts their
+// sequential rows before anything else.
+template <int kRowVectors>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) CompactKernel(CompactArgs a, int32_t in_place_blocks) {
+  const int32_t block = blockIdx.x;
+  if (block < in_place_blocks) {
+    for (int32_t r = block; r < a.num_rows; r += in_place_blocks) {
+      if (a.in_place[r]) MoveInPlaceRow<kRowVectors>(a, r);
     }
     return;
   }
-  if (blockIdx.y != 0) return;
-  constexpr int kTokensPerChunk = kTokensPerStep * kUnroll;
-  for (int32_t chunk = 0; chunk < kept; chunk += kTokensPerChunk) {
-    Vector held[kUnroll];
-    int32_t held_position[kUnroll];
-    TokenMove moves[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      moves[u] = MoveOf(a, r, chunk + u * kTokensPerStep + token_in_step, kept);
-      if (moves[u].moves()) {
-        held[u] = *VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset, lane);
-        held_position[u] = a.cache.positions[moves[u].from_slot(ps)];
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (!moves[u].moves()) continue;
-      *VectorAt<kRowVectors>(a.cache, moves[u].to_page, moves[u].to_offset, lane) = held[u];
-      if (lane == 0) a.cache.positions[moves[u].to_slot(ps)] = held_position[u];
-    }
-    __syncthreads();
-  }
+  MoveFreshSurvivors<kRowVectors>(a, block - in_place_blocks,
+                                  static_cast<int32_t>(gridDim.x) - in_place_blocks);
 }
 
 // Blocks of `kernel` the whole GPU holds at once (SMs x blocks per SM), asked
@@ -171,15 +282,16 @@ LaunchResult LaunchCompact(const CompactArgs& args, GpuStream stream) {
                                                                            auto head_dim_tag) {
     using T = typename decltype(dtype_tag)::type;
     constexpr int kRowVectors = decltype(head_dim_tag)::value * sizeof(T) / kVectorBytes;
-    // The kept counts live on the device, so rows share the GPU evenly: as
-    // many blocks per row as keep the grid within one wave of resident blocks
-    // (a second, partial wave would run as long as the first), at least one.
-    // A block with no survivor left exits at once.
+    // The kept counts and the in-place flags live on the device, so the grid
+    // is sized without them: one wave of resident blocks for the fresh
+    // survivors (a second, partial wave would run as long as the first), and
+    // one block per row, up to a wave, for the in-place rows. Blocks with
+    // nothing to do exit at once.
     const auto kernel = CompactKernel<kRowVectors>;
-    const int64_t per_row = ResidentBlocks(kernel) / args.num_rows;
-    const dim3 grid(static_cast<unsigned>(args.num_rows),
-                    static_cast<unsigned>(per_row < 1 ? 1 : per_row));
-    kernel<<<grid, kThreads, 0, stream>>>(args);
+    const int resident = ResidentBlocks(kernel);
+    const int32_t in_place_blocks = args.num_rows < resident ? args.num_rows : resident;
+    kernel<<<static_cast<unsigned>(in_place_blocks + resident), kThreads, 0, stream>>>(
+        args, in_place_blocks);
     return CheckLaunch();
   });
 }

@@ -65,13 +65,15 @@ struct RandomPlan {
 };
 
 // With `scattered`, the GPU reads the keep sets through keep_offsets from an
-// array holding them in reverse row order with gaps (gpu::Select's layout);
-// the reference reads the packed plan.
+// array holding them in reverse row order with gaps (gpu::Select's layout),
+// and its keep_indptr, which then gives only counts, starts at 11, not 0; the
+// reference reads the packed plan.
 void CheckAgainstRef(PagedCase& c, bool scattered = false) {
   RandomPlan plan(c);
   DevicePool device(c.view(), c.data(), c.positions());
-  std::vector<int32_t> keep_array = plan.keep, offsets;
+  std::vector<int32_t> keep_array = plan.keep, offsets, counts_indptr = plan.keep_indptr;
   if (scattered) {
+    for (int32_t& entry : counts_indptr) entry += 11;
     keep_array.assign(5, -1);
     offsets.resize(static_cast<size_t>(c.num_streams()));
     for (int32_t r = c.num_streams() - 1; r >= 0; --r) {
@@ -82,7 +84,7 @@ void CheckAgainstRef(PagedCase& c, bool scattered = false) {
     }
   }
   DeviceBuffer src_indptr(plan.src_indptr), src_pages(plan.src_pages), src_lens(plan.src_lens),
-      dst_indptr(plan.dst_indptr), dst_pages(plan.dst_pages), keep_indptr(plan.keep_indptr),
+      dst_indptr(plan.dst_indptr), dst_pages(plan.dst_pages), keep_indptr(counts_indptr),
       keep(keep_array), in_place(plan.in_place), keep_offsets(offsets);
   CompactArgs args{device.view,
                    c.num_streams(),
@@ -140,6 +142,18 @@ TEST_CASE("gpu::Compact reads keep sets where keep_offsets say", "[kernels][gpu]
                 static_cast<uint64_t>(900 + page_size));
     CheckAgainstRef(c, /*scattered=*/true);
   }
+}
+
+// More rows than the GPU holds blocks at once: in-place rows are shared out
+// among the in-place blocks, and fresh rows' survivors, flat over all rows,
+// cross row boundaries inside a warp's slab of 32.
+TEST_CASE("gpu::Compact: thousands of short rows", "[kernels][gpu][sanitize]") {
+  std::mt19937 rng(5);
+  std::vector<int32_t> lens(3000);
+  for (int32_t& len : lens) len = static_cast<int32_t>(rng() % 70);
+  PagedCase c({16, 128, DType::kBF16, lens, 6000}, 31);
+  CheckAgainstRef(c);
+  CheckAgainstRef(c, /*scattered=*/true);
 }
 
 TEST_CASE("gpu::Compact: 32K-token streams", "[kernels][gpu]") {
