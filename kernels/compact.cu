@@ -19,6 +19,8 @@
 // reads slot keep[i] >= i, so the slots a chunk writes are read only by itself
 // (done before the barrier) or by earlier chunks (done before it started);
 // later chunks read slots no earlier chunk writes.
+#include <atomic>
+
 #include "kernels/compact_args.h"
 #include "kernels/cuda_common.cuh"
 
@@ -258,20 +260,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) CompactKernel(Compa
                                   static_cast<int32_t>(gridDim.x) - in_place_blocks);
 }
 
-// Blocks of `kernel` the whole GPU holds at once (SMs x blocks per SM), asked
-// once per kernel instantiation.
-template <typename Kernel>
-int ResidentBlocks(Kernel kernel) {
-  static const int resident = [kernel] {
-    int device = 0, sms = 0, per_sm = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) !=
-            cudaSuccess) {
-      return 1;
-    }
-    return sms * (per_sm > 0 ? per_sm : 1);
-  }();
+// Blocks of CompactKernel<kRowVectors> the current GPU holds at once (SMs x
+// blocks per SM), asked once per instantiation and device.
+constexpr int kMaxDevices = 64;
+
+template <int kRowVectors>
+int ResidentBlocks() {
+  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 1;
+  if (device >= 0 && device < kMaxDevices) {
+    const int known = cached[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
+  int sms = 0, per_sm = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, CompactKernel<kRowVectors>, kThreads,
+                                                    0) != cudaSuccess) {
+    return 1;
+  }
+  const int resident = sms * (per_sm > 0 ? per_sm : 1);
+  if (device >= 0 && device < kMaxDevices) cached[device].store(resident, std::memory_order_relaxed);
   return resident;
 }
 
@@ -288,7 +297,7 @@ LaunchResult LaunchCompact(const CompactArgs& args, GpuStream stream) {
     // one block per row, up to a wave, for the in-place rows. Blocks with
     // nothing to do exit at once.
     const auto kernel = CompactKernel<kRowVectors>;
-    const int resident = ResidentBlocks(kernel);
+    const int resident = ResidentBlocks<kRowVectors>();
     const int32_t in_place_blocks = args.num_rows < resident ? args.num_rows : resident;
     kernel<<<static_cast<unsigned>(in_place_blocks + resident), kThreads, 0, stream>>>(
         args, in_place_blocks);

@@ -27,9 +27,11 @@ namespace gpu {
 // (CUDA-graph capturable). The plan lives on the device and is not checked on
 // the host: it must satisfy what ref::Compact checks, and more, which only the
 // plan's maker can know: fresh rows' destination pages are distinct and
-// disjoint from every source page of the launch (BlockManager::Evict's plans
-// are, by construction). Fresh rows are copied in parallel; an in-place row is copied by
-// one block in ascending chunks.
+// disjoint from every source page of the launch, and no other row of the
+// launch reads an in-place row's pages (BlockManager::Evict's plans are so by
+// construction: it compacts in place only streams that own their pages alone).
+// Fresh rows' survivors are spread evenly over the GPU, whatever each row
+// keeps; an in-place row is copied by one block in ascending chunks.
 [[nodiscard]] absl::Status Compact(const CompactArgs& args, GpuStream stream);
 }  // namespace gpu
 #endif

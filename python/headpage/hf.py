@@ -391,24 +391,34 @@ class Cache(_HFCache):
                  for h in range(self.num_kv_heads)]
         return torch.unique(torch.as_tensor(numpy.concatenate(pages), dtype=torch.long))
 
+    # Pages staged per copy: bounds the temporary a gather takes on the device.
+    _STAGE_BYTES = 64 << 20
+
     def _copy_pages(self, pages, src, dst):
-        """K/V and positions of `pages` (int64, on the CPU) from arena src to arena dst."""
+        """K/V and positions of `pages` (int64, on the CPU) from arena src to arena dst,
+        in chunks of about _STAGE_BYTES."""
         src_kv, dst_kv = torch.from_dlpack(src.kv), torch.from_dlpack(dst.kv)
         src_pos, dst_pos = torch.from_dlpack(src.positions), torch.from_dlpack(dst.positions)
-        slots = (pages[:, None] * self.page_size + torch.arange(self.page_size)).reshape(-1)
-        dst_kv[pages.to(dst_kv.device)] = src_kv[pages.to(src_kv.device)].to(dst_kv.device)
-        dst_pos[slots.to(dst_pos.device)] = src_pos[slots.to(src_pos.device)].to(dst_pos.device)
+        chunk = max(1, self._STAGE_BYTES // self.geometry.page_bytes)
+        for begin in range(0, len(pages), chunk):
+            part = pages[begin:begin + chunk]
+            slots = (part[:, None] * self.page_size + torch.arange(self.page_size)).reshape(-1)
+            dst_kv[part.to(dst_kv.device)] = src_kv[part.to(src_kv.device)].to(dst_kv.device)
+            dst_pos[slots.to(dst_pos.device)] = src_pos[slots.to(src_pos.device)].to(dst_pos.device)
 
     def _compress_staged(self, seq, queries, positions):
         """engine.compress for a pool the engine cannot read (CUDA memory): through
         the host mirror. The engine reads only the sequence's pages and writes only
         the pages it holds afterwards (its fresh pages, or its own in place), so
-        copying those two sets is exact."""
+        copying those two sets is exact. The copy back runs even when the engine
+        fails part way: the layers it compressed before failing stay compressed,
+        their data must follow them."""
         # torch copies on the current stream, after this step's write_kv.
         self._copy_pages(self._sequence_pages(seq), self.arena, self._mirror)
-        result = self.engine.compress(seq, self.policy, self.budget, queries, [positions])
-        self._copy_pages(self._sequence_pages(seq), self._mirror, self.arena)
-        return result
+        try:
+            return self.engine.compress(seq, self.policy, self.budget, queries, [positions])
+        finally:
+            self._copy_pages(self._sequence_pages(seq), self._mirror, self.arena)
 
     # -- decode: attention over the head-wise block tables ---------------------------
 

@@ -26,7 +26,10 @@ struct RandomPlan {
       keep_indptr{0}, keep;
   std::vector<uint8_t> in_place;
 
-  explicit RandomPlan(PagedCase& c) {
+  // many_fresh: even rows keep everything into fresh pages, odd rows a random
+  // ~20% in place (enough survivors that every warp of the flat path walks
+  // several slabs and crosses rows); otherwise each row's mode is random.
+  explicit RandomPlan(PagedCase& c, bool many_fresh = false) {
     std::mt19937_64& rng = c.rng();
     const int32_t ps = c.spec().page_size;
     std::set<int32_t> used(c.page_ids().begin(), c.page_ids().end());
@@ -37,13 +40,13 @@ struct RandomPlan {
     std::shuffle(spare.begin(), spare.end(), rng);
     for (int32_t s = 0; s < c.num_streams(); ++s) {
       const int32_t len = c.lens()[s];
-      const int32_t mode = static_cast<int32_t>(rng() % 4);
+      const int32_t mode = many_fresh ? (s % 2 == 0 ? 0 : 2) : static_cast<int32_t>(rng() % 4);
       std::vector<int32_t> kept;
       for (int32_t i = 0; i < len; ++i) {
         if (mode == 0 || (mode >= 2 && rng() % 5 == 0)) kept.push_back(i);  // all, or ~20%
       }
       if (mode == 1) kept.clear();
-      const bool inplace = rng() % 2 == 0;
+      const bool inplace = many_fresh ? s % 2 == 1 : rng() % 2 == 0;
       const int32_t dst_count = static_cast<int32_t>(PagesFor(static_cast<int64_t>(kept.size()), ps));
       const int32_t* src = c.page_ids().data() + c.indptr()[s];
       src_pages.insert(src_pages.end(), src, src + (c.indptr()[s + 1] - c.indptr()[s]));
@@ -68,8 +71,8 @@ struct RandomPlan {
 // array holding them in reverse row order with gaps (gpu::Select's layout),
 // and its keep_indptr, which then gives only counts, starts at 11, not 0; the
 // reference reads the packed plan.
-void CheckAgainstRef(PagedCase& c, bool scattered = false) {
-  RandomPlan plan(c);
+void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = false) {
+  RandomPlan plan(c, many_fresh);
   DevicePool device(c.view(), c.data(), c.positions());
   std::vector<int32_t> keep_array = plan.keep, offsets, counts_indptr = plan.keep_indptr;
   if (scattered) {
@@ -159,6 +162,20 @@ TEST_CASE("gpu::Compact: thousands of short rows", "[kernels][gpu][sanitize]") {
 TEST_CASE("gpu::Compact: 32K-token streams", "[kernels][gpu]") {
   PagedCase c({16, 128, DType::kBF16, {32768, 32768, 32767, 1}, 2100}, 77);
   CheckAgainstRef(c);
+}
+
+// Over 200K fresh survivors in one launch: more than one slab of 32 per warp
+// of a full wave (about 100K on an H100), so the flat path walks its range
+// slab by slab, prefetching the next slab's moves and advancing rows.
+TEST_CASE("gpu::Compact: several slabs per warp", "[kernels][gpu]") {
+  // Even rows (fresh, everything kept): 204K survivors.
+  const std::vector<int32_t> lens{32768, 32768, 32768, 0,     32768, 32768,
+                                  40000, 17,    32768, 32768, 32768, 5};
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    CAPTURE(DTypeName(dtype));
+    PagedCase c({16, dtype == DType::kF32 ? 64 : 128, dtype, lens, 14000}, 41);
+    CheckAgainstRef(c, /*scattered=*/false, /*many_fresh=*/true);
+  }
 }
 
 TEST_CASE("gpu::Compact: no rows, and Validate's errors", "[kernels][gpu]") {
