@@ -68,6 +68,7 @@ absl::StatusOr<CudaArena> CudaArena::Create(const CacheGeometry& geometry, int64
   arena.view_.page_size = geometry.page_size;
   arena.view_.head_dim = geometry.head_dim;
   arena.view_.dtype = geometry.dtype;
+  arena.view_.memory = MemoryKind::kDevice;
   return arena;
 }
 

@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
-#include "blockmgr/policy/budget.h"
-#include "blockmgr/policy/scores.h"
-#include "blockmgr/policy/select.h"
+#include "policy/budget.h"
+#include "policy/scores.h"
+#include "policy/select.h"
 #include "core/dtype.h"
 #include "core/geometry.h"
 

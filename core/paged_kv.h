@@ -30,6 +30,10 @@ namespace headpage {
 using PageId = uint32_t;
 inline constexpr PageId kNoPage = 0xffffffffu;
 
+// Where a view's bytes live. The eviction engine picks its executor by it: the
+// host executor runs the CPU kernels, the CUDA executor the GPU ones.
+enum class MemoryKind : uint8_t { kHost, kDevice };
+
 struct PagedKV {
   void* data = nullptr;          // [num_pages][2][page_size][head_dim] of `dtype`
   int32_t* positions = nullptr;  // [num_pages * page_size]
@@ -37,6 +41,7 @@ struct PagedKV {
   int32_t page_size = 0;
   int32_t head_dim = 0;
   DType dtype = DType::kBF16;
+  MemoryKind memory = MemoryKind::kHost;  // data and positions alike
 
   HEADPAGE_HOST_DEVICE int64_t num_slots() const {
     return static_cast<int64_t>(num_pages) * page_size;

@@ -41,7 +41,7 @@ absl::Status Validate(const SelectArgs& args) {
         return absl::InvalidArgumentError(
             absl::StrCat("Select: alpha must be in [0, 1], got ", args.alpha));
       }
-      if (args.floor != SelectAdaFloor::kScaled && args.floor != SelectAdaFloor::kProtectTop) {
+      if (args.floor != policy::AdaFloor::kScaled && args.floor != policy::AdaFloor::kProtectTop) {
         return absl::InvalidArgumentError(
             absl::StrCat("Select: unknown Ada floor ", static_cast<int>(args.floor)));
       }
@@ -77,7 +77,7 @@ absl::Status Validate(const SelectArgs& args) {
 }
 
 size_t SelectWorkspaceBytes(const SelectArgs& args) {
-  if (args.mode != SelectMode::kAda || args.floor != SelectAdaFloor::kProtectTop) return 0;
+  if (args.mode != SelectMode::kAda || args.floor != policy::AdaFloor::kProtectTop) return 0;
   if (args.num_seqs <= 0 || args.num_kv_heads <= 0) return 0;
   return size_t{16} * static_cast<size_t>(args.num_seqs) * static_cast<size_t>(args.num_kv_heads);
 }
@@ -183,7 +183,7 @@ void AdaKeptForSequence(const SelectArgs& args, const std::vector<Stream>& strea
     // streams go by (head, slot)): all of them, or for kProtectTop those left
     // after the stream's own top floor(alpha B'_h).
     std::vector<int32_t> entering = RankedCandidates(scores, stream);
-    if (args.floor == SelectAdaFloor::kProtectTop) {
+    if (args.floor == policy::AdaFloor::kProtectTop) {
       safe[h] = static_cast<int64_t>(std::floor(args.alpha * static_cast<double>(budget[h])));
       safe_total += safe[h];
       entering.erase(entering.begin(), entering.begin() + safe[h]);
@@ -196,7 +196,7 @@ void AdaKeptForSequence(const SelectArgs& args, const std::vector<Stream>& strea
     const Stream& stream = streams[static_cast<size_t>(first + h)];
     if (budget[h] >= stream.num_candidates()) continue;
     int64_t b;
-    if (args.floor == SelectAdaFloor::kScaled) {
+    if (args.floor == policy::AdaFloor::kScaled) {
       // Round half to even (std::nearbyint in the default rounding mode).
       const double floor_b = std::floor(args.alpha * static_cast<double>(budget[h]));
       b = static_cast<int64_t>(

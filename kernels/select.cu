@@ -581,7 +581,7 @@ __global__ void __launch_bounds__(kThreads, 1) AdaKernel(const SelectArgs a) {
       if (budget >= r.num_candidates()) continue;
       Segment seg{r.offset + r.begin, r.num_candidates(), start, 0, kAllKeys};
       k += budget;
-      if (a.floor == SelectAdaFloor::kProtectTop) {
+      if (a.floor == policy::AdaFloor::kProtectTop) {
         const int64_t safe = AdaFloorOf(a.alpha, budget);
         if (safe > 0) {
           seg.limit = rest[first_stream + h].limit;
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(kThreads, 1) AdaKernel(const SelectArgs a) {
       const int64_t budget = AdaBudget(a, r.num_protected());
       const int64_t hits = sm.above[i];
       int64_t b;
-      if (a.floor == SelectAdaFloor::kScaled) {
+      if (a.floor == policy::AdaFloor::kScaled) {
         // round_half_even(c_h (1 - alpha) + floor(alpha B'_h)) in double,
         // unfused as on the CPU; rint rounds half to even.
         const double scaled =
@@ -783,7 +783,7 @@ LaunchResult LaunchSelect(const SelectArgs& args, GpuStream stream) {
   constexpr int kStream = 0, kAda = 1;
   const int32_t forced = args.ctas_per_group;
   if (args.mode == SelectMode::kAda) {
-    if (args.floor == SelectAdaFloor::kProtectTop) {
+    if (args.floor == policy::AdaFloor::kProtectTop) {
       const LaunchResult result = LaunchClusters(StreamKernel, kStream, forced, num_streams, device,
                                                  stream, args, StreamPhase::kProtectTopCut);
       if (!result.ok()) return result;

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "kernels/gpu_launch.h"
+#include "policy/types.h"
 
 namespace headpage {
 
@@ -22,16 +23,6 @@ enum class SelectMode : uint8_t {
   kAda,   // Ada-KV: capacity per stream on average, reallocated within each sequence
 };
 
-// Mirrors policy::AdaFloor (kernels/ may not include blockmgr/).
-enum class SelectAdaFloor : uint8_t {
-  // Ada-KV's paper and code: global top-(sum B'_h) over the sequence's
-  // candidates, c_h hits per stream, B_h = round_half_even(c_h (1 - alpha) +
-  // floor(alpha B'_h)).
-  kScaled,
-  // kvpress's AdaKVPress: each stream's top floor(alpha B'_h) candidates are
-  // in, the rest of sum B'_h is a global top-k over what remains.
-  kProtectTop,
-};
 
 // The most kv heads one kAda sequence may have (its competition runs in one
 // thread-block cluster, which keeps a few words per stream in shared memory).
@@ -64,7 +55,7 @@ struct SelectArgs {
   // everything and does not compete.
   int32_t capacity = 0;
   double alpha = 0.2;  // in [0, 1]
-  SelectAdaFloor floor = SelectAdaFloor::kScaled;
+  policy::AdaFloor floor = policy::AdaFloor::kScaled;
 
   // Outputs. keep: stream s's keep set at keep[score_offsets[s]] onwards,
   // kept_counts[s] entries, ascending slot indices (the rest of its range is

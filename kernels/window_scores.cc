@@ -14,20 +14,20 @@
 namespace headpage {
 namespace {
 
-bool KnownPooling(ScorePooling pooling) {
+bool KnownPooling(policy::Pooling pooling) {
   switch (pooling) {
-    case ScorePooling::kNone:
-    case ScorePooling::kAvg:
-    case ScorePooling::kMax:
+    case policy::Pooling::kNone:
+    case policy::Pooling::kAvg:
+    case policy::Pooling::kMax:
       return true;
   }
   return false;
 }
 
-bool KnownReduce(ScoreGroupReduce reduce) {
+bool KnownReduce(policy::GroupReduce reduce) {
   switch (reduce) {
-    case ScoreGroupReduce::kMean:
-    case ScoreGroupReduce::kMax:
+    case policy::GroupReduce::kMean:
+    case policy::GroupReduce::kMax:
       return true;
   }
   return false;
@@ -132,11 +132,11 @@ absl::Status CheckContents(const WindowScoresArgs& args) {
 // window start is padding (avg: a zero still counted in the divisor; max: never
 // chosen). Keys of the window keep their value.
 void PoolPrefix(const std::vector<double>& in, const std::vector<bool>& in_prefix,
-                int32_t kernel_size, ScorePooling pooling, std::vector<double>* out) {
+                int32_t kernel_size, policy::Pooling pooling, std::vector<double>* out) {
   const int64_t n = static_cast<int64_t>(in.size());
   const int64_t half = kernel_size / 2;
   out->assign(in.begin(), in.end());
-  if (pooling == ScorePooling::kNone) return;
+  if (pooling == policy::Pooling::kNone) return;
   for (int64_t j = 0; j < n; ++j) {
     if (!in_prefix[j]) continue;
     double sum = 0.0;
@@ -146,7 +146,7 @@ void PoolPrefix(const std::vector<double>& in, const std::vector<bool>& in_prefi
       sum += in[i];
       max = std::max(max, in[i]);
     }
-    (*out)[j] = pooling == ScorePooling::kAvg ? sum / kernel_size : max;
+    (*out)[j] = pooling == policy::Pooling::kAvg ? sum / kernel_size : max;
   }
 }
 
@@ -209,11 +209,11 @@ absl::Status WindowScores(const WindowScoresArgs& args) {
           }
         }
         for (int32_t j = 0; j < n; ++j) {
-          reduced[j] = args.reduce == ScoreGroupReduce::kMax ? std::max(reduced[j], head_sum[j])
+          reduced[j] = args.reduce == policy::GroupReduce::kMax ? std::max(reduced[j], head_sum[j])
                                                              : reduced[j] + head_sum[j];
         }
       }
-      if (args.reduce == ScoreGroupReduce::kMean) {
+      if (args.reduce == policy::GroupReduce::kMean) {
         for (double& v : reduced) v /= group;
       }
       in_prefix.resize(n);

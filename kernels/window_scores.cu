@@ -468,7 +468,7 @@ __global__ void __launch_bounds__(Shape<T, kHeadDim>::kThreads, Shape<T, kHeadDi
   }
   // Pass 3, for a warp that sums its two m-tiles into one column sum: both
   // belong to one head, or the group mean adds every head anyway.
-  const bool merge_tiles = kMT == 2 && (args.reduce == ScoreGroupReduce::kMean ||
+  const bool merge_tiles = kMT == 2 && (args.reduce == policy::GroupReduce::kMean ||
                                         plan.padded_window % 32 == 0);
 
   // Pass 3: one thread per key of tile t reduces the group's heads (their
@@ -486,7 +486,7 @@ __global__ void __launch_bounds__(Shape<T, kHeadDim>::kThreads, Shape<T, kHeadDi
     for (int head = 0; head < task.heads; ++head) {
       float head_sum = 0.0f;
       for (int m = 0; m < tiles_per_head; ++m) head_sum += sums[(head * tiles_per_head + m) * kTile];
-      reduced = args.reduce == ScoreGroupReduce::kMax ? fmaxf(reduced, head_sum) : reduced + head_sum;
+      reduced = args.reduce == policy::GroupReduce::kMax ? fmaxf(reduced, head_sum) : reduced + head_sum;
     }
     float* partial = reinterpret_cast<float*>(static_cast<unsigned char*>(args.workspace) +
                                               plan.partial_offset);
@@ -692,7 +692,7 @@ __global__ void __launch_bounds__(kPoolThreads)
   const int64_t base = args.score_offsets[stream];
   const float* partial = reinterpret_cast<const float*>(
       static_cast<const unsigned char*>(args.workspace) + plan.partial_offset);
-  const bool mean = args.reduce == ScoreGroupReduce::kMean;
+  const bool mean = args.reduce == policy::GroupReduce::kMean;
   // The key's score, negative (or -0) for a key at or after the window start
   // and for a neighbour outside the stream: both are padding.
   auto score = [&](int32_t i) {
@@ -706,7 +706,7 @@ __global__ void __launch_bounds__(kPoolThreads)
     if (mean) v /= static_cast<float>(plan.group_size);
     return signbit(first_partial) ? -v : v;
   };
-  const int32_t half = args.pooling == ScorePooling::kNone ? 0 : args.kernel_size / 2;
+  const int32_t half = args.pooling == policy::Pooling::kNone ? 0 : args.kernel_size / 2;
   const int32_t j = first + threadIdx.x;
   float out;
   if (half <= kPoolMaxHalo) {
@@ -724,7 +724,7 @@ __global__ void __launch_bounds__(kPoolThreads)
         sum += around[i];
         best = fmaxf(best, around[i]);
       }
-      out = args.pooling == ScorePooling::kAvg ? sum / static_cast<float>(args.kernel_size) : best;
+      out = args.pooling == policy::Pooling::kAvg ? sum / static_cast<float>(args.kernel_size) : best;
     }
   } else {
     if (j >= len) return;
@@ -737,7 +737,7 @@ __global__ void __launch_bounds__(kPoolThreads)
         sum += v;
         best = fmaxf(best, v);
       }
-      out = args.pooling == ScorePooling::kAvg ? sum / static_cast<float>(args.kernel_size) : best;
+      out = args.pooling == policy::Pooling::kAvg ? sum / static_cast<float>(args.kernel_size) : best;
     }
   }
   args.scores[base + j] = fabsf(out);

@@ -7,7 +7,7 @@
 // over the keys that row may see (position <= the query's position), summed
 // over the rows of each q head, reduced over the q heads of the GQA group (mean
 // or max), then pooled over the keys before the window. It is
-// policy::SnapKVScores (blockmgr/policy/scores.h) on every stream at once,
+// policy::SnapKVScores (policy/scores.h) on every stream at once,
 // without gathering the keys first. Plain C++: .cu files include it.
 //
 // Pooling (stride 1, padding kernel_size / 2, PyTorch semantics: avg counts the
@@ -25,13 +25,9 @@
 
 #include "core/paged_kv.h"
 #include "kernels/gpu_launch.h"
+#include "policy/types.h"
 
 namespace headpage {
-
-// The kernels' own copies of policy::Pooling and policy::GroupReduce (kernels/
-// may not include blockmgr/); the values match, so a caller may cast.
-enum class ScorePooling : uint8_t { kNone, kAvg, kMax };
-enum class ScoreGroupReduce : uint8_t { kMean, kMax };
 
 inline constexpr int32_t kMaxScoreWindow = 128;
 
@@ -56,8 +52,8 @@ struct WindowScoresArgs {
   int32_t num_scores = 0;  // elements of `scores`
   float sm_scale = 0.0f;   // logit = (q . k) * sm_scale; SnapKV uses 1 / sqrt(head_dim)
   int32_t kernel_size = 7;  // odd; 1 disables pooling
-  ScorePooling pooling = ScorePooling::kMax;
-  ScoreGroupReduce reduce = ScoreGroupReduce::kMean;
+  policy::Pooling pooling = policy::Pooling::kMax;
+  policy::GroupReduce reduce = policy::GroupReduce::kMean;
   float* scores = nullptr;  // [num_scores]
   // gpu:: only (ref:: ignores them): at least WindowScoresWorkspaceBytes(args)
   // bytes of device memory, 16-byte aligned, contents irrelevant.

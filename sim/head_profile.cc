@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
-#include "blockmgr/policy/scores.h"
+#include "policy/scores.h"
 #include "core/status.h"
 #include "sim/walkthrough.h"
 

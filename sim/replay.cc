@@ -297,9 +297,7 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
   }
   // Compress at the end of the prompt: SnapKV & co. observe the last `window`
   // prompt queries, H2O every prompt query the trace holds.
-  const int32_t window_rows = policy.scorer == PolicyConfig::Scorer::kH2O
-                                  ? prompt_rows
-                                  : std::min(prompt_rows, std::max(policy.window, 1));
+  const int32_t window_rows = policy.ObservedQueries(prompt_rows);
   std::vector<std::vector<char>> window_data(layers);
   std::vector<LayerQueries> window(layers);
   for (int32_t l = 0; l < layers; ++l) {
@@ -309,7 +307,7 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
                              layer.query_positions.data() + (prompt_rows - window_rows), window_rows,
                              layer.queries.dtype};
   }
-  if (policy.allocator != PolicyConfig::Allocator::kNone) {
+  if (policy.compresses()) {
     HEADPAGE_RETURN_IF_ERROR(engine.Compress(seq, policy, budget, window).status());
   }
 
@@ -332,8 +330,8 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
     }
     // The query of this token, if the trace has it, feeds the policies that act
     // while decoding (H2O's streaming eviction, a decode schedule).
-    const bool decode_policy = policy.scorer == PolicyConfig::Scorer::kH2O || options.decode.interval > 0;
-    if (!decode_policy || policy.allocator == PolicyConfig::Allocator::kNone) continue;
+    const bool decode_policy = policy.evicts_while_decoding || options.decode.interval > 0;
+    if (!decode_policy || !policy.compresses()) continue;
     const auto& qp = first_layer.query_positions;
     const auto it = std::lower_bound(qp.begin(), qp.end(), position);
     if (it == qp.end() || *it != position) continue;

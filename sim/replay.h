@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "blockmgr/eviction_engine.h"
+#include "eviction/engine.h"
 #include "sim/trace.h"
 
 namespace headpage {

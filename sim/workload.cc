@@ -15,7 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "allocator/page_pool.h"
 #include "blockmgr/block_manager.h"
-#include "blockmgr/policy/budget.h"
+#include "policy/budget.h"
 #include "core/status.h"
 #include "sim/parallel.h"
 #include "sim/walkthrough.h"

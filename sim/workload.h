@@ -82,7 +82,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "blockmgr/eviction_engine.h"
+#include "eviction/engine.h"
 #include "core/geometry.h"
 #include "sim/head_profile.h"
 #include "sim/workload_dist.h"

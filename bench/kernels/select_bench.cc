@@ -21,7 +21,7 @@ namespace {
 constexpr int32_t kSinks = 4;
 constexpr int32_t kWindow = 32;
 
-void RunSelect(benchmark::State& state, SelectMode mode, SelectAdaFloor floor, bool cold) {
+void RunSelect(benchmark::State& state, SelectMode mode, policy::AdaFloor floor, bool cold) {
   const int32_t batch = static_cast<int32_t>(state.range(0));
   const int32_t len = static_cast<int32_t>(state.range(1));
   const int32_t streams = batch * kKVHeads;
@@ -71,19 +71,19 @@ void RunSelect(benchmark::State& state, SelectMode mode, SelectAdaFloor floor, b
 }
 
 void BM_SelectTopB(benchmark::State& state) {
-  RunSelect(state, SelectMode::kTopB, SelectAdaFloor::kScaled, false);
+  RunSelect(state, SelectMode::kTopB, policy::AdaFloor::kScaled, false);
 }
 void BM_SelectAda(benchmark::State& state) {
-  RunSelect(state, SelectMode::kAda, SelectAdaFloor::kScaled, false);
+  RunSelect(state, SelectMode::kAda, policy::AdaFloor::kScaled, false);
 }
 void BM_SelectAdaProtectTop(benchmark::State& state) {
-  RunSelect(state, SelectMode::kAda, SelectAdaFloor::kProtectTop, false);
+  RunSelect(state, SelectMode::kAda, policy::AdaFloor::kProtectTop, false);
 }
 void BM_SelectAdaCold(benchmark::State& state) {
-  RunSelect(state, SelectMode::kAda, SelectAdaFloor::kScaled, true);
+  RunSelect(state, SelectMode::kAda, policy::AdaFloor::kScaled, true);
 }
 void BM_SelectTopBCold(benchmark::State& state) {
-  RunSelect(state, SelectMode::kTopB, SelectAdaFloor::kScaled, true);
+  RunSelect(state, SelectMode::kTopB, policy::AdaFloor::kScaled, true);
 }
 
 void Layer8x32K(benchmark::internal::Benchmark* b) {

@@ -60,8 +60,8 @@ void BM_WindowScores(benchmark::State& state) {
   args.num_scores = static_cast<int32_t>(pool.total_tokens);
   args.sm_scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
   args.kernel_size = 7;
-  args.pooling = ScorePooling::kAvg;
-  args.reduce = ScoreGroupReduce::kMean;
+  args.pooling = policy::Pooling::kAvg;
+  args.reduce = policy::GroupReduce::kMean;
   args.scores = d_scores.get<float>();
   DeviceBuffer workspace(WindowScoresWorkspaceBytes(args));
   args.workspace = workspace.get();

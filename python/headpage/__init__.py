@@ -48,12 +48,12 @@ from headpage._ext import (  # noqa: F401
     gather_kv,
     has_cuda,
     policy_by_name,
+    policy_names,
     supported_head_dims,
     write_kv,
 )
 
 __version__ = "0.1.0"
 
-# The policies headpage.hf.Cache and the tools name (blockmgr/eviction_engine.h).
-POLICIES = ("full", "uniform-snapkv", "pyramid", "ada-snapkv", "ada-pyramid", "dbudget", "h2o",
-            "streamingllm", "tova", "knorm", "random")
+# The policies headpage.hf.Cache and the tools name: the registry's (policy/config.h).
+POLICIES = tuple(policy_names())

@@ -25,12 +25,13 @@ Cache() switches the model's attention to "headpage", a function registered with
 transformers' AttentionInterface: it behaves as SDPA for every other cache, so
 the same model can still generate with transformers' DynamicCache.
 
-Compression on CUDA: the EvictionEngine works on host memory, so for a pool in
-CUDA memory the cache keeps a host mirror arena (virtual memory, committed only
-where written) and stages through it: the sequence's pages go to the mirror, the
-engine compresses there (any policy, exactly as on the CPU), and the pages the
-sequence holds afterwards come back. Only the sequence's own pages cross the bus,
-once each way; the pages it gave up are free in the one pool.
+Compression on CUDA: the EvictionEngine runs over the CudaArena itself, on the
+current CUDA stream: the window queries stay on the GPU, scores, selection and
+compaction run there, and only the kept counts cross to the host. The policies
+whose scorer or budget has no GPU version yet (policy.runs_on_gpu is False: h2o,
+tova, dbudget) still stage through a host mirror arena: the sequence's pages go
+to the mirror, the engine compresses there, and the pages the sequence holds
+afterwards come back.
 
 Limits: batches without padding (one headpage sequence per batch row), no beam
 search, no cropping.
@@ -254,11 +255,16 @@ class Cache(_HFCache):
             raise NotImplementedError(f"headpage.hf.Cache: no arena for device {self.device}")
         self.manager = headpage.BlockManager(self.geometry, self.pool)
         if self._compresses():
-            # The engine reads and compacts host memory: the arena itself on the
-            # CPU, a mirror staged through (see _compress_staged) otherwise.
-            staged = self.device.type != "cpu" or self._stage_on_cpu
+            # The engine works where the arena is; a policy without a GPU version
+            # goes through a host mirror (see _compress_staged).
+            on_gpu = self.device.type == "cuda" and self.policy.runs_on_gpu
+            staged = (self.device.type != "cpu" and not on_gpu) or self._stage_on_cpu
             self._mirror = headpage.HostArena(self.geometry, pages) if staged else None
-            self.engine = headpage.EvictionEngine(self.manager, self._mirror or self.arena)
+            if on_gpu and not staged:
+                self.engine = headpage.EvictionEngine(self.manager, self.arena,
+                                                      stream=self._stream())
+            else:
+                self.engine = headpage.EvictionEngine(self.manager, self._mirror or self.arena)
         self.seqs = [self.manager.add_sequence() for _ in range(batch)]
 
     def _compresses(self):
@@ -352,9 +358,11 @@ class Cache(_HFCache):
         if not self._compress_due:
             return
         tokens = query.shape[2]
-        want = tokens if self.policy.scorer == "h2o" else max(self.policy.window, 1)
-        self._window[layer] = query[:, :, tokens - min(want, tokens):, :].detach().to(
-            "cpu").contiguous()
+        want = self.policy.observed_queries(tokens)
+        window = query[:, :, tokens - want:, :].detach()
+        # A GPU engine reads the queries where they are.
+        where = self.device if self.engine.on_device else "cpu"
+        self._window[layer] = window.to(where).contiguous()
 
     def compress(self):
         """Compresses every sequence's prompt with the policy and budget, once, and
@@ -369,7 +377,8 @@ class Cache(_HFCache):
                                "attention (model.set_attn_implementation('headpage'))")
         prompt = self._tokens
         window = self._window[0].shape[2]
-        positions = torch.arange(prompt - window, prompt, dtype=torch.int32)
+        positions = torch.arange(prompt - window, prompt, dtype=torch.int32,
+                                 device=self._window[0].device)
         for b, seq in enumerate(self.seqs):
             if prompt <= self.policy.window:
                 self.compression.append({"skipped": f"prompt of {prompt} tokens is not longer "

@@ -35,7 +35,8 @@
 #include "allocator/arena.h"
 #include "allocator/page_pool.h"
 #include "blockmgr/block_manager.h"
-#include "blockmgr/eviction_engine.h"
+#include "eviction/cuda_executor.h"
+#include "eviction/engine.h"
 #include "core/geometry.h"
 #include "kernels/compact.h"
 #include "kernels/copy_pages.h"
@@ -550,17 +551,19 @@ nb::dict StatsDict(const BlockManagerStats& s) {
 #undef HEADPAGE_FIELD
 }
 
-// EvictionEngine plus the manager it drives (for the geometry).
+// EvictionEngine plus the manager it drives (for the geometry) and where its
+// arena lives (queries may be there too).
 struct Engine {
   EvictionEngine engine;
   BlockManager* manager;
+  Place place;
 };
 
 // The engine's queries: one [num_q_heads][num_queries][head_dim] host array per
 // layer, and their positions (one int32 [num_queries] array for all layers, or
 // one per layer).
 std::vector<LayerQueries> QueriesOf(const CacheGeometry& g, const std::vector<In>& queries,
-                                    const std::vector<In>& positions) {
+                                    const std::vector<In>& positions, const Place& engine) {
   if (static_cast<int32_t>(queries.size()) != g.num_layers) {
     BadArgument(absl::StrCat("queries: ", queries.size(), " layers; the model has ", g.num_layers));
   }
@@ -569,18 +572,23 @@ std::vector<LayerQueries> QueriesOf(const CacheGeometry& g, const std::vector<In
                              positions.size()));
   }
   std::vector<LayerQueries> out(queries.size());
-  const Place host;
+  // A CUDA engine reads queries where they are, on its device or on the host
+  // (all of one kind); a host engine reads host memory only.
+  const bool on_device = engine.cuda && !queries.empty() &&
+                         queries[0].device_type() == nb::device::cuda::value;
+  const Place place = on_device ? engine : Place{};
   for (size_t l = 0; l < queries.size(); ++l) {
     const std::string name = absl::StrCat("queries[", l, "]");
-    Check(queries[l], name.c_str(), host, {g.num_q_heads, -1, g.head_dim}, std::nullopt, "");
+    Check(queries[l], name.c_str(), place, {g.num_q_heads, -1, g.head_dim}, std::nullopt, "");
     const std::optional<DType> dtype = DTypeOf(queries[l].dtype());
     if (!dtype) BadArgument(name + ": want float32, float16 or bfloat16");
     const int64_t n = queries[l].shape(1);
     const In& pos = positions.size() == 1 ? positions[0] : positions[l];
     out[l].data = queries[l].data();
-    out[l].positions = Int32s(pos, "positions", host, n);
+    out[l].positions = Int32s(pos, "positions", place, n);
     out[l].num_queries = static_cast<int32_t>(n);
     out[l].dtype = *dtype;
+    out[l].memory = on_device ? MemoryKind::kDevice : MemoryKind::kHost;
   }
   return out;
 }
@@ -912,6 +920,16 @@ NB_MODULE(_ext, m) {
       .def_prop_ro(
           "allocator",
           [](const PolicyConfig& c) { return std::string(NameOf(c.allocator, kAllocators)); })
+      .def_prop_ro("compresses", &PolicyConfig::compresses,
+                   "Whether the policy evicts anything ('full' does not).")
+      .def_prop_ro("evicts_while_decoding",
+                   [](const PolicyConfig& c) { return c.evicts_while_decoding; },
+                   "Whether the policy evicts at decode steps too (H2O).")
+      .def("observed_queries", &PolicyConfig::ObservedQueries, nb::arg("prompt_queries"),
+           "How many of the last prompt queries the compression at the end of the prefill "
+           "observes.")
+      .def_prop_ro("runs_on_gpu", [](const PolicyConfig& c) { return CudaExecutor::Supports(c).ok(); },
+                   "Whether an EvictionEngine over a CudaArena runs this policy on the GPU.")
       .def("validate", [](const PolicyConfig& c) { ThrowIfError(Validate(c)); })
       .def("__repr__", [](const PolicyConfig& c) {
         return absl::StrCat("PolicyConfig(name='", c.name, "', scorer=", NameOf(c.scorer, kScorers),
@@ -920,9 +938,8 @@ NB_MODULE(_ext, m) {
       });
   m.def(
       "policy_by_name", [](const std::string& name) { return ValueOrThrow(PolicyByName(name)); },
-      nb::arg("name"),
-      "full, uniform-snapkv, pyramid, ada-snapkv, ada-pyramid, dbudget, h2o, streamingllm, "
-      "tova, knorm, random; the papers' defaults.");
+      nb::arg("name"), "The named policy, with the papers' defaults (see policy_names()).");
+  m.def("policy_names", &PolicyNames, "The names policy_by_name knows, in the registry's order.");
   m.def(
       "budget_capacity",
       [](nb::handle budget, int32_t prompt_len) {
@@ -931,14 +948,30 @@ NB_MODULE(_ext, m) {
       nb::arg("budget"), nb::arg("prompt_len"),
       "Tokens per head that a budget ('20%', '128', 0.2 or 128) gives a prompt.");
 
-  nb::class_<Engine>(m, "EvictionEngine", "Runs a policy against a BlockManager and a HostArena.")
+  nb::class_<Engine>(m, "EvictionEngine",
+                     "Runs a policy against a BlockManager and its arena: a HostArena through the "
+                     "CPU kernels, a CudaArena through the GPU kernels on `stream` (only the kept "
+                     "counts cross to the host).")
       .def(
           "__init__",
           [](Engine* e, BlockManager* manager, const HostArena& arena) {
             if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
-            new (e) Engine{ValueOrThrow(EvictionEngine::Create(manager, arena.view())), manager};
+            new (e) Engine{ValueOrThrow(EvictionEngine::Create(manager, arena.view())), manager,
+                           Place{}};
           },
           nb::arg("manager"), nb::arg("arena"), nb::keep_alive<1, 2>(), nb::keep_alive<1, 3>())
+      .def(
+          "__init__",
+          [](Engine* e, BlockManager* manager, const DeviceArena& arena, uintptr_t stream) {
+            if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
+            new (e) Engine{
+                ValueOrThrow(EvictionEngine::Create(manager, arena.arena.view(), StreamOf(stream))),
+                manager, PlaceOf(arena)};
+          },
+          nb::arg("manager"), nb::arg("arena"), nb::arg("stream") = 0, nb::keep_alive<1, 2>(),
+          nb::keep_alive<1, 3>())
+      .def_prop_ro("on_device", [](const Engine& e) { return e.place.cuda; },
+                   "Whether the engine compresses on the GPU (its arena is a CudaArena).")
       .def(
           "compress",
           [](Engine& e, SeqId seq, nb::handle policy, nb::handle budget, std::vector<In> queries,
@@ -946,7 +979,7 @@ NB_MODULE(_ext, m) {
             const BlockManager& manager = *e.manager;
             const PolicyConfig config = PolicyOf(policy);
             const Budget b = BudgetOf(budget);
-            const std::vector<LayerQueries> q = QueriesOf(manager.geometry(), queries, positions);
+            const std::vector<LayerQueries> q = QueriesOf(manager.geometry(), queries, positions, e.place);
             absl::StatusOr<CompressResult> result;
             {
               nb::gil_scoped_release release;
@@ -965,8 +998,9 @@ NB_MODULE(_ext, m) {
           nb::arg("seq"), nb::arg("policy"), nb::arg("budget"), nb::arg("queries"),
           nb::arg("positions"),
           "Compresses seq at the end of its prefill. queries: one [q_heads][n][head_dim] "
-          "array per layer (the observation window); positions: int32 [n], one for all "
-          "layers or one per layer. Returns tokens_before, tokens_after, pages_freed, kept.")
+          "array per layer (the observation window; host arrays, or for a CUDA engine also "
+          "tensors on its device); positions: int32 [n], one for all layers or one per layer, "
+          "where the queries are. Returns tokens_before, tokens_after, pages_freed, kept.")
       .def(
           "forget", [](Engine& e, SeqId seq) { e.engine.Forget(seq); }, nb::arg("seq"));
 

@@ -91,6 +91,7 @@ struct DevicePool {
       : data(host_data), positions(host_positions), view(host) {
     view.data = data.get();
     view.positions = positions.get<int32_t>();
+    view.memory = MemoryKind::kDevice;
   }
 };
 

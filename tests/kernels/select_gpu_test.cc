@@ -90,7 +90,7 @@ SelectArgs TopB(int32_t ctas) {
   return args;
 }
 
-SelectArgs Ada(int32_t capacity, double alpha, SelectAdaFloor floor, int32_t ctas) {
+SelectArgs Ada(int32_t capacity, double alpha, policy::AdaFloor floor, int32_t ctas) {
   SelectArgs args;
   args.mode = SelectMode::kAda;
   args.capacity = capacity;
@@ -133,7 +133,7 @@ void CheckEdgeLengths(int iterations, bool every_alpha) {
     CheckAgainstRef(c, TopB(ctas), c.RandomKept());
     const int32_t capacity = MaxProtected(c) + static_cast<int32_t>(rng() % 30);
     const double alpha_choices[] = {0.0, 0.2, 0.5};
-    for (const SelectAdaFloor floor : {SelectAdaFloor::kScaled, SelectAdaFloor::kProtectTop}) {
+    for (const policy::AdaFloor floor : {policy::AdaFloor::kScaled, policy::AdaFloor::kProtectTop}) {
       for (int a = 0; a < 3; ++a) {
         if (!every_alpha && a != iter % 3) continue;
         const double alpha = alpha_choices[a];
@@ -177,7 +177,7 @@ TEST_CASE("gpu::Select equals ref::Select on 32K streams, with and without ties"
       }
       CheckAgainstRef(c, TopB(ctas), uniform);
       CheckAgainstRef(c, TopB(ctas), c.RandomKept());
-      for (const SelectAdaFloor floor : {SelectAdaFloor::kScaled, SelectAdaFloor::kProtectTop}) {
+      for (const policy::AdaFloor floor : {policy::AdaFloor::kScaled, policy::AdaFloor::kProtectTop}) {
         // 20%, and a capacity that covers the 901-token stream only.
         for (const int32_t capacity : {6554, 1000}) {
           CheckAgainstRef(c, Ada(capacity, 0.2, floor, ctas));
@@ -200,8 +200,8 @@ TEST_CASE("gpu::Select equals ref::Select on 128K streams, cached in shared memo
   // memory on every pass.
   for (const int32_t ctas : {0, 1}) {
     CheckAgainstRef(c, TopB(ctas), {26214, 13107});
-    CheckAgainstRef(c, Ada(26214, 0.2, SelectAdaFloor::kScaled, ctas));
-    CheckAgainstRef(c, Ada(26214, 0.2, SelectAdaFloor::kProtectTop, ctas));
+    CheckAgainstRef(c, Ada(26214, 0.2, policy::AdaFloor::kScaled, ctas));
+    CheckAgainstRef(c, Ada(26214, 0.2, policy::AdaFloor::kProtectTop, ctas));
   }
 }
 
@@ -218,7 +218,7 @@ TEST_CASE("gpu::Select: bad device contents give well-formed output", "[kernels]
   c.mutable_scores()[50] = -std::nanf("");
   // kTopB counts outside [protected, length] are clamped.
   const Ints kept = {-5, 20, 1000};
-  for (const SelectArgs& mode : {TopB(2), Ada(1, 0.2, SelectAdaFloor::kScaled, 2)}) {
+  for (const SelectArgs& mode : {TopB(2), Ada(1, 0.2, policy::AdaFloor::kScaled, 2)}) {
     const DeviceResult gpu = RunGpu(c, mode, kept);
     for (int32_t s = 0; s < c.num_streams(); ++s) {
       const int32_t count = gpu.counts[s];

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "blockmgr/policy/budget.h"
-#include "blockmgr/policy/select.h"
+#include "policy/budget.h"
+#include "policy/select.h"
 #include "tests/kernels/select_case.h"
 #include "tests/testing/status_matchers.h"
 
@@ -71,8 +71,8 @@ KeepSets PolicyKeepSets(const SelectCase& c, const Ints& kept) {
   return sets;
 }
 
-KeepSets PolicyAda(const SelectCase& c, int32_t capacity, double alpha, SelectAdaFloor floor) {
-  const policy::AdaOptions options{alpha, floor == SelectAdaFloor::kScaled
+KeepSets PolicyAda(const SelectCase& c, int32_t capacity, double alpha, policy::AdaFloor floor) {
+  const policy::AdaOptions options{alpha, floor == policy::AdaFloor::kScaled
                                               ? policy::AdaFloor::kScaled
                                               : policy::AdaFloor::kProtectTop};
   Ints kept;
@@ -95,7 +95,7 @@ SelectArgs TopBArgs(const SelectCase& c, const Ints& kept) {
   return args;
 }
 
-SelectArgs AdaArgs(const SelectCase& c, int32_t capacity, double alpha, SelectAdaFloor floor) {
+SelectArgs AdaArgs(const SelectCase& c, int32_t capacity, double alpha, policy::AdaFloor floor) {
   SelectArgs args = c.HostArgs();
   args.mode = SelectMode::kAda;
   args.capacity = capacity;
@@ -159,7 +159,7 @@ TEST_CASE("ref::Select kTopB: sinks are positions; -0 ties +0; infinities at the
   REQUIRE(RunRef(c, TopBArgs(c, {5, 6})) == KeepSets{Iota(5), Iota(6)});
 }
 
-// Ada-KV's hand example (tests/blockmgr/policy/budget_test.cc): two streams
+// Ada-KV's hand example (tests/policy/budget_test.cc): two streams
 // of 10 candidates; the global top 8 takes stream 0's five >= 0.75 and
 // stream 1's three >= 0.6, c = (5, 3).
 const std::vector<float> kAdaA = {0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.1f, 0.1f, 0.1f, 0.1f, 0.1f};
@@ -168,23 +168,23 @@ const std::vector<float> kAdaB = {0.7f, 0.65f, 0.6f, 0.05f, 0.05f, 0.05f, 0.05f,
 TEST_CASE("ref::Select kAda kScaled: hand example with round-half-even", "[kernels][select]") {
   const SelectCase c = FixedCase(1, 2, {kAdaA, kAdaB}, 0, 0);
   // alpha 0.5, capacity 4: B' = 4, floor 2; B = round(4.5) = 4, round(3.5) = 4.
-  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.5, SelectAdaFloor::kScaled)) ==
+  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.5, policy::AdaFloor::kScaled)) ==
           KeepSets{{0, 1, 2, 3}, {0, 1, 2, 3}});
   // alpha 0: B_h = c_h.
-  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.0, SelectAdaFloor::kScaled)) ==
+  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.0, policy::AdaFloor::kScaled)) ==
           KeepSets{{0, 1, 2, 3, 4}, {0, 1, 2}});
   // alpha 0.2, capacity 5: K = 10, c = (7, 3): B = round(6.6) = 7, round(3.4) = 3.
-  REQUIRE(RunRef(c, AdaArgs(c, 5, 0.2, SelectAdaFloor::kScaled)) ==
+  REQUIRE(RunRef(c, AdaArgs(c, 5, 0.2, policy::AdaFloor::kScaled)) ==
           KeepSets{Iota(7), {0, 1, 2}});
   // capacity 10 covers every candidate: nothing competes, nothing is evicted.
-  REQUIRE(RunRef(c, AdaArgs(c, 10, 0.2, SelectAdaFloor::kScaled)) == KeepSets{Iota(10), Iota(10)});
+  REQUIRE(RunRef(c, AdaArgs(c, 10, 0.2, policy::AdaFloor::kScaled)) == KeepSets{Iota(10), Iota(10)});
 }
 
 TEST_CASE("ref::Select kAda kProtectTop: hand example", "[kernels][select]") {
   const SelectCase c = FixedCase(1, 2, {kAdaA, kAdaB}, 0, 0);
   // alpha 0.5, capacity 4: each stream's top 2 is in, the other 4 are
   // stream 0's 0.85, 0.8, 0.75 and stream 1's 0.6: kept (5, 3).
-  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.5, SelectAdaFloor::kProtectTop)) ==
+  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.5, policy::AdaFloor::kProtectTop)) ==
           KeepSets{{0, 1, 2, 3, 4}, {0, 1, 2}});
 }
 
@@ -192,12 +192,12 @@ TEST_CASE("ref::Select kAda: ties between streams go to the lower stream, then s
           "[kernels][select]") {
   const SelectCase c = FixedCase(1, 2, {std::vector<float>(10, 1.0f), std::vector<float>(10, 1.0f)},
                                  0, 0);
-  for (const SelectAdaFloor floor : {SelectAdaFloor::kScaled, SelectAdaFloor::kProtectTop}) {
+  for (const policy::AdaFloor floor : {policy::AdaFloor::kScaled, policy::AdaFloor::kProtectTop}) {
     REQUIRE(RunRef(c, AdaArgs(c, 4, 0.0, floor)) == KeepSets{Iota(8), {}});
   }
   // Floors of 2 each (alpha 0.5): kProtectTop gives stream 1 its 2, the
   // remaining 4 go to stream 0.
-  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.5, SelectAdaFloor::kProtectTop)) ==
+  REQUIRE(RunRef(c, AdaArgs(c, 4, 0.5, policy::AdaFloor::kProtectTop)) ==
           KeepSets{Iota(6), {0, 1}});
 }
 
@@ -207,7 +207,7 @@ TEST_CASE("ref::Select kAda: one competition per sequence, covered streams keep 
   // covered by capacity 4).
   const std::vector<float> low = {0.0f, 0.0f, 0.0f};
   const SelectCase c = FixedCase(2, 3, {kAdaA, kAdaB, low, kAdaB, kAdaA, low}, 0, 0);
-  const KeepSets sets = RunRef(c, AdaArgs(c, 4, 0.0, SelectAdaFloor::kScaled));
+  const KeepSets sets = RunRef(c, AdaArgs(c, 4, 0.0, policy::AdaFloor::kScaled));
   REQUIRE(sets == KeepSets{Iota(5), {0, 1, 2}, Iota(3), {0, 1, 2}, Iota(5), Iota(3)});
 }
 
@@ -243,7 +243,7 @@ TEST_CASE("ref::Select equals policy::SelectKeepSet and policy::AdaKept on rando
     const int32_t capacity = max_protected + static_cast<int32_t>(rng() % 200);
     const double alpha_choices[] = {0.0, 0.2, 0.5, 1.0, static_cast<double>(rng() % 101) / 100.0};
     const double alpha = alpha_choices[iter % 5];
-    for (const SelectAdaFloor floor : {SelectAdaFloor::kScaled, SelectAdaFloor::kProtectTop}) {
+    for (const policy::AdaFloor floor : {policy::AdaFloor::kScaled, policy::AdaFloor::kProtectTop}) {
       INFO("capacity " << capacity << " alpha " << alpha << " floor " << static_cast<int>(floor));
       REQUIRE(RunRef(c, AdaArgs(c, capacity, alpha, floor)) == PolicyAda(c, capacity, alpha, floor));
     }
@@ -257,7 +257,7 @@ TEST_CASE("SelectWorkspaceBytes: only kAda with kProtectTop needs any", "[kernel
   REQUIRE(SelectWorkspaceBytes(args) == 0);
   args.mode = SelectMode::kAda;
   REQUIRE(SelectWorkspaceBytes(args) == 0);
-  args.floor = SelectAdaFloor::kProtectTop;
+  args.floor = policy::AdaFloor::kProtectTop;
   REQUIRE(SelectWorkspaceBytes(args) == 16 * 24);
 }
 
@@ -309,7 +309,7 @@ TEST_CASE("Select: every Validate() error", "[kernels][select]") {
   REQUIRE_OK(ref::Select(empty));
 
   auto ada = [&] {
-    SelectArgs a = AdaArgs(c, 4, 0.5, SelectAdaFloor::kScaled);
+    SelectArgs a = AdaArgs(c, 4, 0.5, policy::AdaFloor::kScaled);
     a.keep = keep.data();
     a.kept_counts = counts.data();
     return a;
@@ -324,21 +324,21 @@ TEST_CASE("Select: every Validate() error", "[kernels][select]") {
     REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "alpha must be in [0, 1]");
   }
   args = ada();
-  args.floor = static_cast<SelectAdaFloor>(7);
+  args.floor = static_cast<policy::AdaFloor>(7);
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "unknown Ada floor 7");
   args = ada();
   args.num_kv_heads = kSelectMaxAdaHeads + 1;
   args.num_seqs = 0;
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "above kAda's limit");
   args = ada();
-  args.floor = SelectAdaFloor::kProtectTop;
+  args.floor = policy::AdaFloor::kProtectTop;
   args.workspace = nullptr;
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "workspace is null, 32 bytes");
   alignas(16) static char workspace[48];
   args.workspace = workspace + 8;
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "16-byte aligned");
   args.workspace = nullptr;
-  args.floor = SelectAdaFloor::kScaled;
+  args.floor = policy::AdaFloor::kScaled;
   REQUIRE_OK(Validate(args));
 }
 

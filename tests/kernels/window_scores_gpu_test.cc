@@ -30,8 +30,8 @@ using testing::WindowScoresCase;
 using testing::WindowScoresShape;
 
 struct Options {
-  ScorePooling pooling = ScorePooling::kMax;
-  ScoreGroupReduce reduce = ScoreGroupReduce::kMean;
+  policy::Pooling pooling = policy::Pooling::kMax;
+  policy::GroupReduce reduce = policy::GroupReduce::kMean;
   int32_t kernel_size = 7;
 };
 
@@ -117,15 +117,15 @@ TEST_CASE("gpu::WindowScores equals ref:: on small cases",
     Options options;
   };
   const std::vector<Shape> shapes = {
-      {DType::kBF16, 128, {2, 8, 2, 32}, {ScorePooling::kMax, ScoreGroupReduce::kMean, 7}},
-      {DType::kBF16, 128, {2, 8, 2, 32}, {ScorePooling::kAvg, ScoreGroupReduce::kMax, 5}},
-      {DType::kF16, 64, {2, 16, 2, 33}, {ScorePooling::kAvg, ScoreGroupReduce::kMean, 7}},
-      {DType::kF16, 64, {2, 16, 2, 33}, {ScorePooling::kMax, ScoreGroupReduce::kMax, 3}},
-      {DType::kF32, 64, {2, 4, 2, 1}, {ScorePooling::kNone, ScoreGroupReduce::kMax, 7}},
-      {DType::kBF16, 256, {2, 4, 2, 16}, {ScorePooling::kMax, ScoreGroupReduce::kMean, 7}},
+      {DType::kBF16, 128, {2, 8, 2, 32}, {policy::Pooling::kMax, policy::GroupReduce::kMean, 7}},
+      {DType::kBF16, 128, {2, 8, 2, 32}, {policy::Pooling::kAvg, policy::GroupReduce::kMax, 5}},
+      {DType::kF16, 64, {2, 16, 2, 33}, {policy::Pooling::kAvg, policy::GroupReduce::kMean, 7}},
+      {DType::kF16, 64, {2, 16, 2, 33}, {policy::Pooling::kMax, policy::GroupReduce::kMax, 3}},
+      {DType::kF32, 64, {2, 4, 2, 1}, {policy::Pooling::kNone, policy::GroupReduce::kMax, 7}},
+      {DType::kBF16, 256, {2, 4, 2, 16}, {policy::Pooling::kMax, policy::GroupReduce::kMean, 7}},
       // Kernels wider than the pooling tile's halo take the global-memory path.
-      {DType::kBF16, 64, {2, 8, 2, 32}, {ScorePooling::kAvg, ScoreGroupReduce::kMean, 301}},
-      {DType::kF16, 64, {2, 8, 2, 32}, {ScorePooling::kMax, ScoreGroupReduce::kMax, 131}},
+      {DType::kBF16, 64, {2, 8, 2, 32}, {policy::Pooling::kAvg, policy::GroupReduce::kMean, 301}},
+      {DType::kF16, 64, {2, 8, 2, 32}, {policy::Pooling::kMax, policy::GroupReduce::kMax, 131}},
   };
   uint64_t seed = 11;
   for (const Shape& s : shapes) {
@@ -155,8 +155,8 @@ TEST_CASE("gpu::WindowScores equals ref:: across dtypes, head_dims, pages and op
           lens.push_back(testing::EdgeLengths(page_size)[i % 6] + (i / 6) * 300);
         }
         WindowScoresCase c(PagedCaseSpec{page_size, head_dim, dtype, lens}, shape, seed++);
-        for (ScorePooling pooling : {ScorePooling::kNone, ScorePooling::kAvg, ScorePooling::kMax}) {
-          for (ScoreGroupReduce reduce : {ScoreGroupReduce::kMean, ScoreGroupReduce::kMax}) {
+        for (policy::Pooling pooling : {policy::Pooling::kNone, policy::Pooling::kAvg, policy::Pooling::kMax}) {
+          for (policy::GroupReduce reduce : {policy::GroupReduce::kMean, policy::GroupReduce::kMax}) {
             CAPTURE(DTypeName(dtype), head_dim, page_size, shape.num_q_heads, shape.num_kv_heads,
                     shape.window, static_cast<int>(pooling), static_cast<int>(reduce));
             const double w = CheckAgainstRef(c, {pooling, reduce, 5});
@@ -175,8 +175,8 @@ TEST_CASE("gpu::WindowScores equals ref:: across dtypes, head_dims, pages and op
 TEST_CASE("gpu::WindowScores equals ref:: on a 32K stream", "[kernels][gpu][window_scores]") {
   WindowScoresCase c(PagedCaseSpec{16, 128, DType::kBF16, {32768, 5, 0, 3000}},
                      WindowScoresShape{2, 8, 2, 32}, 7);
-  for (ScorePooling pooling : {ScorePooling::kAvg, ScorePooling::kMax}) {
-    const double worst = CheckAgainstRef(c, {pooling, ScoreGroupReduce::kMean, 7});
+  for (policy::Pooling pooling : {policy::Pooling::kAvg, policy::Pooling::kMax}) {
+    const double worst = CheckAgainstRef(c, {pooling, policy::GroupReduce::kMean, 7});
     WARN("32K stream, pooling " << static_cast<int>(pooling) << ": worst relative error " << worst);
   }
 }

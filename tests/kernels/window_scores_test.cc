@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "blockmgr/policy/scores.h"
+#include "policy/scores.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/kernels/window_scores_case.h"
 #include "tests/testing/status_matchers.h"
@@ -24,10 +24,10 @@ using testing::WindowScoresShape;
 using Vec = std::vector<float>;
 
 // The kernels' enums mirror the policy's, value for value.
-static_assert(static_cast<int>(ScorePooling::kAvg) == static_cast<int>(policy::Pooling::kAvg) &&
-              static_cast<int>(ScorePooling::kMax) == static_cast<int>(policy::Pooling::kMax) &&
-              static_cast<int>(ScorePooling::kNone) == static_cast<int>(policy::Pooling::kNone));
-static_assert(static_cast<int>(ScoreGroupReduce::kMax) ==
+static_assert(static_cast<int>(policy::Pooling::kAvg) == static_cast<int>(policy::Pooling::kAvg) &&
+              static_cast<int>(policy::Pooling::kMax) == static_cast<int>(policy::Pooling::kMax) &&
+              static_cast<int>(policy::Pooling::kNone) == static_cast<int>(policy::Pooling::kNone));
+static_assert(static_cast<int>(policy::GroupReduce::kMax) ==
               static_cast<int>(policy::GroupReduce::kMax));
 
 // ---------------------------------------------------------------------------
@@ -120,8 +120,8 @@ struct HandCase {
     args.scores = scores.data();
   }
 
-  Vec Run(int32_t kernel_size, ScorePooling pooling,
-          ScoreGroupReduce reduce = ScoreGroupReduce::kMean) {
+  Vec Run(int32_t kernel_size, policy::Pooling pooling,
+          policy::GroupReduce reduce = policy::GroupReduce::kMean) {
     args.kernel_size = kernel_size;
     args.pooling = pooling;
     args.reduce = reduce;
@@ -152,14 +152,14 @@ TEST_CASE("WindowScores: causal window sum and prefix pooling", "[kernels]") {
                     QueryRows({kQA, kQA}), std::move(qpos), 1, 1);
   };
   HandCase c = make({3, 4});
-  RequireNear(c.Run(7, ScorePooling::kNone), Over({16, 32, 48, 16, 14}, 63));
-  RequireNear(c.Run(1, ScorePooling::kMax), Over({16, 32, 48, 16, 14}, 63));
-  RequireNear(c.Run(3, ScorePooling::kMax), Over({32, 48, 48, 16, 14}, 63));
+  RequireNear(c.Run(7, policy::Pooling::kNone), Over({16, 32, 48, 16, 14}, 63));
+  RequireNear(c.Run(1, policy::Pooling::kMax), Over({16, 32, 48, 16, 14}, 63));
+  RequireNear(c.Run(3, policy::Pooling::kMax), Over({32, 48, 48, 16, 14}, 63));
   // avg pads the prefix ends with zeros (never the window's values) and divides by 3.
-  RequireNear(c.Run(3, ScorePooling::kAvg), Over({48, 96, 80, 48, 42}, 189));
+  RequireNear(c.Run(3, policy::Pooling::kAvg), Over({48, 96, 80, 48, 42}, 189));
   // The window starts at its lowest query position, whatever the row order.
   HandCase reversed = make({4, 3});
-  RequireNear(reversed.Run(3, ScorePooling::kMax), Over({32, 48, 48, 16, 14}, 63));
+  RequireNear(reversed.Run(3, policy::Pooling::kMax), Over({32, 48, 48, 16, 14}, 63));
 }
 
 // G = 2 over keys E1 E2 Z, one query per head at position 2: QA -> 2/6 3/6 1/6,
@@ -167,9 +167,9 @@ TEST_CASE("WindowScores: causal window sum and prefix pooling", "[kernels]") {
 // before pooling (max-pooling each head first would give 1/2 for the mean).
 TEST_CASE("WindowScores: GQA reduces the group before pooling", "[kernels]") {
   HandCase c(HandPool({{kE1, kE2, kZ}}, {{0, 1, 2}}), QueryRows({kQA, kQB}), {2}, 2, 1);
-  RequireNear(c.Run(1, ScorePooling::kNone), {5.0f / 12, 5.0f / 12, 1.0f / 6});
-  RequireNear(c.Run(1, ScorePooling::kNone, ScoreGroupReduce::kMax), {0.5f, 0.5f, 1.0f / 6});
-  RequireNear(c.Run(3, ScorePooling::kMax), {5.0f / 12, 5.0f / 12, 1.0f / 6});
+  RequireNear(c.Run(1, policy::Pooling::kNone), {5.0f / 12, 5.0f / 12, 1.0f / 6});
+  RequireNear(c.Run(1, policy::Pooling::kNone, policy::GroupReduce::kMax), {0.5f, 0.5f, 1.0f / 6});
+  RequireNear(c.Run(3, policy::Pooling::kMax), {5.0f / 12, 5.0f / 12, 1.0f / 6});
 }
 
 // Stream 0: keys E1 E2 Z at positions 10 20 30, query QA at 25: it sees the
@@ -181,7 +181,7 @@ TEST_CASE("WindowScores: positions, not slots, decide visibility and the window"
              QueryRows({kQA, kQA, kQB, kQA}), {25, 25, 3, 6}, 1, 1);
   // Sequence 0 sees E1 E2 twice: (2/5 + 2/5, 3/5 + 3/5) pooled avg k=3 over the
   // two prefix keys: (0 + 0.8 + 1.2) / 3 twice; key 30 is the window's: 0.
-  RequireNear(c.Run(3, ScorePooling::kAvg), {2.0f / 3, 2.0f / 3, 0.0f, 0.4f, 0.6f});
+  RequireNear(c.Run(3, policy::Pooling::kAvg), {2.0f / 3, 2.0f / 3, 0.0f, 0.4f, 0.6f});
 }
 
 TEST_CASE("WindowScores: writes only each stream's own scores", "[kernels]") {
@@ -194,7 +194,7 @@ TEST_CASE("WindowScores: writes only each stream's own scores", "[kernels]") {
   c.args.score_offsets = c.offsets.data();
   c.args.num_scores = 5;
   c.args.scores = c.scores.data();
-  RequireNear(c.Run(1, ScorePooling::kNone), {0.4f, 0.6f, -1.0f, -1.0f, 1.0f});
+  RequireNear(c.Run(1, policy::Pooling::kNone), {0.4f, 0.6f, -1.0f, -1.0f, 1.0f});
 }
 
 // ---------------------------------------------------------------------------
@@ -254,12 +254,12 @@ TEST_CASE("WindowScores: ref equals policy::SnapKVScores on the gathered keys", 
           }
           WindowScoresShape shape{3, q_heads, kv_heads, window};
           WindowScoresCase c(PagedCaseSpec{page_size, head_dim, dtype, lens}, shape, seed++);
-          for (ScorePooling pooling : {ScorePooling::kNone, ScorePooling::kAvg, ScorePooling::kMax}) {
-            for (ScoreGroupReduce reduce : {ScoreGroupReduce::kMean, ScoreGroupReduce::kMax}) {
+          for (policy::Pooling pooling : {policy::Pooling::kNone, policy::Pooling::kAvg, policy::Pooling::kMax}) {
+            for (policy::GroupReduce reduce : {policy::GroupReduce::kMean, policy::GroupReduce::kMax}) {
               CAPTURE(DTypeName(dtype), head_dim, page_size, q_heads, kv_heads, window,
                       static_cast<int>(pooling), static_cast<int>(reduce));
               WindowScoresArgs args = c.HostArgs();
-              args.kernel_size = pooling == ScorePooling::kAvg ? 5 : 7;
+              args.kernel_size = pooling == policy::Pooling::kAvg ? 5 : 7;
               args.pooling = pooling;
               args.reduce = reduce;
               std::vector<float> scores(static_cast<size_t>(c.num_scores()), -1.0f);
@@ -326,9 +326,9 @@ TEST_CASE("WindowScores: Validate rejects every bad argument", "[kernels]") {
          "window 129");
   expect([](WindowScoresArgs& a) { a.kernel_size = 4; }, StatusCode::kInvalidArgument, "kernel_size");
   expect([](WindowScoresArgs& a) { a.kernel_size = -1; }, StatusCode::kInvalidArgument, "kernel_size");
-  expect([](WindowScoresArgs& a) { a.pooling = static_cast<ScorePooling>(3); },
+  expect([](WindowScoresArgs& a) { a.pooling = static_cast<policy::Pooling>(3); },
          StatusCode::kInvalidArgument, "pooling value 3");
-  expect([](WindowScoresArgs& a) { a.reduce = static_cast<ScoreGroupReduce>(2); },
+  expect([](WindowScoresArgs& a) { a.reduce = static_cast<policy::GroupReduce>(2); },
          StatusCode::kInvalidArgument, "reduce value 2");
   expect([](WindowScoresArgs& a) { a.sm_scale = 0.0f; }, StatusCode::kInvalidArgument, "sm_scale");
   expect([](WindowScoresArgs& a) { a.sm_scale = -0.1f; }, StatusCode::kInvalidArgument, "sm_scale");

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// File: blockmgr/policy/budget.h
+// File: policy/budget.h
 //
 // Step 2 of a policy: budget allocators. They decide how many tokens each
 // stream keeps, counting its protected tokens (the papers' capacity C includes
@@ -12,15 +12,15 @@
 // a capacity smaller than a stream's protected tokens, alpha outside [0, 1],
 // beta <= 0, threshold < 0, num_layers < 1, spans of mismatched sizes,
 // positions not strictly ascending, a NaN score.
-#ifndef HEADPAGE_BLOCKMGR_POLICY_BUDGET_H_
-#define HEADPAGE_BLOCKMGR_POLICY_BUDGET_H_
+#ifndef HEADPAGE_POLICY_BUDGET_H_
+#define HEADPAGE_POLICY_BUDGET_H_
 
 #include <cstdint>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "blockmgr/policy/types.h"
+#include "policy/stream_scores.h"
 
 namespace headpage::policy {
 
@@ -47,20 +47,7 @@ namespace headpage::policy {
                                                                      int32_t prompt_len,
                                                                      double beta = 20.0);
 
-enum class AdaFloor : uint8_t {
-  // Ada-KV's paper and code: global top-(H B') over the layer's candidate
-  // scores, c_h hits per stream, B_h = round_half_even(c_h (1 - alpha) +
-  // floor(alpha B')). Before rounding the sum is H B' minus the fractions the
-  // floors drop (sum_h frac(alpha B'_h), none when alpha B' is an integer);
-  // rounding then moves it by at most H/2. So sum B_h is in
-  // (H B' - 3H/2, H B' + H/2], within H/2 when alpha B' is integral.
-  kScaled,
-  // kvpress's AdaKVPress: each stream's top floor(alpha B') candidates are
-  // protected (its code: n_safe = int(alpha * n_kept)), the rest of the H B' is
-  // a pure global top-k. Sum is exact.
-  kProtectTop,
-};
-
+// Ada-KV's options; the floor rules are described at AdaFloor (types.h).
 struct AdaOptions {
   double alpha = 0.2;  // floor / safeguard, in [0, 1]
   AdaFloor floor = AdaFloor::kScaled;
@@ -131,4 +118,4 @@ struct AdaOptions {
 
 }  // namespace headpage::policy
 
-#endif  // HEADPAGE_BLOCKMGR_POLICY_BUDGET_H_
+#endif  // HEADPAGE_POLICY_BUDGET_H_

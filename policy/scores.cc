@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "blockmgr/policy/scores.h"
+#include "policy/scores.h"
 
 #include <algorithm>
 #include <cmath>

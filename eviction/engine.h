@@ -1,29 +1,34 @@
 // SPDX-License-Identifier: Apache-2.0
-// File: blockmgr/eviction_engine.h
+// File: eviction/engine.h
 //
-// EvictionEngine runs a policy (blockmgr/policy/) against the block manager
-// and a pool whose bytes live on the host: it gathers each stream's keys out of
-// the pool (kernels::ref::GatherKV), scores them, allocates budgets, selects keep
-// sets, has BlockManager::Evict() plan the compaction, executes the plan
-// (kernels::ref::Compact) and releases the retired pages. Memory freed by a
-// policy is really back in the pool when a call returns.
+// EvictionEngine runs a policy (policy/) against the block manager and the
+// pool's memory, wherever it lives: it scores each stream's tokens, allocates
+// budgets, selects keep sets, has BlockManager::Evict() plan the compaction,
+// executes the plan and releases the retired pages. Memory freed by a policy is
+// really back in the pool when a call returns (on a device pool: once the
+// compaction enqueued on the engine's stream has run, which every later kernel
+// on that stream waits for).
+//
+// Where the steps run follows the cache view's memory: a host pool goes through
+// the host executor (host_executor.h: policy/ and the ref:: kernels), a device
+// pool through the CUDA executor (cuda_executor.h: the gpu:: kernels, with only
+// the kept counts crossing to the host). Both decide exactly the same keep sets.
 //
 // It also remembers a score for every token it has seen (the policy's score at
 // the last compression, plus the attention of every decode query given to
 // ObserveDecode(), H2O-style), which H2O's streaming eviction, decode-time
 // compression and the pool-wide budget (EnforcePoolBudget) work from. Tokens
 // appended after the engine last saw a sequence have no score yet and are
-// protected.
+// protected. On a device pool that score store is not kept yet: ObserveDecode
+// and EnforcePoolBudget answer Unimplemented there.
 //
-// Layering: a target of its own (headpage::eviction) over blockmgr, policy and
-// kernels, so that BlockManager itself never depends on a kernel backend.
 // Thread-compatible, like the manager it drives.
-#ifndef HEADPAGE_BLOCKMGR_EVICTION_ENGINE_H_
-#define HEADPAGE_BLOCKMGR_EVICTION_ENGINE_H_
+#ifndef HEADPAGE_EVICTION_ENGINE_H_
+#define HEADPAGE_EVICTION_ENGINE_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -31,63 +36,15 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "blockmgr/block_manager.h"
-#include "blockmgr/policy/budget.h"
-#include "blockmgr/policy/scores.h"
 #include "core/paged_kv.h"
+#include "eviction/host_executor.h"
+#include "eviction/layer_queries.h"
+#include "kernels/gpu_launch.h"
+#include "policy/config.h"
 
 namespace headpage {
 
-// A policy: how tokens are scored and how many each stream keeps.
-struct PolicyConfig {
-  enum class Scorer : uint8_t { kNone, kSnapKV, kH2O, kRecency, kTova, kKeyNorm, kRandom };
-  enum class Allocator : uint8_t { kNone, kUniform, kPyramid, kAda, kAdaPyramid, kDBudget };
-
-  std::string name;
-  Scorer scorer = Scorer::kSnapKV;
-  Allocator allocator = Allocator::kUniform;
-  int32_t window = 32;  // observation window: the last `window` tokens, always kept
-  int32_t sinks = 0;    // attention sinks (positions < sinks), always kept
-  policy::SnapKVOptions snapkv;
-  policy::GroupReduce reduce = policy::GroupReduce::kMean;  // H2O's group reduction
-  policy::AdaOptions ada;
-  double pyramid_beta = 20.0;
-  double dbudget_threshold = 0.05;
-  bool dbudget_by_position = false;
-  uint64_t seed = 0;  // the random scorer's
-};
-
-// The named policies of the simulator and the command line, with the papers'
-// defaults: full, uniform-snapkv, pyramid, ada-snapkv, ada-pyramid, dbudget, h2o,
-// streamingllm, tova, knorm, random. InvalidArgument naming the known ones.
-[[nodiscard]] absl::StatusOr<PolicyConfig> PolicyByName(absl::string_view name);
-// InvalidArgument for options out of range (window < 0, alpha outside [0, 1],
-// beta <= 0, threshold < 0, an even pooling kernel, ...).
-[[nodiscard]] absl::Status Validate(const PolicyConfig& config);
-
-// How many tokens a KV head keeps on average: a count per head that includes
-// the window (the papers' 128, 256, 512, 1024), or a fraction of the prompt.
-struct Budget {
-  enum class Kind : uint8_t { kTokensPerHead, kFraction };
-  Kind kind = Kind::kFraction;
-  double value = 1.0;
-
-  // "128" or "20%". InvalidArgument for anything else, 0, negative, > 100%.
-  [[nodiscard]] static absl::StatusOr<Budget> Parse(absl::string_view text);
-  static Budget TokensPerHead(int32_t tokens) { return {Kind::kTokensPerHead, double(tokens)}; }
-  static Budget Fraction(double f) { return {Kind::kFraction, f}; }
-  // Tokens per head for a prompt of prompt_len tokens (at least 1).
-  int32_t CapacityFor(int32_t prompt_len) const;
-  std::string ToString() const;
-};
-
-// One layer's queries for one sequence, dense, q-head-major, so that the group
-// of KV head h is the contiguous block of q heads [h * G, (h + 1) * G).
-struct LayerQueries {
-  const void* data = nullptr;          // [num_q_heads][num_queries][head_dim] of dtype
-  const int32_t* positions = nullptr;  // [num_queries]
-  int32_t num_queries = 0;
-  DType dtype = DType::kF32;
-};
+class CudaExecutor;
 
 struct CompressResult {
   int64_t tokens_before = 0;  // sum of the sequence's stream lengths
@@ -108,9 +65,18 @@ struct DecodeSchedule {
 class EvictionEngine {
  public:
   // InvalidArgument if manager is null or the cache view does not match the
-  // manager's geometry. REQUIRES: both outlive the engine, `cache` is host memory.
+  // manager's geometry; Unimplemented for a device cache in a build without
+  // CUDA. A device cache is compressed on `stream` (a cudaStream_t; null: the
+  // legacy default stream). REQUIRES: both outlive the engine.
   [[nodiscard]] static absl::StatusOr<EvictionEngine> Create(BlockManager* manager,
-                                                             const PagedKV& cache);
+                                                             const PagedKV& cache,
+                                                             GpuStream stream = nullptr);
+  EvictionEngine(EvictionEngine&&) noexcept;
+  EvictionEngine& operator=(EvictionEngine&&) noexcept;
+  ~EvictionEngine();
+
+  // Where the engine's steps run: the pool's memory.
+  MemoryKind memory() const { return cache_.memory; }
 
   // Compresses `seq` once, at the end of its prefill: queries[l] are layer l's
   // observation window (SnapKV & co.: the last `window` prompt queries; H2O: every
@@ -164,15 +130,10 @@ class EvictionEngine {
     std::vector<int32_t> recent_positions;
   };
 
-  EvictionEngine(BlockManager* manager, const PagedKV& cache);
+  EvictionEngine(BlockManager* manager, const PagedKV& cache, std::unique_ptr<CudaExecutor> cuda);
+  // Unimplemented on a device pool, for the parts that keep the score store.
+  absl::Status NeedsHostPool(const char* what) const;
 
-  // Dense keys and positions of one layer's streams of `seq`.
-  struct LayerData {
-    std::vector<char> keys;           // [sum lens][head_dim] of the cache dtype, raw
-    std::vector<int32_t> positions;   // [sum lens]
-    std::vector<int32_t> offsets;     // [kv_heads + 1] into both
-  };
-  absl::Status GatherLayer(SeqId seq, int32_t layer, LayerData* out) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
   // Evicts to the given keep sets ([layer][kv_head] order over `layers`), runs the
   // compaction on the host pool and releases the retired pages; moves the stored
@@ -183,9 +144,11 @@ class EvictionEngine {
 
   BlockManager* manager_;
   PagedKV cache_;
+  HostExecutor host_;
+  std::unique_ptr<CudaExecutor> cuda_;  // set for a device pool
   absl::flat_hash_map<SeqId, SeqState> states_;
 };
 
 }  // namespace headpage
 
-#endif  // HEADPAGE_BLOCKMGR_EVICTION_ENGINE_H_
+#endif  // HEADPAGE_EVICTION_ENGINE_H_

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// File: blockmgr/policy/scores.h
+// File: policy/scores.h
 //
 // Step 1 of a policy: scorers. Each writes one float per token of one stream
 // (per KV head; GQA groups are reduced, KV heads are never repeated), higher
@@ -16,14 +16,14 @@
 // mismatch between keys and queries, group_size < 1, an even or non-positive
 // pooling kernel (checked even with Pooling::kNone), an unknown enum value
 // (DType included).
-#ifndef HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
-#define HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
+#ifndef HEADPAGE_POLICY_SCORES_H_
+#define HEADPAGE_POLICY_SCORES_H_
 
 #include <cstdint>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "blockmgr/policy/types.h"
+#include "policy/types.h"
 
 namespace headpage::policy {
 
@@ -86,4 +86,4 @@ void RandomScores(uint64_t seed, absl::Span<float> scores);
 
 }  // namespace headpage::policy
 
-#endif  // HEADPAGE_BLOCKMGR_POLICY_SCORES_H_
+#endif  // HEADPAGE_POLICY_SCORES_H_

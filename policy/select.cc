@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "blockmgr/policy/select.h"
+#include "policy/select.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "blockmgr/eviction_engine.h"
+#include "eviction/engine.h"
 
 #include <map>
 #include <random>
 #include <vector>
 
 #include "allocator/arena.h"
-#include "blockmgr/policy/select.h"
+#include "eviction/host_executor.h"
+#include "policy/select.h"
 #include "kernels/write_kv.h"
 #include "tests/blockmgr/blockmgr_test_util.h"
 
@@ -160,7 +161,7 @@ TEST_CASE("EvictionEngine: every policy leaves exactly its chosen tokens, and fr
   const SeqId seq = f.Prefill(len);
   auto config = PolicyByName(name);
   REQUIRE_OK(config);
-  const int32_t w = config->scorer == PolicyConfig::Scorer::kH2O ? len : std::max(config->window, 1);
+  const int32_t w = config->ObservedQueries(len);
   auto queries = f.Queries(w, len - w);
   const int64_t free_before = f.manager().pool().free_pages();
   auto result = f.engine().Compress(seq, *config, Budget::TokensPerHead(48), queries);
@@ -269,20 +270,6 @@ TEST_CASE("EvictionEngine: bad policies, budgets and queries are refused, changi
   REQUIRE_OK(f.manager().CheckInvariants());
 }
 
-TEST_CASE("Budget: parsing token counts and percentages", "[eviction]") {
-  auto b = Budget::Parse("128");
-  REQUIRE_OK(b);
-  REQUIRE(b->CapacityFor(4000) == 128);
-  b = Budget::Parse("20%");
-  REQUIRE_OK(b);
-  REQUIRE(b->CapacityFor(4000) == 800);
-  REQUIRE(b->ToString() == "20%");
-  for (const char* bad : {"0", "-5", "abc", "150%", "0%", "12.5", ""}) {
-    CAPTURE(bad);
-    REQUIRE(Budget::Parse(bad).status().code() == absl::StatusCode::kInvalidArgument);
-  }
-}
-
 TEST_CASE("EvictionEngine: decode-time compression every N steps", "[eviction]") {
   EngineFixture f;
   const SeqId seq = f.Prefill(40);
@@ -365,6 +352,38 @@ TEST_CASE("EvictionEngine: the pool-wide budget works from knorm's negative scor
   REQUIRE_OK(freed);
   REQUIRE(*freed >= 8);
   for (int32_t st = 0; st < 4; ++st) REQUIRE(f.CheckStream(seq, st / 2, st % 2).size() >= 4);
+}
+
+TEST_CASE("EvictionEngine: device memory never reaches the host executor", "[eviction]") {
+  EngineFixture f;
+  const SeqId seq = f.Prefill(40);
+  // A host arena's view, labelled device memory: nothing may dereference it.
+  auto arena = HostArena::Create(EngineFixture::Geometry(), 600);
+  REQUIRE_OK(arena);
+  PagedKV device_view = arena->view();
+  device_view.memory = MemoryKind::kDevice;
+  HostExecutor executor(&f.manager(), device_view);
+  LayerKeys keys;
+  REQUIRE_ERROR(executor.GatherLayer(seq, 0, &keys), absl::StatusCode::kInvalidArgument,
+                "device memory");
+  auto engine = EvictionEngine::Create(&f.manager(), device_view);
+#if HEADPAGE_HAVE_CUDA
+  REQUIRE_OK(engine);
+  REQUIRE(engine->memory() == MemoryKind::kDevice);
+  REQUIRE_ERROR(engine->EnforcePoolBudget(1), absl::StatusCode::kUnimplemented, "device pool");
+#else
+  REQUIRE_ERROR(engine, absl::StatusCode::kUnimplemented, "no CUDA");
+#endif
+  // Device queries handed to a host pool are refused, changing nothing.
+  auto config = PolicyByName("uniform-snapkv");
+  REQUIRE_OK(config);
+  std::vector<LayerQueries> queries = f.Queries(8, 32);
+  queries[1].memory = MemoryKind::kDevice;
+  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(20), queries),
+                absl::StatusCode::kInvalidArgument, "device memory for a host pool");
+  auto lens = f.manager().StreamLengths(seq);
+  REQUIRE_OK(lens);
+  for (uint32_t len : *lens) REQUIRE(len == 40);
 }
 
 }  // namespace

@@ -1,19 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-// File: blockmgr/policy/types.h
+// File: policy/types.h
 //
-// The plain inputs every eviction policy works on. Policies are pure functions
-// on dense arrays: the eviction engine gathers a stream's keys out of the pool,
+// The plain inputs every eviction policy works on, and the enums the CUDA
+// kernels share with the CPU functions (plain C++, no Abseil: .cu files include
+// it). Policies are pure functions on dense arrays: the eviction engine gathers a stream's keys out of the pool,
 // the simulator takes them from a trace, and both hand the policy these views.
 // A policy runs in three steps (DESIGN.md, "Eviction"):
 //   1. score   (scores.h)  a float per token per stream, higher = more important
 //   2. budget  (budget.h)  how many tokens each stream keeps
 //   3. select  (select.h)  which ones: an ascending keep set per stream
-#ifndef HEADPAGE_BLOCKMGR_POLICY_TYPES_H_
-#define HEADPAGE_BLOCKMGR_POLICY_TYPES_H_
+#ifndef HEADPAGE_POLICY_TYPES_H_
+#define HEADPAGE_POLICY_TYPES_H_
 
 #include <cstdint>
 
-#include "absl/types/span.h"
 #include "core/dtype.h"
 
 namespace headpage::policy {
@@ -42,6 +42,22 @@ enum class Pooling : uint8_t { kNone, kAvg, kMax };
 // How the G query heads of a group are reduced to the one KV head's score.
 enum class GroupReduce : uint8_t { kMean, kMax };
 
+// How Ada-KV guarantees each head a floor of its budget (AdaOptions, budget.h;
+// the kernels' Select takes the same enum).
+enum class AdaFloor : uint8_t {
+  // Ada-KV's paper and code: global top-(H B') over the layer's candidate
+  // scores, c_h hits per stream, B_h = round_half_even(c_h (1 - alpha) +
+  // floor(alpha B')). Before rounding the sum is H B' minus the fractions the
+  // floors drop (sum_h frac(alpha B'_h), none when alpha B' is an integer);
+  // rounding then moves it by at most H/2. So sum B_h is in
+  // (H B' - 3H/2, H B' + H/2], within H/2 when alpha B' is integral.
+  kScaled,
+  // kvpress's AdaKVPress: each stream's top floor(alpha B') candidates are
+  // protected (its code: n_safe = int(alpha * n_kept)), the rest of the H B' is
+  // a pure global top-k. Sum is exact.
+  kProtectTop,
+};
+
 // Tokens a policy keeps whatever their score: attention sinks (the tokens at
 // positions < sinks) and the `recent` last slots of the stream (SnapKV's
 // observation window, H2O's and StreamingLLM's recent tokens).
@@ -50,28 +66,6 @@ struct Protection {
   int32_t recent = 0;
 };
 
-// One stream's scores with what its policy protects.
-struct StreamScores {
-  absl::Span<const float> scores;        // [num_tokens]
-  absl::Span<const int32_t> positions;   // [num_tokens], strictly ascending
-  Protection protection;
-
-  int32_t num_tokens() const { return static_cast<int32_t>(scores.size()); }
-  // Protected slot? Slot j is protected when it is one of the last `recent`
-  // slots or holds a position below `sinks`.
-  bool IsProtected(int32_t j) const {
-    return j >= num_tokens() - protection.recent || positions[j] < protection.sinks;
-  }
-  // How many slots are protected (sinks and recent may overlap).
-  int32_t NumProtected() const;
-};
-
-inline int32_t StreamScores::NumProtected() const {
-  int32_t n = 0;
-  for (int32_t j = 0; j < num_tokens(); ++j) n += IsProtected(j);
-  return n;
-}
-
 }  // namespace headpage::policy
 
-#endif  // HEADPAGE_BLOCKMGR_POLICY_TYPES_H_
+#endif  // HEADPAGE_POLICY_TYPES_H_

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "blockmgr/policy/budget.h"
+#include "policy/budget.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,7 +8,7 @@
 #include <queue>
 
 #include "absl/strings/str_cat.h"
-#include "blockmgr/policy/select.h"
+#include "policy/select.h"
 
 namespace headpage::policy {
 namespace {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "blockmgr/policy/budget.h"
+#include "policy/budget.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "blockmgr/policy/select.h"
+#include "policy/select.h"
 #include "tests/testing/status_matchers.h"
 
 namespace headpage::policy {

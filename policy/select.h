@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// File: blockmgr/policy/select.h
+// File: policy/select.h
 //
 // Step 3 of a policy: which tokens a stream keeps, given how many.
-#ifndef HEADPAGE_BLOCKMGR_POLICY_SELECT_H_
-#define HEADPAGE_BLOCKMGR_POLICY_SELECT_H_
+#ifndef HEADPAGE_POLICY_SELECT_H_
+#define HEADPAGE_POLICY_SELECT_H_
 
 #include <cstdint>
 #include <cstring>
@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "blockmgr/policy/types.h"
+#include "policy/stream_scores.h"
 
 namespace headpage::policy {
 
@@ -82,4 +82,4 @@ absl::StatusOr<CandidateRange> ValidateStream(const StreamScores& stream, absl::
 
 }  // namespace headpage::policy
 
-#endif  // HEADPAGE_BLOCKMGR_POLICY_SELECT_H_
+#endif  // HEADPAGE_POLICY_SELECT_H_

@@ -12,8 +12,8 @@
 #include <random>
 #include <vector>
 
-#include "blockmgr/policy/budget.h"
-#include "blockmgr/policy/select.h"
+#include "policy/budget.h"
+#include "policy/select.h"
 #include "tests/testing/status_matchers.h"
 
 namespace headpage::policy {

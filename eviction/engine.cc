@@ -1,0 +1,346 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "eviction/engine.h"
+
+#include "eviction/cuda_executor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "policy/budget.h"
+#include "policy/scores.h"
+#include "policy/select.h"
+
+namespace headpage {
+
+using policy::StreamScores;
+
+// ---------------------------------------------------------------------------
+// Engine
+
+absl::StatusOr<EvictionEngine> EvictionEngine::Create(BlockManager* manager, const PagedKV& cache,
+                                                      GpuStream stream) {
+  if (manager == nullptr) return absl::InvalidArgumentError("EvictionEngine: manager is null");
+  const CacheGeometry& g = manager->geometry();
+  if (cache.data == nullptr || cache.positions == nullptr || cache.page_size != g.page_size ||
+      cache.head_dim != g.head_dim || cache.dtype != g.dtype ||
+      cache.num_pages != manager->pool().num_pages()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EvictionEngine: the cache view does not match the manager's geometry ",
+                     g.DebugString(), " and pool of ", manager->pool().num_pages(), " pages"));
+  }
+  std::unique_ptr<CudaExecutor> cuda;
+  if (cache.memory == MemoryKind::kDevice) {
+    HEADPAGE_ASSIGN_OR_RETURN(cuda, CudaExecutor::Create(manager, cache, stream));
+  }
+  return EvictionEngine(manager, cache, std::move(cuda));
+}
+
+EvictionEngine::EvictionEngine(BlockManager* manager, const PagedKV& cache,
+                               std::unique_ptr<CudaExecutor> cuda)
+    : manager_(manager), cache_(cache), host_(manager, cache), cuda_(std::move(cuda)) {}
+EvictionEngine::EvictionEngine(EvictionEngine&&) noexcept = default;
+EvictionEngine& EvictionEngine::operator=(EvictionEngine&&) noexcept = default;
+EvictionEngine::~EvictionEngine() = default;
+
+absl::Status EvictionEngine::NeedsHostPool(const char* what) const {
+  if (cuda_ == nullptr) return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat(
+      "EvictionEngine: ", what, " keeps per-token scores, which a device pool does not have yet; "
+      "use a host pool"));
+}
+
+EvictionEngine::SeqState& EvictionEngine::StateFor(SeqId seq) {
+  SeqState& state = states_[seq];
+  const CacheGeometry& g = manager_->geometry();
+  if (state.scores.empty()) {
+    state.scores.resize(g.streams_per_sequence());
+    state.capacity.assign(g.streams_per_sequence(), 0);
+    state.recent_queries.resize(g.num_layers);
+  }
+  return state;
+}
+
+absl::Status EvictionEngine::ValidateQueries(absl::Span<const LayerQueries> queries,
+                                             bool one_each) const {
+  const CacheGeometry& g = manager_->geometry();
+  if (static_cast<int32_t>(queries.size()) != g.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("queries for ", queries.size(),
+                                                   " layers; the model has ", g.num_layers));
+  }
+  for (size_t l = 0; l < queries.size(); ++l) {
+    const LayerQueries& q = queries[l];
+    if (q.data == nullptr || q.positions == nullptr || q.num_queries < 1 || SizeOf(q.dtype) == 0 ||
+        (one_each && q.num_queries != 1) ||
+        (cuda_ == nullptr && q.memory != MemoryKind::kHost)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", l, " queries: null data or positions, an unknown dtype, device memory for a "
+          "host pool, or ", q.num_queries, one_each ? " queries where one is expected" : " queries"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CompressResult> EvictionEngine::Compress(SeqId seq, const PolicyConfig& config,
+                                                        const Budget& budget,
+                                                        absl::Span<const LayerQueries> queries) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(config));
+  HEADPAGE_RETURN_IF_ERROR(Validate(budget));
+  HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries, /*one_each=*/false));
+  const CacheGeometry& g = manager_->geometry();
+  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_now, manager_->StreamLengths(seq));
+
+  CompressResult result;
+  const int64_t free_before = manager_->pool().free_pages();
+  for (const uint32_t len : lens_now) result.tokens_before += len;
+  const int32_t prompt_len = static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end()));
+  if (config.window > prompt_len) {
+    return absl::InvalidArgumentError(absl::StrCat("policy ", config.name, ": window ", config.window,
+                                                   " is longer than the prompt (", prompt_len, ")"));
+  }
+  const int32_t capacity = budget.CapacityFor(prompt_len);
+  SeqState& state = StateFor(seq);
+
+  std::vector<int32_t> layer_capacity(g.num_layers, capacity);
+  if (config.allocator == PolicyConfig::Allocator::kPyramid ||
+      config.allocator == PolicyConfig::Allocator::kAdaPyramid) {
+    HEADPAGE_ASSIGN_OR_RETURN(layer_capacity,
+                              policy::PyramidCapacities(g.num_layers, capacity, config.window,
+                                                        prompt_len, config.pyramid_beta));
+  }
+  // H2O keeps as many recent tokens as heavy hitters.
+  policy::Protection protection{config.sinks, config.window};
+  if (config.recent_half) protection.recent = capacity / 2;
+
+  const int32_t heads = g.num_kv_heads;
+  if (cuda_ != nullptr && config.compresses()) {
+    HEADPAGE_RETURN_IF_ERROR(cuda_->Compress(seq, config, layer_capacity, protection, queries));
+  }
+  for (int32_t layer = 0; layer < g.num_layers && config.compresses() && cuda_ == nullptr; ++layer) {
+    HEADPAGE_ASSIGN_OR_RETURN(LayerDecision decision,
+                              host_.Decide(seq, layer, config, layer_capacity[layer], protection,
+                                           queries[layer]));
+    for (int32_t h = 0; h < heads; ++h) {
+      state.scores[layer * heads + h] = std::move(decision.scores[h]);
+      if (config.evicts_while_decoding) state.capacity[layer * heads + h] = capacity;
+    }
+    const int32_t layers[] = {layer};
+    HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(seq, layers, decision.keep_sets));
+  }
+  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_after, manager_->StreamLengths(seq));
+  result.kept.assign(lens_after.begin(), lens_after.end());
+  for (const uint32_t len : lens_after) result.tokens_after += len;
+  result.pages_freed = manager_->pool().free_pages() - free_before;
+  return result;
+}
+
+absl::Status EvictionEngine::ApplyKeepSets(SeqId seq, absl::Span<const int32_t> layers,
+                                           const std::vector<std::vector<int32_t>>& keep_sets) {
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  SeqState& state = StateFor(seq);
+  HEADPAGE_RETURN_IF_ERROR(host_.Apply(seq, layers, keep_sets));
+  // Scores follow their tokens.
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (int32_t h = 0; h < heads; ++h) {
+      std::vector<float>& scores = state.scores[layers[i] * heads + h];
+      std::vector<float> moved;
+      for (const int32_t k : keep_sets[i * heads + h]) {
+        if (k < static_cast<int32_t>(scores.size())) moved.push_back(scores[k]);
+      }
+      scores = std::move(moved);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Decode
+
+absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config,
+                                           absl::Span<const LayerQueries> queries,
+                                           const DecodeSchedule& schedule) {
+  HEADPAGE_RETURN_IF_ERROR(NeedsHostPool("ObserveDecode"));
+  HEADPAGE_RETURN_IF_ERROR(Validate(config));
+  HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries, /*one_each=*/true));
+  if (schedule.interval < 0 || schedule.window < 1 ||
+      (schedule.interval > 0 && schedule.target < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode schedule: interval ", schedule.interval, ", target ", schedule.target,
+        ", window ", schedule.window, " (need interval >= 0, window >= 1, target >= 1)"));
+  }
+  if (!manager_->Contains(seq)) {
+    return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not live"));
+  }
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  SeqState& state = StateFor(seq);
+
+  // H2O bookkeeping for every policy: fold this query's attention into the
+  // token scores. Tokens the engine has not seen yet start from zero.
+  LayerKeys data;
+  std::vector<std::vector<int32_t>> evict_sets;
+  std::vector<int32_t> evict_layers;
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    HEADPAGE_RETURN_IF_ERROR(host_.GatherLayer(seq, layer, &data));
+    bool over_capacity = false;
+    std::vector<std::vector<int32_t>> keep_sets(heads);
+    for (int32_t h = 0; h < heads; ++h) {
+      const int32_t st = layer * heads + h;
+      const policy::StreamKeys keys = data.Stream(h, g);
+      const int32_t n = keys.num_tokens;
+      std::vector<float>& scores = state.scores[st];
+      scores.resize(static_cast<size_t>(n), 0.0f);
+      HEADPAGE_RETURN_IF_ERROR(policy::AccumulateAttention(keys, GroupOf(queries[layer], g, h),
+                                                           config.reduce, absl::MakeSpan(scores)));
+      // H2O's streaming eviction: back to the capacity, dropping the lowest
+      // accumulated attention outside the recent half.
+      const int32_t capacity = state.capacity[st];
+      if (config.evicts_while_decoding && capacity > 0 && n > capacity) {
+        const StreamScores stream{scores, absl::MakeConstSpan(keys.positions, n),
+                                  policy::Protection{config.sinks, config.recent_half ? capacity / 2 : config.window}};
+        HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(stream, capacity, &keep_sets[h]));
+        over_capacity = true;
+      } else {
+        keep_sets[h].resize(static_cast<size_t>(n));
+        for (int32_t i = 0; i < n; ++i) keep_sets[h][i] = i;
+      }
+    }
+    if (over_capacity) {
+      evict_layers.push_back(layer);
+      for (auto& set : keep_sets) evict_sets.push_back(std::move(set));
+    }
+  }
+  for (size_t i = 0; i < evict_layers.size(); ++i) {
+    const int32_t layers[] = {evict_layers[i]};
+    const std::vector<std::vector<int32_t>> sets(evict_sets.begin() + i * heads,
+                                                 evict_sets.begin() + (i + 1) * heads);
+    HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(seq, layers, sets));
+  }
+
+  // DecodingPress: remember the last `window` queries of every layer, and every
+  // `interval` steps compress with them as the observation window.
+  ++state.decode_steps;
+  if (schedule.interval == 0) return absl::OkStatus();
+  const size_t row = static_cast<size_t>(g.num_q_heads) * g.head_dim;
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    auto& ring = state.recent_queries[layer];
+    std::vector<float> q(row);
+    for (size_t i = 0; i < row; ++i) q[i] = LoadAsFloat(queries[layer].data, i, queries[layer].dtype);
+    ring.push_back(std::move(q));
+    if (static_cast<int32_t>(ring.size()) > schedule.window) ring.erase(ring.begin());
+  }
+  state.recent_positions.push_back(queries[0].positions[0]);
+  if (static_cast<int32_t>(state.recent_positions.size()) > schedule.window) {
+    state.recent_positions.erase(state.recent_positions.begin());
+  }
+  if (state.decode_steps % schedule.interval != 0) return absl::OkStatus();
+  // Lay the buffered queries out as LayerQueries: [q_heads][w][head_dim].
+  const auto w = static_cast<int32_t>(state.recent_positions.size());
+  std::vector<std::vector<float>> buffers(g.num_layers);
+  std::vector<LayerQueries> window(g.num_layers);
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    std::vector<float>& b = buffers[layer];
+    b.resize(static_cast<size_t>(g.num_q_heads) * w * g.head_dim);
+    for (int32_t qh = 0; qh < g.num_q_heads; ++qh) {
+      for (int32_t r = 0; r < w; ++r) {
+        std::memcpy(&b[(static_cast<size_t>(qh) * w + r) * g.head_dim],
+                    &state.recent_queries[layer][r][static_cast<size_t>(qh) * g.head_dim],
+                    sizeof(float) * g.head_dim);
+      }
+    }
+    window[layer] = LayerQueries{b.data(), state.recent_positions.data(), w, DType::kF32};
+  }
+  PolicyConfig at_decode = config;
+  at_decode.window = std::min(config.window, w);
+  return Compress(seq, at_decode, Budget::TokensPerHead(schedule.target), window).status();
+}
+
+// ---------------------------------------------------------------------------
+// The pool-wide budget
+
+absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
+                                                          int32_t floor_tokens,
+                                                          int32_t protect_recent) {
+  HEADPAGE_RETURN_IF_ERROR(NeedsHostPool("EnforcePoolBudget"));
+  if (pages_to_free < 0 || floor_tokens < 0 || protect_recent < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EnforcePoolBudget: pages_to_free ", pages_to_free, ", floor_tokens ", floor_tokens,
+        " and protect_recent ", protect_recent, " must be >= 0"));
+  }
+  if (pages_to_free == 0) return 0;
+  // Sequences freed behind the engine's back leave no state behind.
+  for (auto it = states_.begin(); it != states_.end();) {
+    if (manager_->Contains(it->first)) {
+      ++it;
+    } else {
+      states_.erase(it++);
+    }
+  }
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  // Every stream of every scored sequence, in SeqId order so that the result
+  // does not depend on hash-map iteration.
+  std::vector<SeqId> seqs;
+  for (const auto& [id, state] : states_) seqs.push_back(id);
+  std::sort(seqs.begin(), seqs.end());
+  std::vector<std::vector<float>> scores;      // padded to each stream's length
+  std::vector<std::vector<int32_t>> positions;
+  std::vector<StreamScores> streams;
+  std::vector<int32_t> floors;
+  LayerKeys data;
+  for (const SeqId seq : seqs) {
+    SeqState& state = states_[seq];
+    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+      HEADPAGE_RETURN_IF_ERROR(host_.GatherLayer(seq, layer, &data));
+      for (int32_t h = 0; h < heads; ++h) {
+        const int32_t n = data.offsets[h + 1] - data.offsets[h];
+        const std::vector<float>& known = state.scores[layer * heads + h];
+        const auto scored = static_cast<int32_t>(std::min<size_t>(known.size(), n));
+        scores.emplace_back(known.begin(), known.begin() + scored);
+        // GlobalKept compares shares of each stream's score mass, which needs
+        // scores >= 0. Knorm's are negative (-||k||): shift a stream's scores to
+        // start at zero, which keeps their order within the stream.
+        const auto lowest = std::min_element(scores.back().begin(), scores.back().end());
+        if (lowest != scores.back().end() && *lowest < 0.0f) {
+          const float shift = *lowest;
+          for (float& x : scores.back()) x -= shift;
+        }
+        scores.back().resize(static_cast<size_t>(n), 0.0f);
+        positions.emplace_back(data.positions.begin() + data.offsets[h],
+                               data.positions.begin() + data.offsets[h + 1]);
+        floors.push_back(std::min(floor_tokens, n));
+        // Unscored tokens (appended since the engine last looked) are the
+        // stream's most recent ones: protect them with the recent window.
+        streams.push_back(StreamScores{{}, {}, policy::Protection{0, std::max(protect_recent, n - scored)}});
+      }
+    }
+  }
+  for (size_t i = 0; i < streams.size(); ++i) {
+    streams[i].scores = scores[i];
+    streams[i].positions = positions[i];
+  }
+  HEADPAGE_ASSIGN_OR_RETURN(const std::vector<int32_t> kept,
+                            policy::GlobalKept(streams, floors, g.page_size, pages_to_free));
+  const int64_t free_before = manager_->pool().free_pages();
+  size_t i = 0;
+  for (const SeqId seq : seqs) {
+    for (int32_t layer = 0; layer < g.num_layers; ++layer, i += heads) {
+      bool changes = false;
+      for (int32_t h = 0; h < heads; ++h) changes |= kept[i + h] != streams[i + h].num_tokens();
+      if (!changes) continue;
+      std::vector<std::vector<int32_t>> keep_sets(heads);
+      for (int32_t h = 0; h < heads; ++h) {
+        HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(streams[i + h], kept[i + h], &keep_sets[h]));
+      }
+      const int32_t layers[] = {layer};
+      HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(seq, layers, keep_sets));
+    }
+  }
+  return manager_->pool().free_pages() - free_before;
+}
+
+}  // namespace headpage

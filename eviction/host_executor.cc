@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "eviction/host_executor.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/compact.h"
+#include "kernels/gather_kv.h"
+#include "policy/budget.h"
+#include "policy/scores.h"
+#include "policy/select.h"
+
+namespace headpage {
+
+using policy::StreamScores;
+
+policy::StreamKeys LayerKeys::Stream(int32_t h, const CacheGeometry& g) const {
+  const int32_t n = offsets[h + 1] - offsets[h];
+  return policy::StreamKeys{keys.data() + static_cast<size_t>(offsets[h]) * g.head_dim * SizeOf(g.dtype),
+                            positions.data() + offsets[h], n, g.head_dim, g.dtype};
+}
+
+policy::GroupQueries GroupOf(const LayerQueries& q, const CacheGeometry& g, int32_t h) {
+  policy::GroupQueries group;
+  const size_t per_head = static_cast<size_t>(q.num_queries) * g.head_dim * SizeOf(q.dtype);
+  group.data = static_cast<const char*>(q.data) + per_head * g.group_size() * h;
+  group.positions = q.positions;
+  group.group_size = g.group_size();
+  group.num_queries = q.num_queries;
+  group.head_dim = g.head_dim;
+  group.dtype = q.dtype;
+  return group;
+}
+
+namespace {
+
+// The last query (the highest position) of a group, as a one-query group.
+policy::GroupQueries LastQueryOf(const LayerQueries& q, const CacheGeometry& g, int32_t h,
+                                 std::vector<char>* storage) {
+  const int32_t last = static_cast<int32_t>(
+      std::max_element(q.positions, q.positions + q.num_queries) - q.positions);
+  const size_t row = static_cast<size_t>(g.head_dim) * SizeOf(q.dtype);
+  const policy::GroupQueries all = GroupOf(q, g, h);
+  storage->resize(row * g.group_size());
+  for (int32_t i = 0; i < g.group_size(); ++i) {
+    std::memcpy(storage->data() + i * row,
+                static_cast<const char*>(all.data) + (static_cast<size_t>(i) * q.num_queries + last) * row,
+                row);
+  }
+  policy::GroupQueries one = all;
+  one.data = storage->data();
+  one.positions = q.positions + last;
+  one.num_queries = 1;
+  return one;
+}
+
+}  // namespace
+
+absl::Status HostExecutor::CheckHostPool() const {
+  if (cache_.memory == MemoryKind::kHost) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      "HostExecutor: the pool is device memory; the host executor reads and writes host memory only");
+}
+
+absl::Status HostExecutor::GatherLayer(SeqId seq, int32_t layer, LayerKeys* out) const {
+  HEADPAGE_RETURN_IF_ERROR(CheckHostPool());
+  const CacheGeometry& g = manager_->geometry();
+  // The layer's block tables of `seq`, tight: the CSR GatherKV takes.
+  const SeqId seqs[] = {seq};
+  HEADPAGE_ASSIGN_OR_RETURN(const BlockTableCsr table,
+                            manager_->BlockTable(layer, seqs, BlockTableOptions{0}));
+  out->offsets.assign(1, 0);
+  for (const int32_t len : table.lens()) out->offsets.push_back(out->offsets.back() + len);
+  const size_t tokens = static_cast<size_t>(out->offsets.back());
+  out->keys.resize(tokens * g.head_dim * SizeOf(g.dtype));
+  out->positions.resize(tokens);
+  GatherKVArgs args;
+  args.cache = cache_;
+  args.num_rows = table.num_rows();
+  args.indptr = table.indptr().data();
+  args.page_ids = table.page_ids().data();
+  args.lens = table.lens().data();
+  args.keys = out->keys.data();
+  args.positions = out->positions.data();
+  return ref::GatherKV(args);
+}
+
+absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
+                                                   const PolicyConfig& config, int32_t capacity,
+                                                   const policy::Protection& protection,
+                                                   const LayerQueries& q) const {
+  using Scorer = PolicyConfig::Scorer;
+  using Allocator = PolicyConfig::Allocator;
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  LayerKeys data;
+  HEADPAGE_RETURN_IF_ERROR(GatherLayer(seq, layer, &data));
+  LayerDecision decision;
+  std::vector<std::vector<float>>& scores = decision.scores;
+  scores.resize(heads);
+  std::vector<policy::StreamKeys> keys(heads);
+  for (int32_t h = 0; h < heads; ++h) {
+    keys[h] = data.Stream(h, g);
+    scores[h].assign(keys[h].num_tokens, 0.0f);
+  }
+  switch (config.scorer) {
+    case Scorer::kSnapKV:
+      for (int32_t h = 0; h < heads; ++h) {
+        HEADPAGE_RETURN_IF_ERROR(policy::SnapKVScores(keys[h], GroupOf(q, g, h), config.snapkv,
+                                                      absl::MakeSpan(scores[h])));
+      }
+      break;
+    case Scorer::kH2O:
+      for (int32_t h = 0; h < heads; ++h) {
+        HEADPAGE_RETURN_IF_ERROR(policy::AccumulateAttention(keys[h], GroupOf(q, g, h),
+                                                             config.reduce, absl::MakeSpan(scores[h])));
+      }
+      break;
+    case Scorer::kRecency:
+      for (int32_t h = 0; h < heads; ++h) {
+        HEADPAGE_RETURN_IF_ERROR(policy::RecencyScores(keys[h], absl::MakeSpan(scores[h])));
+      }
+      break;
+    case Scorer::kTova: {
+      std::vector<std::vector<char>> storage(heads);
+      std::vector<policy::GroupQueries> last(heads);
+      for (int32_t h = 0; h < heads; ++h) last[h] = LastQueryOf(q, g, h, &storage[h]);
+      HEADPAGE_RETURN_IF_ERROR(policy::TovaScores(keys, last, absl::MakeSpan(scores[0])));
+      for (int32_t h = 1; h < heads; ++h) scores[h] = scores[0];
+      break;
+    }
+    case Scorer::kKeyNorm:
+      for (int32_t h = 0; h < heads; ++h) {
+        HEADPAGE_RETURN_IF_ERROR(policy::KeyNormScores(keys[h], absl::MakeSpan(scores[h])));
+      }
+      break;
+    case Scorer::kRandom:
+      for (int32_t h = 0; h < heads; ++h) {
+        policy::RandomScores(config.seed + static_cast<uint64_t>(layer * heads + h),
+                             absl::MakeSpan(scores[h]));
+      }
+      break;
+    case Scorer::kNone:
+      break;
+  }
+  std::vector<StreamScores> streams(heads);
+  for (int32_t h = 0; h < heads; ++h) {
+    streams[h] = StreamScores{scores[h], absl::MakeConstSpan(keys[h].positions, keys[h].num_tokens),
+                              protection};
+  }
+  std::vector<int32_t> kept;
+  switch (config.allocator) {
+    case Allocator::kUniform:
+    case Allocator::kPyramid: {
+      HEADPAGE_ASSIGN_OR_RETURN(kept, policy::UniformKept(streams, capacity));
+      break;
+    }
+    case Allocator::kAda:
+    case Allocator::kAdaPyramid: {
+      HEADPAGE_ASSIGN_OR_RETURN(kept, policy::AdaKept(streams, capacity, config.ada));
+      break;
+    }
+    case Allocator::kDBudget: {
+      std::vector<std::vector<float>> rows(heads);
+      std::vector<absl::Span<const float>> row_spans(heads);
+      std::vector<char> storage;
+      for (int32_t h = 0; h < heads; ++h) {
+        const policy::GroupQueries last = LastQueryOf(q, g, h, &storage);
+        rows[h].resize(static_cast<size_t>(g.group_size()) * keys[h].num_tokens);
+        HEADPAGE_RETURN_IF_ERROR(policy::LastQueryAttention(keys[h], last, absl::MakeSpan(rows[h])));
+        row_spans[h] = rows[h];
+      }
+      HEADPAGE_ASSIGN_OR_RETURN(kept, policy::DBudgetKept(streams, row_spans, g.group_size(),
+                                                          config.dbudget_threshold,
+                                                          config.dbudget_by_position));
+      break;
+    }
+    case Allocator::kNone:
+      kept.resize(heads);
+      for (int32_t h = 0; h < heads; ++h) kept[h] = keys[h].num_tokens;
+      break;
+  }
+  decision.keep_sets.resize(heads);
+  for (int32_t h = 0; h < heads; ++h) {
+    HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(streams[h], kept[h], &decision.keep_sets[h]));
+  }
+  return decision;
+}
+
+absl::Status HostExecutor::Apply(SeqId seq, absl::Span<const int32_t> layers,
+                                 const std::vector<std::vector<int32_t>>& keep_sets) {
+  HEADPAGE_RETURN_IF_ERROR(CheckHostPool());
+  const int32_t heads = manager_->geometry().num_kv_heads;
+  plan_.Clear();
+  std::vector<int32_t> keep_flat;
+  std::vector<int32_t> kept(heads);
+  absl::Status planned = absl::OkStatus();
+  for (size_t i = 0; i < layers.size() && planned.ok(); ++i) {
+    for (int32_t h = 0; h < heads; ++h) {
+      const auto& set = keep_sets[i * heads + h];
+      kept[h] = static_cast<int32_t>(set.size());
+      keep_flat.insert(keep_flat.end(), set.begin(), set.end());
+    }
+    planned = manager_->Evict(seq, layers[i], kept, &plan_);
+  }
+  // The keep sets of the layers Evict() took (a failed Evict changes nothing).
+  keep_flat.resize(plan_.keep_indptr.back());
+  CompactArgs args;
+  args.cache = cache_;
+  args.num_rows = plan_.num_rows();
+  args.src_indptr = plan_.src_indptr.data();
+  args.src_page_ids = plan_.src_page_ids.data();
+  args.src_lens = plan_.src_lens.data();
+  args.dst_indptr = plan_.dst_indptr.data();
+  args.dst_page_ids = plan_.dst_page_ids.data();
+  args.keep_indptr = plan_.keep_indptr.data();
+  args.keep = keep_flat.data();
+  args.in_place = plan_.in_place.data();
+  const absl::Status compacted = args.num_rows > 0 ? ref::Compact(args) : absl::OkStatus();
+  // The plan is executed (on the host) or failed validation; either way the
+  // retired pages are no longer read.
+  manager_->ReleaseRetiredPages();
+  HEADPAGE_RETURN_IF_ERROR(planned);
+  return compacted;
+}
+
+}  // namespace headpage

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: eviction/host_executor.h
+//
+// The host executor: the eviction engine's three steps (score, budget, select)
+// and the compaction, run on a pool whose bytes are host memory, through the
+// CPU functions of policy/ and the ref:: kernels. It decides one layer at a
+// time, so that the extra memory is one layer's gathered keys.
+#ifndef HEADPAGE_EVICTION_HOST_EXECUTOR_H_
+#define HEADPAGE_EVICTION_HOST_EXECUTOR_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "blockmgr/block_manager.h"
+#include "core/paged_kv.h"
+#include "eviction/layer_queries.h"
+#include "policy/config.h"
+#include "policy/types.h"
+
+namespace headpage {
+
+// Dense keys and positions of one layer's streams of one sequence.
+struct LayerKeys {
+  std::vector<char> keys;          // [sum lens][head_dim] of the cache dtype, raw
+  std::vector<int32_t> positions;  // [sum lens]
+  std::vector<int32_t> offsets;    // [kv_heads + 1] into both
+
+  policy::StreamKeys Stream(int32_t h, const CacheGeometry& g) const;
+};
+
+// What one layer's policy decided: per kv head, the scores of its tokens (the
+// engine's score store keeps them) and the ascending keep set.
+struct LayerDecision {
+  std::vector<std::vector<float>> scores;
+  std::vector<std::vector<int32_t>> keep_sets;
+};
+
+class HostExecutor {
+ public:
+  // REQUIRES: manager outlives the executor; cache matches its geometry (the
+  // engine checks). A device cache makes every call an InvalidArgument.
+  HostExecutor(BlockManager* manager, const PagedKV& cache) : manager_(manager), cache_(cache) {}
+
+  [[nodiscard]] absl::Status GatherLayer(SeqId seq, int32_t layer, LayerKeys* out) const;
+
+  // Scores layer `layer` of `seq` with the policy's scorer on `queries`,
+  // allocates each kv head's budget from `capacity` (the layer's, after any
+  // pyramid schedule) and selects the keep sets, protecting `protection`.
+  [[nodiscard]] absl::StatusOr<LayerDecision> Decide(SeqId seq, int32_t layer,
+                                                     const PolicyConfig& config, int32_t capacity,
+                                                     const policy::Protection& protection,
+                                                     const LayerQueries& queries) const;
+
+  // Evicts `seq` to the keep sets ([layer][kv_head] order over `layers`), runs
+  // the compaction on the host pool and releases the retired pages.
+  [[nodiscard]] absl::Status Apply(SeqId seq, absl::Span<const int32_t> layers,
+                                   const std::vector<std::vector<int32_t>>& keep_sets);
+
+ private:
+  // InvalidArgument for a device pool: the CPU must not touch device memory.
+  absl::Status CheckHostPool() const;
+
+  BlockManager* manager_;
+  PagedKV cache_;
+  CompactionPlan plan_;  // reused, so that it allocates only while it grows
+};
+
+// The group of kv head h out of a layer's q-head-major queries.
+policy::GroupQueries GroupOf(const LayerQueries& q, const CacheGeometry& g, int32_t h);
+
+}  // namespace headpage
+
+#endif  // HEADPAGE_EVICTION_HOST_EXECUTOR_H_

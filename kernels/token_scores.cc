@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "kernels/token_scores.h"
+
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
+#include "core/status.h"
+#include "kernels/gpu_status.h"
+#include "kernels/validate_common.h"
+#include "policy/scores.h"
+
+namespace headpage {
+
+absl::Status Validate(const TokenScoresArgs& args) {
+  HEADPAGE_RETURN_IF_ERROR(ValidatePagedKV(args.cache, "TokenScores"));
+  if (args.num_streams < 0 || args.num_tokens < 0 || args.max_len < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("TokenScores: num_streams ", args.num_streams,
+                                                   ", num_tokens ", args.num_tokens, ", max_len ",
+                                                   args.max_len, " must be >= 0"));
+  }
+  if (args.max_len > kMaxTokenScoresLen) {
+    return absl::InvalidArgumentError(absl::StrCat("TokenScores: max_len ", args.max_len,
+                                                   " is over ", kMaxTokenScoresLen));
+  }
+  switch (args.score) {
+    case TokenScore::kNone:
+    case TokenScore::kPosition:
+    case TokenScore::kKeyNorm:
+    case TokenScore::kRandom:
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("TokenScores: unknown score kind ", static_cast<int>(args.score)));
+  }
+  if (args.num_streams > 0 &&
+      (args.indptr == nullptr || args.lens == nullptr || args.offsets == nullptr ||
+       args.positions == nullptr || (args.score != TokenScore::kNone && args.scores == nullptr))) {
+    return absl::InvalidArgumentError(
+        "TokenScores: indptr, lens, offsets, positions (and scores, unless kNone) must be set");
+  }
+  return absl::OkStatus();
+}
+
+namespace ref {
+
+absl::Status TokenScores(const TokenScoresArgs& args) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  const PagedKV& cache = args.cache;
+  HEADPAGE_RETURN_IF_ERROR(CheckBlockTables(cache, args.num_streams, args.indptr, args.page_ids,
+                                            args.lens, "TokenScores"));
+  for (int32_t s = 0; s < args.num_streams; ++s) {
+    if (args.lens[s] > args.max_len || args.offsets[s] < 0 ||
+        args.offsets[s] + static_cast<int64_t>(args.lens[s]) > args.offsets[s + 1] ||
+        args.offsets[s + 1] > args.num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TokenScores: stream ", s, " of ", args.lens[s], " tokens (max_len ", args.max_len,
+          ") does not fit its offsets [", args.offsets[s], ", ", args.offsets[s + 1], ") of ",
+          args.num_tokens));
+    }
+  }
+  // The policy functions on each stream's gathered keys: one implementation
+  // of each score, the oracle the GPU must equal bit for bit.
+  const size_t row = static_cast<size_t>(cache.head_dim) * SizeOf(cache.dtype);
+  std::vector<char> keys;
+  for (int32_t s = 0; s < args.num_streams; ++s) {
+    const int32_t n = args.lens[s];
+    const int32_t* pages = args.page_ids + args.indptr[s];
+    int32_t* positions = args.positions + args.offsets[s];
+    if (args.score == TokenScore::kKeyNorm) keys.resize(n * row);
+    for (int32_t j = 0; j < n; ++j) {
+      const int64_t slot = SlotOf(pages, j, cache.page_size);
+      positions[j] = cache.positions[slot];
+      if (args.score == TokenScore::kKeyNorm) {
+        std::memcpy(keys.data() + j * row,
+                    static_cast<const char*>(cache.data) + cache.KeyOffset(slot) * SizeOf(cache.dtype),
+                    row);
+      }
+    }
+    if (args.score == TokenScore::kNone) continue;
+    const policy::StreamKeys stream{keys.data(), positions, n, cache.head_dim, cache.dtype};
+    const absl::Span<float> scores(args.scores + args.offsets[s], n);
+    switch (args.score) {
+      case TokenScore::kPosition:
+        HEADPAGE_RETURN_IF_ERROR(policy::RecencyScores(stream, scores));
+        break;
+      case TokenScore::kKeyNorm:
+        HEADPAGE_RETURN_IF_ERROR(policy::KeyNormScores(stream, scores));
+        break;
+      case TokenScore::kRandom:
+        policy::RandomScores(args.seed + static_cast<uint64_t>(s), scores);
+        break;
+      case TokenScore::kNone:
+        break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ref
+
+#if HEADPAGE_HAVE_CUDA
+namespace gpu {
+
+absl::Status TokenScores(const TokenScoresArgs& args, GpuStream stream) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_streams == 0 || args.max_len == 0) return absl::OkStatus();
+  return LaunchStatus(internal::LaunchTokenScores(args, stream), "TokenScores", args.cache.dtype,
+                      args.cache.head_dim);
+}
+
+}  // namespace gpu
+#endif
+
+}  // namespace headpage

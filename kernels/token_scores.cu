@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: Apache-2.0
+// TokenScores on the GPU: one thread per token. Each score is computed in the
+// same order and roundings as its policy/ function (no contraction into FMA,
+// IEEE sqrt), so the results equal ref:: bit for bit.
+#include "kernels/cuda_common.cuh"
+#include "kernels/token_scores_args.h"
+
+namespace headpage::gpu::internal {
+namespace {
+
+constexpr int kThreads = 256;
+
+// splitmix64's output function; the j-th draw of a stream seeded with `seed`
+// mixes seed + (j + 1) * golden (policy::RandomScores advances its state so).
+__device__ __forceinline__ uint64_t SplitMix64At(uint64_t seed, int64_t j) {
+  uint64_t z = seed + static_cast<uint64_t>(j + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float NegKeyNorm(const TokenScoresArgs& a, int64_t slot) {
+  const T* key = static_cast<const T*>(a.cache.data) + a.cache.KeyOffset(slot);
+  constexpr int kPerVector = kVectorBytes / static_cast<int>(sizeof(T));
+  float sum_sq = 0.0f;
+#pragma unroll 4
+  for (int v = 0; v < kHeadDim / kPerVector; ++v) {
+    const Vector packed = reinterpret_cast<const Vector*>(key)[v];
+    const T* x = reinterpret_cast<const T*>(&packed);
+#pragma unroll
+    for (int e = 0; e < kPerVector; ++e) {
+      const float f = ToFloat(x[e]);
+      sum_sq = __fadd_rn(sum_sq, __fmul_rn(f, f));
+    }
+  }
+  return -__fsqrt_rn(sum_sq);
+}
+
+template <typename T, int kHeadDim>
+__global__ void TokenScoresKernel(TokenScoresArgs a) {
+  const int32_t s = blockIdx.x;
+  const int32_t j = blockIdx.y * kThreads + threadIdx.x;
+  const int32_t len = a.lens[s];
+  if (j >= len) return;
+  const int32_t* pages = a.page_ids + a.indptr[s];
+  const int64_t slot = SlotOf(pages, j, a.cache.page_size);
+  const int32_t position = a.cache.positions[slot];
+  const int64_t out = static_cast<int64_t>(a.offsets[s]) + j;
+  a.positions[out] = position;
+  switch (a.score) {
+    case TokenScore::kPosition:
+      a.scores[out] = __int2float_rn(position);
+      break;
+    case TokenScore::kKeyNorm:
+      a.scores[out] = NegKeyNorm<T, kHeadDim>(a, slot);
+      break;
+    case TokenScore::kRandom:
+      // The top 24 bits fill a float's significand exactly.
+      a.scores[out] = static_cast<float>(SplitMix64At(a.seed + s, j) >> 40) * 0x1p-24f;
+      break;
+    case TokenScore::kNone:
+      break;
+  }
+}
+
+}  // namespace
+
+LaunchResult LaunchTokenScores(const TokenScoresArgs& args, GpuStream stream) {
+  return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype, auto dim) {
+    using T = typename decltype(dtype)::type;
+    const dim3 grid(static_cast<unsigned>(args.num_streams),
+                    static_cast<unsigned>(CeilDiv(args.max_len, kThreads)));
+    TokenScoresKernel<T, decltype(dim)::value><<<grid, kThreads, 0, stream>>>(args);
+    return CheckLaunch();
+  });
+}
+
+}  // namespace headpage::gpu::internal

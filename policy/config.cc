@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "policy/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+
+namespace headpage {
+namespace {
+
+using S = PolicyConfig::Scorer;
+using A = PolicyConfig::Allocator;
+
+// The registry: a name, and what it changes from PolicyConfig's defaults
+// (SnapKV scores, window 32, maxpool 7, GQA mean, Ada alpha 0.2).
+struct NamedPolicy {
+  const char* name;
+  void (*configure)(PolicyConfig*);
+};
+
+constexpr NamedPolicy kPolicies[] = {
+    {"full", [](PolicyConfig* c) { c->scorer = S::kNone; c->allocator = A::kNone; }},
+    {"uniform-snapkv", [](PolicyConfig* c) { c->allocator = A::kUniform; }},
+    {"pyramid", [](PolicyConfig* c) { c->allocator = A::kPyramid; }},
+    {"ada-snapkv", [](PolicyConfig* c) { c->allocator = A::kAda; }},
+    {"ada-pyramid", [](PolicyConfig* c) { c->allocator = A::kAdaPyramid; }},
+    // ReFreeKV's released run: SnapKV-style window vote without pooling, w = 8,
+    // last-token attention norm with T = 0.05.
+    {"dbudget",
+     [](PolicyConfig* c) {
+       c->allocator = A::kDBudget;
+       c->window = 8;
+       c->snapkv.kernel_size = 1;
+       c->snapkv.pooling = policy::Pooling::kNone;
+     }},
+    // Heavy hitters (attention accumulated over every prompt query) plus as many
+    // recent tokens, held at the budget while decoding.
+    {"h2o",
+     [](PolicyConfig* c) {
+       c->scorer = S::kH2O;
+       c->observe = PolicyConfig::Observe::kAllPrompt;
+       c->window = 0;
+       c->recent_half = true;
+       c->evicts_while_decoding = true;
+     }},
+    {"streamingllm",
+     [](PolicyConfig* c) {
+       c->scorer = S::kRecency;
+       c->window = 0;
+       c->sinks = 4;
+     }},
+    // kvpress's TOVAPress always keeps the last token.
+    {"tova", [](PolicyConfig* c) { c->scorer = S::kTova; c->window = 1; }},
+    {"knorm", [](PolicyConfig* c) { c->scorer = S::kKeyNorm; c->window = 0; }},
+    {"random", [](PolicyConfig* c) { c->scorer = S::kRandom; c->window = 0; }},
+};
+
+}  // namespace
+
+int32_t PolicyConfig::ObservedQueries(int32_t prompt_queries) const {
+  if (observe == Observe::kAllPrompt) return prompt_queries;
+  return std::min(prompt_queries, std::max(window, 1));
+}
+
+const std::vector<std::string>& PolicyNames() {
+  static const auto* names = [] {
+    auto* v = new std::vector<std::string>;
+    for (const NamedPolicy& p : kPolicies) v->emplace_back(p.name);
+    return v;
+  }();
+  return *names;
+}
+
+absl::StatusOr<PolicyConfig> PolicyByName(absl::string_view name) {
+  for (const NamedPolicy& p : kPolicies) {
+    if (name != p.name) continue;
+    PolicyConfig c;
+    c.name = std::string(name);
+    p.configure(&c);
+    return c;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown policy '", name, "'; known: ",
+                                                 absl::StrJoin(PolicyNames(), ", ")));
+}
+
+absl::Status Validate(const PolicyConfig& c) {
+  if (c.window < 0 || c.sinks < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy ", c.name, ": window ", c.window, " and sinks ", c.sinks, " must be >= 0"));
+  }
+  if (!(c.ada.alpha >= 0.0 && c.ada.alpha <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy ", c.name, ": alpha ", c.ada.alpha, " is outside [0, 1]"));
+  }
+  if (!(c.pyramid_beta > 0.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy ", c.name, ": beta ", c.pyramid_beta, " must be > 0"));
+  }
+  if (!(c.dbudget_threshold >= 0.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy ", c.name, ": threshold ", c.dbudget_threshold, " must be >= 0"));
+  }
+  if (c.snapkv.kernel_size < 1 || c.snapkv.kernel_size % 2 == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "policy ", c.name, ": pooling kernel ", c.snapkv.kernel_size, " must be odd and >= 1"));
+  }
+  if (c.scorer == PolicyConfig::Scorer::kNone && c.allocator != PolicyConfig::Allocator::kNone) {
+    return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": an allocator needs a scorer"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Budget> Budget::Parse(absl::string_view text) {
+  absl::string_view number = text;
+  const bool percent = absl::ConsumeSuffix(&number, "%");
+  double value = 0;
+  if (!absl::SimpleAtod(number, &value) || !std::isfinite(value) || value <= 0 ||
+      (percent && value > 100)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget '", text, "' is not a positive token count per head (e.g. 128) or a percentage "
+        "of the prompt in (0, 100] (e.g. 20%)"));
+  }
+  if (percent) return Fraction(value / 100.0);
+  if (value != std::floor(value) || value > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("budget '", text, "' is not a whole token count"));
+  }
+  return TokensPerHead(static_cast<int32_t>(value));
+}
+
+int32_t Budget::CapacityFor(int32_t prompt_len) const {
+  if (kind == Kind::kTokensPerHead) return static_cast<int32_t>(value);
+  return std::max<int32_t>(1, static_cast<int32_t>(std::lround(value * prompt_len)));
+}
+
+std::string Budget::ToString() const {
+  if (kind == Kind::kTokensPerHead) return absl::StrCat(static_cast<int64_t>(value));
+  return absl::StrCat(value * 100.0, "%");
+}
+
+absl::Status Validate(const Budget& budget) {
+  if (!(budget.value > 0) || (budget.kind == Budget::Kind::kFraction && budget.value > 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("budget ", budget.ToString(), " is out of range"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace headpage

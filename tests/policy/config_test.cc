@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "policy/config.h"
+
+#include <set>
+#include <string>
+
+#include "tests/testing/catch.h"
+#include "tests/testing/status_matchers.h"
+
+namespace headpage {
+namespace {
+
+TEST_CASE("PolicyByName: every registered name resolves, validates and names itself", "[policy]") {
+  const std::vector<std::string>& names = PolicyNames();
+  REQUIRE(names.size() == 11);
+  REQUIRE(std::set<std::string>(names.begin(), names.end()).size() == names.size());
+  for (const std::string& name : names) {
+    CAPTURE(name);
+    auto config = PolicyByName(name);
+    REQUIRE_OK(config);
+    REQUIRE(config->name == name);
+    REQUIRE_OK(Validate(*config));
+    REQUIRE(config->compresses() == (name != "full"));
+  }
+  REQUIRE_ERROR(PolicyByName("snapkv2"), absl::StatusCode::kInvalidArgument,
+                "known: full, uniform-snapkv");
+}
+
+TEST_CASE("PolicyByName: what the names mean", "[policy]") {
+  using S = PolicyConfig::Scorer;
+  using A = PolicyConfig::Allocator;
+  auto h2o = PolicyByName("h2o");
+  REQUIRE_OK(h2o);
+  REQUIRE(h2o->scorer == S::kH2O);
+  REQUIRE(h2o->observe == PolicyConfig::Observe::kAllPrompt);
+  REQUIRE(h2o->recent_half);
+  REQUIRE(h2o->evicts_while_decoding);
+  REQUIRE(h2o->ObservedQueries(500) == 500);
+
+  auto ada = PolicyByName("ada-snapkv");
+  REQUIRE_OK(ada);
+  REQUIRE(ada->scorer == S::kSnapKV);
+  REQUIRE(ada->allocator == A::kAda);
+  REQUIRE(ada->window == 32);
+  REQUIRE(ada->snapkv.kernel_size == 7);
+  REQUIRE(ada->ada.alpha == 0.2);
+  REQUIRE_FALSE(ada->evicts_while_decoding);
+  REQUIRE(ada->ObservedQueries(500) == 32);
+  REQUIRE(ada->ObservedQueries(20) == 20);
+
+  auto dbudget = PolicyByName("dbudget");
+  REQUIRE_OK(dbudget);
+  REQUIRE(dbudget->window == 8);
+  REQUIRE(dbudget->snapkv.pooling == policy::Pooling::kNone);
+
+  auto stream = PolicyByName("streamingllm");
+  REQUIRE_OK(stream);
+  REQUIRE(stream->sinks == 4);
+  REQUIRE(stream->window == 0);
+  REQUIRE(stream->ObservedQueries(500) == 1);  // the registry never asks for no query
+}
+
+TEST_CASE("Budget: parsing token counts and percentages", "[policy]") {
+  auto b = Budget::Parse("128");
+  REQUIRE_OK(b);
+  REQUIRE(b->CapacityFor(4000) == 128);
+  b = Budget::Parse("20%");
+  REQUIRE_OK(b);
+  REQUIRE(b->CapacityFor(4000) == 800);
+  REQUIRE(b->ToString() == "20%");
+  for (const char* bad : {"0", "-5", "abc", "150%", "0%", "12.5", ""}) {
+    CAPTURE(bad);
+    REQUIRE(Budget::Parse(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("Validate(Budget): out-of-range budgets built by hand are refused", "[policy]") {
+  REQUIRE_OK(Validate(Budget::Fraction(1.0)));
+  REQUIRE_ERROR(Validate(Budget::Fraction(1.5)), absl::StatusCode::kInvalidArgument, "out of range");
+  REQUIRE_ERROR(Validate(Budget::TokensPerHead(0)), absl::StatusCode::kInvalidArgument, "out of range");
+}
+
+}  // namespace
+}  // namespace headpage
