@@ -48,21 +48,32 @@ class CudaExecutor {
   virtual ~CudaExecutor() = default;
 
   // Whether the GPU runs `config`'s scorer and allocator (SnapKV window scores,
-  // recency, key norm and random scores; uniform, pyramid, Ada and Ada-Pyramid
-  // budgets). Unimplemented naming the missing part otherwise.
+  // TOVA, recency, key norm and random scores; uniform, pyramid, Ada and
+  // Ada-Pyramid budgets). Unimplemented naming the missing part otherwise.
   [[nodiscard]] static absl::Status Supports(const PolicyConfig& config);
 
-  // Compresses every layer of `seq`: layer l keeps layer_capacity[l] tokens per
-  // stream on average (uniform: each at most that), protecting `protection`.
+  // One sequence of a batch: layer l keeps layer_capacity[l] tokens per stream
+  // on average (uniform: each at most that), protecting `protection`;
   // queries[l] are layer l's observed queries, host or device memory, of the
-  // cache's dtype. The engine has validated the policy, the budget and the
-  // query count. Errors change nothing, except ResourceExhausted from Evict (a
-  // stream shared with a fork in a pool without room), which leaves the layers
-  // before the failing one compressed, as the host executor does.
-  [[nodiscard]] virtual absl::Status Compress(SeqId seq, const PolicyConfig& config,
-                                              absl::Span<const int32_t> layer_capacity,
-                                              const policy::Protection& protection,
-                                              absl::Span<const LayerQueries> queries) = 0;
+  // cache's dtype.
+  struct Job {
+    SeqId seq = 0;
+    absl::Span<const int32_t> layer_capacity;
+    policy::Protection protection;
+    absl::Span<const LayerQueries> queries;
+  };
+
+  // Compresses every layer of every job's sequence. The sequences are pipelined:
+  // every sequence's scores and keep sets are enqueued first, then each one's
+  // kept counts are waited for in turn and its plan and compaction enqueued,
+  // so the host's planning of one sequence overlaps the GPU's scoring of the
+  // next. The engine has validated the policy, the budgets and the query
+  // counts. Errors before the first compaction change nothing; a
+  // ResourceExhausted from Evict (a stream shared with a fork in a pool without
+  // room) leaves the sequences and layers before the failing one compressed,
+  // as the host executor does.
+  [[nodiscard]] virtual absl::Status Compress(const PolicyConfig& config,
+                                              absl::Span<const Job> jobs) = 0;
 
   GpuStream stream() const { return stream_; }
 

@@ -84,57 +84,121 @@ absl::Status EvictionEngine::ValidateQueries(absl::Span<const LayerQueries> quer
   return absl::OkStatus();
 }
 
-absl::StatusOr<CompressResult> EvictionEngine::Compress(SeqId seq, const PolicyConfig& config,
-                                                        const Budget& budget,
-                                                        absl::Span<const LayerQueries> queries) {
-  HEADPAGE_RETURN_IF_ERROR(Validate(config));
-  HEADPAGE_RETURN_IF_ERROR(Validate(budget));
-  HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries, /*one_each=*/false));
+namespace {
+
+// Pages the streams of `seq` hold (shared ones included).
+int64_t PagesHeld(const BlockManager& manager, SeqId seq) {
+  const CacheGeometry& g = manager.geometry();
+  int64_t pages = 0;
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      const auto held = manager.StreamPages(seq, layer, h);
+      if (held.ok()) pages += static_cast<int64_t>(held->size());
+    }
+  }
+  return pages;
+}
+
+}  // namespace
+
+absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
+                                                                const PolicyConfig& config,
+                                                                const Budget& budget) const {
   const CacheGeometry& g = manager_->geometry();
   HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_now, manager_->StreamLengths(seq));
-
-  CompressResult result;
-  const int64_t free_before = manager_->pool().free_pages();
-  for (const uint32_t len : lens_now) result.tokens_before += len;
+  Prepared p;
+  p.seq = seq;
+  for (const uint32_t len : lens_now) p.tokens_before += len;
+  p.pages_before = PagesHeld(*manager_, seq);
   const int32_t prompt_len = static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end()));
   if (config.window > prompt_len) {
     return absl::InvalidArgumentError(absl::StrCat("policy ", config.name, ": window ", config.window,
                                                    " is longer than the prompt (", prompt_len, ")"));
   }
-  const int32_t capacity = budget.CapacityFor(prompt_len);
-  SeqState& state = StateFor(seq);
-
-  std::vector<int32_t> layer_capacity(g.num_layers, capacity);
+  p.capacity = budget.CapacityFor(prompt_len);
+  p.layer_capacity.assign(g.num_layers, p.capacity);
   if (config.allocator == PolicyConfig::Allocator::kPyramid ||
       config.allocator == PolicyConfig::Allocator::kAdaPyramid) {
-    HEADPAGE_ASSIGN_OR_RETURN(layer_capacity,
-                              policy::PyramidCapacities(g.num_layers, capacity, config.window,
+    HEADPAGE_ASSIGN_OR_RETURN(p.layer_capacity,
+                              policy::PyramidCapacities(g.num_layers, p.capacity, config.window,
                                                         prompt_len, config.pyramid_beta));
   }
   // H2O keeps as many recent tokens as heavy hitters.
-  policy::Protection protection{config.sinks, config.window};
-  if (config.recent_half) protection.recent = capacity / 2;
+  p.protection = policy::Protection{config.sinks, config.window};
+  if (config.recent_half) p.protection.recent = p.capacity / 2;
+  return p;
+}
 
-  const int32_t heads = g.num_kv_heads;
-  if (cuda_ != nullptr && config.compresses()) {
-    HEADPAGE_RETURN_IF_ERROR(cuda_->Compress(seq, config, layer_capacity, protection, queries));
+absl::StatusOr<CompressResult> EvictionEngine::Compress(SeqId seq, const PolicyConfig& config,
+                                                        const Budget& budget,
+                                                        absl::Span<const LayerQueries> queries) {
+  const int64_t free_before = manager_->pool().free_pages();
+  const SeqId seqs[] = {seq};
+  const absl::Span<const LayerQueries> each[] = {queries};
+  HEADPAGE_ASSIGN_OR_RETURN(std::vector<CompressResult> results,
+                            CompressBatch(seqs, config, budget, each));
+  results[0].pages_freed = manager_->pool().free_pages() - free_before;
+  return std::move(results[0]);
+}
+
+absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
+    absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
+    absl::Span<const absl::Span<const LayerQueries>> queries) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(config));
+  HEADPAGE_RETURN_IF_ERROR(Validate(budget));
+  if (queries.size() != seqs.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("CompressBatch: ", seqs.size(),
+                                                   " sequences but queries for ", queries.size()));
   }
-  for (int32_t layer = 0; layer < g.num_layers && config.compresses() && cuda_ == nullptr; ++layer) {
-    HEADPAGE_ASSIGN_OR_RETURN(LayerDecision decision,
-                              host_.Decide(seq, layer, config, layer_capacity[layer], protection,
-                                           queries[layer]));
-    for (int32_t h = 0; h < heads; ++h) {
-      state.scores[layer * heads + h] = std::move(decision.scores[h]);
-      if (config.evicts_while_decoding) state.capacity[layer * heads + h] = capacity;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (std::find(seqs.begin(), seqs.begin() + i, seqs[i]) != seqs.begin() + i) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("CompressBatch: sequence ", seqs[i], " is listed twice"));
     }
-    const int32_t layers[] = {layer};
-    HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(seq, layers, decision.keep_sets));
   }
-  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_after, manager_->StreamLengths(seq));
-  result.kept.assign(lens_after.begin(), lens_after.end());
-  for (const uint32_t len : lens_after) result.tokens_after += len;
-  result.pages_freed = manager_->pool().free_pages() - free_before;
-  return result;
+  if (cuda_ != nullptr && config.compresses()) HEADPAGE_RETURN_IF_ERROR(CudaExecutor::Supports(config));
+  // Every check before anything changes.
+  std::vector<Prepared> prepared;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries[i], /*one_each=*/false));
+    HEADPAGE_ASSIGN_OR_RETURN(Prepared p, Prepare(seqs[i], config, budget));
+    prepared.push_back(std::move(p));
+  }
+
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  if (config.compresses() && cuda_ != nullptr) {
+    std::vector<CudaExecutor::Job> jobs;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].protection, queries[i]});
+    }
+    HEADPAGE_RETURN_IF_ERROR(cuda_->Compress(config, jobs));
+  }
+  for (size_t i = 0; i < seqs.size() && config.compresses() && cuda_ == nullptr; ++i) {
+    const Prepared& p = prepared[i];
+    SeqState& state = StateFor(p.seq);
+    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+      HEADPAGE_ASSIGN_OR_RETURN(LayerDecision decision,
+                                host_.Decide(p.seq, layer, config, p.layer_capacity[layer],
+                                             p.protection, queries[i][layer]));
+      for (int32_t h = 0; h < heads; ++h) {
+        state.scores[layer * heads + h] = std::move(decision.scores[h]);
+        if (config.evicts_while_decoding) state.capacity[layer * heads + h] = p.capacity;
+      }
+      const int32_t layers[] = {layer};
+      HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(p.seq, layers, decision.keep_sets));
+    }
+  }
+  std::vector<CompressResult> results(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_after,
+                              manager_->StreamLengths(seqs[i]));
+    results[i].tokens_before = prepared[i].tokens_before;
+    results[i].kept.assign(lens_after.begin(), lens_after.end());
+    for (const uint32_t len : lens_after) results[i].tokens_after += len;
+    results[i].pages_freed = prepared[i].pages_before - PagesHeld(*manager_, seqs[i]);
+  }
+  return results;
 }
 
 absl::Status EvictionEngine::ApplyKeepSets(SeqId seq, absl::Span<const int32_t> layers,

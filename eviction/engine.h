@@ -94,6 +94,17 @@ class EvictionEngine {
                                                         const Budget& budget,
                                                         absl::Span<const LayerQueries> queries);
 
+  // Compress for several sequences whose prefill ended in the same step, in one
+  // call: queries[i] are seqs[i]'s. On a device pool the sequences are
+  // pipelined (the host plans one while the GPU scores the next). Every check
+  // runs before anything changes (a sequence listed twice is InvalidArgument);
+  // a ResourceExhausted part way leaves the sequences before the failing one
+  // compressed. Each result's pages_freed counts the pages that sequence's
+  // streams gave up (back in the pool unless another sequence shares them).
+  [[nodiscard]] absl::StatusOr<std::vector<CompressResult>> CompressBatch(
+      absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
+      absl::Span<const absl::Span<const LayerQueries>> queries);
+
   // One decode step of `seq` has been written (Reserve + WriteKV): `queries[l]`
   // holds layer l's new query (num_queries == 1). Accumulates its attention into
   // the token scores (H2O), then applies the policy's decode-time eviction: H2O
@@ -134,6 +145,16 @@ class EvictionEngine {
   // Unimplemented on a device pool, for the parts that keep the score store.
   absl::Status NeedsHostPool(const char* what) const;
 
+  // What Compress works out for one sequence before anything changes.
+  struct Prepared {
+    SeqId seq = 0;
+    int32_t capacity = 0;                 // tokens per stream, from the budget
+    std::vector<int32_t> layer_capacity;  // [layer], after any pyramid schedule
+    policy::Protection protection;
+    int64_t tokens_before = 0;
+    int64_t pages_before = 0;
+  };
+  absl::StatusOr<Prepared> Prepare(SeqId seq, const PolicyConfig& config, const Budget& budget) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
   // Evicts to the given keep sets ([layer][kv_head] order over `layers`), runs the
   // compaction on the host pool and releases the retired pages; moves the stored

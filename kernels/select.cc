@@ -13,6 +13,8 @@
 #include "core/status.h"
 #include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
+#include "policy/budget.h"
+#include "policy/select.h"
 
 namespace headpage {
 
@@ -85,21 +87,16 @@ size_t SelectWorkspaceBytes(const SelectArgs& args) {
 namespace ref {
 namespace {
 
-// One stream, located: its tokens are [offset, offset + n) of the arrays, its
-// candidates (unprotected slots) [begin, end) of its slots.
+// One stream of the arrays, with what its policy protects.
 struct Stream {
   int32_t offset = 0;
-  int32_t n = 0;
-  int32_t begin = 0;
-  int32_t end = 0;
-
-  int32_t num_candidates() const { return end - begin; }
-  int32_t num_protected() const { return n - num_candidates(); }
+  policy::StreamScores scores;
+  int32_t n() const { return scores.num_tokens(); }
 };
 
-// Checks each stream's arrays and finds its candidates: the sinks (positions
-// below args.sinks) are a prefix of the slots because positions ascend, the
-// recent window the last args.recent slots.
+// Checks each stream's arrays (all before anything is written) and views it as
+// the policy functions take it: the sinks are positions below args.sinks, the
+// recent window the last args.recent slots (none when recent <= 0).
 absl::StatusOr<std::vector<Stream>> InspectStreams(const SelectArgs& args) {
   const int32_t num_streams = args.num_streams();
   std::vector<Stream> streams(static_cast<size_t>(num_streams));
@@ -111,14 +108,14 @@ absl::StatusOr<std::vector<Stream>> InspectStreams(const SelectArgs& args) {
                                                      " are not non-decreasing from 0"));
     }
   }
+  const policy::Protection protection{args.sinks, std::max(args.recent, 0)};
   for (int32_t s = 0; s < num_streams; ++s) {
     Stream& stream = streams[static_cast<size_t>(s)];
     stream.offset = args.score_offsets[s];
-    stream.n = args.score_offsets[s + 1] - stream.offset;
-    const int32_t offset = stream.offset;
-    const int32_t* positions = args.positions + offset;
-    const float* scores = args.scores + offset;
-    for (int32_t j = 0; j < stream.n; ++j) {
+    const int32_t n = args.score_offsets[s + 1] - stream.offset;
+    const int32_t* positions = args.positions + stream.offset;
+    const float* scores = args.scores + stream.offset;
+    for (int32_t j = 0; j < n; ++j) {
       if (j > 0 && positions[j] <= positions[j - 1]) {
         return absl::InvalidArgumentError(absl::StrCat(
             "Select: stream ", s, ": positions are not strictly ascending at slot ", j));
@@ -128,89 +125,17 @@ absl::StatusOr<std::vector<Stream>> InspectStreams(const SelectArgs& args) {
             absl::StrCat("Select: stream ", s, ": NaN score at slot ", j));
       }
     }
-    stream.begin = 0;
-    while (stream.begin < stream.n && positions[stream.begin] < args.sinks) ++stream.begin;
-    stream.end = static_cast<int32_t>(
-        std::clamp<int64_t>(int64_t{stream.n} - args.recent, stream.begin, stream.n));
+    stream.scores = policy::StreamScores{absl::MakeConstSpan(scores, n),
+                                         absl::MakeConstSpan(positions, n), protection};
   }
   return streams;
 }
 
-// Stream's candidate slots, best first: score descending, equal scores the
-// lower slot first (-0 and +0 are equal scores).
-std::vector<int32_t> RankedCandidates(const float* scores, const Stream& stream) {
-  std::vector<int32_t> slots(static_cast<size_t>(stream.num_candidates()));
-  std::iota(slots.begin(), slots.end(), stream.begin);
-  std::stable_sort(slots.begin(), slots.end(),
-                   [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });
-  return slots;
-}
-
-// A candidate in a sequence-wide Ada ranking.
-struct Candidate {
-  float score;
-  int32_t head;
-};
-
-// How many of the best `k` of `pool` (laid out in (head, slot) order, which a
-// stable sort by score keeps for equal scores) each head holds.
-std::vector<int64_t> HitsPerHead(std::vector<Candidate> pool, int64_t k, int32_t num_heads) {
-  std::stable_sort(pool.begin(), pool.end(),
-                   [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
-  std::vector<int64_t> hits(static_cast<size_t>(num_heads), 0);
-  for (int64_t i = 0; i < std::min<int64_t>(k, static_cast<int64_t>(pool.size())); ++i) {
-    ++hits[static_cast<size_t>(pool[static_cast<size_t>(i)].head)];
-  }
-  return hits;
-}
-
-// Ada-KV's allocation for the streams of one sequence (streams[first ..
-// first + num_heads)), written to kept.
-void AdaKeptForSequence(const SelectArgs& args, const std::vector<Stream>& streams, int32_t first,
-                        std::vector<int32_t>* kept) {
-  const int32_t num_heads = args.num_kv_heads;
-  std::vector<int64_t> budget(static_cast<size_t>(num_heads)), safe(budget.size(), 0);
-  std::vector<Candidate> pool;
-  int64_t total = 0, safe_total = 0;
-  for (int32_t h = 0; h < num_heads; ++h) {
-    const Stream& stream = streams[static_cast<size_t>(first + h)];
-    const float* scores = args.scores + stream.offset;
-    (*kept)[static_cast<size_t>(first + h)] = stream.n;
-    budget[h] = int64_t{args.capacity} - stream.num_protected();  // B'_h
-    if (budget[h] >= stream.num_candidates()) continue;          // covered: does not compete
-    total += budget[h];
-    // The candidates that enter the global ranking, in slot order (ties between
-    // streams go by (head, slot)): all of them, or for kProtectTop those left
-    // after the stream's own top floor(alpha B'_h).
-    std::vector<int32_t> entering = RankedCandidates(scores, stream);
-    if (args.floor == policy::AdaFloor::kProtectTop) {
-      safe[h] = static_cast<int64_t>(std::floor(args.alpha * static_cast<double>(budget[h])));
-      safe_total += safe[h];
-      entering.erase(entering.begin(), entering.begin() + safe[h]);
-    }
-    std::sort(entering.begin(), entering.end());
-    for (const int32_t slot : entering) pool.push_back({scores[slot], h});
-  }
-  const std::vector<int64_t> hits = HitsPerHead(std::move(pool), total - safe_total, num_heads);
-  for (int32_t h = 0; h < num_heads; ++h) {
-    const Stream& stream = streams[static_cast<size_t>(first + h)];
-    if (budget[h] >= stream.num_candidates()) continue;
-    int64_t b;
-    if (args.floor == policy::AdaFloor::kScaled) {
-      // Round half to even (std::nearbyint in the default rounding mode).
-      const double floor_b = std::floor(args.alpha * static_cast<double>(budget[h]));
-      b = static_cast<int64_t>(
-          std::nearbyint(static_cast<double>(hits[h]) * (1.0 - args.alpha) + floor_b));
-    } else {
-      b = safe[h] + hits[h];
-    }
-    (*kept)[static_cast<size_t>(first + h)] =
-        static_cast<int32_t>(std::min<int64_t>(b + stream.num_protected(), stream.n));
-  }
-}
-
 }  // namespace
 
+// The policy functions on every stream: SelectKeepSet for the keep sets, and
+// for kAda AdaKept on each sequence's streams. ref:: only checks the arrays and
+// lays the results out where the GPU writes them.
 absl::Status Select(const SelectArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
   const int32_t num_streams = args.num_streams();
@@ -221,38 +146,42 @@ absl::Status Select(const SelectArgs& args) {
   if (args.mode == SelectMode::kTopB) {
     for (int32_t s = 0; s < num_streams; ++s) {
       const Stream& stream = (*streams)[static_cast<size_t>(s)];
-      if (args.kept[s] < stream.num_protected() || args.kept[s] > stream.n) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Select: stream ", s, ": kept ", args.kept[s], " outside [protected ",
-                         stream.num_protected(), ", num_tokens ", stream.n, "]"));
+      const int32_t protect = stream.scores.NumProtected();
+      if (args.kept[s] < protect || args.kept[s] > stream.n()) {
+        return absl::InvalidArgumentError(absl::StrCat("Select: stream ", s, ": kept ", args.kept[s],
+                                                       " outside [protected ", protect,
+                                                       ", num_tokens ", stream.n(), "]"));
       }
       kept[static_cast<size_t>(s)] = args.kept[s];
     }
   } else {
     for (int32_t s = 0; s < num_streams; ++s) {
-      const Stream& stream = (*streams)[static_cast<size_t>(s)];
-      if (args.capacity < stream.num_protected()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Select: capacity ", args.capacity, " is smaller than stream ", s, "'s ",
-                         stream.num_protected(), " protected tokens"));
+      const int32_t protect = (*streams)[static_cast<size_t>(s)].scores.NumProtected();
+      if (args.capacity < protect) {
+        return absl::InvalidArgumentError(absl::StrCat("Select: capacity ", args.capacity,
+                                                       " is smaller than stream ", s, "'s ",
+                                                       protect, " protected tokens"));
       }
     }
+    const policy::AdaOptions options{args.alpha, args.floor};
+    std::vector<policy::StreamScores> group(static_cast<size_t>(args.num_kv_heads));
     for (int32_t seq = 0; seq < args.num_seqs; ++seq) {
-      AdaKeptForSequence(args, *streams, seq * args.num_kv_heads, &kept);
+      for (int32_t h = 0; h < args.num_kv_heads; ++h) {
+        group[static_cast<size_t>(h)] =
+            (*streams)[static_cast<size_t>(seq * args.num_kv_heads + h)].scores;
+      }
+      HEADPAGE_ASSIGN_OR_RETURN(const std::vector<int32_t> ada,
+                                policy::AdaKept(group, args.capacity, options));
+      std::copy(ada.begin(), ada.end(), kept.begin() + seq * args.num_kv_heads);
     }
   }
 
   // Keep sets: the protected slots and the best (kept - protected) candidates.
+  std::vector<int32_t> keep;
   for (int32_t s = 0; s < num_streams; ++s) {
     const Stream& stream = (*streams)[static_cast<size_t>(s)];
-    std::vector<int32_t> keep;
-    for (int32_t j = 0; j < stream.n; ++j) {
-      if (j < stream.begin || j >= stream.end) keep.push_back(j);
-    }
-    const std::vector<int32_t> ranked = RankedCandidates(args.scores + stream.offset, stream);
-    const int32_t take = kept[static_cast<size_t>(s)] - stream.num_protected();
-    keep.insert(keep.end(), ranked.begin(), ranked.begin() + take);
-    std::sort(keep.begin(), keep.end());
+    HEADPAGE_RETURN_IF_ERROR(
+        policy::SelectKeepSet(stream.scores, kept[static_cast<size_t>(s)], &keep));
     std::copy(keep.begin(), keep.end(), args.keep + stream.offset);
     args.kept_counts[s] = kept[static_cast<size_t>(s)];
   }

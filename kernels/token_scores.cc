@@ -43,7 +43,53 @@ absl::Status Validate(const TokenScoresArgs& args) {
   return absl::OkStatus();
 }
 
+absl::Status Validate(const MeanOverHeadsArgs& args) {
+  if (args.num_groups < 0 || args.heads_per_group < 0 || args.max_len < 0 || args.num_scores < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MeanOverHeads: num_groups ", args.num_groups, ", heads_per_group ", args.heads_per_group,
+        ", max_len ", args.max_len, ", num_scores ", args.num_scores, " must be >= 0"));
+  }
+  if (args.max_len > kMaxTokenScoresLen) {
+    return absl::InvalidArgumentError(absl::StrCat("MeanOverHeads: max_len ", args.max_len,
+                                                   " is over ", kMaxTokenScoresLen));
+  }
+  if (args.num_groups > 0 && args.heads_per_group > 0 &&
+      (args.offsets == nullptr || args.lens == nullptr || args.scores == nullptr)) {
+    return absl::InvalidArgumentError("MeanOverHeads: offsets, lens and scores must be set");
+  }
+  return absl::OkStatus();
+}
+
 namespace ref {
+
+absl::Status MeanOverHeads(const MeanOverHeadsArgs& args) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  const int32_t heads = args.heads_per_group;
+  for (int32_t g = 0; g < args.num_groups; ++g) {
+    const int32_t first = g * heads;
+    for (int32_t h = 0; h < heads; ++h) {
+      const int32_t s = first + h;
+      if (args.lens[s] != args.lens[first]) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "MeanOverHeads: group ", g, "'s streams hold ", args.lens[first], " and ", args.lens[s],
+            " tokens; they must hold the same tokens to share one score per token"));
+      }
+      if (args.lens[s] > args.max_len || args.offsets[s] < 0 ||
+          args.offsets[s] + static_cast<int64_t>(args.lens[s]) > args.offsets[s + 1] ||
+          args.offsets[s + 1] > args.num_scores) {
+        return absl::InvalidArgumentError(absl::StrCat("MeanOverHeads: stream ", s,
+                                                       " does not fit its offsets"));
+      }
+    }
+    for (int32_t j = 0; heads > 0 && j < args.lens[first]; ++j) {
+      float sum = 0.0f;
+      for (int32_t h = 0; h < heads; ++h) sum += args.scores[args.offsets[first + h] + j];
+      const float mean = sum / static_cast<float>(heads);
+      for (int32_t h = 0; h < heads; ++h) args.scores[args.offsets[first + h] + j] = mean;
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::Status TokenScores(const TokenScoresArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
@@ -108,6 +154,16 @@ absl::Status TokenScores(const TokenScoresArgs& args, GpuStream stream) {
   if (args.num_streams == 0 || args.max_len == 0) return absl::OkStatus();
   return LaunchStatus(internal::LaunchTokenScores(args, stream), "TokenScores", args.cache.dtype,
                       args.cache.head_dim);
+}
+
+absl::Status MeanOverHeads(const MeanOverHeadsArgs& args, GpuStream stream) {
+  HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  if (args.num_groups == 0 || args.heads_per_group == 0 || args.max_len == 0) {
+    return absl::OkStatus();
+  }
+  const LaunchResult result = internal::LaunchMeanOverHeads(args, stream);
+  if (result.ok()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("MeanOverHeads: ", result.cuda_message));
 }
 
 }  // namespace gpu

@@ -64,7 +64,29 @@ __global__ void TokenScoresKernel(TokenScoresArgs a) {
   }
 }
 
+// One thread per (group, token): reads every head's score of the token, then
+// writes the mean to all of them, so no thread reads what another writes.
+__global__ void MeanOverHeadsKernel(MeanOverHeadsArgs a) {
+  const int32_t g = blockIdx.x;
+  const int32_t j = blockIdx.y * kThreads + threadIdx.x;
+  const int32_t first = g * a.heads_per_group;
+  if (j >= a.lens[first]) return;
+  float sum = 0.0f;
+  for (int32_t h = 0; h < a.heads_per_group; ++h) {
+    sum = __fadd_rn(sum, a.scores[a.offsets[first + h] + j]);
+  }
+  const float mean = __fdiv_rn(sum, static_cast<float>(a.heads_per_group));
+  for (int32_t h = 0; h < a.heads_per_group; ++h) a.scores[a.offsets[first + h] + j] = mean;
+}
+
 }  // namespace
+
+LaunchResult LaunchMeanOverHeads(const MeanOverHeadsArgs& args, GpuStream stream) {
+  const dim3 grid(static_cast<unsigned>(args.num_groups),
+                  static_cast<unsigned>(CeilDiv(args.max_len, kThreads)));
+  MeanOverHeadsKernel<<<grid, kThreads, 0, stream>>>(args);
+  return CheckLaunch();
+}
 
 LaunchResult LaunchTokenScores(const TokenScoresArgs& args, GpuStream stream) {
   return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype, auto dim) {

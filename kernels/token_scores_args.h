@@ -47,9 +47,27 @@ struct TokenScoresArgs {
   float* scores = nullptr;            // [num_tokens]; may be null for kNone
 };
 
+// MeanOverHeads gives every stream of a group of `heads_per_group` consecutive
+// streams holding the same tokens one shared score per token: the group's
+// scores for it summed in head order, then divided by heads_per_group. With
+// each kv head's score the mean of its q heads' last-query attention, that is
+// TOVA's score, the attention averaged over every q head of the layer
+// (policy::TovaScores), for the one token set a layer keeps. In place.
+struct MeanOverHeadsArgs {
+  int32_t num_groups = 0;
+  int32_t heads_per_group = 0;
+  const int32_t* offsets = nullptr;  // [num_groups * heads_per_group + 1] into scores
+  const int32_t* lens = nullptr;     // [num_groups * heads_per_group]; equal within a group
+  int32_t max_len = 0;               // host-side bound of lens: sizes the grid
+  int32_t num_scores = 0;
+  float* scores = nullptr;           // [num_scores]
+};
+
 namespace gpu::internal {
-// token_scores.cu; gpu::TokenScores (token_scores.h) validates, then calls it.
+// token_scores.cu; gpu::TokenScores and gpu::MeanOverHeads (token_scores.h)
+// validate, then call them.
 LaunchResult LaunchTokenScores(const TokenScoresArgs& args, GpuStream stream);
+LaunchResult LaunchMeanOverHeads(const MeanOverHeadsArgs& args, GpuStream stream);
 }  // namespace gpu::internal
 
 }  // namespace headpage

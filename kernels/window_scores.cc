@@ -3,13 +3,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
+#include "policy/scores.h"
 
 namespace headpage {
 namespace {
@@ -127,31 +130,13 @@ absl::Status CheckContents(const WindowScoresArgs& args) {
   return absl::OkStatus();
 }
 
-// out[j] for the keys before the window (in_prefix[j]): the pool over the
-// kernel's neighbours, where a neighbour outside the stream or at/after the
-// window start is padding (avg: a zero still counted in the divisor; max: never
-// chosen). Keys of the window keep their value.
-void PoolPrefix(const std::vector<double>& in, const std::vector<bool>& in_prefix,
-                int32_t kernel_size, policy::Pooling pooling, std::vector<double>* out) {
-  const int64_t n = static_cast<int64_t>(in.size());
-  const int64_t half = kernel_size / 2;
-  out->assign(in.begin(), in.end());
-  if (pooling == policy::Pooling::kNone) return;
-  for (int64_t j = 0; j < n; ++j) {
-    if (!in_prefix[j]) continue;
-    double sum = 0.0;
-    double max = -std::numeric_limits<double>::infinity();
-    for (int64_t i = j - half; i <= j + half; ++i) {
-      if (i < 0 || i >= n || !in_prefix[i]) continue;
-      sum += in[i];
-      max = std::max(max, in[i]);
-    }
-    (*out)[j] = pooling == policy::Pooling::kAvg ? sum / kernel_size : max;
-  }
-}
-
 }  // namespace
 
+// policy::SnapKVScores on every stream's gathered keys: the one CPU
+// implementation of SnapKV's scoring. The policy divides q . k by sqrt(d); a
+// caller's other sm_scale is folded into the queries, widened to f32. SnapKV's
+// own scale, 1 / sqrt(d), gives a factor within rounding of 1, taken as
+// exactly 1 so that the queries pass unchanged.
 absl::Status WindowScores(const WindowScoresArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
   HEADPAGE_RETURN_IF_ERROR(CheckContents(args));
@@ -159,68 +144,44 @@ absl::Status WindowScores(const WindowScoresArgs& args) {
   const int32_t d = cache.head_dim;
   const int32_t w_rows = args.window;
   const int32_t group = args.num_q_heads / args.num_kv_heads;
+  float factor = args.sm_scale * std::sqrt(static_cast<float>(d));
+  if (std::abs(factor - 1.0f) <= 4 * std::numeric_limits<float>::epsilon()) factor = 1.0f;
+  policy::SnapKVOptions options;
+  options.kernel_size = args.kernel_size;
+  options.pooling = args.pooling;
+  options.reduce = args.reduce;
 
-  std::vector<double> keys, q, reduced, head_sum, logits, pooled;
+  const size_t row = static_cast<size_t>(d) * SizeOf(cache.dtype);
+  std::vector<char> keys;
   std::vector<int32_t> positions;
-  std::vector<bool> in_prefix;
+  std::vector<float> queries;
   for (int32_t s = 0; s < args.num_seqs; ++s) {
     const int32_t* qpos = args.query_positions + static_cast<size_t>(s) * w_rows;
-    const int32_t window_start = *std::min_element(qpos, qpos + w_rows);
     for (int32_t h = 0; h < args.num_kv_heads; ++h) {
       const int32_t stream = s * args.num_kv_heads + h;
       const int32_t n = args.lens[stream];
       const int32_t* pages = args.page_ids + args.indptr[stream];
-      // The stream's keys, dense, widened to double (exact).
-      keys.resize(static_cast<size_t>(n) * d);
+      // The stream's keys and positions, dense, in slot order.
+      keys.resize(static_cast<size_t>(n) * row);
       positions.resize(n);
       for (int32_t j = 0; j < n; ++j) {
         const int64_t slot = SlotOf(pages, j, cache.page_size);
-        for (int32_t e = 0; e < d; ++e) {
-          keys[static_cast<size_t>(j) * d + e] =
-              LoadAsFloat(cache.data, static_cast<size_t>(cache.KeyOffset(slot) + e), cache.dtype);
-        }
+        std::memcpy(keys.data() + j * row,
+                    static_cast<const char*>(cache.data) + cache.KeyOffset(slot) * SizeOf(cache.dtype),
+                    row);
         positions[j] = cache.positions[slot];
       }
-      reduced.assign(n, 0.0);
-      for (int32_t g = 0; g < group; ++g) {
-        head_sum.assign(n, 0.0);
-        const size_t q_head = static_cast<size_t>(s) * args.num_q_heads + h * group + g;
-        for (int32_t r = 0; r < w_rows; ++r) {
-          const size_t row = (q_head * w_rows + r) * d;
-          q.resize(d);
-          for (int32_t e = 0; e < d; ++e) q[e] = LoadAsFloat(args.queries, row + e, cache.dtype);
-          // Softmax over the keys this row sees; a row that sees none adds nothing.
-          logits.assign(n, 0.0);
-          double max = -std::numeric_limits<double>::infinity();
-          for (int32_t j = 0; j < n; ++j) {
-            if (positions[j] > qpos[r]) continue;
-            double dot = 0.0;
-            for (int32_t e = 0; e < d; ++e) dot += q[e] * keys[static_cast<size_t>(j) * d + e];
-            logits[j] = dot * static_cast<double>(args.sm_scale);
-            max = std::max(max, logits[j]);
-          }
-          if (max == -std::numeric_limits<double>::infinity()) continue;
-          double sum = 0.0;
-          for (int32_t j = 0; j < n; ++j) {
-            if (positions[j] <= qpos[r]) sum += std::exp(logits[j] - max);
-          }
-          for (int32_t j = 0; j < n; ++j) {
-            if (positions[j] <= qpos[r]) head_sum[j] += std::exp(logits[j] - max) / sum;
-          }
-        }
-        for (int32_t j = 0; j < n; ++j) {
-          reduced[j] = args.reduce == policy::GroupReduce::kMax ? std::max(reduced[j], head_sum[j])
-                                                             : reduced[j] + head_sum[j];
-        }
+      // The group's queries, [group][window][d], scaled to the policy's 1/sqrt(d).
+      const size_t first = (static_cast<size_t>(s) * args.num_q_heads + static_cast<size_t>(h) * group) *
+                           w_rows * d;
+      queries.resize(static_cast<size_t>(group) * w_rows * d);
+      for (size_t i = 0; i < queries.size(); ++i) {
+        queries[i] = LoadAsFloat(args.queries, first + i, cache.dtype) * factor;
       }
-      if (args.reduce == policy::GroupReduce::kMean) {
-        for (double& v : reduced) v /= group;
-      }
-      in_prefix.resize(n);
-      for (int32_t j = 0; j < n; ++j) in_prefix[j] = positions[j] < window_start;
-      PoolPrefix(reduced, in_prefix, args.kernel_size, args.pooling, &pooled);
-      float* out = args.scores + args.score_offsets[stream];
-      for (int32_t j = 0; j < n; ++j) out[j] = static_cast<float>(pooled[j]);
+      const policy::StreamKeys stream_keys{keys.data(), positions.data(), n, d, cache.dtype};
+      const policy::GroupQueries window{queries.data(), qpos, group, w_rows, d, DType::kF32};
+      HEADPAGE_RETURN_IF_ERROR(policy::SnapKVScores(
+          stream_keys, window, options, absl::MakeSpan(args.scores + args.score_offsets[stream], n)));
     }
   }
   return absl::OkStatus();

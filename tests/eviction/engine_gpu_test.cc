@@ -5,10 +5,10 @@
 // must hold the same tokens, in the same order, with the same K/V bytes.
 //
 // Scores from positions, key norms and random draws are bit-equal on both
-// sides, so those policies must agree exactly. SnapKV's window scores come
-// from tensor cores on the GPU and agree with the CPU to rounding: where the
-// two keep sets differ, every differing token must be a near tie at the cut
-// (its CPU score within a rounding band of the other differing tokens').
+// sides, so those policies must agree exactly. SnapKV's and TOVA's attention
+// scores come from tensor cores on the GPU and agree with the CPU to rounding:
+// where the two keep sets differ, every differing token must be a near tie at
+// the cut (its CPU score within a rounding band of the other differing tokens').
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -164,19 +164,32 @@ class Twin {
     return HeldIn(device(), copy, nullptr, seq);
   }
 
-  // CPU SnapKV scores of every stream of `seq` (host pool), by position.
-  std::vector<std::map<int32_t, float>> HostSnapKVScores(SeqId seq, const PolicyConfig& config,
-                                                         const std::vector<LayerQueries>& queries) {
+  // CPU scores of every stream of `seq` (host pool) by position: SnapKV's, or
+  // TOVA's (one per token of a layer; the queries hold one row, the last).
+  std::vector<std::map<int32_t, float>> HostAttentionScores(SeqId seq, const PolicyConfig& config,
+                                                            const std::vector<LayerQueries>& queries) {
     HostExecutor executor(&host(), host_arena_->view());
     std::vector<std::map<int32_t, float>> out;
     for (int32_t layer = 0; layer < spec_.layers; ++layer) {
       LayerKeys keys;
       REQUIRE_OK(executor.GatherLayer(seq, layer, &keys));
+      std::vector<policy::StreamKeys> streams;
+      std::vector<policy::GroupQueries> groups;
       for (int32_t h = 0; h < spec_.kv_heads; ++h) {
-        const policy::StreamKeys stream = keys.Stream(h, geometry_);
-        std::vector<float> scores(stream.num_tokens);
-        REQUIRE_OK(policy::SnapKVScores(stream, GroupOf(queries[layer], geometry_, h), config.snapkv,
-                                        absl::MakeSpan(scores)));
+        streams.push_back(keys.Stream(h, geometry_));
+        groups.push_back(GroupOf(queries[layer], geometry_, h));
+      }
+      std::vector<float> tova(streams[0].num_tokens);
+      if (config.scorer == PolicyConfig::Scorer::kTova) {
+        REQUIRE_OK(policy::TovaScores(streams, groups, absl::MakeSpan(tova)));
+      }
+      for (int32_t h = 0; h < spec_.kv_heads; ++h) {
+        const policy::StreamKeys& stream = streams[h];
+        std::vector<float> scores = tova;
+        if (config.scorer == PolicyConfig::Scorer::kSnapKV) {
+          scores.assign(stream.num_tokens, 0.0f);
+          REQUIRE_OK(policy::SnapKVScores(stream, groups[h], config.snapkv, absl::MakeSpan(scores)));
+        }
         std::map<int32_t, float> by_position;
         for (int32_t j = 0; j < stream.num_tokens; ++j) by_position[stream.positions[j]] = scores[j];
         out.push_back(std::move(by_position));
@@ -280,9 +293,10 @@ void ExpectSameTokens(const std::vector<Held>& host, const std::vector<Held>& de
 
 void CompressBoth(Twin& twin, SeqId seq, const PolicyConfig& config, const Budget& budget,
                   const std::vector<LayerQueries>& queries, bool device_queries) {
-  const bool window_scores = config.scorer == PolicyConfig::Scorer::kSnapKV;
+  const bool window_scores = config.scorer == PolicyConfig::Scorer::kSnapKV ||
+                             config.scorer == PolicyConfig::Scorer::kTova;
   std::vector<std::map<int32_t, float>> scores;
-  if (window_scores) scores = twin.HostSnapKVScores(seq, config, queries);
+  if (window_scores) scores = twin.HostAttentionScores(seq, config, queries);
   const std::vector<LayerQueries> device_side = device_queries ? twin.OnDevice(queries) : queries;
   auto on_host = twin.host_engine().Compress(seq, config, budget, queries);
   REQUIRE_OK(on_host);
@@ -300,7 +314,7 @@ void CompressBoth(Twin& twin, SeqId seq, const PolicyConfig& config, const Budge
 }
 
 const char* const kGpuPolicies[] = {"uniform-snapkv", "ada-snapkv", "pyramid", "ada-pyramid",
-                                    "streamingllm", "knorm", "random"};
+                                    "tova", "streamingllm", "knorm", "random"};
 
 TEST_CASE("CUDA executor: every GPU policy keeps what the host executor keeps", "[eviction][gpu]") {
   // Geometries over head_dim, GQA group size and page size; lengths around
@@ -364,12 +378,61 @@ TEST_CASE("CUDA executor: Ada-KV's kvpress floor and a pool with no fresh pages"
   }
 }
 
+TEST_CASE("CUDA executor: a pipelined batch keeps what the host keeps", "[eviction][gpu]") {
+  for (const char* name : {"ada-snapkv", "ada-pyramid", "knorm"}) {
+    CAPTURE(name);
+    Twin twin({3, 4, 2, 128, 16, DType::kBF16, 8192}, 17);
+    const std::vector<int32_t> lens = {400, 1023, 64, 777};
+    std::vector<SeqId> seqs;
+    for (int32_t len : lens) seqs.push_back(twin.Prefill(len));
+    twin.Mirror();
+    auto config = PolicyByName(name);
+    REQUIRE_OK(config);
+    const bool window_scores = config->scorer == PolicyConfig::Scorer::kSnapKV;
+    // Each sequence's own queries, kept alive for the batch.
+    std::vector<std::vector<LayerQueries>> host_queries, device_queries;
+    std::vector<std::vector<std::map<int32_t, float>>> scores;
+    std::vector<std::vector<uint8_t>> keep_alive;
+    for (size_t i = 0; i < lens.size(); ++i) {
+      const int32_t w = config->ObservedQueries(lens[i]);
+      std::vector<LayerQueries> q = twin.Queries(w, lens[i] - w);
+      for (LayerQueries& layer : q) {
+        const size_t bytes = static_cast<size_t>(twin.geometry().num_q_heads) * w *
+                             twin.geometry().head_dim * SizeOf(layer.dtype);
+        keep_alive.emplace_back(static_cast<const uint8_t*>(layer.data),
+                                static_cast<const uint8_t*>(layer.data) + bytes);
+        layer.data = keep_alive.back().data();
+      }
+      keep_alive.emplace_back(reinterpret_cast<const uint8_t*>(q[0].positions),
+                              reinterpret_cast<const uint8_t*>(q[0].positions + w));
+      for (LayerQueries& layer : q) {
+        layer.positions = reinterpret_cast<const int32_t*>(keep_alive.back().data());
+      }
+      if (window_scores) scores.push_back(twin.HostAttentionScores(seqs[i], *config, q));
+      host_queries.push_back(q);
+    }
+    std::vector<absl::Span<const LayerQueries>> spans(host_queries.begin(), host_queries.end());
+    auto on_host = twin.host_engine().CompressBatch(seqs, *config, Budget::Fraction(0.3), spans);
+    REQUIRE_OK(on_host);
+    auto on_device = twin.device_engine().CompressBatch(seqs, *config, Budget::Fraction(0.3), spans);
+    REQUIRE_OK(on_device);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      CAPTURE(lens[i]);
+      REQUIRE((*on_device)[i].tokens_before == (*on_host)[i].tokens_before);
+      if (!window_scores) REQUIRE((*on_device)[i].kept == (*on_host)[i].kept);
+      ExpectSameTokens(twin.HostHeld(seqs[i]), twin.DeviceHeld(seqs[i]),
+                       window_scores ? &scores[i] : nullptr, twin.geometry().num_kv_heads);
+    }
+    REQUIRE_OK(twin.device().CheckInvariants());
+  }
+}
+
 TEST_CASE("CUDA executor: policies it does not run yet are refused, changing nothing",
           "[eviction][gpu]") {
   Twin twin({2, 2, 2, 64, 16, DType::kBF16, 1024}, 5);
   const SeqId seq = twin.Prefill(300);
   twin.Mirror();
-  for (const char* name : {"h2o", "tova", "dbudget"}) {
+  for (const char* name : {"h2o", "dbudget"}) {
     CAPTURE(name);
     auto config = PolicyByName(name);
     REQUIRE_OK(config);

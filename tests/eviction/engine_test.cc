@@ -354,6 +354,85 @@ TEST_CASE("EvictionEngine: the pool-wide budget works from knorm's negative scor
   for (int32_t st = 0; st < 4; ++st) REQUIRE(f.CheckStream(seq, st / 2, st % 2).size() >= 4);
 }
 
+TEST_CASE("EvictionEngine: CompressBatch equals one Compress per sequence", "[eviction]") {
+  const std::string name = GENERATE("ada-snapkv", "pyramid", "h2o", "knorm");
+  CAPTURE(name);
+  auto config = PolicyByName(name);
+  REQUIRE_OK(config);
+  const std::vector<int32_t> lens = {90, 150, 121};
+  // Two engines over identical pools and prompts: one batch against one call each.
+  EngineFixture batched(600, 11), single(600, 11);
+  std::vector<SeqId> seqs;
+  std::vector<std::vector<LayerQueries>> queries;
+  for (int32_t len : lens) {
+    seqs.push_back(batched.Prefill(len));
+    REQUIRE(single.Prefill(len) == seqs.back());
+  }
+  // Queries() reuses its buffers: keep a copy of every sequence's.
+  std::vector<absl::Span<const LayerQueries>> spans;
+  queries.resize(lens.size());
+  std::vector<std::vector<std::vector<float>>> owned(lens.size());
+  std::vector<std::vector<int32_t>> positions(lens.size());
+  for (size_t i = 0; i < lens.size(); ++i) {
+    const int32_t w = config->ObservedQueries(lens[i]);
+    auto q = batched.Queries(w, lens[i] - w);
+    positions[i].assign(q[0].positions, q[0].positions + w);
+    for (LayerQueries& layer : q) {
+      const auto* data = static_cast<const float*>(layer.data);
+      owned[i].emplace_back(data, data + static_cast<size_t>(EngineFixture::kQHeads) * w * EngineFixture::kDim);
+    }
+    queries[i].clear();
+    for (size_t l = 0; l < owned[i].size(); ++l) {
+      queries[i].push_back({owned[i][l].data(), positions[i].data(), w, DType::kF32});
+    }
+  }
+  for (const auto& q : queries) spans.push_back(q);
+  const Budget budget = Budget::Fraction(0.5);
+  auto batch = batched.engine().CompressBatch(seqs, *config, budget, spans);
+  REQUIRE_OK(batch);
+  REQUIRE(batch->size() == lens.size());
+  for (size_t i = 0; i < lens.size(); ++i) {
+    auto one = single.engine().Compress(seqs[i], *config, budget, queries[i]);
+    REQUIRE_OK(one);
+    REQUIRE((*batch)[i].kept == one->kept);
+    REQUIRE((*batch)[i].tokens_before == one->tokens_before);
+    REQUIRE((*batch)[i].tokens_after == one->tokens_after);
+    REQUIRE((*batch)[i].pages_freed == one->pages_freed);
+    for (int32_t layer = 0; layer < EngineFixture::kLayers; ++layer) {
+      for (int32_t h = 0; h < EngineFixture::kHeads; ++h) {
+        REQUIRE(batched.CheckStream(seqs[i], layer, h) == single.CheckStream(seqs[i], layer, h));
+      }
+    }
+  }
+  REQUIRE(batched.manager().pool().free_pages() == single.manager().pool().free_pages());
+  REQUIRE_OK(batched.manager().CheckInvariants());
+}
+
+TEST_CASE("EvictionEngine: CompressBatch refuses a bad batch, changing nothing", "[eviction]") {
+  EngineFixture f;
+  const SeqId a = f.Prefill(60), b = f.Prefill(70);
+  auto config = PolicyByName("uniform-snapkv");
+  REQUIRE_OK(config);
+  const std::vector<LayerQueries> qa = f.Queries(32, 28);
+  const absl::Span<const LayerQueries> one[] = {qa};
+  const absl::Span<const LayerQueries> two[] = {qa, qa};
+  const SeqId twice[] = {a, a};
+  REQUIRE_ERROR(f.engine().CompressBatch(twice, *config, Budget::Fraction(0.5), two),
+                absl::StatusCode::kInvalidArgument, "listed twice");
+  const SeqId both[] = {a, b};
+  REQUIRE_ERROR(f.engine().CompressBatch(both, *config, Budget::Fraction(0.5), one),
+                absl::StatusCode::kInvalidArgument, "queries for 1");
+  // The second sequence is unknown: the first is not compressed either.
+  const SeqId with_unknown[] = {a, b + 100};
+  REQUIRE_ERROR(f.engine().CompressBatch(with_unknown, *config, Budget::Fraction(0.5), two),
+                absl::StatusCode::kNotFound, "");
+  for (const SeqId seq : {a, b}) {
+    auto lens = f.manager().StreamLengths(seq);
+    REQUIRE_OK(lens);
+    for (uint32_t len : *lens) REQUIRE(len == (seq == a ? 60u : 70u));
+  }
+}
+
 TEST_CASE("EvictionEngine: device memory never reaches the host executor", "[eviction]") {
   EngineFixture f;
   const SeqId seq = f.Prefill(40);

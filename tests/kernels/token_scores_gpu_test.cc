@@ -3,6 +3,7 @@
 // generator's pools (ctest label `gpu`).
 #include <algorithm>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "kernels/token_scores.h"
@@ -69,6 +70,34 @@ TEST_CASE("gpu::TokenScores equals ref:: bit for bit", "[kernels][gpu][sanitize]
         }
       }
     }
+  }
+}
+
+TEST_CASE("gpu::MeanOverHeads equals ref:: bit for bit", "[kernels][gpu][sanitize]") {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> value(0.0f, 1.0f);
+  for (const int32_t heads : {1, 3, 8}) {
+    CAPTURE(heads);
+    const std::vector<int32_t> group_lens = {0, 1, 255, 256, 257, 3000};
+    std::vector<int32_t> offsets{0}, lens;
+    for (int32_t len : group_lens) {
+      for (int32_t h = 0; h < heads; ++h) {
+        lens.push_back(len);
+        offsets.push_back(offsets.back() + len + 1);
+      }
+    }
+    std::vector<float> scores(offsets.back());
+    for (float& x : scores) x = value(rng);
+    DeviceBuffer d_scores(scores), d_offsets(offsets), d_lens(lens);
+    MeanOverHeadsArgs args{static_cast<int32_t>(group_lens.size()), heads, offsets.data(),
+                           lens.data(), 3000, offsets.back(), scores.data()};
+    REQUIRE_OK(ref::MeanOverHeads(args));
+    args.offsets = d_offsets.get<int32_t>();
+    args.lens = d_lens.get<int32_t>();
+    args.scores = d_scores.get<float>();
+    REQUIRE_OK(gpu::MeanOverHeads(args, nullptr));
+    const std::vector<float> got = d_scores.Download<float>();
+    REQUIRE(std::memcmp(got.data(), scores.data(), sizeof(float) * scores.size()) == 0);
   }
 }
 

@@ -119,5 +119,22 @@ TEST_CASE("TokenScores: bad arguments are errors", "[kernels]") {
   REQUIRE(ref::TokenScores(args()).code() != absl::StatusCode::kOk);
 }
 
+TEST_CASE("MeanOverHeads: one shared score per token, the heads' mean", "[kernels]") {
+  // Two groups of two heads; group 1's streams are 3 tokens, with a gap after.
+  std::vector<int32_t> offsets{0, 2, 4, 8, 12};
+  std::vector<int32_t> lens{2, 2, 3, 3};
+  std::vector<float> scores{1, 2, 3, 6, 0.5f, 1, 1.5f, -9, 1.5f, 0, 0.5f, -9};
+  MeanOverHeadsArgs args{2, 2, offsets.data(), lens.data(), 3, 12, scores.data()};
+  REQUIRE_OK(ref::MeanOverHeads(args));
+  REQUIRE(scores == std::vector<float>{2, 4, 2, 4, 1, 0.5f, 1, -9, 1, 0.5f, 1, -9});
+  lens[3] = 2;
+  REQUIRE_ERROR(ref::MeanOverHeads(args), absl::StatusCode::kFailedPrecondition, "same tokens");
+  lens[3] = 3;
+  args.num_scores = 11;
+  REQUIRE_ERROR(ref::MeanOverHeads(args), absl::StatusCode::kInvalidArgument, "stream 3");
+  args.scores = nullptr;
+  REQUIRE_ERROR(Validate(args), absl::StatusCode::kInvalidArgument, "must be set");
+}
+
 }  // namespace
 }  // namespace headpage

@@ -2,9 +2,10 @@
 // gpu::WindowScores against ref::WindowScores on the same random pools (ctest
 // label `gpu`).
 //
-// Tolerance: ref:: computes in double, gpu:: in float on the same inputs, so
-// the two differ by rounding only: f32 keys go through float FMAs (1e-5
-// relative, the float bound); f16/bf16 products are exact in the
+// Tolerance: ref:: is the policy's float scorer (policy::SnapKVScores, within
+// 1e-6 relative of a double re-implementation: tests/policy/scores_dense_test.cc),
+// gpu:: computes in float on the same inputs, so the two differ by rounding
+// only: f32 keys go through float FMAs (1e-5 relative, the float bound); f16/bf16 products are exact in the
 // tensor cores' float accumulators, which add in another order and round
 // differently, and exp2 is the hardware approximation (2^-22 relative), so
 // 1e-4 relative, two orders of magnitude inside the dtype bounds
