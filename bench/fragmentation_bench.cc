@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: bench/fragmentation_bench.cc
 //
-// The serving-workload simulator (sim/workload.h) on fixed configurations, so
-// that its figures and its own speed can be tracked run to run. The time of an
-// iteration is the host time of one whole simulation; the counters are what the
-// simulation measured (docs/fragmentation.md explains each):
+// The serving-workload simulator (sim/workload/workload.h) on fixed
+// configurations, so that its figures and its own speed can be tracked run to
+// run. The time of an iteration is the host time of one whole simulation; the
+// counters are what the simulation measured (docs/fragmentation.md explains
+// each):
 //
 //   BM_ShareGpt/policy:P/page:S  500 ShareGPT-like requests arriving at once,
 //       Llama-3-8B (256 streams a request) on a 16 GiB pool of bf16 KV, the
@@ -26,10 +27,9 @@
 #include "absl/status/statusor.h"
 #include "benchmark/benchmark.h"
 #include "core/geometry.h"
-#include "sim/head_profile.h"
-#include "sim/walkthrough.h"
-#include "sim/workload.h"
-#include "sim/workload_dist.h"
+#include "sim/workload/head_profile.h"
+#include "sim/workload/workload.h"
+#include "sim/workload/workload_dist.h"
 
 namespace headpage {
 namespace {

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: Apache-2.0
+// BlockManager::CheckInvariants: the bookkeeping recounted from scratch, which
+// tests run after every step (HEADPAGE_DEBUG_LEVEL >= 2 runs it after every
+// operation through DebugCheck).
+#include "blockmgr/block_manager.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "blockmgr/block_manager_internal.h"
+#include "core/check.h"
+#include "core/status.h"
+
+namespace headpage {
+
+using blockmgr_internal::PageFill;
+
+absl::Status BlockManager::CheckInvariants() const {
+  HEADPAGE_RETURN_IF_ERROR(pool_->CheckInvariants());
+  const size_t num_pages = static_cast<size_t>(pool_->num_pages());
+  std::vector<uint32_t> refs(num_pages, 0);
+  std::vector<int64_t> fill(num_pages, -1);  // live tokens per page; all holders agree
+  int64_t total_len = 0, used = 0;
+  std::vector<PageId> exclusive_tails;
+  for (const auto& [id, s] : seqs_) {
+    if (s->lens.size() != static_cast<size_t>(num_streams_) || s->pages.size() != s->lens.size() ||
+        s->tails.size() != s->lens.size() || s->versions.size() != s->lens.size() ||
+        s->tail_maybe_shared.size() != s->lens.size() ||
+        s->pending_layers.size() != static_cast<size_t>(geometry_.num_layers)) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": stream arrays have wrong sizes"));
+    }
+    if (s->num_pending_layers !=
+        std::count(s->pending_layers.begin(), s->pending_layers.end(), uint8_t{1})) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": pending layer count out of step"));
+    }
+    if (!s->any_maybe_shared && std::find(s->tail_maybe_shared.begin(), s->tail_maybe_shared.end(),
+                                          uint8_t{1}) != s->tail_maybe_shared.end()) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": a shared tail flag is hidden"));
+    }
+    if (HasPendingPlan(*s) &&
+        std::find(pending_seqs_.begin(), pending_seqs_.end(), id) == pending_seqs_.end()) {
+      return absl::InternalError(absl::StrCat("sequence ", id, " is pending but not listed"));
+    }
+    for (int32_t st = 0; st < num_streams_; ++st) {
+      const int64_t len = s->lens[st];
+      const auto& pages = s->pages[st];
+      const auto n = static_cast<int64_t>(pages.size());
+      if (len > s->num_tokens) {
+        return absl::InternalError(absl::StrCat("sequence ", id, " stream ", st, ": length ", len,
+                                                " exceeds the sequence's ", s->num_tokens, " tokens"));
+      }
+      if (n != PagesFor(len, page_size_)) {
+        return absl::InternalError(absl::StrCat("sequence ", id, " stream ", st, ": ", n,
+                                                " pages for ", len, " tokens"));
+      }
+      if (s->tails[st] != (n > 0 ? pages.back() : kNoPage)) {
+        return absl::InternalError(absl::StrCat("sequence ", id, " stream ", st, ": stale tail"));
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const PageId p = pages[j];
+        if (p >= num_pages) {
+          return absl::InternalError(absl::StrCat("sequence ", id, " holds page ", p,
+                                                  " outside the pool"));
+        }
+        ++refs[p];
+        const int64_t f = PageFill(len, n, j, page_size_);
+        if (fill[p] < 0) {
+          fill[p] = f;
+          used += f;
+        } else if (fill[p] != f) {
+          return absl::InternalError(absl::StrCat("page ", p, " is shared by streams that see ",
+                                                  fill[p], " and ", f, " tokens in it"));
+        }
+      }
+      if (!s->tail_maybe_shared[st] && ModPage(len) != 0) exclusive_tails.push_back(s->tails[st]);
+      total_len += len;
+    }
+  }
+  std::vector<uint32_t> retired_count(num_pages, 0);
+  for (const PageId p : retired_) {
+    if (p >= num_pages) return absl::InternalError("a retired page is outside the pool");
+    ++retired_count[p];
+    ++refs[p];
+  }
+  int64_t retired_only = 0;
+  for (size_t p = 0; p < num_pages; ++p) {
+    if (refs[p] != pool_->refcount(static_cast<PageId>(p))) {
+      return absl::InternalError(absl::StrCat("page ", p, " has refcount ",
+                                              pool_->refcount(static_cast<PageId>(p)), " but ",
+                                              refs[p], " references are held"));
+    }
+    if (retired_count[p] != retired_refs_[p]) {
+      return absl::InternalError(absl::StrCat("page ", p, ": retired count out of step"));
+    }
+    if (retired_count[p] > 0 && refs[p] == retired_count[p]) ++retired_only;
+  }
+  for (const PageId p : exclusive_tails) {
+    if (StreamHolders(p) != 1) {
+      return absl::InternalError(
+          absl::StrCat("tail page ", p, " is marked exclusive but has ", StreamHolders(p), " holders"));
+    }
+  }
+  if (total_len != stream_tokens_) {
+    return absl::InternalError(absl::StrCat("stream_tokens is ", stream_tokens_, ", recount ", total_len));
+  }
+  if (total_len - used != shared_excess_slots_) {
+    return absl::InternalError(absl::StrCat("shared_excess_slots is ", shared_excess_slots_,
+                                            ", recount ", total_len - used));
+  }
+  if (retired_only != retired_only_pages_) {
+    return absl::InternalError(absl::StrCat("retired_only_pages is ", retired_only_pages_,
+                                            ", recount ", retired_only));
+  }
+  return absl::OkStatus();
+}
+
+void BlockManager::DebugCheck() const {
+#if HEADPAGE_DEBUG_LEVEL >= 2
+  const absl::Status status = CheckInvariants();
+  if (!status.ok()) {
+    std::fprintf(stderr, "BlockManager invariant broken: %s\n", std::string(status.message()).c_str());
+    CheckFailed("CheckInvariants().ok()", __FILE__, __LINE__);
+  }
+#endif
+}
+
+}  // namespace headpage

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: sim/workload/simulation.h
+//
+// One run of the workload simulator: the scheduler that sim/workload/workload.h
+// describes, on a pool of page ids and the real BlockManager. RunWorkload
+// validates the options and builds the pool and the manager; Simulation runs
+// the steps. Internal to the workload simulator.
+#ifndef HEADPAGE_SIM_WORKLOAD_SIMULATION_H_
+#define HEADPAGE_SIM_WORKLOAD_SIMULATION_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "allocator/page_pool.h"
+#include "blockmgr/block_manager.h"
+#include "policy/config.h"
+#include "sim/workload/compressor.h"
+#include "sim/workload/head_profile.h"
+#include "sim/workload/workload.h"
+#include "sim/workload/workload_dist.h"
+
+namespace headpage {
+namespace workload_internal {
+
+// a / b, or 0 when b is not positive: a ratio of tallies that may all be 0.
+inline double Ratio(double a, double b) { return b > 0 ? a / b : 0.0; }
+
+// One run: the pool, the manager, the queues and the running tallies (the
+// scheduler of sim/workload/workload.h, step by step). Thread-compatible.
+class Simulation {
+ public:
+  // REQUIRES: `requests` (in arrival order), `profile` and `options` were
+  // validated and outlive the Simulation; `manager` manages `pool`.
+  Simulation(const std::vector<WorkloadRequest>& requests, const HeadProfile& profile,
+             const WorkloadOptions& options, const PolicyConfig& config,
+             std::unique_ptr<PagePool> pool, BlockManager manager);
+
+  // Runs every request to completion (or rejection) and summarizes the run.
+  // Internal if a block-manager invariant breaks (options.check_invariants) or
+  // the run does not end; block-manager errors pass through.
+  [[nodiscard]] absl::StatusOr<WorkloadResult> Run();
+
+ private:
+  struct Running {
+    size_t request;
+    SeqId seq;
+    bool finished = false;
+  };
+
+  absl::Status Decode(WorkloadStep* step);
+  absl::Status Admit(double now, WorkloadStep* step);
+  absl::Status Complete(WorkloadStep* step);
+  absl::Status Preempt(size_t index, WorkloadStep* step);
+  // Pool-pressure: evicts until `pages_to_free` pages are back or the floors
+  // stop it; returns the pages freed.
+  absl::StatusOr<int64_t> RelievePressure(int64_t pages_to_free, WorkloadStep* step);
+  int64_t PromptPages(int64_t tokens) const { return streams_ * PagesFor(tokens, page_size_); }
+
+  const std::vector<WorkloadRequest>& requests_;
+  const HeadProfile& profile_;
+  const WorkloadOptions& o_;
+  const int32_t window_;
+  std::unique_ptr<PagePool> pool_;
+  BlockManager manager_;
+  Compressor compressor_;
+  const int32_t streams_;
+  const int32_t page_size_;
+
+  std::deque<size_t> waiting_;
+  std::vector<Running> running_;
+  std::vector<int32_t> generated_;     // [request] decode tokens so far
+  std::vector<double> first_admit_s_;  // [request], -1: never admitted
+  PageCopies copies_;                  // never any: the simulator does not fork
+  CompactionPlan plan_;
+  std::vector<int32_t> kept_;
+  std::vector<int32_t> layer_kept_;
+
+  WorkloadSummary sum_;
+  // Tallies for the ratios of the summary.
+  double completed_alloc_ = 0, completed_waste_ = 0;
+  double admitted_alloc_ = 0, admitted_waste_ = 0, small_alloc_ = 0, small_waste_ = 0;
+  int64_t admitted_streams_ = 0, small_streams_ = 0;
+  double prompt_tokens_ = 0, prompt_kept_ = 0;
+};
+
+}  // namespace workload_internal
+}  // namespace headpage
+
+#endif  // HEADPAGE_SIM_WORKLOAD_SIMULATION_H_
