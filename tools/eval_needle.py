@@ -71,11 +71,11 @@ def make_prompt(tok, lines, length, depth, color, animal):
     body, total = [], overhead
     for line, n in zip(lines, counts):
         if total + n > length:
-            break
+            continue  # a long paragraph that does not fit: a shorter one later may
         body.append(line)
         total += n
-    else:
-        raise SystemExit(f"the haystack has too few tokens for {length}")
+    if total < 0.97 * length:
+        raise SystemExit(f"the haystack has too few tokens for {length} (reached {total})")
     body.insert(int(round(depth * len(body))), needle)
     text = ("Below is a long text. Read it carefully; a question about it follows.\n\n"
             + "\n".join(body) + "\n\n" + QUESTION)
@@ -111,9 +111,9 @@ def run(model, ids, cache, new_tokens):
 def prompt_pages(cache, prompt_tokens, page_size):
     """Pages the cache held for the prompt right after compression (before decode
     grew the streams): from the kept lengths, or every token when nothing was cut."""
-    done = [r for r in cache.compression if "kept" in r]
+    done = [r for r in cache.compression if isinstance(r, headpage.CompressResult)]
     if done:
-        return int(sum(-(-int(n) // page_size) for r in done for n in r["kept"].flatten()))
+        return int(sum(-(-int(n) // page_size) for r in done for n in r.kept.flatten()))
     streams = cache.geometry.streams_per_sequence * len(cache.seqs)
     return streams * -(-prompt_tokens // page_size)
 
@@ -131,7 +131,17 @@ def main():
     ap.add_argument("--out", default="build/needle.csv")
     ap.add_argument("--markdown", help="write the summary table here")
     ap.add_argument("--plot", help="write accuracy against budget here (needs matplotlib)")
+    ap.add_argument("--summarize", metavar="CSV",
+                    help="run nothing: write --markdown and --plot from a CSV of an earlier run")
     args = ap.parse_args()
+    budgets = args.budgets.split(",")
+    if args.summarize:
+        summary = summarize(summarize_csv(args.summarize))
+        if args.markdown:
+            write_markdown(args.markdown, summary, args)
+        if args.plot:
+            plot(args.plot, summary, budgets)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -148,7 +158,6 @@ def main():
     lines = haystack_lines()
     lengths = [int(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
-    budgets = args.budgets.split(",")
     policies = args.policies.split(",")
     configs = [("dynamic", "full"), ("full", "full")] + [(p, b) for p in policies for b in budgets]
 
@@ -195,26 +204,43 @@ def main():
 
 
 def summarize(rows):
-    """(policy, budget) -> accuracy, mean KiB kept, mean prefill s, mean decode tok/s, runs."""
+    """(policy, budget) -> accuracy, mean KiB kept, mean prefill s, mean decode tok/s,
+    runs, and {prompt length: accuracy}."""
     out = {}
     for r in rows:
         key = (r[2], r[3])
-        acc = out.setdefault(key, [0, 0.0, 0.0, 0.0, 0])
-        acc[0] += r[5]
+        acc = out.setdefault(key, [0, 0.0, 0.0, 0.0, 0, {}])
+        acc[0] += int(r[5])
         acc[1] += float(r[8] or 0) / 1024
         acc[2] += float(r[9])
         acc[3] += float(r[10])
         acc[4] += 1
-    return {k: (v[0] / v[4], v[1] / v[4], v[2] / v[4], v[3] / v[4], v[4]) for k, v in out.items()}
+        hits = acc[5].setdefault(int(r[0]), [0, 0])
+        hits[0] += int(r[5])
+        hits[1] += 1
+    return {k: (v[0] / v[4], v[1] / v[4], v[2] / v[4], v[3] / v[4], v[4],
+                {n: h[0] / h[1] for n, h in sorted(v[5].items())})
+            for k, v in out.items()}
 
 
 def write_markdown(path, summary, args):
+    lengths = sorted({n for v in summary.values() for n in v[5]})
     with open(path, "w", encoding="utf-8") as f:
-        f.write("| policy | budget | accuracy | KV kept (MiB, mean) | prefill s | decode tok/s | runs |\n")
-        f.write("| --- | --- | --- | --- | --- | --- | --- |\n")
-        for (policy, budget), (acc, kib, pre, tps, n) in summary.items():
+        f.write("| policy | budget | accuracy | " + " | ".join(f"at {n}" for n in lengths) +
+                " | KV kept (MiB, mean) | prefill s | decode tok/s | runs |\n")
+        f.write("| --- " * (len(lengths) + 7) + "|\n")
+        for (policy, budget), (acc, kib, pre, tps, n, by_length) in summary.items():
             mem = "" if policy == "dynamic" else f"{kib / 1024:.1f}"
-            f.write(f"| {policy} | {budget} | {acc:.0%} | {mem} | {pre:.1f} | {tps:.1f} | {n} |\n")
+            per = " | ".join(f"{by_length[x]:.0%}" if x in by_length else "" for x in lengths)
+            f.write(f"| {policy} | {budget} | {acc:.0%} | {per} | {mem} | {pre:.1f} | {tps:.1f} | {n} |\n")
+
+
+def summarize_csv(path):
+    """The rows of a CSV this tool wrote, for --summarize."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        return [row for row in reader]
 
 
 def plot(path, summary, budgets):

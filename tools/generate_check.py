@@ -88,13 +88,13 @@ def check_policy(model, model_cpu, ids, policy, args):
                            f"of {window}"}, True
     here = compressed(model, ids, policy, args.budget, args.page_size, args.new_tokens)
     cpu = compressed(model_cpu, ids.cpu(), policy, args.budget, args.page_size, args.new_tokens)
-    kept, kept_cpu = here.compression[0]["kept"], cpu.compression[0]["kept"]
-    fixed = policy in ("uniform-snapkv", "pyramid", "ada-pyramid", "streamingllm")
+    kept, kept_cpu = here.compression[0].kept, cpu.compression[0].kept
+    fixed = policy in ("uniform-snapkv", "pyramid", "streamingllm")
     lengths_equal = bool((kept == kept_cpu).all())
     a, b = kept_positions(here), kept_positions(cpu)
     shared = sum(len(set(x) & set(y)) for x, y in zip(a, b))
     union = sum(len(set(x) | set(y)) for x, y in zip(a, b))
-    pages_exact = here.stats()["pages_in_use"] == sum(
+    pages_exact = here.stats().pages_in_use == sum(
         math.ceil(int(n) / args.page_size) for n in kept.flatten())
     cache = hf.Cache(model, policy=policy, budget=args.budget, page_size=args.page_size,
                      max_tokens=ids.shape[1] + args.new_tokens)
@@ -103,7 +103,7 @@ def check_policy(model, model_cpu, ids, policy, args):
     return {"device": args.device, "prompt": ids.shape[1], "policy": policy, "budget": args.budget,
             "tokens_after": int(kept.sum()), "tokens_after_cpu": int(kept_cpu.sum()),
             "kept_lengths_equal_cpu": lengths_equal, "kept_positions_overlap_cpu": round(shared / union, 4),
-            "pages_freed": here.compression[0]["pages_freed"], "pages_exact": pages_exact,
+            "pages_freed": here.compression[0].pages_freed, "pages_exact": pages_exact,
             "headpage_tok_s": round(args.new_tokens / t, 2), "ok": ok}, ok
 
 
@@ -143,7 +143,7 @@ def main():
                           "prompt": length, "new_tokens": args.new_tokens, "equal": equal,
                           "first_difference": first, "dynamic_tok_s": round(args.new_tokens / t_dyn, 2),
                           "headpage_tok_s": round(args.new_tokens / t_hp, 2),
-                          "pages_in_use": cache.stats()["pages_in_use"]}), flush=True)
+                          "pages_in_use": cache.stats().pages_in_use}), flush=True)
         for policy in policies:
             report, ok = check_policy(model, model_cpu, ids, policy, args)
             all_equal &= ok

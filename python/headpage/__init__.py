@@ -11,17 +11,21 @@ The objects are the C++ library's (headpage._ext, nanobind):
     arena = headpage.HostArena(geometry, 4096)        # the bytes (CudaArena on a GPU)
     manager = headpage.BlockManager(geometry, pool)   # sequences -> streams -> pages
     seq = manager.add_sequence()
-    plan = manager.reserve(seq, num_tokens)           # slot_mapping [tokens][layers][kv_heads]
-    headpage.write_kv(arena, k, v, plan["slot_mapping"][:, layer, :], positions)
+    plan = manager.reserve(seq, num_tokens)           # a ReservePlan: slot_mapping
+    headpage.write_kv(arena, k, v, plan.slot_mapping[:, layer, :], positions)
     table = manager.block_table(layer, [seq])         # CSR: indptr, page_ids, lens
     headpage.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, out)
     engine = headpage.EvictionEngine(manager, arena)
-    engine.compress(seq, "ada-snapkv", "20%", window_queries, [window_positions])
+    result = engine.compress(seq, "ada-snapkv", "20%", window_queries, [window_positions])
+    result.kept                                       # int32 [layers][kv_heads]
 
 Tensors cross through DLPack without copies: the kernels take torch tensors or numpy
 arrays (CPU tensors with a HostArena, which runs the CPU reference kernels; CUDA
 tensors with a CudaArena, which runs the CUDA kernels on the `stream` given), and
 `arena.kv` / `arena.positions` are views of the pool's memory (torch.from_dlpack).
+What the bookkeeping returns is a small read-only object, never a dict
+(ReservePlan, CompressResult, BlockManagerStats, PagePoolStats, CompactionArgs);
+the arrays it carries are read-only numpy views of its own copy.
 A failed call raises with the library's message: ValueError for bad arguments,
 headpage.ResourceExhausted (a MemoryError) when the pool is short,
 NotImplementedError for what is not supported, KeyError for an unknown sequence.
@@ -30,14 +34,19 @@ headpage.hf holds a Hugging Face transformers Cache stored in a headpage pool.
 """
 from headpage._ext import (  # noqa: F401
     BlockManager,
+    BlockManagerStats,
     BlockTable,
     CacheGeometry,
+    CompactionArgs,
     CompactionPlan,
+    CompressResult,
     CudaArena,
     EvictionEngine,
     HostArena,
     PagePool,
+    PagePoolStats,
     PolicyConfig,
+    ReservePlan,
     ResourceExhausted,
     budget_capacity,
     compact,

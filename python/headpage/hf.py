@@ -21,9 +21,14 @@ Every (sequence, layer, KV head) stream has its own block table in one page pool
   decode_attention over the head-wise block tables (kernels::ref on the CPU,
   kernels::gpu on CUDA), whatever each stream's length.
 
-Cache() switches the model's attention to "headpage", a function registered with
-transformers' AttentionInterface: it behaves as SDPA for every other cache, so
-the same model can still generate with transformers' DynamicCache.
+Cache(model) calls attach(model): the model's attention becomes "headpage", a
+function registered with transformers' AttentionInterface, and each attention
+module hands that function the cache of its forward call (a forward pre-hook
+passes past_key_values on as the keyword headpage_cache). update() records, per
+layer, what the attention must do after it ("prefill" or "decode"); the
+attention function takes that step from the cache it is handed, for its
+module's layer_idx. With any other cache it behaves as SDPA, so the same model
+can still generate with transformers' DynamicCache.
 
 Compression on CUDA: the EvictionEngine runs over the CudaArena itself, on the
 current CUDA stream: the window queries stay on the GPU, scores, selection and
@@ -36,6 +41,7 @@ afterwards come back.
 Limits: batches without padding (one headpage sequence per batch row), no beam
 search, no cropping.
 """
+import dataclasses
 import importlib.util
 import math
 import os
@@ -55,10 +61,9 @@ ATTENTION = "headpage"
 
 _DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
-# The cache whose update() ran last, and which layer it left for the attention
-# function to finish ("prefill" or "decode"). A layer's update() is followed at
-# once by its attention, in the same thread.
-_ACTIVE = None
+# The keyword under which an attention module hands the attention function its
+# forward call's headpage Cache (see attach()).
+_CACHE_KWARG = "headpage_cache"
 
 
 def smollm2_gguf():
@@ -83,30 +88,75 @@ def load_smollm2(dtype=torch.float32):
     return tok, model.eval()
 
 
-def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """AttentionInterface function: finishes what Cache.update() started for this
-    layer, or plain SDPA when the layer's cache is not a headpage one."""
-    global _ACTIVE
-    cache = _ACTIVE
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+               headpage_cache=None, **kwargs):
+    """AttentionInterface function: finishes the step Cache.update() recorded for
+    this module's layer in the cache it is handed (headpage_cache, see attach()),
+    or plain SDPA when there is none (any other cache, or a dense step)."""
     layer = getattr(module, "layer_idx", None)
-    if cache is None or cache._pending is None or cache._pending[0] != layer:
+    step = headpage_cache._take_step(layer) if headpage_cache is not None else None
+    if step is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
-    mode = cache._pending[1]
-    cache._pending = None
     for name in ("softcap", "s_aux", "sinks", "sliding_window"):
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"headpage.hf: attention with {name} is not supported")
-    if mode == "prefill":
-        cache._observe_prefill(layer, query)
+    if step == "prefill":
+        headpage_cache._observe_prefill(layer, query)
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
-    out = cache._decode_attention(layer, query, scaling)
+    out = headpage_cache._decode_attention(layer, query, scaling)
     return out, None
 
 
 AttentionInterface.register(ATTENTION, _attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def _hand_over_cache(module, args, kwargs):
+    """Forward pre-hook of an attention module: passes its call's past_key_values,
+    when it is a headpage Cache and the model attends through "headpage", on to
+    the attention function as the keyword headpage_cache."""
+    cache = kwargs.get("past_key_values")
+    if not isinstance(cache, Cache):
+        return None
+    implementation = getattr(getattr(module, "config", None), "_attn_implementation", ATTENTION)
+    if implementation != ATTENTION:
+        return None
+    return args, {**kwargs, _CACHE_KWARG: cache}
+
+
+def _attention_modules(model):
+    """The modules that call the attention function: those with an integer
+    layer_idx none of whose submodules has one (Llama's self_attn)."""
+    def indexed(m):
+        return isinstance(getattr(m, "layer_idx", None), int)
+    found = [m for m in model.modules() if indexed(m)]
+    return [m for m in found if not any(indexed(c) for c in m.modules() if c is not m)]
+
+
+def attach(model):
+    """Makes `model` attend through headpage.hf.Cache: switches its attention to
+    "headpage" and installs, once per attention module, the forward pre-hook that
+    hands the attention function the module's headpage Cache. Cache(model) calls
+    it; call it yourself when you make the Cache from the model's config. Other
+    caches (DynamicCache, ...) still work: the function is SDPA for them."""
+    modules = _attention_modules(model)
+    if not modules:
+        raise NotImplementedError("headpage.hf: the model has no attention modules with a "
+                                  "layer_idx")
+    model.set_attn_implementation(ATTENTION)
+    for module in modules:
+        if not getattr(module, "_headpage_hook", None):
+            module._headpage_hook = module.register_forward_pre_hook(_hand_over_cache,
+                                                                      with_kwargs=True)
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """An entry of Cache.compression: the sequence was not compressed, and why."""
+    reason: str
 
 
 class _Layer(CacheLayerMixin):
@@ -158,8 +208,8 @@ class Cache(_HFCache):
     (sequence, layer, KV head).
 
     Args:
-      model: the model (its attention is switched to "headpage"), or its config
-        (then call model.set_attn_implementation("headpage") yourself).
+      model: the model (attach(model) switches its attention to "headpage"), or
+        its config (then call headpage.hf.attach(model) yourself).
       policy: a name of headpage.POLICIES ("full", "uniform-snapkv", "ada-snapkv",
         "pyramid", "dbudget", "streamingllm", ...) or a headpage.PolicyConfig.
       budget: what each KV head keeps on average at the end of prefill: "20%",
@@ -203,16 +253,16 @@ class Cache(_HFCache):
         self.num_pages = num_pages
         super().__init__(layers=[_Layer(self, i) for i in range(num_layers)])
         if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(ATTENTION)
+            attach(model)
 
         self.pool = self.arena = self.manager = self.engine = None
         self._mirror = None
         # Tests set it to run the staged path of CUDA pools on a CPU pool.
         self._stage_on_cpu = False
         self.seqs = []
-        self.compression = []   # one dict per sequence once compressed (see compress())
+        self.compression = []   # per sequence once compressed (see compress())
         self._tokens = 0        # tokens every layer has seen
-        self._pending = None    # (layer, "prefill" | "decode") for the attention function
+        self._steps = {}        # layer -> "prefill" | "decode": what its attention must do
         self._slots = None      # this step's slot mapping per sequence, [T][layers][kv_heads]
         self._positions = None  # this step's token positions, int32 [T]
         self._window = {}       # layer -> the prompt's last queries [B][q_heads][w][D]
@@ -282,13 +332,19 @@ class Cache(_HFCache):
             return array
         return torch.tensor(array, device=self.device)
 
-    # -- update: write K/V, hand the layer to the attention function ----------------
+    # -- update: write K/V, record the layer's step for the attention function --------
+
+    def _take_step(self, layer):
+        """What the attention function must do for `layer` after its update()
+        ("prefill" or "decode"), once; None: attend as SDPA over update()'s K/V."""
+        return self._steps.pop(layer, None)
 
     def _update(self, key_states, value_states, layer):
-        global _ACTIVE
-        if self._pending is not None:
+        if self._steps:  # a layer's attention did not take its step
             raise RuntimeError("headpage.hf.Cache: the model does not attend through the 'headpage' "
-                               "attention; call model.set_attn_implementation('headpage')")
+                               "attention; call headpage.hf.attach(model) (it calls "
+                               "model.set_attn_implementation('headpage') and hands the cache to "
+                               "the attention)")
         if self.manager is None:
             self._initialize(key_states)
         batch, _, tokens, _ = key_states.shape
@@ -304,16 +360,14 @@ class Cache(_HFCache):
                               self._positions, stream=stream)
         if layer == self.num_layers - 1:
             self._tokens += tokens
-        _ACTIVE = self
         if tokens == 1 and self._tokens_before > 0:
-            self._pending = (layer, "decode")
+            self._steps[layer] = "decode"
             return key_states, value_states  # not read: decode attends from the pool
         if self._tokens_before == 0:
-            self._pending = (layer, "prefill")
+            self._steps[layer] = "prefill"
             return key_states, value_states
-        # More than one token after the prompt: the model attends densely, which
-        # needs every head of a layer to hold the same tokens.
-        self._pending = None
+        # More than one token after the prompt: the model attends densely (SDPA over
+        # what this returns), which needs every head of a layer to hold the same tokens.
         return self._dense(layer)
 
     def _begin_step(self, tokens):
@@ -323,10 +377,10 @@ class Cache(_HFCache):
         self._slots = []
         for seq in self.seqs:
             plan = self.manager.reserve(seq, tokens)
-            self._slots.append(self._to_device(plan["slot_mapping"]))
-            if len(plan["copy_src"]):  # copy-on-write, before any write of this step
-                headpage.copy_pages(self.arena, self._to_device(plan["copy_src"]),
-                                    self._to_device(plan["copy_dst"]), stream=self._stream())
+            self._slots.append(self._to_device(plan.slot_mapping))
+            if len(plan.copy_src):  # copy-on-write, before any write of this step
+                headpage.copy_pages(self.arena, self._to_device(plan.copy_src),
+                                    self._to_device(plan.copy_dst), stream=self._stream())
         self._positions = torch.arange(self._tokens, self._tokens + tokens, dtype=torch.int32,
                                        device=self.device)
         if self._tokens == 0 and self._compresses():
@@ -366,9 +420,10 @@ class Cache(_HFCache):
 
     def compress(self):
         """Compresses every sequence's prompt with the policy and budget, once, and
-        returns self.compression: per sequence a dict with tokens_before,
-        tokens_after, pages_freed and kept ([layers][kv_heads] stream lengths), or
-        {"skipped": reason} when the prompt is not longer than the policy's window."""
+        returns self.compression: per sequence a headpage.CompressResult
+        (tokens_before, tokens_after, pages_freed, and kept: [layers][kv_heads]
+        stream lengths), or a Skipped(reason) when the prompt is not longer than
+        the policy's window."""
         if not self._compress_due:
             return self.compression
         self._compress_due = False
@@ -381,8 +436,8 @@ class Cache(_HFCache):
                                  device=self._window[0].device)
         for b, seq in enumerate(self.seqs):
             if prompt <= self.policy.window:
-                self.compression.append({"skipped": f"prompt of {prompt} tokens is not longer "
-                                                    f"than the window ({self.policy.window})"})
+                self.compression.append(Skipped(f"prompt of {prompt} tokens is not longer "
+                                                f"than the window ({self.policy.window})"))
                 continue
             queries = [self._window[layer][b] for layer in range(self.num_layers)]
             if self._mirror is not None:
@@ -452,8 +507,9 @@ class Cache(_HFCache):
     # -- memory ---------------------------------------------------------------------
 
     def stats(self):
-        """The block manager's statistics (pages in use and free, stream lengths, ...)."""
-        return self.manager.stats() if self.manager is not None else {}
+        """The block manager's statistics, a headpage.BlockManagerStats (pages in use
+        and free, stream lengths, ...); None before the first update()."""
+        return self.manager.stats() if self.manager is not None else None
 
     def __repr__(self):
         return (f"headpage.hf.Cache(policy={self.policy.name!r}, budget={self.budget!r}, "

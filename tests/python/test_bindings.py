@@ -26,13 +26,13 @@ def fill(arena, manager, seq, layers, tokens, start=0, seed=0):
     as [layer] -> (k, v), each [tokens][kv_heads][head_dim]."""
     gen = torch.Generator().manual_seed(seed)
     plan = manager.reserve(seq, tokens)
-    assert plan["first_position"] == start
+    assert plan.first_position == start
     positions = torch.arange(start, start + tokens, dtype=torch.int32)
     written = []
     for layer in range(layers):
         k = torch.randn(tokens, 2, 64, generator=gen)
         v = torch.randn(tokens, 2, 64, generator=gen)
-        hp.write_kv(arena, k, v, plan["slot_mapping"][:, layer, :], positions)
+        hp.write_kv(arena, k, v, plan.slot_mapping[:, layer, :], positions)
         written.append((k, v))
     return written
 
@@ -52,7 +52,7 @@ def test_geometry_and_pool():
     pool = hp.PagePool(100, watermark=0.1)
     assert (pool.num_pages, pool.free_pages, pool.used_pages) == (100, 100, 0)
     assert pool.can_allocate(90) and not pool.can_allocate(91)
-    assert pool.stats()["watermark_pages"] == 10
+    assert pool.stats().watermark_pages == 10
     pool.check_invariants()
 
 
@@ -86,8 +86,8 @@ def test_write_gather_round_trip_and_stats(small):
     assert torch.equal(values, torch.cat([v[:, 0], v[:, 1]]))
     assert positions.tolist() == list(range(6)) * 2
     stats = manager.stats()
-    assert stats["pages_in_use"] == 2 * 2 * 2 and stats["used_slots"] == 24
-    assert stats["internal_fragmentation"] == 4 * 2
+    assert stats.pages_in_use == 2 * 2 * 2 and stats.used_slots == 24
+    assert stats.internal_fragmentation == 4 * 2
     assert manager.stream_lengths(seq).tolist() == [[6, 6], [6, 6]]
     manager.free(seq)
     assert pool.free_pages == 64
@@ -121,11 +121,11 @@ def test_fork_copy_on_write(small):
     assert pool.used_pages == used  # sharing, no copy
     plan = manager.reserve(child, 1)
     # Each stream's half-full tail page is shared: copied before the child writes.
-    assert len(plan["copy_src"]) == 4
-    hp.copy_pages(arena, plan["copy_src"], plan["copy_dst"])
+    assert len(plan.copy_src) == 4
+    hp.copy_pages(arena, plan.copy_src, plan.copy_dst)
     # Whole pages, byte for byte (unwritten slots hold whatever the memory held, NaN too).
     kv = torch.from_dlpack(arena.kv).view(torch.int32)
-    assert torch.equal(kv[plan["copy_dst"].astype(np.int64)], kv[plan["copy_src"].astype(np.int64)])
+    assert torch.equal(kv[plan.copy_dst.astype(np.int64)], kv[plan.copy_src.astype(np.int64)])
     assert manager.num_tokens(child) == 7 and manager.num_tokens(parent) == 6
     manager.check_invariants()
 
@@ -138,7 +138,9 @@ def test_evict_and_compact(small):
     manager.evict(seq, 0, [3, 10], plan)  # head 0 keeps 3 tokens, head 1 all 10
     assert plan.num_rows == 2 and plan.kept.tolist() == [3, 10]
     keep = np.array([1, 4, 9] + list(range(10)), dtype=np.int32)
-    hp.compact(arena, keep=keep, **plan.kernel_args())
+    args = plan.kernel_args()
+    hp.compact(arena, args.src_indptr, args.src_page_ids, args.src_lens, args.dst_indptr,
+               args.dst_page_ids, args.keep_indptr, keep, args.in_place)
     manager.release_retired_pages()
     table = manager.block_table(0, [seq])
     assert table.lens.tolist() == [3, 10]
@@ -147,7 +149,7 @@ def test_evict_and_compact(small):
     assert torch.equal(keys[:3], k[[1, 4, 9], 0])
     assert positions.tolist() == [1, 4, 9] + list(range(10))
     # 10 tokens took 3 pages in each of 4 streams; head 0 of layer 0 now needs 1.
-    assert manager.stats()["pages_in_use"] == 12 - 2
+    assert manager.stats().pages_in_use == 12 - 2
     manager.check_invariants()
 
 
@@ -163,11 +165,46 @@ def test_eviction_engine_uniform_budget(small):
     policy.window = window
     free_before = pool.free_pages
     result = engine.compress(seq, policy, 12, queries, [positions])
-    assert result["tokens_before"] == 4 * 40 and result["tokens_after"] == 4 * 12
-    assert result["kept"].tolist() == [[12, 12], [12, 12]]
+    assert isinstance(result, hp.CompressResult)
+    assert result.tokens_before == 4 * 40 and result.tokens_after == 4 * 12
+    assert result.kept.tolist() == [[12, 12], [12, 12]]
     # 40 tokens = 10 pages per stream; 12 tokens = 3.
-    assert result["pages_freed"] == 4 * (10 - 3) == pool.free_pages - free_before
+    assert result.pages_freed == 4 * (10 - 3) == pool.free_pages - free_before
     manager.check_invariants()
+
+
+def test_results_are_read_only_objects_that_own_their_arrays(small):
+    g, pool, arena, manager = small
+    seq = manager.add_sequence()
+    plan = manager.reserve(seq, 3)
+    assert isinstance(plan, hp.ReservePlan)
+    assert repr(plan) == "ReservePlan(num_tokens=3, first_position=0, copies=0)"
+    view = plan.slot_mapping
+    want = view.copy()
+    assert view.shape == (3, 2, 2) and not view.flags.writeable
+    with pytest.raises(AttributeError):
+        plan.first_position = 7
+    del plan  # the view keeps its result alive
+    for _ in range(8):  # later calls grow and reallocate the manager's own arrays
+        manager.reserve(seq, 5)
+    assert np.array_equal(view, want)
+
+    compaction = hp.CompactionPlan()
+    manager.evict(seq, 0, [1, 2], compaction)
+    args = compaction.kernel_args()
+    assert isinstance(args, hp.CompactionArgs) and args.num_rows == 2
+    src, in_place = args.src_page_ids.copy(), args.in_place.copy()
+    manager.evict(seq, 1, [3, 4], compaction)  # appends to the plan, not to args
+    assert compaction.num_rows == 4 and args.num_rows == 2
+    assert np.array_equal(args.src_page_ids, src) and np.array_equal(args.in_place, in_place)
+
+    stats = manager.stats()
+    assert isinstance(stats, hp.BlockManagerStats) and stats == manager.stats()
+    assert stats != pool.stats() and "pages_in_use=" in repr(stats)
+    with pytest.raises(AttributeError):
+        stats.pages_in_use = 0
+    assert isinstance(pool.stats(), hp.PagePoolStats)
+    assert repr(pool.stats()).startswith("PagePoolStats(num_pages=64, ")
 
 
 def test_policies_and_budgets():
@@ -201,7 +238,7 @@ def test_bad_arguments_raise_clear_exceptions(small):
     assert isinstance(err.value, MemoryError) and "pages" in str(err.value)
     assert manager.num_tokens(seq) == 0  # nothing changed
     plan = manager.reserve(seq, 2)
-    slots = plan["slot_mapping"][:, 0, :]
+    slots = plan.slot_mapping[:, 0, :]
     pos = torch.arange(2, dtype=torch.int32)
     with pytest.raises(ValueError, match="keys: want dtype f32"):
         hp.write_kv(arena, torch.zeros(2, 2, 64, dtype=torch.float64), torch.zeros(2, 2, 64), slots, pos)

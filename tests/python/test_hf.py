@@ -40,8 +40,8 @@ def test_full_budget_gives_transformers_tokens(smollm2, prompt):
     # Every stream holds every token: the prompt, and the generated tokens but the last.
     tokens = ids.shape[1] + NEW_TOKENS - 1
     stats = cache.stats()
-    assert stats["min_stream_len"] == stats["max_stream_len"] == tokens
-    assert stats["pages_in_use"] == 30 * 3 * math.ceil(tokens / 16)
+    assert stats.min_stream_len == stats.max_stream_len == tokens
+    assert stats.pages_in_use == 30 * 3 * math.ceil(tokens / 16)
 
 
 @torch.no_grad()
@@ -56,6 +56,30 @@ def test_chunked_prefill_at_full_budget(smollm2):
         got = model(chunk, past_key_values=cache, use_cache=True).logits
     torch.testing.assert_close(got, want)
     assert cache.get_seq_length() == ids.shape[1]
+
+
+@torch.no_grad()
+def test_each_call_attends_through_its_own_cache(smollm2):
+    """Two headpage caches and a DynamicCache stepped in turn through one model: the
+    attention of each call takes its step from the cache of that call."""
+    tok, model = smollm2
+    ids = chat_ids(tok, PROMPTS[2])
+    first, second = hf.Cache(model), hf.Cache(model)
+    hf.attach(model)  # again: still one hook a module
+    hooked = [m for m in model.modules() if getattr(m, "_headpage_hook", None)]
+    assert len(hooked) == 30 and all(len(m._forward_pre_hooks) == 1 for m in hooked)
+    caches = {"dynamic": DynamicCache(config=model.config), "first": first, "second": second}
+    inputs = {name: ids for name in caches}
+    for _ in range(4):  # the prompt, then three decode steps
+        logits = {}
+        for name, cache in caches.items():
+            logits[name] = model(inputs[name], past_key_values=cache, use_cache=True).logits[:, -1]
+            inputs[name] = logits[name].argmax(-1, keepdim=True)
+            if isinstance(cache, hf.Cache):
+                assert not cache._steps  # every layer's attention took its step
+        assert torch.equal(logits["first"], logits["second"])
+        torch.testing.assert_close(logits["first"], logits["dynamic"], rtol=1e-4, atol=1e-4)
+    assert first.get_seq_length() == second.get_seq_length() == ids.shape[1] + 3
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +104,16 @@ def test_compression_frees_the_pages_of_the_budget(smollm2, long_prompt, policy)
     model(ids, past_key_values=cache, use_cache=True)
     before = cache.stats()
     free_before = cache.pool.free_pages
-    assert before["pages_in_use"] == 90 * math.ceil(prompt / 16)
+    assert before.pages_in_use == 90 * math.ceil(prompt / 16)
     result = cache.compress()[0]
     after = cache.stats()
-    kept = result["kept"]
+    kept = result.kept
     assert kept.tolist() == cache.manager.stream_lengths(cache.seqs[0]).tolist()
     # The pool got back exactly the pages the kept tokens no longer fill.
-    assert after["pages_in_use"] == pages_for(kept, 16)
-    assert result["pages_freed"] == before["pages_in_use"] - after["pages_in_use"]
-    assert cache.pool.free_pages - free_before == result["pages_freed"]
-    assert result["tokens_after"] == kept.sum()
+    assert after.pages_in_use == pages_for(kept, 16)
+    assert result.pages_freed == before.pages_in_use - after.pages_in_use
+    assert cache.pool.free_pages - free_before == result.pages_freed
+    assert result.tokens_after == kept.sum()
     capacity = headpage.budget_capacity("20%", prompt)
     window = cache.policy.window
     assert (kept >= min(window, capacity)).all() and (kept <= prompt).all()
@@ -103,7 +127,7 @@ def test_compression_frees_the_pages_of_the_budget(smollm2, long_prompt, policy)
         assert (kept == kept[:, :1]).all()
         assert kept[0, 0] > kept[-1, 0]
     else:  # dbudget sets its own budget: one cut per layer, where the attention norm allows
-        assert (kept == kept[:, :1]).all() and result["pages_freed"] > 0
+        assert (kept == kept[:, :1]).all() and result.pages_freed > 0
     cache.manager.check_invariants()
 
     # Decode goes on from the compressed streams, one token each.
@@ -116,7 +140,7 @@ def test_compression_frees_the_pages_of_the_budget(smollm2, long_prompt, policy)
                    do_sample=False)
     lengths = cache2.manager.stream_lengths(cache2.seqs[0])
     assert (lengths == kept + steps - 1).all()
-    assert cache2.stats()["pages_in_use"] == pages_for(lengths, 16)
+    assert cache2.stats().pages_in_use == pages_for(lengths, 16)
 
 
 @pytest.mark.parametrize("policy", ["ada-snapkv", "h2o"])
@@ -136,8 +160,8 @@ def test_staged_compression_equals_direct(smollm2, long_prompt, policy):
     assert staged._mirror is not None and direct._mirror is None
     assert got[0].tolist() == want[0].tolist()
     for key in ("tokens_before", "tokens_after", "pages_freed"):
-        assert staged.compression[0][key] == direct.compression[0][key]
-    assert (staged.compression[0]["kept"] == direct.compression[0]["kept"]).all()
+        assert getattr(staged.compression[0], key) == getattr(direct.compression[0], key)
+    assert (staged.compression[0].kept == direct.compression[0].kept).all()
     assert staged.stats() == direct.stats()
     pages = staged._sequence_pages(staged.seqs[0])
     assert pages.tolist() == direct._sequence_pages(direct.seqs[0]).tolist()

@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: python/src/bind_blockmgr.cc
+//
+// blockmgr: BlockManager (sequences -> streams -> block tables), its results
+// (ReservePlan, BlockManagerStats), CompactionPlan and the CompactionArgs its
+// kernel_args() returns, and BlockTable (one layer's CSR block tables).
+//
+// Results are read-only objects that own their arrays: a ReservePlan's
+// slot_mapping stays what Reserve returned whatever the manager does next.
+// CompactionPlan and BlockTable are the caller's mutable objects (evict() appends
+// to a plan, refresh_block_table() updates a table): their array properties are
+// views of the object as it is now, to use before the next call that changes it.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "blockmgr/block_manager.h"
+#include "blockmgr/plans.h"
+#include "python/src/bind.h"
+
+namespace headpage::bindings {
+namespace {
+
+// BlockManager.reserve()'s result (Python: headpage.ReservePlan): the plan, and
+// the shape of its slot mapping.
+struct Reservation {
+  ReservePlan plan;
+  size_t num_tokens = 0;
+  size_t num_layers = 0;
+  size_t num_kv_heads = 0;
+};
+
+// CompactionPlan.kernel_args()'s result: the plan's arrays by compact()'s
+// argument names, copied, so that they outlive later evict() calls on the plan.
+struct CompactionArgs {
+  std::vector<int32_t> src_indptr;
+  std::vector<int32_t> src_page_ids;
+  std::vector<int32_t> src_lens;
+  std::vector<int32_t> dst_indptr;
+  std::vector<int32_t> dst_page_ids;
+  std::vector<int32_t> keep_indptr;
+  std::vector<uint8_t> in_place;
+};
+
+void DefResults(nb::module_& m) {
+  using S = BlockManagerStats;
+  DefValueClass<S>(m, "BlockManagerStats", "BlockManager.stats(): pages, slots, stream lengths.",
+                   Field("num_sequences", &S::num_sequences), Field("num_streams", &S::num_streams),
+                   Field("pages_total", &S::pages_total), Field("pages_free", &S::pages_free),
+                   Field("pages_in_use", &S::pages_in_use),
+                   Field("pages_retired", &S::pages_retired),
+                   Field("peak_pages_used", &S::peak_pages_used),
+                   Field("allocated_slots", &S::allocated_slots),
+                   Field("used_slots", &S::used_slots),
+                   Field("internal_fragmentation", &S::internal_fragmentation),
+                   Field("stream_tokens", &S::stream_tokens),
+                   Field("min_stream_len", &S::min_stream_len),
+                   Field("max_stream_len", &S::max_stream_len),
+                   Field("mean_stream_len", &S::mean_stream_len));
+
+  nb::class_<Reservation>(m, "ReservePlan",
+                          "BlockManager.reserve(): where the new tokens go, and the pages to "
+                          "copy first (copy-on-write).")
+      .def_prop_ro(
+          "slot_mapping",
+          [](nb::handle self) {
+            const auto& r = nb::cast<const Reservation&>(self);
+            return View<int32_t>(r.plan.slot_mapping.data(),
+                                 {r.num_tokens, r.num_layers, r.num_kv_heads}, self);
+          },
+          "int32 [tokens][layers][kv_heads]: each new token's flat slot id in every stream.")
+      .def_prop_ro(
+          "copy_src",
+          [](nb::handle self) {
+            return View1(nb::cast<const Reservation&>(self).plan.page_copies.src, self);
+          },
+          "int32 [copies]: shared pages to copy (copy_pages) before this step's write_kv.")
+      .def_prop_ro(
+          "copy_dst",
+          [](nb::handle self) {
+            return View1(nb::cast<const Reservation&>(self).plan.page_copies.dst, self);
+          },
+          "int32 [copies]: where each copy goes.")
+      .def_prop_ro(
+          "first_position", [](const Reservation& r) { return r.plan.first_position; },
+          "The position of the first reserved token.")
+      .def_ro("num_tokens", &Reservation::num_tokens)
+      .def("__repr__", [](const Reservation& r) {
+        return absl::StrCat("ReservePlan(num_tokens=", r.num_tokens,
+                            ", first_position=", r.plan.first_position,
+                            ", copies=", r.plan.page_copies.src.size(), ")");
+      });
+
+  nb::class_<CompactionArgs>(m, "CompactionArgs",
+                             "CompactionPlan.kernel_args(): the plan's arrays by compact()'s "
+                             "argument names, copied when it was called.")
+      .def_prop_ro("src_indptr",
+                   [](nb::handle self) {
+                     return View1(nb::cast<const CompactionArgs&>(self).src_indptr, self);
+                   })
+      .def_prop_ro("src_page_ids",
+                   [](nb::handle self) {
+                     return View1(nb::cast<const CompactionArgs&>(self).src_page_ids, self);
+                   })
+      .def_prop_ro("src_lens",
+                   [](nb::handle self) {
+                     return View1(nb::cast<const CompactionArgs&>(self).src_lens, self);
+                   })
+      .def_prop_ro("dst_indptr",
+                   [](nb::handle self) {
+                     return View1(nb::cast<const CompactionArgs&>(self).dst_indptr, self);
+                   })
+      .def_prop_ro("dst_page_ids",
+                   [](nb::handle self) {
+                     return View1(nb::cast<const CompactionArgs&>(self).dst_page_ids, self);
+                   })
+      .def_prop_ro("keep_indptr",
+                   [](nb::handle self) {
+                     return View1(nb::cast<const CompactionArgs&>(self).keep_indptr, self);
+                   })
+      .def_prop_ro("in_place",
+                   [](nb::handle self) {
+                     return View1(nb::cast<const CompactionArgs&>(self).in_place, self);
+                   })
+      .def_prop_ro("num_rows",
+                   [](const CompactionArgs& a) { return a.src_lens.size(); })
+      .def("__repr__", [](const CompactionArgs& a) {
+        return absl::StrCat("CompactionArgs(num_rows=", a.src_lens.size(),
+                            ", src_pages=", a.src_page_ids.size(),
+                            ", dst_pages=", a.dst_page_ids.size(), ")");
+      });
+}
+
+void DefPlansAndTables(nb::module_& m) {
+  nb::class_<CompactionPlan>(
+      m, "CompactionPlan", "Rows that BlockManager.evict appended; kernel_args() feeds compact().")
+      .def(nb::init<>())
+      .def_prop_ro("num_rows", &CompactionPlan::num_rows)
+      .def_prop_ro("rows",
+                   [](const CompactionPlan& p) {
+                     nb::list rows;
+                     for (const auto& r : p.rows)
+                       rows.append(nb::make_tuple(r.seq, r.layer, r.kv_head));
+                     return rows;
+                   })
+      .def(
+          "kernel_args",
+          [](const CompactionPlan& p) {
+            return CompactionArgs{p.src_indptr,   p.src_page_ids, p.src_lens, p.dst_indptr,
+                                  p.dst_page_ids, p.keep_indptr,  p.in_place};
+          },
+          "A CompactionArgs: the plan's arrays by compact()'s argument names (a copy); "
+          "with the keep sets, they are compact()'s arguments.")
+      .def_prop_ro(
+          "kept",
+          [](nb::handle self) { return View1(nb::cast<const CompactionPlan&>(self).kept, self); },
+          "int32 [rows]: tokens each row keeps (a view of the plan as it is now).")
+      .def("clear", &CompactionPlan::Clear);
+
+  nb::class_<BlockTableCsr>(m, "BlockTable",
+                            "One layer's block tables for a batch, CSR over streams (seq-major); "
+                            "indptr, page_ids and lens are views of the table as it is now.")
+      .def_prop_ro("layer", &BlockTableCsr::layer)
+      .def_prop_ro("num_rows", &BlockTableCsr::num_rows)
+      .def_prop_ro("seqs",
+                   [](const BlockTableCsr& t) {
+                     return std::vector<SeqId>(t.seqs().begin(), t.seqs().end());
+                   })
+      .def_prop_ro("indptr",
+                   [](nb::handle self) {
+                     auto s = nb::cast<const BlockTableCsr&>(self).indptr();
+                     return View<int32_t>(s.data(), {s.size()}, self);
+                   })
+      .def_prop_ro("page_ids",
+                   [](nb::handle self) {
+                     auto s = nb::cast<const BlockTableCsr&>(self).page_ids();
+                     return View<int32_t>(s.data(), {s.size()}, self);
+                   })
+      .def_prop_ro("lens",
+                   [](nb::handle self) {
+                     auto s = nb::cast<const BlockTableCsr&>(self).lens();
+                     return View<int32_t>(s.data(), {s.size()}, self);
+                   })
+      .def_prop_ro("rebuilt", &BlockTableCsr::rebuilt)
+      .def_prop_ro("changed_entries", [](const BlockTableCsr& t) {
+        auto s = t.changed_entries();
+        return std::vector<int32_t>(s.begin(), s.end());
+      });
+}
+
+// An array that owns a copy of `v` (numpy, writable).
+template <typename T>
+nb::ndarray<nb::numpy, T> Owned(std::vector<T> v, std::vector<size_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T>(heap->data(), shape.size(), shape.data(), owner);
+}
+
+void DefBlockManager(nb::module_& m) {
+  nb::class_<BlockManager>(m, "BlockManager",
+                           "Sequences -> streams -> block tables over one PagePool.")
+      .def(
+          "__init__",
+          [](BlockManager* bm, const CacheGeometry& g, PagePool* pool) {
+            new (bm) BlockManager(ValueOrThrow(BlockManager::Create(g, pool)));
+          },
+          nb::arg("geometry"), nb::arg("pool"), nb::keep_alive<1, 3>())
+      .def("add_sequence", &BlockManager::AddSequence)
+      .def(
+          "reserve",
+          [](BlockManager& bm, SeqId seq, int64_t num_tokens) {
+            ReservePlan plan = ValueOrThrow(bm.Reserve(seq, num_tokens));
+            const CacheGeometry& g = bm.geometry();
+            return Reservation{std::move(plan), static_cast<size_t>(num_tokens),
+                               static_cast<size_t>(g.num_layers),
+                               static_cast<size_t>(g.num_kv_heads)};
+          },
+          nb::arg("seq"), nb::arg("num_tokens"),
+          "Room for num_tokens new tokens in every stream of seq: a ReservePlan with "
+          "slot_mapping (int32 [tokens][layers][kv_heads]), copy_src/copy_dst (copy-on-write "
+          "pages to copy first) and first_position.")
+      .def(
+          "pages_needed",
+          [](const BlockManager& bm, SeqId seq, int64_t n) {
+            return ValueOrThrow(bm.PagesNeeded(seq, n));
+          },
+          nb::arg("seq"), nb::arg("num_tokens"))
+      .def(
+          "fork", [](BlockManager& bm, SeqId seq) { return ValueOrThrow(bm.Fork(seq)); },
+          nb::arg("seq"))
+      .def(
+          "free", [](BlockManager& bm, SeqId seq) { ThrowIfError(bm.Free(seq)); }, nb::arg("seq"))
+      .def(
+          "evict",
+          [](BlockManager& bm, SeqId seq, int32_t layer, std::vector<int32_t> kept,
+             CompactionPlan& plan) { ThrowIfError(bm.Evict(seq, layer, kept, &plan)); },
+          nb::arg("seq"), nb::arg("layer"), nb::arg("kept_counts"), nb::arg("plan"),
+          "Shrinks stream (seq, layer, h) to kept_counts[h] tokens; appends the rows to plan.")
+      .def("release_retired_pages", &BlockManager::ReleaseRetiredPages)
+      .def(
+          "block_table",
+          [](const BlockManager& bm, int32_t layer, std::vector<SeqId> seqs,
+             int32_t headroom_pages) {
+            BlockTableOptions options;
+            options.headroom_pages = headroom_pages;
+            return ValueOrThrow(bm.BlockTable(layer, seqs, options));
+          },
+          nb::arg("layer"), nb::arg("seqs"), nb::arg("headroom_pages") = 0)
+      .def(
+          "refresh_block_table",
+          [](const BlockManager& bm, BlockTableCsr& table) {
+            ThrowIfError(bm.RefreshBlockTable(&table));
+          },
+          nb::arg("table"))
+      .def("stats", &BlockManager::Stats, "A BlockManagerStats.")
+      .def("contains", &BlockManager::Contains, nb::arg("seq"))
+      .def_prop_ro("num_sequences", &BlockManager::num_sequences)
+      .def_prop_ro("geometry", &BlockManager::geometry)
+      .def(
+          "num_tokens",
+          [](const BlockManager& bm, SeqId seq) { return ValueOrThrow(bm.NumTokens(seq)); },
+          nb::arg("seq"))
+      .def(
+          "stream_lengths",
+          [](const BlockManager& bm, SeqId seq) {
+            auto lens = ValueOrThrow(bm.StreamLengths(seq));
+            const CacheGeometry& g = bm.geometry();
+            return Owned(std::vector<uint32_t>(lens.begin(), lens.end()),
+                         {static_cast<size_t>(g.num_layers), static_cast<size_t>(g.num_kv_heads)});
+          },
+          nb::arg("seq"), "uint32 [layers][kv_heads]")
+      .def(
+          "stream_pages",
+          [](const BlockManager& bm, SeqId seq, int32_t layer, int32_t kv_head) {
+            auto pages = ValueOrThrow(bm.StreamPages(seq, layer, kv_head));
+            return std::vector<uint32_t>(pages.begin(), pages.end());
+          },
+          nb::arg("seq"), nb::arg("layer"), nb::arg("kv_head"))
+      .def("check_invariants", [](const BlockManager& bm) { ThrowIfError(bm.CheckInvariants()); });
+}
+
+}  // namespace
+
+void DefBlockMgr(nb::module_& m) {
+  DefResults(m);
+  DefPlansAndTables(m);
+  DefBlockManager(m);
+}
+
+}  // namespace headpage::bindings

@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: python/src/bind_eviction.cc
+//
+// eviction: EvictionEngine over a HostArena (the CPU kernels) or a CudaArena (the
+// GPU kernels on the caller's stream), and CompressResult, what compress()
+// returns.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "blockmgr/block_manager.h"
+#include "eviction/engine.h"
+#include "python/src/bind.h"
+
+namespace headpage::bindings {
+namespace {
+
+// EvictionEngine plus the manager it drives (for the geometry) and where its
+// arena lives (queries may be there too).
+struct Engine {
+  EvictionEngine engine;
+  BlockManager* manager;
+  Place place;
+};
+
+// EvictionEngine.compress()'s result (Python: headpage.CompressResult); it owns
+// `kept`.
+struct Compression {
+  int64_t tokens_before = 0;
+  int64_t tokens_after = 0;
+  int64_t pages_freed = 0;
+  std::vector<int32_t> kept;  // [num_layers][num_kv_heads]
+  size_t num_layers = 0;
+  size_t num_kv_heads = 0;
+};
+
+// The engine's queries: one [num_q_heads][num_queries][head_dim] array per
+// layer, and their positions (one int32 [num_queries] array for all layers, or
+// one per layer).
+std::vector<LayerQueries> QueriesOf(const CacheGeometry& g, const std::vector<In>& queries,
+                                    const std::vector<In>& positions, const Place& engine) {
+  if (static_cast<int32_t>(queries.size()) != g.num_layers) {
+    BadArgument(absl::StrCat("queries: ", queries.size(), " layers; the model has ", g.num_layers));
+  }
+  if (positions.size() != 1 && positions.size() != queries.size()) {
+    BadArgument(absl::StrCat("positions: want one array for every layer or one per layer, got ",
+                             positions.size()));
+  }
+  std::vector<LayerQueries> out(queries.size());
+  // A CUDA engine reads queries where they are, on its device or on the host
+  // (all of one kind); a host engine reads host memory only.
+  const bool on_device = engine.cuda && !queries.empty() &&
+                         queries[0].device_type() == nb::device::cuda::value;
+  const Place place = on_device ? engine : Place{};
+  for (size_t l = 0; l < queries.size(); ++l) {
+    const std::string name = absl::StrCat("queries[", l, "]");
+    Check(queries[l], name.c_str(), place, {g.num_q_heads, -1, g.head_dim}, std::nullopt, "");
+    const std::optional<DType> dtype = DTypeOf(queries[l].dtype());
+    if (!dtype) BadArgument(name + ": want float32, float16 or bfloat16");
+    const int64_t n = queries[l].shape(1);
+    const In& pos = positions.size() == 1 ? positions[0] : positions[l];
+    out[l].data = queries[l].data();
+    out[l].positions = Int32s(pos, "positions", place, n);
+    out[l].num_queries = static_cast<int32_t>(n);
+    out[l].dtype = *dtype;
+    out[l].memory = on_device ? MemoryKind::kDevice : MemoryKind::kHost;
+  }
+  return out;
+}
+
+Compression Compress(Engine& e, SeqId seq, nb::handle policy, nb::handle budget,
+                     const std::vector<In>& queries, const std::vector<In>& positions) {
+  const CacheGeometry& g = e.manager->geometry();
+  const PolicyConfig config = PolicyOf(policy);
+  const Budget b = BudgetOf(budget);
+  const std::vector<LayerQueries> q = QueriesOf(g, queries, positions, e.place);
+  absl::StatusOr<CompressResult> result;
+  {
+    nb::gil_scoped_release release;
+    result = e.engine.Compress(seq, config, b, q);
+  }
+  CompressResult r = ValueOrThrow(std::move(result));
+  return Compression{r.tokens_before,
+                     r.tokens_after,
+                     r.pages_freed,
+                     std::move(r.kept),
+                     static_cast<size_t>(g.num_layers),
+                     static_cast<size_t>(g.num_kv_heads)};
+}
+
+}  // namespace
+
+void DefEviction(nb::module_& m) {
+  nb::class_<Compression>(m, "CompressResult",
+                          "EvictionEngine.compress(): what the policy kept of one sequence.")
+      .def_ro("tokens_before", &Compression::tokens_before,
+              "The sequence's stream lengths summed, before.")
+      .def_ro("tokens_after", &Compression::tokens_after, "The same, after.")
+      .def_ro("pages_freed", &Compression::pages_freed, "Pool pages back on the free list.")
+      .def_prop_ro(
+          "kept",
+          [](nb::handle self) {
+            const auto& c = nb::cast<const Compression&>(self);
+            return View<int32_t>(c.kept.data(), {c.num_layers, c.num_kv_heads}, self);
+          },
+          "int32 [layers][kv_heads]: each stream's length after.")
+      .def("__repr__", [](const Compression& c) {
+        return absl::StrCat("CompressResult(tokens_before=", c.tokens_before,
+                            ", tokens_after=", c.tokens_after, ", pages_freed=", c.pages_freed,
+                            ", kept=[", c.num_layers, " layers][", c.num_kv_heads, " kv_heads])");
+      });
+
+  nb::class_<Engine>(m, "EvictionEngine",
+                     "Runs a policy against a BlockManager and its arena: a HostArena through the "
+                     "CPU kernels, a CudaArena through the GPU kernels on `stream` (only the kept "
+                     "counts cross to the host).")
+      .def(
+          "__init__",
+          [](Engine* e, BlockManager* manager, const HostArena& arena) {
+            if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
+            new (e) Engine{ValueOrThrow(EvictionEngine::Create(manager, arena.view())), manager,
+                           Place{}};
+          },
+          nb::arg("manager"), nb::arg("arena"), nb::keep_alive<1, 2>(), nb::keep_alive<1, 3>())
+      .def(
+          "__init__",
+          [](Engine* e, BlockManager* manager, const DeviceArena& arena, uintptr_t stream) {
+            if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
+            new (e) Engine{
+                ValueOrThrow(EvictionEngine::Create(manager, arena.arena.view(), StreamOf(stream))),
+                manager, PlaceOf(arena)};
+          },
+          nb::arg("manager"), nb::arg("arena"), nb::arg("stream") = 0, nb::keep_alive<1, 2>(),
+          nb::keep_alive<1, 3>())
+      .def_prop_ro(
+          "on_device", [](const Engine& e) { return e.place.cuda; },
+          "Whether the engine compresses on the GPU (its arena is a CudaArena).")
+      .def("compress", &Compress, nb::arg("seq"), nb::arg("policy"), nb::arg("budget"),
+           nb::arg("queries"), nb::arg("positions"),
+           "Compresses seq at the end of its prefill. queries: one [q_heads][n][head_dim] "
+           "array per layer (the observation window; host arrays, or for a CUDA engine also "
+           "tensors on its device); positions: int32 [n], one for all layers or one per layer, "
+           "where the queries are. Returns a CompressResult: tokens_before, tokens_after, "
+           "pages_freed, kept.")
+      .def(
+          "forget", [](Engine& e, SeqId seq) { e.engine.Forget(seq); }, nb::arg("seq"));
+}
+
+}  // namespace headpage::bindings

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: python/src/bind_kernels.cc
+//
+// kernels: write_kv, decode_attention, compact, copy_pages (for either arena:
+// kernels::ref on a HostArena, kernels::gpu on a CudaArena, enqueued on the
+// stream the caller names), gather_kv (host only), and the sizing helpers.
+// Every op checks its arrays first and names the one that is wrong; outputs are
+// passed in (kernels never allocate).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <iterator>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/compact.h"
+#include "kernels/copy_pages.h"
+#include "kernels/decode_attention.h"
+#include "kernels/gather_kv.h"
+#include "kernels/supported.h"
+#include "kernels/write_kv.h"
+#include "python/src/bind.h"
+
+namespace headpage::bindings {
+namespace {
+
+// Runs `ref` on the host or `gpu` on the device, without the GIL.
+template <typename Args, typename Ref, typename Gpu>
+void Dispatch(const Place& place, const Args& args, uintptr_t stream, Ref ref, Gpu gpu) {
+  absl::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = place.cuda ? gpu(args, StreamOf(stream)) : ref(args);
+  }
+  ThrowIfError(status);
+}
+
+#if HEADPAGE_HAVE_CUDA
+#define HEADPAGE_GPU_OP(op) [](const auto& args, GpuStream s) { return gpu::op(args, s); }
+#else
+#define HEADPAGE_GPU_OP(op)                                                           \
+  [](const auto&, GpuStream) {                                                        \
+    return absl::UnimplementedError("headpage was built without CUDA: no gpu::" #op); \
+  }
+#endif
+
+template <typename A>
+void WriteKV(const A& arena, const In& keys, const In& values, const In& slot_mapping,
+             const In& positions, uintptr_t stream) {
+  const PagedKV& cache = ViewOf(arena);
+  const Place place = PlaceOf(arena);
+  CheckRows(keys, "keys", place, cache, {-1, -1});
+  const int64_t tokens = keys.shape(0), heads = keys.shape(1);
+  CheckRows(values, "values", place, cache, {tokens, heads});
+  CheckPlace(slot_mapping, "slot_mapping", place);
+  if (slot_mapping.dtype() != nb::dtype<int32_t>() || slot_mapping.ndim() != 2 ||
+      static_cast<int64_t>(slot_mapping.shape(0)) != tokens ||
+      static_cast<int64_t>(slot_mapping.shape(1)) != heads ||
+      (heads > 1 && slot_mapping.stride(1) != 1)) {
+    BadArgument(absl::StrCat(
+        "slot_mapping: want int32 [", tokens, ", ", heads,
+        "] with unit stride along kv heads (e.g. a Reserve mapping's [:, layer, :]), got ",
+        ShapeOf(slot_mapping)));
+  }
+  WriteKVArgs args;
+  args.cache = cache;
+  args.num_tokens = static_cast<int32_t>(tokens);
+  args.num_kv_heads = static_cast<int32_t>(heads);
+  args.keys = keys.data();
+  args.values = values.data();
+  args.slot_mapping = static_cast<const int32_t*>(slot_mapping.data());
+  args.slot_stride = tokens > 1 ? static_cast<int32_t>(slot_mapping.stride(0)) : args.num_kv_heads;
+  args.positions = Int32s(positions, "positions", place, tokens);
+  Dispatch(
+      place, args, stream, [](const WriteKVArgs& a) { return ref::WriteKV(a); },
+      HEADPAGE_GPU_OP(WriteKV));
+}
+
+template <typename A>
+void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& page_ids,
+                     const In& lens, const Array& out, std::optional<float> sm_scale,
+                     std::optional<Array> lse, int32_t num_splits, std::optional<Array> workspace,
+                     uintptr_t stream) {
+  const PagedKV& cache = ViewOf(arena);
+  const Place place = PlaceOf(arena);
+  CheckRows(q, "q", place, cache, {-1, -1});
+  const int64_t seqs = q.shape(0), q_heads = q.shape(1);
+  CheckRows(out, "out", place, cache, {seqs, q_heads});
+  Check(lens, "lens", place, {-1}, nb::dtype<int32_t>(), "int32");
+  const int64_t streams = lens.shape(0);
+  if (seqs == 0 || streams % seqs != 0) {
+    BadArgument(absl::StrCat("lens: ", streams, " streams is not a multiple of ", seqs,
+                             " sequences (q's first dimension)"));
+  }
+  DecodeAttentionArgs args;
+  args.cache = cache;
+  args.num_seqs = static_cast<int32_t>(seqs);
+  args.num_q_heads = static_cast<int32_t>(q_heads);
+  args.num_kv_heads = static_cast<int32_t>(streams / seqs);
+  args.q = q.data();
+  args.indptr = Int32s(indptr, "indptr", place, streams + 1);
+  args.page_ids = Int32s(page_ids, "page_ids", place);
+  args.lens = static_cast<const int32_t*>(lens.data());
+  args.sm_scale = sm_scale ? *sm_scale : 1.0f / std::sqrt(static_cast<float>(cache.head_dim));
+  args.out = out.data();
+  if (lse) {
+    Check(*lse, "lse", place, {seqs, q_heads}, nb::dtype<float>(), "float32");
+    args.lse = static_cast<float*>(lse->data());
+  }
+  args.num_splits = num_splits;
+  if (workspace) {
+    CheckPlace(*workspace, "workspace", place);
+    if (!IsRowMajor(*workspace)) BadArgument("workspace: want a contiguous tensor");
+    args.workspace = workspace->data();
+    args.workspace_bytes = workspace->nbytes();
+  }
+  Dispatch(
+      place, args, stream, [](const DecodeAttentionArgs& a) { return ref::DecodeAttention(a); },
+      HEADPAGE_GPU_OP(DecodeAttention));
+}
+
+template <typename A>
+void Compact(const A& arena, const In& src_indptr, const In& src_page_ids, const In& src_lens,
+             const In& dst_indptr, const In& dst_page_ids, const In& keep_indptr, const In& keep,
+             const In& in_place, uintptr_t stream) {
+  const Place place = PlaceOf(arena);
+  CompactArgs args;
+  args.cache = ViewOf(arena);
+  args.src_lens = Int32s(src_lens, "src_lens", place);
+  const int64_t rows = src_lens.shape(0);
+  args.num_rows = static_cast<int32_t>(rows);
+  args.src_indptr = Int32s(src_indptr, "src_indptr", place, rows + 1);
+  args.src_page_ids = Int32s(src_page_ids, "src_page_ids", place);
+  args.dst_indptr = Int32s(dst_indptr, "dst_indptr", place, rows + 1);
+  args.dst_page_ids = Int32s(dst_page_ids, "dst_page_ids", place);
+  args.keep_indptr = Int32s(keep_indptr, "keep_indptr", place, rows + 1);
+  args.keep = Int32s(keep, "keep", place);
+  Check(in_place, "in_place", place, {rows}, nb::dtype<uint8_t>(), "uint8");
+  args.in_place = static_cast<const uint8_t*>(in_place.data());
+  Dispatch(
+      place, args, stream, [](const CompactArgs& a) { return ref::Compact(a); },
+      HEADPAGE_GPU_OP(Compact));
+}
+
+template <typename A>
+void CopyPages(const A& arena, const In& src, const In& dst, uintptr_t stream) {
+  const Place place = PlaceOf(arena);
+  CopyPagesArgs args;
+  args.cache = ViewOf(arena);
+  args.src_pages = Int32s(src, "src", place);
+  args.num_copies = static_cast<int32_t>(src.shape(0));
+  args.dst_pages = Int32s(dst, "dst", place, src.shape(0));
+  Dispatch(
+      place, args, stream, [](const CopyPagesArgs& a) { return ref::CopyPages(a); },
+      HEADPAGE_GPU_OP(CopyPages));
+}
+
+// Host only: GatherKV has no CUDA version.
+void GatherKV(const HostArena& arena, const In& indptr, const In& page_ids, const In& lens,
+              std::optional<Array> keys, std::optional<Array> values,
+              std::optional<Array> positions) {
+  const PagedKV& cache = arena.view();
+  const Place host;
+  GatherKVArgs args;
+  args.cache = cache;
+  args.lens = Int32s(lens, "lens", host);
+  const int64_t rows = lens.shape(0);
+  args.num_rows = static_cast<int32_t>(rows);
+  args.indptr = Int32s(indptr, "indptr", host, rows + 1);
+  args.page_ids = Int32s(page_ids, "page_ids", host);
+  int64_t total = 0;
+  for (int64_t r = 0; r < rows; ++r) total += std::max(args.lens[r], 0);
+  if (keys) {
+    CheckRows(*keys, "keys", host, cache, {total});
+    args.keys = keys->data();
+  }
+  if (values) {
+    CheckRows(*values, "values", host, cache, {total});
+    args.values = values->data();
+  }
+  if (positions) {
+    Check(*positions, "positions", host, {total}, nb::dtype<int32_t>(), "int32");
+    args.positions = static_cast<int32_t*>(positions->data());
+  }
+  Dispatch(
+      host, args, 0, [](const GatherKVArgs& a) { return ref::GatherKV(a); },
+      [](const GatherKVArgs&, GpuStream) { return absl::OkStatus(); });
+}
+
+// The ops that run on either arena: one overload per arena type.
+template <typename A>
+void DefArenaKernels(nb::module_& m) {
+  m.def("write_kv", &WriteKV<A>, nb::arg("arena"), nb::arg("keys"), nb::arg("values"),
+        nb::arg("slot_mapping"), nb::arg("positions"), nb::arg("stream") = 0,
+        "Scatters new tokens' K/V ([tokens][kv_heads][head_dim]) to their slots and stores "
+        "their positions beside them.");
+  m.def("decode_attention", &DecodeAttention<A>, nb::arg("arena"), nb::arg("q"), nb::arg("indptr"),
+        nb::arg("page_ids"), nb::arg("lens"), nb::arg("out"), nb::arg("sm_scale") = nb::none(),
+        nb::arg("lse") = nb::none(), nb::arg("num_splits") = 1, nb::arg("workspace") = nb::none(),
+        nb::arg("stream") = 0,
+        "One query per sequence ([seqs][q_heads][head_dim]) against head-wise block tables "
+        "(CSR over streams, seq-major, kv-head-minor); writes out (and lse, natural log).");
+  m.def("compact", &Compact<A>, nb::arg("arena"), nb::arg("src_indptr"), nb::arg("src_page_ids"),
+        nb::arg("src_lens"), nb::arg("dst_indptr"), nb::arg("dst_page_ids"), nb::arg("keep_indptr"),
+        nb::arg("keep"), nb::arg("in_place"), nb::arg("stream") = 0,
+        "Executes a compaction plan: each row's keep set moves to its destination pages.");
+  m.def("copy_pages", &CopyPages<A>, nb::arg("arena"), nb::arg("src"), nb::arg("dst"),
+        nb::arg("stream") = 0, "Copies whole pages (copy-on-write).");
+}
+
+}  // namespace
+
+void DefKernels(nb::module_& m) {
+  {
+    std::vector<int32_t> dims(std::begin(kSupportedHeadDims), std::end(kSupportedHeadDims));
+    m.attr("supported_head_dims") = nb::tuple(nb::cast(dims));
+  }
+  DefArenaKernels<HostArena>(m);
+  DefArenaKernels<DeviceArena>(m);
+  m.def("gather_kv", &GatherKV, nb::arg("arena"), nb::arg("indptr"), nb::arg("page_ids"),
+        nb::arg("lens"), nb::arg("keys") = nb::none(), nb::arg("values") = nb::none(),
+        nb::arg("positions") = nb::none(),
+        "Copies the rows' tokens out of a HostArena, row after row ([sum lens][head_dim]).");
+  m.def("decode_attention_workspace_bytes", &DecodeAttentionWorkspaceBytes, nb::arg("num_seqs"),
+        nb::arg("num_q_heads"), nb::arg("head_dim"), nb::arg("num_splits"));
+  m.def("decode_attention_splits", &DecodeAttentionSplits, nb::arg("max_len"),
+        nb::arg("num_streams"), nb::arg("num_sms"));
+}
+
+}  // namespace headpage::bindings

@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: python/src/bind_policy.cc
+//
+// policy: PolicyConfig (the registry's named policies, policy_by_name,
+// policy_names), and budgets as Python passes them ("20%", "128", 0.2 or 128).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "eviction/cuda_executor.h"
+#include "policy/config.h"
+#include "python/src/bind.h"
+
+namespace headpage::bindings {
+namespace {
+
+template <typename E>
+struct Named {
+  E value;
+  const char* name;
+};
+
+using Scorer = PolicyConfig::Scorer;
+using Allocator = PolicyConfig::Allocator;
+constexpr Named<Scorer> kScorers[] = {{Scorer::kNone, "none"},    {Scorer::kSnapKV, "snapkv"},
+                                      {Scorer::kH2O, "h2o"},      {Scorer::kRecency, "recency"},
+                                      {Scorer::kTova, "tova"},    {Scorer::kKeyNorm, "knorm"},
+                                      {Scorer::kRandom, "random"}};
+constexpr Named<Allocator> kAllocators[] = {{Allocator::kNone, "none"},
+                                            {Allocator::kUniform, "uniform"},
+                                            {Allocator::kPyramid, "pyramid"},
+                                            {Allocator::kAda, "ada"},
+                                            {Allocator::kAdaPyramid, "ada-pyramid"},
+                                            {Allocator::kDBudget, "dbudget"}};
+
+template <typename E, size_t N>
+const char* NameOf(E value, const Named<E> (&names)[N]) {
+  for (const Named<E>& n : names) {
+    if (n.value == value) return n.name;
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+PolicyConfig PolicyOf(const nb::handle& policy) {
+  if (nb::isinstance<nb::str>(policy)) {
+    return ValueOrThrow(PolicyByName(nb::cast<std::string>(policy)));
+  }
+  if (nb::isinstance<PolicyConfig>(policy)) return nb::cast<PolicyConfig>(policy);
+  throw nb::type_error("policy: want a name (str) or a headpage.PolicyConfig");
+}
+
+Budget BudgetOf(const nb::handle& budget) {
+  if (nb::isinstance<nb::str>(budget))
+    return ValueOrThrow(Budget::Parse(nb::cast<std::string>(budget)));
+  if (nb::isinstance<nb::bool_>(budget)) throw nb::type_error("budget: want str, int or float");
+  if (nb::isinstance<nb::int_>(budget)) {
+    const int64_t tokens = nb::cast<int64_t>(budget);
+    if (tokens < 1 || tokens > INT32_MAX)
+      BadArgument(absl::StrCat("budget ", tokens, " is out of range"));
+    return Budget::TokensPerHead(static_cast<int32_t>(tokens));
+  }
+  if (nb::isinstance<nb::float_>(budget)) {
+    const double f = nb::cast<double>(budget);
+    if (!(f > 0.0 && f <= 1.0))
+      BadArgument(absl::StrCat("budget fraction ", f, " is not in (0, 1]"));
+    return Budget::Fraction(f);
+  }
+  throw nb::type_error(
+      "budget: want '20%' or '128' (str), a fraction (float) or tokens per head (int)");
+}
+
+void DefPolicy(nb::module_& m) {
+  nb::class_<PolicyConfig>(m, "PolicyConfig", "A policy: scorer + budget allocator, with options.")
+      .def_rw("name", &PolicyConfig::name)
+      .def_rw("window", &PolicyConfig::window)
+      .def_rw("sinks", &PolicyConfig::sinks)
+      .def_rw("pyramid_beta", &PolicyConfig::pyramid_beta)
+      .def_rw("dbudget_threshold", &PolicyConfig::dbudget_threshold)
+      .def_prop_rw(
+          "ada_alpha", [](const PolicyConfig& c) { return c.ada.alpha; },
+          [](PolicyConfig& c, double a) { c.ada.alpha = a; })
+      .def_prop_rw(
+          "snapkv_kernel_size", [](const PolicyConfig& c) { return c.snapkv.kernel_size; },
+          [](PolicyConfig& c, int32_t k) { c.snapkv.kernel_size = k; })
+      .def_prop_ro("scorer",
+                   [](const PolicyConfig& c) { return std::string(NameOf(c.scorer, kScorers)); })
+      .def_prop_ro(
+          "allocator",
+          [](const PolicyConfig& c) { return std::string(NameOf(c.allocator, kAllocators)); })
+      .def_prop_ro("compresses", &PolicyConfig::compresses,
+                   "Whether the policy evicts anything ('full' does not).")
+      .def_prop_ro(
+          "evicts_while_decoding", [](const PolicyConfig& c) { return c.evicts_while_decoding; },
+          "Whether the policy evicts at decode steps too (H2O).")
+      .def("observed_queries", &PolicyConfig::ObservedQueries, nb::arg("prompt_queries"),
+           "How many of the last prompt queries the compression at the end of the prefill "
+           "observes.")
+      .def_prop_ro(
+          "runs_on_gpu", [](const PolicyConfig& c) { return CudaExecutor::Supports(c).ok(); },
+          "Whether an EvictionEngine over a CudaArena runs this policy on the GPU.")
+      .def("validate", [](const PolicyConfig& c) { ThrowIfError(Validate(c)); })
+      .def("__repr__", [](const PolicyConfig& c) {
+        return absl::StrCat("PolicyConfig(name='", c.name, "', scorer=", NameOf(c.scorer, kScorers),
+                            ", allocator=", NameOf(c.allocator, kAllocators), ", window=", c.window,
+                            ", sinks=", c.sinks, ")");
+      });
+  m.def(
+      "policy_by_name", [](const std::string& name) { return ValueOrThrow(PolicyByName(name)); },
+      nb::arg("name"), "The named policy, with the papers' defaults (see policy_names()).");
+  m.def("policy_names", &PolicyNames, "The names policy_by_name knows, in the registry's order.");
+  m.def(
+      "budget_capacity",
+      [](nb::handle budget, int32_t prompt_len) {
+        return BudgetOf(budget).CapacityFor(prompt_len);
+      },
+      nb::arg("budget"), nb::arg("prompt_len"),
+      "Tokens per head that a budget ('20%', '128', 0.2 or 128) gives a prompt.");
+}
+
+}  // namespace headpage::bindings
