@@ -30,7 +30,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpSize = 32;
 constexpr int kWarpsPerBlock = kThreads / kWarpSize;
-constexpr unsigned kFullMask = 0xffffffffu;
 // Vectors a lane holds at once, so that many loads are in flight together.
 constexpr int kHeld = 8;
 // Bytes in flight per SM are blocks x warps x kHeld vectors: ask the compiler

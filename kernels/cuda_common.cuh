@@ -2,8 +2,10 @@
 // File: kernels/cuda_common.cuh
 //
 // What every .cu file of kernels/ shares: the dtype and head_dim dispatch (the
-// only compile-time parameters, DESIGN.md "Kernels"), launch checking, and
-// float conversion of the storage types. CUDA and plain headers only.
+// only compile-time parameters, DESIGN.md "Kernels"), launch checking, float
+// conversion of the storage types, and the clamp of a stream's length to its
+// block-table row. The tensor-core and cp.async primitives of the attention
+// kernels are in cuda_mma.cuh. CUDA and plain headers only.
 #ifndef HEADPAGE_KERNELS_CUDA_COMMON_CUH_
 #define HEADPAGE_KERNELS_CUDA_COMMON_CUH_
 
@@ -110,6 +112,21 @@ template <typename T>
 constexpr int ElementsPerVector() { return kVectorBytes / static_cast<int>(sizeof(T)); }
 
 __host__ __device__ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Every lane of a warp, for the *_sync intrinsics.
+inline constexpr unsigned kFullMask = 0xffffffffu;
+
+// The length of stream `stream` as a kernel may use it: lens[stream], cut to
+// the tokens of the stream's own block-table row (indptr[stream]..
+// indptr[stream + 1] of page ids). The lengths live on the device, where the
+// host never checked them; a longer one would read the next row's (or past the
+// last row's) page ids. Computed in Int, the width the caller indexes with.
+template <typename Int>
+__device__ __forceinline__ Int TableClampedLength(const int32_t* lens, const int32_t* indptr,
+                                                  Int stream, int32_t page_size) {
+  const Int table_tokens = static_cast<Int>(indptr[stream + 1] - indptr[stream]) * page_size;
+  return min(static_cast<Int>(lens[stream]), table_tokens);
+}
 
 }  // namespace headpage::gpu::internal
 

@@ -41,7 +41,9 @@ template <typename T, int kHeadDim>
 __global__ void TokenScoresKernel(TokenScoresArgs a) {
   const int32_t s = blockIdx.x;
   const int32_t j = blockIdx.y * kThreads + threadIdx.x;
-  const int32_t len = a.lens[s];
+  // A length the block table cannot hold is clamped to it (the host checked
+  // nothing on the device's arrays): no page id is read past the row.
+  const int32_t len = TableClampedLength<int32_t>(a.lens, a.indptr, s, a.cache.page_size);
   if (j >= len) return;
   const int32_t* pages = a.page_ids + a.indptr[s];
   const int64_t slot = SlotOf(pages, j, a.cache.page_size);

@@ -41,6 +41,7 @@ from headpage._ext import (  # noqa: F401
     CompactionPlan,
     CompressResult,
     CudaArena,
+    DeviceBlockTables,
     EvictionEngine,
     HostArena,
     PagePool,

@@ -19,7 +19,9 @@ Every (sequence, layer, KV head) stream has its own block table in one page pool
   step. compress() does it at once; otherwise the first decode step does.
 - Decode: update() appends the new token's K/V, and the layer attends through
   decode_attention over the head-wise block tables (kernels::ref on the CPU,
-  kernels::gpu on CUDA), whatever each stream's length.
+  kernels::gpu on CUDA), whatever each stream's length. On CUDA the tables of
+  every layer live in device memory (headpage.DeviceBlockTables) and a step
+  brings them up to date with one upload.
 
 Cache(model) calls attach(model): the model's attention becomes "headpage", a
 function registered with transformers' AttentionInterface, and each attention
@@ -267,7 +269,8 @@ class Cache(_HFCache):
         self._positions = None  # this step's token positions, int32 [T]
         self._window = {}       # layer -> the prompt's last queries [B][q_heads][w][D]
         self._compress_due = False
-        self._tables = {}       # layer -> BlockTable kept up to date between decode steps
+        self._tables = {}       # layer -> BlockTable kept up to date between decode steps (CPU)
+        self._device_tables = None  # on CUDA: every layer's tables in device memory
 
     # -- what transformers asks ------------------------------------------------
 
@@ -385,6 +388,14 @@ class Cache(_HFCache):
                                        device=self.device)
         if self._tokens == 0 and self._compresses():
             self._compress_due = True
+        if self.device.type == "cuda" and tokens == 1 and self._tokens > 0:
+            # A decode step: every layer's device tables up to date, one upload.
+            if self._device_tables is None:
+                self._device_tables = headpage.DeviceBlockTables(
+                    self.manager, self.seqs, headroom_pages=8, stream=self._stream(),
+                    device=self.device.index or 0)
+            else:
+                self._device_tables.refresh()
 
     def _dense(self, layer):
         """The layer's K/V as [batch][kv_heads][tokens][head_dim], read from the pool."""
@@ -496,12 +507,17 @@ class Cache(_HFCache):
         return table
 
     def _decode_attention(self, layer, query, scaling):
-        table = self._block_table(layer)
         q = query[:, :, 0, :].contiguous()
         out = torch.empty_like(q)
-        headpage.decode_attention(self.arena, q, self._to_device(table.indptr),
-                                  self._to_device(table.page_ids), self._to_device(table.lens), out,
-                                  sm_scale=scaling, stream=self._stream())
+        if self._device_tables is not None:
+            # The device-resident tables, refreshed once for this step.
+            indptr, page_ids, lens = (torch.from_dlpack(a) for a in self._device_tables.layer(layer))
+        else:
+            table = self._block_table(layer)
+            indptr, page_ids, lens = (self._to_device(table.indptr), self._to_device(table.page_ids),
+                                      self._to_device(table.lens))
+        headpage.decode_attention(self.arena, q, indptr, page_ids, lens, out, sm_scale=scaling,
+                                  stream=self._stream())
         return out.unsqueeze(1)  # [batch][1][q_heads][head_dim], as transformers expects
 
     # -- memory ---------------------------------------------------------------------

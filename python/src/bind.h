@@ -42,6 +42,7 @@ void DefBlockMgr(nb::module_& m);   // BlockManager, block tables, plans
 void DefPolicy(nb::module_& m);     // PolicyConfig, policy_by_name, budgets
 void DefEviction(nb::module_& m);   // EvictionEngine
 void DefKernels(nb::module_& m);    // write_kv, decode_attention, compact, ...
+void DefRuntime(nb::module_& m);    // DeviceBlockTables
 
 // ---------------------------------------------------------------------------
 // Status -> Python exception (bind_core.cc): ValueError (InvalidArgument,

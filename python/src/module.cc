@@ -26,4 +26,5 @@ NB_MODULE(_ext, m) {
   DefPolicy(m);
   DefEviction(m);
   DefKernels(m);
+  DefRuntime(m);
 }

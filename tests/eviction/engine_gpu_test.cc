@@ -382,7 +382,7 @@ TEST_CASE("CUDA executor: a pipelined batch keeps what the host keeps", "[evicti
   for (const char* name : {"ada-snapkv", "ada-pyramid", "knorm"}) {
     CAPTURE(name);
     Twin twin({3, 4, 2, 128, 16, DType::kBF16, 8192}, 17);
-    const std::vector<int32_t> lens = {400, 1023, 64, 777};
+    const std::vector<int32_t> lens = {400, 1023, 130, 777};
     std::vector<SeqId> seqs;
     for (int32_t len : lens) seqs.push_back(twin.Prefill(len));
     twin.Mirror();

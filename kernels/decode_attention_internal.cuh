@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: kernels/decode_attention_internal.cuh
+//
+// What DecodeAttention's two kernels over the cache share: the tensor-core one
+// (f16, bf16: decode_attention.cu) and the CUDA-core one (f32:
+// decode_attention_simt.cu). Both run one block of kWarps warps per (stream,
+// split), pipeline K/V through shared memory with cp.async, keep an online
+// softmax per warp in the exp2 domain, and end with the same combine of the
+// warps' states (out and lse for one split, a float partial for more). CUDA and
+// plain headers only.
+#ifndef HEADPAGE_KERNELS_DECODE_ATTENTION_INTERNAL_CUH_
+#define HEADPAGE_KERNELS_DECODE_ATTENTION_INTERNAL_CUH_
+
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/cuda_mma.cuh"
+#include "kernels/decode_attention_args.h"
+
+namespace headpage::gpu::internal::decode {
+
+// The running maximum starts here rather than at -inf, so that rescaling a
+// state that has seen no token (exp2(m - m_new)) never computes -inf - -inf.
+inline constexpr float kNoScore = -1e30f;
+inline constexpr int kWarps = 4;
+inline constexpr int kThreads = 32 * kWarps;
+inline constexpr int kG = kDecodeMaxGroup;
+
+// What a block works on: split `split` of stream `stream` = (seq, kv_head),
+// the query heads kv_head * group.. of seq, and the split's tokens [begin, end).
+struct BlockWork {
+  int split, stream, seq, kv_head, group, begin, end;
+};
+
+// Splits have one size per stream, rounded up to whole pages and, where pages
+// are small, to whole tiles of `tile_tokens`.
+__device__ __forceinline__ BlockWork WorkOfThisBlock(const DecodeAttentionArgs& args,
+                                                     int tile_tokens) {
+  BlockWork work;
+  work.split = static_cast<int>(blockIdx.x % args.num_splits);
+  work.stream = static_cast<int>(blockIdx.x / args.num_splits);
+  work.seq = work.stream / args.num_kv_heads;
+  work.kv_head = work.stream - work.seq * args.num_kv_heads;
+  work.group = args.num_q_heads / args.num_kv_heads;
+  const int page_size = args.cache.page_size;
+  const int64_t len = TableClampedLength<int64_t>(args.lens, args.indptr, work.stream, page_size);
+  const int64_t align =
+      static_cast<int64_t>(page_size) * ((tile_tokens + page_size - 1) / page_size);
+  const int64_t chunk = ((len + args.num_splits - 1) / args.num_splits + align - 1) / align * align;
+  const int64_t begin = work.split * chunk < len ? work.split * chunk : len;
+  work.begin = static_cast<int>(begin);
+  work.end = static_cast<int>(begin + chunk < len ? begin + chunk : len);
+  return work;
+}
+
+// The cp.async pipeline of both kernels over `steps` steps: kStages - 1 steps
+// ahead, one commit group per step (empty past the end) so that the wait
+// counts stay fixed. sync() makes step i's copies visible to every thread that
+// computes on them, and orders step i - 1's compute before the copies that
+// overwrite its stage.
+template <int kStages, typename Issue, typename Advance, typename Sync, typename Compute>
+__device__ __forceinline__ void RunPipeline(int steps, Issue&& issue, Advance&& advance,
+                                            Sync&& sync, Compute&& compute) {
+#pragma unroll 1
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < steps) issue(i);
+    CpAsyncCommit();
+    advance();
+  }
+#pragma unroll 1
+  for (int i = 0; i < steps; ++i) {
+    CpAsyncWait<kStages - 2>();
+    sync();
+    if (i + kStages - 1 < steps) issue((i + kStages - 1) % kStages);
+    CpAsyncCommit();
+    advance();
+    compute(i % kStages, i);
+  }
+  CpAsyncWait<0>();
+}
+
+// Shared memory of the final combine: every warp's online-softmax state per
+// query head of the group: unnormalized outputs [warp][head][dim], then the
+// maxima and the sums [warp][head] (exp2 domain).
+template <int kHeadDim>
+struct Reduction {
+  static constexpr int kBytes = kWarps * kG * (kHeadDim + 2) * static_cast<int>(sizeof(float));
+  float* acc;
+  float* m;
+  float* d;
+  __device__ explicit Reduction(void* smem)
+      : acc(static_cast<float*>(smem)), m(acc + kWarps * kG * kHeadDim), d(m + kWarps * kG) {}
+};
+
+// After every warp stored its state (and a barrier): merge the warps and write
+// the block's result, out and lse for one split, a float partial for more.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void StoreCombined(const DecodeAttentionArgs& args,
+                                              const Reduction<kHeadDim>& reduce,
+                                              const BlockWork& work, float* partial_out,
+                                              float* partial_lse) {
+  for (int i = threadIdx.x; i < work.group * kHeadDim; i += kThreads) {
+    const int h = i / kHeadDim;
+    const int dim = i - h * kHeadDim;
+    float m_all = kNoScore;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, reduce.m[w * kG + h]);
+    float d_all = 0.0f, out = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float weight = FastExp2(reduce.m[w * kG + h] - m_all);
+      d_all += reduce.d[w * kG + h] * weight;
+      out += reduce.acc[(w * kG + h) * kHeadDim + dim] * weight;
+    }
+    out = d_all > 0.0f ? out / d_all : 0.0f;
+    const float lse2 = d_all > 0.0f ? m_all + log2f(d_all) : -INFINITY;  // log2 of sum exp2
+    const int64_t row =
+        static_cast<int64_t>(work.seq) * args.num_q_heads + work.kv_head * work.group + h;
+    if (args.num_splits == 1) {
+      static_cast<T*>(args.out)[row * kHeadDim + dim] = FromFloat<T>(out);
+      if (dim == 0 && args.lse != nullptr) args.lse[row] = lse2 * kLn2;
+    } else {
+      const int64_t partial = row * args.num_splits + work.split;
+      partial_out[partial * kHeadDim + dim] = out;
+      if (dim == 0) partial_lse[partial] = lse2;
+    }
+  }
+}
+
+// Launches a pass kernel, one block per (stream, split), with `smem_bytes` of
+// dynamic shared memory.
+template <typename Kernel>
+LaunchResult LaunchWithSmem(Kernel kernel, int smem_bytes, const DecodeAttentionArgs& args,
+                            float* partial_out, float* partial_lse, GpuStream stream) {
+  const LaunchResult attribute = CudaErrorResult(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  if (!attribute.ok()) return attribute;
+  const int64_t blocks = static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * args.num_splits;
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(args, partial_out,
+                                                                          partial_lse);
+  return CheckLaunch();
+}
+
+// decode_attention_simt.cu: the f32 pass, for every supported head_dim.
+LaunchResult LaunchSimtPass(const DecodeAttentionArgs& args, float* partial_out,
+                            float* partial_lse, GpuStream stream);
+
+}  // namespace headpage::gpu::internal::decode
+
+#endif  // HEADPAGE_KERNELS_DECODE_ATTENTION_INTERNAL_CUH_
