@@ -20,6 +20,7 @@
 #include "allocator/page_pool.h"
 #include "blockmgr/block_manager.h"
 #include "eviction/engine.h"
+#include "bench/device_fill.h"
 #include "tests/kernels/device_buffer.h"
 
 namespace headpage::bench {
@@ -54,10 +55,10 @@ class CompressBench {
     HEADPAGE_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     engine_ = std::make_unique<EvictionEngine>(
         EvictionEngine::Create(manager_.get(), arena_->view(), stream_).value());
-    FillRandom(arena_->view().data, arena_->kv_bytes());
+    FillRandomBf16(arena_->view().data, arena_->kv_bytes(), 7);
     // The observation window: the last 32 prompt queries of every layer.
     queries_ = DeviceBuffer(size_t{kLayers} * kQHeads * kWindow * kHeadDim * 2);
-    FillRandom(queries_.get(), queries_.bytes());
+    FillRandomBf16(queries_.get(), queries_.bytes(), 7);
     std::vector<int32_t> positions(kWindow);
     for (int32_t r = 0; r < kWindow; ++r) positions[r] = len - kWindow + r;
     query_positions_ = DeviceBuffer(positions);
@@ -100,20 +101,6 @@ class CompressBench {
   const CacheGeometry& geometry() const { return geometry_; }
 
  private:
-  // Random bf16 in [-1, 1): a 16 MiB block from the host, then doubled on the device.
-  static void FillRandom(void* data, size_t bytes) {
-    const size_t block = std::min<size_t>(bytes, size_t{16} << 20);
-    std::vector<uint8_t> host(block);
-    std::mt19937_64 rng(7);
-    std::uniform_real_distribution<float> value(-1.0f, 1.0f);
-    for (size_t i = 0; i < block / 2; ++i) StoreFromFloat(host.data(), i, DType::kBF16, value(rng));
-    auto* out = static_cast<char*>(data);
-    HEADPAGE_CUDA_OK(cudaMemcpy(out, host.data(), block, cudaMemcpyHostToDevice));
-    for (size_t done = block; done < bytes; done *= 2) {
-      HEADPAGE_CUDA_OK(cudaMemcpy(out + done, out, std::min(done, bytes - done), cudaMemcpyDeviceToDevice));
-    }
-  }
-
   int32_t seqs_, len_;
   CacheGeometry geometry_;
   int64_t num_pages_ = 0;

@@ -20,6 +20,7 @@
 #include "kernels/decode_attention.h"
 #include "kernels/write_kv.h"
 #include "runtime/device_block_tables.h"
+#include "bench/device_fill.h"
 #include "tests/kernels/device_buffer.h"
 
 namespace headpage::bench {
@@ -51,16 +52,16 @@ class DecodeStep {
     }
     tables_ = DeviceBlockTables::Create(manager_.get(), seqs_, 8, stream_).value();
     // Random bf16 everywhere: the pool (doubling copies), the queries, the new K/V.
-    Fill(arena_->view().data, arena_->kv_bytes());
+    FillRandomBf16(arena_->view().data, arena_->kv_bytes(), 11);
     const size_t q_bytes = size_t{kLayers} * batch * kQHeads * kHeadDim * 2;
     const size_t kv_bytes = size_t{kLayers} * batch * kKVHeads * kHeadDim * 2;
     q_ = DeviceBuffer(q_bytes);
     out_ = DeviceBuffer(q_bytes);
     k_ = DeviceBuffer(kv_bytes);
     v_ = DeviceBuffer(kv_bytes);
-    Fill(q_.get(), q_bytes);
-    Fill(k_.get(), kv_bytes);
-    Fill(v_.get(), kv_bytes);
+    FillRandomBf16(q_.get(), q_bytes, 11);
+    FillRandomBf16(k_.get(), kv_bytes, 11);
+    FillRandomBf16(v_.get(), kv_bytes, 11);
     slots_ = DeviceBuffer(sizeof(int32_t) * batch * kLayers * kKVHeads);
     positions_ = DeviceBuffer(sizeof(int32_t) * batch);
     int sms = 0, device = 0;
@@ -140,19 +141,6 @@ class DecodeStep {
   int64_t last_upload_bytes() const { return tables_->last_upload_bytes(); }
 
  private:
-  static void Fill(void* data, size_t bytes) {
-    const size_t block = std::min<size_t>(bytes, size_t{16} << 20);
-    std::vector<uint8_t> host(block);
-    std::mt19937_64 rng(11);
-    std::uniform_real_distribution<float> value(-1.0f, 1.0f);
-    for (size_t i = 0; i < block / 2; ++i) StoreFromFloat(host.data(), i, DType::kBF16, value(rng));
-    auto* out = static_cast<char*>(data);
-    HEADPAGE_CUDA_OK(cudaMemcpy(out, host.data(), block, cudaMemcpyHostToDevice));
-    for (size_t done = block; done < bytes; done *= 2) {
-      HEADPAGE_CUDA_OK(cudaMemcpy(out + done, out, std::min(done, bytes - done), cudaMemcpyDeviceToDevice));
-    }
-  }
-
   int32_t batch_;
   std::unique_ptr<PagePool> pool_;
   std::unique_ptr<BlockManager> manager_;
