@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -122,13 +123,15 @@ TokenScore TokenScoreOf(PolicyConfig::Scorer scorer) {
 // where its arrays lie in the scratch buffers.
 struct SeqTables {
   std::vector<int32_t> indptr, page_ids, lens, offsets, kept;
+  // Measured before the tables are built, to lay out the scratch.
+  int32_t streams = 0;
+  int64_t pages = 0;
+  int32_t num_tokens = 0;
   int32_t max_len = 0;
-  int32_t tokens() const { return offsets.back(); }
-  size_t table_ints() const {
-    return indptr.size() + page_ids.size() + lens.size() + offsets.size() + kept.size();
-  }
+  int32_t tokens() const { return num_tokens; }
+  size_t table_ints() const { return 4 * static_cast<size_t>(streams) + 2 + pages; }
   // The compaction plan's arrays: at most one row per stream, every page twice.
-  size_t plan_ints() const { return 7 * (lens.size() + 1) + 2 * page_ids.size(); }
+  size_t plan_ints() const { return 7 * (static_cast<size_t>(streams) + 1) + 2 * pages; }
 
   // Per sequence: its keep sets and kept counts on the device (read by its
   // compaction, after later sequences' scoring ran), its tables, counts and
@@ -149,6 +152,8 @@ class CudaExecutorImpl final : public CudaExecutor {
   absl::Status Compress(const PolicyConfig& config, absl::Span<const Job> jobs) override;
 
  private:
+  // The sizes of a sequence's tables (streams, pages, tokens, longest stream).
+  absl::Status Measure(const Job& job, SeqTables* out) const;
   absl::Status BuildTables(const Job& job, const PolicyConfig& config, SeqTables* out) const;
   // Copies the queries of every layer into one [layers][q_heads][W][head_dim]
   // array (what WindowScores reads with layers as its sequences); with
@@ -188,6 +193,32 @@ absl::Status CudaExecutorImpl::Events(size_t n) {
         CudaStatus(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "creating an event"));
     events_.push_back(event);
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaExecutorImpl::Measure(const Job& job, SeqTables* t) const {
+  const CacheGeometry& g = manager_->geometry();
+  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_->StreamLengths(job.seq));
+  t->streams = g.streams_per_sequence();
+  t->pages = 0;
+  int64_t tokens = 0;
+  uint32_t longest = 0;
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const PageId> pages,
+                                manager_->StreamPages(job.seq, layer, h));
+      t->pages += static_cast<int64_t>(pages.size());
+      tokens += lens[layer * g.num_kv_heads + h];
+      longest = std::max(longest, lens[layer * g.num_kv_heads + h]);
+    }
+  }
+  if (tokens > std::numeric_limits<int32_t>::max() || t->pages > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: sequence ", job.seq, " holds ",
+                                                   tokens, " tokens in ", t->pages,
+                                                   " pages; int32 offsets address at most 2^31 - 1"));
+  }
+  t->num_tokens = static_cast<int32_t>(tokens);
+  t->max_len = static_cast<int32_t>(longest);
   return absl::OkStatus();
 }
 
@@ -447,16 +478,7 @@ absl::Status CudaExecutorImpl::Compress(const PolicyConfig& config, absl::Span<c
   }
   tables_.resize(jobs.size());
   for (size_t j = 0; j < jobs.size(); ++j) {
-    HEADPAGE_RETURN_IF_ERROR(BuildTables(jobs[j], config, &tables_[j]));
-    for (size_t s = 0; tova && s < tables_[j].lens.size(); ++s) {
-      // TOVA keeps one token set per layer (the GPU compares lengths; the host
-      // executor compares positions too).
-      if (tables_[j].lens[s] != tables_[j].lens[s - s % heads]) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "TOVA: layer ", s / heads, "'s kv heads hold different tokens (", tables_[j].lens[s],
-            " vs ", tables_[j].lens[s - s % heads], "); TOVA keeps one token set per layer"));
-      }
-    }
+    HEADPAGE_RETURN_IF_ERROR(Measure(jobs[j], &tables_[j]));
   }
   HEADPAGE_RETURN_IF_ERROR(Events(jobs.size()));
   if (uploaded_ == nullptr) {
@@ -517,10 +539,10 @@ absl::Status CudaExecutorImpl::Compress(const PolicyConfig& config, absl::Span<c
   Layout host;
   for (SeqTables& t : tables_) {
     t.d_keep = dev.Add(sizeof(int32_t) * t.tokens());
-    t.d_counts = dev.Add(sizeof(int32_t) * t.lens.size());
+    t.d_counts = dev.Add(sizeof(int32_t) * t.streams);
     t.h_tables = host.Add(sizeof(int32_t) * t.table_ints());
-    t.h_counts = host.Add(sizeof(int32_t) * t.lens.size());
-    t.h_plan = host.Add(sizeof(int32_t) * t.plan_ints() + t.lens.size());
+    t.h_counts = host.Add(sizeof(int32_t) * t.streams);
+    t.h_plan = host.Add(sizeof(int32_t) * t.plan_ints() + t.streams);
   }
   if (dev.total() > device_.bytes() || host.total() > pinned_.bytes()) {
     // Nothing in flight may still read what a grown buffer replaces.
@@ -531,9 +553,22 @@ absl::Status CudaExecutorImpl::Compress(const PolicyConfig& config, absl::Span<c
 
   // Every sequence's scoring and selection first, then each one's plan as its
   // counts arrive: the host plans sequence j while the GPU scores j + 1.
+  // Each sequence's tables are built just before its scoring is enqueued, so
+  // the GPU starts on the first while the host builds the next.
   for (size_t j = 0; j < jobs.size(); ++j) {
     if (tables_[j].tokens() == 0) continue;
-    HEADPAGE_RETURN_IF_ERROR(ScoreAndSelect(config, jobs[j], tables_[j]));
+    SeqTables& t = tables_[j];
+    HEADPAGE_RETURN_IF_ERROR(BuildTables(jobs[j], config, &t));
+    for (size_t s = 0; tova && s < t.lens.size(); ++s) {
+      // TOVA keeps one token set per layer (the GPU compares lengths; the host
+      // executor compares positions too).
+      if (t.lens[s] != t.lens[s - s % heads]) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "TOVA: layer ", s / heads, "'s kv heads hold different tokens (", t.lens[s], " vs ",
+            t.lens[s - s % heads], "); TOVA keeps one token set per layer"));
+      }
+    }
+    HEADPAGE_RETURN_IF_ERROR(ScoreAndSelect(config, jobs[j], t));
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(events_[j], stream()), "recording"));
   }
   for (size_t j = 0; j < jobs.size(); ++j) {

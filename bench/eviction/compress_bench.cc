@@ -122,7 +122,7 @@ void Report(benchmark::State& state, int64_t tokens_before, int64_t tokens_after
 
 // The CUDA executor: every policy it runs, by name (range(0) indexes kPolicies).
 const char* const kPolicies[] = {"ada-snapkv", "uniform-snapkv", "pyramid", "ada-pyramid",
-                                 "streamingllm", "knorm", "random"};
+                                 "streamingllm", "knorm", "random", "tova"};
 
 void BM_Compress(benchmark::State& state) {
   const char* name = kPolicies[state.range(0)];
@@ -193,6 +193,7 @@ BENCHMARK(BM_Compress)
     ->Args({4, 8, 32768, 1})
     ->Args({5, 8, 32768, 1})
     ->Args({6, 8, 32768, 1})
+    ->Args({7, 8, 32768, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond)
     ->Iterations(5);
