@@ -463,11 +463,14 @@ absl::Status CudaExecutorImpl::Compress(const PolicyConfig& config, absl::Span<c
   for (const Job& job : jobs) {
     const int32_t window = tova ? 1 : job.queries[0].num_queries;
     max_window = std::max(max_window, window);
+    // Every layer the same number of queries (TOVA reads only the last), of
+    // the cache's dtype.
+    const int32_t rows = job.queries[0].num_queries;
     for (size_t l = 0; window_scores && l < job.queries.size(); ++l) {
-      if (job.queries[l].num_queries != window || job.queries[l].dtype != g.dtype) {
+      if (job.queries[l].num_queries != rows || job.queries[l].dtype != g.dtype) {
         return absl::InvalidArgumentError(absl::StrCat(
             "CudaExecutor: layer ", l, " has ", job.queries[l].num_queries, " queries of ",
-            DTypeName(job.queries[l].dtype), "; every layer needs ", window, " of the cache's ",
+            DTypeName(job.queries[l].dtype), "; every layer needs ", rows, " of the cache's ",
             DTypeName(g.dtype)));
       }
     }

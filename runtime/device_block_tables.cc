@@ -117,6 +117,7 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
       const Region& r = regions_[l];
       for (const auto& [from, at] : {std::pair{t.indptr(), r.indptr}, std::pair{t.page_ids(), r.page_ids},
                                      std::pair{t.lens(), r.lens}}) {
+        if (from.empty()) continue;
         std::memcpy(p, from.data(), sizeof(int32_t) * from.size());
         HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(device_ + at, p, sizeof(int32_t) * from.size(),
                                                             cudaMemcpyHostToDevice, stream_),
