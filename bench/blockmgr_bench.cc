@@ -290,7 +290,7 @@ void BM_BlockManager_Evict(benchmark::State& state) {
   state.counters["kept_frac"] =
       static_cast<double>(kept_tokens) / static_cast<double>(kStreams * tokens);
 }
-BENCHMARK(BM_BlockManager_Evict)->Arg(8192)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_BlockManager_Evict)->Arg(8192)->Arg(32768)->Unit(benchmark::kMicrosecond);
 
 // ---------------------------------------------------------------------------
 // Block tables
