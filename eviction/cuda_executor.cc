@@ -145,15 +145,24 @@ class CudaExecutorImpl final : public CudaExecutor {
   CudaExecutorImpl(BlockManager* manager, const PagedKV& cache, GpuStream stream)
       : CudaExecutor(stream), manager_(manager), cache_(cache) {}
   ~CudaExecutorImpl() override {
+    // A compaction and its plan upload may still be queued on the scratch.
+    cudaStreamSynchronize(stream());
     for (cudaEvent_t event : events_) cudaEventDestroy(event);
     if (uploaded_ != nullptr) cudaEventDestroy(uploaded_);
   }
 
-  absl::Status Compress(const PolicyConfig& config, absl::Span<const Job> jobs) override;
+  // A call that fails part way may leave copies into and out of the pinned
+  // scratch queued: wait for them before the next call rewrites it.
+  absl::Status Compress(const PolicyConfig& config, absl::Span<const Job> jobs) override {
+    absl::Status status = CompressJobs(config, jobs);
+    if (!status.ok()) cudaStreamSynchronize(stream());
+    return status;
+  }
 
  private:
   // The sizes of a sequence's tables (streams, pages, tokens, longest stream).
   absl::Status Measure(const Job& job, SeqTables* out) const;
+  absl::Status CompressJobs(const PolicyConfig& config, absl::Span<const Job> jobs);
   absl::Status BuildTables(const Job& job, const PolicyConfig& config, SeqTables* out) const;
   // Copies the queries of every layer into one [layers][q_heads][W][head_dim]
   // array (what WindowScores reads with layers as its sequences); with
@@ -283,10 +292,13 @@ absl::Status CudaExecutorImpl::StageQueries(absl::Span<const LayerQueries> queri
     const int32_t* where = q.positions;
     if (q.memory == MemoryKind::kDevice) {
       host_positions.resize(q.num_queries);
-      HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaMemcpy(host_positions.data(), q.positions,
-                                                     sizeof(int32_t) * q.num_queries,
-                                                     cudaMemcpyDeviceToHost),
+      // On the executor's stream, after whatever wrote the positions there.
+      HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(host_positions.data(), q.positions,
+                                                          sizeof(int32_t) * q.num_queries,
+                                                          cudaMemcpyDeviceToHost, stream()),
                                           "reading the query positions"));
+      HEADPAGE_RETURN_IF_ERROR(
+          CudaStatus(cudaStreamSynchronize(stream()), "reading the query positions"));
       where = host_positions.data();
     }
     const auto last = static_cast<int32_t>(std::max_element(where, where + q.num_queries) - where);
@@ -452,7 +464,7 @@ absl::Status CudaExecutorImpl::PlanAndCompact(const Job& job, const SeqTables& t
   return compacted;
 }
 
-absl::Status CudaExecutorImpl::Compress(const PolicyConfig& config, absl::Span<const Job> jobs) {
+absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Span<const Job> jobs) {
   using A = PolicyConfig::Allocator;
   HEADPAGE_RETURN_IF_ERROR(Supports(config));
   const CacheGeometry& g = manager_->geometry();

@@ -126,6 +126,31 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   // H2O keeps as many recent tokens as heavy hitters.
   p.protection = policy::Protection{config.sinks, config.window};
   if (config.recent_half) p.protection.recent = p.capacity / 2;
+  // The checks the allocators and TOVA would make layer by layer, made here, so
+  // that a batch is refused before any sequence or layer is compressed.
+  using A = PolicyConfig::Allocator;
+  const bool capacity_bound = config.allocator == A::kUniform || config.allocator == A::kPyramid ||
+                              config.allocator == A::kAda || config.allocator == A::kAdaPyramid;
+  const int32_t heads = g.num_kv_heads;
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (int32_t h = 0; h < heads; ++h) {
+      const int64_t n = lens_now[layer * heads + h];
+      // The protected tokens: the recent window and the sinks (the prefix of
+      // positions below `sinks`), at most the stream.
+      const int64_t protect =
+          std::min<int64_t>(n, int64_t{p.protection.recent} + p.protection.sinks);
+      if (capacity_bound && p.layer_capacity[layer] < protect) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "policy ", config.name, ": layer ", layer, "'s capacity ", p.layer_capacity[layer],
+            " is smaller than the ", protect, " protected tokens of kv head ", h));
+      }
+      if (config.scorer == PolicyConfig::Scorer::kTova && n != lens_now[layer * heads]) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "TOVA: layer ", layer, "'s kv heads hold different tokens (", n, " vs ",
+            lens_now[layer * heads], "); TOVA keeps one token set per layer"));
+      }
+    }
+  }
   return p;
 }
 

@@ -12,7 +12,8 @@ __global__ void ScatterInt32Kernel(ScatterInt32Args a) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= a.count) return;
   const int2 pair = reinterpret_cast<const int2*>(a.pairs)[i];
-  a.dst[pair.x] = pair.y;
+  // The caller guarantees the indices; a bad one is dropped, never written past dst.
+  if (pair.x >= 0 && pair.x < a.dst_size) a.dst[pair.x] = pair.y;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -63,8 +64,13 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventSynchronize(uploaded_), "the last upload"));
     last_upload_bytes_ = 0;
     last_rebuilt_ = false;
+    // The host tables hand out their changes once: until this refresh is fully
+    // enqueued, the device copy is stale, and a failed refresh leaves it so. The
+    // next one then uploads everything anew.
+    const bool was_stale = stale_;
+    stale_ = true;
     std::vector<int32_t> rebuilt;
-    bool outgrown = false;
+    bool outgrown = was_stale;
     for (int32_t l = 0; l < num_layers(); ++l) {
       HEADPAGE_RETURN_IF_ERROR(manager_->RefreshBlockTable(&host_[l]));
       if (!host_[l].rebuilt()) continue;
@@ -72,7 +78,11 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
       outgrown |= static_cast<int64_t>(host_[l].page_ids().size()) > regions_[l].page_capacity;
     }
     last_rebuilt_ = !rebuilt.empty();
-    if (outgrown) return Reallocate();
+    if (outgrown) {
+      HEADPAGE_RETURN_IF_ERROR(Reallocate());
+      stale_ = false;
+      return absl::OkStatus();
+    }
 
     // The pairs: changed page entries and every length of the layers that only
     // grew; then the rebuilt layers' arrays, each copied whole.
@@ -126,7 +136,9 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
         last_upload_bytes_ += static_cast<int64_t>(sizeof(int32_t) * from.size());
       }
     }
-    return CudaStatus(cudaEventRecord(uploaded_, stream_), "recording");
+    HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(uploaded_, stream_), "recording"));
+    stale_ = false;
+    return absl::OkStatus();
   }
 
   Layer layer(int32_t l) const override {
@@ -173,6 +185,10 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     at = (at + 1) / 2 * 2;  // the pairs are read as 8-byte vectors
     const int64_t scratch = at;
     const int64_t total = at + 2 * pair_capacity;
+    if (scratch > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DeviceBlockTables: ", scratch, " table entries; int32 indices address at most 2^31 - 1"));
+    }
     HEADPAGE_RETURN_IF_ERROR(ReservePinned(static_cast<size_t>(scratch)));
     std::fill(pinned_, pinned_ + scratch, -1);
     for (size_t l = 0; l < host_.size(); ++l) {
@@ -213,6 +229,7 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
   uint64_t generation_ = 0;
   int64_t last_upload_bytes_ = 0;
   bool last_rebuilt_ = false;
+  bool stale_ = false;  // a refresh failed after the host tables moved on
 };
 
 }  // namespace

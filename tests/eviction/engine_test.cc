@@ -417,14 +417,21 @@ TEST_CASE("EvictionEngine: CompressBatch refuses a bad batch, changing nothing",
   const absl::Span<const LayerQueries> one[] = {qa};
   const absl::Span<const LayerQueries> two[] = {qa, qa};
   const SeqId twice[] = {a, a};
-  REQUIRE_ERROR(f.engine().CompressBatch(twice, *config, Budget::Fraction(0.5), two),
+  REQUIRE_ERROR(f.engine().CompressBatch(twice, *config, Budget::Fraction(0.6), two),
                 absl::StatusCode::kInvalidArgument, "listed twice");
   const SeqId both[] = {a, b};
-  REQUIRE_ERROR(f.engine().CompressBatch(both, *config, Budget::Fraction(0.5), one),
+  REQUIRE_ERROR(f.engine().CompressBatch(both, *config, Budget::Fraction(0.6), one),
                 absl::StatusCode::kInvalidArgument, "queries for 1");
+  // The second sequence's prompt is too short for the budget to cover its
+  // window (60% of 40 < 32): refused before the first one (60% of 60 = 36) is
+  // compressed.
+  const SeqId short_one = f.Prefill(40);
+  const SeqId with_short[] = {a, short_one};
+  REQUIRE_ERROR(f.engine().CompressBatch(with_short, *config, Budget::Fraction(0.6), two),
+                absl::StatusCode::kInvalidArgument, "protected tokens");
   // The second sequence is unknown: the first is not compressed either.
   const SeqId with_unknown[] = {a, b + 100};
-  REQUIRE_ERROR(f.engine().CompressBatch(with_unknown, *config, Budget::Fraction(0.5), two),
+  REQUIRE_ERROR(f.engine().CompressBatch(with_unknown, *config, Budget::Fraction(0.6), two),
                 absl::StatusCode::kNotFound, "");
   for (const SeqId seq : {a, b}) {
     auto lens = f.manager().StreamLengths(seq);
