@@ -11,6 +11,10 @@
 // releases the retired pages once the compaction is enqueued. No K/V byte
 // crosses to the host.
 //
+// It also keeps the engine's score store on the device (one float per slot,
+// moved by Compact like the positions): H2O's running attention totals,
+// decode-time compression and the pool-wide budget work from it there.
+//
 // Kept counts and keep sets equal the host executor's for the same scores: the
 // selection is the same function (kernels/select), ties broken alike. Scores
 // from the position, the key norm and the random scorer are bit-equal to the
@@ -23,6 +27,7 @@
 #ifndef HEADPAGE_EVICTION_CUDA_EXECUTOR_H_
 #define HEADPAGE_EVICTION_CUDA_EXECUTOR_H_
 
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -47,9 +52,9 @@ class CudaExecutor {
                                                                            GpuStream stream);
   virtual ~CudaExecutor() = default;
 
-  // Whether the GPU runs `config`'s scorer and allocator (SnapKV window scores,
-  // TOVA, recency, key norm and random scores; uniform, pyramid, Ada and
-  // Ada-Pyramid budgets). Unimplemented naming the missing part otherwise.
+  // Whether the GPU runs `config`'s scorer and allocator. Unimplemented naming
+  // the missing part otherwise (H2O with the max group reduction: its sum over
+  // every prompt query is taken in chunks, which only the mean commutes with).
   [[nodiscard]] static absl::Status Supports(const PolicyConfig& config);
 
   // One sequence of a batch: layer l keeps layer_capacity[l] tokens per stream
@@ -67,13 +72,56 @@ class CudaExecutor {
   // every sequence's scores and keep sets are enqueued first, then each one's
   // kept counts are waited for in turn and its plan and compaction enqueued,
   // so the host's planning of one sequence overlaps the GPU's scoring of the
-  // next. The engine has validated the policy, the budgets and the query
-  // counts. Errors before the first compaction change nothing; a
-  // ResourceExhausted from Evict (a stream shared with a fork in a pool without
-  // room) leaves the sequences and layers before the failing one compressed,
-  // as the host executor does.
+  // next. Each kept token's score goes to the score store (below). The engine
+  // has validated the policy, the budgets and the query counts. Errors before
+  // the first compaction change nothing; a ResourceExhausted from Evict (a
+  // stream shared with a fork in a pool without room) leaves the sequences
+  // and layers before the failing one compressed, as the host executor does.
   [[nodiscard]] virtual absl::Status Compress(const PolicyConfig& config,
                                               absl::Span<const Job> jobs) = 0;
+
+  // The score store: one float per slot of the pool, beside the positions,
+  // moved by every compaction the executor runs. A stream's scored tokens are
+  // a prefix of its slots (scored[s] of them, kept by the engine); the tokens
+  // after them were appended since the stream was last scored.
+
+  // One decode step of `seq` has been written: queries[l] holds layer l's one
+  // new query (host or device memory, the cache's dtype). Adds its attention,
+  // reduced over each group by config.reduce, into the stored scores (H2O's
+  // running total; unscored tokens start from zero) and sets scored[s] to the
+  // stream's length; then, with capacity > 0, evicts every stream longer than
+  // `capacity` back to it, keeping `protection` and the highest totals, and
+  // sets scored[s] to what it keeps.
+  [[nodiscard]] virtual absl::Status ObserveDecode(const PolicyConfig& config, SeqId seq,
+                                                   absl::Span<const LayerQueries> queries,
+                                                   absl::Span<int32_t> scored, int32_t capacity,
+                                                   const policy::Protection& protection) = 0;
+
+  // DecodingPress's memory of the last `window` decode queries of `seq`, on
+  // the device: Remember adds this step's (every layer's one query, as given
+  // to ObserveDecode); Recent returns them as each layer's observed queries
+  // (device memory, in no particular row order: every scorer sums over rows
+  // or picks the highest position), valid until the next call for `seq`.
+  [[nodiscard]] virtual absl::Status RememberQueries(SeqId seq,
+                                                     absl::Span<const LayerQueries> queries,
+                                                     int32_t window) = 0;
+  [[nodiscard]] virtual absl::StatusOr<std::vector<LayerQueries>> RecentQueries(SeqId seq) = 0;
+  virtual void Forget(SeqId seq) = 0;
+
+  // The pool-wide budget over the stored scores (policy::GlobalKept, exactly
+  // as the engine runs it on a host pool): every stream of `seqs` (scored[i]
+  // are seqs[i]'s counts, updated to what each stream keeps) gives up its
+  // globally least important scored tokens, keeping at least floor_tokens and
+  // its last protect_recent tokens and every unscored one, until
+  // pages_to_free pages are free or the floors stop it.
+  [[nodiscard]] virtual absl::Status EnforcePoolBudget(absl::Span<const SeqId> seqs,
+                                                       absl::Span<std::vector<int32_t>* const> scored,
+                                                       int64_t pages_to_free, int32_t floor_tokens,
+                                                       int32_t protect_recent) = 0;
+
+  // The stored scores of `seq`'s streams, [stream][slot] over each scored prefix.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<std::vector<float>>> StoredScores(
+      SeqId seq, absl::Span<const int32_t> scored) = 0;
 
   GpuStream stream() const { return stream_; }
 

@@ -46,11 +46,29 @@ EvictionEngine::EvictionEngine(EvictionEngine&&) noexcept = default;
 EvictionEngine& EvictionEngine::operator=(EvictionEngine&&) noexcept = default;
 EvictionEngine::~EvictionEngine() = default;
 
-absl::Status EvictionEngine::NeedsHostPool(const char* what) const {
-  if (cuda_ == nullptr) return absl::OkStatus();
-  return absl::UnimplementedError(absl::StrCat(
-      "EvictionEngine: ", what, " keeps per-token scores, which a device pool does not have yet; "
-      "use a host pool"));
+void EvictionEngine::DropFreedSequences() {
+  for (auto it = states_.begin(); it != states_.end();) {
+    if (manager_->Contains(it->first)) {
+      ++it;
+    } else {
+      if (cuda_ != nullptr) cuda_->Forget(it->first);
+      states_.erase(it++);
+    }
+  }
+}
+
+void EvictionEngine::Forget(SeqId seq) {
+  states_.erase(seq);
+  if (cuda_ != nullptr) cuda_->Forget(seq);
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> EvictionEngine::StoredScores(SeqId seq) {
+  if (!manager_->Contains(seq)) {
+    return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not live"));
+  }
+  SeqState& state = StateFor(seq);
+  if (cuda_ != nullptr) return cuda_->StoredScores(seq, state.scored);
+  return state.scores;
 }
 
 EvictionEngine::SeqState& EvictionEngine::StateFor(SeqId seq) {
@@ -58,6 +76,7 @@ EvictionEngine::SeqState& EvictionEngine::StateFor(SeqId seq) {
   const CacheGeometry& g = manager_->geometry();
   if (state.scores.empty()) {
     state.scores.resize(g.streams_per_sequence());
+    state.scored.assign(g.streams_per_sequence(), 0);
     state.capacity.assign(g.streams_per_sequence(), 0);
     state.recent_queries.resize(g.num_layers);
   }
@@ -198,6 +217,13 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
       jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].protection, queries[i]});
     }
     HEADPAGE_RETURN_IF_ERROR(cuda_->Compress(config, jobs));
+    // Every token left was scored by the compression.
+    for (const Prepared& p : prepared) {
+      SeqState& state = StateFor(p.seq);
+      HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_->StreamLengths(p.seq));
+      state.scored.assign(lens.begin(), lens.end());
+      if (config.evicts_while_decoding) state.capacity.assign(state.capacity.size(), p.capacity);
+    }
   }
   for (size_t i = 0; i < seqs.size() && config.compresses() && cuda_ == nullptr; ++i) {
     const Prepared& p = prepared[i];
@@ -252,7 +278,6 @@ absl::Status EvictionEngine::ApplyKeepSets(SeqId seq, absl::Span<const int32_t> 
 absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config,
                                            absl::Span<const LayerQueries> queries,
                                            const DecodeSchedule& schedule) {
-  HEADPAGE_RETURN_IF_ERROR(NeedsHostPool("ObserveDecode"));
   HEADPAGE_RETURN_IF_ERROR(Validate(config));
   HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries, /*one_each=*/true));
   if (schedule.interval < 0 || schedule.window < 1 ||
@@ -267,6 +292,7 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   SeqState& state = StateFor(seq);
+  if (cuda_ != nullptr) return ObserveDecodeOnDevice(seq, config, queries, schedule);
 
   // H2O bookkeeping for every policy: fold this query's attention into the
   // token scores. Tokens the engine has not seen yet start from zero.
@@ -354,7 +380,6 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
 absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
                                                           int32_t floor_tokens,
                                                           int32_t protect_recent) {
-  HEADPAGE_RETURN_IF_ERROR(NeedsHostPool("EnforcePoolBudget"));
   if (pages_to_free < 0 || floor_tokens < 0 || protect_recent < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "EnforcePoolBudget: pages_to_free ", pages_to_free, ", floor_tokens ", floor_tokens,
@@ -362,13 +387,7 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
   }
   if (pages_to_free == 0) return 0;
   // Sequences freed behind the engine's back leave no state behind.
-  for (auto it = states_.begin(); it != states_.end();) {
-    if (manager_->Contains(it->first)) {
-      ++it;
-    } else {
-      states_.erase(it++);
-    }
-  }
+  DropFreedSequences();
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   // Every stream of every scored sequence, in SeqId order so that the result
@@ -376,6 +395,14 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
   std::vector<SeqId> seqs;
   for (const auto& [id, state] : states_) seqs.push_back(id);
   std::sort(seqs.begin(), seqs.end());
+  if (cuda_ != nullptr) {
+    std::vector<std::vector<int32_t>*> scored;
+    for (const SeqId seq : seqs) scored.push_back(&states_[seq].scored);
+    const int64_t free_before = manager_->pool().free_pages();
+    HEADPAGE_RETURN_IF_ERROR(
+        cuda_->EnforcePoolBudget(seqs, scored, pages_to_free, floor_tokens, protect_recent));
+    return manager_->pool().free_pages() - free_before;
+  }
   std::vector<std::vector<float>> scores;      // padded to each stream's length
   std::vector<std::vector<int32_t>> positions;
   std::vector<StreamScores> streams;
@@ -430,6 +457,28 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
     }
   }
   return manager_->pool().free_pages() - free_before;
+}
+
+// ---------------------------------------------------------------------------
+// Decode on a device pool: the same steps, the scores and queries on the GPU.
+
+absl::Status EvictionEngine::ObserveDecodeOnDevice(SeqId seq, const PolicyConfig& config,
+                                                   absl::Span<const LayerQueries> queries,
+                                                   const DecodeSchedule& schedule) {
+  SeqState& state = StateFor(seq);
+  const int32_t capacity = config.evicts_while_decoding ? state.capacity[0] : 0;
+  const policy::Protection protection{config.sinks,
+                                      config.recent_half ? capacity / 2 : config.window};
+  HEADPAGE_RETURN_IF_ERROR(
+      cuda_->ObserveDecode(config, seq, queries, absl::MakeSpan(state.scored), capacity, protection));
+  ++state.decode_steps;
+  if (schedule.interval == 0) return absl::OkStatus();
+  HEADPAGE_RETURN_IF_ERROR(cuda_->RememberQueries(seq, queries, schedule.window));
+  if (state.decode_steps % schedule.interval != 0) return absl::OkStatus();
+  HEADPAGE_ASSIGN_OR_RETURN(const std::vector<LayerQueries> window, cuda_->RecentQueries(seq));
+  PolicyConfig at_decode = config;
+  at_decode.window = std::min(config.window, window[0].num_queries);
+  return Compress(seq, at_decode, Budget::TokensPerHead(schedule.target), window).status();
 }
 
 }  // namespace headpage

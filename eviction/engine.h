@@ -19,8 +19,8 @@
 // ObserveDecode(), H2O-style), which H2O's streaming eviction, decode-time
 // compression and the pool-wide budget (EnforcePoolBudget) work from. Tokens
 // appended after the engine last saw a sequence have no score yet and are
-// protected. On a device pool that score store is not kept yet: ObserveDecode
-// and EnforcePoolBudget answer Unimplemented there.
+// protected. On a device pool the scores stay on the device, one float per
+// slot beside the positions, moved by every compaction (cuda_executor.h).
 //
 // Thread-compatible, like the manager it drives.
 #ifndef HEADPAGE_EVICTION_ENGINE_H_
@@ -125,14 +125,21 @@ class EvictionEngine {
                                                           int32_t floor_tokens = 0,
                                                           int32_t protect_recent = 0);
 
+  // The score the engine keeps for each token of `seq`: [stream][slot] over
+  // each stream's scored tokens (a prefix of its slots; the tokens appended
+  // since the engine last scored the stream have none). For inspection and
+  // tests; on a device pool it copies them to the host. NotFound (seq).
+  [[nodiscard]] absl::StatusOr<std::vector<std::vector<float>>> StoredScores(SeqId seq);
+
   // Forgets what the engine keeps about `seq` (call when the sequence is freed;
   // state of sequences the manager no longer has is also dropped lazily).
-  void Forget(SeqId seq) { states_.erase(seq); }
+  void Forget(SeqId seq);
 
  private:
   // What the engine keeps per sequence.
   struct SeqState {
-    std::vector<std::vector<float>> scores;  // [stream] one per scored slot (a prefix)
+    std::vector<std::vector<float>> scores;  // host pool: [stream] one per scored slot (a prefix)
+    std::vector<int32_t> scored;             // device pool: [stream] scored slots (a prefix)
     std::vector<int32_t> capacity;           // [stream] H2O's streaming budget; 0 = none
     int64_t decode_steps = 0;
     // The last DecodeSchedule::window decode queries of each layer,
@@ -142,8 +149,8 @@ class EvictionEngine {
   };
 
   EvictionEngine(BlockManager* manager, const PagedKV& cache, std::unique_ptr<CudaExecutor> cuda);
-  // Unimplemented on a device pool, for the parts that keep the score store.
-  absl::Status NeedsHostPool(const char* what) const;
+  // Drops the state of sequences the manager no longer has.
+  void DropFreedSequences();
 
   // What Compress works out for one sequence before anything changes.
   struct Prepared {
@@ -162,6 +169,10 @@ class EvictionEngine {
   absl::Status ApplyKeepSets(SeqId seq, absl::Span<const int32_t> layers,
                              const std::vector<std::vector<int32_t>>& keep_sets);
   SeqState& StateFor(SeqId seq);
+  // ObserveDecode's steps on a device pool, after its checks.
+  absl::Status ObserveDecodeOnDevice(SeqId seq, const PolicyConfig& config,
+                                     absl::Span<const LayerQueries> queries,
+                                     const DecodeSchedule& schedule);
 
   BlockManager* manager_;
   PagedKV cache_;

@@ -115,6 +115,7 @@ absl::Status Compact(const CompactArgs& args) {
       std::memcpy(base + cache.ValueOffset(to) * elem, base + cache.ValueOffset(from) * elem,
                   row_bytes);
       cache.positions[to] = cache.positions[from];
+      if (args.slot_scores != nullptr) args.slot_scores[to] = args.slot_scores[from];
     }
   }
   return absl::OkStatus();

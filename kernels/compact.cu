@@ -55,6 +55,7 @@ struct SurvivorMove {
   int64_t to = 0;     // K row vector index of the destination
   int64_t to_slot = 0;
   int32_t position = 0;
+  float score = 0.0f;  // the slot's score, when the caller keeps them
 };
 
 // The row that holds flat survivor i: the last r with keep_indptr[r] <= i.
@@ -90,7 +91,9 @@ __device__ __forceinline__ SurvivorMove FreshMoveOf(const CompactArgs& a, int32_
   move.from = KeyVectorOf<kRowVectors>(from_page, from_offset, ps);
   move.to = KeyVectorOf<kRowVectors>(to_page, to_offset, ps);
   move.to_slot = static_cast<int64_t>(to_page) * ps + to_offset;
-  move.position = a.cache.positions[static_cast<int64_t>(from_page) * ps + from_offset];
+  const int64_t from_slot = static_cast<int64_t>(from_page) * ps + from_offset;
+  move.position = a.cache.positions[from_slot];
+  if (a.slot_scores != nullptr) move.score = a.slot_scores[from_slot];
   return move;
 }
 
@@ -156,7 +159,10 @@ __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t
         if (from >= 0) __stcs(data + to + VectorWithin(vector % kTokenVectors), held[u]);
       }
     }
-    if (move.from >= 0) a.cache.positions[move.to_slot] = move.position;
+    if (move.from >= 0) {
+      a.cache.positions[move.to_slot] = move.position;
+      if (a.slot_scores != nullptr) a.slot_scores[move.to_slot] = move.score;
+    }
     move = next;
   }
 }
@@ -216,6 +222,7 @@ __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) 
   for (int32_t chunk = 0; chunk < kept; chunk += kTokensPerChunk) {
     Vector held[kInPlaceUnroll];
     int32_t held_position[kInPlaceUnroll];
+    float held_score[kInPlaceUnroll];
     TokenMove moves[kInPlaceUnroll];
 #pragma unroll
     for (int u = 0; u < kInPlaceUnroll; ++u) {
@@ -223,8 +230,9 @@ __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) 
       if (moves[u].moves()) {
         held[u] = *VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset, lane);
         if (lane == 0) {
-          held_position[u] =
-              a.cache.positions[static_cast<int64_t>(moves[u].from_page) * ps + moves[u].from_offset];
+          const int64_t from_slot = static_cast<int64_t>(moves[u].from_page) * ps + moves[u].from_offset;
+          held_position[u] = a.cache.positions[from_slot];
+          held_score[u] = a.slot_scores != nullptr ? a.slot_scores[from_slot] : 0.0f;
         }
       }
     }
@@ -234,8 +242,9 @@ __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) 
       if (!moves[u].moves()) continue;
       *VectorAt<kRowVectors>(a.cache, moves[u].to_page, moves[u].to_offset, lane) = held[u];
       if (lane == 0) {
-        a.cache.positions[static_cast<int64_t>(moves[u].to_page) * ps + moves[u].to_offset] =
-            held_position[u];
+        const int64_t to_slot = static_cast<int64_t>(moves[u].to_page) * ps + moves[u].to_offset;
+        a.cache.positions[to_slot] = held_position[u];
+        if (a.slot_scores != nullptr) a.slot_scores[to_slot] = held_score[u];
       }
     }
     __syncthreads();

@@ -3,7 +3,8 @@
 //
 // Compact executes a compaction plan (blockmgr/plans.h): for every row (one
 // stream of one layer), the tokens of its keep set move, in order, to slots
-// 0..kept-1 of its destination block table, K, V and position alike.
+// 0..kept-1 of its destination block table, K, V and position alike (and the
+// token's score, where the caller keeps one per slot).
 //
 // A row is either fresh (its destination pages are newly allocated and disjoint
 // from every source page) or in place (its destination block table is a prefix of
@@ -39,6 +40,10 @@ struct CompactArgs {
   // Compact read Select's output where it lies. Null: at keep_indptr[r].
   // keep_indptr still gives the counts (the host knows them: Evict takes them).
   const int32_t* keep_offsets = nullptr;
+  // Optional [cache.num_slots()]: one float per slot (the eviction engine's
+  // score store on a device pool), moved with its token as positions are.
+  // Null: no scores are kept.
+  float* slot_scores = nullptr;
 };
 
 namespace gpu::internal {

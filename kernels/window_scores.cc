@@ -154,7 +154,7 @@ absl::Status WindowScores(const WindowScoresArgs& args) {
   const size_t row = static_cast<size_t>(d) * SizeOf(cache.dtype);
   std::vector<char> keys;
   std::vector<int32_t> positions;
-  std::vector<float> queries;
+  std::vector<float> queries, fresh;
   for (int32_t s = 0; s < args.num_seqs; ++s) {
     const int32_t* qpos = args.query_positions + static_cast<size_t>(s) * w_rows;
     for (int32_t h = 0; h < args.num_kv_heads; ++h) {
@@ -180,8 +180,16 @@ absl::Status WindowScores(const WindowScoresArgs& args) {
       }
       const policy::StreamKeys stream_keys{keys.data(), positions.data(), n, d, cache.dtype};
       const policy::GroupQueries window{queries.data(), qpos, group, w_rows, d, DType::kF32};
-      HEADPAGE_RETURN_IF_ERROR(policy::SnapKVScores(
-          stream_keys, window, options, absl::MakeSpan(args.scores + args.score_offsets[stream], n)));
+      float* out = args.scores + args.score_offsets[stream];
+      if (!args.accumulate) {
+        HEADPAGE_RETURN_IF_ERROR(
+            policy::SnapKVScores(stream_keys, window, options, absl::MakeSpan(out, n)));
+        continue;
+      }
+      fresh.resize(n);
+      HEADPAGE_RETURN_IF_ERROR(
+          policy::SnapKVScores(stream_keys, window, options, absl::MakeSpan(fresh)));
+      for (int32_t j = 0; j < n; ++j) out[j] += fresh[j];
     }
   }
   return absl::OkStatus();

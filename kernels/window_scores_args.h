@@ -55,6 +55,10 @@ struct WindowScoresArgs {
   policy::Pooling pooling = policy::Pooling::kMax;
   policy::GroupReduce reduce = policy::GroupReduce::kMean;
   float* scores = nullptr;  // [num_scores]
+  // Adds each stream's scores into `scores` instead of overwriting them: H2O's
+  // attention summed over chunks of prompt queries, or a decode step's
+  // attention folded into a running total.
+  bool accumulate = false;
   // gpu:: only (ref:: ignores them): at least WindowScoresWorkspaceBytes(args)
   // bytes of device memory, 16-byte aligned, contents irrelevant.
   void* workspace = nullptr;

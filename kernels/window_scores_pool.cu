@@ -117,7 +117,8 @@ __global__ void __launch_bounds__(kPoolThreads)
       });
     }
   }
-  args.scores[base + j] = fabsf(out);
+  const float score = fabsf(out);
+  args.scores[base + j] = args.accumulate ? args.scores[base + j] + score : score;
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // (32 layers, 8 KV heads, 32 q heads, head_dim 128, bf16, page 16), prompts of
 // 32K tokens compressed to 20% — scores, selection, the kept counts' round
 // trip, the plan, the compaction and the release, timed with CUDA events on
-// the engine's stream. Beside it, the host-staged path the CUDA executor
+// the engine's stream, for every named policy; and the pool-wide budget over
+// the device score store. Beside them, the host-staged path the CUDA executor
 // replaces: the pool copied to a host mirror, compressed by the host executor,
 // copied back (what headpage.hf.Cache did before), timed on the wall clock.
 #include <benchmark/benchmark.h>
@@ -43,10 +44,13 @@ CacheGeometry Llama3Geometry() {
 }
 
 // A CUDA pool for `seqs` prompts of `len` tokens, with a quarter more pages
-// than they fill (the compaction's fresh pages), random bf16 K/V everywhere.
+// than they fill (the compaction's fresh pages), random bf16 K/V everywhere,
+// and the last `rows` prompt queries of every layer (the observation window;
+// H2O observes every prompt query).
 class CompressBench {
  public:
-  CompressBench(int32_t seqs, int32_t len) : seqs_(seqs), len_(len), geometry_(Llama3Geometry()) {
+  CompressBench(int32_t seqs, int32_t len, int32_t rows = kWindow)
+      : seqs_(seqs), len_(len), geometry_(Llama3Geometry()) {
     const int64_t used = int64_t{seqs} * kLayers * kKVHeads * PagesFor(len, kPageSize);
     num_pages_ = used + used / 4;
     pool_ = std::make_unique<PagePool>(PagePool::Create({num_pages_, 0.0}).value());
@@ -56,16 +60,15 @@ class CompressBench {
     engine_ = std::make_unique<EvictionEngine>(
         EvictionEngine::Create(manager_.get(), arena_->view(), stream_).value());
     FillRandomBf16(arena_->view().data, arena_->kv_bytes(), 7);
-    // The observation window: the last 32 prompt queries of every layer.
-    queries_ = DeviceBuffer(size_t{kLayers} * kQHeads * kWindow * kHeadDim * 2);
+    queries_ = DeviceBuffer(size_t{kLayers} * kQHeads * rows * kHeadDim * 2);
     FillRandomBf16(queries_.get(), queries_.bytes(), 7);
-    std::vector<int32_t> positions(kWindow);
-    for (int32_t r = 0; r < kWindow; ++r) positions[r] = len - kWindow + r;
+    std::vector<int32_t> positions(rows);
+    for (int32_t r = 0; r < rows; ++r) positions[r] = len - rows + r;
     query_positions_ = DeviceBuffer(positions);
-    const size_t layer_bytes = size_t{kQHeads} * kWindow * kHeadDim * 2;
+    const size_t layer_bytes = size_t{kQHeads} * rows * kHeadDim * 2;
     for (int32_t l = 0; l < kLayers; ++l) {
       layer_queries_.push_back({queries_.get<char>() + static_cast<size_t>(l) * layer_bytes,
-                                query_positions_.get<int32_t>(), kWindow, DType::kBF16,
+                                query_positions_.get<int32_t>(), rows, DType::kBF16,
                                 MemoryKind::kDevice});
     }
   }
@@ -122,7 +125,7 @@ void Report(benchmark::State& state, int64_t tokens_before, int64_t tokens_after
 
 // The CUDA executor: every policy it runs, by name (range(0) indexes kPolicies).
 const char* const kPolicies[] = {"ada-snapkv", "uniform-snapkv", "pyramid", "ada-pyramid",
-                                 "streamingllm", "knorm", "random", "tova"};
+                                 "streamingllm", "knorm", "random", "tova", "dbudget", "h2o"};
 
 void BM_Compress(benchmark::State& state) {
   const char* name = kPolicies[state.range(0)];
@@ -130,8 +133,10 @@ void BM_Compress(benchmark::State& state) {
   const auto len = static_cast<int32_t>(state.range(2));
   const bool batched = state.range(3) != 0;
   state.SetLabel(absl::StrCat(name, batched ? " batch" : " one by one"));
-  CompressBench bench(seqs, len);
   const PolicyConfig config = PolicyByName(name).value();
+  // The queries the policy observes: its window (at least one), or every
+  // prompt query (H2O).
+  CompressBench bench(seqs, len, config.ObservedQueries(len));
   const Budget budget = Budget::Fraction(0.2);
   cudaEvent_t start, stop;
   HEADPAGE_CUDA_OK(cudaEventCreate(&start));
@@ -194,9 +199,70 @@ BENCHMARK(BM_Compress)
     ->Args({5, 8, 32768, 1})
     ->Args({6, 8, 32768, 1})
     ->Args({7, 8, 32768, 1})
+    ->Args({8, 8, 32768, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond)
     ->Iterations(5);
+// H2O scores every prompt query against every key (the prefill's attention
+// over again, on tensor cores): seconds per batch, so fewer iterations.
+BENCHMARK(BM_Compress)
+    ->ArgNames({"policy", "seqs", "len", "batch"})
+    ->Args({9, 1, 32768, 0})
+    ->Args({9, 8, 32768, 1})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(2);
+
+// EnforcePoolBudget freeing 10% of the pages of a pool holding 64 sequences
+// of 4K tokens, every token scored (each prompt compressed by ada-snapkv at a
+// budget of 100%, which keeps everything and stores the scores).
+void BM_EnforcePoolBudget(benchmark::State& state) {
+  const auto seqs = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  CompressBench bench(seqs, len);
+  const PolicyConfig config = PolicyByName("ada-snapkv").value();
+  cudaEvent_t start, stop;
+  HEADPAGE_CUDA_OK(cudaEventCreate(&start));
+  HEADPAGE_CUDA_OK(cudaEventCreate(&stop));
+  int64_t target = 0, freed = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    bench.Prefill();
+    const std::vector<absl::Span<const LayerQueries>> queries(bench.live().size(), bench.queries());
+    if (const auto scored = bench.engine().CompressBatch(bench.live(), config, Budget::Fraction(1.0),
+                                                         queries);
+        !scored.ok()) {
+      state.SkipWithError(scored.status().ToString().c_str());
+      break;
+    }
+    target = bench.manager().pool().used_pages() / 10;
+    HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+    state.ResumeTiming();
+    HEADPAGE_CUDA_OK(cudaEventRecord(start, bench.stream()));
+    const auto result = bench.engine().EnforcePoolBudget(target, /*floor_tokens=*/32,
+                                                         /*protect_recent=*/32);
+    if (!result.ok()) {
+      state.SkipWithError(result.status().ToString().c_str());
+      break;
+    }
+    freed = *result;
+    HEADPAGE_CUDA_OK(cudaEventRecord(stop, bench.stream()));
+    HEADPAGE_CUDA_OK(cudaEventSynchronize(stop));
+    float ms = 0;
+    HEADPAGE_CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms / 1e3);
+  }
+  state.counters["pages_target"] = static_cast<double>(target);
+  state.counters["pages_freed"] = static_cast<double>(freed);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+BENCHMARK(BM_EnforcePoolBudget)
+    ->ArgNames({"seqs", "len"})
+    ->Args({64, 4096})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(3);
 
 // The host-staged path: the pool's bytes to a host mirror, the host executor,
 // and the bytes back. Wall clock, one sequence.

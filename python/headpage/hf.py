@@ -33,12 +33,11 @@ module's layer_idx. With any other cache it behaves as SDPA, so the same model
 can still generate with transformers' DynamicCache.
 
 Compression on CUDA: the EvictionEngine runs over the CudaArena itself, on the
-current CUDA stream: the window queries stay on the GPU, scores, selection and
-compaction run there, and only the kept counts cross to the host. The policies
-whose scorer or budget has no GPU version yet (policy.runs_on_gpu is False: h2o,
-tova, dbudget) still stage through a host mirror arena: the sequence's pages go
-to the mirror, the engine compresses there, and the pages the sequence holds
-afterwards come back.
+current CUDA stream: the observed queries stay on the GPU, scores, selection and
+compaction run there, and only the kept counts cross to the host; no K/V byte
+leaves the device. Every named policy runs so (policy.runs_on_gpu); a custom
+configuration that does not (H2O with the max group reduction) is refused when
+the cache is set up.
 
 Limits: batches without padding (one headpage sequence per batch row), no beam
 search, no cropping.
@@ -48,7 +47,6 @@ import importlib.util
 import math
 import os
 
-import numpy
 
 import torch
 from transformers import AttentionInterface
@@ -258,9 +256,6 @@ class Cache(_HFCache):
             attach(model)
 
         self.pool = self.arena = self.manager = self.engine = None
-        self._mirror = None
-        # Tests set it to run the staged path of CUDA pools on a CPU pool.
-        self._stage_on_cpu = False
         self.seqs = []
         self.compression = []   # per sequence once compressed (see compress())
         self._tokens = 0        # tokens every layer has seen
@@ -308,16 +303,16 @@ class Cache(_HFCache):
             raise NotImplementedError(f"headpage.hf.Cache: no arena for device {self.device}")
         self.manager = headpage.BlockManager(self.geometry, self.pool)
         if self._compresses():
-            # The engine works where the arena is; a policy without a GPU version
-            # goes through a host mirror (see _compress_staged).
-            on_gpu = self.device.type == "cuda" and self.policy.runs_on_gpu
-            staged = (self.device.type != "cpu" and not on_gpu) or self._stage_on_cpu
-            self._mirror = headpage.HostArena(self.geometry, pages) if staged else None
-            if on_gpu and not staged:
+            # The engine works where the arena is: on the GPU for a CudaArena.
+            if self.device.type == "cuda":
+                if not self.policy.runs_on_gpu:
+                    raise NotImplementedError(
+                        f"headpage.hf.Cache: policy {self.policy!r} does not run on the GPU "
+                        "(H2O needs reduce='mean' there); use a CPU model or another policy")
                 self.engine = headpage.EvictionEngine(self.manager, self.arena,
                                                       stream=self._stream())
             else:
-                self.engine = headpage.EvictionEngine(self.manager, self._mirror or self.arena)
+                self.engine = headpage.EvictionEngine(self.manager, self.arena)
         self.seqs = [self.manager.add_sequence() for _ in range(batch)]
 
     def _compresses(self):
@@ -451,49 +446,11 @@ class Cache(_HFCache):
                                                 f"than the window ({self.policy.window})"))
                 continue
             queries = [self._window[layer][b] for layer in range(self.num_layers)]
-            if self._mirror is not None:
-                self.compression.append(self._compress_staged(seq, queries, positions))
-            else:
-                self.compression.append(self.engine.compress(seq, self.policy, self.budget,
-                                                             queries, [positions]))
+            self.compression.append(self.engine.compress(seq, self.policy, self.budget,
+                                                         queries, [positions]))
         self._window = {}
         self._tables = {}
         return self.compression
-
-    def _sequence_pages(self, seq):
-        """Every page id the sequence's streams hold, ascending, as an int64 tensor."""
-        pages = [self.manager.stream_pages(seq, layer, h) for layer in range(self.num_layers)
-                 for h in range(self.num_kv_heads)]
-        return torch.unique(torch.as_tensor(numpy.concatenate(pages), dtype=torch.long))
-
-    # Pages staged per copy: bounds the temporary a gather takes on the device.
-    _STAGE_BYTES = 64 << 20
-
-    def _copy_pages(self, pages, src, dst):
-        """K/V and positions of `pages` (int64, on the CPU) from arena src to arena dst,
-        in chunks of about _STAGE_BYTES."""
-        src_kv, dst_kv = torch.from_dlpack(src.kv), torch.from_dlpack(dst.kv)
-        src_pos, dst_pos = torch.from_dlpack(src.positions), torch.from_dlpack(dst.positions)
-        chunk = max(1, self._STAGE_BYTES // self.geometry.page_bytes)
-        for begin in range(0, len(pages), chunk):
-            part = pages[begin:begin + chunk]
-            slots = (part[:, None] * self.page_size + torch.arange(self.page_size)).reshape(-1)
-            dst_kv[part.to(dst_kv.device)] = src_kv[part.to(src_kv.device)].to(dst_kv.device)
-            dst_pos[slots.to(dst_pos.device)] = src_pos[slots.to(src_pos.device)].to(dst_pos.device)
-
-    def _compress_staged(self, seq, queries, positions):
-        """engine.compress for a pool the engine cannot read (CUDA memory): through
-        the host mirror. The engine reads only the sequence's pages and writes only
-        the pages it holds afterwards (its fresh pages, or its own in place), so
-        copying those two sets is exact. The copy back runs even when the engine
-        fails part way: the layers it compressed before failing stay compressed,
-        their data must follow them."""
-        # torch copies on the current stream, after this step's write_kv.
-        self._copy_pages(self._sequence_pages(seq), self.arena, self._mirror)
-        try:
-            return self.engine.compress(seq, self.policy, self.budget, queries, [positions])
-        finally:
-            self._copy_pages(self._sequence_pages(seq), self._mirror, self.arena)
 
     # -- decode: attention over the head-wise block tables ---------------------------
 

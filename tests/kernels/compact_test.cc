@@ -75,6 +75,25 @@ TEST_CASE("Compact: in place moves survivors down without clobbering", "[kernels
   for (int32_t i = 0; i < 6; ++i) REQUIRE(cache.Holds(SlotOf(src.data(), i, 4), expect[i]));
 }
 
+TEST_CASE("Compact: a score kept per slot moves with its token", "[kernels]") {
+  HostCache cache(8, 4, 64);
+  const std::vector<int32_t> src = {2, 5, 6};
+  FillStream(&cache, src, 10, 0);
+  std::vector<float> slot_scores(static_cast<size_t>(cache.view.num_slots()), -1.0f);
+  for (int32_t i = 0; i < 10; ++i) slot_scores[SlotOf(src.data(), i, 4)] = 0.5f * i;
+  Plan plan;
+  plan.AddRow(src, 10, {2, 5}, {1, 2, 3, 4, 5, 9}, true);
+  CompactArgs args = plan.Args(cache.view);
+  args.slot_scores = slot_scores.data();
+  REQUIRE_OK(ref::Compact(args));
+  const std::vector<int32_t> expect = {1, 2, 3, 4, 5, 9};
+  for (int32_t i = 0; i < 6; ++i) {
+    REQUIRE(cache.Holds(SlotOf(src.data(), i, 4), expect[i]));
+    REQUIRE(slot_scores[SlotOf(src.data(), i, 4)] == 0.5f * expect[i]);
+  }
+  REQUIRE(slot_scores[0] == -1.0f);  // slots outside the plan keep theirs
+}
+
 TEST_CASE("Compact: matches a dense gather, whatever the page ids", "[kernels]") {
   const uint32_t seed = GENERATE(11u, 12u, 13u, 14u);
   CAPTURE(seed);

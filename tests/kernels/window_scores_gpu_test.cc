@@ -139,6 +139,28 @@ TEST_CASE("gpu::WindowScores equals ref:: on small cases",
   }
 }
 
+// accumulate adds into what the scores held (H2O's chunks of prompt queries):
+// the GPU's sum equals ref::'s fresh scores plus the old values.
+TEST_CASE("gpu::WindowScores with accumulate adds into the scores",
+          "[kernels][gpu][sanitize][window_scores]") {
+  const Options options{policy::Pooling::kNone, policy::GroupReduce::kMean, 1};
+  WindowScoresCase c(PagedCaseSpec{16, 128, DType::kBF16, {0, 1, 15, 600}}, {2, 8, 2, 32}, 5);
+  DeviceCase device(c, options);
+  std::vector<float> before(static_cast<size_t>(c.num_scores()));
+  for (size_t j = 0; j < before.size(); ++j) before[j] = 0.125f * static_cast<float>(j % 9);
+  HEADPAGE_CUDA_OK(cudaMemcpy(device.scores.get(), before.data(), before.size() * sizeof(float),
+                              cudaMemcpyHostToDevice));
+  device.args.accumulate = true;
+  REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
+  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> actual = device.scores.Download<float>();
+  const std::vector<float> fresh = RunRef(c, options);
+  for (size_t j = 0; j < before.size(); ++j) {
+    INFO("score " << j);
+    REQUIRE(actual[j] == Approx(before[j] + fresh[j]).epsilon(1e-4).margin(1e-7));
+  }
+}
+
 TEST_CASE("gpu::WindowScores equals ref:: across dtypes, head_dims, pages and options",
           "[kernels][gpu][window_scores]") {
   const std::vector<WindowScoresShape> shapes = {

@@ -197,6 +197,21 @@ TEST_CASE("WindowScores: writes only each stream's own scores", "[kernels]") {
   RequireNear(c.Run(1, policy::Pooling::kNone), {0.4f, 0.6f, -1.0f, -1.0f, 1.0f});
 }
 
+// accumulate adds each stream's scores into what `scores` holds and leaves
+// the gaps alone: two runs give twice the attention (H2O's chunked sum).
+TEST_CASE("WindowScores: accumulate adds into the scores", "[kernels]") {
+  HandCase c(HandPool({{kE1, kE2}, {}, {kZ}}, {{0, 1}, {}, {0}}), QueryRows({kQA, kQA, kQA}),
+             {1}, 3, 3);
+  c.offsets = {0, 2, 4, 5};
+  c.scores.assign(5, -1.0f);
+  c.args.score_offsets = c.offsets.data();
+  c.args.num_scores = 5;
+  c.args.scores = c.scores.data();
+  c.args.accumulate = true;
+  RequireNear(c.Run(1, policy::Pooling::kNone), {-0.6f, -0.4f, -1.0f, -1.0f, 0.0f});
+  RequireNear(c.Run(1, policy::Pooling::kNone), {-0.2f, 0.2f, -1.0f, -1.0f, 1.0f});
+}
+
 // ---------------------------------------------------------------------------
 // Against policy::SnapKVScores on the gathered keys of random pools.
 
