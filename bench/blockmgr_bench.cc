@@ -6,8 +6,8 @@
 // 65536 pages. Each benchmark gets its own pool, sized to what it needs plus a
 // margin; a pool costs 8 bytes of host bookkeeping per page (refcount and free
 // stack entry) and BlockManager 4 more (retired_refs_), and no K/V bytes: nothing
-// here needs an Arena. The largest pool (DecodeReserve/64, 4.5 M pages) is about
-// 55 MB of host memory plus the block tables themselves.
+// here needs an Arena. The largest pool (EvictBatch/32768/8, 5.1 M pages) is about
+// 61 MB of host memory plus the block tables themselves.
 //
 // Setup that is not the operation being measured (creating and refilling
 // sequences, building plans' inputs) runs with the timer paused, as each
@@ -239,27 +239,48 @@ BENCHMARK(BM_BlockManager_Fork)->Unit(benchmark::kMicrosecond);
 // l, so every layer has a different head order.
 constexpr double kKeepFractions[8] = {0.02, 0.05, 0.08, 0.12, 0.18, 0.25, 0.38, 0.52};
 
+// kKeepFractions of `tokens`, per layer and kv head: [layer][kv_head]. Adds the
+// total to *kept_tokens.
+std::vector<std::vector<int32_t>> KeptCounts(int64_t tokens, int64_t* kept_tokens) {
+  std::vector<std::vector<int32_t>> kept(static_cast<size_t>(kGeometry.num_layers));
+  for (int32_t layer = 0; layer < kGeometry.num_layers; ++layer) {
+    for (int32_t h = 0; h < kGeometry.num_kv_heads; ++h) {
+      const double fraction = kKeepFractions[(h + layer) % 8];
+      kept[layer].push_back(static_cast<int32_t>(fraction * static_cast<double>(tokens) + 0.5));
+      *kept_tokens += kept[layer].back();
+    }
+  }
+  return kept;
+}
+
+// Pages for `num_seqs` sequences of `tokens` tokens and the fresh pages their
+// eviction to `kept_tokens` (per sequence) takes: 20% and a partial page per stream.
+int64_t EvictPoolPages(int64_t num_seqs, int64_t tokens, int64_t kept_tokens) {
+  return PoolPagesFor(num_seqs, tokens) +
+         num_seqs * (PagesFor(kept_tokens, kGeometry.page_size) + kStreams);
+}
+
+// Evict() of every layer of `seq` into `plan`, as the CUDA executor calls it.
+bool EvictAllLayers(BlockManager& manager, SeqId seq,
+                    const std::vector<std::vector<int32_t>>& kept, CompactionPlan* plan) {
+  for (int32_t layer = 0; layer < kGeometry.num_layers; ++layer) {
+    if (!manager.Evict(seq, layer, kept[layer], plan).ok()) return false;
+  }
+  return true;
+}
+
 // Evict every layer of one sequence of n tokens to 20% (kKeepFractions) into one
 // CompactionPlan, then ReleaseRetiredPages(): the host side of compressing a
 // prompt. The pool has room for fresh pages, so every stream compacts into new
 // pages (the default path, not in place). Freeing the old sequence, prefilling a
-// new one and clearing the plan run with the timer paused; the plan's vectors
-// therefore grow from empty inside the timing, as they would after Clear().
+// new one and clearing the plan run with the timer paused; Clear() keeps the
+// plan's memory, so after the first iteration the plan is warm, as the CUDA
+// executor's reused plan is.
 void BM_BlockManager_Evict(benchmark::State& state) {
   const int64_t tokens = state.range(0);
-  const int32_t num_layers = kGeometry.num_layers;
-  const int32_t num_heads = kGeometry.num_kv_heads;
-  std::vector<std::vector<int32_t>> kept(static_cast<size_t>(num_layers));
   int64_t kept_tokens = 0;
-  for (int32_t layer = 0; layer < num_layers; ++layer) {
-    for (int32_t h = 0; h < num_heads; ++h) {
-      const double fraction = kKeepFractions[(h + layer) % 8];
-      kept[layer].push_back(static_cast<int32_t>(fraction * static_cast<double>(tokens) + 0.5));
-      kept_tokens += kept[layer].back();
-    }
-  }
-  // Old pages plus the fresh ones (20% and a partial page per stream).
-  Harness harness(PoolPagesFor(1, tokens) + PagesFor(kept_tokens, kGeometry.page_size) + kStreams);
+  const std::vector<std::vector<int32_t>> kept = KeptCounts(tokens, &kept_tokens);
+  Harness harness(EvictPoolPages(1, tokens, kept_tokens));
   BlockManager& manager = harness.manager();
   SeqId seq = harness.Prefill(tokens);
   bool first = true;
@@ -273,11 +294,7 @@ void BM_BlockManager_Evict(benchmark::State& state) {
       state.ResumeTiming();
     }
     first = false;
-    bool ok = true;
-    for (int32_t layer = 0; layer < num_layers && ok; ++layer) {
-      ok = manager.Evict(seq, layer, kept[layer], &plan).ok();
-    }
-    if (!ok) {
+    if (!EvictAllLayers(manager, seq, kept, &plan)) {
       state.SkipWithError("Evict failed");
       break;
     }
@@ -291,6 +308,91 @@ void BM_BlockManager_Evict(benchmark::State& state) {
       static_cast<double>(kept_tokens) / static_cast<double>(kStreams * tokens);
 }
 BENCHMARK(BM_BlockManager_Evict)->Arg(8192)->Arg(32768)->Unit(benchmark::kMicrosecond);
+
+// The release step of BM_BlockManager_Evict alone: ReleaseRetiredPages() after
+// every layer of one n-token sequence was evicted to 20% (524,288 retired pages
+// at n = 32768). Manual time: only the release is timed (steady_clock); the
+// eviction before it and the refill are not.
+void BM_BlockManager_ReleaseRetired(benchmark::State& state) {
+  const int64_t tokens = state.range(0);
+  int64_t kept_tokens = 0;
+  const std::vector<std::vector<int32_t>> kept = KeptCounts(tokens, &kept_tokens);
+  Harness harness(EvictPoolPages(1, tokens, kept_tokens));
+  BlockManager& manager = harness.manager();
+  SeqId seq = harness.Prefill(tokens);
+  bool first = true;
+  CompactionPlan plan;
+  for (auto _ : state) {
+    if (!first) {
+      Check(manager.Free(seq), "Free");
+      seq = harness.Prefill(tokens);
+      plan.Clear();
+    }
+    first = false;
+    if (!EvictAllLayers(manager, seq, kept, &plan)) {
+      state.SkipWithError("Evict failed");
+      break;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    manager.ReleaseRetiredPages();
+    const auto stop = std::chrono::steady_clock::now();
+    state.SetIterationTime(std::chrono::duration<double>(stop - start).count());
+  }
+  state.SetItemsProcessed(state.iterations() * kStreams * PagesFor(tokens, kGeometry.page_size));
+}
+BENCHMARK(BM_BlockManager_ReleaseRetired)
+    ->Arg(32768)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// BM_BlockManager_Evict for a batch: `batch` sequences of n tokens share the pool
+// (8 x 32K: 4.2 M pages, so the pool's and the manager's per-page arrays no
+// longer fit in the caches) and are compressed one after another, each into the
+// one reused plan and released, as the CUDA executor's CompressBatch does. The
+// time is the batch's; evict_us and release_us split it per sequence.
+void BM_BlockManager_EvictBatch(benchmark::State& state) {
+  const int64_t tokens = state.range(0);
+  const int64_t batch = state.range(1);
+  int64_t kept_tokens = 0;
+  const std::vector<std::vector<int32_t>> kept = KeptCounts(tokens, &kept_tokens);
+  Harness harness(EvictPoolPages(batch, tokens, kept_tokens));
+  BlockManager& manager = harness.manager();
+  std::vector<SeqId> seqs = harness.PrefillBatch(batch, tokens);
+  bool first = true;
+  CompactionPlan plan;
+  double evict_s = 0.0, release_s = 0.0;
+  for (auto _ : state) {
+    if (!first) {
+      state.PauseTiming();
+      harness.FreeAll(&seqs);
+      seqs = harness.PrefillBatch(batch, tokens);
+      state.ResumeTiming();
+    }
+    first = false;
+    bool ok = true;
+    for (const SeqId seq : seqs) {
+      const auto start = std::chrono::steady_clock::now();
+      plan.Clear();
+      ok = EvictAllLayers(manager, seq, kept, &plan);
+      const auto evicted = std::chrono::steady_clock::now();
+      manager.ReleaseRetiredPages();
+      const auto stop = std::chrono::steady_clock::now();
+      evict_s += std::chrono::duration<double>(evicted - start).count();
+      release_s += std::chrono::duration<double>(stop - evicted).count();
+      if (!ok) break;
+      benchmark::DoNotOptimize(plan.dst_page_ids.data());
+    }
+    if (!ok) {
+      state.SkipWithError("Evict failed");
+      break;
+    }
+  }
+  const auto seqs_done = static_cast<double>(state.iterations() * batch);
+  state.SetItemsProcessed(state.iterations() * batch);  // sequences compressed
+  state.counters["evict_us"] = 1e6 * evict_s / seqs_done;
+  state.counters["release_us"] = 1e6 * release_s / seqs_done;
+}
+BENCHMARK(BM_BlockManager_EvictBatch)->Args({32768, 8})->Unit(benchmark::kMicrosecond);
 
 // ---------------------------------------------------------------------------
 // Block tables

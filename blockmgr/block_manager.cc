@@ -87,20 +87,39 @@ void BlockManager::ReleaseFromStream(PageId page, int64_t fill) {
   HEADPAGE_CHECK(pool_->Release(absl::MakeConstSpan(&page, 1)).ok());
 }
 
-void BlockManager::RetireFromStream(PageId page, int64_t fill) {
-  const uint32_t holders = StreamHolders(page);
-  HEADPAGE_CHECK(holders >= 1);
-  if (holders > 1) {
-    shared_excess_slots_ -= fill;
-  } else {
-    ++retired_only_pages_;
+void BlockManager::RetireFromStream(absl::Span<const PageId> pages, int64_t len, int64_t from,
+                                    bool sole_holder) {
+  const auto n = static_cast<int64_t>(pages.size());
+  HEADPAGE_DCHECK(0 <= from && from <= n);
+  retired_.insert(retired_.end(), pages.begin() + from, pages.end());
+  if (sole_holder) {
+    // Every page here loses its only stream holder and is held by retired_
+    // alone, uncounted in retired_refs_: no per-page work beyond the copy above.
+    // The per-page loop below (a random read of the pool's refcount and of
+    // retired_refs_, and a write, per page) was most of Evict's time.
+#if HEADPAGE_DEBUG_LEVEL >= 1
+    for (int64_t j = from; j < n; ++j) HEADPAGE_CHECK(StreamHolders(pages[j]) == 1);
+#endif
+    retired_only_pages_ += n - from;
+    return;
   }
-  retired_.push_back(page);
-  ++retired_refs_[page];
+  for (int64_t j = from; j < n; ++j) {
+    const PageId page = pages[j];
+    const uint32_t holders = StreamHolders(page);
+    HEADPAGE_CHECK(holders >= 1);
+    if (holders > 1) {
+      shared_excess_slots_ -= PageFill(len, n, j, page_size_);
+      ++retired_refs_[page];  // other streams still hold it: count it for them
+      retired_shared_.push_back(page);
+    } else {
+      ++retired_only_pages_;
+    }
+  }
 }
 
 void BlockManager::ReleaseRetiredPages() {
-  for (const PageId page : retired_) retired_refs_[page] = 0;
+  for (const PageId page : retired_shared_) retired_refs_[page] = 0;
+  retired_shared_.clear();
   HEADPAGE_CHECK(pool_->Release(retired_).ok());
   retired_.clear();
   retired_only_pages_ = 0;
@@ -138,6 +157,7 @@ absl::StatusOr<SeqId> BlockManager::Fork(SeqId parent_id) {
   std::fill(parent->tail_maybe_shared.begin(), parent->tail_maybe_shared.end(), 1);
   std::fill(child->tail_maybe_shared.begin(), child->tail_maybe_shared.end(), 1);
   parent->any_maybe_shared = child->any_maybe_shared = true;
+  parent->ever_forked = child->ever_forked = true;
   const SeqId id = next_seq_id_++;
   seqs_.emplace(id, std::move(child));
   DebugCheck();
@@ -150,11 +170,12 @@ absl::Status BlockManager::Free(SeqId seq) {
     return absl::FailedPreconditionError(
         absl::StrCat("Free: sequence ", seq, " has a compaction plan not yet released"));
   }
-  // No page held by two streams (each extra holder adds its page's fill, at
-  // least one token, to shared_excess_slots_) and none retired: every page of
-  // the sequence has exactly one holder and the accounting below would change
-  // nothing, so its pass over the pages (two random reads a page) is skipped.
-  const bool all_exclusive = shared_excess_slots_ == 0 && retired_.empty();
+  // Every page of the sequence held by its stream alone and by no retired list
+  // (retired_refs_ counts each retired reference to a page a stream holds): the
+  // accounting below would change nothing, so its pass over the pages (two
+  // random reads a page) is skipped.
+  const bool all_exclusive =
+      !s->ever_forked || (shared_excess_slots_ == 0 && retired_shared_.empty());
   for (int32_t st = 0; st < num_streams_; ++st) {
     const auto& pages = s->pages[st];
     const int64_t n = all_exclusive ? 0 : static_cast<int64_t>(pages.size());

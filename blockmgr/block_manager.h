@@ -176,6 +176,11 @@ class BlockManager {
     std::vector<uint8_t> pending_layers;  // layer has rows in an unreleased plan
     int32_t num_pending_layers = 0;       // count of the above
     bool any_maybe_shared = false;        // false: every tail_maybe_shared is 0
+    // Set on parent and child by Fork(), the only way a page gains a second
+    // stream holder, and never cleared. While false, every page of the sequence
+    // has this stream as its one holder and no retired reference, whatever
+    // other sequences share: Evict() and Free() then skip their per-page checks.
+    bool ever_forked = false;
   };
 
   BlockManager(const CacheGeometry& geometry, PagePool* pool);
@@ -193,12 +198,23 @@ class BlockManager {
   absl::Status CommitReserve(Sequence* s, int64_t num_tokens, int32_t* record,
                              PageCopies* page_copies);
   // References held by streams: pool refcount less the retired lists' references.
+  // REQUIRES: a stream holds `page` (retired_refs_ is exact only for those).
   uint32_t StreamHolders(PageId page) const {
     return pool_->refcount(page) - retired_refs_[page];
   }
   // A stream stops holding `page`, whose live tokens numbered `fill`.
   void ReleaseFromStream(PageId page, int64_t fill);
-  void RetireFromStream(PageId page, int64_t fill);
+  // True when this stream is the only stream holder of every page of `s`: no
+  // fork touched s, or no page of the pool has two stream holders (each extra
+  // holder adds its page's fill, at least one token, to shared_excess_slots_).
+  bool SoleHolder(const Sequence& s) const {
+    return !s.ever_forked || shared_excess_slots_ == 0;
+  }
+  // A stream of `len` tokens held in `pages` stops holding pages[from..]: they
+  // are retired (appended to retired_) in one call per stream, not per page.
+  // `sole_holder`: SoleHolder() of the stream's sequence.
+  void RetireFromStream(absl::Span<const PageId> pages, int64_t len, int64_t from,
+                        bool sole_holder);
   void RebuildTable(BlockTableCsr* table, absl::Span<const Sequence* const> seqs) const;
   void DebugCheck() const;
 
@@ -220,7 +236,15 @@ class BlockManager {
   int64_t shared_excess_slots_ = 0;
 
   std::vector<PageId> retired_;        // one entry per retired reference
-  std::vector<uint32_t> retired_refs_;  // [pool pages] entries of retired_ per page
+  // [pool pages] The entries of retired_ made while another stream still held
+  // the page; retired_shared_ lists them (one entry per count) for the reset.
+  // For every page a stream holds this is exactly its entries in retired_, which
+  // is all StreamHolders() needs: a page retired by its last stream holder can
+  // gain no stream holder before it is released, so it goes uncounted. That is
+  // the common case (every page of an unforked sequence), and skipping it spares
+  // Evict() and ReleaseRetiredPages() a random write per page.
+  std::vector<uint32_t> retired_refs_;
+  std::vector<PageId> retired_shared_;
   int64_t retired_only_pages_ = 0;     // pages held by retired_ and no stream
   std::vector<SeqId> pending_seqs_;    // seqs with pending_layers set
 

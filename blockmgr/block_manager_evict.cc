@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "blockmgr/block_manager_internal.h"
 #include "core/check.h"
 #include "core/status.h"
 
@@ -20,8 +19,6 @@ void AppendPages(const std::vector<PageId>& pages, std::vector<int32_t>* out) {
 }
 
 }  // namespace
-
-using blockmgr_internal::PageFill;
 
 absl::Status BlockManager::Evict(SeqId seq, int32_t layer, absl::Span<const int32_t> kept_counts,
                                  CompactionPlan* plan) {
@@ -65,7 +62,10 @@ absl::Status BlockManager::Evict(SeqId seq, int32_t layer, absl::Span<const int3
     for (int32_t h = 0; h < num_heads; ++h) {
       if (modes[h] == Mode::kKeepAll) continue;
       const auto& pages = s->pages[first + h];
-      const bool exclusive = std::all_of(pages.begin(), pages.end(),
+      // A sequence no fork touched holds every page alone (refcount 1): no
+      // pass over its pages, which are scattered through the pool's refcounts.
+      const bool exclusive =
+          !s->ever_forked || std::all_of(pages.begin(), pages.end(),
                                          [&](PageId p) { return pool_->refcount(p) == 1; });
       if (exclusive) {
         modes[h] = Mode::kInPlace;
@@ -79,12 +79,13 @@ absl::Status BlockManager::Evict(SeqId seq, int32_t layer, absl::Span<const int3
 
   // Commit; nothing below can fail.
   const PageId* next_page = scratch_pages_.data();
+  // Retiring only lowers shared_excess_slots_, so this holds for every stream below.
+  const bool sole_holder = SoleHolder(*s);
   for (int32_t h = 0; h < num_heads; ++h) {
     const int32_t st = first + h;
     std::vector<PageId>& pages = s->pages[st];
     const int64_t len = s->lens[st];
     const int64_t kept = kept_counts[h];
-    const int64_t old_pages = static_cast<int64_t>(pages.size());
     const int64_t new_pages = PagesFor(kept, page_size_);
 
     plan->rows.push_back({seq, layer, h});
@@ -102,15 +103,11 @@ absl::Status BlockManager::Evict(SeqId seq, int32_t layer, absl::Span<const int3
       case Mode::kInPlace:
         plan->dst_page_ids.insert(plan->dst_page_ids.end(), pages.begin(),
                                   pages.begin() + new_pages);
-        for (int64_t j = new_pages; j < old_pages; ++j) {
-          RetireFromStream(pages[j], PageFill(len, old_pages, j, page_size_));
-        }
+        RetireFromStream(pages, len, new_pages, sole_holder);
         pages.resize(static_cast<size_t>(new_pages));
         break;
       case Mode::kFresh:
-        for (int64_t j = 0; j < old_pages; ++j) {
-          RetireFromStream(pages[j], PageFill(len, old_pages, j, page_size_));
-        }
+        RetireFromStream(pages, len, 0, sole_holder);
         pages.assign(next_page, next_page + new_pages);
         next_page += new_pages;
         AppendPages(pages, &plan->dst_page_ids);

@@ -25,6 +25,7 @@ absl::Status BlockManager::CheckInvariants() const {
   std::vector<int64_t> fill(num_pages, -1);  // live tokens per page; all holders agree
   int64_t total_len = 0, used = 0;
   std::vector<PageId> exclusive_tails;
+  std::vector<PageId> unforked_pages;  // pages of sequences that Fork never touched
   for (const auto& [id, s] : seqs_) {
     if (s->lens.size() != static_cast<size_t>(num_streams_) || s->pages.size() != s->lens.size() ||
         s->tails.size() != s->lens.size() || s->versions.size() != s->lens.size() ||
@@ -76,6 +77,7 @@ absl::Status BlockManager::CheckInvariants() const {
         }
       }
       if (!s->tail_maybe_shared[st] && ModPage(len) != 0) exclusive_tails.push_back(s->tails[st]);
+      if (!s->ever_forked) unforked_pages.insert(unforked_pages.end(), pages.begin(), pages.end());
       total_len += len;
     }
   }
@@ -85,6 +87,11 @@ absl::Status BlockManager::CheckInvariants() const {
     ++retired_count[p];
     ++refs[p];
   }
+  std::vector<uint32_t> shared_count(num_pages, 0);
+  for (const PageId p : retired_shared_) {
+    if (p >= num_pages) return absl::InternalError("a retired shared page is outside the pool");
+    ++shared_count[p];
+  }
   int64_t retired_only = 0;
   for (size_t p = 0; p < num_pages; ++p) {
     if (refs[p] != pool_->refcount(static_cast<PageId>(p))) {
@@ -92,10 +99,20 @@ absl::Status BlockManager::CheckInvariants() const {
                                               pool_->refcount(static_cast<PageId>(p)), " but ",
                                               refs[p], " references are held"));
     }
-    if (retired_count[p] != retired_refs_[p]) {
+    // retired_refs_ (block_manager.h): what retired_shared_ lists, no more than
+    // retired_ holds, and all of it for a page that a stream still holds.
+    const bool stream_held = refs[p] > retired_count[p];
+    if (retired_refs_[p] != shared_count[p] || retired_refs_[p] > retired_count[p] ||
+        (stream_held && retired_refs_[p] != retired_count[p])) {
       return absl::InternalError(absl::StrCat("page ", p, ": retired count out of step"));
     }
     if (retired_count[p] > 0 && refs[p] == retired_count[p]) ++retired_only;
+  }
+  for (const PageId p : unforked_pages) {
+    if (refs[p] != 1) {  // the stream's own reference, and no other
+      return absl::InternalError(absl::StrCat("page ", p, " of a sequence never forked has ",
+                                              refs[p], " references"));
+    }
   }
   for (const PageId p : exclusive_tails) {
     if (StreamHolders(p) != 1) {

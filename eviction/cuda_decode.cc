@@ -29,6 +29,12 @@ absl::Status CudaExecutorImpl::ObserveDecode(const PolicyConfig& config, SeqId s
     }
   }
   HEADPAGE_ASSIGN_OR_RETURN(const Measured size, Measure(*manager_, seq));
+  if (!KeepsScores(*manager_, seq)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CudaExecutor: sequence ", seq, " shares pages with another sequence (a fork or a shared "
+        "prefix); the device score store keeps one score per slot and cannot hold both "
+        "sequences' decode scores; use a host pool"));
+  }
   if (size.tokens == 0) return absl::OkStatus();
   HEADPAGE_RETURN_IF_ERROR(BeginCall(0));
   tables_.Clear();
@@ -88,8 +94,9 @@ absl::Status CudaExecutorImpl::ObserveDecode(const PolicyConfig& config, SeqId s
     select.kept_counts = At<int32_t>(device_.data(), d_keep) + tables_.tokens();
     HEADPAGE_RETURN_IF_ERROR(gpu::Select(select, stream()));
     // The kept counts are the host's own: no copy back, no wait.
-    HEADPAGE_RETURN_IF_ERROR(
-        PlanAndCompact(seq, tables_.kept.data(), tables_.offsets, d_keep, h_plan, nullptr));
+    HEADPAGE_RETURN_IF_ERROR(PlanAndCompact(seq, tables_.kept.data(), tables_.offsets, d_keep,
+                                            h_plan, nullptr,
+                                            reinterpret_cast<float*>(store_.data())));
     for (int32_t s = 0; s < tables_.streams(); ++s) scored[s] = tables_.kept[s];
     return absl::OkStatus();
   }();

@@ -32,6 +32,20 @@ absl::Status CudaExecutor::Supports(const PolicyConfig& config) {
   return absl::OkStatus();
 }
 
+bool CudaExecutor::KeepsScores(const BlockManager& manager, SeqId seq) {
+  const CacheGeometry& g = manager.geometry();
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      const auto pages = manager.StreamPages(seq, layer, h);
+      if (!pages.ok()) return false;
+      for (const PageId page : *pages) {
+        if (manager.pool().refcount(page) > 1) return false;
+      }
+    }
+  }
+  return true;
+}
+
 #if HEADPAGE_HAVE_CUDA
 namespace cuda_executor {
 
@@ -246,9 +260,10 @@ absl::Status CudaExecutorImpl::ScoreAndSelect(const PolicyConfig& config, const 
 
   // The scores are kept for later (H2O's decode steps, DecodingPress, the pool
   // budget); the compaction moves them with their tokens.
-  HEADPAGE_RETURN_IF_ERROR(Store().status());
-  const SlotScoresArgs keep_scores = StoreArgs(t, tables, SlotScoresOp::kStore);
-  HEADPAGE_RETURN_IF_ERROR(gpu::SlotScores(keep_scores, stream()));
+  if (state.keeps_scores) {
+    HEADPAGE_RETURN_IF_ERROR(Store().status());
+    HEADPAGE_RETURN_IF_ERROR(gpu::SlotScores(StoreArgs(t, tables, SlotScoresOp::kStore), stream()));
+  }
 
   // Selection: keep sets at each stream's score offset, kept counts beside.
   SelectArgs select = select_;
@@ -276,7 +291,8 @@ absl::Status CudaExecutorImpl::ScoreAndSelect(const PolicyConfig& config, const 
 
 absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
                                               absl::Span<const int32_t> offsets, size_t d_keep,
-                                              size_t h_plan, cudaEvent_t counted) {
+                                              size_t h_plan, cudaEvent_t counted,
+                                              float* scores) {
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   if (counted != nullptr) {
@@ -311,8 +327,6 @@ absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
                                            cudaMemcpyHostToDevice, stream()),
                            "uploading the compaction plan");
     if (compacted.ok()) compacted = CudaStatus(cudaEventRecord(uploaded_, stream()), "recording");
-    absl::StatusOr<float*> store = Store();
-    if (compacted.ok()) compacted = store.status();
     if (compacted.ok()) {
       const int32_t* q = At<int32_t>(dp, 0);
       CompactArgs args;
@@ -327,7 +341,7 @@ absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
       args.keep_offsets = q + part_at[6];
       args.keep = At<int32_t>(device_.data(), d_keep);
       args.in_place = reinterpret_cast<const uint8_t*>(q + n);
-      args.slot_scores = *store;
+      args.slot_scores = scores;
       compacted = gpu::Compact(args, stream());
     }
   }
@@ -345,13 +359,15 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
   const CacheGeometry& g = manager_->geometry();
   const int32_t layers = g.num_layers, heads = g.num_kv_heads;
   const bool tova = config.scorer == S::kTova;
-  const bool reads_queries = config.scorer == S::kSnapKV || tova || config.scorer == S::kH2O;
+  // DBudgetKV reads the last query whatever its scorer.
+  const bool reads_queries = config.scorer == S::kSnapKV || tova || config.scorer == S::kH2O ||
+                             config.allocator == A::kDBudget;
   // The query rows staged at once: the window, the last query (TOVA), or a
   // chunk of every prompt query (H2O).
   int32_t max_rows = 0;
   for (const Job& job : jobs) {
     const int32_t rows = job.queries[0].num_queries;
-    max_rows = std::max(max_rows, tova ? 1 : std::min(rows, kMaxScoreWindow));
+    max_rows = std::max(max_rows, tova ? 1 : std::clamp(rows, 1, kMaxScoreWindow));
     // Every layer the same number of queries, of the cache's dtype.
     for (size_t l = 0; reads_queries && l < job.queries.size(); ++l) {
       if (job.queries[l].num_queries != rows || job.queries[l].dtype != g.dtype) {
@@ -371,6 +387,7 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
   jobs_.resize(jobs.size());
   for (size_t j = 0; j < jobs.size(); ++j) {
     HEADPAGE_ASSIGN_OR_RETURN(jobs_[j].size, Measure(*manager_, jobs[j].seq));
+    jobs_[j].keeps_scores = KeepsScores(*manager_, jobs[j].seq);
     if (dbudget) jobs_[j].size.group_offsets = group * (jobs_[j].size.streams + 1);
   }
   HEADPAGE_RETURN_IF_ERROR(BeginCall(jobs.size()));
@@ -460,9 +477,10 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
   for (size_t j = 0; j < jobs.size(); ++j) {
     const JobState& state = jobs_[j];
     if (state.size.tokens == 0) continue;
-    HEADPAGE_RETURN_IF_ERROR(PlanAndCompact(jobs[j].seq, At<int32_t>(pinned_.data(), state.h_counts),
-                                            state.tables.offsets, state.d_keep, state.h_plan,
-                                            events_[j]));
+    HEADPAGE_RETURN_IF_ERROR(PlanAndCompact(
+        jobs[j].seq, At<int32_t>(pinned_.data(), state.h_counts), state.tables.offsets,
+        state.d_keep, state.h_plan, events_[j],
+        state.keeps_scores ? reinterpret_cast<float*>(store_.data()) : nullptr));
   }
   return absl::OkStatus();
 }

@@ -83,7 +83,12 @@ class CudaExecutor {
   // The score store: one float per slot of the pool, beside the positions,
   // moved by every compaction the executor runs. A stream's scored tokens are
   // a prefix of its slots (scored[s] of them, kept by the engine); the tokens
-  // after them were appended since the stream was last scored.
+  // after them were appended since the stream was last scored. One score per
+  // slot cannot hold two sequences' scores, so the store is written only for
+  // a sequence whose pages are its own: Compress stores nothing for a
+  // sequence sharing pages (a fork, a shared prefix: its tokens count as
+  // unscored), and ObserveDecode refuses one.
+  static bool KeepsScores(const BlockManager& manager, SeqId seq);
 
   // One decode step of `seq` has been written: queries[l] holds layer l's one
   // new query (host or device memory, the cache's dtype). Adds its attention,
@@ -91,7 +96,8 @@ class CudaExecutor {
   // running total; unscored tokens start from zero) and sets scored[s] to the
   // stream's length; then, with capacity > 0, evicts every stream longer than
   // `capacity` back to it, keeping `protection` and the highest totals, and
-  // sets scored[s] to what it keeps.
+  // sets scored[s] to what it keeps. FailedPrecondition, changing nothing,
+  // unless KeepsScores(seq).
   [[nodiscard]] virtual absl::Status ObserveDecode(const PolicyConfig& config, SeqId seq,
                                                    absl::Span<const LayerQueries> queries,
                                                    absl::Span<int32_t> scored, int32_t capacity,

@@ -85,6 +85,7 @@ absl::StatusOr<Measured> Measure(const BlockManager& manager, SeqId seq);
 // ran; its tables, counts and plan in pinned memory may have copies pending).
 struct JobState {
   Measured size;
+  bool keeps_scores = false;  // CudaExecutor::KeepsScores: its pages are its own
   Tables tables;
   size_t d_keep = 0, d_counts = 0;
   size_t h_tables = 0, h_counts = 0, h_plan = 0;
@@ -128,12 +129,12 @@ class CudaExecutorImpl final : public CudaExecutor {
   // Scores and selects one sequence, stores its scores, and starts the copy of
   // its kept counts.
   absl::Status ScoreAndSelect(const PolicyConfig& config, const Job& job, const JobState& state);
-  // Waits for `counted`, evicts `seq` to the kept counts (host memory,
-  // [layer][kv head]), uploads the plan from pinned memory at h_plan and
-  // enqueues the compaction, reading keep sets at d_keep + offsets[s] and
-  // moving the stored scores; releases the retired pages.
+  // Waits for `counted` (unless null), evicts `seq` to the kept counts (host
+  // memory, [layer][kv head]), uploads the plan from pinned memory at h_plan
+  // and enqueues the compaction, reading keep sets at d_keep + offsets[s] and
+  // moving the stored `scores` (unless null); releases the retired pages.
   absl::Status PlanAndCompact(SeqId seq, const int32_t* counts, absl::Span<const int32_t> offsets,
-                              size_t d_keep, size_t h_plan, cudaEvent_t counted);
+                              size_t d_keep, size_t h_plan, cudaEvent_t counted, float* scores);
   // Waits for the last upload out of pinned memory, so that a call may
   // rewrite it; creates the events on first use.
   absl::Status BeginCall(size_t events);

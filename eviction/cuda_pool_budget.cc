@@ -60,11 +60,11 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
   const int32_t streams = tables_.streams();
   // Each stream's candidates: its scored tokens before the last protect_recent
   // (the unscored ones are the most recent and protected too), and its floor.
-  std::vector<int32_t> limits(2 * static_cast<size_t>(streams));
+  std::vector<int32_t> candidates_and_floors(2 * static_cast<size_t>(streams));
   for (int32_t s = 0; s < streams; ++s) {
     const int32_t n = tables_.lens[s];
-    limits[s] = n - std::max(std::min(protect_recent, n), n - tables_.scored[s]);
-    limits[streams + s] = std::min(floor_tokens, n);
+    candidates_and_floors[s] = n - std::max(std::min(protect_recent, n), n - tables_.scored[s]);
+    candidates_and_floors[streams + s] = std::min(floor_tokens, n);
   }
 
   GlobalKeptArgs global;
@@ -77,13 +77,13 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
   d_scores_ = dev.Add(sizeof(float) * tables_.tokens());
   d_positions_ = dev.Add(sizeof(int32_t) * tables_.tokens());
   const size_t d_keep = dev.Add(sizeof(int32_t) * tables_.tokens());
-  const size_t d_limits = dev.Add(sizeof(int32_t) * limits.size());
+  const size_t d_candidates_and_floors = dev.Add(sizeof(int32_t) * candidates_and_floors.size());
   const size_t d_kept = dev.Add(sizeof(int32_t) * streams);
   const size_t d_counts = dev.Add(sizeof(int32_t) * streams);
   const size_t d_global_ws = dev.Add(GlobalKeptWorkspaceBytes(global));
   d_plan_ = dev.Add(sizeof(int32_t) * plan_ints + per_seq);
   const size_t h_tables = host.Add(sizeof(int32_t) * tables_.ints());
-  const size_t h_limits = host.Add(sizeof(int32_t) * limits.size());
+  const size_t h_candidates_and_floors = host.Add(sizeof(int32_t) * candidates_and_floors.size());
   const size_t h_counts = host.Add(sizeof(int32_t) * streams);
   const size_t h_plan = host.Add(sizeof(int32_t) * plan_ints + per_seq);
   HEADPAGE_RETURN_IF_ERROR(Reserve(dev, host));
@@ -92,9 +92,9 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
 
   absl::Status status = [&]() -> absl::Status {
     HEADPAGE_ASSIGN_OR_RETURN(const DeviceTables tables, Upload(tables_, h_tables, d_tables_));
-    std::copy(limits.begin(), limits.end(), At<int32_t>(pinned_.data(), h_limits));
+    std::copy(candidates_and_floors.begin(), candidates_and_floors.end(), At<int32_t>(pinned_.data(), h_candidates_and_floors));
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(
-        cudaMemcpyAsync(d + d_limits, pinned_.data() + h_limits, sizeof(int32_t) * limits.size(),
+        cudaMemcpyAsync(d + d_candidates_and_floors, pinned_.data() + h_candidates_and_floors, sizeof(int32_t) * candidates_and_floors.size(),
                         cudaMemcpyHostToDevice, stream()),
         "uploading the floors"));
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(uploaded_, stream()), "recording"));
@@ -107,8 +107,8 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
     HEADPAGE_RETURN_IF_ERROR(gpu::SlotScores(load, stream()));
     global.score_offsets = tables.offsets;
     global.scores = At<float>(d, d_scores_);
-    global.candidate_counts = At<int32_t>(d, d_limits);
-    global.floors = At<int32_t>(d, d_limits) + streams;
+    global.candidate_counts = At<int32_t>(d, d_candidates_and_floors);
+    global.floors = At<int32_t>(d, d_candidates_and_floors) + streams;
     global.kept_counts = At<int32_t>(d, d_kept);
     global.workspace = d + d_global_ws;
     global.workspace_bytes = GlobalKeptWorkspaceBytes(global);
@@ -140,14 +140,21 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
       if (!changes) continue;
       // The last sequence's plan upload reads the pinned plan this one rewrites.
       HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventSynchronize(uploaded_), "the last upload"));
-      HEADPAGE_RETURN_IF_ERROR(PlanAndCompact(seqs[i], counts + first,
-                                              absl::MakeConstSpan(tables_.offsets).subspan(first),
-                                              d_keep, h_plan, nullptr));
+      // Shared pages are only read: a stream sharing them is compacted into
+      // fresh pages of its own.
+      const absl::Status compacted = PlanAndCompact(
+          seqs[i], counts + first, absl::MakeConstSpan(tables_.offsets).subspan(first), d_keep,
+          h_plan, nullptr, reinterpret_cast<float*>(store_.data()));
+      if (!compacted.ok()) {
+        // Some of its layers may be compacted: its scores no longer line up.
+        std::fill(scored[i]->begin(), scored[i]->end(), 0);
+        return compacted;
+      }
       // Every unscored token is kept: the scored ones are what is left.
-      std::vector<int32_t>& counted = *scored[i];
+      std::vector<int32_t>& still_scored = *scored[i];
       for (int32_t s = 0; s < per_seq; ++s) {
         const int32_t n = tables_.lens[first + s];
-        counted[s] = std::max(0, counts[first + s] - (n - tables_.scored[first + s]));
+        still_scored[s] = std::max(0, counts[first + s] - (n - tables_.scored[first + s]));
       }
     }
     return absl::OkStatus();

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "kernels/window_scores_args.h"
 #include "policy/budget.h"
 #include "policy/scores.h"
 #include "policy/select.h"
@@ -66,9 +67,14 @@ absl::StatusOr<std::vector<std::vector<float>>> EvictionEngine::StoredScores(Seq
   if (!manager_->Contains(seq)) {
     return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not live"));
   }
-  SeqState& state = StateFor(seq);
-  if (cuda_ != nullptr) return cuda_->StoredScores(seq, state.scored);
-  return state.scores;
+  // A sequence the engine has not scored has no state, and gets none here
+  // (state puts it under the pool budget).
+  const auto it = states_.find(seq);
+  if (it == states_.end()) {
+    return std::vector<std::vector<float>>(manager_->geometry().streams_per_sequence());
+  }
+  if (cuda_ != nullptr) return cuda_->StoredScores(seq, it->second.scored);
+  return it->second.scores;
 }
 
 EvictionEngine::SeqState& EvictionEngine::StateFor(SeqId seq) {
@@ -216,14 +222,26 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     for (size_t i = 0; i < seqs.size(); ++i) {
       jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].protection, queries[i]});
     }
-    HEADPAGE_RETURN_IF_ERROR(cuda_->Compress(config, jobs));
-    // Every token left was scored by the compression.
-    for (const Prepared& p : prepared) {
-      SeqState& state = StateFor(p.seq);
-      HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_->StreamLengths(p.seq));
+    // Which sequences' scores the device store keeps (its pages are their own).
+    std::vector<bool> keeps_scores;
+    for (const SeqId seq : seqs) keeps_scores.push_back(CudaExecutor::KeepsScores(*manager_, seq));
+    const absl::Status compressed = cuda_->Compress(config, jobs);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      SeqState& state = StateFor(seqs[i]);
+      if (!compressed.ok() || !keeps_scores[i]) {
+        // A failed call may have rewritten the store before its compactions:
+        // nothing stored for these sequences is to be trusted.
+        std::fill(state.scored.begin(), state.scored.end(), 0);
+        continue;
+      }
+      // Every token left was scored by the compression.
+      HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_->StreamLengths(seqs[i]));
       state.scored.assign(lens.begin(), lens.end());
-      if (config.evicts_while_decoding) state.capacity.assign(state.capacity.size(), p.capacity);
+      if (config.evicts_while_decoding) {
+        state.capacity.assign(state.capacity.size(), prepared[i].capacity);
+      }
     }
+    HEADPAGE_RETURN_IF_ERROR(compressed);
   }
   for (size_t i = 0; i < seqs.size() && config.compresses() && cuda_ == nullptr; ++i) {
     const Prepared& p = prepared[i];
@@ -465,6 +483,15 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
 absl::Status EvictionEngine::ObserveDecodeOnDevice(SeqId seq, const PolicyConfig& config,
                                                    absl::Span<const LayerQueries> queries,
                                                    const DecodeSchedule& schedule) {
+  // What the interval's compression needs, checked before anything changes.
+  if (schedule.interval > 0) {
+    HEADPAGE_RETURN_IF_ERROR(CudaExecutor::Supports(config));
+    if (config.scorer == PolicyConfig::Scorer::kSnapKV && schedule.window > kMaxScoreWindow) {
+      return absl::InvalidArgumentError(absl::StrCat("decode schedule: window ", schedule.window,
+                                                     "; the GPU scores at most ", kMaxScoreWindow,
+                                                     " queries"));
+    }
+  }
   SeqState& state = StateFor(seq);
   const int32_t capacity = config.evicts_while_decoding ? state.capacity[0] : 0;
   const policy::Protection protection{config.sinks,

@@ -403,5 +403,57 @@ TEST_CASE("BlockManager: Free keeps the statistics with and without sharing", "[
   REQUIRE(m->pool().free_pages() == 64);
 }
 
+// Retiring a page that a fork still holds must leave the fork's view of it
+// exact: the fork is then its only stream holder (no copy-on-write), and the
+// page becomes retired-only when the fork lets go of it too.
+TEST_CASE("BlockManager: pages a plan retires from under a fork stay counted for the fork",
+          "[blockmgr]") {
+  Fixture m(64);
+  const SeqId a = m->AddSequence();
+  REQUIRE_OK(m->Reserve(a, 6));  // 2 pages a stream, tails hold 2 of 4 slots
+  auto b = m->Fork(a);
+  REQUIRE_OK(b);
+  CompactionPlan plan;
+  const int32_t kept[] = {2, 2};
+  REQUIRE_OK(m->Evict(a, 0, kept, &plan));
+  REQUIRE_OK(m->Evict(a, 1, kept, &plan));
+  // Every old page of a is retired and still held by b: none is retired-only,
+  // and no page has two stream holders any more.
+  BlockManagerStats stats = m->Stats();
+  REQUIRE(stats.pages_retired == 0);
+  REQUIRE(stats.pages_in_use == 8 + 4);
+  REQUIRE(stats.used_slots == 4 * 6 + 4 * 2);
+  REQUIRE_OK(m->CheckInvariants());
+  int64_t in_use_after = 0;
+  SECTION("the fork appends to its tails without copying them") {
+    const std::vector<PageId> tail = Pages(*m, *b, 0, 0);
+    auto step = m->Reserve(*b, 1);
+    REQUIRE_OK(step);
+    REQUIRE(step->page_copies.size() == 0);
+    REQUIRE(step->slot_mapping[0] == static_cast<int32_t>(tail[1] * 4 + 2));
+    REQUIRE(m->Stats().pages_retired == 0);
+    in_use_after = 8 + 4;
+  }
+  SECTION("the fork evicts the same pages meanwhile") {
+    CompactionPlan plan_b;
+    REQUIRE_OK(m->Evict(*b, 0, kept, &plan_b));
+    REQUIRE(m->Stats().pages_retired == 4);  // layer 0's pages: now only plans read them
+    REQUIRE(m->Stats().pages_in_use == 4 + 4 + 2);
+    in_use_after = 4 + 4 + 2;
+  }
+  SECTION("the fork is freed meanwhile") {
+    REQUIRE_OK(m->Free(*b));
+    REQUIRE(m->Stats().pages_retired == 8);
+    REQUIRE(m->Stats().pages_in_use == 4);
+    in_use_after = 4;
+  }
+  REQUIRE_OK(m->CheckInvariants());
+  m->ReleaseRetiredPages();
+  REQUIRE(m->Stats().pages_retired == 0);
+  REQUIRE(m->Stats().pages_in_use == in_use_after);
+  REQUIRE(m->pool().free_pages() == 64 - in_use_after);
+  REQUIRE_OK(m->CheckInvariants());
+}
+
 }  // namespace
 }  // namespace headpage

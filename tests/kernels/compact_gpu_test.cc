@@ -70,14 +70,16 @@ struct RandomPlan {
 // With `scattered`, the GPU reads the keep sets through keep_offsets from an
 // array holding them in reverse row order with gaps (gpu::Select's layout),
 // and its keep_indptr, which then gives only counts, starts at 11, not 0; the
-// reference reads the packed plan. The scattered cases also carry a score per
-// slot (the eviction engine's device score store), which moves with its token.
+// reference reads the packed plan. The scattered and many-fresh cases also
+// carry a score per slot (the eviction engine's device score store), which
+// moves with its token, on the in-place and the fresh path.
 void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = false) {
   RandomPlan plan(c, many_fresh);
   DevicePool device(c.view(), c.data(), c.positions());
   std::vector<float> slot_scores(c.positions().size());
   for (size_t i = 0; i < slot_scores.size(); ++i) slot_scores[i] = 0.25f * static_cast<float>(i) - 3.0f;
   DeviceBuffer device_scores(slot_scores);
+  const bool with_scores = scattered || many_fresh;
   std::vector<int32_t> keep_array = plan.keep, offsets, counts_indptr = plan.keep_indptr;
   if (scattered) {
     for (int32_t& entry : counts_indptr) entry += 11;
@@ -104,7 +106,7 @@ void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = fal
                    keep.get<int32_t>(),
                    in_place.get<uint8_t>(),
                    scattered ? keep_offsets.get<int32_t>() : nullptr,
-                   scattered ? device_scores.get<float>() : nullptr};
+                   with_scores ? device_scores.get<float>() : nullptr};
   REQUIRE_OK(gpu::Compact(args, nullptr));
   HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
 
@@ -119,7 +121,7 @@ void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = fal
                    plan.keep.data(),
                    plan.in_place.data(),
                    nullptr,
-                   scattered ? slot_scores.data() : nullptr};
+                   with_scores ? slot_scores.data() : nullptr};
   REQUIRE_OK(ref::Compact(host));
   // The whole pool, not only the destinations: nothing else may change either.
   REQUIRE(device.positions.Download<int32_t>() == c.positions());
