@@ -109,11 +109,20 @@ absl::Status CudaExecutorImpl::RememberQueries(SeqId seq, absl::Span<const Layer
   const CacheGeometry& g = manager_->geometry();
   const size_t row = static_cast<size_t>(g.head_dim) * SizeOf(g.dtype);
   const size_t layer_bytes = static_cast<size_t>(g.num_q_heads) * window * row;
+  for (size_t l = 0; l < queries.size(); ++l) {
+    if (queries[l].dtype != g.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: layer ", l, "'s decode query is ",
+                                                     DTypeName(queries[l].dtype), ", not the cache's ",
+                                                     DTypeName(g.dtype)));
+    }
+  }
   std::unique_ptr<QueryRing>& slot = rings_[seq];
   if (slot == nullptr) slot = std::make_unique<QueryRing>();
   QueryRing& ring = *slot;
   if (ring.window != window) {
-    // The ring's old rows may still be read by queued work.
+    // A new window starts an empty ring (the host keeps the last rows that
+    // fit; schedules do not change windows mid-sequence). The old rows may
+    // still be read by queued work.
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream()), "synchronizing"));
     HEADPAGE_RETURN_IF_ERROR(
         ring.memory.Reserve(layer_bytes * g.num_layers + sizeof(int32_t) * window));
@@ -124,11 +133,6 @@ absl::Status CudaExecutorImpl::RememberQueries(SeqId seq, absl::Span<const Layer
   int32_t* positions = At<int32_t>(ring.memory.data(), layer_bytes * g.num_layers);
   for (size_t l = 0; l < queries.size(); ++l) {
     const LayerQueries& q = queries[l];
-    if (q.dtype != g.dtype) {
-      return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: layer ", l, "'s decode query is ",
-                                                     DTypeName(q.dtype), ", not the cache's ",
-                                                     DTypeName(g.dtype)));
-    }
     const cudaMemcpyKind kind =
         q.memory == MemoryKind::kDevice ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice;
     // [q_heads][1][d] into row `next` of [q_heads][window][d].

@@ -388,7 +388,16 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
   for (size_t j = 0; j < jobs.size(); ++j) {
     HEADPAGE_ASSIGN_OR_RETURN(jobs_[j].size, Measure(*manager_, jobs[j].seq));
     jobs_[j].keeps_scores = KeepsScores(*manager_, jobs[j].seq);
-    if (dbudget) jobs_[j].size.group_offsets = group * (jobs_[j].size.streams + 1);
+    if (dbudget) {
+      jobs_[j].size.group_offsets = group * (jobs_[j].size.streams + 1);
+      // The attention rows: group_size of them per token, int32-indexed.
+      if (int64_t{group} * jobs_[j].size.tokens > std::numeric_limits<int32_t>::max()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "CudaExecutor: DBudgetKV's ", group, " attention rows over the ",
+            jobs_[j].size.tokens, " tokens of sequence ", jobs[j].seq,
+            " exceed int32 offsets"));
+      }
+    }
   }
   HEADPAGE_RETURN_IF_ERROR(BeginCall(jobs.size()));
 

@@ -171,9 +171,10 @@ class CudaExecutorImpl final : public CudaExecutor {
   // the cut, which overwrites the tables' kept counts on the device.
   absl::Status CutDBudget(const PolicyConfig& config, const Job& job, const Tables& t,
                           const DeviceTables& d);
-  // Copies q head h * group + member's last query (the highest position) of
-  // every kv head h and layer into [layers][kv_heads][1][head_dim] at d_queries_.
-  absl::Status StageGroupMember(absl::Span<const LayerQueries> queries, int32_t member);
+  // Copies q head h * group + member's row last_rows[l] (the last query) of
+  // every kv head h and layer l into [layers][kv_heads][1][head_dim] at d_queries_.
+  absl::Status StageGroupMember(absl::Span<const LayerQueries> queries,
+                                absl::Span<const int32_t> last_rows, int32_t member);
   // The row of `q`'s highest position (read from the device when it is there).
   absl::StatusOr<int32_t> LastRow(const LayerQueries& q);
 

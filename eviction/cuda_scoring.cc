@@ -88,6 +88,7 @@ absl::Status CudaExecutorImpl::StageQueries(absl::Span<const LayerQueries> queri
 }
 
 absl::Status CudaExecutorImpl::StageGroupMember(absl::Span<const LayerQueries> queries,
+                                                absl::Span<const int32_t> last_rows,
                                                 int32_t member) {
   const CacheGeometry& g = manager_->geometry();
   const size_t row = static_cast<size_t>(g.head_dim) * SizeOf(g.dtype);
@@ -97,7 +98,7 @@ absl::Status CudaExecutorImpl::StageGroupMember(absl::Span<const LayerQueries> q
     const LayerQueries& q = queries[l];
     const cudaMemcpyKind kind =
         q.memory == MemoryKind::kDevice ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice;
-    HEADPAGE_ASSIGN_OR_RETURN(const int32_t last, LastRow(q));
+    const int32_t last = last_rows[l];
     // q head h * group + member of [q_heads][N][d], for every kv head h.
     const char* from = static_cast<const char*>(q.data) +
                        (static_cast<size_t>(member) * q.num_queries + last) * row;
@@ -117,10 +118,15 @@ absl::Status CudaExecutorImpl::CutDBudget(const PolicyConfig& config, const Job&
   const CacheGeometry& g = manager_->geometry();
   const int32_t group = g.group_size();
   float* attention = At<float>(device_.data(), d_attention_);
+  // Each layer's last query, found once (device positions are read back).
+  std::vector<int32_t> last_rows(job.queries.size());
+  for (size_t l = 0; l < job.queries.size(); ++l) {
+    HEADPAGE_ASSIGN_OR_RETURN(last_rows[l], LastRow(job.queries[l]));
+  }
   // Row g of each stream's group: the q heads at position g of every group
   // make a batch of kv_heads streams with one q head each.
   for (int32_t member = 0; member < group; ++member) {
-    HEADPAGE_RETURN_IF_ERROR(StageGroupMember(job.queries, member));
+    HEADPAGE_RETURN_IF_ERROR(StageGroupMember(job.queries, last_rows, member));
     WindowScoresArgs rows = ScoresArgs(t, d, 1);
     rows.num_q_heads = g.num_kv_heads;
     rows.reduce = policy::GroupReduce::kMean;

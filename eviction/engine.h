@@ -106,7 +106,12 @@ class EvictionEngine {
       absl::Span<const absl::Span<const LayerQueries>> queries);
 
   // One decode step of `seq` has been written (Reserve + WriteKV): `queries[l]`
-  // holds layer l's new query (num_queries == 1). Accumulates its attention into
+  // holds layer l's new query (num_queries == 1). On a device pool the queries
+  // are read on the engine's stream: device memory must stay unchanged until
+  // the stream reaches this call's work (pageable host memory is copied before
+  // the call returns; pinned host memory, like device memory, is read later).
+  // A sequence that shares pages with another (a fork) cannot observe decode
+  // steps on a device pool: FailedPrecondition (see CudaExecutor::KeepsScores). Accumulates its attention into
   // the token scores (H2O), then applies the policy's decode-time eviction: H2O
   // evicts the lowest-scoring non-recent tokens of each stream longer than its
   // capacity at Compress (`capacity` below, 0 = none); `schedule` compresses
