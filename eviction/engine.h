@@ -67,7 +67,8 @@ class EvictionEngine {
   // InvalidArgument if manager is null or the cache view does not match the
   // manager's geometry; Unimplemented for a device cache in a build without
   // CUDA. A device cache is compressed on `stream` (a cudaStream_t; null: the
-  // legacy default stream). REQUIRES: both outlive the engine.
+  // legacy default stream). REQUIRES: the manager, the cache and the stream
+  // outlive the engine (its destructor waits for the stream).
   [[nodiscard]] static absl::StatusOr<EvictionEngine> Create(BlockManager* manager,
                                                              const PagedKV& cache,
                                                              GpuStream stream = nullptr);

@@ -72,7 +72,11 @@ class CompressBench {
                                 MemoryKind::kDevice});
     }
   }
-  ~CompressBench() { cudaStreamDestroy(stream_); }
+  // The engine waits for its stream when it goes: before the stream does.
+  ~CompressBench() {
+    engine_.reset();
+    cudaStreamDestroy(stream_);
+  }
 
   // Frees every sequence and prefills `seqs` fresh prompts: the slots' positions
   // are written; the K/V bytes are whatever random bf16 the pages hold.
