@@ -222,6 +222,17 @@ absl::StatusOr<absl::Span<const PageId>> BlockManager::StreamPages(SeqId seq, in
   return absl::MakeConstSpan(s->pages[layer * geometry_.num_kv_heads + kv_head]);
 }
 
+absl::StatusOr<bool> BlockManager::HoldsPagesAlone(SeqId seq) const {
+  HEADPAGE_ASSIGN_OR_RETURN(const Sequence* s, Find(seq));
+  if (SoleHolder(*s)) return true;
+  for (const std::vector<PageId>& pages : s->pages) {
+    for (const PageId page : pages) {
+      if (StreamHolders(page) > 1) return false;
+    }
+  }
+  return true;
+}
+
 BlockManagerStats BlockManager::Stats() const {
   BlockManagerStats stats;
   stats.num_sequences = num_sequences();

@@ -144,6 +144,9 @@ class BlockManager {
   BlockManagerStats Stats() const;
 
   bool Contains(SeqId seq) const { return seqs_.contains(seq); }
+  // Whether every page of `seq` is held by its own stream alone (no fork shares
+  // one): O(1) for a sequence never forked, else O(pages). NotFound (seq).
+  [[nodiscard]] absl::StatusOr<bool> HoldsPagesAlone(SeqId seq) const;
   int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }
   const CacheGeometry& geometry() const { return geometry_; }
   const PagePool& pool() const { return *pool_; }

@@ -33,17 +33,8 @@ absl::Status CudaExecutor::Supports(const PolicyConfig& config) {
 }
 
 bool CudaExecutor::KeepsScores(const BlockManager& manager, SeqId seq) {
-  const CacheGeometry& g = manager.geometry();
-  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
-      const auto pages = manager.StreamPages(seq, layer, h);
-      if (!pages.ok()) return false;
-      for (const PageId page : *pages) {
-        if (manager.pool().refcount(page) > 1) return false;
-      }
-    }
-  }
-  return true;
+  const absl::StatusOr<bool> alone = manager.HoldsPagesAlone(seq);
+  return alone.ok() && *alone;
 }
 
 #if HEADPAGE_HAVE_CUDA

@@ -138,6 +138,24 @@ TEST_CASE("BlockManager: unknown, freed and double-freed sequences get NotFound"
   REQUIRE_OK(m->CheckInvariants());
 }
 
+TEST_CASE("BlockManager: HoldsPagesAlone says whether a fork shares a sequence's pages",
+          "[blockmgr]") {
+  Fixture m(64);
+  const SeqId parent = m->AddSequence();
+  REQUIRE_OK(m->Reserve(parent, 6));
+  const SeqId other = m->AddSequence();
+  REQUIRE_OK(m->Reserve(other, 3));
+  REQUIRE(*m->HoldsPagesAlone(parent));
+  auto child = m->Fork(parent);
+  REQUIRE_OK(child);
+  REQUIRE_FALSE(*m->HoldsPagesAlone(parent));
+  REQUIRE_FALSE(*m->HoldsPagesAlone(*child));
+  REQUIRE(*m->HoldsPagesAlone(other));  // a fork elsewhere changes nothing for it
+  REQUIRE_OK(m->Free(*child));
+  REQUIRE(*m->HoldsPagesAlone(parent));  // forked once, but nothing shared now
+  REQUIRE_ERROR(m->HoldsPagesAlone(*child), absl::StatusCode::kNotFound, "");
+}
+
 TEST_CASE("BlockManager: Fork shares pages; writing a shared partial tail copies it",
           "[blockmgr]") {
   Fixture m(64);
