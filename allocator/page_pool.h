@@ -78,6 +78,18 @@ class PagePool {
   PagePoolStats Stats() const;
   void ResetPeak() { peak_used_ = used_pages(); }
 
+  // The one block manager a pool serves: refcounts mean "streams and retired
+  // lists of that manager hold the page", so a second manager on the same pool
+  // would break both. Claim() is false when a manager already holds the pool;
+  // the manager gives it back with Unclaim() when it goes.
+  [[nodiscard]] bool Claim() {
+    if (claimed_) return false;
+    claimed_ = true;
+    return true;
+  }
+  void Unclaim() { claimed_ = false; }
+  bool claimed() const { return claimed_; }
+
   // Proves the two-state invariant above; Internal naming the first violation.
   // O(num_pages).
   [[nodiscard]] absl::Status CheckInvariants() const;
@@ -97,6 +109,7 @@ class PagePool {
   std::vector<uint32_t> refcounts_;
   int64_t watermark_pages_ = 0;
   int64_t peak_used_ = 0;
+  bool claimed_ = false;
 };
 
 }  // namespace headpage

@@ -27,7 +27,14 @@ absl::StatusOr<BlockManager> BlockManager::Create(const CacheGeometry& geometry,
         "BlockManager: ", pool->num_pages(), " pages of ", geometry.page_size,
         " tokens exceed the int32 slot id range"));
   }
-  return BlockManager(geometry, pool);
+  if (!pool->Claim()) {
+    return absl::FailedPreconditionError(
+        "BlockManager: the pool already serves a block manager; a pool's reference counts "
+        "belong to one manager");
+  }
+  BlockManager manager(geometry, pool);
+  manager.claim_ = PoolClaim(pool);
+  return manager;
 }
 
 BlockManager::BlockManager(const CacheGeometry& geometry, PagePool* pool)

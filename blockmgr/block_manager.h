@@ -71,13 +71,15 @@ struct BlockManagerStats {
 class BlockManager {
  public:
   // InvalidArgument for a bad geometry, a null pool, or a pool whose slot ids
-  // (num_pages * page_size) do not fit in int32. REQUIRES: `pool` outlives the
-  // manager and serves no one else.
+  // (num_pages * page_size) do not fit in int32; FailedPrecondition for a pool
+  // another live manager serves (PagePool::Claim). REQUIRES: `pool` outlives
+  // the manager.
   [[nodiscard]] static absl::StatusOr<BlockManager> Create(const CacheGeometry& geometry,
                                                            PagePool* pool);
 
   BlockManager(BlockManager&&) = default;
   BlockManager& operator=(BlockManager&&) = default;
+  ~BlockManager() = default;
 
   // A new, empty sequence.
   SeqId AddSequence();
@@ -223,6 +225,26 @@ class BlockManager {
 
   CacheGeometry geometry_;
   PagePool* pool_;
+  // The pool's claim (PagePool::Claim): moved with the manager, given back
+  // when the manager that holds it goes.
+  struct PoolClaim {
+    PagePool* pool = nullptr;
+    PoolClaim() = default;
+    explicit PoolClaim(PagePool* p) : pool(p) {}
+    PoolClaim(PoolClaim&& other) noexcept : pool(other.pool) { other.pool = nullptr; }
+    PoolClaim& operator=(PoolClaim&& other) noexcept {
+      if (this != &other) {
+        if (pool != nullptr) pool->Unclaim();
+        pool = other.pool;
+        other.pool = nullptr;
+      }
+      return *this;
+    }
+    ~PoolClaim() {
+      if (pool != nullptr) pool->Unclaim();
+    }
+  };
+  PoolClaim claim_;
   int32_t num_streams_;  // per sequence
   int32_t page_size_;
   int64_t page_mask_;  // page_size - 1 when page_size is a power of two, else 0

@@ -109,6 +109,26 @@ absl::Status EvictionEngine::ValidateQueries(absl::Span<const LayerQueries> quer
   return absl::OkStatus();
 }
 
+absl::Status EvictionEngine::CheckQueryPositions(SeqId seq,
+                                                 absl::Span<const LayerQueries> queries) const {
+  HEADPAGE_ASSIGN_OR_RETURN(const int64_t tokens, manager_->NumTokens(seq));
+  for (size_t l = 0; l < queries.size(); ++l) {
+    const LayerQueries& q = queries[l];
+    // Device positions are read where they are: the kernels stay in bounds
+    // whatever they hold, so they are the caller's to get right.
+    if (q.memory != MemoryKind::kHost) continue;
+    for (int32_t i = 0; i < q.num_queries; ++i) {
+      const int32_t p = q.positions[i];
+      if (p < 0 || p >= tokens || (i > 0 && p <= q.positions[i - 1])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "layer ", l, " query ", i, " is at position ", p, "; query positions must ascend "
+            "strictly within the sequence's ", tokens, " tokens"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // Pages the streams of `seq` hold (shared ones included).
@@ -212,6 +232,7 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   for (size_t i = 0; i < seqs.size(); ++i) {
     HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries[i], /*one_each=*/false));
     HEADPAGE_ASSIGN_OR_RETURN(Prepared p, Prepare(seqs[i], config, budget));
+    HEADPAGE_RETURN_IF_ERROR(CheckQueryPositions(seqs[i], queries[i]));
     prepared.push_back(std::move(p));
   }
 
@@ -307,6 +328,7 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
   if (!manager_->Contains(seq)) {
     return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not live"));
   }
+  HEADPAGE_RETURN_IF_ERROR(CheckQueryPositions(seq, queries));
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   SeqState& state = StateFor(seq);

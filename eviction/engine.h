@@ -86,7 +86,8 @@ class EvictionEngine {
   // order, and the pages it gave up are free.
   // Errors, changing nothing: NotFound (seq), InvalidArgument (queries for the
   // wrong number of layers, no queries, a bad policy or budget, a window longer
-  // than the prompt), FailedPrecondition (TOVA on a layer whose heads hold
+  // than the prompt, host query positions outside the sequence or not strictly
+  // ascending), FailedPrecondition (TOVA on a layer whose heads hold
   // different tokens). ResourceExhausted when the pool cannot even compact in
   // place (streams shared with a fork): each layer is compacted and its pages
   // released before the next, which keeps the extra memory to one layer's fresh
@@ -169,6 +170,9 @@ class EvictionEngine {
   };
   absl::StatusOr<Prepared> Prepare(SeqId seq, const PolicyConfig& config, const Budget& budget) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
+  // InvalidArgument unless every host query position is inside the sequence
+  // and they ascend strictly (device positions are not read here).
+  absl::Status CheckQueryPositions(SeqId seq, absl::Span<const LayerQueries> queries) const;
   // Evicts to the given keep sets ([layer][kv_head] order over `layers`), runs the
   // compaction on the host pool and releases the retired pages; moves the stored
   // scores along.

@@ -31,6 +31,11 @@
 #include "kernels/gpu_launch.h"
 #include "policy/config.h"
 
+namespace headpage {
+class BlockManager;
+class PagePool;
+}  // namespace headpage
+
 namespace headpage::bindings {
 
 namespace nb = nanobind;
@@ -59,6 +64,29 @@ T ValueOrThrow(absl::StatusOr<T> result) {
 
 // Bad arguments found by the binding itself: ValueError.
 [[noreturn]] void BadArgument(const std::string& message);
+
+// ---------------------------------------------------------------------------
+// Threads (bind_core.cc). A block manager, its pool and the engines and device
+// tables over it are single-threaded by contract. A call that releases the GIL
+// while it uses a manager holds an InUse for it (made and dropped with the GIL
+// held), and every call on the manager or its pool first asks NotInUse(),
+// which raises RuntimeError naming the other call rather than let two threads
+// race: the GIL serializes everything else.
+
+class InUse {
+ public:
+  // RuntimeError if the manager is already in use (`what` names this call).
+  InUse(const BlockManager& manager, const char* what);
+  ~InUse();
+  InUse(const InUse&) = delete;
+  InUse& operator=(const InUse&) = delete;
+
+ private:
+  const void* manager_;
+  const void* pool_;
+};
+void NotInUse(const BlockManager& manager);
+void NotInUse(const PagePool& pool);
 
 // ---------------------------------------------------------------------------
 // dtypes (bind_core.cc).

@@ -74,22 +74,47 @@ void DefPagePool(nb::module_& m) {
           },
           nb::arg("num_pages"), nb::arg("watermark") = 0.0)
       .def_prop_ro("num_pages", &PagePool::num_pages)
-      .def_prop_ro("free_pages", &PagePool::free_pages)
-      .def_prop_ro("used_pages", &PagePool::used_pages)
+      .def_prop_ro("free_pages",
+                   [](const PagePool& p) {
+                     NotInUse(p);
+                     return p.free_pages();
+                   })
+      .def_prop_ro("used_pages",
+                   [](const PagePool& p) {
+                     NotInUse(p);
+                     return p.used_pages();
+                   })
       .def(
-          "can_allocate", [](const PagePool& p, int64_t n) { return p.CanAllocate(n); },
+          "can_allocate",
+          [](const PagePool& p, int64_t n) {
+            NotInUse(p);
+            return p.CanAllocate(n);
+          },
           nb::arg("n"), "True when n pages can be allocated with the watermark still free.")
       .def("refcount",
            [](const PagePool& p, int64_t page) {
              if (page < 0 || page >= p.num_pages())
                BadArgument(absl::StrCat("page ", page, " is out of range"));
+             NotInUse(p);
              return p.refcount(static_cast<PageId>(page));
            })
-      .def("stats", &PagePool::Stats,
-           "A PagePoolStats: num_pages, free_pages, used_pages, peak_used_pages, "
-           "watermark_pages.")
-      .def("reset_peak", &PagePool::ResetPeak)
-      .def("check_invariants", [](const PagePool& p) { ThrowIfError(p.CheckInvariants()); });
+      .def(
+          "stats",
+          [](const PagePool& p) {
+            NotInUse(p);
+            return p.Stats();
+          },
+          "A PagePoolStats: num_pages, free_pages, used_pages, peak_used_pages, "
+          "watermark_pages.")
+      .def("reset_peak",
+           [](PagePool& p) {
+             NotInUse(p);
+             p.ResetPeak();
+           })
+      .def("check_invariants", [](const PagePool& p) {
+        NotInUse(p);
+        ThrowIfError(p.CheckInvariants());
+      });
 }
 
 void DefArenas(nb::module_& m) {

@@ -210,10 +210,15 @@ void DefBlockManager(nb::module_& m) {
             new (bm) BlockManager(ValueOrThrow(BlockManager::Create(g, pool)));
           },
           nb::arg("geometry"), nb::arg("pool"), nb::keep_alive<1, 3>())
-      .def("add_sequence", &BlockManager::AddSequence)
+      .def("add_sequence",
+           [](BlockManager& bm) {
+             NotInUse(bm);
+             return bm.AddSequence();
+           })
       .def(
           "reserve",
           [](BlockManager& bm, SeqId seq, int64_t num_tokens) {
+            NotInUse(bm);
             ReservePlan plan = ValueOrThrow(bm.Reserve(seq, num_tokens));
             const CacheGeometry& g = bm.geometry();
             return Reservation{std::move(plan), static_cast<size_t>(num_tokens),
@@ -227,25 +232,43 @@ void DefBlockManager(nb::module_& m) {
       .def(
           "pages_needed",
           [](const BlockManager& bm, SeqId seq, int64_t n) {
+            NotInUse(bm);
             return ValueOrThrow(bm.PagesNeeded(seq, n));
           },
           nb::arg("seq"), nb::arg("num_tokens"))
       .def(
-          "fork", [](BlockManager& bm, SeqId seq) { return ValueOrThrow(bm.Fork(seq)); },
+          "fork",
+          [](BlockManager& bm, SeqId seq) {
+            NotInUse(bm);
+            return ValueOrThrow(bm.Fork(seq));
+          },
           nb::arg("seq"))
       .def(
-          "free", [](BlockManager& bm, SeqId seq) { ThrowIfError(bm.Free(seq)); }, nb::arg("seq"))
+          "free",
+          [](BlockManager& bm, SeqId seq) {
+            NotInUse(bm);
+            ThrowIfError(bm.Free(seq));
+          },
+          nb::arg("seq"))
       .def(
           "evict",
           [](BlockManager& bm, SeqId seq, int32_t layer, std::vector<int32_t> kept,
-             CompactionPlan& plan) { ThrowIfError(bm.Evict(seq, layer, kept, &plan)); },
+             CompactionPlan& plan) {
+            NotInUse(bm);
+            ThrowIfError(bm.Evict(seq, layer, kept, &plan));
+          },
           nb::arg("seq"), nb::arg("layer"), nb::arg("kept_counts"), nb::arg("plan"),
           "Shrinks stream (seq, layer, h) to kept_counts[h] tokens; appends the rows to plan.")
-      .def("release_retired_pages", &BlockManager::ReleaseRetiredPages)
+      .def("release_retired_pages",
+           [](BlockManager& bm) {
+             NotInUse(bm);
+             bm.ReleaseRetiredPages();
+           })
       .def(
           "block_table",
           [](const BlockManager& bm, int32_t layer, std::vector<SeqId> seqs,
              int32_t headroom_pages) {
+            NotInUse(bm);
             BlockTableOptions options;
             options.headroom_pages = headroom_pages;
             return ValueOrThrow(bm.BlockTable(layer, seqs, options));
@@ -254,20 +277,41 @@ void DefBlockManager(nb::module_& m) {
       .def(
           "refresh_block_table",
           [](const BlockManager& bm, BlockTableCsr& table) {
+            NotInUse(bm);
             ThrowIfError(bm.RefreshBlockTable(&table));
           },
           nb::arg("table"))
-      .def("stats", &BlockManager::Stats, "A BlockManagerStats.")
-      .def("contains", &BlockManager::Contains, nb::arg("seq"))
-      .def_prop_ro("num_sequences", &BlockManager::num_sequences)
+      .def(
+          "stats",
+          [](const BlockManager& bm) {
+            NotInUse(bm);
+            return bm.Stats();
+          },
+          "A BlockManagerStats.")
+      .def(
+          "contains",
+          [](const BlockManager& bm, SeqId seq) {
+            NotInUse(bm);
+            return bm.Contains(seq);
+          },
+          nb::arg("seq"))
+      .def_prop_ro("num_sequences",
+                   [](const BlockManager& bm) {
+                     NotInUse(bm);
+                     return bm.num_sequences();
+                   })
       .def_prop_ro("geometry", &BlockManager::geometry)
       .def(
           "num_tokens",
-          [](const BlockManager& bm, SeqId seq) { return ValueOrThrow(bm.NumTokens(seq)); },
+          [](const BlockManager& bm, SeqId seq) {
+            NotInUse(bm);
+            return ValueOrThrow(bm.NumTokens(seq));
+          },
           nb::arg("seq"))
       .def(
           "stream_lengths",
           [](const BlockManager& bm, SeqId seq) {
+            NotInUse(bm);
             auto lens = ValueOrThrow(bm.StreamLengths(seq));
             const CacheGeometry& g = bm.geometry();
             return Owned(std::vector<uint32_t>(lens.begin(), lens.end()),
@@ -277,11 +321,15 @@ void DefBlockManager(nb::module_& m) {
       .def(
           "stream_pages",
           [](const BlockManager& bm, SeqId seq, int32_t layer, int32_t kv_head) {
+            NotInUse(bm);
             auto pages = ValueOrThrow(bm.StreamPages(seq, layer, kv_head));
             return std::vector<uint32_t>(pages.begin(), pages.end());
           },
           nb::arg("seq"), nb::arg("layer"), nb::arg("kv_head"))
-      .def("check_invariants", [](const BlockManager& bm) { ThrowIfError(bm.CheckInvariants()); });
+      .def("check_invariants", [](const BlockManager& bm) {
+        NotInUse(bm);
+        ThrowIfError(bm.CheckInvariants());
+      });
 }
 
 }  // namespace

@@ -14,7 +14,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "blockmgr/block_manager.h"
 #include "core/geometry.h"
 #include "python/src/bind.h"
 
@@ -57,6 +59,42 @@ void ThrowIfError(const absl::Status& status) {
 }
 
 void BadArgument(const std::string& message) { throw nb::value_error(message.c_str()); }
+
+namespace {
+
+// Managers and pools in use by a call that released the GIL, and that call's
+// name. Read and written with the GIL held only.
+absl::flat_hash_map<const void*, const char*>& Busy() {
+  static auto* busy = new absl::flat_hash_map<const void*, const char*>();
+  return *busy;
+}
+
+void RaiseIfBusy(const void* object, const char* kind) {
+  const auto it = Busy().find(object);
+  if (it == Busy().end()) return;
+  throw std::runtime_error(absl::StrCat(
+      "this ", kind, " is in use by ", it->second,
+      " in another thread; a BlockManager, its pool and the engines over it are "
+      "single-threaded: call them from one thread, or serialize the calls"));
+}
+
+}  // namespace
+
+InUse::InUse(const BlockManager& manager, const char* what)
+    : manager_(&manager), pool_(&manager.pool()) {
+  RaiseIfBusy(manager_, "BlockManager");
+  RaiseIfBusy(pool_, "PagePool");
+  Busy()[manager_] = what;
+  Busy()[pool_] = what;
+}
+
+InUse::~InUse() {
+  Busy().erase(manager_);
+  Busy().erase(pool_);
+}
+
+void NotInUse(const BlockManager& manager) { RaiseIfBusy(&manager, "BlockManager"); }
+void NotInUse(const PagePool& pool) { RaiseIfBusy(&pool, "PagePool"); }
 
 DType ParseDType(const std::string& name) {
   if (name == "f32" || name == "float32") return DType::kF32;

@@ -84,6 +84,7 @@ Compression Compress(Engine& e, SeqId seq, nb::handle policy, nb::handle budget,
   const std::vector<LayerQueries> q = QueriesOf(g, queries, positions, e.place);
   absl::StatusOr<CompressResult> result;
   {
+    const InUse busy(*e.manager, "EvictionEngine.compress");
     nb::gil_scoped_release release;
     result = e.engine.Compress(seq, config, b, q);
   }
@@ -126,6 +127,7 @@ void DefEviction(nb::module_& m) {
           "__init__",
           [](Engine* e, BlockManager* manager, const HostArena& arena) {
             if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
+            NotInUse(*manager);
             new (e) Engine{ValueOrThrow(EvictionEngine::Create(manager, arena.view())), manager,
                            Place{}};
           },
@@ -134,6 +136,7 @@ void DefEviction(nb::module_& m) {
           "__init__",
           [](Engine* e, BlockManager* manager, const DeviceArena& arena, uintptr_t stream) {
             if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
+            NotInUse(*manager);
             new (e) Engine{
                 ValueOrThrow(EvictionEngine::Create(manager, arena.arena.view(), StreamOf(stream))),
                 manager, PlaceOf(arena)};
@@ -151,7 +154,12 @@ void DefEviction(nb::module_& m) {
            "where the queries are. Returns a CompressResult: tokens_before, tokens_after, "
            "pages_freed, kept.")
       .def(
-          "forget", [](Engine& e, SeqId seq) { e.engine.Forget(seq); }, nb::arg("seq"));
+          "forget",
+          [](Engine& e, SeqId seq) {
+            NotInUse(*e.manager);
+            e.engine.Forget(seq);
+          },
+          nb::arg("seq"));
 }
 
 }  // namespace headpage::bindings

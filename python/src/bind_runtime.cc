@@ -25,6 +25,7 @@ namespace {
 struct Tables {
   std::unique_ptr<DeviceBlockTables> tables;
   int32_t device = 0;
+  const BlockManager* manager = nullptr;  // read while the GIL is released
 };
 
 Array DeviceInts(const int32_t* data, size_t n, int32_t device, nb::handle owner) {
@@ -46,10 +47,11 @@ void DefRuntime(nb::module_& m) {
             if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
             absl::StatusOr<std::unique_ptr<DeviceBlockTables>> created;
             {
+              const InUse busy(*manager, "DeviceBlockTables");
               nb::gil_scoped_release release;
               created = DeviceBlockTables::Create(manager, seqs, headroom_pages, StreamOf(stream));
             }
-            new (t) Tables{ValueOrThrow(std::move(created)), device};
+            new (t) Tables{ValueOrThrow(std::move(created)), device, manager};
           },
           nb::arg("manager"), nb::arg("seqs"), nb::arg("headroom_pages") = 8,
           nb::arg("stream") = 0, nb::arg("device") = 0, nb::keep_alive<1, 2>(),
@@ -60,6 +62,7 @@ void DefRuntime(nb::module_& m) {
           [](Tables& t) {
             absl::Status status;
             {
+              const InUse busy(*t.manager, "DeviceBlockTables.refresh");
               nb::gil_scoped_release release;
               status = t.tables->Refresh();
             }

@@ -138,6 +138,32 @@ TEST_CASE("BlockManager: unknown, freed and double-freed sequences get NotFound"
   REQUIRE_OK(m->CheckInvariants());
 }
 
+TEST_CASE("BlockManager: a pool serves one manager at a time", "[blockmgr]") {
+  auto pool = PagePool::Create({64, 0.0});
+  REQUIRE_OK(pool);
+  CacheGeometry g;
+  g.num_layers = 2;
+  g.num_kv_heads = 2;
+  g.num_q_heads = 2;
+  g.head_dim = 64;
+  g.page_size = 4;
+  {
+    auto first = BlockManager::Create(g, &*pool);
+    REQUIRE_OK(first);
+    REQUIRE(pool->claimed());
+    REQUIRE_ERROR(BlockManager::Create(g, &*pool), absl::StatusCode::kFailedPrecondition,
+                  "already serves");
+    // Moving the manager moves the claim; the moved-from one gives nothing back.
+    BlockManager moved = std::move(first).value();
+    REQUIRE(pool->claimed());
+    const SeqId seq = moved.AddSequence();
+    REQUIRE_OK(moved.Reserve(seq, 5));
+    REQUIRE_OK(moved.CheckInvariants());
+  }
+  REQUIRE_FALSE(pool->claimed());  // the manager went: the pool is free again
+  REQUIRE_OK(BlockManager::Create(g, &*pool));
+}
+
 TEST_CASE("BlockManager: HoldsPagesAlone says whether a fork shares a sequence's pages",
           "[blockmgr]") {
   Fixture m(64);

@@ -226,7 +226,7 @@ TEST_CASE("CUDA executor: the score store and forks", "[eviction][gpu]") {
   auto child = twin.device().Fork(parent);
   REQUIRE_OK(child);
   const auto before = twin.DeviceHeld(parent);
-  std::vector<LayerQueries> queries = twin.Queries(1, 150);
+  std::vector<LayerQueries> queries = twin.Queries(1, 149);
   REQUIRE_ERROR(twin.device_engine().ObserveDecode(parent, *knorm, queries),
                 absl::StatusCode::kFailedPrecondition, "shares pages");
   REQUIRE_ERROR(twin.device_engine().ObserveDecode(*child, *knorm, queries),

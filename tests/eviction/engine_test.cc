@@ -266,6 +266,18 @@ TEST_CASE("EvictionEngine: bad policies, budgets and queries are refused, changi
                 absl::StatusCode::kInvalidArgument, "queries for 1 layers");
   REQUIRE_ERROR(f.engine().Compress(seq + 100, *config, Budget::TokensPerHead(36), queries),
                 absl::StatusCode::kNotFound, "not live");
+  // Query positions outside the sequence, negative, or not strictly ascending.
+  for (const std::vector<int32_t>& positions :
+       {std::vector<int32_t>{38, 39, 40}, std::vector<int32_t>{-1, 0, 1},
+        std::vector<int32_t>{5, 4, 6}, std::vector<int32_t>{5, 5, 6}}) {
+    CAPTURE(positions);
+    auto wrong = f.Queries(3, 30);
+    for (LayerQueries& q : wrong) q.positions = positions.data();
+    REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(36), wrong),
+                  absl::StatusCode::kInvalidArgument, "ascend strictly within");
+    REQUIRE_ERROR(f.engine().ObserveDecode(seq, *config, f.Queries(1, 40)),
+                  absl::StatusCode::kInvalidArgument, "ascend strictly within");
+  }
   check_unchanged();
   REQUIRE_OK(f.manager().CheckInvariants());
 }

@@ -153,6 +153,85 @@ def test_evict_and_compact(small):
     manager.check_invariants()
 
 
+def test_a_pool_serves_one_manager(small):
+    """A second manager on a pool in use would break its reference counts: refused."""
+    g, pool, arena, manager = small
+    with pytest.raises(RuntimeError, match="already serves a block manager"):
+        hp.BlockManager(g, pool)
+    seq = manager.add_sequence()
+    manager.reserve(seq, 5)
+    manager.check_invariants()
+    other = hp.PagePool(64)
+    hp.BlockManager(g, other)  # a pool of its own is fine
+
+
+def test_compress_refuses_bad_query_positions(small):
+    """Positions past the sequence, negative, or not strictly ascending are refused,
+    changing nothing."""
+    g, pool, arena, manager = small
+    engine = hp.EvictionEngine(manager, arena)
+    seq = manager.add_sequence()
+    fill(arena, manager, seq, 2, 40)
+    queries = [torch.randn(4, 3, 64) for _ in range(2)]
+    stats = manager.stats()
+    for bad in ([38, 39, 40], [-1, 0, 1], [5, 4, 6], [5, 5, 6]):
+        with pytest.raises(ValueError, match="ascend strictly within"):
+            engine.compress(seq, "uniform-snapkv", 36, queries,
+                            [torch.tensor(bad, dtype=torch.int32)])
+    assert manager.stats() == stats
+    assert (manager.stream_lengths(seq) == 40).all()
+    manager.check_invariants()
+
+
+def test_a_manager_in_use_by_another_thread_raises():
+    """compress() releases the GIL; meanwhile every call on its manager or pool from
+    another thread raises RuntimeError instead of racing, and nothing is corrupted."""
+    import threading
+    g = hp.CacheGeometry(num_layers=2, num_kv_heads=2, num_q_heads=4, head_dim=64, dtype="f32",
+                         page_size=16)
+    pool = hp.PagePool(1024)
+    arena = hp.HostArena(g, 1024)
+    manager = hp.BlockManager(g, pool)
+    engine = hp.EvictionEngine(manager, arena)
+    seq = manager.add_sequence()
+    tokens = 2000
+    plan = manager.reserve(seq, tokens)
+    positions = torch.arange(tokens, dtype=torch.int32)
+    for layer in range(2):
+        hp.write_kv(arena, torch.randn(tokens, 2, 64), torch.randn(tokens, 2, 64),
+                    plan.slot_mapping[:, layer, :], positions)
+    # H2O scores every prompt query against every key: long enough to overlap.
+    queries = [torch.randn(4, tokens, 64) for _ in range(2)]
+    started, done, result = threading.Event(), threading.Event(), {}
+
+    def compress():
+        started.set()
+        try:
+            result["value"] = engine.compress(seq, "h2o", "20%", queries, [positions])
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=compress)
+    worker.start()
+    started.wait()
+    refused = 0
+    while not done.is_set():
+        # Reads only: a write that slipped in before compress() started would
+        # change what it compresses (every call takes the same check).
+        for call in (manager.stats, lambda: manager.num_tokens(seq), lambda: pool.free_pages):
+            try:
+                call()
+            except RuntimeError as error:
+                assert "in use by EvictionEngine.compress in another thread" in str(error)
+                refused += 1
+    worker.join()
+    assert refused > 0
+    assert result["value"].tokens_after < result["value"].tokens_before
+    assert (manager.stream_lengths(seq) == result["value"].kept).all()
+    manager.check_invariants()
+    pool.check_invariants()
+
+
 def test_eviction_engine_uniform_budget(small):
     g, pool, arena, manager = small
     engine = hp.EvictionEngine(manager, arena)
