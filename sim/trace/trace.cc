@@ -306,13 +306,24 @@ absl::StatusOr<Trace> Trace::FromBuffer(absl::Span<const uint8_t> bytes) {
 }
 
 absl::StatusOr<Trace> Trace::Open(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // The path must name a regular file before it is opened: opening a FIFO for
+  // reading blocks until a writer comes, which may be never. O_NONBLOCK covers
+  // a path swapped for one between the two calls.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+    return absl::ErrnoToStatus(err, absl::StrCat(path, ": cannot stat"));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
     return absl::ErrnoToStatus(err, absl::StrCat(path, ": cannot open"));
   }
-  struct stat st;
   if (fstat(fd, &st) != 0) {
     const int err = errno;
     close(fd);

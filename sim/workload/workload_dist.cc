@@ -7,6 +7,8 @@
 #include <limits>
 #include <sstream>
 
+#include <sys/stat.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -95,7 +97,23 @@ absl::StatusOr<WorkloadSource> ParseWorkloadSource(absl::string_view text) {
                      "': fixed needs two whole numbers in [1, 2^30], as fixed:1730,415"));
   }
   if (absl::ConsumePrefix(&rest, "csv:")) {
-    std::ifstream in{std::string(rest)};
+    // A regular file of bounded size, checked before it is opened: a FIFO
+    // would block the open, /dev/zero would never end.
+    const std::string path(rest);
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) {
+      return absl::NotFoundError(absl::StrCat("cannot read the arrivals file '", rest, "'"));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the arrivals file '", rest, "' is not a regular file"));
+    }
+    if (st.st_size > kMaxArrivalsCsvBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the arrivals file '", rest, "' holds ", st.st_size, " bytes; at most ",
+          kMaxArrivalsCsvBytes, " are read"));
+    }
+    std::ifstream in(path);
     if (!in) return absl::NotFoundError(absl::StrCat("cannot read the arrivals file '", rest, "'"));
     std::ostringstream contents;
     contents << in.rdbuf();

@@ -84,6 +84,10 @@ struct WorkloadSource {
 // "sharegpt", "arxiv", "long", "fixed:P,O" (P, O >= 1) or "csv:FILE" (read and
 // parsed here, see ParseArrivalsCsv). InvalidArgument naming what is wrong;
 // NotFound for a CSV file that cannot be read.
+// The largest arrivals CSV read (--dist csv:FILE): 64 MiB, about two million
+// requests, beyond any trace an arrival study replays.
+inline constexpr int64_t kMaxArrivalsCsvBytes = int64_t{64} << 20;
+
 [[nodiscard]] absl::StatusOr<WorkloadSource> ParseWorkloadSource(absl::string_view text);
 
 // Parses `arrival_s,prompt_len,output_len` rows: arrival_s a finite number >= 0

@@ -4,6 +4,7 @@
 #include "sim/trace/trace.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -186,6 +187,15 @@ TEST_CASE("Trace: Open errors", "[sim][trace]") {
   }
   SECTION("a directory") {
     REQUIRE_ERROR(Trace::Open("/"), StatusCode::kInvalidArgument, "not a regular file");
+  }
+  SECTION("a FIFO is refused without blocking, and so is a device") {
+    const char* tmp = std::getenv("TMPDIR");
+    const std::string fifo = std::string(tmp != nullptr ? tmp : "/tmp") + "/headpage_trace_fifo";
+    std::remove(fifo.c_str());
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    REQUIRE_ERROR(Trace::Open(fifo), StatusCode::kInvalidArgument, "not a regular file");
+    std::remove(fifo.c_str());
+    REQUIRE_ERROR(Trace::Open("/dev/zero"), StatusCode::kInvalidArgument, "not a regular file");
   }
   SECTION("a malformed file names the file") {
     const TempFile file(WithMetadata("version", "2"));

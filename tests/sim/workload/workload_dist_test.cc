@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include "tests/sim/workload/workload_test_helpers.h"
 #include "tests/testing/status_matchers.h"
 
@@ -171,6 +173,23 @@ TEST_CASE("Workload: arrivals CSV rows", "[sim][workload]") {
   }
   REQUIRE_ERROR(ParseWorkloadSource("csv:" + path), absl::StatusCode::kInvalidArgument,
                 "line 2: prompt_len 'ten'");
+  std::remove(path.c_str());
+
+  // Special files are refused before they are opened (a FIFO would block,
+  // /dev/zero never ends), and so is a file past the size bound.
+  REQUIRE(mkfifo(path.c_str(), 0600) == 0);
+  REQUIRE_ERROR(ParseWorkloadSource("csv:" + path), absl::StatusCode::kInvalidArgument,
+                "not a regular file");
+  std::remove(path.c_str());
+  REQUIRE_ERROR(ParseWorkloadSource("csv:/dev/zero"), absl::StatusCode::kInvalidArgument,
+                "not a regular file");
+  {
+    std::ofstream out(path);
+    out.seekp(kMaxArrivalsCsvBytes);  // a sparse file one byte past the bound
+    out.put('\n');
+  }
+  REQUIRE_ERROR(ParseWorkloadSource("csv:" + path), absl::StatusCode::kInvalidArgument,
+                "at most 67108864 are read");
   std::remove(path.c_str());
 }
 
