@@ -113,6 +113,9 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
   if (spec.replay.decode.interval > 0 && spec.replay.decode.target < 1) {
     return UsageError(command, "--decode-interval needs --decode-target (tokens per head)", usage);
   }
+  if (spec.replay.decode.interval == 0 && spec.replay.decode.target > 0) {
+    return UsageError(command, "--decode-target needs --decode-interval (how often)", usage);
+  }
   if (spec.traces.empty() || policies.empty() || budgets.empty()) {
     return UsageError(command, "--trace, a policy and a budget are required", usage);
   }

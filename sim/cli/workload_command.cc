@@ -72,7 +72,9 @@ int RunWorkloadCommand(int argc, char** argv) {
   };
   std::string dist = "sharegpt", policies, budget = "20%", profile_spec = "skewed", out_path,
               plot_path;
-  std::string page_sizes, geometry_spec = "32x8";
+  // A list, so that a --page-size given empty is told apart from none given.
+  std::vector<std::string> page_size_args;
+  std::string geometry_spec = "32x8";
   int64_t requests = -1, pool_pages = -1, max_batch = 256, threads = 0, window = -1, seed = 1,
           small = 64;
   double rate = std::numeric_limits<double>::infinity(), headroom = 0.02;
@@ -83,7 +85,7 @@ int RunWorkloadCommand(int argc, char** argv) {
   flags.Text("policy", &policies);
   flags.Text("budget", &budget);
   flags.Text("profile", &profile_spec);
-  flags.Text("page-size", &page_sizes);
+  flags.TextList("page-size", &page_size_args);
   flags.Text("geometry", &geometry_spec);
   flags.Text("out", &out_path);
   flags.Text("plot", &plot_path);
@@ -107,11 +109,13 @@ int RunWorkloadCommand(int argc, char** argv) {
         absl::StrCat("--geometry needs LAYERSxKV_HEADS, as 32x8; got '", geometry_spec, "'"));
   }
   options.geometry.num_q_heads = options.geometry.num_kv_heads * 4;
+  if (page_size_args.size() > 1) return usage_error("give --page-size once (a list: S1,S2,...)");
+  const bool page_size_given = !page_size_args.empty();
   absl::StatusOr<std::vector<int32_t>> sizes =
-      ParsePageSizes(page_sizes.empty() ? (sweep ? "1,4,8,16,32,64" : "16") : page_sizes);
+      ParsePageSizes(page_size_given ? page_size_args[0] : (sweep ? "1,4,8,16,32,64" : "16"));
   if (!sizes.ok()) return usage_error(sizes.status().message());
   if (!sweep && sizes->size() > 1) return usage_error("one --page-size without --sweep");
-  options.geometry.page_size = sweep && page_sizes.empty() ? 16 : (*sizes)[0];
+  options.geometry.page_size = sweep && !page_size_given ? 16 : (*sizes)[0];
   if (absl::Status valid = Validate(options.geometry); !valid.ok()) {
     return usage_error(valid.message());
   }
