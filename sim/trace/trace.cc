@@ -178,6 +178,12 @@ absl::StatusOr<Parsed> Parse(const uint8_t* bytes, size_t size,
         " bytes follow the length): the file is truncated"));
   }
   const char* header_begin = reinterpret_cast<const char*>(bytes + kLengthPrefixBytes);
+  const absl::string_view header_text(header_begin, static_cast<size_t>(header_len));
+  // The JSON lexer would stop at a NUL and take what follows for nothing.
+  if (const size_t nul = header_text.find('\0'); nul != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trace header holds a NUL byte at offset ", nul, "; only spaces may pad the JSON"));
+  }
   const Json header = Json::parse(header_begin, header_begin + header_len, /*cb=*/nullptr,
                                   /*allow_exceptions=*/false);
   if (header.is_discarded()) {
@@ -187,6 +193,14 @@ absl::StatusOr<Parsed> Parse(const uint8_t* bytes, size_t size,
   if (!header.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat("trace header is a JSON ", header.type_name(), ", want an object"));
+  }
+  // What docs/trace-format.md allows, as safetensors itself: the object from
+  // the first byte (no byte-order mark, no leading whitespace), then spaces only
+  // (Python's writer pads to a multiple of 8).
+  if (header_text.front() != '{' || header_text[header_text.find_last_not_of(' ')] != '}') {
+    return absl::InvalidArgumentError(
+        "trace header must be a JSON object from its first byte (no byte-order mark or "
+        "leading whitespace), followed by spaces only");
   }
 
   Parsed parsed;

@@ -67,6 +67,24 @@ TEST_CASE("Trace: rejects a header that is not a JSON object", "[sim][trace]") {
                   "trace header is a JSON array, want an object");
   }
   SECTION("a number") { REQUIRE_ERROR(Check(RawFile("42")), kInvalid, "is a JSON number"); }
+  // Safetensors rejects these, and docs/trace-format.md allows only spaces after
+  // the object.
+  SECTION("a NUL byte, then garbage") {
+    REQUIRE_ERROR(Check(RawFile(std::string("{}\0garbage", 10))), kInvalid, "NUL byte at offset 2");
+  }
+  SECTION("NUL padding") {
+    REQUIRE_ERROR(Check(RawFile(std::string("{}\0\0\0\0\0\0", 8))), kInvalid, "NUL byte");
+  }
+  SECTION("a UTF-8 byte-order mark") {
+    REQUIRE_ERROR(Check(RawFile("\xEF\xBB\xBF{}")), kInvalid, "no byte-order mark");
+  }
+  SECTION("leading whitespace") {
+    REQUIRE_ERROR(Check(RawFile(" {}")), kInvalid, "from its first byte");
+  }
+  SECTION("a newline or a tab after the object") {
+    REQUIRE_ERROR(Check(RawFile("{}\n")), kInvalid, "followed by spaces only");
+    REQUIRE_ERROR(Check(RawFile("{}\t  ")), kInvalid, "followed by spaces only");
+  }
   SECTION("deep nesting does not crash") {
     const std::string deep = std::string(100000, '[') + std::string(100000, ']');
     REQUIRE_ERROR(Check(RawFile(deep)), kInvalid, "JSON array");
