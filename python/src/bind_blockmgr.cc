@@ -136,6 +136,14 @@ void DefResults(nb::module_& m) {
       });
 }
 
+// An array that owns a copy of `v` (numpy, writable).
+template <typename T>
+nb::ndarray<nb::numpy, T> Owned(std::vector<T> v, std::vector<size_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T>(heap->data(), shape.size(), shape.data(), owner);
+}
+
 void DefPlansAndTables(nb::module_& m) {
   nb::class_<CompactionPlan>(
       m, "CompactionPlan", "Rows that BlockManager.evict appended; kernel_args() feeds compact().")
@@ -158,13 +166,17 @@ void DefPlansAndTables(nb::module_& m) {
           "with the keep sets, they are compact()'s arguments.")
       .def_prop_ro(
           "kept",
-          [](nb::handle self) { return View1(nb::cast<const CompactionPlan&>(self).kept, self); },
-          "int32 [rows]: tokens each row keeps (a view of the plan as it is now).")
+          [](const CompactionPlan& p) { return Owned(p.kept, {p.kept.size()}); },
+          nb::rv_policy::automatic,
+          "int32 [rows]: tokens each row keeps (a copy: a later evict() into the plan "
+          "reallocates its arrays).")
       .def("clear", &CompactionPlan::Clear);
 
+  // Copies, not views: refresh_block_table() may reallocate the table's arrays,
+  // and a view would then read freed memory.
   nb::class_<BlockTableCsr>(m, "BlockTable",
                             "One layer's block tables for a batch, CSR over streams (seq-major); "
-                            "indptr, page_ids and lens are views of the table as it is now.")
+                            "indptr, page_ids and lens are copies of the table as it is now.")
       .def_prop_ro("layer", &BlockTableCsr::layer)
       .def_prop_ro("num_rows", &BlockTableCsr::num_rows)
       .def_prop_ro("seqs",
@@ -172,33 +184,28 @@ void DefPlansAndTables(nb::module_& m) {
                      return std::vector<SeqId>(t.seqs().begin(), t.seqs().end());
                    })
       .def_prop_ro("indptr",
-                   [](nb::handle self) {
-                     auto s = nb::cast<const BlockTableCsr&>(self).indptr();
-                     return View<int32_t>(s.data(), {s.size()}, self);
-                   })
+                   [](const BlockTableCsr& t) {
+                     auto s = t.indptr();
+                     return Owned(std::vector<int32_t>(s.begin(), s.end()), {s.size()});
+                   },
+                   nb::rv_policy::automatic)
       .def_prop_ro("page_ids",
-                   [](nb::handle self) {
-                     auto s = nb::cast<const BlockTableCsr&>(self).page_ids();
-                     return View<int32_t>(s.data(), {s.size()}, self);
-                   })
+                   [](const BlockTableCsr& t) {
+                     auto s = t.page_ids();
+                     return Owned(std::vector<int32_t>(s.begin(), s.end()), {s.size()});
+                   },
+                   nb::rv_policy::automatic)
       .def_prop_ro("lens",
-                   [](nb::handle self) {
-                     auto s = nb::cast<const BlockTableCsr&>(self).lens();
-                     return View<int32_t>(s.data(), {s.size()}, self);
-                   })
+                   [](const BlockTableCsr& t) {
+                     auto s = t.lens();
+                     return Owned(std::vector<int32_t>(s.begin(), s.end()), {s.size()});
+                   },
+                   nb::rv_policy::automatic)
       .def_prop_ro("rebuilt", &BlockTableCsr::rebuilt)
       .def_prop_ro("changed_entries", [](const BlockTableCsr& t) {
         auto s = t.changed_entries();
         return std::vector<int32_t>(s.begin(), s.end());
       });
-}
-
-// An array that owns a copy of `v` (numpy, writable).
-template <typename T>
-nb::ndarray<nb::numpy, T> Owned(std::vector<T> v, std::vector<size_t> shape) {
-  auto* heap = new std::vector<T>(std::move(v));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
-  return nb::ndarray<nb::numpy, T>(heap->data(), shape.size(), shape.data(), owner);
 }
 
 void DefBlockManager(nb::module_& m) {

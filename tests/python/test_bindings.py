@@ -232,6 +232,31 @@ def test_a_manager_in_use_by_another_thread_raises():
     pool.check_invariants()
 
 
+def test_table_and_plan_arrays_outlive_later_changes(small):
+    """A BlockTable's and a CompactionPlan's arrays are copies: a refresh that rebuilds
+    the table and a second evict() into the plan reallocate the C++ arrays, and the
+    arrays taken before must still hold what they held."""
+    g, pool, arena, manager = small
+    seq = manager.add_sequence()
+    fill(arena, manager, seq, 2, 40)
+    table = manager.block_table(0, [seq])
+    page_ids, lens = table.page_ids, table.lens
+    before = (page_ids.copy(), lens.copy())
+    plan = hp.CompactionPlan()
+    manager.evict(seq, 0, [3, 5], plan)
+    kept = plan.kept
+    manager.evict(seq, 1, [2, 2], plan)  # grows the plan's arrays
+    manager.release_retired_pages()
+    manager.reserve(seq, 12)  # new pages, past the table's (zero) headroom
+    manager.refresh_block_table(table)
+    # The table changed; the arrays taken before did not (a view would have).
+    assert (table.page_ids != before[0]).any() and (table.lens != before[1]).any()
+    assert (page_ids == before[0]).all() and (lens == before[1]).all()
+    assert kept.tolist() == [3, 5] and plan.kept.tolist() == [3, 5, 2, 2]
+    assert (table.lens == manager.stream_lengths(seq)[0]).all()
+    manager.check_invariants()
+
+
 def test_eviction_engine_uniform_budget(small):
     g, pool, arena, manager = small
     engine = hp.EvictionEngine(manager, arena)
