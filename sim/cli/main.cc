@@ -4,6 +4,8 @@
 // (sim/cli/flags.h) and calls into the headpage_sim library. Exit statuses:
 // sim/cli/command.h.
 #include <cstdio>
+#include <new>
+#include <stdexcept>
 
 #include "absl/strings/string_view.h"
 #include "sim/cli/command.h"
@@ -59,7 +61,18 @@ int main(int argc, char** argv) {
     return 0;
   }
   for (const auto& sub : kSubcommands) {
-    if (command == sub.name) return sub.run(argc - 1, argv + 1);
+    if (command != sub.name) continue;
+    // The library reports errors as Status; what can still throw is the
+    // standard containers running out of memory. Say so, rather than abort.
+    try {
+      return sub.run(argc - 1, argv + 1);
+    } catch (const std::bad_alloc&) {
+      std::fprintf(stderr, "headpage %s: out of memory (ask for a smaller run)\n", sub.name);
+    } catch (const std::length_error& error) {
+      std::fprintf(stderr, "headpage %s: a size past what a container holds (%s)\n", sub.name,
+                   error.what());
+    }
+    return 1;
   }
   std::fprintf(stderr, "headpage: unknown subcommand '%s'\n\n", argv[1]);
   PrintUsage(stderr);

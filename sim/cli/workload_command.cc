@@ -9,8 +9,11 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/geometry.h"
 #include "sim/cli/command.h"
@@ -42,7 +45,9 @@ constexpr char kUsage[] =
     "preemptions,tokens_per_step,mean_fragmentation,final_fragmentation, then more.\n"
     "\n"
     "  --dist D        lengths (docs/fragmentation.md has the log-normal fits; default sharegpt)\n"
-    "  --requests N    requests (default 1000; with csv: 0 = every row, the default)\n"
+    "  --requests N    requests (default 1000; with csv: 0 = every row, the default); a run\n"
+    "                  whose requests and pool would take over half the machine's memory\n"
+    "                  is refused before it starts\n"
     "  --rate R        arrivals per second, or inf: all at time 0 (default inf)\n"
     "  --pool-pages P  pool size in pages of the page size (default: 16 GiB of KV)\n"
     "  --page-size S   tokens per page (default 16)\n"
@@ -148,6 +153,21 @@ int RunWorkloadCommand(int argc, char** argv) {
   absl::StatusOr<WorkloadSource> source = ParseWorkloadSource(dist);
   if (!source.ok()) return Fail(command, source.status());
   if (requests < 0) requests = source->kind == WorkloadSource::Kind::kCsv ? 0 : 1000;
+  // What the run will hold, before anything is allocated: the request list and
+  // the pool's per-page bookkeeping (refcount, free stack, retired references,
+  // block-table entry). Refused when it would not fit in half of this
+  // machine's memory, rather than dying in the middle.
+  const double needed = static_cast<double>(requests) * 2 * sizeof(WorkloadRequest) +
+                        static_cast<double>(options.pool_pages) * 16.0;
+  const double machine = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                         static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  if (machine > 0 && needed > machine / 2) {
+    return usage_error(absl::StrFormat(
+        "%lld requests over a pool of %lld pages need about %.1f GiB of host memory; this "
+        "machine has %.1f GiB (at most half is used)",
+        static_cast<long long>(requests), static_cast<long long>(options.pool_pages),
+        needed / kGiB, machine / kGiB));
+  }
   absl::StatusOr<std::vector<WorkloadRequest>> list =
       GenerateRequests(*source, requests, rate, static_cast<uint64_t>(seed));
   if (!list.ok()) return Fail(command, list.status());
