@@ -97,12 +97,19 @@ float ElementAt(const uint8_t* data, int64_t i) {
   }
 }
 
-// Index of the first NaN or Inf among n elements, or -1.
+// The largest magnitude a replay takes: with |q|, |k|, |v| at most 1e15, a dot
+// product over head_dim <= 4096 stays below 4.1e33 and a squared error sum below
+// 4.1e33, inside float's 3.4e38, so finite inputs give finite metrics (f16's
+// whole range fits; f32 and bf16 values near 1e38 made NaN before).
+constexpr float kMaxTraceMagnitude = 1e15f;
+
+// Index of the first NaN, Inf or value beyond kMaxTraceMagnitude among n
+// elements, or -1.
 template <DType kDType>
 int64_t FirstNonFinite(const uint8_t* data, int64_t n, float* value) {
   for (int64_t i = 0; i < n; ++i) {
     const float v = ElementAt<kDType>(data, i);
-    if (!std::isfinite(v)) {
+    if (!(std::fabs(v) <= kMaxTraceMagnitude)) {
       *value = v;
       return i;
     }
@@ -124,9 +131,16 @@ absl::Status CheckFinite(const TensorEntry& e, const uint8_t* data, DType dtype)
   // n > 0, so neither divisor is 0: name the element.
   const int64_t cols = e.shape[2];
   const int64_t rows = e.shape[1];
+  const std::string where =
+      absl::StrCat(" at [", bad / (rows * cols), ", ", (bad / cols) % rows, ", ", bad % cols, "]");
+  if (std::isfinite(value)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", e.name, " holds ", value, where, ", beyond the magnitude 1e15 a replay "
+        "computes with in float (attention logits and errors would overflow)"));
+  }
   return absl::InvalidArgumentError(absl::StrCat(
       "tensor ", e.name, " holds ", std::isnan(value) ? "NaN" : (value > 0 ? "+Inf" : "-Inf"),
-      " at [", bad / (rows * cols), ", ", (bad / cols) % rows, ", ", bad % cols, "]"));
+      where));
 }
 
 // ---------------------------------------------------------------------------
