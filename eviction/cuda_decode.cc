@@ -14,13 +14,10 @@
 #include "kernels/window_scores.h"
 
 namespace headpage::cuda_executor {
+namespace {
 
-absl::Status CudaExecutorImpl::ObserveDecode(const PolicyConfig& config, SeqId seq,
-                                             absl::Span<const LayerQueries> queries,
-                                             absl::Span<int32_t> scored, int32_t capacity,
-                                             const policy::Protection& protection) {
-  const CacheGeometry& g = manager_->geometry();
-  const int32_t layers = g.num_layers, heads = g.num_kv_heads;
+// A decode step's queries are copied as they are: they must be the cache's dtype.
+absl::Status CheckDecodeDTypes(const CacheGeometry& g, absl::Span<const LayerQueries> queries) {
   for (size_t l = 0; l < queries.size(); ++l) {
     if (queries[l].dtype != g.dtype) {
       return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: layer ", l, "'s decode query is ",
@@ -28,6 +25,18 @@ absl::Status CudaExecutorImpl::ObserveDecode(const PolicyConfig& config, SeqId s
                                                      DTypeName(g.dtype)));
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CudaExecutorImpl::ObserveDecode(const PolicyConfig& config, SeqId seq,
+                                             absl::Span<const LayerQueries> queries,
+                                             absl::Span<int32_t> scored, int32_t capacity,
+                                             const policy::Protection& protection) {
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t layers = g.num_layers, heads = g.num_kv_heads;
+  HEADPAGE_RETURN_IF_ERROR(CheckDecodeDTypes(g, queries));
   HEADPAGE_ASSIGN_OR_RETURN(const Measured size, Measure(*manager_, seq));
   if (!KeepsScores(*manager_, seq)) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -109,13 +118,7 @@ absl::Status CudaExecutorImpl::RememberQueries(SeqId seq, absl::Span<const Layer
   const CacheGeometry& g = manager_->geometry();
   const size_t row = static_cast<size_t>(g.head_dim) * SizeOf(g.dtype);
   const size_t layer_bytes = static_cast<size_t>(g.num_q_heads) * window * row;
-  for (size_t l = 0; l < queries.size(); ++l) {
-    if (queries[l].dtype != g.dtype) {
-      return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: layer ", l, "'s decode query is ",
-                                                     DTypeName(queries[l].dtype), ", not the cache's ",
-                                                     DTypeName(g.dtype)));
-    }
-  }
+  HEADPAGE_RETURN_IF_ERROR(CheckDecodeDTypes(g, queries));
   std::unique_ptr<QueryRing>& slot = rings_[seq];
   if (slot == nullptr) slot = std::make_unique<QueryRing>();
   QueryRing& ring = *slot;

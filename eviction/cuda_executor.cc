@@ -251,7 +251,7 @@ absl::Status CudaExecutorImpl::ScoreAndSelect(const PolicyConfig& config, const 
 
   // The scores are kept for later (H2O's decode steps, DecodingPress, the pool
   // budget); the compaction moves them with their tokens.
-  if (state.keeps_scores) {
+  if (job.keeps_scores) {
     HEADPAGE_RETURN_IF_ERROR(Store().status());
     HEADPAGE_RETURN_IF_ERROR(gpu::SlotScores(StoreArgs(t, tables, SlotScoresOp::kStore), stream()));
   }
@@ -378,7 +378,6 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
   jobs_.resize(jobs.size());
   for (size_t j = 0; j < jobs.size(); ++j) {
     HEADPAGE_ASSIGN_OR_RETURN(jobs_[j].size, Measure(*manager_, jobs[j].seq));
-    jobs_[j].keeps_scores = KeepsScores(*manager_, jobs[j].seq);
     if (dbudget) {
       jobs_[j].size.group_offsets = group * (jobs_[j].size.streams + 1);
       // The attention rows: group_size of them per token, int32-indexed.
@@ -480,7 +479,7 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
     HEADPAGE_RETURN_IF_ERROR(PlanAndCompact(
         jobs[j].seq, At<int32_t>(pinned_.data(), state.h_counts), state.tables.offsets,
         state.d_keep, state.h_plan, events_[j],
-        state.keeps_scores ? reinterpret_cast<float*>(store_.data()) : nullptr));
+        jobs[j].keeps_scores ? reinterpret_cast<float*>(store_.data()) : nullptr));
   }
   return absl::OkStatus();
 }

@@ -66,6 +66,9 @@ class CudaExecutor {
     absl::Span<const int32_t> layer_capacity;
     policy::Protection protection;
     absl::Span<const LayerQueries> queries;
+    // KeepsScores(seq), asked by the engine before the call: whether the
+    // job's scores go to the store (and move with the compaction).
+    bool keeps_scores = false;
   };
 
   // Compresses every layer of every job's sequence. The sequences are pipelined:

@@ -85,7 +85,6 @@ absl::StatusOr<Measured> Measure(const BlockManager& manager, SeqId seq);
 // ran; its tables, counts and plan in pinned memory may have copies pending).
 struct JobState {
   Measured size;
-  bool keeps_scores = false;  // CudaExecutor::KeepsScores: its pages are its own
   Tables tables;
   size_t d_keep = 0, d_counts = 0;
   size_t h_tables = 0, h_counts = 0, h_plan = 0;

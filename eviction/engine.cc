@@ -239,17 +239,17 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   if (config.compresses() && cuda_ != nullptr) {
+    // Each job says whether the device store keeps its scores (its pages are
+    // its own), asked once, before anything changes.
     std::vector<CudaExecutor::Job> jobs;
     for (size_t i = 0; i < seqs.size(); ++i) {
-      jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].protection, queries[i]});
+      jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].protection, queries[i],
+                      CudaExecutor::KeepsScores(*manager_, seqs[i])});
     }
-    // Which sequences' scores the device store keeps (its pages are their own).
-    std::vector<bool> keeps_scores;
-    for (const SeqId seq : seqs) keeps_scores.push_back(CudaExecutor::KeepsScores(*manager_, seq));
     const absl::Status compressed = cuda_->Compress(config, jobs);
     for (size_t i = 0; i < seqs.size(); ++i) {
       SeqState& state = StateFor(seqs[i]);
-      if (!compressed.ok() || !keeps_scores[i]) {
+      if (!compressed.ok() || !jobs[i].keeps_scores) {
         // A failed call may have rewritten the store before its compactions:
         // nothing stored for these sequences is to be trusted.
         std::fill(state.scored.begin(), state.scored.end(), 0);
