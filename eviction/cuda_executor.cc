@@ -202,6 +202,7 @@ TokenScoresArgs CudaExecutorImpl::PositionsArgs(const Tables& t, const DeviceTab
   args.num_streams = t.streams();
   args.indptr = d.indptr;
   args.page_ids = d.page_ids;
+  args.num_page_ids = static_cast<int32_t>(t.page_ids.size());
   args.lens = d.lens;
   args.offsets = d.offsets;
   args.num_tokens = t.tokens();
@@ -218,6 +219,7 @@ SlotScoresArgs CudaExecutorImpl::StoreArgs(const Tables& t, const DeviceTables& 
   args.num_streams = t.streams();
   args.indptr = d.indptr;
   args.page_ids = d.page_ids;
+  args.num_page_ids = static_cast<int32_t>(t.page_ids.size());
   args.lens = d.lens;
   args.offsets = d.offsets;
   args.scored = d.scored;
@@ -325,12 +327,15 @@ absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
       args.num_rows = rows;
       args.src_indptr = q + part_at[0];
       args.src_page_ids = q + part_at[1];
+      args.num_src_page_ids = static_cast<int32_t>(plan_.src_page_ids.size());
       args.src_lens = q + part_at[2];
       args.dst_indptr = q + part_at[3];
       args.dst_page_ids = q + part_at[4];
+      args.num_dst_page_ids = static_cast<int32_t>(plan_.dst_page_ids.size());
       args.keep_indptr = q + part_at[5];
       args.keep_offsets = q + part_at[6];
       args.keep = At<int32_t>(device_.data(), d_keep);
+      args.num_keep = offsets.back();
       args.in_place = reinterpret_cast<const uint8_t*>(q + n);
       args.slot_scores = scores;
       compacted = gpu::Compact(args, stream());

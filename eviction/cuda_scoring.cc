@@ -35,6 +35,7 @@ WindowScoresArgs CudaExecutorImpl::ScoresArgs(const Tables& t, const DeviceTable
   args.query_positions = At<int32_t>(device_.data(), d_query_positions_);
   args.indptr = d.indptr;
   args.page_ids = d.page_ids;
+  args.num_page_ids = static_cast<int32_t>(t.page_ids.size());
   args.lens = d.lens;
   args.score_offsets = d.offsets;
   args.scores = At<float>(device_.data(), d_scores_);

@@ -81,6 +81,7 @@ absl::Status HostExecutor::GatherLayer(SeqId seq, int32_t layer, LayerKeys* out)
   args.num_rows = table.num_rows();
   args.indptr = table.indptr().data();
   args.page_ids = table.page_ids().data();
+  args.num_page_ids = static_cast<int32_t>(table.page_ids().size());
   args.lens = table.lens().data();
   args.keys = out->keys.data();
   args.positions = out->positions.data();
@@ -212,11 +213,14 @@ absl::Status HostExecutor::Apply(SeqId seq, absl::Span<const int32_t> layers,
   args.num_rows = plan_.num_rows();
   args.src_indptr = plan_.src_indptr.data();
   args.src_page_ids = plan_.src_page_ids.data();
+  args.num_src_page_ids = static_cast<int32_t>(plan_.src_page_ids.size());
   args.src_lens = plan_.src_lens.data();
   args.dst_indptr = plan_.dst_indptr.data();
   args.dst_page_ids = plan_.dst_page_ids.data();
+  args.num_dst_page_ids = static_cast<int32_t>(plan_.dst_page_ids.size());
   args.keep_indptr = plan_.keep_indptr.data();
   args.keep = keep_flat.data();
+  args.num_keep = static_cast<int32_t>(keep_flat.size());
   args.in_place = plan_.in_place.data();
   const absl::Status compacted = args.num_rows > 0 ? ref::Compact(args) : absl::OkStatus();
   // The plan is executed (on the host) or failed validation; either way the

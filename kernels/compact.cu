@@ -23,6 +23,7 @@
 
 #include "kernels/compact_args.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/table_checks.h"
 
 namespace headpage::gpu::internal {
 namespace {
@@ -257,6 +258,7 @@ __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) 
 // sequential rows before anything else.
 template <int kRowVectors>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) CompactKernel(CompactArgs a, int32_t in_place_blocks) {
+  if (TablesFaulted(a.fault)) return;
   const int32_t block = blockIdx.x;
   if (block < in_place_blocks) {
     for (int32_t r = block; r < a.num_rows; r += in_place_blocks) {

@@ -7,25 +7,33 @@
 
 #include "absl/status/status.h"
 #include "kernels/compact_args.h"
+#include "kernels/table_checks.h"
 
 namespace headpage {
 
-// Shapes and pointers; shared by both backends.
+// Shapes, pointers and array lengths; shared by both backends.
 [[nodiscard]] absl::Status Validate(const CompactArgs& args);
+
+// The OutOfRange status of a plan fault (ref::Compact's, or one that
+// gpu::ReadTableFault read back after a checked gpu::Compact).
+[[nodiscard]] absl::Status TableFaultStatus(const CompactArgs& args, const TableFault& fault);
 
 namespace ref {
 // CPU reference. Before writing anything it also checks the plan's contents
-// (host pointers): page ids inside the cache, block tables long enough for their
+// (host pointers; table_checks.h): every indptr from 0, ascending and inside
+// its array, page ids inside the cache, block tables long enough for their
 // lengths, keep sets strictly ascending and inside [0, src_len), in-place rows
-// whose destination is a prefix of their source. InvalidArgument otherwise.
+// whose destination is a prefix of their source. OutOfRange otherwise.
 [[nodiscard]] absl::Status Compact(const CompactArgs& args);
 }  // namespace ref
 
 #if HEADPAGE_HAVE_CUDA
 namespace gpu {
 // CUDA. Device pointers; enqueued on `stream` with no host synchronization
-// (CUDA-graph capturable). The plan lives on the device and is not checked on
-// the host: it must satisfy what ref::Compact checks, and more, which only the
+// (CUDA-graph capturable). The plan lives on the device. With args.fault set,
+// it is checked there first, as ref::Compact checks it, and a fault moves
+// nothing (the caller reads it with gpu::ReadTableFault); without, it is
+// trusted. Either way it must satisfy more, which only the
 // plan's maker can know: fresh rows' destination pages are distinct and
 // disjoint from every source page of the launch, and no other row of the
 // launch reads an in-place row's pages (BlockManager::Evict's plans are so by

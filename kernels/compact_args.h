@@ -25,13 +25,18 @@ namespace headpage {
 struct CompactArgs {
   PagedKV cache;
   int32_t num_rows = 0;
+  // Every indptr starts at 0, ascends and ends inside the array it indexes,
+  // whose length is given beside it.
   const int32_t* src_indptr = nullptr;    // [num_rows + 1] into src_page_ids
   const int32_t* src_page_ids = nullptr;  // the rows' block tables before compaction
+  int32_t num_src_page_ids = 0;
   const int32_t* src_lens = nullptr;      // [num_rows] tokens in each row before compaction
   const int32_t* dst_indptr = nullptr;    // [num_rows + 1] into dst_page_ids
   const int32_t* dst_page_ids = nullptr;  // the rows' block tables after compaction
+  int32_t num_dst_page_ids = 0;
   const int32_t* keep_indptr = nullptr;   // [num_rows + 1] into keep
   const int32_t* keep = nullptr;          // logical slots kept, strictly ascending per row
+  int32_t num_keep = 0;
   const uint8_t* in_place = nullptr;      // [num_rows] 1: dst pages are a prefix of src pages
   // Optional [num_rows]: where row r's keep set starts in `keep`, for keep sets
   // that do not lie back to back in row order. gpu::Select writes stream s's
@@ -44,6 +49,12 @@ struct CompactArgs {
   // score store on a device pool), moved with its token as positions are.
   // Null: no scores are kept.
   float* slot_scores = nullptr;
+  // Optional, device memory, one word: the GPU checks the plan on the device
+  // first (kernels/table_checks.h, as the CPU reference does) and records the
+  // first fault here; then nothing moves. Read it with gpu::ReadTableFault.
+  // Null: the plan is trusted (the eviction engine builds it from the block
+  // manager) and is not checked on the GPU.
+  uint64_t* fault = nullptr;
 };
 
 namespace gpu::internal {

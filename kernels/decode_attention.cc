@@ -10,12 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
+#include "kernels/table_checks_host.h"
 #include "kernels/validate_common.h"
 
 namespace headpage {
-namespace {
-
-}  // namespace
 
 size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_dim,
                                      int32_t num_splits) {
@@ -71,13 +69,18 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
         absl::StrCat("DecodeAttention: ", args.num_seqs, " seqs x ", args.num_kv_heads,
                      " kv heads x ", args.num_splits, " splits exceed the int32 block range"));
   }
+  if (args.num_page_ids < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: num_page_ids ", args.num_page_ids, " is negative"));
+  }
   if (!std::isfinite(args.sm_scale)) {
     return absl::InvalidArgumentError(
         absl::StrCat("DecodeAttention: sm_scale ", args.sm_scale, " is not finite"));
   }
   if (args.num_seqs == 0) return absl::OkStatus();
-  if (args.q == nullptr || args.indptr == nullptr || args.page_ids == nullptr ||
-      args.lens == nullptr || args.out == nullptr) {
+  if (args.q == nullptr || args.indptr == nullptr ||
+      (args.num_page_ids > 0 && args.page_ids == nullptr) || args.lens == nullptr ||
+      args.out == nullptr) {
     return absl::InvalidArgumentError(
         "DecodeAttention: q, indptr, page_ids, lens or out is null");
   }
@@ -98,37 +101,31 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
   return absl::OkStatus();
 }
 
-namespace ref {
 namespace {
 
-// The block tables must fit the cache before the reference reads through them.
-absl::Status CheckBlockTables(const DecodeAttentionArgs& args) {
-  const int32_t num_streams = args.num_seqs * args.num_kv_heads;
-  for (int32_t stream = 0; stream < num_streams; ++stream) {
-    const int32_t begin = args.indptr[stream];
-    const int32_t end = args.indptr[stream + 1];
-    const int32_t len = args.lens[stream];
-    if (begin < 0 || end < begin || len < 0 || PagesFor(len, args.cache.page_size) > end - begin) {
-      return absl::OutOfRangeError(absl::StrCat("DecodeAttention: stream ", stream, " has ", len,
-                                                " tokens in pages [", begin, ", ", end, ")"));
-    }
-    for (int32_t i = begin; i < begin + PagesFor(len, args.cache.page_size); ++i) {
-      if (args.page_ids[i] < 0 || args.page_ids[i] >= args.cache.num_pages) {
-        return absl::OutOfRangeError(
-            absl::StrCat("DecodeAttention: stream ", stream, " names page ", args.page_ids[i],
-                         " outside [0, ", args.cache.num_pages, ")"));
-      }
-    }
-  }
-  return absl::OkStatus();
+TableFaultContext FaultContextOf(const DecodeAttentionArgs& args) {
+  TableFaultContext context;
+  context.op = "DecodeAttention";
+  context.row_noun = "stream";
+  context.num_page_ids = args.num_page_ids;
+  context.num_pages = args.cache.num_pages;
+  return context;
 }
 
 }  // namespace
 
+absl::Status TableFaultStatus(const DecodeAttentionArgs& args, const TableFault& fault) {
+  return TableFaultStatus(fault, FaultContextOf(args));
+}
+
+namespace ref {
+
 absl::Status DecodeAttention(const DecodeAttentionArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
   if (args.num_seqs == 0) return absl::OkStatus();
-  HEADPAGE_RETURN_IF_ERROR(CheckBlockTables(args));
+  HEADPAGE_RETURN_IF_ERROR(TableFaultStatus(
+      args, FirstTableFault(BlockTableOf(args), args.num_seqs * args.num_kv_heads,
+                            args.cache.page_size, args.cache.num_pages)));
   const PagedKV& cache = args.cache;
   const int32_t head_dim = cache.head_dim;
   const int32_t group = args.num_q_heads / args.num_kv_heads;
@@ -186,6 +183,12 @@ namespace gpu {
 
 absl::Status DecodeAttention(const DecodeAttentionArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  // Before the early return: a checked call with no rows still resets its word.
+  if (args.fault != nullptr) {
+    HEADPAGE_RETURN_IF_ERROR(CheckTablesOnDevice(
+        BlockTableOf(args), args.num_seqs * args.num_kv_heads, args.cache.page_size,
+        args.cache.num_pages, args.fault, stream));
+  }
   if (args.num_seqs == 0) return absl::OkStatus();
   return LaunchStatus(internal::LaunchDecodeAttention(args, stream), "DecodeAttention",
                       args.cache.dtype, args.cache.head_dim);

@@ -97,7 +97,7 @@ __device__ __forceinline__ uint32_t Pack(float lo, float hi, float* rest_lo, flo
 // Stage: Q as the A operand (rows = heads of the group, zero past it): per
 // k-step, elements 2*pair.. and 8 + 2*pair.. of head `quad`.
 template <typename T, int kHeadDim>
-__device__ __forceinline__ void LoadQueryFragments(const DecodeAttentionArgs& args,
+__device__ __forceinline__ void LoadQueryFragments(const DecodeAttentionKernelArgs& args,
                                                    const BlockWork& work, int quad, int pair,
                                                    uint32_t (&qa)[kHeadDim / 16][2]) {
   const T* q_row = static_cast<const T*>(args.q) +
@@ -132,8 +132,8 @@ struct WarpChunkCopies {
   int offset;
   int page;
 
-  __device__ WarpChunkCopies(const DecodeAttentionArgs& args, const BlockWork& work, T* warp_stages,
-                             int warp, int lane)
+  __device__ WarpChunkCopies(const DecodeAttentionKernelArgs& args, const BlockWork& work,
+                             T* warp_stages, int warp, int lane)
       : cache(args.cache), stages(warp_stages) {
     page_size = cache.page_size;
     end = work.end;
@@ -323,9 +323,11 @@ __device__ __forceinline__ void StoreWarpState(const Reduction<kHeadDim>& reduce
 
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, 2)
-    MmaKernel(DecodeAttentionArgs args, float* partial_out, float* partial_lse) {
+    MmaKernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
+              const uint64_t* fault) {
   using Tr = MmaTraits<T, kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
+  if (TablesFaulted(fault)) return;
 
   const BlockWork work = WorkOfThisBlock(args, Tr::kTileTokens);
   const int warp = threadIdx.x / 32;
@@ -424,12 +426,13 @@ __device__ __forceinline__ float4 SumSplitShare(const float4* parts, const float
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kMergeThreads)
     MergeKernel(const float* partial_out, const float* partial_lse, int num_splits, T* out,
-                float* lse) {
+                float* lse, const uint64_t* fault) {
   constexpr int kDimVecs = kHeadDim / 4;                   // float4s per partial row
   constexpr int kSplitGroups = kMergeThreads / kDimVecs;   // threads per dim vector
   __shared__ float weights[kDecodeMaxSplits];
   __shared__ float4 sums[kSplitGroups][kDimVecs];
   __shared__ float max_scratch[kMergeThreads / 32], sum_scratch[kMergeThreads / 32];
+  if (TablesFaulted(fault)) return;
   const int64_t row = blockIdx.x;
   float m_all;
   const float sum = WeighSplits(partial_lse + row * num_splits, num_splits, weights, max_scratch,
@@ -487,7 +490,8 @@ LaunchResult LaunchDecodeAttention(const DecodeAttentionArgs& args, GpuStream st
     if (!launched.ok() || args.num_splits == 1) return launched;
     decode::MergeKernel<T, kHeadDim>
         <<<static_cast<unsigned>(rows), decode::kMergeThreads, 0, stream>>>(
-            partial_out, partial_lse, args.num_splits, static_cast<T*>(args.out), args.lse);
+            partial_out, partial_lse, args.num_splits, static_cast<T*>(args.out), args.lse,
+            args.fault);
     return CheckLaunch();
   });
 }

@@ -36,7 +36,11 @@ inline constexpr int32_t kDecodeMaxGroup = 8;
 // Bounds num_splits (and so the workspace); far above what helps.
 inline constexpr int32_t kDecodeMaxSplits = 1024;
 
-struct DecodeAttentionArgs {
+// What the kernels read, passed to them by value. The fields only the host
+// reads are in DecodeAttentionArgs below: added to this struct, they moved
+// the attention kernel's parameters and cost it four registers, and with them
+// a resident block per SM (8% at 8x32K on the H200).
+struct DecodeAttentionKernelArgs {
   PagedKV cache;
   int32_t num_seqs = 0;
   int32_t num_q_heads = 0;   // a multiple of num_kv_heads, at most kDecodeMaxGroup times it
@@ -45,8 +49,8 @@ struct DecodeAttentionArgs {
   // Block tables, CSR over streams, seq-major and kv-head-minor (BlockManager::
   // BlockTable's layout): stream s * num_kv_heads + h holds tokens 0..lens-1 in
   // pages page_ids[indptr[stream] ...].
-  const int32_t* indptr = nullptr;    // [num_seqs * num_kv_heads + 1]
-  const int32_t* page_ids = nullptr;
+  const int32_t* indptr = nullptr;    // [num_seqs * num_kv_heads + 1], from 0, ascending
+  const int32_t* page_ids = nullptr;  // [num_page_ids]
   const int32_t* lens = nullptr;      // [num_seqs * num_kv_heads]
   float sm_scale = 0.0f;              // usually 1 / sqrt(head_dim)
   void* out = nullptr;                // [num_seqs][num_q_heads][head_dim] of cache.dtype
@@ -56,6 +60,17 @@ struct DecodeAttentionArgs {
   int32_t num_splits = 1;
   void* workspace = nullptr;          // 16-byte aligned, DecodeAttentionWorkspaceBytes(...) long
   size_t workspace_bytes = 0;
+};
+
+struct DecodeAttentionArgs : DecodeAttentionKernelArgs {
+  int32_t num_page_ids = 0;  // entries of page_ids: indptr must end inside it
+  // Optional, device memory, one word: the GPU checks the block tables on the
+  // device first (kernels/table_checks.h: indptr, lens, page ids against the
+  // lengths above and the pool) and records the first fault here; then the op
+  // writes nothing. Read it with gpu::ReadTableFault. Null: the tables are
+  // trusted (the eviction engine and the runtime build them from the block
+  // manager) and are not checked on the GPU. The CPU reference always checks.
+  uint64_t* fault = nullptr;
 };
 
 // Workspace bytes the partial results of `num_splits` > 1 need; 0 for one split.

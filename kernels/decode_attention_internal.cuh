@@ -16,6 +16,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_mma.cuh"
 #include "kernels/decode_attention_args.h"
+#include "kernels/table_checks.h"
 
 namespace headpage::gpu::internal::decode {
 
@@ -34,7 +35,7 @@ struct BlockWork {
 
 // Splits have one size per stream, rounded up to whole pages and, where pages
 // are small, to whole tiles of `tile_tokens`.
-__device__ __forceinline__ BlockWork WorkOfThisBlock(const DecodeAttentionArgs& args,
+__device__ __forceinline__ BlockWork WorkOfThisBlock(const DecodeAttentionKernelArgs& args,
                                                      int tile_tokens) {
   BlockWork work;
   work.split = static_cast<int>(blockIdx.x % args.num_splits);
@@ -95,7 +96,7 @@ struct Reduction {
 // After every warp stored its state (and a barrier): merge the warps and write
 // the block's result, out and lse for one split, a float partial for more.
 template <typename T, int kHeadDim>
-__device__ __forceinline__ void StoreCombined(const DecodeAttentionArgs& args,
+__device__ __forceinline__ void StoreCombined(const DecodeAttentionKernelArgs& args,
                                               const Reduction<kHeadDim>& reduce,
                                               const BlockWork& work, float* partial_out,
                                               float* partial_lse) {
@@ -136,8 +137,9 @@ LaunchResult LaunchWithSmem(Kernel kernel, int smem_bytes, const DecodeAttention
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
   if (!attribute.ok()) return attribute;
   const int64_t blocks = static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * args.num_splits;
-  kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(args, partial_out,
-                                                                          partial_lse);
+  // The kernel's own fields only (DecodeAttentionKernelArgs), and the fault word apart.
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(
+      static_cast<const DecodeAttentionKernelArgs&>(args), partial_out, partial_lse, args.fault);
   return CheckLaunch();
 }
 

@@ -67,7 +67,7 @@ using SimtState = LaneSoftmax<SimtTraits<kHeadDim>::kLaneElems>;
 
 // Stage: the group's queries, this lane's elements, scaled for exp2.
 template <int kHeadDim>
-__device__ __forceinline__ void LoadScaledQueries(const DecodeAttentionArgs& args,
+__device__ __forceinline__ void LoadScaledQueries(const DecodeAttentionKernelArgs& args,
                                                   const BlockWork& work, int row_lane,
                                                   LaneQueries<kHeadDim>& q) {
   using Tr = SimtTraits<kHeadDim>;
@@ -261,9 +261,11 @@ __device__ __forceinline__ void StoreWarpState(const Reduction<kHeadDim>& reduce
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(kThreads, 2)
-    SimtKernel(DecodeAttentionArgs args, float* partial_out, float* partial_lse) {
+    SimtKernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
+               const uint64_t* fault) {
   using Tr = SimtTraits<kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
+  if (TablesFaulted(fault)) return;
 
   const BlockWork work = WorkOfThisBlock(args, Tr::kTileTokens);
   const int group = work.group;

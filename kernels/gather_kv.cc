@@ -17,6 +17,11 @@ absl::Status Validate(const GatherKVArgs& args) {
   if (args.num_rows > 0 && (args.indptr == nullptr || args.lens == nullptr)) {
     return absl::InvalidArgumentError("GatherKV: indptr or lens is null");
   }
+  if (args.num_page_ids < 0 || (args.num_page_ids > 0 && args.page_ids == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat("GatherKV: ", args.num_page_ids,
+                                                   " page ids at ",
+                                                   args.page_ids == nullptr ? "null" : "an array"));
+  }
   return absl::OkStatus();
 }
 
@@ -25,20 +30,8 @@ namespace ref {
 absl::Status GatherKV(const GatherKVArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
   const PagedKV& cache = args.cache;
-  for (int32_t r = 0; r < args.num_rows; ++r) {
-    const int32_t pages = args.indptr[r + 1] - args.indptr[r];
-    if (args.indptr[r] < 0 || args.lens[r] < 0 || PagesFor(args.lens[r], cache.page_size) > pages ||
-        (pages > 0 && args.page_ids == nullptr)) {
-      return absl::InvalidArgumentError(absl::StrCat("GatherKV: row ", r, " has ", pages,
-                                                     " pages for ", args.lens[r], " tokens"));
-    }
-    for (int32_t j = args.indptr[r]; j < args.indptr[r + 1]; ++j) {
-      if (args.page_ids[j] < 0 || args.page_ids[j] >= cache.num_pages) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("GatherKV: row ", r, " page id ", args.page_ids[j], " is out of range"));
-      }
-    }
-  }
+  HEADPAGE_RETURN_IF_ERROR(
+      CheckBlockTables(cache, args.num_rows, BlockTableOf(args), "GatherKV"));
   const size_t elem = SizeOf(cache.dtype);
   const size_t row_bytes = static_cast<size_t>(cache.head_dim) * elem;
   const auto* base = static_cast<const char*>(cache.data);

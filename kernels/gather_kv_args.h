@@ -17,7 +17,8 @@ struct GatherKVArgs {
   PagedKV cache;
   int32_t num_rows = 0;
   const int32_t* indptr = nullptr;    // [num_rows + 1] into page_ids (CSR block tables)
-  const int32_t* page_ids = nullptr;
+  const int32_t* page_ids = nullptr;  // [num_page_ids]
+  int32_t num_page_ids = 0;           // indptr from 0, ascending, ending inside it
   const int32_t* lens = nullptr;      // [num_rows] tokens of each row
   // Outputs, row after row: row r's tokens start at out_offset[r] = sum of lens
   // of the rows before it. Any of the three may be null to skip it.

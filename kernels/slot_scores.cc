@@ -38,8 +38,8 @@ namespace ref {
 
 absl::Status SlotScores(const SlotScoresArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
-  HEADPAGE_RETURN_IF_ERROR(CheckBlockTables(args.cache, args.num_streams, args.indptr,
-                                            args.page_ids, args.lens, "SlotScores"));
+  HEADPAGE_RETURN_IF_ERROR(
+      CheckBlockTables(args.cache, args.num_streams, BlockTableOf(args), "SlotScores"));
   for (int32_t s = 0; s < args.num_streams; ++s) {
     const int32_t len = args.lens[s];
     const int64_t begin = args.offsets[s];

@@ -35,7 +35,8 @@ struct SlotScoresArgs {
   // stream s's token j is dense[offsets[s] + j], with offsets[s] + lens[s] <=
   // offsets[s + 1] <= num_dense.
   const int32_t* indptr = nullptr;   // [num_streams + 1]
-  const int32_t* page_ids = nullptr;
+  const int32_t* page_ids = nullptr;   // [num_page_ids]
+  int32_t num_page_ids = 0;            // indptr from 0, ascending, ending inside it
   const int32_t* lens = nullptr;     // [num_streams]
   const int32_t* offsets = nullptr;  // [num_streams + 1]
   // [num_streams]: stream s's slots [0, scored[s]) hold a stored score; null:

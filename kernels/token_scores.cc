@@ -94,8 +94,8 @@ absl::Status MeanOverHeads(const MeanOverHeadsArgs& args) {
 absl::Status TokenScores(const TokenScoresArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
   const PagedKV& cache = args.cache;
-  HEADPAGE_RETURN_IF_ERROR(CheckBlockTables(cache, args.num_streams, args.indptr, args.page_ids,
-                                            args.lens, "TokenScores"));
+  HEADPAGE_RETURN_IF_ERROR(
+      CheckBlockTables(cache, args.num_streams, BlockTableOf(args), "TokenScores"));
   for (int32_t s = 0; s < args.num_streams; ++s) {
     if (args.lens[s] > args.max_len || args.offsets[s] < 0 ||
         args.offsets[s] + static_cast<int64_t>(args.lens[s]) > args.offsets[s + 1] ||

@@ -34,7 +34,8 @@ struct TokenScoresArgs {
   int32_t num_streams = 0;
   // CSR block tables (BlockManager::BlockTable's layout).
   const int32_t* indptr = nullptr;    // [num_streams + 1] into page_ids
-  const int32_t* page_ids = nullptr;
+  const int32_t* page_ids = nullptr;   // [num_page_ids]
+  int32_t num_page_ids = 0;            // indptr from 0, ascending, ending inside it
   const int32_t* lens = nullptr;      // [num_streams]
   // Stream s's token j goes to [offsets[s] + j]; offsets[s] + lens[s] <=
   // offsets[s + 1] <= num_tokens.

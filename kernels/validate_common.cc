@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/supported.h"
+#include "kernels/table_checks_host.h"
 
 namespace headpage {
 
@@ -37,25 +38,15 @@ absl::Status ValidatePagedKV(const PagedKV& cache, const char* op) {
   return absl::OkStatus();
 }
 
-absl::Status CheckBlockTables(const PagedKV& cache, int32_t num_streams, const int32_t* indptr,
-                              const int32_t* page_ids, const int32_t* lens, const char* op) {
-  for (int32_t stream = 0; stream < num_streams; ++stream) {
-    const int32_t begin = indptr[stream];
-    const int32_t end = indptr[stream + 1];
-    const int32_t len = lens[stream];
-    if (begin < 0 || end < begin || len < 0 || PagesFor(len, cache.page_size) > end - begin) {
-      return absl::OutOfRangeError(absl::StrCat(op, ": stream ", stream, " has ", len,
-                                                " tokens in pages [", begin, ", ", end, ")"));
-    }
-    for (int64_t i = begin; i < begin + PagesFor(len, cache.page_size); ++i) {
-      if (page_ids[i] < 0 || page_ids[i] >= cache.num_pages) {
-        return absl::OutOfRangeError(absl::StrCat(op, ": stream ", stream, " names page ",
-                                                  page_ids[i], " outside [0, ",
-                                                  cache.num_pages, ")"));
-      }
-    }
-  }
-  return absl::OkStatus();
+absl::Status CheckBlockTables(const PagedKV& cache, int32_t num_streams,
+                              const BlockTableArrays& table, const char* op) {
+  TableFaultContext context;
+  context.op = op;
+  context.row_noun = "stream";
+  context.num_page_ids = table.num_page_ids;
+  context.num_pages = cache.num_pages;
+  return TableFaultStatus(
+      FirstTableFault(table, num_streams, cache.page_size, cache.num_pages), context);
 }
 
 }  // namespace headpage

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "core/paged_kv.h"
+#include "kernels/table_checks.h"
 
 namespace headpage {
 
@@ -26,12 +27,12 @@ inline bool IsKernelAligned(const void* p) {
 [[nodiscard]] absl::Status ValidatePagedKV(const PagedKV& cache, const char* op);
 
 // What a ref:: implementation checks before it reads through CSR block tables
-// (host arrays): for each of `num_streams` streams, indptr ascending from 0 or
-// more, enough pages for lens[i] tokens, and every page id it uses inside the
-// cache. OutOfRange naming the stream otherwise.
+// (host arrays): for each of `num_streams` streams, table_checks.h's checks
+// (indptr from 0, ascending and inside page_ids; lens[i] tokens inside the
+// stream's pages; every page id it uses inside the cache). OutOfRange naming
+// the stream otherwise.
 [[nodiscard]] absl::Status CheckBlockTables(const PagedKV& cache, int32_t num_streams,
-                                            const int32_t* indptr, const int32_t* page_ids,
-                                            const int32_t* lens, const char* op);
+                                            const BlockTableArrays& table, const char* op);
 
 }  // namespace headpage
 

@@ -110,8 +110,8 @@ namespace {
 // The checks of what the host arrays hold, all before anything is written.
 absl::Status CheckContents(const WindowScoresArgs& args) {
   const int32_t streams = args.num_seqs * args.num_kv_heads;
-  HEADPAGE_RETURN_IF_ERROR(CheckBlockTables(args.cache, streams, args.indptr, args.page_ids,
-                                            args.lens, "WindowScores"));
+  HEADPAGE_RETURN_IF_ERROR(
+      CheckBlockTables(args.cache, streams, BlockTableOf(args), "WindowScores"));
   for (int32_t i = 0; i < streams; ++i) {
     const int32_t len = args.lens[i];
     if (len > args.max_len) {

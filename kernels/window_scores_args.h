@@ -42,7 +42,8 @@ struct WindowScoresArgs {
   // CSR block tables over the num_seqs * num_kv_heads streams, seq-major,
   // kv-head-minor (BlockManager::BlockTable's layout).
   const int32_t* indptr = nullptr;    // [streams + 1] into page_ids
-  const int32_t* page_ids = nullptr;
+  const int32_t* page_ids = nullptr;   // [num_page_ids]
+  int32_t num_page_ids = 0;            // indptr from 0, ascending, ending inside it
   const int32_t* lens = nullptr;      // [streams], each in [0, max_len]
   // Stream i's scores go to scores[score_offsets[i] + j], j < lens[i]; nothing
   // else of `scores` is written. score_offsets[i] + lens[i] <= score_offsets[i + 1]

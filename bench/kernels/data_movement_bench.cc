@@ -40,16 +40,20 @@ void RunCompact(benchmark::State& state, int32_t kept, int32_t run) {
   }
   DeviceBuffer d_dst_indptr(dst_indptr), d_dst_pages(dst_pages), d_keep_indptr(keep_indptr),
       d_keep(keep), d_in_place(std::vector<uint8_t>(static_cast<size_t>(streams), 0));
-  const CompactArgs args{pool.view,
-                         streams,
-                         pool.indptr.get<int32_t>(),
-                         pool.page_ids.get<int32_t>(),
-                         pool.lens.get<int32_t>(),
-                         d_dst_indptr.get<int32_t>(),
-                         d_dst_pages.get<int32_t>(),
-                         d_keep_indptr.get<int32_t>(),
-                         d_keep.get<int32_t>(),
-                         d_in_place.get<uint8_t>()};
+  CompactArgs args;
+  args.cache = pool.view;
+  args.num_rows = streams;
+  args.src_indptr = pool.indptr.get<int32_t>();
+  args.src_page_ids = pool.page_ids.get<int32_t>();
+  args.num_src_page_ids = static_cast<int32_t>(pool.host_page_ids.size());
+  args.src_lens = pool.lens.get<int32_t>();
+  args.dst_indptr = d_dst_indptr.get<int32_t>();
+  args.dst_page_ids = d_dst_pages.get<int32_t>();
+  args.num_dst_page_ids = static_cast<int32_t>(dst_pages.size());
+  args.keep_indptr = d_keep_indptr.get<int32_t>();
+  args.keep = d_keep.get<int32_t>();
+  args.num_keep = static_cast<int32_t>(keep.size());
+  args.in_place = d_in_place.get<uint8_t>();
   TimeWithEvents(state, [&] {
     if (!gpu::Compact(args, nullptr).ok()) state.SkipWithError("gpu::Compact failed");
   });

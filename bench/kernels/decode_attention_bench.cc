@@ -25,8 +25,10 @@ int32_t NumSMs() {
 
 // Times gpu::DecodeAttention over streams of `lens` (batch x kKVHeads of them)
 // with `num_splits`, or the heuristic's choice when it is 0.
+// With `checked`, the block tables are checked on the device first
+// (DecodeAttentionArgs::fault: what Python's decode_attention does by default).
 void RunDecode(benchmark::State& state, int32_t batch, const std::vector<int32_t>& lens,
-               int32_t num_splits) {
+               int32_t num_splits, bool checked = false) {
   BenchPool pool(lens);
   const int32_t max_len = *std::max_element(lens.begin(), lens.end());
   if (num_splits == 0) {
@@ -47,6 +49,7 @@ void RunDecode(benchmark::State& state, int32_t batch, const std::vector<int32_t
   args.q = d_q.get();
   args.indptr = pool.indptr.get<int32_t>();
   args.page_ids = pool.page_ids.get<int32_t>();
+  args.num_page_ids = static_cast<int32_t>(pool.host_page_ids.size());
   args.lens = pool.lens.get<int32_t>();
   args.sm_scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
   args.out = out.get();
@@ -54,6 +57,8 @@ void RunDecode(benchmark::State& state, int32_t batch, const std::vector<int32_t
   args.num_splits = num_splits;
   args.workspace = workspace.get();
   args.workspace_bytes = workspace.bytes();
+  DeviceBuffer fault(sizeof(uint64_t));
+  if (checked) args.fault = fault.get<uint64_t>();
   TimeWithEvents(state, [&] {
     if (!gpu::DecodeAttention(args, nullptr).ok()) {
       state.SkipWithError("gpu::DecodeAttention failed");
@@ -94,6 +99,19 @@ void BM_DecodeAttentionUniform20(benchmark::State& state) {
             std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len / 5), 0);
 }
 BENCHMARK(BM_DecodeAttentionUniform20)
+    ->Apply(BatchLengthShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// BM_DecodeAttention with the tables checked on the device first: the cost of
+// Python's default check=True (the check kernel and its gate; not the wait).
+void BM_DecodeAttentionChecked(benchmark::State& state) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len), 0,
+            /*checked=*/true);
+}
+BENCHMARK(BM_DecodeAttentionChecked)
     ->Apply(BatchLengthShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);

@@ -54,6 +54,7 @@ void BM_WindowScores(benchmark::State& state) {
   args.query_positions = d_query_positions.get<int32_t>();
   args.indptr = pool.indptr.get<int32_t>();
   args.page_ids = pool.page_ids.get<int32_t>();
+  args.num_page_ids = static_cast<int32_t>(pool.host_page_ids.size());
   args.lens = pool.lens.get<int32_t>();
   args.score_offsets = d_score_offsets.get<int32_t>();
   args.max_len = len;

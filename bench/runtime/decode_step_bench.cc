@@ -115,6 +115,7 @@ class DecodeStep {
       a.q = q_.get<char>() + q_at;
       a.indptr = t.indptr;
       a.page_ids = t.page_ids;
+      a.num_page_ids = static_cast<int32_t>(t.num_page_entries);
       a.lens = t.lens;
       a.sm_scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
       a.out = out_.get<char>() + q_at;

@@ -473,8 +473,9 @@ class Cache(_HFCache):
             table = self._block_table(layer)
             indptr, page_ids, lens = (self._to_device(table.indptr), self._to_device(table.page_ids),
                                       self._to_device(table.lens))
+        # The manager built these tables: no device check (and no wait for it).
         headpage.decode_attention(self.arena, q, indptr, page_ids, lens, out, sm_scale=scaling,
-                                  stream=self._stream())
+                                  stream=self._stream(), check=False)
         return out.unsqueeze(1)  # [batch][1][q_heads][head_dim], as transformers expects
 
     # -- memory ---------------------------------------------------------------------

@@ -87,6 +87,8 @@ void DefPagePool(nb::module_& m) {
       .def(
           "can_allocate",
           [](const PagePool& p, int64_t n) {
+            // CanAllocate computes free - n: a negative n says yes, and INT64_MIN overflows.
+            if (n < 0) BadArgument(absl::StrCat("n ", n, " is negative: want a page count"));
             NotInUse(p);
             return p.CanAllocate(n);
           },

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -25,8 +26,13 @@
 #include "kernels/decode_attention.h"
 #include "kernels/gather_kv.h"
 #include "kernels/supported.h"
+#include "kernels/table_checks_host.h"
 #include "kernels/write_kv.h"
 #include "python/src/bind.h"
+
+#if HEADPAGE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace headpage::bindings {
 namespace {
@@ -42,7 +48,48 @@ void Dispatch(const Place& place, const Args& args, uintptr_t stream, Ref ref, G
   ThrowIfError(status);
 }
 
+// The length of a 1-D array as the Args carry it (int32).
+int32_t Length32(const In& a, const char* name) {
+  if (a.shape(0) > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    BadArgument(absl::StrCat(name, ": ", a.shape(0), " entries exceed int32"));
+  }
+  return static_cast<int32_t>(a.shape(0));
+}
+
 #if HEADPAGE_HAVE_CUDA
+// Runs a table-reading op (DecodeAttention, Compact) on the device with its
+// tables checked there first (kernels/table_checks.h), then waits and raises
+// the fault, if any, as the CPU reference would have: ValueError naming the
+// row and array, nothing written. The fault word lives on the op's stream.
+template <typename Args, typename Gpu>
+void DispatchChecked(Args args, uintptr_t stream, Gpu gpu) {
+  absl::Status status;
+  {
+    nb::gil_scoped_release release;
+    const GpuStream s = StreamOf(stream);
+    void* word = nullptr;
+    const cudaError_t allocated = cudaMallocAsync(&word, sizeof(uint64_t), s);
+    if (allocated != cudaSuccess) {
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("no device memory for the table checks' fault word: ",
+                       cudaGetErrorString(allocated)));
+    } else {
+      args.fault = static_cast<uint64_t*>(word);
+      status = gpu(args, s);
+      if (status.ok()) {
+        absl::StatusOr<TableFault> fault = gpu::ReadTableFault(args.fault, s);
+        status = fault.ok() ? TableFaultStatus(args, *fault) : fault.status();
+      }
+      const cudaError_t freed = cudaFreeAsync(word, s);
+      if (status.ok() && freed != cudaSuccess) {
+        status = absl::InternalError(
+            absl::StrCat("freeing the table checks' fault word: ", cudaGetErrorString(freed)));
+      }
+    }
+  }
+  ThrowIfError(status);
+}
+
 #define HEADPAGE_GPU_OP(op) [](const auto& args, GpuStream s) { return gpu::op(args, s); }
 #else
 #define HEADPAGE_GPU_OP(op)                                                           \
@@ -50,6 +97,21 @@ void Dispatch(const Place& place, const Args& args, uintptr_t stream, Ref ref, G
     return absl::UnimplementedError("headpage was built without CUDA: no gpu::" #op); \
   }
 #endif
+
+// An op that reads through CSR tables: on the device with check (the
+// default), through DispatchChecked; otherwise as any op (the CPU reference
+// always checks; an unchecked device op trusts its tables).
+template <typename Args, typename Ref, typename Gpu>
+void RunTableOp(const Place& place, const Args& args, uintptr_t stream, bool check, Ref ref,
+                Gpu gpu) {
+#if HEADPAGE_HAVE_CUDA
+  if (place.cuda && check) {
+    DispatchChecked(args, stream, gpu);
+    return;
+  }
+#endif
+  Dispatch(place, args, stream, ref, gpu);
+}
 
 template <typename A>
 void WriteKV(const A& arena, const In& keys, const In& values, const In& slot_mapping,
@@ -87,7 +149,7 @@ template <typename A>
 void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& page_ids,
                      const In& lens, const Array& out, std::optional<float> sm_scale,
                      std::optional<Array> lse, int32_t num_splits, std::optional<Array> workspace,
-                     uintptr_t stream) {
+                     uintptr_t stream, bool check) {
   const PagedKV& cache = ViewOf(arena);
   const Place place = PlaceOf(arena);
   CheckRows(q, "q", place, cache, {-1, -1});
@@ -107,6 +169,7 @@ void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& pa
   args.q = q.data();
   args.indptr = Int32s(indptr, "indptr", place, streams + 1);
   args.page_ids = Int32s(page_ids, "page_ids", place);
+  args.num_page_ids = Length32(page_ids, "page_ids");
   args.lens = static_cast<const int32_t*>(lens.data());
   args.sm_scale = sm_scale ? *sm_scale : 1.0f / std::sqrt(static_cast<float>(cache.head_dim));
   args.out = out.data();
@@ -121,15 +184,16 @@ void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& pa
     args.workspace = workspace->data();
     args.workspace_bytes = workspace->nbytes();
   }
-  Dispatch(
-      place, args, stream, [](const DecodeAttentionArgs& a) { return ref::DecodeAttention(a); },
+  RunTableOp(
+      place, args, stream, check,
+      [](const DecodeAttentionArgs& a) { return ref::DecodeAttention(a); },
       HEADPAGE_GPU_OP(DecodeAttention));
 }
 
 template <typename A>
 void Compact(const A& arena, const In& src_indptr, const In& src_page_ids, const In& src_lens,
              const In& dst_indptr, const In& dst_page_ids, const In& keep_indptr, const In& keep,
-             const In& in_place, uintptr_t stream) {
+             const In& in_place, uintptr_t stream, bool check) {
   const Place place = PlaceOf(arena);
   CompactArgs args;
   args.cache = ViewOf(arena);
@@ -138,14 +202,17 @@ void Compact(const A& arena, const In& src_indptr, const In& src_page_ids, const
   args.num_rows = static_cast<int32_t>(rows);
   args.src_indptr = Int32s(src_indptr, "src_indptr", place, rows + 1);
   args.src_page_ids = Int32s(src_page_ids, "src_page_ids", place);
+  args.num_src_page_ids = Length32(src_page_ids, "src_page_ids");
   args.dst_indptr = Int32s(dst_indptr, "dst_indptr", place, rows + 1);
   args.dst_page_ids = Int32s(dst_page_ids, "dst_page_ids", place);
+  args.num_dst_page_ids = Length32(dst_page_ids, "dst_page_ids");
   args.keep_indptr = Int32s(keep_indptr, "keep_indptr", place, rows + 1);
   args.keep = Int32s(keep, "keep", place);
+  args.num_keep = Length32(keep, "keep");
   Check(in_place, "in_place", place, {rows}, nb::dtype<uint8_t>(), "uint8");
   args.in_place = static_cast<const uint8_t*>(in_place.data());
-  Dispatch(
-      place, args, stream, [](const CompactArgs& a) { return ref::Compact(a); },
+  RunTableOp(
+      place, args, stream, check, [](const CompactArgs& a) { return ref::Compact(a); },
       HEADPAGE_GPU_OP(Compact));
 }
 
@@ -175,6 +242,7 @@ void GatherKV(const HostArena& arena, const In& indptr, const In& page_ids, cons
   args.num_rows = static_cast<int32_t>(rows);
   args.indptr = Int32s(indptr, "indptr", host, rows + 1);
   args.page_ids = Int32s(page_ids, "page_ids", host);
+  args.num_page_ids = Length32(page_ids, "page_ids");
   int64_t total = 0;
   for (int64_t r = 0; r < rows; ++r) total += std::max(args.lens[r], 0);
   if (keys) {
@@ -204,13 +272,21 @@ void DefArenaKernels(nb::module_& m) {
   m.def("decode_attention", &DecodeAttention<A>, nb::arg("arena"), nb::arg("q"), nb::arg("indptr"),
         nb::arg("page_ids"), nb::arg("lens"), nb::arg("out"), nb::arg("sm_scale") = nb::none(),
         nb::arg("lse") = nb::none(), nb::arg("num_splits") = 1, nb::arg("workspace") = nb::none(),
-        nb::arg("stream") = 0,
+        nb::arg("stream") = 0, nb::arg("check") = true,
         "One query per sequence ([seqs][q_heads][head_dim]) against head-wise block tables "
-        "(CSR over streams, seq-major, kv-head-minor); writes out (and lse, natural log).");
+        "(CSR over streams, seq-major, kv-head-minor); writes out (and lse, natural log). "
+        "The tables are checked first (indptr from 0, ascending, inside page_ids; lens inside "
+        "their pages; page ids inside the pool) and a bad one raises ValueError, writing "
+        "nothing. On a CudaArena the check runs on the device and waits for the stream (so "
+        "not inside a CUDA graph capture); check=False skips it, for tables the caller built "
+        "from a BlockManager: they are then trusted, and a bad one is read as given.");
   m.def("compact", &Compact<A>, nb::arg("arena"), nb::arg("src_indptr"), nb::arg("src_page_ids"),
         nb::arg("src_lens"), nb::arg("dst_indptr"), nb::arg("dst_page_ids"), nb::arg("keep_indptr"),
-        nb::arg("keep"), nb::arg("in_place"), nb::arg("stream") = 0,
-        "Executes a compaction plan: each row's keep set moves to its destination pages.");
+        nb::arg("keep"), nb::arg("in_place"), nb::arg("stream") = 0, nb::arg("check") = true,
+        "Executes a compaction plan: each row's keep set moves to its destination pages. "
+        "The plan is checked first, as decode_attention's tables are (keep sets strictly "
+        "ascending inside their rows, destinations long enough, in-place rows' destination "
+        "a prefix of their source); check=False skips the device check.");
   m.def("copy_pages", &CopyPages<A>, nb::arg("arena"), nb::arg("src"), nb::arg("dst"),
         nb::arg("stream") = 0, "Copies whole pages (copy-on-write).");
 }

@@ -60,9 +60,12 @@ Budget BudgetOf(const nb::handle& budget) {
     return ValueOrThrow(Budget::Parse(nb::cast<std::string>(budget)));
   if (nb::isinstance<nb::bool_>(budget)) throw nb::type_error("budget: want str, int or float");
   if (nb::isinstance<nb::int_>(budget)) {
-    const int64_t tokens = nb::cast<int64_t>(budget);
-    if (tokens < 1 || tokens > INT32_MAX)
-      BadArgument(absl::StrCat("budget ", tokens, " is out of range"));
+    // try_cast: an int past int64 would make nb::cast throw a bare std::bad_cast.
+    int64_t tokens = 0;
+    if (!nb::try_cast(budget, tokens) || tokens < 1 || tokens > INT32_MAX) {
+      BadArgument(absl::StrCat("budget ", nb::str(budget).c_str(),
+                               " is out of range: want 1 to 2147483647 tokens per head"));
+    }
     return Budget::TokensPerHead(static_cast<int32_t>(tokens));
   }
   if (nb::isinstance<nb::float_>(budget)) {
@@ -98,9 +101,17 @@ void DefPolicy(nb::module_& m) {
       .def_prop_ro(
           "evicts_while_decoding", [](const PolicyConfig& c) { return c.evicts_while_decoding; },
           "Whether the policy evicts at decode steps too (H2O).")
-      .def("observed_queries", &PolicyConfig::ObservedQueries, nb::arg("prompt_queries"),
-           "How many of the last prompt queries the compression at the end of the prefill "
-           "observes.")
+      .def(
+          "observed_queries",
+          [](const PolicyConfig& c, int32_t prompt_queries) {
+            // ObservedQueries would hand a negative count back as it came.
+            if (prompt_queries < 0)
+              BadArgument(absl::StrCat("prompt_queries ", prompt_queries, " is negative"));
+            return c.ObservedQueries(prompt_queries);
+          },
+          nb::arg("prompt_queries"),
+          "How many of the last prompt queries the compression at the end of the prefill "
+          "observes.")
       .def_prop_ro(
           "runs_on_gpu", [](const PolicyConfig& c) { return CudaExecutor::Supports(c).ok(); },
           "Whether an EvictionEngine over a CudaArena runs this policy on the GPU.")
@@ -117,6 +128,8 @@ void DefPolicy(nb::module_& m) {
   m.def(
       "budget_capacity",
       [](nb::handle budget, int32_t prompt_len) {
+        // CapacityFor would answer its minimum, 1, for a negative length.
+        if (prompt_len < 0) BadArgument(absl::StrCat("prompt_len ", prompt_len, " is negative"));
         return BudgetOf(budget).CapacityFor(prompt_len);
       },
       nb::arg("budget"), nb::arg("prompt_len"),

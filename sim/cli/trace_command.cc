@@ -19,7 +19,8 @@ constexpr char kUsage[] =
     "\n"
     "Prints a trace's metadata, its tensors' shapes, and how concentrated each layer's\n"
     "attention is: the share of visible tokens that carry 90% of the last prompt query's\n"
-    "attention, averaged over q heads (with the least and most concentrated head).\n";
+    "attention, averaged over q heads (with the least and most concentrated head); '-'\n"
+    "for a layer that stores no query of the prompt.\n";
 
 }  // namespace
 
@@ -49,11 +50,15 @@ int RunTraceCommand(int argc, char** argv) {
   const std::vector<LayerConcentration> conc = AttentionConcentration(*trace);
   for (size_t i = 0; i < trace->layers().size(); ++i) {
     const TraceLayer& l = trace->layers()[i];
+    const LayerConcentration& c = conc[i];  // one per layer, in the same order
     const auto shape = [](const TensorView& t) { return absl::StrJoin(t.shape, "x"); };
-    std::printf("%5d  %-16s  %-13s  %-7s  %21.3f  %5.3f  %5.3f\n", l.index, shape(l.keys).c_str(),
-                shape(l.queries).c_str(), l.outputs ? "yes" : "no",
-                i < conc.size() ? conc[i].mean_share : 0.0, i < conc.size() ? conc[i].min_share : 0.0,
-                i < conc.size() ? conc[i].max_share : 0.0);
+    std::printf("%5d  %-16s  %-13s  %-7s  ", l.index, shape(l.keys).c_str(), shape(l.queries).c_str(),
+                l.outputs ? "yes" : "no");
+    if (c.has_prompt_query) {
+      std::printf("%21.3f  %5.3f  %5.3f\n", c.mean_share, c.min_share, c.max_share);
+    } else {
+      std::printf("%21s  %5s  %5s  (no prompt query)\n", "-", "-", "-");
+    }
   }
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <unistd.h>
@@ -153,20 +154,30 @@ int RunWorkloadCommand(int argc, char** argv) {
   absl::StatusOr<WorkloadSource> source = ParseWorkloadSource(dist);
   if (!source.ok()) return Fail(command, source.status());
   if (requests < 0) requests = source->kind == WorkloadSource::Kind::kCsv ? 0 : 1000;
-  // What the run will hold, before anything is allocated: the request list and
-  // the pool's per-page bookkeeping (refcount, free stack, retired references,
-  // block-table entry). Refused when it would not fit in half of this
-  // machine's memory, rather than dying in the middle.
-  const double needed = static_cast<double>(requests) * 2 * sizeof(WorkloadRequest) +
-                        static_cast<double>(options.pool_pages) * 16.0;
+  // What the run will hold, before anything is allocated: the request list,
+  // and for each run in flight at once its per-request state and its pool's
+  // per-page bookkeeping (refcount, free stack, retired references,
+  // block-table entry). A sweep keeps the pool's bytes across page sizes, so
+  // its smallest page size has the most pages, and runs `threads` configs at
+  // a time. Refused when it would not fit in half of this machine's memory,
+  // rather than dying in the middle.
+  const int64_t pool_slots = options.pool_pages * options.geometry.page_size;
+  const int32_t smallest_page = sweep ? *std::min_element(sizes->begin(), sizes->end())
+                                      : options.geometry.page_size;
+  const double most_pages = static_cast<double>(pool_slots / std::max(smallest_page, 1));
+  const int64_t runs = sweep ? static_cast<int64_t>(sizes->size() * policy_list.size()) : 1;
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const double concurrent =
+      static_cast<double>(std::min(runs, threads > 0 ? threads : cores));
+  const double per_run = static_cast<double>(requests) * sizeof(WorkloadRequest) + most_pages * 16.0;
+  const double needed = static_cast<double>(requests) * sizeof(WorkloadRequest) + concurrent * per_run;
   const double machine = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
                          static_cast<double>(sysconf(_SC_PAGE_SIZE));
   if (machine > 0 && needed > machine / 2) {
     return usage_error(absl::StrFormat(
-        "%lld requests over a pool of %lld pages need about %.1f GiB of host memory; this "
-        "machine has %.1f GiB (at most half is used)",
-        static_cast<long long>(requests), static_cast<long long>(options.pool_pages),
-        needed / kGiB, machine / kGiB));
+        "%lld requests over a pool of %.0f pages (%.0f runs at once) need about %.1f GiB of host "
+        "memory; this machine has %.1f GiB (at most half is used)",
+        static_cast<long long>(requests), most_pages, concurrent, needed / kGiB, machine / kGiB));
   }
   absl::StatusOr<std::vector<WorkloadRequest>> list =
       GenerateRequests(*source, requests, rate, static_cast<uint64_t>(seed));

@@ -97,12 +97,20 @@ void Measure(const DenseLayer& L, int32_t g, int32_t r, const uint8_t* kept, int
     const float* row = kt + e * n;
     for (int32_t j = 0; j < m; ++j) w[j] += qe * row[j];
   }
+  // The logits are scaled and stored before their maximum is taken: were
+  // w[j] * scale - max_logit contracted into one fma, the unrounded product
+  // could exceed the rounded maximum by half an ulp (up to 1e24 for values at
+  // the reader's 1e15 limit), exp() would give Inf and the metrics NaN.
+  // Stored, the largest weight is exactly exp(0) = 1, so 1 <= total <= m.
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   float max_logit = -INFINITY;
-  for (int32_t j = 0; j < m; ++j) max_logit = std::max(max_logit, w[j] * scale);
+  for (int32_t j = 0; j < m; ++j) {
+    w[j] *= scale;
+    max_logit = std::max(max_logit, w[j]);
+  }
   double total = 0, kept_mass = 0;
   for (int32_t j = 0; j < m; ++j) {
-    w[j] = std::exp(w[j] * scale - max_logit);
+    w[j] = std::exp(w[j] - max_logit);
     total += w[j];
     if (kept[j]) kept_mass += w[j];
   }
@@ -160,6 +168,7 @@ absl::Status KeptMasks(const BlockManager& manager, const PagedKV& cache, SeqId 
   args.num_rows = heads;
   args.indptr = table.indptr().data();
   args.page_ids = table.page_ids().data();
+  args.num_page_ids = static_cast<int32_t>(table.page_ids().size());
   args.lens = lens.data();
   args.positions = positions.data();
   HEADPAGE_RETURN_IF_ERROR(ref::GatherKV(args));
@@ -250,6 +259,18 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
     return absl::InvalidArgumentError(
         absl::StrCat("replay: head_dim ", meta.head_dim, " is not supported by the kernels"));
   }
+  // Rows are found in the first layer and used in every layer: the format lets
+  // each layer store its own query positions, a replay needs them equal.
+  const TraceLayer& first_layer = trace.layers()[0];
+  for (const TraceLayer& layer : trace.layers()) {
+    if (!std::equal(layer.query_positions.begin(), layer.query_positions.end(),
+                    first_layer.query_positions.begin(), first_layer.query_positions.end())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "replay: layer ", layer.index, " stores queries at other positions than layer ",
+          first_layer.index, " (layers.", layer.index, ".query_positions); a replay needs the "
+          "same positions in every layer"));
+    }
+  }
   const auto layers = static_cast<int32_t>(trace.layers().size());
   const int32_t n = trace.num_tokens(), prompt = meta.prompt_len, heads = meta.num_kv_heads;
 
@@ -287,8 +308,8 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
   };
   HEADPAGE_RETURN_IF_ERROR(append(0, prompt));
 
-  // The queries of each layer, their prompt rows first (positions ascend).
-  const TraceLayer& first_layer = trace.layers()[0];
+  // The queries of each layer, their prompt rows first (positions ascend),
+  // at the same rows in every layer (checked above).
   const auto prompt_rows = static_cast<int32_t>(
       std::lower_bound(first_layer.query_positions.begin(), first_layer.query_positions.end(), prompt) -
       first_layer.query_positions.begin());

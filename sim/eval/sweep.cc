@@ -111,14 +111,18 @@ std::vector<LayerConcentration> AttentionConcentration(const Trace& trace, doubl
   const int32_t group = meta.num_q_heads / meta.num_kv_heads;
   std::vector<LayerConcentration> out;
   for (const TraceLayer& layer : trace.layers()) {
+    LayerConcentration c;
+    c.layer = layer.index;
     // The last prompt query: the last row whose position is in the prompt.
     const auto& qp = layer.query_positions;
     const auto row = static_cast<int32_t>(
         std::lower_bound(qp.begin(), qp.end(), meta.prompt_len) - qp.begin() - 1);
-    LayerConcentration c;
-    c.layer = layer.index;
+    c.has_prompt_query = row >= 0;
+    if (!c.has_prompt_query) {
+      out.push_back(c);
+      continue;
+    }
     c.min_share = 1.0;
-    if (row < 0) continue;
     const int32_t m = qp[row] + 1;
     const auto nq = static_cast<int64_t>(qp.size());
     std::vector<double> w(m);
@@ -126,14 +130,19 @@ std::vector<LayerConcentration> AttentionConcentration(const Trace& trace, doubl
       const int32_t h = g / group;
       double top = -INFINITY;
       for (int32_t j = 0; j < m; ++j) {
+        // In double, so that the shares do not rest on the reader's 1e15
+        // limit (in float, a product of two values beyond 1.8e19 is Inf).
         double dot = 0;
         for (int32_t e = 0; e < d; ++e) {
-          dot += LoadAsFloat(layer.queries.data, (g * nq + row) * d + e, layer.queries.dtype) *
+          dot += static_cast<double>(
+                     LoadAsFloat(layer.queries.data, (g * nq + row) * d + e, layer.queries.dtype)) *
                  LoadAsFloat(layer.keys.data, (static_cast<int64_t>(h) * n + j) * d + e, layer.keys.dtype);
         }
         w[j] = dot / std::sqrt(static_cast<double>(d));
         top = std::max(top, w[j]);
       }
+      // After subtracting the maximum, the largest weight is exp(0) = 1, so
+      // the total is in [1, m] whatever the logits' magnitude.
       double total = 0;
       for (double& x : w) total += (x = std::exp(x - top));
       std::sort(w.begin(), w.end(), std::greater<double>());

@@ -54,11 +54,18 @@ using SweepProgress = std::function<void(int64_t done, int64_t total)>;
 std::string SweepCsv(const std::vector<SweepRow>& rows);
 
 // How concentrated a layer's attention is: for the last prompt query of each q
-// head, the share of visible tokens that carry 90% of its attention mass.
+// head, the share of visible tokens that carry `mass` of its attention.
 struct LayerConcentration {
-  int32_t layer = 0;
-  double mean_share = 0, min_share = 0, max_share = 0;  // over q heads
+  int32_t layer = 0;  // the model's layer index
+  // False when the layer stores no query of the prompt: the shares are then 0
+  // and mean nothing.
+  bool has_prompt_query = false;
+  double mean_share = 0, min_share = 0, max_share = 0;  // over q heads, each in (0, 1]
 };
+// One entry per layer of the trace, in its order. Logits are computed in double
+// from the stored values and softmaxed after subtracting their maximum, so any
+// finite trace gives finite shares (the reader's 1e15 limit is not needed).
+// REQUIRES: 0 < mass <= 1.
 std::vector<LayerConcentration> AttentionConcentration(const Trace& trace, double mass = 0.9);
 
 }  // namespace headpage

@@ -275,7 +275,8 @@ absl::Status RunWalkthrough(const WalkthroughOptions& options,
   for (const auto& [name, seq] : {std::pair<const char*, SeqId>{"free parent", parent},
                                   std::pair<const char*, SeqId>{"free child", child}}) {
     const int64_t free_before = pool.free_pages();
-    const absl::Status status = clock.Time([&] { return manager.Free(seq); });
+    // A lambda may not capture a structured binding before C++20 (clang says so).
+    const absl::Status status = clock.Time([&, id = seq] { return manager.Free(id); });
     if (!status.ok()) return Annotate(status, absl::StrCat(name, ": Free(seq ", seq, ")"));
     HEADPAGE_RETURN_IF_ERROR(record(
         name, absl::StrCat(pool.free_pages() - free_before, " pages back to the free list")));

@@ -3,11 +3,15 @@
 // whose plans are executed by the CPU kernels on a real HostArena, checked after
 // every step against a trivially correct model (a map from each stream to the
 // vector of (position, K/V content) it should hold). A failure prints its seed;
-// HEADPAGE_MODEL_SEED=<n> reruns just that seed.
+// HEADPAGE_MODEL_SEED=<n> reruns just that seed. Its size comes from the
+// environment (RunSizeFromEnvironment below), so that the same test serves as
+// a long soak; the defaults are what scripts/test runs.
 //
 // An eviction's compaction runs at once, but its release is often left for a
 // later step, so that the steps between (and their invariant checks) see
 // retired pages, some of them still held by a fork's streams.
+#include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <random>
@@ -49,8 +53,8 @@ class ModelTest {
     arena_ = std::make_unique<HostArena>(std::move(arena).value());
   }
 
-  void Run(int steps) {
-    for (int step = 0; step < steps; ++step) {
+  void Run(int64_t steps) {
+    for (int64_t step = 0; step < steps; ++step) {
       INFO("step " << step);
       if (!pending_.empty() && Pick(3) == 0) Release();
       const uint32_t op = Pick(100);
@@ -210,10 +214,20 @@ class ModelTest {
     }
     REQUIRE(static_cast<size_t>(plan.keep_indptr.back()) == keep.size());
     for (uint8_t in_place : plan.in_place) in_place_rows_ += in_place;
-    const CompactArgs args{arena_->view(),        plan.num_rows(),        plan.src_indptr.data(),
-                           plan.src_page_ids.data(), plan.src_lens.data(), plan.dst_indptr.data(),
-                           plan.dst_page_ids.data(), plan.keep_indptr.data(), keep.data(),
-                           plan.in_place.data()};
+    CompactArgs args;
+    args.cache = arena_->view();
+    args.num_rows = plan.num_rows();
+    args.src_indptr = plan.src_indptr.data();
+    args.src_page_ids = plan.src_page_ids.data();
+    args.num_src_page_ids = static_cast<int32_t>(plan.src_page_ids.size());
+    args.src_lens = plan.src_lens.data();
+    args.dst_indptr = plan.dst_indptr.data();
+    args.dst_page_ids = plan.dst_page_ids.data();
+    args.num_dst_page_ids = static_cast<int32_t>(plan.dst_page_ids.size());
+    args.keep_indptr = plan.keep_indptr.data();
+    args.keep = keep.data();
+    args.num_keep = static_cast<int32_t>(keep.size());
+    args.in_place = plan.in_place.data();
     REQUIRE_OK(ref::Compact(args));
     for (const auto& [key, sets] : chosen) pending_.insert(key);
     if (Pick(2) == 0) Release();
@@ -301,26 +315,86 @@ class ModelTest {
   int64_t exhausted_ = 0, copies_ = 0, in_place_rows_ = 0, pending_steps_ = 0;
 };
 
+// How much the model test runs: seeds first_seed..last_seed, `steps` random
+// operations each.
+struct RunSize {
+  uint64_t first_seed = 1;
+  uint64_t last_seed = 6;
+  int64_t steps = 1500;
+
+  uint64_t num_seeds() const { return last_seed - first_seed + 1; }
+};
+
+// The one place the environment is read:
+//   HEADPAGE_MODEL_SEEDS=<first>:<last>  seeds first..last (inclusive)
+//   HEADPAGE_MODEL_SEEDS=<count>         seeds 1..count
+//   HEADPAGE_MODEL_SEED=<n>              seed n alone (what a failure says to rerun)
+//   HEADPAGE_MODEL_STEPS=<n>             random operations per seed
+// A value that does not parse fails the test: a typo must not quietly run the
+// default size and report a soak that never happened.
+RunSize RunSizeFromEnvironment() {
+  // Digits only (no sign, no spaces), at least `min`, at most one short of
+  // UINT64_MAX so that `seed <= last_seed` ends and last - first + 1 cannot wrap.
+  const auto parse = [](const std::string& text, uint64_t min, uint64_t* value) {
+    const char* end = text.data() + text.size();
+    const auto parsed = std::from_chars(text.data(), end, *value);
+    return parsed.ec == std::errc() && parsed.ptr == end && *value >= min && *value < UINT64_MAX;
+  };
+  RunSize size;
+  const char* seed = std::getenv("HEADPAGE_MODEL_SEED");
+  const char* seeds = std::getenv("HEADPAGE_MODEL_SEEDS");
+  if (seed != nullptr && seeds != nullptr) {
+    FAIL("HEADPAGE_MODEL_SEED and HEADPAGE_MODEL_SEEDS are both set: give one");
+  }
+  if (seed != nullptr) {
+    if (!parse(seed, 0, &size.first_seed)) {
+      FAIL("HEADPAGE_MODEL_SEED='" << seed << "': want a seed (an integer)");
+    }
+    size.last_seed = size.first_seed;
+  } else if (seeds != nullptr) {
+    const std::string text = seeds;
+    const size_t colon = text.find(':');
+    size.first_seed = 1;
+    const bool ok = colon == std::string::npos
+                        ? parse(text, 1, &size.last_seed)
+                        : parse(text.substr(0, colon), 0, &size.first_seed) &&
+                              parse(text.substr(colon + 1), size.first_seed, &size.last_seed);
+    if (!ok) {
+      const char* want = "want <first>:<last> with first <= last, or a count of seeds from 1";
+      FAIL("HEADPAGE_MODEL_SEEDS='" << text << "': " << want);
+    }
+  }
+  if (const char* steps = std::getenv("HEADPAGE_MODEL_STEPS")) {
+    uint64_t value = 0;
+    if (!parse(steps, 1, &value) || value > INT64_MAX) {
+      FAIL("HEADPAGE_MODEL_STEPS='" << steps << "': want a positive number of operations per seed");
+    }
+    size.steps = static_cast<int64_t>(value);
+  }
+  return size;
+}
+
 TEST_CASE("BlockManager model test: random operations match a map of streams", "[blockmgr]") {
-  std::vector<uint64_t> seeds = {1, 2, 3, 4, 5, 6};
-  if (const char* env = std::getenv("HEADPAGE_MODEL_SEED")) seeds = {std::stoull(env)};
+  const RunSize size = RunSizeFromEnvironment();
   int64_t exhausted = 0, copies = 0, in_place = 0, pending = 0;
-  for (const uint64_t seed : seeds) {
+  for (uint64_t seed = size.first_seed; seed <= size.last_seed; ++seed) {
     // Page sizes 1 (every token a page), odd, power of two; pools small enough
     // that exhaustion, in-place compaction and copy-on-write all happen.
     const int32_t page_size = std::vector<int32_t>{1, 3, 4, 8, 16, 5}[seed % 6];
     const int64_t pages = 24 + static_cast<int64_t>(480 / page_size);
     INFO("seed " << seed << " page_size " << page_size << " pages " << pages
-                 << " (rerun with HEADPAGE_MODEL_SEED=" << seed << ")");
+                 << " (rerun with HEADPAGE_MODEL_SEED=" << seed
+                 << " HEADPAGE_MODEL_STEPS=" << size.steps << ")");
     ModelTest test(seed, page_size, pages);
-    test.Run(1500);
+    test.Run(size.steps);
     exhausted += test.exhausted();
     copies += test.copies();
     in_place += test.in_place_rows();
     pending += test.pending_steps();
   }
-  // The interesting paths were exercised, not just the easy ones.
-  if (seeds.size() > 1) {
+  // The interesting paths were exercised, not just the easy ones. Six seeds in a
+  // row cover every page size; fewer steps than the default may not reach them.
+  if (size.num_seeds() >= 6 && size.steps >= RunSize{}.steps) {
     REQUIRE(exhausted > 0);
     REQUIRE(copies > 0);
     REQUIRE(in_place > 0);

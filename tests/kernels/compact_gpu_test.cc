@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/compact.h"
+#include "kernels/table_checks_host.h"
 #include "tests/kernels/device_buffer.h"
 #include "tests/kernels/paged_case.h"
 #include "tests/testing/status_matchers.h"
@@ -67,6 +68,45 @@ struct RandomPlan {
   }
 };
 
+// The plan's arrays on the device, each exactly as long as on the host.
+struct DevicePlan {
+  DeviceBuffer src_indptr, src_pages, src_lens, dst_indptr, dst_pages, keep_indptr, keep,
+      in_place;
+  explicit DevicePlan(const RandomPlan& p)
+      : src_indptr(p.src_indptr), src_pages(p.src_pages), src_lens(p.src_lens),
+        dst_indptr(p.dst_indptr), dst_pages(p.dst_pages), keep_indptr(p.keep_indptr),
+        keep(p.keep), in_place(p.in_place) {}
+};
+
+CompactArgs ArgsOf(const PagedKV& cache, const RandomPlan& host, DevicePlan* device) {
+  CompactArgs args;
+  args.cache = cache;
+  args.num_rows = static_cast<int32_t>(host.src_lens.size());
+  args.num_src_page_ids = static_cast<int32_t>(host.src_pages.size());
+  args.num_dst_page_ids = static_cast<int32_t>(host.dst_pages.size());
+  args.num_keep = static_cast<int32_t>(host.keep.size());
+  if (device == nullptr) {
+    args.src_indptr = host.src_indptr.data();
+    args.src_page_ids = host.src_pages.data();
+    args.src_lens = host.src_lens.data();
+    args.dst_indptr = host.dst_indptr.data();
+    args.dst_page_ids = host.dst_pages.data();
+    args.keep_indptr = host.keep_indptr.data();
+    args.keep = host.keep.data();
+    args.in_place = host.in_place.data();
+  } else {
+    args.src_indptr = device->src_indptr.get<int32_t>();
+    args.src_page_ids = device->src_pages.get<int32_t>();
+    args.src_lens = device->src_lens.get<int32_t>();
+    args.dst_indptr = device->dst_indptr.get<int32_t>();
+    args.dst_page_ids = device->dst_pages.get<int32_t>();
+    args.keep_indptr = device->keep_indptr.get<int32_t>();
+    args.keep = device->keep.get<int32_t>();
+    args.in_place = device->in_place.get<uint8_t>();
+  }
+  return args;
+}
+
 // With `scattered`, the GPU reads the keep sets through keep_offsets from an
 // array holding them in reverse row order with gaps (gpu::Select's layout),
 // and its keep_indptr, which then gives only counts, starts at 11, not 0; the
@@ -92,36 +132,23 @@ void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = fal
       keep_array.insert(keep_array.end(), 3, -1);
     }
   }
-  DeviceBuffer src_indptr(plan.src_indptr), src_pages(plan.src_pages), src_lens(plan.src_lens),
-      dst_indptr(plan.dst_indptr), dst_pages(plan.dst_pages), keep_indptr(counts_indptr),
-      keep(keep_array), in_place(plan.in_place), keep_offsets(offsets);
-  CompactArgs args{device.view,
-                   c.num_streams(),
-                   src_indptr.get<int32_t>(),
-                   src_pages.get<int32_t>(),
-                   src_lens.get<int32_t>(),
-                   dst_indptr.get<int32_t>(),
-                   dst_pages.get<int32_t>(),
-                   keep_indptr.get<int32_t>(),
-                   keep.get<int32_t>(),
-                   in_place.get<uint8_t>(),
-                   scattered ? keep_offsets.get<int32_t>() : nullptr,
-                   with_scores ? device_scores.get<float>() : nullptr};
+  DevicePlan device_plan(plan);
+  DeviceBuffer keep_indptr(counts_indptr), keep(keep_array), keep_offsets(offsets),
+      fault(std::vector<uint64_t>{0});
+  // Checked on the device (a valid plan: no fault, everything moves).
+  CompactArgs args = ArgsOf(device.view, plan, &device_plan);
+  args.keep_indptr = keep_indptr.get<int32_t>();
+  args.keep = keep.get<int32_t>();
+  args.num_keep = static_cast<int32_t>(keep_array.size());
+  args.keep_offsets = scattered ? keep_offsets.get<int32_t>() : nullptr;
+  args.slot_scores = with_scores ? device_scores.get<float>() : nullptr;
+  args.fault = fault.get<uint64_t>();
   REQUIRE_OK(gpu::Compact(args, nullptr));
   HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+  REQUIRE_OK(TableFaultStatus(args, gpu::ReadTableFault(args.fault, nullptr).value()));
 
-  CompactArgs host{c.view(),
-                   c.num_streams(),
-                   plan.src_indptr.data(),
-                   plan.src_pages.data(),
-                   plan.src_lens.data(),
-                   plan.dst_indptr.data(),
-                   plan.dst_pages.data(),
-                   plan.keep_indptr.data(),
-                   plan.keep.data(),
-                   plan.in_place.data(),
-                   nullptr,
-                   with_scores ? slot_scores.data() : nullptr};
+  CompactArgs host = ArgsOf(c.view(), plan, nullptr);
+  host.slot_scores = with_scores ? slot_scores.data() : nullptr;
   REQUIRE_OK(ref::Compact(host));
   // The whole pool, not only the destinations: nothing else may change either.
   REQUIRE(device.positions.Download<int32_t>() == c.positions());
@@ -199,6 +226,61 @@ TEST_CASE("gpu::Compact: no rows, and Validate's errors", "[kernels][gpu]") {
   args.num_rows = 0;
   args.cache.dtype = static_cast<DType>(9);
   REQUIRE_ERROR(gpu::Compact(args, nullptr), absl::StatusCode::kInvalidArgument, "dtype");
+}
+
+TEST_CASE("gpu::Compact checks its plan on the device as ref does, moving nothing",
+          "[kernels][gpu][sanitize]") {
+  PagedCase c({16, 64, DType::kBF16, {40, 3, 17, 33, 50}, 40}, 17);
+  DevicePool device(c.view(), c.data(), c.positions());
+  DeviceBuffer fault(sizeof(uint64_t));
+  // Find a plan with an in-place row that keeps something and a fresh row.
+  RandomPlan good(c);
+  int32_t in_place_row = -1, fresh_row = -1;
+  for (int attempt = 0; attempt < 100 && (in_place_row < 0 || fresh_row < 0); ++attempt) {
+    good = RandomPlan(c);
+    in_place_row = fresh_row = -1;
+    for (int32_t r = 0; r < c.num_streams(); ++r) {
+      const bool keeps = good.keep_indptr[r + 1] - good.keep_indptr[r] >= 2;
+      if (keeps && good.in_place[r] && in_place_row < 0) in_place_row = r;
+      if (keeps && !good.in_place[r] && fresh_row < 0) fresh_row = r;
+    }
+  }
+  REQUIRE(in_place_row >= 0);
+  REQUIRE(fresh_row >= 0);
+  std::vector<RandomPlan> bad(9, good);
+  bad[0].src_indptr[0] = 1;
+  bad[1].src_pages.pop_back();                              // src_indptr ends past it
+  bad[2].dst_pages.pop_back();
+  bad[3].keep.pop_back();                                   // the last keep set runs past it
+  bad[4].keep_indptr[fresh_row + 1] = bad[4].keep_indptr[fresh_row] - 1;
+  bad[5].keep[bad[5].keep_indptr[fresh_row] + 1] = bad[5].keep[bad[5].keep_indptr[fresh_row]];
+  bad[6].dst_pages[bad[6].dst_indptr[fresh_row]] = c.num_pages();
+  bad[7].dst_pages[bad[7].dst_indptr[in_place_row]] = -1;   // outside the pool, then not a prefix
+  bad[8].src_pages[bad[8].src_indptr[in_place_row]] = 2 * c.num_pages();
+  for (size_t i = 0; i < bad.size(); ++i) {
+    CAPTURE(i);
+    PagedCase host = c;  // ref works on a copy of the pool
+    const absl::Status want = ref::Compact(ArgsOf(host.view(), bad[i], nullptr));
+    REQUIRE(want.code() == absl::StatusCode::kOutOfRange);
+    REQUIRE(host.data() == c.data());
+    DevicePlan plan(bad[i]);
+    CompactArgs args = ArgsOf(device.view, bad[i], &plan);
+    args.fault = fault.get<uint64_t>();
+    REQUIRE_OK(gpu::Compact(args, nullptr));
+    const absl::StatusOr<TableFault> found = gpu::ReadTableFault(args.fault, nullptr);
+    REQUIRE_OK(found.status());
+    const absl::Status got = TableFaultStatus(args, *found);
+    CAPTURE(want.message(), got.message());
+    REQUIRE(got == want);
+    REQUIRE(device.data.Download<uint8_t>() == c.data());  // nothing moved
+    REQUIRE(device.positions.Download<int32_t>() == c.positions());
+  }
+  // No rows: the word is still reset, not left with the last call's fault.
+  CompactArgs none;
+  none.cache = device.view;
+  none.fault = fault.get<uint64_t>();
+  REQUIRE_OK(gpu::Compact(none, nullptr));
+  REQUIRE(gpu::ReadTableFault(none.fault, nullptr).value().ok());
 }
 
 }  // namespace

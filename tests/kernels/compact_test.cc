@@ -32,16 +32,21 @@ struct Plan {
     in_place.push_back(inplace);
   }
   CompactArgs Args(const PagedKV& cache) const {
-    return CompactArgs{cache,
-                       static_cast<int32_t>(src_lens.size()),
-                       src_indptr.data(),
-                       src_pages.data(),
-                       src_lens.data(),
-                       dst_indptr.data(),
-                       dst_pages.data(),
-                       keep_indptr.data(),
-                       keep.data(),
-                       in_place.data()};
+    CompactArgs args;
+    args.cache = cache;
+    args.num_rows = static_cast<int32_t>(src_lens.size());
+    args.src_indptr = src_indptr.data();
+    args.src_page_ids = src_pages.data();
+    args.num_src_page_ids = static_cast<int32_t>(src_pages.size());
+    args.src_lens = src_lens.data();
+    args.dst_indptr = dst_indptr.data();
+    args.dst_page_ids = dst_pages.data();
+    args.num_dst_page_ids = static_cast<int32_t>(dst_pages.size());
+    args.keep_indptr = keep_indptr.data();
+    args.keep = keep.data();
+    args.num_keep = static_cast<int32_t>(keep.size());
+    args.in_place = in_place.data();
+    return args;
   }
 };
 
@@ -144,6 +149,7 @@ TEST_CASE("Compact: matches a dense gather, whatever the page ids", "[kernels]")
   }
   if (GENERATE(false, true)) {
     args.keep = scattered.data();
+    args.num_keep = static_cast<int32_t>(scattered.size());
     args.keep_offsets = offsets.data();
   }
   REQUIRE_OK(ref::Compact(args));
@@ -159,42 +165,81 @@ TEST_CASE("Compact: malformed plans are rejected before anything moves", "[kerne
   HostCache cache(8, 4, 64);
   const std::vector<int32_t> src = {0, 1};
   FillStream(&cache, src, 6, 0);
-  auto expect_error = [&](Plan plan, const char* what) {
+  auto expect_error = [&](const CompactArgs& args, const char* what) {
     const std::vector<int32_t> before(cache.positions);
-    REQUIRE_ERROR(ref::Compact(plan.Args(cache.view)), absl::StatusCode::kInvalidArgument, what);
+    REQUIRE_ERROR(ref::Compact(args), absl::StatusCode::kOutOfRange, what);
     REQUIRE(cache.positions == before);
+  };
+  auto expect_plan_error = [&](const Plan& plan, const char* what) {
+    expect_error(plan.Args(cache.view), what);
   };
   Plan good;
   good.AddRow(src, 6, {4}, {1, 3}, false);
   Plan descending;
   descending.AddRow({4}, 1, {5}, {0}, false);  // a valid row first: nothing may move
   descending.AddRow(src, 6, {2}, {3, 1}, false);
-  expect_error(descending, "strictly ascending");
+  expect_plan_error(descending, "row 1: keep entry 1 is outside the row's tokens or not above");
   Plan duplicate;
   duplicate.AddRow(src, 6, {2}, {1, 1}, false);
-  expect_error(duplicate, "strictly ascending");
+  expect_plan_error(duplicate, "row 0: keep entry 1 ");
   Plan past_end;
   past_end.AddRow(src, 6, {2}, {2, 6}, false);
-  expect_error(past_end, "strictly ascending");
+  expect_plan_error(past_end, "keep entry 1 ");
   Plan too_many;
   too_many.AddRow({0}, 2, {2}, {0, 1, 1}, false);
-  expect_error(too_many, "keeps 3 of 2");
+  expect_plan_error(too_many, "keeps more tokens than the row holds");
   Plan short_dst;
   short_dst.AddRow(src, 6, {}, {0}, false);
-  expect_error(short_dst, "too few pages");
+  expect_plan_error(short_dst, "need more destination pages");
   Plan bad_page;
   bad_page.AddRow(src, 6, {8}, {0}, false);
-  expect_error(bad_page, "out of range");
+  expect_plan_error(bad_page, "destination page 0 is outside the pool's 8 pages");
+  Plan bad_source;
+  bad_source.AddRow({0, 9}, 6, {4}, {0}, false);
+  expect_plan_error(bad_source, "page 1 of its table is outside the pool's 8 pages");
   Plan not_prefix;
   not_prefix.AddRow(src, 6, {1}, {0}, true);
-  expect_error(not_prefix, "prefix");
+  expect_plan_error(not_prefix, "in place, but destination page 0");
+
+  // Each indptr must start at 0, ascend and end inside the array it indexes,
+  // whose length the Args carry: caught without reading past the array.
+  CompactArgs args = good.Args(cache.view);
+  args.num_src_page_ids = 1;
+  expect_error(args, "row 0: indptr[1] is past the end of page_ids (1 entries)");
+  args = good.Args(cache.view);
+  args.num_dst_page_ids = 0;
+  expect_error(args, "dst_indptr[1] is past the end of dst_page_ids (0 entries)");
+  args = good.Args(cache.view);
+  args.num_keep = 1;
+  expect_error(args, "the keep set reaches past the end of keep (1 entries)");
+  Plan shifted = good;
+  shifted.keep_indptr[0] = -1;
+  expect_plan_error(shifted, "keep_indptr[0] is not 0");
+  shifted = good;
+  shifted.src_indptr = {-2, 2};
+  expect_plan_error(shifted, "indptr[0] is not 0");
+  shifted = good;
+  shifted.dst_indptr = {1, 0};
+  expect_plan_error(shifted, "dst_indptr[0] is not 0");
+  Plan two_rows = good;
+  two_rows.AddRow({2}, 3, {5}, {0}, false);
+  two_rows.src_indptr[2] = 1;  // row 1's pages would end before they begin
+  expect_plan_error(two_rows, "row 1: indptr[2] is below indptr[1]");
+  CompactArgs offset_args = good.Args(cache.view);
+  const int32_t negative_offset = -4;
+  offset_args.keep_offsets = &negative_offset;
+  expect_error(offset_args, "the keep set reaches past the end of keep");
 
   CompactArgs null_args = good.Args(cache.view);
   null_args.keep = nullptr;
-  REQUIRE_ERROR(ref::Compact(null_args), absl::StatusCode::kInvalidArgument, "non-empty plan array is null");
+  REQUIRE_ERROR(ref::Compact(null_args), absl::StatusCode::kInvalidArgument,
+                "non-empty plan array is null");
   null_args = good.Args(cache.view);
   null_args.src_lens = nullptr;
   REQUIRE_ERROR(Validate(null_args), absl::StatusCode::kInvalidArgument, "null");
+  null_args = good.Args(cache.view);
+  null_args.num_keep = -1;
+  REQUIRE_ERROR(Validate(null_args), absl::StatusCode::kInvalidArgument, "negative array length");
   Plan keeps_nothing;  // empty page and keep arrays may be null
   keeps_nothing.AddRow({}, 0, {}, {}, false);
   REQUIRE(keeps_nothing.keep.data() == nullptr);
@@ -203,18 +248,6 @@ TEST_CASE("Compact: malformed plans are rejected before anything moves", "[kerne
   REQUIRE_OK(ref::Compact(none));
   CompactArgs negative{cache.view, -1};
   REQUIRE_ERROR(Validate(negative), absl::StatusCode::kInvalidArgument, "num_rows -1");
-  // A negative offset must be caught before it is read through.
-  Plan shifted;
-  shifted.AddRow(src, 6, {4}, {1, 3}, false);
-  shifted.keep_indptr[0] = -1;
-  expect_error(shifted, "negative extent");
-  shifted = good;
-  shifted.src_indptr = {-2, 2};
-  expect_error(shifted, "negative extent");
-  CompactArgs offset_args = good.Args(cache.view);
-  const int32_t negative_offset = -4;
-  offset_args.keep_offsets = &negative_offset;
-  REQUIRE_ERROR(ref::Compact(offset_args), absl::StatusCode::kInvalidArgument, "negative extent");
 }
 
 }  // namespace

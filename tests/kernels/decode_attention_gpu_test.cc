@@ -6,7 +6,9 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "kernels/decode_attention.h"
+#include "kernels/table_checks_host.h"
 #include "tests/kernels/device_buffer.h"
 #include "tests/kernels/paged_case.h"
 #include "tests/testing/status_matchers.h"
@@ -73,18 +75,28 @@ class Problem {
 
   // ref:: on the host with stream lengths `lens` (the pool's by default).
   void RunRef(const std::vector<int32_t>& lens = {}) {
+    REQUIRE_OK(RunRefOn(pool_.indptr(), pool_.page_ids(), lens.empty() ? pool_.lens() : lens));
+  }
+
+  // ref:: on the host over block tables of the caller's (its status).
+  absl::Status RunRefOn(const std::vector<int32_t>& indptr, const std::vector<int32_t>& page_ids,
+                        const std::vector<int32_t>& lens) {
     DecodeAttentionArgs args = Common(1);
     args.cache = pool_.view();
     args.q = q_.data();
-    args.indptr = pool_.indptr().data();
-    args.page_ids = pool_.page_ids().data();
-    args.lens = lens.empty() ? pool_.lens().data() : lens.data();
+    args.indptr = indptr.data();
+    args.page_ids = page_ids.data();
+    args.num_page_ids = static_cast<int32_t>(page_ids.size());
+    args.lens = lens.data();
     ref_out_.assign(d_out_.bytes(), 0xff);
     ref_lse_.assign(Rows(), NAN);
     args.out = ref_out_.data();
     args.lse = ref_lse_.data();
-    REQUIRE_OK(ref::DecodeAttention(args));
+    return ref::DecodeAttention(args);
   }
+
+  const PagedCase& pool() const { return pool_; }
+  std::vector<uint8_t> DownloadOut() const { return d_out_.Download<uint8_t>(); }
 
   void PoisonOutputs() {
     d_out_.Poison();
@@ -135,6 +147,7 @@ class Problem {
     args.num_kv_heads = kv_heads_;
     args.sm_scale = 1.0f / std::sqrt(static_cast<float>(pool_.spec().head_dim));
     args.num_splits = num_splits;
+    args.num_page_ids = static_cast<int32_t>(pool_.page_ids().size());
     return args;
   }
 
@@ -251,6 +264,90 @@ TEST_CASE("gpu::DecodeAttention: no seqs launches nothing; bad arguments are err
   REQUIRE_OK(gpu::DecodeAttention(args, nullptr));
   HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
   for (float lse : problem.DownloadLse()) REQUIRE(std::isfinite(lse));
+}
+
+TEST_CASE("gpu::DecodeAttention checks its tables on the device as ref does, writing nothing",
+          "[kernels][gpu][sanitize]") {
+  // Two seqs of two kv heads; lens 40, 3, 17, 0 at 16 tokens a page: indptr 0 3 4 6 6.
+  Problem problem({16, 128, DType::kBF16, {40, 3, 17, 0}}, 2, 2, 13, 1.0f);
+  DeviceBuffer fault(sizeof(uint64_t));
+  // Good tables, checked: no fault, and the results of an unchecked run.
+  problem.RunRef();
+  problem.PoisonOutputs();
+  DecodeAttentionArgs checked = problem.DeviceArgs(3);
+  checked.fault = fault.get<uint64_t>();
+  REQUIRE_OK(gpu::DecodeAttention(checked, nullptr));
+  REQUIRE(gpu::ReadTableFault(checked.fault, nullptr).value().ok());
+  problem.RequireMatchesRef();
+
+  struct Tables {
+    std::vector<int32_t> indptr, page_ids, lens;
+  };
+  const PagedCase& c = problem.pool();
+  const Tables good{c.indptr(), c.page_ids(), c.lens()};
+  std::vector<Tables> bad(9, good);
+  bad[0].indptr[0] = 1;                        // indptr must start at 0
+  bad[1].indptr[2] = bad[1].indptr[1] - 1;     // stream 1's pages end before they begin
+  bad[2].page_ids.pop_back();                  // indptr ends past the (shorter) array
+  bad[3].lens[3] = -1;
+  bad[4].lens[1] = 17;                         // one page holds 16
+  bad[5].page_ids[4] = c.num_pages();          // stream 2's first page
+  bad[6].page_ids[1] = -1;                     // two faults: the lowest stream's is reported
+  bad[6].lens[2] = 40;
+  bad[7].lens[0] = 16 * 1000;                  // a 3-page stream claiming 1000 pages
+  bad[8].indptr[1] = -5;  // stream 0 runs backwards; stream 1, checked apart on the
+                          // device, starts before page_ids and must not be read there
+  for (size_t i = 0; i < bad.size(); ++i) {
+    CAPTURE(i);
+    const Tables& t = bad[i];
+    const absl::Status want = problem.RunRefOn(t.indptr, t.page_ids, t.lens);
+    REQUIRE(want.code() == absl::StatusCode::kOutOfRange);
+    DeviceBuffer indptr(t.indptr), page_ids(t.page_ids), lens(t.lens);
+    for (int32_t splits : {1, 3}) {
+      CAPTURE(splits);
+      DecodeAttentionArgs args = problem.DeviceArgs(splits);
+      args.indptr = indptr.get<int32_t>();
+      args.page_ids = page_ids.get<int32_t>();
+      args.num_page_ids = static_cast<int32_t>(t.page_ids.size());
+      args.lens = lens.get<int32_t>();
+      args.fault = fault.get<uint64_t>();
+      problem.PoisonOutputs();
+      const std::vector<uint8_t> before = problem.DownloadOut();
+      REQUIRE_OK(gpu::DecodeAttention(args, nullptr));
+      const absl::StatusOr<TableFault> found = gpu::ReadTableFault(args.fault, nullptr);
+      REQUIRE_OK(found.status());
+      const absl::Status got = TableFaultStatus(args, *found);
+      CAPTURE(want.message(), got.message());
+      REQUIRE(got == want);
+      REQUIRE(problem.DownloadOut() == before);  // nothing written
+      for (float lse : problem.DownloadLse()) REQUIRE(std::isnan(lse));
+    }
+  }
+}
+
+TEST_CASE("gpu::DecodeAttention's device check finds the first bad page of long streams",
+          "[kernels][gpu][sanitize]") {
+  // Enough pages per stream that several warps check each one.
+  Problem problem({16, 128, DType::kBF16, {32768, 100, 20000, 0}}, 2, 2, 19, 1.0f);
+  const PagedCase& c = problem.pool();
+  std::vector<int32_t> page_ids = c.page_ids();
+  page_ids[c.indptr()[2] + 1900] = -3;   // stream 2
+  page_ids[c.indptr()[0] + 1999] = c.num_pages();
+  page_ids[c.indptr()[0] + 1500] = c.num_pages() + 7;  // the first one
+  const absl::Status want = problem.RunRefOn(c.indptr(), page_ids, c.lens());
+  REQUIRE(absl::StrContains(want.message(), "stream 0: page 1500 of its table"));
+  DeviceBuffer d_page_ids(page_ids), fault(sizeof(uint64_t));
+  DecodeAttentionArgs args = problem.DeviceArgs(DecodeAttentionSplits(32768, 4, 132));
+  args.page_ids = d_page_ids.get<int32_t>();
+  args.fault = fault.get<uint64_t>();
+  problem.PoisonOutputs();
+  REQUIRE_OK(gpu::DecodeAttention(args, nullptr));
+  const absl::StatusOr<TableFault> found = gpu::ReadTableFault(args.fault, nullptr);
+  REQUIRE_OK(found.status());
+  REQUIRE(found->row == 0);
+  REQUIRE(found->entry == 1500);
+  REQUIRE(TableFaultStatus(args, *found) == want);
+  for (float lse : problem.DownloadLse()) REQUIRE(std::isnan(lse));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "tests/kernels/paged_case.h"
+#include "tests/testing/guarded_array.h"
 #include "tests/testing/status_matchers.h"
 
 namespace headpage {
@@ -47,6 +48,7 @@ struct Step {
     args.q = q.data();
     args.indptr = pool.indptr().data();
     args.page_ids = pool.page_ids().data();
+    args.num_page_ids = static_cast<int32_t>(pool.page_ids().size());
     args.lens = pool.lens().data();
     args.sm_scale = 1.0f / std::sqrt(static_cast<float>(pool.spec().head_dim));
     args.out = out.data();
@@ -284,17 +286,59 @@ TEST_CASE("DecodeAttention: ref rejects block tables outside the cache", "[kerne
   std::vector<int32_t> lens = step.pool.lens();
   auto args = step.Args();
   args.page_ids = page_ids.data();
+  args.num_page_ids = static_cast<int32_t>(page_ids.size());
   args.lens = lens.data();
   page_ids[1] = step.pool.num_pages();
-  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "names page");
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange,
+                "stream 0: page 1 of its table is outside the pool's");
   page_ids[1] = -1;
-  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "names page");
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "page 1 of its table");
   page_ids = step.pool.page_ids();
   lens[1] = 17;  // one page holds 16
-  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "17 tokens");
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange,
+                "stream 1: lens[1] tokens need more pages than indptr[1]..indptr[2] gives");
   lens[1] = -1;
-  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "-1 tokens");
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange,
+                "stream 1: lens[1] is negative");
+  lens = step.pool.lens();
+  // page_ids shorter than indptr says: the Args carry its length, and the
+  // check stops there instead of reading past the array.
+  args.num_page_ids -= 1;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange,
+                "stream 1: indptr[2] is past the end of page_ids");
+  args.num_page_ids += 1;
+  std::vector<int32_t> indptr = step.pool.indptr();
+  args.indptr = indptr.data();
+  indptr[0] = 1;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "indptr[0] is not 0");
+  indptr = step.pool.indptr();
+  indptr[2] = indptr[1] - 1;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange,
+                "stream 1: indptr[2] is below indptr[1]");
   REQUIRE(std::isnan(step.lse[0]));  // nothing written
+}
+
+TEST_CASE("DecodeAttention: a table past the end of its array is refused before any read",
+          "[kernels]") {
+  // The issue's case: indptr [0, 2] over a one-entry page_ids. The array sits
+  // at the end of a mapping (GuardedInts), so a read past it would fault.
+  Step step({16, 64, DType::kF32, {20}}, 1, 1, 29);
+  testing::GuardedInts page_ids({step.pool.page_ids()[0]});
+  const std::vector<int32_t> indptr = {0, 2};
+  auto args = step.Args();
+  args.indptr = indptr.data();
+  args.page_ids = page_ids.data();
+  args.num_page_ids = 1;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange,
+                "stream 0: indptr[1] is past the end of page_ids (1 entries)");
+  // A one-entry table that claims a 1000-page stream.
+  std::vector<int32_t> lens = {16 * 1000};
+  args.lens = lens.data();
+  const std::vector<int32_t> one_page = {0, 1};
+  args.indptr = one_page.data();
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange,
+                "lens[0] tokens need more pages");
+  REQUIRE(std::isnan(step.lse[0]));
 }
 
 TEST_CASE("DecodeAttention: the split heuristic and the workspace size", "[kernels]") {

@@ -24,9 +24,16 @@ TEST_CASE("GatherKV: rows come out dense, in order, whatever the page ids", "[ke
     keys.emplace_back(static_cast<size_t>(total) * 64 * 2);
     values.emplace_back(static_cast<size_t>(total) * 64 * 2);
     positions.emplace_back(static_cast<size_t>(total));
-    GatherKVArgs args{c->view(),          c->num_streams(),       c->indptr().data(),
-                      c->page_ids().data(), c->lens().data(),     keys.back().data(),
-                      values.back().data(), positions.back().data()};
+    GatherKVArgs args;
+    args.cache = c->view();
+    args.num_rows = c->num_streams();
+    args.indptr = c->indptr().data();
+    args.page_ids = c->page_ids().data();
+    args.num_page_ids = static_cast<int32_t>(c->page_ids().size());
+    args.lens = c->lens().data();
+    args.keys = keys.back().data();
+    args.values = values.back().data();
+    args.positions = positions.back().data();
     REQUIRE_OK(ref::GatherKV(args));
     // The dense oracle: row after row, token after token.
     int64_t out = 0;
@@ -51,20 +58,39 @@ TEST_CASE("GatherKV: bad arguments are errors that write nothing", "[kernels]") 
   std::vector<int32_t> indptr = c.indptr(), pages = c.page_ids(), lens = c.lens();
   std::vector<int32_t> positions(7, -3);
   auto args = [&] {
-    return GatherKVArgs{c.view(), 2, indptr.data(), pages.data(), lens.data(),
-                        nullptr,  nullptr, positions.data()};
+    GatherKVArgs a;
+    a.cache = c.view();
+    a.num_rows = 2;
+    a.indptr = indptr.data();
+    a.page_ids = pages.data();
+    a.num_page_ids = static_cast<int32_t>(pages.size());
+    a.lens = lens.data();
+    a.positions = positions.data();
+    return a;
   };
   REQUIRE_ERROR(Validate(GatherKVArgs{c.view(), -1}), absl::StatusCode::kInvalidArgument,
                 "num_rows -1");
   REQUIRE_ERROR(Validate(GatherKVArgs{c.view(), 1}), absl::StatusCode::kInvalidArgument, "null");
+  GatherKVArgs negative = args();
+  negative.num_page_ids = -1;
+  REQUIRE_ERROR(Validate(negative), absl::StatusCode::kInvalidArgument, "-1 page ids");
   lens[0] = 9;  // 3 pages' worth in a 2-page row
-  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kInvalidArgument, "2 pages for 9 tokens");
+  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kOutOfRange,
+                "stream 0: lens[0] tokens need more pages");
   lens = c.lens();
   pages[1] = c.num_pages();
-  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kInvalidArgument, "out of range");
+  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kOutOfRange,
+                "stream 0: page 1 of its table is outside the pool's");
   pages = c.page_ids();
   indptr[0] = -1;
-  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kInvalidArgument, "row 0");
+  REQUIRE_ERROR(ref::GatherKV(args()), absl::StatusCode::kOutOfRange, "indptr[0] is not 0");
+  indptr = c.indptr();
+  // The array ends before indptr does: caught from the length the Args carry,
+  // without reading past it.
+  GatherKVArgs short_ids = args();
+  short_ids.num_page_ids = indptr.back() - 1;
+  REQUIRE_ERROR(ref::GatherKV(short_ids), absl::StatusCode::kOutOfRange,
+                "stream 1: indptr[2] is past the end of page_ids");
   REQUIRE(positions == std::vector<int32_t>(7, -3));
 }
 

@@ -23,6 +23,7 @@ struct TwoStreams {
     a.num_streams = 2;
     a.indptr = indptr.data();
     a.page_ids = page_ids.data();
+    a.num_page_ids = static_cast<int32_t>(page_ids.size());
     a.lens = lens.data();
     a.offsets = offsets.data();
     a.max_len = 3;

@@ -43,6 +43,7 @@ TEST_CASE("gpu::TokenScores equals ref:: bit for bit", "[kernels][gpu][sanitize]
           args.num_streams = c.num_streams();
           args.indptr = c.indptr().data();
           args.page_ids = c.page_ids().data();
+          args.num_page_ids = static_cast<int32_t>(c.page_ids().size());
           args.lens = lens.data();
           args.offsets = offsets.data();
           args.num_tokens = tokens;

@@ -31,6 +31,7 @@ Dense Run(PagedCase& c, TokenScore kind, uint64_t seed, int32_t gap = 0) {
   args.num_streams = c.num_streams();
   args.indptr = c.indptr().data();
   args.page_ids = c.page_ids().data();
+  args.num_page_ids = static_cast<int32_t>(c.page_ids().size());
   args.lens = c.lens().data();
   args.offsets = out.offsets.data();
   args.num_tokens = out.offsets.back();
@@ -94,6 +95,7 @@ TEST_CASE("TokenScores: bad arguments are errors", "[kernels]") {
     a.num_streams = 2;
     a.indptr = c.indptr().data();
     a.page_ids = c.page_ids().data();
+    a.num_page_ids = static_cast<int32_t>(c.page_ids().size());
     a.lens = lens.data();
     a.offsets = offsets.data();
     a.num_tokens = 25;

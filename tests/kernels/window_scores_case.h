@@ -68,6 +68,7 @@ class WindowScoresCase {
     args.query_positions = query_positions_.data();
     args.indptr = pool_.indptr().data();
     args.page_ids = pool_.page_ids().data();
+    args.num_page_ids = static_cast<int32_t>(pool_.page_ids().size());
     args.lens = pool_.lens().data();
     args.score_offsets = score_offsets_.data();
     args.max_len = max_len_;

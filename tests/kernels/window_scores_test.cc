@@ -112,6 +112,7 @@ struct HandCase {
     args.query_positions = qpos.data();
     args.indptr = pool.indptr.data();
     args.page_ids = pool.page_ids.data();
+    args.num_page_ids = static_cast<int32_t>(pool.page_ids.size());
     args.lens = pool.lens.data();
     args.score_offsets = offsets.data();
     args.max_len = max_len;
@@ -388,29 +389,35 @@ TEST_CASE("WindowScores: ref checks block tables, lengths and offsets", "[kernel
   args.lens = lens.data();
   args.max_len = 40;
   REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange,
-                "stream 1 has 33 tokens in pages [1, 3)");
+                "stream 1: lens[1] tokens need more pages than indptr[1]..indptr[2] gives");
   lens = c.pool().lens();
   lens[1] = 21;  // above max_len = 20
   args.max_len = 20;
   REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange, "above max_len 20");
   lens[1] = -1;
-  REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange, "has -1 tokens");
+  REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange, "stream 1: lens[1] is negative");
   args = c.HostArgs();
   args.scores = scores.data();
 
   std::vector<int32_t> pages = c.pool().page_ids();
   pages[1] = c.pool().num_pages();
   args.page_ids = pages.data();
-  REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange, "outside [0, ");
+  args.num_page_ids = static_cast<int32_t>(pages.size());
+  REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange,
+                "stream 1: page 0 of its table is outside the pool's");
   pages[1] = -1;
-  REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange, "outside [0, ");
+  REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange, "page 0 of its table");
+  args.num_page_ids = 2;  // indptr ends at 4
+  REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange,
+                "stream 1: indptr[2] is past the end of page_ids (2 entries)");
   args.page_ids = c.pool().page_ids().data();
+  args.num_page_ids = static_cast<int32_t>(c.pool().page_ids().size());
 
   std::vector<int32_t> indptr = c.pool().indptr();  // 0 1 3 3 4
   indptr[2] = 0;  // stream 1's pages end before they begin
   args.indptr = indptr.data();
   REQUIRE_ERROR(ref::WindowScores(args), StatusCode::kOutOfRange,
-                "stream 1 has 20 tokens in pages [1, 0)");
+                "stream 1: indptr[2] is below indptr[1]");
   args.indptr = c.pool().indptr().data();
 
   std::vector<int32_t> offsets = c.score_offsets();  // 0 3 23 23 28

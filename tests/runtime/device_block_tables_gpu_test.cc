@@ -181,6 +181,7 @@ TEST_CASE("A CUDA graph of every layer's DecodeAttention over DeviceBlockTables 
       a.q = q.get<char>() + l * q_elems * 2;
       a.indptr = t.indptr;
       a.page_ids = t.page_ids;
+      a.num_page_ids = static_cast<int32_t>(t.num_page_entries);
       a.lens = t.lens;
       a.sm_scale = 1.0f / std::sqrt(static_cast<float>(g.head_dim));
       a.out = out.get<char>() + l * q_elems * 2;

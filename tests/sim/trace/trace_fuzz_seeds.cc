@@ -2,7 +2,8 @@
 // Writes small valid traces into a directory, the trace fuzzer's seed corpus:
 //   trace_fuzz_seeds DIR
 // Each is a few kilobytes at most, so the fuzzer spends its time on the header
-// and the checks rather than on scanning large tensors.
+// and the checks rather than on scanning large tensors; those of head_dim 64
+// are replayed too (tests/sim/trace/trace_input_check.h).
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -74,6 +75,32 @@ int main(int argc, char** argv) {
   {
     TraceSpec s;  // the tests' default: 2 layers, GQA 4/2, head_dim 8
     seeds.push_back({"f16-default", s, true});
+  }
+  // head_dim 64, the smallest the kernels take: these get as far as a replay.
+  {
+    TraceSpec s = tiny();
+    s.head_dim = 64;
+    s.prompt_len = 6;
+    s.generated_len = 2;
+    seeds.push_back({"f16-replay", s, true});
+  }
+  {
+    TraceSpec s;
+    s.head_dim = 64;
+    s.dtype = DType::kBF16;
+    s.outputs = false;
+    seeds.push_back({"bf16-replay-gqa", s, true});
+  }
+  {
+    TraceSpec s = tiny();
+    s.head_dim = 64;
+    s.num_layers = 3;
+    s.layers = {2, 0};
+    s.dtype = DType::kF32;
+    s.prompt_len = 9;
+    s.generated_len = 3;
+    s.window = 5;
+    seeds.push_back({"f32-replay-layer-subset", s, true});
   }
   for (const Seed& seed : seeds) {
     const std::string path = dir + "/seed-" + seed.name + ".safetensors";
