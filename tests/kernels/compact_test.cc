@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/testing/guarded_array.h"
 #include "tests/testing/status_matchers.h"
 
 namespace headpage {
@@ -203,13 +204,19 @@ TEST_CASE("Compact: malformed plans are rejected before anything moves", "[kerne
 
   // Each indptr must start at 0, ascend and end inside the array it indexes,
   // whose length the Args carry: caught without reading past the array.
+  // The arrays really are that short, each before a guard page: a read past
+  // one would fault.
+  testing::GuardedInts one_src_page({src[0]}), no_dst_pages({}), one_keep({1});
   CompactArgs args = good.Args(cache.view);
+  args.src_page_ids = one_src_page.data();
   args.num_src_page_ids = 1;
   expect_error(args, "row 0: indptr[1] is past the end of page_ids (1 entries)");
   args = good.Args(cache.view);
+  args.dst_page_ids = no_dst_pages.data();
   args.num_dst_page_ids = 0;
   expect_error(args, "dst_indptr[1] is past the end of dst_page_ids (0 entries)");
   args = good.Args(cache.view);
+  args.keep = one_keep.data();
   args.num_keep = 1;
   expect_error(args, "the keep set reaches past the end of keep (1 entries)");
   Plan shifted = good;

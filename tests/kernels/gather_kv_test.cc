@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "tests/kernels/paged_case.h"
+#include "tests/testing/guarded_array.h"
 #include "tests/testing/status_matchers.h"
 
 namespace headpage {
@@ -87,7 +88,10 @@ TEST_CASE("GatherKV: bad arguments are errors that write nothing", "[kernels]") 
   indptr = c.indptr();
   // The array ends before indptr does: caught from the length the Args carry,
   // without reading past it.
+  // Really one entry short, before a guard page: a read past it would fault.
+  testing::GuardedInts short_pages(std::vector<int32_t>(pages.begin(), pages.end() - 1));
   GatherKVArgs short_ids = args();
+  short_ids.page_ids = short_pages.data();
   short_ids.num_page_ids = indptr.back() - 1;
   REQUIRE_ERROR(ref::GatherKV(short_ids), absl::StatusCode::kOutOfRange,
                 "stream 1: indptr[2] is past the end of page_ids");
