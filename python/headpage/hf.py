@@ -56,10 +56,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import headpage
+from headpage._model import DTYPES as _DTYPES
+from headpage._model import make_arena, model_shape, resolve_policy
 
 ATTENTION = "headpage"
-
-_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
 # The keyword under which an attention module hands the attention function its
 # forward call's headpage Cache (see attach()).
@@ -222,36 +222,19 @@ class Cache(_HFCache):
 
     def __init__(self, model, policy="full", budget=None, *, page_size=16, max_tokens=4096,
                  num_pages=None):
-        config = getattr(model, "config", model)
-        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-        num_layers = int(text.num_hidden_layers)
-        q_heads = int(text.num_attention_heads)
-        kv_heads = int(getattr(text, "num_key_value_heads", None) or q_heads)
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // q_heads
-        if getattr(text, "sliding_window", None) and any(
-                t != "full_attention" for t in (getattr(text, "layer_types", None) or [])):
-            raise NotImplementedError("headpage.hf.Cache: sliding-window layers are not supported")
+        shape = model_shape(model, "headpage.hf.Cache")
         if not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be a positive int, got {page_size!r}")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
         if num_pages is not None and (not isinstance(num_pages, int) or num_pages < 1):
             raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
-        self.policy = headpage.policy_by_name(policy) if isinstance(policy, str) else policy
-        if not isinstance(self.policy, headpage.PolicyConfig):
-            raise TypeError(f"policy must be a name or a headpage.PolicyConfig, got {policy!r}")
-        self.policy.validate()
-        if budget == "full":
-            budget = None
-        if budget is not None:
-            headpage.budget_capacity(budget, 1)  # raises on a bad budget
-        if self.policy.name != "full" and budget is None:
-            raise ValueError(f"policy '{self.policy.name}' needs a budget (e.g. '20%' or 128)")
-        self.budget = budget
-        self.num_layers, self.num_q_heads, self.num_kv_heads = num_layers, q_heads, kv_heads
-        self.head_dim, self.page_size, self.max_tokens = int(head_dim), page_size, max_tokens
+        self.policy, self.budget = resolve_policy(policy, budget)
+        self.num_layers, self.num_q_heads = shape.num_layers, shape.num_q_heads
+        self.num_kv_heads, self.head_dim = shape.num_kv_heads, shape.head_dim
+        self.page_size, self.max_tokens = page_size, max_tokens
         self.num_pages = num_pages
-        super().__init__(layers=[_Layer(self, i) for i in range(num_layers)])
+        super().__init__(layers=[_Layer(self, i) for i in range(self.num_layers)])
         if hasattr(model, "set_attn_implementation"):
             attach(model)
 
@@ -294,13 +277,7 @@ class Cache(_HFCache):
         pages = self.num_pages or batch * self.geometry.streams_per_sequence * math.ceil(
             self.max_tokens / self.page_size)
         self.pool = headpage.PagePool(pages)
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
-                self.arena = headpage.CudaArena(self.geometry, pages)
-        elif self.device.type == "cpu":
-            self.arena = headpage.HostArena(self.geometry, pages)
-        else:
-            raise NotImplementedError(f"headpage.hf.Cache: no arena for device {self.device}")
+        self.arena = make_arena(self.geometry, pages, self.device, "headpage.hf.Cache")
         self.manager = headpage.BlockManager(self.geometry, self.pool)
         if self._compresses():
             # The engine works where the arena is: on the GPU for a CudaArena.

@@ -97,6 +97,17 @@ Compression Compress(Engine& e, SeqId seq, nb::handle policy, nb::handle budget,
                      static_cast<size_t>(g.num_kv_heads)};
 }
 
+int64_t EnforcePoolBudget(Engine& e, int64_t pages_to_free, int32_t floor_tokens,
+                          int32_t protect_recent) {
+  absl::StatusOr<int64_t> freed;
+  {
+    const InUse busy(*e.manager, "EvictionEngine.enforce_pool_budget");
+    nb::gil_scoped_release release;
+    freed = e.engine.EnforcePoolBudget(pages_to_free, floor_tokens, protect_recent);
+  }
+  return ValueOrThrow(std::move(freed));
+}
+
 }  // namespace
 
 void DefEviction(nb::module_& m) {
@@ -153,6 +164,12 @@ void DefEviction(nb::module_& m) {
            "tensors on its device); positions: int32 [n], one for all layers or one per layer, "
            "where the queries are. Returns a CompressResult: tokens_before, tokens_after, "
            "pages_freed, kept.")
+      .def("enforce_pool_budget", &EnforcePoolBudget, nb::arg("pages_to_free"),
+           nb::arg("floor_tokens") = 0, nb::arg("protect_recent") = 0,
+           "Frees pages_to_free pages across every sequence the engine has scores for, "
+           "lowest scores first (one threshold over all of them), keeping at least "
+           "floor_tokens in every stream and its protect_recent last tokens. Returns the "
+           "pages freed, fewer when the floors stop it; ValueError for a negative argument.")
       .def(
           "forget",
           [](Engine& e, SeqId seq) {

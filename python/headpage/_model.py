@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What headpage.hf and headpage.serving both need to know of a transformers model
+and of the policy they are asked to run: the model's attention shape, the cache
+dtype, the policy and budget checked once, and the arena for a device."""
+import dataclasses
+
+import torch
+
+import headpage
+
+DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def model_shape(model, who):
+    """The attention shape of `model` (or of its config). NotImplementedError, naming
+    `who`, for a model with sliding-window layers, which headpage does not store."""
+    config = getattr(model, "config", model)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    q_heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or q_heads)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // q_heads
+    if getattr(text, "sliding_window", None) and any(
+            t != "full_attention" for t in (getattr(text, "layer_types", None) or [])):
+        raise NotImplementedError(f"{who}: sliding-window layers are not supported")
+    return ModelShape(int(text.num_hidden_layers), q_heads, kv_heads, int(head_dim))
+
+
+def resolve_policy(policy, budget):
+    """(PolicyConfig, budget) from a policy name or config and a budget ("20%", 128,
+    0.2, None or "full"); ValueError or TypeError with the reason. The budget is
+    None when nothing is to be evicted."""
+    config = headpage.policy_by_name(policy) if isinstance(policy, str) else policy
+    if not isinstance(config, headpage.PolicyConfig):
+        raise TypeError(f"policy must be a name or a headpage.PolicyConfig, got {policy!r}")
+    config.validate()
+    if budget == "full":
+        budget = None
+    if budget is not None:
+        headpage.budget_capacity(budget, 1)  # raises on a bad budget
+    if config.name != "full" and budget is None:
+        raise ValueError(f"policy '{config.name}' needs a budget (e.g. '20%' or 128)")
+    return config, budget
+
+
+def make_arena(geometry, num_pages, device, who):
+    """A HostArena for a CPU device, a CudaArena on a CUDA one."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return headpage.CudaArena(geometry, num_pages)
+    if device.type == "cpu":
+        return headpage.HostArena(geometry, num_pages)
+    raise NotImplementedError(f"{who}: no arena for device {device}")

@@ -1,0 +1,145 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage.serving: transformers' continuous-batching engine on a headpage pool,
+on the CPU with a small random-weight Llama. At the full budget it must give
+transformers' own engine's tokens exactly (chunked prefill, mixed prefill and
+decode batches, num_return_sequences); with a policy it compresses each prompt
+once it is prefilled and returns the pages to the pool."""
+import pytest
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+import headpage
+import headpage.serving
+
+PROMPTS = [[1, 5, 7, 9, 11], list(range(3, 70)), list(range(2, 120))]
+
+
+def small_model():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=256,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def twin(model):
+    copy = LlamaForCausalLM(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    copy.set_attn_implementation("sdpa")
+    return copy
+
+
+def engine_config():
+    # A 64-token step: the 67- and 118-token prompts are prefilled in chunks, and
+    # steps mix one request's prefill with the others' decoding.
+    return ContinuousBatchingConfig(page_size=16, num_blocks=64, max_batch_tokens=64,
+                                    max_requests_per_batch=8, auto_switch_to_flash=False,
+                                    allow_block_sharing=False, use_async_batching=False,
+                                    use_cuda_graph=False)
+
+
+def tokens(outputs):
+    return {rid: list(out.generated_tokens) for rid, out in outputs.items()}
+
+
+def run_manager(model, prompts, max_new_tokens):
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1)
+    manager = model.init_continuous_batching(generation_config=generation,
+                                             continuous_batching_config=engine_config())
+    manager.start()
+    try:
+        ids = [manager.add_request(p) for p in prompts]
+        results = {r.request_id: r for r in (manager.get_result(timeout=300) for _ in ids)}
+    finally:
+        manager.stop(block=True)
+    assert set(results) == set(ids)
+    return manager, results
+
+
+@pytest.mark.parametrize("children", [1, 2])
+def test_full_budget_gives_transformers_tokens(children):
+    model = small_model()
+    generation = GenerationConfig(max_new_tokens=12, eos_token_id=-1, num_return_sequences=children,
+                                  do_sample=children > 1, top_k=1 if children > 1 else None)
+    want = model.generate_batch(PROMPTS, generation_config=generation,
+                                continuous_batching_config=engine_config())
+    served = headpage.serving.enable(twin(model), num_pages=2048)
+    got = served.generate_batch(PROMPTS, generation_config=generation,
+                                continuous_batching_config=engine_config())
+    assert len(got) == len(PROMPTS) * children
+    assert tokens(got) == tokens(want)
+
+
+def test_a_pool_too_small_for_every_request_at_once_still_serves_them_all():
+    # 60 pages of 16 tokens over 2 layers x 2 KV heads: the 118-token prompt with its
+    # 12 new tokens takes 36 of them, so the three requests cannot all run at once.
+    model = small_model()
+    generation = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=-1)
+    want = model.generate_batch(PROMPTS, generation_config=generation,
+                                continuous_batching_config=engine_config())
+    served = headpage.serving.enable(twin(model), num_pages=60)
+    got = served.generate_batch(PROMPTS, generation_config=generation,
+                                continuous_batching_config=engine_config())
+    assert tokens(got) == tokens(want)
+
+
+def test_a_policy_compresses_each_prompt_and_frees_its_pages():
+    model = headpage.serving.enable(small_model(), num_pages=2048, policy="ada-snapkv",
+                                    budget="50%")
+    manager, results = run_manager(model, PROMPTS, 12)
+    cache = manager.serving_cache
+    assert all(len(r.generated_tokens) == 12 for r in results.values())
+    # The 5-token prompt is shorter than the window: skipped; the others kept half.
+    compressed = {rid: c for rid, c in cache.compressions.items()
+                  if isinstance(c, headpage.CompressResult)}
+    assert len(compressed) == 2
+    for result in compressed.values():
+        assert result.tokens_after <= result.tokens_before // 2 + 2 * 4  # 2 layers x 2 heads
+        assert result.pages_freed > 0
+    # Every request is done: the pool is empty again.
+    assert cache.page_pool.free_pages == cache.page_pool.num_pages
+    cache.manager.check_invariants()
+
+
+def test_the_pool_budget_evicts_across_requests_before_any_preemption():
+    # Three 100-token prompts compressed to 50 tokens a stream, then 40 new tokens
+    # each: 90 tokens a stream need 6 pages, 72 for the three requests, more than
+    # the 60 of the pool; evicted to the 8-token floor they would need 36.
+    prompts = [list(range(1 + i, 101 + i)) for i in range(3)]
+    model = headpage.serving.enable(small_model(), num_pages=60, policy="ada-snapkv",
+                                    budget="50%", floor_tokens=8, protect_recent=4)
+    manager, results = run_manager(model, prompts, 40)
+    pressure = manager.pool_pressure
+    assert all(len(r.generated_tokens) == 40 for r in results.values())
+    assert pressure.budget_evictions > 0 and pressure.pages_evicted > 0
+    assert pressure.preemptions == 0
+    cache = manager.serving_cache
+    assert cache.page_pool.free_pages == cache.page_pool.num_pages
+    cache.manager.check_invariants()
+
+
+def test_without_a_policy_a_short_pool_preempts_and_still_gives_transformers_tokens():
+    prompts = [list(range(1 + i, 41 + i)) for i in range(3)]
+    model = small_model()
+    generation = GenerationConfig(max_new_tokens=100, do_sample=False, eos_token_id=-1)
+    want = model.generate_batch(prompts, generation_config=generation,
+                                continuous_batching_config=engine_config())
+    served = headpage.serving.enable(twin(model), num_pages=80)
+    manager, results = run_manager(served, prompts, 100)
+    assert manager.pool_pressure.preemptions > 0
+    by_prompt = {tuple(r.prompt_ids): list(r.generated_tokens) for r in results.values()}
+    assert by_prompt == {tuple(o.prompt_ids): list(o.generated_tokens) for o in want.values()}
+
+
+def test_bad_arguments_are_refused_when_enabled():
+    model = small_model()
+    with pytest.raises(ValueError, match="num_pages"):
+        headpage.serving.enable(model, num_pages=0)
+    with pytest.raises(ValueError, match="needs a budget"):
+        headpage.serving.enable(model, num_pages=64, policy="ada-snapkv")
+    with pytest.raises(ValueError):
+        headpage.serving.enable(model, num_pages=64, policy="no-such-policy", budget="20%")
+    with pytest.raises(ValueError, match="floor_tokens"):
+        headpage.serving.enable(model, num_pages=64, floor_tokens=-1)
