@@ -426,6 +426,24 @@ class ServingManager(ContinuousBatchingManager):
         self.pool_pressure = None
         super().__init__(*args, **kwargs)
 
+    def add_request(self, input_ids, *args, **kwargs):
+        """transformers' add_request, after checking that the prompt can ever be
+        served: ValueError for an empty prompt or one whose pages exceed the whole
+        pool (in the engine's loop it would stop every request)."""
+        prompt = len(input_ids) if input_ids is not None else 0
+        if prompt == 0:
+            raise ValueError("headpage.serving: empty prompt")
+        shape = model_shape(self.model, "headpage.serving")
+        page_size = self._cache_options["page_size"]
+        # The prompt and its first new token, in every stream, before compression.
+        pages = math.ceil((prompt + 1) / page_size) * shape.num_layers * shape.num_kv_heads
+        if pages > self._cache_options["num_pages"]:
+            raise ValueError(
+                f"headpage.serving: a prompt of {prompt} tokens needs {pages} pages of "
+                f"{page_size} tokens before compression; the pool has "
+                f"{self._cache_options['num_pages']}")
+        return super().add_request(input_ids, *args, **kwargs)
+
     def switch_to_cb_friendly_attn(self, model, auto_switch_to_flash=True):
         if model.config._attn_implementation != ATTENTION:
             self._original_attn_impl = model.config._attn_implementation

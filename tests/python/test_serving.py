@@ -133,6 +133,25 @@ def test_without_a_policy_a_short_pool_preempts_and_still_gives_transformers_tok
     assert by_prompt == {tuple(o.prompt_ids): list(o.generated_tokens) for o in want.values()}
 
 
+def test_a_prompt_the_pool_can_never_hold_is_refused_and_the_others_are_served():
+    # 16 pages hold 4 streams x 4 pages: 64 tokens. A 200-token prompt never fits.
+    model = headpage.serving.enable(small_model(), num_pages=16)
+    generation = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1)
+    manager = model.init_continuous_batching(generation_config=generation,
+                                             continuous_batching_config=engine_config())
+    manager.start()
+    try:
+        with pytest.raises(ValueError, match="needs 52 pages of 16 tokens"):
+            manager.add_request(list(range(1, 201)))
+        with pytest.raises(ValueError, match="empty prompt"):
+            manager.add_request([])
+        rid = manager.add_request(PROMPTS[0])
+        result = manager.get_result(rid, timeout=120)
+    finally:
+        manager.stop(block=True)
+    assert len(result.generated_tokens) == 4
+
+
 def test_bad_arguments_are_refused_when_enabled():
     model = small_model()
     with pytest.raises(ValueError, match="num_pages"):
