@@ -45,7 +45,7 @@ def resolve_policy(policy, budget):
         budget = None
     if budget is not None:
         headpage.budget_capacity(budget, 1)  # raises on a bad budget
-    if config.name != "full" and budget is None:
+    if config.compresses and budget is None:
         raise ValueError(f"policy '{config.name}' needs a budget (e.g. '20%' or 128)")
     return config, budget
 

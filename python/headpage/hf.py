@@ -293,7 +293,7 @@ class Cache(_HFCache):
         self.seqs = [self.manager.add_sequence() for _ in range(batch)]
 
     def _compresses(self):
-        return self.budget is not None and self.policy.name != "full"
+        return self.budget is not None and self.policy.compresses
 
     def _stream(self):
         if self.device.type == "cuda":

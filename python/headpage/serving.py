@@ -119,7 +119,7 @@ class ServingCache:
         self.arena = make_arena(self.geometry, num_pages, self.device, "headpage.serving")
         self.manager = headpage.BlockManager(self.geometry, self.page_pool)
         self.engine = None
-        if self.budget is not None:
+        if self.budget is not None and self.policy.compresses:
             if self.device.type == "cuda":
                 self.engine = headpage.EvictionEngine(self.manager, self.arena,
                                                       stream=self._stream())
@@ -422,6 +422,7 @@ class ServingManager(ContinuousBatchingManager):
     def __init__(self, *args, cache_options, pressure_options, **kwargs):
         self._cache_options = cache_options
         self._pressure_options = pressure_options
+        self._shape = model_shape(args[0], "headpage.serving")
         self.serving_cache = None
         self.pool_pressure = None
         super().__init__(*args, **kwargs)
@@ -433,7 +434,7 @@ class ServingManager(ContinuousBatchingManager):
         prompt = len(input_ids) if input_ids is not None else 0
         if prompt == 0:
             raise ValueError("headpage.serving: empty prompt")
-        shape = model_shape(self.model, "headpage.serving")
+        shape = self._shape
         page_size = self._cache_options["page_size"]
         # The prompt and its first new token, in every stream, before compression.
         pages = math.ceil((prompt + 1) / page_size) * shape.num_layers * shape.num_kv_heads
