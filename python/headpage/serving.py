@@ -32,373 +32,81 @@ Prefix sharing (content-hashed pages) is off: transformers hashes whole-model
 blocks, and a headpage page belongs to one compressible stream. Forks still share
 their prompt's pages.
 """
-import logging
 import math
 import threading
 import types
 
-import numpy as np
-import torch
 from transformers import AttentionInterface
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import continuous_api
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
-from transformers.generation.continuous_batching.requests import RequestStatus
 
-import headpage
-from headpage._model import DTYPES, make_arena, model_shape, resolve_policy
-from headpage.hf import Skipped
+from headpage._model import model_shape, resolve_policy
+from headpage._pool_pressure import PoolPressure
+from headpage._serving_cache import (_CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, RECENT_RESULTS,
+                                     ServingCache, StepRecord)
+
+__all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "RECENT_RESULTS", "PoolPressure",
+           "ServingCache", "ServingManager", "StepRecord", "TESTED_TRANSFORMERS",
+           "check_engine", "enable"]
 
 ATTENTION = "headpage_serving"
 
-_log = logging.getLogger("headpage.serving")
+# The version of transformers whose engine headpage.serving was written and tested
+# against; check_engine() says what differs in another.
+TESTED_TRANSFORMERS = "5.23.0"
+
+# What transformers' PagedAttentionCache offers that ServingCache does not, and why
+# the engine never asks it of headpage's cache.
+_CACHE_NOT_NEEDED = {
+    "count_storable_requests": "asked only by transformers' OffloadingManager, which "
+                               "PoolPressure replaces",
+    "fill_block_table": "the decode fast path (flash_attn_with_kvcache), off: "
+                        "max_blocks_per_request is 0",
+    "get_cache_for_block_table": "the decode fast path, off",
+    "get_block_table_key": "the decode fast path, off",
+    "update": "called by transformers' own paged attention functions, which headpage's "
+              "attention replaces",
+}
 
 
-class _AllocatorView:
-    """The one allocator transformers' batch preparation asks about: full
-    attention, whose read length is the logical one (past + new tokens)."""
-    layer_type = "full_attention"
-    index = 0
-    read_trash_index = 0
-    write_trash_index = 0
+def check_engine():
+    """Checks that transformers' continuous-batching engine still has the parts
+    headpage.serving relies on (docs/serving.md lists them): the names it
+    replaces or calls, and a cache protocol that ServingCache answers in full.
+    RuntimeError naming every difference; enable() calls it."""
+    from transformers.generation.continuous_batching import offloading_manager, scheduler
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+    from transformers.generation.continuous_batching.requests import RequestState
 
-    @staticmethod
-    def get_seqlen_k(past, new):
-        return past + new
+    missing = []
 
+    def need(owner, names, what):
+        missing.extend(f"{what}.{n}" for n in names if not hasattr(owner, n))
 
-class _NoSectorPool:
-    """transformers' sector pool, asked to free space before it offloads: headpage
-    has no cached-but-unused pages to give back."""
-
-    @staticmethod
-    def try_to_free_sectors():
-        return None
-
-
-class _StepRow:
-    """One request of the step being run: its rows [first, first + count) of the
-    packed batch, at logical positions past..past + count - 1."""
-    __slots__ = ("request_id", "seq", "past", "count", "first", "slots", "prompt")
-
-    def __init__(self, request_id, seq, past, count, first, slots, prompt):
-        self.request_id, self.seq, self.past, self.count = request_id, seq, past, count
-        self.first, self.slots, self.prompt = first, slots, prompt
-
-    @property
-    def is_decode(self):
-        return self.count == 1 and self.past > 0
-
-    @property
-    def ends_prompt(self):
-        return self.prompt is not None and self.past < self.prompt <= self.past + self.count
-
-
-class ServingCache:
-    """What transformers' continuous-batching engine asks of its cache, answered
-    from a headpage pool (duck-typed: the engine reads the attributes and calls
-    the methods below; its own attention functions never see this object)."""
-
-    def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
-                 budget=None):
-        shape = model_shape(model, "headpage.serving")
-        if model.dtype not in DTYPES:
-            raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
-        for name, value in (("num_pages", num_pages), ("page_size", page_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.policy, self.budget = resolve_policy(policy, budget)
-        self.shape = shape
-        self.geometry = headpage.CacheGeometry(
-            num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
-            num_q_heads=shape.num_q_heads, head_dim=shape.head_dim, dtype=DTYPES[model.dtype],
-            page_size=page_size)
-        self.device = model.device
-        self.dtype = model.dtype
-        self.page_pool = headpage.PagePool(num_pages)
-        self.arena = make_arena(self.geometry, num_pages, self.device, "headpage.serving")
-        self.manager = headpage.BlockManager(self.geometry, self.page_pool)
-        self.engine = None
-        if self.budget is not None and self.policy.compresses:
-            if self.device.type == "cuda":
-                self.engine = headpage.EvictionEngine(self.manager, self.arena,
-                                                      stream=self._stream())
-            else:
-                self.engine = headpage.EvictionEngine(self.manager, self.arena)
-        # Read by transformers' scheduler and batch preparation.
-        self.max_batch_tokens = max_batch_tokens
-        self.num_blocks = num_pages
-        self.use_prefix_sharing = False
-        self.allow_block_sharing = False
-        self.cache_allocators = {"full_attention": _AllocatorView()}
-        self.max_blocks_per_request = 0
-        self.max_decode_fast_path_length = 0
-        self.read_cache_limit = None
-        # The scheduler caps the sum of running requests' logical lengths with it;
-        # memory is the pool's to judge, so the cap is far above any batch.
-        self.max_tokens_read = 1 << 30
-        self.bytes_per_sector = 1
-        self.pool = _NoSectorPool()  # transformers' name for its sector pool
-        # Per request: its headpage sequence and engine state.
-        self._seqs = {}
-        self._states = {}
-        self._promised_pages = 0
-        self._step = []           # this step's _StepRow list, in batch order
-        self._step_done = True    # the last layer ran: the next extend starts a step
-        self._windows = {}        # (request, layer) -> observed queries [q_heads][w][D]
-        self.compressions = {}    # request -> CompressResult or Skipped
-        _log.info("headpage.serving: prefix sharing is off (transformers hashes whole-model "
-                  "blocks; headpage pages are per stream and compress); forks share pages")
-
-    def _stream(self):
-        if self.device.type == "cuda":
-            return torch.cuda.current_stream(self.device).cuda_stream
-        return 0
-
-    def _to_device(self, array, dtype=None):
-        """A host array where the kernels read it."""
-        # A copy: the bookkeeping's arrays are read-only views.
-        tensor = torch.from_numpy(np.array(array, dtype=dtype, copy=True))
-        return tensor if self.device.type == "cpu" else tensor.to(self.device)
-
-    # -- the scheduler's questions ------------------------------------------------------
-
-    def _pages_for(self, request_id, tokens):
-        seq = self._seqs.get(request_id)
-        if seq is not None:
-            return self.manager.pages_needed(seq, tokens)
-        return math.ceil(tokens / self.geometry.page_size) * self.geometry.streams_per_sequence
-
-    def can_store_request_tokens(self, state, num_tokens, dry_run=False):
-        """Whether the pool can take `num_tokens` more of the request; unless
-        dry_run, promises them (the pages are reserved when the batch is prepared)."""
-        need = self._pages_for(state.request_id, num_tokens)
-        fits = self.page_pool.free_pages - self._promised_pages >= need
-        if fits and not dry_run:
-            if state.request_id not in self._seqs:
-                self._seqs[state.request_id] = self.manager.add_sequence()
-            self._states[state.request_id] = state
-            self._promised_pages += need
-        return fits
-
-    def compute_free_capacity(self, relative=True):
-        free = self.page_pool.free_pages
-        return free / self.page_pool.num_pages if relative else free
-
-    def evict_cached_blocks(self):
-        return False
-
-    def search_prefix_match(self, request_id, input_ids):
-        return 0
-
-    def count_new_complete_blocks(self, state, num_tokens):
-        return {}
-
-    def mark_complete_blocks(self, state, blocks):
-        return None
-
-    def free_blocks(self, request_id, no_cache=False):
-        seq = self._seqs.pop(request_id, None)
-        self._states.pop(request_id, None)
-        for key in [k for k in self._windows if k[0] == request_id]:
-            del self._windows[key]
-        if seq is not None:
-            if self.engine is not None:
-                self.engine.forget(seq)
-            self.manager.free(seq)
-
-    def free_all_requests(self, clear_ledgers=False):
-        for request_id in list(self._seqs):
-            self.free_blocks(request_id)
-
-    def reset(self):
-        self.free_all_requests()
-        self._promised_pages = 0
-        self._step, self._step_done = [], True
-
-    def prepare_fork_request(self, source_state, destination_ids, copies):
-        parent = self._seqs[source_state.request_id]
-        for child in destination_ids:
-            self._seqs[child] = self.manager.fork(parent)
-        return list(destination_ids)
-
-    def perform_cache_copy(self, copies):
-        return None  # forks share pages; copy-on-write happens at their next reserve
-
-    # -- batch preparation: once per request, in batch order -------------------------------
-
-    def extend_read_and_write_indices(self, request_id, past_length, query_length, read_index,
-                                      write_index):
-        if self._step_done:
-            self._step, self._step_done = [], False
-            self._promised_pages = 0  # what was promised is being reserved now
-        seq = self._seqs[request_id]
-        plan = self.manager.reserve(seq, query_length)
-        if len(plan.copy_src):
-            headpage.copy_pages(self.arena, self._to_device(plan.copy_src),
-                                self._to_device(plan.copy_dst), stream=self._stream())
-        state = self._states.get(request_id)
-        prompt = len(state.initial_tokens) if state is not None else None
-        first = self._step[-1].first + self._step[-1].count if self._step else 0
-        self._step.append(_StepRow(request_id, seq, past_length, query_length, first,
-                                   np.array(plan.slot_mapping), prompt))
-        # transformers sizes its index tensors from these; headpage never reads them.
-        write_index[0].extend([0] * query_length)
-
-    # -- the attention of one layer ----------------------------------------------------------
-
-    def attend(self, module, query, key, value, scaling):
-        """query [1][q_heads][T][D], key/value [1][kv_heads][T][D] of the packed batch;
-        returns [1][T][q_heads][D]."""
-        layer = module.layer_idx
-        rows = self._step
-        total = query.shape[2]
-        out = torch.empty(1, total, self.shape.num_q_heads, self.shape.head_dim,
-                          dtype=query.dtype, device=query.device)
-        slots = np.concatenate([r.slots[:, layer, :] for r in rows])
-        positions = np.concatenate([np.arange(r.past, r.past + r.count, dtype=np.int32)
-                                    for r in rows])
-        headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
-                          value[0].transpose(0, 1).contiguous(), self._to_device(slots),
-                          self._to_device(positions), stream=self._stream())
-        decode = [r for r in rows if r.is_decode]
-        for r in rows:
-            if not r.is_decode:
-                out[0, r.first:r.first + r.count] = self._attend_prefill(layer, r, query, scaling)
-        if decode:
-            table = self.manager.block_table(layer, [r.seq for r in decode])
-            at = torch.tensor([r.first for r in decode], device=query.device)
-            q = query[0].index_select(1, at).transpose(0, 1).contiguous()  # [n][q_heads][D]
-            o = torch.empty_like(q)
-            # The manager built these tables: no device check.
-            headpage.decode_attention(self.arena, q, self._to_device(table.indptr),
-                                      self._to_device(table.page_ids), self._to_device(table.lens),
-                                      o, sm_scale=scaling, stream=self._stream(), check=False)
-            out[0, at] = o
-        if layer == self.shape.num_layers - 1:
-            self._compress_completed_prompts()
-            self._step_done = True
-        return out
-
-    def _attend_prefill(self, layer, r, query, scaling):
-        """SDPA of a prefill chunk over its request's K/V so far (every head has the
-        same length until the prompt is compressed); keeps the rows of the
-        observation window for the compression."""
-        table = self.manager.block_table(layer, [r.seq])
-        length = int(table.lens[0])
-        pages = torch.as_tensor(np.asarray(table.page_ids), dtype=torch.long,
-                                device=query.device).view(self.shape.num_kv_heads, -1)
-        kv = torch.from_dlpack(self.arena.kv)
-        heads, dim = self.shape.num_kv_heads, self.shape.head_dim
-        keys = kv[pages, 0].reshape(heads, -1, dim)[:, :length]
-        values = kv[pages, 1].reshape(heads, -1, dim)[:, :length]
-        q = query[0, :, r.first:r.first + r.count]  # [q_heads][count][D]
-        causal = torch.ones(r.count, length, dtype=torch.bool, device=query.device).tril(
-            length - r.count)
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q, keys, values, attn_mask=causal, scale=scaling, enable_gqa=True)
-        if self.engine is not None and r.prompt is not None:
-            self._keep_window(layer, r, q)
-        return o.transpose(0, 1)
-
-    def _keep_window(self, layer, r, q):
-        window = self.policy.observed_queries(r.prompt)
-        start = max(r.prompt - window, r.past)
-        stop = min(r.prompt, r.past + r.count)
-        if start >= stop:
-            return
-        rows = q[:, start - r.past:stop - r.past].detach()
-        where = self.device if self.engine.on_device else "cpu"
-        rows = rows.to(where)
-        key = (r.request_id, layer)
-        kept = self._windows.get(key)
-        self._windows[key] = rows.contiguous() if kept is None else torch.cat([kept, rows], 1)
-
-    def _compress_completed_prompts(self):
-        if self.engine is None:
-            return
-        for r in self._step:
-            if not r.ends_prompt or r.request_id in self.compressions:
-                continue
-            windows = [self._windows.pop((r.request_id, layer), None)
-                       for layer in range(self.shape.num_layers)]
-            if r.prompt <= self.policy.window or any(w is None for w in windows):
-                self.compressions[r.request_id] = Skipped(
-                    f"prompt of {r.prompt} tokens is not longer than the window "
-                    f"({self.policy.window})")
-                continue
-            observed = windows[0].shape[1]
-            positions = torch.arange(r.prompt - observed, r.prompt, dtype=torch.int32,
-                                     device=windows[0].device)
-            self.compressions[r.request_id] = self.engine.compress(
-                r.seq, self.policy, self.budget, windows, [positions])
-
-
-class PoolPressure:
-    """Takes the place of transformers' OffloadingManager, which the engine asks to
-    make room when running requests cannot get pages. headpage first applies the
-    pool-wide budget: the EvictionEngine evicts the lowest-scored tokens across
-    every compressed request (one threshold over all of them), keeping at least
-    `floor_tokens` and the last `protect_recent` tokens of every stream. Only if
-    that cannot free enough are the newest starved requests preempted: their
-    pages are freed and each is queued again from its prompt (transformers' soft
-    reset). Both are counted."""
-
-    def __init__(self, cache, scheduler, floor_tokens, protect_recent):
-        self.cache, self.scheduler = cache, scheduler
-        self.floor_tokens, self.protect_recent = floor_tokens, protect_recent
-        self.budget_evictions = 0   # times the pool budget made enough room
-        self.pages_evicted = 0      # pages it freed
-        self.preemptions = 0        # requests soft-reset
-
-    def offload_requests(self):
-        """True when it made room (the engine schedules again), False when nothing
-        can be done."""
-        starved = self.scheduler.starved_requests
-        if not starved:
-            return False
-        cache = self.cache
-        wanted = sum(cache._pages_for(state.request_id, length) for state, length in starved)
-        deficit = wanted - cache.page_pool.free_pages
-        if deficit <= 0:
-            return True
-        if cache.engine is not None:
-            freed = cache.engine.enforce_pool_budget(deficit, self.floor_tokens,
-                                                     self.protect_recent)
-            self.pages_evicted += freed
-            if freed >= deficit:
-                self.budget_evictions += 1
-                return True
-            deficit -= freed
-        preempted = 0
-        while starved and deficit > 0 and len(self.scheduler.active_requests) - preempted > 1:
-            state, _ = starved.pop()  # the newest
-            pages = cache.manager.stats().pages_in_use
-            cache.free_blocks(state.request_id)
-            deficit -= pages - cache.manager.stats().pages_in_use
-            again = state.create_equivalent_initial_request()
-            state._status = RequestStatus.FINISHED
-            self.scheduler.finish_request(state.request_id)
-            self.scheduler.add_waiting_request(again)
-            preempted += 1
-        if preempted:
-            self.scheduler.block_new_requests = True
-            self.preemptions += preempted
-            _log.info("headpage.serving: preempted %d requests (the pool budget freed %d pages)",
-                      preempted, self.pages_evicted)
-        return preempted > 0
-
-    def restore_scheduled_requests(self, requests_in_batch):
-        return None  # nothing is offloaded to the CPU
-
-    def free_request_cpu_cache(self, state):
-        return None
-
-    def free_all_waiting_cpu_caches(self):
-        return None
-
-    def reset(self):
-        return None
+    need(continuous_api, ["PagedAttentionCache"], "continuous_api")
+    need(ContinuousBatchingManager, ["_create_batch_processor", "switch_to_cb_friendly_attn",
+                                     "add_request", "get_result", "start", "stop"],
+         "ContinuousBatchingManager")
+    need(scheduler.Scheduler, ["finish_request", "add_waiting_request", "schedule_batch"],
+         "Scheduler")
+    need(RequestState, ["create_equivalent_initial_request"], "RequestState")
+    public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
+    theirs, ours = public(PagedAttentionCache), public(ServingCache)
+    changes = [f"missing: {m}" for m in missing]
+    changes += [f"PagedAttentionCache.{n} is new: ServingCache does not answer it"
+                for n in sorted(theirs - ours - set(_CACHE_NOT_NEEDED))]
+    changes += [f"PagedAttentionCache.{n} is gone: the engine may no longer ask it"
+                for n in sorted((ours & _CACHE_PROTOCOL) - theirs)]
+    offloading = public(offloading_manager.OffloadingManager)
+    changes += [f"OffloadingManager.{n} is new: PoolPressure does not answer it"
+                for n in sorted(offloading - public(PoolPressure))]
+    if changes:
+        import transformers
+        raise RuntimeError(
+            f"headpage.serving was written for transformers {TESTED_TRANSFORMERS}'s "
+            f"continuous-batching engine; transformers {transformers.__version__} differs: "
+            + "; ".join(changes))
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cache=None,
@@ -426,6 +134,30 @@ class ServingManager(ContinuousBatchingManager):
         self.serving_cache = None
         self.pool_pressure = None
         super().__init__(*args, **kwargs)
+
+    def stats(self):
+        """The pool and what eviction did so far, as a dict: num_pages, free_pages,
+        sequences (requests holding pages), compressed (prompts compressed),
+        tokens_before and tokens_after (their stream tokens, summed),
+        pages_freed_by_compression, skipped (prompts left whole), compress_seconds,
+        pool_budget_evictions, pages_evicted_by_pool_budget, preemptions. Read from
+        another thread it is a snapshot that may be one step old."""
+        cache, pressure = self.serving_cache, self.pool_pressure
+        if cache is None:
+            return dict(num_pages=self._cache_options["num_pages"],
+                        free_pages=self._cache_options["num_pages"], sequences=0, compressed=0,
+                        tokens_before=0, tokens_after=0, pages_freed_by_compression=0,
+                        skipped=0, compress_seconds=0.0, pool_budget_evictions=0,
+                        pages_evicted_by_pool_budget=0, preemptions=0)
+        totals = dict(cache.totals)
+        return dict(num_pages=cache.page_pool.num_pages, free_pages=cache.page_pool.free_pages,
+                    sequences=len(cache._seqs), compressed=totals["compressed"],
+                    tokens_before=totals["tokens_before"], tokens_after=totals["tokens_after"],
+                    pages_freed_by_compression=totals["pages_freed"],
+                    skipped=totals["skipped"], compress_seconds=cache.compress_seconds,
+                    pool_budget_evictions=pressure.budget_evictions,
+                    pages_evicted_by_pool_budget=pressure.pages_evicted,
+                    preemptions=pressure.preemptions)
 
     def add_request(self, input_ids, *args, **kwargs):
         """transformers' add_request, after checking that the prompt can ever be
@@ -480,6 +212,7 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     stream's last `protect_recent` tokens, before any request is preempted
     (PoolPressure). The arguments are checked now (ValueError, TypeError,
     NotImplementedError)."""
+    check_engine()
     options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget)
     model_shape(model, "headpage.serving")
     resolve_policy(policy, budget)

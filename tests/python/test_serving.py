@@ -3,7 +3,9 @@
 on the CPU with a small random-weight Llama. At the full budget it must give
 transformers' own engine's tokens exactly (chunked prefill, mixed prefill and
 decode batches, num_return_sequences); with a policy it compresses each prompt
-once it is prefilled and returns the pages to the pool."""
+once it is prefilled and returns the pages to the pool. Every test runs on the
+CPU, and again on a CUDA device (CudaArena, the GPU kernels and executor) where
+the build and the machine have one: scripts/gpu-check runs those."""
 import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -14,12 +16,20 @@ import headpage.serving
 
 PROMPTS = [[1, 5, 7, 9, 11], list(range(3, 70)), list(range(2, 120))]
 
+_NO_CUDA = not (headpage.has_cuda and torch.cuda.is_available())
 
-def small_model():
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    _NO_CUDA, reason="needs a CUDA build of headpage and a CUDA device"))])
+def device(request):
+    return torch.device(request.param)
+
+
+def small_model(device="cpu"):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=256,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).eval().to(device)
     model.set_attn_implementation("sdpa")
     return model
 
@@ -28,7 +38,7 @@ def twin(model):
     copy = LlamaForCausalLM(model.config).eval()
     copy.load_state_dict(model.state_dict())
     copy.set_attn_implementation("sdpa")
-    return copy
+    return copy.to(model.device)
 
 
 def engine_config():
@@ -59,8 +69,8 @@ def run_manager(model, prompts, max_new_tokens):
 
 
 @pytest.mark.parametrize("children", [1, 2])
-def test_full_budget_gives_transformers_tokens(children):
-    model = small_model()
+def test_full_budget_gives_transformers_tokens(children, device):
+    model = small_model(device)
     generation = GenerationConfig(max_new_tokens=12, eos_token_id=-1, num_return_sequences=children,
                                   do_sample=children > 1, top_k=1 if children > 1 else None)
     want = model.generate_batch(PROMPTS, generation_config=generation,
@@ -72,10 +82,10 @@ def test_full_budget_gives_transformers_tokens(children):
     assert tokens(got) == tokens(want)
 
 
-def test_a_pool_too_small_for_every_request_at_once_still_serves_them_all():
+def test_a_pool_too_small_for_every_request_at_once_still_serves_them_all(device):
     # 60 pages of 16 tokens over 2 layers x 2 KV heads: the 118-token prompt with its
     # 12 new tokens takes 36 of them, so the three requests cannot all run at once.
-    model = small_model()
+    model = small_model(device)
     generation = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=-1)
     want = model.generate_batch(PROMPTS, generation_config=generation,
                                 continuous_batching_config=engine_config())
@@ -85,11 +95,12 @@ def test_a_pool_too_small_for_every_request_at_once_still_serves_them_all():
     assert tokens(got) == tokens(want)
 
 
-def test_a_policy_compresses_each_prompt_and_frees_its_pages():
-    model = headpage.serving.enable(small_model(), num_pages=2048, policy="ada-snapkv",
+def test_a_policy_compresses_each_prompt_and_frees_its_pages(device):
+    model = headpage.serving.enable(small_model(device), num_pages=2048, policy="ada-snapkv",
                                     budget="50%")
     manager, results = run_manager(model, PROMPTS, 12)
     cache = manager.serving_cache
+    assert cache.engine.on_device == (device.type == "cuda")
     assert all(len(r.generated_tokens) == 12 for r in results.values())
     # The 5-token prompt is shorter than the window: skipped; the others kept half.
     compressed = {rid: c for rid, c in cache.compressions.items()
@@ -103,12 +114,12 @@ def test_a_policy_compresses_each_prompt_and_frees_its_pages():
     cache.manager.check_invariants()
 
 
-def test_the_pool_budget_evicts_across_requests_before_any_preemption():
+def test_the_pool_budget_evicts_across_requests_before_any_preemption(device):
     # Three 100-token prompts compressed to 50 tokens a stream, then 40 new tokens
     # each: 90 tokens a stream need 6 pages, 72 for the three requests, more than
     # the 60 of the pool; evicted to the 8-token floor they would need 36.
     prompts = [list(range(1 + i, 101 + i)) for i in range(3)]
-    model = headpage.serving.enable(small_model(), num_pages=60, policy="ada-snapkv",
+    model = headpage.serving.enable(small_model(device), num_pages=60, policy="ada-snapkv",
                                     budget="50%", floor_tokens=8, protect_recent=4)
     manager, results = run_manager(model, prompts, 40)
     pressure = manager.pool_pressure
@@ -120,9 +131,9 @@ def test_the_pool_budget_evicts_across_requests_before_any_preemption():
     cache.manager.check_invariants()
 
 
-def test_without_a_policy_a_short_pool_preempts_and_still_gives_transformers_tokens():
+def test_without_a_policy_a_short_pool_preempts_and_still_gives_transformers_tokens(device):
     prompts = [list(range(1 + i, 41 + i)) for i in range(3)]
-    model = small_model()
+    model = small_model(device)
     generation = GenerationConfig(max_new_tokens=100, do_sample=False, eos_token_id=-1)
     want = model.generate_batch(prompts, generation_config=generation,
                                 continuous_batching_config=engine_config())
@@ -133,9 +144,9 @@ def test_without_a_policy_a_short_pool_preempts_and_still_gives_transformers_tok
     assert by_prompt == {tuple(o.prompt_ids): list(o.generated_tokens) for o in want.values()}
 
 
-def test_a_prompt_the_pool_can_never_hold_is_refused_and_the_others_are_served():
+def test_a_prompt_the_pool_can_never_hold_is_refused_and_the_others_are_served(device):
     # 16 pages hold 4 streams x 4 pages: 64 tokens. A 200-token prompt never fits.
-    model = headpage.serving.enable(small_model(), num_pages=16)
+    model = headpage.serving.enable(small_model(device), num_pages=16)
     generation = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(generation_config=generation,
                                              continuous_batching_config=engine_config())
@@ -152,6 +163,23 @@ def test_a_prompt_the_pool_can_never_hold_is_refused_and_the_others_are_served()
     assert len(result.generated_tokens) == 4
 
 
+def test_a_request_whose_budget_cannot_be_met_keeps_its_prompt_and_the_others_compress(device):
+    # 20% of a 60-token prompt is 12 tokens, fewer than the 32 of the window that
+    # ada-snapkv protects: that request is not compressed (the reason is kept);
+    # the 200-token one is, and every request is served.
+    prompts = [list(range(1, 61)), [1 + i % 120 for i in range(200)]]
+    model = headpage.serving.enable(small_model(device), num_pages=2048, policy="ada-snapkv",
+                                    budget="20%")
+    manager, results = run_manager(model, prompts, 6)
+    assert all(len(r.generated_tokens) == 6 for r in results.values())
+    by_length = {len(r.prompt_ids): manager.serving_cache.compressions[rid]
+                 for rid, r in results.items()}
+    assert isinstance(by_length[60], headpage.hf.Skipped)
+    assert "protected tokens" in by_length[60].reason
+    assert isinstance(by_length[200], headpage.CompressResult)
+    assert by_length[200].tokens_after < by_length[200].tokens_before
+
+
 def test_bad_arguments_are_refused_when_enabled():
     model = small_model()
     with pytest.raises(ValueError, match="num_pages"):
@@ -162,3 +190,37 @@ def test_bad_arguments_are_refused_when_enabled():
         headpage.serving.enable(model, num_pages=64, policy="no-such-policy", budget="20%")
     with pytest.raises(ValueError, match="floor_tokens"):
         headpage.serving.enable(model, num_pages=64, floor_tokens=-1)
+
+
+def test_the_engine_parts_headpage_relies_on_are_there_and_a_change_is_named(monkeypatch):
+    # Passes on the pinned transformers; names what changed otherwise.
+    headpage.serving.check_engine()
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+    monkeypatch.setattr(PagedAttentionCache, "swap_to_disk", lambda self: None, raising=False)
+    monkeypatch.delattr(PagedAttentionCache, "free_blocks")
+    with pytest.raises(RuntimeError) as error:
+        headpage.serving.check_engine()
+    assert "PagedAttentionCache.swap_to_disk is new" in str(error.value)
+    assert "PagedAttentionCache.free_blocks is gone" in str(error.value)
+
+
+def test_smollm2_at_the_full_budget_gives_transformers_tokens(smollm2):
+    # The real model: SmolLM2-135M-Instruct, chat prompts of several lengths, one
+    # of them prefilled in chunks, mixed with the others' decoding.
+    from conftest import chat_ids
+    tok, model = smollm2
+    model.set_attn_implementation("sdpa")  # the session's model may have another
+    prompts = [chat_ids(tok, text)[0].tolist() for text in (
+        "Name a color.", "Write one sentence about the sea and the wind. " * 3,
+        "List three fruits, then three vegetables, then three animals. " * 6)]
+    generation = GenerationConfig(max_new_tokens=16, do_sample=False, eos_token_id=-1)
+    config = ContinuousBatchingConfig(page_size=16, num_blocks=256, max_batch_tokens=96,
+                                      max_requests_per_batch=8, auto_switch_to_flash=False,
+                                      allow_block_sharing=False, use_async_batching=False,
+                                      use_cuda_graph=False)
+    want = model.generate_batch(prompts, generation_config=generation,
+                                continuous_batching_config=config)
+    served = headpage.serving.enable(twin(model), num_pages=4096)
+    got = served.generate_batch(prompts, generation_config=generation,
+                                continuous_batching_config=config)
+    assert tokens(got) == tokens(want)

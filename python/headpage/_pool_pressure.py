@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage.serving's answer when running requests cannot get pages: the pool-wide
+budget first, preemption last (docs/serving.md)."""
+import logging
+
+from transformers.generation.continuous_batching.requests import RequestStatus
+
+_log = logging.getLogger("headpage.serving")
+
+
+class PoolPressure:
+    """Takes the place of transformers' OffloadingManager, which the engine asks to
+    make room when running requests cannot get pages. headpage first applies the
+    pool-wide budget: the EvictionEngine evicts the lowest-scored tokens across
+    every compressed request (one threshold over all of them), keeping at least
+    `floor_tokens` and the last `protect_recent` tokens of every stream. Only if
+    that cannot free enough are the newest starved requests preempted: their
+    pages are freed and each is queued again from its prompt (transformers' soft
+    reset). Both are counted."""
+
+    def __init__(self, cache, scheduler, floor_tokens, protect_recent):
+        self.cache, self.scheduler = cache, scheduler
+        self.floor_tokens, self.protect_recent = floor_tokens, protect_recent
+        self.budget_evictions = 0   # times the pool budget made enough room
+        self.pages_evicted = 0      # pages it freed
+        self.preemptions = 0        # requests soft-reset
+
+    def offload_requests(self):
+        """True when it made room (the engine schedules again), False when nothing
+        can be done."""
+        starved = self.scheduler.starved_requests
+        if not starved:
+            return False
+        cache = self.cache
+        wanted = sum(cache._pages_for(state.request_id, length) for state, length in starved)
+        deficit = wanted - cache.page_pool.free_pages
+        if deficit <= 0:
+            return True
+        if cache.engine is not None:
+            freed = cache.engine.enforce_pool_budget(deficit, self.floor_tokens,
+                                                     self.protect_recent)
+            self.pages_evicted += freed
+            if freed >= deficit:
+                self.budget_evictions += 1
+                return True
+            deficit -= freed
+        preempted = 0
+        while starved and deficit > 0 and len(self.scheduler.active_requests) - preempted > 1:
+            state, _ = starved.pop()  # the newest
+            pages = cache.manager.stats().pages_in_use
+            cache.free_blocks(state.request_id)
+            deficit -= pages - cache.manager.stats().pages_in_use
+            again = state.create_equivalent_initial_request()
+            state._status = RequestStatus.FINISHED
+            self.scheduler.finish_request(state.request_id)
+            self.scheduler.add_waiting_request(again)
+            preempted += 1
+        if preempted:
+            self.scheduler.block_new_requests = True
+            self.preemptions += preempted
+            _log.info("headpage.serving: preempted %d requests (the pool budget freed %d pages)",
+                      preempted, self.pages_evicted)
+        return preempted > 0
+
+    def restore_scheduled_requests(self, requests_in_batch):
+        return None  # nothing is offloaded to the CPU
+
+    def free_request_cpu_cache(self, state):
+        return None
+
+    def free_all_waiting_cpu_caches(self):
+        return None
+
+    def reset(self):
+        return None

@@ -1,0 +1,458 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage.serving's cache: what transformers' continuous-batching scheduler and
+batch preparation ask of their cache, answered from a headpage BlockManager, and
+the attention of each layer over the pool (docs/serving.md)."""
+import collections
+import logging
+import math
+import time
+import typing
+
+import numpy as np
+import torch
+from torch.nn.attention.bias import causal_lower_right
+
+import headpage
+from headpage._model import DTYPES, make_arena, model_shape, resolve_policy
+from headpage.hf import Skipped
+
+_log = logging.getLogger("headpage.serving")
+
+# How many requests' compression results ServingCache.compressions keeps.
+RECENT_RESULTS = 4096
+# Tokens a step takes when transformers' config leaves max_batch_tokens unset.
+DEFAULT_BATCH_TOKENS = 2048
+
+
+class _AllocatorView:
+    """The one allocator transformers' batch preparation asks about: full
+    attention, whose read length is the logical one (past + new tokens)."""
+    layer_type = "full_attention"
+    index = 0
+    read_trash_index = 0
+    write_trash_index = 0
+
+    @staticmethod
+    def get_seqlen_k(past, new):
+        return past + new
+
+
+class _NoSectorPool:
+    """transformers' sector pool, asked to free space before it offloads: headpage
+    has no cached-but-unused pages to give back."""
+
+    @staticmethod
+    def try_to_free_sectors():
+        return None
+
+
+class _StepRow:
+    """One request of the step being run: its rows [first, first + count) of the
+    packed batch, at logical positions past..past + count - 1."""
+    __slots__ = ("request_id", "seq", "past", "count", "first", "slots", "prompt")
+
+    def __init__(self, request_id, seq, past, count, first, slots, prompt):
+        self.request_id, self.seq, self.past, self.count = request_id, seq, past, count
+        self.first, self.slots, self.prompt = first, slots, prompt
+
+    @property
+    def is_decode(self):
+        return self.count == 1 and self.past > 0
+
+    @property
+    def ends_prompt(self):
+        return self.prompt is not None and self.past < self.prompt <= self.past + self.count
+
+
+class _StepInputs:
+    """What every layer of one step reads (ServingCache._prepare_step)."""
+    __slots__ = ("slots", "positions", "decode", "prefill", "decode_at", "seqs", "tables",
+                 "splits", "workspace")
+
+    def __init__(self):
+        self.slots = self.positions = self.decode_at = self.seqs = self.tables = None
+        self.workspace = None
+        self.decode, self.prefill = [], []
+        self.splits = 1
+
+
+class StepRecord(typing.NamedTuple):
+    """One engine step, as ServingCache records it when record_steps is set."""
+    began: float          # time.perf_counter() when its first layer ran
+    requests: int         # rows of the batch: requests with tokens in the step
+    decoding: int         # of which one token of decode
+    prefill_tokens: int   # prompt tokens of the others
+    kv_tokens_read: int   # tokens the decode rows' attention read, over every stream
+
+
+class ServingCache:
+    """What transformers' continuous-batching engine asks of its cache, answered
+    from a headpage pool (duck-typed: the engine reads the attributes and calls
+    the methods below; its own attention functions never see this object)."""
+
+    def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
+                 budget=None):
+        shape = model_shape(model, "headpage.serving")
+        if model.dtype not in DTYPES:
+            raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
+        for name, value in (("num_pages", num_pages), ("page_size", page_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.policy, self.budget = resolve_policy(policy, budget)
+        self.shape = shape
+        self.geometry = headpage.CacheGeometry(
+            num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+            num_q_heads=shape.num_q_heads, head_dim=shape.head_dim, dtype=DTYPES[model.dtype],
+            page_size=page_size)
+        self.device = model.device
+        self.dtype = model.dtype
+        self.page_pool = headpage.PagePool(num_pages)
+        self.arena = make_arena(self.geometry, num_pages, self.device, "headpage.serving")
+        self.manager = headpage.BlockManager(self.geometry, self.page_pool)
+        self.engine = None
+        if self.budget is not None and self.policy.compresses:
+            if self.device.type == "cuda":
+                self.engine = headpage.EvictionEngine(self.manager, self.arena,
+                                                      stream=self._stream())
+            else:
+                self.engine = headpage.EvictionEngine(self.manager, self.arena)
+        # Read by transformers' scheduler and batch preparation.
+        # Tokens a step takes: transformers' config, or a chunk that keeps a long
+        # prompt's prefill from stalling the decoding requests for long.
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS
+        self.num_blocks = num_pages
+        self.use_prefix_sharing = False
+        self.allow_block_sharing = False
+        self.cache_allocators = {"full_attention": _AllocatorView()}
+        self.max_blocks_per_request = 0
+        self.max_decode_fast_path_length = 0
+        # transformers' attention reads its cache through a read index that the
+        # batch preparation fills with every past token of the batch, sized by
+        # max_tokens_read; the scheduler charges each request its past length
+        # against it, capped by read_cache_limit. headpage's attention reads the
+        # pool through its own tables: a limit of 0 charges nothing, so nothing is
+        # filled, and the index stays small.
+        self.read_cache_limit = 0
+        self.max_tokens_read = self.max_batch_tokens
+        self.bytes_per_sector = 1
+        self.pool = _NoSectorPool()  # transformers' name for its sector pool
+        # Per request: its headpage sequence and engine state.
+        self._seqs = {}
+        self._states = {}
+        self._promised_pages = 0
+        self._step = []           # this step's _StepRow list, in batch order
+        self._step_done = True    # the last layer ran: the next extend starts a step
+        self._inputs = None       # _StepInputs of the step, made at its first layer
+        self._device_tables = None  # DeviceBlockTables of the decode rows (CUDA)
+        self._device_tables_seqs = None  # their sequences, in row order
+        self._device_table_views = None  # per layer (indptr, page_ids, lens) tensors
+        self._num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                         if self.device.type == "cuda" else 0)
+        # Measurement, read by tools/bench_serving.py: seconds spent compressing,
+        # and with record_steps set, one StepRecord per step.
+        self.compress_seconds = 0.0
+        self.record_steps = False
+        self.steps = []
+        self._windows = {}        # (request, layer) -> observed queries [q_heads][w][D]
+        # Per request, its prompt's CompressResult or Skipped (the latest
+        # RECENT_RESULTS requests), and the totals since the cache was made.
+        self.compressions = collections.OrderedDict()
+        self.totals = dict(compressed=0, skipped=0, tokens_before=0, tokens_after=0,
+                           pages_freed=0)
+        self._compressed = set()  # sequences whose prompt was compressed or skipped
+        _log.info("headpage.serving: prefix sharing is off (transformers hashes whole-model "
+                  "blocks; headpage pages are per stream and compress); forks share pages")
+
+    def _stream(self):
+        if self.device.type == "cuda":
+            return torch.cuda.current_stream(self.device).cuda_stream
+        return 0
+
+    def _to_device(self, array, dtype=None):
+        """A host array where the kernels read it."""
+        # A copy: the bookkeeping's arrays are read-only views.
+        tensor = torch.from_numpy(np.array(array, dtype=dtype, copy=True))
+        return tensor if self.device.type == "cpu" else tensor.to(self.device)
+
+    # -- the scheduler's questions ------------------------------------------------------
+
+    def _pages_for(self, request_id, tokens):
+        seq = self._seqs.get(request_id)
+        if seq is not None:
+            return self.manager.pages_needed(seq, tokens)
+        return math.ceil(tokens / self.geometry.page_size) * self.geometry.streams_per_sequence
+
+    def can_store_request_tokens(self, state, num_tokens, dry_run=False):
+        """Whether the pool can take `num_tokens` more of the request; unless
+        dry_run, promises them (the pages are reserved when the batch is prepared)."""
+        need = self._pages_for(state.request_id, num_tokens)
+        fits = self.page_pool.free_pages - self._promised_pages >= need
+        if fits and not dry_run:
+            if state.request_id not in self._seqs:
+                self._seqs[state.request_id] = self.manager.add_sequence()
+            self._states[state.request_id] = state
+            self._promised_pages += need
+        return fits
+
+    def compute_free_capacity(self, relative=True):
+        free = self.page_pool.free_pages
+        return free / self.page_pool.num_pages if relative else free
+
+    def evict_cached_blocks(self):
+        return False
+
+    def search_prefix_match(self, request_id, input_ids):
+        return 0
+
+    def count_new_complete_blocks(self, state, num_tokens):
+        return {}
+
+    def mark_complete_blocks(self, state, blocks):
+        return None
+
+    def free_blocks(self, request_id, no_cache=False):
+        seq = self._seqs.pop(request_id, None)
+        self._states.pop(request_id, None)
+        for key in [k for k in self._windows if k[0] == request_id]:
+            del self._windows[key]
+        if seq is not None:
+            self._compressed.discard(seq)
+            if self._device_tables_seqs is not None and seq in self._device_tables_seqs:
+                self._device_tables = self._device_tables_seqs = None
+                self._device_table_views = None
+            if self.engine is not None:
+                self.engine.forget(seq)
+            self.manager.free(seq)
+
+    def free_all_requests(self, clear_ledgers=False):
+        for request_id in list(self._seqs):
+            self.free_blocks(request_id)
+
+    def reset(self):
+        self.free_all_requests()
+        self._promised_pages = 0
+        self._step, self._step_done, self._inputs = [], True, None
+
+    def prepare_fork_request(self, source_state, destination_ids, copies):
+        parent = self._seqs[source_state.request_id]
+        for child in destination_ids:
+            self._seqs[child] = self.manager.fork(parent)
+        return list(destination_ids)
+
+    def perform_cache_copy(self, copies):
+        return None  # forks share pages; copy-on-write happens at their next reserve
+
+    # -- batch preparation: once per request, in batch order -------------------------------
+
+    def extend_read_and_write_indices(self, request_id, past_length, query_length, read_index,
+                                      write_index):
+        if self._step_done:
+            self._step, self._step_done = [], False
+            self._promised_pages = 0  # what was promised is being reserved now
+        seq = self._seqs[request_id]
+        plan = self.manager.reserve(seq, query_length)
+        if len(plan.copy_src):
+            headpage.copy_pages(self.arena, self._to_device(plan.copy_src),
+                                self._to_device(plan.copy_dst), stream=self._stream())
+        state = self._states.get(request_id)
+        prompt = len(state.initial_tokens) if state is not None else None
+        first = self._step[-1].first + self._step[-1].count if self._step else 0
+        self._step.append(_StepRow(request_id, seq, past_length, query_length, first,
+                                   np.array(plan.slot_mapping), prompt))
+        # transformers sizes its index tensors from these; headpage never reads them.
+        write_index[0].extend([0] * query_length)
+
+    # -- the attention of one layer ----------------------------------------------------------
+
+    def _prepare_step(self, device):
+        """What every layer of the step reads, made once at its first layer: the
+        slots and positions of the packed batch on the device (one copy each),
+        and for the decode rows their block tables of every layer (on CUDA the
+        resident DeviceBlockTables, one upload a step while the decode set stays
+        the same) and the split-KV plan."""
+        rows = self._step
+        inputs = _StepInputs()
+        inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
+        inputs.positions = self._to_device(np.concatenate(
+            [np.arange(r.past, r.past + r.count, dtype=np.int32) for r in rows]))
+        inputs.decode = [r for r in rows if r.is_decode]
+        inputs.prefill = [r for r in rows if not r.is_decode]
+        decode = inputs.decode
+        if decode:
+            inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
+            seqs = [r.seq for r in decode]
+            if self.device.type == "cuda":
+                tables = self._device_tables
+                if tables is not None and self._device_tables_seqs == seqs:
+                    tables.refresh()
+                    if tables.last_refresh_rebuilt:  # a layer's page_ids changed length
+                        self._device_table_views = None
+                else:
+                    tables = headpage.DeviceBlockTables(
+                        self.manager, seqs, headroom_pages=8, stream=self._stream(),
+                        device=self.device.index or 0)
+                    self._device_tables, self._device_tables_seqs = tables, seqs
+                    self._device_table_views = None
+                if self._device_table_views is None:
+                    # Tensors over the device arrays, valid until a layer is rebuilt.
+                    self._device_table_views = [
+                        tuple(torch.from_dlpack(a) for a in tables.layer(layer))
+                        for layer in range(self.shape.num_layers)]
+                inputs.tables = self._device_table_views
+                # Streams are never longer than their request (compressed ones are shorter).
+                longest = max(r.past + 1 for r in decode)
+                inputs.splits = headpage.decode_attention_splits(
+                    longest, len(decode) * self.shape.num_kv_heads, self._num_sms)
+                if inputs.splits > 1:
+                    inputs.workspace = torch.empty(
+                        headpage.decode_attention_workspace_bytes(
+                            len(decode), self.shape.num_q_heads, self.shape.head_dim,
+                            inputs.splits), dtype=torch.uint8, device=device)
+            else:
+                inputs.seqs = seqs
+        if self.record_steps:
+            read = sum(int(np.asarray(self.manager.stream_lengths(r.seq)).sum()) for r in decode)
+            self.steps.append(StepRecord(time.perf_counter(), len(rows), len(decode),
+                                         sum(r.count for r in rows if not r.is_decode), read))
+        self._inputs = inputs
+
+    def attend(self, module, query, key, value, scaling):
+        """query [1][q_heads][T][D], key/value [1][kv_heads][T][D] of the packed batch;
+        returns [1][T][q_heads][D]."""
+        layer = module.layer_idx
+        if self._inputs is None:
+            self._prepare_step(query.device)
+        inputs = self._inputs
+        total = query.shape[2]
+        out = torch.empty(1, total, self.shape.num_q_heads, self.shape.head_dim,
+                          dtype=query.dtype, device=query.device)
+        headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
+                          value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
+                          inputs.positions, stream=self._stream())
+        for r in inputs.prefill:
+            out[0, r.first:r.first + r.count] = self._attend_prefill(layer, r, query, key, value,
+                                                                     scaling)
+        if inputs.decode:
+            if inputs.tables is not None:
+                indptr, page_ids, lens = inputs.tables[layer]
+            else:
+                table = self.manager.block_table(layer, inputs.seqs)
+                indptr, page_ids, lens = (self._to_device(table.indptr),
+                                          self._to_device(table.page_ids),
+                                          self._to_device(table.lens))
+            q = query[0].index_select(1, inputs.decode_at).transpose(0, 1).contiguous()
+            o = torch.empty_like(q)  # [n][q_heads][D]
+            # The manager built these tables: no device check.
+            headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
+                                      num_splits=inputs.splits, workspace=inputs.workspace,
+                                      stream=self._stream(), check=False)
+            out[0].index_copy_(0, inputs.decode_at, o)
+        if layer == self.shape.num_layers - 1:
+            self._compress_completed_prompts()
+            self._step_done = True
+            self._inputs = None
+        return out
+
+    def _attend_prefill(self, layer, r, query, key, value, scaling):
+        """SDPA of a prefill chunk over its request's K/V so far (every head has the
+        same length until the prompt is compressed): the chunk's own K/V when it
+        is the request's first, else read back from the pool. Keeps the rows of
+        the observation window for the compression."""
+        # SDPA's fused kernels (flash, memory-efficient) take 4-D [batch][heads][T][D]
+        # only; 3-D tensors go to its math path, 17 to 50 times slower on an H200
+        # (tools/bench_prefill_attention.py).
+        q = query[:, :, r.first:r.first + r.count]  # [1][q_heads][count][D]
+        if r.past == 0:
+            keys = key[:, :, r.first:r.first + r.count]
+            values = value[:, :, r.first:r.first + r.count]
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, keys, values, is_causal=True, scale=scaling, enable_gqa=True)
+        else:
+            table = self.manager.block_table(layer, [r.seq])
+            length = int(table.lens[0])
+            pages = torch.as_tensor(np.asarray(table.page_ids), dtype=torch.long,
+                                    device=query.device).view(self.shape.num_kv_heads, -1)
+            kv = torch.from_dlpack(self.arena.kv)
+            heads, dim = self.shape.num_kv_heads, self.shape.head_dim
+            keys = kv[pages, 0].reshape(1, heads, -1, dim)[:, :, :length]
+            values = kv[pages, 1].reshape(1, heads, -1, dim)[:, :, :length]
+            # A chunk after the first needs a bottom-right causal mask, which the
+            # fused kernels take without GQA: each KV head is repeated for its
+            # query heads (as fast as a boolean mask with GQA, on the H200).
+            group = self.shape.num_q_heads // heads
+            if group > 1:
+                keys = keys.repeat_interleave(group, 1)
+                values = values.repeat_interleave(group, 1)
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, keys, values, attn_mask=causal_lower_right(r.count, length), scale=scaling)
+        q, o = q[0], o[0]
+        if self.engine is not None and r.prompt is not None:
+            self._keep_window(layer, r, q)
+        return o.transpose(0, 1)
+
+    def _keep_window(self, layer, r, q):
+        window = self.policy.observed_queries(r.prompt)
+        start = max(r.prompt - window, r.past)
+        stop = min(r.prompt, r.past + r.count)
+        if start >= stop:
+            return
+        rows = q[:, start - r.past:stop - r.past].detach()
+        where = self.device if self.engine.on_device else "cpu"
+        rows = rows.to(where)
+        key = (r.request_id, layer)
+        kept = self._windows.get(key)
+        self._windows[key] = rows.contiguous() if kept is None else torch.cat([kept, rows], 1)
+
+    def _compress_completed_prompts(self):
+        if self.engine is None:
+            return
+        for r in self._step:
+            if not r.ends_prompt or r.seq in self._compressed:
+                continue
+            self._compressed.add(r.seq)
+            windows = [self._windows.pop((r.request_id, layer), None)
+                       for layer in range(self.shape.num_layers)]
+            if r.prompt <= self.policy.window or any(w is None for w in windows):
+                self._record(r.request_id, Skipped(
+                    f"prompt of {r.prompt} tokens is not longer than the window "
+                    f"({self.policy.window})"))
+                continue
+            observed = windows[0].shape[1]
+            positions = torch.arange(r.prompt - observed, r.prompt, dtype=torch.int32,
+                                     device=windows[0].device)
+            began = time.perf_counter()
+            try:
+                result = self.engine.compress(r.seq, self.policy, self.budget, windows,
+                                              [positions])
+            except ValueError as error:
+                # This request's budget cannot be met (e.g. fewer tokens than the
+                # policy protects): it keeps its whole prompt, the others are served.
+                result = Skipped(str(error))
+                _log.warning("headpage.serving: request %s is not compressed: %s",
+                             r.request_id, error)
+            self.compress_seconds += time.perf_counter() - began
+            self._record(r.request_id, result)
+
+    def _record(self, request_id, result):
+        """Keeps `result` for the request (the latest RECENT_RESULTS requests are
+        kept) and adds it to the totals."""
+        self.compressions[request_id] = result
+        self.compressions.move_to_end(request_id)
+        while len(self.compressions) > RECENT_RESULTS:
+            self.compressions.popitem(last=False)
+        totals = self.totals
+        if isinstance(result, Skipped):
+            totals["skipped"] += 1
+        else:
+            totals["compressed"] += 1
+            totals["tokens_before"] += result.tokens_before
+            totals["tokens_after"] += result.tokens_after
+            totals["pages_freed"] += result.pages_freed
+
+
+# The methods of transformers' cache protocol that ServingCache answers.
+_CACHE_PROTOCOL = {
+    "can_store_request_tokens", "compute_free_capacity", "count_new_complete_blocks",
+    "evict_cached_blocks", "extend_read_and_write_indices", "free_all_requests", "free_blocks",
+    "mark_complete_blocks", "perform_cache_copy", "prepare_fork_request", "reset",
+    "search_prefix_match"}

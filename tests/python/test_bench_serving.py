@@ -1,0 +1,35 @@
+# SPDX-License-Identifier: Apache-2.0
+"""tools/bench_serving.py runs end to end on the CPU with a tiny model: every
+configuration serves every request, and the figures it reports hang together."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+
+import bench_serving  # noqa: E402
+
+
+def test_the_serving_benchmark_runs_every_configuration(tmp_path):
+    out = tmp_path / "results.json"
+    arrivals = tmp_path / "arrivals.csv"
+    common = ["--model", "tiny", "--device", "cpu", "--dtype", "f32", "--requests", "6",
+              "--prompt-median", "160", "--prompt-min", "100", "--prompt-max", "300",
+              "--output", "12", "--max-batch-tokens", "256"]
+    assert bench_serving.main(common + [
+        "--kv-gib", "0.002", "--transformers-page-size", "16",
+        "--configs", "full,ada-snapkv:50%,pool-pressure,transformers", "--out", str(out)]) == 0
+    rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"full", "ada-snapkv:50%", "pool-pressure", "transformers"}
+    for row in rows.values():
+        assert row["requests"] == 6 and row["output_tokens"] == 6 * 12
+        assert row["tokens_per_second"] > 0 and row["running_peak"] >= 1
+    assert rows["ada-snapkv:50%"]["compressed"] == 6
+    assert rows["full"]["compressed"] == 0 and rows["full"]["decode_steps"] > 0
+    # The same KV bytes for headpage and transformers' own cache (transformers
+    # rounds its pool to whole sectors).
+    full = rows["full"]["kv_bytes"]
+    assert abs(rows["transformers"]["kv_bytes"] - full) <= 0.05 * full
+    assert bench_serving.main(common + ["--arrivals-csv", str(arrivals)]) == 0
+    lines = arrivals.read_text().splitlines()
+    assert lines[0] == "arrival_s,prompt_len,output_len" and len(lines) == 7

@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Serving throughput: transformers' continuous-batching engine on a headpage pool,
+at the full budget and with eviction, beside transformers' own paged cache, on
+the same requests and the same KV memory.
+
+usage (the H200 run of docs/serving.md):
+  bench_serving.py --model llama3-8b --kv-gib 8 --workload long-prompts \\
+      --configs full,uniform-snapkv:20%,ada-snapkv:20%,ada-snapkv:10%,pool-pressure \\
+      --out results.json
+  bench_serving.py --model tiny --device cpu --requests 6 ...   (a smoke run)
+
+The model is an architecture with seeded random weights (end of sequence off, so
+every request runs its whole output length). Workloads: long-prompts (prompt
+lengths log-normal around --prompt-median, clamped to [--prompt-min,
+--prompt-max], --output new tokens each) and long-generation (fixed prompt
+length, long outputs; each prompt is compressed once, as decode-time compression
+is not there yet). --rate 0 submits every request at once; a rate r > 0
+submits them as a Poisson process of r requests a second.
+
+Each configuration runs in this process, one after another:
+  full                  headpage at the full budget (same engine, same kernels)
+  POLICY:BUDGET         headpage compressing each prompt once prefilled
+  pool-pressure         ada-snapkv scores every prompt but keeps it all (100%);
+                        only the pool-wide budget evicts, when the pool runs short
+  transformers          transformers' own PagedAttentionCache (paged|sdpa) with
+                        the same KV bytes, the floor
+For each: output tokens a second end to end and in the decode-only steps, running
+requests (peak, mean over time), TTFT and TPOT p50/p90, preemptions (headpage) or
+offloads and resets (transformers), seconds spent compressing, and the decode
+step's time against its roofline: the weights it reads plus the K/V its
+attention reads, at the copy bandwidth measured at the start of the run.
+"""
+import argparse
+import json
+import math
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+MODELS = {
+    # Llama-3-8B's architecture.
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      rope_theta=500000.0, max_position_embeddings=131072),
+    # A small Llama for smoke runs on the CPU.
+    "tiny": dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384),
+}
+
+
+def build_model(name, device, dtype, seed):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**MODELS[name], eos_token_id=None, bos_token_id=None,
+                         pad_token_id=None, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def kv_bytes_per_token(model):
+    import headpage._model as hm
+
+    shape = hm.model_shape(model, "bench_serving")
+    itemsize = torch.empty((), dtype=model.dtype).element_size()
+    return shape, 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * itemsize
+
+
+def weight_bytes_read(model):
+    """Bytes of weights a decode step reads: every parameter but the input
+    embedding table, of which it reads a few rows."""
+    embed = model.get_input_embeddings().weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not embed)
+
+
+def copy_bandwidth(device):
+    """Bytes a second a device-to-device copy moves, read plus write."""
+    if device.type != "cuda":
+        return None
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    reps = 20
+    for _ in range(reps):
+        dst.copy_(src)
+    stop.record()
+    stop.synchronize()
+    return 2 * n * reps / (start.elapsed_time(stop) / 1e3)
+
+
+def make_requests(args, vocab):
+    rng = np.random.default_rng(args.seed)
+    if args.workload == "long-prompts":
+        lengths = np.exp(rng.normal(math.log(args.prompt_median), args.prompt_sigma, args.requests))
+        lengths = np.clip(np.round(lengths), args.prompt_min, args.prompt_max).astype(int)
+    else:
+        lengths = np.full(args.requests, args.prompt_median, dtype=int)
+    prompts = [rng.integers(1, vocab, size=int(n)).tolist() for n in lengths]
+    gaps = (rng.exponential(1.0 / args.rate, args.requests) if args.rate > 0
+            else np.zeros(args.requests))
+    return prompts, np.cumsum(gaps) - gaps[0]
+
+
+class RunningSampler:
+    """Samples the engine's running requests every `period` seconds."""
+
+    def __init__(self, manager, period=0.05):
+        self.manager, self.period = manager, period
+        self.samples = []  # (time, running)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            processor = self.manager.batch_processor
+            if processor is not None:
+                self.samples.append((time.perf_counter(),
+                                     len(processor.scheduler.active_requests)))
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def percentiles(values, qs=(50, 90)):
+    if not values:
+        return {f"p{q}": None for q in qs}
+    return {f"p{q}": float(np.percentile(values, q)) for q in qs}
+
+
+def engine_config(args, config, bytes_per_token):
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    common = dict(max_batch_tokens=args.max_batch_tokens,
+                  max_requests_per_batch=args.max_requests_per_batch, auto_switch_to_flash=False,
+                  use_async_batching=False, use_cuda_graph=False, max_memory_percent=None)
+    if config == "transformers":
+        page = args.transformers_page_size
+        blocks = int(args.kv_gib * (1 << 30) // (bytes_per_token * page))
+        return ContinuousBatchingConfig(page_size=page, num_blocks=blocks,
+                                        allow_block_sharing=False, **common)
+    return ContinuousBatchingConfig(page_size=args.page_size, num_blocks=1,
+                                    allow_block_sharing=False, **common)
+
+
+def parse_config(config):
+    """(policy, budget) of a headpage configuration name."""
+    if config == "full":
+        return "full", None
+    if config == "pool-pressure":
+        return "ada-snapkv", "100%"
+    policy, _, budget = config.partition(":")
+    if not budget:
+        raise SystemExit(f"configuration '{config}': want POLICY:BUDGET, full, pool-pressure "
+                         "or transformers")
+    return policy, budget
+
+
+def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, roofline):
+    import headpage.serving
+    from transformers import GenerationConfig
+
+    page_bytes = bytes_per_token // (shape.num_layers * shape.num_kv_heads) * args.page_size
+    num_pages = int(args.kv_gib * (1 << 30) // page_bytes)
+    if config == "transformers":
+        if "init_continuous_batching" in vars(model):
+            del model.init_continuous_batching  # transformers' own method again
+        model.set_attn_implementation("sdpa")
+    else:
+        policy, budget = parse_config(config)
+        headpage.serving.enable(model, num_pages=num_pages, page_size=args.page_size,
+                                policy=policy, budget=budget, floor_tokens=args.floor_tokens,
+                                protect_recent=args.protect_recent)
+    generation = GenerationConfig(max_new_tokens=args.output, do_sample=False, eos_token_id=-1)
+    manager = model.init_continuous_batching(
+        generation_config=generation,
+        continuous_batching_config=engine_config(args, config, bytes_per_token))
+    manager.start()
+    while manager.batch_processor is None:  # the loop builds its cache first
+        if not manager.is_running():
+            raise RuntimeError(f"{config}: the engine stopped before serving")
+        time.sleep(0.01)
+    processor = manager.batch_processor
+    if args.profile and config == args.profile.split(":")[0]:
+        profile_steps(processor, args.profile)
+    resets = [0]
+    if config == "transformers":
+        kv_bytes = processor.cache.num_sectors * processor.cache.bytes_per_sector
+        free_blocks = processor.cache.free_blocks
+
+        def counting_free_blocks(request_id, no_cache=False):
+            resets[0] += bool(no_cache)  # the offloading manager frees with no_cache
+            return free_blocks(request_id, no_cache)
+
+        processor.cache.free_blocks = counting_free_blocks
+    else:
+        cache = manager.serving_cache
+        cache.record_steps = True
+        kv_bytes = cache.page_pool.num_pages * page_bytes
+    if torch.cuda.is_available() and model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    results = {}
+    try:
+        with RunningSampler(manager) as sampler:
+            began = time.perf_counter()
+            ids = []
+            for prompt, at in zip(prompts, arrivals):
+                wait = began + at - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                ids.append(manager.add_request(prompt, record_timestamps=True))
+            for _ in ids:
+                result = manager.get_result(timeout=args.timeout)
+                if result is None:
+                    raise RuntimeError(f"{config}: no result within {args.timeout} s")
+                results[result.request_id] = result
+            elapsed = time.perf_counter() - began
+    finally:
+        manager.stop(block=True)
+    errors = [r.error for r in results.values() if r.error]
+    if errors:
+        raise RuntimeError(f"{config}: {len(errors)} requests failed, first: {errors[0]}")
+    generated = sum(len(r.generated_tokens) for r in results.values())
+    ttft = [r.timestamps[0] - r.created_time for r in results.values() if r.timestamps]
+    tpot = [(r.timestamps[-1] - r.timestamps[0]) / (len(r.timestamps) - 1)
+            for r in results.values() if r.timestamps and len(r.timestamps) > 1]
+    running = [n for _, n in sampler.samples]
+    row = dict(config=config, requests=len(results), output_tokens=generated,
+               seconds=elapsed, tokens_per_second=generated / elapsed,
+               kv_bytes=kv_bytes, running_peak=max(running, default=0),
+               running_mean=float(np.mean(running)) if running else 0.0,
+               ttft=percentiles(ttft), tpot=percentiles(tpot),
+               series=[(t - began, n) for t, n in sampler.samples])
+    if config == "transformers":
+        row.update(offloads_or_resets=resets[0])
+        return row
+    row.update(step_summary(cache.steps, roofline, bytes_per_token, shape, began))
+    row.update(preemptions=manager.pool_pressure.preemptions,
+               pool_budget_evictions=manager.pool_pressure.budget_evictions,
+               pages_evicted_by_pool_budget=manager.pool_pressure.pages_evicted,
+               compress_seconds=cache.compress_seconds,
+               compressed=sum(1 for c in cache.compressions.values()
+                              if hasattr(c, "tokens_after")))
+    return row
+
+
+def profile_steps(processor, spec):
+    """Runs torch.profiler over steps [first, first + count) of the engine (spec
+    CONFIG:FIRST:COUNT:FILE) and writes the operators' table to FILE."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, first, count, path = spec.split(":", 3)
+    first, count = int(first), int(count)
+    step = processor._generation_step
+    calls = [0]
+    cache = processor.cache
+    if hasattr(cache, "attend"):  # headpage's share of the step, as one named range
+        attend = cache.attend
+
+        def named_attend(*args, **kwargs):
+            with torch.profiler.record_function("headpage.serving.attend"):
+                return attend(*args, **kwargs)
+
+        cache.attend = named_attend
+    cuda = torch.cuda.is_available()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+
+    def profiled_step(model):
+        calls[0] += 1
+        if calls[0] == first:
+            prof.__enter__()
+        step(model)
+        if calls[0] == first + count - 1:
+            if cuda:
+                torch.cuda.synchronize()
+            prof.__exit__(None, None, None)
+            with open(path, "w") as f:
+                f.write(prof.key_averages().table(sort_by="cpu_time_total", row_limit=45))
+                f.write("\n")
+                if cuda:
+                    f.write(prof.key_averages().table(sort_by="self_cuda_time_total",
+                                                      row_limit=25))
+
+    processor._generation_step = profiled_step
+
+
+def step_summary(steps, roofline, bytes_per_token, shape, began):
+    """Decode-phase throughput and the decode step against its roofline, from the
+    cache's step records (a step lasts until the next one begins)."""
+    per_stream_token = bytes_per_token // (shape.num_layers * shape.num_kv_heads)
+    decode_tokens, decode_seconds, ratios, step_ms = 0, 0.0, [], []
+    for step, following in zip(steps, steps[1:]):
+        if step.prefill_tokens or not step.decoding:
+            continue
+        seconds = following.began - step.began
+        decode_tokens += step.decoding
+        decode_seconds += seconds
+        step_ms.append(seconds * 1e3)
+        if roofline is not None:
+            weights, bandwidth = roofline
+            floor = (weights + step.kv_tokens_read * per_stream_token) / bandwidth
+            ratios.append(seconds / floor)
+    return dict(steps=len(steps), decode_steps=len(step_ms),
+                decode_tokens_per_second=decode_tokens / decode_seconds if decode_seconds else None,
+                decode_step_ms=percentiles(step_ms),
+                decode_step_over_roofline=percentiles(ratios),
+                step_series=[(s.began - began, s.requests, s.decoding, s.prefill_tokens)
+                             for s in steps])
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
+    ap.add_argument("--kv-gib", type=float, default=8.0, help="KV memory of every configuration")
+    ap.add_argument("--page-size", type=int, default=16, help="headpage's page, in tokens")
+    ap.add_argument("--transformers-page-size", type=int, default=256,
+                    help="transformers' page (its default)")
+    ap.add_argument("--workload", choices=["long-prompts", "long-generation"],
+                    default="long-prompts")
+    ap.add_argument("--requests", type=int, default=128)
+    ap.add_argument("--prompt-median", type=int, default=4096)
+    ap.add_argument("--prompt-sigma", type=float, default=0.5, help="log-normal sigma")
+    ap.add_argument("--prompt-min", type=int, default=1024)
+    ap.add_argument("--prompt-max", type=int, default=8192)
+    ap.add_argument("--output", type=int, default=512, help="new tokens of every request")
+    ap.add_argument("--rate", type=float, default=0.0, help="requests a second; 0: all at once")
+    ap.add_argument("--configs", default="full,uniform-snapkv:20%,ada-snapkv:20%,"
+                    "ada-snapkv:10%,pool-pressure")
+    ap.add_argument("--max-batch-tokens", type=int, default=8192)
+    ap.add_argument("--max-requests-per-batch", type=int, default=256)
+    ap.add_argument("--floor-tokens", type=int, default=64)
+    ap.add_argument("--protect-recent", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for a result")
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--arrivals-csv", metavar="FILE",
+                    help="also write the requests as `headpage workload --dist csv:FILE` "
+                         "reads them (arrival_s,prompt_len,output_len) and stop")
+    ap.add_argument("--profile", metavar="CONFIG:FIRST:COUNT:FILE",
+                    help="torch.profiler over COUNT engine steps of CONFIG from step FIRST")
+    args = ap.parse_args(argv)
+    if args.prompt_min > args.prompt_max or args.requests < 1 or args.output < 1:
+        ap.error("want --prompt-min <= --prompt-max, --requests >= 1, --output >= 1")
+    return args
+
+
+def write_arrivals(args, path):
+    """The workload as the simulator's arrivals CSV, without building a model."""
+    vocab = MODELS[args.model]["vocab_size"]
+    prompts, arrivals = make_requests(args, vocab)
+    with open(path, "w") as f:
+        f.write("arrival_s,prompt_len,output_len\n")
+        for prompt, at in zip(prompts, arrivals):
+            f.write(f"{at:.6f},{len(prompt)},{args.output}\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.arrivals_csv:
+        write_arrivals(args, args.arrivals_csv)
+        return 0
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[args.dtype]
+    model = build_model(args.model, device, dtype, args.seed)
+    shape, bytes_per_token = kv_bytes_per_token(model)
+    bandwidth = copy_bandwidth(device)
+    weights = weight_bytes_read(model)
+    roofline = (weights, bandwidth) if bandwidth else None
+    prompts, arrivals = make_requests(args, model.config.vocab_size)
+    header = dict(model=args.model, device=(torch.cuda.get_device_name(device)
+                                            if device.type == "cuda" else "cpu"),
+                  kv_gib=args.kv_gib, workload=args.workload, requests=args.requests,
+                  prompt_tokens=sum(map(len, prompts)), output=args.output, rate=args.rate,
+                  copy_bandwidth=bandwidth, weight_bytes_read=weights,
+                  kv_bytes_per_token=bytes_per_token,
+                  pool_tokens_full=int(args.kv_gib * (1 << 30) // bytes_per_token))
+    print(json.dumps(header), flush=True)
+    rows = []
+    for config in args.configs.split(","):
+        row = run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, roofline)
+        rows.append(row)
+        brief = {k: v for k, v in row.items() if k not in ("series", "step_series")}
+        print(json.dumps(brief), flush=True)
+        if args.out:  # after every configuration, so a run cut short keeps its rows
+            with open(args.out, "w") as f:
+                json.dump(dict(header=header, rows=rows), f)
+    base = next((r for r in rows if r["config"] == "full"), None)
+    if base:
+        for r in rows:
+            r["end_to_end_vs_full"] = r["tokens_per_second"] / base["tokens_per_second"]
+            if r.get("decode_tokens_per_second") and base.get("decode_tokens_per_second"):
+                r["decode_vs_full"] = (r["decode_tokens_per_second"] /
+                                       base["decode_tokens_per_second"])
+    print(f"{'config':<20} {'tok/s':>8} {'decode tok/s':>12} {'x full':>6} {'running':>11} "
+          f"{'TTFT p50':>8} {'TPOT p50':>8} {'preempt':>7} {'compress s':>10} {'step/roof':>9}")
+    for r in rows:
+        decode = r.get("decode_tokens_per_second")
+        roof = (r.get("decode_step_over_roofline") or {}).get("p50")
+        print(f"{r['config']:<20} {r['tokens_per_second']:8.1f} "
+              f"{decode if decode else float('nan'):12.1f} "
+              f"{r.get('end_to_end_vs_full', float('nan')):6.2f} "
+              f"{r['running_mean']:5.1f}/{r['running_peak']:<5d} "
+              f"{r['ttft']['p50'] or float('nan'):8.2f} {r['tpot']['p50'] or float('nan'):8.4f} "
+              f"{r.get('preemptions', r.get('offloads_or_resets', 0)):7d} "
+              f"{r.get('compress_seconds', 0.0):10.2f} {roof if roof else float('nan'):9.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(header=header, rows=rows), f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
