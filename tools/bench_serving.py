@@ -225,12 +225,14 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
     try:
         with RunningSampler(manager) as sampler:
             began = time.perf_counter()
-            ids = []
+            ids, submitted = [], {}
             for prompt, at in zip(prompts, arrivals):
                 wait = began + at - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
+                now = time.perf_counter()
                 ids.append(manager.add_request(prompt, record_timestamps=True))
+                submitted[ids[-1]] = now
             for _ in ids:
                 result = manager.get_result(timeout=args.timeout)
                 if result is None:
@@ -243,7 +245,9 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
     if errors:
         raise RuntimeError(f"{config}: {len(errors)} requests failed, first: {errors[0]}")
     generated = sum(len(r.generated_tokens) for r in results.values())
-    ttft = [r.timestamps[0] - r.created_time for r in results.values() if r.timestamps]
+    # From submission: a preempted request is queued again with new timestamps,
+    # and its wait counts.
+    ttft = [r.timestamps[0] - submitted[rid] for rid, r in results.items() if r.timestamps]
     tpot = [(r.timestamps[-1] - r.timestamps[0]) / (len(r.timestamps) - 1)
             for r in results.values() if r.timestamps and len(r.timestamps) > 1]
     running = [n for _, n in sampler.samples]
@@ -261,8 +265,8 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
                pool_budget_evictions=manager.pool_pressure.budget_evictions,
                pages_evicted_by_pool_budget=manager.pool_pressure.pages_evicted,
                compress_seconds=cache.compress_seconds,
-               compressed=sum(1 for c in cache.compressions.values()
-                              if hasattr(c, "tokens_after")))
+               failures=manager.pool_pressure.failures,
+               compressed=cache.totals["compressed"])
     return row
 
 
@@ -311,10 +315,14 @@ def step_summary(steps, roofline, bytes_per_token, shape, began):
     cache's step records (a step lasts until the next one begins)."""
     per_stream_token = bytes_per_token // (shape.num_layers * shape.num_kv_heads)
     decode_tokens, decode_seconds, ratios, step_ms = 0, 0.0, [], []
-    for step, following in zip(steps, steps[1:]):
-        if step.prefill_tokens or not step.decoding:
+    pairs = [(s, f.began - s.began) for s, f in zip(steps, steps[1:])
+             if not s.prefill_tokens and s.decoding]
+    # A step that ends the work in hand is followed by the engine's idle wait (up
+    # to 0.1 s, until a request arrives): such a gap is not the step's time.
+    typical = float(np.median([d for _, d in pairs])) if pairs else 0.0
+    for step, seconds in pairs:
+        if seconds > max(5 * typical, typical + 0.1):
             continue
-        seconds = following.began - step.began
         decode_tokens += step.decoding
         decode_seconds += seconds
         step_ms.append(seconds * 1e3)

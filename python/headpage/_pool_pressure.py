@@ -16,14 +16,16 @@ class PoolPressure:
     `floor_tokens` and the last `protect_recent` tokens of every stream. Only if
     that cannot free enough are the newest starved requests preempted: their
     pages are freed and each is queued again from its prompt (transformers' soft
-    reset). Both are counted."""
+    reset). When the one request left cannot grow even so, it fails with the
+    reason and the waiting requests are served. All three are counted."""
 
-    def __init__(self, cache, scheduler, floor_tokens, protect_recent):
-        self.cache, self.scheduler = cache, scheduler
+    def __init__(self, cache, scheduler, floor_tokens, protect_recent, processor=None):
+        self.cache, self.scheduler, self.processor = cache, scheduler, processor
         self.floor_tokens, self.protect_recent = floor_tokens, protect_recent
         self.budget_evictions = 0   # times the pool budget made enough room
         self.pages_evicted = 0      # pages it freed
         self.preemptions = 0        # requests soft-reset
+        self.failures = 0           # requests failed: alone, they could not grow
 
     def offload_requests(self):
         """True when it made room (the engine schedules again), False when nothing
@@ -33,10 +35,12 @@ class PoolPressure:
             return False
         cache = self.cache
         wanted = sum(cache._pages_for(state.request_id, length) for state, length in starved)
-        deficit = wanted - cache.page_pool.free_pages
+        # Pages promised to the batch just scheduled are not free.
+        deficit = wanted - (cache.page_pool.free_pages - cache._promised_pages)
         if deficit <= 0:
             return True
-        if cache.engine is not None:
+        if cache.engine is not None:  # none before the first step
+            # Evicts only from compressed requests: the others have no scores.
             freed = cache.engine.enforce_pool_budget(deficit, self.floor_tokens,
                                                      self.protect_recent)
             self.pages_evicted += freed
@@ -48,11 +52,11 @@ class PoolPressure:
         while starved and deficit > 0 and len(self.scheduler.active_requests) - preempted > 1:
             state, _ = starved.pop()  # the newest
             pages = cache.manager.stats().pages_in_use
-            cache.free_blocks(state.request_id)
+            cache.release(state.request_id)  # it keeps its policy
             deficit -= pages - cache.manager.stats().pages_in_use
             again = state.create_equivalent_initial_request()
             state._status = RequestStatus.FINISHED
-            self.scheduler.finish_request(state.request_id)
+            self.scheduler.active_requests.pop(state.request_id, None)  # pages released above
             self.scheduler.add_waiting_request(again)
             preempted += 1
         if preempted:
@@ -60,7 +64,21 @@ class PoolPressure:
             self.preemptions += preempted
             _log.info("headpage.serving: preempted %d requests (the pool budget freed %d pages)",
                       preempted, self.pages_evicted)
-        return preempted > 0
+            return True
+        if starved and deficit > 0 and self.processor is not None:
+            # The one request left cannot grow even with everything else evicted:
+            # it fails with the reason, and the engine serves the waiting ones.
+            state, _ = starved.pop()
+            self.processor._handle_request_error(MemoryError(
+                f"headpage.serving: request {state.request_id} needs {deficit} more pages than "
+                f"the pool of {cache.page_pool.num_pages} can give it, after the pool budget "
+                f"evicted what it could"), state)
+            self.scheduler.finish_request(state.request_id)
+            self.failures += 1
+            _log.warning("headpage.serving: request %s failed: the pool cannot hold it",
+                         state.request_id)
+            return True
+        return False
 
     def restore_scheduled_requests(self, requests_in_batch):
         return None  # nothing is offloaded to the CPU

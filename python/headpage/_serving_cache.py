@@ -48,31 +48,41 @@ class _NoSectorPool:
 
 class _StepRow:
     """One request of the step being run: its rows [first, first + count) of the
-    packed batch, at logical positions past..past + count - 1."""
-    __slots__ = ("request_id", "seq", "past", "count", "first", "slots", "prompt")
+    packed batch, at logical positions past..past + count - 1. compress_at is the
+    logical length at which its prompt is compressed (None: it is not): the
+    prompt's length, or one less for a request that forks for
+    num_return_sequences. transformers forks such a request after prefilling all
+    but its last prompt token, so it is compressed then, and its children share
+    the compressed pages."""
+    __slots__ = ("request_id", "seq", "past", "count", "first", "slots", "compress_at")
 
-    def __init__(self, request_id, seq, past, count, first, slots, prompt):
+    def __init__(self, request_id, seq, past, count, first, slots, compress_at):
         self.request_id, self.seq, self.past, self.count = request_id, seq, past, count
-        self.first, self.slots, self.prompt = first, slots, prompt
+        self.first, self.slots, self.compress_at = first, slots, compress_at
 
     @property
     def is_decode(self):
         return self.count == 1 and self.past > 0
 
     @property
+    def observes(self):
+        """Whether some of its rows are queries of the prompt still to be compressed."""
+        return self.compress_at is not None and self.past < self.compress_at
+
+    @property
     def ends_prompt(self):
-        return self.prompt is not None and self.past < self.prompt <= self.past + self.count
+        return self.observes and self.compress_at <= self.past + self.count
 
 
 class _StepInputs:
     """What every layer of one step reads (ServingCache._prepare_step)."""
-    __slots__ = ("slots", "positions", "decode", "prefill", "decode_at", "seqs", "tables",
-                 "splits", "workspace")
+    __slots__ = ("slots", "positions", "decode", "prefill", "observing", "decode_at", "seqs",
+                 "tables", "splits", "workspace")
 
     def __init__(self):
         self.slots = self.positions = self.decode_at = self.seqs = self.tables = None
         self.workspace = None
-        self.decode, self.prefill = [], []
+        self.decode, self.prefill, self.observing = [], [], []
         self.splits = 1
 
 
@@ -91,7 +101,7 @@ class ServingCache:
     the methods below; its own attention functions never see this object)."""
 
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
-                 budget=None):
+                 budget=None, check_invariants=False, request_policies=None):
         shape = model_shape(model, "headpage.serving")
         if model.dtype not in DTYPES:
             raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
@@ -109,13 +119,13 @@ class ServingCache:
         self.page_pool = headpage.PagePool(num_pages)
         self.arena = make_arena(self.geometry, num_pages, self.device, "headpage.serving")
         self.manager = headpage.BlockManager(self.geometry, self.page_pool)
+        # Made at the first step (_prepare_step), on the stream transformers runs the
+        # model on, so that its kernels are ordered with the step's writes. Every
+        # request may name its own policy and budget (ServingManager.add_request).
         self.engine = None
-        if self.budget is not None and self.policy.compresses:
-            if self.device.type == "cuda":
-                self.engine = headpage.EvictionEngine(self.manager, self.arena,
-                                                      stream=self._stream())
-            else:
-                self.engine = headpage.EvictionEngine(self.manager, self.arena)
+        # request -> (PolicyConfig, budget) its caller asked for, filled by the manager
+        # from another thread; read at admission, dropped when the request finishes.
+        self.request_policies = request_policies if request_policies is not None else {}
         # Read by transformers' scheduler and batch preparation.
         # Tokens a step takes: transformers' config, or a chunk that keeps a long
         # prompt's prefill from stalling the decoding requests for long.
@@ -138,11 +148,13 @@ class ServingCache:
         self.pool = _NoSectorPool()  # transformers' name for its sector pool
         # Per request: its headpage sequence and engine state.
         self._seqs = {}
-        self._states = {}
+        self._compress_at = {}    # request -> length at which its prompt is compressed
+        self._policies = {}       # admitted request -> (PolicyConfig, budget)
         self._promised_pages = 0
         self._step = []           # this step's _StepRow list, in batch order
         self._step_done = True    # the last layer ran: the next extend starts a step
         self._inputs = None       # _StepInputs of the step, made at its first layer
+        self._copies = []         # (src, dst) page copies the step's reserves planned
         self._device_tables = None  # DeviceBlockTables of the decode rows (CUDA)
         self._device_tables_seqs = None  # their sequences, in row order
         self._device_table_views = None  # per layer (indptr, page_ids, lens) tensors
@@ -151,6 +163,10 @@ class ServingCache:
         # Measurement, read by tools/bench_serving.py: seconds spent compressing,
         # and with record_steps set, one StepRecord per step.
         self.compress_seconds = 0.0
+        # The pool as the engine's thread last saw it, for readers on other threads.
+        self.pool_snapshot = dict(free_pages=num_pages, sequences=0)
+        # A debug run: the pool's invariants proved after every step, O(pool) each.
+        self.check_invariants = check_invariants
         self.record_steps = False
         self.steps = []
         self._windows = {}        # (request, layer) -> observed queries [q_heads][w][D]
@@ -189,10 +205,19 @@ class ServingCache:
         fits = self.page_pool.free_pages - self._promised_pages >= need
         if fits and not dry_run:
             if state.request_id not in self._seqs:
-                self._seqs[state.request_id] = self.manager.add_sequence()
-            self._states[state.request_id] = state
+                self._admit(state)
             self._promised_pages += need
         return fits
+
+    def _admit(self, state):
+        rid = state.request_id
+        self._seqs[rid] = self.manager.add_sequence()
+        policy, budget = self.request_policies.get(rid, (self.policy, self.budget))
+        self._policies[rid] = (policy, budget)
+        self._compress_at[rid] = None
+        if budget is not None and policy.compresses:
+            self._compress_at[rid] = (
+                len(state.initial_tokens) - (1 if state.num_children > 0 else 0))
 
     def compute_free_capacity(self, relative=True):
         free = self.page_pool.free_pages
@@ -211,8 +236,16 @@ class ServingCache:
         return None
 
     def free_blocks(self, request_id, no_cache=False):
+        """The request is finished (or cancelled): its pages and its policy go."""
+        self.release(request_id)
+        self.request_policies.pop(request_id, None)
+
+    def release(self, request_id):
+        """Frees the request's pages and state; it may be admitted again (a preempted
+        request is queued again from its prompt)."""
         seq = self._seqs.pop(request_id, None)
-        self._states.pop(request_id, None)
+        self._compress_at.pop(request_id, None)
+        self._policies.pop(request_id, None)
         for key in [k for k in self._windows if k[0] == request_id]:
             del self._windows[key]
         if seq is not None:
@@ -223,6 +256,11 @@ class ServingCache:
             if self.engine is not None:
                 self.engine.forget(seq)
             self.manager.free(seq)
+            self._publish()
+
+    def _publish(self):
+        self.pool_snapshot = dict(free_pages=self.page_pool.free_pages,
+                                  sequences=len(self._seqs))
 
     def free_all_requests(self, clear_ledgers=False):
         for request_id in list(self._seqs):
@@ -231,12 +269,17 @@ class ServingCache:
     def reset(self):
         self.free_all_requests()
         self._promised_pages = 0
-        self._step, self._step_done, self._inputs = [], True, None
+        self._step, self._step_done, self._inputs, self._copies = [], True, None, []
 
     def prepare_fork_request(self, source_state, destination_ids, copies):
         parent = self._seqs[source_state.request_id]
         for child in destination_ids:
+            # The parent's prompt was compressed before the fork (its compress_at is
+            # the prompt's length less one): the child shares what it kept.
             self._seqs[child] = self.manager.fork(parent)
+            self._compress_at[child] = None
+            self._policies[child] = self._policies.get(source_state.request_id,
+                                                       (self.policy, self.budget))
         return list(destination_ids)
 
     def perform_cache_copy(self, copies):
@@ -251,14 +294,12 @@ class ServingCache:
             self._promised_pages = 0  # what was promised is being reserved now
         seq = self._seqs[request_id]
         plan = self.manager.reserve(seq, query_length)
-        if len(plan.copy_src):
-            headpage.copy_pages(self.arena, self._to_device(plan.copy_src),
-                                self._to_device(plan.copy_dst), stream=self._stream())
-        state = self._states.get(request_id)
-        prompt = len(state.initial_tokens) if state is not None else None
+        if len(plan.copy_src):  # run at the step's first layer, on the model's stream
+            self._copies.append((np.array(plan.copy_src), np.array(plan.copy_dst)))
+        compress_at = self._compress_at.get(request_id)
         first = self._step[-1].first + self._step[-1].count if self._step else 0
         self._step.append(_StepRow(request_id, seq, past_length, query_length, first,
-                                   np.array(plan.slot_mapping), prompt))
+                                   np.array(plan.slot_mapping), compress_at))
         # transformers sizes its index tensors from these; headpage never reads them.
         write_index[0].extend([0] * query_length)
 
@@ -271,12 +312,25 @@ class ServingCache:
         resident DeviceBlockTables, one upload a step while the decode set stays
         the same) and the split-KV plan."""
         rows = self._step
+        if self.engine is None:
+            if self.device.type == "cuda":
+                self.engine = headpage.EvictionEngine(self.manager, self.arena,
+                                                      stream=self._stream())
+            else:
+                self.engine = headpage.EvictionEngine(self.manager, self.arena)
+        if self._copies:  # copy-on-write of forked tail pages, before any write
+            headpage.copy_pages(self.arena,
+                                self._to_device(np.concatenate([c[0] for c in self._copies])),
+                                self._to_device(np.concatenate([c[1] for c in self._copies])),
+                                stream=self._stream())
+            self._copies = []
         inputs = _StepInputs()
         inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
         inputs.positions = self._to_device(np.concatenate(
             [np.arange(r.past, r.past + r.count, dtype=np.int32) for r in rows]))
         inputs.decode = [r for r in rows if r.is_decode]
         inputs.prefill = [r for r in rows if not r.is_decode]
+        inputs.observing = [(i, r) for i, r in enumerate(inputs.decode) if r.observes]
         decode = inputs.decode
         if decode:
             inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
@@ -342,6 +396,10 @@ class ServingCache:
                                           self._to_device(table.lens))
             q = query[0].index_select(1, inputs.decode_at).transpose(0, 1).contiguous()
             o = torch.empty_like(q)  # [n][q_heads][D]
+            # A prompt's last token alone in its step (a one-token chunk) runs here,
+            # and its query belongs to the observation window.
+            for i, r in inputs.observing:
+                self._keep_window(layer, r, q[i].unsqueeze(1))
             # The manager built these tables: no device check.
             headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
                                       num_splits=inputs.splits, workspace=inputs.workspace,
@@ -351,6 +409,9 @@ class ServingCache:
             self._compress_completed_prompts()
             self._step_done = True
             self._inputs = None
+            self._publish()
+            if self.check_invariants:
+                self.manager.check_invariants()  # RuntimeError naming the first violation
         return out
 
     def _attend_prefill(self, layer, r, query, key, value, scaling):
@@ -386,14 +447,14 @@ class ServingCache:
             o = torch.nn.functional.scaled_dot_product_attention(
                 q, keys, values, attn_mask=causal_lower_right(r.count, length), scale=scaling)
         q, o = q[0], o[0]
-        if self.engine is not None and r.prompt is not None:
+        if r.observes:
             self._keep_window(layer, r, q)
         return o.transpose(0, 1)
 
     def _keep_window(self, layer, r, q):
-        window = self.policy.observed_queries(r.prompt)
-        start = max(r.prompt - window, r.past)
-        stop = min(r.prompt, r.past + r.count)
+        window = self._policies[r.request_id][0].observed_queries(r.compress_at)
+        start = max(r.compress_at - window, r.past)
+        stop = min(r.compress_at, r.past + r.count)
         if start >= stop:
             return
         rows = q[:, start - r.past:stop - r.past].detach()
@@ -404,29 +465,29 @@ class ServingCache:
         self._windows[key] = rows.contiguous() if kept is None else torch.cat([kept, rows], 1)
 
     def _compress_completed_prompts(self):
-        if self.engine is None:
-            return
         for r in self._step:
             if not r.ends_prompt or r.seq in self._compressed:
                 continue
             self._compressed.add(r.seq)
             windows = [self._windows.pop((r.request_id, layer), None)
                        for layer in range(self.shape.num_layers)]
-            if r.prompt <= self.policy.window or any(w is None for w in windows):
+            policy, budget = self._policies[r.request_id]
+            if r.compress_at <= policy.window or any(w is None for w in windows):
                 self._record(r.request_id, Skipped(
-                    f"prompt of {r.prompt} tokens is not longer than the window "
-                    f"({self.policy.window})"))
+                    f"prompt of {r.compress_at} tokens is not longer than the window "
+                    f"({policy.window})"))
                 continue
             observed = windows[0].shape[1]
-            positions = torch.arange(r.prompt - observed, r.prompt, dtype=torch.int32,
+            positions = torch.arange(r.compress_at - observed, r.compress_at, dtype=torch.int32,
                                      device=windows[0].device)
             began = time.perf_counter()
             try:
-                result = self.engine.compress(r.seq, self.policy, self.budget, windows,
-                                              [positions])
-            except ValueError as error:
-                # This request's budget cannot be met (e.g. fewer tokens than the
-                # policy protects): it keeps its whole prompt, the others are served.
+                result = self.engine.compress(r.seq, policy, budget, windows, [positions])
+            except (ValueError, RuntimeError, MemoryError) as error:
+                # This request cannot be compressed as asked (a budget below what the
+                # policy protects, no pages to compact a forked stream into, a policy
+                # that needs what the step did not keep): it keeps its whole prompt,
+                # and the others are served. The engine changed nothing.
                 result = Skipped(str(error))
                 _log.warning("headpage.serving: request %s is not compressed: %s",
                              r.request_id, error)

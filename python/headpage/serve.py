@@ -38,7 +38,7 @@ def _pages_for(model, args):
     page_bytes = 2 * args.page_size * shape.head_dim * model.dtype.itemsize
     pages = int(args.kv_gib * (1 << 30) // page_bytes)
     if pages < 1:
-        raise SystemExit(f"headpage.serve: --kv-gib {args.kv_gib} holds no page of "
+        raise ValueError(f"headpage.serve: --kv-gib {args.kv_gib} holds no page of "
                          f"{page_bytes} bytes")
     return pages
 
@@ -60,7 +60,7 @@ def _install(args):
             trust_remote_code=self.trust_remote_code, gguf_file=gguf_file, tqdm_class=tqdm_class)
         model.eval()
         if model.dtype not in DTYPES:
-            raise SystemExit(f"headpage.serve: no headpage cache dtype for {model.dtype}")
+            raise ValueError(f"headpage.serve: no headpage cache dtype for {model.dtype}")
         pages = _pages_for(model, args)
         headpage.serving.enable(model, num_pages=pages, page_size=args.page_size,
                                 policy=args.policy, budget=args.budget,
@@ -87,8 +87,8 @@ def _install(args):
 
         @app.get("/headpage/stats")
         def headpage_stats():
-            managers = [m for m in _serving if m.is_running()]
-            return {"managers": [m.stats() for m in managers]}
+            _serving[:] = [m for m in _serving if m.is_running()]  # drop stopped ones
+            return {"managers": [m.stats() for m in _serving]}
 
         return app
 
@@ -123,10 +123,12 @@ def parse_args(argv):
         resolve_policy(args.policy, args.budget)
     except (ValueError, TypeError) as error:
         ap.error(str(error))
-    for name in ("num_pages", "page_size", "port"):
+    for name in ("num_pages", "port", "max_batch_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.page_size < 4:  # transformers' continuous batching takes no smaller page
+        ap.error(f"--page-size must be at least 4, got {args.page_size}")
     if args.kv_gib is not None and not (args.kv_gib > 0 and math.isfinite(args.kv_gib)):
         ap.error(f"--kv-gib must be positive, got {args.kv_gib}")
     if args.floor_tokens < 0 or args.protect_recent < 0:
@@ -170,8 +172,12 @@ def main(argv=None):
         pass
     finally:
         utils.GenerationState = state
+        # The server is gone and no client waits: pending requests fail at once.
+        # A second signal now ends the process outright.
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.SIG_DFL)
         for manager in _serving:
-            manager.stop(block=True)
+            manager.stop(block=True, timeout=30, hard_stop=True)
     _log.warning("headpage.serve: stopped")
     return 0
 

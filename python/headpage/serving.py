@@ -28,6 +28,10 @@ head. enable() keeps the engine and replaces its cache and attention:
   queries were kept as the chunks went by), and the pages it frees are back in
   the pool before the scheduler runs again.
 
+A request forked for num_return_sequences is compressed just before the fork
+(transformers prefills all but its last prompt token first), and its children
+share the compressed pages.
+
 Prefix sharing (content-hashed pages) is off: transformers hashes whole-model
 blocks, and a headpage page belongs to one compressible stream. Forks still share
 their prompt's pages.
@@ -124,6 +128,30 @@ AttentionInterface.register(ATTENTION, _attention)
 _building = threading.Lock()
 
 
+def _settle_engine_config(config):
+    """Turns off, in transformers' ContinuousBatchingConfig, what headpage's cache
+    does not support, and refuses it when asked for (ValueError): CUDA graphs,
+    compilation and their padding (the attention reads per-step Python state),
+    asynchronous batching (one step's bookkeeping at a time), CPU offloading (the
+    pool budget and preemption take its place), prefix sharing (docs/serving.md)."""
+    graphs = config.use_cuda_graph
+    asked = {
+        "use_cuda_graph": graphs is True or (isinstance(graphs, tuple) and any(graphs)),
+        "use_async_batching": config.use_async_batching is True,
+        "cpu_offload_space": (config.cpu_offload_space or 0) > 0,
+        "varlen_compile_config": config.varlen_compile_config is not None,
+        "decode_compile_config": config.decode_compile_config is not None,
+        "default_compile_level": (config.default_compile_level or 0) > 0,
+    }
+    refused = [name for name, on in asked.items() if on]
+    if refused:
+        raise ValueError("headpage.serving does not support " + ", ".join(refused)
+                         + " of transformers' continuous batching")
+    config.use_cuda_graph = False
+    config.use_async_batching = False
+    config.allow_block_sharing = False
+
+
 class ServingManager(ContinuousBatchingManager):
     """transformers' ContinuousBatchingManager over a ServingCache."""
 
@@ -133,6 +161,10 @@ class ServingManager(ContinuousBatchingManager):
         self._shape = model_shape(args[0], "headpage.serving")
         self.serving_cache = None
         self.pool_pressure = None
+        self._request_policies = {}  # request -> (PolicyConfig, budget) asked for it
+        self._ids_lock = threading.Lock()
+        self._next_id = 0
+        _settle_engine_config(args[2])
         super().__init__(*args, **kwargs)
 
     def stats(self):
@@ -140,42 +172,72 @@ class ServingManager(ContinuousBatchingManager):
         sequences (requests holding pages), compressed (prompts compressed),
         tokens_before and tokens_after (their stream tokens, summed),
         pages_freed_by_compression, skipped (prompts left whole), compress_seconds,
-        pool_budget_evictions, pages_evicted_by_pool_budget, preemptions. Read from
-        another thread it is a snapshot that may be one step old."""
+        pool_budget_evictions, pages_evicted_by_pool_budget, preemptions, failures
+        (requests the pool could never hold). Safe from any thread; the pool's
+        figures are as of the engine's last step or freed request.""" 
         cache, pressure = self.serving_cache, self.pool_pressure
-        if cache is None:
-            return dict(num_pages=self._cache_options["num_pages"],
-                        free_pages=self._cache_options["num_pages"], sequences=0, compressed=0,
-                        tokens_before=0, tokens_after=0, pages_freed_by_compression=0,
-                        skipped=0, compress_seconds=0.0, pool_budget_evictions=0,
-                        pages_evicted_by_pool_budget=0, preemptions=0)
-        totals = dict(cache.totals)
-        return dict(num_pages=cache.page_pool.num_pages, free_pages=cache.page_pool.free_pages,
-                    sequences=len(cache._seqs), compressed=totals["compressed"],
+        num_pages = self._cache_options["num_pages"]
+        # The pool is read on the engine's thread only (the bindings refuse a
+        # manager in use elsewhere): the cache publishes what it saw there.
+        pool = cache.pool_snapshot if cache is not None else dict(free_pages=num_pages,
+                                                                    sequences=0)
+        totals = dict(cache.totals) if cache is not None else dict.fromkeys(
+            ("compressed", "skipped", "tokens_before", "tokens_after", "pages_freed"), 0)
+        return dict(num_pages=num_pages, free_pages=pool["free_pages"],
+                    sequences=pool["sequences"], compressed=totals["compressed"],
                     tokens_before=totals["tokens_before"], tokens_after=totals["tokens_after"],
                     pages_freed_by_compression=totals["pages_freed"],
-                    skipped=totals["skipped"], compress_seconds=cache.compress_seconds,
-                    pool_budget_evictions=pressure.budget_evictions,
-                    pages_evicted_by_pool_budget=pressure.pages_evicted,
-                    preemptions=pressure.preemptions)
+                    skipped=totals["skipped"],
+                    compress_seconds=cache.compress_seconds if cache is not None else 0.0,
+                    pool_budget_evictions=pressure.budget_evictions if pressure else 0,
+                    pages_evicted_by_pool_budget=pressure.pages_evicted if pressure else 0,
+                    preemptions=pressure.preemptions if pressure else 0,
+                    failures=pressure.failures if pressure else 0)
 
-    def add_request(self, input_ids, *args, **kwargs):
-        """transformers' add_request, after checking that the prompt can ever be
-        served: ValueError for an empty prompt or one whose pages exceed the whole
-        pool (in the engine's loop it would stop every request)."""
+    def add_request(self, input_ids, request_id=None, *args, policy=None, budget=None,
+                    **kwargs):
+        """transformers' add_request, after checking that the request can ever be
+        served, with its own `policy` and `budget` if given (by default the ones
+        enable() was given). ValueError, and nothing queued, for an empty prompt,
+        one whose pages exceed the whole pool, a request that does not compress and
+        whose prompt and new tokens exceed it, an unknown policy or a bad budget (in
+        the engine's loop it would stop every request)."""
         prompt = len(input_ids) if input_ids is not None else 0
         if prompt == 0:
             raise ValueError("headpage.serving: empty prompt")
-        shape = self._shape
-        page_size = self._cache_options["page_size"]
-        # The prompt and its first new token, in every stream, before compression.
-        pages = math.ceil((prompt + 1) / page_size) * shape.num_layers * shape.num_kv_heads
-        if pages > self._cache_options["num_pages"]:
+        options = self._cache_options
+        chosen = None
+        if policy is not None or budget is not None:
+            chosen = resolve_policy(options["policy"] if policy is None else policy,
+                                    options["budget"] if budget is None else budget)
+        config, kept = chosen or resolve_policy(options["policy"], options["budget"])
+        compresses = kept is not None and config.compresses
+        # Before compression the prompt and its first new token are in every stream;
+        # without compression, every new token too.
+        new = kwargs.get("max_new_tokens", args[0] if args else None)
+        new = self.generation_config.max_new_tokens if new is None else new
+        tokens = prompt + 1 if compresses else prompt + max(int(new or 0), 1)
+        pages = math.ceil(tokens / options["page_size"]) * self._shape.num_layers * \
+            self._shape.num_kv_heads
+        if pages > options["num_pages"]:
             raise ValueError(
-                f"headpage.serving: a prompt of {prompt} tokens needs {pages} pages of "
-                f"{page_size} tokens before compression; the pool has "
-                f"{self._cache_options['num_pages']}")
-        return super().add_request(input_ids, *args, **kwargs)
+                f"headpage.serving: a request of {prompt} prompt tokens"
+                + ("" if compresses else f" and {tokens - prompt} new tokens")
+                + f" needs {pages} pages of {options['page_size']} tokens"
+                + (" before compression" if compresses else "")
+                + f"; the pool has {options['num_pages']}")
+        if chosen is None:
+            return super().add_request(input_ids, request_id, *args, **kwargs)
+        if request_id is None:
+            with self._ids_lock:
+                self._next_id += 1
+                request_id = f"hp_req_{self._next_id}"
+        self._request_policies[request_id] = chosen
+        try:
+            return super().add_request(input_ids, request_id, *args, **kwargs)
+        except BaseException:
+            self._request_policies.pop(request_id, None)
+            raise
 
     def switch_to_cb_friendly_attn(self, model, auto_switch_to_flash=True):
         if model.config._attn_implementation != ATTENTION:
@@ -185,7 +247,7 @@ class ServingManager(ContinuousBatchingManager):
     def _create_batch_processor(self):
         def make_cache(*args, continuous_batching_config=None, **kwargs):
             return ServingCache(self.model, continuous_batching_config.max_batch_tokens,
-                                **self._cache_options)
+                                request_policies=self._request_policies, **self._cache_options)
 
         with _building:
             original = continuous_api.PagedAttentionCache
@@ -197,23 +259,26 @@ class ServingManager(ContinuousBatchingManager):
         self.serving_cache = processor.cache
         options = self._pressure_options
         processor.offloading_manager = PoolPressure(
-            processor.cache, processor.offloading_manager.scheduler, **options)
+            processor.cache, processor.offloading_manager.scheduler, processor=processor,
+            **options)
         self.pool_pressure = processor.offloading_manager
         return processor
 
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
-           protect_recent=16):
+           protect_recent=16, check_invariants=False):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
     When running requests cannot get pages, the pool-wide budget evicts across the
     compressed requests down to `floor_tokens` per stream, never touching a
     stream's last `protect_recent` tokens, before any request is preempted
-    (PoolPressure). The arguments are checked now (ValueError, TypeError,
+    (PoolPressure). check_invariants (a debug run) proves the pool's bookkeeping
+    after every step. The arguments are checked now (ValueError, TypeError,
     NotImplementedError)."""
     check_engine()
-    options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget)
+    options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget,
+                   check_invariants=bool(check_invariants))
     model_shape(model, "headpage.serving")
     resolve_policy(policy, budget)
     for name, value in (("num_pages", num_pages), ("page_size", page_size)):

@@ -6,6 +6,8 @@ decode batches, num_return_sequences); with a policy it compresses each prompt
 once it is prefilled and returns the pages to the pool. Every test runs on the
 CPU, and again on a CUDA device (CudaArena, the GPU kernels and executor) where
 the build and the machine have one: scripts/gpu-check runs those."""
+import time
+
 import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -54,6 +56,16 @@ def tokens(outputs):
     return {rid: list(out.generated_tokens) for rid, out in outputs.items()}
 
 
+def started(model, **generation):
+    """A started manager of `model`, greedy unless `generation` says otherwise."""
+    manager = model.init_continuous_batching(
+        generation_config=GenerationConfig(**{"do_sample": False, "eos_token_id": -1,
+                                              **generation}),
+        continuous_batching_config=engine_config())
+    manager.start()
+    return manager
+
+
 def run_manager(model, prompts, max_new_tokens):
     generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(generation_config=generation,
@@ -95,9 +107,26 @@ def test_a_pool_too_small_for_every_request_at_once_still_serves_them_all(device
     assert tokens(got) == tokens(want)
 
 
-def test_a_policy_compresses_each_prompt_and_frees_its_pages(device):
+def test_a_policy_compresses_each_prompt_and_frees_its_pages(device, monkeypatch):
+    # Right after each compression the request holds exactly the pages its kept
+    # lengths need, in every stream.
+    exact = []
+    record = headpage.serving.ServingCache._record
+
+    def checked_record(cache, request_id, result):
+        record(cache, request_id, result)
+        if isinstance(result, headpage.CompressResult):
+            seq, size = cache._seqs[request_id], cache.geometry.page_size
+            lengths = cache.manager.stream_lengths(seq)
+            held = [[len(cache.manager.stream_pages(seq, layer, head))
+                     for head in range(len(lengths[layer]))] for layer in range(len(lengths))]
+            need = [[-(-int(n) // size) for n in row] for row in lengths]
+            kept = [[int(n) for n in row] for row in result.kept]
+            exact.append(held == need and [[int(n) for n in row] for row in lengths] == kept)
+
+    monkeypatch.setattr(headpage.serving.ServingCache, "_record", checked_record)
     model = headpage.serving.enable(small_model(device), num_pages=2048, policy="ada-snapkv",
-                                    budget="50%")
+                                    budget="50%", check_invariants=True)
     manager, results = run_manager(model, PROMPTS, 12)
     cache = manager.serving_cache
     assert cache.engine.on_device == (device.type == "cuda")
@@ -105,7 +134,7 @@ def test_a_policy_compresses_each_prompt_and_frees_its_pages(device):
     # The 5-token prompt is shorter than the window: skipped; the others kept half.
     compressed = {rid: c for rid, c in cache.compressions.items()
                   if isinstance(c, headpage.CompressResult)}
-    assert len(compressed) == 2
+    assert len(compressed) == 2 and exact == [True, True]
     for result in compressed.values():
         assert result.tokens_after <= result.tokens_before // 2 + 2 * 4  # 2 layers x 2 heads
         assert result.pages_freed > 0
@@ -120,7 +149,8 @@ def test_the_pool_budget_evicts_across_requests_before_any_preemption(device):
     # the 60 of the pool; evicted to the 8-token floor they would need 36.
     prompts = [list(range(1 + i, 101 + i)) for i in range(3)]
     model = headpage.serving.enable(small_model(device), num_pages=60, policy="ada-snapkv",
-                                    budget="50%", floor_tokens=8, protect_recent=4)
+                                    budget="50%", floor_tokens=8, protect_recent=4,
+                                    check_invariants=True)
     manager, results = run_manager(model, prompts, 40)
     pressure = manager.pool_pressure
     assert all(len(r.generated_tokens) == 40 for r in results.values())
@@ -146,11 +176,8 @@ def test_without_a_policy_a_short_pool_preempts_and_still_gives_transformers_tok
 
 def test_a_prompt_the_pool_can_never_hold_is_refused_and_the_others_are_served(device):
     # 16 pages hold 4 streams x 4 pages: 64 tokens. A 200-token prompt never fits.
-    model = headpage.serving.enable(small_model(device), num_pages=16)
-    generation = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1)
-    manager = model.init_continuous_batching(generation_config=generation,
-                                             continuous_batching_config=engine_config())
-    manager.start()
+    manager = started(headpage.serving.enable(small_model(device), num_pages=16),
+                      max_new_tokens=4)
     try:
         with pytest.raises(ValueError, match="needs 52 pages of 16 tokens"):
             manager.add_request(list(range(1, 201)))
@@ -224,3 +251,103 @@ def test_smollm2_at_the_full_budget_gives_transformers_tokens(smollm2):
     got = served.generate_batch(prompts, generation_config=generation,
                                 continuous_batching_config=config)
     assert tokens(got) == tokens(want)
+
+
+def test_forked_requests_share_the_compressed_prompt_and_free_it(device):
+    # num_return_sequences=2: transformers prefills all but the last prompt token,
+    # then forks. headpage compresses the parent first, so the child shares the
+    # compressed pages: forking takes no page, and both sample the same tokens.
+    model = headpage.serving.enable(small_model(device), num_pages=2048, policy="ada-snapkv",
+                                    budget="50%", check_invariants=True)
+    generation = GenerationConfig(max_new_tokens=10, eos_token_id=-1, num_return_sequences=2,
+                                  do_sample=True, top_k=1)
+    manager = model.init_continuous_batching(generation_config=generation,
+                                             continuous_batching_config=engine_config())
+    manager.start()
+    forks = []
+    try:
+        while manager.serving_cache is None:
+            time.sleep(0.01)
+        cache = manager.serving_cache
+        fork = cache.prepare_fork_request
+
+        def watched_fork(state, children, copies):
+            before = cache.manager.stats().pages_in_use
+            done = fork(state, children, copies)
+            forks.append((state.request_id in cache.compressions, before,
+                          cache.manager.stats().pages_in_use))
+            return done
+
+        cache.prepare_fork_request = watched_fork
+        ids = [manager.add_request(p) for p in PROMPTS[1:]]  # 67 and 118 tokens
+        results = [manager.get_result(timeout=300) for _ in range(2 * len(ids))]
+    finally:
+        manager.stop(block=True)
+    assert len(forks) == 2
+    for compressed_first, before, after in forks:
+        assert compressed_first and after == before
+    by_prompt = {}
+    for r in results:
+        by_prompt.setdefault(tuple(r.prompt_ids), []).append(list(r.generated_tokens))
+    assert all(len(g) == 2 and g[0] == g[1] and len(g[0]) == 10 for g in by_prompt.values())
+    compressed = [c for c in cache.compressions.values() if isinstance(c, headpage.CompressResult)]
+    assert len(compressed) == 2 and all(c.pages_freed > 0 for c in compressed)
+    assert cache.page_pool.free_pages == cache.page_pool.num_pages
+    cache.manager.check_invariants()
+
+
+def test_each_request_may_name_its_policy_and_a_bad_one_is_refused_alone(device):
+    # The manager serves at the full budget; one request asks for ada-snapkv at
+    # 50%, two ask for what does not exist and are refused when added, with the
+    # reason, while the others are served.
+    manager = started(headpage.serving.enable(small_model(device), num_pages=2048,
+                                              check_invariants=True), max_new_tokens=6)
+    try:
+        with pytest.raises(ValueError, match="nope"):
+            manager.add_request(PROMPTS[2], policy="nope", budget="50%")
+        with pytest.raises(ValueError):
+            manager.add_request(PROMPTS[2], policy="ada-snapkv", budget="150%")
+        with pytest.raises(ValueError, match="needs a budget"):
+            manager.add_request(PROMPTS[2], policy="ada-snapkv")
+        squeezed = manager.add_request(PROMPTS[2], policy="ada-snapkv", budget="50%")
+        whole = manager.add_request(PROMPTS[1])
+        results = {r.request_id: r for r in (manager.get_result(timeout=300) for _ in range(2))}
+    finally:
+        manager.stop(block=True)
+    assert all(len(r.generated_tokens) == 6 and r.error is None for r in results.values())
+    cache = manager.serving_cache
+    assert isinstance(cache.compressions[squeezed], headpage.CompressResult)
+    assert whole not in cache.compressions
+    assert cache.page_pool.free_pages == cache.page_pool.num_pages
+
+
+def test_a_request_that_alone_cannot_grow_fails_and_the_next_is_served(device):
+    # 24 pages of 16 tokens over 4 streams hold 96 tokens a stream. With ada-snapkv
+    # at 100% every prompt is kept whole and nothing can be evicted below it, so a
+    # 80-token prompt asking for 40 new tokens (120) cannot finish: it fails with
+    # the reason, and the request behind it is served.
+    model = headpage.serving.enable(small_model(device), num_pages=24, policy="ada-snapkv",
+                                    budget="100%", floor_tokens=96, check_invariants=True)
+    manager = started(model, max_new_tokens=40)
+    try:
+        big = manager.add_request(list(range(1, 81)))
+        small = manager.add_request(PROMPTS[0], max_new_tokens=8)
+        results = {r.request_id: r for r in (manager.get_result(timeout=300) for _ in range(2))}
+        failed, served = results[big], results[small]
+    finally:
+        manager.stop(block=True)
+    assert failed.error and "more pages than the pool" in failed.error
+    assert served.error is None and len(served.generated_tokens) == 8
+    assert manager.pool_pressure.failures == 1
+    cache = manager.serving_cache
+    assert cache.page_pool.free_pages == cache.page_pool.num_pages
+
+
+def test_engine_settings_the_cache_cannot_serve_are_refused():
+    served = headpage.serving.enable(small_model(), num_pages=64)
+    for setting in (dict(use_cuda_graph=True), dict(use_async_batching=True),
+                    dict(cpu_offload_space=1.0), dict(default_compile_level=1)):
+        name = next(iter(setting))
+        with pytest.raises(ValueError, match=name):
+            served.init_continuous_batching(
+                continuous_batching_config=ContinuousBatchingConfig(**setting))
