@@ -196,6 +196,18 @@ class ServingManager(ContinuousBatchingManager):
 
     def add_request(self, input_ids, request_id=None, *args, policy=None, budget=None,
                     **kwargs):
+        try:
+            return self._add_request(input_ids, request_id, *args, policy=policy, budget=budget,
+                                     **kwargs)
+        except ValueError:
+            # transformers' server registers the request's result handler first: a
+            # refused request must not leave it behind.
+            if request_id is not None:
+                getattr(self.output_router, "result_handlers", {}).pop(request_id, None)
+            raise
+
+    def _add_request(self, input_ids, request_id=None, *args, policy=None, budget=None,
+                     **kwargs):
         """transformers' add_request, after checking that the request can ever be
         served, with its own `policy` and `budget` if given (by default the ones
         enable() was given). ValueError, and nothing queued, for an empty prompt,
