@@ -30,16 +30,18 @@ absl::Status CudaStatus(cudaError_t error, const char* what) {
 
 // Where one layer's arrays lie in the device image, in int32 elements.
 struct Region {
-  int64_t indptr = 0;
+  int64_t indptr = 0;         // row_capacity + 1 entries
   int64_t page_ids = 0;
   int64_t page_capacity = 0;  // entries page_ids may grow to without moving
-  int64_t lens = 0;
+  int64_t lens = 0;           // row_capacity entries
+  int32_t row_capacity = 0;
 };
 
 class DeviceBlockTablesImpl final : public DeviceBlockTables {
  public:
-  DeviceBlockTablesImpl(const BlockManager* manager, GpuStream stream)
-      : manager_(manager), stream_(stream) {}
+  DeviceBlockTablesImpl(const BlockManager* manager, GpuStream stream, int32_t headroom_pages,
+                        Capacity capacity)
+      : manager_(manager), stream_(stream), headroom_pages_(headroom_pages), capacity_(capacity) {}
   ~DeviceBlockTablesImpl() override {
     if (uploaded_ != nullptr) cudaEventSynchronize(uploaded_);
     if (uploaded_ != nullptr) cudaEventDestroy(uploaded_);
@@ -47,16 +49,40 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     if (pinned_ != nullptr) cudaFreeHost(pinned_);
   }
 
-  absl::Status Init(absl::Span<const SeqId> seqs, int32_t headroom_pages) {
+  absl::Status Init(absl::Span<const SeqId> seqs) {
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming),
                                         "creating an event"));
-    const int32_t layers = manager_->geometry().num_layers;
-    for (int32_t l = 0; l < layers; ++l) {
-      HEADPAGE_ASSIGN_OR_RETURN(BlockTableCsr table,
-                                manager_->BlockTable(l, seqs, BlockTableOptions{headroom_pages}));
-      host_.push_back(std::move(table));
-    }
+    HEADPAGE_ASSIGN_OR_RETURN(host_, HostTables(seqs));
     return Reallocate();
+  }
+
+  absl::Status Reset(absl::Span<const SeqId> seqs) override {
+    HEADPAGE_ASSIGN_OR_RETURN(std::vector<BlockTableCsr> fresh, HostTables(seqs));
+    // The last upload reads the pinned memory this one rewrites.
+    HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventSynchronize(uploaded_), "the last upload"));
+    host_ = std::move(fresh);
+    last_rebuilt_ = true;
+    stale_ = true;  // until the new tables are enqueued (a failed Refresh uploads anew)
+    bool fits = true;
+    for (size_t l = 0; l < host_.size(); ++l) {
+      fits &= host_[l].num_rows() <= regions_[l].row_capacity &&
+              static_cast<int64_t>(host_[l].page_ids().size()) <= regions_[l].page_capacity;
+    }
+    if (!fits) {
+      HEADPAGE_RETURN_IF_ERROR(Reallocate());
+      stale_ = false;
+      return absl::OkStatus();
+    }
+    // One copy of the whole image into the same arrays: kernels enqueued
+    // before on the stream read the old batch, those after the new one.
+    for (size_t l = 0; l < host_.size(); ++l) WriteImage(host_[l], regions_[l], pinned_);
+    HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(device_, pinned_, sizeof(int32_t) * scratch_,
+                                                        cudaMemcpyHostToDevice, stream_),
+                                        "uploading the tables"));
+    last_upload_bytes_ = static_cast<int64_t>(sizeof(int32_t) * scratch_);
+    HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(uploaded_, stream_), "recording"));
+    stale_ = false;
+    return absl::OkStatus();
   }
 
   absl::Status Refresh() override {
@@ -90,7 +116,7 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     for (int32_t l = 0; l < num_layers(); ++l) {
       const BlockTableCsr& t = host_[l];
       if (t.rebuilt()) {
-        whole += t.indptr().size() + t.page_ids().size() + t.lens().size();
+        whole += regions_[l].row_capacity + 1 + t.page_ids().size() + t.lens().size();
       } else {
         pairs += t.changed_entries().size() + t.lens().size();
       }
@@ -122,18 +148,27 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
       HEADPAGE_RETURN_IF_ERROR(gpu::ScatterInt32(scatter, stream_));
       last_upload_bytes_ += static_cast<int64_t>(sizeof(int32_t) * 2 * pairs);
     }
+    // Each rebuilt layer's arrays, staged in the pinned buffer and copied whole;
+    // indptr with its padding rows, since the table's page count may have changed.
+    auto upload = [&](const int32_t* staged, size_t n, int64_t at) {
+      last_upload_bytes_ += static_cast<int64_t>(sizeof(int32_t) * n);
+      return CudaStatus(cudaMemcpyAsync(device_ + at, staged, sizeof(int32_t) * n,
+                                        cudaMemcpyHostToDevice, stream_),
+                        "uploading a rebuilt table");
+    };
     for (const int32_t l : rebuilt) {
       const BlockTableCsr& t = host_[l];
       const Region& r = regions_[l];
-      for (const auto& [from, at] : {std::pair{t.indptr(), r.indptr}, std::pair{t.page_ids(), r.page_ids},
-                                     std::pair{t.lens(), r.lens}}) {
+      const size_t indptr_size = static_cast<size_t>(r.row_capacity) + 1;
+      std::copy(t.indptr().begin(), t.indptr().end(), p);
+      std::fill(p + t.indptr().size(), p + indptr_size, t.indptr().back());
+      HEADPAGE_RETURN_IF_ERROR(upload(p, indptr_size, r.indptr));
+      p += indptr_size;
+      for (const auto& [from, at] : {std::pair{t.page_ids(), r.page_ids}, std::pair{t.lens(), r.lens}}) {
         if (from.empty()) continue;
-        std::memcpy(p, from.data(), sizeof(int32_t) * from.size());
-        HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(device_ + at, p, sizeof(int32_t) * from.size(),
-                                                            cudaMemcpyHostToDevice, stream_),
-                                            "uploading a rebuilt table"));
+        std::copy(from.begin(), from.end(), p);
+        HEADPAGE_RETURN_IF_ERROR(upload(p, from.size(), at));
         p += from.size();
-        last_upload_bytes_ += static_cast<int64_t>(sizeof(int32_t) * from.size());
       }
     }
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(uploaded_, stream_), "recording"));
@@ -144,7 +179,8 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
   Layer layer(int32_t l) const override {
     const Region& r = regions_[l];
     return Layer{device_ + r.indptr, device_ + r.page_ids, device_ + r.lens, host_[l].num_rows(),
-                 static_cast<int64_t>(host_[l].page_ids().size())};
+                 static_cast<int64_t>(host_[l].page_ids().size()), r.row_capacity,
+                 r.page_capacity};
   }
   int32_t num_layers() const override { return static_cast<int32_t>(host_.size()); }
   uint64_t generation() const override { return generation_; }
@@ -152,6 +188,28 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
   bool last_refresh_rebuilt() const override { return last_rebuilt_; }
 
  private:
+  absl::StatusOr<std::vector<BlockTableCsr>> HostTables(absl::Span<const SeqId> seqs) const {
+    std::vector<BlockTableCsr> tables;
+    const int32_t layers = manager_->geometry().num_layers;
+    for (int32_t l = 0; l < layers; ++l) {
+      HEADPAGE_ASSIGN_OR_RETURN(BlockTableCsr table,
+                                manager_->BlockTable(l, seqs, BlockTableOptions{headroom_pages_}));
+      tables.push_back(std::move(table));
+    }
+    return tables;
+  }
+
+  // One layer's arrays at their place in `image`, its rows past the table's
+  // empty (indptr flat, length 0).
+  static void WriteImage(const BlockTableCsr& t, const Region& r, int32_t* image) {
+    std::copy(t.indptr().begin(), t.indptr().end(), image + r.indptr);
+    std::fill(image + r.indptr + t.indptr().size(), image + r.indptr + r.row_capacity + 1,
+              t.indptr().back());
+    std::copy(t.page_ids().begin(), t.page_ids().end(), image + r.page_ids);
+    std::copy(t.lens().begin(), t.lens().end(), image + r.lens);
+    std::fill(image + r.lens + t.lens().size(), image + r.lens + r.row_capacity, 0);
+  }
+
   absl::Status ReservePinned(size_t ints) {
     if (ints <= pinned_ints_) return absl::OkStatus();
     if (pinned_ != nullptr) cudaFreeHost(pinned_);
@@ -164,7 +222,8 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     return absl::OkStatus();
   }
 
-  // Lays every layer out anew with twice its page entries of capacity (and a
+  // Lays every layer out anew with twice its page entries of capacity, at
+  // least the capacity asked for and what the arrays held before (and a
   // scratch area for a step's pairs: two ints per entry and per row), uploads
   // the whole image and moves the tables there: a new generation.
   absl::Status Reallocate() {
@@ -172,15 +231,18 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     int64_t at = 0, pair_capacity = 0;
     for (size_t l = 0; l < host_.size(); ++l) {
       const BlockTableCsr& t = host_[l];
+      const Region before = l < regions_.size() ? regions_[l] : Region{};
       Region& r = regions[l];
+      r.row_capacity = std::max({t.num_rows(), capacity_.rows, before.row_capacity});
       r.indptr = at;
-      at += static_cast<int64_t>(t.indptr().size());
+      at += r.row_capacity + 1;
       r.page_ids = at;
-      r.page_capacity = 2 * static_cast<int64_t>(t.page_ids().size()) + 16;
+      r.page_capacity = std::max({2 * static_cast<int64_t>(t.page_ids().size()) + 16,
+                                  capacity_.page_entries, before.page_capacity});
       at += r.page_capacity;
       r.lens = at;
-      at += t.num_rows();
-      pair_capacity += r.page_capacity + t.num_rows();
+      at += r.row_capacity;
+      pair_capacity += r.page_capacity + r.row_capacity;
     }
     at = (at + 1) / 2 * 2;  // the pairs are read as 8-byte vectors
     const int64_t scratch = at;
@@ -191,12 +253,7 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     }
     HEADPAGE_RETURN_IF_ERROR(ReservePinned(static_cast<size_t>(scratch)));
     std::fill(pinned_, pinned_ + scratch, -1);
-    for (size_t l = 0; l < host_.size(); ++l) {
-      const BlockTableCsr& t = host_[l];
-      std::copy(t.indptr().begin(), t.indptr().end(), pinned_ + regions[l].indptr);
-      std::copy(t.page_ids().begin(), t.page_ids().end(), pinned_ + regions[l].page_ids);
-      std::copy(t.lens().begin(), t.lens().end(), pinned_ + regions[l].lens);
-    }
+    for (size_t l = 0; l < host_.size(); ++l) WriteImage(host_[l], regions[l], pinned_);
     void* fresh = nullptr;
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&fresh, sizeof(int32_t) * total), "device tables"));
     const absl::Status uploaded = CudaStatus(
@@ -219,6 +276,8 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
 
   const BlockManager* manager_;
   GpuStream stream_;
+  int32_t headroom_pages_;
+  Capacity capacity_;
   std::vector<BlockTableCsr> host_;
   std::vector<Region> regions_;
   int32_t* device_ = nullptr;
@@ -236,20 +295,25 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
 
 absl::StatusOr<std::unique_ptr<DeviceBlockTables>> DeviceBlockTables::Create(
     const BlockManager* manager, absl::Span<const SeqId> seqs, int32_t headroom_pages,
-    GpuStream stream) {
+    GpuStream stream, Capacity capacity) {
   if (manager == nullptr || headroom_pages < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "DeviceBlockTables: needs a block manager and headroom_pages >= 0, got ", headroom_pages));
   }
-  auto tables = std::make_unique<DeviceBlockTablesImpl>(manager, stream);
-  HEADPAGE_RETURN_IF_ERROR(tables->Init(seqs, headroom_pages));
+  if (capacity.rows < 0 || capacity.page_entries < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DeviceBlockTables: capacity of ", capacity.rows, " rows and ",
+                     capacity.page_entries, " page entries; want both >= 0"));
+  }
+  auto tables = std::make_unique<DeviceBlockTablesImpl>(manager, stream, headroom_pages, capacity);
+  HEADPAGE_RETURN_IF_ERROR(tables->Init(seqs));
   return std::unique_ptr<DeviceBlockTables>(std::move(tables));
 }
 
 #else  // !HEADPAGE_HAVE_CUDA
 
 absl::StatusOr<std::unique_ptr<DeviceBlockTables>> DeviceBlockTables::Create(
-    const BlockManager*, absl::Span<const SeqId>, int32_t, GpuStream) {
+    const BlockManager*, absl::Span<const SeqId>, int32_t, GpuStream, Capacity) {
   return absl::UnimplementedError("DeviceBlockTables: this build of headpage has no CUDA");
 }
 

@@ -17,6 +17,13 @@
 // rebuilt table fits the capacity they were allocated with, so a CUDA graph
 // that captured them stays valid. generation() changes when they move.
 //
+// A serving engine whose batch of decoding sequences changes from step to step
+// keeps one DeviceBlockTables and calls Reset() with the new batch: the tables
+// are rebuilt into the same arrays while they fit. With a row capacity above
+// the batch's rows, every layer also reads as a padded table (rows past the
+// batch empty: length 0, no pages), so a CUDA graph captured for a padded
+// batch size serves any batch up to it.
+//
 // Everything is enqueued on the stream given at creation, so kernels enqueued
 // after Refresh() on that stream read the new tables. Thread-compatible.
 #ifndef HEADPAGE_RUNTIME_DEVICE_BLOCK_TABLES_H_
@@ -34,6 +41,14 @@
 
 namespace headpage {
 
+// What a DeviceBlockTables' device arrays hold at least, beyond what its first
+// batch needs: rows of every layer (sequences x KV heads) and page entries of
+// every layer.
+struct DeviceBlockTablesCapacity {
+  int32_t rows = 0;
+  int64_t page_entries = 0;
+};
+
 class DeviceBlockTables {
  public:
   // One layer's device CSR.
@@ -43,16 +58,31 @@ class DeviceBlockTables {
     const int32_t* lens = nullptr;      // [num_rows]
     int32_t num_rows = 0;
     int64_t num_page_entries = 0;       // indptr[num_rows]: page_ids' length
+    // Rows indptr and lens hold: those past num_rows are empty (indptr stays at
+    // num_page_entries, lens 0), so a kernel may read up to row_capacity rows.
+    int32_t row_capacity = 0;
+    int64_t page_capacity = 0;  // entries page_ids holds (it grows in place up to this)
   };
+
+  using Capacity = DeviceBlockTablesCapacity;
 
   // The tables of every layer of `seqs` (that order), built and uploaded once.
   // InvalidArgument for a null manager or headroom < 0, NotFound for an unknown
   // sequence, Unimplemented in a build without CUDA, ResourceExhausted when the
-  // device has no memory for them. REQUIRES: manager outlives the tables.
+  // device has no memory for them. `capacity` sizes the arrays for later
+  // batches (Reset) and growth; each layer gets at least its table's rows and
+  // twice its page entries plus 16. InvalidArgument for a negative capacity.
+  // REQUIRES: manager outlives the tables.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<DeviceBlockTables>> Create(
       const BlockManager* manager, absl::Span<const SeqId> seqs, int32_t headroom_pages,
-      GpuStream stream);
+      GpuStream stream, Capacity capacity = {});
   virtual ~DeviceBlockTables() = default;
+
+  // The tables of another batch, `seqs` (that order), rebuilt and uploaded whole
+  // into the same device arrays when every layer fits their capacity (the
+  // generation stays), else into new ones (a new generation). NotFound for an
+  // unknown sequence, and the tables stay those of the old batch.
+  [[nodiscard]] virtual absl::Status Reset(absl::Span<const SeqId> seqs) = 0;
 
   // Brings every layer's device copy up to date with the manager (one packed
   // upload and one scatter for the layers that only grew; a whole copy of each

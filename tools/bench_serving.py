@@ -25,11 +25,14 @@ Each configuration runs in this process, one after another:
                         only the pool-wide budget evicts, when the pool runs short
   transformers          transformers' own PagedAttentionCache (paged|sdpa) with
                         the same KV bytes, the floor
+  NAME+eager            a headpage configuration with its decode steps launched
+                        from Python, not replayed as CUDA graphs
 For each: output tokens a second end to end and in the decode-only steps, running
 requests (peak, mean over time), TTFT and TPOT p50/p90, preemptions (headpage) or
-offloads and resets (transformers), seconds spent compressing, and the decode
-step's time against its roofline: the weights it reads plus the K/V its
-attention reads, at the copy bandwidth measured at the start of the run.
+offloads and resets (transformers), seconds spent compressing, the decode
+step's time against its roofline (the weights it reads plus the K/V its
+attention reads, at the copy bandwidth measured at the start of the run), and
+the CUDA graphs captured and replayed.
 """
 import argparse
 import json
@@ -166,7 +169,16 @@ def engine_config(args, config, bytes_per_token):
 
 
 def parse_config(config):
-    """(policy, budget) of a headpage configuration name."""
+    """(policy, budget, cuda_graphs) of a headpage configuration name: full,
+    pool-pressure or POLICY:BUDGET, with "+eager" for decode steps without CUDA
+    graphs."""
+    config, _, mode = config.partition("+")
+    if mode not in ("", "eager"):
+        raise SystemExit(f"configuration '{config}+{mode}': the only mode is +eager")
+    return _policy_of(config) + (mode != "eager",)
+
+
+def _policy_of(config):
     if config == "full":
         return "full", None
     if config == "pool-pressure":
@@ -189,10 +201,10 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
             del model.init_continuous_batching  # transformers' own method again
         model.set_attn_implementation("sdpa")
     else:
-        policy, budget = parse_config(config)
+        policy, budget, graphs = parse_config(config)
         headpage.serving.enable(model, num_pages=num_pages, page_size=args.page_size,
                                 policy=policy, budget=budget, floor_tokens=args.floor_tokens,
-                                protect_recent=args.protect_recent)
+                                protect_recent=args.protect_recent, cuda_graphs=graphs)
     generation = GenerationConfig(max_new_tokens=args.output, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(
         generation_config=generation,
@@ -267,6 +279,10 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
                compress_seconds=cache.compress_seconds,
                failures=manager.pool_pressure.failures,
                compressed=cache.totals["compressed"])
+    graphs = manager.decode_graphs
+    if graphs is not None:
+        row.update(graph_captures=graphs.captures, graph_replays=graphs.replays,
+                   eager_steps=graphs.eager_steps)
     return row
 
 

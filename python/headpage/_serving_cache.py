@@ -13,6 +13,7 @@ import torch
 from torch.nn.attention.bias import causal_lower_right
 
 import headpage
+from headpage._decode_buffers import DecodeBuffers
 from headpage._model import DTYPES, make_arena, model_shape, resolve_policy
 from headpage.hf import Skipped
 
@@ -22,6 +23,14 @@ _log = logging.getLogger("headpage.serving")
 RECENT_RESULTS = 4096
 # Tokens a step takes when transformers' config leaves max_batch_tokens unset.
 DEFAULT_BATCH_TOKENS = 2048
+
+
+def padded_rows(n, limit):
+    """The batch size a CUDA graph of an n-request decode step is captured for:
+    n rounded up to a multiple of 8 up to 64, of 16 up to 128, of 32 up to 256,
+    then of 64 (about eight sizes a doubling), at most `limit`."""
+    step = 8 if n <= 64 else 16 if n <= 128 else 32 if n <= 256 else 64
+    return min(-(-n // step) * step, limit)
 
 
 class _AllocatorView:
@@ -75,15 +84,18 @@ class _StepRow:
 
 
 class _StepInputs:
-    """What every layer of one step reads (ServingCache._prepare_step)."""
+    """What every layer of one step reads (ServingCache._prepare_step). A step run
+    as a CUDA graph (graph_rows set) reads only static device buffers, padded to
+    graph_rows decode rows."""
     __slots__ = ("slots", "positions", "decode", "prefill", "observing", "decode_at", "seqs",
-                 "tables", "splits", "workspace")
+                 "tables", "splits", "workspace", "graph_rows", "real_tokens")
 
     def __init__(self):
         self.slots = self.positions = self.decode_at = self.seqs = self.tables = None
-        self.workspace = None
+        self.workspace = self.graph_rows = None
         self.decode, self.prefill, self.observing = [], [], []
         self.splits = 1
+        self.real_tokens = 0
 
 
 class StepRecord(typing.NamedTuple):
@@ -101,7 +113,7 @@ class ServingCache:
     the methods below; its own attention functions never see this object)."""
 
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
-                 budget=None, check_invariants=False, request_policies=None):
+                 budget=None, check_invariants=False, request_policies=None, graph_rows=0):
         shape = model_shape(model, "headpage.serving")
         if model.dtype not in DTYPES:
             raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
@@ -155,9 +167,12 @@ class ServingCache:
         self._step_done = True    # the last layer ran: the next extend starts a step
         self._inputs = None       # _StepInputs of the step, made at its first layer
         self._copies = []         # (src, dst) page copies the step's reserves planned
-        self._device_tables = None  # DeviceBlockTables of the decode rows (CUDA)
-        self._device_tables_seqs = None  # their sequences, in row order
-        self._device_table_views = None  # per layer (indptr, page_ids, lens) tensors
+        # Decode steps run as CUDA graphs (headpage._decode_graphs) for batches of up
+        # to graph_rows requests, padded: 0 turns them off. What such a step reads
+        # lives at fixed addresses (DecodeBuffers).
+        self.graph_rows = graph_rows if self.device.type == "cuda" else 0
+        self.decode_buffers = None if self.device.type != "cuda" else DecodeBuffers(
+            self.manager, shape, num_pages, self.graph_rows, self.device, self._stream)
         self._num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                          if self.device.type == "cuda" else 0)
         # Measurement, read by tools/bench_serving.py: seconds spent compressing,
@@ -250,9 +265,8 @@ class ServingCache:
             del self._windows[key]
         if seq is not None:
             self._compressed.discard(seq)
-            if self._device_tables_seqs is not None and seq in self._device_tables_seqs:
-                self._device_tables = self._device_tables_seqs = None
-                self._device_table_views = None
+            if self.decode_buffers is not None:
+                self.decode_buffers.forget(seq)
             if self.engine is not None:
                 self.engine.forget(seq)
             self.manager.free(seq)
@@ -305,12 +319,26 @@ class ServingCache:
 
     # -- the attention of one layer ----------------------------------------------------------
 
-    def _prepare_step(self, device):
-        """What every layer of the step reads, made once at its first layer: the
-        slots and positions of the packed batch on the device (one copy each),
-        and for the decode rows their block tables of every layer (on CUDA the
-        resident DeviceBlockTables, one upload a step while the decode set stays
-        the same) and the split-KV plan."""
+    def graph_rows_for_step(self):
+        """The padded batch size at which the step being prepared runs as a CUDA
+        graph, or None when it runs eagerly: graphs are off, a row is not one
+        token of decode, a row's query belongs to an observation window, or the
+        batch is larger than graph_rows."""
+        rows = self._step
+        if not self.graph_rows or not rows or len(rows) > self.graph_rows:
+            return None
+        if any(not r.is_decode or r.observes for r in rows):
+            return None
+        return padded_rows(len(rows), self.graph_rows)
+
+    def _prepare_step(self, device, graph_rows=None):
+        """What every layer of the step reads, made once at its first layer (or,
+        for a graph, before the forward): the slots and positions of the packed
+        batch on the device (one copy each), and for the decode rows their block
+        tables of every layer (on CUDA the resident DeviceBlockTables, one upload
+        a step while the decode set stays the same, reset to a new one in place)
+        and the split-KV plan. With graph_rows, everything lies in static
+        buffers padded to that many decode rows."""
         rows = self._step
         if self.engine is None:
             if self.device.type == "cuda":
@@ -325,44 +353,38 @@ class ServingCache:
                                 stream=self._stream())
             self._copies = []
         inputs = _StepInputs()
-        inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
-        inputs.positions = self._to_device(np.concatenate(
-            [np.arange(r.past, r.past + r.count, dtype=np.int32) for r in rows]))
+        inputs.graph_rows = graph_rows
+        inputs.real_tokens = sum(r.count for r in rows)
+        if graph_rows is None:
+            inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
+            inputs.positions = self._to_device(np.concatenate(
+                [np.arange(r.past, r.past + r.count, dtype=np.int32) for r in rows]))
+        else:
+            inputs.slots, inputs.positions = self.decode_buffers.graph_ids(rows, graph_rows)
         inputs.decode = [r for r in rows if r.is_decode]
         inputs.prefill = [r for r in rows if not r.is_decode]
         inputs.observing = [(i, r) for i, r in enumerate(inputs.decode) if r.observes]
         decode = inputs.decode
         if decode:
-            inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
             seqs = [r.seq for r in decode]
-            if self.device.type == "cuda":
-                tables = self._device_tables
-                if tables is not None and self._device_tables_seqs == seqs:
-                    tables.refresh()
-                    if tables.last_refresh_rebuilt:  # a layer's page_ids changed length
-                        self._device_table_views = None
+            buffers = self.decode_buffers
+            if buffers is not None:
+                buffers.update(seqs)
+                if graph_rows is None:
+                    inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
+                    inputs.tables = buffers.views()
                 else:
-                    tables = headpage.DeviceBlockTables(
-                        self.manager, seqs, headroom_pages=8, stream=self._stream(),
-                        device=self.device.index or 0)
-                    self._device_tables, self._device_tables_seqs = tables, seqs
-                    self._device_table_views = None
-                if self._device_table_views is None:
-                    # Tensors over the device arrays, valid until a layer is rebuilt.
-                    self._device_table_views = [
-                        tuple(torch.from_dlpack(a) for a in tables.layer(layer))
-                        for layer in range(self.shape.num_layers)]
-                inputs.tables = self._device_table_views
+                    inputs.tables = buffers.padded_views(graph_rows * self.shape.num_kv_heads)
                 # Streams are never longer than their request (compressed ones are shorter).
                 longest = max(r.past + 1 for r in decode)
+                launched = graph_rows or len(decode)
                 inputs.splits = headpage.decode_attention_splits(
-                    longest, len(decode) * self.shape.num_kv_heads, self._num_sms)
+                    longest, launched * self.shape.num_kv_heads, self._num_sms)
                 if inputs.splits > 1:
-                    inputs.workspace = torch.empty(
-                        headpage.decode_attention_workspace_bytes(
-                            len(decode), self.shape.num_q_heads, self.shape.head_dim,
-                            inputs.splits), dtype=torch.uint8, device=device)
+                    inputs.workspace = buffers.workspace(launched, inputs.splits,
+                                                         static=graph_rows is not None)
             else:
+                inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
                 inputs.seqs = seqs
         if self.record_steps:
             read = sum(int(np.asarray(self.manager.stream_lengths(r.seq)).sum()) for r in decode)
@@ -370,19 +392,31 @@ class ServingCache:
                                          sum(r.count for r in rows if not r.is_decode), read))
         self._inputs = inputs
 
+    def prepare_graph_step(self, graph_rows):
+        """Readies the step for its CUDA graph at `graph_rows` padded rows (from
+        graph_rows_for_step), on the current stream; returns what a graph captured
+        for it depends on: (graph_rows, splits, the tables' generation)."""
+        self._prepare_step(self.device, graph_rows)
+        return graph_rows, self._inputs.splits, self.decode_buffers.generation
+
     def attend(self, module, query, key, value, scaling):
         """query [1][q_heads][T][D], key/value [1][kv_heads][T][D] of the packed batch;
-        returns [1][T][q_heads][D]."""
+        returns [1][T][q_heads][D]. T may exceed the step's tokens (transformers
+        pads a batch): those rows are not written and attend to nothing."""
         layer = module.layer_idx
         if self._inputs is None:
             self._prepare_step(query.device)
         inputs = self._inputs
-        total = query.shape[2]
-        out = torch.empty(1, total, self.shape.num_q_heads, self.shape.head_dim,
-                          dtype=query.dtype, device=query.device)
-        headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
-                          value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
-                          inputs.positions, stream=self._stream())
+        if inputs.graph_rows is not None:
+            return self._attend_graph(layer, inputs, query, key, value, scaling)
+        total, real = query.shape[2], inputs.real_tokens
+        out = torch.zeros(1, total, self.shape.num_q_heads, self.shape.head_dim,
+                          dtype=query.dtype, device=query.device) if total > real else \
+            torch.empty(1, total, self.shape.num_q_heads, self.shape.head_dim,
+                        dtype=query.dtype, device=query.device)
+        headpage.write_kv(self.arena, key[0, :, :real].transpose(0, 1).contiguous(),
+                          value[0, :, :real].transpose(0, 1).contiguous(),
+                          inputs.slots[:, layer, :], inputs.positions, stream=self._stream())
         for r in inputs.prefill:
             out[0, r.first:r.first + r.count] = self._attend_prefill(layer, r, query, key, value,
                                                                      scaling)
@@ -406,13 +440,33 @@ class ServingCache:
                                       stream=self._stream(), check=False)
             out[0].index_copy_(0, inputs.decode_at, o)
         if layer == self.shape.num_layers - 1:
-            self._compress_completed_prompts()
-            self._step_done = True
-            self._inputs = None
-            self._publish()
-            if self.check_invariants:
-                self.manager.check_invariants()  # RuntimeError naming the first violation
+            self.end_step()
         return out
+
+    def _attend_graph(self, layer, inputs, query, key, value, scaling):
+        """One layer of a decode step in a CUDA graph: every row is one token of
+        decode, in batch order, padded to graph_rows; only static buffers are read
+        (the padding writes nothing and attends to empty tables)."""
+        headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
+                          value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
+                          inputs.positions, stream=self._stream())
+        q = query[0].transpose(0, 1).contiguous()  # [graph_rows][q_heads][D]
+        o = torch.empty_like(q)
+        indptr, page_ids, lens = inputs.tables[layer]
+        headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
+                                  num_splits=inputs.splits, workspace=inputs.workspace,
+                                  stream=self._stream(), check=False)
+        return o.unsqueeze(0)
+
+    def end_step(self):
+        """After the step's last layer (or its graph): compresses the prompts it
+        completed and publishes the pool."""
+        self._compress_completed_prompts()
+        self._step_done = True
+        self._inputs = None
+        self._publish()
+        if self.check_invariants:
+            self.manager.check_invariants()  # RuntimeError naming the first violation
 
     def _attend_prefill(self, layer, r, query, key, value, scaling):
         """SDPA of a prefill chunk over its request's K/V so far (every head has the

@@ -28,6 +28,10 @@ head. enable() keeps the engine and replaces its cache and attention:
   queries were kept as the chunks went by), and the pages it frees are back in
   the pool before the scheduler runs again.
 
+On CUDA, a step in which every request decodes one token runs as a CUDA graph
+captured for its batch size, padded (headpage._decode_graphs): transformers'
+own graphs are refused, since its attention functions are not the ones run.
+
 A request forked for num_return_sequences is compressed just before the fork
 (transformers prefills all but its last prompt token first), and its children
 share the compressed pages.
@@ -45,16 +49,21 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import continuous_api
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
+from headpage._decode_graphs import DecodeGraphs
 from headpage._model import model_shape, resolve_policy
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import (_CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, RECENT_RESULTS,
                                      ServingCache, StepRecord)
 
-__all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "RECENT_RESULTS", "PoolPressure",
+__all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
            "ServingCache", "ServingManager", "StepRecord", "TESTED_TRANSFORMERS",
            "check_engine", "enable"]
 
 ATTENTION = "headpage_serving"
+
+# The largest decode batch captured as a CUDA graph (larger ones run eagerly);
+# transformers' max_requests_per_batch and max_batch_tokens cap it further.
+GRAPH_ROWS = 512
 
 # The version of transformers whose engine headpage.serving was written and tested
 # against; check_engine() says what differs in another.
@@ -95,6 +104,11 @@ def check_engine():
     need(scheduler.Scheduler, ["finish_request", "add_waiting_request", "schedule_batch"],
          "Scheduler")
     need(RequestState, ["create_equivalent_initial_request"], "RequestState")
+    from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
+    from transformers.generation.continuous_batching.model_runner import ModelRunner
+    need(ModelRunner, ["compute_batch", "_forward_process_and_sample", "supports_logits_to_keep"],
+         "ModelRunner")
+    need(ContinuousBatchingIOs, ["get_cb_kwargs", "get_model_kwargs"], "ContinuousBatchingIOs")
     public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
     theirs, ours = public(PagedAttentionCache), public(ServingCache)
     changes = [f"missing: {m}" for m in missing]
@@ -133,7 +147,8 @@ def _settle_engine_config(config):
     does not support, and refuses it when asked for (ValueError): CUDA graphs,
     compilation and their padding (the attention reads per-step Python state),
     asynchronous batching (one step's bookkeeping at a time), CPU offloading (the
-    pool budget and preemption take its place), prefix sharing (docs/serving.md)."""
+    pool budget and preemption take its place), prefix sharing (docs/serving.md).
+    headpage captures its own decode graphs (enable(cuda_graphs=True))."""
     graphs = config.use_cuda_graph
     asked = {
         "use_cuda_graph": graphs is True or (isinstance(graphs, tuple) and any(graphs)),
@@ -146,7 +161,8 @@ def _settle_engine_config(config):
     refused = [name for name, on in asked.items() if on]
     if refused:
         raise ValueError("headpage.serving does not support " + ", ".join(refused)
-                         + " of transformers' continuous batching")
+                         + " of transformers' continuous batching (headpage captures its own "
+                         "decode graphs: enable(cuda_graphs=True))")
     config.use_cuda_graph = False
     config.use_async_batching = False
     config.allow_block_sharing = False
@@ -161,6 +177,7 @@ class ServingManager(ContinuousBatchingManager):
         self._shape = model_shape(args[0], "headpage.serving")
         self.serving_cache = None
         self.pool_pressure = None
+        self.decode_graphs = None  # DecodeGraphs, on CUDA with cuda_graphs
         self._request_policies = {}  # request -> (PolicyConfig, budget) asked for it
         self._ids_lock = threading.Lock()
         self._next_id = 0
@@ -258,8 +275,13 @@ class ServingManager(ContinuousBatchingManager):
 
     def _create_batch_processor(self):
         def make_cache(*args, continuous_batching_config=None, **kwargs):
-            return ServingCache(self.model, continuous_batching_config.max_batch_tokens,
-                                request_policies=self._request_policies, **self._cache_options)
+            config = continuous_batching_config
+            options = dict(self._cache_options)
+            if options.pop("cuda_graphs"):
+                options["graph_rows"] = min(GRAPH_ROWS, config.max_requests_per_batch or GRAPH_ROWS,
+                                            config.max_batch_tokens or DEFAULT_BATCH_TOKENS)
+            return ServingCache(self.model, config.max_batch_tokens,
+                                request_policies=self._request_policies, **options)
 
         with _building:
             original = continuous_api.PagedAttentionCache
@@ -269,6 +291,9 @@ class ServingManager(ContinuousBatchingManager):
             finally:
                 continuous_api.PagedAttentionCache = original
         self.serving_cache = processor.cache
+        if processor.cache.graph_rows:
+            self.decode_graphs = DecodeGraphs(processor.cache, processor.model_runner,
+                                              processor.inputs_and_outputs).install()
         options = self._pressure_options
         processor.offloading_manager = PoolPressure(
             processor.cache, processor.offloading_manager.scheduler, processor=processor,
@@ -278,7 +303,7 @@ class ServingManager(ContinuousBatchingManager):
 
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
-           protect_recent=16, check_invariants=False):
+           protect_recent=16, check_invariants=False, cuda_graphs=True):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
@@ -286,11 +311,12 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     compressed requests down to `floor_tokens` per stream, never touching a
     stream's last `protect_recent` tokens, before any request is preempted
     (PoolPressure). check_invariants (a debug run) proves the pool's bookkeeping
-    after every step. The arguments are checked now (ValueError, TypeError,
-    NotImplementedError)."""
+    after every step. On CUDA, with cuda_graphs, decode steps run as CUDA graphs
+    (headpage._decode_graphs). The arguments are checked now (ValueError,
+    TypeError, NotImplementedError)."""
     check_engine()
     options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget,
-                   check_invariants=bool(check_invariants))
+                   check_invariants=bool(check_invariants), cuda_graphs=bool(cuda_graphs))
     model_shape(model, "headpage.serving")
     resolve_policy(policy, budget)
     for name, value in (("num_pages", num_pages), ("page_size", page_size)):

@@ -351,3 +351,32 @@ def test_engine_settings_the_cache_cannot_serve_are_refused():
         with pytest.raises(ValueError, match=name):
             served.init_continuous_batching(
                 continuous_batching_config=ContinuousBatchingConfig(**setting))
+
+
+@pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA build of headpage and a CUDA device")
+@pytest.mark.parametrize("policy, budget", [("full", None), ("ada-snapkv", "50%")])
+def test_decode_steps_as_cuda_graphs_give_the_eager_tokens(policy, budget):
+    # Seven requests that arrive together and finish at different lengths: the
+    # decode batch changes size (padded graphs of 8 rows) and members (the tables
+    # reset in place), and graphs are replayed across both.
+    prompts = PROMPTS + [list(range(5, 40)), [3] * 17, list(range(9, 90)), [4, 2]]
+    lengths = [6, 20, 9, 30, 14, 25, 11]
+    runs = {}
+    for graphs in (False, True):
+        model = headpage.serving.enable(small_model("cuda"), num_pages=2048, policy=policy,
+                                        budget=budget, check_invariants=True, cuda_graphs=graphs)
+        manager = started(model)
+        try:
+            ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(prompts, lengths)]
+            results = [manager.get_result(timeout=300) for _ in ids]
+        finally:
+            manager.stop(block=True)
+        by_id = {r.request_id: list(r.generated_tokens) for r in results}
+        runs[graphs] = [by_id[i] for i in ids]
+        assert [len(t) for t in runs[graphs]] == lengths
+        if graphs:
+            assert manager.decode_graphs.captures >= 1
+            assert manager.decode_graphs.replays >= 20
+        else:
+            assert manager.decode_graphs is None
+    assert runs[True] == runs[False]

@@ -121,6 +121,87 @@ TEST_CASE("DeviceBlockTables follow decode steps and evictions with small upload
   REQUIRE_OK(manager.CheckInvariants());
 }
 
+TEST_CASE("DeviceBlockTables move to another batch in place and read as padded tables",
+          "[runtime][gpu]") {
+  const CacheGeometry g = Geometry();
+  testing::Fixture f(20000, g);
+  BlockManager& manager = *f.manager;
+  std::vector<SeqId> all;
+  for (const int32_t len : {3, 16, 40, 200, 33, 1}) {
+    all.push_back(manager.AddSequence());
+    REQUIRE_OK(manager.Reserve(all.back(), len));
+  }
+  const int32_t row_capacity = 8 * g.num_kv_heads;
+  auto created = DeviceBlockTables::Create(&manager, {all[0], all[1]}, 2, nullptr,
+                                           {row_capacity, 4096});
+  REQUIRE_OK(created);
+  DeviceBlockTables& tables = **created;
+  const uint64_t generation = tables.generation();
+  const int32_t* indptr_at = tables.layer(0).indptr;
+  // Every row past the batch's reads as empty: indptr flat, length 0.
+  auto expect_padding = [&](size_t batch) {
+    HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+    for (int32_t l = 0; l < g.num_layers; ++l) {
+      const DeviceBlockTables::Layer layer = tables.layer(l);
+      REQUIRE(layer.row_capacity == row_capacity);
+      REQUIRE(layer.page_capacity >= 4096);
+      const std::vector<int32_t> indptr = Download(layer.indptr, row_capacity + 1);
+      const std::vector<int32_t> lens = Download(layer.lens, row_capacity);
+      const int32_t rows = static_cast<int32_t>(batch) * g.num_kv_heads;
+      for (int32_t r = rows; r < row_capacity; ++r) {
+        CAPTURE(l, r);
+        REQUIRE(lens[r] == 0);
+        REQUIRE(indptr[r + 1] == indptr[rows]);
+      }
+    }
+  };
+  expect_padding(2);
+  std::mt19937 rng(5);
+  CompactionPlan plan;
+  for (const std::vector<SeqId>& batch :
+       {std::vector<SeqId>{all[2], all[0], all[3]}, std::vector<SeqId>{all[5]},
+        std::vector<SeqId>{all[1], all[2], all[3], all[4], all[5], all[0]}}) {
+    REQUIRE_OK(tables.Reset(batch));
+    ExpectTablesMatch(manager, batch, tables);
+    expect_padding(batch.size());
+    for (int32_t step = 0; step < 40; ++step) {
+      for (const SeqId seq : batch) REQUIRE_OK(manager.Reserve(seq, 1));
+      if (step == 20) {  // an eviction rebuilds layer 2 with fewer pages
+        auto lens = manager.StreamLengths(batch[0]);
+        REQUIRE_OK(lens);
+        std::vector<int32_t> kept(g.num_kv_heads);
+        for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+          kept[h] = static_cast<int32_t>(rng() % ((*lens)[2 * g.num_kv_heads + h] + 1));
+        }
+        plan.Clear();
+        REQUIRE_OK(manager.Evict(batch[0], 2, kept, &plan));
+        manager.ReleaseRetiredPages();
+      }
+      REQUIRE_OK(tables.Refresh());
+    }
+    ExpectTablesMatch(manager, batch, tables);
+    expect_padding(batch.size());
+  }
+  // Every batch fit the capacity asked for: the arrays never moved.
+  REQUIRE(tables.generation() == generation);
+  REQUIRE(tables.layer(0).indptr == indptr_at);
+  // An unknown sequence is refused and the tables stay those of the last batch.
+  REQUIRE(tables.Reset({all[0], SeqId{999999}}).code() == absl::StatusCode::kNotFound);
+  REQUIRE(tables.layer(0).num_rows == 6 * g.num_kv_heads);
+  // A batch over the row capacity moves the arrays: a new generation.
+  std::vector<SeqId> many(all);
+  for (int32_t i = 0; i < 4; ++i) {
+    many.push_back(manager.AddSequence());
+    REQUIRE_OK(manager.Reserve(many.back(), 5));
+  }
+  REQUIRE_OK(tables.Reset(many));
+  REQUIRE(tables.generation() != generation);
+  ExpectTablesMatch(manager, many, tables);
+  REQUIRE(DeviceBlockTables::Create(&manager, many, 2, nullptr, {-1, 0}).status().code() ==
+          absl::StatusCode::kInvalidArgument);
+  REQUIRE_OK(manager.CheckInvariants());
+}
+
 TEST_CASE("A CUDA graph of every layer's DecodeAttention over DeviceBlockTables replays like "
           "eager launches", "[runtime][gpu]") {
   const CacheGeometry g = Geometry();

@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: Apache-2.0
+"""CUDA graphs of headpage.serving's decode steps.
+
+A decode step of an 8B model launches about 700 kernels from Python: on an H200
+the host took 38 ms a step where the GPU needed 9 (docs/serving.md). A step
+whose every request decodes one token runs instead as a CUDA graph captured for
+its batch size, padded (ServingCache.graph_rows_for_step): the graph holds the
+whole forward, sampling included (transformers' _forward_process_and_sample, the
+function its own graphs capture), and headpage's attention in it reads only
+static device buffers (ServingCache._attend_graph): the decode tables' padded
+views, which keep their addresses while the DeviceBlockTables keep their
+generation, and one buffer of slots and positions uploaded before the replay.
+
+transformers pads its inputs only when its own graphs are on; these steps pad
+theirs here: the model's inputs are views at offset 0 of transformers' static
+buffers, widened to the padded size (the rows past the batch are read, never
+used: their logits index 0, their slots -1, their tables empty).
+
+Prefill steps, mixed steps, and a decode step whose query belongs to an
+observation window run eagerly, as does every step on the CPU.
+"""
+import torch
+
+from headpage._serving_cache import ServingCache
+
+# transformers' batch arguments that hold one entry per token or per request of
+# the step, and the dimension along which a padded step widens them.
+_PER_ROW = (("input_ids", 1), ("position_ids", 1), ("logits_indices", 0),
+            ("logits_processor_args", 1))
+
+
+def _widen(tensor, dim, rows):
+    """`tensor` with dimension `dim` widened to `rows` over the same storage, or
+    None if the storage ends before."""
+    shape = list(tensor.shape)
+    shape[dim] = rows
+    last = tensor.storage_offset() + sum((size - 1) * stride
+                                         for size, stride in zip(shape, tensor.stride()))
+    if min(shape) > 0 and (last + 1) * tensor.element_size() > tensor.untyped_storage().nbytes():
+        return None
+    return tensor.as_strided(shape, tensor.stride(), tensor.storage_offset())
+
+
+class DecodeGraphs:
+    """Runs transformers' model runner, capturing and replaying a CUDA graph for
+    each decode step that ServingCache can run as one (install() puts
+    compute_batch in the runner's place). Counts captures and replays."""
+
+    def __init__(self, cache: ServingCache, runner, inputs_and_outputs):
+        self.cache = cache
+        self.runner = runner
+        self.io = inputs_and_outputs
+        self._eager = runner.compute_batch
+        self._graphs = {}  # (padded rows, splits, tables generation) -> CUDAGraph
+        self._generation = None
+        self._pool = torch.cuda.graph_pool_handle()
+        self.captures = 0
+        self.replays = 0
+        self.eager_steps = 0
+
+    def install(self):
+        self.runner.compute_batch = self.compute_batch
+        return self
+
+    def compute_batch(self, model, batch_data):
+        """transformers' ModelRunner.compute_batch, through a graph where the step
+        allows one."""
+        cache = self.cache
+        rows = cache.graph_rows_for_step()
+        wide = None if rows is None else self._padded_inputs(model, batch_data, rows)
+        if wide is None:
+            self.eager_steps += 1
+            return self._eager(model, batch_data)
+        carry_over_ids, prev_output_ids, output_ids = self.io.get_cb_kwargs()
+        stream = self.io.compute_stream
+        args = (model, wide, carry_over_ids, prev_output_ids, output_ids)
+        forward = self.runner._forward_process_and_sample
+        with torch.cuda.stream(stream):
+            key = cache.prepare_graph_step(rows)
+            if key[2] != self._generation:
+                # The tables moved: graphs captured over the old arrays would read
+                # freed memory.
+                self._graphs.clear()
+                self._generation = key[2]
+            wide["logits_indices"][len(cache._step):].zero_()
+            graph = self._graphs.get(key)
+            if graph is None:
+                # The step itself runs eagerly over the static buffers; the
+                # capture that follows records it without running it.
+                forward(*args)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._pool, stream=stream,
+                                      capture_error_mode="thread_local"):
+                    forward(*args)
+                self._graphs[key] = graph
+                self.captures += 1
+            else:
+                graph.replay()
+                self.replays += 1
+        cache.end_step()
+
+    def _padded_inputs(self, model, batch_data, rows):
+        """batch_data with its per-row tensors widened to `rows`, or None when one
+        is not the shape a decode step of this batch gives it."""
+        n = len(self.cache._step)
+        wide = dict(batch_data)
+        for name, dim in _PER_ROW:
+            tensor = batch_data.get(name)
+            if tensor is None:
+                continue
+            if tensor.dim() <= dim or tensor.shape[dim] != n:
+                return None
+            wide[name] = _widen(tensor, dim, rows)
+            if wide[name] is None:
+                return None
+        if "logits_indices" not in wide:
+            return None
+        if self.runner.supports_logits_to_keep(model):
+            wide["logits_to_keep"] = wide["logits_indices"]
+        return wide
