@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -60,27 +61,36 @@ class DeviceBlockTablesImpl final : public DeviceBlockTables {
     HEADPAGE_ASSIGN_OR_RETURN(std::vector<BlockTableCsr> fresh, HostTables(seqs));
     // The last upload reads the pinned memory this one rewrites.
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventSynchronize(uploaded_), "the last upload"));
-    host_ = std::move(fresh);
-    last_rebuilt_ = true;
-    stale_ = true;  // until the new tables are enqueued (a failed Refresh uploads anew)
     bool fits = true;
-    for (size_t l = 0; l < host_.size(); ++l) {
-      fits &= host_[l].num_rows() <= regions_[l].row_capacity &&
-              static_cast<int64_t>(host_[l].page_ids().size()) <= regions_[l].page_capacity;
+    for (size_t l = 0; l < fresh.size(); ++l) {
+      fits &= fresh[l].num_rows() <= regions_[l].row_capacity &&
+              static_cast<int64_t>(fresh[l].page_ids().size()) <= regions_[l].page_capacity;
     }
+    std::vector<BlockTableCsr> old = std::exchange(host_, std::move(fresh));
+    absl::Status status;
     if (!fits) {
-      HEADPAGE_RETURN_IF_ERROR(Reallocate());
-      stale_ = false;
-      return absl::OkStatus();
+      // New arrays; on failure the old ones still hold the old batch.
+      status = Reallocate();
+    } else {
+      // One copy of the whole image into the same arrays: kernels enqueued
+      // before on the stream read the old batch, those after the new one.
+      status = ReservePinned(static_cast<size_t>(scratch_));
+      if (status.ok()) {
+        for (size_t l = 0; l < host_.size(); ++l) WriteImage(host_[l], regions_[l], pinned_);
+        status = CudaStatus(cudaMemcpyAsync(device_, pinned_, sizeof(int32_t) * scratch_,
+                                            cudaMemcpyHostToDevice, stream_),
+                            "uploading the tables");
+      }
+      if (status.ok()) {
+        last_upload_bytes_ = static_cast<int64_t>(sizeof(int32_t) * scratch_);
+        status = CudaStatus(cudaEventRecord(uploaded_, stream_), "recording");
+      }
     }
-    // One copy of the whole image into the same arrays: kernels enqueued
-    // before on the stream read the old batch, those after the new one.
-    for (size_t l = 0; l < host_.size(); ++l) WriteImage(host_[l], regions_[l], pinned_);
-    HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(device_, pinned_, sizeof(int32_t) * scratch_,
-                                                        cudaMemcpyHostToDevice, stream_),
-                                        "uploading the tables"));
-    last_upload_bytes_ = static_cast<int64_t>(sizeof(int32_t) * scratch_);
-    HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(uploaded_, stream_), "recording"));
+    if (!status.ok()) {
+      host_ = std::move(old);  // the device arrays were not (knowingly) changed
+      return status;
+    }
+    last_rebuilt_ = true;
     stale_ = false;
     return absl::OkStatus();
   }

@@ -81,7 +81,7 @@ class DeviceBlockTables {
   // The tables of another batch, `seqs` (that order), rebuilt and uploaded whole
   // into the same device arrays when every layer fits their capacity (the
   // generation stays), else into new ones (a new generation). NotFound for an
-  // unknown sequence, and the tables stay those of the old batch.
+  // unknown sequence; on any error the tables stay those of the old batch.
   [[nodiscard]] virtual absl::Status Reset(absl::Span<const SeqId> seqs) = 0;
 
   // Brings every layer's device copy up to date with the manager (one packed

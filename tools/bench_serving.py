@@ -13,9 +13,9 @@ usage (the H200 run of docs/serving.md):
 The model is an architecture with seeded random weights (end of sequence off, so
 every request runs its whole output length). Workloads: long-prompts (prompt
 lengths log-normal around --prompt-median, clamped to [--prompt-min,
---prompt-max], --output new tokens each) and long-generation (fixed prompt
-length, long outputs; each prompt is compressed once, as decode-time compression
-is not there yet). --rate 0 submits every request at once; a rate r > 0
+--prompt-max], --output new tokens each) and long-generation (--prompt-median
+tokens each, long outputs; with --compress-every N the compressing
+configurations compress each request again after every N generated tokens). --rate 0 submits every request at once; a rate r > 0
 submits them as a Poisson process of r requests a second.
 
 Each configuration runs in this process, one after another:
@@ -204,7 +204,8 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
         policy, budget, graphs = parse_config(config)
         headpage.serving.enable(model, num_pages=num_pages, page_size=args.page_size,
                                 policy=policy, budget=budget, floor_tokens=args.floor_tokens,
-                                protect_recent=args.protect_recent, cuda_graphs=graphs)
+                                protect_recent=args.protect_recent, cuda_graphs=graphs,
+                                compress_every=args.compress_every if budget else 0)
     generation = GenerationConfig(max_new_tokens=args.output, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(
         generation_config=generation,
@@ -278,7 +279,9 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
                pages_evicted_by_pool_budget=manager.pool_pressure.pages_evicted,
                compress_seconds=cache.compress_seconds,
                failures=manager.pool_pressure.failures,
-               compressed=cache.totals["compressed"])
+               compressed=cache.totals["compressed"],
+               decode_compressions=cache.totals["decode_compressions"],
+               decode_window_bytes=cache.decode_windows.bytes if cache.decode_windows else 0)
     graphs = manager.decode_graphs
     if graphs is not None:
         row.update(graph_captures=graphs.captures, graph_replays=graphs.replays,
@@ -378,6 +381,8 @@ def parse_args(argv):
                     "ada-snapkv:10%,pool-pressure")
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
     ap.add_argument("--max-requests-per-batch", type=int, default=256)
+    ap.add_argument("--compress-every", type=int, default=0,
+                    help="generated tokens between decode-time compressions (0: the prompt only)")
     ap.add_argument("--floor-tokens", type=int, default=64)
     ap.add_argument("--protect-recent", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)

@@ -10,6 +10,28 @@ import torch
 import headpage
 
 
+class PinnedUpload:
+    """A device buffer at a fixed address (what a CUDA graph reads), refilled
+    from its pinned mirror with one asynchronous copy on the current stream; the
+    mirror is handed out again only once the last copy has read it."""
+
+    def __init__(self, size, dtype, device):
+        self.device_buffer = torch.empty(size, dtype=dtype, device=device)
+        self._host = torch.empty(size, dtype=dtype, pin_memory=True)
+        self._sent = torch.cuda.Event()
+
+    def host(self):
+        """The mirror as a numpy array, free to rewrite."""
+        self._sent.synchronize()  # returns at once before the first copy
+        return self._host.numpy()
+
+    def send(self, count):
+        """Copies the mirror's first `count` values; returns the device buffer."""
+        self.device_buffer[:count].copy_(self._host[:count], non_blocking=True)
+        self._sent.record()
+        return self.device_buffer
+
+
 class DecodeBuffers:
     """The device side of the decode rows, for a ServingCache on CUDA. A graph
     captured over padded_views() and graph_ids() stays valid while `generation`
@@ -24,9 +46,7 @@ class DecodeBuffers:
         self._padded = {}         # padded rows -> per layer views of that many rows
         self._generation = None   # the tables' generation the views are of
         self._workspaces = {}     # (padded rows, splits) -> a graph's split-KV workspace
-        self._ids = None          # int32: positions [graph_rows], slots [graph_rows][L][H]
-        self._ids_host = None     # its pinned mirror
-        self._ids_sent = None     # CUDA event: the mirror's last copy is done
+        self._ids = None  # PinnedUpload, int32: positions [graph_rows], slots [graph_rows][L][H]
 
     @property
     def generation(self):
@@ -104,13 +124,8 @@ class DecodeBuffers:
         layers, heads = self.shape.num_layers, self.shape.num_kv_heads
         capacity = self._graph_rows
         if self._ids is None:
-            size = capacity * (1 + layers * heads)
-            self._ids = torch.empty(size, dtype=torch.int32, device=self.device)
-            self._ids_host = torch.empty(size, dtype=torch.int32, pin_memory=True)
-            self._ids_sent = torch.cuda.Event()
-        else:
-            self._ids_sent.synchronize()  # the last copy has read the mirror
-        host = self._ids_host.numpy()
+            self._ids = PinnedUpload(capacity * (1 + layers * heads), torch.int32, self.device)
+        host = self._ids.host()
         n = len(rows)
         host[:n] = [r.past for r in rows]
         host[n:graph_rows] = 0
@@ -118,6 +133,5 @@ class DecodeBuffers:
         slots = host[capacity:sent].reshape(graph_rows, -1)
         slots[:n] = np.concatenate([r.slots for r in rows]).reshape(n, -1)
         slots[n:] = -1
-        self._ids[:sent].copy_(self._ids_host[:sent], non_blocking=True)
-        self._ids_sent.record()
-        return self._ids[capacity:sent].view(graph_rows, layers, heads), self._ids[:graph_rows]
+        ids = self._ids.send(sent)
+        return ids[capacity:sent].view(graph_rows, layers, heads), ids[:graph_rows]

@@ -13,15 +13,26 @@ generation, and one buffer of slots and positions uploaded before the replay.
 
 transformers pads its inputs only when its own graphs are on; these steps pad
 theirs here: the model's inputs are views at offset 0 of transformers' static
-buffers, widened to the padded size (the rows past the batch are read, never
-used: their logits index 0, their slots -1, their tables empty).
+buffers, widened to the padded size. The rows past the batch are computed and
+never used: their token ids, positions and logits indices are set to 0 (the
+buffers hold an earlier, larger step's values there, and a model may read
+every row, e.g. the largest position), their slots are -1, their tables empty.
+
+A model whose forward cannot be captured (it synchronizes with the host, as a
+data-dependent branch does) fails its first capture: the step's results are
+already there (the eager run before the capture), a warning is logged and its
+decode steps run eagerly from then on.
 
 Prefill steps, mixed steps, and a decode step whose query belongs to an
 observation window run eagerly, as does every step on the CPU.
 """
+import logging
+
 import torch
 
 from headpage._serving_cache import ServingCache
+
+_log = logging.getLogger("headpage.serving")
 
 # transformers' batch arguments that hold one entry per token or per request of
 # the step, and the dimension along which a padded step widens them.
@@ -57,8 +68,14 @@ class DecodeGraphs:
         self.captures = 0
         self.replays = 0
         self.eager_steps = 0
+        self.failed = None  # why capturing failed, if it did: graphs are off
 
     def install(self):
+        """Puts compute_batch in the runner's place; a runner that already has a
+        DecodeGraphs (a processor kept for the next session) keeps it."""
+        installed = getattr(self.runner.compute_batch, "__self__", None)
+        if isinstance(installed, DecodeGraphs):
+            return installed
         self.runner.compute_batch = self.compute_batch
         return self
 
@@ -66,7 +83,7 @@ class DecodeGraphs:
         """transformers' ModelRunner.compute_batch, through a graph where the step
         allows one."""
         cache = self.cache
-        rows = cache.graph_rows_for_step()
+        rows = None if self.failed else cache.graph_rows_for_step()
         wide = None if rows is None else self._padded_inputs(model, batch_data, rows)
         if wide is None:
             self.eager_steps += 1
@@ -82,22 +99,36 @@ class DecodeGraphs:
                 # freed memory.
                 self._graphs.clear()
                 self._generation = key[2]
-            wide["logits_indices"][len(cache._step):].zero_()
+            n = len(cache._step)
+            for name in ("logits_indices", "input_ids", "position_ids"):
+                padding = wide.get(name)
+                if padding is not None:
+                    padding[..., n:].zero_()
             graph = self._graphs.get(key)
             if graph is None:
                 # The step itself runs eagerly over the static buffers; the
                 # capture that follows records it without running it.
                 forward(*args)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool, stream=stream,
-                                      capture_error_mode="thread_local"):
-                    forward(*args)
-                self._graphs[key] = graph
-                self.captures += 1
+                self._capture(key, forward, args, stream)
             else:
                 graph.replay()
                 self.replays += 1
         cache.end_step()
+
+    def _capture(self, key, forward, args, stream):
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream,
+                                  capture_error_mode="thread_local"):
+                forward(*args)
+        except Exception as error:  # noqa: BLE001: whatever the model's forward raised
+            self.failed = f"{type(error).__name__}: {error}"
+            self._graphs.clear()
+            _log.warning("headpage.serving: the decode step could not be captured as a CUDA "
+                         "graph (%s); decode steps run eagerly from now on", self.failed)
+            return
+        self._graphs[key] = graph
+        self.captures += 1
 
     def _padded_inputs(self, model, batch_data, rows):
         """batch_data with its per-row tensors widened to `rows`, or None when one

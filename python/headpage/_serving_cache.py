@@ -14,13 +14,14 @@ from torch.nn.attention.bias import causal_lower_right
 
 import headpage
 from headpage._decode_buffers import DecodeBuffers
+from headpage._decode_windows import DecodeWindows
 from headpage._model import DTYPES, make_arena, model_shape, resolve_policy
-from headpage.hf import Skipped
+from headpage._serving_compress import Compressions
 
 _log = logging.getLogger("headpage.serving")
 
-# How many requests' compression results ServingCache.compressions keeps.
-RECENT_RESULTS = 4096
+# The stream length a decode graph's split-KV count is chosen for.
+GRAPH_SPLIT_TOKENS = 8192
 # Tokens a step takes when transformers' config leaves max_batch_tokens unset.
 DEFAULT_BATCH_TOKENS = 2048
 
@@ -88,11 +89,11 @@ class _StepInputs:
     as a CUDA graph (graph_rows set) reads only static device buffers, padded to
     graph_rows decode rows."""
     __slots__ = ("slots", "positions", "decode", "prefill", "observing", "decode_at", "seqs",
-                 "tables", "splits", "workspace", "graph_rows", "real_tokens")
+                 "tables", "splits", "workspace", "graph_rows", "real_tokens", "ring_index")
 
     def __init__(self):
         self.slots = self.positions = self.decode_at = self.seqs = self.tables = None
-        self.workspace = self.graph_rows = None
+        self.workspace = self.graph_rows = self.ring_index = None
         self.decode, self.prefill, self.observing = [], [], []
         self.splits = 1
         self.real_tokens = 0
@@ -107,13 +108,14 @@ class StepRecord(typing.NamedTuple):
     kv_tokens_read: int   # tokens the decode rows' attention read, over every stream
 
 
-class ServingCache:
+class ServingCache(Compressions):
     """What transformers' continuous-batching engine asks of its cache, answered
     from a headpage pool (duck-typed: the engine reads the attributes and calls
     the methods below; its own attention functions never see this object)."""
 
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
-                 budget=None, check_invariants=False, request_policies=None, graph_rows=0):
+                 budget=None, check_invariants=False, request_policies=None, graph_rows=0,
+                 compress_every=0):
         shape = model_shape(model, "headpage.serving")
         if model.dtype not in DTYPES:
             raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
@@ -121,6 +123,17 @@ class ServingCache:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.policy, self.budget = resolve_policy(policy, budget)
+        if not isinstance(compress_every, int) or compress_every < 0:
+            raise ValueError(f"compress_every must be a non-negative int, got {compress_every!r}")
+        if 0 < compress_every < self.policy.window:
+            raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
+                             f"window ({self.policy.window}): the window must hold decode "
+                             "queries only")
+        # Generated tokens between decode-time compressions (0: the prompt only),
+        # and the ring of decode queries they score with (made when first needed).
+        self.compress_every = compress_every
+        self.decode_windows = None
+        self._decoded_from = {}   # request compressed during decode -> its prompt length
         self.shape = shape
         self.geometry = headpage.CacheGeometry(
             num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
@@ -189,7 +202,8 @@ class ServingCache:
         # RECENT_RESULTS requests), and the totals since the cache was made.
         self.compressions = collections.OrderedDict()
         self.totals = dict(compressed=0, skipped=0, tokens_before=0, tokens_after=0,
-                           pages_freed=0)
+                           pages_freed=0, decode_compressions=0, decode_pages_freed=0,
+                           decode_skipped=0)
         self._compressed = set()  # sequences whose prompt was compressed or skipped
         _log.info("headpage.serving: prefix sharing is off (transformers hashes whole-model "
                   "blocks; headpage pages are per stream and compress); forks share pages")
@@ -233,6 +247,10 @@ class ServingCache:
         if budget is not None and policy.compresses:
             self._compress_at[rid] = (
                 len(state.initial_tokens) - (1 if state.num_children > 0 else 0))
+            # A forked request's children share its pages: decode-time compression
+            # would copy them all; it is for requests without children.
+            if self.compress_every and state.num_children == 0:
+                self._decoded_from[rid] = len(state.initial_tokens)
 
     def compute_free_capacity(self, relative=True):
         free = self.page_pool.free_pages
@@ -261,6 +279,9 @@ class ServingCache:
         seq = self._seqs.pop(request_id, None)
         self._compress_at.pop(request_id, None)
         self._policies.pop(request_id, None)
+        self._decoded_from.pop(request_id, None)
+        if self.decode_windows is not None:
+            self.decode_windows.release(request_id)
         for key in [k for k in self._windows if k[0] == request_id]:
             del self._windows[key]
         if seq is not None:
@@ -377,6 +398,11 @@ class ServingCache:
                     inputs.tables = buffers.padded_views(graph_rows * self.shape.num_kv_heads)
                 # Streams are never longer than their request (compressed ones are shorter).
                 longest = max(r.past + 1 for r in decode)
+                if graph_rows is not None:
+                    # A graph's split count follows its batch size alone (as if the
+                    # streams were long), so that growing streams reuse its graph;
+                    # splits past a short stream's end have nothing to do.
+                    longest = max(longest, GRAPH_SPLIT_TOKENS)
                 launched = graph_rows or len(decode)
                 inputs.splits = headpage.decode_attention_splits(
                     longest, launched * self.shape.num_kv_heads, self._num_sms)
@@ -386,6 +412,7 @@ class ServingCache:
             else:
                 inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
                 inputs.seqs = seqs
+            inputs.ring_index = self._ring_index(decode, graph_rows)
         if self.record_steps:
             read = sum(int(np.asarray(self.manager.stream_lengths(r.seq)).sum()) for r in decode)
             self.steps.append(StepRecord(time.perf_counter(), len(rows), len(decode),
@@ -395,9 +422,27 @@ class ServingCache:
     def prepare_graph_step(self, graph_rows):
         """Readies the step for its CUDA graph at `graph_rows` padded rows (from
         graph_rows_for_step), on the current stream; returns what a graph captured
-        for it depends on: (graph_rows, splits, the tables' generation)."""
+        for it depends on: (graph_rows, splits, (the tables' generation, the
+        decode windows' generation: 0 while there are none))."""
         self._prepare_step(self.device, graph_rows)
-        return graph_rows, self._inputs.splits, self.decode_buffers.generation
+        windows = self.decode_windows
+        return graph_rows, self._inputs.splits, (self.decode_buffers.generation,
+                                                  windows.generation if windows else 0)
+
+    def _ring_index(self, decode, graph_rows):
+        """Where the decode rows write their queries in the decode windows' ring,
+        or None when no request of the cache is compressed during decode yet.
+        Once the ring exists, every graph step writes (rows without a slot to
+        its trash row), so that one graph serves steps with and without them."""
+        observed = lambda r: r.request_id in self._decoded_from  # noqa: E731
+        if self.decode_windows is None:
+            if not any(observed(r) for r in decode):
+                return None
+            self.decode_windows = DecodeWindows(self.shape, self.policy.window, self.device,
+                                                self.dtype)
+        if graph_rows is None:
+            return self.decode_windows.index(decode, observed)
+        return self.decode_windows.graph_index(decode, observed, graph_rows, self.graph_rows)
 
     def attend(self, module, query, key, value, scaling):
         """query [1][q_heads][T][D], key/value [1][kv_heads][T][D] of the packed batch;
@@ -434,6 +479,8 @@ class ServingCache:
             # and its query belongs to the observation window.
             for i, r in inputs.observing:
                 self._keep_window(layer, r, q[i].unsqueeze(1))
+            if inputs.ring_index is not None:
+                self.decode_windows.record(layer, inputs.ring_index, q)
             # The manager built these tables: no device check.
             headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
                                       num_splits=inputs.splits, workspace=inputs.workspace,
@@ -451,6 +498,8 @@ class ServingCache:
                           value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
                           inputs.positions, stream=self._stream())
         q = query[0].transpose(0, 1).contiguous()  # [graph_rows][q_heads][D]
+        if inputs.ring_index is not None:
+            self.decode_windows.record(layer, inputs.ring_index, q)
         o = torch.empty_like(q)
         indptr, page_ids, lens = inputs.tables[layer]
         headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
@@ -462,6 +511,8 @@ class ServingCache:
         """After the step's last layer (or its graph): compresses the prompts it
         completed and publishes the pool."""
         self._compress_completed_prompts()
+        if self._decoded_from:
+            self._compress_during_decode()
         self._step_done = True
         self._inputs = None
         self._publish()
@@ -504,65 +555,6 @@ class ServingCache:
         if r.observes:
             self._keep_window(layer, r, q)
         return o.transpose(0, 1)
-
-    def _keep_window(self, layer, r, q):
-        window = self._policies[r.request_id][0].observed_queries(r.compress_at)
-        start = max(r.compress_at - window, r.past)
-        stop = min(r.compress_at, r.past + r.count)
-        if start >= stop:
-            return
-        rows = q[:, start - r.past:stop - r.past].detach()
-        where = self.device if self.engine.on_device else "cpu"
-        rows = rows.to(where)
-        key = (r.request_id, layer)
-        kept = self._windows.get(key)
-        self._windows[key] = rows.contiguous() if kept is None else torch.cat([kept, rows], 1)
-
-    def _compress_completed_prompts(self):
-        for r in self._step:
-            if not r.ends_prompt or r.seq in self._compressed:
-                continue
-            self._compressed.add(r.seq)
-            windows = [self._windows.pop((r.request_id, layer), None)
-                       for layer in range(self.shape.num_layers)]
-            policy, budget = self._policies[r.request_id]
-            if r.compress_at <= policy.window or any(w is None for w in windows):
-                self._record(r.request_id, Skipped(
-                    f"prompt of {r.compress_at} tokens is not longer than the window "
-                    f"({policy.window})"))
-                continue
-            observed = windows[0].shape[1]
-            positions = torch.arange(r.compress_at - observed, r.compress_at, dtype=torch.int32,
-                                     device=windows[0].device)
-            began = time.perf_counter()
-            try:
-                result = self.engine.compress(r.seq, policy, budget, windows, [positions])
-            except (ValueError, RuntimeError, MemoryError) as error:
-                # This request cannot be compressed as asked (a budget below what the
-                # policy protects, no pages to compact a forked stream into, a policy
-                # that needs what the step did not keep): it keeps its whole prompt,
-                # and the others are served. The engine changed nothing.
-                result = Skipped(str(error))
-                _log.warning("headpage.serving: request %s is not compressed: %s",
-                             r.request_id, error)
-            self.compress_seconds += time.perf_counter() - began
-            self._record(r.request_id, result)
-
-    def _record(self, request_id, result):
-        """Keeps `result` for the request (the latest RECENT_RESULTS requests are
-        kept) and adds it to the totals."""
-        self.compressions[request_id] = result
-        self.compressions.move_to_end(request_id)
-        while len(self.compressions) > RECENT_RESULTS:
-            self.compressions.popitem(last=False)
-        totals = self.totals
-        if isinstance(result, Skipped):
-            totals["skipped"] += 1
-        else:
-            totals["compressed"] += 1
-            totals["tokens_before"] += result.tokens_before
-            totals["tokens_after"] += result.tokens_after
-            totals["pages_freed"] += result.pages_freed
 
 
 # The methods of transformers' cache protocol that ServingCache answers.

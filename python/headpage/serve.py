@@ -65,7 +65,8 @@ def _install(args):
         headpage.serving.enable(model, num_pages=pages, page_size=args.page_size,
                                 policy=args.policy, budget=args.budget,
                                 floor_tokens=args.floor_tokens,
-                                protect_recent=args.protect_recent)
+                                protect_recent=args.protect_recent,
+                                compress_every=args.compress_every)
         make_manager = model.init_continuous_batching
 
         def init_continuous_batching(*b, **bk):
@@ -107,6 +108,9 @@ def parse_args(argv):
     ap.add_argument("--policy", default="full",
                     help="eviction policy (headpage policies lists them; default full)")
     ap.add_argument("--budget", default=None, help="what each prompt keeps: '20%%' or tokens")
+    ap.add_argument("--compress-every", type=int, default=0,
+                    help="compress each request again after every N generated tokens "
+                         "(default 0: the prompt only)")
     ap.add_argument("--floor-tokens", type=int, default=64,
                     help="tokens a stream keeps whatever the pool budget (default 64)")
     ap.add_argument("--protect-recent", type=int, default=16,
@@ -120,9 +124,12 @@ def parse_args(argv):
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args(argv)
     try:
-        resolve_policy(args.policy, args.budget)
+        config, _ = resolve_policy(args.policy, args.budget)
     except (ValueError, TypeError) as error:
         ap.error(str(error))
+    if args.compress_every < 0 or 0 < args.compress_every < config.window:
+        ap.error(f"--compress-every must be 0 or at least the policy's window "
+                 f"({config.window}), got {args.compress_every}")
     for name in ("num_pages", "port", "max_batch_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:

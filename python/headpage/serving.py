@@ -52,8 +52,8 @@ from transformers.generation.continuous_batching.continuous_api import Continuou
 from headpage._decode_graphs import DecodeGraphs
 from headpage._model import model_shape, resolve_policy
 from headpage._pool_pressure import PoolPressure
-from headpage._serving_cache import (_CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, RECENT_RESULTS,
-                                     ServingCache, StepRecord)
+from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
+from headpage._serving_compress import RECENT_RESULTS
 
 __all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
            "ServingCache", "ServingManager", "StepRecord", "TESTED_TRANSFORMERS",
@@ -188,7 +188,9 @@ class ServingManager(ContinuousBatchingManager):
         """The pool and what eviction did so far, as a dict: num_pages, free_pages,
         sequences (requests holding pages), compressed (prompts compressed),
         tokens_before and tokens_after (their stream tokens, summed),
-        pages_freed_by_compression, skipped (prompts left whole), compress_seconds,
+        pages_freed_by_compression, skipped (prompts left whole),
+        decode_compressions and decode_pages_freed (compressions during decode,
+        enable(compress_every=)), compress_seconds,
         pool_budget_evictions, pages_evicted_by_pool_budget, preemptions, failures
         (requests the pool could never hold). Safe from any thread; the pool's
         figures are as of the engine's last step or freed request.""" 
@@ -199,12 +201,15 @@ class ServingManager(ContinuousBatchingManager):
         pool = cache.pool_snapshot if cache is not None else dict(free_pages=num_pages,
                                                                     sequences=0)
         totals = dict(cache.totals) if cache is not None else dict.fromkeys(
-            ("compressed", "skipped", "tokens_before", "tokens_after", "pages_freed"), 0)
+            ("compressed", "skipped", "tokens_before", "tokens_after", "pages_freed",
+             "decode_compressions", "decode_pages_freed"), 0)
         return dict(num_pages=num_pages, free_pages=pool["free_pages"],
                     sequences=pool["sequences"], compressed=totals["compressed"],
                     tokens_before=totals["tokens_before"], tokens_after=totals["tokens_after"],
                     pages_freed_by_compression=totals["pages_freed"],
                     skipped=totals["skipped"],
+                    decode_compressions=totals["decode_compressions"],
+                    decode_pages_freed=totals["decode_pages_freed"],
                     compress_seconds=cache.compress_seconds if cache is not None else 0.0,
                     pool_budget_evictions=pressure.budget_evictions if pressure else 0,
                     pages_evicted_by_pool_budget=pressure.pages_evicted if pressure else 0,
@@ -303,28 +308,36 @@ class ServingManager(ContinuousBatchingManager):
 
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
-           protect_recent=16, check_invariants=False, cuda_graphs=True):
+           protect_recent=16, check_invariants=False, cuda_graphs=True, compress_every=0):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
     When running requests cannot get pages, the pool-wide budget evicts across the
     compressed requests down to `floor_tokens` per stream, never touching a
     stream's last `protect_recent` tokens, before any request is preempted
-    (PoolPressure). check_invariants (a debug run) proves the pool's bookkeeping
+    (PoolPressure). With compress_every = N > 0, a compressed request without
+    forked children is compressed again after every N generated tokens, to its
+    budget of the tokens it has seen, scored by its last `window` decode queries
+    (N at least the policy's window). check_invariants (a debug run) proves the pool's bookkeeping
     after every step. On CUDA, with cuda_graphs, decode steps run as CUDA graphs
     (headpage._decode_graphs). The arguments are checked now (ValueError,
     TypeError, NotImplementedError)."""
     check_engine()
     options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget,
-                   check_invariants=bool(check_invariants), cuda_graphs=bool(cuda_graphs))
+                   check_invariants=bool(check_invariants), cuda_graphs=bool(cuda_graphs),
+                   compress_every=compress_every)
     model_shape(model, "headpage.serving")
-    resolve_policy(policy, budget)
+    config, _ = resolve_policy(policy, budget)
     for name, value in (("num_pages", num_pages), ("page_size", page_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("floor_tokens", floor_tokens), ("protect_recent", protect_recent)):
+    for name, value in (("floor_tokens", floor_tokens), ("protect_recent", protect_recent),
+                        ("compress_every", compress_every)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if 0 < compress_every < config.window:
+        raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
+                         f"window ({config.window})")
     pressure = dict(floor_tokens=floor_tokens, protect_recent=protect_recent)
 
     def init_continuous_batching(self, generation_config=None, continuous_batching_config=None,

@@ -81,7 +81,7 @@ void DefRuntime(nb::module_& m) {
           nb::arg("seqs"),
           "The tables of another batch `seqs`, uploaded whole into the same arrays when "
           "they fit (`generation` stays), else into new ones. KeyError (NotFound) for an "
-          "unknown sequence, and the tables stay those of the old batch.")
+          "unknown sequence; on any error the tables stay those of the old batch.")
       .def(
           "refresh",
           [](Tables& t) {

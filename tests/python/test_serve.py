@@ -120,7 +120,9 @@ def test_bad_arguments_are_refused_before_anything_loads():
     for bad, message in ((["--num-pages", "0"], "--num-pages must be positive"),
                          (["--num-pages", "64", "--policy", "ada-snapkv"], "needs a budget"),
                          (["--num-pages", "64", "--policy", "nope", "--budget", "20%"], "nope"),
-                         (["--kv-gib", "-1"], "--kv-gib must be positive")):
+                         (["--kv-gib", "-1"], "--kv-gib must be positive"),
+                         (["--num-pages", "64", "--policy", "ada-snapkv", "--budget", "20%",
+                           "--compress-every", "8"], "at least the policy's window")):
         run = subprocess.run([sys.executable, "-m", "headpage.serve", "some/model", *bad],
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and message in run.stderr, (bad, run.stderr)

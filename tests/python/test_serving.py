@@ -380,3 +380,106 @@ def test_decode_steps_as_cuda_graphs_give_the_eager_tokens(policy, budget):
         else:
             assert manager.decode_graphs is None
     assert runs[True] == runs[False]
+
+
+def test_requests_are_compressed_again_every_n_generated_tokens(device, monkeypatch):
+    # A window of 4 queries, compressed to a quarter of what each request has seen
+    # after every 16 generated tokens: 40 new tokens give two compressions a request.
+    policy = headpage.policy_by_name("ada-snapkv")
+    policy.window = 4
+    checked = []
+    compress = headpage.serving.ServingCache._compress_during_decode
+
+    def checked_compress(cache):
+        compress(cache)
+        size = cache.geometry.page_size
+        for r in cache._step:
+            prompt = cache._decoded_from.get(r.request_id)
+            generated = r.past + 1 - prompt
+            if not r.is_decode or generated < 16 or generated % 16:
+                continue
+            lengths = [[int(n) for n in row] for row in cache.manager.stream_lengths(r.seq)]
+            streams = sum(len(row) for row in lengths)
+            capacity = headpage.budget_capacity("25%", r.past + 1)
+            held = [[len(cache.manager.stream_pages(r.seq, layer, head))
+                     for head in range(len(row))] for layer, row in enumerate(lengths)]
+            checked.append((generated, sum(map(sum, lengths)) <= (capacity + 1) * streams,
+                            held == [[-(-n // size) for n in row] for row in lengths]))
+
+    monkeypatch.setattr(headpage.serving.ServingCache, "_compress_during_decode",
+                        checked_compress)
+    model = headpage.serving.enable(small_model(device), num_pages=2048, policy=policy,
+                                    budget="25%", check_invariants=True, compress_every=16)
+    manager, results = run_manager(model, PROMPTS, 40)
+    assert all(len(r.generated_tokens) == 40 for r in results.values())
+    cache = manager.serving_cache
+    assert sorted(checked) == [(16, True, True)] * 3 + [(32, True, True)] * 3
+    stats = manager.stats()
+    assert stats["decode_compressions"] == 6 and stats["decode_pages_freed"] > 0
+    assert cache.page_pool.free_pages == cache.page_pool.num_pages
+    with pytest.raises(ValueError, match="window"):
+        headpage.serving.enable(small_model(), num_pages=64, policy="ada-snapkv", budget="20%",
+                                compress_every=8)
+
+
+def test_decode_windows_return_each_requests_last_queries_in_order():
+    from headpage._decode_windows import DecodeWindows
+    from headpage._model import model_shape
+    from headpage._serving_cache import _StepRow
+
+    shape = model_shape(small_model(), "test")
+    windows = DecodeWindows(shape, 4, torch.device("cpu"), torch.float32, slots=2)
+    # Three requests (more than the two slots: the ring grows and keeps what it
+    # held), one decoding without a window; each query is filled with its
+    # position plus 1000 times its request.
+    prompt = {"a": 10, "b": 3, "c": 7, "none": 5}
+    for step in range(9):
+        rows = [_StepRow(rid, 0, length + step, 1, i, None, None)
+                for i, (rid, length) in enumerate(prompt.items())]
+        index = windows.index(rows, lambda r: r.request_id != "none")
+        for layer in range(shape.num_layers):
+            q = torch.stack([torch.full((shape.num_q_heads, shape.head_dim),
+                                        float(r.past + 1000 * i + 100 * layer))
+                             for i, r in enumerate(rows)])
+            windows.record(layer, index, q)
+    assert windows.generation == 2  # grown once
+    for i, (rid, length) in enumerate(list(prompt.items())[:3]):
+        last = length + 8
+        queries, positions = windows.window_of(rid, last)
+        assert positions.tolist() == list(range(last - 3, last + 1))
+        for layer, q in enumerate(queries):
+            assert q.shape == (shape.num_q_heads, 4, shape.head_dim)
+            want = torch.tensor([p + 1000 * i + 100 * layer for p in positions.tolist()],
+                                dtype=torch.float32)
+            assert torch.equal(q[:, :, 0], want.expand(shape.num_q_heads, 4))
+    windows.release("a")
+    assert windows.slot("d") == 0  # a's slot, free again
+
+
+@pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA build of headpage and a CUDA device")
+def test_a_forward_that_cannot_be_captured_runs_eagerly_with_the_same_tokens(monkeypatch):
+    from transformers.generation.continuous_batching.model_runner import ModelRunner
+
+    generation = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=-1)
+    eager = headpage.serving.enable(small_model("cuda"), num_pages=2048, cuda_graphs=False)
+    want = eager.generate_batch(PROMPTS, generation_config=generation,
+                                continuous_batching_config=engine_config())
+    forward = ModelRunner._forward_process_and_sample
+
+    def uncapturable(self, *args):
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("a host synchronization inside the forward")
+        return forward(self, *args)
+
+    monkeypatch.setattr(ModelRunner, "_forward_process_and_sample", uncapturable)
+    model = headpage.serving.enable(small_model("cuda"), num_pages=2048)
+    manager = started(model, max_new_tokens=12)
+    try:
+        ids = [manager.add_request(p) for p in PROMPTS]
+        got = {r.request_id: list(r.generated_tokens)
+               for r in (manager.get_result(timeout=300) for _ in ids)}
+    finally:
+        manager.stop(block=True)
+    assert "host synchronization" in manager.decode_graphs.failed
+    assert manager.decode_graphs.captures == 0 and manager.decode_graphs.replays == 0
+    assert got == tokens(want)
