@@ -349,12 +349,20 @@ def step_summary(steps, roofline, bytes_per_token, shape, began):
             weights, bandwidth = roofline
             floor = (weights + step.kv_tokens_read * per_stream_token) / bandwidth
             ratios.append(seconds / floor)
-    return dict(steps=len(steps), decode_steps=len(step_ms),
+    # The decode steps that took over twice the median, and what ran in them.
+    slow = [(s, d) for s, d in pairs if step_ms and d * 1e3 > 2 * float(np.median(step_ms))
+            and d <= max(5 * typical, typical + 0.1)]
+    slow_steps = dict(count=len(slow), seconds=sum(d for _, d in slow),
+                      with_pool_eviction=sum(1 for s, _ in slow if s.pool_evictions),
+                      eager=sum(1 for s, _ in slow if not s.graph),
+                      tables={kind: sum(1 for s, _ in slow if s.tables == kind)
+                              for kind in ("new", "refresh", "rebuilt", "reset")})
+    return dict(steps=len(steps), decode_steps=len(step_ms), slow_decode_steps=slow_steps,
                 decode_tokens_per_second=decode_tokens / decode_seconds if decode_seconds else None,
                 decode_step_ms=percentiles(step_ms),
                 decode_step_over_roofline=percentiles(ratios),
-                step_series=[(s.began - began, s.requests, s.decoding, s.prefill_tokens)
-                             for s in steps])
+                step_series=[(s.began - began, s.requests, s.decoding, s.prefill_tokens,
+                              s.pool_evictions, s.graph, s.tables) for s in steps])
 
 
 def parse_args(argv):

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def decode_rate(step_series, bucket):
     """(times, tokens a second) of the decode rows, bucketed."""
     counts = {}
-    for began, _, decoding, _ in step_series:
+    for began, _, decoding, *_ in step_series:
         counts[int(began // bucket)] = counts.get(int(began // bucket), 0) + decoding
     if not counts:
         return [], []

@@ -45,6 +45,7 @@ class DecodeBuffers:
         self._views = None        # per layer (indptr, page_ids, lens) of the batch's rows
         self._padded = {}         # padded rows -> per layer views of that many rows
         self._generation = None   # the tables' generation the views are of
+        self.last_update = ""     # what update() did: new, refresh, rebuilt or reset
         self._workspaces = {}     # (padded rows, splits) -> a graph's split-KV workspace
         self._ids = None  # PinnedUpload, int32: positions [graph_rows], slots [graph_rows][L][H]
 
@@ -74,13 +75,17 @@ class DecodeBuffers:
                 device=self.device.index or 0, row_capacity=rows,
                 page_capacity=pages if self._graph_rows else 0)
             self._views = None
+            self.last_update = "new"
         elif self._seqs == seqs:
             tables.refresh()
+            self.last_update = "refresh"
             if tables.last_refresh_rebuilt:  # a layer's page_ids changed length
                 self._views = None
+                self.last_update = "rebuilt"
         else:
             tables.reset(seqs)
             self._views = None
+            self.last_update = "reset"
         self._seqs = seqs
         if self._generation != self.tables.generation:
             self._generation = self.tables.generation

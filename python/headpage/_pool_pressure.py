@@ -13,15 +13,21 @@ class PoolPressure:
     make room when running requests cannot get pages. headpage first applies the
     pool-wide budget: the EvictionEngine evicts the lowest-scored tokens across
     every compressed request (one threshold over all of them), keeping at least
-    `floor_tokens` and the last `protect_recent` tokens of every stream. Only if
-    that cannot free enough are the newest starved requests preempted: their
+    `floor_tokens` and the last `protect_recent` tokens of every stream. It frees
+    `headroom` of the pool beyond what the step lacks (as the workload simulator's
+    pool-pressure does), so that the requests' growth does not run it again a few
+    steps later: each run costs a global selection and a compaction of every
+    running request, and rebuilds their tables. Only if the budget cannot free
+    enough for the step are the newest starved requests preempted: their
     pages are freed and each is queued again from its prompt (transformers' soft
     reset). When the one request left cannot grow even so, it fails with the
     reason and the waiting requests are served. All three are counted."""
 
-    def __init__(self, cache, scheduler, floor_tokens, protect_recent, processor=None):
+    def __init__(self, cache, scheduler, floor_tokens, protect_recent, headroom=0.02,
+                 processor=None):
         self.cache, self.scheduler, self.processor = cache, scheduler, processor
         self.floor_tokens, self.protect_recent = floor_tokens, protect_recent
+        self.headroom = headroom
         self.budget_evictions = 0   # times the pool budget made enough room
         self.pages_evicted = 0      # pages it freed
         self.preemptions = 0        # requests soft-reset
@@ -41,9 +47,11 @@ class PoolPressure:
             return True
         if cache.engine is not None:  # none before the first step
             # Evicts only from compressed requests: the others have no scores.
-            freed = cache.engine.enforce_pool_budget(deficit, self.floor_tokens,
+            extra = int(self.headroom * cache.page_pool.num_pages)
+            freed = cache.engine.enforce_pool_budget(deficit + extra, self.floor_tokens,
                                                      self.protect_recent)
             self.pages_evicted += freed
+            cache.pool_evictions_this_step += 1
             if freed >= deficit:
                 self.budget_evictions += 1
                 return True

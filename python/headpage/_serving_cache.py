@@ -106,6 +106,10 @@ class StepRecord(typing.NamedTuple):
     decoding: int         # of which one token of decode
     prefill_tokens: int   # prompt tokens of the others
     kv_tokens_read: int   # tokens the decode rows' attention read, over every stream
+    pool_evictions: int   # pool-budget evictions run while the step was scheduled
+    graph: bool           # whether it ran as a CUDA graph
+    tables: str           # what the decode tables needed: "", "new", "refresh",
+                          # "rebuilt" (a layer copied whole) or "reset" (another batch)
 
 
 class ServingCache(Compressions):
@@ -197,6 +201,7 @@ class ServingCache(Compressions):
         self.check_invariants = check_invariants
         self.record_steps = False
         self.steps = []
+        self.pool_evictions_this_step = 0  # counted by PoolPressure, recorded per step
         self._windows = {}        # (request, layer) -> observed queries [q_heads][w][D]
         # Per request, its prompt's CompressResult or Skipped (the latest
         # RECENT_RESULTS requests), and the totals since the cache was made.
@@ -415,8 +420,12 @@ class ServingCache(Compressions):
             inputs.ring_index = self._ring_index(decode, graph_rows)
         if self.record_steps:
             read = sum(int(np.asarray(self.manager.stream_lengths(r.seq)).sum()) for r in decode)
+            tables = self.decode_buffers.last_update if decode and self.decode_buffers else ""
             self.steps.append(StepRecord(time.perf_counter(), len(rows), len(decode),
-                                         sum(r.count for r in rows if not r.is_decode), read))
+                                         sum(r.count for r in rows if not r.is_decode), read,
+                                         self.pool_evictions_this_step, graph_rows is not None,
+                                         tables))
+        self.pool_evictions_this_step = 0
         self._inputs = inputs
 
     def prepare_graph_step(self, graph_rows):

@@ -308,14 +308,15 @@ class ServingManager(ContinuousBatchingManager):
 
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
-           protect_recent=16, check_invariants=False, cuda_graphs=True, compress_every=0):
+           protect_recent=16, pool_headroom=0.02, check_invariants=False, cuda_graphs=True,
+           compress_every=0):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
     When running requests cannot get pages, the pool-wide budget evicts across the
     compressed requests down to `floor_tokens` per stream, never touching a
-    stream's last `protect_recent` tokens, before any request is preempted
-    (PoolPressure). With compress_every = N > 0, a compressed request without
+    stream's last `protect_recent` tokens, freeing `pool_headroom` of the pool
+    beyond the need, before any request is preempted (PoolPressure). With compress_every = N > 0, a compressed request without
     forked children is compressed again after every N generated tokens, to its
     budget of the tokens it has seen, scored by its last `window` decode queries
     (N at least the policy's window). check_invariants (a debug run) proves the pool's bookkeeping
@@ -338,7 +339,10 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     if 0 < compress_every < config.window:
         raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
                          f"window ({config.window})")
-    pressure = dict(floor_tokens=floor_tokens, protect_recent=protect_recent)
+    if not isinstance(pool_headroom, (int, float)) or not 0 <= pool_headroom < 1:
+        raise ValueError(f"pool_headroom must be in [0, 1), got {pool_headroom!r}")
+    pressure = dict(floor_tokens=floor_tokens, protect_recent=protect_recent,
+                    headroom=float(pool_headroom))
 
     def init_continuous_batching(self, generation_config=None, continuous_batching_config=None,
                                  workload_hints=None, **kwargs):

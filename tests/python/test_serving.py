@@ -161,6 +161,24 @@ def test_the_pool_budget_evicts_across_requests_before_any_preemption(device):
     cache.manager.check_invariants()
 
 
+def test_pool_headroom_frees_beyond_the_need_so_the_budget_runs_less_often(device):
+    # The same pressure as above: freeing a fifth of the pool beyond each step's
+    # need leaves room for the requests' growth, and the budget runs fewer times.
+    prompts = [list(range(1 + i, 101 + i)) for i in range(3)]
+    runs = {}
+    for headroom in (0.0, 0.2):
+        model = headpage.serving.enable(small_model(device), num_pages=60, policy="ada-snapkv",
+                                        budget="50%", floor_tokens=8, protect_recent=4,
+                                        pool_headroom=headroom, check_invariants=True)
+        manager, results = run_manager(model, prompts, 40)
+        assert all(len(r.generated_tokens) == 40 for r in results.values())
+        runs[headroom] = manager.pool_pressure
+    assert runs[0.0].preemptions == runs[0.2].preemptions == 0
+    assert 0 < runs[0.2].budget_evictions < runs[0.0].budget_evictions
+    with pytest.raises(ValueError, match="pool_headroom"):
+        headpage.serving.enable(small_model(), num_pages=60, pool_headroom=1.0)
+
+
 def test_without_a_policy_a_short_pool_preempts_and_still_gives_transformers_tokens(device):
     prompts = [list(range(1 + i, 41 + i)) for i in range(3)]
     model = small_model(device)
