@@ -179,15 +179,29 @@ def parse_config(config):
 
 
 def _policy_of(config):
-    if config == "full":
-        return "full", None
+    """(policy, budget) of POLICY[:BUDGET] as the registry reads them (a policy
+    that evicts needs a budget), or of pool-pressure."""
+    from headpage._model import resolve_policy
+
     if config == "pool-pressure":
         return "ada-snapkv", "100%"
     policy, _, budget = config.partition(":")
-    if not budget:
-        raise SystemExit(f"configuration '{config}': want POLICY:BUDGET, full, pool-pressure "
-                         "or transformers")
-    return policy, budget
+    try:
+        resolve_policy(policy, budget or None)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"configuration '{config}': {error} (want POLICY[:BUDGET], "
+                         "pool-pressure or transformers)") from None
+    return policy, budget or None
+
+
+def _evicts(config):
+    """Whether a configuration's policy evicts at admission (pool-pressure keeps
+    every prompt whole)."""
+    import headpage
+
+    if config in ("transformers", "pool-pressure"):
+        return False
+    return headpage.policy_by_name(_policy_of(config.partition("+")[0])[0]).compresses
 
 
 def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, roofline):
@@ -447,7 +461,9 @@ def main(argv=None):
         if args.out:  # after every configuration, so a run cut short keeps its rows
             with open(args.out, "w") as f:
                 json.dump(dict(header=header, rows=rows), f)
-    base = next((r for r in rows if r["config"] == "full"), None)
+    # The baseline: the first headpage configuration whose policy evicts nothing.
+    base = next((r for r in rows if r["config"] not in ("transformers", "pool-pressure")
+                 and not _evicts(r["config"])), None)
     if base:
         for r in rows:
             r["end_to_end_vs_full"] = r["tokens_per_second"] / base["tokens_per_second"]

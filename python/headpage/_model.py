@@ -50,6 +50,21 @@ def resolve_policy(policy, budget):
     return config, budget
 
 
+def check_ints(minimum, **values):
+    """ValueError naming the first of `values` that is not an int of at least
+    `minimum` (1: positive, 0: non-negative)."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            kind = "positive" if minimum == 1 else f"at least {minimum}" if minimum else \
+                "non-negative"
+            raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+
+
+def pages_for_tokens(tokens, page_size, streams):
+    """Pages `tokens` take in each of `streams` streams, none evicted."""
+    return -(-tokens // page_size) * streams
+
+
 def make_arena(geometry, num_pages, device, who):
     """A HostArena for a CPU device, a CudaArena on a CUDA one."""
     if device.type == "cuda":

@@ -4,7 +4,6 @@ batch preparation ask of their cache, answered from a headpage BlockManager, and
 the attention of each layer over the pool (docs/serving.md)."""
 import collections
 import logging
-import math
 import time
 import typing
 
@@ -15,7 +14,8 @@ from torch.nn.attention.bias import causal_lower_right
 import headpage
 from headpage._decode_buffers import DecodeBuffers
 from headpage._decode_windows import DecodeWindows
-from headpage._model import DTYPES, make_arena, model_shape, resolve_policy
+from headpage._model import (DTYPES, check_ints, make_arena, model_shape, pages_for_tokens,
+                             resolve_policy)
 from headpage._serving_compress import Compressions
 
 _log = logging.getLogger("headpage.serving")
@@ -123,12 +123,9 @@ class ServingCache(Compressions):
         shape = model_shape(model, "headpage.serving")
         if model.dtype not in DTYPES:
             raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
-        for name, value in (("num_pages", num_pages), ("page_size", page_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_ints(1, num_pages=num_pages, page_size=page_size)
+        check_ints(0, compress_every=compress_every)
         self.policy, self.budget = resolve_policy(policy, budget)
-        if not isinstance(compress_every, int) or compress_every < 0:
-            raise ValueError(f"compress_every must be a non-negative int, got {compress_every!r}")
         if 0 < compress_every < self.policy.window:
             raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
                              f"window ({self.policy.window}): the window must hold decode "
@@ -230,7 +227,8 @@ class ServingCache(Compressions):
         seq = self._seqs.get(request_id)
         if seq is not None:
             return self.manager.pages_needed(seq, tokens)
-        return math.ceil(tokens / self.geometry.page_size) * self.geometry.streams_per_sequence
+        return pages_for_tokens(tokens, self.geometry.page_size,
+                                self.geometry.streams_per_sequence)
 
     def can_store_request_tokens(self, state, num_tokens, dry_run=False):
         """Whether the pool can take `num_tokens` more of the request; unless

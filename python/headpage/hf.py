@@ -44,7 +44,6 @@ search, no cropping.
 """
 import dataclasses
 import importlib.util
-import math
 import os
 
 
@@ -57,7 +56,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import headpage
 from headpage._model import DTYPES as _DTYPES
-from headpage._model import make_arena, model_shape, resolve_policy
+from headpage._model import check_ints, make_arena, model_shape, pages_for_tokens, resolve_policy
 
 ATTENTION = "headpage"
 
@@ -223,12 +222,9 @@ class Cache(_HFCache):
     def __init__(self, model, policy="full", budget=None, *, page_size=16, max_tokens=4096,
                  num_pages=None):
         shape = model_shape(model, "headpage.hf.Cache")
-        if not isinstance(page_size, int) or page_size < 1:
-            raise ValueError(f"page_size must be a positive int, got {page_size!r}")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        if num_pages is not None and (not isinstance(num_pages, int) or num_pages < 1):
-            raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
+        check_ints(1, page_size=page_size, max_tokens=max_tokens)
+        if num_pages is not None:
+            check_ints(1, num_pages=num_pages)
         self.policy, self.budget = resolve_policy(policy, budget)
         self.num_layers, self.num_q_heads = shape.num_layers, shape.num_q_heads
         self.num_kv_heads, self.head_dim = shape.num_kv_heads, shape.head_dim
@@ -274,8 +270,8 @@ class Cache(_HFCache):
             num_layers=self.num_layers, num_kv_heads=self.num_kv_heads,
             num_q_heads=self.num_q_heads, head_dim=self.head_dim, dtype=_DTYPES[self.dtype],
             page_size=self.page_size)
-        pages = self.num_pages or batch * self.geometry.streams_per_sequence * math.ceil(
-            self.max_tokens / self.page_size)
+        pages = self.num_pages or batch * pages_for_tokens(
+            self.max_tokens, self.page_size, self.geometry.streams_per_sequence)
         self.pool = headpage.PagePool(pages)
         self.arena = make_arena(self.geometry, pages, self.device, "headpage.hf.Cache")
         self.manager = headpage.BlockManager(self.geometry, self.pool)

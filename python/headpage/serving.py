@@ -40,7 +40,6 @@ Prefix sharing (content-hashed pages) is off: transformers hashes whole-model
 blocks, and a headpage page belongs to one compressible stream. Forks still share
 their prompt's pages.
 """
-import math
 import threading
 import types
 
@@ -50,7 +49,7 @@ from transformers.generation.continuous_batching import continuous_api
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 from headpage._decode_graphs import DecodeGraphs
-from headpage._model import model_shape, resolve_policy
+from headpage._model import check_ints, model_shape, pages_for_tokens, resolve_policy
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
 from headpage._serving_compress import RECENT_RESULTS
@@ -251,8 +250,8 @@ class ServingManager(ContinuousBatchingManager):
         new = kwargs.get("max_new_tokens", args[0] if args else None)
         new = self.generation_config.max_new_tokens if new is None else new
         tokens = prompt + 1 if compresses else prompt + max(int(new or 0), 1)
-        pages = math.ceil(tokens / options["page_size"]) * self._shape.num_layers * \
-            self._shape.num_kv_heads
+        pages = pages_for_tokens(tokens, options["page_size"],
+                                 self._shape.num_layers * self._shape.num_kv_heads)
         if pages > options["num_pages"]:
             raise ValueError(
                 f"headpage.serving: a request of {prompt} prompt tokens"
@@ -329,13 +328,9 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
                    compress_every=compress_every)
     model_shape(model, "headpage.serving")
     config, _ = resolve_policy(policy, budget)
-    for name, value in (("num_pages", num_pages), ("page_size", page_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("floor_tokens", floor_tokens), ("protect_recent", protect_recent),
-                        ("compress_every", compress_every)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    check_ints(1, num_pages=num_pages, page_size=page_size)
+    check_ints(0, floor_tokens=floor_tokens, protect_recent=protect_recent,
+               compress_every=compress_every)
     if 0 < compress_every < config.window:
         raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
                          f"window ({config.window})")
