@@ -86,6 +86,14 @@ def _install(args):
     def build_with_stats(*a, **kw):
         app = build(*a, **kw)
 
+        @app.exception_handler(headpage.serving.RequestRefused)
+        async def refused(_request, error):
+            # A request the engine could never serve is the client's to change:
+            # 400 with the reason, in the OpenAI API's error form.
+            from fastapi.responses import JSONResponse
+            return JSONResponse({"error": {"message": str(error), "type": "invalid_request_error",
+                                           "code": "headpage_refused"}}, status_code=400)
+
         @app.get("/headpage/stats")
         def headpage_stats():
             _serving[:] = [m for m in _serving if m.is_running()]  # drop stopped ones

@@ -55,10 +55,16 @@ from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, Servi
 from headpage._serving_compress import RECENT_RESULTS
 
 __all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
+           "RequestRefused",
            "ServingCache", "ServingManager", "StepRecord", "TESTED_TRANSFORMERS",
            "check_engine", "enable"]
 
 ATTENTION = "headpage_serving"
+
+class RequestRefused(ValueError):
+    """A request ServingManager.add_request does not queue, because the engine
+    could never serve it as asked (headpage-serve answers it with status 400)."""
+
 
 # The largest decode batch captured as a CUDA graph (larger ones run eagerly);
 # transformers' max_requests_per_batch and max_batch_tokens cap it further.
@@ -220,7 +226,7 @@ class ServingManager(ContinuousBatchingManager):
         try:
             return self._add_request(input_ids, request_id, *args, policy=policy, budget=budget,
                                      **kwargs)
-        except ValueError:
+        except RequestRefused:
             # transformers' server registers the request's result handler first: a
             # refused request must not leave it behind.
             if request_id is not None:
@@ -231,18 +237,22 @@ class ServingManager(ContinuousBatchingManager):
                      **kwargs):
         """transformers' add_request, after checking that the request can ever be
         served, with its own `policy` and `budget` if given (by default the ones
-        enable() was given). ValueError, and nothing queued, for an empty prompt,
+        enable() was given). RequestRefused (a ValueError), and nothing queued, for an
+        empty prompt,
         one whose pages exceed the whole pool, a request that does not compress and
         whose prompt and new tokens exceed it, an unknown policy or a bad budget (in
         the engine's loop it would stop every request)."""
         prompt = len(input_ids) if input_ids is not None else 0
         if prompt == 0:
-            raise ValueError("headpage.serving: empty prompt")
+            raise RequestRefused("headpage.serving: empty prompt")
         options = self._cache_options
         chosen = None
         if policy is not None or budget is not None:
-            chosen = resolve_policy(options["policy"] if policy is None else policy,
-                                    options["budget"] if budget is None else budget)
+            try:
+                chosen = resolve_policy(options["policy"] if policy is None else policy,
+                                        options["budget"] if budget is None else budget)
+            except (ValueError, TypeError) as error:
+                raise RequestRefused(f"headpage.serving: {error}") from None
         config, kept = chosen or resolve_policy(options["policy"], options["budget"])
         compresses = kept is not None and config.compresses
         # Before compression the prompt and its first new token are in every stream;
@@ -253,7 +263,7 @@ class ServingManager(ContinuousBatchingManager):
         pages = pages_for_tokens(tokens, options["page_size"],
                                  self._shape.num_layers * self._shape.num_kv_heads)
         if pages > options["num_pages"]:
-            raise ValueError(
+            raise RequestRefused(
                 f"headpage.serving: a request of {prompt} prompt tokens"
                 + ("" if compresses else f" and {tokens - prompt} new tokens")
                 + f" needs {pages} pages of {options['page_size']} tokens"

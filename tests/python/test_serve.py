@@ -92,7 +92,7 @@ def test_the_server_answers_concurrent_requests_compresses_and_stops_cleanly(ser
 
     # A prompt the pool can never hold (about 1 000 tokens; the pool holds 728 in
     # each of SmolLM2's 90 streams) is refused, and the server goes on serving.
-    with pytest.raises(openai.APIStatusError):
+    with pytest.raises(openai.BadRequestError, match="the pool has"):
         ask(CONTEXT * 20 + "Where does Tom live?")
     content, _ = ask(QUESTIONS[0][0])
     assert "Paris" in content

@@ -197,9 +197,9 @@ def test_a_prompt_the_pool_can_never_hold_is_refused_and_the_others_are_served(d
     manager = started(headpage.serving.enable(small_model(device), num_pages=16),
                       max_new_tokens=4)
     try:
-        with pytest.raises(ValueError, match="needs 52 pages of 16 tokens"):
+        with pytest.raises(headpage.serving.RequestRefused, match="needs 52 pages of 16 tokens"):
             manager.add_request(list(range(1, 201)))
-        with pytest.raises(ValueError, match="empty prompt"):
+        with pytest.raises(headpage.serving.RequestRefused, match="empty prompt"):
             manager.add_request([])
         rid = manager.add_request(PROMPTS[0])
         result = manager.get_result(rid, timeout=120)
@@ -321,11 +321,11 @@ def test_each_request_may_name_its_policy_and_a_bad_one_is_refused_alone(device)
     manager = started(headpage.serving.enable(small_model(device), num_pages=2048,
                                               check_invariants=True), max_new_tokens=6)
     try:
-        with pytest.raises(ValueError, match="nope"):
+        with pytest.raises(headpage.serving.RequestRefused, match="nope"):
             manager.add_request(PROMPTS[2], policy="nope", budget="50%")
-        with pytest.raises(ValueError):
+        with pytest.raises(headpage.serving.RequestRefused):
             manager.add_request(PROMPTS[2], policy="ada-snapkv", budget="150%")
-        with pytest.raises(ValueError, match="needs a budget"):
+        with pytest.raises(headpage.serving.RequestRefused, match="needs a budget"):
             manager.add_request(PROMPTS[2], policy="ada-snapkv")
         squeezed = manager.add_request(PROMPTS[2], policy="ada-snapkv", budget="50%")
         whole = manager.add_request(PROMPTS[1])
