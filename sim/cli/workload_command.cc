@@ -30,7 +30,8 @@ constexpr char kUsage[] =
     "                         [--rate R] [--pool-pages P] [--page-size S] [--policy X]\n"
     "                         [--budget B] [--profile uniform|skewed|trace:FILE] [--seed K]\n"
     "                         [--window W] [--geometry LxH] [--max-batch N] [--headroom F]\n"
-    "                         [--small-stream-tokens T] [--out metrics.csv] [--plot memory.png]\n"
+    "                         [--small-stream-tokens T] [--compress-every N]\n"
+    "                         [--out metrics.csv] [--plot memory.png]\n"
     "       headpage workload --sweep [--policy X1,X2,...] [--page-size S1,S2,...] [--threads N] "
     "...\n"
     "\n"
@@ -61,6 +62,9 @@ constexpr char kUsage[] =
     "  --geometry LxH  layers x KV heads (default 32x8, Llama-3-8B)\n"
     "  --max-batch N   running requests at most (default 256)\n"
     "  --headroom F    pool-pressure frees this share of the pool beyond the need (default 0.02)\n"
+    "  --compress-every N  uniform, pyramid, ada, dbudget: compress each request again after\n"
+    "                  every N generated tokens, to the budget of the tokens it has seen\n"
+    "                  (default 0: at admission only)\n"
     "  --small-stream-tokens T  streams at most T tokens after compression count as small:\n"
     "                  their tail waste is reported apart (default 64)\n"
     "  --out FILE      the per-step series as CSV (--sweep: the summary rows)\n"
@@ -82,7 +86,7 @@ int RunWorkloadCommand(int argc, char** argv) {
   std::vector<std::string> page_size_args;
   std::string geometry_spec = "32x8";
   int64_t requests = -1, pool_pages = -1, max_batch = 256, threads = 0, window = -1, seed = 1,
-          small = 64;
+          small = 64, compress_every = 0;
   double rate = std::numeric_limits<double>::infinity(), headroom = 0.02;
   bool sweep = false;
   FlagSet flags;
@@ -104,6 +108,7 @@ int RunWorkloadCommand(int argc, char** argv) {
   flags.Int("small-stream-tokens", &small, /*min=*/0);
   flags.Number("rate", &rate);
   flags.Number("headroom", &headroom);
+  flags.Int("compress-every", &compress_every, /*min=*/0);
   if (const std::optional<int> exit = ParseFlags(flags, argc, argv, command, kUsage)) return *exit;
 
   // What the flags name.
@@ -142,6 +147,7 @@ int RunWorkloadCommand(int argc, char** argv) {
   options.budget = *b;
   options.max_batch = static_cast<int32_t>(std::min<int64_t>(max_batch, 1 << 30));
   options.pressure_headroom = headroom;
+  options.compress_every = static_cast<int32_t>(std::min<int64_t>(compress_every, 1 << 30));
   options.window = static_cast<int32_t>(std::min<int64_t>(window, 1 << 30));
   options.small_stream_tokens = static_cast<int32_t>(std::min<int64_t>(small, 1 << 30));
   if (pool_pages < 0) {

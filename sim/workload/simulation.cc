@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <utility>
 
@@ -137,7 +138,11 @@ absl::Status Simulation::Decode(WorkloadStep* step) {
     const absl::Status status = manager_.ReserveWithoutSlots(r.seq, 1, &copies_);
     if (status.ok()) {
       ++step->tokens;
-      r.finished = ++generated_[r.request] >= requests_[r.request].output_len;
+      const int32_t generated = ++generated_[r.request];
+      r.finished = generated >= requests_[r.request].output_len;
+      if (o_.compress_every > 0 && generated % o_.compress_every == 0) {
+        HEADPAGE_RETURN_IF_ERROR(CompressSeen(r));
+      }
       ++i;
       continue;
     }
@@ -161,6 +166,36 @@ absl::Status Simulation::Decode(WorkloadStep* step) {
     const size_t victim = running_.size() - 1;
     HEADPAGE_RETURN_IF_ERROR(Preempt(victim, step));
     if (victim == i) break;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Simulation::CompressSeen(const Running& r) {
+  if (o_.policy == WorkloadPolicy::kNone || o_.policy == WorkloadPolicy::kPoolPressure) {
+    return absl::OkStatus();
+  }
+  const int32_t heads = o_.geometry.num_kv_heads;
+  const int64_t seen = static_cast<int64_t>(requests_[r.request].prompt_len) + generated_[r.request];
+  HEADPAGE_RETURN_IF_ERROR(compressor_.PromptKept(
+      static_cast<int32_t>(std::min<int64_t>(seen, std::numeric_limits<int32_t>::max())), &kept_));
+  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_.StreamLengths(r.seq));
+  const std::vector<uint32_t> held(lens.begin(), lens.end());
+  bool evicted = false;
+  for (int32_t l = 0; l < o_.geometry.num_layers; ++l) {
+    bool shrinks = false;
+    layer_kept_.resize(static_cast<size_t>(heads));
+    for (int32_t h = 0; h < heads; ++h) {
+      const size_t stream = static_cast<size_t>(l) * heads + h;
+      layer_kept_[h] = std::min<int32_t>(kept_[stream], static_cast<int32_t>(held[stream]));
+      shrinks |= layer_kept_[h] < static_cast<int32_t>(held[stream]);
+    }
+    if (!shrinks) continue;
+    HEADPAGE_RETURN_IF_ERROR(manager_.Evict(r.seq, l, layer_kept_, &plan_));
+    evicted = true;
+  }
+  if (evicted) {
+    manager_.ReleaseRetiredPages();
+    plan_.Clear();
   }
   return absl::OkStatus();
 }

@@ -56,6 +56,9 @@ class Simulation {
   absl::Status Admit(double now, WorkloadStep* step);
   absl::Status Complete(WorkloadStep* step);
   absl::Status Preempt(size_t index, WorkloadStep* step);
+  // Decode-time compression: `r`'s streams down to what the policy keeps of the
+  // tokens it has seen.
+  absl::Status CompressSeen(const Running& r);
   // Pool-pressure: evicts until `pages_to_free` pages are back or the floors
   // stop it; returns the pages freed.
   absl::StatusOr<int64_t> RelievePressure(int64_t pages_to_free, WorkloadStep* step);

@@ -65,6 +65,10 @@ absl::Status ValidateOptions(const WorkloadOptions& o, const HeadProfile& profil
     return absl::InvalidArgumentError(
         absl::StrCat("workload: budget ", o.budget.ToString(), " is out of range"));
   }
+  if (o.compress_every < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("workload: compress_every ", o.compress_every, " is negative"));
+  }
   if (o.window < -1) {
     return absl::InvalidArgumentError(absl::StrCat("workload: window ", o.window, " is negative"));
   }

@@ -47,6 +47,10 @@
 //                  admission. It frees what the step needs plus
 //                  pressure_headroom of the pool. Only when the floors forbid
 //                  enough does it preempt.
+// With compress_every = N > 0, uniform, pyramid, ada and dbudget compress each
+// running request again after every N generated tokens, as if the tokens it has
+// seen (prompt and generated) were its prompt: each stream keeps at most what the
+// policy gives that length (headpage.serving's decode-time compression).
 // Ada and DBudgetKV need per-token scores: they run on the head profile's
 // curves (sim/workload/head_profile.h), kResolution bins a stream, and their per-head
 // result is scaled to the request's prompt (Ada: the shares of the layer's
@@ -110,6 +114,7 @@ struct WorkloadOptions {
   // takes the policy's default (32; dbudget 8).
   int32_t window = -1;
   double pressure_headroom = 0.02;  // pool-pressure: share of the pool freed beyond the need
+  int32_t compress_every = 0;       // generated tokens between decode-time compressions; 0: none
   int32_t small_stream_tokens = 64;
   bool record_steps = true;       // keep the per-step series
   bool check_invariants = false;  // BlockManager::CheckInvariants() after every step (tests)

@@ -128,6 +128,31 @@ TEST_CASE("Workload: one request, counted by hand", "[sim][workload]") {
   REQUIRE(csv.find("none,4,3,0.060,1,0,0,1,0,1,0,16,64,52,12,0.187500,") != std::string::npos);
 }
 
+TEST_CASE("Workload: decode-time compression, counted by hand", "[sim][workload]") {
+  // 4 streams, 4-token pages, uniform at 50% with a 2-token window. The 16-token
+  // prompt keeps 8 tokens a stream; after 4 generated tokens a stream holds 12
+  // and is cut to half of the 20 seen, 10; after 8 it holds 14, cut to 12.
+  const CacheGeometry g = Geometry(2, 2, 4);
+  WorkloadOptions o = Small(g, 100, WorkloadPolicy::kUniform);
+  o.budget = Budget::Fraction(0.5);
+  o.window = 2;
+  o.compress_every = 4;
+  const WorkloadResult r = Run(Fixed(1, 16, 8), Uniform(g), o);
+  const int64_t used[] = {32, 36, 40, 44, 40, 44, 48, 52, 48};
+  REQUIRE(r.steps.size() == 9);
+  for (size_t i = 0; i < 9; ++i) {
+    CAPTURE(i);
+    REQUIRE(r.steps[i].used_slots == used[i]);
+  }
+  // Without it the request ends with 8 + 8 tokens a stream.
+  o.compress_every = 0;
+  REQUIRE(Run(Fixed(1, 16, 8), Uniform(g), o).steps.back().used_slots == 64);
+  // None keeps everything either way.
+  WorkloadOptions none = Small(g, 100, WorkloadPolicy::kNone);
+  none.compress_every = 4;
+  REQUIRE(Run(Fixed(1, 16, 8), Uniform(g), none).steps.back().used_slots == 96);
+}
+
 TEST_CASE("Workload: preemption by recompute, counted by hand", "[sim][workload]") {
   // One stream, 4-token pages, a pool of 4 pages. Two requests of prompt 4 and
   // output 8 (3 pages each at the end) are both admitted (1 page each) and
@@ -351,6 +376,13 @@ TEST_CASE("Workload: runs are deterministic", "[sim][workload]") {
 }
 
 TEST_CASE("Workload: bad options are refused with the reason", "[sim][workload]") {
+  {
+    const CacheGeometry g = Geometry(2, 2, 4);
+    WorkloadOptions o = Small(g, 100, WorkloadPolicy::kUniform);
+    o.compress_every = -1;
+    REQUIRE(RunWorkload(Fixed(1, 16, 8), Uniform(g), o).status().code() ==
+            absl::StatusCode::kInvalidArgument);
+  }
   const CacheGeometry g = Geometry(1, 1, 4);
   const HeadProfile profile = Uniform(g);
   const std::vector<WorkloadRequest> requests = Fixed(2, 4, 4);
