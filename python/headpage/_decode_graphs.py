@@ -113,7 +113,9 @@ class DecodeGraphs:
             else:
                 graph.replay()
                 self.replays += 1
-        cache.end_step()
+            # On the compute stream: a decode-time compression reads the ring the
+            # graph just wrote.
+            cache.end_step()
 
     def _capture(self, key, forward, args, stream):
         graph = torch.cuda.CUDAGraph()

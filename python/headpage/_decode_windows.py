@@ -25,6 +25,8 @@ class DecodeWindows:
     then, and graphs captured over the old one must not be replayed."""
 
     def __init__(self, shape, window, device, dtype, slots=16):
+        if window < 1:
+            raise ValueError(f"decode windows need at least one query, got a window of {window}")
         self.shape, self.window, self.device, self.dtype = shape, window, device, dtype
         self.generation = 0
         self._slots = {}    # request -> slot
@@ -63,9 +65,10 @@ class DecodeWindows:
             self._free.append(slot)
 
     def _rows_of(self, rows, observed):
-        trash = self._capacity * self.window
-        return [self.slot(r.request_id) * self.window + r.past % self.window
-                if observed(r) else trash for r in rows]
+        slots = [self.slot(r.request_id) if observed(r) else None for r in rows]
+        trash = self._capacity * self.window  # after any growth the slots caused
+        return [trash if slot is None else slot * self.window + r.past % self.window
+                for slot, r in zip(slots, rows)]
 
     def index(self, rows, observed):
         """Where each of `rows` (decode rows) writes its query: a new int64 tensor

@@ -60,6 +60,18 @@ def check_ints(minimum, **values):
             raise ValueError(f"{name} must be a {kind} int, got {value!r}")
 
 
+def check_compress_every(compress_every, config):
+    """ValueError unless decode-time compression every `compress_every` generated
+    tokens (0: none) can score with `config`'s observation window: the policy
+    needs a window, and the window must hold decode queries only."""
+    if compress_every and config.window < 1:
+        raise ValueError(f"compress_every needs a policy that scores with an observation "
+                         f"window; '{config.name}' has none")
+    if 0 < compress_every < config.window:
+        raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
+                         f"window ({config.window}): the window must hold decode queries only")
+
+
 def pages_for_tokens(tokens, page_size, streams):
     """Pages `tokens` take in each of `streams` streams, none evicted."""
     return -(-tokens // page_size) * streams

@@ -14,8 +14,8 @@ from torch.nn.attention.bias import causal_lower_right
 import headpage
 from headpage._decode_buffers import DecodeBuffers
 from headpage._decode_windows import DecodeWindows
-from headpage._model import (DTYPES, check_ints, make_arena, model_shape, pages_for_tokens,
-                             resolve_policy)
+from headpage._model import (DTYPES, check_compress_every, check_ints, make_arena, model_shape,
+                             pages_for_tokens, resolve_policy)
 from headpage._serving_compress import Compressions
 
 _log = logging.getLogger("headpage.serving")
@@ -126,10 +126,7 @@ class ServingCache(Compressions):
         check_ints(1, num_pages=num_pages, page_size=page_size)
         check_ints(0, compress_every=compress_every)
         self.policy, self.budget = resolve_policy(policy, budget)
-        if 0 < compress_every < self.policy.window:
-            raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
-                             f"window ({self.policy.window}): the window must hold decode "
-                             "queries only")
+        check_compress_every(compress_every, self.policy)
         # Generated tokens between decode-time compressions (0: the prompt only),
         # and the ring of decode queries they score with (made when first needed).
         self.compress_every = compress_every

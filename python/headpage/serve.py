@@ -24,7 +24,7 @@ import sys
 
 import headpage
 import headpage.serving
-from headpage._model import DTYPES, model_shape, resolve_policy
+from headpage._model import DTYPES, check_compress_every, model_shape, resolve_policy
 
 _log = logging.getLogger("headpage.serve")
 
@@ -135,9 +135,12 @@ def parse_args(argv):
         config, _ = resolve_policy(args.policy, args.budget)
     except (ValueError, TypeError) as error:
         ap.error(str(error))
-    if args.compress_every < 0 or 0 < args.compress_every < config.window:
-        ap.error(f"--compress-every must be 0 or at least the policy's window "
-                 f"({config.window}), got {args.compress_every}")
+    if args.compress_every < 0:
+        ap.error(f"--compress-every must be non-negative, got {args.compress_every}")
+    try:
+        check_compress_every(args.compress_every, config)
+    except ValueError as error:
+        ap.error(f"--compress-every: {error}")
     for name in ("num_pages", "port", "max_batch_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:

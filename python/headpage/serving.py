@@ -49,7 +49,8 @@ from transformers.generation.continuous_batching import continuous_api
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 from headpage._decode_graphs import DecodeGraphs
-from headpage._model import check_ints, model_shape, pages_for_tokens, resolve_policy
+from headpage._model import (check_compress_every, check_ints, model_shape, pages_for_tokens,
+                             resolve_policy)
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
 from headpage._serving_compress import RECENT_RESULTS
@@ -255,6 +256,15 @@ class ServingManager(ContinuousBatchingManager):
                 raise RequestRefused(f"headpage.serving: {error}") from None
         config, kept = chosen or resolve_policy(options["policy"], options["budget"])
         compresses = kept is not None and config.compresses
+        every = options["compress_every"]
+        if chosen is not None and compresses and every:
+            # Its decode windows come from the ring, whose window is enable()'s policy's.
+            ring = resolve_policy(options["policy"], options["budget"])[0].window
+            if not 1 <= config.window <= ring:
+                raise RequestRefused(
+                    f"headpage.serving: policy '{config.name}' scores with a window of "
+                    f"{config.window}; with compress_every, a request's window must be 1 to "
+                    f"{ring} (the window of the policy enable() was given)")
         # Before compression the prompt and its first new token are in every stream;
         # without compression, every new token too.
         new = kwargs.get("max_new_tokens", args[0] if args else None)
@@ -341,9 +351,7 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     check_ints(1, num_pages=num_pages, page_size=page_size)
     check_ints(0, floor_tokens=floor_tokens, protect_recent=protect_recent,
                compress_every=compress_every)
-    if 0 < compress_every < config.window:
-        raise ValueError(f"compress_every ({compress_every}) is shorter than the policy's "
-                         f"window ({config.window})")
+    check_compress_every(compress_every, config)
     if not isinstance(pool_headroom, (int, float)) or not 0 <= pool_headroom < 1:
         raise ValueError(f"pool_headroom must be in [0, 1), got {pool_headroom!r}")
     pressure = dict(floor_tokens=floor_tokens, protect_recent=protect_recent,

@@ -33,6 +33,7 @@ Simulation::Simulation(const std::vector<WorkloadRequest>& requests, const HeadP
       streams_(options.geometry.streams_per_sequence()),
       page_size_(options.geometry.page_size),
       generated_(requests.size(), 0),
+      admitted_at_(requests.size(), 0),
       first_admit_s_(requests.size(), -1.0) {}
 
 absl::StatusOr<WorkloadResult> Simulation::Run() {
@@ -140,7 +141,10 @@ absl::Status Simulation::Decode(WorkloadStep* step) {
       ++step->tokens;
       const int32_t generated = ++generated_[r.request];
       r.finished = generated >= requests_[r.request].output_len;
-      if (o_.compress_every > 0 && generated % o_.compress_every == 0) {
+      // Counted from its admission, as the engine does: a preempted request
+      // comes back with its generated tokens as part of its prompt.
+      const int32_t since = generated - admitted_at_[r.request];
+      if (o_.compress_every > 0 && since > 0 && since % o_.compress_every == 0) {
         HEADPAGE_RETURN_IF_ERROR(CompressSeen(r));
       }
       ++i;
@@ -223,15 +227,20 @@ absl::Status Simulation::Admit(double now, WorkloadStep* step) {
     const SeqId seq = manager_.AddSequence();
     HEADPAGE_RETURN_IF_ERROR(manager_.ReserveWithoutSlots(seq, tokens, &copies_));
     // Compression: the prompt as the policy keeps it, every generated token.
-    HEADPAGE_RETURN_IF_ERROR(compressor_.PromptKept(r.prompt_len, &kept_));
+    // With decode-time compression a preempted request's generated tokens are
+    // part of its prompt again (the engine re-admits prompt + generated).
+    admitted_at_[q] = generated;
+    const bool whole = o_.compress_every > 0;
+    const int32_t prompt = whole ? static_cast<int32_t>(tokens) : r.prompt_len;
+    HEADPAGE_RETURN_IF_ERROR(compressor_.PromptKept(prompt, &kept_));
     bool evicted = false;
     for (int32_t l = 0; l < o_.geometry.num_layers; ++l) {
       layer_kept_.assign(kept_.begin() + static_cast<ptrdiff_t>(l) * heads,
                          kept_.begin() + static_cast<ptrdiff_t>(l + 1) * heads);
       bool shrinks = false;
       for (int32_t& k : layer_kept_) {
-        shrinks |= k < r.prompt_len;
-        k += generated;
+        shrinks |= k < prompt;
+        if (!whole) k += generated;
       }
       if (!shrinks) continue;
       HEADPAGE_RETURN_IF_ERROR(manager_.Evict(seq, l, layer_kept_, &plan_));
@@ -246,7 +255,10 @@ absl::Status Simulation::Admit(double now, WorkloadStep* step) {
       const int64_t alloc = PagesFor(len, page_size_) * page_size_;
       admitted_alloc_ += static_cast<double>(alloc);
       admitted_waste_ += static_cast<double>(alloc - len);
-      prompt_kept_ += len - generated;
+      // The prompt's share of what the stream kept (all of it but the
+      // generated tokens, unless those were compressed with it).
+      prompt_kept_ += whole ? static_cast<double>(len) * r.prompt_len / static_cast<double>(tokens)
+                            : static_cast<double>(len) - generated;
       if (static_cast<int64_t>(len) <= o_.small_stream_tokens) {
         ++small_streams_;
         small_alloc_ += static_cast<double>(alloc);

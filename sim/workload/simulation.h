@@ -77,6 +77,7 @@ class Simulation {
   std::deque<size_t> waiting_;
   std::vector<Running> running_;
   std::vector<int32_t> generated_;     // [request] decode tokens so far
+  std::vector<int32_t> admitted_at_;   // [request] generated_ at its last admission
   std::vector<double> first_admit_s_;  // [request], -1: never admitted
   PageCopies copies_;                  // never any: the simulator does not fork
   CompactionPlan plan_;

@@ -122,7 +122,7 @@ def test_bad_arguments_are_refused_before_anything_loads():
                          (["--num-pages", "64", "--policy", "nope", "--budget", "20%"], "nope"),
                          (["--kv-gib", "-1"], "--kv-gib must be positive"),
                          (["--num-pages", "64", "--policy", "ada-snapkv", "--budget", "20%",
-                           "--compress-every", "8"], "at least the policy's window")):
+                           "--compress-every", "8"], "shorter than the policy")):
         run = subprocess.run([sys.executable, "-m", "headpage.serve", "some/model", *bad],
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and message in run.stderr, (bad, run.stderr)

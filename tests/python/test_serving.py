@@ -438,6 +438,18 @@ def test_requests_are_compressed_again_every_n_generated_tokens(device, monkeypa
     with pytest.raises(ValueError, match="window"):
         headpage.serving.enable(small_model(), num_pages=64, policy="ada-snapkv", budget="20%",
                                 compress_every=8)
+    with pytest.raises(ValueError, match="has none"):
+        headpage.serving.enable(small_model(), num_pages=64, policy="h2o", budget="50%",
+                                compress_every=64)
+    # A request's own policy must score with a window the ring holds (enable()'s, 4).
+    manager = started(headpage.serving.enable(small_model(device), num_pages=2048,
+                                              policy=policy, budget="25%", compress_every=16),
+                      max_new_tokens=4)
+    try:
+        with pytest.raises(headpage.serving.RequestRefused, match="window of 32"):
+            manager.add_request(PROMPTS[2], policy="ada-snapkv", budget="25%")
+    finally:
+        manager.stop(block=True)
 
 
 def test_decode_windows_return_each_requests_last_queries_in_order():
@@ -472,6 +484,12 @@ def test_decode_windows_return_each_requests_last_queries_in_order():
             assert torch.equal(q[:, :, 0], want.expand(shape.num_q_heads, 4))
     windows.release("a")
     assert windows.slot("d") == 0  # a's slot, free again
+    # A row without a slot writes the trash row of the ring as it is after the
+    # slots of the same step made it grow, never a new request's row.
+    small = DecodeWindows(shape, 4, torch.device("cpu"), torch.float32, slots=1)
+    rows = [_StepRow(rid, 0, 8, 1, i, None, None) for i, rid in enumerate(["a", "none", "b"])]
+    index = small.index(rows, lambda r: r.request_id != "none").tolist()
+    assert index == [0, 8, 4] and small.ring.shape[1] == 9
 
 
 @pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA build of headpage and a CUDA device")

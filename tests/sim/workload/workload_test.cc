@@ -147,6 +147,18 @@ TEST_CASE("Workload: decode-time compression, counted by hand", "[sim][workload]
   // Without it the request ends with 8 + 8 tokens a stream.
   o.compress_every = 0;
   REQUIRE(Run(Fixed(1, 16, 8), Uniform(g), o).steps.back().used_slots == 64);
+  // Preempted, a request comes back with its generated tokens as prompt: it is
+  // compressed whole at admission and counts its next compress_every from there.
+  {
+    WorkloadOptions tight = o;
+    tight.compress_every = 4;
+    // 28 pages: both compressed requests fit until they need 4 pages a stream (7
+    // generated tokens); the newer is preempted and comes back with 22 tokens.
+    tight.pool_pages = 28;
+    const WorkloadResult both = Run(Fixed(2, 16, 12), Uniform(g), tight);
+    REQUIRE(both.summary.completed == 2);
+    REQUIRE(both.summary.preemptions >= 1);
+  }
   // None keeps everything either way.
   WorkloadOptions none = Small(g, 100, WorkloadPolicy::kNone);
   none.compress_every = 4;
