@@ -64,9 +64,14 @@ class DecodeWindows:
         if slot is not None:
             self._free.append(slot)
 
+    @property
+    def _trash(self):
+        """The row written by rows without a slot: the ring's last."""
+        return self._capacity * self.window
+
     def _rows_of(self, rows, observed):
         slots = [self.slot(r.request_id) if observed(r) else None for r in rows]
-        trash = self._capacity * self.window  # after any growth the slots caused
+        trash = self._trash  # after any growth the slots caused
         return [trash if slot is None else slot * self.window + r.past % self.window
                 for slot, r in zip(slots, rows)]
 
@@ -84,7 +89,7 @@ class DecodeWindows:
         host = self._index.host()
         n = len(rows)
         host[:n] = self._rows_of(rows, observed)
-        host[n:padded] = self._capacity * self.window
+        host[n:padded] = self._trash
         return self._index.send(padded)[:padded]
 
     def record(self, layer, index, q):

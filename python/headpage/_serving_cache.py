@@ -89,14 +89,13 @@ class _StepInputs:
     as a CUDA graph (graph_rows set) reads only static device buffers, padded to
     graph_rows decode rows."""
     __slots__ = ("slots", "positions", "decode", "prefill", "observing", "decode_at", "seqs",
-                 "tables", "splits", "workspace", "graph_rows", "real_tokens", "ring_index")
+                 "tables", "splits", "workspace", "graph_rows", "ring_index")
 
     def __init__(self):
         self.slots = self.positions = self.decode_at = self.seqs = self.tables = None
         self.workspace = self.graph_rows = self.ring_index = None
         self.decode, self.prefill, self.observing = [], [], []
         self.splits = 1
-        self.real_tokens = 0
 
 
 class StepRecord(typing.NamedTuple):
@@ -131,7 +130,7 @@ class ServingCache(Compressions):
         # and the ring of decode queries they score with (made when first needed).
         self.compress_every = compress_every
         self.decode_windows = None
-        self._decoded_from = {}   # request compressed during decode -> its prompt length
+        self._decoded = set()     # requests compressed during decode (from _compress_at)
         self.shape = shape
         self.geometry = headpage.CacheGeometry(
             num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
@@ -250,7 +249,7 @@ class ServingCache(Compressions):
             # A forked request's children share its pages: decode-time compression
             # would copy them all; it is for requests without children.
             if self.compress_every and state.num_children == 0:
-                self._decoded_from[rid] = len(state.initial_tokens)
+                self._decoded.add(rid)
 
     def compute_free_capacity(self, relative=True):
         free = self.page_pool.free_pages
@@ -279,7 +278,7 @@ class ServingCache(Compressions):
         seq = self._seqs.pop(request_id, None)
         self._compress_at.pop(request_id, None)
         self._policies.pop(request_id, None)
-        self._decoded_from.pop(request_id, None)
+        self._decoded.discard(request_id)
         if self.decode_windows is not None:
             self.decode_windows.release(request_id)
         for key in [k for k in self._windows if k[0] == request_id]:
@@ -375,7 +374,6 @@ class ServingCache(Compressions):
             self._copies = []
         inputs = _StepInputs()
         inputs.graph_rows = graph_rows
-        inputs.real_tokens = sum(r.count for r in rows)
         if graph_rows is None:
             inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
             inputs.positions = self._to_device(np.concatenate(
@@ -388,11 +386,12 @@ class ServingCache(Compressions):
         decode = inputs.decode
         if decode:
             seqs = [r.seq for r in decode]
+            if graph_rows is None:  # a graph's rows are all decode rows, in order
+                inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
             buffers = self.decode_buffers
             if buffers is not None:
                 buffers.update(seqs)
                 if graph_rows is None:
-                    inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
                     inputs.tables = buffers.views()
                 else:
                     inputs.tables = buffers.padded_views(graph_rows * self.shape.num_kv_heads)
@@ -410,7 +409,6 @@ class ServingCache(Compressions):
                     inputs.workspace = buffers.workspace(launched, inputs.splits,
                                                          static=graph_rows is not None)
             else:
-                inputs.decode_at = torch.tensor([r.first for r in decode], device=device)
                 inputs.seqs = seqs
             inputs.ring_index = self._ring_index(decode, graph_rows)
         if self.record_steps:
@@ -438,7 +436,7 @@ class ServingCache(Compressions):
         or None when no request of the cache is compressed during decode yet.
         Once the ring exists, every graph step writes (rows without a slot to
         its trash row), so that one graph serves steps with and without them."""
-        observed = lambda r: r.request_id in self._decoded_from  # noqa: E731
+        observed = lambda r: r.request_id in self._decoded  # noqa: E731
         if self.decode_windows is None:
             if not any(observed(r) for r in decode):
                 return None
@@ -450,22 +448,18 @@ class ServingCache(Compressions):
 
     def attend(self, module, query, key, value, scaling):
         """query [1][q_heads][T][D], key/value [1][kv_heads][T][D] of the packed batch;
-        returns [1][T][q_heads][D]. T may exceed the step's tokens (transformers
-        pads a batch): those rows are not written and attend to nothing."""
+        returns [1][T][q_heads][D]."""
         layer = module.layer_idx
         if self._inputs is None:
             self._prepare_step(query.device)
         inputs = self._inputs
         if inputs.graph_rows is not None:
             return self._attend_graph(layer, inputs, query, key, value, scaling)
-        total, real = query.shape[2], inputs.real_tokens
-        out = torch.zeros(1, total, self.shape.num_q_heads, self.shape.head_dim,
-                          dtype=query.dtype, device=query.device) if total > real else \
-            torch.empty(1, total, self.shape.num_q_heads, self.shape.head_dim,
-                        dtype=query.dtype, device=query.device)
-        headpage.write_kv(self.arena, key[0, :, :real].transpose(0, 1).contiguous(),
-                          value[0, :, :real].transpose(0, 1).contiguous(),
-                          inputs.slots[:, layer, :], inputs.positions, stream=self._stream())
+        out = torch.empty(1, query.shape[2], self.shape.num_q_heads, self.shape.head_dim,
+                          dtype=query.dtype, device=query.device)
+        headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
+                          value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
+                          inputs.positions, stream=self._stream())
         for r in inputs.prefill:
             out[0, r.first:r.first + r.count] = self._attend_prefill(layer, r, query, key, value,
                                                                      scaling)
@@ -515,7 +509,7 @@ class ServingCache(Compressions):
         """After the step's last layer (or its graph): compresses the prompts it
         completed and publishes the pool."""
         self._compress_completed_prompts()
-        if self._decoded_from:
+        if self._decoded:
             self._compress_during_decode()
         self._step_done = True
         self._inputs = None

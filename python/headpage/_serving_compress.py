@@ -70,11 +70,12 @@ class Compressions:
         compress_every tokens down to its budget of the tokens it has seen, scored
         by its last `window` decode queries."""
         windows = self.decode_windows
+        if windows is None:  # no decode step of a request compressed during decode yet
+            return
         for r in self._step:
-            prompt = self._decoded_from.get(r.request_id)
-            if prompt is None or not r.is_decode or windows is None:
+            if r.request_id not in self._decoded or not r.is_decode:
                 continue
-            generated = r.past + 1 - prompt
+            generated = r.past + 1 - self._compress_at[r.request_id]
             if generated < max(self.compress_every, windows.window) or \
                     generated % self.compress_every:
                 continue

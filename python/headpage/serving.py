@@ -181,6 +181,8 @@ class ServingManager(ContinuousBatchingManager):
         self._cache_options = cache_options
         self._pressure_options = pressure_options
         self._shape = model_shape(args[0], "headpage.serving")
+        # (PolicyConfig, budget) of enable(), checked there: a request's by default.
+        self._default_policy = resolve_policy(cache_options["policy"], cache_options["budget"])
         self.serving_cache = None
         self.pool_pressure = None
         self.decode_graphs = None  # DecodeGraphs, on CUDA with cuda_graphs
@@ -254,12 +256,12 @@ class ServingManager(ContinuousBatchingManager):
                                         options["budget"] if budget is None else budget)
             except (ValueError, TypeError) as error:
                 raise RequestRefused(f"headpage.serving: {error}") from None
-        config, kept = chosen or resolve_policy(options["policy"], options["budget"])
+        config, kept = chosen or self._default_policy
         compresses = kept is not None and config.compresses
         every = options["compress_every"]
         if chosen is not None and compresses and every:
             # Its decode windows come from the ring, whose window is enable()'s policy's.
-            ring = resolve_policy(options["policy"], options["budget"])[0].window
+            ring = self._default_policy[0].window
             if not 1 <= config.window <= ring:
                 raise RequestRefused(
                     f"headpage.serving: policy '{config.name}' scores with a window of "

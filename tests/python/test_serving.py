@@ -412,8 +412,9 @@ def test_requests_are_compressed_again_every_n_generated_tokens(device, monkeypa
         compress(cache)
         size = cache.geometry.page_size
         for r in cache._step:
-            prompt = cache._decoded_from.get(r.request_id)
-            generated = r.past + 1 - prompt
+            if r.request_id not in cache._decoded:
+                continue
+            generated = r.past + 1 - cache._compress_at[r.request_id]
             if not r.is_decode or generated < 16 or generated % 16:
                 continue
             lengths = [[int(n) for n in row] for row in cache.manager.stream_lengths(r.seq)]
