@@ -291,6 +291,7 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
     row.update(preemptions=manager.pool_pressure.preemptions,
                pool_budget_evictions=manager.pool_pressure.budget_evictions,
                pages_evicted_by_pool_budget=manager.pool_pressure.pages_evicted,
+               starved_requests=manager.pool_pressure.starved,
                compress_seconds=cache.compress_seconds,
                failures=manager.pool_pressure.failures,
                compressed=cache.totals["compressed"],

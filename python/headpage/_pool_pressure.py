@@ -21,7 +21,13 @@ class PoolPressure:
     enough for the step are the newest starved requests preempted: their
     pages are freed and each is queued again from its prompt (transformers' soft
     reset). When the one request left cannot grow even so, it fails with the
-    reason and the waiting requests are served. All three are counted."""
+    reason and the waiting requests are served. All three are counted.
+
+    install() also runs the pool budget before every batch is scheduled, for the
+    next token of every decoding request: a request the scheduler finds starved
+    loses the step (transformers offloads only requests left out of the batch), and
+    under steady pressure the running requests would split into two batches that
+    take turns, each request advancing every other step."""
 
     def __init__(self, cache, scheduler, floor_tokens, protect_recent, headroom=0.02,
                  processor=None):
@@ -32,6 +38,44 @@ class PoolPressure:
         self.pages_evicted = 0      # pages it freed
         self.preemptions = 0        # requests soft-reset
         self.failures = 0           # requests failed: alone, they could not grow
+        self.starved = 0            # running requests the scheduler left out of a batch
+
+    def install(self, scheduler):
+        """Makes room for the decoding requests before each batch is scheduled."""
+        schedule_batch = scheduler.schedule_batch
+
+        def make_room_then_schedule(*args, **kwargs):
+            self.make_room_for_decoding()
+            return schedule_batch(*args, **kwargs)
+
+        scheduler.schedule_batch = make_room_then_schedule
+        return self
+
+    def make_room_for_decoding(self):
+        """Evicts through the pool budget what the next token of every decoding
+        request lacks (and the headroom beyond), so that the scheduler leaves none
+        of them out. Prefilling requests have no scores yet; what they lack is
+        offload_requests' to find."""
+        cache = self.cache
+        if cache.engine is None:
+            return
+        wanted = sum(cache._pages_for(state.request_id, 1)
+                     for state in self.scheduler.active_requests.values()
+                     if state.status == RequestStatus.DECODING)
+        deficit = wanted - (cache.page_pool.free_pages - cache._promised_pages)
+        if deficit > 0 and self._evict(deficit) >= deficit:
+            self.budget_evictions += 1
+
+    def _evict(self, deficit):
+        """Runs the pool budget for `deficit` pages and the headroom; returns the
+        pages it freed. It evicts only from compressed requests: the others have no
+        scores."""
+        extra = int(self.headroom * self.cache.page_pool.num_pages)
+        freed = self.cache.engine.enforce_pool_budget(deficit + extra, self.floor_tokens,
+                                                      self.protect_recent)
+        self.pages_evicted += freed
+        self.cache.pool_evictions_this_step += 1
+        return freed
 
     def offload_requests(self):
         """True when it made room (the engine schedules again), False when nothing
@@ -39,6 +83,7 @@ class PoolPressure:
         starved = self.scheduler.starved_requests
         if not starved:
             return False
+        self.starved += len(starved)
         cache = self.cache
         wanted = sum(cache._pages_for(state.request_id, length) for state, length in starved)
         # Pages promised to the batch just scheduled are not free.
@@ -46,12 +91,7 @@ class PoolPressure:
         if deficit <= 0:
             return True
         if cache.engine is not None:  # none before the first step
-            # Evicts only from compressed requests: the others have no scores.
-            extra = int(self.headroom * cache.page_pool.num_pages)
-            freed = cache.engine.enforce_pool_budget(deficit + extra, self.floor_tokens,
-                                                     self.protect_recent)
-            self.pages_evicted += freed
-            cache.pool_evictions_this_step += 1
+            freed = self._evict(deficit)
             if freed >= deficit:
                 self.budget_evictions += 1
                 return True

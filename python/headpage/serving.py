@@ -323,7 +323,7 @@ class ServingManager(ContinuousBatchingManager):
         options = self._pressure_options
         processor.offloading_manager = PoolPressure(
             processor.cache, processor.offloading_manager.scheduler, processor=processor,
-            **options)
+            **options).install(processor.scheduler)
         self.pool_pressure = processor.offloading_manager
         return processor
 
