@@ -27,6 +27,10 @@ Each configuration runs in this process, one after another:
                         the same KV bytes, the floor
   NAME+eager            a headpage configuration with its decode steps launched
                         from Python, not replayed as CUDA graphs
+  NAME+compile          a configuration (headpage's or transformers') with the
+                        model compiled by torch.compile around the attention
+                        (transformers' default_compile_level=1); a few short
+                        requests compile it before the measured run
 For each: output tokens a second end to end and in the decode-only steps, running
 requests (peak, mean over time), TTFT and TPOT p50/p90, preemptions (headpage) or
 offloads and resets (transformers), seconds spent compressing, the decode
@@ -156,10 +160,12 @@ def percentiles(values, qs=(50, 90)):
 def engine_config(args, config, bytes_per_token):
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+    name, modes = config_modes(config)
     common = dict(max_batch_tokens=args.max_batch_tokens,
                   max_requests_per_batch=args.max_requests_per_batch, auto_switch_to_flash=False,
-                  use_async_batching=False, use_cuda_graph=False, max_memory_percent=None)
-    if config == "transformers":
+                  use_async_batching=False, use_cuda_graph=False, max_memory_percent=None,
+                  default_compile_level=int("compile" in modes))
+    if name == "transformers":
         page = args.transformers_page_size
         blocks = int(args.kv_gib * (1 << 30) // (bytes_per_token * page))
         return ContinuousBatchingConfig(page_size=page, num_blocks=blocks,
@@ -168,14 +174,24 @@ def engine_config(args, config, bytes_per_token):
                                     allow_block_sharing=False, **common)
 
 
+def config_modes(config):
+    """(name, modes) of NAME[+MODE...]: the modes a set of "eager" and "compile"."""
+    name, *modes = config.split("+")
+    unknown = set(modes) - {"eager", "compile"}
+    if unknown:
+        raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
+                         "(the modes are +eager and +compile)")
+    if name == "transformers" and "eager" in modes:
+        raise SystemExit(f"configuration '{config}': +eager is for headpage's graphs")
+    return name, set(modes)
+
+
 def parse_config(config):
     """(policy, budget, cuda_graphs) of a headpage configuration name: full,
     pool-pressure or POLICY:BUDGET, with "+eager" for decode steps without CUDA
-    graphs."""
-    config, _, mode = config.partition("+")
-    if mode not in ("", "eager"):
-        raise SystemExit(f"configuration '{config}+{mode}': the only mode is +eager")
-    return _policy_of(config) + (mode != "eager",)
+    graphs (and "+compile", which engine_config reads)."""
+    name, modes = config_modes(config)
+    return _policy_of(name) + ("eager" not in modes,)
 
 
 def _policy_of(config):
@@ -199,9 +215,24 @@ def _evicts(config):
     every prompt whole)."""
     import headpage
 
-    if config in ("transformers", "pool-pressure"):
+    name = config_modes(config)[0]
+    if name in ("transformers", "pool-pressure"):
         return False
-    return headpage.policy_by_name(_policy_of(config.partition("+")[0])[0]).compresses
+    return headpage.policy_by_name(_policy_of(name)[0]).compresses
+
+
+def warm_up(manager, args):
+    """Serves a few short requests before the measured run, so that torch.compile
+    compiles the forward there (as a server would at its start): prefill chunks
+    and decode steps of one and of several requests. Returns its seconds."""
+    began = time.perf_counter()
+    lengths = [(96, 6), (64, 2), (32, 12)]  # (prompt, new tokens): the last decodes alone
+    ids = [manager.add_request([7] * prompt, max_new_tokens=new) for prompt, new in lengths]
+    for _ in ids:
+        result = manager.get_result(timeout=args.timeout)
+        if result is None or result.error:
+            raise RuntimeError(f"warm-up failed: {result.error if result else 'no result'}")
+    return time.perf_counter() - began
 
 
 def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, roofline):
@@ -210,7 +241,8 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
 
     page_bytes = bytes_per_token // (shape.num_layers * shape.num_kv_heads) * args.page_size
     num_pages = int(args.kv_gib * (1 << 30) // page_bytes)
-    if config == "transformers":
+    name, modes = config_modes(config)
+    if name == "transformers":
         if "init_continuous_batching" in vars(model):
             del model.init_continuous_batching  # transformers' own method again
         model.set_attn_implementation("sdpa")
@@ -232,8 +264,9 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
     processor = manager.batch_processor
     if args.profile and config == args.profile.split(":")[0]:
         profile_steps(processor, args.profile)
+    warm_up_seconds = warm_up(manager, args) if "compile" in modes else 0.0
     resets = [0]
-    if config == "transformers":
+    if name == "transformers":
         kv_bytes = processor.cache.num_sectors * processor.cache.bytes_per_sector
         free_blocks = processor.cache.free_blocks
 
@@ -245,6 +278,7 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
     else:
         cache = manager.serving_cache
         cache.record_steps = True
+        cache.compress_seconds = 0.0  # the warm-up's are not the run's
         kv_bytes = cache.page_pool.num_pages * page_bytes
     if torch.cuda.is_available() and model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
@@ -283,8 +317,9 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
                kv_bytes=kv_bytes, running_peak=max(running, default=0),
                running_mean=float(np.mean(running)) if running else 0.0,
                ttft=percentiles(ttft), tpot=percentiles(tpot),
-               series=[(t - began, n) for t, n in sampler.samples])
-    if config == "transformers":
+               series=[(t - began, n) for t, n in sampler.samples],
+               warm_up_seconds=warm_up_seconds)
+    if name == "transformers":
         row.update(offloads_or_resets=resets[0])
         return row
     row.update(step_summary(cache.steps, roofline, bytes_per_token, shape, began))

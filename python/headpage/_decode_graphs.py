@@ -91,7 +91,9 @@ class DecodeGraphs:
         carry_over_ids, prev_output_ids, output_ids = self.io.get_cb_kwargs()
         stream = self.io.compute_stream
         args = (model, wide, carry_over_ids, prev_output_ids, output_ids)
-        forward = self.runner._forward_process_and_sample
+        # The function transformers' eager steps run: compiled, with a compile config.
+        forward = (getattr(self.runner, "_compiled_varlen", None)
+                   or self.runner._forward_process_and_sample)
         with torch.cuda.stream(stream):
             key = cache.prepare_graph_step(rows)
             if key[2] != self._generation:

@@ -43,6 +43,7 @@ their prompt's pages.
 import threading
 import types
 
+import torch
 from transformers import AttentionInterface
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import continuous_api
@@ -133,6 +134,10 @@ def check_engine():
             + "; ".join(changes))
 
 
+# torch.compile (transformers' compile configs) compiles the model around it: the
+# attention reads the step's Python state, so it is a graph break, as transformers'
+# own paged attention is.
+@torch.compiler.disable
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cache=None,
                **kwargs):
     if not isinstance(cache, ServingCache):
@@ -150,19 +155,20 @@ _building = threading.Lock()
 
 def _settle_engine_config(config):
     """Turns off, in transformers' ContinuousBatchingConfig, what headpage's cache
-    does not support, and refuses it when asked for (ValueError): CUDA graphs,
-    compilation and their padding (the attention reads per-step Python state),
-    asynchronous batching (one step's bookkeeping at a time), CPU offloading (the
-    pool budget and preemption take its place), prefix sharing (docs/serving.md).
-    headpage captures its own decode graphs (enable(cuda_graphs=True))."""
+    does not support, and refuses it when asked for (ValueError): transformers' CUDA
+    graphs and their padding (the attention reads per-step Python state; headpage
+    captures its own decode graphs: enable(cuda_graphs=True)), the decode fast
+    path's compile config (headpage's steps take the varlen path), asynchronous
+    batching (one step's bookkeeping at a time), CPU offloading (the pool budget and
+    preemption take its place), prefix sharing (docs/serving.md). Compilation of
+    the varlen path (default_compile_level, varlen_compile_config) is supported:
+    the model is compiled around headpage's attention."""
     graphs = config.use_cuda_graph
     asked = {
         "use_cuda_graph": graphs is True or (isinstance(graphs, tuple) and any(graphs)),
         "use_async_batching": config.use_async_batching is True,
         "cpu_offload_space": (config.cpu_offload_space or 0) > 0,
-        "varlen_compile_config": config.varlen_compile_config is not None,
         "decode_compile_config": config.decode_compile_config is not None,
-        "default_compile_level": (config.default_compile_level or 0) > 0,
     }
     refused = [name for name, on in asked.items() if on]
     if refused:
@@ -199,8 +205,9 @@ class ServingManager(ContinuousBatchingManager):
         pages_freed_by_compression, skipped (prompts left whole),
         decode_compressions and decode_pages_freed (compressions during decode,
         enable(compress_every=)), compress_seconds,
-        pool_budget_evictions, pages_evicted_by_pool_budget, preemptions, failures
-        (requests the pool could never hold). Safe from any thread; the pool's
+        pool_budget_evictions, pages_evicted_by_pool_budget, starved (running
+        requests the scheduler left out of a batch for want of pages), preemptions,
+        failures (requests the pool could never hold). Safe from any thread; the pool's
         figures are as of the engine's last step or freed request.""" 
         cache, pressure = self.serving_cache, self.pool_pressure
         num_pages = self._cache_options["num_pages"]
@@ -221,6 +228,7 @@ class ServingManager(ContinuousBatchingManager):
                     compress_seconds=cache.compress_seconds if cache is not None else 0.0,
                     pool_budget_evictions=pressure.budget_evictions if pressure else 0,
                     pages_evicted_by_pool_budget=pressure.pages_evicted if pressure else 0,
+                    starved=pressure.starved if pressure else 0,
                     preemptions=pressure.preemptions if pressure else 0,
                     failures=pressure.failures if pressure else 0)
 
@@ -317,6 +325,9 @@ class ServingManager(ContinuousBatchingManager):
             finally:
                 continuous_api.PagedAttentionCache = original
         self.serving_cache = processor.cache
+        # transformers pads a compiled step's tokens to fixed sizes; headpage's
+        # attention takes the batch as scheduled, and its graphs pad their own rows.
+        processor.model_runner.pad_inputs = False
         if processor.cache.graph_rows:
             self.decode_graphs = DecodeGraphs(processor.cache, processor.model_runner,
                                               processor.inputs_and_outputs).install()

@@ -18,14 +18,17 @@ def test_the_serving_benchmark_runs_every_configuration(tmp_path):
               "--output", "12", "--max-batch-tokens", "256"]
     assert bench_serving.main(common + [
         "--kv-gib", "0.002", "--transformers-page-size", "16",
-        "--configs", "full,ada-snapkv:50%,pool-pressure,transformers", "--out", str(out)]) == 0
+        "--configs", "full,ada-snapkv:50%,pool-pressure,transformers,full+compile", "--out", str(out)]) == 0
     rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"full", "ada-snapkv:50%", "pool-pressure", "transformers"}
+    assert set(rows) == {"full", "ada-snapkv:50%", "pool-pressure", "transformers",
+                         "full+compile"}
     for row in rows.values():
         assert row["requests"] == 6 and row["output_tokens"] == 6 * 12
         assert row["tokens_per_second"] > 0 and row["running_peak"] >= 1
     assert rows["ada-snapkv:50%"]["compressed"] == 6
     assert rows["full"]["compressed"] == 0 and rows["full"]["decode_steps"] > 0
+    # Only a compiled configuration warms up before its run.
+    assert rows["full+compile"]["warm_up_seconds"] > 0 and rows["full"]["warm_up_seconds"] == 0
     # The same KV bytes for headpage and transformers' own cache (transformers
     # rounds its pool to whole sectors).
     full = rows["full"]["kv_bytes"]
