@@ -67,14 +67,14 @@ def started(model, **generation):
     return manager
 
 
-def run_manager(model, prompts, max_new_tokens):
+def run_manager(model, prompts, max_new_tokens, config=None, timeout=300):
     generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(generation_config=generation,
-                                             continuous_batching_config=engine_config())
+                                             continuous_batching_config=config or engine_config())
     manager.start()
     try:
         ids = [manager.add_request(p) for p in prompts]
-        results = {r.request_id: r for r in (manager.get_result(timeout=300) for _ in ids)}
+        results = {r.request_id: r for r in (manager.get_result(timeout=timeout) for _ in ids)}
     finally:
         manager.stop(block=True)
     assert set(results) == set(ids)
@@ -388,15 +388,7 @@ def test_a_model_compiled_around_headpages_attention_gives_the_same_tokens(devic
                                         policy="ada-snapkv", budget="50%")
         config = engine_config()
         config.default_compile_level = level
-        generation = GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=-1)
-        manager = model.init_continuous_batching(generation_config=generation,
-                                                 continuous_batching_config=config)
-        manager.start()
-        try:
-            ids = [manager.add_request(p) for p in prompts]
-            results = {r.request_id: r for r in (manager.get_result(timeout=600) for _ in ids)}
-        finally:
-            manager.stop(block=True)
+        manager, results = run_manager(model, prompts, 10, config, timeout=600)
         runs[level] = {rid: list(r.generated_tokens) for rid, r in results.items()}
         assert manager.serving_cache.totals["compressed"] == 3
         # What dynamo compiled: nothing without a compile level.
