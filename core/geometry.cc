@@ -46,9 +46,9 @@ absl::Status Validate(const CacheGeometry& g) {
                                                    ") must be a multiple of num_kv_heads (",
                                                    g.num_kv_heads, ")"));
   }
-  if (g.head_dim <= 0 || g.head_dim > 1024) {
+  if (g.head_dim <= 0 || g.head_dim > kMaxHeadDim) {
     return absl::InvalidArgumentError(
-        absl::StrCat("head_dim must be in [1, 1024], got ", g.head_dim));
+        absl::StrCat("head_dim must be in [1, ", kMaxHeadDim, "], got ", g.head_dim));
   }
   if (SizeOf(g.dtype) == 0) {
     return absl::InvalidArgumentError(

@@ -16,6 +16,10 @@
 
 namespace headpage {
 
+// The largest head_dim a geometry (and the host references) take; the GPU
+// kernels take the subset kernels/supported.h lists.
+inline constexpr int32_t kMaxHeadDim = 1024;
+
 struct CacheGeometry {
   int32_t num_layers = 0;
   int32_t num_kv_heads = 0;

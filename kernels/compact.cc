@@ -108,6 +108,7 @@ namespace gpu {
 
 absl::Status Compact(const CompactArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "Compact"));
   // Before the early return: a checked call with no rows still resets its word.
   if (args.fault != nullptr) {
     HEADPAGE_RETURN_IF_ERROR(CheckCompactOnDevice(PlanOf(args), args.num_rows,

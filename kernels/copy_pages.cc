@@ -64,6 +64,7 @@ namespace gpu {
 
 absl::Status CopyPages(const CopyPagesArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "CopyPages"));
   if (args.num_copies == 0) return absl::OkStatus();
   return LaunchStatus(internal::LaunchCopyPages(args, stream), "CopyPages", args.cache.dtype,
                       args.cache.head_dim);

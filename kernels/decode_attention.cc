@@ -183,6 +183,7 @@ namespace gpu {
 
 absl::Status DecodeAttention(const DecodeAttentionArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "DecodeAttention"));
   // Before the early return: a checked call with no rows still resets its word.
   if (args.fault != nullptr) {
     HEADPAGE_RETURN_IF_ERROR(CheckTablesOnDevice(

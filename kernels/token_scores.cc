@@ -151,6 +151,7 @@ namespace gpu {
 
 absl::Status TokenScores(const TokenScoresArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "TokenScores"));
   if (args.num_streams == 0 || args.max_len == 0) return absl::OkStatus();
   return LaunchStatus(internal::LaunchTokenScores(args, stream), "TokenScores", args.cache.dtype,
                       args.cache.head_dim);

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/geometry.h"
 #include "kernels/supported.h"
 #include "kernels/table_checks_host.h"
 
@@ -30,10 +31,18 @@ absl::Status ValidatePagedKV(const PagedKV& cache, const char* op) {
     return absl::InvalidArgumentError(
         absl::StrCat(op, ": unknown dtype value ", static_cast<int>(cache.dtype)));
   }
+  if (cache.head_dim <= 0 || cache.head_dim > kMaxHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": head_dim ", cache.head_dim,
+                                                   " is outside [1, ", kMaxHeadDim, "]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateGpuHeadDim(const PagedKV& cache, const char* op) {
   if (!IsSupportedHeadDim(cache.head_dim)) {
-    return absl::UnimplementedError(absl::StrCat(op, ": head_dim ", cache.head_dim,
-                                                 " is not compiled in; supported: ",
-                                                 absl::StrJoin(kSupportedHeadDims, ", ")));
+    return absl::UnimplementedError(absl::StrCat(
+        op, ": head_dim ", cache.head_dim, " is not compiled into the GPU kernels (they take ",
+        absl::StrJoin(kSupportedHeadDims, ", "), "); the host reference takes any head_dim"));
   }
   return absl::OkStatus();
 }

@@ -22,9 +22,14 @@ inline bool IsKernelAligned(const void* p) {
 }
 
 // InvalidArgument for null pointers, misaligned data (kKernelAlignment),
-// non-positive sizes or an unknown dtype; Unimplemented for a head_dim outside
-// kSupportedHeadDims.
+// non-positive sizes or an unknown dtype. Any head_dim the geometry allows
+// (1 to 1024): the host references loop over it.
 [[nodiscard]] absl::Status ValidatePagedKV(const PagedKV& cache, const char* op);
+
+// What a gpu:: entry checks beyond ValidatePagedKV: its kernels are compiled
+// for kSupportedHeadDims only. Unimplemented naming them, and that the host
+// reference takes the rest, otherwise.
+[[nodiscard]] absl::Status ValidateGpuHeadDim(const PagedKV& cache, const char* op);
 
 // What a ref:: implementation checks before it reads through CSR block tables
 // (host arrays): for each of `num_streams` streams, table_checks.h's checks

@@ -202,6 +202,7 @@ namespace gpu {
 
 absl::Status WindowScores(const WindowScoresArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "WindowScores"));
   HEADPAGE_RETURN_IF_ERROR(ValidateWindowScoresWorkspace(args));
   if (args.num_seqs == 0 || args.max_len == 0) return absl::OkStatus();
   return LaunchStatus(internal::LaunchWindowScores(args, stream), "WindowScores",

@@ -70,6 +70,7 @@ namespace gpu {
 
 absl::Status WriteKV(const WriteKVArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "WriteKV"));
   if (args.num_tokens == 0) return absl::OkStatus();
   return LaunchStatus(internal::LaunchWriteKV(args, stream), "WriteKV", args.cache.dtype,
                       args.cache.head_dim);

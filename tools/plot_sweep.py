@@ -57,7 +57,9 @@ def main(argv):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"headpage sweep: {', '.join(traces)}", fontsize=10)
+    # The query set the metrics are over (a CSV from before query_set: unnamed).
+    sets = sorted({r.get("query_set") or "?" for r in rows})
+    fig.suptitle(f"headpage sweep: {', '.join(traces)}; queries: {', '.join(sets)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(argv[2], dpi=110)
     return 0

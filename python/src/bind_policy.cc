@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "eviction/cuda_executor.h"
 #include "policy/config.h"
+#include "policy/options.h"
 #include "python/src/bind.h"
 
 namespace headpage::bindings {
@@ -116,14 +117,46 @@ void DefPolicy(nb::module_& m) {
           "runs_on_gpu", [](const PolicyConfig& c) { return CudaExecutor::Supports(c).ok(); },
           "Whether an EvictionEngine over a CudaArena runs this policy on the GPU.")
       .def("validate", [](const PolicyConfig& c) { ThrowIfError(Validate(c)); })
+      .def_prop_ro(
+          "options",
+          [](const PolicyConfig& c) {
+            nb::dict out;
+            for (const auto& [key, value] : PolicyOptionValues(c)) out[key.c_str()] = value;
+            return out;
+          },
+          "Every policy option's value as policy_by_name takes it (text), for a results row.")
       .def("__repr__", [](const PolicyConfig& c) {
         return absl::StrCat("PolicyConfig(name='", c.name, "', scorer=", NameOf(c.scorer, kScorers),
                             ", allocator=", NameOf(c.allocator, kAllocators), ", window=", c.window,
                             ", sinks=", c.sinks, ")");
       });
   m.def(
-      "policy_by_name", [](const std::string& name) { return ValueOrThrow(PolicyByName(name)); },
-      nb::arg("name"), "The named policy, with the papers' defaults (see policy_names()).");
+      "policy_by_name",
+      [](const std::string& name, const nb::kwargs& options) {
+        PolicyOptions parsed;
+        for (const auto& [key, value] : options) {
+          const std::string k = nb::cast<std::string>(key);
+          // Numbers and names alike go through the option's own parser, so that
+          // Python and the command line refuse the same values the same way.
+          if (!nb::isinstance<nb::str>(value) && !nb::isinstance<nb::int_>(value) &&
+              !nb::isinstance<nb::float_>(value)) {
+            throw nb::type_error(absl::StrCat("policy option ", k, ": want a number or a name, got ",
+                                              nb::type_name(value.type()).c_str())
+                                     .c_str());
+          }
+          if (nb::isinstance<nb::bool_>(value)) {
+            throw nb::type_error(absl::StrCat("policy option ", k, ": want a number or a name, got bool")
+                                     .c_str());
+          }
+          ThrowIfError(SetPolicyOption(k, nb::str(value).c_str(), &parsed));
+        }
+        return ValueOrThrow(PolicyByName(name, parsed));
+      },
+      nb::arg("name"), nb::arg("options"),
+      "The named policy, with the papers' defaults (see policy_names()), and any of the options "
+      "window, kernel, pooling ('avg', 'max', 'none'), reduce ('mean', 'max'), alpha, floor "
+      "('scaled', 'protect-top'), beta, threshold, sinks replacing its values (ValueError for a "
+      "value out of range).");
   m.def("policy_names", &PolicyNames, "The names policy_by_name knows, in the registry's order.");
   m.def(
       "budget_capacity",

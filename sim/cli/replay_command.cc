@@ -8,9 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "policy/options.h"
 #include "sim/cli/command.h"
 #include "sim/eval/replay.h"
 #include "sim/eval/sweep.h"
@@ -28,27 +30,37 @@ std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view form
     for (size_t i = 0; i < rows.size(); ++i) {
       const SweepRow& r = rows[i];
       const ReplayMetrics& m = r.metrics;
+      std::string options;
+      for (const auto& [key, value] : r.options) {
+        // Every option's text is a number or a bare word: numbers stay numbers.
+        double number = 0;
+        const bool numeric = absl::SimpleAtod(value, &number);
+        absl::StrAppend(&options, "\"", key, "\": ", numeric ? value : absl::StrCat("\"", value, "\""),
+                        ", ");
+      }
       absl::StrAppendFormat(
           &out,
           "  {\"trace\": \"%s\", \"policy\": \"%s\", \"budget\": \"%s\", \"page_size\": %d, "
+          "\"query_set\": \"%s\", %s"
           "\"layer\": %s, \"mean_l1_error\": %.9g, \"mean_rel_l2_error\": %.9g, "
           "\"mean_lost_mass\": %.9g, \"bound\": %.9g, \"topk_recall\": %.9g, \"kept_tokens\": %d, "
-          "\"kept_pages\": %d, \"fragmentation\": %d, \"full_tokens\": %d}%s\n",
-          r.trace, r.policy, r.budget, r.page_size,
+          "\"kept_pages\": %d, \"fragmentation\": %d, \"full_tokens\": %d, \"queries\": %d}%s\n",
+          r.trace, r.policy, r.budget, r.page_size, r.query_set, options,
           m.layer < 0 ? std::string("\"all\"") : absl::StrCat(m.layer), m.mean_l1_error,
           m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall, m.kept_tokens,
-          m.kept_pages, m.fragmentation, m.full_tokens, i + 1 < rows.size() ? "," : "");
+          m.kept_pages, m.fragmentation, m.full_tokens, m.queries, i + 1 < rows.size() ? "," : "");
     }
     return out + "]\n";
   }
-  std::string out = absl::StrFormat("%-22s %-15s %-7s %5s %5s %10s %10s %10s %10s %7s %9s %8s %6s\n",
-                                    "trace", "policy", "budget", "page", "layer", "l1_error",
-                                    "rel_l2", "lost_mass", "bound", "recall", "kept_tok", "pages",
-                                    "frag");
+  std::string out = absl::StrFormat(
+      "%-22s %-15s %-7s %5s %-9s %5s %10s %10s %10s %10s %7s %9s %8s %6s\n", "trace", "policy",
+      "budget", "page", "queries", "layer", "l1_error", "rel_l2", "lost_mass", "bound", "recall",
+      "kept_tok", "pages", "frag");
   for (const SweepRow& r : rows) {
     const ReplayMetrics& m = r.metrics;
-    absl::StrAppendFormat(&out, "%-22s %-15s %-7s %5d %5s %10.4g %10.4g %10.4g %10.4g %7.3f %9d %8d %6d\n",
-                          r.trace, r.policy, r.budget, r.page_size,
+    absl::StrAppendFormat(&out,
+                          "%-22s %-15s %-7s %5d %-9s %5s %10.4g %10.4g %10.4g %10.4g %7.3f %9d %8d %6d\n",
+                          r.trace, r.policy, r.budget, r.page_size, r.query_set,
                           m.layer < 0 ? std::string("all") : absl::StrCat(m.layer), m.mean_l1_error,
                           m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall,
                           m.kept_tokens, m.kept_pages, m.fragmentation);
@@ -56,10 +68,26 @@ std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view form
   return out;
 }
 
+// The options of policy/options.h; each replaces one field of every policy
+// named, and the rest keep the papers' defaults.
+#define POLICY_OPTIONS_HELP                                                                  \
+  "\nPolicy options (every CSV and JSON row records the values a policy ran with):\n"       \
+  "  --window W        observation window: the last W tokens, observed and kept (SnapKV\n"  \
+  "                    family 32, dbudget 8, tova 1); the query sets' window follows it\n"   \
+  "  --kernel K        SnapKV's pooling kernel, odd (7; 1 pools nothing)\n"                 \
+  "  --pooling P       avg, max (SnapKV's LongBench default) or none\n"                     \
+  "  --reduce R        a GQA group's query heads: mean (Ada-KV's default) or max\n"         \
+  "  --alpha A         Ada-KV's floor share, in [0, 1] (0.2)\n"                             \
+  "  --floor F         scaled (Ada-KV's paper and code) or protect-top (kvpress)\n"         \
+  "  --beta B          PyramidKV's beta, > 0 (20)\n"                                        \
+  "  --threshold T     DBudgetKV's threshold, >= 0 (0.05)\n"                                \
+  "  --sinks S         attention sinks kept whatever their score (streamingllm 4, else 0)\n"
+
 constexpr char kReplayUsage[] =
     "usage: headpage replay --trace FILE --policy P --budget B [--page-size N]\n"
     "                       [--format table|csv|json] [--threads N] [--queries Q]\n"
     "                       [--decode-interval N --decode-target T [--decode-window W]]\n"
+    "                       [POLICY OPTIONS]\n"
     "\n"
     "Compresses the trace's prompt with policy P at budget B (tokens per KV head, window\n"
     "included, e.g. 128, or a share of the prompt, e.g. 20%), appends the generated\n"
@@ -69,27 +97,33 @@ constexpr char kReplayUsage[] =
     "ada-snapkv, ada-pyramid, dbudget, h2o, streamingllm, tova, knorm, random.\n"
     "--decode-interval N compresses again every N generated tokens to T tokens per head,\n"
     "scoring with the last W generated queries (default 32), as kvpress's DecodingPress.\n"
-    "--queries all|window|generated measures every later query (default), only the\n"
-    "observation window that scored the prompt (where Ada-KV's theorem applies), or only\n"
-    "the generated tokens'.\n";
+    "--queries later|window|generated|all: which queries are measured. later (the default)\n"
+    "is what attends after the compression: the last 32 prompt queries (the observation\n"
+    "window the SnapKV family scores with; --window changes it) and every generated token's.\n"
+    "window and generated are its two parts; all adds the prompt queries before the window,\n"
+    "which ran during the prefill and never attend to the compressed cache. Every result\n"
+    "row names its set (query_set).\n"
+    POLICY_OPTIONS_HELP;
 
 constexpr char kSweepUsage[] =
     "usage: headpage sweep --trace FILE [--trace FILE...] --policies P1,P2 --budgets B1,B2\n"
     "                      [--page-size N[,N...]] [--out results.csv] [--plot plot.png]\n"
-    "                      [--threads N] [--queries all|window|generated]\n"
-    "                      [--decode-interval N --decode-target T]\n"
+    "                      [--threads N] [--queries later|window|generated|all]\n"
+    "                      [--decode-interval N --decode-target T] [POLICY OPTIONS]\n"
     "\n"
     "Replays every trace x policy x budget x page size on all cores (the same numbers for\n"
     "any thread count), prints the rows of layer 'all', writes every row as CSV with\n"
     "--out, and with --plot draws error and lost mass against budget, one line per policy\n"
-    "(tools/plot_sweep.py, matplotlib). Ctrl-C stops it between configurations.\n";
+    "(tools/plot_sweep.py, matplotlib). Ctrl-C stops it between configurations.\n"
+    "--queries as for replay (default later: the window and the generated tokens' queries).\n"
+    POLICY_OPTIONS_HELP;
 
 int RunReplayOrSweep(int argc, char** argv, bool sweep) {
   const char* command = sweep ? "sweep" : "replay";
   const char* usage = sweep ? kSweepUsage : kReplayUsage;
   SweepSpec spec;
   std::string format = "table", out_path, plot_path, budgets, policies, page_sizes = "16";
-  std::string queries = "all";
+  std::string queries = "later";
   FlagSet flags;
   flags.TextList("trace", &spec.traces);
   flags.Text(sweep ? "policies" : "policy", &policies);
@@ -102,14 +136,23 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
     flags.Choice("format", {"table", "csv", "json"}, &format);
   }
   flags.Int("threads", &spec.threads, /*min=*/0);
-  flags.Choice("queries", {"all", "window", "generated"}, &queries);
+  flags.Choice("queries", {"later", "window", "generated", "all"}, &queries);
+  std::vector<std::string> option_text(PolicyOptionNames().size());
+  for (size_t i = 0; i < option_text.size(); ++i) flags.Text(PolicyOptionNames()[i], &option_text[i]);
   flags.Int("decode-interval", &spec.replay.decode.interval, /*min=*/0);
   flags.Int("decode-target", &spec.replay.decode.target, /*min=*/0);
   flags.Int("decode-window", &spec.replay.decode.window, /*min=*/0);
   if (const std::optional<int> exit = ParseFlags(flags, argc, argv, command, usage)) return *exit;
-  spec.replay.queries = queries == "window"      ? ReplayOptions::Queries::kWindow
-                        : queries == "generated" ? ReplayOptions::Queries::kGenerated
-                                                 : ReplayOptions::Queries::kAll;
+  spec.replay.queries = *QueriesByName(queries);  // one of the choices above
+  for (size_t i = 0; i < option_text.size(); ++i) {
+    if (option_text[i].empty()) continue;
+    const absl::Status set = SetPolicyOption(PolicyOptionNames()[i], option_text[i], &spec.options);
+    if (!set.ok()) return UsageError(command, set.message(), usage);
+  }
+  // The query sets' window follows the policies' observation window.
+  if (spec.options.window && *spec.options.window > 0) {
+    spec.replay.measured_window = *spec.options.window;
+  }
   if (spec.replay.decode.interval > 0 && spec.replay.decode.target < 1) {
     return UsageError(command, "--decode-interval needs --decode-target (tokens per head)", usage);
   }
@@ -131,9 +174,8 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
   if (!ps.ok()) return UsageError(command, ps.status().message(), usage);
   spec.page_sizes = *ps;
   for (const std::string& name : spec.policies) {
-    if (!PolicyByName(name).ok()) {
-      return UsageError(command, PolicyByName(name).status().message(), usage);
-    }
+    const absl::StatusOr<PolicyConfig> policy = PolicyByName(name, spec.options);
+    if (!policy.ok()) return UsageError(command, policy.status().message(), usage);
   }
 
   const std::atomic<bool>* interrupted = StopOnInterrupt();
@@ -158,19 +200,10 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
     ReplayOptions options = spec.replay;
     options.page_size = spec.page_sizes[0];
     options.threads = spec.threads;
-    absl::StatusOr<ReplayResult> result =
-        Replay(*trace, *PolicyByName(spec.policies[0]), spec.budgets[0], options);
+    const PolicyConfig policy = *PolicyByName(spec.policies[0], spec.options);  // checked above
+    absl::StatusOr<ReplayResult> result = Replay(*trace, policy, spec.budgets[0], options);
     if (!result.ok()) return Fail(command, result.status());
-    std::vector<SweepRow> replay_rows;
-    SweepRow row{spec.traces[0].substr(spec.traces[0].find_last_of('/') + 1), spec.policies[0],
-                 spec.budgets[0].ToString(), spec.page_sizes[0], {}};
-    for (const ReplayMetrics& m : result->layers) {
-      row.metrics = m;
-      replay_rows.push_back(row);
-    }
-    row.metrics = result->all;
-    replay_rows.push_back(row);
-    rows = std::move(replay_rows);
+    rows = ReplayRows(spec.traces[0], policy, spec.budgets[0], options, *result);
   }
   if (show_progress) std::fputc('\n', stderr);
   if (!rows.ok()) {

@@ -12,7 +12,6 @@
 #include "blockmgr/block_manager.h"
 #include "core/status.h"
 #include "kernels/gather_kv.h"
-#include "kernels/supported.h"
 #include "kernels/write_kv.h"
 #include "sim/parallel.h"
 
@@ -209,6 +208,26 @@ std::vector<char> TokenMajor(const TensorView& t, int32_t first, int32_t count) 
 
 }  // namespace
 
+const char* QueriesName(ReplayOptions::Queries queries) {
+  switch (queries) {
+    case ReplayOptions::Queries::kLater: return "later";
+    case ReplayOptions::Queries::kWindow: return "window";
+    case ReplayOptions::Queries::kGenerated: return "generated";
+    case ReplayOptions::Queries::kAll: return "all";
+  }
+  return "?";
+}
+
+absl::StatusOr<ReplayOptions::Queries> QueriesByName(absl::string_view name) {
+  for (const auto q : {ReplayOptions::Queries::kLater, ReplayOptions::Queries::kWindow,
+                       ReplayOptions::Queries::kGenerated, ReplayOptions::Queries::kAll}) {
+    if (name == QueriesName(q)) return q;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown query set '", name, "'; known: later (the window and the generated tokens'), "
+      "window, generated, all (every stored query, the prompt's before the window included)"));
+}
+
 absl::StatusOr<OutputCheck> CheckTraceOutputs(const Trace& trace) {
   const TraceMetadata& meta = trace.metadata();
   OutputCheck check;
@@ -249,16 +268,14 @@ absl::StatusOr<OutputCheck> CheckTraceOutputs(const Trace& trace) {
 absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& policy,
                                     const Budget& budget, const ReplayOptions& options) {
   HEADPAGE_RETURN_IF_ERROR(Validate(policy));
-  if (options.page_size < 1 || options.recall_k < 1 || options.threads < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("replay: page size ", options.page_size,
-                                                   ", recall k ", options.recall_k, ", threads ",
-                                                   options.threads, " must be positive"));
+  if (options.page_size < 1 || options.recall_k < 1 || options.threads < 0 ||
+      options.measured_window < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "replay: page size ", options.page_size, ", recall k ", options.recall_k,
+        ", measured window ", options.measured_window, " must be positive, threads ",
+        options.threads, " at least 0"));
   }
   const TraceMetadata& meta = trace.metadata();
-  if (!IsSupportedHeadDim(meta.head_dim)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("replay: head_dim ", meta.head_dim, " is not supported by the kernels"));
-  }
   // Rows are found in the first layer and used in every layer: the format lets
   // each layer store its own query positions, a replay needs them equal.
   const TraceLayer& first_layer = trace.layers()[0];
@@ -366,6 +383,9 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
     HEADPAGE_RETURN_IF_ERROR(engine.ObserveDecode(seq, policy, step, options.decode));
   }
 
+  // The window the query sets measure: the same rows whatever the policy observed.
+  const int32_t measured_rows = std::min(prompt_rows, options.measured_window);
+
   // Measure every query of every layer, layers spread over threads. Each layer's
   // sums are built by one call in a fixed order, so results do not depend on
   // the thread count.
@@ -377,11 +397,16 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
       const int32_t position = dense.query_positions[r];
       const int32_t snapshot = position < prompt ? 0 : position - prompt + 1;
       if (snapshot > generated) continue;
-      if (options.queries == ReplayOptions::Queries::kWindow &&
-          !(r >= prompt_rows - window_rows && r < prompt_rows)) {
-        continue;
+      const bool in_window = r >= prompt_rows - measured_rows && r < prompt_rows;
+      const bool is_generated = position >= prompt;
+      bool measured = true;
+      switch (options.queries) {
+        case ReplayOptions::Queries::kLater: measured = in_window || is_generated; break;
+        case ReplayOptions::Queries::kWindow: measured = in_window; break;
+        case ReplayOptions::Queries::kGenerated: measured = is_generated; break;
+        case ReplayOptions::Queries::kAll: break;
       }
-      if (options.queries == ReplayOptions::Queries::kGenerated && position < prompt) continue;
+      if (!measured) continue;
       for (int32_t qh = 0; qh < dense.q_heads; ++qh) {
         const int32_t h = qh / (dense.q_heads / heads);
         Measure(dense, qh, r, masks[snapshot][l].data() + static_cast<size_t>(h) * n,

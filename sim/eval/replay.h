@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "eviction/engine.h"
 #include "sim/trace/trace.h"
 
@@ -38,14 +39,27 @@ struct ReplayOptions {
   // Decode-time compression (kvpress's DecodingPress); interval 0 = never.
   DecodeSchedule decode;
   int32_t recall_k = 32;
-  // Which queries are measured: all of them, only the observation window that
-  // scored the prompt (where Ada-KV's theorem applies exactly), or only the
-  // generated tokens'.
-  enum class Queries : uint8_t { kAll, kWindow, kGenerated };
-  Queries queries = Queries::kAll;
+  // Which queries are measured. The default, kLater, is what runs after the
+  // compression: the observation window (the proxy the policies score with) and
+  // every generated token's query. kWindow and kGenerated are its two parts
+  // (on the window Ada-KV's theorem applies exactly). kAll adds the prompt
+  // queries before the window, which ran during the prefill and never attend
+  // to the compressed cache.
+  enum class Queries : uint8_t { kLater, kWindow, kGenerated, kAll };
+  Queries queries = Queries::kLater;
+  // The window the query sets measure: the last `measured_window` prompt
+  // queries the trace holds, the same rows for every policy of a run (the
+  // SnapKV family's default observation window).
+  int32_t measured_window = 32;
   // Threads for the attention measurements (0: all cores). Results do not depend on it.
   int32_t threads = 0;
 };
+
+// The query set's name on the command line and in results: later, window,
+// generated, all.
+const char* QueriesName(ReplayOptions::Queries queries);
+// The set called `name`; InvalidArgument naming the four.
+[[nodiscard]] absl::StatusOr<ReplayOptions::Queries> QueriesByName(absl::string_view name);
 
 // One layer's figures (layer = the model's layer index), or all layers (-1).
 struct ReplayMetrics {
@@ -80,8 +94,10 @@ struct OutputCheck {
 };
 [[nodiscard]] absl::StatusOr<OutputCheck> CheckTraceOutputs(const Trace& trace);
 
-// InvalidArgument for a bad policy, budget or page size, or a trace whose
-// head_dim the kernels do not support; errors of the engine pass through.
+// InvalidArgument for a bad policy, budget or page size; errors of the engine
+// pass through. Any head_dim the trace reader accepts replays: the host pool,
+// the host references and the policies take them all (the GPU kernels' own
+// list is kernels/supported.h).
 [[nodiscard]] absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& policy,
                                                   const Budget& budget,
                                                   const ReplayOptions& options = ReplayOptions());

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/status.h"
 #include "sim/parallel.h"
 
@@ -28,7 +29,7 @@ absl::StatusOr<std::vector<SweepRow>> RunSweep(const SweepSpec& spec, const Swee
   }
   std::vector<PolicyConfig> policies;
   for (const std::string& name : spec.policies) {
-    HEADPAGE_ASSIGN_OR_RETURN(PolicyConfig config, PolicyByName(name));
+    HEADPAGE_ASSIGN_OR_RETURN(PolicyConfig config, PolicyByName(name, spec.options));
     policies.push_back(std::move(config));
   }
   std::vector<std::unique_ptr<Trace>> traces;
@@ -70,34 +71,52 @@ absl::StatusOr<std::vector<SweepRow>> RunSweep(const SweepSpec& spec, const Swee
   std::vector<SweepRow> rows;
   for (size_t i = 0; i < configs.size(); ++i) {
     const Config& c = configs[i];
-    SweepRow row;
-    row.trace = BaseName(spec.traces[c.trace]);
-    row.policy = spec.policies[c.policy];
-    row.budget = spec.budgets[c.budget].ToString();
-    row.page_size = spec.page_sizes[c.page_size];
     if (!results[i].ok()) {
       return absl::Status(results[i].status().code(),
-                          absl::StrCat(row.trace, " / ", row.policy, " / ", row.budget, " / page ",
-                                       row.page_size, ": ", results[i].status().message()));
+                          absl::StrCat(BaseName(spec.traces[c.trace]), " / ", spec.policies[c.policy],
+                                       " / ", spec.budgets[c.budget].ToString(), " / page ",
+                                       spec.page_sizes[c.page_size], ": ",
+                                       results[i].status().message()));
     }
-    for (const ReplayMetrics& m : results[i]->layers) {
-      row.metrics = m;
-      rows.push_back(row);
-    }
-    row.metrics = results[i]->all;
-    rows.push_back(row);
+    ReplayOptions options = spec.replay;
+    options.page_size = spec.page_sizes[c.page_size];
+    std::vector<SweepRow> replay_rows = ReplayRows(spec.traces[c.trace], policies[c.policy],
+                                                   spec.budgets[c.budget], options, *results[i]);
+    rows.insert(rows.end(), replay_rows.begin(), replay_rows.end());
   }
   return rows;
 }
 
+std::vector<SweepRow> ReplayRows(const std::string& trace_path, const PolicyConfig& policy,
+                                 const Budget& budget, const ReplayOptions& options,
+                                 const ReplayResult& result) {
+  SweepRow row;
+  row.trace = BaseName(trace_path);
+  row.policy = policy.name;
+  row.budget = budget.ToString();
+  row.page_size = options.page_size;
+  row.query_set = QueriesName(options.queries);
+  row.options = PolicyOptionValues(policy);
+  std::vector<SweepRow> rows;
+  for (const ReplayMetrics& m : result.layers) {
+    row.metrics = m;
+    rows.push_back(row);
+  }
+  row.metrics = result.all;
+  rows.push_back(row);
+  return rows;
+}
+
 std::string SweepCsv(const std::vector<SweepRow>& rows) {
-  std::string out =
-      "trace,policy,budget,page_size,layer,mean_l1_error,mean_rel_l2_error,mean_lost_mass,bound,"
-      "topk_recall,kept_tokens,kept_pages,fragmentation,full_tokens,queries\n";
+  std::string out = absl::StrCat(
+      "trace,policy,budget,page_size,query_set,", absl::StrJoin(PolicyOptionNames(), ","),
+      ",layer,mean_l1_error,mean_rel_l2_error,mean_lost_mass,bound,"
+      "topk_recall,kept_tokens,kept_pages,fragmentation,full_tokens,queries\n");
   for (const SweepRow& r : rows) {
     const ReplayMetrics& m = r.metrics;
-    absl::StrAppendFormat(&out, "%s,%s,%s,%d,%s,%.9g,%.9g,%.9g,%.9g,%.9g,%d,%d,%d,%d,%d\n", r.trace,
-                          r.policy, r.budget, r.page_size,
+    absl::StrAppend(&out, r.trace, ",", r.policy, ",", r.budget, ",", r.page_size, ",", r.query_set);
+    for (const auto& option : r.options) absl::StrAppend(&out, ",", option.second);
+    absl::StrAppendFormat(&out, ",%s,%.9g,%.9g,%.9g,%.9g,%.9g,%d,%d,%d,%d,%d\n",
                           m.layer < 0 ? std::string("all") : absl::StrCat(m.layer), m.mean_l1_error,
                           m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall,
                           m.kept_tokens, m.kept_pages, m.fragmentation, m.full_tokens, m.queries);

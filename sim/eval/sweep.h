@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "policy/options.h"
 #include "sim/eval/replay.h"
 #include "sim/trace/trace.h"
 
@@ -26,8 +27,9 @@ struct SweepSpec {
   std::vector<std::string> policies;  // PolicyByName names
   std::vector<Budget> budgets;
   std::vector<int32_t> page_sizes{16};
-  ReplayOptions replay;  // page_size and threads are set per configuration
-  int32_t threads = 0;   // 0: all cores
+  PolicyOptions options;  // applied to every policy of the sweep (policy/options.h)
+  ReplayOptions replay;   // page_size and threads are set per configuration
+  int32_t threads = 0;    // 0: all cores
 };
 
 struct SweepRow {
@@ -35,8 +37,17 @@ struct SweepRow {
   std::string policy;
   std::string budget;
   int32_t page_size = 0;
+  std::string query_set;  // QueriesName of the set the metrics are over
+  // The policy's options as it ran (PolicyOptionValues), so that a row says
+  // how it was made.
+  std::vector<std::pair<std::string, std::string>> options;
   ReplayMetrics metrics;  // metrics.layer == -1: the "all" row
 };
+
+// The rows of one replay (its layers, then "all"), named as a sweep names them.
+std::vector<SweepRow> ReplayRows(const std::string& trace_path, const PolicyConfig& policy,
+                                 const Budget& budget, const ReplayOptions& options,
+                                 const ReplayResult& result);
 
 // Called after each configuration with (done, total); from worker threads, one
 // call at a time.
@@ -50,7 +61,9 @@ using SweepProgress = std::function<void(int64_t done, int64_t total)>;
                                                              const std::atomic<bool>* cancel = nullptr);
 
 // The CSV the `sweep` command writes: a header line, then one line per row,
-// layer "all" for the whole-model rows.
+// layer "all" for the whole-model rows. The columns: trace, policy, budget,
+// page_size, query_set, the policy options (window ... sinks), layer, then
+// the metrics.
 std::string SweepCsv(const std::vector<SweepRow>& rows);
 
 // How concentrated a layer's attention is: for the last prompt query of each q

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/geometry.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
 
@@ -18,7 +19,6 @@ namespace {
 
 constexpr int64_t kMaxLayers = 4096;
 constexpr int64_t kMaxHeads = 1 << 16;
-constexpr int64_t kMaxHeadDim = 1024;
 constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
 
 constexpr char kFormat[] = "headpage-trace";
@@ -172,7 +172,8 @@ absl::StatusOr<TraceMetadata> ParseMetadata(const Json& header) {
   HEADPAGE_ASSIGN_OR_RETURN(m.num_layers, meta.Int("num_layers", 1, kMaxLayers));
   HEADPAGE_ASSIGN_OR_RETURN(m.num_q_heads, meta.Int("num_q_heads", 1, kMaxHeads));
   HEADPAGE_ASSIGN_OR_RETURN(m.num_kv_heads, meta.Int("num_kv_heads", 1, kMaxHeads));
-  HEADPAGE_ASSIGN_OR_RETURN(m.head_dim, meta.Int("head_dim", 1, kMaxHeadDim));
+  // Whatever a geometry takes (core/geometry.h), so that every trace replays.
+  HEADPAGE_ASSIGN_OR_RETURN(m.head_dim, meta.Int("head_dim", 1, headpage::kMaxHeadDim));
   HEADPAGE_ASSIGN_OR_RETURN(m.prompt_len, meta.Int("prompt_len", 1, kMaxInt32));
   HEADPAGE_ASSIGN_OR_RETURN(m.generated_len, meta.Int("generated_len", 0, kMaxInt32));
   if (m.num_q_heads % m.num_kv_heads != 0) {

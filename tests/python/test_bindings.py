@@ -320,6 +320,28 @@ def test_policies_and_budgets():
     assert hp.budget_capacity(0.5, 100) == 50
 
 
+def test_policy_options_replace_the_registrys_values_and_bad_ones_are_refused():
+    ada = hp.policy_by_name("ada-snapkv", window=64, kernel=5, pooling="avg", reduce="max",
+                            alpha=0.3, floor="protect-top", sinks=2)
+    assert ada.window == 64 and ada.snapkv_kernel_size == 5 and ada.ada_alpha == 0.3
+    assert ada.options == dict(window="64", kernel="5", pooling="avg", reduce="max", alpha="0.3",
+                               floor="protect-top", beta="20", threshold="0.05", sinks="2")
+    assert hp.policy_by_name("pyramid", beta=10).pyramid_beta == 10
+    assert hp.policy_by_name("dbudget", threshold=0.01).dbudget_threshold == 0.01
+    assert hp.policy_by_name("ada-snapkv").options["window"] == "32"  # the defaults stay
+    for options, error, match in [
+            (dict(kernel=4), ValueError, "policy ada-snapkv: pooling kernel 4 must be odd"),
+            (dict(alpha=1.5), ValueError, r"alpha 1.5 is outside \[0, 1\]"),
+            (dict(pooling="mean"), ValueError, "want one of avg, max, none"),
+            (dict(window=3.5), ValueError, "want a whole number"),
+            (dict(window=2**40), ValueError, "want a whole number"),
+            (dict(kernal=3), ValueError, "unknown policy option 'kernal'"),
+            (dict(window=True), TypeError, "got bool"),
+            (dict(window=[64]), TypeError, "got list")]:
+        with pytest.raises(error, match=match):
+            hp.policy_by_name("ada-snapkv", **options)
+
+
 def test_bad_arguments_raise_clear_exceptions(small):
     g, pool, arena, manager = small
     with pytest.raises(ValueError, match="page_size"):
