@@ -80,8 +80,12 @@ TEST_CASE("gpu::WriteKV: no tokens launches nothing; bad arguments are errors", 
   REQUIRE_OK(gpu::WriteKV(args, nullptr));
   args.num_tokens = 1;  // keys etc. are null
   REQUIRE_ERROR(gpu::WriteKV(args, nullptr), absl::StatusCode::kInvalidArgument, "null");
+  // A head_dim the kernels are not compiled for is refused even with nothing to
+  // write (the host reference takes it).
+  args.num_tokens = 0;
   args.cache.head_dim = 96;
-  REQUIRE_ERROR(gpu::WriteKV(args, nullptr), absl::StatusCode::kUnimplemented, "head_dim 96");
+  REQUIRE_ERROR(gpu::WriteKV(args, nullptr), absl::StatusCode::kUnimplemented,
+                "head_dim 96 is not compiled into the GPU kernels");
 }
 
 }  // namespace
