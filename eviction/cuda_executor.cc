@@ -29,6 +29,13 @@ absl::Status CudaExecutor::Supports(const PolicyConfig& config) {
         "(its sum over every prompt query is taken in chunks there, which only the mean "
         "commutes with); use reduce=mean or a host pool"));
   }
+  if (config.allocator == PolicyConfig::Allocator::kDBudget &&
+      config.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy ", config.name, ": DBudgetKV's Frobenius metric does not run on the GPU (it "
+        "needs every prompt query's attention row, prompt x prompt per q head, which no kernel "
+        "computes); use a host pool, or dbudget"));
+  }
   return absl::OkStatus();
 }
 

@@ -56,6 +56,59 @@ policy::GroupQueries LastQueryOf(const LayerQueries& q, const CacheGeometry& g, 
   return one;
 }
 
+// The last `count` queries of every q head (positions ascend), copied: the
+// observation window inside queries that hold the whole prompt.
+LayerQueries LastQueries(const LayerQueries& q, const CacheGeometry& g, int32_t count,
+                         std::vector<char>* storage) {
+  count = std::min(count, q.num_queries);
+  const size_t row = static_cast<size_t>(g.head_dim) * SizeOf(q.dtype);
+  storage->resize(row * count * g.num_q_heads);
+  for (int32_t head = 0; head < g.num_q_heads; ++head) {
+    std::memcpy(storage->data() + row * count * head,
+                static_cast<const char*>(q.data) +
+                    row * (static_cast<size_t>(head) * q.num_queries + q.num_queries - count),
+                row * count);
+  }
+  LayerQueries last = q;
+  last.data = storage->data();
+  last.positions = q.positions + (q.num_queries - count);
+  last.num_queries = count;
+  return last;
+}
+
+// DBudgetKV's kept counts for one layer: the last prompt token's attention norm
+// (the released code), or the Frobenius norm of every observed query's
+// attention rows (the paper).
+absl::StatusOr<std::vector<int32_t>> DBudgetCut(const PolicyConfig& config, const CacheGeometry& g,
+                                                const LayerQueries& q,
+                                                const std::vector<policy::StreamKeys>& keys,
+                                                absl::Span<const StreamScores> streams) {
+  const int32_t heads = g.num_kv_heads;
+  const bool frobenius = config.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius;
+  const int32_t rows_per_head = frobenius ? q.num_queries : 1;
+  std::vector<std::vector<float>> rows(heads);
+  std::vector<absl::Span<const float>> row_spans(heads);
+  std::vector<char> storage;
+  for (int32_t h = 0; h < heads; ++h) {
+    rows[h].resize(static_cast<size_t>(g.group_size()) * rows_per_head * keys[h].num_tokens);
+    if (frobenius) {
+      HEADPAGE_RETURN_IF_ERROR(
+          policy::QueryAttentionRows(keys[h], GroupOf(q, g, h), absl::MakeSpan(rows[h])));
+    } else {
+      HEADPAGE_RETURN_IF_ERROR(policy::LastQueryAttention(
+          keys[h], LastQueryOf(q, g, h, &storage), absl::MakeSpan(rows[h])));
+    }
+    row_spans[h] = rows[h];
+  }
+  if (frobenius) {
+    return policy::DBudgetFrobeniusKept(streams, row_spans,
+                                        absl::MakeConstSpan(q.positions, q.num_queries),
+                                        g.group_size(), config.dbudget_threshold);
+  }
+  return policy::DBudgetKept(streams, row_spans, g.group_size(), config.dbudget_threshold,
+                             config.dbudget_by_position);
+}
+
 }  // namespace
 
 absl::Status HostExecutor::CheckHostPool() const {
@@ -107,12 +160,20 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
     scores[h].assign(keys[h].num_tokens, 0.0f);
   }
   switch (config.scorer) {
-    case Scorer::kSnapKV:
+    case Scorer::kSnapKV: {
+      // SnapKV's vote reads its observation window: the last `window` queries,
+      // also when the policy observed the whole prompt (DBudgetKV's Frobenius
+      // metric reads the rest).
+      std::vector<char> storage;
+      const LayerQueries window = config.observe == PolicyConfig::Observe::kAllPrompt
+                                      ? LastQueries(q, g, std::max(config.window, 1), &storage)
+                                      : q;
       for (int32_t h = 0; h < heads; ++h) {
-        HEADPAGE_RETURN_IF_ERROR(policy::SnapKVScores(keys[h], GroupOf(q, g, h), config.snapkv,
+        HEADPAGE_RETURN_IF_ERROR(policy::SnapKVScores(keys[h], GroupOf(window, g, h), config.snapkv,
                                                       absl::MakeSpan(scores[h])));
       }
       break;
+    }
     case Scorer::kH2O:
       for (int32_t h = 0; h < heads; ++h) {
         HEADPAGE_RETURN_IF_ERROR(policy::AccumulateAttention(keys[h], GroupOf(q, g, h),
@@ -164,18 +225,7 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
       break;
     }
     case Allocator::kDBudget: {
-      std::vector<std::vector<float>> rows(heads);
-      std::vector<absl::Span<const float>> row_spans(heads);
-      std::vector<char> storage;
-      for (int32_t h = 0; h < heads; ++h) {
-        const policy::GroupQueries last = LastQueryOf(q, g, h, &storage);
-        rows[h].resize(static_cast<size_t>(g.group_size()) * keys[h].num_tokens);
-        HEADPAGE_RETURN_IF_ERROR(policy::LastQueryAttention(keys[h], last, absl::MakeSpan(rows[h])));
-        row_spans[h] = rows[h];
-      }
-      HEADPAGE_ASSIGN_OR_RETURN(kept, policy::DBudgetKept(streams, row_spans, g.group_size(),
-                                                          config.dbudget_threshold,
-                                                          config.dbudget_by_position));
+      HEADPAGE_ASSIGN_OR_RETURN(kept, DBudgetCut(config, g, q, keys, streams));
       break;
     }
     case Allocator::kNone:

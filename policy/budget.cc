@@ -8,34 +8,12 @@
 #include <queue>
 
 #include "absl/strings/str_cat.h"
+#include "policy/budget_internal.h"
 #include "policy/select.h"
 
 namespace headpage::policy {
-namespace {
+namespace internal {
 
-using internal::FromOrderedKey;
-using internal::OrderedKey;
-using internal::SelectTopK;
-
-constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// What the allocators need to know about one validated stream. Positions
-// strictly ascend, so the sinks (positions < sinks) are a prefix of the slots
-// and the recent window a suffix: the candidates (unprotected slots) are the
-// contiguous range [begin, end), and NumProtected() is num_tokens minus its size.
-struct StreamInfo {
-  int32_t begin = 0;
-  int32_t end = 0;
-  int32_t num_tokens = 0;
-
-  int32_t num_candidates() const { return end - begin; }
-  int32_t num_protected() const { return num_tokens - num_candidates(); }
-};
-
-// Checks what every allocator relies on (equal span sizes, strictly ascending
-// positions, no NaN score: selection and sorting rank by score) and
-// locates each stream's candidates. `who` prefixes the messages.
 absl::StatusOr<std::vector<StreamInfo>> InspectStreams(absl::Span<const StreamScores> streams,
                                                       const char* who) {
   std::vector<StreamInfo> infos(streams.size());
@@ -48,6 +26,45 @@ absl::StatusOr<std::vector<StreamInfo>> InspectStreams(absl::Span<const StreamSc
   }
   return infos;
 }
+
+void LeastImportantFirst(const StreamScores& stream, const StreamInfo& info, bool by_position,
+                         std::vector<uint64_t>* keys, std::vector<uint64_t>* scratch,
+                         std::vector<int32_t>* order) {
+  const int32_t n = info.num_candidates();
+  order->resize(n);
+  if (by_position) {
+    // Oldest first: slot order is position order.
+    for (int32_t i = 0; i < n; ++i) (*order)[i] = info.begin + i;
+    return;
+  }
+  // Packed as (score key, ~slot) in one uint64 laid out highest slot first, then
+  // radix-sorted by the score key (stable: equal scores keep that layout).
+  keys->resize(n);
+  const float* scores = stream.scores.data();
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t slot = static_cast<uint32_t>(info.end - 1 - i);
+    (*keys)[i] = (uint64_t{OrderedKey(scores[slot])} << 32) | (0xFFFFFFFFu - slot);
+  }
+  RadixSort(keys, scratch, [](uint64_t key) { return static_cast<uint32_t>(key >> 32); });
+  for (int32_t i = 0; i < n; ++i) {
+    (*order)[i] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>((*keys)[i]));
+  }
+}
+
+}  // namespace internal
+
+namespace {
+
+using internal::FromOrderedKey;
+using internal::InspectStreams;
+using internal::RadixSort;
+using internal::StreamInfo;
+using internal::OrderedKey;
+using internal::SelectTopK;
+
+constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
 
 // Python's // (floor division), which the PyramidKV schedule is written in;
 // C++'s / truncates toward zero and differs when the step is negative.
@@ -62,43 +79,6 @@ int64_t FloorOfProduct(double alpha, int64_t b) {
   return static_cast<int64_t>(std::floor(alpha * static_cast<double>(b)));
 }
 
-// Stable LSD radix sort of `values` by the 32-bit key key_of(value): three
-// passes of 11, 11 and 10 bits, skipping a pass whose digit every value shares
-// (scores concentrated in a few octaves share their top bits). Stability
-// carries the tie order the caller laid the values out in. Short inputs, where
-// clearing the histograms would dominate, go to std::sort on the values
-// themselves, so callers must make the values' natural order agree with (key,
-// original position) order.
-template <typename T, typename KeyOf>
-void RadixSort(std::vector<T>* values, std::vector<T>* scratch, KeyOf key_of) {
-  const size_t n = values->size();
-  if (n < 1024) {
-    std::sort(values->begin(), values->end());
-    return;
-  }
-  constexpr uint32_t kBuckets = 2048;
-  constexpr int kShift[3] = {0, 11, 22};
-  std::vector<size_t> hist(3 * kBuckets, 0);
-  for (const T& v : *values) {
-    const uint32_t key = key_of(v);
-    ++hist[key & 0x7FFu];
-    ++hist[kBuckets + ((key >> 11) & 0x7FFu)];
-    ++hist[2 * kBuckets + (key >> 22)];
-  }
-  scratch->resize(n);
-  for (int pass = 0; pass < 3; ++pass) {
-    size_t* h = hist.data() + pass * kBuckets;
-    if (h[(key_of((*values)[0]) >> kShift[pass]) & 0x7FFu] == n) continue;
-    size_t sum = 0;
-    for (uint32_t b = 0; b < kBuckets; ++b) {
-      const size_t count = h[b];
-      h[b] = sum;
-      sum += count;
-    }
-    for (const T& v : *values) (*scratch)[h[(key_of(v) >> kShift[pass]) & 0x7FFu]++] = v;
-    values->swap(*scratch);
-  }
-}
 
 int64_t PagesFor(int64_t tokens, int64_t page_size) { return (tokens + page_size - 1) / page_size; }
 
@@ -296,110 +276,6 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
     const size_t i = competing[c];
     kept[i] = static_cast<int32_t>(safe[c] + hits[c] + (*infos)[i].num_protected());
   }
-  return kept;
-}
-
-absl::StatusOr<std::vector<int32_t>> DBudgetKept(
-    absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
-    int32_t group_size, double threshold, bool by_position) {
-  if (group_size < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("DBudgetKept: group_size must be >= 1, got ", group_size));
-  }
-  if (!(threshold >= 0.0)) {  // also rejects NaN
-    return absl::InvalidArgumentError(
-        absl::StrCat("DBudgetKept: threshold must be >= 0, got ", threshold));
-  }
-  if (attention.size() != streams.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("DBudgetKept: ", streams.size(),
-                                                   " streams but ", attention.size(),
-                                                   " attention spans"));
-  }
-  auto infos = InspectStreams(streams, "DBudgetKept");
-  if (!infos.ok()) return infos.status();
-  std::vector<int32_t> kept(streams.size());
-  if (streams.empty()) return kept;
-  const int32_t n = (*infos)[0].num_candidates();
-  for (size_t h = 0; h < streams.size(); ++h) {
-    const StreamInfo& s = (*infos)[h];
-    kept[h] = s.num_tokens;
-    if (attention[h].size() != static_cast<size_t>(group_size) * s.num_tokens) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "DBudgetKept: attention[", h, "] has ", attention[h].size(), " values, expected group_size ",
-          group_size, " x num_tokens ", s.num_tokens));
-    }
-    for (const float a : attention[h]) {
-      if (!std::isfinite(a)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("DBudgetKept: attention[", h, "] holds a non-finite value"));
-      }
-    }
-    if (s.num_candidates() != n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "DBudgetKept: streams must have equally many candidates; stream 0 has ", n,
-          ", stream ", h, " has ", s.num_candidates()));
-    }
-  }
-  // threshold 0 keeps everything by definition. Without this, candidates whose
-  // attention is exactly 0 in every head (fp32 softmax underflow) would leave
-  // kept(k) == base and be cut even at T = 0.
-  if (threshold == 0.0 || n == 0) return kept;
-
-  // kept_sum[k] = sum over every q head of sqrt(sum of a^2 over all but the k
-  // least important candidates): each head's reverse cumulative sum of squares
-  // in its stream's order, added into one array, O(n) per head after sorting.
-  // Each term is non-increasing in k and they are added in the same order for
-  // every k, so kept_sum is non-increasing in floating point too: the ratio is
-  // monotone and the largest admissible k is found by one scan.
-  std::vector<double> kept_sum(n + 1, 0.0);
-  std::vector<double> suffix(n + 1);
-  std::vector<int32_t> order(n);  // candidate slots, least important first
-  std::vector<uint64_t> keys, scratch;
-  for (size_t h = 0; h < streams.size(); ++h) {
-    const StreamInfo& s = (*infos)[h];
-    if (by_position) {
-      // Oldest first: slot order is position order.
-      for (int32_t i = 0; i < n; ++i) order[i] = s.begin + i;
-    } else {
-      // Score ascending, and among equal scores the higher slot first: the
-      // exact reverse of SelectKeepSet's ranking, so that the tokens measured
-      // as kept are the ones it keeps. Packed as (score key, ~slot) in one
-      // uint64 laid out highest slot first, then radix-sorted by the score key.
-      keys.resize(n);
-      const float* scores = streams[h].scores.data();
-      for (int32_t i = 0; i < n; ++i) {
-        const uint32_t slot = static_cast<uint32_t>(s.end - 1 - i);
-        keys[i] = (uint64_t{OrderedKey(scores[slot])} << 32) | (0xFFFFFFFFu - slot);
-      }
-      RadixSort(&keys, &scratch, [](uint64_t key) { return static_cast<uint32_t>(key >> 32); });
-      for (int32_t i = 0; i < n; ++i) {
-        order[i] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(keys[i]));
-      }
-    }
-    for (int32_t g = 0; g < group_size; ++g) {
-      const float* a = attention[h].data() + static_cast<size_t>(g) * s.num_tokens;
-      suffix[n] = 0.0;
-      for (int32_t i = n - 1; i >= 0; --i) {
-        const double x = a[order[i]];
-        suffix[i] = suffix[i + 1] + x * x;
-      }
-      for (int32_t k = 0; k <= n; ++k) kept_sum[k] += std::sqrt(suffix[k]);
-    }
-  }
-  const double num_heads = static_cast<double>(streams.size()) * group_size;
-  const double base = kept_sum[0] / num_heads;
-  // No attention mass on any candidate: the rule is 0/0 (the reference's NaN
-  // comparison keeps all), and there is nothing to measure a loss by.
-  if (!(base > 0.0)) return kept;
-  int32_t cut = 0;
-  for (int32_t k = n; k > 0; --k) {
-    const double ratio = (base - kept_sum[k] / num_heads) / base;
-    if (ratio <= threshold) {
-      cut = k;
-      break;
-    }
-  }
-  for (size_t h = 0; h < streams.size(); ++h) kept[h] = (*infos)[h].num_tokens - cut;
   return kept;
 }
 

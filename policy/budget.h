@@ -89,6 +89,28 @@ struct AdaOptions {
     absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
     int32_t group_size, double threshold = 0.05, bool by_position = false);
 
+// DBudgetKV as its paper states the metric: the norm of the reduced attention
+// matrix (ReFreeKV's `norm-fro` path, dynamic_attn in
+// modified_models/dynamic_metrics.py). Candidates are ordered least important
+// first by score, as in DBudgetKept. attention[h] holds, per q head g of stream
+// h's group, the attention rows of the observed prompt queries at
+// row_positions ([group][rows][num_tokens], QueryAttentionRows). A_g is that
+// matrix restricted to the rows of candidate queries and the candidate
+// columns (the reference slices the prompt's attention to the tokens before
+// the window, and to the candidates); with R_k the k least important
+// candidates,
+//   removed_g(k) = sum of A_g[i][j]^2 over i or j in R_k,
+//   cut = the largest k < n with mean_g sqrt(removed_g(k)) <= threshold * mean_g ||A_g||_F,
+// the same k for every stream of the layer (mean over every q head of the
+// layer): kept_h = num_tokens_h - k. The reference finds k by a binary search
+// over the same monotone function. threshold 0, a layer with at most one
+// candidate, or no attention among the candidates keep everything. Rows the
+// observation does not hold (a trace stores the last prompt queries only)
+// count as absent. O(n (rows + n)) per q head.
+[[nodiscard]] absl::StatusOr<std::vector<int32_t>> DBudgetFrobeniusKept(
+    absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
+    absl::Span<const int32_t> row_positions, int32_t group_size, double threshold = 0.01);
+
 // The pool-wide allocator: one threshold over the candidates of every stream
 // given (every layer of every sequence in the pool), so that the pages freed,
 // sum over streams of pages(num_tokens) - pages(kept), reach pages_to_free.

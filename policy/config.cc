@@ -38,6 +38,21 @@ constexpr NamedPolicy kPolicies[] = {
        c->snapkv.kernel_size = 1;
        c->snapkv.pooling = policy::Pooling::kNone;
      }},
+    // The paper's metric (arXiv 2502.16886; ReFreeKV's norm-fro path): the same
+    // vote over the last 8 queries orders the candidates, and the cut is where
+    // the Frobenius norm of the prompt's attention, with the pruned rows and
+    // columns removed, has lost 1% (the threshold its later version reports).
+    // The matrix needs every prompt query's attention.
+    {"dbudget-fro",
+     [](PolicyConfig* c) {
+       c->allocator = A::kDBudget;
+       c->dbudget_metric = PolicyConfig::DBudgetMetric::kFrobenius;
+       c->dbudget_threshold = 0.01;
+       c->observe = PolicyConfig::Observe::kAllPrompt;
+       c->window = 8;
+       c->snapkv.kernel_size = 1;
+       c->snapkv.pooling = policy::Pooling::kNone;
+     }},
     // Heavy hitters (attention accumulated over every prompt query) plus as many
     // recent tokens, held at the budget while decoding.
     {"h2o",

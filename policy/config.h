@@ -48,6 +48,12 @@ struct PolicyConfig {
   double pyramid_beta = 20.0;
   double dbudget_threshold = 0.05;
   bool dbudget_by_position = false;
+  // DBudgetKV's halting metric: the released code's relative drop of the last
+  // prompt token's attention norm (DBudgetKept), or the paper's Frobenius norm
+  // of the prompt's attention with the pruned rows and columns removed
+  // (DBudgetFrobeniusKept), which needs every prompt query (observe kAllPrompt).
+  enum class DBudgetMetric : uint8_t { kLastToken, kFrobenius };
+  DBudgetMetric dbudget_metric = DBudgetMetric::kLastToken;
   uint64_t seed = 0;  // the random scorer's
 
   // Whether the policy evicts anything at all ("full" does not).

@@ -84,6 +84,12 @@ void RandomScores(uint64_t seed, absl::Span<float> scores);
 [[nodiscard]] absl::Status LastQueryAttention(const StreamKeys& keys, const GroupQueries& query,
                                               absl::Span<float> rows);
 
+// DBudgetKV's Frobenius metric's input: the causal attention rows of every
+// query of the group, rows[(g * num_queries + r) * num_tokens + j] = softmax
+// over the keys query r sees (those at positions <= its own; 0 for the rest).
+[[nodiscard]] absl::Status QueryAttentionRows(const StreamKeys& keys, const GroupQueries& queries,
+                                              absl::Span<float> rows);
+
 }  // namespace headpage::policy
 
 #endif  // HEADPAGE_POLICY_SCORES_H_

@@ -259,4 +259,34 @@ absl::Status LastQueryAttention(const StreamKeys& keys, const GroupQueries& quer
   return absl::OkStatus();
 }
 
+absl::Status QueryAttentionRows(const StreamKeys& keys, const GroupQueries& queries,
+                                absl::Span<float> rows) {
+  HEADPAGE_RETURN_IF_ERROR(ValidateKeys(keys));
+  HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries, keys));
+  const int64_t n = keys.num_tokens;
+  const int32_t w = queries.num_queries;
+  const int32_t num_rows = queries.group_size * w;
+  HEADPAGE_RETURN_IF_ERROR(ValidateSize(rows.size(), num_rows * n, "rows"));
+  if (num_rows == 0) return absl::OkStatus();
+  const int32_t d = keys.head_dim;
+  Scratch& scratch = ThreadScratch();
+  const float* k = PackKeys(keys, &scratch.packed_keys);
+  const float* q = AsFloat(queries.data, static_cast<size_t>(num_rows) * d, queries.dtype,
+                           &scratch.queries);
+  scratch.visible.resize(num_rows);
+  for (int32_t i = 0; i < num_rows; ++i) {
+    scratch.visible[i] = VisibleKeys(keys, queries.positions[i % w]);
+  }
+  // Zero first: keys a query cannot see, and the rows of queries that see none
+  // (ForEachAttentionRow skips those).
+  std::fill(rows.begin(), rows.end(), 0.0f);
+  ForEachAttentionRow(k, keys.num_tokens, d, q, scratch.visible.data(), num_rows, &scratch,
+                      [&](int32_t i, const float* e, int32_t seen, float sum) {
+                        float* row = rows.data() + static_cast<int64_t>(i) * n;
+                        for (int32_t j = 0; j < seen; ++j) row[j] = e[j] / sum;
+                      });
+  scratch.TrimIfLarge();
+  return absl::OkStatus();
+}
+
 }  // namespace headpage::policy

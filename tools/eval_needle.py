@@ -39,7 +39,7 @@ import headpage.hf as hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = os.path.join(ROOT, "tools", "prompts")
-POLICIES = ["uniform-snapkv", "ada-snapkv", "pyramid", "dbudget", "streamingllm"]
+POLICIES = ["uniform-snapkv", "ada-snapkv", "pyramid", "dbudget", "dbudget-fro", "streamingllm"]
 COLORS = ["red", "green", "yellow", "white", "black", "purple", "orange", "grey", "brown"]
 ANIMALS = ["frog", "rabbit", "horse", "whale", "owl", "fox", "lion", "crab", "snail"]
 QUESTION = ("Where does the keeper of the lighthouse at Port Averill hide the spare key? "

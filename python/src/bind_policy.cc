@@ -97,6 +97,15 @@ void DefPolicy(nb::module_& m) {
       .def_prop_ro(
           "allocator",
           [](const PolicyConfig& c) { return std::string(NameOf(c.allocator, kAllocators)); })
+      .def_prop_ro(
+          "dbudget_metric",
+          [](const PolicyConfig& c) {
+            return std::string(c.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius
+                                   ? "frobenius"
+                                   : "last-token");
+          },
+          "DBudgetKV's halting metric: 'last-token' (the released code) or 'frobenius' (the "
+          "paper's reduced attention matrix).")
       .def_prop_ro("compresses", &PolicyConfig::compresses,
                    "Whether the policy evicts anything ('full' does not).")
       .def_prop_ro(

@@ -94,7 +94,7 @@ constexpr char kReplayUsage[] =
     "tokens, and reports per layer and overall what eviction did to attention: output\n"
     "error (L1, relative L2), lost attention mass, Ada-KV's L1 bound, top-32 recall, and\n"
     "the tokens, pages and empty tail slots kept. Policies: full, uniform-snapkv, pyramid,\n"
-    "ada-snapkv, ada-pyramid, dbudget, h2o, streamingllm, tova, knorm, random.\n"
+    "ada-snapkv, ada-pyramid, dbudget, dbudget-fro, h2o, streamingllm, tova, knorm, random.\n"
     "--decode-interval N compresses again every N generated tokens to T tokens per head,\n"
     "scoring with the last W generated queries (default 32), as kvpress's DecodingPress.\n"
     "--queries later|window|generated|all: which queries are measured. later (the default)\n"

@@ -6,7 +6,10 @@
 #include <vector>
 
 #include "allocator/arena.h"
+#include "eviction/cuda_executor.h"
 #include "eviction/host_executor.h"
+#include "policy/budget.h"
+#include "policy/options.h"
 #include "policy/select.h"
 #include "kernels/write_kv.h"
 #include "tests/blockmgr/blockmgr_test_util.h"
@@ -212,6 +215,66 @@ TEST_CASE("EvictionEngine: uniform-snapkv keeps SnapKV's top tokens of every hea
   }
   // Heads choose differently: head-wise eviction, not one token set per layer.
   REQUIRE(expected[0] != expected[1]);
+}
+
+TEST_CASE("EvictionEngine: dbudget-fro cuts where the paper's metric says, on every prompt query",
+          "[eviction]") {
+  // The oracle, per layer: SnapKV's vote over the last 8 queries (no pooling)
+  // orders each stream's candidates, and DBudgetFrobeniusKept cuts on the
+  // attention rows of all 60 prompt queries. A threshold of 0.3 (the paper's
+  // 1% keeps everything of random keys, whose attention is spread out).
+  EngineFixture f;
+  const int32_t len = 60;
+  const SeqId seq = f.Prefill(len);
+  PolicyOptions options;
+  REQUIRE_OK(SetPolicyOption("threshold", "0.3", &options));
+  auto config = PolicyByName("dbudget-fro", options);
+  REQUIRE_OK(config);
+  const auto queries = f.Queries(config->ObservedQueries(len), 0);  // positions 0..59
+  std::vector<int32_t> expected;
+  for (int32_t layer = 0; layer < 2; ++layer) {
+    std::vector<std::vector<float>> keys(2), scores(2), rows(2);
+    std::vector<std::vector<int32_t>> positions(2);
+    std::vector<policy::StreamScores> streams;
+    std::vector<absl::Span<const float>> spans;
+    const LayerQueries& q = queries[layer];
+    for (int32_t h = 0; h < 2; ++h) {
+      keys[h] = f.DenseKeys(seq, layer, h, &positions[h]);
+      const policy::StreamKeys sk{keys[h].data(), positions[h].data(), len, EngineFixture::kDim,
+                                  DType::kF32};
+      const auto* all = static_cast<const float*>(q.data) +
+                        static_cast<size_t>(h) * 2 * q.num_queries * EngineFixture::kDim;
+      std::vector<float> window(2 * 8 * EngineFixture::kDim);
+      for (int32_t g = 0; g < 2; ++g) {
+        std::copy_n(all + (static_cast<size_t>(g) * len + len - 8) * EngineFixture::kDim,
+                    8 * EngineFixture::kDim, window.begin() + g * 8 * EngineFixture::kDim);
+      }
+      const policy::GroupQueries vote{window.data(), q.positions + len - 8, 2, 8,
+                                      EngineFixture::kDim, DType::kF32};
+      scores[h].resize(len);
+      REQUIRE_OK(policy::SnapKVScores(sk, vote, config->snapkv, absl::MakeSpan(scores[h])));
+      const policy::GroupQueries every{all, q.positions, 2, len, EngineFixture::kDim, DType::kF32};
+      rows[h].resize(static_cast<size_t>(2) * len * len);
+      REQUIRE_OK(policy::QueryAttentionRows(sk, every, absl::MakeSpan(rows[h])));
+    }
+    for (int32_t h = 0; h < 2; ++h) {
+      streams.push_back({scores[h], positions[h], {0, 8}});
+      spans.push_back(rows[h]);
+    }
+    auto kept = policy::DBudgetFrobeniusKept(streams, spans,
+                                             absl::MakeConstSpan(q.positions, len), 2, 0.3);
+    REQUIRE_OK(kept);
+    expected.insert(expected.end(), kept->begin(), kept->end());
+  }
+  auto result = f.engine().Compress(seq, *config, Budget::Fraction(1.0), queries);
+  REQUIRE_OK(result);
+  REQUIRE(std::vector<int32_t>(result->kept.begin(), result->kept.end()) == expected);
+  REQUIRE(result->tokens_after < result->tokens_before);  // it cut something
+  REQUIRE(expected[0] == expected[1]);  // one cut for the layer
+  REQUIRE_OK(f.manager().CheckInvariants());
+  // The GPU executor says why it cannot run it.
+  REQUIRE_ERROR(CudaExecutor::Supports(*config), absl::StatusCode::kUnimplemented,
+                "DBudgetKV's Frobenius metric does not run on the GPU");
 }
 
 TEST_CASE("EvictionEngine: full changes nothing; a larger budget is a no-op", "[eviction]") {

@@ -12,7 +12,7 @@ namespace {
 
 TEST_CASE("PolicyByName: every registered name resolves, validates and names itself", "[policy]") {
   const std::vector<std::string>& names = PolicyNames();
-  REQUIRE(names.size() == 11);
+  REQUIRE(names.size() == 12);
   REQUIRE(std::set<std::string>(names.begin(), names.end()).size() == names.size());
   for (const std::string& name : names) {
     CAPTURE(name);
@@ -52,6 +52,15 @@ TEST_CASE("PolicyByName: what the names mean", "[policy]") {
   REQUIRE_OK(dbudget);
   REQUIRE(dbudget->window == 8);
   REQUIRE(dbudget->snapkv.pooling == policy::Pooling::kNone);
+
+  auto fro = PolicyByName("dbudget-fro");
+  REQUIRE_OK(fro);
+  REQUIRE(fro->allocator == A::kDBudget);
+  REQUIRE(fro->dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius);
+  REQUIRE(fro->dbudget_threshold == 0.01);
+  REQUIRE(fro->window == 8);
+  REQUIRE(fro->ObservedQueries(500) == 500);  // the whole prompt's attention
+  REQUIRE(dbudget->dbudget_metric == PolicyConfig::DBudgetMetric::kLastToken);
 
   auto stream = PolicyByName("streamingllm");
   REQUIRE_OK(stream);
