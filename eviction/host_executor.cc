@@ -76,6 +76,9 @@ LayerQueries LastQueries(const LayerQueries& q, const CacheGeometry& g, int32_t 
   return last;
 }
 
+// The attention rows DBudgetKV's Frobenius metric may hold for one layer.
+constexpr int64_t kFrobeniusBytes = int64_t{4} << 30;
+
 // DBudgetKV's kept counts for one layer: the last prompt token's attention norm
 // (the released code), or the Frobenius norm of every observed query's
 // attention rows (the paper).
@@ -86,6 +89,21 @@ absl::StatusOr<std::vector<int32_t>> DBudgetCut(const PolicyConfig& config, cons
   const int32_t heads = g.num_kv_heads;
   const bool frobenius = config.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius;
   const int32_t rows_per_head = frobenius ? q.num_queries : 1;
+  if (frobenius) {
+    // Every observed query's row over every token, for the whole layer at once:
+    // prompt x prompt floats a q head. Refused past kFrobeniusBytes rather than
+    // left to fail an allocation.
+    int64_t bytes = 0;
+    for (const policy::StreamKeys& k : keys) {
+      bytes += int64_t{g.group_size()} * q.num_queries * k.num_tokens * int64_t{sizeof(float)};
+    }
+    if (bytes > kFrobeniusBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "policy ", config.name, ": DBudgetKV's Frobenius metric needs ", bytes >> 20,
+          " MiB of attention rows for one layer of this prompt (", q.num_queries,
+          " queries), over the ", kFrobeniusBytes >> 20, " MiB it may take; use dbudget"));
+    }
+  }
   std::vector<std::vector<float>> rows(heads);
   std::vector<absl::Span<const float>> row_spans(heads);
   std::vector<char> storage;

@@ -117,6 +117,13 @@ absl::StatusOr<std::vector<int32_t>> DBudgetFrobeniusKept(
     return absl::InvalidArgumentError(absl::StrCat(kWho, ": ", streams.size(), " streams but ",
                                                    attention.size(), " attention spans"));
   }
+  for (size_t r = 1; r < row_positions.size(); ++r) {
+    if (row_positions[r] <= row_positions[r - 1]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWho, ": row positions must strictly ascend; row ", r, " is at ", row_positions[r],
+          " after ", row_positions[r - 1]));
+    }
+  }
   auto infos = InspectStreams(streams, kWho);
   if (!infos.ok()) return infos.status();
   std::vector<int32_t> kept(streams.size());

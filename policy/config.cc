@@ -124,6 +124,10 @@ absl::Status Validate(const PolicyConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "policy ", c.name, ": pooling kernel ", c.snapkv.kernel_size, " must be odd and >= 1"));
   }
+  if (c.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius && c.dbudget_by_position) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "policy ", c.name, ": DBudgetKV's Frobenius metric orders candidates by score only"));
+  }
   if (c.scorer == PolicyConfig::Scorer::kNone && c.allocator != PolicyConfig::Allocator::kNone) {
     return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": an allocator needs a scorer"));
   }

@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace headpage {
@@ -66,6 +67,16 @@ absl::Status ParseReal(absl::string_view key, absl::string_view text, std::optio
   return absl::OkStatus();
 }
 
+// The shortest text that reads back as `x` (absl::StrCat keeps 6 digits).
+std::string Exact(double x) {
+  for (int digits = 6; digits < 17; ++digits) {
+    const std::string text = absl::StrFormat("%.*g", digits, x);
+    double back = 0;
+    if (absl::SimpleAtod(text, &back) && back == x) return text;
+  }
+  return absl::StrFormat("%.17g", x);
+}
+
 }  // namespace
 
 bool PolicyOptions::empty() const {
@@ -121,10 +132,10 @@ std::vector<std::pair<std::string, std::string>> PolicyOptionValues(const Policy
           {"kernel", absl::StrCat(c.snapkv.kernel_size)},
           {"pooling", NameOf(c.snapkv.pooling, kPoolings)},
           {"reduce", NameOf(reduce, kReduces)},
-          {"alpha", absl::StrCat(c.ada.alpha)},
+          {"alpha", Exact(c.ada.alpha)},
           {"floor", NameOf(c.ada.floor, kFloors)},
-          {"beta", absl::StrCat(c.pyramid_beta)},
-          {"threshold", absl::StrCat(c.dbudget_threshold)},
+          {"beta", Exact(c.pyramid_beta)},
+          {"threshold", Exact(c.dbudget_threshold)},
           {"sinks", absl::StrCat(c.sinks)}};
 }
 

@@ -41,11 +41,11 @@ std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view form
       absl::StrAppendFormat(
           &out,
           "  {\"trace\": \"%s\", \"policy\": \"%s\", \"budget\": \"%s\", \"page_size\": %d, "
-          "\"query_set\": \"%s\", %s"
+          "\"query_set\": \"%s\", \"query_window\": %d, %s"
           "\"layer\": %s, \"mean_l1_error\": %.9g, \"mean_rel_l2_error\": %.9g, "
           "\"mean_lost_mass\": %.9g, \"bound\": %.9g, \"topk_recall\": %.9g, \"kept_tokens\": %d, "
           "\"kept_pages\": %d, \"fragmentation\": %d, \"full_tokens\": %d, \"queries\": %d}%s\n",
-          r.trace, r.policy, r.budget, r.page_size, r.query_set, options,
+          r.trace, r.policy, r.budget, r.page_size, r.query_set, r.query_window, options,
           m.layer < 0 ? std::string("\"all\"") : absl::StrCat(m.layer), m.mean_l1_error,
           m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall, m.kept_tokens,
           m.kept_pages, m.fragmentation, m.full_tokens, m.queries, i + 1 < rows.size() ? "," : "");
@@ -80,7 +80,7 @@ std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view form
   "  --alpha A         Ada-KV's floor share, in [0, 1] (0.2)\n"                             \
   "  --floor F         scaled (Ada-KV's paper and code) or protect-top (kvpress)\n"         \
   "  --beta B          PyramidKV's beta, > 0 (20)\n"                                        \
-  "  --threshold T     DBudgetKV's threshold, >= 0 (0.05)\n"                                \
+  "  --threshold T     DBudgetKV's threshold, >= 0 (dbudget 0.05, dbudget-fro 0.01)\n"      \
   "  --sinks S         attention sinks kept whatever their score (streamingllm 4, else 0)\n"
 
 constexpr char kReplayUsage[] =
@@ -149,10 +149,6 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
     const absl::Status set = SetPolicyOption(PolicyOptionNames()[i], option_text[i], &spec.options);
     if (!set.ok()) return UsageError(command, set.message(), usage);
   }
-  // The query sets' window follows the policies' observation window.
-  if (spec.options.window && *spec.options.window > 0) {
-    spec.replay.measured_window = *spec.options.window;
-  }
   if (spec.replay.decode.interval > 0 && spec.replay.decode.target < 1) {
     return UsageError(command, "--decode-interval needs --decode-target (tokens per head)", usage);
   }
@@ -197,7 +193,7 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
   if (!sweep) {
     absl::StatusOr<Trace> trace = Trace::Open(spec.traces[0]);
     if (!trace.ok()) return Fail(command, trace.status());
-    ReplayOptions options = spec.replay;
+    ReplayOptions options = ReplayOptionsFor(spec);
     options.page_size = spec.page_sizes[0];
     options.threads = spec.threads;
     const PolicyConfig policy = *PolicyByName(spec.policies[0], spec.options);  // checked above

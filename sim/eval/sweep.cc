@@ -56,7 +56,7 @@ absl::StatusOr<std::vector<SweepRow>> RunSweep(const SweepSpec& spec, const Swee
   std::mutex progress_mutex;
   ParallelFor(configs.size(), spec.threads, cancel, [&](size_t i) {
     const Config& c = configs[i];
-    ReplayOptions options = spec.replay;
+    ReplayOptions options = ReplayOptionsFor(spec);
     options.page_size = spec.page_sizes[c.page_size];
     options.threads = 1;  // the sweep is parallel across configurations
     results[i] = Replay(*traces[c.trace], policies[c.policy], spec.budgets[c.budget], options);
@@ -78,13 +78,21 @@ absl::StatusOr<std::vector<SweepRow>> RunSweep(const SweepSpec& spec, const Swee
                                        spec.page_sizes[c.page_size], ": ",
                                        results[i].status().message()));
     }
-    ReplayOptions options = spec.replay;
+    ReplayOptions options = ReplayOptionsFor(spec);
     options.page_size = spec.page_sizes[c.page_size];
     std::vector<SweepRow> replay_rows = ReplayRows(spec.traces[c.trace], policies[c.policy],
                                                    spec.budgets[c.budget], options, *results[i]);
     rows.insert(rows.end(), replay_rows.begin(), replay_rows.end());
   }
   return rows;
+}
+
+ReplayOptions ReplayOptionsFor(const SweepSpec& spec) {
+  ReplayOptions options = spec.replay;
+  if (spec.options.window && *spec.options.window > 0) {
+    options.measured_window = *spec.options.window;
+  }
+  return options;
 }
 
 std::vector<SweepRow> ReplayRows(const std::string& trace_path, const PolicyConfig& policy,
@@ -96,6 +104,7 @@ std::vector<SweepRow> ReplayRows(const std::string& trace_path, const PolicyConf
   row.budget = budget.ToString();
   row.page_size = options.page_size;
   row.query_set = QueriesName(options.queries);
+  row.query_window = options.measured_window;
   row.options = PolicyOptionValues(policy);
   std::vector<SweepRow> rows;
   for (const ReplayMetrics& m : result.layers) {
@@ -109,12 +118,14 @@ std::vector<SweepRow> ReplayRows(const std::string& trace_path, const PolicyConf
 
 std::string SweepCsv(const std::vector<SweepRow>& rows) {
   std::string out = absl::StrCat(
-      "trace,policy,budget,page_size,query_set,", absl::StrJoin(PolicyOptionNames(), ","),
+      "trace,policy,budget,page_size,query_set,query_window,",
+      absl::StrJoin(PolicyOptionNames(), ","),
       ",layer,mean_l1_error,mean_rel_l2_error,mean_lost_mass,bound,"
       "topk_recall,kept_tokens,kept_pages,fragmentation,full_tokens,queries\n");
   for (const SweepRow& r : rows) {
     const ReplayMetrics& m = r.metrics;
-    absl::StrAppend(&out, r.trace, ",", r.policy, ",", r.budget, ",", r.page_size, ",", r.query_set);
+    absl::StrAppend(&out, r.trace, ",", r.policy, ",", r.budget, ",", r.page_size, ",", r.query_set,
+                    ",", r.query_window);
     for (const auto& option : r.options) absl::StrAppend(&out, ",", option.second);
     absl::StrAppendFormat(&out, ",%s,%.9g,%.9g,%.9g,%.9g,%.9g,%d,%d,%d,%d,%d\n",
                           m.layer < 0 ? std::string("all") : absl::StrCat(m.layer), m.mean_l1_error,

@@ -38,11 +38,17 @@ struct SweepRow {
   std::string budget;
   int32_t page_size = 0;
   std::string query_set;  // QueriesName of the set the metrics are over
+  int32_t query_window = 0;  // the prompt queries its window measures (measured_window)
   // The policy's options as it ran (PolicyOptionValues), so that a row says
   // how it was made.
   std::vector<std::pair<std::string, std::string>> options;
   ReplayMetrics metrics;  // metrics.layer == -1: the "all" row
 };
+
+// The replay options of `spec` for every configuration: its replay options,
+// with the query sets' window following the policies' observation window when
+// spec.options sets one (> 0).
+ReplayOptions ReplayOptionsFor(const SweepSpec& spec);
 
 // The rows of one replay (its layers, then "all"), named as a sweep names them.
 std::vector<SweepRow> ReplayRows(const std::string& trace_path, const PolicyConfig& policy,

@@ -153,6 +153,9 @@ TEST_CASE("DBudgetFrobeniusKept: bad inputs are refused", "[policy][budget]") {
                 absl::StatusCode::kInvalidArgument, "threshold must be >= 0");
   REQUIRE_ERROR(DBudgetFrobeniusKept(v, Spans(att), Ints{1, 2}, 1, 0.01),
                 absl::StatusCode::kInvalidArgument, "expected group_size 1 x 2 rows x num_tokens 3");
+  const Vec two_rows(6, 0.1f);
+  REQUIRE_ERROR(DBudgetFrobeniusKept(v, Spans({two_rows}), Ints{1, 1}, 1, 0.01),
+                absl::StatusCode::kInvalidArgument, "row positions must strictly ascend");
   const Vec nan_row = {0.1f, kNaN, 0.2f};
   REQUIRE_ERROR(DBudgetFrobeniusKept(v, Spans({nan_row}), Ints{2}, 1, 0.01),
                 absl::StatusCode::kInvalidArgument, "non-finite");

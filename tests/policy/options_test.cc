@@ -104,6 +104,12 @@ TEST_CASE("PolicyOptionValues: every option's value, in the documented order", "
                         {"window", "32"}, {"kernel", "7"}, {"pooling", "max"}, {"reduce", "mean"},
                         {"alpha", "0.2"}, {"floor", "scaled"}, {"beta", "20"},
                         {"threshold", "0.05"}, {"sinks", "0"}});
+  // Values read back exactly, not rounded to six digits.
+  PolicyOptions fine;
+  REQUIRE_OK(SetPolicyOption("threshold", "0.00123456789", &fine));
+  auto precise = PolicyByName("dbudget", fine);
+  REQUIRE_OK(precise);
+  REQUIRE(PolicyOptionValues(*precise)[7].second == "0.00123456789");
   // H2O reports the reduction its scorer uses.
   auto h2o = PolicyByName("h2o", Parsed({{"reduce", "max"}}));
   REQUIRE_OK(h2o);

@@ -219,15 +219,16 @@ TEST_CASE("Sweep: every row records its query set and the options its policy ran
   REQUIRE_OK(rows);
   const std::string csv = SweepCsv(*rows);
   const std::string header = csv.substr(0, csv.find('\n'));
-  REQUIRE(header.rfind("trace,policy,budget,page_size,query_set,window,kernel,pooling,reduce,alpha,"
-                       "floor,beta,threshold,sinks,layer,", 0) == 0);
+  REQUIRE(header.rfind("trace,policy,budget,page_size,query_set,query_window,window,kernel,pooling,"
+                       "reduce,alpha,floor,beta,threshold,sinks,layer,", 0) == 0);
   for (const SweepRow& row : *rows) {
     REQUIRE(row.query_set == "generated");
+    REQUIRE(row.query_window == 16);  // the window option moves the measured window too
     REQUIRE(row.options[0] == std::make_pair(std::string("window"), std::string("16")));
     REQUIRE(row.options[2] == std::make_pair(std::string("pooling"), std::string("avg")));
     REQUIRE(row.options[6] == std::make_pair(std::string("beta"), std::string("10")));
   }
-  REQUIRE(csv.find("code.safetensors,ada-snapkv,20%,16,generated,16,7,avg,mean,0.2,scaled,10,"
+  REQUIRE(csv.find("code.safetensors,ada-snapkv,20%,16,generated,16,16,7,avg,mean,0.2,scaled,10,"
                    "0.05,0,all,") != std::string::npos);
   // A bad option fails the sweep before it runs, naming the policy.
   REQUIRE_OK(SetPolicyOption("alpha", "2", &spec.options));
