@@ -76,52 +76,50 @@ LayerQueries LastQueries(const LayerQueries& q, const CacheGeometry& g, int32_t 
   return last;
 }
 
-// The attention rows DBudgetKV's Frobenius metric may hold for one layer.
+// The attention rows DBudgetKV's Frobenius metric may hold at once: one
+// stream's, prompt x prompt floats per q head of its group.
 constexpr int64_t kFrobeniusBytes = int64_t{4} << 30;
 
 // DBudgetKV's kept counts for one layer: the last prompt token's attention norm
 // (the released code), or the Frobenius norm of every observed query's
-// attention rows (the paper).
+// attention rows (the paper), computed one stream at a time.
 absl::StatusOr<std::vector<int32_t>> DBudgetCut(const PolicyConfig& config, const CacheGeometry& g,
                                                 const LayerQueries& q,
                                                 const std::vector<policy::StreamKeys>& keys,
                                                 absl::Span<const StreamScores> streams) {
   const int32_t heads = g.num_kv_heads;
-  const bool frobenius = config.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius;
-  const int32_t rows_per_head = frobenius ? q.num_queries : 1;
-  if (frobenius) {
-    // Every observed query's row over every token, for the whole layer at once:
-    // prompt x prompt floats a q head. Refused past kFrobeniusBytes rather than
-    // left to fail an allocation.
-    int64_t bytes = 0;
-    for (const policy::StreamKeys& k : keys) {
-      bytes += int64_t{g.group_size()} * q.num_queries * k.num_tokens * int64_t{sizeof(float)};
+  std::vector<float> rows;
+  if (config.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius) {
+    HEADPAGE_ASSIGN_OR_RETURN(
+        policy::DBudgetFrobenius sums,
+        policy::DBudgetFrobenius::Create(absl::MakeConstSpan(q.positions, q.num_queries),
+                                         g.group_size(), config.dbudget_threshold));
+    for (int32_t h = 0; h < heads; ++h) {
+      const int64_t count = int64_t{g.group_size()} * q.num_queries * keys[h].num_tokens;
+      if (count * int64_t{sizeof(float)} > kFrobeniusBytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "policy ", config.name, ": DBudgetKV's Frobenius metric needs ",
+            (count * int64_t{sizeof(float)}) >> 20, " MiB of attention rows for one KV head of "
+            "this prompt (", q.num_queries, " queries), over the ", kFrobeniusBytes >> 20,
+            " MiB it may take; use dbudget"));
+      }
+      rows.resize(static_cast<size_t>(count));
+      HEADPAGE_RETURN_IF_ERROR(
+          policy::QueryAttentionRows(keys[h], GroupOf(q, g, h), absl::MakeSpan(rows)));
+      HEADPAGE_RETURN_IF_ERROR(sums.Add(streams[h], rows));
     }
-    if (bytes > kFrobeniusBytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "policy ", config.name, ": DBudgetKV's Frobenius metric needs ", bytes >> 20,
-          " MiB of attention rows for one layer of this prompt (", q.num_queries,
-          " queries), over the ", kFrobeniusBytes >> 20, " MiB it may take; use dbudget"));
-    }
+    std::vector<int32_t> kept(heads);
+    for (int32_t h = 0; h < heads; ++h) kept[h] = keys[h].num_tokens - sums.Cut();
+    return kept;
   }
-  std::vector<std::vector<float>> rows(heads);
+  std::vector<std::vector<float>> last_rows(heads);
   std::vector<absl::Span<const float>> row_spans(heads);
   std::vector<char> storage;
   for (int32_t h = 0; h < heads; ++h) {
-    rows[h].resize(static_cast<size_t>(g.group_size()) * rows_per_head * keys[h].num_tokens);
-    if (frobenius) {
-      HEADPAGE_RETURN_IF_ERROR(
-          policy::QueryAttentionRows(keys[h], GroupOf(q, g, h), absl::MakeSpan(rows[h])));
-    } else {
-      HEADPAGE_RETURN_IF_ERROR(policy::LastQueryAttention(
-          keys[h], LastQueryOf(q, g, h, &storage), absl::MakeSpan(rows[h])));
-    }
-    row_spans[h] = rows[h];
-  }
-  if (frobenius) {
-    return policy::DBudgetFrobeniusKept(streams, row_spans,
-                                        absl::MakeConstSpan(q.positions, q.num_queries),
-                                        g.group_size(), config.dbudget_threshold);
+    last_rows[h].resize(static_cast<size_t>(g.group_size()) * keys[h].num_tokens);
+    HEADPAGE_RETURN_IF_ERROR(policy::LastQueryAttention(
+        keys[h], LastQueryOf(q, g, h, &storage), absl::MakeSpan(last_rows[h])));
+    row_spans[h] = last_rows[h];
   }
   return policy::DBudgetKept(streams, row_spans, g.group_size(), config.dbudget_threshold,
                              config.dbudget_by_position);

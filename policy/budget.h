@@ -111,6 +111,34 @@ struct AdaOptions {
     absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
     absl::Span<const int32_t> row_positions, int32_t group_size, double threshold = 0.01);
 
+// DBudgetFrobeniusKept one stream at a time, for callers that compute each
+// stream's attention rows in turn (a layer's are prompt x prompt floats per q
+// head): Create, Add every stream of the layer, then every stream keeps
+// num_tokens - Cut(). row_positions must outlive it.
+class DBudgetFrobenius {
+ public:
+  // InvalidArgument for group_size < 1, threshold < 0 or NaN, row positions
+  // that do not strictly ascend.
+  [[nodiscard]] static absl::StatusOr<DBudgetFrobenius> Create(
+      absl::Span<const int32_t> row_positions, int32_t group_size, double threshold = 0.01);
+  // Adds one stream's q heads ([group][rows][num_tokens]). InvalidArgument, and
+  // nothing added, for a bad stream, a wrong size, a non-finite value, or
+  // another candidate count than the first stream's.
+  [[nodiscard]] absl::Status Add(const StreamScores& stream, absl::Span<const float> attention);
+  // The number of least important candidates every stream drops (0: none).
+  int32_t Cut() const;
+
+ private:
+  DBudgetFrobenius() = default;
+  absl::Span<const int32_t> row_positions_;
+  int32_t group_size_ = 1;
+  double threshold_ = 0.01;
+  int32_t streams_ = 0;
+  int32_t num_candidates_ = 0;
+  std::vector<double> removed_sum_;  // [k]: sum over q heads of sqrt(removed_g(k))
+  double base_sum_ = 0.0;            // sum over q heads of ||A_g||_F
+};
+
 // The pool-wide allocator: one threshold over the candidates of every stream
 // given (every layer of every sequence in the pool), so that the pages freed,
 // sum over streams of pages(num_tokens) - pages(kept), reach pages_to_free.

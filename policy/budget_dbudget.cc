@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 #include "policy/budget.h"
 #include "policy/budget_internal.h"
 
@@ -15,6 +16,10 @@ namespace headpage::policy {
 using internal::InspectStreams;
 using internal::LeastImportantFirst;
 using internal::StreamInfo;
+
+namespace {
+constexpr char kWho[] = "DBudgetFrobeniusKept";
+}  // namespace
 
 absl::StatusOr<std::vector<int32_t>> DBudgetKept(
     absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
@@ -102,20 +107,14 @@ absl::StatusOr<std::vector<int32_t>> DBudgetKept(
   return kept;
 }
 
-absl::StatusOr<std::vector<int32_t>> DBudgetFrobeniusKept(
-    absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
-    absl::Span<const int32_t> row_positions, int32_t group_size, double threshold) {
-  constexpr char kWho[] = "DBudgetFrobeniusKept";
+absl::StatusOr<DBudgetFrobenius> DBudgetFrobenius::Create(absl::Span<const int32_t> row_positions,
+                                                          int32_t group_size, double threshold) {
   if (group_size < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat(kWho, ": group_size must be >= 1, got ", group_size));
   }
   if (!(threshold >= 0.0)) {  // also rejects NaN
     return absl::InvalidArgumentError(absl::StrCat(kWho, ": threshold must be >= 0, got ", threshold));
-  }
-  if (attention.size() != streams.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(kWho, ": ", streams.size(), " streams but ",
-                                                   attention.size(), " attention spans"));
   }
   for (size_t r = 1; r < row_positions.size(); ++r) {
     if (row_positions[r] <= row_positions[r - 1]) {
@@ -124,99 +123,122 @@ absl::StatusOr<std::vector<int32_t>> DBudgetFrobeniusKept(
           " after ", row_positions[r - 1]));
     }
   }
-  auto infos = InspectStreams(streams, kWho);
+  DBudgetFrobenius sums;
+  sums.row_positions_ = row_positions;
+  sums.group_size_ = group_size;
+  sums.threshold_ = threshold;
+  return sums;
+}
+
+absl::Status DBudgetFrobenius::Add(const StreamScores& stream, absl::Span<const float> attention) {
+  const StreamScores one[] = {stream};
+  auto infos = InspectStreams(one, kWho);
   if (!infos.ok()) return infos.status();
-  std::vector<int32_t> kept(streams.size());
-  if (streams.empty()) return kept;
-  const int32_t n = (*infos)[0].num_candidates();
-  const auto num_rows = static_cast<int64_t>(row_positions.size());
-  for (size_t h = 0; h < streams.size(); ++h) {
-    const StreamInfo& s = (*infos)[h];
-    kept[h] = s.num_tokens;
-    if (attention[h].size() != static_cast<size_t>(group_size * num_rows * s.num_tokens)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kWho, ": attention[", h, "] has ", attention[h].size(), " values, expected group_size ",
-          group_size, " x ", num_rows, " rows x num_tokens ", s.num_tokens));
-    }
-    for (const float a : attention[h]) {
-      if (!std::isfinite(a)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(kWho, ": attention[", h, "] holds a non-finite value"));
-      }
-    }
-    if (s.num_candidates() != n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kWho, ": streams must have equally many candidates; stream 0 has ", n, ", stream ", h,
-          " has ", s.num_candidates()));
+  const StreamInfo& s = (*infos)[0];
+  const auto num_rows = static_cast<int64_t>(row_positions_.size());
+  if (attention.size() != static_cast<size_t>(group_size_ * num_rows * s.num_tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kWho, ": stream ", streams_, "'s attention has ", attention.size(),
+        " values, expected group_size ", group_size_, " x ", num_rows, " rows x num_tokens ",
+        s.num_tokens));
+  }
+  for (const float a : attention) {
+    if (!std::isfinite(a)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kWho, ": stream ", streams_, "'s attention holds a non-finite value"));
     }
   }
+  const int32_t n = s.num_candidates();
+  if (streams_ > 0 && n != num_candidates_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kWho, ": streams must have equally many candidates; stream 0 has ", num_candidates_,
+        ", stream ", streams_, " has ", n));
+  }
+  num_candidates_ = n;
+  ++streams_;
+  removed_sum_.resize(std::max(n, 1), 0.0);
   // As in DBudgetKept, threshold 0 keeps everything; the reference also never
-  // cuts the last candidate (its search ends at n - 1).
-  if (threshold == 0.0 || n <= 1) return kept;
+  // cuts the last candidate (its search ends at n - 1): nothing to measure.
+  if (threshold_ == 0.0 || n <= 1) return absl::OkStatus();
 
-  // removed_sum[k] = sum over every q head of sqrt(removed_g(k)), the squared
+  // removed_sum_[k] gains, per q head, sqrt(removed_g(k)): the squared
   // attention in the rows and columns of the k least important candidates,
-  // built one removal at a time: removing candidate t adds its row over the
+  // built one removal at a time. Removing candidate t adds its row over the
   // candidates still in, and its column over the candidate rows still in. The
-  // terms added are >= 0, in the same order for every k: the sum is
+  // terms are >= 0 and added in the same order for every k, so the sums are
   // non-decreasing in floating point too, and one scan finds the cut.
-  std::vector<double> removed_sum(n, 0.0);
-  double base_sum = 0.0;
   std::vector<int32_t> order;
   std::vector<uint64_t> keys, scratch;
-  std::vector<int32_t> row_of;  // per slot: its query's row, or -1
+  LeastImportantFirst(stream, s, /*by_position=*/false, &keys, &scratch, &order);
+  std::vector<int32_t> row_of(s.num_tokens, -1);  // per slot: its query's row, or -1
   std::vector<std::pair<int32_t, int32_t>> cand_rows;  // (row, slot): queries of candidates
+  const absl::Span<const int32_t> positions = stream.positions;
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const auto it = std::lower_bound(positions.begin() + s.begin, positions.begin() + s.end,
+                                     row_positions_[r]);
+    if (it == positions.begin() + s.end || *it != row_positions_[r]) continue;
+    const auto slot = static_cast<int32_t>(it - positions.begin());
+    row_of[slot] = static_cast<int32_t>(r);
+    cand_rows.emplace_back(static_cast<int32_t>(r), slot);
+  }
   std::vector<uint8_t> removed;
-  for (size_t h = 0; h < streams.size(); ++h) {
-    const StreamInfo& s = (*infos)[h];
-    LeastImportantFirst(streams[h], s, /*by_position=*/false, &keys, &scratch, &order);
-    row_of.assign(s.num_tokens, -1);
-    cand_rows.clear();
-    const absl::Span<const int32_t> positions = streams[h].positions;
-    for (int64_t r = 0; r < num_rows; ++r) {
-      const auto it = std::lower_bound(positions.begin() + s.begin, positions.begin() + s.end,
-                                       row_positions[r]);
-      if (it == positions.begin() + s.end || *it != row_positions[r]) continue;
-      const auto slot = static_cast<int32_t>(it - positions.begin());
-      row_of[slot] = static_cast<int32_t>(r);
-      cand_rows.emplace_back(static_cast<int32_t>(r), slot);
+  for (int32_t g = 0; g < group_size_; ++g) {
+    const float* a = attention.data() + static_cast<size_t>(g) * num_rows * s.num_tokens;
+    auto at = [&](int64_t row, int32_t slot) {
+      const double x = a[row * s.num_tokens + slot];
+      return x * x;
+    };
+    double total = 0.0;
+    for (const auto& [r, slot] : cand_rows) {
+      for (int32_t j = s.begin; j < s.end; ++j) total += at(r, j);
     }
-    for (int32_t g = 0; g < group_size; ++g) {
-      const float* a = attention[h].data() + static_cast<size_t>(g) * num_rows * s.num_tokens;
-      auto at = [&](int64_t row, int32_t slot) {
-        const double x = a[row * s.num_tokens + slot];
-        return x * x;
-      };
-      double total = 0.0;
-      for (const auto& [r, slot] : cand_rows) {
-        for (int32_t j = s.begin; j < s.end; ++j) total += at(r, j);
-      }
-      base_sum += std::sqrt(total);
-      removed.assign(s.num_tokens, 0);
-      double sq = 0.0;
-      for (int32_t k = 1; k < n; ++k) {
-        const int32_t t = order[k - 1];
-        if (row_of[t] >= 0) {  // its row, over the columns still in (itself included)
-          for (int32_t j = s.begin; j < s.end; ++j) {
-            if (!removed[j]) sq += at(row_of[t], j);
-          }
+    base_sum_ += std::sqrt(total);
+    removed.assign(s.num_tokens, 0);
+    double sq = 0.0;
+    for (int32_t k = 1; k < n; ++k) {
+      const int32_t t = order[k - 1];
+      if (row_of[t] >= 0) {  // its row, over the columns still in (itself included)
+        for (int32_t j = s.begin; j < s.end; ++j) {
+          if (!removed[j]) sq += at(row_of[t], j);
         }
-        for (const auto& [r, slot] : cand_rows) {  // its column, over the other rows still in
-          if (slot != t && !removed[slot]) sq += at(r, t);
-        }
-        removed[t] = 1;
-        removed_sum[k] += std::sqrt(sq);
       }
+      for (const auto& [r, slot] : cand_rows) {  // its column, over the other rows still in
+        if (slot != t && !removed[slot]) sq += at(r, t);
+      }
+      removed[t] = 1;
+      removed_sum_[k] += std::sqrt(sq);
     }
   }
+  return absl::OkStatus();
+}
+
+int32_t DBudgetFrobenius::Cut() const {
   // No attention among the candidates: nothing to measure a loss by.
-  if (!(base_sum > 0.0)) return kept;
+  if (threshold_ == 0.0 || !(base_sum_ > 0.0)) return 0;
   int32_t cut = 0;
-  for (int32_t k = 1; k < n; ++k) {
-    if (removed_sum[k] > threshold * base_sum) break;
+  for (int32_t k = 1; k < num_candidates_; ++k) {
+    if (removed_sum_[k] > threshold_ * base_sum_) break;
     cut = k;
   }
-  for (size_t h = 0; h < streams.size(); ++h) kept[h] = (*infos)[h].num_tokens - cut;
+  return cut;
+}
+
+absl::StatusOr<std::vector<int32_t>> DBudgetFrobeniusKept(
+    absl::Span<const StreamScores> streams, absl::Span<const absl::Span<const float>> attention,
+    absl::Span<const int32_t> row_positions, int32_t group_size, double threshold) {
+  if (attention.size() != streams.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(kWho, ": ", streams.size(), " streams but ",
+                                                   attention.size(), " attention spans"));
+  }
+  absl::StatusOr<DBudgetFrobenius> sums = DBudgetFrobenius::Create(row_positions, group_size,
+                                                                   threshold);
+  if (!sums.ok()) return sums.status();
+  for (size_t h = 0; h < streams.size(); ++h) {
+    HEADPAGE_RETURN_IF_ERROR(sums->Add(streams[h], attention[h]));
+  }
+  const int32_t cut = sums->Cut();
+  std::vector<int32_t> kept(streams.size());
+  for (size_t h = 0; h < streams.size(); ++h) kept[h] = streams[h].num_tokens() - cut;
   return kept;
 }
 

@@ -161,6 +161,28 @@ TEST_CASE("DBudgetFrobeniusKept: bad inputs are refused", "[policy][budget]") {
                 absl::StatusCode::kInvalidArgument, "non-finite");
 }
 
+TEST_CASE("DBudgetFrobenius: stream by stream, a bad stream adds nothing", "[policy][budget]") {
+  // The hand example's stream, added once; then a stream with one candidate
+  // fewer is refused and the cut stays the one stream's.
+  Streams s;
+  s.Add(Vec{0.1f, 0.3f, 0.2f, 0.9f}, {0, 1});
+  s.Add(Vec{0.1f, 0.3f, 0.2f, 0.9f}, {0, 2});
+  const Vec a = {0.5f, 0.5f, 0.0f, 0.0f, 0.2f, 0.3f, 0.5f, 0.0f, 0.1f, 0.1f, 0.1f, 0.7f};
+  const Ints rows = {1, 2, 3};
+  auto sums = DBudgetFrobenius::Create(rows, 1, 0.9);
+  REQUIRE_OK(sums);
+  REQUIRE(sums->Cut() == 0);  // nothing added: nothing cut
+  REQUIRE_OK(sums->Add(s.views()[0], a));
+  REQUIRE(sums->Cut() == 2);
+  REQUIRE_ERROR(sums->Add(s.views()[1], a), absl::StatusCode::kInvalidArgument,
+                "equally many candidates; stream 0 has 3, stream 1 has 2");
+  REQUIRE(sums->Cut() == 2);
+  REQUIRE_ERROR(sums->Add(s.views()[0], Vec(5, 0.1f)), absl::StatusCode::kInvalidArgument,
+                "expected group_size 1 x 3 rows x num_tokens 4");
+  REQUIRE_ERROR(DBudgetFrobenius::Create(Ints{2, 1}, 1, 0.01).status(),
+                absl::StatusCode::kInvalidArgument, "strictly ascend");
+}
+
 TEST_CASE("QueryAttentionRows: causal softmax rows, zero where a query cannot see", "[policy]") {
   // Two keys at positions 0 and 1, d = 2; queries at positions 0 and 1, group 2.
   const Vec keys = {1.0f, 0.0f, 0.0f, 1.0f};
