@@ -88,8 +88,8 @@ absl::StatusOr<std::vector<int32_t>> DBudgetCut(const PolicyConfig& config, cons
                                                 const std::vector<policy::StreamKeys>& keys,
                                                 absl::Span<const StreamScores> streams) {
   const int32_t heads = g.num_kv_heads;
-  std::vector<float> rows;
   if (config.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius) {
+    std::vector<float> rows;  // one stream's at a time
     HEADPAGE_ASSIGN_OR_RETURN(
         policy::DBudgetFrobenius sums,
         policy::DBudgetFrobenius::Create(absl::MakeConstSpan(q.positions, q.num_queries),
@@ -108,8 +108,9 @@ absl::StatusOr<std::vector<int32_t>> DBudgetCut(const PolicyConfig& config, cons
           policy::QueryAttentionRows(keys[h], GroupOf(q, g, h), absl::MakeSpan(rows)));
       HEADPAGE_RETURN_IF_ERROR(sums.Add(streams[h], rows));
     }
+    const int32_t cut = sums.Cut();
     std::vector<int32_t> kept(heads);
-    for (int32_t h = 0; h < heads; ++h) kept[h] = keys[h].num_tokens - sums.Cut();
+    for (int32_t h = 0; h < heads; ++h) kept[h] = keys[h].num_tokens - cut;
     return kept;
   }
   std::vector<std::vector<float>> last_rows(heads);
