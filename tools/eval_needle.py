@@ -282,39 +282,43 @@ def write_markdown(path, summary):
     lengths = sorted({n for v in summary.values() for n in v["by_length"]})
     with open(path, "w", encoding="utf-8") as f:
         f.write("| policy | budget | accuracy | 95% interval | " + " | ".join(f"at {n}" for n in lengths) +
-                " | exact | KV kept (% of full) | KV kept (MiB, mean) | compress s | decode tok/s | runs |\n")
-        f.write("| --- " * (len(lengths) + 10) + "|\n")
+                " | exact | exact 95% interval | KV kept (% of full) | KV kept (MiB, mean) | compress s | decode tok/s | runs |\n")
+        f.write("| --- " * (len(lengths) + 11) + "|\n")
         for (policy, budget), v in summary.items():
             per = " | ".join(f"{v['by_length'][x]:.0%}" if x in v["by_length"] else "" for x in lengths)
             lo, hi = v["interval"]
+            elo, ehi = wilson(v["exact"], v["runs"])
             f.write(f"| {policy} | {budget} | {v['accuracy']:.0%} | {lo:.0%}-{hi:.0%} | {per} | "
-                    f"{v['exact'] / v['runs']:.0%} | {v['kept']:.1%} | {v['mib']:.1f} | "
+                    f"{v['exact'] / v['runs']:.0%} | {elo:.0%}-{ehi:.0%} | {v['kept']:.1%} | {v['mib']:.1f} | "
                     f"{v['compress']:.2f} | {v['tok_s']:.1f} | {v['runs']} |\n")
 
 
 def plot(path, summary):
-    """Accuracy against the KV memory kept, with the 95% intervals."""
+    """Accuracy (the colour) and exact answers (colour and animal) against the KV
+    memory kept, with their 95% intervals."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for policy in sorted({p for p, _ in summary}):
-        points = sorted((v["kept"], v["accuracy"], v["interval"]) for (p, _), v in summary.items()
-                        if p == policy)
-        xs = [100 * x for x, _, _ in points]
-        ys = [y for _, y, _ in points]
-        err = [[y - lo for _, y, (lo, _) in points], [hi - y for _, y, (_, hi) in points]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=policy,
-                    linestyle="none" if len(points) == 1 else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("KV memory kept after compression (% of the full cache)")
-    ax.set_ylabel("needle accuracy (95% interval)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (key, title) in zip(axes, (("hits", "names the colour"), ("exact", "names colour and animal"))):
+        for policy in sorted({p for p, _ in summary}):
+            points = sorted((v["kept"], v[key], v["runs"]) for (p, _), v in summary.items() if p == policy)
+            xs = [100 * x for x, _, _ in points]
+            ys = [h / n for _, h, n in points]
+            bounds = [wilson(h, n) for _, h, n in points]
+            err = [[y - lo for y, (lo, _) in zip(ys, bounds)], [hi - y for y, (_, hi) in zip(ys, bounds)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=policy,
+                        linestyle="none" if len(points) == 1 else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel("KV memory kept after compression (% of the full cache)")
+        ax.set_title(f"answer {title}")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of 50 prompts (95% interval)")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
