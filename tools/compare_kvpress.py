@@ -41,28 +41,6 @@ RATIOS = ["10%", "25%", "50%"]  # the fraction of the prompt kept
 WINDOW, KERNEL, ALPHA, BETA, SINKS = 64, 5, 0.2, 20, 4
 SNAPKV = dict(window=WINDOW, kernel=KERNEL, pooling="avg", reduce="mean")
 
-# method -> the headpage configurations compared with kvpress's press for it:
-# (label, policy name, options). "ada" is run three ways: Ada-KV's released rule
-# (headpage's default floor), kvpress's rule with alpha 0.2 on the candidates,
-# and kvpress's rule with the floor kvpress actually gets (see kvpress_ada_alpha).
-METHODS = {
-    "snapkv": [("uniform-snapkv", "uniform-snapkv", SNAPKV)],
-    "adakv": [("ada-snapkv scaled", "ada-snapkv", dict(SNAPKV, alpha=ALPHA, floor="scaled")),
-              ("ada-snapkv protect-top", "ada-snapkv", dict(SNAPKV, alpha=ALPHA, floor="protect-top")),
-              ("ada-snapkv kvpress-floor", "ada-snapkv", dict(SNAPKV, floor="protect-top"))],
-    "streamingllm": [("streamingllm", "streamingllm", dict(sinks=SINKS))],
-    "tova": [("tova", "tova", {})],
-    "knorm": [("knorm", "knorm", {})],
-    "pyramidkv": [("pyramid", "pyramid", dict(SNAPKV, beta=BETA))],
-}
-
-
-def n_kept(prompt_len, ratio):
-    """kvpress's compute_n_kept(k_len, compression_ratio): int(n (1 - r)), at least 1."""
-    compression = 1.0 - float(ratio.rstrip("%")) / 100.0  # kvpress's compression_ratio
-    return max(1, int(prompt_len * (1.0 - compression)))
-
-
 def kvpress_ada_alpha(kept):
     """The alpha that gives headpage's protect-top floor, floor(alpha (kept - w)),
     the safe candidates kvpress's AdaKVPress ends up with: it protects the top
@@ -70,6 +48,45 @@ def kvpress_ada_alpha(kept):
     first WINDOW of them, so only int(alpha kept) - WINDOW candidates are safe."""
     safe = max(0, int(ALPHA * kept) - WINDOW)
     return min(1.0, (safe + 0.5) / (kept - WINDOW))
+
+
+# method -> the headpage configurations compared with kvpress's press for it:
+# (label, policy name, options, or a function of the kept count giving them).
+# "adakv" is run three ways: Ada-KV's released rule (headpage's default floor),
+# kvpress's rule with alpha 0.2 on the candidates, and kvpress's rule with the
+# floor kvpress actually gets (kvpress_ada_alpha).
+METHODS = {
+    "snapkv": [("uniform-snapkv", "uniform-snapkv", SNAPKV)],
+    "adakv": [("ada-snapkv scaled", "ada-snapkv", dict(SNAPKV, alpha=ALPHA, floor="scaled")),
+              ("ada-snapkv protect-top", "ada-snapkv", dict(SNAPKV, alpha=ALPHA, floor="protect-top")),
+              ("ada-snapkv kvpress-floor", "ada-snapkv",
+               lambda kept: dict(SNAPKV, floor="protect-top", alpha=kvpress_ada_alpha(kept)))],
+    "streamingllm": [("streamingllm", "streamingllm", dict(sinks=SINKS))],
+    "tova": [("tova", "tova", {})],
+    "knorm": [("knorm", "knorm", {})],
+    "pyramidkv": [("pyramid", "pyramid", dict(SNAPKV, beta=BETA))],
+}
+
+# method -> kvpress's press for it, from kvpress's module and the compression ratio.
+PRESSES = {
+    "snapkv": lambda kp, r: kp.SnapKVPress(compression_ratio=r, window_size=WINDOW, kernel_size=KERNEL),
+    "adakv": lambda kp, r: kp.AdaKVPress(PRESSES["snapkv"](kp, r), alpha_safeguard=ALPHA),
+    "streamingllm": lambda kp, r: kp.StreamingLLMPress(compression_ratio=r, n_sink=SINKS),
+    "tova": lambda kp, r: kp.TOVAPress(compression_ratio=r),
+    "knorm": lambda kp, r: kp.KnormPress(compression_ratio=r),
+    "pyramidkv": lambda kp, r: kp.PyramidKVPress(compression_ratio=r, window_size=WINDOW,
+                                                 kernel_size=KERNEL, beta=BETA),
+}
+
+
+def compression_ratio(ratio):
+    """kvpress's compression_ratio (the fraction removed) for a kept ratio ("10%")."""
+    return 1.0 - float(ratio.rstrip("%")) / 100.0
+
+
+def n_kept(prompt_len, ratio):
+    """kvpress's compute_n_kept(k_len, compression_ratio): int(n (1 - r)), at least 1."""
+    return max(1, int(prompt_len * (1.0 - compression_ratio(ratio))))
 
 
 def chat_ids(tok, name):
@@ -118,16 +135,11 @@ def decode(model, prompt_len, first, cache, new_tokens):
 def headpage_kept(cache, prompt_len):
     """[layers][kv_heads][prompt_len] bool: the prompt positions each stream holds."""
     import numpy as np
-    positions = np.from_dlpack(cache.arena.positions).reshape(-1, cache.page_size)
-    seq = cache.seqs[0]
-    lens = cache.manager.stream_lengths(seq)
-    mask = np.zeros((cache.num_layers, cache.num_kv_heads, prompt_len), dtype=bool)
-    for layer in range(cache.num_layers):
-        for head in range(cache.num_kv_heads):
-            pages = cache.manager.stream_pages(seq, layer, head)
-            held = positions[pages].reshape(-1)[:int(lens[layer][head])]
-            mask[layer, head, held[held < prompt_len]] = True
-    return mask
+    mask = np.zeros((cache.num_layers * cache.num_kv_heads, prompt_len), dtype=bool)
+    for stream, held in enumerate(cache.stream_positions()):
+        held = held.numpy()
+        mask[stream, held[held < prompt_len]] = True
+    return mask.reshape(cache.num_layers, cache.num_kv_heads, prompt_len)
 
 
 def save_dequantized(model, tok, folder):
@@ -165,8 +177,8 @@ def run_headpage(args):
             kept = n_kept(len(ids), ratio)
             for method in args.methods:
                 for label, policy, options in METHODS[method]:
-                    if label == "ada-snapkv kvpress-floor":
-                        options = dict(options, alpha=kvpress_ada_alpha(kept))
+                    if callable(options):
+                        options = options(kept)
                     configs.append((method, label, ratio, options, (policy, kept)))
         # One prefill per prompt (as kvpress's would be: the model's own SDPA over
         # the whole prompt); each configuration loads it into its own Cache.
@@ -200,24 +212,6 @@ def run_headpage(args):
 
 
 # -- kvpress's side ----------------------------------------------------------------------
-
-def make_press(method, ratio, kvpress):
-    compression = 1.0 - float(ratio.rstrip("%")) / 100.0
-    snap = dict(compression_ratio=compression, window_size=WINDOW, kernel_size=KERNEL)
-    if method == "snapkv":
-        return kvpress.SnapKVPress(**snap)
-    if method == "adakv":
-        return kvpress.AdaKVPress(kvpress.SnapKVPress(**snap), alpha_safeguard=ALPHA)
-    if method == "streamingllm":
-        return kvpress.StreamingLLMPress(compression_ratio=compression, n_sink=SINKS)
-    if method == "tova":
-        return kvpress.TOVAPress(compression_ratio=compression)
-    if method == "knorm":
-        return kvpress.KnormPress(compression_ratio=compression)
-    if method == "pyramidkv":
-        return kvpress.PyramidKVPress(beta=BETA, **snap)
-    raise ValueError(f"unknown method {method}")
-
 
 class Recorder:
     """Wraps a press's compress() to record, per layer, the scores it ranked by
@@ -294,7 +288,7 @@ def run_kvpress(args):
             if method == "full":
                 tokens, prefill, tok_s = greedy(model, ids, cache, args.new_tokens, measure)
             else:
-                press = make_press(method, ratio, kvpress)
+                press = PRESSES[method](kvpress, compression_ratio(ratio))
                 recorder = Recorder(press)
                 # The press compresses inside the prefill's forward and lets the decode
                 # steps pass (AdaKV's masks stay on the modules for them).
@@ -303,7 +297,7 @@ def run_kvpress(args):
             done[key] = dict(tokens=tokens, prefill=prefill, tok_s=tok_s, recorder=recorder,
                              bytes=holder["bytes"])
             if method != "full":
-                assert compute_n_kept(len(ids), 1.0 - float(ratio.rstrip("%")) / 100.0) == \
+                assert compute_n_kept(len(ids), compression_ratio(ratio)) == \
                     n_kept(len(ids), ratio)
         k = done[key]
         row = compare_run(run, k, head_masks, args)

@@ -124,7 +124,8 @@ def configs_for(policies, budgets):
     runs once ("own")."""
     out = [("full", "full")]
     for p in policies:
-        out += [(p, "own")] if p.startswith("dbudget") else [(p, b) for b in budgets]
+        own = headpage.policy_by_name(p).allocator == "dbudget"
+        out += [(p, "own")] if own else [(p, b) for b in budgets]
     return out
 
 

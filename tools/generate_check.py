@@ -55,20 +55,6 @@ def timed_generate(model, ids, cache, new_tokens):
     return out, time.perf_counter() - t0
 
 
-def kept_positions(cache):
-    """Per stream of the first sequence, in (layer, kv head) order, the token
-    positions it holds, read from the pool."""
-    positions = torch.from_dlpack(cache.arena.positions).cpu().view(-1, cache.page_size)
-    seq = cache.seqs[0]
-    lengths = cache.manager.stream_lengths(seq)
-    out = []
-    for layer in range(cache.num_layers):
-        for h in range(cache.num_kv_heads):
-            pages = torch.as_tensor(cache.manager.stream_pages(seq, layer, h), dtype=torch.long)
-            out.append(positions[pages].reshape(-1)[:int(lengths[layer, h])].tolist())
-    return out
-
-
 def compressed(model, ids, policy, budget, page_size, new_tokens):
     """Prefill and compress through a headpage cache; returns the cache."""
     cache = hf.Cache(model, policy=policy, budget=budget, page_size=page_size,
@@ -93,7 +79,7 @@ def check_policy(model, model_cpu, ids, policy, args):
     kept, kept_cpu = here.compression[0].kept, cpu.compression[0].kept
     fixed = policy in ("uniform-snapkv", "pyramid", "streamingllm")
     lengths_equal = bool((kept == kept_cpu).all())
-    a, b = kept_positions(here), kept_positions(cpu)
+    a, b = ([x.tolist() for x in c.stream_positions()] for c in (here, cpu))
     shared = sum(len(set(x) & set(y)) for x, y in zip(a, b))
     union = sum(len(set(x) | set(y)) for x, y in zip(a, b))
     pages_exact = here.stats().pages_in_use == sum(
@@ -107,7 +93,7 @@ def check_policy(model, model_cpu, ids, policy, args):
                       max_tokens=ids.shape[1] + args.new_tokens)
     loaded.load_prefill(prefill.keys, prefill.values, prefill.queries)
     loaded.compress()
-    load_equal = kept_positions(loaded) == a
+    load_equal = [x.tolist() for x in loaded.stream_positions()] == a
     del prefill, loaded
     cache = hf.Cache(model, policy=policy, budget=args.budget, page_size=args.page_size,
                      max_tokens=ids.shape[1] + args.new_tokens)

@@ -445,7 +445,7 @@ class Cache(_HFCache):
             queries of the prompt, q >= policy.observed_queries(tokens) (every
             query for H2O and DBudgetKV's Frobenius metric).
         ValueError, changing nothing, for a cache that holds tokens, a wrong
-        number of layers or a shape that does not match."""
+        number of layers, a shape that does not match or mixed dtypes."""
         if self._tokens or self.manager is not None:
             raise ValueError("load_prefill needs a cache that holds nothing yet")
         for name, per_layer in (("keys", keys), ("values", values), ("queries", queries)):
@@ -541,6 +541,20 @@ class Cache(_HFCache):
         return out.unsqueeze(1)  # [batch][1][q_heads][head_dim], as transformers expects
 
     # -- memory ---------------------------------------------------------------------
+
+    def stream_positions(self, sequence=0):
+        """The token positions each stream of a sequence holds, read from the pool:
+        a list over (layer, KV head) in that order, each an ascending int32 tensor
+        on the CPU. What a policy kept, for comparing policies or implementations."""
+        positions = torch.from_dlpack(self.arena.positions).cpu().view(-1, self.page_size)
+        seq = self.seqs[sequence]
+        lengths = self.manager.stream_lengths(seq)
+        out = []
+        for layer in range(self.num_layers):
+            for head in range(self.num_kv_heads):
+                pages = torch.as_tensor(self.manager.stream_pages(seq, layer, head), dtype=torch.long)
+                out.append(positions[pages].reshape(-1)[:int(lengths[layer, head])])
+        return out
 
     def stats(self):
         """The block manager's statistics, a headpage.BlockManagerStats (pages in use
