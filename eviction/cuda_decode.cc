@@ -170,7 +170,7 @@ absl::StatusOr<std::vector<LayerQueries>> CudaExecutorImpl::RecentQueries(SeqId 
   if (ring.count == ring.window) {
     for (int32_t l = 0; l < g.num_layers; ++l) {
       out[l] = {ring.memory.data() + l * layer_bytes, positions, ring.window, g.dtype,
-                MemoryKind::kDevice};
+                MemoryKind::kDevice, {}};
     }
     return out;
   }
@@ -188,7 +188,7 @@ absl::StatusOr<std::vector<LayerQueries>> CudaExecutorImpl::RecentQueries(SeqId 
                           ring.window * row, ring.count * row, g.num_q_heads,
                           cudaMemcpyDeviceToDevice, stream()),
         "packing the decode queries"));
-    out[l] = {to, positions, ring.count, g.dtype, MemoryKind::kDevice};
+    out[l] = {to, positions, ring.count, g.dtype, MemoryKind::kDevice, {}};
   }
   return out;
 }

@@ -36,6 +36,18 @@ absl::Status CudaExecutor::Supports(const PolicyConfig& config) {
         "needs every prompt query's attention row, prompt x prompt per q head, which no kernel "
         "computes); use a host pool, or dbudget"));
   }
+  if (config.needs_output_projection()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy ", config.name, ": CriticalKV's and DefensiveKV's value norms do not run on the "
+        "GPU executor yet (each is a product of every token's value with the layer's output "
+        "projection, tokens x head_dim x hidden per q head, and DefensiveKV's worst case over "
+        "the window needs its own reduction of the attention rows); use a host pool"));
+  }
+  if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy ", config.name, ": allocation across layers does not run on the GPU executor, "
+        "which compacts each layer as soon as it is selected; use a host pool"));
+  }
   return absl::OkStatus();
 }
 

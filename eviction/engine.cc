@@ -109,6 +109,23 @@ absl::Status EvictionEngine::ValidateQueries(absl::Span<const LayerQueries> quer
   return absl::OkStatus();
 }
 
+absl::Status EvictionEngine::CheckOutputProjections(const PolicyConfig& config,
+                                                    absl::Span<const LayerQueries> queries) const {
+  if (!config.needs_output_projection()) return absl::OkStatus();
+  const CacheGeometry& g = manager_->geometry();
+  for (size_t l = 0; l < queries.size(); ++l) {
+    const policy::OutputProjection& w = queries[l].output_projection;
+    if (w.data == nullptr || w.hidden_size < 1 || w.num_q_heads != g.num_q_heads ||
+        w.head_dim != g.head_dim || SizeOf(w.dtype) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "policy ", config.name, " weighs tokens by their values through the output "
+          "projection: layer ", l, " needs its W_o, [hidden][", g.num_q_heads, " x ", g.head_dim,
+          "] (got ", w.data == nullptr ? "none" : "a projection of another shape or dtype", ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status EvictionEngine::CheckQueryPositions(SeqId seq,
                                                  absl::Span<const LayerQueries> queries) const {
   HEADPAGE_ASSIGN_OR_RETURN(const int64_t tokens, manager_->NumTokens(seq));
@@ -175,7 +192,8 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   // that a batch is refused before any sequence or layer is compressed.
   using A = PolicyConfig::Allocator;
   const bool capacity_bound = config.allocator == A::kUniform || config.allocator == A::kPyramid ||
-                              config.allocator == A::kAda || config.allocator == A::kAdaPyramid;
+                              config.allocator == A::kAda || config.allocator == A::kAdaPyramid ||
+                              config.allocator == A::kAdaAcrossLayers;
   const int32_t heads = g.num_kv_heads;
   for (int32_t layer = 0; layer < g.num_layers; ++layer) {
     for (int32_t h = 0; h < heads; ++h) {
@@ -192,7 +210,7 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
       if (config.scorer == PolicyConfig::Scorer::kTova && n != lens_now[layer * heads]) {
         return absl::FailedPreconditionError(absl::StrCat(
             "TOVA: layer ", layer, "'s kv heads hold different tokens (", n, " vs ",
-            lens_now[layer * heads], "); TOVA keeps one token set per layer"));
+            lens_now[layer * heads], "); it scores each token across the layer's heads"));
       }
     }
   }
@@ -231,6 +249,7 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   std::vector<Prepared> prepared;
   for (size_t i = 0; i < seqs.size(); ++i) {
     HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries[i], /*one_each=*/false));
+    HEADPAGE_RETURN_IF_ERROR(CheckOutputProjections(config, queries[i]));
     HEADPAGE_ASSIGN_OR_RETURN(Prepared p, Prepare(seqs[i], config, budget));
     HEADPAGE_RETURN_IF_ERROR(CheckQueryPositions(seqs[i], queries[i]));
     prepared.push_back(std::move(p));
@@ -266,6 +285,10 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   }
   for (size_t i = 0; i < seqs.size() && config.compresses() && cuda_ == nullptr; ++i) {
     const Prepared& p = prepared[i];
+    if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
+      HEADPAGE_RETURN_IF_ERROR(CompressAcrossLayers(p, config, queries[i]));
+      continue;
+    }
     SeqState& state = StateFor(p.seq);
     for (int32_t layer = 0; layer < g.num_layers; ++layer) {
       HEADPAGE_ASSIGN_OR_RETURN(LayerDecision decision,
@@ -289,6 +312,42 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     results[i].pages_freed = prepared[i].pages_before - PagesHeld(*manager_, seqs[i]);
   }
   return results;
+}
+
+absl::Status EvictionEngine::CompressAcrossLayers(const Prepared& p, const PolicyConfig& config,
+                                                  absl::Span<const LayerQueries> queries) {
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  // Every layer's scores first (keys dropped once scored: the allocation reads
+  // scores and positions only), then one top-k over every stream of the
+  // sequence, then each layer's selection and compaction.
+  std::vector<LayerScores> layers(g.num_layers);
+  std::vector<StreamScores> streams;
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    HEADPAGE_ASSIGN_OR_RETURN(layers[layer], host_.Score(p.seq, layer, config,
+                                                         p.layer_capacity[layer], queries[layer]));
+    layers[layer].data.keys = {};
+  }
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    const std::vector<StreamScores> layer_streams = layers[layer].Streams(g, p.protection);
+    streams.insert(streams.end(), layer_streams.begin(), layer_streams.end());
+  }
+  HEADPAGE_ASSIGN_OR_RETURN(const std::vector<int32_t> kept,
+                            policy::AdaKept(streams, p.capacity, config.ada));
+  SeqState& state = StateFor(p.seq);
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    HEADPAGE_ASSIGN_OR_RETURN(
+        const std::vector<std::vector<int32_t>> keep_sets,
+        host_.Select(config, layers[layer],
+                     absl::MakeConstSpan(kept).subspan(static_cast<size_t>(layer) * heads, heads),
+                     p.protection));
+    for (int32_t h = 0; h < heads; ++h) {
+      state.scores[layer * heads + h] = std::move(layers[layer].scores[h]);
+    }
+    const int32_t one[] = {layer};
+    HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(p.seq, one, keep_sets));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status EvictionEngine::ApplyKeepSets(SeqId seq, absl::Span<const int32_t> layers,
@@ -407,7 +466,7 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
                     sizeof(float) * g.head_dim);
       }
     }
-    window[layer] = LayerQueries{b.data(), state.recent_positions.data(), w, DType::kF32};
+    window[layer] = LayerQueries{b.data(), state.recent_positions.data(), w, DType::kF32, MemoryKind::kHost, {}};
   }
   PolicyConfig at_decode = config;
   at_decode.window = std::min(config.window, w);

@@ -83,9 +83,11 @@ class EvictionEngine {
   // observation window (SnapKV & co.: the last `window` prompt queries; H2O: every
   // prompt query; TOVA, DBudgetKV: the last query is read from them). After it
   // returns, each stream holds exactly the tokens the policy chose, in position
-  // order, and the pages it gave up are free.
+  // order, and the pages it gave up are free. CriticalKV and DefensiveKV also
+  // read each layer's LayerQueries::output_projection.
   // Errors, changing nothing: NotFound (seq), InvalidArgument (queries for the
-  // wrong number of layers, no queries, a bad policy or budget, a window longer
+  // wrong number of layers, no queries, a bad policy or budget, a missing
+  // output projection, a window longer
   // than the prompt, host query positions outside the sequence or not strictly
   // ascending), FailedPrecondition (TOVA on a layer whose heads hold
   // different tokens). ResourceExhausted when the pool cannot even compact in
@@ -170,6 +172,13 @@ class EvictionEngine {
   };
   absl::StatusOr<Prepared> Prepare(SeqId seq, const PolicyConfig& config, const Budget& budget) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
+  // InvalidArgument when the policy needs each layer's output projection and a
+  // layer has none, or one of another shape.
+  absl::Status CheckOutputProjections(const PolicyConfig& config,
+                                      absl::Span<const LayerQueries> queries) const;
+  // Compress's host steps for a policy that allocates across layers.
+  absl::Status CompressAcrossLayers(const Prepared& p, const PolicyConfig& config,
+                                    absl::Span<const LayerQueries> queries);
   // InvalidArgument unless every host query position is inside the sequence
   // and they ascend strictly (device positions are not read here).
   absl::Status CheckQueryPositions(SeqId seq, absl::Span<const LayerQueries> queries) const;

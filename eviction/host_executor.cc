@@ -9,6 +9,8 @@
 #include "kernels/compact.h"
 #include "kernels/gather_kv.h"
 #include "policy/budget.h"
+#include "policy/critical.h"
+#include "policy/defensive.h"
 #include "policy/scores.h"
 #include "policy/select.h"
 
@@ -134,7 +136,8 @@ absl::Status HostExecutor::CheckHostPool() const {
       "HostExecutor: the pool is device memory; the host executor reads and writes host memory only");
 }
 
-absl::Status HostExecutor::GatherLayer(SeqId seq, int32_t layer, LayerKeys* out) const {
+absl::Status HostExecutor::GatherLayer(SeqId seq, int32_t layer, LayerKeys* out,
+                                       std::vector<char>* values) const {
   HEADPAGE_RETURN_IF_ERROR(CheckHostPool());
   const CacheGeometry& g = manager_->geometry();
   // The layer's block tables of `seq`, tight: the CSR GatherKV takes.
@@ -146,6 +149,7 @@ absl::Status HostExecutor::GatherLayer(SeqId seq, int32_t layer, LayerKeys* out)
   const size_t tokens = static_cast<size_t>(out->offsets.back());
   out->keys.resize(tokens * g.head_dim * SizeOf(g.dtype));
   out->positions.resize(tokens);
+  if (values != nullptr) values->resize(out->keys.size());
   GatherKVArgs args;
   args.cache = cache_;
   args.num_rows = table.num_rows();
@@ -154,27 +158,105 @@ absl::Status HostExecutor::GatherLayer(SeqId seq, int32_t layer, LayerKeys* out)
   args.num_page_ids = static_cast<int32_t>(table.page_ids().size());
   args.lens = table.lens().data();
   args.keys = out->keys.data();
+  args.values = values != nullptr ? values->data() : nullptr;
   args.positions = out->positions.data();
   return ref::GatherKV(args);
 }
 
-absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
-                                                   const PolicyConfig& config, int32_t capacity,
-                                                   const policy::Protection& protection,
-                                                   const LayerQueries& q) const {
+std::vector<StreamScores> LayerScores::Streams(const CacheGeometry& g,
+                                               const policy::Protection& protection) const {
+  std::vector<StreamScores> streams(g.num_kv_heads);
+  for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+    const int32_t first = data.offsets[h];
+    streams[h] = StreamScores{scores[h],
+                              absl::MakeConstSpan(data.positions.data() + first,
+                                                  data.offsets[h + 1] - first),
+                              protection};
+  }
+  return streams;
+}
+
+namespace {
+
+// Each kv head's projected value norms (policy/critical.h) out of the layer's
+// gathered values.
+absl::StatusOr<std::vector<std::vector<float>>> ValueNorms(const CacheGeometry& g,
+                                                           const LayerKeys& data,
+                                                           const std::vector<char>& values,
+                                                           const policy::OutputProjection& w) {
+  std::vector<std::vector<float>> norms(g.num_kv_heads);
+  for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+    const int32_t n = data.offsets[h + 1] - data.offsets[h];
+    const policy::StreamValues v{
+        values.data() + static_cast<size_t>(data.offsets[h]) * g.head_dim * SizeOf(g.dtype), n,
+        g.head_dim, g.dtype};
+    norms[h].resize(n);
+    HEADPAGE_RETURN_IF_ERROR(
+        policy::ProjectedValueNorms(v, w, g.num_kv_heads, h, absl::MakeSpan(norms[h])));
+  }
+  return norms;
+}
+
+// DefensiveKV's scores of one layer (policy/defensive.h): each head's worst
+// case over the window, then the layer step that weighs them by the value norms.
+absl::Status DefensiveLayer(const PolicyConfig& config, const CacheGeometry& g,
+                            const LayerQueries& q, int32_t capacity,
+                            const std::vector<policy::StreamKeys>& keys,
+                            const std::vector<std::vector<float>>& norms,
+                            std::vector<std::vector<float>>* scores) {
+  const int32_t heads = g.num_kv_heads;
+  std::vector<std::vector<float>> mean(heads);
+  double mass_before = 0.0;
+  int32_t prefix = -1;
+  for (int32_t h = 0; h < heads; ++h) {
+    mean[h].resize(keys[h].num_tokens);
+    policy::DefensiveStream measured;
+    HEADPAGE_RETURN_IF_ERROR(policy::DefensiveScores(keys[h], GroupOf(q, g, h),
+                                                     config.snapkv.kernel_size,
+                                                     absl::MakeSpan((*scores)[h]),
+                                                     absl::MakeSpan(mean[h]), &measured));
+    if (prefix >= 0 && measured.prefix != prefix) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "policy ", config.name, ": the layer's kv heads hold different tokens; DefensiveKV "
+          "weighs each token across the layer's heads"));
+    }
+    prefix = measured.prefix;
+    mass_before += measured.mass_before_window;
+  }
+  const double window_bias = mass_before / (static_cast<double>(g.num_q_heads) * q.num_queries);
+  std::vector<absl::Span<float>> out(heads);
+  std::vector<absl::Span<const float>> mean_spans(heads), norm_spans(heads);
+  for (int32_t h = 0; h < heads; ++h) {
+    out[h] = absl::MakeSpan((*scores)[h]);
+    mean_spans[h] = mean[h];
+    norm_spans[h] = norms[h];
+  }
+  return policy::DefensiveLayerScores(out, mean_spans, norm_spans, prefix, window_bias, capacity);
+}
+
+}  // namespace
+
+absl::StatusOr<LayerScores> HostExecutor::Score(SeqId seq, int32_t layer,
+                                                const PolicyConfig& config, int32_t capacity,
+                                                const LayerQueries& q) const {
   using Scorer = PolicyConfig::Scorer;
-  using Allocator = PolicyConfig::Allocator;
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
-  LayerKeys data;
-  HEADPAGE_RETURN_IF_ERROR(GatherLayer(seq, layer, &data));
-  LayerDecision decision;
-  std::vector<std::vector<float>>& scores = decision.scores;
+  LayerScores result;
+  LayerKeys& data = result.data;
+  std::vector<char> values;
+  const bool needs_values = config.needs_output_projection();
+  HEADPAGE_RETURN_IF_ERROR(GatherLayer(seq, layer, &data, needs_values ? &values : nullptr));
+  std::vector<std::vector<float>>& scores = result.scores;
   scores.resize(heads);
   std::vector<policy::StreamKeys> keys(heads);
   for (int32_t h = 0; h < heads; ++h) {
     keys[h] = data.Stream(h, g);
     scores[h].assign(keys[h].num_tokens, 0.0f);
+  }
+  std::vector<std::vector<float>> norms;
+  if (needs_values) {
+    HEADPAGE_ASSIGN_OR_RETURN(norms, ValueNorms(g, data, values, q.output_projection));
   }
   switch (config.scorer) {
     case Scorer::kSnapKV: {
@@ -191,6 +273,9 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
       }
       break;
     }
+    case Scorer::kDefensive:
+      HEADPAGE_RETURN_IF_ERROR(DefensiveLayer(config, g, q, capacity, keys, norms, &scores));
+      break;
     case Scorer::kH2O:
       for (int32_t h = 0; h < heads; ++h) {
         HEADPAGE_RETURN_IF_ERROR(policy::AccumulateAttention(keys[h], GroupOf(q, g, h),
@@ -224,11 +309,40 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
     case Scorer::kNone:
       break;
   }
-  std::vector<StreamScores> streams(heads);
-  for (int32_t h = 0; h < heads; ++h) {
-    streams[h] = StreamScores{scores[h], absl::MakeConstSpan(keys[h].positions, keys[h].num_tokens),
-                              protection};
+  if (config.critical) result.value_norms = std::move(norms);
+  return result;
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> HostExecutor::Select(
+    const PolicyConfig& config, const LayerScores& layer, absl::Span<const int32_t> kept,
+    const policy::Protection& protection) const {
+  const CacheGeometry& g = manager_->geometry();
+  const std::vector<StreamScores> streams = layer.Streams(g, protection);
+  std::vector<std::vector<int32_t>> keep_sets(g.num_kv_heads);
+  std::vector<float> critical;
+  for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+    StreamScores stream = streams[h];
+    if (config.critical) {
+      critical.resize(stream.scores.size());
+      HEADPAGE_RETURN_IF_ERROR(policy::CriticalScores(stream, layer.value_norms[h], kept[h],
+                                                      config.critical_options,
+                                                      absl::MakeSpan(critical)));
+      stream.scores = critical;
+    }
+    HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(stream, kept[h], &keep_sets[h]));
   }
+  return keep_sets;
+}
+
+absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
+                                                   const PolicyConfig& config, int32_t capacity,
+                                                   const policy::Protection& protection,
+                                                   const LayerQueries& q) const {
+  using Allocator = PolicyConfig::Allocator;
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  HEADPAGE_ASSIGN_OR_RETURN(LayerScores scored, Score(seq, layer, config, capacity, q));
+  const std::vector<StreamScores> streams = scored.Streams(g, protection);
   std::vector<int32_t> kept;
   switch (config.allocator) {
     case Allocator::kUniform:
@@ -242,18 +356,22 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
       break;
     }
     case Allocator::kDBudget: {
+      std::vector<policy::StreamKeys> keys(heads);
+      for (int32_t h = 0; h < heads; ++h) keys[h] = scored.data.Stream(h, g);
       HEADPAGE_ASSIGN_OR_RETURN(kept, DBudgetCut(config, g, q, keys, streams));
       break;
     }
+    case Allocator::kAdaAcrossLayers:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "policy ", config.name, ": its budget is allocated across layers, not one at a time"));
     case Allocator::kNone:
       kept.resize(heads);
-      for (int32_t h = 0; h < heads; ++h) kept[h] = keys[h].num_tokens;
+      for (int32_t h = 0; h < heads; ++h) kept[h] = static_cast<int32_t>(scored.scores[h].size());
       break;
   }
-  decision.keep_sets.resize(heads);
-  for (int32_t h = 0; h < heads; ++h) {
-    HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(streams[h], kept[h], &decision.keep_sets[h]));
-  }
+  LayerDecision decision;
+  HEADPAGE_ASSIGN_OR_RETURN(decision.keep_sets, Select(config, scored, kept, protection));
+  decision.scores = std::move(scored.scores);
   return decision;
 }
 

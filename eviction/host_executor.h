@@ -31,6 +31,18 @@ struct LayerKeys {
   policy::StreamKeys Stream(int32_t h, const CacheGeometry& g) const;
 };
 
+// One layer's scores, before the budgets: what the allocator ranks (and the
+// engine's score store keeps), per kv head, with the positions and, for
+// CriticalKV, the projected value norms its selection weighs by.
+struct LayerScores {
+  LayerKeys data;  // keys (dropped once scored, when nothing later reads them) and positions
+  std::vector<std::vector<float>> scores;
+  std::vector<std::vector<float>> value_norms;  // [kv head][token]; empty unless config.critical
+  // The layer's streams over these scores.
+  std::vector<policy::StreamScores> Streams(const CacheGeometry& g,
+                                            const policy::Protection& protection) const;
+};
+
 // What one layer's policy decided: per kv head, the scores of its tokens (the
 // engine's score store keeps them) and the ascending keep set.
 struct LayerDecision {
@@ -44,11 +56,23 @@ class HostExecutor {
   // engine checks). A device cache makes every call an InvalidArgument.
   HostExecutor(BlockManager* manager, const PagedKV& cache) : manager_(manager), cache_(cache) {}
 
-  [[nodiscard]] absl::Status GatherLayer(SeqId seq, int32_t layer, LayerKeys* out) const;
+  // Keys and positions of one layer's streams of `seq`, and their values when
+  // `values` is non-null ([sum lens][head_dim] raw, the same order).
+  [[nodiscard]] absl::Status GatherLayer(SeqId seq, int32_t layer, LayerKeys* out,
+                                         std::vector<char>* values = nullptr) const;
+  // Step 1: scores layer `layer` of `seq` with the policy's scorer on `queries`
+  // (capacity: the layer's, which DefensiveKV's first stage reads).
+  [[nodiscard]] absl::StatusOr<LayerScores> Score(SeqId seq, int32_t layer,
+                                                  const PolicyConfig& config, int32_t capacity,
+                                                  const LayerQueries& queries) const;
+  // Step 3: the keep sets of a layer whose kv heads keep kept[h] tokens.
+  [[nodiscard]] absl::StatusOr<std::vector<std::vector<int32_t>>> Select(
+      const PolicyConfig& config, const LayerScores& scores, absl::Span<const int32_t> kept,
+      const policy::Protection& protection) const;
 
-  // Scores layer `layer` of `seq` with the policy's scorer on `queries`,
-  // allocates each kv head's budget from `capacity` (the layer's, after any
-  // pyramid schedule) and selects the keep sets, protecting `protection`.
+  // Score, then allocates each kv head's budget from `capacity` (the layer's,
+  // after any pyramid schedule), then Select, protecting `protection`. Not for
+  // a policy that allocates across layers (the engine runs the three steps).
   [[nodiscard]] absl::StatusOr<LayerDecision> Decide(SeqId seq, int32_t layer,
                                                      const PolicyConfig& config, int32_t capacity,
                                                      const policy::Protection& protection,

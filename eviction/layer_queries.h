@@ -9,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "core/paged_kv.h"
+#include "policy/types.h"
 
 namespace headpage {
 
@@ -22,6 +23,11 @@ struct LayerQueries {
   int32_t num_queries = 0;
   DType dtype = DType::kF32;
   MemoryKind memory = MemoryKind::kHost;
+  // The layer's output projection W_o, for the policies that weigh tokens by
+  // their projected value norms (PolicyConfig::needs_output_projection():
+  // CriticalKV, DefensiveKV); null data otherwise. In `memory`, like the
+  // queries; num_q_heads and head_dim must be the geometry's.
+  policy::OutputProjection output_projection;
 };
 
 }  // namespace headpage

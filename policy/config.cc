@@ -16,6 +16,17 @@ namespace {
 using S = PolicyConfig::Scorer;
 using A = PolicyConfig::Allocator;
 
+// DefensiveKV as released: its scorer, average pooling with kernel 5, no
+// safeguard floor, and the budget shared by the layer's heads (kAda) or by
+// every layer's (kAdaAcrossLayers).
+void ConfigureDefensive(A allocator, PolicyConfig* c) {
+  c->scorer = S::kDefensive;
+  c->allocator = allocator;
+  c->ada.alpha = 0.0;
+  c->snapkv.kernel_size = 5;
+  c->snapkv.pooling = policy::Pooling::kAvg;
+}
+
 // The registry: a name, and what it changes from PolicyConfig's defaults
 // (SnapKV scores, window 32, maxpool 7, GQA mean, Ada alpha 0.2).
 struct NamedPolicy {
@@ -73,6 +84,22 @@ constexpr NamedPolicy kPolicies[] = {
     {"tova", [](PolicyConfig* c) { c->scorer = S::kTova; c->window = 1; }},
     {"knorm", [](PolicyConfig* c) { c->scorer = S::kKeyNorm; c->window = 0; }},
     {"random", [](PolicyConfig* c) { c->scorer = S::kRandom; c->window = 0; }},
+    // CriticalKV (arXiv 2502.03805) on SnapKV's scores with a uniform budget,
+    // and on Ada-KV's allocation as the released CriticalAdaKVPress runs it
+    // (its safeguard: each head's top floor(0.2 B) is protected, the rest a
+    // layer-wide top-k). Both need each layer's output projection.
+    {"critical-snapkv", [](PolicyConfig* c) { c->critical = true; }},
+    {"critical-ada-snapkv",
+     [](PolicyConfig* c) {
+       c->allocator = A::kAda;
+       c->ada.floor = policy::AdaFloor::kProtectTop;
+       c->critical = true;
+     }},
+    // DefensiveKV (arXiv 2510.13334) as released: window 32, average pooling
+    // with kernel 5, the layer's budget shared by its heads with no floor;
+    // Layer-DefensiveKV shares it across layers. Both need the output projection.
+    {"defensivekv", [](PolicyConfig* c) { ConfigureDefensive(A::kAda, c); }},
+    {"layer-defensivekv", [](PolicyConfig* c) { ConfigureDefensive(A::kAdaAcrossLayers, c); }},
 };
 
 }  // namespace
@@ -127,6 +154,16 @@ absl::Status Validate(const PolicyConfig& c) {
   if (c.dbudget_metric == PolicyConfig::DBudgetMetric::kFrobenius && c.dbudget_by_position) {
     return absl::InvalidArgumentError(absl::StrCat(
         "policy ", c.name, ": DBudgetKV's Frobenius metric orders candidates by score only"));
+  }
+  if (c.scorer == PolicyConfig::Scorer::kDefensive &&
+      (c.window < 1 || c.snapkv.pooling != policy::Pooling::kAvg)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "policy ", c.name, ": DefensiveKV needs an observation window (>= 1) and average pooling"));
+  }
+  if (c.critical && !(c.critical_options.first_stage >= 0.0 && c.critical_options.first_stage <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": CriticalKV's first stage ",
+                                                   c.critical_options.first_stage,
+                                                   " is outside [0, 1]"));
   }
   if (c.scorer == PolicyConfig::Scorer::kNone && c.allocator != PolicyConfig::Allocator::kNone) {
     return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": an allocator needs a scorer"));

@@ -18,14 +18,23 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "policy/budget.h"
+#include "policy/critical.h"
 #include "policy/scores.h"
 
 namespace headpage {
 
 // A policy: how tokens are scored and how many each stream keeps.
 struct PolicyConfig {
-  enum class Scorer : uint8_t { kNone, kSnapKV, kH2O, kRecency, kTova, kKeyNorm, kRandom };
-  enum class Allocator : uint8_t { kNone, kUniform, kPyramid, kAda, kAdaPyramid, kDBudget };
+  enum class Scorer : uint8_t {
+    kNone, kSnapKV, kH2O, kRecency, kTova, kKeyNorm, kRandom,
+    kDefensive,  // DefensiveKV's worst case over the window, weighed by value norms (defensive.h)
+  };
+  enum class Allocator : uint8_t {
+    kNone, kUniform, kPyramid, kAda, kAdaPyramid, kDBudget,
+    // Ada-KV's top-k over every KV head of every layer at once (Layer-DefensiveKV):
+    // the budget moves between layers too.
+    kAdaAcrossLayers,
+  };
   // Which prompt queries the compression at the end of the prefill observes:
   // the last max(window, 1) (SnapKV & co.; TOVA and DBudgetKV read the last
   // one), or every prompt query (H2O's accumulated attention).
@@ -55,9 +64,19 @@ struct PolicyConfig {
   enum class DBudgetMetric : uint8_t { kLastToken, kFrobenius };
   DBudgetMetric dbudget_metric = DBudgetMetric::kLastToken;
   uint64_t seed = 0;  // the random scorer's
+  // CriticalKV's two-stage selection (critical.h): after the budgets are
+  // allocated on the attention scores, each stream keeps its first stage by
+  // attention and the rest by attention x projected value norm.
+  bool critical = false;
+  policy::CriticalOptions critical_options;
 
   // Whether the policy evicts anything at all ("full" does not).
   bool compresses() const { return allocator != Allocator::kNone; }
+  // Whether compressing needs each layer's output projection W_o (the value
+  // norms of CriticalKV and DefensiveKV): LayerQueries::output_projection.
+  bool needs_output_projection() const {
+    return compresses() && (critical || scorer == Scorer::kDefensive);
+  }
   // How many of the last `prompt_queries` prompt queries compression observes.
   int32_t ObservedQueries(int32_t prompt_queries) const;
 };

@@ -38,6 +38,27 @@ struct GroupQueries {
   DType dtype = DType::kF32;
 };
 
+// One stream's values, dense, in slot order (CriticalKV's and DefensiveKV's
+// value norms read them).
+struct StreamValues {
+  const void* data = nullptr;  // [num_tokens][head_dim] of dtype
+  int32_t num_tokens = 0;
+  int32_t head_dim = 0;
+  DType dtype = DType::kF32;
+};
+
+// A layer's attention output projection W_o as torch.nn.Linear stores it:
+// [hidden_size][num_q_heads * head_dim], so that q head h's slice W_o^h is
+// columns [h * head_dim, (h + 1) * head_dim) and o = sum_h (A_h V_h) W_o^h^T.
+// CriticalKV weighs tokens by || v W_o^h ||_1 (value_norms.h).
+struct OutputProjection {
+  const void* data = nullptr;
+  int32_t hidden_size = 0;
+  int32_t num_q_heads = 0;
+  int32_t head_dim = 0;
+  DType dtype = DType::kF32;
+};
+
 enum class Pooling : uint8_t { kNone, kAvg, kMax };
 // How the G query heads of a group are reduced to the one KV head's score.
 enum class GroupReduce : uint8_t { kMean, kMax };

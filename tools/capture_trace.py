@@ -15,6 +15,8 @@ model runs on exactly what is recorded) and records, for the chosen layers:
   layers.{i}.queries          f16 [num_q_heads, num_queries, head_dim]  post-RoPE
   layers.{i}.query_positions  i32 [num_queries], strictly ascending
   layers.{i}.outputs          f16 [num_q_heads, num_queries, head_dim]  softmax(QK^T/sqrt(d))V, before o_proj
+  layers.{i}.output_projection f16 [hidden_size, num_q_heads * head_dim] the layer's o_proj weight
+                              (what CriticalKV and DefensiveKV weigh values by)
 
 num_tokens = prompt_len + generated_len. The queries are those of the last Q
 prompt tokens and of every generated token (positions prompt_len - Q ..
@@ -142,9 +144,22 @@ def headpage_capture_attention(module, query, key, value, attention_mask, scalin
             "values": f16(v),
             "queries": f16(q.index_select(1, rows)),
             "outputs": f16(out.index_select(1, rows)),
+            "output_projection": output_projection(module),
         }
     # transformers expects [batch, seq, heads, head_dim].
     return out.to(query.dtype).transpose(0, 1).unsqueeze(0).contiguous(), None
+
+
+def output_projection(module):
+    """The attention module's o_proj weight as float16 numpy, [hidden, q_heads * head_dim]
+    (torch.nn.Linear's layout: out_features x in_features)."""
+    o_proj = getattr(module, "o_proj", None)
+    if o_proj is None or getattr(o_proj, "weight", None) is None or o_proj.weight.dim() != 2:
+        raise RuntimeError(f"{type(module).__name__} has no o_proj weight to record")
+    w = o_proj.weight.detach().float()
+    if not bool(torch.isfinite(w).all()) or float(w.abs().max()) > 65504:
+        raise RuntimeError("o_proj weight does not fit float16")
+    return w.to(torch.float16).cpu().numpy()
 
 
 AttentionInterface.register(ATTN_NAME, headpage_capture_attention)
@@ -333,7 +348,8 @@ def main(argv=None):
         r = RECORDER.records[i]
         assert r["keys"].shape == (hkv, num_tokens, head_dim), r["keys"].shape
         assert r["queries"].shape == (hq, len(positions), head_dim), r["queries"].shape
-        for key in ("keys", "values", "queries", "outputs"):
+        assert r["output_projection"].shape[1] == hq * head_dim, r["output_projection"].shape
+        for key in ("keys", "values", "queries", "outputs", "output_projection"):
             a = r[key]
             if not np.isfinite(a).all():
                 raise SystemExit(f"layer {i} {key} has NaN/Inf in float16")

@@ -10,6 +10,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "policy/options.h"
@@ -44,24 +45,30 @@ std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view form
           "\"query_set\": \"%s\", \"query_window\": %d, %s"
           "\"layer\": %s, \"mean_l1_error\": %.9g, \"mean_rel_l2_error\": %.9g, "
           "\"mean_lost_mass\": %.9g, \"bound\": %.9g, \"topk_recall\": %.9g, \"kept_tokens\": %d, "
-          "\"kept_pages\": %d, \"fragmentation\": %d, \"full_tokens\": %d, \"queries\": %d}%s\n",
+          "\"kept_pages\": %d, \"fragmentation\": %d, \"full_tokens\": %d, \"queries\": %d, "
+          "\"projected_l1_error\": %s}%s\n",
           r.trace, r.policy, r.budget, r.page_size, r.query_set, r.query_window, options,
           m.layer < 0 ? std::string("\"all\"") : absl::StrCat(m.layer), m.mean_l1_error,
           m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall, m.kept_tokens,
-          m.kept_pages, m.fragmentation, m.full_tokens, m.queries, i + 1 < rows.size() ? "," : "");
+          m.kept_pages, m.fragmentation, m.full_tokens, m.queries,
+          m.has_projected_error ? absl::StrFormat("%.9g", m.mean_projected_l1_error)
+                                : std::string("null"),
+          i + 1 < rows.size() ? "," : "");
     }
     return out + "]\n";
   }
   std::string out = absl::StrFormat(
-      "%-22s %-15s %-7s %5s %-9s %5s %10s %10s %10s %10s %7s %9s %8s %6s\n", "trace", "policy",
-      "budget", "page", "queries", "layer", "l1_error", "rel_l2", "lost_mass", "bound", "recall",
-      "kept_tok", "pages", "frag");
+      "%-22s %-19s %-7s %5s %-9s %5s %10s %10s %10s %10s %10s %7s %9s %8s %6s\n", "trace",
+      "policy", "budget", "page", "queries", "layer", "l1_error", "proj_l1", "rel_l2", "lost_mass",
+      "bound", "recall", "kept_tok", "pages", "frag");
   for (const SweepRow& r : rows) {
     const ReplayMetrics& m = r.metrics;
     absl::StrAppendFormat(&out,
-                          "%-22s %-15s %-7s %5d %-9s %5s %10.4g %10.4g %10.4g %10.4g %7.3f %9d %8d %6d\n",
+                          "%-22s %-19s %-7s %5d %-9s %5s %10.4g %10s %10.4g %10.4g %10.4g %7.3f %9d %8d %6d\n",
                           r.trace, r.policy, r.budget, r.page_size, r.query_set,
                           m.layer < 0 ? std::string("all") : absl::StrCat(m.layer), m.mean_l1_error,
+                          m.has_projected_error ? absl::StrFormat("%.4g", m.mean_projected_l1_error)
+                                                : std::string("-"),
                           m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall,
                           m.kept_tokens, m.kept_pages, m.fragmentation);
   }
@@ -93,8 +100,8 @@ constexpr char kReplayUsage[] =
     "included, e.g. 128, or a share of the prompt, e.g. 20%), appends the generated\n"
     "tokens, and reports per layer and overall what eviction did to attention: output\n"
     "error (L1, relative L2), lost attention mass, Ada-KV's L1 bound, top-32 recall, and\n"
-    "the tokens, pages and empty tail slots kept. Policies: full, uniform-snapkv, pyramid,\n"
-    "ada-snapkv, ada-pyramid, dbudget, dbudget-fro, h2o, streamingllm, tova, knorm, random.\n"
+    "the tokens, pages and empty tail slots kept. Policies (the registry's):\n"
+    "{POLICIES}\n"
     "--decode-interval N compresses again every N generated tokens to T tokens per head,\n"
     "scoring with the last W generated queries (default 32), as kvpress's DecodingPress.\n"
     "--queries later|window|generated|all: which queries are measured. later (the default)\n"
@@ -118,9 +125,32 @@ constexpr char kSweepUsage[] =
     "--queries as for replay (default later: the window and the generated tokens' queries).\n"
     POLICY_OPTIONS_HELP;
 
+// The replay usage with the registry's policy names, wrapped.
+const std::string& ReplayUsage() {
+  static const std::string* usage = [] {
+    std::string names = "  ";
+    size_t line = 2;
+    const std::vector<std::string>& all = PolicyNames();
+    for (size_t i = 0; i < all.size(); ++i) {
+      const std::string item = all[i] + (i + 1 < all.size() ? "," : ".");
+      if (line + 1 + item.size() > 88) {
+        names += "\n  ";
+        line = 2;
+      } else if (line > 2) {
+        names += " ";
+        ++line;
+      }
+      names += item;
+      line += item.size();
+    }
+    return new std::string(absl::StrReplaceAll(kReplayUsage, {{"{POLICIES}", names}}));
+  }();
+  return *usage;
+}
+
 int RunReplayOrSweep(int argc, char** argv, bool sweep) {
   const char* command = sweep ? "sweep" : "replay";
-  const char* usage = sweep ? kSweepUsage : kReplayUsage;
+  const char* usage = sweep ? kSweepUsage : ReplayUsage().c_str();
   SweepSpec spec;
   std::string format = "table", out_path, plot_path, budgets, policies, page_sizes = "16";
   std::string queries = "later";

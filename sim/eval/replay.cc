@@ -27,6 +27,8 @@ struct DenseLayer {
   std::vector<float> values;      // [heads][n][d]
   std::vector<float> queries;     // [q_heads][num_queries][d]
   std::vector<float> v_norm_max;  // [heads][n]: max over j' <= j of ||v_j'||_1
+  int32_t hidden = 0;               // 0: the trace holds no output projection
+  std::vector<float> projection_t;  // [q_heads][d][hidden]: W_o^h transposed
   const int32_t* query_positions = nullptr;
 };
 
@@ -54,6 +56,17 @@ DenseLayer Densify(const TraceLayer& layer, const TraceMetadata& meta, int32_t n
       out.v_norm_max[h * n + j] = j == 0 ? norm : std::max(norm, out.v_norm_max[h * n + j - 1]);
     }
   }
+  if (layer.output_projection) {
+    const TensorView& w = *layer.output_projection;
+    out.hidden = static_cast<int32_t>(w.shape[0]);
+    const size_t hidden = out.hidden, row = static_cast<size_t>(out.q_heads) * d;
+    out.projection_t.resize(out.q_heads * d * hidden);
+    for (size_t o = 0; o < hidden; ++o) {
+      for (size_t c = 0; c < row; ++c) {
+        out.projection_t[c * hidden + o] = LoadAsFloat(w.data, o * row + c, w.dtype);
+      }
+    }
+  }
   out.queries.resize(static_cast<size_t>(out.q_heads) * out.num_queries * d);
   for (size_t i = 0; i < out.queries.size(); ++i) {
     out.queries[i] = LoadAsFloat(layer.queries.data, i, layer.queries.dtype);
@@ -62,11 +75,12 @@ DenseLayer Densify(const TraceLayer& layer, const TraceMetadata& meta, int32_t n
 }
 
 struct Sums {
-  double l1 = 0, rel_l2 = 0, lost = 0, bound = 0, recall = 0;
+  double l1 = 0, rel_l2 = 0, lost = 0, bound = 0, recall = 0, projected_l1 = 0;
   int64_t count = 0;
 
   void Add(const Sums& o) {
     l1 += o.l1;
+    projected_l1 += o.projected_l1;
     rel_l2 += o.rel_l2;
     lost += o.lost;
     bound += o.bound;
@@ -76,7 +90,7 @@ struct Sums {
 };
 
 struct Scratch {
-  std::vector<float> weights, full, kept;
+  std::vector<float> weights, full, kept, projected;
   std::vector<int32_t> order;
 };
 
@@ -134,6 +148,23 @@ void Measure(const DenseLayer& L, int32_t g, int32_t r, const uint8_t* kept, int
     l1 += std::fabs(full - kept_out);
     diff2 += (full - kept_out) * (full - kept_out);
     norm2 += full * full;
+  }
+  if (L.hidden > 0) {
+    // The difference pushed through the head's slice of o_proj.
+    const size_t hidden = L.hidden;
+    s->projected.assign(hidden, 0.0f);
+    const float* wt = &L.projection_t[static_cast<size_t>(g) * d * hidden];
+    for (size_t e = 0; e < d; ++e) {
+      const float full = s->full[e] / static_cast<float>(total);
+      const float kept_out = kept_mass > 0 ? s->kept[e] / static_cast<float>(kept_mass) : 0.0f;
+      const float delta = full - kept_out;
+      const float* row = wt + e * hidden;
+      float* y = s->projected.data();
+      for (size_t o = 0; o < hidden; ++o) y[o] += delta * row[o];
+    }
+    double projected = 0;
+    for (const float y : s->projected) projected += std::fabs(y);
+    sums->projected_l1 += projected;
   }
   const double retained = kept_mass / total;
   sums->l1 += l1;
@@ -343,7 +374,16 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
     window_data[l] = SliceRows(layer.queries, prompt_rows - window_rows, window_rows);
     window[l] = LayerQueries{window_data[l].data(),
                              layer.query_positions.data() + (prompt_rows - window_rows), window_rows,
-                             layer.queries.dtype};
+                             layer.queries.dtype, MemoryKind::kHost, {}};
+    if (layer.output_projection) {
+      window[l].output_projection = policy::OutputProjection{
+          layer.output_projection->data, static_cast<int32_t>(layer.output_projection->shape[0]),
+          meta.num_q_heads, meta.head_dim, layer.output_projection->dtype};
+    } else if (policy.needs_output_projection()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "policy ", policy.name, " weighs values by the output projection, which this trace "
+          "does not hold (layers.{i}.output_projection; tools/capture_trace.py writes it)"));
+    }
   }
   if (policy.compresses()) {
     HEADPAGE_RETURN_IF_ERROR(engine.Compress(seq, policy, budget, window).status());
@@ -378,7 +418,7 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
       const TraceLayer& layer = trace.layers()[l];
       step_data[l] = SliceRows(layer.queries, row, 1);
       step[l] = LayerQueries{step_data[l].data(), layer.query_positions.data() + row, 1,
-                             layer.queries.dtype};
+                             layer.queries.dtype, MemoryKind::kHost, {}};
     }
     HEADPAGE_RETURN_IF_ERROR(engine.ObserveDecode(seq, policy, step, options.decode));
   }
@@ -429,7 +469,9 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
       m.mean_lost_mass = s.lost / s.count;
       m.mean_bound = s.bound / s.count;
       m.mean_topk_recall = s.recall / s.count;
+      m.mean_projected_l1_error = s.projected_l1 / s.count;
     }
+    m.has_projected_error = trace.layers()[l].output_projection.has_value();
     for (int32_t h = 0; h < heads; ++h) {
       const int64_t len = lens[l * heads + h];
       m.full_tokens += n;
@@ -451,7 +493,10 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& poli
     result.all.mean_lost_mass = total.lost / total.count;
     result.all.mean_bound = total.bound / total.count;
     result.all.mean_topk_recall = total.recall / total.count;
+    result.all.mean_projected_l1_error = total.projected_l1 / total.count;
   }
+  // The reader holds every layer's projection or none.
+  result.all.has_projected_error = trace.layers()[0].output_projection.has_value();
   return result;
 }
 

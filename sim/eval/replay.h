@@ -11,6 +11,9 @@
 // with attention over the full cache:
 //
 //   l1 error       ||o - o_kept||_1 of the attention output (before o_proj)
+//   projected l1   ||(o - o_kept) W_o^h^T||_1, the error the head adds to the
+//                  layer's output after o_proj (what CriticalKV bounds), when
+//                  the trace holds the output projection
 //   rel l2 error   ||o - o_kept||_2 / ||o||_2
 //   lost mass      1 - F, F = the full attention's mass on the kept tokens
 //   bound          Ada-KV's L1 bound for this output, 2 (1 - F) max_j ||v_j||_1
@@ -70,6 +73,9 @@ struct ReplayMetrics {
   double mean_lost_mass = 0;
   double mean_bound = 0;
   double mean_topk_recall = 0;
+  // The projected l1 error; only when the trace holds the output projection.
+  bool has_projected_error = false;
+  double mean_projected_l1_error = 0;
   // Memory at the end of the replay, over this layer's streams (all layers' for -1).
   int64_t full_tokens = 0;
   int64_t kept_tokens = 0;

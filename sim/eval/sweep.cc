@@ -121,16 +121,20 @@ std::string SweepCsv(const std::vector<SweepRow>& rows) {
       "trace,policy,budget,page_size,query_set,query_window,",
       absl::StrJoin(PolicyOptionNames(), ","),
       ",layer,mean_l1_error,mean_rel_l2_error,mean_lost_mass,bound,"
-      "topk_recall,kept_tokens,kept_pages,fragmentation,full_tokens,queries\n");
+      "topk_recall,kept_tokens,kept_pages,fragmentation,full_tokens,queries,"
+      "projected_l1_error\n");
   for (const SweepRow& r : rows) {
     const ReplayMetrics& m = r.metrics;
     absl::StrAppend(&out, r.trace, ",", r.policy, ",", r.budget, ",", r.page_size, ",", r.query_set,
                     ",", r.query_window);
     for (const auto& option : r.options) absl::StrAppend(&out, ",", option.second);
-    absl::StrAppendFormat(&out, ",%s,%.9g,%.9g,%.9g,%.9g,%.9g,%d,%d,%d,%d,%d\n",
+    absl::StrAppendFormat(&out, ",%s,%.9g,%.9g,%.9g,%.9g,%.9g,%d,%d,%d,%d,%d,%s\n",
                           m.layer < 0 ? std::string("all") : absl::StrCat(m.layer), m.mean_l1_error,
                           m.mean_rel_l2_error, m.mean_lost_mass, m.mean_bound, m.mean_topk_recall,
-                          m.kept_tokens, m.kept_pages, m.fragmentation, m.full_tokens, m.queries);
+                          m.kept_tokens, m.kept_pages, m.fragmentation, m.full_tokens, m.queries,
+                          m.has_projected_error
+                              ? absl::StrFormat("%.9g", m.mean_projected_l1_error)
+                              : std::string());
   }
   return out;
 }

@@ -102,6 +102,8 @@ float ElementAt(const uint8_t* data, int64_t i) {
 // 4.1e33, inside float's 3.4e38, so finite inputs give finite metrics (f16's
 // whole range fits; f32 and bf16 values near 1e38 made NaN before).
 constexpr float kMaxTraceMagnitude = 1e15f;
+// The largest hidden size an output projection may have (Llama-3-405B's is 16384).
+constexpr int64_t kMaxHiddenSize = 1 << 20;
 
 // Index of the first NaN, Inf or value beyond kMaxTraceMagnitude among n
 // elements, or -1.
@@ -127,12 +129,14 @@ absl::Status CheckFinite(const TensorEntry& e, const uint8_t* data, DType dtype)
     case DType::kF32: bad = FirstNonFinite<DType::kF32>(data, n, &value); break;
   }
   if (bad < 0) return absl::OkStatus();
-  // Shapes are [heads, rows, head_dim] by now (checked before contents), and
-  // n > 0, so neither divisor is 0: name the element.
-  const int64_t cols = e.shape[2];
-  const int64_t rows = e.shape[1];
-  const std::string where =
-      absl::StrCat(" at [", bad / (rows * cols), ", ", (bad / cols) % rows, ", ", bad % cols, "]");
+  // Shapes are checked by now (before contents) and n > 0, so no dimension
+  // is 0: name the element, [heads, rows, head_dim] or [rows, cols].
+  std::string where = "]";
+  int64_t rest = bad;
+  for (size_t i = e.shape.size(); i-- > 0;) {
+    where = absl::StrCat(i == 0 ? " at [" : ", ", rest % e.shape[i], where);
+    rest /= e.shape[i];
+  }
   if (std::isfinite(value)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor ", e.name, " holds ", value, where, ", beyond the magnitude 1e15 a replay "
@@ -274,6 +278,28 @@ absl::StatusOr<Parsed> Parse(const uint8_t* bytes, size_t size,
       HEADPAGE_RETURN_IF_ERROR(CheckShape(*parts[kOutputs], q_shape, kQMeaning));
     }
   }
+  // The output projection: in every layer or in none, one hidden size for all.
+  const TensorEntry* first_projection = layers.begin()->second[kOutputProjection];
+  for (const auto& [index, parts] : layers) {
+    const TensorEntry* w = parts[kOutputProjection];
+    if ((w == nullptr) != (first_projection == nullptr)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", index, (w == nullptr ? " has no " : " has an "), "output_projection but layer ",
+          layers.begin()->first, (w == nullptr ? " has one" : " has none"),
+          " (a trace holds it for every layer or for none)"));
+    }
+    if (w == nullptr) continue;
+    const int64_t hidden = first_projection->shape.empty() ? 0 : first_projection->shape[0];
+    if (hidden < 1 || hidden > kMaxHiddenSize) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", first_projection->name, " has shape ", ShapeString(first_projection->shape),
+          ", want [hidden_size, num_q_heads * head_dim] with hidden_size in [1, ", kMaxHiddenSize,
+          "]"));
+    }
+    HEADPAGE_RETURN_IF_ERROR(
+        CheckShape(*w, {hidden, int64_t{meta.num_q_heads} * meta.head_dim},
+                   "[hidden_size, num_q_heads * head_dim], one hidden_size for every layer"));
+  }
 
   // Contents last: every range read below is now known to be inside the file
   // and to have the size its shape says.
@@ -281,7 +307,7 @@ absl::StatusOr<Parsed> Parse(const uint8_t* bytes, size_t size,
     const TensorEntry& positions = *parts[kQueryPositions];
     HEADPAGE_RETURN_IF_ERROR(CheckPositions(positions, data_section + positions.begin,
                                             static_cast<int32_t>(num_tokens)));
-    for (Part p : {kKeys, kValues, kQueries, kOutputs}) {
+    for (Part p : {kKeys, kValues, kQueries, kOutputs, kOutputProjection}) {
       if (parts[p] == nullptr) continue;
       HEADPAGE_RETURN_IF_ERROR(CheckFinite(*parts[p], data_section + parts[p]->begin, meta.dtype));
     }
@@ -302,6 +328,9 @@ absl::StatusOr<Parsed> Parse(const uint8_t* bytes, size_t size,
     layer.values = view(*parts[kValues]);
     layer.queries = view(*parts[kQueries]);
     if (parts[kOutputs] != nullptr) layer.outputs = view(*parts[kOutputs]);
+    if (parts[kOutputProjection] != nullptr) {
+      layer.output_projection = view(*parts[kOutputProjection]);
+    }
     const TensorEntry& positions = *parts[kQueryPositions];
     layer.query_positions =
         absl::MakeConstSpan(static_cast<const int32_t*>(ViewData(positions, data_section, copies)),

@@ -70,6 +70,10 @@ struct TraceLayer {
   // The model's own attention outputs at the query positions (before o_proj),
   // [num_q_heads][num_queries][head_dim], when the capture saved them.
   std::optional<TensorView> outputs;
+  // The layer's attention output projection W_o as torch.nn.Linear stores it,
+  // [hidden_size][num_q_heads * head_dim], when the capture saved it (every
+  // layer's or none): what CriticalKV and DefensiveKV weigh values by.
+  std::optional<TensorView> output_projection;
 };
 
 class Trace {

@@ -220,7 +220,7 @@ absl::StatusOr<TensorEntry> ParseEntry(const std::string& name, const Json& valu
   if (!ParseName(name, &layer, &e.part)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown tensor ", Quote(name),
-        " (a trace holds only layers.{i}.keys|values|queries|query_positions|outputs)"));
+        " (a trace holds only layers.{i}.keys|values|queries|query_positions|outputs|output_projection)"));
   }
   if (layer >= meta.num_layers) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": layer ", layer,

@@ -29,9 +29,9 @@ namespace trace_internal {
 using Json = nlohmann::json;
 
 // The tensors a captured layer holds: layers.{i}.<name> with the names below.
-enum Part { kKeys = 0, kValues, kQueries, kQueryPositions, kOutputs, kNumParts };
+enum Part { kKeys = 0, kValues, kQueries, kQueryPositions, kOutputs, kOutputProjection, kNumParts };
 inline constexpr std::array<const char*, kNumParts> kPartNames = {
-    "keys", "values", "queries", "query_positions", "outputs"};
+    "keys", "values", "queries", "query_positions", "outputs", "output_projection"};
 
 // One tensor of the header, as ParseEntry checked it.
 struct TensorEntry {

@@ -12,7 +12,7 @@ namespace {
 
 TEST_CASE("PolicyByName: every registered name resolves, validates and names itself", "[policy]") {
   const std::vector<std::string>& names = PolicyNames();
-  REQUIRE(names.size() == 12);
+  REQUIRE(names.size() == 16);
   REQUIRE(std::set<std::string>(names.begin(), names.end()).size() == names.size());
   for (const std::string& name : names) {
     CAPTURE(name);
@@ -67,6 +67,33 @@ TEST_CASE("PolicyByName: what the names mean", "[policy]") {
   REQUIRE(stream->sinks == 4);
   REQUIRE(stream->window == 0);
   REQUIRE(stream->ObservedQueries(500) == 1);  // the registry never asks for no query
+
+  // CriticalKV: SnapKV's scores, the two-stage selection; its Ada variant uses
+  // kvpress's safeguard. Both read the output projection, as DefensiveKV does.
+  auto critical = PolicyByName("critical-snapkv");
+  REQUIRE_OK(critical);
+  REQUIRE(critical->critical);
+  REQUIRE(critical->allocator == A::kUniform);
+  REQUIRE(critical->critical_options.first_stage == 0.5);
+  REQUIRE(critical->needs_output_projection());
+  auto critical_ada = PolicyByName("critical-ada-snapkv");
+  REQUIRE_OK(critical_ada);
+  REQUIRE(critical_ada->allocator == A::kAda);
+  REQUIRE(critical_ada->ada.floor == policy::AdaFloor::kProtectTop);
+  REQUIRE_FALSE(ada->needs_output_projection());
+
+  auto defensive = PolicyByName("defensivekv");
+  REQUIRE_OK(defensive);
+  REQUIRE(defensive->scorer == S::kDefensive);
+  REQUIRE(defensive->allocator == A::kAda);
+  REQUIRE(defensive->ada.alpha == 0.0);
+  REQUIRE(defensive->window == 32);
+  REQUIRE(defensive->snapkv.kernel_size == 5);
+  REQUIRE(defensive->snapkv.pooling == policy::Pooling::kAvg);
+  REQUIRE(defensive->needs_output_projection());
+  auto layer_defensive = PolicyByName("layer-defensivekv");
+  REQUIRE_OK(layer_defensive);
+  REQUIRE(layer_defensive->allocator == A::kAdaAcrossLayers);
 }
 
 TEST_CASE("Budget: parsing token counts and percentages", "[policy]") {

@@ -5,6 +5,7 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <string>
@@ -324,6 +325,39 @@ TEST_CASE("Replay: decode-time compression keeps streams near their target", "[s
   REQUIRE(r->all.kept_tokens <= streams * (150 + 7));
   REQUIRE(r->all.kept_tokens >= streams * 150);
   REQUIRE(generated >= 8);
+}
+
+}  // namespace
+}  // namespace headpage
+
+namespace headpage {
+namespace {
+
+// The bundled traces hold each layer's output projection (tools/
+// add_output_projection.py), so CriticalKV and DefensiveKV replay on them and
+// every replay reports the error after o_proj; the full cache has none.
+TEST_CASE("Replay: the value-weighted policies on the bundled traces", "[sim]") {
+  for (const std::string& path : BundledTraces()) {
+    CAPTURE(path);
+    const Trace trace = Open(path);
+    REQUIRE(trace.layers()[0].output_projection.has_value());
+    const ReplayResult full = Run(trace, "full", Budget::Fraction(0.2));
+    REQUIRE(full.all.has_projected_error);
+    REQUIRE(full.all.mean_projected_l1_error == 0.0);
+    for (const char* name : {"critical-snapkv", "critical-ada-snapkv", "defensivekv",
+                             "layer-defensivekv"}) {
+      CAPTURE(name);
+      const ReplayResult r = Run(trace, name, Budget::Fraction(0.2));
+      REQUIRE(r.all.mean_projected_l1_error > 0);
+      REQUIRE(r.all.kept_tokens < r.all.full_tokens);
+      // A fixed budget: 20% of the prompt in every stream on average (Ada's
+      // rounding within a token a head), then the generated tokens.
+      const TraceMetadata& m = trace.metadata();
+      const double per_stream = std::lround(0.2 * m.prompt_len) + m.generated_len;
+      const double streams = static_cast<double>(r.all.full_tokens) / trace.num_tokens();
+      REQUIRE(r.all.kept_tokens / streams == Approx(per_stream).margin(1.0));
+    }
+  }
 }
 
 }  // namespace

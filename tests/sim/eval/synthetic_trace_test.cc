@@ -275,3 +275,59 @@ TEST_CASE("Replay: layers that store queries at different positions are refused"
 
 }  // namespace
 }  // namespace headpage
+
+namespace headpage {
+namespace {
+
+// With W_o the identity (hidden = q heads x head_dim), each head's slice
+// copies its output into its own hidden dimensions, so the projected error
+// equals the attention output's own l1 error. Without a projection the
+// value-weighted policies cannot replay.
+TEST_CASE("Replay: the projected error through an identity W_o is the l1 error", "[sim]") {
+  TraceSpec spec;
+  spec.prompt_len = 120;
+  spec.window = 32;
+  spec.hidden_size = spec.num_q_heads * spec.head_dim;
+  std::vector<uint8_t> bytes;
+  const Trace trace = Build(
+      spec, [](int32_t layer, TracePart part, int64_t i) {
+        return testing::TraceValue(TraceSpec{}, layer, part, i) * (part == TracePart::kQueries ? 2 : 1);
+      },
+      &bytes, [&](WriterFile& file) {
+        for (int32_t l = 0; l < spec.num_layers; ++l) {
+          const int32_t n = spec.hidden_size;
+          std::vector<float> identity(static_cast<size_t>(n) * n, 0.0f);
+          for (int32_t o = 0; o < n; ++o) identity[static_cast<size_t>(o) * n + o] = 1.0f;
+          file.Find("layers." + std::to_string(l) + ".output_projection")->bytes =
+              testing::EncodeFloats(spec.dtype, identity);
+        }
+      });
+  for (const char* name : {"uniform-snapkv", "critical-ada-snapkv", "defensivekv"}) {
+    CAPTURE(name);
+    auto config = PolicyByName(name);
+    REQUIRE_OK(config);
+    auto r = Replay(trace, *config, Budget::TokensPerHead(48));
+    REQUIRE_OK(r);
+    REQUIRE(r->all.has_projected_error);
+    REQUIRE(r->all.mean_l1_error > 0);
+    REQUIRE(r->all.mean_projected_l1_error == Approx(r->all.mean_l1_error).epsilon(1e-5));
+  }
+
+  spec.hidden_size = 0;
+  std::vector<uint8_t> plain_bytes;
+  const Trace plain = Build(spec, [](int32_t layer, TracePart part, int64_t i) {
+    return testing::TraceValue(TraceSpec{}, layer, part, i);
+  }, &plain_bytes);
+  auto critical = PolicyByName("critical-snapkv");
+  REQUIRE_OK(critical);
+  REQUIRE_ERROR(Replay(plain, *critical, Budget::TokensPerHead(48)),
+                absl::StatusCode::kFailedPrecondition, "does not hold (layers.{i}.output_projection");
+  auto snap = PolicyByName("uniform-snapkv");
+  REQUIRE_OK(snap);
+  auto r = Replay(plain, *snap, Budget::TokensPerHead(48));
+  REQUIRE_OK(r);
+  REQUIRE_FALSE(r->all.has_projected_error);
+}
+
+}  // namespace
+}  // namespace headpage

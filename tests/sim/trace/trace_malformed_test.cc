@@ -176,7 +176,7 @@ TEST_CASE("Trace: rejects unknown and misnumbered tensors", "[sim][trace]") {
   SECTION("an unknown name") {
     REQUIRE_ERROR(Check(renamed("layers.0.outputs", "lm_head.weight")), kInvalid,
                   "unknown tensor \"lm_head.weight\" (a trace holds only "
-                  "layers.{i}.keys|values|queries|query_positions|outputs)");
+                  "layers.{i}.keys|values|queries|query_positions|outputs|output_projection)");
   }
   SECTION("an unknown part") {
     REQUIRE_ERROR(Check(renamed("layers.0.outputs", "layers.0.key")), kInvalid,
@@ -473,6 +473,50 @@ TEST_CASE("Trace: rejects NaN and Inf in what a replay reads", "[sim][trace]") {
                   "at [1, 2, 3], beyond the magnitude 1e15");
     REQUIRE_ERROR(Check(poisoned("layers.0.values", 15, 3e38f)), kInvalid,
                   "beyond the magnitude 1e15");
+  }
+}
+
+}  // namespace
+}  // namespace headpage
+
+namespace headpage {
+namespace {
+
+TEST_CASE("Trace: the output projection is in every layer or none, of one shape", "[sim][trace]") {
+  constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
+  testing::TraceSpec spec;
+  spec.hidden_size = 6;
+  REQUIRE_OK(testing::Check(testing::Mutated([](testing::WriterFile&) {}, spec)));
+  SECTION("one layer without it") {
+    REQUIRE_ERROR(testing::Check(testing::Mutated(
+                      [](testing::WriterFile& f) { f.Erase("layers.1.output_projection"); }, spec)),
+                  kInvalid, "layer 1 has no output_projection but layer 0 has one");
+  }
+  SECTION("another layout: [q heads * head_dim, hidden]") {
+    REQUIRE_ERROR(testing::Check(testing::Mutated(
+                      [](testing::WriterFile& f) {
+                        f.Find("layers.0.output_projection")->shape = {32, 6};
+                      },
+                      spec)),
+                  kInvalid, "layers.0.output_projection has shape [32, 6], want [32, 32]");
+  }
+  SECTION("a hidden size that differs between layers") {
+    REQUIRE_ERROR(testing::Check(testing::Mutated(
+                      [](testing::WriterFile& f) {
+                        f.Find("layers.1.output_projection")->shape = {3, 64};
+                      },
+                      spec)),
+                  kInvalid, "layers.1.output_projection has shape [3, 64], want [6, 32]");
+  }
+  SECTION("a NaN, named by row and column") {
+    REQUIRE_ERROR(testing::Check(testing::Mutated(
+                      [](testing::WriterFile& f) {
+                        auto& bytes = f.Find("layers.1.output_projection")->bytes;
+                        bytes[2 * (32 + 5)] = 0xff;  // f16 0x7fff: NaN at [1, 5]
+                        bytes[2 * (32 + 5) + 1] = 0x7f;
+                      },
+                      spec)),
+                  kInvalid, "tensor layers.1.output_projection holds NaN at [1, 5]");
   }
 }
 

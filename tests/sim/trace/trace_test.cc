@@ -37,6 +37,8 @@ using testing::TraceSpec;
 using testing::WithMetadata;
 using testing::WriterFile;
 using testing::WriterTensor;
+using testing::TracePart;
+using testing::TraceValue;
 
 // A writable temporary file, removed on destruction.
 class TempFile {
@@ -89,6 +91,27 @@ TEST_CASE("Trace: every dtype round-trips exactly", "[sim][trace]") {
   auto trace = Trace::FromBuffer(bytes);
   REQUIRE_OK(trace);
   RequireMatchesSpec(*trace, spec);
+}
+
+TEST_CASE("Trace: the output projection round-trips exactly, in every dtype", "[sim][trace]") {
+  TraceSpec spec;
+  spec.dtype = GENERATE(DType::kF16, DType::kBF16, DType::kF32);
+  spec.hidden_size = 6;
+  const std::vector<uint8_t> bytes = Serialize(MakeTrace(spec));
+  auto trace = Trace::FromBuffer(bytes);
+  REQUIRE_OK(trace);
+  for (const TraceLayer& layer : trace->layers()) {
+    REQUIRE(layer.output_projection.has_value());
+    REQUIRE(layer.output_projection->shape == std::vector<int64_t>{6, 32});
+    for (int64_t i = 0; i < 6 * 32; ++i) {
+      REQUIRE(LoadAsFloat(layer.output_projection->data, i, spec.dtype) ==
+              TraceValue(spec, layer.index, TracePart::kOutputProjection, i));
+    }
+  }
+  spec.hidden_size = 0;  // and it stays optional
+  auto without = Trace::FromBuffer(Serialize(MakeTrace(spec)));
+  REQUIRE_OK(without);
+  REQUIRE_FALSE(without->layers()[0].output_projection.has_value());
 }
 
 TEST_CASE("Trace: a subset of layers, in any file order, comes back sorted", "[sim][trace]") {

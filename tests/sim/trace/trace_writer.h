@@ -148,13 +148,14 @@ struct TraceSpec {
   DType dtype = DType::kF16;
   std::vector<int32_t> layers;  // which layers to write; empty: all
   bool outputs = true;
+  int32_t hidden_size = 0;  // > 0: every layer gets an output_projection [hidden][q heads * head_dim]
   uint32_t seed = 1;
 
   int32_t num_tokens() const { return prompt_len + generated_len; }
   int32_t num_queries() const { return window + generated_len; }
 };
 
-enum class TracePart { kKeys = 0, kValues = 1, kQueries = 2, kOutputs = 3 };
+enum class TracePart { kKeys = 0, kValues = 1, kQueries = 2, kOutputs = 3, kOutputProjection = 4 };
 
 // Element i of a layer's tensor: a multiple of 1/64 in [-2, 2), exact in f16,
 // bf16 and f32, so a test can compare what the reader hands back exactly.
@@ -261,6 +262,11 @@ inline WriterFile MakeTrace(const TraceSpec& spec) {
                                         EncodeInt32(QueryPositions(spec)),
                                         std::nullopt});
     if (spec.outputs) file.tensors.push_back(floats(l, TracePart::kOutputs, q, "outputs"));
+    if (spec.hidden_size > 0) {
+      file.tensors.push_back(floats(l, TracePart::kOutputProjection,
+                                    {spec.hidden_size, int64_t{spec.num_q_heads} * spec.head_dim},
+                                    "output_projection"));
+    }
   }
   return file;
 }
