@@ -36,12 +36,22 @@ absl::Status CudaExecutor::Supports(const PolicyConfig& config) {
         "needs every prompt query's attention row, prompt x prompt per q head, which no kernel "
         "computes); use a host pool, or dbudget"));
   }
+  if (config.ada.safe_counts_protected) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy ", config.name, ": the safeguard that counts protected tokens (kvpress's "
+        "CriticalAdaKVPress) does not run on the GPU executor; use a host pool"));
+  }
   if (config.needs_output_projection()) {
     return absl::UnimplementedError(absl::StrCat(
         "policy ", config.name, ": CriticalKV's and DefensiveKV's value norms do not run on the "
         "GPU executor yet (each is a product of every token's value with the layer's output "
         "projection, tokens x head_dim x hidden per q head, and DefensiveKV's worst case over "
         "the window needs its own reduction of the attention rows); use a host pool"));
+  }
+  if (config.allocator == PolicyConfig::Allocator::kHeadClasses) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy ", config.name, ": head classes do not run on the GPU executor yet (its "
+        "selection takes one capacity for every stream of a layer); use a host pool"));
   }
   if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
     return absl::UnimplementedError(absl::StrCat(

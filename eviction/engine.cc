@@ -185,6 +185,19 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
                               policy::PyramidCapacities(g.num_layers, p.capacity, config.window,
                                                         prompt_len, config.pyramid_beta));
   }
+  if (config.allocator == PolicyConfig::Allocator::kHeadClasses) {
+    const policy::HeadClasses* profile = config.head_profile.get();
+    if (profile == nullptr || profile->num_layers() != g.num_layers ||
+        profile->num_kv_heads() != g.num_kv_heads) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "policy ", config.name, " needs a head profile of ", g.num_layers, " layers x ",
+          g.num_kv_heads, " kv heads (option profile: DuoAttention's full_attention_heads.tsv, "
+          "tools/profile_heads.py or headpage trace heads)",
+          profile == nullptr ? ", and has none"
+                             : absl::StrCat(", and has one of ", profile->num_layers(), " x ",
+                                            profile->num_kv_heads())));
+    }
+  }
   // H2O keeps as many recent tokens as heavy hitters.
   p.protection = policy::Protection{config.sinks, config.window};
   if (config.recent_half) p.protection.recent = p.capacity / 2;
@@ -340,7 +353,7 @@ absl::Status EvictionEngine::CompressAcrossLayers(const Prepared& p, const Polic
         const std::vector<std::vector<int32_t>> keep_sets,
         host_.Select(config, layers[layer],
                      absl::MakeConstSpan(kept).subspan(static_cast<size_t>(layer) * heads, heads),
-                     p.protection));
+                     p.protection, p.layer_capacity[layer]));
     for (int32_t h = 0; h < heads; ++h) {
       state.scores[layer * heads + h] = std::move(layers[layer].scores[h]);
     }

@@ -2,6 +2,7 @@
 #include "eviction/host_executor.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -271,6 +272,7 @@ absl::StatusOr<LayerScores> HostExecutor::Score(SeqId seq, int32_t layer,
         HEADPAGE_RETURN_IF_ERROR(policy::SnapKVScores(keys[h], GroupOf(window, g, h), config.snapkv,
                                                       absl::MakeSpan(scores[h])));
       }
+      result.rows = window.num_queries;
       break;
     }
     case Scorer::kDefensive:
@@ -315,18 +317,34 @@ absl::StatusOr<LayerScores> HostExecutor::Score(SeqId seq, int32_t layer,
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> HostExecutor::Select(
     const PolicyConfig& config, const LayerScores& layer, absl::Span<const int32_t> kept,
-    const policy::Protection& protection) const {
+    const policy::Protection& protection, int32_t capacity) const {
   const CacheGeometry& g = manager_->geometry();
   const std::vector<StreamScores> streams = layer.Streams(g, protection);
   std::vector<std::vector<int32_t>> keep_sets(g.num_kv_heads);
   std::vector<float> critical;
+  // CriticalKV's epsilon is kvpress's, added to SnapKV's mean over the rows;
+  // these scores are the sum.
+  policy::CriticalOptions critical_options = config.critical_options;
+  critical_options.epsilon *= static_cast<float>(std::max(layer.rows, 1));
+  const bool safeguard = (config.allocator == PolicyConfig::Allocator::kAda ||
+                          config.allocator == PolicyConfig::Allocator::kAdaPyramid) &&
+                         config.ada.floor == policy::AdaFloor::kProtectTop;
   for (int32_t h = 0; h < g.num_kv_heads; ++h) {
     StreamScores stream = streams[h];
     if (config.critical) {
+      // The Ada safeguard's tokens (protected ones included) stay in stage 1.
+      int32_t secured = 0;
+      if (safeguard) {
+        const int32_t protected_tokens = stream.NumProtected();
+        secured = config.ada.safe_counts_protected
+                      ? static_cast<int32_t>(std::floor(config.ada.alpha * capacity))
+                      : static_cast<int32_t>(std::floor(
+                            config.ada.alpha * (capacity - protected_tokens))) + protected_tokens;
+      }
       critical.resize(stream.scores.size());
       HEADPAGE_RETURN_IF_ERROR(policy::CriticalScores(stream, layer.value_norms[h], kept[h],
-                                                      config.critical_options,
-                                                      absl::MakeSpan(critical)));
+                                                      critical_options, absl::MakeSpan(critical),
+                                                      secured));
       stream.scores = critical;
     }
     HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(stream, kept[h], &keep_sets[h]));
@@ -361,6 +379,18 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
       HEADPAGE_ASSIGN_OR_RETURN(kept, DBudgetCut(config, g, q, keys, streams));
       break;
     }
+    case Allocator::kHeadClasses: {
+      // The engine checked the profile against the geometry.
+      const std::vector<uint8_t> retrieval = config.head_profile->Retrieval(config.head_sparsity);
+      kept.resize(heads);
+      for (int32_t h = 0; h < heads; ++h) {
+        const auto n = static_cast<int32_t>(scored.scores[h].size());
+        kept[h] = retrieval[static_cast<size_t>(layer) * heads + h]
+                      ? n
+                      : std::min<int64_t>(n, int64_t{config.sinks} + config.window);
+      }
+      break;
+    }
     case Allocator::kAdaAcrossLayers:
       return absl::InvalidArgumentError(absl::StrCat(
           "policy ", config.name, ": its budget is allocated across layers, not one at a time"));
@@ -370,7 +400,8 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
       break;
   }
   LayerDecision decision;
-  HEADPAGE_ASSIGN_OR_RETURN(decision.keep_sets, Select(config, scored, kept, protection));
+  HEADPAGE_ASSIGN_OR_RETURN(decision.keep_sets,
+                            Select(config, scored, kept, protection, capacity));
   decision.scores = std::move(scored.scores);
   return decision;
 }

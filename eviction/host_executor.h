@@ -38,6 +38,7 @@ struct LayerScores {
   LayerKeys data;  // keys (dropped once scored, when nothing later reads them) and positions
   std::vector<std::vector<float>> scores;
   std::vector<std::vector<float>> value_norms;  // [kv head][token]; empty unless config.critical
+  int32_t rows = 0;  // the query rows the attention scores sum over (SnapKV's window)
   // The layer's streams over these scores.
   std::vector<policy::StreamScores> Streams(const CacheGeometry& g,
                                             const policy::Protection& protection) const;
@@ -65,10 +66,11 @@ class HostExecutor {
   [[nodiscard]] absl::StatusOr<LayerScores> Score(SeqId seq, int32_t layer,
                                                   const PolicyConfig& config, int32_t capacity,
                                                   const LayerQueries& queries) const;
-  // Step 3: the keep sets of a layer whose kv heads keep kept[h] tokens.
+  // Step 3: the keep sets of a layer whose kv heads keep kept[h] tokens, at
+  // the layer's capacity (CriticalAdaKV's safeguard reads it).
   [[nodiscard]] absl::StatusOr<std::vector<std::vector<int32_t>>> Select(
       const PolicyConfig& config, const LayerScores& scores, absl::Span<const int32_t> kept,
-      const policy::Protection& protection) const;
+      const policy::Protection& protection, int32_t capacity) const;
 
   // Score, then allocates each kv head's budget from `capacity` (the layer's,
   // after any pyramid schedule), then Select, protecting `protection`. Not for

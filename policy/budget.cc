@@ -242,7 +242,10 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
   for (size_t c = 0; c < competing.size(); ++c) {
     const size_t i = competing[c];
     const int64_t b = int64_t{capacity} - (*infos)[i].num_protected();
-    safe[c] = FloorOfProduct(alpha, b);  // <= B'_h < candidates
+    safe[c] = options.safe_counts_protected  // <= B'_h < candidates
+                  ? std::max<int64_t>(0, FloorOfProduct(alpha, capacity) -
+                                             (*infos)[i].num_protected())
+                  : FloorOfProduct(alpha, b);
     safe_total += safe[c];
     rest_begin[c] = used;
     const float* v = segments[c].data();

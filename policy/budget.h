@@ -51,6 +51,12 @@ namespace headpage::policy {
 struct AdaOptions {
   double alpha = 0.2;  // floor / safeguard, in [0, 1]
   AdaFloor floor = AdaFloor::kScaled;
+  // kProtectTop only: kvpress's safeguard as its code computes it, n_safe =
+  // int(alpha * capacity) with the protected tokens counted in (their scores
+  // are the highest), so each stream's safe candidates are
+  // max(0, floor(alpha C) - protected) instead of floor(alpha (C - protected)).
+  // CriticalAdaKV's released code (kvpress's CriticalAdaKVPress) runs this.
+  bool safe_counts_protected = false;
 };
 
 // Ada-KV head-adaptive allocation over the streams of one layer (or any set of

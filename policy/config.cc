@@ -16,6 +16,20 @@ namespace {
 using S = PolicyConfig::Scorer;
 using A = PolicyConfig::Allocator;
 
+// CriticalKV as released (kvpress's CriticalKVPress and CriticalAdaKVPress):
+// on kvpress's SnapKVPress (window 64, average pooling with kernel 5); the Ada
+// variant's safeguard protects each head's top int(0.2 C), the window counted
+// in, and the rest is a layer-wide top-k.
+void ConfigureCritical(A allocator, PolicyConfig* c) {
+  c->allocator = allocator;
+  c->critical = true;
+  c->window = 64;
+  c->snapkv.kernel_size = 5;
+  c->snapkv.pooling = policy::Pooling::kAvg;
+  c->ada.floor = policy::AdaFloor::kProtectTop;
+  c->ada.safe_counts_protected = true;
+}
+
 // DefensiveKV as released: its scorer, average pooling with kernel 5, no
 // safeguard floor, and the budget shared by the layer's heads (kAda) or by
 // every layer's (kAdaAcrossLayers).
@@ -85,19 +99,35 @@ constexpr NamedPolicy kPolicies[] = {
     {"knorm", [](PolicyConfig* c) { c->scorer = S::kKeyNorm; c->window = 0; }},
     {"random", [](PolicyConfig* c) { c->scorer = S::kRandom; c->window = 0; }},
     // CriticalKV (arXiv 2502.03805) on SnapKV's scores with a uniform budget,
-    // and on Ada-KV's allocation as the released CriticalAdaKVPress runs it
-    // (its safeguard: each head's top floor(0.2 B) is protected, the rest a
-    // layer-wide top-k). Both need each layer's output projection.
-    {"critical-snapkv", [](PolicyConfig* c) { c->critical = true; }},
-    {"critical-ada-snapkv",
-     [](PolicyConfig* c) {
-       c->allocator = A::kAda;
-       c->ada.floor = policy::AdaFloor::kProtectTop;
-       c->critical = true;
-     }},
+    // and on Ada-KV's allocation. Both need each layer's output projection.
+    {"critical-snapkv", [](PolicyConfig* c) { ConfigureCritical(A::kUniform, c); }},
+    {"critical-ada-snapkv", [](PolicyConfig* c) { ConfigureCritical(A::kAda, c); }},
     // DefensiveKV (arXiv 2510.13334) as released: window 32, average pooling
     // with kernel 5, the layer's budget shared by its heads with no floor;
     // Layer-DefensiveKV shares it across layers. Both need the output projection.
+    // Head classes: a profile (option `profile`) ranks the heads; the lowest
+    // `sparsity` share streams. DuoAttention's deployment keeps 64 sinks and
+    // 256 recent tokens (scripts/longbench.sh) and sweeps sparsity 0.5 and 0.75;
+    // RazorAttention protects 15% of the heads (14% induction, 1% echo) and
+    // keeps 4 sinks and a local window of 256 (golden-stick's deploy: 4 sinks,
+    // one compensation token and 251 recent; headpage stores no synthetic
+    // token, so 252 recent).
+    {"duoattention",
+     [](PolicyConfig* c) {
+       c->scorer = S::kRecency;
+       c->allocator = A::kHeadClasses;
+       c->sinks = 64;
+       c->window = 256;
+       c->head_sparsity = 0.5;
+     }},
+    {"razorattention",
+     [](PolicyConfig* c) {
+       c->scorer = S::kRecency;
+       c->allocator = A::kHeadClasses;
+       c->sinks = 4;
+       c->window = 252;
+       c->head_sparsity = 0.85;
+     }},
     {"defensivekv", [](PolicyConfig* c) { ConfigureDefensive(A::kAda, c); }},
     {"layer-defensivekv", [](PolicyConfig* c) { ConfigureDefensive(A::kAdaAcrossLayers, c); }},
 };
@@ -159,6 +189,10 @@ absl::Status Validate(const PolicyConfig& c) {
       (c.window < 1 || c.snapkv.pooling != policy::Pooling::kAvg)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "policy ", c.name, ": DefensiveKV needs an observation window (>= 1) and average pooling"));
+  }
+  if (!(c.head_sparsity >= 0.0 && c.head_sparsity <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": head sparsity ",
+                                                   c.head_sparsity, " is outside [0, 1]"));
   }
   if (c.critical && !(c.critical_options.first_stage >= 0.0 && c.critical_options.first_stage <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": CriticalKV's first stage ",

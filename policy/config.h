@@ -11,6 +11,7 @@
 #define HEADPAGE_POLICY_CONFIG_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "policy/budget.h"
 #include "policy/critical.h"
+#include "policy/head_classes.h"
 #include "policy/scores.h"
 
 namespace headpage {
@@ -34,6 +36,9 @@ struct PolicyConfig {
     // Ada-KV's top-k over every KV head of every layer at once (Layer-DefensiveKV):
     // the budget moves between layers too.
     kAdaAcrossLayers,
+    // Retrieval heads keep everything, streaming heads their sinks and recent
+    // window (head_classes.h; DuoAttention, RazorAttention): no budget.
+    kHeadClasses,
   };
   // Which prompt queries the compression at the end of the prefill observes:
   // the last max(window, 1) (SnapKV & co.; TOVA and DBudgetKV read the last
@@ -69,6 +74,12 @@ struct PolicyConfig {
   // attention and the rest by attention x projected value norm.
   bool critical = false;
   policy::CriticalOptions critical_options;
+  // Head classes (Allocator::kHeadClasses): the profile that ranks the
+  // (layer, kv head)s, where it came from, and the share of heads that
+  // stream, keeping `sinks` and the last `window` tokens.
+  std::shared_ptr<const policy::HeadClasses> head_profile;
+  std::string head_profile_source;
+  double head_sparsity = 0.5;
 
   // Whether the policy evicts anything at all ("full" does not).
   bool compresses() const { return allocator != Allocator::kNone; }

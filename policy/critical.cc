@@ -2,6 +2,7 @@
 #include "policy/critical.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstddef>
 #include <limits>
 #include <vector>
@@ -106,7 +107,8 @@ absl::Status ProjectedValueNorms(const StreamValues& values, const OutputProject
 }
 
 absl::Status CriticalScores(const StreamScores& stream, absl::Span<const float> value_norms,
-                            int32_t kept, const CriticalOptions& options, absl::Span<float> out) {
+                            int32_t kept, const CriticalOptions& options, absl::Span<float> out,
+                            int32_t secured) {
   HEADPAGE_RETURN_IF_ERROR(internal::ValidateStream(stream, "CriticalScores").status());
   const int32_t n = stream.num_tokens();
   HEADPAGE_RETURN_IF_ERROR(internal::ValidateSize(value_norms.size(), n, "value_norms"));
@@ -130,8 +132,9 @@ absl::Status CriticalScores(const StreamScores& stream, absl::Span<const float> 
   }
   // Stage 1: the top floor(kept * first_stage) by attention, the protected
   // tokens first (SelectKeepSet keeps them whatever their score).
-  const int32_t first = std::max(
-      protected_tokens, static_cast<int32_t>(std::floor(kept * options.first_stage)));
+  const int32_t first = std::min(
+      kept, std::max({protected_tokens, secured,
+                      static_cast<int32_t>(std::floor(kept * options.first_stage))}));
   std::vector<int32_t> stage_one;
   HEADPAGE_RETURN_IF_ERROR(SelectKeepSet(stream, first, &stage_one));
   for (int32_t j = 0; j < n; ++j) out[j] = (stream.scores[j] + options.epsilon) * value_norms[j];

@@ -44,7 +44,10 @@ namespace headpage::policy {
 
 struct CriticalOptions {
   double first_stage = 0.5;  // kvpress's first_stage_ratio: the share of kept chosen by attention
-  float epsilon = 1e-4f;     // added to the attention score before the product
+  // Added to the attention score before the product. kvpress's scores are
+  // SnapKV's mean over the window's rows; headpage's are their sum, so a caller
+  // passes epsilon x rows to rank as kvpress does.
+  float epsilon = 1e-4f;
 };
 
 // CriticalKV's two-stage selection for one stream that keeps `kept` tokens
@@ -59,9 +62,14 @@ struct CriticalOptions {
 // InvalidArgument for a bad stream (SelectKeepSet's checks), kept outside
 // [NumProtected, num_tokens], first_stage outside [0, 1], a negative, NaN or
 // infinite norm, spans of the wrong size.
+// `secured` (protected tokens included) is a floor on stage 1: CriticalAdaKV's
+// safeguard (kvpress writes finfo.max into each head's top int(alpha *
+// capacity) attention scores before both stages, so they are taken first and
+// stay first), making stage 1 the top max(secured, floor(kept * first_stage)).
 [[nodiscard]] absl::Status CriticalScores(const StreamScores& stream,
                                           absl::Span<const float> value_norms, int32_t kept,
-                                          const CriticalOptions& options, absl::Span<float> out);
+                                          const CriticalOptions& options, absl::Span<float> out,
+                                          int32_t secured = 0);
 
 }  // namespace headpage::policy
 

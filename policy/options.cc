@@ -81,12 +81,13 @@ std::string Exact(double x) {
 
 bool PolicyOptions::empty() const {
   return !window && !kernel_size && !pooling && !reduce && !alpha && !floor && !beta &&
-         !threshold && !sinks;
+         !threshold && !sinks && !profile && !sparsity;
 }
 
 const std::vector<std::string>& PolicyOptionNames() {
   static const auto* names = new std::vector<std::string>{
-      "window", "kernel", "pooling", "reduce", "alpha", "floor", "beta", "threshold", "sinks"};
+      "window", "kernel", "pooling",   "reduce", "alpha",   "floor",
+      "beta",   "threshold", "sinks", "profile", "sparsity"};
   return *names;
 }
 
@@ -101,6 +102,11 @@ absl::Status SetPolicyOption(absl::string_view key, absl::string_view value,
   if (key == "beta") return ParseReal(key, value, &options->beta);
   if (key == "threshold") return ParseReal(key, value, &options->threshold);
   if (key == "sinks") return ParseInt(key, value, &options->sinks);
+  if (key == "profile") {
+    options->profile = std::string(value);
+    return absl::OkStatus();
+  }
+  if (key == "sparsity") return ParseReal(key, value, &options->sparsity);
   return absl::InvalidArgumentError(absl::StrCat("unknown policy option '", key, "'; known: ",
                                                  absl::StrJoin(PolicyOptionNames(), ", ")));
 }
@@ -115,6 +121,13 @@ absl::StatusOr<PolicyConfig> WithOptions(PolicyConfig config, const PolicyOption
   if (options.beta) config.pyramid_beta = *options.beta;
   if (options.threshold) config.dbudget_threshold = *options.threshold;
   if (options.sinks) config.sinks = *options.sinks;
+  if (options.sparsity) config.head_sparsity = *options.sparsity;
+  if (options.profile) {
+    absl::StatusOr<policy::HeadClasses> profile = policy::HeadClasses::Load(*options.profile);
+    if (!profile.ok()) return profile.status();
+    config.head_profile = std::make_shared<const policy::HeadClasses>(*std::move(profile));
+    config.head_profile_source = *options.profile;
+  }
   if (absl::Status valid = Validate(config); !valid.ok()) return valid;
   return config;
 }
@@ -136,7 +149,9 @@ std::vector<std::pair<std::string, std::string>> PolicyOptionValues(const Policy
           {"floor", NameOf(c.ada.floor, kFloors)},
           {"beta", Exact(c.pyramid_beta)},
           {"threshold", Exact(c.dbudget_threshold)},
-          {"sinks", absl::StrCat(c.sinks)}};
+          {"sinks", absl::StrCat(c.sinks)},
+          {"profile", c.head_profile_source.empty() ? "-" : c.head_profile_source},
+          {"sparsity", Exact(c.head_sparsity)}};
 }
 
 }  // namespace headpage

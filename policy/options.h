@@ -34,12 +34,15 @@ struct PolicyOptions {
   std::optional<double> beta;                 // PyramidKV's beta, > 0
   std::optional<double> threshold;            // DBudgetKV's threshold T, >= 0
   std::optional<int32_t> sinks;               // attention sinks, kept whatever their score
+  std::optional<std::string> profile;         // head classes: a profile file (head_classes.h)
+  std::optional<double> sparsity;             // head classes: the share of streaming heads
 
   bool empty() const;
 };
 
 // The option names, in the order PolicyOptionValues lists them: window,
-// kernel, pooling, reduce, alpha, floor, beta, threshold, sinks.
+// kernel, pooling, reduce, alpha, floor, beta, threshold, sinks, profile,
+// sparsity.
 const std::vector<std::string>& PolicyOptionNames();
 
 // Sets the option `key` from its text ("64", "avg", "protect-top", "0.3"),
@@ -52,7 +55,9 @@ const std::vector<std::string>& PolicyOptionNames();
 // `config` with the options that are set replacing its fields, validated:
 // InvalidArgument for an option out of range (an even kernel, alpha outside
 // [0, 1], a negative window, ...), naming the policy. The reduction applies to
-// the SnapKV family's scores and H2O's alike.
+// the SnapKV family's scores and H2O's alike. `profile` is read here
+// (HeadClasses::Load): NotFound or InvalidArgument for a file that is missing
+// or malformed.
 [[nodiscard]] absl::StatusOr<PolicyConfig> WithOptions(PolicyConfig config,
                                                        const PolicyOptions& options);
 // PolicyByName(name) with the options applied.

@@ -33,6 +33,25 @@ def model_shape(model, who):
     return ModelShape(int(text.num_hidden_layers), q_heads, kv_heads, int(head_dim))
 
 
+def output_projections(model, num_layers, who):
+    """Per layer the attention's o_proj weight of `model` (a parameter, not a copy),
+    as [hidden][q_heads * head_dim]: what CriticalKV and DefensiveKV weigh values
+    by. ValueError, naming `who`, when the model has no such weights (a config was
+    passed, or an attention without o_proj)."""
+    found = {}
+    modules = model.modules() if hasattr(model, "modules") else ()
+    for module in modules:
+        layer = getattr(module, "layer_idx", None)
+        weight = getattr(getattr(module, "o_proj", None), "weight", None)
+        if layer is not None and weight is not None and weight.dim() == 2:
+            found[layer] = weight
+    if sorted(found) != list(range(num_layers)):
+        raise ValueError(f"{who}: the policy weighs values by each layer's output projection, "
+                         f"but the model's attention layers with an o_proj weight are "
+                         f"{sorted(found)} of {num_layers} (pass the model, not its config)")
+    return [found[layer] for layer in range(num_layers)]
+
+
 def resolve_policy(policy, budget):
     """(PolicyConfig, budget) from a policy name or config and a budget ("20%", 128,
     0.2, None or "full"); ValueError or TypeError with the reason. The budget is

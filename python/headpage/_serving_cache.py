@@ -15,7 +15,7 @@ import headpage
 from headpage._decode_buffers import DecodeBuffers
 from headpage._decode_windows import DecodeWindows
 from headpage._model import (DTYPES, check_compress_every, check_ints, make_arena, model_shape,
-                             pages_for_tokens, resolve_policy)
+                             output_projections, pages_for_tokens, resolve_policy)
 from headpage._serving_compress import Compressions
 
 _log = logging.getLogger("headpage.serving")
@@ -138,6 +138,13 @@ class ServingCache(Compressions):
             page_size=page_size)
         self.device = model.device
         self.dtype = model.dtype
+        # Each layer's o_proj weight, for the policies that weigh values by it
+        # (CriticalKV, DefensiveKV); None when the model has none to give.
+        try:
+            self._output_projections = output_projections(model, shape.num_layers,
+                                                          "headpage.serving")
+        except ValueError:
+            self._output_projections = None
         self.page_pool = headpage.PagePool(num_pages)
         self.arena = make_arena(self.geometry, num_pages, self.device, "headpage.serving")
         self.manager = headpage.BlockManager(self.geometry, self.page_pool)

@@ -22,6 +22,15 @@ class Compressions:
     """The compression half of ServingCache (a mixin: every attribute it reads is
     the cache's)."""
 
+    def _projections(self, policy):
+        """The output projections compress() takes for `policy`, where the engine
+        reads them; None when it needs none (or the model has none: the engine
+        then refuses the policy, and the request is served uncompressed)."""
+        if not policy.needs_output_projection or self._output_projections is None:
+            return None
+        where = self.device if self.engine.on_device else "cpu"
+        return [w.detach().to(where).contiguous() for w in self._output_projections]
+
     def _keep_window(self, layer, r, q):
         window = self._policies[r.request_id][0].observed_queries(r.compress_at)
         start = max(r.compress_at - window, r.past)
@@ -53,7 +62,8 @@ class Compressions:
                                      device=windows[0].device)
             began = time.perf_counter()
             try:
-                result = self.engine.compress(r.seq, policy, budget, windows, [positions])
+                result = self.engine.compress(r.seq, policy, budget, windows, [positions],
+                                              self._projections(policy))
             except (ValueError, RuntimeError, MemoryError) as error:
                 # This request cannot be compressed as asked (a budget below what the
                 # policy protects, no pages to compact a forked stream into, a policy
@@ -85,7 +95,7 @@ class Compressions:
             try:
                 result = self.engine.compress(r.seq, policy,
                                               headpage.budget_capacity(budget, r.past + 1),
-                                              queries, [positions])
+                                              queries, [positions], self._projections(policy))
             except (ValueError, RuntimeError, MemoryError) as error:
                 self.totals["decode_skipped"] += 1
                 _log.warning("headpage.serving: request %s is not compressed after %d "

@@ -56,7 +56,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import headpage
 from headpage._model import DTYPES as _DTYPES
-from headpage._model import check_ints, make_arena, model_shape, pages_for_tokens, resolve_policy
+from headpage._model import (check_ints, make_arena, model_shape, output_projections,
+                             pages_for_tokens, resolve_policy)
 
 ATTENTION = "headpage"
 
@@ -274,6 +275,10 @@ class Cache(_HFCache):
         self.num_kv_heads, self.head_dim = shape.num_kv_heads, shape.head_dim
         self.page_size, self.max_tokens = page_size, max_tokens
         self.num_pages = num_pages
+        # CriticalKV and DefensiveKV read each layer's o_proj weight at compress().
+        self._output_projections = (
+            output_projections(model, self.num_layers, "headpage.hf.Cache")
+            if self._compresses() and self.policy.needs_output_projection else None)
         super().__init__(layers=[_Layer(self, i) for i in range(self.num_layers)])
         if hasattr(model, "set_attn_implementation"):
             attach(model)
@@ -324,8 +329,9 @@ class Cache(_HFCache):
             if self.device.type == "cuda":
                 if not self.policy.runs_on_gpu:
                     raise NotImplementedError(
-                        f"headpage.hf.Cache: policy {self.policy!r} does not run on the GPU "
-                        "(H2O needs reduce='mean' there); use a CPU model or another policy")
+                        f"headpage.hf.Cache: policy {self.policy.name} does not run on the GPU "
+                        "(H2O with reduce='max', DBudgetKV's Frobenius metric, CriticalKV and "
+                        "DefensiveKV run on a CPU model only); use a CPU model or another policy")
                 self.engine = headpage.EvictionEngine(self.manager, self.arena,
                                                       stream=self._stream())
             else:
@@ -502,6 +508,10 @@ class Cache(_HFCache):
         window = self._window[0].shape[2]
         positions = torch.arange(prompt - window, prompt, dtype=torch.int32,
                                  device=self._window[0].device)
+        projections = None
+        if self._output_projections is not None:
+            where = self._window[0].device
+            projections = [w.detach().to(where).contiguous() for w in self._output_projections]
         for b, seq in enumerate(self.seqs):
             if prompt <= self.policy.window:
                 self.compression.append(Skipped(f"prompt of {prompt} tokens is not longer "
@@ -509,7 +519,7 @@ class Cache(_HFCache):
                 continue
             queries = [self._window[layer][b] for layer in range(self.num_layers)]
             self.compression.append(self.engine.compress(seq, self.policy, self.budget,
-                                                         queries, [positions]))
+                                                         queries, [positions], projections))
         self._window = {}
         self._tables = {}
         return self.compression

@@ -6,6 +6,7 @@
 // returns.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -76,12 +77,37 @@ std::vector<LayerQueries> QueriesOf(const CacheGeometry& g, const std::vector<In
   return out;
 }
 
+// Each layer's output projection W_o, [hidden][num_q_heads * head_dim] (the
+// o_proj weight as torch.nn.Linear stores it), where the queries are.
+void AddOutputProjections(const CacheGeometry& g, const std::vector<In>& projections,
+                          const Place& engine, std::vector<LayerQueries>* queries) {
+  if (projections.size() != queries->size()) {
+    BadArgument(absl::StrCat("output_projections: ", projections.size(), " layers; the model has ",
+                             queries->size()));
+  }
+  for (size_t l = 0; l < projections.size(); ++l) {
+    LayerQueries& q = (*queries)[l];
+    const std::string name = absl::StrCat("output_projections[", l, "]");
+    const Place place = q.memory == MemoryKind::kDevice ? engine : Place{};
+    Check(projections[l], name.c_str(), place, {-1, int64_t{g.num_q_heads} * g.head_dim},
+          std::nullopt, "");
+    const std::optional<DType> dtype = DTypeOf(projections[l].dtype());
+    if (!dtype) BadArgument(name + ": want float32, float16 or bfloat16");
+    if (projections[l].shape(0) < 1) BadArgument(name + ": hidden size 0");
+    q.output_projection = policy::OutputProjection{
+        projections[l].data(), static_cast<int32_t>(projections[l].shape(0)), g.num_q_heads,
+        g.head_dim, *dtype};
+  }
+}
+
 Compression Compress(Engine& e, SeqId seq, nb::handle policy, nb::handle budget,
-                     const std::vector<In>& queries, const std::vector<In>& positions) {
+                     const std::vector<In>& queries, const std::vector<In>& positions,
+                     const std::optional<std::vector<In>>& output_projections) {
   const CacheGeometry& g = e.manager->geometry();
   const PolicyConfig config = PolicyOf(policy);
   const Budget b = BudgetOf(budget);
-  const std::vector<LayerQueries> q = QueriesOf(g, queries, positions, e.place);
+  std::vector<LayerQueries> q = QueriesOf(g, queries, positions, e.place);
+  if (output_projections) AddOutputProjections(g, *output_projections, e.place, &q);
   absl::StatusOr<CompressResult> result;
   {
     const InUse busy(*e.manager, "EvictionEngine.compress");
@@ -158,11 +184,13 @@ void DefEviction(nb::module_& m) {
           "on_device", [](const Engine& e) { return e.place.cuda; },
           "Whether the engine compresses on the GPU (its arena is a CudaArena).")
       .def("compress", &Compress, nb::arg("seq"), nb::arg("policy"), nb::arg("budget"),
-           nb::arg("queries"), nb::arg("positions"),
+           nb::arg("queries"), nb::arg("positions"), nb::arg("output_projections") = nb::none(),
            "Compresses seq at the end of its prefill. queries: one [q_heads][n][head_dim] "
            "array per layer (the observation window; host arrays, or for a CUDA engine also "
            "tensors on its device); positions: int32 [n], one for all layers or one per layer, "
-           "where the queries are. Returns a CompressResult: tokens_before, tokens_after, "
+           "where the queries are; output_projections: per layer the o_proj weight "
+           "[hidden][q_heads * head_dim], where the queries are, for the policies whose "
+           "needs_output_projection is set (CriticalKV, DefensiveKV). Returns a CompressResult: tokens_before, tokens_after, "
            "pages_freed, kept.")
       .def("enforce_pool_budget", &EnforcePoolBudget, nb::arg("pages_to_free"),
            nb::arg("floor_tokens") = 0, nb::arg("protect_recent") = 0,

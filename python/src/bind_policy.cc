@@ -30,13 +30,15 @@ using Allocator = PolicyConfig::Allocator;
 constexpr Named<Scorer> kScorers[] = {{Scorer::kNone, "none"},    {Scorer::kSnapKV, "snapkv"},
                                       {Scorer::kH2O, "h2o"},      {Scorer::kRecency, "recency"},
                                       {Scorer::kTova, "tova"},    {Scorer::kKeyNorm, "knorm"},
-                                      {Scorer::kRandom, "random"}};
+                                      {Scorer::kRandom, "random"}, {Scorer::kDefensive, "defensive"}};
 constexpr Named<Allocator> kAllocators[] = {{Allocator::kNone, "none"},
                                             {Allocator::kUniform, "uniform"},
                                             {Allocator::kPyramid, "pyramid"},
                                             {Allocator::kAda, "ada"},
                                             {Allocator::kAdaPyramid, "ada-pyramid"},
-                                            {Allocator::kDBudget, "dbudget"}};
+                                            {Allocator::kDBudget, "dbudget"},
+                                            {Allocator::kAdaAcrossLayers, "ada-across-layers"},
+                                            {Allocator::kHeadClasses, "head-classes"}};
 
 template <typename E, size_t N>
 const char* NameOf(E value, const Named<E> (&names)[N]) {
@@ -108,6 +110,12 @@ void DefPolicy(nb::module_& m) {
           "paper's reduced attention matrix).")
       .def_prop_ro("compresses", &PolicyConfig::compresses,
                    "Whether the policy evicts anything ('full' does not).")
+      .def_prop_ro("critical", [](const PolicyConfig& c) { return c.critical; },
+                   "Whether the policy selects in CriticalKV's two stages (attention, then "
+                   "attention x projected value norm).")
+      .def_prop_ro("needs_output_projection", &PolicyConfig::needs_output_projection,
+                   "Whether compress() needs each layer's output projection (o_proj.weight): "
+                   "CriticalKV and DefensiveKV weigh tokens by ||v W_o^h||_1.")
       .def_prop_ro(
           "evicts_while_decoding", [](const PolicyConfig& c) { return c.evicts_while_decoding; },
           "Whether the policy evicts at decode steps too (H2O).")
@@ -164,8 +172,9 @@ void DefPolicy(nb::module_& m) {
       nb::arg("name"), nb::arg("options"),
       "The named policy, with the papers' defaults (see policy_names()), and any of the options "
       "window, kernel, pooling ('avg', 'max', 'none'), reduce ('mean', 'max'), alpha, floor "
-      "('scaled', 'protect-top'), beta, threshold, sinks replacing its values (ValueError for a "
-      "value out of range).");
+      "('scaled', 'protect-top'), beta, threshold, sinks, profile (a head-class TSV file for "
+      "duoattention and razorattention) and sparsity (their share of streaming heads) replacing "
+      "its values (ValueError for a value out of range or a malformed profile).");
   m.def("policy_names", &PolicyNames, "The names policy_by_name knows, in the registry's order.");
   m.def(
       "budget_capacity",

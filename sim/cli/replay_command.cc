@@ -88,7 +88,11 @@ std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view form
   "  --floor F         scaled (Ada-KV's paper and code) or protect-top (kvpress)\n"         \
   "  --beta B          PyramidKV's beta, > 0 (20)\n"                                        \
   "  --threshold T     DBudgetKV's threshold, >= 0 (dbudget 0.05, dbudget-fro 0.01)\n"      \
-  "  --sinks S         attention sinks kept whatever their score (streamingllm 4, else 0)\n"
+  "  --sinks S         attention sinks kept whatever their score (streamingllm 4,\n"        \
+  "                    duoattention 64, razorattention 4, else 0)\n"                         \
+  "  --profile FILE    head classes: the (layer, kv head) profile duoattention and\n"        \
+  "                    razorattention rank heads by (DuoAttention's TSV; `trace heads`)\n"   \
+  "  --sparsity S      head classes: the share of heads that stream (0.5; razor 0.85)\n"
 
 constexpr char kReplayUsage[] =
     "usage: headpage replay --trace FILE --policy P --budget B [--page-size N]\n"

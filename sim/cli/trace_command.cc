@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // `headpage trace info FILE`: a trace's metadata, shapes and attention
-// concentration (sim/trace/trace.h, sim/eval/sweep.h).
+// concentration (sim/trace/trace.h, sim/eval/sweep.h); `headpage trace heads
+// FILE`: a head-class profile measured on it (sim/eval/head_scores.h).
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "sim/cli/command.h"
+#include "sim/eval/head_scores.h"
 #include "sim/eval/sweep.h"
 #include "sim/trace/trace.h"
 
@@ -16,23 +19,49 @@ namespace {
 constexpr char kCommand[] = "trace";
 constexpr char kUsage[] =
     "usage: headpage trace info FILE\n"
+    "       headpage trace heads FILE [--sinks S] [--recent R]\n"
     "\n"
     "Prints a trace's metadata, its tensors' shapes, and how concentrated each layer's\n"
     "attention is: the share of visible tokens that carry 90% of the last prompt query's\n"
     "attention, averaged over q heads (with the least and most concentrated head); '-'\n"
-    "for a layer that stores no query of the prompt.\n";
+    "for a layer that stores no query of the prompt.\n"
+    "\n"
+    "heads prints a head-class profile (DuoAttention's TSV: one line per captured layer,\n"
+    "one value per KV head) for the duoattention and razorattention policies' option\n"
+    "profile: the attention mass the trace's prompt queries put outside S sinks (64)\n"
+    "and the R most recent tokens (256), the share a streaming head would lose.\n";
 
 }  // namespace
 
+int PrintHeadScores(const std::string& path, int32_t sinks, int32_t recent) {
+  absl::StatusOr<Trace> trace = Trace::Open(path);
+  if (!trace.ok()) return Fail("trace heads", trace.status());
+  absl::StatusOr<policy::HeadClasses> scores = HeadScoresFromTrace(*trace, sinks, recent);
+  if (!scores.ok()) return Fail("trace heads", scores.status());
+  std::vector<int32_t> layers;
+  for (const TraceLayer& l : trace->layers()) layers.push_back(l.index);
+  std::fputs(scores
+                 ->ToTsv(absl::StrCat(path, ": layers ", absl::StrJoin(layers, " "), " of ",
+                                      trace->metadata().num_layers, "; attention outside ", sinks,
+                                      " sinks and ", recent, " recent tokens"))
+                 .c_str(),
+             stdout);
+  return 0;
+}
+
 int RunTraceCommand(int argc, char** argv) {
-  std::vector<std::string> args;  // "info" FILE
+  std::vector<std::string> args;  // "info" FILE | "heads" FILE
+  int32_t sinks = 64, recent = 256;
   FlagSet flags;
   flags.Positionals(&args);
+  flags.Int("sinks", &sinks, 0);
+  flags.Int("recent", &recent, 1);
   if (const std::optional<int> exit = ParseFlags(flags, argc, argv, kCommand, kUsage)) {
     return *exit;
   }
+  if (args.size() == 2 && args[0] == "heads") return PrintHeadScores(args[1], sinks, recent);
   if (args.size() != 2 || args[0] != "info") {
-    return UsageError(kCommand, "expected: trace info FILE", kUsage);
+    return UsageError(kCommand, "expected: trace info FILE, or trace heads FILE", kUsage);
   }
   const std::string& path = args[1];
   absl::StatusOr<Trace> trace = Trace::Open(path);

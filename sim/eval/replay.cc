@@ -2,6 +2,7 @@
 #include "sim/eval/replay.h"
 
 #include <algorithm>
+#include <memory>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -296,9 +297,20 @@ absl::StatusOr<OutputCheck> CheckTraceOutputs(const Trace& trace) {
   return check;
 }
 
-absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& policy,
+absl::StatusOr<ReplayResult> Replay(const Trace& trace, const PolicyConfig& model_policy,
                                     const Budget& budget, const ReplayOptions& options) {
-  HEADPAGE_RETURN_IF_ERROR(Validate(policy));
+  HEADPAGE_RETURN_IF_ERROR(Validate(model_policy));
+  // A head-class profile of the whole model is cut to the trace's layers (the
+  // engine here holds only those); one of the trace's layers is used as is.
+  PolicyConfig policy = model_policy;
+  if (policy.head_profile != nullptr &&
+      policy.head_profile->num_layers() == trace.metadata().num_layers &&
+      static_cast<int32_t>(trace.layers().size()) != trace.metadata().num_layers) {
+    std::vector<int32_t> indices;
+    for (const TraceLayer& layer : trace.layers()) indices.push_back(layer.index);
+    HEADPAGE_ASSIGN_OR_RETURN(policy::HeadClasses rows, policy.head_profile->Rows(indices));
+    policy.head_profile = std::make_shared<const policy::HeadClasses>(std::move(rows));
+  }
   if (options.page_size < 1 || options.recall_k < 1 || options.threads < 0 ||
       options.measured_window < 1) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -4,19 +4,21 @@
 // layers (Layer-DefensiveKV): each keep set equals the policy functions' own
 // result on a dense copy of the streams.
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "eviction/engine.h"
 #include "policy/budget.h"
 #include "policy/critical.h"
 #include "policy/defensive.h"
+#include "policy/head_classes.h"
 #include "policy/select.h"
 #include "tests/eviction/engine_fixture.h"
 
 namespace headpage {
 namespace {
 
-constexpr int32_t kLen = 120, kLayers = EngineFixture::kLayers, kHeads = EngineFixture::kHeads;
+constexpr int32_t kLen = 200, kLayers = EngineFixture::kLayers, kHeads = EngineFixture::kHeads;
 constexpr int32_t kDim = EngineFixture::kDim, kGroup = EngineFixture::kQHeads / kHeads;
 
 // One layer of the fixture's sequence, dense, with what the policies compute
@@ -75,14 +77,22 @@ DenseLayer Dense(EngineFixture& f, SeqId seq, int32_t layer, const LayerQueries&
   return d;
 }
 
-// The positions the policy keeps of head h given its kept count.
+// The positions the policy keeps of head h given its kept count. CriticalKV:
+// kvpress adds epsilon to SnapKV's mean over the window's rows (headpage's
+// scores are the sum), and its Ada variant secures each head's top
+// int(alpha C) first.
 std::vector<int32_t> Keep(const PolicyConfig& config, const DenseLayer& d, int32_t h, int32_t kept,
-                          const policy::Protection& protection) {
+                          const policy::Protection& protection, int32_t capacity) {
   policy::StreamScores stream{d.scores[h], d.positions, protection};
   std::vector<float> critical(kLen);
   if (config.critical) {
-    REQUIRE_OK(policy::CriticalScores(stream, d.norms[h], kept, config.critical_options,
-                                      absl::MakeSpan(critical)));
+    policy::CriticalOptions options = config.critical_options;
+    options.epsilon *= config.window;
+    const int32_t secured = config.allocator == PolicyConfig::Allocator::kAda
+                                ? static_cast<int32_t>(config.ada.alpha * capacity)
+                                : 0;
+    REQUIRE_OK(policy::CriticalScores(stream, d.norms[h], kept, options, absl::MakeSpan(critical),
+                                      secured));
     stream.scores = critical;
   }
   std::vector<int32_t> keep;
@@ -100,7 +110,7 @@ TEST_CASE("EvictionEngine: CriticalKV and DefensiveKV keep what their policy fun
   const SeqId seq = f.Prefill(kLen);
   auto config = PolicyByName(name);
   REQUIRE_OK(config);
-  const int32_t w = config->ObservedQueries(kLen), capacity = 40;
+  const int32_t w = config->ObservedQueries(kLen), capacity = 80;
   auto queries = f.Queries(w, kLen - w);
   f.AddOutputProjections(&queries);
   const policy::Protection protection{0, config->window};
@@ -137,7 +147,7 @@ TEST_CASE("EvictionEngine: CriticalKV and DefensiveKV keep what their policy fun
     for (int32_t h = 0; h < kHeads; ++h) {
       CAPTURE(layer, h);
       const int32_t k = kept[layer * kHeads + h];
-      REQUIRE(f.CheckStream(seq, layer, h) == Keep(*config, dense[layer], h, k, protection));
+      REQUIRE(f.CheckStream(seq, layer, h) == Keep(*config, dense[layer], h, k, protection, capacity));
       total += k;
     }
   }
@@ -157,21 +167,66 @@ TEST_CASE("EvictionEngine: the value-weighted policies need every layer's output
   const SeqId seq = f.Prefill(kLen);
   auto config = PolicyByName("critical-snapkv");
   REQUIRE_OK(config);
-  auto queries = f.Queries(32, kLen - 32);
+  auto queries = f.Queries(64, kLen - 64);
   const auto lens_before = f.manager().StreamLengths(seq).value();
   const std::vector<uint32_t> before(lens_before.begin(), lens_before.end());
-  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(40), queries),
+  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(80), queries),
                 absl::StatusCode::kInvalidArgument, "layer 0 needs its W_o");
   f.AddOutputProjections(&queries);
   queries[1].output_projection.num_q_heads = 2;  // another model's shape
-  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(40), queries),
+  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::TokensPerHead(80), queries),
                 absl::StatusCode::kInvalidArgument, "layer 1 needs its W_o");
   const auto lens_after = f.manager().StreamLengths(seq).value();
   REQUIRE(std::vector<uint32_t>(lens_after.begin(), lens_after.end()) == before);
   // A policy that does not read it ignores a missing one.
   auto snap = PolicyByName("uniform-snapkv");
   REQUIRE_OK(snap);
-  REQUIRE_OK(f.engine().Compress(seq, *snap, Budget::TokensPerHead(40), f.Queries(32, kLen - 32)));
+  REQUIRE_OK(f.engine().Compress(seq, *snap, Budget::TokensPerHead(80), f.Queries(32, kLen - 32)));
+}
+
+}  // namespace
+}  // namespace headpage
+
+namespace headpage {
+namespace {
+
+// Two layers of two kv heads with scores (0.9 0.1 | 0.2 0.8): at sparsity 0.5
+// heads (0, 0) and (1, 1) are retrieval heads and keep all 200 tokens; the
+// other two keep their 4 sinks and last 20 tokens.
+TEST_CASE("EvictionEngine: head classes keep retrieval heads whole, streaming heads their "
+          "sinks and recent window", "[eviction][headwise]") {
+  EngineFixture f;
+  const SeqId seq = f.Prefill(kLen);
+  auto config = PolicyByName("duoattention");
+  REQUIRE_OK(config);
+  config->sinks = 4;
+  config->window = 20;
+  auto queries = f.Queries(20, kLen - 20);
+  // No profile: refused, nothing changed.
+  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::Fraction(1.0), queries),
+                absl::StatusCode::kInvalidArgument, "needs a head profile of 2 layers x 2 kv heads");
+  auto profile = policy::HeadClasses::FromScores(2, 2, {0.9f, 0.1f, 0.2f, 0.8f});
+  REQUIRE_OK(profile);
+  config->head_profile = std::make_shared<const policy::HeadClasses>(*profile);
+  auto result = f.engine().Compress(seq, *config, Budget::Fraction(1.0), queries);
+  REQUIRE_OK(result);
+  REQUIRE(result->kept == std::vector<int32_t>{kLen, 24, 24, kLen});
+  std::vector<int32_t> streaming = {0, 1, 2, 3};  // the sinks
+  for (int32_t p = kLen - 20; p < kLen; ++p) streaming.push_back(p);
+  std::vector<int32_t> all(kLen);
+  for (int32_t p = 0; p < kLen; ++p) all[p] = p;
+  CHECK(f.CheckStream(seq, 0, 0) == all);
+  CHECK(f.CheckStream(seq, 0, 1) == streaming);
+  CHECK(f.CheckStream(seq, 1, 0) == streaming);
+  CHECK(f.CheckStream(seq, 1, 1) == all);
+  REQUIRE_OK(f.manager().CheckInvariants());
+
+  // A profile of another model's shape is refused.
+  auto wrong = policy::HeadClasses::FromScores(3, 2, {0, 0, 0, 0, 0, 0});
+  REQUIRE_OK(wrong);
+  config->head_profile = std::make_shared<const policy::HeadClasses>(*wrong);
+  REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::Fraction(1.0), queries),
+                absl::StatusCode::kInvalidArgument, "has one of 3 x 2");
 }
 
 }  // namespace

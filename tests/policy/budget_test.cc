@@ -283,6 +283,24 @@ TEST_CASE("AdaKept kProtectTop: hand example, exact sum", "[policy][budget]") {
   REQUIRE(Kept(AdaKept(AdaExample().views(), 4, o)) == Ints{4, 4});
 }
 
+TEST_CASE("AdaKept kProtectTop: kvpress's safeguard counts the protected tokens",
+          "[policy][budget]") {
+  // 3 protected tokens a stream, capacity 6, alpha 0.8: B' = 3 a stream.
+  // floor(0.8 x 3) = 2 safe each, then the global top 2 of the rest (stream
+  // 0's 0.85 and 0.8): (3 + 2 + 2, 3 + 2) = (7, 5). Counting the protected:
+  // int(0.8 x 6) - 3 = 1 safe each, then the top 4 of the rest, all stream
+  // 0's (0.9, 0.85, 0.8, 0.75): (3 + 1 + 4, 3 + 1) = (8, 4).
+  AdaOptions o;
+  o.alpha = 0.8;
+  o.floor = AdaFloor::kProtectTop;
+  REQUIRE(Kept(AdaKept(AdaExample({1, 2}).views(), 6, o)) == Ints{7, 5});
+  o.safe_counts_protected = true;
+  REQUIRE(Kept(AdaKept(AdaExample({1, 2}).views(), 6, o)) == Ints{8, 4});
+  // When alpha C does not reach the protected tokens, no candidate is safe.
+  o.alpha = 0.2;
+  REQUIRE(Kept(AdaKept(AdaExample({1, 2}).views(), 6, o)) == Ints{8, 4});
+}
+
 TEST_CASE("AdaKept: no compression when every B'_h covers its candidates", "[policy][budget]") {
   const Streams s = AdaExample({1, 2});  // 13 tokens, 3 protected, 10 candidates
   for (const AdaFloor floor : {AdaFloor::kScaled, AdaFloor::kProtectTop}) {

@@ -12,7 +12,7 @@ namespace {
 
 TEST_CASE("PolicyByName: every registered name resolves, validates and names itself", "[policy]") {
   const std::vector<std::string>& names = PolicyNames();
-  REQUIRE(names.size() == 16);
+  REQUIRE(names.size() == 18);
   REQUIRE(std::set<std::string>(names.begin(), names.end()).size() == names.size());
   for (const std::string& name : names) {
     CAPTURE(name);
@@ -75,11 +75,15 @@ TEST_CASE("PolicyByName: what the names mean", "[policy]") {
   REQUIRE(critical->critical);
   REQUIRE(critical->allocator == A::kUniform);
   REQUIRE(critical->critical_options.first_stage == 0.5);
+  REQUIRE(critical->window == 64);  // kvpress's SnapKVPress, which the released code wraps
+  REQUIRE(critical->snapkv.kernel_size == 5);
+  REQUIRE(critical->snapkv.pooling == policy::Pooling::kAvg);
   REQUIRE(critical->needs_output_projection());
   auto critical_ada = PolicyByName("critical-ada-snapkv");
   REQUIRE_OK(critical_ada);
   REQUIRE(critical_ada->allocator == A::kAda);
   REQUIRE(critical_ada->ada.floor == policy::AdaFloor::kProtectTop);
+  REQUIRE(critical_ada->ada.safe_counts_protected);
   REQUIRE_FALSE(ada->needs_output_projection());
 
   auto defensive = PolicyByName("defensivekv");
@@ -94,6 +98,19 @@ TEST_CASE("PolicyByName: what the names mean", "[policy]") {
   auto layer_defensive = PolicyByName("layer-defensivekv");
   REQUIRE_OK(layer_defensive);
   REQUIRE(layer_defensive->allocator == A::kAdaAcrossLayers);
+
+  auto duo = PolicyByName("duoattention");
+  REQUIRE_OK(duo);
+  REQUIRE(duo->allocator == A::kHeadClasses);
+  REQUIRE(duo->scorer == S::kRecency);
+  REQUIRE(duo->sinks == 64);
+  REQUIRE(duo->window == 256);
+  REQUIRE(duo->head_sparsity == 0.5);
+  REQUIRE(duo->head_profile == nullptr);  // the option profile gives it
+  auto razor = PolicyByName("razorattention");
+  REQUIRE_OK(razor);
+  REQUIRE(razor->sinks + razor->window == 256);
+  REQUIRE(razor->head_sparsity == 0.85);
 }
 
 TEST_CASE("Budget: parsing token counts and percentages", "[policy]") {

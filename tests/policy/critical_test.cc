@@ -129,6 +129,13 @@ TEST_CASE("CriticalScores: stage one by attention, stage two by attention x valu
     REQUIRE_OK(SelectKeepSet(StreamScores{out, positions, Protection{0, 2}}, 6, &keep));
     CHECK(keep == std::vector<int32_t>{0, 3, 4, 5, 6, 7});
   }
+  SECTION("the Ada safeguard's secured tokens stay in stage 1") {
+    // secured 5 (the window's 2 and 3 candidates): stage 1 takes the top 3
+    // candidates by attention (slots 1, 5, 4), stage 2 one more by the product.
+    REQUIRE_OK(CriticalScores(stream, norms, 6, CriticalOptions{}, absl::MakeSpan(out), 5));
+    REQUIRE_OK(SelectKeepSet(StreamScores{out, positions, Protection{0, 2}}, 6, &keep));
+    CHECK(keep == std::vector<int32_t>{1, 3, 4, 5, 6, 7});
+  }
   SECTION("bad input is refused and writes nothing") {
     std::vector<float> untouched(8, -1.0f);
     const std::vector<float> negative = {10, 1, 1, -1, 1, 1, 1, 1};

@@ -103,7 +103,7 @@ TEST_CASE("PolicyOptionValues: every option's value, in the documented order", "
   REQUIRE(values == std::vector<std::pair<std::string, std::string>>{
                         {"window", "32"}, {"kernel", "7"}, {"pooling", "max"}, {"reduce", "mean"},
                         {"alpha", "0.2"}, {"floor", "scaled"}, {"beta", "20"},
-                        {"threshold", "0.05"}, {"sinks", "0"}});
+                        {"threshold", "0.05"}, {"sinks", "0"}, {"profile", "-"}, {"sparsity", "0.5"}});
   // Values read back exactly, not rounded to six digits.
   PolicyOptions fine;
   REQUIRE_OK(SetPolicyOption("threshold", "0.00123456789", &fine));

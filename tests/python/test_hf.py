@@ -172,11 +172,13 @@ def test_bad_arguments(smollm2):
         model.set_attn_implementation(hf.ATTENTION)
 
 
-@pytest.mark.parametrize("policy", ["ada-snapkv", "dbudget-fro"])
+@pytest.mark.parametrize("policy", ["ada-snapkv", "dbudget-fro", "critical-ada-snapkv",
+                                    "layer-defensivekv"])
 @torch.no_grad()
 def test_load_prefill_matches_the_model_prefill(smollm2, long_prompt, policy):
     """record_prefill + load_prefill: the same kept streams and greedy tokens as a
-    prefill through the cache, for a window policy and one that observes every query."""
+    prefill through the cache, for a window policy, one that observes every query,
+    and the ones that weigh values by the model's output projection."""
     tok, model = smollm2
     ids = long_prompt
     config = policy
@@ -194,6 +196,8 @@ def test_load_prefill_matches_the_model_prefill(smollm2, long_prompt, policy):
     kept = loaded.compress()[0].kept
     assert kept.tolist() == direct.compression[0].kept.tolist()
     assert (kept < ids.shape[1]).any()
+    if policy == "layer-defensivekv":  # one budget for every layer: they keep differently
+        assert len(set(kept.sum(axis=1).tolist())) > 1
     token = prefill.logits.argmax(-1, keepdim=True)
     got = [int(token)]
     for _ in range(steps - 1):
@@ -217,3 +221,14 @@ def test_load_prefill_matches_the_model_prefill(smollm2, long_prompt, policy):
     fresh.load_prefill(prefill.keys, prefill.values, prefill.queries)
     with pytest.raises(ValueError, match="holds nothing"):
         fresh.load_prefill(prefill.keys, prefill.values, prefill.queries)
+
+
+def test_value_weighted_policies_need_the_model(smollm2):
+    """CriticalKV and DefensiveKV read each layer's o_proj weight: a cache built from
+    the config alone cannot run them, and says so."""
+    _, model = smollm2
+    with pytest.raises(ValueError, match="output projection"):
+        hf.Cache(model.config, policy="critical-snapkv", budget="20%")
+    hf.Cache(model.config, policy="ada-snapkv", budget="20%")  # these need no weights
+    assert headpage.policy_by_name("defensivekv").needs_output_projection
+    assert not headpage.policy_by_name("ada-snapkv").needs_output_projection

@@ -221,7 +221,7 @@ TEST_CASE("Sweep: every row records its query set and the options its policy ran
   const std::string csv = SweepCsv(*rows);
   const std::string header = csv.substr(0, csv.find('\n'));
   REQUIRE(header.rfind("trace,policy,budget,page_size,query_set,query_window,window,kernel,pooling,"
-                       "reduce,alpha,floor,beta,threshold,sinks,layer,", 0) == 0);
+                       "reduce,alpha,floor,beta,threshold,sinks,profile,sparsity,layer,", 0) == 0);
   for (const SweepRow& row : *rows) {
     REQUIRE(row.query_set == "generated");
     REQUIRE(row.query_window == 16);  // the window option moves the measured window too
@@ -230,7 +230,7 @@ TEST_CASE("Sweep: every row records its query set and the options its policy ran
     REQUIRE(row.options[6] == std::make_pair(std::string("beta"), std::string("10")));
   }
   REQUIRE(csv.find("code.safetensors,ada-snapkv,20%,16,generated,16,16,7,avg,mean,0.2,scaled,10,"
-                   "0.05,0,all,") != std::string::npos);
+                   "0.05,0,-,0.5,all,") != std::string::npos);
   // A bad option fails the sweep before it runs, naming the policy.
   REQUIRE_OK(SetPolicyOption("alpha", "2", &spec.options));
   REQUIRE_ERROR(RunSweep(spec), absl::StatusCode::kInvalidArgument,

@@ -9,6 +9,7 @@
 #include <functional>
 #include <vector>
 
+#include "sim/eval/head_scores.h"
 #include "sim/eval/replay.h"
 #include "sim/eval/sweep.h"
 #include "tests/sim/trace/trace_writer.h"
@@ -285,8 +286,8 @@ namespace {
 // value-weighted policies cannot replay.
 TEST_CASE("Replay: the projected error through an identity W_o is the l1 error", "[sim]") {
   TraceSpec spec;
-  spec.prompt_len = 120;
-  spec.window = 32;
+  spec.prompt_len = 200;
+  spec.window = 64;
   spec.hidden_size = spec.num_q_heads * spec.head_dim;
   std::vector<uint8_t> bytes;
   const Trace trace = Build(
@@ -306,7 +307,7 @@ TEST_CASE("Replay: the projected error through an identity W_o is the l1 error",
     CAPTURE(name);
     auto config = PolicyByName(name);
     REQUIRE_OK(config);
-    auto r = Replay(trace, *config, Budget::TokensPerHead(48));
+    auto r = Replay(trace, *config, Budget::TokensPerHead(96));
     REQUIRE_OK(r);
     REQUIRE(r->all.has_projected_error);
     REQUIRE(r->all.mean_l1_error > 0);
@@ -320,13 +321,46 @@ TEST_CASE("Replay: the projected error through an identity W_o is the l1 error",
   }, &plain_bytes);
   auto critical = PolicyByName("critical-snapkv");
   REQUIRE_OK(critical);
-  REQUIRE_ERROR(Replay(plain, *critical, Budget::TokensPerHead(48)),
+  REQUIRE_ERROR(Replay(plain, *critical, Budget::TokensPerHead(96)),
                 absl::StatusCode::kFailedPrecondition, "does not hold (layers.{i}.output_projection");
   auto snap = PolicyByName("uniform-snapkv");
   REQUIRE_OK(snap);
-  auto r = Replay(plain, *snap, Budget::TokensPerHead(48));
+  auto r = Replay(plain, *snap, Budget::TokensPerHead(96));
   REQUIRE_OK(r);
   REQUIRE_FALSE(r->all.has_projected_error);
+}
+
+}  // namespace
+}  // namespace headpage
+
+namespace headpage {
+namespace {
+
+// Zero keys: every query attends uniformly over positions 0..p. With 2 sinks
+// and 3 recent tokens, a query at p loses positions 2..p-3, (p - 4) / (p + 1)
+// of its attention. The prompt's queries are at 8..11 (the generated ones at
+// 12..14 do not count): the mean of 4/9, 5/10, 6/11 and 7/12.
+TEST_CASE("HeadScoresFromTrace: the attention a streaming head would lose", "[sim]") {
+  TraceSpec spec;  // 12 prompt tokens, queries at 8..14
+  std::vector<uint8_t> bytes;
+  const Trace trace = Build(
+      spec, [](int32_t layer, TracePart part, int64_t i) {
+        return part == TracePart::kKeys ? 0.0f : testing::TraceValue(TraceSpec{}, layer, part, i);
+      },
+      &bytes);
+  auto scores = HeadScoresFromTrace(trace, 2, 3);
+  REQUIRE_OK(scores);
+  REQUIRE(scores->num_layers() == 2);
+  REQUIRE(scores->num_kv_heads() == 2);
+  const double want = (4.0 / 9 + 5.0 / 10 + 6.0 / 11 + 7.0 / 12) / 4;
+  for (int32_t l = 0; l < 2; ++l) {
+    for (int32_t h = 0; h < 2; ++h) CHECK(scores->score(l, h) == Approx(want).epsilon(1e-6));
+  }
+  // Nothing outside: all kept.
+  auto none = HeadScoresFromTrace(trace, 0, 100);
+  REQUIRE_OK(none);
+  CHECK(none->score(1, 1) == 0.0f);
+  REQUIRE_ERROR(HeadScoresFromTrace(trace, -1, 3), absl::StatusCode::kInvalidArgument, "sinks");
 }
 
 }  // namespace
