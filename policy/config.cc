@@ -108,10 +108,11 @@ constexpr NamedPolicy kPolicies[] = {
     // Head classes: a profile (option `profile`) ranks the heads; the lowest
     // `sparsity` share streams. DuoAttention's deployment keeps 64 sinks and
     // 256 recent tokens (scripts/longbench.sh) and sweeps sparsity 0.5 and 0.75;
-    // RazorAttention protects 15% of the heads (14% induction, 1% echo) and
-    // keeps 4 sinks and a local window of 256 (golden-stick's deploy: 4 sinks,
-    // one compensation token and 251 recent; headpage stores no synthetic
-    // token, so 252 recent).
+    // RazorAttention protects the heads its calibration selects (14% induction,
+    // 1% echo: tools/profile_heads.py --method razor writes them as 1, so the
+    // profile's own classes, sparsity -1) and keeps 4 sinks and a local window
+    // of 256 (golden-stick's deploy: 4 sinks, one compensation token and 251
+    // recent; headpage stores no synthetic token, so 252 recent).
     {"duoattention",
      [](PolicyConfig* c) {
        c->scorer = S::kRecency;
@@ -126,7 +127,7 @@ constexpr NamedPolicy kPolicies[] = {
        c->allocator = A::kHeadClasses;
        c->sinks = 4;
        c->window = 252;
-       c->head_sparsity = 0.85;
+       c->head_sparsity = -1.0;
      }},
     {"defensivekv", [](PolicyConfig* c) { ConfigureDefensive(A::kAda, c); }},
     {"layer-defensivekv", [](PolicyConfig* c) { ConfigureDefensive(A::kAdaAcrossLayers, c); }},
@@ -136,6 +137,11 @@ constexpr NamedPolicy kPolicies[] = {
 
 int32_t PolicyConfig::ObservedQueries(int32_t prompt_queries) const {
   if (observe == Observe::kAllPrompt) return prompt_queries;
+  // Scorers that read no query still get one (the engine wants a window to
+  // place the compression), however long the recent window they protect.
+  if (scorer == Scorer::kRecency || scorer == Scorer::kKeyNorm || scorer == Scorer::kRandom) {
+    return std::min(prompt_queries, 1);
+  }
   return std::min(prompt_queries, std::max(window, 1));
 }
 
@@ -190,9 +196,10 @@ absl::Status Validate(const PolicyConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "policy ", c.name, ": DefensiveKV needs an observation window (>= 1) and average pooling"));
   }
-  if (!(c.head_sparsity >= 0.0 && c.head_sparsity <= 1.0)) {
-    return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": head sparsity ",
-                                                   c.head_sparsity, " is outside [0, 1]"));
+  if (!((c.head_sparsity >= 0.0 && c.head_sparsity <= 1.0) || c.head_sparsity == -1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "policy ", c.name, ": head sparsity ", c.head_sparsity,
+        " is outside [0, 1] (or -1: the profile's own classes, score >= 0.5)"));
   }
   if (c.critical && !(c.critical_options.first_stage >= 0.0 && c.critical_options.first_stage <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("policy ", c.name, ": CriticalKV's first stage ",

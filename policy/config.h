@@ -88,7 +88,8 @@ struct PolicyConfig {
   bool needs_output_projection() const {
     return compresses() && (critical || scorer == Scorer::kDefensive);
   }
-  // How many of the last `prompt_queries` prompt queries compression observes.
+  // How many of the last `prompt_queries` prompt queries compression observes
+  // (one for the scorers that read none: recency, key norm, random).
   int32_t ObservedQueries(int32_t prompt_queries) const;
 };
 

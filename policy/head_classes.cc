@@ -92,7 +92,11 @@ absl::StatusOr<HeadClasses> HeadClasses::Rows(const std::vector<int32_t>& layers
 
 std::vector<uint8_t> HeadClasses::Retrieval(double sparsity) const {
   std::vector<uint8_t> retrieval(scores_.size(), 1);
-  if (sparsity <= 0) return retrieval;
+  if (sparsity < 0) {
+    for (size_t i = 0; i < scores_.size(); ++i) retrieval[i] = scores_[i] >= 0.5f;
+    return retrieval;
+  }
+  if (sparsity == 0) return retrieval;
   if (sparsity >= 1) return std::vector<uint8_t>(scores_.size(), 0);
   std::vector<float> sorted = scores_;
   std::sort(sorted.begin(), sorted.end());

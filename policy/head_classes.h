@@ -56,7 +56,10 @@ class HeadClasses {
   // t = numpy.quantile(scores, sparsity) (linear interpolation) over every
   // layer's heads, retrieval iff score >= t; sparsity 0 keeps every head
   // whole, 1 none. (The released code adds U(0, 1e-6) noise to break ties;
-  // here tied heads stay on the same side.) [layer][kv_head], 1 = retrieval.
+  // here tied heads stay on the same side.) A negative sparsity takes the
+  // profile's own classes, retrieval iff score >= 0.5 (DuoAttention's
+  // threshold rule on trained gates; a RazorAttention profile written as 1 and
+  // 0 by tools/profile_heads.py). [layer][kv_head], 1 = retrieval.
   std::vector<uint8_t> Retrieval(double sparsity) const;
 
   // The TSV ParseTsv reads, with `comment` as a first '#' line when non-empty.

@@ -40,6 +40,8 @@ PROMPT_NAMES = ["needle", "code", "summary", "fewshot-qa", "needle-4k", "code-4k
 RATIOS = ["10%", "25%", "50%"]  # the fraction of the prompt kept
 WINDOW, KERNEL, ALPHA, BETA, SINKS = 64, 5, 0.2, 20, 4
 SNAPKV = dict(window=WINDOW, kernel=KERNEL, pooling="avg", reduce="mean")
+DUO_PROFILE = os.path.join(ROOT, "tools", "profiles", "smollm2-loss.tsv")
+DUO_SINKS, DUO_RECENT = 64, 256  # DuoAttention's deployment values, headpage's duoattention
 
 def kvpress_ada_alpha(kept):
     """The alpha that gives headpage's protect-top floor, floor(alpha (kept - w)),
@@ -65,6 +67,13 @@ METHODS = {
     "tova": [("tova", "tova", {})],
     "knorm": [("knorm", "knorm", {})],
     "pyramidkv": [("pyramid", "pyramid", dict(SNAPKV, beta=BETA))],
+    # CriticalKV's registry entries are kvpress's settings already (window 64,
+    # average pooling 5, the safeguard counting the window).
+    "criticalkv": [("critical-snapkv", "critical-snapkv", {})],
+    "criticaladakv": [("critical-ada-snapkv", "critical-ada-snapkv", dict(alpha=ALPHA))],
+    # DuoAttention with the same head profile on both sides (kvpress's own
+    # patterns are downloaded from GitHub for its known models; SmolLM2 has none).
+    "duoattention": [("duoattention", "duoattention", dict(profile=DUO_PROFILE, sparsity=0.5))],
 }
 
 # method -> kvpress's press for it, from kvpress's module and the compression ratio.
@@ -76,7 +85,22 @@ PRESSES = {
     "knorm": lambda kp, r: kp.KnormPress(compression_ratio=r),
     "pyramidkv": lambda kp, r: kp.PyramidKVPress(compression_ratio=r, window_size=WINDOW,
                                                  kernel_size=KERNEL, beta=BETA),
+    "criticalkv": lambda kp, r: kp.CriticalKVPress(PRESSES["snapkv"](kp, r)),
+    "criticaladakv": lambda kp, r: kp.CriticalAdaKVPress(PRESSES["snapkv"](kp, r),
+                                                         alpha_safeguard=ALPHA),
+    "duoattention": lambda kp, r: duo_press(kp),
 }
+
+
+def duo_press(kp):
+    """kvpress's DuoAttentionPress on headpage's profile: the pattern loader
+    returns DUO_PROFILE's scores and DuoAttention's deployment sink and recent
+    sizes; half of the (layer, kv head)s stream (its n_pruned lowest)."""
+    import numpy as np
+    press = kp.DuoAttentionPress(head_compression_ratio=0.5)
+    scores = np.clip(np.loadtxt(DUO_PROFILE, delimiter="\t", ndmin=2), 0, 1)
+    press.load_attention_pattern = lambda model: (DUO_SINKS, DUO_RECENT, scores)
+    return press
 
 
 def compression_ratio(ratio):
@@ -222,25 +246,29 @@ class Recorder:
     def __init__(self, press):
         self.press, self.layers = press, {}
         self.scorer = press.press if hasattr(press, "alpha_safeguard") else press
+        if not hasattr(self.scorer, "score"):  # DuoAttention masks by head, it scores nothing
+            self.scorer = None
         self.inner_compress = press.compress
         press.compress = self.compress
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
         import torch
         box = {}
-        score = self.scorer.score
+        if self.scorer is not None:
+            score = self.scorer.score
 
-        def recording_score(*a, **k):
-            box["scores"] = score(*a, **k)
-            box["copy"] = box["scores"].detach().clone()  # AdaKVPress writes into it
-            return box["scores"]
-        self.scorer.score = recording_score
+            def recording_score(*a, **k):
+                box["scores"] = score(*a, **k)
+                box["copy"] = box["scores"].detach().clone()  # AdaKVPress writes into it
+                return box["scores"]
+            self.scorer.score = recording_score
         try:
             out_keys, out_values = self.inner_compress(module, hidden_states, keys, values, attentions, kwargs)
         finally:
-            del self.scorer.score  # back to the class's method
-        scores = box["copy"][0].float()
+            if self.scorer is not None:
+                del self.scorer.score  # back to the class's method
         k_len = keys.shape[2]
+        scores = box["copy"][0].float() if box else torch.zeros(keys.shape[1], k_len)
         if out_keys.shape[2] < k_len:
             kept = torch.zeros(scores.shape, dtype=torch.bool)
             kept.scatter_(-1, box["scores"].topk(out_keys.shape[2], dim=-1).indices[0], True)
@@ -335,7 +363,7 @@ def compare_run(run, k, head_masks, args):
     # sides cut between (nearly) equal scores, i.e. float rounding.
     gap = 0.0
     if scores is not None and differ.any():
-        per_layer = run["method"] == "adakv"
+        per_layer = run["method"] in ("adakv", "criticaladakv")
         for layer in range(layers):
             for head in ([None] if per_layer else range(heads)):
                 d = differ[layer] if per_layer else differ[layer, head]

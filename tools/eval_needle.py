@@ -119,12 +119,27 @@ def prompt_pages(cache, prompt_tokens, page_size):
     return streams * -(-prompt_tokens // page_size)
 
 
+# The head profiles the head-class policies rank heads by (tools/profile_heads.py).
+PROFILES = {"duoattention": os.path.join(ROOT, "tools", "profiles", "smollm2-loss.tsv"),
+            "razorattention": os.path.join(ROOT, "tools", "profiles", "smollm2-razor.tsv")}
+
+
+def policy_config(name, profiles):
+    """The named policy, with its head profile when it takes one."""
+    config = headpage.policy_by_name(name)
+    if config.allocator == "head-classes":
+        if name not in profiles:
+            raise SystemExit(f"{name} needs a head profile: --profile {name}=FILE")
+        return headpage.policy_by_name(name, profile=profiles[name])
+    return config
+
+
 def configs_for(policies, budgets):
-    """(policy, budget) pairs: "full" first; DBudgetKV sets its own budget, so it
-    runs once ("own")."""
+    """(policy, budget) pairs: "full" first; DBudgetKV and the head classes set
+    their own budget, so they run once ("own")."""
     out = [("full", "full")]
     for p in policies:
-        own = headpage.policy_by_name(p).allocator == "dbudget"
+        own = headpage.policy_by_name(p).allocator in ("dbudget", "head-classes")
         out += [(p, "own")] if own else [(p, b) for b in budgets]
     return out
 
@@ -152,10 +167,15 @@ def main():
     ap.add_argument("--out", default="build/needle.csv")
     ap.add_argument("--markdown", help="write the summary table here")
     ap.add_argument("--plot", help="write accuracy against KV memory here (needs matplotlib)")
+    ap.add_argument("--profile", action="append", default=[], metavar="POLICY=FILE",
+                    help="the head profile of a head-class policy (default: tools/profiles/ "
+                         "for duoattention and razorattention)")
     ap.add_argument("--summarize", metavar="CSV",
                     help="run nothing: write --markdown and --plot from a CSV of an earlier run")
     args = ap.parse_args()
     budgets = args.budgets.split(",")
+    profiles = dict(PROFILES)
+    profiles.update(dict(p.split("=", 1) for p in args.profile))
     if args.summarize:
         return report(read_rows(args.summarize), args)
     if args.threads:
@@ -193,7 +213,7 @@ def main():
                 prefill_s = time.perf_counter() - t0
                 first = prefill.logits.argmax(-1, keepdim=True)
                 for policy, budget in configs:
-                    cache = hf.Cache(model, policy=policy,
+                    cache = hf.Cache(model, policy=policy_config(policy, profiles),
                                      budget={"full": None, "own": "100%"}.get(budget, budget),
                                      page_size=args.page_size, max_tokens=ids.shape[1] + args.new_tokens)
                     t0 = time.perf_counter()

@@ -92,7 +92,8 @@ std::string FormatRows(const std::vector<SweepRow>& rows, absl::string_view form
   "                    duoattention 64, razorattention 4, else 0)\n"                         \
   "  --profile FILE    head classes: the (layer, kv head) profile duoattention and\n"        \
   "                    razorattention rank heads by (DuoAttention's TSV; `trace heads`)\n"   \
-  "  --sparsity S      head classes: the share of heads that stream (0.5; razor 0.85)\n"
+  "  --sparsity S      head classes: the share of heads that stream (duoattention 0.5;\n"   \
+  "                    -1, razorattention's: the profile's own, score >= 0.5)\n"
 
 constexpr char kReplayUsage[] =
     "usage: headpage replay --trace FILE --policy P --budget B [--page-size N]\n"

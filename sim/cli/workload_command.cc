@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/geometry.h"
+#include "policy/head_classes.h"
 #include "sim/cli/command.h"
 #include "sim/workload/head_profile.h"
 #include "sim/workload/workload.h"
@@ -41,8 +43,10 @@ constexpr char kUsage[] =
     "above a 1% watermark, decodes one token per running request per step, and preempts\n"
     "the newest request (recompute) when a step cannot get pages. Each request is\n"
     "compressed at admission by the policy, from the head profile's per-head importance:\n"
-    "none, uniform, pyramid, ada, dbudget, or pool-pressure (evict the least important\n"
-    "tokens of all running requests, down to the budget, instead of preempting).\n"
+    "none, uniform, pyramid, ada, dbudget, pool-pressure (evict the least important\n"
+    "tokens of all running requests, down to the budget, instead of preempting), or\n"
+    "head-classes (retrieval heads keep the prompt, streaming heads 64 sinks and 256\n"
+    "recent tokens, as duoattention; --heads gives the classes).\n"
     "Prints one CSV row per run: policy,page_size,requests,steps,peak_batch,mean_batch,\n"
     "preemptions,tokens_per_step,mean_fragmentation,final_fragmentation, then more.\n"
     "\n"
@@ -53,11 +57,15 @@ constexpr char kUsage[] =
     "  --rate R        arrivals per second, or inf: all at time 0 (default inf)\n"
     "  --pool-pages P  pool size in pages of the page size (default: 16 GiB of KV)\n"
     "  --page-size S   tokens per page (default 16)\n"
-    "  --policy X      none, uniform, pyramid, ada, dbudget, pool-pressure (default none)\n"
+    "  --policy X      none, uniform, pyramid, ada, dbudget, pool-pressure, head-classes\n"
+    "                  (default none)\n"
     "  --budget B      tokens per KV head, window included (128), or share of the prompt (20%);\n"
     "                  pool-pressure: the floor each stream's prompt keeps (default 20%)\n"
     "  --window W      tokens every stream keeps unscored (default: the policy's, 32; dbudget 8)\n"
     "  --profile P     head importance: uniform, skewed (default) or trace:FILE\n"
+    "  --heads FILE    head-classes: the retrieval/streaming profile (DuoAttention's TSV,\n"
+    "                  tools/profile_heads.py, headpage trace heads); a sweep adds the policy\n"
+    "  --sparsity S    head-classes: the share of heads that stream (0.5; -1: the profile's)\n"
     "  --seed K        lengths, arrivals and the skewed profile (default 1)\n"
     "  --geometry LxH  layers x KV heads (default 32x8, Llama-3-8B)\n"
     "  --max-batch N   running requests at most (default 256)\n"
@@ -80,6 +88,8 @@ int RunWorkloadCommand(int argc, char** argv) {
   auto usage_error = [&](absl::string_view message) {
     return UsageError(command, message, kUsage);
   };
+  std::string heads_path;
+  double sparsity = 0.5;
   std::string dist = "sharegpt", policies, budget = "20%", profile_spec = "skewed", out_path,
               plot_path;
   // A list, so that a --page-size given empty is told apart from none given.
@@ -95,6 +105,8 @@ int RunWorkloadCommand(int argc, char** argv) {
   flags.Text("policy", &policies);
   flags.Text("budget", &budget);
   flags.Text("profile", &profile_spec);
+  flags.Text("heads", &heads_path);
+  flags.Number("sparsity", &sparsity);
   flags.TextList("page-size", &page_size_args);
   flags.Text("geometry", &geometry_spec);
   flags.Text("out", &out_path);
@@ -142,6 +154,16 @@ int RunWorkloadCommand(int argc, char** argv) {
   }
   if (!sweep && policy_list.size() > 1) return usage_error("one --policy without --sweep");
   options.policy = policy_list[0];
+  if (!heads_path.empty()) {
+    absl::StatusOr<policy::HeadClasses> heads = policy::HeadClasses::Load(heads_path);
+    if (!heads.ok()) return Fail(command, heads.status());
+    options.head_classes = std::make_shared<const policy::HeadClasses>(*std::move(heads));
+    options.head_sparsity = sparsity;
+    if (sweep && std::find(policy_list.begin(), policy_list.end(),
+                           WorkloadPolicy::kHeadClasses) == policy_list.end()) {
+      policy_list.push_back(WorkloadPolicy::kHeadClasses);
+    }
+  }
   absl::StatusOr<Budget> b = Budget::Parse(budget);
   if (!b.ok()) return usage_error(b.status().message());
   options.budget = *b;

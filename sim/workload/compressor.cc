@@ -27,6 +27,22 @@ absl::Status Compressor::PromptKept(int32_t prompt_len, std::vector<int32_t>* ke
   const int32_t heads = geometry_.num_kv_heads, layers = geometry_.num_layers;
   kept->assign(static_cast<size_t>(geometry_.streams_per_sequence()), prompt_len);
   const int32_t w = config_.window;
+  if (policy_ == WorkloadPolicy::kHeadClasses) {
+    // Streaming heads keep their sinks and recent window, retrieval heads all.
+    const policy::HeadClasses& classes = *config_.head_profile;
+    if (retrieval_.empty()) retrieval_ = classes.Retrieval(config_.head_sparsity);
+    const int64_t streaming = std::min<int64_t>(prompt_len, int64_t{config_.sinks} + w);
+    for (int32_t l = 0; l < layers; ++l) {
+      const int64_t row = static_cast<int64_t>(l) * classes.num_layers() / layers;
+      for (int32_t h = 0; h < heads; ++h) {
+        const bool keeps_all =
+            retrieval_[static_cast<size_t>(row) * classes.num_kv_heads() + h % classes.num_kv_heads()];
+        (*kept)[static_cast<size_t>(l) * heads + h] =
+            keeps_all ? prompt_len : static_cast<int32_t>(streaming);
+      }
+    }
+    return absl::OkStatus();
+  }
   if (policy_ == WorkloadPolicy::kNone || policy_ == WorkloadPolicy::kPoolPressure ||
       prompt_len <= w + 1) {
     return absl::OkStatus();
@@ -72,6 +88,7 @@ absl::Status Compressor::PromptKept(int32_t prompt_len, std::vector<int32_t>* ke
       }
       case WorkloadPolicy::kNone:
       case WorkloadPolicy::kPoolPressure:
+      case WorkloadPolicy::kHeadClasses:
         break;
     }
   }

@@ -56,6 +56,7 @@ class Compressor {
   std::vector<int32_t> pyramid_;
   absl::flat_hash_map<int64_t, std::vector<double>> ada_memo_;  // (layer, reference) -> kept
   std::vector<double> dbudget_cut_;                             // [layer], -1: not yet
+  std::vector<uint8_t> retrieval_;  // head-classes: the profile's classes, once
 };
 
 }  // namespace workload_internal

@@ -35,6 +35,7 @@ constexpr PolicyEntry kPolicies[] = {
     {WorkloadPolicy::kDBudget, "dbudget", "dbudget"},
     // The tokens it protects are SnapKV's window.
     {WorkloadPolicy::kPoolPressure, "pool-pressure", "uniform-snapkv"},
+    {WorkloadPolicy::kHeadClasses, "head-classes", "duoattention"},
 };
 
 const PolicyEntry& EntryOf(WorkloadPolicy policy) {
@@ -95,14 +96,16 @@ absl::StatusOr<WorkloadPolicy> ParseWorkloadPolicy(absl::string_view name) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown workload policy '", name,
-                   "'; known: none, uniform, pyramid, ada, dbudget, pool-pressure"));
+                   "'; known: none, uniform, pyramid, ada, dbudget, pool-pressure, head-classes"));
 }
 
 const char* WorkloadPolicyName(WorkloadPolicy policy) { return EntryOf(policy).name; }
 
 std::vector<WorkloadPolicy> AllWorkloadPolicies() {
   std::vector<WorkloadPolicy> out;
-  for (const PolicyEntry& e : kPolicies) out.push_back(e.policy);
+  for (const PolicyEntry& e : kPolicies) {
+    if (e.policy != WorkloadPolicy::kHeadClasses) out.push_back(e.policy);
+  }
   return out;
 }
 
@@ -145,6 +148,16 @@ absl::StatusOr<WorkloadResult> RunWorkload(const std::vector<WorkloadRequest>& r
   }
   HEADPAGE_ASSIGN_OR_RETURN(PolicyConfig config, PolicyByName(EntryOf(options.policy).config));
   if (options.window >= 0) config.window = options.window;
+  if (options.policy == WorkloadPolicy::kHeadClasses) {
+    if (options.head_classes == nullptr) {
+      return absl::InvalidArgumentError(
+          "workload: head-classes needs a head profile (--heads FILE: DuoAttention's TSV, "
+          "tools/profile_heads.py or headpage trace heads)");
+    }
+    config.head_profile = options.head_classes;
+    config.head_sparsity = options.head_sparsity;
+    HEADPAGE_RETURN_IF_ERROR(Validate(config));
+  }
   PagePoolOptions pool_options;
   pool_options.num_pages = options.pool_pages;
   pool_options.watermark = options.watermark;

@@ -81,6 +81,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -88,17 +89,24 @@
 #include "absl/strings/string_view.h"
 #include "eviction/engine.h"
 #include "core/geometry.h"
+#include "policy/head_classes.h"
 #include "sim/workload/head_profile.h"
 #include "sim/workload/workload_dist.h"
 
 namespace headpage {
 
-enum class WorkloadPolicy : uint8_t { kNone, kUniform, kPyramid, kAda, kDBudget, kPoolPressure };
+enum class WorkloadPolicy : uint8_t {
+  kNone, kUniform, kPyramid, kAda, kDBudget, kPoolPressure,
+  // Retrieval heads keep the prompt, streaming heads their sinks and recent
+  // window (the registry's duoattention: 64 + 256); needs head_classes.
+  kHeadClasses,
+};
 
-// "none", "uniform", "pyramid", "ada", "dbudget", "pool-pressure".
+// "none", "uniform", "pyramid", "ada", "dbudget", "pool-pressure", "head-classes".
 [[nodiscard]] absl::StatusOr<WorkloadPolicy> ParseWorkloadPolicy(absl::string_view name);
 const char* WorkloadPolicyName(WorkloadPolicy policy);
-// Every policy, in the order above.
+// Every policy that needs no head-class profile, in the order above (what a
+// sweep runs unless told; head-classes needs WorkloadOptions::head_classes).
 std::vector<WorkloadPolicy> AllWorkloadPolicies();
 
 struct WorkloadOptions {
@@ -116,6 +124,12 @@ struct WorkloadOptions {
   double pressure_headroom = 0.02;  // pool-pressure: share of the pool freed beyond the need
   int32_t compress_every = 0;       // generated tokens between decode-time compressions; 0: none
   int32_t small_stream_tokens = 64;
+  // head-classes: the (layer, kv head) profile, tiled over the geometry as
+  // trace profiles are (layer l takes row floor(l * rows / layers), kv head h
+  // column h mod columns), and the share of heads that stream (-1: the
+  // profile's own classes, score >= 0.5).
+  std::shared_ptr<const policy::HeadClasses> head_classes;
+  double head_sparsity = 0.5;
   bool record_steps = true;       // keep the per-step series
   bool check_invariants = false;  // BlockManager::CheckInvariants() after every step (tests)
 };

@@ -107,10 +107,11 @@ TEST_CASE("PolicyByName: what the names mean", "[policy]") {
   REQUIRE(duo->window == 256);
   REQUIRE(duo->head_sparsity == 0.5);
   REQUIRE(duo->head_profile == nullptr);  // the option profile gives it
+  REQUIRE(duo->ObservedQueries(500) == 1);  // its recency scores read no query
   auto razor = PolicyByName("razorattention");
   REQUIRE_OK(razor);
   REQUIRE(razor->sinks + razor->window == 256);
-  REQUIRE(razor->head_sparsity == 0.85);
+  REQUIRE(razor->head_sparsity == -1.0);  // the profile's own classes
 }
 
 TEST_CASE("Budget: parsing token counts and percentages", "[policy]") {

@@ -45,6 +45,8 @@ TEST_CASE("HeadClasses: retrieval heads above numpy's quantile of the sparsity",
   CHECK(p->Retrieval(0.75) == std::vector<uint8_t>{1, 0, 0, 0, 0, 1, 0, 0});
   CHECK(p->Retrieval(0.0) == std::vector<uint8_t>(8, 1));
   CHECK(p->Retrieval(1.0) == std::vector<uint8_t>(8, 0));
+  // Negative: the profile's own classes, score >= 0.5.
+  CHECK(p->Retrieval(-1.0) == std::vector<uint8_t>{1, 0, 1, 0, 0, 1, 0, 1});
   // Tied heads stay on the same side.
   auto tied = HeadClasses::FromScores(1, 4, {0.5f, 0.5f, 0.5f, 0.1f});
   REQUIRE_OK(tied);

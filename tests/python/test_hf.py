@@ -232,3 +232,42 @@ def test_value_weighted_policies_need_the_model(smollm2):
     hf.Cache(model.config, policy="ada-snapkv", budget="20%")  # these need no weights
     assert headpage.policy_by_name("defensivekv").needs_output_projection
     assert not headpage.policy_by_name("ada-snapkv").needs_output_projection
+
+
+@torch.no_grad()
+def test_head_classes_keep_retrieval_heads_whole(smollm2, long_prompt, tmp_path):
+    """duoattention through the cache: the profile's retrieval heads keep the
+    whole prompt, the others their 64 sinks and 256 recent tokens; razorattention
+    takes a profile's own 1/0 classes; no profile is a clear error."""
+    tok, model = smollm2
+    ids = long_prompt
+    scores = torch.rand(30, 3, generator=torch.Generator().manual_seed(3))
+    profile = tmp_path / "heads.tsv"
+    profile.write_text("# test profile\n" + "\n".join("\t".join(f"{x:.6f}" for x in row)
+                                                      for row in scores.tolist()) + "\n")
+    policy = headpage.policy_by_name("duoattention", profile=str(profile), sparsity=0.75)
+    cache = hf.Cache(model, policy=policy, budget="100%")
+    generate(model, ids, cache, new_tokens=2)
+    kept = cache.compression[0].kept
+    retrieval = scores >= torch.quantile(scores.flatten().double(), 0.75).float()
+    n = ids.shape[1]
+    assert retrieval.sum() == 23  # 90 heads, 75% streaming
+    assert kept.tolist() == torch.where(retrieval, n, 64 + 256).tolist()
+    cache.manager.check_invariants()
+
+    flags = tmp_path / "razor.tsv"
+    flags.write_text("\n".join("\t".join("1" if (l, h) == (4, 1) else "0" for h in range(3))
+                               for l in range(30)) + "\n")
+    razor = hf.Cache(model, policy=headpage.policy_by_name("razorattention", profile=str(flags)),
+                     budget="100%")
+    generate(model, ids, razor, new_tokens=2)
+    kept = razor.compression[0].kept
+    assert kept[4, 1] == n and (kept.sum() - n) == 89 * 256
+
+    bare = hf.Cache(model, policy="duoattention", budget="100%")
+    with pytest.raises(ValueError, match="needs a head profile"):
+        generate(model, ids, bare, new_tokens=2)  # compression runs at the first decode step
+    with pytest.raises(ValueError, match="line 1"):
+        bad = tmp_path / "bad.tsv"
+        bad.write_text("0.5 zebra\n")
+        headpage.policy_by_name("duoattention", profile=str(bad))

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -126,6 +127,31 @@ TEST_CASE("Workload: one request, counted by hand", "[sim][workload]") {
   const std::string csv = WorkloadStepsCsv(s, r.steps);
   REQUIRE(std::count(csv.begin(), csv.end(), '\n') == 5);
   REQUIRE(csv.find("none,4,3,0.060,1,0,0,1,0,1,0,16,64,52,12,0.187500,") != std::string::npos);
+}
+
+TEST_CASE("Workload: head classes, counted by hand", "[sim][workload]") {
+  // 2 layers x 2 kv heads, 4-token pages, one request of 400 prompt tokens. A
+  // profile of one layer (0.9, 0.1), tiled over both layers: at sparsity 0.5
+  // kv head 0 of each layer is a retrieval head (400 tokens, 100 pages), kv
+  // head 1 streams (64 sinks + 256 recent = 320 tokens, 80 pages).
+  const CacheGeometry g = Geometry(2, 2, 4);
+  WorkloadOptions o = Small(g, 1000, WorkloadPolicy::kHeadClasses);
+  REQUIRE_ERROR(RunWorkload(Fixed(1, 400, 1), Uniform(g), o), absl::StatusCode::kInvalidArgument,
+                "head-classes needs a head profile");
+  auto classes = policy::HeadClasses::FromScores(1, 2, {0.9f, 0.1f});
+  REQUIRE_OK(classes);
+  o.head_classes = std::make_shared<const policy::HeadClasses>(*classes);
+  const WorkloadResult r = Run(Fixed(1, 400, 1), Uniform(g), o);
+  REQUIRE(r.steps[0].used_slots == 2 * (400 + 320));
+  REQUIRE(r.steps[0].pages_in_use == 2 * (100 + 80));
+  REQUIRE(r.summary.kept_fraction == Approx(720.0 / 800.0));
+  // Every head streams at sparsity 1; a short prompt is kept whole.
+  o.head_sparsity = 1.0;
+  REQUIRE(Run(Fixed(1, 400, 1), Uniform(g), o).steps[0].used_slots == 4 * 320);
+  REQUIRE(Run(Fixed(1, 200, 1), Uniform(g), o).steps[0].used_slots == 4 * 200);
+  REQUIRE(ParseWorkloadPolicy("head-classes").value() == WorkloadPolicy::kHeadClasses);
+  const std::vector<WorkloadPolicy> all = AllWorkloadPolicies();
+  REQUIRE(std::count(all.begin(), all.end(), WorkloadPolicy::kHeadClasses) == 0);  // --heads adds it
 }
 
 TEST_CASE("Workload: decode-time compression, counted by hand", "[sim][workload]") {
