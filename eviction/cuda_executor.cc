@@ -48,11 +48,6 @@ absl::Status CudaExecutor::Supports(const PolicyConfig& config) {
         "projection, tokens x head_dim x hidden per q head, and DefensiveKV's worst case over "
         "the window needs its own reduction of the attention rows); use a host pool"));
   }
-  if (config.allocator == PolicyConfig::Allocator::kHeadClasses) {
-    return absl::UnimplementedError(absl::StrCat(
-        "policy ", config.name, ": head classes do not run on the GPU executor yet (its "
-        "selection takes one capacity for every stream of a layer); use a host pool"));
-  }
   if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
     return absl::UnimplementedError(absl::StrCat(
         "policy ", config.name, ": allocation across layers does not run on the GPU executor, "
@@ -82,7 +77,8 @@ void Tables::Clear() {
 
 absl::Status Tables::Append(const BlockManager& manager, SeqId seq,
                             absl::Span<const int32_t> layer_capacity,
-                            absl::Span<const int32_t> scored_counts) {
+                            absl::Span<const int32_t> scored_counts,
+                            absl::Span<const int32_t> stream_capacity) {
   const CacheGeometry& g = manager.geometry();
   HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> stream_lens, manager.StreamLengths(seq));
   const int32_t heads = g.num_kv_heads;
@@ -103,7 +99,9 @@ absl::Status Tables::Append(const BlockManager& manager, SeqId seq,
       lens.push_back(n);
       offsets.push_back(offsets.back() + n);
       max_len = std::max(max_len, n);
-      kept.push_back(layer_capacity.empty() ? n : std::min(layer_capacity[layer], n));
+      kept.push_back(!stream_capacity.empty() ? std::min(stream_capacity[s], n)
+                     : layer_capacity.empty()  ? n
+                                               : std::min(layer_capacity[layer], n));
       scored.push_back(scored_counts.empty() ? 0 : std::min(scored_counts[s], n));
     }
   }
@@ -502,7 +500,8 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
     JobState& state = jobs_[j];
     if (state.size.tokens == 0) continue;
     state.tables.Clear();
-    HEADPAGE_RETURN_IF_ERROR(state.tables.Append(*manager_, jobs[j].seq, jobs[j].layer_capacity, {}));
+    HEADPAGE_RETURN_IF_ERROR(state.tables.Append(*manager_, jobs[j].seq, jobs[j].layer_capacity, {},
+                                                 jobs[j].stream_capacity));
     if (dbudget) state.tables.SetGroupOffsets(group);
     HEADPAGE_RETURN_IF_ERROR(ScoreAndSelect(config, jobs[j], state));
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(events_[j], stream()), "recording"));

@@ -64,6 +64,8 @@ class CudaExecutor {
   struct Job {
     SeqId seq = 0;
     absl::Span<const int32_t> layer_capacity;
+    // [layer][kv_head]: each stream's own capacity (head classes), or empty.
+    absl::Span<const int32_t> stream_capacity;
     policy::Protection protection;
     absl::Span<const LayerQueries> queries;
     // KeepsScores(seq), asked by the engine before the call: whether the

@@ -39,11 +39,13 @@ struct Tables {
   int32_t tokens() const { return offsets.back(); }
   void Clear();
   // Appends `seq`'s streams: their pages, lengths and dense offsets; kept[s]
-  // = min(length, capacity of its layer) (or the length, without capacities);
-  // scored[s] from `scored` (or 0). InvalidArgument past int32 offsets.
+  // = min(length, the stream's own capacity, or else its layer's) (the length,
+  // without capacities); scored[s] from `scored` (or 0). InvalidArgument past
+  // int32 offsets.
   absl::Status Append(const BlockManager& manager, SeqId seq,
                       absl::Span<const int32_t> layer_capacity,
-                      absl::Span<const int32_t> scored);
+                      absl::Span<const int32_t> scored,
+                      absl::Span<const int32_t> stream_capacity = {});
   // Fills group_offsets for `group` q heads per stream.
   void SetGroupOffsets(int32_t group);
   // The arrays, back to back: indptr, page_ids, lens, offsets, kept, scored,

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -187,6 +188,7 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   }
   if (config.allocator == PolicyConfig::Allocator::kHeadClasses) {
     const policy::HeadClasses* profile = config.head_profile.get();
+    const auto check = [&]() -> absl::Status {
     if (profile == nullptr || profile->num_layers() != g.num_layers ||
         profile->num_kv_heads() != g.num_kv_heads) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -196,6 +198,17 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
           profile == nullptr ? ", and has none"
                              : absl::StrCat(", and has one of ", profile->num_layers(), " x ",
                                             profile->num_kv_heads())));
+    }
+      return absl::OkStatus();
+    };
+    HEADPAGE_RETURN_IF_ERROR(check());
+    // Retrieval heads keep everything, streaming heads their sinks and window.
+    const std::vector<uint8_t> retrieval = profile->Retrieval(config.head_sparsity);
+    const auto streaming = static_cast<int32_t>(
+        std::min<int64_t>(std::numeric_limits<int32_t>::max(), int64_t{config.sinks} + config.window));
+    p.stream_capacity.resize(retrieval.size());
+    for (size_t s = 0; s < retrieval.size(); ++s) {
+      p.stream_capacity[s] = retrieval[s] ? std::numeric_limits<int32_t>::max() : streaming;
     }
   }
   // H2O keeps as many recent tokens as heavy hitters.
@@ -275,7 +288,8 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     // its own), asked once, before anything changes.
     std::vector<CudaExecutor::Job> jobs;
     for (size_t i = 0; i < seqs.size(); ++i) {
-      jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].protection, queries[i],
+      jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].stream_capacity,
+                      prepared[i].protection, queries[i],
                       CudaExecutor::KeepsScores(*manager_, seqs[i])});
     }
     const absl::Status compressed = cuda_->Compress(config, jobs);
@@ -304,9 +318,14 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     }
     SeqState& state = StateFor(p.seq);
     for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+      const absl::Span<const int32_t> stream_capacity =
+          p.stream_capacity.empty()
+              ? absl::Span<const int32_t>()
+              : absl::MakeConstSpan(p.stream_capacity).subspan(static_cast<size_t>(layer) * heads,
+                                                               heads);
       HEADPAGE_ASSIGN_OR_RETURN(LayerDecision decision,
                                 host_.Decide(p.seq, layer, config, p.layer_capacity[layer],
-                                             p.protection, queries[i][layer]));
+                                             p.protection, queries[i][layer], stream_capacity));
       for (int32_t h = 0; h < heads; ++h) {
         state.scores[layer * heads + h] = std::move(decision.scores[h]);
         if (config.evicts_while_decoding) state.capacity[layer * heads + h] = p.capacity;

@@ -166,6 +166,8 @@ class EvictionEngine {
     SeqId seq = 0;
     int32_t capacity = 0;                 // tokens per stream, from the budget
     std::vector<int32_t> layer_capacity;  // [layer], after any pyramid schedule
+    // Head classes: [layer][kv_head] each stream's capacity (INT32_MAX: all).
+    std::vector<int32_t> stream_capacity;
     policy::Protection protection;
     int64_t tokens_before = 0;
     int64_t pages_before = 0;

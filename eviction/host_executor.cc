@@ -355,7 +355,8 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> HostExecutor::Select(
 absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
                                                    const PolicyConfig& config, int32_t capacity,
                                                    const policy::Protection& protection,
-                                                   const LayerQueries& q) const {
+                                                   const LayerQueries& q,
+                                                   absl::Span<const int32_t> stream_capacity) const {
   using Allocator = PolicyConfig::Allocator;
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
@@ -380,14 +381,14 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
       break;
     }
     case Allocator::kHeadClasses: {
-      // The engine checked the profile against the geometry.
-      const std::vector<uint8_t> retrieval = config.head_profile->Retrieval(config.head_sparsity);
+      // The engine worked out each stream's capacity from the profile.
+      if (static_cast<int32_t>(stream_capacity.size()) != heads) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "policy ", config.name, ": head classes need each kv head's capacity"));
+      }
       kept.resize(heads);
       for (int32_t h = 0; h < heads; ++h) {
-        const auto n = static_cast<int32_t>(scored.scores[h].size());
-        kept[h] = retrieval[static_cast<size_t>(layer) * heads + h]
-                      ? n
-                      : std::min<int64_t>(n, int64_t{config.sinks} + config.window);
+        kept[h] = std::min(static_cast<int32_t>(scored.scores[h].size()), stream_capacity[h]);
       }
       break;
     }

@@ -75,10 +75,11 @@ class HostExecutor {
   // Score, then allocates each kv head's budget from `capacity` (the layer's,
   // after any pyramid schedule), then Select, protecting `protection`. Not for
   // a policy that allocates across layers (the engine runs the three steps).
-  [[nodiscard]] absl::StatusOr<LayerDecision> Decide(SeqId seq, int32_t layer,
-                                                     const PolicyConfig& config, int32_t capacity,
-                                                     const policy::Protection& protection,
-                                                     const LayerQueries& queries) const;
+  // stream_capacity: head classes' capacity of each of the layer's kv heads.
+  [[nodiscard]] absl::StatusOr<LayerDecision> Decide(
+      SeqId seq, int32_t layer, const PolicyConfig& config, int32_t capacity,
+      const policy::Protection& protection, const LayerQueries& queries,
+      absl::Span<const int32_t> stream_capacity = {}) const;
 
   // Evicts `seq` to the keep sets ([layer][kv_head] order over `layers`), runs
   // the compaction on the host pool and releases the retired pages.

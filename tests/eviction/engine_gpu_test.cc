@@ -3,6 +3,7 @@
 // `gpu`), on tests/eviction/twin.h's twin pools: after the same Compress,
 // every stream must hold the same tokens, in the same order, with the same
 // K/V bytes (up to near ties for attention scores).
+#include <memory>
 #include <vector>
 
 #include "tests/eviction/twin.h"
@@ -47,6 +48,36 @@ TEST_CASE("CUDA executor: every GPU policy keeps what the host executor keeps", 
         const std::vector<LayerQueries> queries = twin.Queries(w, lens[i] - w);
         CompressBoth(twin, seqs[i], *config, budget, queries, /*device_queries=*/i == 1);
       }
+    }
+  }
+}
+
+TEST_CASE("CUDA executor: head classes keep what the host executor keeps", "[eviction][gpu]") {
+  // Retrieval heads keep everything, streaming heads their sinks and recent
+  // window: per-stream capacities through Select's kTopB.
+  const TwinSpec specs[] = {{2, 2, 1, 64, 16, DType::kBF16, 4096},
+                            {3, 4, 2, 128, 32, DType::kF16, 4096}};
+  uint64_t seed = 11;
+  for (const TwinSpec& spec : specs) {
+    Twin twin(spec, seed++);
+    const int32_t ps = spec.page_size;
+    const std::vector<int32_t> lens = {8 * ps - 1, 8 * ps + 1, 37 * ps + 5};
+    std::vector<SeqId> seqs;
+    for (int32_t len : lens) seqs.push_back(twin.Prefill(len));
+    twin.Mirror();
+    auto config = PolicyByName("duoattention");
+    REQUIRE_OK(config);
+    config->sinks = 4;
+    config->window = 3 * ps + 2;
+    std::vector<float> scores(static_cast<size_t>(spec.layers) * spec.kv_heads);
+    for (size_t i = 0; i < scores.size(); ++i) scores[i] = static_cast<float>((i * 7) % 5) / 5.0f;
+    auto profile = policy::HeadClasses::FromScores(spec.layers, spec.kv_heads, scores);
+    REQUIRE_OK(profile);
+    config->head_profile = std::make_shared<const policy::HeadClasses>(*profile);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      CAPTURE(lens[i]);
+      CompressBoth(twin, seqs[i], *config, Budget::Fraction(1.0), twin.Queries(1, lens[i] - 1),
+                   /*device_queries=*/i == 1);
     }
   }
 }
@@ -148,6 +179,16 @@ TEST_CASE("CUDA executor: what it does not run is refused, changing nothing",
   for (LayerQueries& q : queries) q.dtype = DType::kF16;
   REQUIRE_ERROR(twin.device_engine().Compress(seq, *ada, Budget::Fraction(0.2), queries),
                 absl::StatusCode::kInvalidArgument, "cache's bf16");
+  // CriticalKV, DefensiveKV and allocation across layers run on a host pool only.
+  for (const char* name : {"critical-snapkv", "critical-ada-snapkv", "defensivekv",
+                           "layer-defensivekv"}) {
+    auto config = PolicyByName(name);
+    REQUIRE_OK(config);
+    REQUIRE_ERROR(twin.device_engine().Compress(seq, *config, Budget::Fraction(0.2),
+                                                twin.Queries(config->ObservedQueries(300),
+                                                             300 - config->ObservedQueries(300))),
+                  absl::StatusCode::kUnimplemented, "host pool");
+  }
   REQUIRE_OK(twin.device().CheckInvariants());
 }
 
