@@ -407,9 +407,10 @@ def write_markdown(csv_path, path):
     groups = {}
     for r in rows:
         groups.setdefault((r["headpage"], r["ratio"]), []).append(r)
+    new_tokens = rows[0]["new_tokens"] if rows else "?"
     with open(path, "w", encoding="utf-8") as f:
         f.write("| headpage policy | kvpress press | kept | prompts | streams with the same set | "
-                "positions differing | score gap | outputs identical (64 tokens) | "
+                f"positions differing | score gap | outputs identical ({new_tokens} tokens) | "
                 "tokens before the first difference (mean) | KV MiB headpage | KV MiB kvpress | "
                 "decode tok/s headpage | decode tok/s kvpress |\n")
         f.write("| --- " * 13 + "|\n")
