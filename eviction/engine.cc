@@ -11,7 +11,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
-#include "kernels/window_scores_args.h"
 #include "policy/budget.h"
 #include "policy/scores.h"
 #include "policy/select.h"
@@ -174,7 +173,9 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   for (const uint32_t len : lens_now) p.tokens_before += len;
   p.pages_before = PagesHeld(*manager_, seq);
   const int32_t prompt_len = static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end()));
-  if (config.window > prompt_len) {
+  // Head classes' window is the streaming heads' recent tokens, not an
+  // observation window: a prompt no longer than it is kept whole.
+  if (config.window > prompt_len && config.allocator != PolicyConfig::Allocator::kHeadClasses) {
     return absl::InvalidArgumentError(absl::StrCat("policy ", config.name, ": window ", config.window,
                                                    " is longer than the prompt (", prompt_len, ")"));
   }
@@ -233,10 +234,12 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
             "policy ", config.name, ": layer ", layer, "'s capacity ", p.layer_capacity[layer],
             " is smaller than the ", protect, " protected tokens of kv head ", h));
       }
-      if (config.scorer == PolicyConfig::Scorer::kTova && n != lens_now[layer * heads]) {
+      if ((config.scorer == PolicyConfig::Scorer::kTova ||
+           config.scorer == PolicyConfig::Scorer::kDefensive) &&
+          n != lens_now[layer * heads]) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "TOVA: layer ", layer, "'s kv heads hold different tokens (", n, " vs ",
-            lens_now[layer * heads], "); it scores each token across the layer's heads"));
+            "policy ", config.name, ": layer ", layer, "'s kv heads hold different tokens (", n,
+            " vs ", lens_now[layer * heads], "); it scores each token across the layer's heads"));
       }
     }
   }
@@ -312,8 +315,9 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   }
   for (size_t i = 0; i < seqs.size() && config.compresses() && cuda_ == nullptr; ++i) {
     const Prepared& p = prepared[i];
-    if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
-      HEADPAGE_RETURN_IF_ERROR(CompressAcrossLayers(p, config, queries[i]));
+    if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers ||
+        config.needs_output_projection()) {
+      HEADPAGE_RETURN_IF_ERROR(CompressScoringFirst(p, config, queries[i]));
       continue;
     }
     SeqState& state = StateFor(p.seq);
@@ -346,38 +350,54 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   return results;
 }
 
-absl::Status EvictionEngine::CompressAcrossLayers(const Prepared& p, const PolicyConfig& config,
+absl::Status EvictionEngine::CompressScoringFirst(const Prepared& p, const PolicyConfig& config,
                                                   absl::Span<const LayerQueries> queries) {
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   // Every layer's scores first (keys dropped once scored: the allocation reads
-  // scores and positions only), then one top-k over every stream of the
-  // sequence, then each layer's selection and compaction.
+  // scores and positions only), so that what the caller handed in (W_o's
+  // values, the value norms) is refused before any layer is compacted.
   std::vector<LayerScores> layers(g.num_layers);
-  std::vector<StreamScores> streams;
   for (int32_t layer = 0; layer < g.num_layers; ++layer) {
     HEADPAGE_ASSIGN_OR_RETURN(layers[layer], host_.Score(p.seq, layer, config,
                                                          p.layer_capacity[layer], queries[layer]));
     layers[layer].data.keys = {};
   }
-  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-    const std::vector<StreamScores> layer_streams = layers[layer].Streams(g, p.protection);
-    streams.insert(streams.end(), layer_streams.begin(), layer_streams.end());
+  // The budgets: one top-k over every stream of the sequence
+  // (Layer-DefensiveKV), or each layer's own.
+  std::vector<int32_t> kept;
+  if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
+    std::vector<StreamScores> streams;
+    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+      const std::vector<StreamScores> layer_streams = layers[layer].Streams(g, p.protection);
+      streams.insert(streams.end(), layer_streams.begin(), layer_streams.end());
+    }
+    HEADPAGE_ASSIGN_OR_RETURN(kept, policy::AdaKept(streams, p.capacity, config.ada));
+  } else {
+    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+      HEADPAGE_ASSIGN_OR_RETURN(
+          const std::vector<int32_t> layer_kept,
+          AllocateByCapacity(config, layers[layer].Streams(g, p.protection),
+                             p.layer_capacity[layer]));
+      kept.insert(kept.end(), layer_kept.begin(), layer_kept.end());
+    }
   }
-  HEADPAGE_ASSIGN_OR_RETURN(const std::vector<int32_t> kept,
-                            policy::AdaKept(streams, p.capacity, config.ada));
-  SeqState& state = StateFor(p.seq);
+  std::vector<std::vector<std::vector<int32_t>>> keep_sets(g.num_layers);
   for (int32_t layer = 0; layer < g.num_layers; ++layer) {
     HEADPAGE_ASSIGN_OR_RETURN(
-        const std::vector<std::vector<int32_t>> keep_sets,
+        keep_sets[layer],
         host_.Select(config, layers[layer],
                      absl::MakeConstSpan(kept).subspan(static_cast<size_t>(layer) * heads, heads),
                      p.protection, p.layer_capacity[layer]));
+  }
+  // Nothing is refused past this point but a pool too short to compact into.
+  SeqState& state = StateFor(p.seq);
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
     for (int32_t h = 0; h < heads; ++h) {
       state.scores[layer * heads + h] = std::move(layers[layer].scores[h]);
     }
     const int32_t one[] = {layer};
-    HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(p.seq, one, keep_sets));
+    HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(p.seq, one, keep_sets[layer]));
   }
   return absl::OkStatus();
 }

@@ -178,8 +178,10 @@ class EvictionEngine {
   // layer has none, or one of another shape.
   absl::Status CheckOutputProjections(const PolicyConfig& config,
                                       absl::Span<const LayerQueries> queries) const;
-  // Compress's host steps for a policy that allocates across layers.
-  absl::Status CompressAcrossLayers(const Prepared& p, const PolicyConfig& config,
+  // Compress's host steps scoring every layer before any is compacted: for a
+  // policy that allocates across layers, or whose scores read caller data
+  // (W_o) that may yet be refused.
+  absl::Status CompressScoringFirst(const Prepared& p, const PolicyConfig& config,
                                     absl::Span<const LayerQueries> queries);
   // InvalidArgument unless every host query position is inside the sequence
   // and they ascend strictly (device positions are not read here).

@@ -37,6 +37,14 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
         "decode schedule: interval ", schedule.interval, ", target ", schedule.target,
         ", window ", schedule.window, " (need interval >= 0, window >= 1, target >= 1)"));
   }
+  if (schedule.interval > 0 && (config.needs_output_projection() ||
+                                config.allocator == PolicyConfig::Allocator::kHeadClasses ||
+                                config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers)) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy ", config.name, ": decode-time compression is not built for it (CriticalKV and "
+        "DefensiveKV would need W_o at every compression, head classes keep their profile's "
+        "capacities, and allocation across layers scores every layer at once)"));
+  }
   if (!manager_->Contains(seq)) {
     return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not live"));
   }

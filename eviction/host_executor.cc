@@ -181,7 +181,7 @@ namespace {
 
 // Each kv head's projected value norms (policy/critical.h) out of the layer's
 // gathered values.
-absl::StatusOr<std::vector<std::vector<float>>> ValueNorms(const CacheGeometry& g,
+absl::StatusOr<std::vector<std::vector<float>>> ValueNorms(const CacheGeometry& g, int32_t layer,
                                                            const LayerKeys& data,
                                                            const std::vector<char>& values,
                                                            const policy::OutputProjection& w) {
@@ -194,6 +194,14 @@ absl::StatusOr<std::vector<std::vector<float>>> ValueNorms(const CacheGeometry& 
     norms[h].resize(n);
     HEADPAGE_RETURN_IF_ERROR(
         policy::ProjectedValueNorms(v, w, g.num_kv_heads, h, absl::MakeSpan(norms[h])));
+    for (int32_t i = 0; i < n; ++i) {
+      if (!std::isfinite(norms[h][i])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "layer ", layer, " kv head ", h, ": the value norm of slot ", i, " is ", norms[h][i],
+            " (the output projection or the values hold NaN or Inf, or their product "
+            "overflows float)"));
+      }
+    }
   }
   return norms;
 }
@@ -257,7 +265,7 @@ absl::StatusOr<LayerScores> HostExecutor::Score(SeqId seq, int32_t layer,
   }
   std::vector<std::vector<float>> norms;
   if (needs_values) {
-    HEADPAGE_ASSIGN_OR_RETURN(norms, ValueNorms(g, data, values, q.output_projection));
+    HEADPAGE_ASSIGN_OR_RETURN(norms, ValueNorms(g, layer, data, values, q.output_projection));
   }
   switch (config.scorer) {
     case Scorer::kSnapKV: {
@@ -352,6 +360,23 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> HostExecutor::Select(
   return keep_sets;
 }
 
+absl::StatusOr<std::vector<int32_t>> AllocateByCapacity(const PolicyConfig& config,
+                                                        absl::Span<const StreamScores> streams,
+                                                        int32_t capacity) {
+  using Allocator = PolicyConfig::Allocator;
+  switch (config.allocator) {
+    case Allocator::kUniform:
+    case Allocator::kPyramid:
+      return policy::UniformKept(streams, capacity);
+    case Allocator::kAda:
+    case Allocator::kAdaPyramid:
+      return policy::AdaKept(streams, capacity, config.ada);
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "policy ", config.name, ": its budget is not one capacity per layer"));
+  }
+}
+
 absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
                                                    const PolicyConfig& config, int32_t capacity,
                                                    const policy::Protection& protection,
@@ -365,13 +390,10 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
   std::vector<int32_t> kept;
   switch (config.allocator) {
     case Allocator::kUniform:
-    case Allocator::kPyramid: {
-      HEADPAGE_ASSIGN_OR_RETURN(kept, policy::UniformKept(streams, capacity));
-      break;
-    }
+    case Allocator::kPyramid:
     case Allocator::kAda:
     case Allocator::kAdaPyramid: {
-      HEADPAGE_ASSIGN_OR_RETURN(kept, policy::AdaKept(streams, capacity, config.ada));
+      HEADPAGE_ASSIGN_OR_RETURN(kept, AllocateByCapacity(config, streams, capacity));
       break;
     }
     case Allocator::kDBudget: {

@@ -95,6 +95,11 @@ class HostExecutor {
   CompactionPlan plan_;  // reused, so that it allocates only while it grows
 };
 
+// The kept counts of an allocator that takes one capacity for the layer
+// (uniform, pyramid, Ada, Ada-Pyramid); InvalidArgument for the others.
+[[nodiscard]] absl::StatusOr<std::vector<int32_t>> AllocateByCapacity(
+    const PolicyConfig& config, absl::Span<const policy::StreamScores> streams, int32_t capacity);
+
 // The group of kv head h out of a layer's q-head-major queries.
 policy::GroupQueries GroupOf(const LayerQueries& q, const CacheGeometry& g, int32_t h);
 

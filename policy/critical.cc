@@ -137,7 +137,11 @@ absl::Status CriticalScores(const StreamScores& stream, absl::Span<const float> 
                       static_cast<int32_t>(std::floor(kept * options.first_stage))}));
   std::vector<int32_t> stage_one;
   HEADPAGE_RETURN_IF_ERROR(SelectKeepSet(stream, first, &stage_one));
-  for (int32_t j = 0; j < n; ++j) out[j] = (stream.scores[j] + options.epsilon) * value_norms[j];
+  // A product that overflows stays below the stage-1 tokens' FLT_MAX.
+  constexpr float kBelowStageOne = 3.4028232e38f;  // the float just below FLT_MAX
+  for (int32_t j = 0; j < n; ++j) {
+    out[j] = std::min((stream.scores[j] + options.epsilon) * value_norms[j], kBelowStageOne);
+  }
   for (const int32_t j : stage_one) out[j] = std::numeric_limits<float>::max();
   return absl::OkStatus();
 }

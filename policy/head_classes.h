@@ -36,7 +36,8 @@ class HeadClasses {
                                                               std::vector<float> scores);
   // DuoAttention's TSV: one line per layer, the same number of values on every
   // line, separated by tabs or spaces; lines starting with '#' and blank lines
-  // are skipped (numpy.loadtxt's comments). Values are clipped to [0, 1].
+  // are skipped (a '#' after values is not a comment here, unlike
+  // numpy.loadtxt). Values are clipped to [0, 1].
   // InvalidArgument naming the line for anything else.
   [[nodiscard]] static absl::StatusOr<HeadClasses> ParseTsv(absl::string_view text);
   // ParseTsv of a file's contents; NotFound when it cannot be read.
@@ -55,7 +56,7 @@ class HeadClasses {
   // DuoAttention's sparsify_attention_heads (duo_attn/utils.py), the threshold
   // t = numpy.quantile(scores, sparsity) (linear interpolation) over every
   // layer's heads, retrieval iff score >= t; sparsity 0 keeps every head
-  // whole, 1 none. (The released code adds U(0, 1e-6) noise to break ties;
+  // whole, 1 none (the released code's own cases: threshold -1 and 2). (The released code adds U(0, 1e-6) noise to break ties;
   // here tied heads stay on the same side.) A negative sparsity takes the
   // profile's own classes, retrieval iff score >= 0.5 (DuoAttention's
   // threshold rule on trained gates; a RazorAttention profile written as 1 and

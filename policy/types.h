@@ -50,7 +50,7 @@ struct StreamValues {
 // A layer's attention output projection W_o as torch.nn.Linear stores it:
 // [hidden_size][num_q_heads * head_dim], so that q head h's slice W_o^h is
 // columns [h * head_dim, (h + 1) * head_dim) and o = sum_h (A_h V_h) W_o^h^T.
-// CriticalKV weighs tokens by || v W_o^h ||_1 (value_norms.h).
+// CriticalKV weighs tokens by || v W_o^h ||_1 (critical.h).
 struct OutputProjection {
   const void* data = nullptr;
   int32_t hidden_size = 0;

@@ -29,7 +29,11 @@ class Compressions:
         if not policy.needs_output_projection or self._output_projections is None:
             return None
         where = self.device if self.engine.on_device else "cpu"
-        return [w.detach().to(where).contiguous() for w in self._output_projections]
+        # Moved (and made contiguous) once per cache, not once per compression.
+        if getattr(self, "_projections_at", None) is None:
+            self._projections_at = [w.detach().to(where).contiguous()
+                                    for w in self._output_projections]
+        return self._projections_at
 
     def _keep_window(self, layer, r, q):
         window = self._policies[r.request_id][0].observed_queries(r.compress_at)

@@ -231,7 +231,10 @@ int RunReplayOrSweep(int argc, char** argv, bool sweep) {
     ReplayOptions options = ReplayOptionsFor(spec);
     options.page_size = spec.page_sizes[0];
     options.threads = spec.threads;
-    const PolicyConfig policy = *PolicyByName(spec.policies[0], spec.options);  // checked above
+    // Read again (a profile option reads its file): an error is reported, not assumed away.
+    absl::StatusOr<PolicyConfig> named = PolicyByName(spec.policies[0], spec.options);
+    if (!named.ok()) return Fail(command, named.status());
+    const PolicyConfig& policy = *named;
     absl::StatusOr<ReplayResult> result = Replay(*trace, policy, spec.budgets[0], options);
     if (!result.ok()) return Fail(command, result.status());
     rows = ReplayRows(spec.traces[0], policy, spec.budgets[0], options, *result);

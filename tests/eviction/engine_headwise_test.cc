@@ -4,6 +4,8 @@
 // layers (Layer-DefensiveKV): each keep set equals the policy functions' own
 // result on a dense copy of the streams.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -178,6 +180,32 @@ TEST_CASE("EvictionEngine: the value-weighted policies need every layer's output
                 absl::StatusCode::kInvalidArgument, "layer 1 needs its W_o");
   const auto lens_after = f.manager().StreamLengths(seq).value();
   REQUIRE(std::vector<uint32_t>(lens_after.begin(), lens_after.end()) == before);
+  // Values that make a norm NaN or Inf, in the last layer: refused before the
+  // first layer is compacted.
+  for (const char* name : {"critical-snapkv", "defensivekv"}) {
+    CAPTURE(name);
+    auto policy = PolicyByName(name);
+    REQUIRE_OK(policy);
+    auto good = f.Queries(policy->ObservedQueries(kLen), kLen - policy->ObservedQueries(kLen));
+    f.AddOutputProjections(&good);
+    std::vector<float> poisoned(static_cast<const float*>(good[1].output_projection.data),
+                                static_cast<const float*>(good[1].output_projection.data) +
+                                    24 * EngineFixture::kQHeads * kDim);
+    // A NaN, or q head 0's whole first row at 3e38: some token's projection overflows.
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), 3e38f}) {
+      std::fill(poisoned.begin(), poisoned.begin() + (std::isnan(bad) ? 1 : kDim), bad);
+      good[1].output_projection.data = poisoned.data();
+      REQUIRE_ERROR(f.engine().Compress(seq, *policy, Budget::TokensPerHead(80), good),
+                    absl::StatusCode::kInvalidArgument, "layer 1 kv head 0: the value norm");
+      const auto lens_now = f.manager().StreamLengths(seq).value();
+      REQUIRE(std::vector<uint32_t>(lens_now.begin(), lens_now.end()) == before);
+    }
+  }
+  // Decode-time compression is not built for them: refused before any change.
+  const DecodeSchedule every4{4, 60, 8};
+  auto step = f.Queries(1, kLen - 1);
+  REQUIRE_ERROR(f.engine().ObserveDecode(seq, *config, step, every4),
+                absl::StatusCode::kUnimplemented, "decode-time compression is not built");
   // A policy that does not read it ignores a missing one.
   auto snap = PolicyByName("uniform-snapkv");
   REQUIRE_OK(snap);
@@ -205,6 +233,8 @@ TEST_CASE("EvictionEngine: head classes keep retrieval heads whole, streaming he
   // No profile: refused, nothing changed.
   REQUIRE_ERROR(f.engine().Compress(seq, *config, Budget::Fraction(1.0), queries),
                 absl::StatusCode::kInvalidArgument, "needs a head profile of 2 layers x 2 kv heads");
+  const auto lens = f.manager().StreamLengths(seq).value();
+  REQUIRE(std::vector<uint32_t>(lens.begin(), lens.end()) == std::vector<uint32_t>(4, kLen));
   auto profile = policy::HeadClasses::FromScores(2, 2, {0.9f, 0.1f, 0.2f, 0.8f});
   REQUIRE_OK(profile);
   config->head_profile = std::make_shared<const policy::HeadClasses>(*profile);
@@ -220,6 +250,15 @@ TEST_CASE("EvictionEngine: head classes keep retrieval heads whole, streaming he
   CHECK(f.CheckStream(seq, 1, 0) == streaming);
   CHECK(f.CheckStream(seq, 1, 1) == all);
   REQUIRE_OK(f.manager().CheckInvariants());
+
+  // A prompt no longer than sinks + window is kept whole (not refused).
+  const SeqId short_seq = f.Prefill(20);
+  auto kept_short = f.engine().Compress(short_seq, *config, Budget::Fraction(1.0), f.Queries(1, 19));
+  REQUIRE_OK(kept_short);
+  REQUIRE(kept_short->kept == std::vector<int32_t>(4, 20));
+  // Nor does it compress again while decoding.
+  REQUIRE_ERROR(f.engine().ObserveDecode(seq, *config, f.Queries(1, kLen - 1), DecodeSchedule{4, 60, 8}),
+                absl::StatusCode::kUnimplemented, "head classes keep");
 
   // A profile of another model's shape is refused.
   auto wrong = policy::HeadClasses::FromScores(3, 2, {0, 0, 0, 0, 0, 0});

@@ -58,15 +58,16 @@ TEST_CASE("DefensiveScores: the worst case over the GQA group", "[policy][defens
   CHECK(measured.mass_before_window == Approx(5.0 / 7));  // key 2: 3/7 + 2/7
 
   SECTION("bad input is refused and writes nothing") {
-    Vec untouched(4, -1.0f);
+    Vec untouched(4, -1.0f), untouched_mean(4, -1.0f);
     CHECK(DefensiveScores(Keys(kd, kpos), Queries(qd, qpos, 2), 2, absl::MakeSpan(untouched),
-                          absl::MakeSpan(mean), &measured)
+                          absl::MakeSpan(untouched_mean), &measured)
               .code() == StatusCode::kInvalidArgument);  // even kernel
     const std::vector<int32_t> none;
     CHECK(DefensiveScores(Keys(kd, kpos), Queries(qd, none, 2), 1, absl::MakeSpan(untouched),
-                          absl::MakeSpan(mean), &measured)
+                          absl::MakeSpan(untouched_mean), &measured)
               .code() == StatusCode::kInvalidArgument);  // empty window
     CHECK(untouched == Vec(4, -1.0f));
+    CHECK(untouched_mean == Vec(4, -1.0f));
   }
 }
 
@@ -94,9 +95,15 @@ TEST_CASE("DefensiveLayerScores: value shares across heads and the secured first
     REQUIRE_OK(DefensiveLayerScores(scores, mean, norms, 4, 0.1, 6));
     RequireNear(s0, {0.375f, 0.025f, 0.375f, 0.15f, 0.375f, 0.375f});
   }
-  SECTION("capacity 3: a negative cap secures nothing") {
+  SECTION("capacity 3: a cap of trunc(4 x 3/6 - 2) = 0 secures nothing") {
     const std::vector<absl::Span<float>> scores = {absl::MakeSpan(s0), absl::MakeSpan(s1)};
     REQUIRE_OK(DefensiveLayerScores(scores, mean, norms, 4, 0.1, 3));
+    RequireNear(s0, {0.2f, 0.025f, 0.15f, 0.15f, 0.375f, 0.375f});
+  }
+  SECTION("capacity 1: a negative cap, trunc(2/3 - 2) = -1, secures nothing either") {
+    // (The released code's slice [:k] with k = -1 would secure all but one.)
+    const std::vector<absl::Span<float>> scores = {absl::MakeSpan(s0), absl::MakeSpan(s1)};
+    REQUIRE_OK(DefensiveLayerScores(scores, mean, norms, 4, 0.1, 1));
     RequireNear(s0, {0.2f, 0.025f, 0.15f, 0.15f, 0.375f, 0.375f});
   }
   SECTION("heads of different lengths are refused") {

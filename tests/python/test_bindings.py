@@ -325,7 +325,8 @@ def test_policy_options_replace_the_registrys_values_and_bad_ones_are_refused():
                             alpha=0.3, floor="protect-top", sinks=2)
     assert ada.window == 64 and ada.snapkv_kernel_size == 5 and ada.ada_alpha == 0.3
     assert ada.options == dict(window="64", kernel="5", pooling="avg", reduce="max", alpha="0.3",
-                               floor="protect-top", beta="20", threshold="0.05", sinks="2")
+                               floor="protect-top", beta="20", threshold="0.05", sinks="2",
+                               profile="-", sparsity="0.5")
     assert hp.policy_by_name("pyramid", beta=10).pyramid_beta == 10
     assert hp.policy_by_name("dbudget", threshold=0.01).dbudget_threshold == 0.01
     assert hp.policy_by_name("ada-snapkv").options["window"] == "32"  # the defaults stay
