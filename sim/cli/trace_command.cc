@@ -74,7 +74,11 @@ int RunTraceCommand(int argc, char** argv) {
               m.rope_applied ? "applied" : "not applied");
   std::printf("tokens     %d prompt + %d generated = %d\n", m.prompt_len, m.generated_len,
               trace->num_tokens());
-  std::printf("layers     %zu captured\n\n", trace->layers().size());
+  std::printf("layers     %zu captured\n", trace->layers().size());
+  const std::optional<TensorView>& w = trace->layers()[0].output_projection;
+  std::printf("W_o        %s\n\n",
+              w ? absl::StrCat("every layer, hidden size ", w->shape[0]).c_str()
+                : "none (CriticalKV and DefensiveKV cannot replay it)");
   std::printf("layer  keys/values       queries        outputs  90%%-mass share: mean   min    max\n");
   const std::vector<LayerConcentration> conc = AttentionConcentration(*trace);
   for (size_t i = 0; i < trace->layers().size(); ++i) {
