@@ -5,9 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
-#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -189,7 +187,6 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   }
   if (config.allocator == PolicyConfig::Allocator::kHeadClasses) {
     const policy::HeadClasses* profile = config.head_profile.get();
-    const auto check = [&]() -> absl::Status {
     if (profile == nullptr || profile->num_layers() != g.num_layers ||
         profile->num_kv_heads() != g.num_kv_heads) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -200,9 +197,6 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
                              : absl::StrCat(", and has one of ", profile->num_layers(), " x ",
                                             profile->num_kv_heads())));
     }
-      return absl::OkStatus();
-    };
-    HEADPAGE_RETURN_IF_ERROR(check());
     // Retrieval heads keep everything, streaming heads their sinks and window.
     const std::vector<uint8_t> retrieval = profile->Retrieval(config.head_sparsity);
     const auto streaming = static_cast<int32_t>(
