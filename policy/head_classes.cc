@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <sys/stat.h>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -13,6 +14,12 @@
 #include "absl/strings/str_split.h"
 
 namespace headpage::policy {
+namespace {
+
+// A profile is one float per (layer, kv head): a few KiB for any real model.
+constexpr int64_t kMaxProfileBytes = int64_t{64} << 20;
+
+}  // namespace
 
 absl::StatusOr<HeadClasses> HeadClasses::FromScores(int32_t num_layers, int32_t num_kv_heads,
                                                     std::vector<float> scores) {
@@ -66,6 +73,16 @@ absl::StatusOr<HeadClasses> HeadClasses::ParseTsv(absl::string_view text) {
 }
 
 absl::StatusOr<HeadClasses> HeadClasses::Load(const std::string& path) {
+  // A regular file of sane size only: a FIFO or a device would block or never end.
+  struct stat info;
+  if (stat(path.c_str(), &info) != 0) {
+    return absl::NotFoundError(absl::StrCat("head profile ", path, ": cannot be read"));
+  }
+  if (!S_ISREG(info.st_mode) || info.st_size > kMaxProfileBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "head profile ", path, ": not a regular file of at most ", kMaxProfileBytes >> 20,
+        " MiB"));
+  }
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("head profile ", path, ": cannot be read"));
   std::stringstream text;

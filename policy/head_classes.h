@@ -40,7 +40,8 @@ class HeadClasses {
   // numpy.loadtxt). Values are clipped to [0, 1].
   // InvalidArgument naming the line for anything else.
   [[nodiscard]] static absl::StatusOr<HeadClasses> ParseTsv(absl::string_view text);
-  // ParseTsv of a file's contents; NotFound when it cannot be read.
+  // ParseTsv of a file's contents; NotFound when it cannot be read,
+  // InvalidArgument for anything but a regular file of at most 64 MiB.
   [[nodiscard]] static absl::StatusOr<HeadClasses> Load(const std::string& path);
 
   int32_t num_layers() const { return num_layers_; }

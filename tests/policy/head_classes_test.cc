@@ -32,6 +32,9 @@ TEST_CASE("HeadClasses: DuoAttention's TSV, clipped, comments and blank lines sk
   REQUIRE_ERROR(HeadClasses::ParseTsv("# nothing\n"), StatusCode::kInvalidArgument, "no layer");
   REQUIRE_ERROR(HeadClasses::Load("/nonexistent/heads.tsv"), StatusCode::kNotFound,
                 "cannot be read");
+  // A directory or a device is refused before it is read (a FIFO would block).
+  REQUIRE_ERROR(HeadClasses::Load("/tmp"), StatusCode::kInvalidArgument, "not a regular file");
+  REQUIRE_ERROR(HeadClasses::Load("/dev/zero"), StatusCode::kInvalidArgument, "not a regular file");
 }
 
 // Scores 0.1 0.2 ... 0.8 (two layers of four heads). numpy.quantile at 0.5:
