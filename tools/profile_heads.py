@@ -48,11 +48,12 @@ def load(model_path):
 
 
 def layer_attention(q, k, rows):
-    """Causal softmax attention of q [H, T, D] rows `rows` over k [Hkv, T, D]:
-    [H, len(rows), T] in float32."""
-    h, t, d = q.shape
+    """Causal softmax attention of the queries q [H, len(rows), D] at positions
+    `rows` over k [Hkv, T, D]: [H, len(rows), T] in float32."""
+    h, _, d = q.shape
+    t = k.shape[1]
     k = k.repeat_interleave(h // k.shape[0], dim=0).float()
-    logits = torch.matmul(q[:, rows].float(), k.transpose(1, 2)) / d ** 0.5
+    logits = torch.matmul(q.float(), k.transpose(1, 2)) / d ** 0.5
     mask = torch.arange(t)[None, :] > rows[:, None]
     return torch.softmax(logits.masked_fill(mask, float("-inf")), dim=-1)
 
@@ -63,9 +64,7 @@ def loss_scores(model, ids, queries, sinks, recent):
     rows = torch.arange(t - queries, t)
     out = []
     for k, q in zip(prefill.keys, prefill.queries):
-        q_full = torch.zeros(q.shape[1], t, q.shape[3])
-        q_full[:, t - queries:] = q[0].float()
-        a = layer_attention(q_full, k[0], rows)  # [H, rows, T]
+        a = layer_attention(q[0], k[0], rows)  # the last `queries` rows: [H, rows, T]
         cols = torch.arange(t)[None, :]
         outside = (cols >= sinks) & (cols <= rows[:, None] - recent)
         lost = (a * outside).sum(-1).mean(-1)  # [H]
@@ -84,7 +83,7 @@ def razor_scores(model, segment, seed):
     rows = torch.arange(1 + segment, t)  # every row of the repeats
     echo, induction = [], []
     for k, q in zip(prefill.keys, prefill.queries):
-        a = layer_attention(q[0], k[0], rows)  # [H, rows, T]
+        a = layer_attention(q[0][:, rows], k[0], rows)  # [H, rows, T]
         e = torch.zeros(a.shape[0], len(rows))
         ind = torch.zeros_like(e)
         for m in range(1, 4):

@@ -145,6 +145,7 @@ class ServingCache(Compressions):
                                                           "headpage.serving")
         except ValueError:
             self._output_projections = None
+        self._projections_at = None  # the same, where the engine reads them (Compressions)
         self.page_pool = headpage.PagePool(num_pages)
         self.arena = make_arena(self.geometry, num_pages, self.device, "headpage.serving")
         self.manager = headpage.BlockManager(self.geometry, self.page_pool)

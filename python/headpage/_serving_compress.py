@@ -30,7 +30,7 @@ class Compressions:
             return None
         where = self.device if self.engine.on_device else "cpu"
         # Moved (and made contiguous) once per cache, not once per compression.
-        if getattr(self, "_projections_at", None) is None:
+        if self._projections_at is None:
             self._projections_at = [w.detach().to(where).contiguous()
                                     for w in self._output_projections]
         return self._projections_at

@@ -2,10 +2,12 @@
 #include "sim/eval/head_scores.h"
 
 #include <algorithm>
-#include <cmath>
+#include <numeric>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "policy/scores.h"
 
 namespace headpage {
 
@@ -18,46 +20,44 @@ absl::StatusOr<policy::HeadClasses> HeadScoresFromTrace(const Trace& trace, int3
   const TraceMetadata& m = trace.metadata();
   const int32_t n = trace.num_tokens(), d = m.head_dim, heads = m.num_kv_heads;
   const int32_t group = m.num_q_heads / m.num_kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const size_t element = SizeOf(m.dtype);
+  std::vector<int32_t> key_positions(n);
+  std::iota(key_positions.begin(), key_positions.end(), 0);
+  std::vector<float> rows;  // one q head's attention rows, [prompt queries][n]
   std::vector<float> scores;
-  std::vector<float> logits(n);
   for (const TraceLayer& layer : trace.layers()) {
-    const int32_t rows = static_cast<int32_t>(layer.query_positions.size());
+    const auto stored = static_cast<int32_t>(layer.query_positions.size());
+    // The prompt's queries: a prefix of the stored rows (positions ascend).
+    const auto prompt_rows = static_cast<int32_t>(
+        std::lower_bound(layer.query_positions.begin(), layer.query_positions.end(),
+                         m.prompt_len) -
+        layer.query_positions.begin());
+    if (prompt_rows == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("head scores: layer ", layer.index, " stores no prompt query"));
+    }
+    rows.resize(static_cast<size_t>(prompt_rows) * n);
     for (int32_t h = 0; h < heads; ++h) {
+      const policy::StreamKeys keys{
+          static_cast<const char*>(layer.keys.data) + static_cast<size_t>(h) * n * d * element,
+          key_positions.data(), n, d, m.dtype};
       double lost = 0;
-      int64_t count = 0;
       for (int32_t g = 0; g < group; ++g) {
-        const int32_t qh = h * group + g;
-        for (int32_t r = 0; r < rows; ++r) {
+        // One q head at a time: its first prompt_rows rows are contiguous.
+        const policy::GroupQueries query{
+            static_cast<const char*>(layer.queries.data) +
+                static_cast<size_t>(h * group + g) * stored * d * element,
+            layer.query_positions.data(), 1, prompt_rows, d, m.dtype};
+        HEADPAGE_RETURN_IF_ERROR(policy::QueryAttentionRows(keys, query, absl::MakeSpan(rows)));
+        for (int32_t r = 0; r < prompt_rows; ++r) {
           const int32_t p = layer.query_positions[r];
-          if (p >= m.prompt_len) continue;  // the prompt's queries only
-          float max_logit = -INFINITY;
-          for (int32_t j = 0; j <= p; ++j) {
-            float dot = 0;
-            for (int32_t e = 0; e < d; ++e) {
-              dot += LoadAsFloat(layer.queries.data, (static_cast<int64_t>(qh) * rows + r) * d + e,
-                                 layer.queries.dtype) *
-                     LoadAsFloat(layer.keys.data, (static_cast<int64_t>(h) * n + j) * d + e,
-                                 layer.keys.dtype);
-            }
-            logits[j] = dot * scale;
-            max_logit = std::max(max_logit, logits[j]);
-          }
-          double total = 0, outside = 0;
-          for (int32_t j = 0; j <= p; ++j) {
-            const double w = std::exp(double{logits[j]} - max_logit);
-            total += w;
-            if (j >= sinks && j <= p - recent) outside += w;
-          }
-          lost += outside / total;
-          ++count;
+          const float* row = rows.data() + static_cast<size_t>(r) * n;
+          double outside = 0;
+          for (int32_t j = sinks; j <= p - recent; ++j) outside += row[j];
+          lost += outside;
         }
       }
-      if (count == 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "head scores: layer ", layer.index, " stores no prompt query"));
-      }
-      scores.push_back(static_cast<float>(lost / count));
+      scores.push_back(static_cast<float>(lost / (static_cast<double>(group) * prompt_rows)));
     }
   }
   return policy::HeadClasses::FromScores(static_cast<int32_t>(trace.layers().size()), heads,
