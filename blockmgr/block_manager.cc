@@ -44,7 +44,8 @@ BlockManager::BlockManager(const CacheGeometry& geometry, PagePool* pool)
       page_size_(geometry.page_size),
       page_mask_((geometry.page_size & (geometry.page_size - 1)) == 0 ? geometry.page_size - 1 : 0),
       page_size_is_pow2_((geometry.page_size & (geometry.page_size - 1)) == 0),
-      retired_refs_(static_cast<size_t>(pool->num_pages()), 0) {}
+      retired_refs_(static_cast<size_t>(pool->num_pages()), 0),
+      cached_(static_cast<size_t>(pool->num_pages()), 0) {}
 
 SeqId BlockManager::AddSequence() {
   auto seq = std::make_unique<Sequence>();
@@ -88,10 +89,11 @@ void BlockManager::ReleaseFromStream(PageId page, int64_t fill) {
   HEADPAGE_CHECK(holders >= 1);
   if (holders > 1) {
     shared_excess_slots_ -= fill;
-  } else if (retired_refs_[page] > 0) {
+  } else if (retired_refs_[page] > 0 && !cached_[page]) {
     ++retired_only_pages_;  // a plan still reads it; no stream holds it any more
   }
   HEADPAGE_CHECK(pool_->Release(absl::MakeConstSpan(&page, 1)).ok());
+  NoteCacheOnly(page);
 }
 
 void BlockManager::RetireFromStream(absl::Span<const PageId> pages, int64_t len, int64_t from,
@@ -114,9 +116,11 @@ void BlockManager::RetireFromStream(absl::Span<const PageId> pages, int64_t len,
     const PageId page = pages[j];
     const uint32_t holders = StreamHolders(page);
     HEADPAGE_CHECK(holders >= 1);
-    if (holders > 1) {
-      shared_excess_slots_ -= PageFill(len, n, j, page_size_);
-      ++retired_refs_[page];  // other streams still hold it: count it for them
+    if (holders > 1 || cached_[page]) {
+      // Other streams still hold it, or the cache does and may hand it to a
+      // new stream before the plan is released: count it for them.
+      if (holders > 1) shared_excess_slots_ -= PageFill(len, n, j, page_size_);
+      ++retired_refs_[page];
       retired_shared_.push_back(page);
     } else {
       ++retired_only_pages_;
@@ -125,9 +129,13 @@ void BlockManager::RetireFromStream(absl::Span<const PageId> pages, int64_t len,
 }
 
 void BlockManager::ReleaseRetiredPages() {
-  for (const PageId page : retired_shared_) retired_refs_[page] = 0;
-  retired_shared_.clear();
   HEADPAGE_CHECK(pool_->Release(retired_).ok());
+  for (const PageId page : retired_shared_) {
+    if (retired_refs_[page] == 0) continue;  // listed once per count
+    retired_refs_[page] = 0;
+    NoteCacheOnly(page);
+  }
+  retired_shared_.clear();
   retired_.clear();
   retired_only_pages_ = 0;
   for (const SeqId id : pending_seqs_) {
@@ -152,6 +160,7 @@ absl::StatusOr<SeqId> BlockManager::Fork(SeqId parent_id) {
   }
   auto child = std::make_unique<Sequence>(*parent);
   child->versions.assign(num_streams_, 0);
+  for (CachedBlock* block : child->blocks) ++block->users;  // in use by parent: not in lru_
   int64_t tokens = 0;
   for (int32_t st = 0; st < num_streams_; ++st) {
     HEADPAGE_CHECK(pool_->Share(parent->pages[st]).ok());
@@ -164,7 +173,7 @@ absl::StatusOr<SeqId> BlockManager::Fork(SeqId parent_id) {
   std::fill(parent->tail_maybe_shared.begin(), parent->tail_maybe_shared.end(), 1);
   std::fill(child->tail_maybe_shared.begin(), child->tail_maybe_shared.end(), 1);
   parent->any_maybe_shared = child->any_maybe_shared = true;
-  parent->ever_forked = child->ever_forked = true;
+  parent->ever_shared = child->ever_shared = true;
   const SeqId id = next_seq_id_++;
   seqs_.emplace(id, std::move(child));
   DebugCheck();
@@ -177,12 +186,13 @@ absl::Status BlockManager::Free(SeqId seq) {
     return absl::FailedPreconditionError(
         absl::StrCat("Free: sequence ", seq, " has a compaction plan not yet released"));
   }
-  // Every page of the sequence held by its stream alone and by no retired list
-  // (retired_refs_ counts each retired reference to a page a stream holds): the
-  // accounting below would change nothing, so its pass over the pages (two
-  // random reads a page) is skipped.
-  const bool all_exclusive =
-      !s->ever_forked || (shared_excess_slots_ == 0 && retired_shared_.empty());
+  // Every page of the sequence held by its stream alone, by no retired list
+  // (retired_refs_ counts each retired reference to a page a stream holds) and
+  // not by the cache: the accounting below would change nothing, so its pass
+  // over the pages (two random reads a page) is skipped.
+  const bool all_exclusive = !s->ever_shared || (shared_excess_slots_ == 0 &&
+                                                 retired_shared_.empty() && cached_pages_ == 0);
+  ReleaseBlocks(s, 0);
   for (int32_t st = 0; st < num_streams_; ++st) {
     const auto& pages = s->pages[st];
     const int64_t n = all_exclusive ? 0 : static_cast<int64_t>(pages.size());
@@ -193,11 +203,12 @@ absl::Status BlockManager::Free(SeqId seq) {
       HEADPAGE_CHECK(holders >= 1);
       if (holders > 1) {
         shared_excess_slots_ -= PageFill(s->lens[st], n, j, page_size_);
-      } else if (retired_refs_[pages[j]] > 0) {
+      } else if (retired_refs_[pages[j]] > 0 && !cached_[pages[j]]) {
         ++retired_only_pages_;
       }
     }
     HEADPAGE_CHECK(pool_->Release(pages).ok());
+    for (int64_t j = 0; j < n; ++j) NoteCacheOnly(pages[j]);
     stream_tokens_ -= s->lens[st];
   }
   seqs_.erase(seq);
@@ -247,7 +258,11 @@ BlockManagerStats BlockManager::Stats() const {
   stats.pages_total = pool_->num_pages();
   stats.pages_free = pool_->free_pages();
   stats.pages_retired = retired_only_pages_;
-  stats.pages_in_use = pool_->used_pages() - retired_only_pages_;
+  stats.pages_cached = cached_pages_;
+  stats.pages_cached_only = cache_only_pages_;
+  stats.cached_blocks = static_cast<int64_t>(cache_.size());
+  stats.cached_blocks_unused = static_cast<int64_t>(lru_.size());
+  stats.pages_in_use = pool_->used_pages() - retired_only_pages_ - cache_only_pages_;
   stats.peak_pages_used = pool_->Stats().peak_used_pages;
   stats.allocated_slots = stats.pages_in_use * page_size_;
   stats.used_slots = stream_tokens_ - shared_excess_slots_;

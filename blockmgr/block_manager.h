@@ -14,7 +14,9 @@
 //
 // Page lifetime. A stream holds one reference to each page of its block table;
 // Fork() shares them (refcount + 1), and a shared, partly filled tail page is
-// copied before it is written (copy-on-write, planned by Reserve()). Evict()
+// copied before it is written (copy-on-write, planned by Reserve()). The prefix
+// cache holds one more reference to each page of the blocks it keeps (see
+// "Prefix caching" below). Evict()
 // *retires* the pages it takes from a stream instead of releasing them: the
 // compaction plan still has to read them. Retired pages stay allocated until
 // ReleaseRetiredPages(), which the engine calls once the plans are enqueued.
@@ -36,12 +38,14 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "allocator/page_pool.h"
 #include "blockmgr/block_table.h"
 #include "blockmgr/plans.h"
+#include "blockmgr/prefix_cache.h"
 #include "core/geometry.h"
 
 namespace headpage {
@@ -54,6 +58,11 @@ struct BlockManagerStats {
   int64_t pages_free = 0;
   int64_t pages_in_use = 0;   // held by at least one stream
   int64_t pages_retired = 0;  // held only by compaction plans not yet released
+  int64_t pages_cached = 0;   // held by the prefix cache (and maybe by streams)
+  // Held by the prefix cache alone: what reclaiming every unused block frees.
+  int64_t pages_cached_only = 0;
+  int64_t cached_blocks = 0;
+  int64_t cached_blocks_unused = 0;  // in the least-recently-used list
   int64_t peak_pages_used = 0;
   // Slots of the pages in use. A shared page counts once.
   int64_t allocated_slots = 0;
@@ -124,6 +133,21 @@ class BlockManager {
   // in an unreleased plan), ResourceExhausted (no room even in place).
   [[nodiscard]] absl::Status Evict(SeqId seq, int32_t layer,
                                    absl::Span<const int32_t> kept_counts, CompactionPlan* plan);
+  // The same, leaving the first `frozen_tokens` tokens of each of the layer's
+  // streams where they are: only the rest (the suffix) is compacted, so pages
+  // shared with other requests or with the prefix cache stay shared. This is how
+  // a request with a cached prefix compresses only its private part. The plan's
+  // rows cover the suffixes: a row's source is the stream's pages from
+  // frozen_tokens / page_size on, its length and keep set count suffix slots
+  // (slot frozen_tokens + i of the stream is the row's slot i), and it keeps
+  // kept_counts[h] - frozen_tokens of them.
+  // InvalidArgument also when frozen_tokens is negative, not a multiple of
+  // page_size, more than a kept count, or more than the tokens still at their
+  // original slots (those before the sequence's first eviction, or the frozen
+  // tokens of every eviction since).
+  [[nodiscard]] absl::Status Evict(SeqId seq, int32_t layer,
+                                   absl::Span<const int32_t> kept_counts, int64_t frozen_tokens,
+                                   CompactionPlan* plan);
 
   // Releases the pages that Evict() retired. Call once every compaction plan
   // built since the last call is enqueued (or executed, on the CPU backend).
@@ -144,6 +168,54 @@ class BlockManager {
   [[nodiscard]] absl::Status RefreshBlockTable(BlockTableCsr* table) const;
 
   BlockManagerStats Stats() const;
+
+  // ---------------------------------------------------------------------------
+  // Prefix caching
+  //
+  // A sequence offers the full blocks of its prompt to the cache once their K/V
+  // is written (CachePrefix); a later request that starts with the same token
+  // ids starts with those pages (AddSequenceWithPrefix) instead of computing
+  // them again. Cached pages are shared by reference, as a fork's are: they are
+  // full, so nothing writes them; Evict never compacts them in place; an
+  // eviction that moves a stream off them leaves them to the cache. Unused
+  // blocks stay cached until the pool runs short: Reserve and Evict reclaim
+  // them, least recently used first, before they report ResourceExhausted.
+  // The salt separates K/V that the same tokens would not reproduce (another
+  // model or adapter, another policy state); 0 when nothing does.
+
+  struct PrefixHit {
+    SeqId seq = 0;
+    int64_t cached_tokens = 0;  // a multiple of page_size
+  };
+
+  // Tokens at the start of `tokens` whose blocks are cached under `salt`: a
+  // multiple of page_size. O(tokens matched).
+  int64_t CachedPrefixTokens(absl::Span<const int32_t> tokens, uint64_t salt) const;
+
+  // A new sequence whose streams hold the cached pages of the longest cached
+  // prefix of `tokens`, as if those tokens had been reserved and written; it
+  // takes no page. An engine passes a prompt without its last token, whose
+  // logits it must compute anyway. O(blocks matched * streams).
+  PrefixHit AddSequenceWithPrefix(absl::Span<const int32_t> tokens, uint64_t salt);
+
+  // Caches the full blocks of seq's first tokens.size() tokens, whose ids are
+  // `tokens` and whose K/V is written (or will be, in stream order, before any
+  // later plan reads it), under `salt`; blocks already cached with these very
+  // pages are shared. Stops at a block cached with other pages (two requests
+  // computed the same prefix at once: the second keeps its own) and at the
+  // tokens an eviction moved. Returns the tokens of seq now in the cache.
+  // NotFound (seq); InvalidArgument if tokens.size() exceeds seq's tokens;
+  // FailedPrecondition with an unreleased plan. O(tokens + new blocks * streams).
+  [[nodiscard]] absl::StatusOr<int64_t> CachePrefix(SeqId seq, absl::Span<const int32_t> tokens,
+                                                    uint64_t salt);
+
+  // Frees unused cached blocks, least recently used first, until the pool has
+  // `free_pages` free pages or no unused block is left. Returns the pages freed.
+  int64_t ReclaimCachedPages(int64_t free_pages);
+
+  // Free pages, plus those that reclaiming every unused cached block would free:
+  // what an admission decision may count on.
+  int64_t AvailablePages() const { return pool_->free_pages() + cache_only_pages_; }
 
   bool Contains(SeqId seq) const { return seqs_.contains(seq); }
   // Whether every page of `seq` is held by its own stream alone (no fork shares
@@ -181,11 +253,18 @@ class BlockManager {
     std::vector<uint8_t> pending_layers;  // layer has rows in an unreleased plan
     int32_t num_pending_layers = 0;       // count of the above
     bool any_maybe_shared = false;        // false: every tail_maybe_shared is 0
-    // Set on parent and child by Fork(), the only way a page gains a second
-    // stream holder, and never cleared. While false, every page of the sequence
-    // has this stream as its one holder and no retired reference, whatever
-    // other sequences share: Evict() and Free() then skip their per-page checks.
-    bool ever_forked = false;
+    // Set on parent and child by Fork(), and on a sequence that takes pages
+    // from the prefix cache or gives it some: the only ways a page gains a
+    // second holder. Never cleared. While false, every page of the sequence has
+    // this stream as its one holder and no other reference, whatever other
+    // sequences share: Evict() and Free() then skip their per-page checks.
+    bool ever_shared = false;
+    // Tokens 0..intact_tokens-1 lie at slots 0..intact_tokens-1 of every stream:
+    // what CachePrefix may cache and Evict may freeze.
+    int64_t intact_tokens = 0;
+    // The cached blocks this sequence uses: page j of every stream is blocks[j]'s
+    // page for that stream, j < blocks.size().
+    std::vector<CachedBlock*> blocks;
   };
 
   BlockManager(const CacheGeometry& geometry, PagePool* pool);
@@ -202,19 +281,37 @@ class BlockManager {
   // t's slot ids to record[t * streams + stream] unless record is null.
   absl::Status CommitReserve(Sequence* s, int64_t num_tokens, int32_t* record,
                              PageCopies* page_copies);
-  // References held by streams: pool refcount less the retired lists' references.
-  // REQUIRES: a stream holds `page` (retired_refs_ is exact only for those).
+  // References held by streams: pool refcount less the retired lists' and the
+  // prefix cache's. REQUIRES: a stream or the cache holds `page` (retired_refs_
+  // is exact only for those).
   uint32_t StreamHolders(PageId page) const {
-    return pool_->refcount(page) - retired_refs_[page];
+    return pool_->refcount(page) - retired_refs_[page] - cached_[page];
   }
   // A stream stops holding `page`, whose live tokens numbered `fill`.
   void ReleaseFromStream(PageId page, int64_t fill);
-  // True when this stream is the only stream holder of every page of `s`: no
-  // fork touched s, or no page of the pool has two stream holders (each extra
-  // holder adds its page's fill, at least one token, to shared_excess_slots_).
+  // True when this stream is the only holder of every page of `s`: nothing
+  // shared s's pages, or no page of the pool has two stream holders (each extra
+  // holder adds its page's fill, at least one token, to shared_excess_slots_)
+  // and the prefix cache holds none.
   bool SoleHolder(const Sequence& s) const {
-    return !s.ever_forked || shared_excess_slots_ == 0;
+    return !s.ever_shared || (shared_excess_slots_ == 0 && cached_pages_ == 0);
   }
+  // After pool references to `page` were dropped: counts it as held by the
+  // cache alone if it now is.
+  void NoteCacheOnly(PageId page) {
+    if (cached_[page] && pool_->refcount(page) == 1) ++cache_only_pages_;
+  }
+  // CachePrefix's result: seq's tokens in the cache (after a debug check).
+  int64_t CachedTokens(const Sequence& s) const;
+  // Drops seq's use of its cached blocks from index `keep` on, last first.
+  void ReleaseBlocks(Sequence* s, size_t keep);
+  // Reclaims unused blocks until `need` pages are free; false if it cannot.
+  bool MakeRoom(int64_t need) {
+    if (need > pool_->free_pages()) ReclaimCachedPages(need);
+    return need <= pool_->free_pages();
+  }
+  absl::Status EvictImpl(SeqId seq, int32_t layer, absl::Span<const int32_t> kept_counts,
+                         int64_t frozen_tokens, CompactionPlan* plan);
   // A stream of `len` tokens held in `pages` stops holding pages[from..]: they
   // are retired (appended to retired_) in one call per stream, not per page.
   // `sole_holder`: SoleHolder() of the stream's sequence.
@@ -222,6 +319,13 @@ class BlockManager {
                         bool sole_holder);
   void RebuildTable(BlockTableCsr* table, absl::Span<const Sequence* const> seqs) const;
   void DebugCheck() const;
+  // CheckInvariants' parts for the prefix cache: a sequence's blocks (counting
+  // their users), then every cached block (adding the cache's references).
+  absl::Status CheckSequenceBlocks(SeqId id, const Sequence& s,
+                                   absl::flat_hash_map<const CachedBlock*, int32_t>* block_users) const;
+  absl::Status CheckCachedBlocks(
+      const absl::flat_hash_map<const CachedBlock*, int32_t>& block_users,
+      std::vector<uint32_t>* refs) const;
 
   CacheGeometry geometry_;
   PagePool* pool_;
@@ -272,6 +376,16 @@ class BlockManager {
   std::vector<PageId> retired_shared_;
   int64_t retired_only_pages_ = 0;     // pages held by retired_ and no stream
   std::vector<SeqId> pending_seqs_;    // seqs with pending_layers set
+
+  // The prefix cache: every cached block by its key, the unused ones in
+  // least-recently-used order (oldest first), and per pool page whether the
+  // cache holds a reference to it.
+  absl::node_hash_map<PrefixBlockKey, CachedBlock> cache_;
+  CachedBlockLru lru_;
+  uint64_t next_block_id_ = 1;
+  std::vector<uint8_t> cached_;
+  int64_t cached_pages_ = 0;      // pages with cached_ set
+  int64_t cache_only_pages_ = 0;  // of those, the ones nothing else references
 
   std::vector<PageId> scratch_pages_;  // reused by Reserve() and Evict()
   // Reserve()'s per-stream cursors for many tokens, kept to avoid allocating.

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "blockmgr/block_manager_internal.h"
 #include "core/check.h"
@@ -25,7 +26,8 @@ absl::Status BlockManager::CheckInvariants() const {
   std::vector<int64_t> fill(num_pages, -1);  // live tokens per page; all holders agree
   int64_t total_len = 0, used = 0;
   std::vector<PageId> exclusive_tails;
-  std::vector<PageId> unforked_pages;  // pages of sequences that Fork never touched
+  std::vector<PageId> unforked_pages;  // pages of sequences nothing shared
+  absl::flat_hash_map<const CachedBlock*, int32_t> block_users;
   for (const auto& [id, s] : seqs_) {
     if (s->lens.size() != static_cast<size_t>(num_streams_) || s->pages.size() != s->lens.size() ||
         s->tails.size() != s->lens.size() || s->versions.size() != s->lens.size() ||
@@ -77,10 +79,17 @@ absl::Status BlockManager::CheckInvariants() const {
         }
       }
       if (!s->tail_maybe_shared[st] && ModPage(len) != 0) exclusive_tails.push_back(s->tails[st]);
-      if (!s->ever_forked) unforked_pages.insert(unforked_pages.end(), pages.begin(), pages.end());
+      if (!s->ever_shared) unforked_pages.insert(unforked_pages.end(), pages.begin(), pages.end());
+      if (len < s->intact_tokens) {
+        return absl::InternalError(absl::StrCat("sequence ", id, " stream ", st, ": ", len,
+                                                " tokens, fewer than its ", s->intact_tokens,
+                                                " intact ones"));
+      }
       total_len += len;
     }
+    HEADPAGE_RETURN_IF_ERROR(CheckSequenceBlocks(id, *s, &block_users));
   }
+  HEADPAGE_RETURN_IF_ERROR(CheckCachedBlocks(block_users, &refs));
   std::vector<uint32_t> retired_count(num_pages, 0);
   for (const PageId p : retired_) {
     if (p >= num_pages) return absl::InternalError("a retired page is outside the pool");
@@ -92,7 +101,7 @@ absl::Status BlockManager::CheckInvariants() const {
     if (p >= num_pages) return absl::InternalError("a retired shared page is outside the pool");
     ++shared_count[p];
   }
-  int64_t retired_only = 0;
+  int64_t retired_only = 0, cache_only = 0;
   for (size_t p = 0; p < num_pages; ++p) {
     if (refs[p] != pool_->refcount(static_cast<PageId>(p))) {
       return absl::InternalError(absl::StrCat("page ", p, " has refcount ",
@@ -100,13 +109,14 @@ absl::Status BlockManager::CheckInvariants() const {
                                               refs[p], " references are held"));
     }
     // retired_refs_ (block_manager.h): what retired_shared_ lists, no more than
-    // retired_ holds, and all of it for a page that a stream still holds.
+    // retired_ holds, and all of it for a page that a stream or the cache holds.
     const bool stream_held = refs[p] > retired_count[p];
     if (retired_refs_[p] != shared_count[p] || retired_refs_[p] > retired_count[p] ||
         (stream_held && retired_refs_[p] != retired_count[p])) {
       return absl::InternalError(absl::StrCat("page ", p, ": retired count out of step"));
     }
     if (retired_count[p] > 0 && refs[p] == retired_count[p]) ++retired_only;
+    if (cached_[p] && refs[p] == 1) ++cache_only;
   }
   for (const PageId p : unforked_pages) {
     if (refs[p] != 1) {  // the stream's own reference, and no other
@@ -130,6 +140,91 @@ absl::Status BlockManager::CheckInvariants() const {
   if (retired_only != retired_only_pages_) {
     return absl::InternalError(absl::StrCat("retired_only_pages is ", retired_only_pages_,
                                             ", recount ", retired_only));
+  }
+  if (cache_only != cache_only_pages_) {
+    return absl::InternalError(absl::StrCat("cache_only_pages is ", cache_only_pages_,
+                                            ", recount ", cache_only));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BlockManager::CheckSequenceBlocks(
+    SeqId id, const Sequence& s,
+    absl::flat_hash_map<const CachedBlock*, int32_t>* block_users) const {
+  if (s.intact_tokens > s.num_tokens ||
+      static_cast<int64_t>(s.blocks.size()) * page_size_ > s.intact_tokens) {
+    return absl::InternalError(absl::StrCat("sequence ", id, ": ", s.blocks.size(),
+                                            " cached blocks, ", s.intact_tokens, " intact and ",
+                                            s.num_tokens, " tokens"));
+  }
+  if (!s.blocks.empty() && !s.ever_shared) {
+    return absl::InternalError(absl::StrCat("sequence ", id, " uses cached blocks unmarked"));
+  }
+  for (size_t j = 0; j < s.blocks.size(); ++j) {
+    const CachedBlock* block = s.blocks[j];
+    const uint64_t parent = j == 0 ? 0 : s.blocks[j - 1]->id;
+    const auto it = cache_.find(*block->key);
+    if (it == cache_.end() || &it->second != block || block->key->parent != parent) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": block ", j,
+                                              " is not a cached block of its chain"));
+    }
+    for (int32_t st = 0; st < num_streams_; ++st) {
+      if (s.pages[st][j] != block->pages[st]) {
+        return absl::InternalError(absl::StrCat("sequence ", id, " stream ", st, ": page ", j,
+                                                " is not its cached block's"));
+      }
+    }
+    ++(*block_users)[block];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BlockManager::CheckCachedBlocks(
+    const absl::flat_hash_map<const CachedBlock*, int32_t>& block_users,
+    std::vector<uint32_t>* refs) const {
+  const size_t num_pages = refs->size();
+  std::vector<uint8_t> seen(num_pages, 0);
+  absl::flat_hash_map<uint64_t, const CachedBlock*> by_id;
+  for (const auto& [key, block] : cache_) by_id[block.id] = &block;
+  absl::flat_hash_map<const CachedBlock*, int32_t> in_lru;
+  for (const CachedBlock& block : lru_) ++in_lru[&block];
+  int64_t unused = 0;
+  for (const auto& [key, block] : cache_) {
+    if (block.key != &key || key.tokens.size() != static_cast<size_t>(page_size_) ||
+        block.pages.size() != static_cast<size_t>(num_streams_)) {
+      return absl::InternalError(absl::StrCat("cached block ", block.id, " is malformed"));
+    }
+    if (key.parent != 0 && !by_id.contains(key.parent)) {
+      return absl::InternalError(absl::StrCat("cached block ", block.id, " outlived its parent"));
+    }
+    const auto users = block_users.find(&block);
+    if (block.users != (users == block_users.end() ? 0 : users->second)) {
+      return absl::InternalError(absl::StrCat("cached block ", block.id, " counts ", block.users,
+                                              " users"));
+    }
+    unused += block.users == 0;
+    const auto listed = in_lru.find(&block);
+    if ((block.users == 0) != (listed != in_lru.end() && listed->second == 1)) {
+      return absl::InternalError(absl::StrCat("cached block ", block.id,
+                                              " is in the unused list iff it has no users: not so"));
+    }
+    for (const PageId p : block.pages) {
+      if (p >= num_pages || !cached_[p] || seen[p]) {
+        return absl::InternalError(absl::StrCat("cached block ", block.id, ": page ", p,
+                                                " is outside the pool, unmarked or in two blocks"));
+      }
+      seen[p] = 1;
+      ++(*refs)[p];
+    }
+  }
+  if (unused != static_cast<int64_t>(lru_.size()) || in_lru.size() != lru_.size()) {
+    return absl::InternalError(absl::StrCat(lru_.size(), " blocks in the unused list, ", unused,
+                                            " without users"));
+  }
+  const int64_t marked = std::count(cached_.begin(), cached_.end(), uint8_t{1});
+  if (marked != cached_pages_ || marked != static_cast<int64_t>(cache_.size()) * num_streams_) {
+    return absl::InternalError(absl::StrCat("cached_pages is ", cached_pages_, "; ", marked,
+                                            " pages marked for ", cache_.size(), " blocks"));
   }
   return absl::OkStatus();
 }

@@ -91,7 +91,7 @@ absl::Status BlockManager::CommitReserve(Sequence* s, int64_t num_tokens, int32_
   // Compare with the pool before sizing anything by the request, so that an
   // absurd num_tokens is a cheap ResourceExhausted, not a huge allocation.
   const int64_t need = CountReservePages(*s, num_tokens);
-  if (need > pool_->free_pages()) return absl::Status(absl::StatusCode::kResourceExhausted, "");
+  if (!MakeRoom(need)) return absl::Status(absl::StatusCode::kResourceExhausted, "");
   scratch_pages_.resize(static_cast<size_t>(need));
   HEADPAGE_RETURN_IF_ERROR(pool_->Allocate(absl::MakeSpan(scratch_pages_)));
 
@@ -185,6 +185,7 @@ absl::Status BlockManager::CommitReserve(Sequence* s, int64_t num_tokens, int32_
   }
   HEADPAGE_DCHECK(next_page == scratch_pages_.data() + scratch_pages_.size());
   stream_tokens_ += num_tokens * num_streams_;
+  if (s->intact_tokens == s->num_tokens) s->intact_tokens += num_tokens;
   s->num_tokens += num_tokens;
   DebugCheck();
   return absl::OkStatus();
@@ -194,7 +195,7 @@ absl::StatusOr<ReservePlan> BlockManager::Reserve(SeqId seq, int64_t num_tokens)
   HEADPAGE_ASSIGN_OR_RETURN(const Sequence* s, Find(seq));
   HEADPAGE_RETURN_IF_ERROR(CheckReservable(*s, seq, num_tokens));
   // As above: refuse before allocating a slot mapping sized by the request.
-  if (CountReservePages(*s, num_tokens) > pool_->free_pages()) {
+  if (!MakeRoom(CountReservePages(*s, num_tokens))) {
     return absl::Status(absl::StatusCode::kResourceExhausted, "");
   }
   ReservePlan plan;

@@ -10,6 +10,14 @@
 // An eviction's compaction runs at once, but its release is often left for a
 // later step, so that the steps between (and their invariant checks) see
 // retired pages, some of them still held by a fork's streams.
+//
+// The prefix cache takes part: sequences offer their blocks, new ones start
+// from cached prefixes (the model knows what each cached block holds, from the
+// sequence that offered it), evictions freeze cached prefixes or move streams
+// off cached pages, and the small pool makes Reserve and Evict reclaim unused
+// blocks. A cached page that anything wrote would show in the next sequence
+// that starts with it.
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <cstdlib>
@@ -36,6 +44,13 @@ struct Token {
 struct ModelSeq {
   int64_t num_tokens = 0;
   std::vector<std::vector<Token>> streams;  // [layer * kv_heads + h]
+  // For the prefix cache: the token ids, drawn from one of a few families so
+  // that prefixes repeat across sequences, the salt it caches under, and how
+  // many leading tokens are still at their original slots.
+  std::vector<int32_t> ids;
+  int32_t family = 0;
+  uint64_t salt = 0;
+  int64_t intact = 0;
 };
 
 // Exactly representable in f32, different per element and per content.
@@ -58,16 +73,22 @@ class ModelTest {
       INFO("step " << step);
       if (!pending_.empty() && Pick(3) == 0) Release();
       const uint32_t op = Pick(100);
-      if (op < 10 || model_.empty()) {
+      if (op < 6 || model_.empty()) {
         Add();
-      } else if (op < 50) {
+      } else if (op < 12) {
+        AddWithPrefix();
+      } else if (op < 48) {
         Reserve();
+      } else if (op < 53) {
+        CachePrefix();
       } else if (op < 58) {
         Fork();
       } else if (op < 78) {
         Evict();
-      } else if (op < 93) {
+      } else if (op < 92) {
         Free();
+      } else if (op < 94) {
+        Reclaim();
       } else {
         BadInput();
       }
@@ -82,6 +103,9 @@ class ModelTest {
   int64_t copies() const { return copies_; }
   int64_t in_place_rows() const { return in_place_rows_; }
   int64_t pending_steps() const { return pending_steps_; }
+  int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
+  int64_t frozen_evictions() const { return frozen_evictions_; }
+  int64_t reclaimed_pages() const { return reclaimed_pages_; }
 
  private:
   uint32_t Pick(uint32_t n) { return static_cast<uint32_t>(rng_() % n); }
@@ -107,7 +131,84 @@ class ModelTest {
   void Add() {
     if (model_.size() >= 8) return;
     const SeqId id = m().AddSequence();
-    model_[id].streams.resize(streams());
+    ModelSeq& seq = model_[id];
+    seq.streams.resize(streams());
+    seq.family = static_cast<int32_t>(Pick(3));
+    seq.salt = Pick(4) == 0;
+  }
+
+  // Token id at `position` of a family's prompt; now and then one off it.
+  int32_t NextId(int32_t family, int64_t position) {
+    if (Pick(50) == 0) return static_cast<int32_t>(100000 + Pick(1000));
+    return static_cast<int32_t>(family * 1000 + position % 97);
+  }
+
+  // A new sequence from the longest cached prefix of a family's prompt.
+  void AddWithPrefix() {
+    if (model_.size() >= 8) return;
+    const auto family = static_cast<int32_t>(Pick(3));
+    const uint64_t salt = Pick(4) == 0;
+    std::vector<int32_t> ids(Pick(48));
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = NextId(family, static_cast<int64_t>(i));
+    const int64_t cached = m().CachedPrefixTokens(ids, salt);
+    const BlockManager::PrefixHit hit = m().AddSequenceWithPrefix(ids, salt);
+    REQUIRE(hit.cached_tokens == cached);
+    REQUIRE(cached % geometry_.page_size == 0);
+    REQUIRE(cached <= static_cast<int64_t>(ids.size()));
+    ModelSeq& seq = model_[hit.seq];
+    seq.streams.resize(streams());
+    seq.family = family;
+    seq.salt = salt;
+    seq.ids.assign(ids.begin(), ids.begin() + cached);
+    seq.num_tokens = seq.intact = cached;
+    const int32_t ps = geometry_.page_size;
+    for (int64_t end = ps; end <= cached; end += ps) {
+      const auto block = cache_.find({std::vector<int32_t>(ids.begin(), ids.begin() + end), salt});
+      REQUIRE(block != cache_.end());  // the manager hit a block no sequence offered
+      for (int32_t st = 0; st < streams(); ++st) {
+        seq.streams[st].insert(seq.streams[st].end(), block->second[st].begin(),
+                               block->second[st].end());
+      }
+    }
+    prefix_hit_tokens_ += cached;
+  }
+
+  // A sequence offers its blocks; the model learns what each cached block holds.
+  void CachePrefix() {
+    const SeqId id = AnySeq();
+    ModelSeq& seq = model_[id];
+    const auto n = static_cast<int64_t>(Pick(static_cast<uint32_t>(seq.ids.size()) + 1));
+    const std::vector<int32_t> ids(seq.ids.begin(), seq.ids.begin() + n);
+    auto cached = m().CachePrefix(id, ids, seq.salt);
+    if (Pending(id)) {
+      REQUIRE(cached.status().code() == absl::StatusCode::kFailedPrecondition);
+      return;
+    }
+    REQUIRE_OK(cached);
+    const int32_t ps = geometry_.page_size;
+    REQUIRE(*cached % ps == 0);
+    REQUIRE(*cached <= seq.intact);  // more than n when it offered more before
+    for (int64_t end = ps; end <= *cached; end += ps) {
+      std::vector<std::vector<Token>> block(streams());
+      for (int32_t st = 0; st < streams(); ++st) {
+        block[st].assign(seq.streams[st].begin() + (end - ps), seq.streams[st].begin() + end);
+      }
+      cache_[{std::vector<int32_t>(seq.ids.begin(), seq.ids.begin() + end), seq.salt}] =
+          std::move(block);
+    }
+  }
+
+  void Reclaim() {
+    const int64_t before = m().pool().free_pages();
+    const int64_t target = before + Pick(40);
+    const int64_t available = m().AvailablePages();
+    const int64_t freed = m().ReclaimCachedPages(target);
+    REQUIRE(freed == m().pool().free_pages() - before);
+    // It stops once the target is met, or when no unused block is left (and then
+    // everything the cache alone held is free).
+    REQUIRE((m().pool().free_pages() >= target || m().Stats().cached_blocks_unused == 0));
+    REQUIRE(m().AvailablePages() == available);
+    reclaimed_pages_ += freed;
   }
 
   void Reserve() {
@@ -144,11 +245,15 @@ class ModelTest {
           seq.streams[layer * heads() + h].push_back({positions[t], content});
         }
       }
+      if (layer == 0) {
+        for (int64_t t = 0; t < n; ++t) seq.ids.push_back(NextId(seq.family, positions[t]));
+      }
       const WriteKVArgs args{arena_->view(), static_cast<int32_t>(n), heads(), keys.data(),
                              values.data(), plan->slot_mapping.data() + layer * heads(),
                              streams(), positions.data()};
       REQUIRE_OK(ref::WriteKV(args));
     }
+    if (seq.intact == seq.num_tokens) seq.intact += n;
     seq.num_tokens += n;
   }
 
@@ -193,24 +298,36 @@ class ModelTest {
                 absl::StatusCode::kFailedPrecondition);
         continue;
       }
+      // Half the time the leading pages stay frozen, as for a cached prefix.
+      const int32_t ps = geometry_.page_size;
+      const int64_t frozen = Pick(2) == 0 ? 0 : ps * Pick(static_cast<uint32_t>(seq.intact / ps) + 1);
       std::vector<int32_t> kept(heads());
       std::vector<std::vector<int32_t>> sets(heads());
+      bool shrinks = false;
       for (int32_t h = 0; h < heads(); ++h) {
         const auto len = static_cast<int32_t>(seq.streams[layer * heads() + h].size());
         const uint32_t mode = Pick(4);  // keep all, none, or a random subset
         for (int32_t i = 0; i < len; ++i) {
-          if (mode == 0 || (mode != 1 && Pick(3) != 0)) sets[h].push_back(i);
+          if (i < frozen || mode == 0 || (mode != 1 && Pick(3) != 0)) sets[h].push_back(i);
         }
         kept[h] = static_cast<int32_t>(sets[h].size());
+        shrinks |= kept[h] != len;
       }
-      const absl::Status status = m().Evict(id, layer, kept, &plan);
+      const absl::Status status = m().Evict(id, layer, kept, frozen, &plan);
       if (!status.ok()) {
         REQUIRE(status.code() == absl::StatusCode::kResourceExhausted);
         ++exhausted_;
         continue;
       }
-      for (const auto& set : sets) keep.insert(keep.end(), set.begin(), set.end());
+      // The plan's rows cover the suffixes: keep sets relative to `frozen`.
+      for (const auto& set : sets) {
+        for (const int32_t i : set) {
+          if (i >= frozen) keep.push_back(static_cast<int32_t>(i - frozen));
+        }
+      }
       chosen[{id, layer}] = sets;
+      frozen_evictions_ += frozen > 0;
+      if (shrinks) model_[id].intact = std::min(model_[id].intact, frozen);
     }
     REQUIRE(static_cast<size_t>(plan.keep_indptr.back()) == keep.size());
     for (uint8_t in_place : plan.in_place) in_place_rows_ += in_place;
@@ -303,6 +420,7 @@ class ModelTest {
       }
     }
     REQUIRE(m().Stats().stream_tokens == tokens);
+    REQUIRE(m().AvailablePages() >= m().pool().free_pages());
   }
 
   std::mt19937_64 rng_;
@@ -312,7 +430,11 @@ class ModelTest {
   std::map<SeqId, ModelSeq> model_;
   std::vector<SeqId> dead_;
   std::set<std::pair<SeqId, int32_t>> pending_;  // (seq, layer) in an unreleased plan
+  // What each block a sequence offered holds, [stream][slot in block], by its
+  // token ids from the prompt's start and its salt.
+  std::map<std::pair<std::vector<int32_t>, uint64_t>, std::vector<std::vector<Token>>> cache_;
   int64_t exhausted_ = 0, copies_ = 0, in_place_rows_ = 0, pending_steps_ = 0;
+  int64_t prefix_hit_tokens_ = 0, frozen_evictions_ = 0, reclaimed_pages_ = 0;
 };
 
 // How much the model test runs: seeds first_seed..last_seed, `steps` random
@@ -377,6 +499,7 @@ RunSize RunSizeFromEnvironment() {
 TEST_CASE("BlockManager model test: random operations match a map of streams", "[blockmgr]") {
   const RunSize size = RunSizeFromEnvironment();
   int64_t exhausted = 0, copies = 0, in_place = 0, pending = 0;
+  int64_t hits = 0, frozen = 0, reclaimed = 0;
   for (uint64_t seed = size.first_seed; seed <= size.last_seed; ++seed) {
     // Page sizes 1 (every token a page), odd, power of two; pools small enough
     // that exhaustion, in-place compaction and copy-on-write all happen.
@@ -391,6 +514,9 @@ TEST_CASE("BlockManager model test: random operations match a map of streams", "
     copies += test.copies();
     in_place += test.in_place_rows();
     pending += test.pending_steps();
+    hits += test.prefix_hit_tokens();
+    frozen += test.frozen_evictions();
+    reclaimed += test.reclaimed_pages();
   }
   // The interesting paths were exercised, not just the easy ones. Six seeds in a
   // row cover every page size; fewer steps than the default may not reach them.
@@ -399,6 +525,9 @@ TEST_CASE("BlockManager model test: random operations match a map of streams", "
     REQUIRE(copies > 0);
     REQUIRE(in_place > 0);
     REQUIRE(pending > 0);
+    REQUIRE(hits > 0);
+    REQUIRE(frozen > 0);
+    REQUIRE(reclaimed > 0);
   }
 }
 

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+// BlockManager's prefix cache: looking up, adopting, offering and reclaiming
+// cached blocks (blockmgr/prefix_cache.h).
+#include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "blockmgr/block_manager.h"
+#include "core/check.h"
+#include "core/status.h"
+
+namespace headpage {
+
+int64_t BlockManager::CachedPrefixTokens(absl::Span<const int32_t> tokens, uint64_t salt) const {
+  PrefixBlockKey key{0, salt, {}};
+  int64_t matched = 0;
+  for (; matched + page_size_ <= static_cast<int64_t>(tokens.size()); matched += page_size_) {
+    key.tokens.assign(tokens.begin() + matched, tokens.begin() + matched + page_size_);
+    const auto it = cache_.find(key);
+    if (it == cache_.end()) break;
+    key.parent = it->second.id;
+  }
+  return matched;
+}
+
+BlockManager::PrefixHit BlockManager::AddSequenceWithPrefix(absl::Span<const int32_t> tokens,
+                                                            uint64_t salt) {
+  PrefixHit hit;
+  hit.seq = AddSequence();
+  Sequence* s = seqs_.at(hit.seq).get();
+  PrefixBlockKey key{0, salt, {}};
+  for (int64_t at = 0; at + page_size_ <= static_cast<int64_t>(tokens.size()); at += page_size_) {
+    key.tokens.assign(tokens.begin() + at, tokens.begin() + at + page_size_);
+    const auto it = cache_.find(key);
+    if (it == cache_.end()) break;
+    CachedBlock* block = &it->second;
+    key.parent = block->id;
+    if (block->users++ == 0) lru_.erase(lru_.iterator_to(*block));
+    // The pages gain a stream holder each; those the cache alone held leave
+    // that count.
+    for (const PageId page : block->pages) cache_only_pages_ -= pool_->refcount(page) == 1;
+    HEADPAGE_CHECK(pool_->Share(block->pages).ok());
+    for (int32_t st = 0; st < num_streams_; ++st) s->pages[st].push_back(block->pages[st]);
+    s->blocks.push_back(block);
+    hit.cached_tokens += page_size_;
+  }
+  if (hit.cached_tokens > 0) {
+    for (int32_t st = 0; st < num_streams_; ++st) {
+      s->lens[st] = static_cast<uint32_t>(hit.cached_tokens);
+      s->tails[st] = s->pages[st].back();
+    }
+    s->num_tokens = s->intact_tokens = hit.cached_tokens;
+    s->ever_shared = true;
+    stream_tokens_ += hit.cached_tokens * num_streams_;
+    // Every page it took has the same fill (full) in each holder.
+    shared_excess_slots_ += hit.cached_tokens * num_streams_;
+    for (const CachedBlock* block : s->blocks) {
+      for (const PageId page : block->pages) {
+        if (StreamHolders(page) == 1) shared_excess_slots_ -= page_size_;  // the first holder
+      }
+    }
+  }
+  DebugCheck();
+  return hit;
+}
+
+absl::StatusOr<int64_t> BlockManager::CachePrefix(SeqId seq, absl::Span<const int32_t> tokens,
+                                                  uint64_t salt) {
+  HEADPAGE_ASSIGN_OR_RETURN(Sequence* s, Find(seq));
+  if (static_cast<int64_t>(tokens.size()) > s->num_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("CachePrefix: ", tokens.size(),
+                                                   " token ids for a sequence of ", s->num_tokens,
+                                                   " tokens"));
+  }
+  if (HasPendingPlan(*s)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CachePrefix: sequence ", seq, " has a compaction plan not yet released"));
+  }
+  const int64_t limit = std::min<int64_t>(static_cast<int64_t>(tokens.size()), s->intact_tokens);
+  PrefixBlockKey key{s->blocks.empty() ? 0 : s->blocks.back()->id, salt, {}};
+  const auto page_size = static_cast<size_t>(page_size_);
+  for (size_t j = s->blocks.size(); static_cast<int64_t>((j + 1) * page_size) <= limit; ++j) {
+    key.tokens.assign(tokens.begin() + j * page_size, tokens.begin() + (j + 1) * page_size);
+    CachedBlock* block = nullptr;
+    if (const auto it = cache_.find(key); it != cache_.end()) {
+      // Cached already: by this sequence's own pages (a fork of it cached
+      // them), or by another request's, which ends the chain here.
+      block = &it->second;
+      for (int32_t st = 0; st < num_streams_; ++st) {
+        if (block->pages[st] != s->pages[st][j]) return CachedTokens(*s);
+      }
+      if (block->users++ == 0) lru_.erase(lru_.iterator_to(*block));
+    } else {
+      // A page is in one block at most: one cached under another salt (by a
+      // fork's parent, after the fork) ends the chain.
+      for (int32_t st = 0; st < num_streams_; ++st) {
+        if (cached_[s->pages[st][j]]) return CachedTokens(*s);
+      }
+      const auto [inserted, unused] = cache_.try_emplace(key);
+      block = &inserted->second;
+      block->id = next_block_id_++;
+      block->key = &inserted->first;
+      block->users = 1;
+      block->pages.resize(static_cast<size_t>(num_streams_));
+      for (int32_t st = 0; st < num_streams_; ++st) {
+        const PageId page = s->pages[st][j];
+        block->pages[st] = page;
+        cached_[page] = 1;
+      }
+      HEADPAGE_CHECK(pool_->Share(block->pages).ok());
+      cached_pages_ += num_streams_;
+    }
+    key.parent = block->id;
+    s->blocks.push_back(block);
+    s->ever_shared = true;
+  }
+  return CachedTokens(*s);
+}
+
+int64_t BlockManager::CachedTokens(const Sequence& s) const {
+  DebugCheck();
+  return static_cast<int64_t>(s.blocks.size()) * page_size_;
+}
+
+void BlockManager::ReleaseBlocks(Sequence* s, size_t keep) {
+  // Last block first: a block's descendants enter the list ahead of it and are
+  // reclaimed before it.
+  while (s->blocks.size() > keep) {
+    CachedBlock* block = s->blocks.back();
+    s->blocks.pop_back();
+    HEADPAGE_CHECK(block->users > 0);
+    if (--block->users == 0) lru_.push_back(*block);
+  }
+}
+
+int64_t BlockManager::ReclaimCachedPages(int64_t free_pages) {
+  const int64_t before = pool_->free_pages();
+  while (pool_->free_pages() < free_pages && !lru_.empty()) {
+    CachedBlock& block = lru_.front();
+    lru_.pop_front();
+    for (const PageId page : block.pages) {
+      const uint32_t others = pool_->refcount(page) - 1;  // all but the cache's
+      if (others == 0) {
+        --cache_only_pages_;  // freed below
+      } else if (others == retired_refs_[page]) {
+        // Only plans still hold it (Evict moved its last stream off it and,
+        // the cache holding it, counted that in retired_refs_).
+        ++retired_only_pages_;
+      }
+      cached_[page] = 0;
+    }
+    cached_pages_ -= num_streams_;
+    HEADPAGE_CHECK(pool_->Release(block.pages).ok());
+    cache_.erase(cache_.find(*block.key));
+  }
+  DebugCheck();
+  return pool_->free_pages() - before;
+}
+
+}  // namespace headpage
