@@ -35,33 +35,40 @@ BlockManager::PrefixHit BlockManager::AddSequenceWithPrefix(absl::Span<const int
     key.tokens.assign(tokens.begin() + at, tokens.begin() + at + page_size_);
     const auto it = cache_.find(key);
     if (it == cache_.end()) break;
-    CachedBlock* block = &it->second;
-    key.parent = block->id;
-    if (block->users++ == 0) lru_.erase(lru_.iterator_to(*block));
-    // The pages gain a stream holder each; those the cache alone held leave
-    // that count.
-    for (const PageId page : block->pages) cache_only_pages_ -= pool_->refcount(page) == 1;
-    HEADPAGE_CHECK(pool_->Share(block->pages).ok());
-    for (int32_t st = 0; st < num_streams_; ++st) s->pages[st].push_back(block->pages[st]);
-    s->blocks.push_back(block);
-    hit.cached_tokens += page_size_;
+    s->blocks.push_back(&it->second);
+    key.parent = it->second.id;
   }
-  if (hit.cached_tokens > 0) {
-    for (int32_t st = 0; st < num_streams_; ++st) {
-      s->lens[st] = static_cast<uint32_t>(hit.cached_tokens);
-      s->tails[st] = s->pages[st].back();
-    }
-    s->num_tokens = s->intact_tokens = hit.cached_tokens;
-    s->ever_shared = true;
-    stream_tokens_ += hit.cached_tokens * num_streams_;
-    // Every page it took has the same fill (full) in each holder.
-    shared_excess_slots_ += hit.cached_tokens * num_streams_;
-    for (const CachedBlock* block : s->blocks) {
-      for (const PageId page : block->pages) {
-        if (StreamHolders(page) == 1) shared_excess_slots_ -= page_size_;  // the first holder
+  if (s->blocks.empty()) return hit;
+
+  // One pass over the pages before they gain this stream as a holder: a page
+  // the cache alone held leaves that count and gets its first stream holder;
+  // any other adds a full page to the slots counted twice.
+  int64_t excess = 0;
+  for (CachedBlock* block : s->blocks) {
+    if (block->users++ == 0) lru_.erase(lru_.iterator_to(*block));
+    for (const PageId page : block->pages) {
+      const uint32_t refs = pool_->refcount(page);
+      if (refs == 1) {
+        --cache_only_pages_;
+      } else if (refs - 1 > retired_refs_[page]) {
+        excess += page_size_;
       }
     }
+    HEADPAGE_CHECK(pool_->Share(block->pages).ok());
   }
+  const auto num_blocks = s->blocks.size();
+  hit.cached_tokens = static_cast<int64_t>(num_blocks) * page_size_;
+  for (int32_t st = 0; st < num_streams_; ++st) {
+    std::vector<PageId>& pages = s->pages[st];
+    pages.reserve(num_blocks + num_blocks / 2);  // headroom for what the request adds
+    for (const CachedBlock* block : s->blocks) pages.push_back(block->pages[st]);
+    s->lens[st] = static_cast<uint32_t>(hit.cached_tokens);
+    s->tails[st] = pages.back();
+  }
+  s->num_tokens = s->intact_tokens = hit.cached_tokens;
+  s->ever_shared = true;
+  stream_tokens_ += hit.cached_tokens * num_streams_;
+  shared_excess_slots_ += excess;
   DebugCheck();
   return hit;
 }

@@ -69,7 +69,7 @@ class CompressBench {
     for (int32_t l = 0; l < kLayers; ++l) {
       layer_queries_.push_back({queries_.get<char>() + static_cast<size_t>(l) * layer_bytes,
                                 query_positions_.get<int32_t>(), rows, DType::kBF16,
-                                MemoryKind::kDevice});
+                                MemoryKind::kDevice, {}});
     }
   }
   // The engine waits for its stream when it goes: before the stream does.
@@ -301,7 +301,8 @@ void BM_Compress_HostStaged(benchmark::State& state) {
     for (int32_t l = 0; l < kLayers; ++l) {
       HEADPAGE_CUDA_OK(cudaMemcpy(query_data[l].data(), bench.queries()[l].data, query_bytes,
                                   cudaMemcpyDeviceToHost));
-      queries.push_back({query_data[l].data(), query_positions.data(), kWindow, DType::kBF16});
+      queries.push_back({query_data[l].data(), query_positions.data(), kWindow, DType::kBF16,
+                       MemoryKind::kHost, {}});
     }
     HEADPAGE_CUDA_OK(cudaMemcpy(query_positions.data(), bench.queries()[0].positions,
                                 sizeof(int32_t) * kWindow, cudaMemcpyDeviceToHost));

@@ -54,6 +54,10 @@ void DefResults(nb::module_& m) {
                    Field("pages_total", &S::pages_total), Field("pages_free", &S::pages_free),
                    Field("pages_in_use", &S::pages_in_use),
                    Field("pages_retired", &S::pages_retired),
+                   Field("pages_cached", &S::pages_cached),
+                   Field("pages_cached_only", &S::pages_cached_only),
+                   Field("cached_blocks", &S::cached_blocks),
+                   Field("cached_blocks_unused", &S::cached_blocks_unused),
                    Field("peak_pages_used", &S::peak_pages_used),
                    Field("allocated_slots", &S::allocated_slots),
                    Field("used_slots", &S::used_slots),
@@ -260,12 +264,56 @@ void DefBlockManager(nb::module_& m) {
       .def(
           "evict",
           [](BlockManager& bm, SeqId seq, int32_t layer, std::vector<int32_t> kept,
-             CompactionPlan& plan) {
+             CompactionPlan& plan, int64_t frozen_tokens) {
             NotInUse(bm);
-            ThrowIfError(bm.Evict(seq, layer, kept, &plan));
+            ThrowIfError(bm.Evict(seq, layer, kept, frozen_tokens, &plan));
           },
           nb::arg("seq"), nb::arg("layer"), nb::arg("kept_counts"), nb::arg("plan"),
-          "Shrinks stream (seq, layer, h) to kept_counts[h] tokens; appends the rows to plan.")
+          nb::arg("frozen_tokens") = 0,
+          "Shrinks stream (seq, layer, h) to kept_counts[h] tokens; appends the rows to plan. "
+          "frozen_tokens (a multiple of the page size) stay where they are, and the rows "
+          "cover what follows them.")
+      .def(
+          "cached_prefix_tokens",
+          [](const BlockManager& bm, std::vector<int32_t> tokens, uint64_t salt) {
+            NotInUse(bm);
+            return bm.CachedPrefixTokens(tokens, salt);
+          },
+          nb::arg("tokens"), nb::arg("salt") = 0,
+          "Tokens at the start of `tokens` whose blocks are cached under salt.")
+      .def(
+          "add_sequence_with_prefix",
+          [](BlockManager& bm, std::vector<int32_t> tokens, uint64_t salt) {
+            NotInUse(bm);
+            const BlockManager::PrefixHit hit = bm.AddSequenceWithPrefix(tokens, salt);
+            return nb::make_tuple(hit.seq, hit.cached_tokens);
+          },
+          nb::arg("tokens"), nb::arg("salt") = 0,
+          "(seq, cached_tokens): a new sequence holding the cached pages of the longest "
+          "cached prefix of tokens; pass a prompt without its last token.")
+      .def(
+          "cache_prefix",
+          [](BlockManager& bm, SeqId seq, std::vector<int32_t> tokens, uint64_t salt) {
+            NotInUse(bm);
+            return ValueOrThrow(bm.CachePrefix(seq, tokens, salt));
+          },
+          nb::arg("seq"), nb::arg("tokens"), nb::arg("salt") = 0,
+          "Offers the full blocks of seq's first len(tokens) tokens (written already) to the "
+          "prefix cache; returns seq's tokens now cached.")
+      .def(
+          "reclaim_cached_pages",
+          [](BlockManager& bm, int64_t free_pages) {
+            NotInUse(bm);
+            return bm.ReclaimCachedPages(free_pages);
+          },
+          nb::arg("free_pages"),
+          "Frees unused cached blocks, oldest first, until free_pages pages are free; returns "
+          "the pages freed.")
+      .def_prop_ro("available_pages",
+                   [](const BlockManager& bm) {
+                     NotInUse(bm);
+                     return bm.AvailablePages();
+                   })
       .def("release_retired_pages",
            [](BlockManager& bm) {
              NotInUse(bm);

@@ -33,6 +33,7 @@ constexpr char kUsage[] =
     "                         [--budget B] [--profile uniform|skewed|trace:FILE] [--seed K]\n"
     "                         [--window W] [--geometry LxH] [--max-batch N] [--headroom F]\n"
     "                         [--small-stream-tokens T] [--compress-every N]\n"
+    "                         [--prefix-share F --prefix-tokens N [--prefix-cache]]\n"
     "                         [--out metrics.csv] [--plot memory.png]\n"
     "       headpage workload --sweep [--policy X1,X2,...] [--page-size S1,S2,...] [--threads N] "
     "...\n"
@@ -74,6 +75,11 @@ constexpr char kUsage[] =
     "  --compress-every N  uniform, pyramid, ada, dbudget: compress each request again after\n"
     "                  every N generated tokens, to the budget of the tokens it has seen\n"
     "                  (default 0: at admission only)\n"
+    "  --prefix-share F  share of requests whose prompts start with one common prefix\n"
+    "                  (a system prompt) of --prefix-tokens N tokens (default 0)\n"
+    "  --prefix-cache  cache full prompt blocks and start requests on the cached ones; a\n"
+    "                  compressing policy then keeps a request's cached prefix whole and\n"
+    "                  compresses the rest of its prompt to the budget\n"
     "  --small-stream-tokens T  streams at most T tokens after compression count as small:\n"
     "                  their tail waste is reported apart (default 64)\n"
     "  --out FILE      the per-step series as CSV (--sweep: the summary rows)\n"
@@ -98,8 +104,9 @@ int RunWorkloadCommand(int argc, char** argv) {
   std::string geometry_spec = "32x8";
   int64_t requests = -1, pool_pages = -1, max_batch = 256, threads = 0, window = -1, seed = 1,
           small = 64, compress_every = 0;
-  double rate = std::numeric_limits<double>::infinity(), headroom = 0.02;
-  bool sweep = false;
+  double rate = std::numeric_limits<double>::infinity(), headroom = 0.02, prefix_share = 0.0;
+  int64_t prefix_tokens = 0;
+  bool sweep = false, prefix_cache = false;
   FlagSet flags;
   flags.Switch("sweep", &sweep);
   flags.Text("dist", &dist);
@@ -122,6 +129,9 @@ int RunWorkloadCommand(int argc, char** argv) {
   flags.Number("rate", &rate);
   flags.Number("headroom", &headroom);
   flags.Int("compress-every", &compress_every, /*min=*/0);
+  flags.Number("prefix-share", &prefix_share);
+  flags.Int("prefix-tokens", &prefix_tokens, /*min=*/0);
+  flags.Switch("prefix-cache", &prefix_cache);
   if (const std::optional<int> exit = ParseFlags(flags, argc, argv, command, kUsage)) return *exit;
 
   // What the flags name.
@@ -171,6 +181,12 @@ int RunWorkloadCommand(int argc, char** argv) {
   options.max_batch = static_cast<int32_t>(std::min<int64_t>(max_batch, 1 << 30));
   options.pressure_headroom = headroom;
   options.compress_every = static_cast<int32_t>(std::min<int64_t>(compress_every, 1 << 30));
+  if (!(prefix_share >= 0.0 && prefix_share <= 1.0)) {
+    return usage_error(absl::StrCat("--prefix-share ", prefix_share, " is outside [0, 1]"));
+  }
+  options.prefix_share = prefix_share;
+  options.prefix_tokens = static_cast<int32_t>(std::min<int64_t>(prefix_tokens, 1 << 30));
+  options.prefix_cache = prefix_cache;
   options.window = static_cast<int32_t>(std::min<int64_t>(window, 1 << 30));
   options.small_stream_tokens = static_cast<int32_t>(std::min<int64_t>(small, 1 << 30));
   if (pool_pages < 0) {

@@ -34,7 +34,37 @@ Simulation::Simulation(const std::vector<WorkloadRequest>& requests, const HeadP
       page_size_(options.geometry.page_size),
       generated_(requests.size(), 0),
       admitted_at_(requests.size(), 0),
-      first_admit_s_(requests.size(), -1.0) {}
+      first_admit_s_(requests.size(), -1.0),
+      shared_prefix_(requests.size(), 0) {
+  // Evenly spread: request i has the prefix when floor((i + 1) * share) steps up.
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const auto d = static_cast<double>(i);
+    if (std::floor((d + 1) * options.prefix_share) > std::floor(d * options.prefix_share)) {
+      shared_prefix_[i] = std::min(options.prefix_tokens, requests[i].prompt_len);
+    }
+  }
+}
+
+const std::vector<int32_t>& Simulation::TokenIds(size_t q, int64_t tokens) {
+  token_ids_.resize(static_cast<size_t>(tokens));
+  const int64_t shared = std::min<int64_t>(shared_prefix_[q], tokens);
+  std::iota(token_ids_.begin(), token_ids_.begin() + shared, 1);
+  std::fill(token_ids_.begin() + shared, token_ids_.end(), -static_cast<int32_t>(q) - 1);
+  return token_ids_;
+}
+
+absl::Status Simulation::KeptAfterFrozen(int64_t prompt, int64_t frozen) {
+  const int64_t rest = prompt - frozen;
+  if (rest <= 0) {
+    kept_.assign(static_cast<size_t>(streams_), static_cast<int32_t>(prompt));
+    return absl::OkStatus();
+  }
+  HEADPAGE_RETURN_IF_ERROR(compressor_.PromptKept(
+      static_cast<int32_t>(std::min<int64_t>(rest, std::numeric_limits<int32_t>::max())),
+      &kept_));
+  for (int32_t& k : kept_) k += static_cast<int32_t>(frozen);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<WorkloadResult> Simulation::Run() {
   const auto start = std::chrono::steady_clock::now();
@@ -115,6 +145,7 @@ absl::StatusOr<WorkloadResult> Simulation::Run() {
   sum_.kept_fraction = Ratio(prompt_kept_, prompt_tokens_);
   sum_.evicted_fraction = Ratio(static_cast<double>(sum_.evicted_tokens), prompt_tokens_);
   sum_.simulated_s = now;
+  sum_.final_cached_pages = manager_.Stats().pages_cached;
   std::vector<double> delays;
   for (size_t i = 0; i < requests_.size(); ++i) {
     if (first_admit_s_[i] >= 0) delays.push_back(first_admit_s_[i] - requests_[i].arrival_s);
@@ -180,8 +211,7 @@ absl::Status Simulation::CompressSeen(const Running& r) {
   }
   const int32_t heads = o_.geometry.num_kv_heads;
   const int64_t seen = static_cast<int64_t>(requests_[r.request].prompt_len) + generated_[r.request];
-  HEADPAGE_RETURN_IF_ERROR(compressor_.PromptKept(
-      static_cast<int32_t>(std::min<int64_t>(seen, std::numeric_limits<int32_t>::max())), &kept_));
+  HEADPAGE_RETURN_IF_ERROR(KeptAfterFrozen(seen, r.frozen));
   HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_.StreamLengths(r.seq));
   const std::vector<uint32_t> held(lens.begin(), lens.end());
   bool evicted = false;
@@ -194,7 +224,7 @@ absl::Status Simulation::CompressSeen(const Running& r) {
       shrinks |= layer_kept_[h] < static_cast<int32_t>(held[stream]);
     }
     if (!shrinks) continue;
-    HEADPAGE_RETURN_IF_ERROR(manager_.Evict(r.seq, l, layer_kept_, &plan_));
+    HEADPAGE_RETURN_IF_ERROR(manager_.Evict(r.seq, l, layer_kept_, r.frozen, &plan_));
     evicted = true;
   }
   if (evicted) {
@@ -221,18 +251,51 @@ absl::Status Simulation::Admit(double now, WorkloadStep* step) {
     const WorkloadRequest& r = requests_[q];
     const int32_t generated = generated_[q];
     const int64_t tokens = static_cast<int64_t>(r.prompt_len) + generated;
-    if (step->admitted > 0 && prefill_tokens + tokens > o_.max_prefill_tokens) break;
-    if (!pool_->CanAllocate(PromptPages(tokens))) break;
+    // With the prefix cache, the prompt's cached blocks (all but its last
+    // token's: the engine computes that one) cost no page and no prefill.
+    const bool cache = o_.prefix_cache;
+    const int64_t cached =
+        cache ? manager_.CachedPrefixTokens(absl::MakeConstSpan(TokenIds(q, tokens)).first(
+                                                static_cast<size_t>(tokens - 1)),
+                                            0)
+              : 0;
+    if (step->admitted > 0 && prefill_tokens + tokens - cached > o_.max_prefill_tokens) break;
+    const int64_t need = PromptPages(tokens) - streams_ * (cached / page_size_);
+    if (cache ? manager_.AvailablePages() - need < pool_->Stats().watermark_pages
+              : !pool_->CanAllocate(need)) {
+      break;
+    }
+    SeqId seq = 0;
+    if (cache) {
+      const BlockManager::PrefixHit hit = manager_.AddSequenceWithPrefix(
+          absl::MakeConstSpan(TokenIds(q, tokens)).first(static_cast<size_t>(tokens - 1)), 0);
+      seq = hit.seq;
+      if (hit.cached_tokens != cached) return absl::InternalError("workload: prefix hit moved");
+    } else {
+      seq = manager_.AddSequence();
+    }
+    if (const absl::Status reserved = manager_.ReserveWithoutSlots(seq, tokens - cached, &copies_);
+        !reserved.ok()) {
+      // The estimate counted cache-only pages this very hit puts back in use.
+      HEADPAGE_RETURN_IF_ERROR(manager_.Free(seq));
+      if (absl::IsResourceExhausted(reserved)) break;
+      return reserved;
+    }
     waiting_.pop_front();
-    const SeqId seq = manager_.AddSequence();
-    HEADPAGE_RETURN_IF_ERROR(manager_.ReserveWithoutSlots(seq, tokens, &copies_));
+    if (cache) {
+      HEADPAGE_RETURN_IF_ERROR(manager_.CachePrefix(seq, TokenIds(q, tokens), 0).status());
+      sum_.prefix_hits += cached > 0;
+      sum_.prefix_hit_tokens += cached;
+    }
     // Compression: the prompt as the policy keeps it, every generated token.
     // With decode-time compression a preempted request's generated tokens are
     // part of its prompt again (the engine re-admits prompt + generated).
     admitted_at_[q] = generated;
     const bool whole = o_.compress_every > 0;
     const int32_t prompt = whole ? static_cast<int32_t>(tokens) : r.prompt_len;
-    HEADPAGE_RETURN_IF_ERROR(compressor_.PromptKept(prompt, &kept_));
+    // The cached prefix stays whole, as far as it lies in the compressed prompt.
+    const int64_t frozen = std::min<int64_t>(cached, prompt / page_size_ * page_size_);
+    HEADPAGE_RETURN_IF_ERROR(KeptAfterFrozen(prompt, frozen));
     bool evicted = false;
     for (int32_t l = 0; l < o_.geometry.num_layers; ++l) {
       layer_kept_.assign(kept_.begin() + static_cast<ptrdiff_t>(l) * heads,
@@ -243,7 +306,7 @@ absl::Status Simulation::Admit(double now, WorkloadStep* step) {
         if (!whole) k += generated;
       }
       if (!shrinks) continue;
-      HEADPAGE_RETURN_IF_ERROR(manager_.Evict(seq, l, layer_kept_, &plan_));
+      HEADPAGE_RETURN_IF_ERROR(manager_.Evict(seq, l, layer_kept_, frozen, &plan_));
       evicted = true;
     }
     if (evicted) {
@@ -269,8 +332,8 @@ absl::Status Simulation::Admit(double now, WorkloadStep* step) {
     prompt_tokens_ += static_cast<double>(r.prompt_len) * streams_;
     if (generated > 0) sum_.recomputed_tokens += tokens;
     if (first_admit_s_[q] < 0) first_admit_s_[q] = now;
-    running_.push_back({q, seq});
-    prefill_tokens += tokens;
+    running_.push_back({q, seq, false, frozen});
+    prefill_tokens += tokens - cached;
     ++step->admitted;
   }
   return absl::OkStatus();
@@ -382,7 +445,11 @@ absl::StatusOr<int64_t> Simulation::RelievePressure(int64_t pages_to_free, Workl
       shrinks = true;
     }
     if (shrinks) {
-      HEADPAGE_RETURN_IF_ERROR(manager_.Evict(running_[i].seq, layer, layer_kept_, &plan_));
+      // A cached prefix stays whole: the floor below which nothing goes.
+      const int64_t frozen = running_[i].frozen;
+      for (int32_t& k : layer_kept_) k = std::max<int32_t>(k, static_cast<int32_t>(frozen));
+      HEADPAGE_RETURN_IF_ERROR(
+          manager_.Evict(running_[i].seq, layer, layer_kept_, frozen, &plan_));
     }
   }
   manager_.ReleaseRetiredPages();

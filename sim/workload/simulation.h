@@ -50,6 +50,7 @@ class Simulation {
     size_t request;
     SeqId seq;
     bool finished = false;
+    int64_t frozen = 0;  // leading tokens on cached pages, never compressed
   };
 
   absl::Status Decode(WorkloadStep* step);
@@ -63,6 +64,13 @@ class Simulation {
   // stop it; returns the pages freed.
   absl::StatusOr<int64_t> RelievePressure(int64_t pages_to_free, WorkloadStep* step);
   int64_t PromptPages(int64_t tokens) const { return streams_ * PagesFor(tokens, page_size_); }
+  // Request q's first `tokens` token ids, for the prefix cache: the common
+  // prefix's ids are its positions + 1; every other token of q has the id -(q + 1),
+  // so no two requests share a block past the common prefix.
+  const std::vector<int32_t>& TokenIds(size_t q, int64_t tokens);
+  // The kept counts of a stream compressed with its first `frozen` tokens
+  // whole: those, plus the policy's share of the `prompt` - frozen after them.
+  absl::Status KeptAfterFrozen(int64_t prompt, int64_t frozen);
 
   const std::vector<WorkloadRequest>& requests_;
   const HeadProfile& profile_;
@@ -83,6 +91,8 @@ class Simulation {
   CompactionPlan plan_;
   std::vector<int32_t> kept_;
   std::vector<int32_t> layer_kept_;
+  std::vector<int32_t> shared_prefix_;  // [request] tokens of the common prefix it starts with
+  std::vector<int32_t> token_ids_;      // TokenIds()' buffer
 
   WorkloadSummary sum_;
   // Tallies for the ratios of the summary.

@@ -70,6 +70,11 @@ absl::Status ValidateOptions(const WorkloadOptions& o, const HeadProfile& profil
     return absl::InvalidArgumentError(
         absl::StrCat("workload: compress_every ", o.compress_every, " is negative"));
   }
+  if (!(o.prefix_share >= 0.0 && o.prefix_share <= 1.0) || o.prefix_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("workload: prefix share ", o.prefix_share,
+                                                   " must be in [0, 1] and prefix tokens (",
+                                                   o.prefix_tokens, ") >= 0"));
+  }
   if (o.window < -1) {
     return absl::InvalidArgumentError(absl::StrCat("workload: window ", o.window, " is negative"));
   }
@@ -213,7 +218,7 @@ std::string WorkloadSummaryCsv(const std::vector<WorkloadSummary>& rows) {
       "mean_fragmentation,final_fragmentation,completed,rejected,pool_pages,admitted_fragmentation,"
       "small_stream_share,small_stream_waste,kept_fraction,mean_utilization,peak_utilization,"
       "recomputed_tokens,pressure_rounds,evicted_tokens,evicted_fraction,mean_queue_s,p90_queue_s,"
-      "simulated_s,wall_s\n";
+      "simulated_s,wall_s,prefix_hits,prefix_hit_tokens,final_cached_pages\n";
   for (const WorkloadSummary& s : rows) {
     absl::StrAppendFormat(
         &out, "%s,%d,%d,%d,%d,%.3f,%d,%.3f,%.6f,%.6f,%d,%d,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,",
@@ -221,9 +226,11 @@ std::string WorkloadSummaryCsv(const std::vector<WorkloadSummary>& rows) {
         s.tokens_per_step, s.mean_fragmentation, s.final_fragmentation, s.completed, s.rejected,
         s.pool_pages, s.admitted_fragmentation, s.small_stream_share, s.small_stream_waste,
         s.kept_fraction, s.mean_utilization, s.peak_utilization);
-    absl::StrAppendFormat(&out, "%d,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f\n", s.recomputed_tokens,
+    absl::StrAppendFormat(&out, "%d,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f,", s.recomputed_tokens,
                           s.pressure_rounds, s.evicted_tokens, s.evicted_fraction, s.mean_queue_s,
                           s.p90_queue_s, s.simulated_s, s.wall_s);
+    absl::StrAppendFormat(&out, "%d,%d,%d\n", s.prefix_hits, s.prefix_hit_tokens,
+                          s.final_cached_pages);
   }
   return out;
 }

@@ -130,6 +130,15 @@ struct WorkloadOptions {
   // profile's own classes, score >= 0.5).
   std::shared_ptr<const policy::HeadClasses> head_classes;
   double head_sparsity = 0.5;
+  // Prefix sharing: the share of requests (spread evenly over the arrivals)
+  // whose prompts start with one common prefix of prefix_tokens tokens (a
+  // system prompt; a shorter prompt is all prefix), and whether the block
+  // manager's prefix cache serves it (blockmgr/block_manager.h). With a cache
+  // hit and a compressing policy, the cached prefix stays whole and only the
+  // rest of the prompt is compressed to the budget.
+  double prefix_share = 0.0;
+  int32_t prefix_tokens = 0;
+  bool prefix_cache = false;
   bool record_steps = true;       // keep the per-step series
   bool check_invariants = false;  // BlockManager::CheckInvariants() after every step (tests)
 };
@@ -179,6 +188,12 @@ struct WorkloadSummary {
   double mean_utilization = 0;
   double peak_utilization = 0;
   int64_t recomputed_tokens = 0;  // prefilled again after a preemption
+  // Prefix caching: admissions that started from cached pages, the prompt
+  // tokens those pages spared (the prefill the engine skips), and the pages the
+  // cache held when the run ended.
+  int64_t prefix_hits = 0;
+  int64_t prefix_hit_tokens = 0;
+  int64_t final_cached_pages = 0;
   int64_t pressure_rounds = 0;
   int64_t evicted_tokens = 0;
   double evicted_fraction = 0;  // evicted_tokens / prompt tokens admitted (all streams)

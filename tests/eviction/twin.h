@@ -158,7 +158,8 @@ class Twin {
     std::vector<LayerQueries> out;
     for (int32_t layer = 0; layer < spec_.layers; ++layer) {
       query_data_[layer] = Random(static_cast<size_t>(geometry_.num_q_heads) * w * spec_.head_dim, 2.0f);
-      out.push_back({query_data_[layer].data(), query_positions_.data(), w, spec_.dtype});
+      out.push_back({query_data_[layer].data(), query_positions_.data(), w, spec_.dtype,
+                     MemoryKind::kHost, {}});
     }
     return out;
   }
@@ -176,7 +177,7 @@ class Twin {
       device_queries_.emplace_back(std::vector<int32_t>(q.positions, q.positions + q.num_queries));
       out.push_back({device_queries_[device_queries_.size() - 2].get(),
                      device_queries_.back().get<int32_t>(), q.num_queries, q.dtype,
-                     MemoryKind::kDevice});
+                     MemoryKind::kDevice, {}});
     }
     return out;
   }

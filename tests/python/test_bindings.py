@@ -153,6 +153,48 @@ def test_evict_and_compact(small):
     manager.check_invariants()
 
 
+def test_prefix_cache_shares_pages_and_freezes_them_in_evictions(small):
+    g, pool, arena, manager = small
+    ids = list(range(100, 110))
+    first = manager.add_sequence()
+    written = fill(arena, manager, first, 2, 10)
+    assert manager.cache_prefix(first, ids) == 8  # two full pages
+    assert manager.cached_prefix_tokens(ids) == 8
+    assert manager.cached_prefix_tokens(ids, salt=3) == 0
+    free = pool.free_pages
+    seq, cached = manager.add_sequence_with_prefix(ids[:9])
+    assert cached == 8 and pool.free_pages == free  # no page taken
+    assert manager.num_tokens(seq) == 8
+    assert manager.stream_pages(seq, 1, 1) == manager.stream_pages(first, 1, 1)[:2]
+    fill(arena, manager, seq, 2, 6, start=8, seed=1)
+    # Head 0 of layer 0 keeps the 8 shared tokens and 2 of its own 6.
+    plan = hp.CompactionPlan()
+    manager.evict(seq, 0, [10, 14], plan, frozen_tokens=8)
+    assert plan.kept.tolist() == [2, 6]  # the rows cover the suffixes
+    keep = np.array([1, 4] + list(range(6)), dtype=np.int32)
+    args = plan.kernel_args()
+    hp.compact(arena, args.src_indptr, args.src_page_ids, args.src_lens, args.dst_indptr,
+               args.dst_page_ids, args.keep_indptr, keep, args.in_place)
+    manager.release_retired_pages()
+    table = manager.block_table(0, [seq])
+    assert table.lens.tolist() == [10, 14]
+    keys, _, positions = gather(arena, table)
+    assert positions[:10].tolist() == list(range(8)) + [9, 12]
+    assert torch.equal(keys[:8], written[0][0][:8, 0])  # the shared pages, untouched
+    manager.check_invariants()
+    manager.free(first)
+    manager.free(seq)
+    stats = manager.stats()
+    assert stats.cached_blocks == 2 and stats.cached_blocks_unused == 2
+    assert stats.pages_cached_only == 8 and manager.available_pages == 64
+    assert manager.reclaim_cached_pages(64) == 8 and pool.free_pages == 64
+    with pytest.raises(ValueError, match="multiple of the page size"):
+        manager.evict(manager.add_sequence(), 0, [0, 0], plan, frozen_tokens=3)
+    with pytest.raises(ValueError, match="token ids for a sequence of 0"):
+        manager.cache_prefix(manager.add_sequence(), [1, 2])
+    manager.check_invariants()
+
+
 def test_a_pool_serves_one_manager(small):
     """A second manager on a pool in use would break its reference counts: refused."""
     g, pool, arena, manager = small

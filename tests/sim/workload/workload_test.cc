@@ -19,6 +19,7 @@ namespace headpage {
 namespace {
 
 using testing::Generate;
+using testing::Fixed;
 using testing::Geometry;
 using testing::TraceProfile;
 
@@ -26,16 +27,6 @@ HeadProfile Uniform(const CacheGeometry& g) {
   auto p = HeadProfile::Uniform(g);
   REQUIRE_OK(p);
   return std::move(p).value();
-}
-
-std::vector<WorkloadRequest> Fixed(int64_t n, int32_t prompt, int32_t output) {
-  WorkloadSource source;
-  source.kind = WorkloadSource::Kind::kFixed;
-  source.fixed_prompt = prompt;
-  source.fixed_output = output;
-  auto requests = GenerateRequests(source, n, INFINITY, 1);
-  REQUIRE_OK(requests);
-  return std::move(requests).value();
 }
 
 // `requests` with every output cut to at most `max_output` tokens. The cases

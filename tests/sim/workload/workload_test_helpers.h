@@ -4,6 +4,7 @@
 #ifndef HEADPAGE_TESTS_SIM_WORKLOAD_WORKLOAD_TEST_HELPERS_H_
 #define HEADPAGE_TESTS_SIM_WORKLOAD_WORKLOAD_TEST_HELPERS_H_
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -40,6 +41,17 @@ inline std::vector<WorkloadRequest> Generate(const char* dist, int64_t n, double
   auto source = ParseWorkloadSource(dist);
   REQUIRE_OK(source);
   auto requests = GenerateRequests(*source, n, rate, seed);
+  REQUIRE_OK(requests);
+  return std::move(requests).value();
+}
+
+// `n` requests of `prompt` + `output` tokens, all arriving at time 0.
+inline std::vector<WorkloadRequest> Fixed(int64_t n, int32_t prompt, int32_t output) {
+  WorkloadSource source;
+  source.kind = WorkloadSource::Kind::kFixed;
+  source.fixed_prompt = prompt;
+  source.fixed_output = output;
+  auto requests = GenerateRequests(source, n, INFINITY, 1);
   REQUIRE_OK(requests);
   return std::move(requests).value();
 }
