@@ -224,6 +224,11 @@ absl::StatusOr<int64_t> BlockManager::NumTokens(SeqId seq) const {
   return s->num_tokens;
 }
 
+absl::StatusOr<int64_t> BlockManager::IntactTokens(SeqId seq) const {
+  HEADPAGE_ASSIGN_OR_RETURN(const Sequence* s, Find(seq));
+  return s->intact_tokens;
+}
+
 absl::StatusOr<absl::Span<const uint32_t>> BlockManager::StreamLengths(SeqId seq) const {
   HEADPAGE_ASSIGN_OR_RETURN(const Sequence* s, Find(seq));
   return absl::MakeConstSpan(s->lens);

@@ -227,6 +227,10 @@ class BlockManager {
 
   // Positions appended to `seq` so far (its logical length).
   [[nodiscard]] absl::StatusOr<int64_t> NumTokens(SeqId seq) const;
+  // Leading tokens of `seq` still at their original slots in every stream:
+  // those before its first eviction, or the frozen ones of every eviction
+  // since. What Evict may freeze and CachePrefix may cache. NotFound (seq).
+  [[nodiscard]] absl::StatusOr<int64_t> IntactTokens(SeqId seq) const;
   // Lengths of seq's streams, [num_layers][num_kv_heads].
   [[nodiscard]] absl::StatusOr<absl::Span<const uint32_t>> StreamLengths(SeqId seq) const;
   // The block table of one stream.

@@ -312,7 +312,7 @@ absl::Status CudaExecutorImpl::ScoreAndSelect(const PolicyConfig& config, const 
 absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
                                               absl::Span<const int32_t> offsets, size_t d_keep,
                                               size_t h_plan, cudaEvent_t counted,
-                                              float* scores) {
+                                              float* scores, int32_t frozen) {
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   if (counted != nullptr) {
@@ -321,14 +321,16 @@ absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
   plan_.Clear();
   absl::Status planned = absl::OkStatus();
   for (int32_t layer = 0; layer < g.num_layers && planned.ok(); ++layer) {
-    planned = manager_->Evict(seq, layer, absl::MakeConstSpan(counts + layer * heads, heads), &plan_);
+    planned = manager_->Evict(seq, layer, absl::MakeConstSpan(counts + layer * heads, heads),
+                              frozen, &plan_);
   }
   const int32_t rows = plan_.num_rows();
   absl::Status compacted = absl::OkStatus();
   if (rows > 0) {
     keep_offsets_.resize(rows);
     for (int32_t r = 0; r < rows; ++r) {
-      keep_offsets_[r] = offsets[plan_.rows[r].layer * heads + plan_.rows[r].kv_head];
+      // A row starts past the frozen tokens, whose keep entries come first.
+      keep_offsets_[r] = offsets[plan_.rows[r].layer * heads + plan_.rows[r].kv_head] + frozen;
     }
     int32_t* p = At<int32_t>(pinned_.data(), h_plan);
     const std::vector<int32_t>* parts[] = {&plan_.src_indptr, &plan_.src_page_ids, &plan_.src_lens,
@@ -364,6 +366,7 @@ absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
       args.keep = At<int32_t>(device_.data(), d_keep);
       args.num_keep = offsets.back();
       args.in_place = reinterpret_cast<const uint8_t*>(q + n);
+      args.keep_base = frozen;
       args.slot_scores = scores;
       compacted = gpu::Compact(args, stream());
     }
@@ -512,7 +515,8 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
     HEADPAGE_RETURN_IF_ERROR(PlanAndCompact(
         jobs[j].seq, At<int32_t>(pinned_.data(), state.h_counts), state.tables.offsets,
         state.d_keep, state.h_plan, events_[j],
-        jobs[j].keeps_scores ? reinterpret_cast<float*>(store_.data()) : nullptr));
+        jobs[j].keeps_scores ? reinterpret_cast<float*>(store_.data()) : nullptr,
+        jobs[j].frozen_tokens));
   }
   return absl::OkStatus();
 }

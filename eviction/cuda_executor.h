@@ -71,6 +71,9 @@ class CudaExecutor {
     // KeepsScores(seq), asked by the engine before the call: whether the
     // job's scores go to the store (and move with the compaction).
     bool keeps_scores = false;
+    // Leading tokens of every stream that stay where they are (a shared
+    // prefix): `protection` keeps them, and the compaction starts after them.
+    int32_t frozen_tokens = 0;
   };
 
   // Compresses every layer of every job's sequence. The sequences are pipelined:

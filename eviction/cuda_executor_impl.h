@@ -133,9 +133,12 @@ class CudaExecutorImpl final : public CudaExecutor {
   // Waits for `counted` (unless null), evicts `seq` to the kept counts (host
   // memory, [layer][kv head]), uploads the plan from pinned memory at h_plan
   // and enqueues the compaction, reading keep sets at d_keep + offsets[s] and
-  // moving the stored `scores` (unless null); releases the retired pages.
+  // moving the stored `scores` (unless null); releases the retired pages. The
+  // first `frozen` tokens of every stream stay where they are (the counts and
+  // keep sets cover whole streams, and keep them).
   absl::Status PlanAndCompact(SeqId seq, const int32_t* counts, absl::Span<const int32_t> offsets,
-                              size_t d_keep, size_t h_plan, cudaEvent_t counted, float* scores);
+                              size_t d_keep, size_t h_plan, cudaEvent_t counted, float* scores,
+                              int32_t frozen = 0);
   // Waits for the last upload out of pinned memory, so that a call may
   // rewrite it; creates the events on first use.
   absl::Status BeginCall(size_t events);

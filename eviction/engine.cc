@@ -56,6 +56,18 @@ void EvictionEngine::DropFreedSequences() {
   }
 }
 
+absl::Status EvictionEngine::FreezePrefix(SeqId seq, int64_t tokens) {
+  HEADPAGE_ASSIGN_OR_RETURN(const int64_t intact, manager_->IntactTokens(seq));
+  const int32_t page_size = manager_->geometry().page_size;
+  if (tokens < 0 || tokens % page_size != 0 || tokens > intact) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "FreezePrefix: ", tokens, " tokens of sequence ", seq, ": want a multiple of the page "
+        "size ", page_size, " and at most the ", intact, " tokens still at their original slots"));
+  }
+  StateFor(seq).frozen = static_cast<int32_t>(tokens);
+  return absl::OkStatus();
+}
+
 void EvictionEngine::Forget(SeqId seq) {
   states_.erase(seq);
   if (cuda_ != nullptr) cuda_->Forget(seq);
@@ -168,22 +180,28 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_now, manager_->StreamLengths(seq));
   Prepared p;
   p.seq = seq;
+  p.frozen = FrozenOf(seq);
   for (const uint32_t len : lens_now) p.tokens_before += len;
   p.pages_before = PagesHeld(*manager_, seq);
   const int32_t prompt_len = static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end()));
+  // A frozen prefix is kept on top of the budget, which the rest of the
+  // prompt gets as if it were the whole prompt.
+  const int32_t rest = std::max(prompt_len - p.frozen, 0);
   // Head classes' window is the streaming heads' recent tokens, not an
   // observation window: a prompt no longer than it is kept whole.
   if (config.window > prompt_len && config.allocator != PolicyConfig::Allocator::kHeadClasses) {
     return absl::InvalidArgumentError(absl::StrCat("policy ", config.name, ": window ", config.window,
                                                    " is longer than the prompt (", prompt_len, ")"));
   }
-  p.capacity = budget.CapacityFor(prompt_len);
+  const int32_t rest_capacity = rest > 0 ? budget.CapacityFor(rest) : 0;
+  p.capacity = p.frozen + rest_capacity;
   p.layer_capacity.assign(g.num_layers, p.capacity);
   if (config.allocator == PolicyConfig::Allocator::kPyramid ||
       config.allocator == PolicyConfig::Allocator::kAdaPyramid) {
     HEADPAGE_ASSIGN_OR_RETURN(p.layer_capacity,
-                              policy::PyramidCapacities(g.num_layers, p.capacity, config.window,
-                                                        prompt_len, config.pyramid_beta));
+                              policy::PyramidCapacities(g.num_layers, rest_capacity, config.window,
+                                                        rest, config.pyramid_beta));
+    for (int32_t& c : p.layer_capacity) c += p.frozen;
   }
   if (config.allocator == PolicyConfig::Allocator::kHeadClasses) {
     const policy::HeadClasses* profile = config.head_profile.get();
@@ -199,16 +217,19 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
     }
     // Retrieval heads keep everything, streaming heads their sinks and window.
     const std::vector<uint8_t> retrieval = profile->Retrieval(config.head_sparsity);
-    const auto streaming = static_cast<int32_t>(
-        std::min<int64_t>(std::numeric_limits<int32_t>::max(), int64_t{config.sinks} + config.window));
+    const auto streaming = static_cast<int32_t>(std::min<int64_t>(
+        std::numeric_limits<int32_t>::max(),
+        int64_t{std::max(config.sinks, p.frozen)} + config.window));
     p.stream_capacity.resize(retrieval.size());
     for (size_t s = 0; s < retrieval.size(); ++s) {
       p.stream_capacity[s] = retrieval[s] ? std::numeric_limits<int32_t>::max() : streaming;
     }
   }
-  // H2O keeps as many recent tokens as heavy hitters.
-  p.protection = policy::Protection{config.sinks, config.window};
-  if (config.recent_half) p.protection.recent = p.capacity / 2;
+  // H2O keeps as many recent tokens as heavy hitters. The frozen prefix is
+  // protected as sinks are (positions below it), which every allocator and
+  // selection honours on both executors.
+  p.protection = policy::Protection{std::max(config.sinks, p.frozen), config.window};
+  if (config.recent_half) p.protection.recent = rest_capacity / 2;
   // The checks the allocators and TOVA would make layer by layer, made here, so
   // that a batch is refused before any sequence or layer is compressed.
   using A = PolicyConfig::Allocator;
@@ -287,7 +308,7 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     for (size_t i = 0; i < seqs.size(); ++i) {
       jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].stream_capacity,
                       prepared[i].protection, queries[i],
-                      CudaExecutor::KeepsScores(*manager_, seqs[i])});
+                      CudaExecutor::KeepsScores(*manager_, seqs[i]), prepared[i].frozen});
     }
     const absl::Status compressed = cuda_->Compress(config, jobs);
     for (size_t i = 0; i < seqs.size(); ++i) {
@@ -401,7 +422,7 @@ absl::Status EvictionEngine::ApplyKeepSets(SeqId seq, absl::Span<const int32_t> 
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
   SeqState& state = StateFor(seq);
-  HEADPAGE_RETURN_IF_ERROR(host_.Apply(seq, layers, keep_sets));
+  HEADPAGE_RETURN_IF_ERROR(host_.Apply(seq, layers, keep_sets, state.frozen));
   // Scores follow their tokens.
   for (size_t i = 0; i < layers.size(); ++i) {
     for (int32_t h = 0; h < heads; ++h) {

@@ -140,6 +140,15 @@ class EvictionEngine {
   // tests; on a device pool it copies them to the host. NotFound (seq).
   [[nodiscard]] absl::StatusOr<std::vector<std::vector<float>>> StoredScores(SeqId seq);
 
+  // The first `tokens` tokens of `seq` are shared with other requests (a
+  // cached prefix: BlockManager::AddSequenceWithPrefix): from now on every
+  // compression of seq (Compress, decode-time eviction, the pool budget)
+  // keeps them whole and in their pages, and a policy's budget applies to the
+  // rest of the prompt, the prefix on top. 0 lifts it. NotFound (seq);
+  // InvalidArgument unless tokens is a multiple of the page size and at most
+  // the tokens still at their original slots (BlockManager::IntactTokens).
+  [[nodiscard]] absl::Status FreezePrefix(SeqId seq, int64_t tokens);
+
   // Forgets what the engine keeps about `seq` (call when the sequence is freed;
   // state of sequences the manager no longer has is also dropped lazily).
   void Forget(SeqId seq);
@@ -155,6 +164,7 @@ class EvictionEngine {
     // [layer][step][num_q_heads * head_dim], oldest first.
     std::vector<std::vector<std::vector<float>>> recent_queries;
     std::vector<int32_t> recent_positions;
+    int32_t frozen = 0;  // FreezePrefix's tokens
   };
 
   EvictionEngine(BlockManager* manager, const PagedKV& cache, std::unique_ptr<CudaExecutor> cuda);
@@ -169,6 +179,7 @@ class EvictionEngine {
     // Head classes: [layer][kv_head] each stream's capacity (INT32_MAX: all).
     std::vector<int32_t> stream_capacity;
     policy::Protection protection;
+    int32_t frozen = 0;  // FreezePrefix's tokens, protected by `protection`
     int64_t tokens_before = 0;
     int64_t pages_before = 0;
   };
@@ -188,10 +199,15 @@ class EvictionEngine {
   absl::Status CheckQueryPositions(SeqId seq, absl::Span<const LayerQueries> queries) const;
   // Evicts to the given keep sets ([layer][kv_head] order over `layers`), runs the
   // compaction on the host pool and releases the retired pages; moves the stored
-  // scores along.
+  // scores along. The sequence's frozen prefix stays where it is.
   absl::Status ApplyKeepSets(SeqId seq, absl::Span<const int32_t> layers,
                              const std::vector<std::vector<int32_t>>& keep_sets);
   SeqState& StateFor(SeqId seq);
+  // FreezePrefix's tokens for `seq` (0 when none).
+  int32_t FrozenOf(SeqId seq) const {
+    const auto it = states_.find(seq);
+    return it == states_.end() ? 0 : it->second.frozen;
+  }
   // ObserveDecode's steps on a device pool, after its checks.
   absl::Status ObserveDecodeOnDevice(SeqId seq, const PolicyConfig& config,
                                      absl::Span<const LayerQueries> queries,

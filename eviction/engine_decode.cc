@@ -76,7 +76,8 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
       const int32_t capacity = state.capacity[st];
       if (config.evicts_while_decoding && capacity > 0 && n > capacity) {
         const StreamScores stream{scores, absl::MakeConstSpan(keys.positions, n),
-                                  policy::Protection{config.sinks, config.recent_half ? capacity / 2 : config.window}};
+                                  policy::Protection{std::max(config.sinks, state.frozen),
+                                                     config.recent_half ? capacity / 2 : config.window}};
         HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(stream, capacity, &keep_sets[h]));
         over_capacity = true;
       } else {
@@ -153,7 +154,11 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
   // Every stream of every scored sequence, in SeqId order so that the result
   // does not depend on hash-map iteration.
   std::vector<SeqId> seqs;
-  for (const auto& [id, state] : states_) seqs.push_back(id);
+  for (const auto& [id, state] : states_) {
+    // On a device pool the budget's selection knows no frozen prefix: such
+    // sequences sit it out (their pages are mostly shared anyway).
+    if (cuda_ == nullptr || state.frozen == 0) seqs.push_back(id);
+  }
   std::sort(seqs.begin(), seqs.end());
   if (cuda_ != nullptr) {
     std::vector<std::vector<int32_t>*> scored;
@@ -191,7 +196,9 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
         floors.push_back(std::min(floor_tokens, n));
         // Unscored tokens (appended since the engine last looked) are the
         // stream's most recent ones: protect them with the recent window.
-        streams.push_back(StreamScores{{}, {}, policy::Protection{0, std::max(protect_recent, n - scored)}});
+        // A frozen prefix stays, as sinks do.
+        streams.push_back(StreamScores{
+            {}, {}, policy::Protection{state.frozen, std::max(protect_recent, n - scored)}});
       }
     }
   }
@@ -235,6 +242,11 @@ absl::Status EvictionEngine::ObserveDecodeOnDevice(SeqId seq, const PolicyConfig
     }
   }
   SeqState& state = StateFor(seq);
+  if (state.frozen > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ObserveDecode: sequence ", seq, " has a frozen prefix (FreezePrefix); decode-time "
+        "eviction on a device pool does not keep one yet"));
+  }
   const int32_t capacity = config.evicts_while_decoding ? state.capacity[0] : 0;
   const policy::Protection protection{config.sinks,
                                       config.recent_half ? capacity / 2 : config.window};

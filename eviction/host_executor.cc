@@ -430,9 +430,18 @@ absl::StatusOr<LayerDecision> HostExecutor::Decide(SeqId seq, int32_t layer,
 }
 
 absl::Status HostExecutor::Apply(SeqId seq, absl::Span<const int32_t> layers,
-                                 const std::vector<std::vector<int32_t>>& keep_sets) {
+                                 const std::vector<std::vector<int32_t>>& keep_sets,
+                                 int32_t frozen) {
   HEADPAGE_RETURN_IF_ERROR(CheckHostPool());
   const int32_t heads = manager_->geometry().num_kv_heads;
+  for (size_t s = 0; s < keep_sets.size() && frozen > 0; ++s) {
+    const auto& set = keep_sets[s];
+    if (static_cast<int64_t>(set.size()) < frozen || set[frozen - 1] != frozen - 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "HostExecutor::Apply: keep set ", s, " does not start with the ", frozen,
+          " frozen tokens"));
+    }
+  }
   plan_.Clear();
   std::vector<int32_t> keep_flat;
   std::vector<int32_t> kept(heads);
@@ -441,9 +450,11 @@ absl::Status HostExecutor::Apply(SeqId seq, absl::Span<const int32_t> layers,
     for (int32_t h = 0; h < heads; ++h) {
       const auto& set = keep_sets[i * heads + h];
       kept[h] = static_cast<int32_t>(set.size());
-      keep_flat.insert(keep_flat.end(), set.begin(), set.end());
+      // The rows start past the frozen tokens: so do their keep sets.
+      const auto skip = static_cast<ptrdiff_t>(std::min<size_t>(set.size(), frozen));
+      keep_flat.insert(keep_flat.end(), set.begin() + skip, set.end());
     }
-    planned = manager_->Evict(seq, layers[i], kept, &plan_);
+    planned = manager_->Evict(seq, layers[i], kept, frozen, &plan_);
   }
   // The keep sets of the layers Evict() took (a failed Evict changes nothing).
   keep_flat.resize(plan_.keep_indptr.back());
@@ -461,6 +472,7 @@ absl::Status HostExecutor::Apply(SeqId seq, absl::Span<const int32_t> layers,
   args.keep = keep_flat.data();
   args.num_keep = static_cast<int32_t>(keep_flat.size());
   args.in_place = plan_.in_place.data();
+  args.keep_base = frozen;
   const absl::Status compacted = args.num_rows > 0 ? ref::Compact(args) : absl::OkStatus();
   // The plan is executed (on the host) or failed validation; either way the
   // retired pages are no longer read.

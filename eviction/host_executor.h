@@ -82,9 +82,12 @@ class HostExecutor {
       absl::Span<const int32_t> stream_capacity = {}) const;
 
   // Evicts `seq` to the keep sets ([layer][kv_head] order over `layers`), runs
-  // the compaction on the host pool and releases the retired pages.
+  // the compaction on the host pool and releases the retired pages. The first
+  // `frozen` tokens of every stream stay where they are (BlockManager::Evict's
+  // frozen tokens): each keep set must start with them.
   [[nodiscard]] absl::Status Apply(SeqId seq, absl::Span<const int32_t> layers,
-                                   const std::vector<std::vector<int32_t>>& keep_sets);
+                                   const std::vector<std::vector<int32_t>>& keep_sets,
+                                   int32_t frozen = 0);
 
  private:
   // InvalidArgument for a device pool: the CPU must not touch device memory.

@@ -23,6 +23,10 @@ absl::Status Validate(const CompactArgs& args) {
        args.keep_indptr == nullptr || args.in_place == nullptr)) {
     return absl::InvalidArgumentError("Compact: a plan array is null");
   }
+  if (args.keep_base < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Compact: keep_base ", args.keep_base,
+                                                   " is negative"));
+  }
   if (args.num_src_page_ids < 0 || args.num_dst_page_ids < 0 || args.num_keep < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Compact: negative array length (src_page_ids ", args.num_src_page_ids,
@@ -51,6 +55,7 @@ CompactPlanArrays PlanOf(const CompactArgs& args) {
   plan.keep = args.keep;
   plan.num_keep = args.num_keep;
   plan.keep_offsets = args.keep_offsets;
+  plan.keep_base = args.keep_base;
   plan.in_place = args.in_place;
   return plan;
 }
@@ -88,7 +93,7 @@ absl::Status Compact(const CompactArgs& args) {
     // One survivor at a time, in ascending order: also correct in place, since
     // slot i is written only after every keep[j] <= i was read.
     for (int32_t i = 0; i < kept; ++i) {
-      const int64_t from = SlotOf(src_pages, keep[i], cache.page_size);
+      const int64_t from = SlotOf(src_pages, keep[i] - args.keep_base, cache.page_size);
       const int64_t to = SlotOf(dst_pages, i, cache.page_size);
       if (from == to) continue;
       std::memcpy(base + cache.KeyOffset(to) * elem, base + cache.KeyOffset(from) * elem, row_bytes);

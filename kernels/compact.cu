@@ -84,7 +84,7 @@ __device__ __forceinline__ SurvivorMove FreshMoveOf(const CompactArgs& a, int32_
   if (i >= end || a.in_place[r]) return move;
   const int32_t ps = a.cache.page_size;
   const int32_t j = static_cast<int32_t>(i - a.keep_indptr[r]);
-  const int32_t k = a.keep[KeepBegin(a, r) + j];
+  const int32_t k = a.keep[KeepBegin(a, r) + j] - a.keep_base;
   const int32_t from_index = k / ps, to_index = j / ps;
   const int32_t from_page = a.src_page_ids[a.src_indptr[r] + from_index];
   const int32_t to_page = a.dst_page_ids[a.dst_indptr[r] + to_index];
@@ -189,7 +189,7 @@ __device__ __forceinline__ TokenMove InPlaceMoveOf(const CompactArgs& a, int32_t
                                                    int32_t kept) {
   if (i >= kept) return {};
   const int32_t ps = a.cache.page_size;
-  const int32_t k = a.keep[KeepBegin(a, r) + i];
+  const int32_t k = a.keep[KeepBegin(a, r) + i] - a.keep_base;
   const int32_t from_index = k / ps, to_index = i / ps;
   TokenMove move;
   move.from_page = a.src_page_ids[a.src_indptr[r] + from_index];

@@ -45,6 +45,11 @@ struct CompactArgs {
   // Compact read Select's output where it lies. Null: at keep_indptr[r].
   // keep_indptr still gives the counts (the host knows them: Evict takes them).
   const int32_t* keep_offsets = nullptr;
+  // What every keep entry is offset by: entry e names the row's slot e -
+  // keep_base. A plan whose rows start past a stream's frozen prefix
+  // (BlockManager::Evict with frozen tokens) reads keep sets written over the
+  // whole stream this way. >= 0.
+  int32_t keep_base = 0;
   // Optional [cache.num_slots()]: one float per slot (the eviction engine's
   // score store on a device pool), moved with its token as positions are.
   // Null: no scores are kept.

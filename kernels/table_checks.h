@@ -136,6 +136,7 @@ struct CompactPlanArrays {
   const int32_t* keep = nullptr;
   int32_t num_keep = 0;
   const int32_t* keep_offsets = nullptr;  // null: row r's keep set starts at keep_indptr[r]
+  int32_t keep_base = 0;                   // entry e names slot e - keep_base
   const uint8_t* in_place = nullptr;
 };
 
@@ -182,7 +183,8 @@ HEADPAGE_HOST_DEVICE bool DstPageInsidePool(const CompactPlanArrays& p, int32_t 
 }
 HEADPAGE_HOST_DEVICE bool KeepEntryValid(const CompactPlanArrays& p, int32_t row, int32_t i) {
   const int32_t* keep = p.keep + KeepBeginOf(p, row);
-  return keep[i] >= 0 && keep[i] < p.src.lens[row] && (i == 0 || keep[i] > keep[i - 1]);
+  const int64_t slot = static_cast<int64_t>(keep[i]) - p.keep_base;
+  return slot >= 0 && slot < p.src.lens[row] && (i == 0 || keep[i] > keep[i - 1]);
 }
 HEADPAGE_HOST_DEVICE bool InPlacePageMatches(const CompactPlanArrays& p, int32_t row, int32_t i) {
   return p.in_place[row] == 0 ||

@@ -75,6 +75,47 @@ class EngineFixture {
     }
   }
 
+  // `to` starts on `from`'s first `tokens` tokens (a prefix-cache hit): the
+  // dense copy says so.
+  void SharePrefix(SeqId from, SeqId to, int32_t tokens) {
+    for (int32_t layer = 0; layer < kLayers; ++layer) {
+      for (int32_t h = 0; h < kHeads; ++h) {
+        const auto& source = dense_.at({from, layer, h});
+        auto& target = dense_[{to, layer, h}];
+        for (auto it = source.begin(); it != source.end() && it->first < tokens; ++it) {
+          target[it->first] = it->second;
+        }
+      }
+    }
+  }
+
+  // A new, unshared sequence holding exactly what `seq` was written with
+  // (every stream must still hold every position).
+  SeqId Copy(SeqId seq) {
+    const int32_t n = static_cast<int32_t>(dense_.at({seq, 0, 0}).size());
+    const SeqId copy = manager().AddSequence();
+    auto plan = manager().Reserve(copy, n);
+    REQUIRE_OK(plan);
+    std::vector<int32_t> positions(n);
+    for (int32_t t = 0; t < n; ++t) positions[t] = t;
+    for (int32_t layer = 0; layer < kLayers; ++layer) {
+      std::vector<float> keys(static_cast<size_t>(n) * kHeads * kDim), values(keys.size());
+      for (int32_t h = 0; h < kHeads; ++h) {
+        const auto& stream = dense_.at({seq, layer, h});
+        REQUIRE(static_cast<int32_t>(stream.size()) == n);
+        for (const auto& [t, kv] : stream) {
+          std::copy(kv.begin(), kv.begin() + kDim, keys.begin() + (t * kHeads + h) * kDim);
+          std::copy(kv.begin() + kDim, kv.end(), values.begin() + (t * kHeads + h) * kDim);
+        }
+        dense_[{copy, layer, h}] = stream;
+      }
+      REQUIRE_OK(ref::WriteKV({arena_->view(), n, kHeads, keys.data(), values.data(),
+                               plan->slot_mapping.data() + layer * kHeads, kLayers * kHeads,
+                               positions.data()}));
+    }
+    return copy;
+  }
+
   // Random queries for every layer: `w` rows at positions first..first+w-1.
   std::vector<LayerQueries> Queries(int32_t w, int32_t first) {
     query_data_.assign(kLayers, {});

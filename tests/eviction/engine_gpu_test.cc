@@ -161,6 +161,47 @@ TEST_CASE("CUDA executor: a pipelined batch keeps what the host keeps", "[evicti
   }
 }
 
+TEST_CASE("CUDA executor: a frozen prefix stays shared, as on the host", "[eviction][gpu]") {
+  // A sequence that offered 8 pages of prompt, and one that starts on them
+  // with tokens of its own around page boundaries; the second is compressed
+  // with the prefix frozen, on both executors.
+  for (const char* name : {"uniform-snapkv", "ada-snapkv", "pyramid", "knorm", "streamingllm"}) {
+    CAPTURE(name);
+    Twin twin({2, 4, 2, 128, 16, DType::kBF16, 4096}, 23);
+    const int32_t ps = 16, prefix = 8 * ps;
+    const SeqId first = twin.Prefill(prefix + 3);
+    std::vector<int32_t> ids(prefix + 3);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(3 * i + 5);
+    REQUIRE(*twin.host().CachePrefix(first, ids, 0) == prefix);
+    REQUIRE(*twin.device().CachePrefix(first, ids, 0) == prefix);
+    const auto hit = twin.host().AddSequenceWithPrefix(absl::MakeConstSpan(ids).first(prefix), 0);
+    REQUIRE(twin.device().AddSequenceWithPrefix(absl::MakeConstSpan(ids).first(prefix), 0).seq ==
+            hit.seq);
+    REQUIRE(hit.cached_tokens == prefix);
+    const int32_t own = 5 * ps + 3;
+    twin.Append(hit.seq, own);
+    twin.Mirror();
+    REQUIRE_OK(twin.host_engine().FreezePrefix(hit.seq, prefix));
+    REQUIRE_OK(twin.device_engine().FreezePrefix(hit.seq, prefix));
+    auto shared = twin.device().StreamPages(hit.seq, 1, 3);
+    REQUIRE_OK(shared);
+    const std::vector<PageId> before(shared->begin(), shared->begin() + prefix / ps);
+    auto config = PolicyByName(name);
+    REQUIRE_OK(config);
+    const int32_t len = prefix + own;
+    const int32_t w = config->ObservedQueries(len);
+    CompressBoth(twin, hit.seq, *config, Budget::Fraction(0.6), twin.Queries(w, len - w),
+                 /*device_queries=*/true);
+    auto after = twin.device().StreamPages(hit.seq, 1, 3);
+    REQUIRE_OK(after);
+    REQUIRE(std::vector<PageId>(after->begin(), after->begin() + prefix / ps) == before);
+    const testing::Held held = twin.DeviceHeld(hit.seq)[1 * 4 + 3];
+    for (int32_t i = 0; i < prefix; ++i) REQUIRE(held.positions[i] == i);
+    // The sequence that wrote the prefix holds what it wrote.
+    ExpectSameTokens(twin.HostHeld(first), twin.DeviceHeld(first), nullptr, 4);
+  }
+}
+
 TEST_CASE("CUDA executor: what it does not run is refused, changing nothing",
           "[eviction][gpu]") {
   Twin twin({2, 2, 2, 64, 16, DType::kBF16, 1024}, 5);

@@ -93,6 +93,12 @@ class Twin {
   SeqId Prefill(int32_t len) {
     const SeqId seq = host().AddSequence();
     REQUIRE(device().AddSequence() == seq);
+    Append(seq, len);
+    return seq;
+  }
+
+  // `len` more random tokens of `seq` in both pools (then Mirror()).
+  void Append(SeqId seq, int32_t len) {
     auto plan = host().Reserve(seq, len);
     REQUIRE_OK(plan);
     auto twin_plan = device().Reserve(seq, len);
@@ -107,7 +113,6 @@ class Twin {
                                plan->slot_mapping.data() + layer * spec_.kv_heads,
                                spec_.layers * spec_.kv_heads, positions.data()}));
     }
-    return seq;
   }
 
   // One decode step of `seq` in both pools: a random token (the same bytes)

@@ -112,8 +112,11 @@ CompactArgs ArgsOf(const PagedKV& cache, const RandomPlan& host, DevicePlan* dev
 // and its keep_indptr, which then gives only counts, starts at 11, not 0; the
 // reference reads the packed plan. The scattered and many-fresh cases also
 // carry a score per slot (the eviction engine's device score store), which
-// moves with its token, on the in-place and the fresh path.
-void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = false) {
+// moves with its token, on the in-place and the fresh path. A scattered plan's
+// keep entries are offset by `keep_base` on the GPU side (a frozen prefix's
+// keep sets, written over the whole stream).
+void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = false,
+                     int32_t keep_base = 0) {
   RandomPlan plan(c, many_fresh);
   DevicePool device(c.view(), c.data(), c.positions());
   std::vector<float> slot_scores(c.positions().size());
@@ -127,8 +130,9 @@ void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = fal
     offsets.resize(static_cast<size_t>(c.num_streams()));
     for (int32_t r = c.num_streams() - 1; r >= 0; --r) {
       offsets[r] = static_cast<int32_t>(keep_array.size());
-      keep_array.insert(keep_array.end(), plan.keep.begin() + plan.keep_indptr[r],
-                        plan.keep.begin() + plan.keep_indptr[r + 1]);
+      for (int32_t e = plan.keep_indptr[r]; e < plan.keep_indptr[r + 1]; ++e) {
+        keep_array.push_back(plan.keep[e] + keep_base);
+      }
       keep_array.insert(keep_array.end(), 3, -1);
     }
   }
@@ -141,6 +145,7 @@ void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = fal
   args.keep = keep.get<int32_t>();
   args.num_keep = static_cast<int32_t>(keep_array.size());
   args.keep_offsets = scattered ? keep_offsets.get<int32_t>() : nullptr;
+  args.keep_base = scattered ? keep_base : 0;
   args.slot_scores = with_scores ? device_scores.get<float>() : nullptr;
   args.fault = fault.get<uint64_t>();
   REQUIRE_OK(gpu::Compact(args, nullptr));
@@ -181,6 +186,7 @@ TEST_CASE("gpu::Compact reads keep sets where keep_offsets say", "[kernels][gpu]
     PagedCase c({page_size, 128, DType::kBF16, lens, 60 * (page_size + 1)},
                 static_cast<uint64_t>(900 + page_size));
     CheckAgainstRef(c, /*scattered=*/true);
+    CheckAgainstRef(c, /*scattered=*/true, /*many_fresh=*/false, /*keep_base=*/page_size * 3);
   }
 }
 

@@ -81,6 +81,29 @@ TEST_CASE("Compact: in place moves survivors down without clobbering", "[kernels
   for (int32_t i = 0; i < 6; ++i) REQUIRE(cache.Holds(SlotOf(src.data(), i, 4), expect[i]));
 }
 
+TEST_CASE("Compact: keep entries offset by keep_base name the row's slots", "[kernels]") {
+  // A row that starts past a frozen prefix of 8 tokens: the keep set is
+  // written over the whole stream (9, 11, 14), the row's slots are 1, 3, 6.
+  HostCache cache(8, 4, 64);
+  const std::vector<int32_t> src = {3, 1};
+  FillStream(&cache, src, 7, 100);
+  Plan plan;
+  plan.AddRow(src, 7, {6}, {9, 11, 14}, false);
+  CompactArgs args = plan.Args(cache.view);
+  args.keep_base = 8;
+  REQUIRE_OK(ref::Compact(args));
+  REQUIRE(cache.Holds(24, 101));
+  REQUIRE(cache.Holds(25, 103));
+  REQUIRE(cache.Holds(26, 106));
+  // An entry below the base, or past the row, is refused; a negative base too.
+  plan.keep[0] = 7;
+  args = plan.Args(cache.view);
+  args.keep_base = 8;
+  REQUIRE_ERROR(ref::Compact(args), absl::StatusCode::kOutOfRange, "keep entry 0");
+  args.keep_base = -1;
+  REQUIRE_ERROR(ref::Compact(args), absl::StatusCode::kInvalidArgument, "keep_base");
+}
+
 TEST_CASE("Compact: a score kept per slot moves with its token", "[kernels]") {
   HostCache cache(8, 4, 64);
   const std::vector<int32_t> src = {2, 5, 6};
