@@ -62,7 +62,7 @@ class PoolPressure:
         wanted = sum(cache._pages_for(state.request_id, 1)
                      for state in self.scheduler.active_requests.values()
                      if state.status == RequestStatus.DECODING)
-        deficit = wanted - (cache.page_pool.free_pages - cache._promised_pages)
+        deficit = wanted - cache.room(wanted)  # unused cached blocks go first
         if deficit > 0 and self._evict(deficit) >= deficit:
             self.budget_evictions += 1
 
@@ -86,8 +86,9 @@ class PoolPressure:
         self.starved += len(starved)
         cache = self.cache
         wanted = sum(cache._pages_for(state.request_id, length) for state, length in starved)
-        # Pages promised to the batch just scheduled are not free.
-        deficit = wanted - (cache.page_pool.free_pages - cache._promised_pages)
+        # Pages promised to the batch just scheduled are not free; unused cached
+        # blocks go before any running request's tokens.
+        deficit = wanted - cache.room(wanted)
         if deficit <= 0:
             return True
         if cache.engine is not None:  # none before the first step

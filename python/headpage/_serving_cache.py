@@ -48,8 +48,9 @@ class _AllocatorView:
 
 
 class _NoSectorPool:
-    """transformers' sector pool, asked to free space before it offloads: headpage
-    has no cached-but-unused pages to give back."""
+    """transformers' sector pool, asked to free space before it offloads: the
+    block manager reclaims its unused cached blocks itself (evict_cached_blocks,
+    and whenever a reserve runs short)."""
 
     @staticmethod
     def try_to_free_sectors():
@@ -118,7 +119,7 @@ class ServingCache(Compressions):
 
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
                  budget=None, check_invariants=False, request_policies=None, graph_rows=0,
-                 compress_every=0):
+                 compress_every=0, prefix_caching=True):
         shape = model_shape(model, "headpage.serving")
         if model.dtype not in DTYPES:
             raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
@@ -161,8 +162,11 @@ class ServingCache(Compressions):
         # prompt's prefill from stalling the decoding requests for long.
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS
         self.num_blocks = num_pages
-        self.use_prefix_sharing = False
-        self.allow_block_sharing = False
+        # Prefix caching (BlockManager's prefix cache, one page per stream): a
+        # request starts on the cached blocks of its prompt, and a compressing
+        # policy keeps that shared prefix whole (EvictionEngine.freeze_prefix).
+        self.use_prefix_sharing = bool(prefix_caching)
+        self.allow_block_sharing = bool(prefix_caching)
         self.cache_allocators = {"full_attention": _AllocatorView()}
         self.max_blocks_per_request = 0
         self.max_decode_fast_path_length = 0
@@ -179,6 +183,10 @@ class ServingCache(Compressions):
         # Per request: its headpage sequence and engine state.
         self._seqs = {}
         self._compress_at = {}    # request -> length at which its prompt is compressed
+        self._hits = {}           # request -> (seq, cached tokens), matched but not admitted
+        self._frozen = {}         # admitted request -> its cached prefix's tokens
+        self._prompt_ids = {}     # admitted request -> its prompt's ids, offered to the cache
+        self._offered = {}        # admitted request -> tokens it offered so far
         self._policies = {}       # admitted request -> (PolicyConfig, budget)
         self._promised_pages = 0
         self._step = []           # this step's _StepRow list, in batch order
@@ -197,7 +205,8 @@ class ServingCache(Compressions):
         # and with record_steps set, one StepRecord per step.
         self.compress_seconds = 0.0
         # The pool as the engine's thread last saw it, for readers on other threads.
-        self.pool_snapshot = dict(free_pages=num_pages, sequences=0)
+        self.pool_snapshot = dict(free_pages=num_pages, sequences=0, cached_pages=0,
+                                  cached_only_pages=0)
         # A debug run: the pool's invariants proved after every step, O(pool) each.
         self.check_invariants = check_invariants
         self.record_steps = False
@@ -209,10 +218,10 @@ class ServingCache(Compressions):
         self.compressions = collections.OrderedDict()
         self.totals = dict(compressed=0, skipped=0, tokens_before=0, tokens_after=0,
                            pages_freed=0, decode_compressions=0, decode_pages_freed=0,
-                           decode_skipped=0)
+                           decode_skipped=0, prefix_hits=0, prefix_hit_tokens=0)
         self._compressed = set()  # sequences whose prompt was compressed or skipped
-        _log.info("headpage.serving: prefix sharing is off (transformers hashes whole-model "
-                  "blocks; headpage pages are per stream and compress); forks share pages")
+        _log.info("headpage.serving: prefix caching is %s", "on: a compressed request keeps its "
+                  "cached prefix whole" if self.use_prefix_sharing else "off")
 
     def _stream(self):
         if self.device.type == "cuda":
@@ -229,6 +238,8 @@ class ServingCache(Compressions):
 
     def _pages_for(self, request_id, tokens):
         seq = self._seqs.get(request_id)
+        if seq is None and request_id in self._hits:
+            seq = self._hits[request_id][0]
         if seq is not None:
             return self.manager.pages_needed(seq, tokens)
         return pages_for_tokens(tokens, self.geometry.page_size,
@@ -238,16 +249,30 @@ class ServingCache(Compressions):
         """Whether the pool can take `num_tokens` more of the request; unless
         dry_run, promises them (the pages are reserved when the batch is prepared)."""
         need = self._pages_for(state.request_id, num_tokens)
-        fits = self.page_pool.free_pages - self._promised_pages >= need
+        fits = self.room(need) >= need
         if fits and not dry_run:
             if state.request_id not in self._seqs:
                 self._admit(state)
             self._promised_pages += need
         return fits
 
+    def room(self, need):
+        """Pages free and not promised to the step being scheduled, after
+        reclaiming unused cached blocks where fewer than `need` are."""
+        free = self.page_pool.free_pages - self._promised_pages
+        if free < need:
+            self.manager.reclaim_cached_pages(self._promised_pages + need)
+            free = self.page_pool.free_pages - self._promised_pages
+        return free
+
     def _admit(self, state):
         rid = state.request_id
-        self._seqs[rid] = self.manager.add_sequence()
+        seq, cached = self._hits.pop(rid, (None, 0))
+        self._seqs[rid] = self.manager.add_sequence() if seq is None else seq
+        self._frozen[rid] = cached
+        if self.use_prefix_sharing:
+            self._prompt_ids[rid] = state.initial_tokens
+            self._offered[rid] = cached
         policy, budget = self.request_policies.get(rid, (self.policy, self.budget))
         self._policies[rid] = (policy, budget)
         self._compress_at[rid] = None
@@ -260,20 +285,66 @@ class ServingCache(Compressions):
                 self._decoded.add(rid)
 
     def compute_free_capacity(self, relative=True):
-        free = self.page_pool.free_pages
+        # Unused cached blocks are reclaimed as soon as a request needs their pages.
+        free = self.manager.available_pages
         return free / self.page_pool.num_pages if relative else free
 
+    # -- prefix caching ---------------------------------------------------------------
+
     def evict_cached_blocks(self):
-        return False
+        """Under memory pressure: every unused cached block goes back to the pool."""
+        return self.manager.reclaim_cached_pages(self.page_pool.num_pages) > 0
 
     def search_prefix_match(self, request_id, input_ids):
-        return 0
+        """For a request not yet admitted: starts it on the cached blocks of its
+        prompt (all but the last token, whose logits the step must compute) and
+        returns their tokens, which transformers then skips."""
+        if not self.use_prefix_sharing or request_id in self._seqs or request_id in self._hits:
+            return 0
+        seq, cached = self.manager.add_sequence_with_prefix(list(input_ids[:-1]))
+        if cached == 0:
+            self.manager.free(seq)
+            return 0
+        self._hits[request_id] = (seq, cached)
+        self.totals["prefix_hits"] += 1
+        self.totals["prefix_hit_tokens"] += cached
+        return cached
 
     def count_new_complete_blocks(self, state, num_tokens):
-        return {}
+        if not self.use_prefix_sharing:
+            return {}
+        page = self.geometry.page_size
+        complete = (state.current_len() % page + num_tokens) // page
+        return {"full_attention": complete} if complete else {}
 
     def mark_complete_blocks(self, state, blocks):
-        return None
+        """After a step: a request that is not compressed offers the blocks its
+        generated tokens completed (the next turn of a chat starts with them).
+        Prompt blocks were offered at the end of the step that wrote them."""
+        rid = state.request_id
+        seq = self._seqs.get(rid)
+        if (not blocks or seq is None or self._compress_at.get(rid) is not None
+                or rid not in self._prompt_ids):
+            return
+        written = self.manager.num_tokens(seq)
+        if written // self.geometry.page_size > self._offered[rid] // self.geometry.page_size:
+            ids = (list(state.initial_tokens) + list(state.generated_tokens))[:written]
+            self.manager.cache_prefix(seq, ids)
+            self._offered[rid] = written
+
+    def _offer_prompts(self):
+        """Offers the prompt blocks the step's prefill rows completed, before any
+        of them is compressed (the cache keeps them uncompressed, for the next
+        request with this prefix)."""
+        page = self.geometry.page_size
+        for r in self._step:
+            ids = self._prompt_ids.get(r.request_id)
+            if r.is_decode or ids is None:
+                continue
+            written = min(len(ids), r.past + r.count)
+            if written // page > self._offered[r.request_id] // page:
+                self.manager.cache_prefix(r.seq, ids[:written])
+                self._offered[r.request_id] = written
 
     def free_blocks(self, request_id, no_cache=False):
         """The request is finished (or cancelled): its pages and its policy go."""
@@ -284,6 +355,11 @@ class ServingCache(Compressions):
         """Frees the request's pages and state; it may be admitted again (a preempted
         request is queued again from its prompt)."""
         seq = self._seqs.pop(request_id, None)
+        hit = self._hits.pop(request_id, None)
+        if hit is not None:  # matched, never admitted
+            self.manager.free(hit[0])
+        for table in (self._frozen, self._prompt_ids, self._offered):
+            table.pop(request_id, None)
         self._compress_at.pop(request_id, None)
         self._policies.pop(request_id, None)
         self._decoded.discard(request_id)
@@ -301,8 +377,10 @@ class ServingCache(Compressions):
             self._publish()
 
     def _publish(self):
+        stats = self.manager.stats()
         self.pool_snapshot = dict(free_pages=self.page_pool.free_pages,
-                                  sequences=len(self._seqs))
+                                  sequences=len(self._seqs), cached_pages=stats.pages_cached,
+                                  cached_only_pages=stats.pages_cached_only)
 
     def free_all_requests(self, clear_ledgers=False):
         for request_id in list(self._seqs):
@@ -320,6 +398,7 @@ class ServingCache(Compressions):
             # the prompt's length less one): the child shares what it kept.
             self._seqs[child] = self.manager.fork(parent)
             self._compress_at[child] = None
+            self._frozen[child] = self._frozen.get(source_state.request_id, 0)
             self._policies[child] = self._policies.get(source_state.request_id,
                                                        (self.policy, self.budget))
         return list(destination_ids)
@@ -514,8 +593,11 @@ class ServingCache(Compressions):
         return o.unsqueeze(0)
 
     def end_step(self):
-        """After the step's last layer (or its graph): compresses the prompts it
-        completed and publishes the pool."""
+        """After the step's last layer (or its graph): offers the prompt blocks it
+        completed to the prefix cache, compresses the prompts it completed and
+        publishes the pool."""
+        if self.use_prefix_sharing:
+            self._offer_prompts()
         self._compress_completed_prompts()
         if self._decoded:
             self._compress_during_decode()

@@ -56,16 +56,21 @@ class Compressions:
             windows = [self._windows.pop((r.request_id, layer), None)
                        for layer in range(self.shape.num_layers)]
             policy, budget = self._policies[r.request_id]
-            if r.compress_at <= policy.window or any(w is None for w in windows):
+            # A cached prefix stays whole: the policy compresses what follows it.
+            frozen = self._frozen.get(r.request_id, 0)
+            if r.compress_at - frozen <= policy.window or any(w is None for w in windows):
                 self._record(r.request_id, Skipped(
-                    f"prompt of {r.compress_at} tokens is not longer than the window "
-                    f"({policy.window})"))
+                    f"prompt of {r.compress_at} tokens" +
+                    (f" ({frozen} of them a cached prefix)" if frozen else "") +
+                    f" is not longer than the window ({policy.window})"))
                 continue
             observed = windows[0].shape[1]
             positions = torch.arange(r.compress_at - observed, r.compress_at, dtype=torch.int32,
                                      device=windows[0].device)
             began = time.perf_counter()
             try:
+                if frozen:
+                    self.engine.freeze_prefix(r.seq, frozen)
                 result = self.engine.compress(r.seq, policy, budget, windows, [positions],
                                               self._projections(policy))
             except (ValueError, RuntimeError, MemoryError) as error:
@@ -97,8 +102,10 @@ class Compressions:
             queries, positions = windows.window_of(r.request_id, r.past)
             began = time.perf_counter()
             try:
+                # The budget of what it has seen past its frozen prefix (on top of it).
+                seen = r.past + 1 - self._frozen.get(r.request_id, 0)
                 result = self.engine.compress(r.seq, policy,
-                                              headpage.budget_capacity(budget, r.past + 1),
+                                              headpage.budget_capacity(budget, seen),
                                               queries, [positions], self._projections(policy))
             except (ValueError, RuntimeError, MemoryError) as error:
                 self.totals["decode_skipped"] += 1

@@ -160,7 +160,8 @@ def _settle_engine_config(config):
     captures its own decode graphs: enable(cuda_graphs=True)), the decode fast
     path's compile config (headpage's steps take the varlen path), asynchronous
     batching (one step's bookkeeping at a time), CPU offloading (the pool budget and
-    preemption take its place), prefix sharing (docs/serving.md). Compilation of
+    preemption take its place) (docs/serving.md). Prefix sharing is headpage's own
+    (enable(prefix_caching=)), and transformers' allow_block_sharing turns it off. Compilation of
     the varlen path (default_compile_level, varlen_compile_config) is supported:
     the model is compiled around headpage's attention."""
     graphs = config.use_cuda_graph
@@ -177,7 +178,6 @@ def _settle_engine_config(config):
                          "decode graphs: enable(cuda_graphs=True))")
     config.use_cuda_graph = False
     config.use_async_batching = False
-    config.allow_block_sharing = False
 
 
 class ServingManager(ContinuousBatchingManager):
@@ -207,17 +207,21 @@ class ServingManager(ContinuousBatchingManager):
         enable(compress_every=)), compress_seconds,
         pool_budget_evictions, pages_evicted_by_pool_budget, starved (running
         requests the scheduler left out of a batch for want of pages), preemptions,
-        failures (requests the pool could never hold). Safe from any thread; the pool's
+        failures (requests the pool could never hold), prefix_hits and
+        prefix_hit_tokens (requests that started on cached blocks, and the prompt
+        tokens those spared), cached_pages and cached_only_pages (pages the prefix
+        cache holds, and of those the ones no request uses: free for the
+        taking). Safe from any thread; the pool's
         figures are as of the engine's last step or freed request.""" 
         cache, pressure = self.serving_cache, self.pool_pressure
         num_pages = self._cache_options["num_pages"]
         # The pool is read on the engine's thread only (the bindings refuse a
         # manager in use elsewhere): the cache publishes what it saw there.
-        pool = cache.pool_snapshot if cache is not None else dict(free_pages=num_pages,
-                                                                    sequences=0)
+        pool = cache.pool_snapshot if cache is not None else dict(
+            free_pages=num_pages, sequences=0, cached_pages=0, cached_only_pages=0)
         totals = dict(cache.totals) if cache is not None else dict.fromkeys(
             ("compressed", "skipped", "tokens_before", "tokens_after", "pages_freed",
-             "decode_compressions", "decode_pages_freed"), 0)
+             "decode_compressions", "decode_pages_freed", "prefix_hits", "prefix_hit_tokens"), 0)
         return dict(num_pages=num_pages, free_pages=pool["free_pages"],
                     sequences=pool["sequences"], compressed=totals["compressed"],
                     tokens_before=totals["tokens_before"], tokens_after=totals["tokens_after"],
@@ -230,7 +234,11 @@ class ServingManager(ContinuousBatchingManager):
                     pages_evicted_by_pool_budget=pressure.pages_evicted if pressure else 0,
                     starved=pressure.starved if pressure else 0,
                     preemptions=pressure.preemptions if pressure else 0,
-                    failures=pressure.failures if pressure else 0)
+                    failures=pressure.failures if pressure else 0,
+                    prefix_hits=totals["prefix_hits"],
+                    prefix_hit_tokens=totals["prefix_hit_tokens"],
+                    cached_pages=pool["cached_pages"],
+                    cached_only_pages=pool["cached_only_pages"])
 
     def add_request(self, input_ids, request_id=None, *args, policy=None, budget=None,
                     **kwargs):
@@ -311,6 +319,8 @@ class ServingManager(ContinuousBatchingManager):
         def make_cache(*args, continuous_batching_config=None, **kwargs):
             config = continuous_batching_config
             options = dict(self._cache_options)
+            # transformers' own switch for prefix sharing turns headpage's off too.
+            options["prefix_caching"] = options["prefix_caching"] and config.allow_block_sharing
             if options.pop("cuda_graphs"):
                 options["graph_rows"] = min(GRAPH_ROWS, config.max_requests_per_batch or GRAPH_ROWS,
                                             config.max_batch_tokens or DEFAULT_BATCH_TOKENS)
@@ -341,7 +351,7 @@ class ServingManager(ContinuousBatchingManager):
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
            protect_recent=16, pool_headroom=0.02, check_invariants=False, cuda_graphs=True,
-           compress_every=0):
+           compress_every=0, prefix_caching=True):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
@@ -353,12 +363,16 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     budget of the tokens it has seen, scored by its last `window` decode queries
     (N at least the policy's window). check_invariants (a debug run) proves the pool's bookkeeping
     after every step. On CUDA, with cuda_graphs, decode steps run as CUDA graphs
-    (headpage._decode_graphs). The arguments are checked now (ValueError,
-    TypeError, NotImplementedError)."""
+    (headpage._decode_graphs). With prefix_caching (and transformers'
+    allow_block_sharing, on by default), full prompt blocks stay cached after
+    their request and a request that starts with cached tokens starts on their
+    pages; a compressing policy keeps that shared prefix whole and compresses
+    the rest of the prompt to its budget. The arguments are checked now
+    (ValueError, TypeError, NotImplementedError)."""
     check_engine()
     options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget,
                    check_invariants=bool(check_invariants), cuda_graphs=bool(cuda_graphs),
-                   compress_every=compress_every)
+                   compress_every=compress_every, prefix_caching=bool(prefix_caching))
     model_shape(model, "headpage.serving")
     config, _ = resolve_policy(policy, budget)
     check_ints(1, num_pages=num_pages, page_size=page_size)

@@ -199,6 +199,17 @@ void DefEviction(nb::module_& m) {
            "floor_tokens in every stream and its protect_recent last tokens. Returns the "
            "pages freed, fewer when the floors stop it; ValueError for a negative argument.")
       .def(
+          "freeze_prefix",
+          [](Engine& e, SeqId seq, int64_t tokens) {
+            NotInUse(*e.manager);
+            ThrowIfError(e.engine.FreezePrefix(seq, tokens));
+          },
+          nb::arg("seq"), nb::arg("tokens"),
+          "The first `tokens` tokens of seq are shared (a cached prefix): every later "
+          "compression keeps them whole and in their pages, and the budget applies to the "
+          "rest of the prompt. A multiple of the page size, at most the tokens still at their "
+          "original slots; 0 lifts it.")
+      .def(
           "forget",
           [](Engine& e, SeqId seq) {
             NotInUse(*e.manager);
