@@ -13,9 +13,11 @@ usage (the H200 run of docs/serving.md):
 The model is an architecture with seeded random weights (end of sequence off, so
 every request runs its whole output length). Workloads: long-prompts (prompt
 lengths log-normal around --prompt-median, clamped to [--prompt-min,
---prompt-max], --output new tokens each) and long-generation (--prompt-median
+--prompt-max], --output new tokens each), long-generation (--prompt-median
 tokens each, long outputs; with --compress-every N the compressing
-configurations compress each request again after every N generated tokens). --rate 0 submits every request at once; a rate r > 0
+configurations compress each request again after every N generated tokens) and
+shared-prefix (one system prompt of --prefix-tokens tokens, then --prompt-median
+tokens of each request's own). --rate 0 submits every request at once; a rate r > 0
 submits them as a Poisson process of r requests a second.
 
 Each configuration runs in this process, one after another:
@@ -31,6 +33,9 @@ Each configuration runs in this process, one after another:
                         model compiled by torch.compile around the attention
                         (transformers' default_compile_level=1); a few short
                         requests compile it before the measured run
+  NAME+prefix           with prefix caching (transformers' allow_block_sharing:
+                        headpage's prefix cache, whose hits a compressing policy
+                        keeps whole while it compresses the rest of the prompt)
 For each: output tokens a second end to end and in the decode-only steps, running
 requests (peak, mean over time), TTFT and TPOT p50/p90, preemptions (headpage) or
 offloads and resets (transformers), seconds spent compressing, the decode
@@ -120,6 +125,9 @@ def make_requests(args, vocab):
     else:
         lengths = np.full(args.requests, args.prompt_median, dtype=int)
     prompts = [rng.integers(1, vocab, size=int(n)).tolist() for n in lengths]
+    if args.workload == "shared-prefix":
+        system = rng.integers(1, vocab, size=args.prefix_tokens).tolist()
+        prompts = [system + own for own in prompts]
     gaps = (rng.exponential(1.0 / args.rate, args.requests) if args.rate > 0
             else np.zeros(args.requests))
     return prompts, np.cumsum(gaps) - gaps[0]
@@ -164,23 +172,22 @@ def engine_config(args, config, bytes_per_token):
     common = dict(max_batch_tokens=args.max_batch_tokens,
                   max_requests_per_batch=args.max_requests_per_batch, auto_switch_to_flash=False,
                   use_async_batching=False, use_cuda_graph=False, max_memory_percent=None,
-                  default_compile_level=int("compile" in modes))
+                  default_compile_level=int("compile" in modes),
+                  allow_block_sharing="prefix" in modes)
     if name == "transformers":
         page = args.transformers_page_size
         blocks = int(args.kv_gib * (1 << 30) // (bytes_per_token * page))
-        return ContinuousBatchingConfig(page_size=page, num_blocks=blocks,
-                                        allow_block_sharing=False, **common)
-    return ContinuousBatchingConfig(page_size=args.page_size, num_blocks=1,
-                                    allow_block_sharing=False, **common)
+        return ContinuousBatchingConfig(page_size=page, num_blocks=blocks, **common)
+    return ContinuousBatchingConfig(page_size=args.page_size, num_blocks=1, **common)
 
 
 def config_modes(config):
     """(name, modes) of NAME[+MODE...]: the modes a set of "eager" and "compile"."""
     name, *modes = config.split("+")
-    unknown = set(modes) - {"eager", "compile"}
+    unknown = set(modes) - {"eager", "compile", "prefix"}
     if unknown:
         raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
-                         "(the modes are +eager and +compile)")
+                         "(the modes are +eager, +compile and +prefix)")
     if name == "transformers" and "eager" in modes:
         raise SystemExit(f"configuration '{config}': +eager is for headpage's graphs")
     return name, set(modes)
@@ -331,7 +338,10 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
                failures=manager.pool_pressure.failures,
                compressed=cache.totals["compressed"],
                decode_compressions=cache.totals["decode_compressions"],
-               decode_window_bytes=cache.decode_windows.bytes if cache.decode_windows else 0)
+               decode_window_bytes=cache.decode_windows.bytes if cache.decode_windows else 0,
+               prefix_hits=cache.totals["prefix_hits"],
+               prefix_hit_tokens=cache.totals["prefix_hit_tokens"],
+               cached_pages_at_end=cache.pool_snapshot["cached_pages"])
     graphs = manager.decode_graphs
     if graphs is not None:
         row.update(graph_captures=graphs.captures, graph_replays=graphs.replays,
@@ -426,8 +436,10 @@ def parse_args(argv):
     ap.add_argument("--page-size", type=int, default=16, help="headpage's page, in tokens")
     ap.add_argument("--transformers-page-size", type=int, default=256,
                     help="transformers' page (its default)")
-    ap.add_argument("--workload", choices=["long-prompts", "long-generation"],
+    ap.add_argument("--workload", choices=["long-prompts", "long-generation", "shared-prefix"],
                     default="long-prompts")
+    ap.add_argument("--prefix-tokens", type=int, default=4096,
+                    help="shared-prefix: the system prompt every request starts with")
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--prompt-median", type=int, default=4096)
     ap.add_argument("--prompt-sigma", type=float, default=0.5, help="log-normal sigma")

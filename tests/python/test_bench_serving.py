@@ -36,3 +36,19 @@ def test_the_serving_benchmark_runs_every_configuration(tmp_path):
     assert bench_serving.main(common + ["--arrivals-csv", str(arrivals)]) == 0
     lines = arrivals.read_text().splitlines()
     assert lines[0] == "arrival_s,prompt_len,output_len" and len(lines) == 7
+
+
+def test_the_shared_prefix_workload_hits_the_prefix_cache(tmp_path):
+    out = tmp_path / "prefix.json"
+    assert bench_serving.main([
+        "--model", "tiny", "--device", "cpu", "--dtype", "f32", "--requests", "5",
+        "--workload", "shared-prefix", "--prefix-tokens", "128", "--prompt-median", "96",
+        "--output", "8", "--max-batch-tokens", "192", "--kv-gib", "0.004",
+        "--configs", "full,full+prefix,uniform-snapkv:50%+prefix", "--out", str(out)]) == 0
+    rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["full"]["prefix_hits"] == 0
+    # The first request computes the system prompt; the later ones start on it.
+    for config in ("full+prefix", "uniform-snapkv:50%+prefix"):
+        assert rows[config]["requests"] == 5 and rows[config]["prefix_hits"] >= 3
+        assert rows[config]["prefix_hit_tokens"] >= 3 * 128
+    assert rows["uniform-snapkv:50%+prefix"]["compressed"] == 5
