@@ -17,8 +17,11 @@ lengths log-normal around --prompt-median, clamped to [--prompt-min,
 tokens each, long outputs; with --compress-every N the compressing
 configurations compress each request again after every N generated tokens) and
 shared-prefix (one system prompt of --prefix-tokens tokens, then --prompt-median
-tokens of each request's own). --rate 0 submits every request at once; a rate r > 0
-submits them as a Poisson process of r requests a second.
+tokens of each request's own) and multi-turn (--requests conversations of --turns
+turns after a common system prompt of --prefix-tokens tokens: each turn adds
+--prompt-median user tokens to the last turn's prompt and answer, and is sent when
+that answer is complete). --rate 0 submits every request (first turn) at once; a
+rate r > 0 submits them as a Poisson process of r requests a second.
 
 Each configuration runs in this process, one after another:
   full                  headpage at the full budget (same engine, same kernels)
@@ -125,12 +128,16 @@ def make_requests(args, vocab):
     else:
         lengths = np.full(args.requests, args.prompt_median, dtype=int)
     prompts = [rng.integers(1, vocab, size=int(n)).tolist() for n in lengths]
-    if args.workload == "shared-prefix":
+    followups = [[] for _ in prompts]  # each conversation's later user turns
+    if args.workload in ("shared-prefix", "multi-turn"):
         system = rng.integers(1, vocab, size=args.prefix_tokens).tolist()
         prompts = [system + own for own in prompts]
+    if args.workload == "multi-turn":
+        followups = [[rng.integers(1, vocab, size=args.prompt_median).tolist()
+                      for _ in range(args.turns - 1)] for _ in prompts]
     gaps = (rng.exponential(1.0 / args.rate, args.requests) if args.rate > 0
             else np.zeros(args.requests))
-    return prompts, np.cumsum(gaps) - gaps[0]
+    return prompts, np.cumsum(gaps) - gaps[0], followups
 
 
 class RunningSampler:
@@ -242,7 +249,8 @@ def warm_up(manager, args):
     return time.perf_counter() - began
 
 
-def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, roofline):
+def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_per_token,
+               roofline):
     import headpage.serving
     from transformers import GenerationConfig
 
@@ -293,19 +301,30 @@ def run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, r
     try:
         with RunningSampler(manager) as sampler:
             began = time.perf_counter()
-            ids, submitted = [], {}
-            for prompt, at in zip(prompts, arrivals):
+            # request -> (conversation, turn, prompt); a conversation's next turn is
+            # sent when its answer to the last one is complete.
+            submitted, turns_of = {}, {}
+
+            def submit(conversation, turn, prompt):
+                rid = manager.add_request(prompt, record_timestamps=True)
+                submitted[rid] = time.perf_counter()
+                turns_of[rid] = (conversation, turn, prompt)
+
+            for conversation, (prompt, at) in enumerate(zip(prompts, arrivals)):
                 wait = began + at - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
-                now = time.perf_counter()
-                ids.append(manager.add_request(prompt, record_timestamps=True))
-                submitted[ids[-1]] = now
-            for _ in ids:
+                submit(conversation, 0, prompt)
+            expected = sum(1 + len(f) for f in followups)
+            while len(results) < expected:
                 result = manager.get_result(timeout=args.timeout)
                 if result is None:
                     raise RuntimeError(f"{config}: no result within {args.timeout} s")
                 results[result.request_id] = result
+                conversation, turn, prompt = turns_of[result.request_id]
+                if turn < len(followups[conversation]) and not result.error:
+                    submit(conversation, turn + 1, prompt + list(result.generated_tokens)
+                           + followups[conversation][turn])
             elapsed = time.perf_counter() - began
     finally:
         manager.stop(block=True)
@@ -436,8 +455,9 @@ def parse_args(argv):
     ap.add_argument("--page-size", type=int, default=16, help="headpage's page, in tokens")
     ap.add_argument("--transformers-page-size", type=int, default=256,
                     help="transformers' page (its default)")
-    ap.add_argument("--workload", choices=["long-prompts", "long-generation", "shared-prefix"],
-                    default="long-prompts")
+    ap.add_argument("--workload", default="long-prompts",
+                    choices=["long-prompts", "long-generation", "shared-prefix", "multi-turn"])
+    ap.add_argument("--turns", type=int, default=4, help="multi-turn: turns a conversation")
     ap.add_argument("--prefix-tokens", type=int, default=4096,
                     help="shared-prefix: the system prompt every request starts with")
     ap.add_argument("--requests", type=int, default=128)
@@ -464,15 +484,17 @@ def parse_args(argv):
     ap.add_argument("--profile", metavar="CONFIG:FIRST:COUNT:FILE",
                     help="torch.profiler over COUNT engine steps of CONFIG from step FIRST")
     args = ap.parse_args(argv)
-    if args.prompt_min > args.prompt_max or args.requests < 1 or args.output < 1:
-        ap.error("want --prompt-min <= --prompt-max, --requests >= 1, --output >= 1")
+    if args.prompt_min > args.prompt_max or args.requests < 1 or args.output < 1 or args.turns < 1:
+        ap.error("want --prompt-min <= --prompt-max, --requests >= 1, --output >= 1, --turns >= 1")
+    if args.arrivals_csv and args.workload == "multi-turn":
+        ap.error("--arrivals-csv: a multi-turn workload's later turns depend on the answers")
     return args
 
 
 def write_arrivals(args, path):
     """The workload as the simulator's arrivals CSV, without building a model."""
     vocab = MODELS[args.model]["vocab_size"]
-    prompts, arrivals = make_requests(args, vocab)
+    prompts, arrivals, _ = make_requests(args, vocab)
     with open(path, "w") as f:
         f.write("arrival_s,prompt_len,output_len\n")
         for prompt, at in zip(prompts, arrivals):
@@ -491,10 +513,11 @@ def main(argv=None):
     bandwidth = copy_bandwidth(device)
     weights = weight_bytes_read(model)
     roofline = (weights, bandwidth) if bandwidth else None
-    prompts, arrivals = make_requests(args, model.config.vocab_size)
+    prompts, arrivals, followups = make_requests(args, model.config.vocab_size)
     header = dict(model=args.model, device=(torch.cuda.get_device_name(device)
                                             if device.type == "cuda" else "cpu"),
                   kv_gib=args.kv_gib, workload=args.workload, requests=args.requests,
+                  turns=args.turns if args.workload == "multi-turn" else 1,
                   prompt_tokens=sum(map(len, prompts)), output=args.output, rate=args.rate,
                   copy_bandwidth=bandwidth, weight_bytes_read=weights,
                   kv_bytes_per_token=bytes_per_token,
@@ -502,7 +525,8 @@ def main(argv=None):
     print(json.dumps(header), flush=True)
     rows = []
     for config in args.configs.split(","):
-        row = run_config(model, config, args, prompts, arrivals, shape, bytes_per_token, roofline)
+        row = run_config(model, config, args, prompts, arrivals, followups, shape, bytes_per_token,
+                         roofline)
         rows.append(row)
         brief = {k: v for k, v in row.items() if k not in ("series", "step_series")}
         print(json.dumps(brief), flush=True)

@@ -52,3 +52,20 @@ def test_the_shared_prefix_workload_hits_the_prefix_cache(tmp_path):
         assert rows[config]["requests"] == 5 and rows[config]["prefix_hits"] >= 3
         assert rows[config]["prefix_hit_tokens"] >= 3 * 128
     assert rows["uniform-snapkv:50%+prefix"]["compressed"] == 5
+
+
+def test_the_multi_turn_workload_sends_each_turn_after_the_last_answer(tmp_path):
+    out = tmp_path / "turns.json"
+    assert bench_serving.main([
+        "--model", "tiny", "--device", "cpu", "--dtype", "f32", "--requests", "3",
+        "--workload", "multi-turn", "--turns", "3", "--prefix-tokens", "64",
+        "--prompt-median", "40", "--output", "16", "--max-batch-tokens", "192",
+        "--kv-gib", "0.004", "--configs", "full,full+prefix", "--out", str(out)]) == 0
+    rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
+    for row in rows.values():
+        assert row["requests"] == 3 * 3 and row["output_tokens"] == 3 * 3 * 16
+    # Each later turn starts with the last turn's prompt and answer: with the
+    # cache, it starts on their blocks.
+    assert rows["full"]["prefix_hits"] == 0
+    assert rows["full+prefix"]["prefix_hits"] >= 3 * 2
+    assert rows["full+prefix"]["prefix_hit_tokens"] >= 3 * 2 * (64 + 40)
