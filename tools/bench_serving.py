@@ -39,6 +39,10 @@ Each configuration runs in this process, one after another:
   NAME+prefix           with prefix caching (transformers' allow_block_sharing:
                         headpage's prefix cache, whose hits a compressing policy
                         keeps whole while it compresses the rest of the prompt)
+  NAME+prefix+compressed  shared-prefix: each request names the system prompt as
+                        its compressed prefix, compressed once by the policy and
+                        shared by every later request (add_request(...,
+                        compressed_prefix=--prefix-tokens))
 For each: output tokens a second end to end and in the decode-only steps, running
 requests (peak, mean over time), TTFT and TPOT p50/p90, preemptions (headpage) or
 offloads and resets (transformers), seconds spent compressing, the decode
@@ -191,10 +195,12 @@ def engine_config(args, config, bytes_per_token):
 def config_modes(config):
     """(name, modes) of NAME[+MODE...]: the modes a set of "eager" and "compile"."""
     name, *modes = config.split("+")
-    unknown = set(modes) - {"eager", "compile", "prefix"}
+    unknown = set(modes) - {"eager", "compile", "prefix", "compressed"}
     if unknown:
         raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
-                         "(the modes are +eager, +compile and +prefix)")
+                         "(the modes are +eager, +compile, +prefix and +compressed)")
+    if "compressed" in modes and ("prefix" not in modes or name == "transformers"):
+        raise SystemExit(f"configuration '{config}': +compressed is headpage's, with +prefix")
     if name == "transformers" and "eager" in modes:
         raise SystemExit(f"configuration '{config}': +eager is for headpage's graphs")
     return name, set(modes)
@@ -305,8 +311,11 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
             # sent when its answer to the last one is complete.
             submitted, turns_of = {}, {}
 
+            shared = ({"compressed_prefix": args.prefix_tokens} if "compressed" in modes
+                      else {})
+
             def submit(conversation, turn, prompt):
-                rid = manager.add_request(prompt, record_timestamps=True)
+                rid = manager.add_request(prompt, record_timestamps=True, **shared)
                 submitted[rid] = time.perf_counter()
                 turns_of[rid] = (conversation, turn, prompt)
 
@@ -359,6 +368,7 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
                decode_compressions=cache.totals["decode_compressions"],
                decode_window_bytes=cache.decode_windows.bytes if cache.decode_windows else 0,
                prefix_hits=cache.totals["prefix_hits"],
+               compressed_prefix_hits=cache.totals["compressed_prefix_hits"],
                prefix_hit_tokens=cache.totals["prefix_hit_tokens"],
                cached_pages_at_end=cache.pool_snapshot["cached_pages"])
     graphs = manager.decode_graphs

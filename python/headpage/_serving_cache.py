@@ -17,6 +17,7 @@ from headpage._decode_windows import DecodeWindows
 from headpage._model import (DTYPES, check_compress_every, check_ints, make_arena, model_shape,
                              output_projections, pages_for_tokens, resolve_policy)
 from headpage._serving_compress import Compressions
+from headpage._serving_prefix import PrefixCaching, headwise_prefill_attention
 
 _log = logging.getLogger("headpage.serving")
 
@@ -112,14 +113,14 @@ class StepRecord(typing.NamedTuple):
                           # "rebuilt" (a layer copied whole) or "reset" (another batch)
 
 
-class ServingCache(Compressions):
+class ServingCache(Compressions, PrefixCaching):
     """What transformers' continuous-batching engine asks of its cache, answered
     from a headpage pool (duck-typed: the engine reads the attributes and calls
     the methods below; its own attention functions never see this object)."""
 
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
                  budget=None, check_invariants=False, request_policies=None, graph_rows=0,
-                 compress_every=0, prefix_caching=True):
+                 compress_every=0, prefix_caching=True, request_prefixes=None):
         shape = model_shape(model, "headpage.serving")
         if model.dtype not in DTYPES:
             raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
@@ -183,7 +184,13 @@ class ServingCache(Compressions):
         # Per request: its headpage sequence and engine state.
         self._seqs = {}
         self._compress_at = {}    # request -> length at which its prompt is compressed
-        self._hits = {}           # request -> (seq, cached tokens), matched but not admitted
+        self._hits = {}           # request -> (seq, cached tokens, compressed), matched, not admitted
+        # Compressed prefixes (PrefixCaching): request -> the prompt tokens it asked
+        # to compress once and share (filled by the manager), the prefixes kept, in
+        # least recently used order, and the requests computing one.
+        self.request_prefixes = request_prefixes if request_prefixes is not None else {}
+        self._compressed_prefixes = collections.OrderedDict()  # (salt, ids) -> seq
+        self._prefix_pending = {}  # request -> the key its compression will be kept under
         self._frozen = {}         # admitted request -> its cached prefix's tokens
         self._prompt_ids = {}     # admitted request -> its prompt's ids, offered to the cache
         self._offered = {}        # admitted request -> tokens it offered so far
@@ -218,7 +225,8 @@ class ServingCache(Compressions):
         self.compressions = collections.OrderedDict()
         self.totals = dict(compressed=0, skipped=0, tokens_before=0, tokens_after=0,
                            pages_freed=0, decode_compressions=0, decode_pages_freed=0,
-                           decode_skipped=0, prefix_hits=0, prefix_hit_tokens=0)
+                           decode_skipped=0, prefix_hits=0, prefix_hit_tokens=0,
+                           compressed_prefix_hits=0, compressed_prefixes=0)
         self._compressed = set()  # sequences whose prompt was compressed or skipped
         _log.info("headpage.serving: prefix caching is %s", "on: a compressed request keeps its "
                   "cached prefix whole" if self.use_prefix_sharing else "off")
@@ -256,29 +264,21 @@ class ServingCache(Compressions):
             self._promised_pages += need
         return fits
 
-    def room(self, need):
-        """Pages free and not promised to the step being scheduled, after
-        reclaiming unused cached blocks where fewer than `need` are."""
-        free = self.page_pool.free_pages - self._promised_pages
-        if free < need:
-            self.manager.reclaim_cached_pages(self._promised_pages + need)
-            free = self.page_pool.free_pages - self._promised_pages
-        return free
-
     def _admit(self, state):
         rid = state.request_id
-        seq, cached = self._hits.pop(rid, (None, 0))
+        seq, cached, compressed = self._hits.pop(rid, (None, 0, False))
         self._seqs[rid] = self.manager.add_sequence() if seq is None else seq
-        self._frozen[rid] = cached
+        # A hit on cached blocks is frozen at compression; a compressed prefix
+        # is compressed already.
+        self._frozen[rid] = 0 if compressed else cached
         if self.use_prefix_sharing:
             self._prompt_ids[rid] = state.initial_tokens
             self._offered[rid] = cached
         policy, budget = self.request_policies.get(rid, (self.policy, self.budget))
         self._policies[rid] = (policy, budget)
         self._compress_at[rid] = None
-        if budget is not None and policy.compresses:
-            self._compress_at[rid] = (
-                len(state.initial_tokens) - (1 if state.num_children > 0 else 0))
+        if budget is not None and policy.compresses and not compressed:
+            self._compress_at[rid] = self._compression_point(state)
             # A forked request's children share its pages: decode-time compression
             # would copy them all; it is for requests without children.
             if self.compress_every and state.num_children == 0:
@@ -289,67 +289,11 @@ class ServingCache(Compressions):
         free = self.manager.available_pages
         return free / self.page_pool.num_pages if relative else free
 
-    # -- prefix caching ---------------------------------------------------------------
-
-    def evict_cached_blocks(self):
-        """Under memory pressure: every unused cached block goes back to the pool."""
-        return self.manager.reclaim_cached_pages(self.page_pool.num_pages) > 0
-
-    def search_prefix_match(self, request_id, input_ids):
-        """For a request not yet admitted: starts it on the cached blocks of its
-        prompt (all but the last token, whose logits the step must compute) and
-        returns their tokens, which transformers then skips."""
-        if not self.use_prefix_sharing or request_id in self._seqs or request_id in self._hits:
-            return 0
-        seq, cached = self.manager.add_sequence_with_prefix(list(input_ids[:-1]))
-        if cached == 0:
-            self.manager.free(seq)
-            return 0
-        self._hits[request_id] = (seq, cached)
-        self.totals["prefix_hits"] += 1
-        self.totals["prefix_hit_tokens"] += cached
-        return cached
-
-    def count_new_complete_blocks(self, state, num_tokens):
-        if not self.use_prefix_sharing:
-            return {}
-        page = self.geometry.page_size
-        complete = (state.current_len() % page + num_tokens) // page
-        return {"full_attention": complete} if complete else {}
-
-    def mark_complete_blocks(self, state, blocks):
-        """After a step: a request that is not compressed offers the blocks its
-        generated tokens completed (the next turn of a chat starts with them).
-        Prompt blocks were offered at the end of the step that wrote them."""
-        rid = state.request_id
-        seq = self._seqs.get(rid)
-        if (not blocks or seq is None or self._compress_at.get(rid) is not None
-                or rid not in self._prompt_ids):
-            return
-        written = self.manager.num_tokens(seq)
-        if written // self.geometry.page_size > self._offered[rid] // self.geometry.page_size:
-            ids = (list(state.initial_tokens) + list(state.generated_tokens))[:written]
-            self.manager.cache_prefix(seq, ids)
-            self._offered[rid] = written
-
-    def _offer_prompts(self):
-        """Offers the prompt blocks the step's prefill rows completed, before any
-        of them is compressed (the cache keeps them uncompressed, for the next
-        request with this prefix)."""
-        page = self.geometry.page_size
-        for r in self._step:
-            ids = self._prompt_ids.get(r.request_id)
-            if r.is_decode or ids is None:
-                continue
-            written = min(len(ids), r.past + r.count)
-            if written // page > self._offered[r.request_id] // page:
-                self.manager.cache_prefix(r.seq, ids[:written])
-                self._offered[r.request_id] = written
-
     def free_blocks(self, request_id, no_cache=False):
         """The request is finished (or cancelled): its pages and its policy go."""
         self.release(request_id)
         self.request_policies.pop(request_id, None)
+        self.request_prefixes.pop(request_id, None)
 
     def release(self, request_id):
         """Frees the request's pages and state; it may be admitted again (a preempted
@@ -358,7 +302,7 @@ class ServingCache(Compressions):
         hit = self._hits.pop(request_id, None)
         if hit is not None:  # matched, never admitted
             self.manager.free(hit[0])
-        for table in (self._frozen, self._prompt_ids, self._offered):
+        for table in (self._frozen, self._prompt_ids, self._offered, self._prefix_pending):
             table.pop(request_id, None)
         self._compress_at.pop(request_id, None)
         self._policies.pop(request_id, None)
@@ -622,23 +566,20 @@ class ServingCache(Compressions):
             o = torch.nn.functional.scaled_dot_product_attention(
                 q, keys, values, is_causal=True, scale=scaling, enable_gqa=True)
         else:
-            table = self.manager.block_table(layer, [r.seq])
-            length = int(table.lens[0])
-            pages = torch.as_tensor(np.asarray(table.page_ids), dtype=torch.long,
-                                    device=query.device).view(self.shape.num_kv_heads, -1)
-            kv = torch.from_dlpack(self.arena.kv)
-            heads, dim = self.shape.num_kv_heads, self.shape.head_dim
-            keys = kv[pages, 0].reshape(1, heads, -1, dim)[:, :, :length]
-            values = kv[pages, 1].reshape(1, heads, -1, dim)[:, :, :length]
-            # A chunk after the first needs a bottom-right causal mask, which the
-            # fused kernels take without GQA: each KV head is repeated for its
-            # query heads (as fast as a boolean mask with GQA, on the H200).
-            group = self.shape.num_q_heads // heads
-            if group > 1:
-                keys = keys.repeat_interleave(group, 1)
-                values = values.repeat_interleave(group, 1)
-            o = torch.nn.functional.scaled_dot_product_attention(
-                q, keys, values, attn_mask=causal_lower_right(r.count, length), scale=scaling)
+            keys, values, lens = self._prefill_keys(layer, r, query)
+            if lens.min() != lens.max():  # a compressed prefix: head-wise lengths
+                o = headwise_prefill_attention(q, keys, values, lens, scaling)
+            else:
+                # A chunk after the first needs a bottom-right causal mask, which the
+                # fused kernels take without GQA: each KV head is repeated for its
+                # query heads (as fast as a boolean mask with GQA, on the H200).
+                group = self.shape.num_q_heads // self.shape.num_kv_heads
+                if group > 1:
+                    keys = keys.repeat_interleave(group, 1)
+                    values = values.repeat_interleave(group, 1)
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=causal_lower_right(r.count, int(lens[0])),
+                    scale=scaling)
         q, o = q[0], o[0]
         if r.observes:
             self._keep_window(layer, r, q)

@@ -83,6 +83,7 @@ class Compressions:
                              r.request_id, error)
             self.compress_seconds += time.perf_counter() - began
             self._record(r.request_id, result)
+            self._keep_compressed_prefix(r, result)
 
     def _compress_during_decode(self):
         """Compresses each request of the step that has generated another

@@ -108,8 +108,9 @@ def check_engine():
     need(ContinuousBatchingManager, ["_create_batch_processor", "switch_to_cb_friendly_attn",
                                      "add_request", "get_result", "start", "stop"],
          "ContinuousBatchingManager")
-    need(scheduler.Scheduler, ["finish_request", "add_waiting_request", "schedule_batch"],
-         "Scheduler")
+    need(scheduler.Scheduler, ["finish_request", "add_waiting_request", "schedule_batch",
+                               "_schedule_request"], "Scheduler")
+    need(RequestState, ["position_offset"], "RequestState")
     need(RequestState, ["create_equivalent_initial_request"], "RequestState")
     from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
     from transformers.generation.continuous_batching.model_runner import ModelRunner
@@ -193,6 +194,7 @@ class ServingManager(ContinuousBatchingManager):
         self.pool_pressure = None
         self.decode_graphs = None  # DecodeGraphs, on CUDA with cuda_graphs
         self._request_policies = {}  # request -> (PolicyConfig, budget) asked for it
+        self._request_prefixes = {}  # request -> the prefix it shares compressed
         self._ids_lock = threading.Lock()
         self._next_id = 0
         _settle_engine_config(args[2])
@@ -208,8 +210,10 @@ class ServingManager(ContinuousBatchingManager):
         pool_budget_evictions, pages_evicted_by_pool_budget, starved (running
         requests the scheduler left out of a batch for want of pages), preemptions,
         failures (requests the pool could never hold), prefix_hits and
-        prefix_hit_tokens (requests that started on cached blocks, and the prompt
-        tokens those spared), cached_pages and cached_only_pages (pages the prefix
+        prefix_hit_tokens (requests that started on cached blocks or a compressed
+        prefix, and the prompt tokens those spared), compressed_prefixes and
+        compressed_prefix_hits (compressed prefixes kept, and requests that started
+        on one), cached_pages and cached_only_pages (pages the prefix
         cache holds, and of those the ones no request uses: free for the
         taking). Safe from any thread; the pool's
         figures are as of the engine's last step or freed request.""" 
@@ -221,7 +225,8 @@ class ServingManager(ContinuousBatchingManager):
             free_pages=num_pages, sequences=0, cached_pages=0, cached_only_pages=0)
         totals = dict(cache.totals) if cache is not None else dict.fromkeys(
             ("compressed", "skipped", "tokens_before", "tokens_after", "pages_freed",
-             "decode_compressions", "decode_pages_freed", "prefix_hits", "prefix_hit_tokens"), 0)
+             "decode_compressions", "decode_pages_freed", "prefix_hits", "prefix_hit_tokens",
+             "compressed_prefix_hits", "compressed_prefixes"), 0)
         return dict(num_pages=num_pages, free_pages=pool["free_pages"],
                     sequences=pool["sequences"], compressed=totals["compressed"],
                     tokens_before=totals["tokens_before"], tokens_after=totals["tokens_after"],
@@ -237,14 +242,16 @@ class ServingManager(ContinuousBatchingManager):
                     failures=pressure.failures if pressure else 0,
                     prefix_hits=totals["prefix_hits"],
                     prefix_hit_tokens=totals["prefix_hit_tokens"],
+                    compressed_prefixes=totals["compressed_prefixes"],
+                    compressed_prefix_hits=totals["compressed_prefix_hits"],
                     cached_pages=pool["cached_pages"],
                     cached_only_pages=pool["cached_only_pages"])
 
     def add_request(self, input_ids, request_id=None, *args, policy=None, budget=None,
-                    **kwargs):
+                    compressed_prefix=None, **kwargs):
         try:
             return self._add_request(input_ids, request_id, *args, policy=policy, budget=budget,
-                                     **kwargs)
+                                     compressed_prefix=compressed_prefix, **kwargs)
         except RequestRefused:
             # transformers' server registers the request's result handler first: a
             # refused request must not leave it behind.
@@ -253,14 +260,20 @@ class ServingManager(ContinuousBatchingManager):
             raise
 
     def _add_request(self, input_ids, request_id=None, *args, policy=None, budget=None,
-                     **kwargs):
+                     compressed_prefix=None, **kwargs):
         """transformers' add_request, after checking that the request can ever be
         served, with its own `policy` and `budget` if given (by default the ones
-        enable() was given). RequestRefused (a ValueError), and nothing queued, for an
-        empty prompt,
+        enable() was given). compressed_prefix=N: the first N prompt tokens are a
+        prefix other requests share (a system prompt, a document): they are
+        compressed once by the policy, scored by their own last tokens, and kept;
+        every later request that names the same prefix, policy and budget starts
+        on it (its own tokens are not compressed). RequestRefused (a ValueError),
+        and nothing queued, for an empty prompt,
         one whose pages exceed the whole pool, a request that does not compress and
         whose prompt and new tokens exceed it, an unknown policy or a bad budget (in
-        the engine's loop it would stop every request)."""
+        the engine's loop it would stop every request), a compressed_prefix that is
+        not a whole number from 1 to the prompt's length less one, or is asked of
+        a request that does not compress, forks, or runs without prefix caching."""
         prompt = len(input_ids) if input_ids is not None else 0
         if prompt == 0:
             raise RequestRefused("headpage.serving: empty prompt")
@@ -297,18 +310,41 @@ class ServingManager(ContinuousBatchingManager):
                 + f" needs {pages} pages of {options['page_size']} tokens"
                 + (" before compression" if compresses else "")
                 + f"; the pool has {options['num_pages']}")
-        if chosen is None:
+        if compressed_prefix is not None:
+            self._check_compressed_prefix(compressed_prefix, prompt, compresses)
+        if chosen is None and compressed_prefix is None:
             return super().add_request(input_ids, request_id, *args, **kwargs)
         if request_id is None:
             with self._ids_lock:
                 self._next_id += 1
                 request_id = f"hp_req_{self._next_id}"
-        self._request_policies[request_id] = chosen
+        if chosen is not None:
+            self._request_policies[request_id] = chosen
+        if compressed_prefix is not None:
+            self._request_prefixes[request_id] = int(compressed_prefix)
         try:
             return super().add_request(input_ids, request_id, *args, **kwargs)
         except BaseException:
             self._request_policies.pop(request_id, None)
+            self._request_prefixes.pop(request_id, None)
             raise
+
+    def _check_compressed_prefix(self, tokens, prompt, compresses):
+        """RequestRefused unless a request may share `tokens` of its `prompt`
+        compressed."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens < prompt:
+            raise RequestRefused(f"headpage.serving: compressed_prefix must be a whole number "
+                                 f"from 1 to {prompt - 1} (the prompt less its last token), "
+                                 f"got {tokens!r}")
+        if not compresses:
+            raise RequestRefused("headpage.serving: compressed_prefix needs a policy that "
+                                 "compresses, and a budget")
+        if not self._cache_options["prefix_caching"]:
+            raise RequestRefused("headpage.serving: compressed_prefix needs prefix caching "
+                                 "(enable(prefix_caching=True))")
+        if (self.generation_config.num_return_sequences or 1) > 1:
+            raise RequestRefused("headpage.serving: compressed_prefix with "
+                                 "num_return_sequences > 1 is not supported")
 
     def switch_to_cb_friendly_attn(self, model, auto_switch_to_flash=True):
         if model.config._attn_implementation != ATTENTION:
@@ -325,7 +361,8 @@ class ServingManager(ContinuousBatchingManager):
                 options["graph_rows"] = min(GRAPH_ROWS, config.max_requests_per_batch or GRAPH_ROWS,
                                             config.max_batch_tokens or DEFAULT_BATCH_TOKENS)
             return ServingCache(self.model, config.max_batch_tokens,
-                                request_policies=self._request_policies, **options)
+                                request_policies=self._request_policies,
+                                request_prefixes=self._request_prefixes, **options)
 
         with _building:
             original = continuous_api.PagedAttentionCache
@@ -341,12 +378,28 @@ class ServingManager(ContinuousBatchingManager):
         if processor.cache.graph_rows:
             self.decode_graphs = DecodeGraphs(processor.cache, processor.model_runner,
                                               processor.inputs_and_outputs).install()
+        _stop_chunks_at_prefix_boundaries(processor.scheduler, processor.cache)
         options = self._pressure_options
         processor.offloading_manager = PoolPressure(
             processor.cache, processor.offloading_manager.scheduler, processor=processor,
             **options).install(processor.scheduler)
         self.pool_pressure = processor.offloading_manager
         return processor
+
+
+def _stop_chunks_at_prefix_boundaries(scheduler, cache):
+    """A request computing a compressed prefix has its prefill chunk end where
+    the prefix does (ServingCache.prefix_boundary), so that the prefix is
+    compressed before the rest of its prompt attends to it."""
+    schedule_request = scheduler._schedule_request
+
+    def schedule_request_to_boundary(state, request_tokens, token_budget, *args, **kwargs):
+        boundary = cache.prefix_boundary(state, len(request_tokens))
+        if boundary is not None:
+            token_budget = min(token_budget, boundary)
+        return schedule_request(state, request_tokens, token_budget, *args, **kwargs)
+
+    scheduler._schedule_request = schedule_request_to_boundary
 
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,

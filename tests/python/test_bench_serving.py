@@ -44,7 +44,8 @@ def test_the_shared_prefix_workload_hits_the_prefix_cache(tmp_path):
         "--model", "tiny", "--device", "cpu", "--dtype", "f32", "--requests", "5",
         "--workload", "shared-prefix", "--prefix-tokens", "128", "--prompt-median", "96",
         "--output", "8", "--max-batch-tokens", "192", "--kv-gib", "0.004",
-        "--configs", "full,full+prefix,uniform-snapkv:50%+prefix", "--out", str(out)]) == 0
+        "--configs", "full,full+prefix,uniform-snapkv:50%+prefix,"
+        "uniform-snapkv:50%+prefix+compressed", "--out", str(out)]) == 0
     rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["full"]["prefix_hits"] == 0
     # The first request computes the system prompt; the later ones start on it.
@@ -52,6 +53,9 @@ def test_the_shared_prefix_workload_hits_the_prefix_cache(tmp_path):
         assert rows[config]["requests"] == 5 and rows[config]["prefix_hits"] >= 3
         assert rows[config]["prefix_hit_tokens"] >= 3 * 128
     assert rows["uniform-snapkv:50%+prefix"]["compressed"] == 5
+    # The system prompt compressed once; the later requests start on it.
+    shared = rows["uniform-snapkv:50%+prefix+compressed"]
+    assert shared["requests"] == 5 and shared["compressed_prefix_hits"] >= 3
 
 
 def test_the_multi_turn_workload_sends_each_turn_after_the_last_answer(tmp_path):

@@ -4,6 +4,7 @@ that share a system prompt start on its cached pages, give transformers' tokens
 at the full budget, and under a compressing policy keep the shared prefix whole
 while their own tokens are compressed. On the CPU with a small random-weight
 Llama, and on a CUDA device where the build and the machine have one."""
+import numpy as np
 import pytest
 import torch
 from transformers import GenerationConfig
@@ -110,3 +111,88 @@ def test_prefix_caching_can_be_turned_off():
     manager, _ = run_manager(model, PROMPTS, 4, config=sharing_config())
     stats = manager.stats()
     assert stats["prefix_hits"] == 0 and stats["cached_pages"] == 0
+
+
+def test_headwise_prefill_attention_is_each_heads_own_causal_attention():
+    from headpage._serving_prefix import headwise_prefill_attention
+
+    torch.manual_seed(3)
+    heads, group, dim, count = 3, 2, 16, 5
+    lens = [9, 14, 6]
+    keys = torch.randn(1, heads, max(lens), dim)
+    values = torch.randn(1, heads, max(lens), dim)
+    q = torch.randn(1, heads * group, count, dim)
+    out = headwise_prefill_attention(q, keys, values, lens, 0.25)
+    for qh in range(heads * group):
+        h, n = qh // group, lens[qh // group]
+        for i in range(count):
+            visible = n - count + i + 1  # its stream's tokens up to its own
+            weights = torch.softmax(0.25 * keys[0, h, :visible] @ q[0, qh, i], 0)
+            assert torch.allclose(out[0, qh, i], weights @ values[0, h, :visible], atol=1e-5)
+
+
+def test_a_compressed_prefix_is_computed_once_and_shared(device, monkeypatch):
+    # Four requests name their 128-token system prompt as a compressed prefix:
+    # the first compresses it (ada-snapkv at 50%, each head its own length) before
+    # the rest of its prompt attends to it; the others start on a fork of it. The
+    # three with the same prompt give the same tokens.
+    compressed = []
+    record = headpage.serving.ServingCache._record
+
+    def recording(cache, request_id, result):
+        record(cache, request_id, result)
+        compressed.append((request_id, result))
+
+    monkeypatch.setattr(headpage.serving.ServingCache, "_record", recording)
+    model = headpage.serving.enable(small_model(device), num_pages=1024, policy="ada-snapkv",
+                                    budget="50%", check_invariants=True)
+    manager = model.init_continuous_batching(
+        generation_config=GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=-1),
+        continuous_batching_config=sharing_config())
+    manager.start()
+    try:
+        system = [(5 * i) % 100 + 20 for i in range(128)]
+        prompts = [system + OWN[k] for k in (0, 0, 1, 0)]
+        ids = [manager.add_request(prompts[0], compressed_prefix=len(system))]
+        first = manager.get_result(timeout=300)  # computed and kept before the others come
+        ids += [manager.add_request(p, compressed_prefix=len(system)) for p in prompts[1:]]
+        results = {r.request_id: r for r in (manager.get_result(timeout=300) for _ in ids[1:])}
+        results[first.request_id] = first
+        stats = manager.stats()
+        cache = manager.serving_cache
+    finally:
+        manager.stop(block=True)
+    got = [list(results[rid].generated_tokens) for rid in ids]
+    assert got[0] == got[1] == got[3] and len(got[2]) == 10
+    # Only the first request was compressed, and only its prefix (4 streams).
+    assert [rid for rid, _ in compressed] == [ids[0]]
+    assert compressed[0][1].tokens_before == 4 * len(system)
+    assert stats["compressed_prefix_hits"] == 3 and stats["compressed_prefixes"] == 1
+    (key, seq), = cache._compressed_prefixes.items()
+    lengths = np.asarray(cache.manager.stream_lengths(seq))
+    assert lengths.max() < len(system) and lengths.min() != lengths.max()
+    cache.manager.check_invariants()
+    # Under pressure the compressed prefix goes back to the pool with the blocks.
+    assert cache.evict_cached_blocks() and not cache._compressed_prefixes
+    assert cache.page_pool.free_pages == cache.page_pool.num_pages
+
+
+def test_a_compressed_prefix_is_refused_where_it_cannot_be_served():
+    model = headpage.serving.enable(small_model(), num_pages=1024, policy="ada-snapkv",
+                                    budget="50%")
+    manager = model.init_continuous_batching(
+        generation_config=GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1),
+        continuous_batching_config=sharing_config())
+    with pytest.raises(headpage.serving.RequestRefused, match="from 1 to"):
+        manager.add_request(PROMPTS[0], compressed_prefix=len(PROMPTS[0]))
+    with pytest.raises(headpage.serving.RequestRefused, match="whole number"):
+        manager.add_request(PROMPTS[0], compressed_prefix=2.5)
+    with pytest.raises(headpage.serving.RequestRefused, match="compresses"):
+        manager.add_request(PROMPTS[0], compressed_prefix=64, policy="full")
+    plain = headpage.serving.enable(small_model(), num_pages=1024, policy="ada-snapkv",
+                                    budget="50%", prefix_caching=False)
+    manager = plain.init_continuous_batching(
+        generation_config=GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1),
+        continuous_batching_config=sharing_config())
+    with pytest.raises(headpage.serving.RequestRefused, match="prefix caching"):
+        manager.add_request(PROMPTS[0], compressed_prefix=64)
