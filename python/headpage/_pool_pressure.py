@@ -71,8 +71,16 @@ class PoolPressure:
         pages it freed. It evicts only from compressed requests: the others have no
         scores."""
         extra = int(self.headroom * self.cache.page_pool.num_pages)
-        freed = self.cache.engine.enforce_pool_budget(deficit + extra, self.floor_tokens,
-                                                      self.protect_recent)
+        before = self.cache.page_pool.free_pages
+        try:
+            freed = self.cache.engine.enforce_pool_budget(deficit + extra, self.floor_tokens,
+                                                          self.protect_recent)
+        except MemoryError as error:
+            # A stream shared with a fork cannot compact in place and found no
+            # fresh pages: what the budget freed before it stays freed, and the
+            # caller preempts for the rest.
+            freed = self.cache.page_pool.free_pages - before
+            _log.warning("headpage.serving: the pool budget stopped short: %s", error)
         self.pages_evicted += freed
         self.cache.pool_evictions_this_step += 1
         return freed

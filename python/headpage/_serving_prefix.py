@@ -176,6 +176,9 @@ class PrefixCaching:
             return
         self._compressed_prefixes[key] = self.manager.fork(r.seq)
         self.totals["compressed_prefixes"] += 1
+        # Its pages are now shared, as a request starting on the prefix has them:
+        # like those, it has no scores for the pool budget to evict by.
+        self.engine.forget(r.seq)
 
     def _prefill_keys(self, layer, r, query):
         """K/V of request r's streams in `layer` for its prefill chunk, and the

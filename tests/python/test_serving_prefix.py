@@ -196,3 +196,26 @@ def test_a_compressed_prefix_is_refused_where_it_cannot_be_served():
         continuous_batching_config=sharing_config())
     with pytest.raises(headpage.serving.RequestRefused, match="prefix caching"):
         manager.add_request(PROMPTS[0], compressed_prefix=64)
+
+
+def test_compressed_prefixes_under_pool_pressure_serve_every_request(device):
+    # A pool for a few requests at once: the requests on the kept prefix share
+    # its pages and have no scores for the pool budget, so the newest ones are
+    # preempted and computed again; every request is served, and the invariants
+    # hold every step.
+    system = [(5 * i) % 100 + 20 for i in range(128)]
+    prompts = [system + OWN[k % 3] for k in range(10)]
+    model = headpage.serving.enable(small_model(device), num_pages=150, policy="ada-snapkv",
+                                    budget="50%", check_invariants=True)
+    manager = model.init_continuous_batching(
+        generation_config=GenerationConfig(max_new_tokens=24, do_sample=False, eos_token_id=-1),
+        continuous_batching_config=sharing_config())
+    manager.start()
+    try:
+        ids = [manager.add_request(p, compressed_prefix=len(system)) for p in prompts]
+        results = [manager.get_result(timeout=300) for _ in ids]
+        stats = manager.stats()
+    finally:
+        manager.stop(block=True)
+    assert all(r is not None and not r.error and len(r.generated_tokens) == 24 for r in results)
+    assert stats["compressed_prefix_hits"] >= 5
