@@ -191,6 +191,8 @@ class ServingCache(Compressions, PrefixCaching):
         self.request_prefixes = request_prefixes if request_prefixes is not None else {}
         self._compressed_prefixes = collections.OrderedDict()  # (salt, ids) -> seq
         self._prefix_pending = {}  # request -> the key its compression will be kept under
+        self._prefix_users = {}    # key -> live requests that run on that prefix
+        self._prefix_of = {}       # request -> the key of the prefix it runs on
         self._frozen = {}         # admitted request -> its cached prefix's tokens
         self._prompt_ids = {}     # admitted request -> its prompt's ids, offered to the cache
         self._offered = {}        # admitted request -> tokens it offered so far
@@ -304,6 +306,7 @@ class ServingCache(Compressions, PrefixCaching):
             self.manager.free(hit[0])
         for table in (self._frozen, self._prompt_ids, self._offered, self._prefix_pending):
             table.pop(request_id, None)
+        self._drop_prefix_user(request_id)
         self._compress_at.pop(request_id, None)
         self._policies.pop(request_id, None)
         self._decoded.discard(request_id)

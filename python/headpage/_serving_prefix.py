@@ -50,21 +50,37 @@ class PrefixCaching:
         free = self.page_pool.free_pages - self._promised_pages
         if free < need:
             self.manager.reclaim_cached_pages(self._promised_pages + need)
-            while self._compressed_prefixes and \
-                    self.page_pool.free_pages - self._promised_pages < need:
-                _, seq = self._compressed_prefixes.popitem(last=False)
-                self.manager.free(seq)
+            self._drop_unused_prefixes(lambda: self.page_pool.free_pages - self._promised_pages
+                                       >= need)
             free = self.page_pool.free_pages - self._promised_pages
         return free
 
     def evict_cached_blocks(self):
         """Under memory pressure: every unused cached block and every compressed
-        prefix goes back to the pool."""
+        prefix no request runs on goes back to the pool."""
         freed = self.manager.reclaim_cached_pages(self.page_pool.num_pages) > 0
-        while self._compressed_prefixes:
-            self.manager.free(self._compressed_prefixes.popitem()[1])
-            freed = True
+        return self._drop_unused_prefixes(lambda: False) or freed
+
+    def _drop_unused_prefixes(self, enough):
+        """Frees compressed prefixes that no live request started on, least
+        recently used first, until enough() holds; True if it freed one. One in
+        use would free next to nothing (its requests share its pages), and the
+        next request would compute it again."""
+        freed = False
+        for key in list(self._compressed_prefixes):
+            if enough():
+                break
+            if not self._prefix_users.get(key):
+                self.manager.free(self._compressed_prefixes.pop(key))
+                self._prefix_users.pop(key, None)
+                freed = True
         return freed
+
+    def _drop_prefix_user(self, request_id):
+        """release(): the request no longer runs on its compressed prefix."""
+        key = self._prefix_of.pop(request_id, None)
+        if key is not None:
+            self._prefix_users.get(key, set()).discard(request_id)
 
     # -- transformers' prefix sharing ------------------------------------------------
 
@@ -140,6 +156,8 @@ class PrefixCaching:
         self._compressed_prefixes.move_to_end(key)
         cached = self.request_prefixes[request_id]
         self._hits[request_id] = (self.manager.fork(seq), cached, True)
+        self._prefix_users.setdefault(key, set()).add(request_id)
+        self._prefix_of[request_id] = key
         self.totals["compressed_prefix_hits"] += 1
         self.totals["prefix_hit_tokens"] += cached
         return cached
@@ -175,6 +193,8 @@ class PrefixCaching:
         if not hasattr(result, "kept"):  # Skipped: the prompt stays whole, nothing to share
             return
         self._compressed_prefixes[key] = self.manager.fork(r.seq)
+        self._prefix_users.setdefault(key, set()).add(r.request_id)
+        self._prefix_of[r.request_id] = key
         self.totals["compressed_prefixes"] += 1
         # Its pages are now shared, as a request starting on the prefix has them:
         # like those, it has no scores for the pool budget to evict by.
