@@ -283,7 +283,7 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
             raise RuntimeError(f"{config}: the engine stopped before serving")
         time.sleep(0.01)
     processor = manager.batch_processor
-    if args.profile and config == args.profile.split(":")[0]:
+    if args.profile and config == args.profile.rsplit(":", 3)[0]:
         profile_steps(processor, args.profile)
     warm_up_seconds = warm_up(manager, args) if "compile" in modes else 0.0
     resets = [0]
@@ -383,7 +383,7 @@ def profile_steps(processor, spec):
     CONFIG:FIRST:COUNT:FILE) and writes the operators' table to FILE."""
     from torch.profiler import ProfilerActivity, profile
 
-    _, first, count, path = spec.split(":", 3)
+    _, first, count, path = spec.rsplit(":", 3)  # CONFIG may hold a colon
     first, count = int(first), int(count)
     step = processor._generation_step
     calls = [0]

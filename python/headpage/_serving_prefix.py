@@ -14,6 +14,7 @@ reads is the cache's), in two modes (docs/serving.md):
     fork of it, so the shared part is both deduplicated and compressed."""
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # The key transformers' batch preparation knows its one allocator by.
 _ALLOCATOR = "full_attention"
@@ -36,8 +37,12 @@ def headwise_prefill_attention(q, keys, values, lens, scaling):
         keys = keys.repeat_interleave(group, 1)
         values = values.repeat_interleave(group, 1)
         mask = mask.repeat_interleave(group, 0)
-    return torch.nn.functional.scaled_dot_product_attention(
-        q, keys, values, attn_mask=mask.unsqueeze(0), scale=scaling)
+    # Not cuDNN's attention, which PyTorch picks for a boolean mask on an H200: it
+    # builds a plan for every new shape (1.3 s the first time), and chunks of
+    # prefill come in many shapes. The memory-efficient kernel takes the mask.
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask.unsqueeze(0), scale=scaling)
 
 
 class PrefixCaching:
