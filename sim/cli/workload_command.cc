@@ -33,7 +33,8 @@ constexpr char kUsage[] =
     "                         [--budget B] [--profile uniform|skewed|trace:FILE] [--seed K]\n"
     "                         [--window W] [--geometry LxH] [--max-batch N] [--headroom F]\n"
     "                         [--small-stream-tokens T] [--compress-every N]\n"
-    "                         [--prefix-share F --prefix-tokens N [--prefix-cache]]\n"
+    "                         [--prefix-share F --prefix-tokens N [--prefix-cache]\n"
+    "                         [--compressed-prefix]]\n"
     "                         [--out metrics.csv] [--plot memory.png]\n"
     "       headpage workload --sweep [--policy X1,X2,...] [--page-size S1,S2,...] [--threads N] "
     "...\n"
@@ -80,6 +81,9 @@ constexpr char kUsage[] =
     "  --prefix-cache  cache full prompt blocks and start requests on the cached ones; a\n"
     "                  compressing policy then keeps a request's cached prefix whole and\n"
     "                  compresses the rest of its prompt to the budget\n"
+    "  --compressed-prefix  the common prefix is compressed once by the policy and every\n"
+    "                  request with it starts on that; its own tokens stay whole (the\n"
+    "                  serving engine's compressed_prefix)\n"
     "  --small-stream-tokens T  streams at most T tokens after compression count as small:\n"
     "                  their tail waste is reported apart (default 64)\n"
     "  --out FILE      the per-step series as CSV (--sweep: the summary rows)\n"
@@ -106,7 +110,7 @@ int RunWorkloadCommand(int argc, char** argv) {
           small = 64, compress_every = 0;
   double rate = std::numeric_limits<double>::infinity(), headroom = 0.02, prefix_share = 0.0;
   int64_t prefix_tokens = 0;
-  bool sweep = false, prefix_cache = false;
+  bool sweep = false, prefix_cache = false, compressed_prefix = false;
   FlagSet flags;
   flags.Switch("sweep", &sweep);
   flags.Text("dist", &dist);
@@ -132,6 +136,7 @@ int RunWorkloadCommand(int argc, char** argv) {
   flags.Number("prefix-share", &prefix_share);
   flags.Int("prefix-tokens", &prefix_tokens, /*min=*/0);
   flags.Switch("prefix-cache", &prefix_cache);
+  flags.Switch("compressed-prefix", &compressed_prefix);
   if (const std::optional<int> exit = ParseFlags(flags, argc, argv, command, kUsage)) return *exit;
 
   // What the flags name.
@@ -187,6 +192,7 @@ int RunWorkloadCommand(int argc, char** argv) {
   options.prefix_share = prefix_share;
   options.prefix_tokens = static_cast<int32_t>(std::min<int64_t>(prefix_tokens, 1 << 30));
   options.prefix_cache = prefix_cache;
+  options.compressed_prefix = compressed_prefix;
   options.window = static_cast<int32_t>(std::min<int64_t>(window, 1 << 30));
   options.small_stream_tokens = static_cast<int32_t>(std::min<int64_t>(small, 1 << 30));
   if (pool_pages < 0) {

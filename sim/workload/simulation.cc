@@ -206,7 +206,8 @@ absl::Status Simulation::Decode(WorkloadStep* step) {
 }
 
 absl::Status Simulation::CompressSeen(const Running& r) {
-  if (o_.policy == WorkloadPolicy::kNone || o_.policy == WorkloadPolicy::kPoolPressure) {
+  if (o_.policy == WorkloadPolicy::kNone || o_.policy == WorkloadPolicy::kPoolPressure ||
+      r.on_compressed_prefix) {  // the engine keeps such a request's own tokens whole
     return absl::OkStatus();
   }
   const int32_t heads = o_.geometry.num_kv_heads;
@@ -243,6 +244,54 @@ absl::Status Simulation::Preempt(size_t index, WorkloadStep* step) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<SeqId> Simulation::CompressedPrefix(int64_t tokens) {
+  if (compressed_prefix_ != 0) return compressed_prefix_;
+  if (!pool_->CanAllocate(PromptPages(tokens))) return SeqId{0};
+  const SeqId seq = manager_.AddSequence();
+  HEADPAGE_RETURN_IF_ERROR(manager_.ReserveWithoutSlots(seq, tokens, &copies_));
+  HEADPAGE_RETURN_IF_ERROR(KeptAfterFrozen(tokens, 0));
+  const int32_t heads = o_.geometry.num_kv_heads;
+  for (int32_t l = 0; l < o_.geometry.num_layers; ++l) {
+    layer_kept_.assign(kept_.begin() + static_cast<ptrdiff_t>(l) * heads,
+                       kept_.begin() + static_cast<ptrdiff_t>(l + 1) * heads);
+    HEADPAGE_RETURN_IF_ERROR(manager_.Evict(seq, l, layer_kept_, &plan_));
+  }
+  manager_.ReleaseRetiredPages();
+  plan_.Clear();
+  compressed_prefix_ = seq;
+  return seq;
+}
+
+absl::StatusOr<bool> Simulation::AdmitOnCompressedPrefix(size_t q, int64_t tokens, double now,
+                                                         WorkloadStep* step) {
+  const int64_t shared = shared_prefix_[q];
+  HEADPAGE_ASSIGN_OR_RETURN(const SeqId prefix, CompressedPrefix(shared));
+  if (prefix == 0) return false;
+  // Its own tokens, and a copy of each stream's shared partial tail page.
+  if (!pool_->CanAllocate(PromptPages(tokens - shared) + streams_)) return false;
+  HEADPAGE_ASSIGN_OR_RETURN(const SeqId seq, manager_.Fork(prefix));
+  if (const absl::Status reserved = manager_.ReserveWithoutSlots(seq, tokens - shared, &copies_);
+      !reserved.ok()) {
+    HEADPAGE_RETURN_IF_ERROR(manager_.Free(seq));
+    if (absl::IsResourceExhausted(reserved)) return false;
+    return reserved;
+  }
+  copies_.clear();
+  waiting_.pop_front();
+  ++sum_.prefix_hits;
+  sum_.prefix_hit_tokens += shared;
+  admitted_at_[q] = generated_[q];
+  if (generated_[q] > 0) sum_.recomputed_tokens += tokens - shared;
+  if (first_admit_s_[q] < 0) first_admit_s_[q] = now;
+  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_.StreamLengths(seq));
+  for (const uint32_t len : lens) prompt_kept_ += static_cast<double>(len) - generated_[q];
+  admitted_streams_ += streams_;
+  prompt_tokens_ += static_cast<double>(requests_[q].prompt_len) * streams_;
+  running_.push_back({q, seq, false, 0, true});
+  ++step->admitted;
+  return true;
+}
+
 absl::Status Simulation::Admit(double now, WorkloadStep* step) {
   int64_t prefill_tokens = 0;
   const int32_t heads = o_.geometry.num_kv_heads;
@@ -251,6 +300,15 @@ absl::Status Simulation::Admit(double now, WorkloadStep* step) {
     const WorkloadRequest& r = requests_[q];
     const int32_t generated = generated_[q];
     const int64_t tokens = static_cast<int64_t>(r.prompt_len) + generated;
+    if (o_.compressed_prefix && shared_prefix_[q] > 0 && shared_prefix_[q] < tokens) {
+      if (step->admitted > 0 && prefill_tokens + tokens - shared_prefix_[q] > o_.max_prefill_tokens) {
+        break;
+      }
+      HEADPAGE_ASSIGN_OR_RETURN(const bool admitted, AdmitOnCompressedPrefix(q, tokens, now, step));
+      if (!admitted) break;
+      prefill_tokens += tokens - shared_prefix_[q];
+      continue;
+    }
     // With the prefix cache, the prompt's cached blocks (all but its last
     // token's: the engine computes that one) cost no page and no prefill.
     const bool cache = o_.prefix_cache;
@@ -375,6 +433,8 @@ absl::StatusOr<int64_t> Simulation::RelievePressure(int64_t pages_to_free, Workl
   std::vector<size_t> offsets{0};
   std::vector<int32_t> floors;
   for (size_t i = 0; i < running_.size(); ++i) {
+    // A request on the compressed prefix has no scores (its pages are shared).
+    if (running_[i].on_compressed_prefix) continue;
     const WorkloadRequest& r = requests_[running_[i].request];
     HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens,
                               manager_.StreamLengths(running_[i].seq));

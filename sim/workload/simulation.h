@@ -51,6 +51,7 @@ class Simulation {
     SeqId seq;
     bool finished = false;
     int64_t frozen = 0;  // leading tokens on cached pages, never compressed
+    bool on_compressed_prefix = false;  // started on a fork of the compressed prefix
   };
 
   absl::Status Decode(WorkloadStep* step);
@@ -71,6 +72,14 @@ class Simulation {
   // The kept counts of a stream compressed with its first `frozen` tokens
   // whole: those, plus the policy's share of the `prompt` - frozen after them.
   absl::Status KeptAfterFrozen(int64_t prompt, int64_t frozen);
+  // Options::compressed_prefix: the common prefix of `tokens` tokens,
+  // compressed, in a sequence of its own (made on first use); 0 when the pool
+  // cannot hold it now.
+  absl::StatusOr<SeqId> CompressedPrefix(int64_t tokens);
+  // Admits request q on a fork of the compressed prefix; false (nothing
+  // changed) when the pool cannot take it now.
+  absl::StatusOr<bool> AdmitOnCompressedPrefix(size_t q, int64_t tokens, double now,
+                                               WorkloadStep* step);
 
   const std::vector<WorkloadRequest>& requests_;
   const HeadProfile& profile_;
@@ -93,6 +102,7 @@ class Simulation {
   std::vector<int32_t> layer_kept_;
   std::vector<int32_t> shared_prefix_;  // [request] tokens of the common prefix it starts with
   std::vector<int32_t> token_ids_;      // TokenIds()' buffer
+  SeqId compressed_prefix_ = 0;         // CompressedPrefix()'s, 0 until made
 
   WorkloadSummary sum_;
   // Tallies for the ratios of the summary.

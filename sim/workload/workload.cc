@@ -75,6 +75,12 @@ absl::Status ValidateOptions(const WorkloadOptions& o, const HeadProfile& profil
                                                    " must be in [0, 1] and prefix tokens (",
                                                    o.prefix_tokens, ") >= 0"));
   }
+  if (o.compressed_prefix && (o.policy == WorkloadPolicy::kNone ||
+                              o.policy == WorkloadPolicy::kPoolPressure)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "workload: a compressed prefix needs a policy that compresses, not ",
+        WorkloadPolicyName(o.policy)));
+  }
   if (o.window < -1) {
     return absl::InvalidArgumentError(absl::StrCat("workload: window ", o.window, " is negative"));
   }

@@ -139,6 +139,10 @@ struct WorkloadOptions {
   double prefix_share = 0.0;
   int32_t prefix_tokens = 0;
   bool prefix_cache = false;
+  // The serving engine's mode (b) instead: the common prefix is compressed once
+  // by the policy and every request with it starts on a fork of that; the
+  // request's own tokens are kept whole. Needs a compressing policy.
+  bool compressed_prefix = false;
   bool record_steps = true;       // keep the per-step series
   bool check_invariants = false;  // BlockManager::CheckInvariants() after every step (tests)
 };

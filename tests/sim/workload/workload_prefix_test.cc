@@ -88,6 +88,23 @@ TEST_CASE("Workload prefix: compression keeps the cached prefix whole", "[sim][w
   REQUIRE(s.kept_fraction == Approx((kept36 + 2 * (16 + kept20)) / (3 * 36)));
 }
 
+TEST_CASE("Workload prefix: a compressed prefix is computed once and shared",
+          "[sim][workload]") {
+  // Prompts of 16 shared + 20 own tokens, uniform 50% with a window of 4: the
+  // prefix keeps 8 of its 16 tokens in each stream, once; every request starts
+  // on it and keeps its own 20 tokens whole: 28 of 36.
+  WorkloadOptions o = Shared(400, false);
+  o.compressed_prefix = true;
+  o.policy = WorkloadPolicy::kUniform;
+  o.budget = Budget::Fraction(0.5);
+  o.window = 4;
+  const WorkloadSummary s = Run(Fixed(3, 36, 1), o);
+  REQUIRE(s.completed == 3);
+  REQUIRE(s.prefix_hits == 3);
+  REQUIRE(s.prefix_hit_tokens == 3 * 16);
+  REQUIRE(s.kept_fraction == Approx(28.0 / 36));
+}
+
 TEST_CASE("Workload prefix: bad options are refused", "[sim][workload]") {
   WorkloadOptions o = Shared(64, true);
   auto profile = HeadProfile::Uniform(o.geometry);
@@ -99,6 +116,10 @@ TEST_CASE("Workload prefix: bad options are refused", "[sim][workload]") {
   o.prefix_tokens = -1;
   REQUIRE_ERROR(RunWorkload(Fixed(1, 8, 1), *profile, o), absl::StatusCode::kInvalidArgument,
                 "prefix tokens");
+  o.prefix_tokens = 4;
+  o.compressed_prefix = true;  // with the default policy, none
+  REQUIRE_ERROR(RunWorkload(Fixed(1, 8, 1), *profile, o), absl::StatusCode::kInvalidArgument,
+                "needs a policy that compresses");
 }
 
 }  // namespace
