@@ -329,7 +329,9 @@ absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
   if (rows > 0) {
     keep_offsets_.resize(rows);
     for (int32_t r = 0; r < rows; ++r) {
-      // A row starts past the frozen tokens, whose keep entries come first.
+      // A row starts past the frozen tokens, whose keep entries come first:
+      // the device selection keeps them as sinks (Protection), so the first
+      // `frozen` entries are 0..frozen-1 by construction, unchecked here.
       keep_offsets_[r] = offsets[plan_.rows[r].layer * heads + plan_.rows[r].kv_head] + frozen;
     }
     int32_t* p = At<int32_t>(pinned_.data(), h_plan);

@@ -72,12 +72,14 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
       HEADPAGE_RETURN_IF_ERROR(policy::AccumulateAttention(keys, GroupOf(queries[layer], g, h),
                                                            config.reduce, absl::MakeSpan(scores)));
       // H2O's streaming eviction: back to the capacity, dropping the lowest
-      // accumulated attention outside the recent half.
+      // accumulated attention outside the recent half (of the capacity past a
+      // frozen prefix, which the capacity holds on top, as Prepare sets it).
       const int32_t capacity = state.capacity[st];
       if (config.evicts_while_decoding && capacity > 0 && n > capacity) {
+        const int32_t recent =
+            config.recent_half ? std::max(capacity - state.frozen, 0) / 2 : config.window;
         const StreamScores stream{scores, absl::MakeConstSpan(keys.positions, n),
-                                  policy::Protection{std::max(config.sinks, state.frozen),
-                                                     config.recent_half ? capacity / 2 : config.window}};
+                                  policy::Protection{std::max(config.sinks, state.frozen), recent}};
         HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(stream, capacity, &keep_sets[h]));
         over_capacity = true;
       } else {

@@ -283,7 +283,9 @@ class ServingCache(Compressions, PrefixCaching):
             self._compress_at[rid] = self._compression_point(state)
             # A forked request's children share its pages: decode-time compression
             # would copy them all; it is for requests without children.
-            if self.compress_every and state.num_children == 0:
+            # A request computing a compressed prefix keeps its own tokens whole.
+            if self.compress_every and state.num_children == 0 and \
+                    rid not in self.request_prefixes:
                 self._decoded.add(rid)
 
     def compute_free_capacity(self, relative=True):
@@ -330,7 +332,8 @@ class ServingCache(Compressions, PrefixCaching):
                                   cached_only_pages=stats.pages_cached_only)
 
     def free_all_requests(self, clear_ledgers=False):
-        for request_id in list(self._seqs):
+        # Matched but not yet admitted requests hold a sequence too.
+        for request_id in list(self._seqs) + list(self._hits):
             self.free_blocks(request_id)
 
     def reset(self):

@@ -56,8 +56,11 @@ class Compressions:
             windows = [self._windows.pop((r.request_id, layer), None)
                        for layer in range(self.shape.num_layers)]
             policy, budget = self._policies[r.request_id]
-            # A cached prefix stays whole: the policy compresses what follows it.
+            # A cached prefix stays whole: the policy compresses what follows it,
+            # now and in any later compression (even when this one is skipped).
             frozen = self._frozen.get(r.request_id, 0)
+            if frozen:
+                self.engine.freeze_prefix(r.seq, frozen)
             if r.compress_at - frozen <= policy.window or any(w is None for w in windows):
                 self._record(r.request_id, Skipped(
                     f"prompt of {r.compress_at} tokens" +
@@ -69,8 +72,6 @@ class Compressions:
                                      device=windows[0].device)
             began = time.perf_counter()
             try:
-                if frozen:
-                    self.engine.freeze_prefix(r.seq, frozen)
                 result = self.engine.compress(r.seq, policy, budget, windows, [positions],
                                               self._projections(policy))
             except (ValueError, RuntimeError, MemoryError) as error:

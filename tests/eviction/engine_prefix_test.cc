@@ -133,6 +133,28 @@ TEST_CASE("EvictionEngine: the pool budget keeps a frozen prefix", "[eviction][p
   REQUIRE_OK(f.manager().CheckInvariants());
 }
 
+TEST_CASE("EvictionEngine: H2O's decode-time eviction keeps a frozen prefix", "[eviction][prefix]") {
+  // Capacity 64 + 20 (the own tokens' budget, its half recent); each decode
+  // step evicts back to it, never below the prefix.
+  EngineFixture f;
+  const Shared s = MakeShared(f);
+  auto config = PolicyByName("h2o");
+  REQUIRE_OK(config);
+  const int32_t len = kPrefix + kOwn;
+  REQUIRE_OK(f.engine().Compress(s.second, *config, Budget::TokensPerHead(20), f.Queries(len, 0)));
+  for (int32_t step = 0; step < 6; ++step) {
+    f.Append(s.second, 1);
+    REQUIRE_OK(f.engine().ObserveDecode(s.second, *config, f.Queries(1, len + step)));
+    for (int32_t st = 0; st < kLayers * kHeads; ++st) {
+      const std::vector<int32_t> held = f.CheckStream(s.second, st / kHeads, st % kHeads);
+      REQUIRE(held.size() == static_cast<size_t>(kPrefix + 20));
+      for (int32_t i = 0; i < kPrefix; ++i) REQUIRE(held[i] == i);
+      REQUIRE(held.back() == len + step);  // the newest token, in the recent half
+    }
+  }
+  REQUIRE_OK(f.manager().CheckInvariants());
+}
+
 TEST_CASE("EvictionEngine: FreezePrefix refuses what is not an intact page-aligned prefix",
           "[eviction][prefix]") {
   EngineFixture f;

@@ -49,6 +49,11 @@ def test_shared_prefixes_start_on_cached_pages_and_give_transformers_tokens(devi
     cache = manager.serving_cache
     assert stats["cached_pages"] > 0 and stats["cached_only_pages"] == stats["cached_pages"]
     assert cache.manager.available_pages == cache.page_pool.num_pages
+    # A request matched but never admitted holds a sequence; a reset frees it.
+    assert cache.search_prefix_match("late", PROMPTS[0]) >= len(SYSTEM)
+    assert cache.manager.num_sequences == 1
+    cache.reset()
+    assert cache.manager.num_sequences == 0 and not cache._hits
     assert cache.evict_cached_blocks() and cache.page_pool.free_pages == cache.page_pool.num_pages
     cache.manager.check_invariants()
 
