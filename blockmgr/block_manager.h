@@ -216,6 +216,8 @@ class BlockManager {
   // Free pages, plus those that reclaiming every unused cached block would free:
   // what an admission decision may count on.
   int64_t AvailablePages() const { return pool_->free_pages() + cache_only_pages_; }
+  // Pages the prefix cache holds a reference to (Stats().pages_cached, in O(1)).
+  int64_t CachedPages() const { return cached_pages_; }
 
   bool Contains(SeqId seq) const { return seqs_.contains(seq); }
   // Whether every page of `seq` is held by its own stream alone (no fork shares
@@ -314,8 +316,6 @@ class BlockManager {
     if (need > pool_->free_pages()) ReclaimCachedPages(need);
     return need <= pool_->free_pages();
   }
-  absl::Status EvictImpl(SeqId seq, int32_t layer, absl::Span<const int32_t> kept_counts,
-                         int64_t frozen_tokens, CompactionPlan* plan);
   // A stream of `len` tokens held in `pages` stops holding pages[from..]: they
   // are retired (appended to retired_) in one call per stream, not per page.
   // `sole_holder`: SoleHolder() of the stream's sequence.

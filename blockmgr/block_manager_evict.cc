@@ -22,17 +22,11 @@ void AppendPages(const std::vector<PageId>& pages, int64_t from, std::vector<int
 
 absl::Status BlockManager::Evict(SeqId seq, int32_t layer, absl::Span<const int32_t> kept_counts,
                                  CompactionPlan* plan) {
-  return EvictImpl(seq, layer, kept_counts, 0, plan);
+  return Evict(seq, layer, kept_counts, 0, plan);
 }
 
 absl::Status BlockManager::Evict(SeqId seq, int32_t layer, absl::Span<const int32_t> kept_counts,
                                  int64_t frozen_tokens, CompactionPlan* plan) {
-  return EvictImpl(seq, layer, kept_counts, frozen_tokens, plan);
-}
-
-absl::Status BlockManager::EvictImpl(SeqId seq, int32_t layer,
-                                     absl::Span<const int32_t> kept_counts, int64_t frozen_tokens,
-                                     CompactionPlan* plan) {
   HEADPAGE_ASSIGN_OR_RETURN(Sequence* s, Find(seq));
   const int32_t num_heads = geometry_.num_kv_heads;
   if (layer < 0 || layer >= geometry_.num_layers) {

@@ -12,17 +12,30 @@
 #include "core/status.h"
 
 namespace headpage {
+namespace {
 
-int64_t BlockManager::CachedPrefixTokens(absl::Span<const int32_t> tokens, uint64_t salt) const {
+// Walks the hash chain of `tokens`' full blocks through `cache` (a const or
+// mutable BlockManager::cache_), calling on_block(block) for each cached one
+// until the first that is not. Returns the tokens matched.
+template <typename Cache, typename OnBlock>
+int64_t WalkCachedChain(Cache& cache, absl::Span<const int32_t> tokens, uint64_t salt,
+                        int64_t page_size, OnBlock on_block) {
   PrefixBlockKey key{0, salt, {}};
   int64_t matched = 0;
-  for (; matched + page_size_ <= static_cast<int64_t>(tokens.size()); matched += page_size_) {
-    key.tokens.assign(tokens.begin() + matched, tokens.begin() + matched + page_size_);
-    const auto it = cache_.find(key);
-    if (it == cache_.end()) break;
+  for (; matched + page_size <= static_cast<int64_t>(tokens.size()); matched += page_size) {
+    key.tokens.assign(tokens.begin() + matched, tokens.begin() + matched + page_size);
+    const auto it = cache.find(key);
+    if (it == cache.end()) break;
+    on_block(it->second);
     key.parent = it->second.id;
   }
   return matched;
+}
+
+}  // namespace
+
+int64_t BlockManager::CachedPrefixTokens(absl::Span<const int32_t> tokens, uint64_t salt) const {
+  return WalkCachedChain(cache_, tokens, salt, page_size_, [](const CachedBlock&) {});
 }
 
 BlockManager::PrefixHit BlockManager::AddSequenceWithPrefix(absl::Span<const int32_t> tokens,
@@ -30,14 +43,8 @@ BlockManager::PrefixHit BlockManager::AddSequenceWithPrefix(absl::Span<const int
   PrefixHit hit;
   hit.seq = AddSequence();
   Sequence* s = seqs_.at(hit.seq).get();
-  PrefixBlockKey key{0, salt, {}};
-  for (int64_t at = 0; at + page_size_ <= static_cast<int64_t>(tokens.size()); at += page_size_) {
-    key.tokens.assign(tokens.begin() + at, tokens.begin() + at + page_size_);
-    const auto it = cache_.find(key);
-    if (it == cache_.end()) break;
-    s->blocks.push_back(&it->second);
-    key.parent = it->second.id;
-  }
+  WalkCachedChain(cache_, tokens, salt, page_size_,
+                  [s](CachedBlock& block) { s->blocks.push_back(&block); });
   if (s->blocks.empty()) return hit;
 
   // One pass over the pages before they gain this stream as a holder: a page

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from headpage.hf import Skipped
+
 # The key transformers' batch preparation knows its one allocator by.
 _ALLOCATOR = "full_attention"
 
@@ -193,9 +195,8 @@ class PrefixCaching:
         """After request r's prefix was compressed: a fork of it is kept for the
         requests that start with it (unless another request kept one first)."""
         key = self._prefix_pending.pop(r.request_id, None)
-        if key is None or isinstance(result, Exception) or key in self._compressed_prefixes:
-            return
-        if not hasattr(result, "kept"):  # Skipped: the prompt stays whole, nothing to share
+        # Skipped: the prompt stays whole, nothing to share.
+        if key is None or isinstance(result, Skipped) or key in self._compressed_prefixes:
             return
         self._compressed_prefixes[key] = self.manager.fork(r.seq)
         self._prefix_users.setdefault(key, set()).add(r.request_id)

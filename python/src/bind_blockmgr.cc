@@ -314,6 +314,11 @@ void DefBlockManager(nb::module_& m) {
                      NotInUse(bm);
                      return bm.AvailablePages();
                    })
+      .def_prop_ro("cached_pages",
+                   [](const BlockManager& bm) {
+                     NotInUse(bm);
+                     return bm.CachedPages();
+                   })
       .def("release_retired_pages",
            [](BlockManager& bm) {
              NotInUse(bm);

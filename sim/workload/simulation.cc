@@ -281,15 +281,39 @@ absl::StatusOr<bool> Simulation::AdmitOnCompressedPrefix(size_t q, int64_t token
   ++sum_.prefix_hits;
   sum_.prefix_hit_tokens += shared;
   admitted_at_[q] = generated_[q];
-  if (generated_[q] > 0) sum_.recomputed_tokens += tokens - shared;
-  if (first_admit_s_[q] < 0) first_admit_s_[q] = now;
-  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_.StreamLengths(seq));
-  for (const uint32_t len : lens) prompt_kept_ += static_cast<double>(len) - generated_[q];
-  admitted_streams_ += streams_;
-  prompt_tokens_ += static_cast<double>(requests_[q].prompt_len) * streams_;
-  running_.push_back({q, seq, false, 0, true});
-  ++step->admitted;
+  HEADPAGE_RETURN_IF_ERROR(RecordAdmission({q, seq, false, 0, true}, tokens, /*whole=*/false,
+                                           tokens - shared, now, step));
   return true;
+}
+
+absl::Status Simulation::RecordAdmission(const Running& running, int64_t tokens, bool whole,
+                                         int64_t prefilled, double now, WorkloadStep* step) {
+  const size_t q = running.request;
+  const WorkloadRequest& r = requests_[q];
+  const int32_t generated = generated_[q];
+  HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens,
+                            manager_.StreamLengths(running.seq));
+  for (const uint32_t len : lens) {
+    const int64_t alloc = PagesFor(len, page_size_) * page_size_;
+    admitted_alloc_ += static_cast<double>(alloc);
+    admitted_waste_ += static_cast<double>(alloc - len);
+    // The prompt's share of what the stream kept (all of it but the
+    // generated tokens, unless those were compressed with it).
+    prompt_kept_ += whole ? static_cast<double>(len) * r.prompt_len / static_cast<double>(tokens)
+                          : static_cast<double>(len) - generated;
+    if (static_cast<int64_t>(len) <= o_.small_stream_tokens) {
+      ++small_streams_;
+      small_alloc_ += static_cast<double>(alloc);
+      small_waste_ += static_cast<double>(alloc - len);
+    }
+  }
+  admitted_streams_ += streams_;
+  prompt_tokens_ += static_cast<double>(r.prompt_len) * streams_;
+  if (generated > 0) sum_.recomputed_tokens += prefilled;
+  if (first_admit_s_[q] < 0) first_admit_s_[q] = now;
+  running_.push_back(running);
+  ++step->admitted;
+  return absl::OkStatus();
 }
 
 absl::Status Simulation::Admit(double now, WorkloadStep* step) {
@@ -371,28 +395,9 @@ absl::Status Simulation::Admit(double now, WorkloadStep* step) {
       manager_.ReleaseRetiredPages();
       plan_.Clear();
     }
-    HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens, manager_.StreamLengths(seq));
-    for (const uint32_t len : lens) {
-      const int64_t alloc = PagesFor(len, page_size_) * page_size_;
-      admitted_alloc_ += static_cast<double>(alloc);
-      admitted_waste_ += static_cast<double>(alloc - len);
-      // The prompt's share of what the stream kept (all of it but the
-      // generated tokens, unless those were compressed with it).
-      prompt_kept_ += whole ? static_cast<double>(len) * r.prompt_len / static_cast<double>(tokens)
-                            : static_cast<double>(len) - generated;
-      if (static_cast<int64_t>(len) <= o_.small_stream_tokens) {
-        ++small_streams_;
-        small_alloc_ += static_cast<double>(alloc);
-        small_waste_ += static_cast<double>(alloc - len);
-      }
-    }
-    admitted_streams_ += streams_;
-    prompt_tokens_ += static_cast<double>(r.prompt_len) * streams_;
-    if (generated > 0) sum_.recomputed_tokens += tokens;
-    if (first_admit_s_[q] < 0) first_admit_s_[q] = now;
-    running_.push_back({q, seq, false, frozen});
+    HEADPAGE_RETURN_IF_ERROR(
+        RecordAdmission({q, seq, false, frozen}, tokens, whole, tokens, now, step));
     prefill_tokens += tokens - cached;
-    ++step->admitted;
   }
   return absl::OkStatus();
 }

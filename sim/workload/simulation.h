@@ -80,6 +80,12 @@ class Simulation {
   // changed) when the pool cannot take it now.
   absl::StatusOr<bool> AdmitOnCompressedPrefix(size_t q, int64_t tokens, double now,
                                                WorkloadStep* step);
+  // An admitted request joins the running ones: the tallies of its streams
+  // (kept tokens, tail waste, small streams) and of its prompt, `prefilled`
+  // tokens counted as recomputed after a preemption. `whole`: its generated
+  // tokens were compressed with the prompt.
+  absl::Status RecordAdmission(const Running& running, int64_t tokens, bool whole,
+                               int64_t prefilled, double now, WorkloadStep* step);
 
   const std::vector<WorkloadRequest>& requests_;
   const HeadProfile& profile_;

@@ -9,11 +9,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 
 import bench_serving  # noqa: E402
 
+# A tiny model on the CPU, in f32.
+TINY = ["--model", "tiny", "--device", "cpu", "--dtype", "f32"]
+
 
 def test_the_serving_benchmark_runs_every_configuration(tmp_path):
     out = tmp_path / "results.json"
     arrivals = tmp_path / "arrivals.csv"
-    common = ["--model", "tiny", "--device", "cpu", "--dtype", "f32", "--requests", "6",
+    common = TINY + ["--requests", "6",
               "--prompt-median", "160", "--prompt-min", "100", "--prompt-max", "300",
               "--output", "12", "--max-batch-tokens", "256"]
     assert bench_serving.main(common + [
@@ -40,8 +43,8 @@ def test_the_serving_benchmark_runs_every_configuration(tmp_path):
 
 def test_the_shared_prefix_workload_hits_the_prefix_cache(tmp_path):
     out = tmp_path / "prefix.json"
-    assert bench_serving.main([
-        "--model", "tiny", "--device", "cpu", "--dtype", "f32", "--requests", "5",
+    assert bench_serving.main(TINY + [
+        "--requests", "5",
         "--workload", "shared-prefix", "--prefix-tokens", "128", "--prompt-median", "96",
         "--output", "8", "--max-batch-tokens", "192", "--kv-gib", "0.004",
         "--configs", "full,full+prefix,uniform-snapkv:50%+prefix,"
@@ -60,8 +63,8 @@ def test_the_shared_prefix_workload_hits_the_prefix_cache(tmp_path):
 
 def test_the_multi_turn_workload_sends_each_turn_after_the_last_answer(tmp_path):
     out = tmp_path / "turns.json"
-    assert bench_serving.main([
-        "--model", "tiny", "--device", "cpu", "--dtype", "f32", "--requests", "3",
+    assert bench_serving.main(TINY + [
+        "--requests", "3",
         "--workload", "multi-turn", "--turns", "3", "--prefix-tokens", "64",
         "--prompt-median", "40", "--output", "16", "--max-batch-tokens", "192",
         "--kv-gib", "0.004", "--configs", "full,full+prefix", "--out", str(out)]) == 0

@@ -187,6 +187,7 @@ def test_prefix_cache_shares_pages_and_freezes_them_in_evictions(small):
     stats = manager.stats()
     assert stats.cached_blocks == 2 and stats.cached_blocks_unused == 2
     assert stats.pages_cached_only == 8 and manager.available_pages == 64
+    assert manager.cached_pages == stats.pages_cached == 8
     assert manager.reclaim_cached_pages(64) == 8 and pool.free_pages == 64
     with pytest.raises(ValueError, match="multiple of the page size"):
         manager.evict(manager.add_sequence(), 0, [0, 0], plan, frozen_tokens=3)

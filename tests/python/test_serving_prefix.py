@@ -33,6 +33,14 @@ def sharing_config(allow_block_sharing=True):
                                        "allow_block_sharing": allow_block_sharing})
 
 
+def sharing_manager(model, max_new_tokens):
+    """A greedy manager of `model` with prefix sharing, not started."""
+    return model.init_continuous_batching(
+        generation_config=GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                           eos_token_id=-1),
+        continuous_batching_config=sharing_config())
+
+
 def test_shared_prefixes_start_on_cached_pages_and_give_transformers_tokens(device):
     model = small_model(device)
     generation = GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=-1)
@@ -151,9 +159,7 @@ def test_a_compressed_prefix_is_computed_once_and_shared(device, monkeypatch):
     monkeypatch.setattr(headpage.serving.ServingCache, "_record", recording)
     model = headpage.serving.enable(small_model(device), num_pages=1024, policy="ada-snapkv",
                                     budget="50%", check_invariants=True)
-    manager = model.init_continuous_batching(
-        generation_config=GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=-1),
-        continuous_batching_config=sharing_config())
+    manager = sharing_manager(model, 10)
     manager.start()
     try:
         system = [(5 * i) % 100 + 20 for i in range(128)]
@@ -185,9 +191,7 @@ def test_a_compressed_prefix_is_computed_once_and_shared(device, monkeypatch):
 def test_a_compressed_prefix_is_refused_where_it_cannot_be_served():
     model = headpage.serving.enable(small_model(), num_pages=1024, policy="ada-snapkv",
                                     budget="50%")
-    manager = model.init_continuous_batching(
-        generation_config=GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1),
-        continuous_batching_config=sharing_config())
+    manager = sharing_manager(model, 2)
     with pytest.raises(headpage.serving.RequestRefused, match="from 1 to"):
         manager.add_request(PROMPTS[0], compressed_prefix=len(PROMPTS[0]))
     with pytest.raises(headpage.serving.RequestRefused, match="whole number"):
@@ -196,9 +200,7 @@ def test_a_compressed_prefix_is_refused_where_it_cannot_be_served():
         manager.add_request(PROMPTS[0], compressed_prefix=64, policy="full")
     plain = headpage.serving.enable(small_model(), num_pages=1024, policy="ada-snapkv",
                                     budget="50%", prefix_caching=False)
-    manager = plain.init_continuous_batching(
-        generation_config=GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1),
-        continuous_batching_config=sharing_config())
+    manager = sharing_manager(plain, 2)
     with pytest.raises(headpage.serving.RequestRefused, match="prefix caching"):
         manager.add_request(PROMPTS[0], compressed_prefix=64)
 
@@ -212,9 +214,7 @@ def test_compressed_prefixes_under_pool_pressure_serve_every_request(device):
     prompts = [system + OWN[k % 3] for k in range(10)]
     model = headpage.serving.enable(small_model(device), num_pages=150, policy="ada-snapkv",
                                     budget="50%", check_invariants=True)
-    manager = model.init_continuous_batching(
-        generation_config=GenerationConfig(max_new_tokens=24, do_sample=False, eos_token_id=-1),
-        continuous_batching_config=sharing_config())
+    manager = sharing_manager(model, 24)
     manager.start()
     try:
         ids = [manager.add_request(p, compressed_prefix=len(system)) for p in prompts]
