@@ -2,8 +2,9 @@
 // File: allocator/arena.h
 //
 // An Arena owns the bytes behind a PagePool's ids: one block of
-// num_pages * page_bytes for K/V plus the int32 position of every slot, laid out
-// as core/paged_kv.h describes. HostArena lives in (aligned) host memory and backs
+// num_pages * page_bytes for K/V plus the int32 position of every slot (and, for
+// fp8 pages, the K and V scales of every slot), laid out as core/paged_kv.h
+// describes. HostArena lives in (aligned) host memory and backs
 // the CPU kernels; CudaArena is one cudaMalloc and backs the CUDA kernels. Both hand
 // out the same PagedKV view, so one plan runs on either.
 #ifndef HEADPAGE_ALLOCATOR_ARENA_H_
@@ -45,6 +46,7 @@ class HostArena {
 
   std::unique_ptr<void, FreeDeleter> kv_;
   std::unique_ptr<int32_t[]> positions_;
+  std::unique_ptr<float[]> scales_;  // fp8 only, zeroed
   size_t kv_bytes_ = 0;
   size_t page_bytes_ = 0;
   PagedKV view_;
@@ -73,6 +75,7 @@ class CudaArena {
 
   void* kv_ = nullptr;         // cudaMalloc'd
   int32_t* positions_ = nullptr;  // cudaMalloc'd
+  float* scales_ = nullptr;       // cudaMalloc'd, fp8 only, zeroed
   size_t kv_bytes_ = 0;
   PagedKV view_;
 };

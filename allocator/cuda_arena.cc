@@ -14,6 +14,7 @@ namespace headpage {
 CudaArena::CudaArena(CudaArena&& other) noexcept
     : kv_(std::exchange(other.kv_, nullptr)),
       positions_(std::exchange(other.positions_, nullptr)),
+      scales_(std::exchange(other.scales_, nullptr)),
       kv_bytes_(std::exchange(other.kv_bytes_, 0)),
       view_(std::exchange(other.view_, PagedKV{})) {}
 
@@ -22,6 +23,7 @@ CudaArena& CudaArena::operator=(CudaArena&& other) noexcept {
     Reset();
     kv_ = std::exchange(other.kv_, nullptr);
     positions_ = std::exchange(other.positions_, nullptr);
+    scales_ = std::exchange(other.scales_, nullptr);
     kv_bytes_ = std::exchange(other.kv_bytes_, 0);
     view_ = std::exchange(other.view_, PagedKV{});
   }
@@ -35,8 +37,10 @@ CudaArena::~CudaArena() { Reset(); }
 void CudaArena::Reset() {
   if (kv_ != nullptr) cudaFree(kv_);
   if (positions_ != nullptr) cudaFree(positions_);
+  if (scales_ != nullptr) cudaFree(scales_);
   kv_ = nullptr;
   positions_ = nullptr;
+  scales_ = nullptr;
 }
 
 absl::StatusOr<CudaArena> CudaArena::Create(const CacheGeometry& geometry, int64_t num_pages) {
@@ -55,6 +59,10 @@ absl::StatusOr<CudaArena> CudaArena::Create(const CacheGeometry& geometry, int64
   }
   // All bytes 0xff: every position -1 (no token), like the host arena.
   if (err == cudaSuccess) err = cudaMemset(arena.positions_, 0xff, num_slots * sizeof(int32_t));
+  if (err == cudaSuccess && geometry.fp8()) {
+    err = cudaMalloc(reinterpret_cast<void**>(&arena.scales_), 2 * num_slots * sizeof(float));
+    if (err == cudaSuccess) err = cudaMemset(arena.scales_, 0, 2 * num_slots * sizeof(float));
+  }
   if (err != cudaSuccess) {
     cudaGetLastError();
     const auto code = err == cudaErrorMemoryAllocation ? absl::StatusCode::kResourceExhausted
@@ -64,10 +72,12 @@ absl::StatusOr<CudaArena> CudaArena::Create(const CacheGeometry& geometry, int64
   }
   arena.view_.data = arena.kv_;
   arena.view_.positions = arena.positions_;
+  arena.view_.scales = arena.scales_;
   arena.view_.num_pages = static_cast<int32_t>(num_pages);
   arena.view_.page_size = geometry.page_size;
   arena.view_.head_dim = geometry.head_dim;
   arena.view_.dtype = geometry.dtype;
+  arena.view_.kv_dtype = geometry.kv_dtype;
   arena.view_.memory = MemoryKind::kDevice;
   return arena;
 }

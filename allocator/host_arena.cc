@@ -37,17 +37,21 @@ absl::StatusOr<HostArena> HostArena::Create(const CacheGeometry& geometry, int64
   arena.kv_.reset(std::aligned_alloc(kAlignment, rounded));
   const size_t num_slots = static_cast<size_t>(num_pages) * geometry.page_size;
   arena.positions_.reset(new (std::nothrow) int32_t[num_slots]);
-  if (arena.kv_ == nullptr || arena.positions_ == nullptr) {
+  if (geometry.fp8()) arena.scales_.reset(new (std::nothrow) float[2 * num_slots]());
+  if (arena.kv_ == nullptr || arena.positions_ == nullptr ||
+      (geometry.fp8() && arena.scales_ == nullptr)) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", rounded, " bytes of host memory for the KV arena"));
   }
   std::fill_n(arena.positions_.get(), num_slots, -1);
   arena.view_.data = arena.kv_.get();
   arena.view_.positions = arena.positions_.get();
+  arena.view_.scales = arena.scales_.get();
   arena.view_.num_pages = static_cast<int32_t>(num_pages);
   arena.view_.page_size = geometry.page_size;
   arena.view_.head_dim = geometry.head_dim;
   arena.view_.dtype = geometry.dtype;
+  arena.view_.kv_dtype = geometry.kv_dtype;
   return arena;
 }
 

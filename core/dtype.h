@@ -7,6 +7,13 @@
 // the device are interchangeable (a .cu file reinterpret_casts them to __half and
 // __nv_bfloat16). Arithmetic happens in float.
 //
+// KvDType says how pages store K and V: in the model's dtype (`kAuto`, vLLM's
+// word for it), or as fp8 e4m3 with one float scale per token and stream
+// (`kFP8E4M3`; docs/architecture.md "fp8 pages" says why per token). The fp8
+// conversions here are bit for bit CUDA's __nv_cvt_float_to_fp8(x, __NV_SATFINITE,
+// __NV_E4M3) and its inverse, so a page quantized on the host reads the same on
+// the device.
+//
 // This header is plain C++ (no Abseil), so .cu files may include it.
 #ifndef HEADPAGE_CORE_DTYPE_H_
 #define HEADPAGE_CORE_DTYPE_H_
@@ -36,6 +43,26 @@ constexpr const char* DTypeName(DType dtype) {
     case DType::kBF16: return "bf16";
   }
   return "unknown";
+}
+
+// How pages store K and V (PagedKV::kv_dtype, CacheGeometry::kv_dtype).
+enum class KvDType : uint8_t { kAuto = 0, kFP8E4M3 = 1 };
+
+constexpr const char* KvDTypeName(KvDType kv_dtype) {
+  switch (kv_dtype) {
+    case KvDType::kAuto: return "auto";
+    case KvDType::kFP8E4M3: return "fp8_e4m3";
+  }
+  return "unknown";
+}
+
+constexpr bool IsKnown(KvDType kv_dtype) {
+  return kv_dtype == KvDType::kAuto || kv_dtype == KvDType::kFP8E4M3;
+}
+
+// Bytes of one stored K or V element: the model dtype's, or 1 for fp8.
+constexpr size_t KvElementBytes(DType dtype, KvDType kv_dtype) {
+  return kv_dtype == KvDType::kFP8E4M3 ? 1 : SizeOf(dtype);
 }
 
 inline uint32_t FloatBits(float f) {
@@ -113,6 +140,67 @@ struct bf16 {
 };
 
 static_assert(sizeof(f16) == 2 && sizeof(bf16) == 2, "16-bit storage types");
+
+// fp8 e4m3 ("fn": no infinities): 1 sign, 4 exponent (bias 7), 3 mantissa bits;
+// the largest finite value is 448, the smallest subnormal 2^-9, and 0x7f / 0xff
+// are NaN.
+struct fp8_e4m3 {
+  uint8_t bits = 0;
+
+  static constexpr float kMax = 448.0f;
+
+  static fp8_e4m3 FromBits(uint8_t b) { return fp8_e4m3{b}; }
+
+  // Round to nearest even, saturating: beyond +-448 (infinities included) gives
+  // +-448, NaN gives 0x7f.
+  static fp8_e4m3 FromFloat(float f) {
+    const uint32_t u = FloatBits(f);
+    const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+    const uint32_t abs = u & 0x7fffffffu;
+    if (abs > 0x7f800000u) return fp8_e4m3{0x7f};                    // NaN
+    if (abs >= 0x43e00000u) return fp8_e4m3{static_cast<uint8_t>(sign | 0x7eu)};  // >= 448
+    if (abs >= 0x3c800000u) {  // >= 2^-6: a normal e4m3, exponent rebias by 120
+      const uint32_t rounded = abs + 0x7ffffu + ((abs >> 20) & 1u);
+      uint32_t q = (rounded >> 20) - (120u << 3);
+      if (q > 0x7eu) q = 0x7eu;  // 448 < |f| < 464 rounds to 480, which saturates
+      return fp8_e4m3{static_cast<uint8_t>(sign | q)};
+    }
+    // Subnormal (or, rounding up, the smallest normal): |f| * 2^9 is exact;
+    // round it to an integer, nearest even, in 0..8.
+    const float scaled = BitsToFloat(abs) * 512.0f;
+    uint32_t q = static_cast<uint32_t>(scaled);
+    const float rem = scaled - static_cast<float>(q);
+    if (rem > 0.5f || (rem == 0.5f && (q & 1u))) ++q;
+    return fp8_e4m3{static_cast<uint8_t>(sign | q)};
+  }
+
+  float ToFloat() const {
+    const uint32_t exp = (bits >> 3) & 0xfu;
+    const uint32_t mant = bits & 0x7u;
+    const float sign = (bits & 0x80u) ? -1.0f : 1.0f;
+    if (exp == 0xfu && mant == 0x7u) return BitsToFloat(0x7fc00000u);  // NaN
+    if (exp == 0) return sign * static_cast<float>(mant) * (1.0f / 512.0f);
+    return sign * BitsToFloat(((exp + 120u) << 23) | (mant << 20));
+  }
+};
+
+static_assert(sizeof(fp8_e4m3) == 1, "8-bit storage type");
+
+// The per-token quantization of fp8 pages: a row x of n floats is stored as
+// q_i = fp8(x_i * (448 / amax)) with scale = amax / 448, amax = max_i |x_i|, and
+// reads back as q_i * scale. A row of zeros has scale 0. The device computes
+// the same two divisions and one product per element (kernels/write_kv.cu), so
+// the bytes agree. Returns the scale.
+inline float QuantizeRowFp8(const float* x, size_t n, fp8_e4m3* q) {
+  float amax = 0.0f;
+  for (size_t i = 0; i < n; ++i) {
+    const float a = x[i] < 0.0f ? -x[i] : x[i];
+    amax = a > amax ? a : amax;  // a NaN element is skipped here and stored as NaN
+  }
+  const float inv = amax > 0.0f ? fp8_e4m3::kMax / amax : 0.0f;
+  for (size_t i = 0; i < n; ++i) q[i] = fp8_e4m3::FromFloat(x[i] * inv);
+  return amax / fp8_e4m3::kMax;
+}
 
 // Reads element i of an array of `dtype` as float.
 inline float LoadAsFloat(const void* data, size_t i, DType dtype) {

@@ -10,7 +10,8 @@ namespace headpage {
 std::string CacheGeometry::DebugString() const {
   return absl::StrCat("{layers=", num_layers, " kv_heads=", num_kv_heads, " q_heads=", num_q_heads,
                       " head_dim=", head_dim, " dtype=", DTypeName(dtype),
-                      " page_size=", page_size, "}");
+                      " page_size=", page_size,
+                      fp8() ? absl::StrCat(" kv_dtype=", KvDTypeName(kv_dtype)) : "", "}");
 }
 
 CacheGeometry CacheGeometry::Llama3_8B(DType dtype, int32_t page_size) {
@@ -53,6 +54,14 @@ absl::Status Validate(const CacheGeometry& g) {
   if (SizeOf(g.dtype) == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown dtype value ", static_cast<int>(g.dtype)));
+  }
+  if (!IsKnown(g.kv_dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown kv_dtype value ", static_cast<int>(g.kv_dtype)));
+  }
+  if (g.fp8() && g.dtype == DType::kF32) {
+    return absl::InvalidArgumentError(
+        "kv_dtype fp8_e4m3 needs a model dtype of f16 or bf16, got f32");
   }
   if (g.page_size <= 0 || g.page_size > kMaxPageSize) {
     return absl::InvalidArgumentError(

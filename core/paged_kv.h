@@ -6,7 +6,10 @@
 // [page_size][head_dim] and V follows with the same shape, head_dim contiguous.
 // Beside the K/V, `positions` holds each slot's original token position (int32,
 // indexed by flat slot id = page * page_size + offset), so recency windows, sinks
-// and H2O keep working after compaction moved tokens to other slots.
+// and H2O keep working after compaction moved tokens to other slots. fp8 pages
+// (kv_dtype kFP8E4M3) store 1-byte elements, and `scales` holds each slot's K and
+// V scale the same way (float, [slot][2]): every kernel that moves a token moves
+// its scales with it, as it moves its position.
 //
 // The index math is HEADPAGE_HOST_DEVICE and shared by the CPU reference and the
 // CUDA kernels. Plain C++: .cu files include it.
@@ -35,18 +38,22 @@ inline constexpr PageId kNoPage = 0xffffffffu;
 enum class MemoryKind : uint8_t { kHost, kDevice };
 
 struct PagedKV {
-  void* data = nullptr;          // [num_pages][2][page_size][head_dim] of `dtype`
+  void* data = nullptr;          // [num_pages][2][page_size][head_dim] of the stored element
   int32_t* positions = nullptr;  // [num_pages * page_size]
+  float* scales = nullptr;       // fp8 only: [num_pages * page_size][2], K then V; else null
   int32_t num_pages = 0;
   int32_t page_size = 0;
   int32_t head_dim = 0;
-  DType dtype = DType::kBF16;
-  MemoryKind memory = MemoryKind::kHost;  // data and positions alike
+  DType dtype = DType::kBF16;    // the model's (queries, outputs); also the stored element for kAuto
+  KvDType kv_dtype = KvDType::kAuto;
+  MemoryKind memory = MemoryKind::kHost;  // data, positions and scales alike
+
+  HEADPAGE_HOST_DEVICE bool fp8() const { return kv_dtype == KvDType::kFP8E4M3; }
 
   HEADPAGE_HOST_DEVICE int64_t num_slots() const {
     return static_cast<int64_t>(num_pages) * page_size;
   }
-  // Elements (not bytes) from the start of `data`.
+  // Stored elements (not bytes, unless fp8) from the start of `data`.
   HEADPAGE_HOST_DEVICE int64_t page_elements() const {
     return 2 * static_cast<int64_t>(page_size) * head_dim;
   }

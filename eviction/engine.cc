@@ -24,8 +24,9 @@ absl::StatusOr<EvictionEngine> EvictionEngine::Create(BlockManager* manager, con
                                                       GpuStream stream) {
   if (manager == nullptr) return absl::InvalidArgumentError("EvictionEngine: manager is null");
   const CacheGeometry& g = manager->geometry();
-  if (cache.data == nullptr || cache.positions == nullptr || cache.page_size != g.page_size ||
-      cache.head_dim != g.head_dim || cache.dtype != g.dtype ||
+  if (cache.data == nullptr || cache.positions == nullptr ||
+      (cache.fp8() && cache.scales == nullptr) || cache.page_size != g.page_size ||
+      cache.head_dim != g.head_dim || cache.dtype != g.dtype || cache.kv_dtype != g.kv_dtype ||
       cache.num_pages != manager->pool().num_pages()) {
     return absl::InvalidArgumentError(
         absl::StrCat("EvictionEngine: the cache view does not match the manager's geometry ",

@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "kernels/compact.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
+#include "core/kv_rows.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
 #include "kernels/table_checks_host.h"
@@ -82,9 +81,6 @@ absl::Status Compact(const CompactArgs& args) {
                               args.cache.num_pages)));
 
   const PagedKV& cache = args.cache;
-  const size_t elem = SizeOf(cache.dtype);
-  const size_t row_bytes = static_cast<size_t>(cache.head_dim) * elem;
-  auto* base = static_cast<char*>(cache.data);
   for (int32_t r = 0; r < args.num_rows; ++r) {
     const int32_t* src_pages = args.src_page_ids + args.src_indptr[r];
     const int32_t* dst_pages = args.dst_page_ids + args.dst_indptr[r];
@@ -96,10 +92,7 @@ absl::Status Compact(const CompactArgs& args) {
       const int64_t from = SlotOf(src_pages, keep[i] - args.keep_base, cache.page_size);
       const int64_t to = SlotOf(dst_pages, i, cache.page_size);
       if (from == to) continue;
-      std::memcpy(base + cache.KeyOffset(to) * elem, base + cache.KeyOffset(from) * elem, row_bytes);
-      std::memcpy(base + cache.ValueOffset(to) * elem, base + cache.ValueOffset(from) * elem,
-                  row_bytes);
-      cache.positions[to] = cache.positions[from];
+      CopyKvSlot(cache, from, to);  // K, V, their fp8 scales, the position
       if (args.slot_scores != nullptr) args.slot_scores[to] = args.slot_scores[from];
     }
   }

@@ -19,6 +19,9 @@
 // reads slot keep[i] >= i, so the slots a chunk writes are read only by itself
 // (done before the barrier) or by earlier chunks (done before it started);
 // later chunks read slots no earlier chunk writes.
+//
+// fp8 pages (kScales) move bytes the same way (a row is head_dim bytes); each
+// survivor's K and V scales travel with its position, as one float2.
 #include <atomic>
 
 #include "kernels/compact_args.h"
@@ -57,7 +60,14 @@ struct SurvivorMove {
   int64_t to_slot = 0;
   int32_t position = 0;
   float score = 0.0f;  // the slot's score, when the caller keeps them
+  float2 scales{};     // the slot's K and V scales, on fp8 pages
 };
+
+// The K and V scales of `slot` (fp8 pages: cache.scales is [slot][2], 16-byte
+// aligned, so a slot's pair is one 8-byte access).
+__device__ __forceinline__ float2& ScalesOf(const PagedKV& cache, int64_t slot) {
+  return reinterpret_cast<float2*>(cache.scales)[slot];
+}
 
 // The row that holds flat survivor i: the last r with keep_indptr[r] <= i.
 // Binary search over keep_indptr, which the rows' kept counts make
@@ -77,7 +87,7 @@ __device__ __forceinline__ int32_t RowOf(const CompactArgs& a, int64_t i) {
 
 // Where flat survivor i (of row r) goes, if i < end and its row is fresh. Also
 // loads the survivor's position, to be stored once the move happens.
-template <int kRowVectors>
+template <int kRowVectors, bool kScales>
 __device__ __forceinline__ SurvivorMove FreshMoveOf(const CompactArgs& a, int32_t r, int64_t i,
                                                     int64_t end) {
   SurvivorMove move;
@@ -95,6 +105,7 @@ __device__ __forceinline__ SurvivorMove FreshMoveOf(const CompactArgs& a, int32_
   const int64_t from_slot = static_cast<int64_t>(from_page) * ps + from_offset;
   move.position = a.cache.positions[from_slot];
   if (a.slot_scores != nullptr) move.score = a.slot_scores[from_slot];
+  if constexpr (kScales) move.scales = ScalesOf(a.cache, from_slot);
   return move;
 }
 
@@ -105,7 +116,7 @@ __device__ __forceinline__ int32_t AdvanceRow(const CompactArgs& a, int32_t r, i
   return r;
 }
 
-template <int kRowVectors>
+template <int kRowVectors, bool kScales>
 __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t flat_block,
                                                    int32_t flat_blocks) {
   // A token is 2 * kRowVectors vectors (K, then V); step m of a slab moves
@@ -132,7 +143,7 @@ __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t
   };
   Vector* data = static_cast<Vector*>(a.cache.data);
   int32_t row = RowOf(a, min(begin + lane, end - 1));
-  SurvivorMove move = FreshMoveOf<kRowVectors>(a, row, begin + lane, end);
+  SurvivorMove move = FreshMoveOf<kRowVectors, kScales>(a, row, begin + lane, end);
   for (int64_t slab = begin; slab < end; slab += kWarpSize) {
     SurvivorMove next;
     // Not unrolled: the compiler would hoist later groups' loads and hold
@@ -150,7 +161,7 @@ __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t
         // The next slab's index chain, while this group's loads are in flight.
         const int64_t next_i = slab + kWarpSize + lane;
         if (next_i < end) row = AdvanceRow(a, row, next_i);
-        next = FreshMoveOf<kRowVectors>(a, row, next_i, end);
+        next = FreshMoveOf<kRowVectors, kScales>(a, row, next_i, end);
       }
 #pragma unroll
       for (int u = 0; u < kHeld; ++u) {
@@ -163,6 +174,7 @@ __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t
     if (move.from >= 0) {
       a.cache.positions[move.to_slot] = move.position;
       if (a.slot_scores != nullptr) a.slot_scores[move.to_slot] = move.score;
+      if constexpr (kScales) ScalesOf(a.cache, move.to_slot) = move.scales;
     }
     move = next;
   }
@@ -211,7 +223,7 @@ __device__ __forceinline__ Vector* VectorAt(const PagedKV& cache, int32_t page, 
   return static_cast<Vector*>(cache.data) + key + within;
 }
 
-template <int kRowVectors>
+template <int kRowVectors, bool kScales>
 __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) {
   constexpr int kThreadsPerToken = 2 * kRowVectors;
   constexpr int kTokensPerStep = kThreads / kThreadsPerToken;
@@ -220,20 +232,25 @@ __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) 
   const int token_in_step = threadIdx.x / kThreadsPerToken;
   const int32_t kept = a.keep_indptr[r + 1] - a.keep_indptr[r];
   const int32_t ps = a.cache.page_size;
+  // Beside its vector, lane 0 of a token holds the token's position and score
+  // (as float bits), and on fp8 pages lane 1 its K and V scales: two words a
+  // thread, whatever the pages.
+  constexpr int kSideLanes = kScales ? 2 : 1;
   for (int32_t chunk = 0; chunk < kept; chunk += kTokensPerChunk) {
     Vector held[kInPlaceUnroll];
-    int32_t held_position[kInPlaceUnroll];
-    float held_score[kInPlaceUnroll];
+    float2 held_side[kInPlaceUnroll];
     TokenMove moves[kInPlaceUnroll];
 #pragma unroll
     for (int u = 0; u < kInPlaceUnroll; ++u) {
       moves[u] = InPlaceMoveOf(a, r, chunk + u * kTokensPerStep + token_in_step, kept);
       if (moves[u].moves()) {
         held[u] = *VectorAt<kRowVectors>(a.cache, moves[u].from_page, moves[u].from_offset, lane);
-        if (lane == 0) {
+        if (lane < kSideLanes) {
           const int64_t from_slot = static_cast<int64_t>(moves[u].from_page) * ps + moves[u].from_offset;
-          held_position[u] = a.cache.positions[from_slot];
-          held_score[u] = a.slot_scores != nullptr ? a.slot_scores[from_slot] : 0.0f;
+          held_side[u] = lane == 0 ? make_float2(__int_as_float(a.cache.positions[from_slot]),
+                                                 a.slot_scores != nullptr ? a.slot_scores[from_slot]
+                                                                          : 0.0f)
+                                   : ScalesOf(a.cache, from_slot);
         }
       }
     }
@@ -242,10 +259,14 @@ __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) 
     for (int u = 0; u < kInPlaceUnroll; ++u) {
       if (!moves[u].moves()) continue;
       *VectorAt<kRowVectors>(a.cache, moves[u].to_page, moves[u].to_offset, lane) = held[u];
-      if (lane == 0) {
+      if (lane < kSideLanes) {
         const int64_t to_slot = static_cast<int64_t>(moves[u].to_page) * ps + moves[u].to_offset;
-        a.cache.positions[to_slot] = held_position[u];
-        if (a.slot_scores != nullptr) a.slot_scores[to_slot] = held_score[u];
+        if (lane == 0) {
+          a.cache.positions[to_slot] = __float_as_int(held_side[u].x);
+          if (a.slot_scores != nullptr) a.slot_scores[to_slot] = held_side[u].y;
+        } else {
+          ScalesOf(a.cache, to_slot) = held_side[u];
+        }
       }
     }
     __syncthreads();
@@ -256,25 +277,25 @@ __device__ __forceinline__ void MoveInPlaceRow(const CompactArgs& a, int32_t r) 
 // (a block skips a fresh row at the cost of one load); the rest move the fresh
 // rows' survivors. The in-place blocks come first so that the GPU starts their
 // sequential rows before anything else.
-template <int kRowVectors>
+template <int kRowVectors, bool kScales>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) CompactKernel(CompactArgs a, int32_t in_place_blocks) {
   if (TablesFaulted(a.fault)) return;
   const int32_t block = blockIdx.x;
   if (block < in_place_blocks) {
     for (int32_t r = block; r < a.num_rows; r += in_place_blocks) {
-      if (a.in_place[r]) MoveInPlaceRow<kRowVectors>(a, r);
+      if (a.in_place[r]) MoveInPlaceRow<kRowVectors, kScales>(a, r);
     }
     return;
   }
-  MoveFreshSurvivors<kRowVectors>(a, block - in_place_blocks,
-                                  static_cast<int32_t>(gridDim.x) - in_place_blocks);
+  MoveFreshSurvivors<kRowVectors, kScales>(a, block - in_place_blocks,
+                                           static_cast<int32_t>(gridDim.x) - in_place_blocks);
 }
 
-// Blocks of CompactKernel<kRowVectors> the current GPU holds at once (SMs x
-// blocks per SM), asked once per instantiation and device.
+// Blocks of CompactKernel<kRowVectors, kScales> the current GPU holds at once
+// (SMs x blocks per SM), asked once per instantiation and device.
 constexpr int kMaxDevices = 64;
 
-template <int kRowVectors>
+template <int kRowVectors, bool kScales>
 int ResidentBlocks() {
   static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet
   int device = 0;
@@ -285,8 +306,8 @@ int ResidentBlocks() {
   }
   int sms = 0, per_sm = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, CompactKernel<kRowVectors>, kThreads,
-                                                    0) != cudaSuccess) {
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, CompactKernel<kRowVectors, kScales>,
+                                                    kThreads, 0) != cudaSuccess) {
     return 1;
   }
   const int resident = sms * (per_sm > 0 ? per_sm : 1);
@@ -297,17 +318,18 @@ int ResidentBlocks() {
 }  // namespace
 
 LaunchResult LaunchCompact(const CompactArgs& args, GpuStream stream) {
-  return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,
-                                                                           auto head_dim_tag) {
-    using T = typename decltype(dtype_tag)::type;
+  return DispatchKvElementAndHeadDim(args.cache.dtype, args.cache.kv_dtype, args.cache.head_dim,
+                                     [&](auto element_tag, auto head_dim_tag) {
+    using T = typename decltype(element_tag)::type;
     constexpr int kRowVectors = decltype(head_dim_tag)::value * sizeof(T) / kVectorBytes;
+    constexpr bool kScales = std::is_same_v<T, __nv_fp8_e4m3>;
     // The kept counts and the in-place flags live on the device, so the grid
     // is sized without them: one wave of resident blocks for the fresh
     // survivors (a second, partial wave would run as long as the first), and
     // one block per row, up to a wave, for the in-place rows. Blocks with
     // nothing to do exit at once.
-    const auto kernel = CompactKernel<kRowVectors>;
-    const int resident = ResidentBlocks<kRowVectors>();
+    const auto kernel = CompactKernel<kRowVectors, kScales>;
+    const int resident = ResidentBlocks<kRowVectors, kScales>();
     const int32_t in_place_blocks = args.num_rows < resident ? args.num_rows : resident;
     kernel<<<static_cast<unsigned>(in_place_blocks + resident), kThreads, 0, stream>>>(
         args, in_place_blocks);

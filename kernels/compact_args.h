@@ -3,8 +3,9 @@
 //
 // Compact executes a compaction plan (blockmgr/plans.h): for every row (one
 // stream of one layer), the tokens of its keep set move, in order, to slots
-// 0..kept-1 of its destination block table, K, V and position alike (and the
-// token's score, where the caller keeps one per slot).
+// 0..kept-1 of its destination block table, K, V and position alike (and, on
+// fp8 pages, the K and V scales; and the token's score, where the caller keeps
+// one per slot).
 //
 // A row is either fresh (its destination pages are newly allocated and disjoint
 // from every source page) or in place (its destination block table is a prefix of

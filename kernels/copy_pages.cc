@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/kv_rows.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
@@ -44,8 +45,8 @@ absl::Status CopyPages(const CopyPagesArgs& args) {
     role[dst] = 1;
     role[src] |= 2;
   }
-  const size_t elem = SizeOf(cache.dtype);
-  const size_t page_bytes = static_cast<size_t>(cache.page_elements()) * elem;
+  const size_t page_bytes = static_cast<size_t>(cache.page_elements()) * KvElementBytes(cache);
+  const size_t page_scales = cache.fp8() ? 2 * static_cast<size_t>(cache.page_size) : 0;
   auto* base = static_cast<char*>(cache.data);
   for (int32_t i = 0; i < args.num_copies; ++i) {
     const int64_t src = args.src_pages[i], dst = args.dst_pages[i];
@@ -53,6 +54,10 @@ absl::Status CopyPages(const CopyPagesArgs& args) {
                 page_bytes);
     std::memcpy(cache.positions + dst * cache.page_size, cache.positions + src * cache.page_size,
                 static_cast<size_t>(cache.page_size) * sizeof(int32_t));
+    if (page_scales > 0) {
+      std::memcpy(cache.scales + dst * page_scales, cache.scales + src * page_scales,
+                  page_scales * sizeof(float));
+    }
   }
   return absl::OkStatus();
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: kernels/copy_pages_args.h
 //
-// CopyPages copies whole pages (K, V and positions): the copy-on-write copies that
-// BlockManager::Reserve plans when a shared, partly filled tail page is written.
+// CopyPages copies whole pages (K, V, positions and, on fp8 pages, the scales):
+// the copy-on-write copies that BlockManager::Reserve plans when a shared,
+// partly filled tail page is written.
 // Plain C++: .cu files include it.
 #ifndef HEADPAGE_KERNELS_COPY_PAGES_ARGS_H_
 #define HEADPAGE_KERNELS_COPY_PAGES_ARGS_H_

@@ -11,6 +11,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -127,6 +128,60 @@ __device__ __forceinline__ Int TableClampedLength(const int32_t* lens, const int
   const Int table_tokens = static_cast<Int>(indptr[stream + 1] - indptr[stream]) * page_size;
   return min(static_cast<Int>(lens[stream]), table_tokens);
 }
+
+// ---- fp8 pages (issue #18) -------------------------------------------------
+// Pages of kv_dtype kFP8E4M3 store one byte per K/V element and a float scale
+// per slot and part (core/paged_kv.h). What follows lets a kernel dispatch on
+// the stored element and convert it exactly as the host does (core/dtype.h,
+// core/kv_rows.h).
+
+// Dispatches on what a page stores: f(DTypeTag<S>{}) with S the model dtype's
+// device type for kAuto, __nv_fp8_e4m3 for fp8 pages (which ValidatePagedKV
+// admits over f16 and bf16 only: f32 is kUnsupportedDType here). For kernels
+// that move stored bytes and need only sizeof(S).
+template <typename F>
+LaunchResult DispatchKvElement(DType dtype, KvDType kv_dtype, F&& f) {
+  switch (kv_dtype) {
+    case KvDType::kAuto: return DispatchDType(dtype, f);
+    case KvDType::kFP8E4M3:
+      if (dtype == DType::kF16 || dtype == DType::kBF16) return f(DTypeTag<__nv_fp8_e4m3>{});
+      return Unsupported(LaunchResult::Kind::kUnsupportedDType);
+  }
+  return Unsupported(LaunchResult::Kind::kUnsupportedDType);
+}
+
+template <typename F>
+LaunchResult DispatchKvElementAndHeadDim(DType dtype, KvDType kv_dtype, int32_t head_dim, F&& f) {
+  return DispatchKvElement(dtype, kv_dtype, [&](auto element_tag) {
+    return DispatchHeadDim(head_dim,
+                           [&](auto head_dim_tag) { return f(element_tag, head_dim_tag); });
+  });
+}
+
+// An fp8 e4m3 byte as float, exactly (every e4m3 value is a half; NaN stays NaN).
+__device__ __forceinline__ float Fp8ToFloat(uint8_t bits) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(bits, __NV_E4M3)));
+}
+
+// Element `bits` of an fp8 row with scale `scale`, dequantized: the byte's
+// value times the scale, one rounding (core/kv_rows.h LoadKvElement).
+__device__ __forceinline__ float DequantizeFp8(uint8_t bits, float scale) {
+  return __fmul_rn(Fp8ToFloat(bits), scale);
+}
+
+// Two floats to two e4m3 bytes (x the low one), rounding to nearest even and
+// saturating to +-448, as fp8_e4m3::FromFloat does on the host.
+__device__ __forceinline__ uint16_t FloatsToFp8x2(float x, float y) {
+  return __nv_cvt_float2_to_fp8x2(make_float2(x, y), __NV_SATFINITE, __NV_E4M3);
+}
+
+// An unsigned type of exactly kBytes bytes (2, 4, 8, 16), for one aligned
+// access to that many bytes of a row.
+template <int kBytes> struct AlignedBytes;
+template <> struct AlignedBytes<2> { using type = uint16_t; };
+template <> struct AlignedBytes<4> { using type = uint32_t; };
+template <> struct AlignedBytes<8> { using type = uint2; };
+template <> struct AlignedBytes<16> { using type = uint4; };
 
 }  // namespace headpage::gpu::internal
 

@@ -48,6 +48,12 @@ __device__ __forceinline__ void CpAsync16(uint32_t smem, const void* global, boo
 __device__ __forceinline__ void CpAsync4(uint32_t smem, const void* global) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem), "l"(global) : "memory");
 }
+// 8 bytes global -> shared, through L1; 8 zero bytes (nothing read) when !fill.
+__device__ __forceinline__ void CpAsync8(uint32_t smem, const void* global, bool fill) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem), "l"(global),
+               "r"(fill ? 8 : 0)
+               : "memory");
+}
 // Closes the copies issued since the last commit into one group.
 __device__ __forceinline__ void CpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -74,6 +80,17 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t smem, uint32_t& r0, uin
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(smem));
+}
+
+// The transpose of an 8x8 b16 matrix held as a fragment (lane l: row l / 4,
+// elements 2 (l % 4), + 1): the same lane then holds column l / 4's rows
+// 2 (l % 4), + 1. sm_75 or newer.
+__device__ __forceinline__ uint32_t MovMatrixTrans(uint32_t fragment) {
+  uint32_t transposed;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n"
+               : "=r"(transposed)
+               : "r"(fragment));
+  return transposed;
 }
 
 // ---- Tensor cores: mma.sync m16n8k16, float accumulators ---------------------

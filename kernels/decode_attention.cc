@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/kv_rows.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
 #include "kernels/table_checks_host.h"
@@ -26,16 +27,19 @@ size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int3
 
 int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms) {
   if (max_len <= 0 || num_streams <= 0) return 1;
-  // About four (stream, split) blocks per multiprocessor: two waves at two
-  // resident blocks each, so that the last wave is a small part of the time
-  // even when lengths differ 5x between streams (measured on an H100: fewer
-  // leave streams too long, more pay each block's start and a larger merge).
+  // At most about four (stream, split) blocks per multiprocessor: two waves
+  // at the 16-bit pass's two resident blocks each (one at the fp8 pass's
+  // four), so that a wave's tail is a small part of the time even when
+  // lengths differ 5x between streams (measured on an H100: fewer leave
+  // streams too long, more pay each block's start and a larger merge).
+  // Rounded down: a few blocks past whole waves cost a wave (on the H200 at
+  // 8x32K, 9 splits took 310 us where 8 took 261).
   constexpr int64_t kBlocksPerSM = 4;
   // A split reads at least this many tokens (128 KiB of bf16 K/V at head_dim
   // 128): shorter ones spend more on their pipeline start and the merge than
   // the parallelism gains.
   constexpr int64_t kMinSplitTokens = 256;
-  const int64_t wanted = (kBlocksPerSM * std::max(num_sms, 1) + num_streams - 1) / num_streams;
+  const int64_t wanted = kBlocksPerSM * std::max(num_sms, 1) / num_streams;
   const int64_t useful = (max_len + kMinSplitTokens - 1) / kMinSplitTokens;
   return static_cast<int32_t>(
       std::clamp<int64_t>(std::min(wanted, useful), 1, int64_t{kDecodeMaxSplits}));
@@ -145,10 +149,10 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& args) {
       scores.assign(static_cast<size_t>(len), 0.0f);
       float max_score = -std::numeric_limits<float>::infinity();
       for (int32_t i = 0; i < len; ++i) {
-        const int64_t key = cache.KeyOffset(SlotOf(pages, i, cache.page_size));
+        const int64_t slot = SlotOf(pages, i, cache.page_size);
         float dot = 0.0f;
         for (int32_t e = 0; e < head_dim; ++e) {
-          dot += q[e] * LoadAsFloat(cache.data, static_cast<size_t>(key + e), cache.dtype);
+          dot += q[e] * LoadKvElement(cache, slot, KvPart::kKey, e);
         }
         scores[i] = args.sm_scale * dot;
         max_score = std::max(max_score, scores[i]);
@@ -159,9 +163,9 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& args) {
       for (int32_t i = 0; i < len; ++i) {
         const float weight = std::exp(scores[i] - max_score);
         sum += weight;
-        const int64_t value = cache.ValueOffset(SlotOf(pages, i, cache.page_size));
+        const int64_t slot = SlotOf(pages, i, cache.page_size);
         for (int32_t e = 0; e < head_dim; ++e) {
-          acc[e] += weight * LoadAsFloat(cache.data, static_cast<size_t>(value + e), cache.dtype);
+          acc[e] += weight * LoadKvElement(cache, slot, KvPart::kValue, e);
         }
       }
       for (int32_t e = 0; e < head_dim; ++e) {

@@ -24,7 +24,9 @@
 // within 1e-3.
 //
 // f32 (SimtKernel, decode_attention_simt.cu): CUDA cores, one block-wide
-// cp.async pipeline of tiles. What both share is in
+// cp.async pipeline of tiles. fp8 pages (Fp8Kernel, decode_attention_fp8.cu):
+// the same grid and pipeline over fp8 bytes, the math turned around (tokens as
+// the tiles' rows) and dequantized in registers. What both share is in
 // decode_attention_internal.cuh.
 #include <cfloat>
 #include <type_traits>
@@ -112,58 +114,31 @@ __device__ __forceinline__ void LoadQueryFragments(const DecodeAttentionKernelAr
   }
 }
 
-// Stage: a warp's cp.async copies of K and V chunks into its own stages. The
-// warp's chunks start at begin + 16 * (warp + 4 i). Lane copies column `col`
-// of rows row0 + k * kCopyRowStride. When 16 divides the page size, a chunk
-// lies in one page (ranges start on page boundaries), whose id is fetched one
-// chunk ahead; otherwise every row looks its page up.
+// Stage: a warp's cp.async copies of K and V chunks into its own stages
+// (ChunkCursor says where they are). Lane copies column `col` of rows
+// row0 + k * kCopyRowStride.
 template <typename T, int kHeadDim>
 struct WarpChunkCopies {
   using Tr = MmaTraits<T, kHeadDim>;
+  static_assert(Tr::kChunk == ChunkCursor::kChunk, "the cursor's chunks");
   const PagedKV& cache;
   T* stages;
   const T* data;
-  const int32_t* table;
-  int end, page_size, col, row0;
-  bool whole_chunks;
-  int step_pages, step_offset;
-  int token;       // first token of the next chunk to copy
-  int page_index;  // where it lives, for whole chunks
-  int offset;
-  int page;
+  ChunkCursor cursor;
+  int col, row0;
 
   __device__ WarpChunkCopies(const DecodeAttentionKernelArgs& args, const BlockWork& work,
                              T* warp_stages, int warp, int lane)
-      : cache(args.cache), stages(warp_stages) {
-    page_size = cache.page_size;
-    end = work.end;
-    data = static_cast<const T*>(cache.data);
-    table = args.page_ids + args.indptr[work.stream];
-    col = lane % Tr::kRowVecs;
-    row0 = lane / Tr::kRowVecs;
-    whole_chunks = page_size % Tr::kChunk == 0;
-    step_pages = Tr::kTileTokens / page_size;
-    step_offset = Tr::kTileTokens - step_pages * page_size;
-    token = work.begin + Tr::kChunk * warp;
-    page_index = token / page_size;
-    offset = token - page_index * page_size;
-    page = whole_chunks && token < end ? __ldg(table + page_index) : -1;
-  }
+      : cache(args.cache), stages(warp_stages), data(static_cast<const T*>(cache.data)),
+        cursor(args, work, warp), col(lane % Tr::kRowVecs), row0(lane / Tr::kRowVecs) {}
 
   __device__ __forceinline__ void Issue(int stage) const {
     T* k_chunk = stages + stage * 2 * Tr::kChunkElems;
 #pragma unroll
     for (int k = 0; k < Tr::kCopies; ++k) {
       const int row = row0 + k * Tr::kCopyRowStride;
-      const int row_token = token + row;
-      int row_page = page, row_offset = offset + row;
-      if (!whole_chunks) {
-        const int row_page_index = row_token / page_size;
-        row_offset = row_token - row_page_index * page_size;
-        row_page = row_token < end ? __ldg(table + row_page_index) : -1;
-      }
-      // An id outside the cache reads as zeros.
-      const bool fill = row_token < end && row_page >= 0 && row_page < cache.num_pages;
+      int row_page, row_offset;
+      const bool fill = cursor.RowPlace(row, &row_page, &row_offset);
       const int64_t key = fill ? row_page * cache.page_elements() +
                                      static_cast<int64_t>(row_offset) * kHeadDim +
                                      col * Tr::kVecElems
@@ -171,22 +146,11 @@ struct WarpChunkCopies {
       const int at = Swizzled<Tr::kRowVecs>(row, col);
       CpAsync16(SmemAddress(k_chunk + at), data + key, fill);
       CpAsync16(SmemAddress(k_chunk + Tr::kChunkElems + at),
-                data + key + static_cast<int64_t>(page_size) * kHeadDim, fill);
+                data + key + static_cast<int64_t>(cache.page_size) * kHeadDim, fill);
     }
   }
 
-  __device__ __forceinline__ void Advance() {
-    token += Tr::kTileTokens;
-    if (whole_chunks) {
-      offset += step_offset;
-      page_index += step_pages;
-      if (offset >= page_size) {
-        offset -= page_size;
-        ++page_index;
-      }
-      page = token < end ? __ldg(table + page_index) : -1;
-    }
-  }
+  __device__ __forceinline__ void Advance() { cursor.Advance(); }
 };
 
 // The online softmax of head `quad`: m (shared by the quad's 4 lanes) and this
@@ -480,7 +444,9 @@ LaunchResult LaunchDecodeAttention(const DecodeAttentionArgs& args, GpuStream st
     float* partial_lse =
         args.num_splits > 1 ? partial_out + rows * args.num_splits * kHeadDim : nullptr;
     LaunchResult launched;
-    if constexpr (std::is_same<T, float>::value) {
+    if (args.cache.fp8()) {
+      launched = decode::LaunchFp8Pass(args, partial_out, partial_lse, stream);
+    } else if constexpr (std::is_same<T, float>::value) {
       launched = decode::LaunchSimtPass(args, partial_out, partial_lse, stream);
     } else {
       launched = decode::LaunchWithSmem(decode::MmaKernel<T, kHeadDim>,

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: kernels/decode_attention_internal.cuh
 //
-// What DecodeAttention's two kernels over the cache share: the tensor-core one
-// (f16, bf16: decode_attention.cu) and the CUDA-core one (f32:
-// decode_attention_simt.cu). Both run one block of kWarps warps per (stream,
+// What DecodeAttention's kernels over the cache share: the tensor-core ones
+// (f16, bf16 pages: decode_attention.cu; fp8 pages: decode_attention_fp8.cu)
+// and the CUDA-core one (f32: decode_attention_simt.cu). Both run one block of kWarps warps per (stream,
 // split), pipeline K/V through shared memory with cp.async, keep an online
 // softmax per warp in the exp2 domain, and end with the same combine of the
 // warps' states (out and lse for one split, a float partial for more). CUDA and
@@ -53,6 +53,64 @@ __device__ __forceinline__ BlockWork WorkOfThisBlock(const DecodeAttentionKernel
   work.end = static_cast<int>(begin + chunk < len ? begin + chunk : len);
   return work;
 }
+
+// Where a warp's next 16-token chunk starts, for the tensor-core passes: the
+// warp's chunks are begin + 16 (warp + kWarps i). When 16 divides the page
+// size a chunk lies in one page (ranges start on page boundaries), whose id
+// is fetched one chunk ahead; otherwise each row looks its page up (RowPlace).
+struct ChunkCursor {
+  static constexpr int kChunk = 16;
+  static constexpr int kTileTokens = kWarps * kChunk;
+  const int32_t* table;  // the stream's block-table row
+  int end, page_size, num_pages;
+  bool whole_chunks;
+  int step_pages, step_offset;
+  int token;       // first token of the next chunk
+  int page_index;  // where it lives, for whole chunks
+  int offset;
+  int page;        // -1 past the range
+
+  __device__ ChunkCursor(const DecodeAttentionKernelArgs& args, const BlockWork& work, int warp) {
+    page_size = args.cache.page_size;
+    num_pages = args.cache.num_pages;
+    end = work.end;
+    table = args.page_ids + args.indptr[work.stream];
+    whole_chunks = page_size % kChunk == 0;
+    step_pages = kTileTokens / page_size;
+    step_offset = kTileTokens - step_pages * page_size;
+    token = work.begin + kChunk * warp;
+    page_index = token / page_size;
+    offset = token - page_index * page_size;
+    page = whole_chunks && token < end ? __ldg(table + page_index) : -1;
+  }
+
+  // The page and offset of the chunk's row `row`; false past the range or
+  // for an id outside the cache (which reads as zeros).
+  __device__ __forceinline__ bool RowPlace(int row, int* row_page, int* row_offset) const {
+    const int row_token = token + row;
+    *row_page = page;
+    *row_offset = offset + row;
+    if (!whole_chunks) {
+      const int row_page_index = row_token / page_size;
+      *row_offset = row_token - row_page_index * page_size;
+      *row_page = row_token < end ? __ldg(table + row_page_index) : -1;
+    }
+    return row_token < end && *row_page >= 0 && *row_page < num_pages;
+  }
+
+  __device__ __forceinline__ void Advance() {
+    token += kTileTokens;
+    if (whole_chunks) {
+      offset += step_offset;
+      page_index += step_pages;
+      if (offset >= page_size) {
+        offset -= page_size;
+        ++page_index;
+      }
+      page = token < end ? __ldg(table + page_index) : -1;
+    }
+  }
+};
 
 // The cp.async pipeline of both kernels over `steps` steps: kStages - 1 steps
 // ahead, one commit group per step (empty past the end) so that the wait
@@ -146,6 +204,10 @@ LaunchResult LaunchWithSmem(Kernel kernel, int smem_bytes, const DecodeAttention
 // decode_attention_simt.cu: the f32 pass, for every supported head_dim.
 LaunchResult LaunchSimtPass(const DecodeAttentionArgs& args, float* partial_out,
                             float* partial_lse, GpuStream stream);
+
+// decode_attention_fp8.cu: the pass over fp8 pages (f16 and bf16 models).
+LaunchResult LaunchFp8Pass(const DecodeAttentionArgs& args, float* partial_out,
+                           float* partial_lse, GpuStream stream);
 
 }  // namespace headpage::gpu::internal::decode
 

@@ -3,7 +3,10 @@
 //
 // GatherKV copies the tokens of some streams out of the pool into dense arrays,
 // in slot order: what a policy scorer on the host reads (the eviction engine),
-// and what attention tests compare against. Plain C++: .cu files include it.
+// and what attention tests compare against. Outputs are in the model dtype
+// (cache.dtype) whatever the pages store: an fp8 page's element comes out
+// dequantized (its byte's value times its row's scale) and rounded to it.
+// Plain C++: .cu files include it.
 #ifndef HEADPAGE_KERNELS_GATHER_KV_ARGS_H_
 #define HEADPAGE_KERNELS_GATHER_KV_ARGS_H_
 

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "kernels/token_scores.h"
 
-#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "core/status.h"
+#include "kernels/gather_kv.h"
 #include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
 #include "policy/scores.h"
@@ -107,23 +107,26 @@ absl::Status TokenScores(const TokenScoresArgs& args) {
     }
   }
   // The policy functions on each stream's gathered keys: one implementation
-  // of each score, the oracle the GPU must equal bit for bit.
+  // of each score, the oracle the GPU must equal bit for bit. GatherKV hands
+  // them the keys in the model dtype (fp8 pages' dequantized and rounded to
+  // it), as the GPU reads them.
   const size_t row = static_cast<size_t>(cache.head_dim) * SizeOf(cache.dtype);
   std::vector<char> keys;
   for (int32_t s = 0; s < args.num_streams; ++s) {
     const int32_t n = args.lens[s];
-    const int32_t* pages = args.page_ids + args.indptr[s];
     int32_t* positions = args.positions + args.offsets[s];
     if (args.score == TokenScore::kKeyNorm) keys.resize(n * row);
-    for (int32_t j = 0; j < n; ++j) {
-      const int64_t slot = SlotOf(pages, j, cache.page_size);
-      positions[j] = cache.positions[slot];
-      if (args.score == TokenScore::kKeyNorm) {
-        std::memcpy(keys.data() + j * row,
-                    static_cast<const char*>(cache.data) + cache.KeyOffset(slot) * SizeOf(cache.dtype),
-                    row);
-      }
-    }
+    const int32_t table[] = {0, args.indptr[s + 1] - args.indptr[s]};
+    GatherKVArgs gather;
+    gather.cache = cache;
+    gather.num_rows = 1;
+    gather.indptr = table;
+    gather.page_ids = args.page_ids + args.indptr[s];
+    gather.num_page_ids = table[1];
+    gather.lens = args.lens + s;
+    gather.keys = args.score == TokenScore::kKeyNorm ? keys.data() : nullptr;
+    gather.positions = positions;
+    HEADPAGE_RETURN_IF_ERROR(ref::GatherKV(gather));
     if (args.score == TokenScore::kNone) continue;
     const policy::StreamKeys stream{keys.data(), positions, n, cache.head_dim, cache.dtype};
     const absl::Span<float> scores(args.scores + args.offsets[s], n);

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // TokenScores on the GPU: one thread per token. Each score is computed in the
 // same order and roundings as its policy/ function (no contraction into FMA,
-// IEEE sqrt), so the results equal ref:: bit for bit.
+// IEEE sqrt), so the results equal ref:: bit for bit. On fp8 pages a key
+// element is read as ref:: reads it through GatherKV: the byte's value times
+// the row's scale, rounded to the model dtype.
 #include "kernels/cuda_common.cuh"
 #include "kernels/token_scores_args.h"
 
@@ -19,25 +21,33 @@ __device__ __forceinline__ uint64_t SplitMix64At(uint64_t seed, int64_t j) {
   return z ^ (z >> 31);
 }
 
-template <typename T, int kHeadDim>
+// T: the model dtype; S: the stored element (T, or __nv_fp8_e4m3 on fp8 pages).
+template <typename T, typename S, int kHeadDim>
 __device__ __forceinline__ float NegKeyNorm(const TokenScoresArgs& a, int64_t slot) {
-  const T* key = static_cast<const T*>(a.cache.data) + a.cache.KeyOffset(slot);
-  constexpr int kPerVector = kVectorBytes / static_cast<int>(sizeof(T));
+  constexpr bool kFp8 = std::is_same_v<S, __nv_fp8_e4m3>;
+  const S* key = static_cast<const S*>(a.cache.data) + a.cache.KeyOffset(slot);
+  const float scale = kFp8 ? a.cache.scales[2 * slot] : 0.0f;
+  constexpr int kPerVector = kVectorBytes / static_cast<int>(sizeof(S));
   float sum_sq = 0.0f;
 #pragma unroll 4
   for (int v = 0; v < kHeadDim / kPerVector; ++v) {
     const Vector packed = reinterpret_cast<const Vector*>(key)[v];
-    const T* x = reinterpret_cast<const T*>(&packed);
+    const S* x = reinterpret_cast<const S*>(&packed);
 #pragma unroll
     for (int e = 0; e < kPerVector; ++e) {
-      const float f = ToFloat(x[e]);
+      float f;
+      if constexpr (kFp8) {
+        f = ToFloat(FromFloat<T>(DequantizeFp8(x[e].__x, scale)));
+      } else {
+        f = ToFloat(x[e]);
+      }
       sum_sq = __fadd_rn(sum_sq, __fmul_rn(f, f));
     }
   }
   return -__fsqrt_rn(sum_sq);
 }
 
-template <typename T, int kHeadDim>
+template <typename T, typename S, int kHeadDim>
 __global__ void TokenScoresKernel(TokenScoresArgs a) {
   const int32_t s = blockIdx.x;
   const int32_t j = blockIdx.y * kThreads + threadIdx.x;
@@ -55,7 +65,7 @@ __global__ void TokenScoresKernel(TokenScoresArgs a) {
       a.scores[out] = __int2float_rn(position);
       break;
     case TokenScore::kKeyNorm:
-      a.scores[out] = NegKeyNorm<T, kHeadDim>(a, slot);
+      a.scores[out] = NegKeyNorm<T, S, kHeadDim>(a, slot);
       break;
     case TokenScore::kRandom:
       // The top 24 bits fill a float's significand exactly.
@@ -93,9 +103,17 @@ LaunchResult LaunchMeanOverHeads(const MeanOverHeadsArgs& args, GpuStream stream
 LaunchResult LaunchTokenScores(const TokenScoresArgs& args, GpuStream stream) {
   return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype, auto dim) {
     using T = typename decltype(dtype)::type;
+    constexpr int kHeadDim = decltype(dim)::value;
     const dim3 grid(static_cast<unsigned>(args.num_streams),
                     static_cast<unsigned>(CeilDiv(args.max_len, kThreads)));
-    TokenScoresKernel<T, decltype(dim)::value><<<grid, kThreads, 0, stream>>>(args);
+    if (!args.cache.fp8()) {
+      TokenScoresKernel<T, T, kHeadDim><<<grid, kThreads, 0, stream>>>(args);
+    } else if constexpr (std::is_same_v<T, float>) {
+      // Validate() refuses fp8 pages over f32; the switch refuses it too.
+      return Unsupported(LaunchResult::Kind::kUnsupportedDType);
+    } else {
+      TokenScoresKernel<T, __nv_fp8_e4m3, kHeadDim><<<grid, kThreads, 0, stream>>>(args);
+    }
     return CheckLaunch();
   });
 }

@@ -35,6 +35,20 @@ absl::Status ValidatePagedKV(const PagedKV& cache, const char* op) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": head_dim ", cache.head_dim,
                                                    " is outside [1, ", kMaxHeadDim, "]"));
   }
+  if (!IsKnown(cache.kv_dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": unknown kv_dtype value ", static_cast<int>(cache.kv_dtype)));
+  }
+  if (cache.fp8()) {
+    if (cache.dtype == DType::kF32) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(op, ": fp8 pages need a model dtype of f16 or bf16, got f32"));
+    }
+    if (cache.scales == nullptr || !IsKernelAligned(cache.scales)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": fp8 pages need their scales (null or not ", kKernelAlignment, "-byte aligned)"));
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -22,7 +22,8 @@ inline bool IsKernelAligned(const void* p) {
 }
 
 // InvalidArgument for null pointers, misaligned data (kKernelAlignment),
-// non-positive sizes or an unknown dtype. Any head_dim the geometry allows
+// non-positive sizes, an unknown dtype or kv_dtype, and fp8 pages without
+// scales or over f32. Any head_dim the geometry allows
 // (1 to 1024): the host references loop over it.
 [[nodiscard]] absl::Status ValidatePagedKV(const PagedKV& cache, const char* op);
 

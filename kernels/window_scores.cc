@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
+#include "core/kv_rows.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
@@ -151,6 +152,8 @@ absl::Status WindowScores(const WindowScoresArgs& args) {
   options.pooling = args.pooling;
   options.reduce = args.reduce;
 
+  // fp8 keys are read dequantized and rounded to the model dtype: what the
+  // GPU's tensor cores multiply.
   const size_t row = static_cast<size_t>(d) * SizeOf(cache.dtype);
   std::vector<char> keys;
   std::vector<int32_t> positions;
@@ -166,9 +169,14 @@ absl::Status WindowScores(const WindowScoresArgs& args) {
       positions.resize(n);
       for (int32_t j = 0; j < n; ++j) {
         const int64_t slot = SlotOf(pages, j, cache.page_size);
-        std::memcpy(keys.data() + j * row,
-                    static_cast<const char*>(cache.data) + cache.KeyOffset(slot) * SizeOf(cache.dtype),
-                    row);
+        if (cache.fp8()) {
+          for (int32_t e = 0; e < d; ++e) {
+            StoreFromFloat(keys.data() + j * row, static_cast<size_t>(e), cache.dtype,
+                           LoadKvElement(cache, slot, KvPart::kKey, e));
+          }
+        } else {
+          std::memcpy(keys.data() + j * row, KvRowBytes(cache, slot, KvPart::kKey), row);
+        }
         positions[j] = cache.positions[slot];
       }
       // The group's queries, [group][window][d], scaled to the policy's 1/sqrt(d).

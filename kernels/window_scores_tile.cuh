@@ -4,8 +4,9 @@
 // What a block of WindowScores' passes 1 and 3 (window_scores.cu) does with a
 // tile of keys before the passes part ways: the block's shape and task, the
 // cp.async copies of the keys (and their positions) into swizzled shared
-// memory, the query rows in registers, and the tile's logits on the tensor
-// cores (f16, bf16) or in FMAs (f32). CUDA and plain headers only.
+// memory (fp8 keys dequantized to the model dtype on the way), the query rows
+// in registers, and the tile's logits on the tensor cores (f16, bf16) or in
+// FMAs (f32). CUDA and plain headers only.
 #ifndef HEADPAGE_KERNELS_WINDOW_SCORES_TILE_CUH_
 #define HEADPAGE_KERNELS_WINDOW_SCORES_TILE_CUH_
 
@@ -261,6 +262,45 @@ struct KeyTileCopies {
     next_page = next_key < end ? pages[next_page_index] : 0;
   }
 
+  // The key's row as stored, by cp.async.
+  __device__ __forceinline__ void IssueKey(unsigned char* dst, int64_t page, int32_t offset,
+                                           bool valid) const {
+    const unsigned char* src =
+        static_cast<const unsigned char*>(cache.data) +
+        (page * cache.page_elements() + static_cast<int64_t>(offset) * kHeadDim) * sizeof(T);
+#pragma unroll
+    for (int chunk = my_chunk; chunk < S::kRowChunks; chunk += S::kThreadsPerKey) {
+      CpAsync16(SmemAddress(dst + (SwizzledChunk(my_key, chunk) << 4)), src + chunk * 16, valid);
+    }
+  }
+
+  // fp8 pages: the key's row read now, dequantized and rounded to T, and
+  // stored where IssueKey's copies would land, so the tile's math is the
+  // 16-bit one (ref::WindowScores reads fp8 keys the same way). The stage is
+  // free (the pipeline's order), and the barrier before its use publishes it.
+  __device__ __forceinline__ void IssueFp8Key(unsigned char* dst, int64_t page, int32_t offset,
+                                              int64_t slot, bool valid) const {
+    const unsigned char* src = static_cast<const unsigned char*>(cache.data) +
+                               page * cache.page_elements() +
+                               static_cast<int64_t>(offset) * kHeadDim;
+    const float scale = valid ? __ldg(cache.scales + 2 * slot) : 0.0f;
+#pragma unroll
+    for (int chunk = my_chunk; chunk < S::kRowChunks; chunk += S::kThreadsPerKey) {
+      // 16 bytes of T are 8 elements: 8 fp8 bytes of the row.
+      const uint2 raw = valid ? __ldg(reinterpret_cast<const uint2*>(src + chunk * 8))
+                              : make_uint2(0u, 0u);
+      const uint32_t words[2] = {raw.x, raw.y};
+      T out[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const uint8_t bits = static_cast<uint8_t>(words[e / 4] >> (8 * (e % 4)));
+        out[e] = FromFloat<T>(DequantizeFp8(bits, scale));
+      }
+      *reinterpret_cast<uint4*>(dst + (SwizzledChunk(my_key, chunk) << 4)) =
+          *reinterpret_cast<const uint4*>(out);
+    }
+  }
+
   __device__ __forceinline__ void Issue(int stage) {
     const int32_t i = next_key;
     const bool valid = i < end;
@@ -275,13 +315,15 @@ struct KeyTileCopies {
       ++next_page_index;
     }
     next_page = next_key < end ? pages[next_page_index] : 0;
-    const unsigned char* src =
-        static_cast<const unsigned char*>(cache.data) +
-        (page * cache.page_elements() + static_cast<int64_t>(offset) * kHeadDim) * sizeof(T);
     unsigned char* dst = smem + stage * S::kStageBytes + my_key * S::kRowBytes;
-#pragma unroll
-    for (int chunk = my_chunk; chunk < S::kRowChunks; chunk += S::kThreadsPerKey) {
-      CpAsync16(SmemAddress(dst + (SwizzledChunk(my_key, chunk) << 4)), src + chunk * 16, valid);
+    if constexpr (!std::is_same_v<T, float>) {
+      if (cache.fp8()) {
+        IssueFp8Key(dst, page, offset, slot, valid);
+      } else {
+        IssueKey(dst, page, offset, valid);
+      }
+    } else {
+      IssueKey(dst, page, offset, valid);
     }
     if (my_chunk == 0) {
       int32_t* position = positions + stage * kTile + my_key;

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "kernels/write_kv.h"
 
-#include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/kv_rows.h"
 #include "core/status.h"
 #include "kernels/gpu_status.h"
 #include "kernels/validate_common.h"
@@ -45,18 +46,20 @@ absl::Status WriteKV(const WriteKVArgs& args) {
       }
     }
   }
-  const size_t elem = SizeOf(cache.dtype);
-  const size_t row_bytes = static_cast<size_t>(cache.head_dim) * elem;
-  auto* base = static_cast<char*>(cache.data);
+  // fp8 pages quantize each row with a new scale (core/kv_rows.h StoreKvRow);
+  // other pages take the row's bytes as they are.
+  const size_t row_elements = static_cast<size_t>(cache.head_dim);
+  const size_t row_bytes = row_elements * SizeOf(cache.dtype);
   const auto* keys = static_cast<const char*>(args.keys);
   const auto* values = static_cast<const char*>(args.values);
+  std::vector<float> scratch(cache.fp8() ? row_elements : 0);
   for (int32_t t = 0; t < args.num_tokens; ++t) {
     for (int32_t h = 0; h < args.num_kv_heads; ++h) {
       const int32_t slot = args.slot_mapping[static_cast<int64_t>(t) * args.slot_stride + h];
       if (slot < 0) continue;
       const size_t src = (static_cast<size_t>(t) * args.num_kv_heads + h) * row_bytes;
-      std::memcpy(base + cache.KeyOffset(slot) * elem, keys + src, row_bytes);
-      std::memcpy(base + cache.ValueOffset(slot) * elem, values + src, row_bytes);
+      StoreKvRow(cache, slot, KvPart::kKey, keys + src, scratch.data());
+      StoreKvRow(cache, slot, KvPart::kValue, values + src, scratch.data());
       cache.positions[slot] = args.positions[t];
     }
   }

@@ -5,6 +5,15 @@
 // so consecutive threads write consecutive bytes of a row and a warp covers
 // whole rows (a 128-dim bf16 row is 16 vectors). K and V of a row go out
 // together; the row's first thread also stores the position.
+//
+// fp8 pages: one warp per (token, kv head), each lane on head_dim / 32
+// contiguous elements of the K and of the V row. The warp reduces the rows'
+// amax (fmaxf skips NaN, as the host's comparison does), then every lane
+// quantizes its elements with the same IEEE operations as QuantizeRowFp8
+// (core/dtype.h): inv = 448 / amax, one product x * inv, a saturating
+// round-to-nearest-even conversion, and scale = amax / 448. Explicit _rn
+// intrinsics hold to that whatever the compiler flags (no FMA, no approximate
+// division), so the bytes and scales equal the host's.
 #include "kernels/cuda_common.cuh"
 #include "kernels/write_kv_args.h"
 
@@ -35,9 +44,91 @@ __global__ void WriteKVKernel(WriteKVArgs args, int64_t num_vectors) {
   }
 }
 
+constexpr int kWarpSize = 32;
+constexpr int kFp8Threads = 256;
+constexpr int kFp8WarpsPerBlock = kFp8Threads / kWarpSize;
+
+// A lane's kPerLane elements of one row (of the model dtype T) quantized: the
+// row's amax is reduced over the warp. Writes the kPerLane bytes to `out` and
+// returns the row's scale.
+template <typename T, int kPerLane>
+__device__ __forceinline__ float QuantizeRowPart(const T* in, uint8_t* out) {
+  using In = typename AlignedBytes<kPerLane * static_cast<int>(sizeof(T))>::type;
+  using Out = typename AlignedBytes<kPerLane>::type;
+  const In packed = *reinterpret_cast<const In*>(in);
+  const T* x = reinterpret_cast<const T*>(&packed);
+  float amax = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) amax = fmaxf(amax, fabsf(ToFloat(x[e])));
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, offset));
+  }
+  const float inv = amax > 0.0f ? __fdiv_rn(fp8_e4m3::kMax, amax) : 0.0f;
+  Out q;
+  auto* pairs = reinterpret_cast<uint16_t*>(&q);
+#pragma unroll
+  for (int e = 0; e < kPerLane; e += 2) {
+    pairs[e / 2] =
+        FloatsToFp8x2(__fmul_rn(ToFloat(x[e]), inv), __fmul_rn(ToFloat(x[e + 1]), inv));
+  }
+  *reinterpret_cast<Out*>(out) = q;
+  return __fdiv_rn(amax, fp8_e4m3::kMax);
+}
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kFp8Threads)
+    WriteKVFp8Kernel(WriteKVArgs args, int64_t num_rows) {
+  constexpr int kPerLane = kHeadDim / kWarpSize;
+  static_assert(kPerLane % 2 == 0 && kPerLane * kWarpSize == kHeadDim, "whole pairs per lane");
+  const PagedKV& cache = args.cache;
+  const int lane = threadIdx.x % kWarpSize;
+  auto* base = static_cast<uint8_t*>(cache.data);
+  const auto* keys = static_cast<const T*>(args.keys);
+  const auto* values = static_cast<const T*>(args.values);
+  // Whole warps stride over the rows, so every shuffle has its full warp.
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kFp8WarpsPerBlock;
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(kFp8WarpsPerBlock) + threadIdx.x / kWarpSize;
+       row < num_rows; row += warps) {
+    const int64_t token = row / args.num_kv_heads;
+    const int64_t head = row - token * args.num_kv_heads;
+    const int32_t slot = args.slot_mapping[token * args.slot_stride + head];
+    if (slot < 0 || slot >= cache.num_slots()) continue;
+    const int64_t in = row * kHeadDim + lane * kPerLane;
+    const float key_scale = QuantizeRowPart<T, kPerLane>(
+        keys + in, base + cache.KeyOffset(slot) + lane * kPerLane);
+    const float value_scale = QuantizeRowPart<T, kPerLane>(
+        values + in, base + cache.ValueOffset(slot) + lane * kPerLane);
+    if (lane == 0) {
+      reinterpret_cast<float2*>(cache.scales)[slot] = make_float2(key_scale, value_scale);
+      cache.positions[slot] = args.positions[token];
+    }
+  }
+}
+
+LaunchResult LaunchWriteKVFp8(const WriteKVArgs& args, GpuStream stream) {
+  return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,
+                                                                           auto head_dim_tag) {
+    using T = typename decltype(dtype_tag)::type;
+    // Validate() refuses fp8 pages over f32; the switch refuses it too.
+    if constexpr (std::is_same_v<T, float>) {
+      return Unsupported(LaunchResult::Kind::kUnsupportedDType);
+    } else {
+      const int64_t num_rows = static_cast<int64_t>(args.num_tokens) * args.num_kv_heads;
+      const int64_t blocks = CeilDiv(num_rows, kFp8WarpsPerBlock) < 65536
+                                 ? CeilDiv(num_rows, kFp8WarpsPerBlock)
+                                 : 65536;
+      WriteKVFp8Kernel<T, decltype(head_dim_tag)::value>
+          <<<static_cast<unsigned>(blocks), kFp8Threads, 0, stream>>>(args, num_rows);
+      return CheckLaunch();
+    }
+  });
+}
+
 }  // namespace
 
 LaunchResult LaunchWriteKV(const WriteKVArgs& args, GpuStream stream) {
+  if (args.cache.fp8()) return LaunchWriteKVFp8(args, stream);
   return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,
                                                                            auto head_dim_tag) {
     using T = typename decltype(dtype_tag)::type;

@@ -3,6 +3,9 @@
 //
 // WriteKV scatters the K/V of new tokens of one layer into the pool, where the
 // block manager's slot mapping says, and stores each token's position beside it.
+// fp8 pages (cache.kv_dtype kFP8E4M3) get every (token, head) K and V row
+// quantized with a scale of its own (core/dtype.h QuantizeRowFp8), stored in
+// cache.scales beside the position; the GPU's bytes and scales equal the host's.
 // Plain C++: .cu files include it.
 #ifndef HEADPAGE_KERNELS_WRITE_KV_ARGS_H_
 #define HEADPAGE_KERNELS_WRITE_KV_ARGS_H_

@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <random>
@@ -59,14 +60,14 @@ inline std::vector<int32_t> SkewedLengths(int32_t num_streams, int32_t len, doub
 // A device pool whose streams have the given lengths (CSR block tables over
 // shuffled page ids, as a long-running pool has) and random K/V in [-1, 1].
 struct BenchPool {
-  DeviceBuffer data, positions, indptr, page_ids, lens;
+  DeviceBuffer data, positions, scales, indptr, page_ids, lens;
   PagedKV view;
   std::vector<int32_t> host_indptr, host_page_ids, host_lens;
   int64_t total_tokens = 0;
 
   BenchPool(const std::vector<int32_t>& stream_lens, int32_t spare_pages = 0,
             int32_t head_dim = kHeadDim, DType dtype = kDType, int32_t page_size = kPageSize,
-            uint64_t seed = 1)
+            uint64_t seed = 1, KvDType kv_dtype = KvDType::kAuto)
       : host_lens(stream_lens) {
     host_indptr.push_back(0);
     for (int32_t len : stream_lens) {
@@ -84,16 +85,21 @@ struct BenchPool {
     view.page_size = page_size;
     view.head_dim = head_dim;
     view.dtype = dtype;
-    const size_t bytes =
-        static_cast<size_t>(num_pages) * 2 * page_size * head_dim * SizeOf(dtype);
+    view.kv_dtype = kv_dtype;
+    const size_t element_bytes = KvElementBytes(dtype, kv_dtype);
+    const size_t bytes = static_cast<size_t>(num_pages) * 2 * page_size * head_dim * element_bytes;
     data = DeviceBuffer(bytes);
     // Tile a 16 MiB random block: generating a gigabyte on the host would
     // dominate the benchmark's start-up.
     const size_t block_bytes = std::min<size_t>(bytes, size_t{16} << 20);
     std::vector<uint8_t> block(block_bytes);
     std::uniform_real_distribution<float> value(-1.0f, 1.0f);
-    for (size_t i = 0; i < block_bytes / SizeOf(dtype); ++i) {
-      StoreFromFloat(block.data(), i, dtype, value(rng));
+    for (size_t i = 0; i < block_bytes / element_bytes; ++i) {
+      if (view.fp8()) {
+        block[i] = fp8_e4m3::FromFloat(fp8_e4m3::kMax * value(rng)).bits;
+      } else {
+        StoreFromFloat(block.data(), i, dtype, value(rng));
+      }
     }
     for (size_t at = 0; at < bytes; at += block_bytes) {
       HEADPAGE_CUDA_OK(cudaMemcpy(data.get<char>() + at, block.data(),
@@ -112,6 +118,13 @@ struct BenchPool {
     lens = DeviceBuffer(host_lens);
     view.data = data.get();
     view.positions = positions.get<int32_t>();
+    if (view.fp8()) {
+      // Each row's scale as if its largest element were near 1.
+      std::vector<float> host_scales(2 * host_positions.size());
+      for (float& scale : host_scales) scale = (0.5f + 0.5f * std::abs(value(rng))) / fp8_e4m3::kMax;
+      scales = DeviceBuffer(host_scales);
+      view.scales = scales.get<float>();
+    }
   }
 
   // The page ids no stream holds (the spare_pages), ascending: destinations
@@ -126,9 +139,12 @@ struct BenchPool {
     return spare;
   }
 
-  // K and V bytes of every stream's tokens.
+  // K and V bytes of every stream's tokens (fp8 pages: their scales too).
   double kv_bytes() const {
-    return static_cast<double>(total_tokens) * 2 * view.head_dim * SizeOf(view.dtype);
+    const double row = static_cast<double>(view.head_dim) *
+                           static_cast<double>(KvElementBytes(view.dtype, view.kv_dtype)) +
+                       (view.fp8() ? sizeof(float) : 0);
+    return static_cast<double>(total_tokens) * 2 * row;
   }
 };
 

@@ -51,10 +51,10 @@ int RunWalkthroughCommand(int argc, char** argv) {
   if (!num_pages.ok()) return Fail(kCommand, num_pages.status());
   std::printf("headpage walkthrough: Llama-3-8B %s\n", g.DebugString().c_str());
   std::printf("  %d streams a sequence; a page holds %d tokens of one stream = %zu bytes\n",
-              g.streams_per_sequence(), g.page_size, g.page_bytes());
+              g.streams_per_sequence(), g.page_size, g.page_memory_bytes());
   std::printf("  pool: %lld pages = %.3f GiB of KV (budget %g GiB); no arena: bookkeeping only\n\n",
               static_cast<long long>(*num_pages),
-              static_cast<double>(*num_pages) * static_cast<double>(g.page_bytes()) / kGiB,
+              static_cast<double>(*num_pages) * static_cast<double>(g.page_memory_bytes()) / kGiB,
               options.pool_gib);
   std::printf("%s\n", WalkthroughTableHeader().c_str());
 
@@ -71,7 +71,7 @@ int RunWalkthroughCommand(int argc, char** argv) {
   }
   std::printf("\npeak: %lld pages in use = %.3f GiB of KV; CheckInvariants() OK after every step\n",
               static_cast<long long>(peak_pages),
-              static_cast<double>(peak_pages) * static_cast<double>(g.page_bytes()) / kGiB);
+              static_cast<double>(peak_pages) * static_cast<double>(g.page_memory_bytes()) / kGiB);
   return 0;
 }
 

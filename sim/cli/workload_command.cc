@@ -243,8 +243,8 @@ int RunWorkloadCommand(int argc, char** argv) {
       source->Name().c_str(), list->size(), rate, options.geometry.num_layers,
       options.geometry.num_kv_heads, static_cast<long long>(options.pool_pages),
       options.geometry.page_size,
-      static_cast<double>(options.pool_pages) * static_cast<double>(options.geometry.page_bytes()) /
-          kGiB,
+      static_cast<double>(options.pool_pages) *
+          static_cast<double>(options.geometry.page_memory_bytes()) / kGiB,
       profile->name().c_str(), options.budget.ToString().c_str());
 
   if (sweep) {

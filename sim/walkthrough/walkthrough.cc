@@ -131,7 +131,7 @@ absl::Status RunWalkthrough(const WalkthroughOptions& options,
     step.name = std::move(name);
     step.stats = manager.Stats();
     step.kv_gib = static_cast<double>(step.stats.pages_in_use) *
-                  static_cast<double>(geometry.page_bytes()) / kGiB;
+                  static_cast<double>(geometry.page_memory_bytes()) / kGiB;
     step.manager_us = clock.microseconds();
     step.manager_calls = clock.calls();
     step.note = std::move(note);

@@ -126,15 +126,15 @@ absl::StatusOr<int64_t> PagesForBudget(const CacheGeometry& geometry, double gib
     return absl::InvalidArgumentError(
         absl::StrCat("pool budget must be a positive number of GiB, got ", gib));
   }
-  const double pages = std::floor(gib * kGiB / static_cast<double>(geometry.page_bytes()));
+  const double pages = std::floor(gib * kGiB / static_cast<double>(geometry.page_memory_bytes()));
   if (pages < 1.0) {
     return absl::InvalidArgumentError(absl::StrCat("a pool of ", gib, " GiB holds no page of ",
-                                                   geometry.page_bytes(), " bytes"));
+                                                   geometry.page_memory_bytes(), " bytes"));
   }
   if (pages > static_cast<double>(std::numeric_limits<int32_t>::max())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("a pool of ", gib, " GiB holds ", pages, " pages of ", geometry.page_bytes(),
-                     " bytes, more than the 2^31 - 1 page ids"));
+        absl::StrCat("a pool of ", gib, " GiB holds ", pages, " pages of ",
+                     geometry.page_memory_bytes(), " bytes, more than the 2^31 - 1 page ids"));
   }
   return static_cast<int64_t>(pages);
 }

@@ -38,6 +38,39 @@ TEST_CASE("CudaArena: device memory of the documented size, positions -1", "[all
   REQUIRE(arena->view().data == nullptr);
 }
 
+TEST_CASE("CudaArena: fp8 pages have one-byte elements and zeroed device scales",
+          "[allocator][gpu]") {
+  CacheGeometry g = CacheGeometry::Llama3_8B();
+  auto plain = CudaArena::Create(g, 4);
+  REQUIRE_OK(plain);
+  REQUIRE(plain->view().scales == nullptr);
+  g.kv_dtype = KvDType::kFP8E4M3;
+  auto arena = CudaArena::Create(g, 100);
+  REQUIRE_OK(arena);
+  const PagedKV v = arena->view();
+  REQUIRE(v.kv_dtype == KvDType::kFP8E4M3);
+  REQUIRE(v.memory == MemoryKind::kDevice);
+  REQUIRE(arena->kv_bytes() == 100 * g.page_bytes());
+  REQUIRE(g.page_bytes() == 2 * 16 * 128);
+  REQUIRE(v.scales != nullptr);
+  REQUIRE(reinterpret_cast<uintptr_t>(v.scales) % 16 == 0);
+  cudaPointerAttributes attrs{};
+  REQUIRE(cudaPointerGetAttributes(&attrs, v.scales) == cudaSuccess);
+  REQUIRE(attrs.type == cudaMemoryTypeDevice);
+  std::vector<float> scales(static_cast<size_t>(2 * v.num_slots()), -1.0f);
+  REQUIRE(cudaMemcpy(scales.data(), v.scales, scales.size() * sizeof(float),
+                     cudaMemcpyDeviceToHost) == cudaSuccess);
+  for (float s : scales) REQUIRE(s == 0.0f);
+  std::vector<int32_t> positions(static_cast<size_t>(v.num_slots()));
+  REQUIRE(cudaMemcpy(positions.data(), v.positions, positions.size() * sizeof(int32_t),
+                     cudaMemcpyDeviceToHost) == cudaSuccess);
+  for (int32_t p : positions) REQUIRE(p == -1);
+  // Moving hands the scales over too.
+  CudaArena moved = std::move(arena).value();
+  REQUIRE(moved.view().scales == v.scales);
+  REQUIRE(arena->view().scales == nullptr);
+}
+
 TEST_CASE("CudaArena: an impossible size is ResourceExhausted, not a crash", "[allocator][gpu]") {
   CacheGeometry g = CacheGeometry::Llama3_8B();
   g.page_size = 1024;  // 512 KiB pages: 2^21 of them is 1 TiB

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "tests/testing/catch.h"
 
@@ -111,6 +113,167 @@ TEST_CASE("dtype: LoadAsFloat and StoreFromFloat", "[core]") {
   REQUIRE(LoadAsFloat(f32, 1, DType::kF32) == 0.1f);
   REQUIRE(LoadAsFloat(h, 1, DType::kF16) == f16::FromFloat(0.1f).ToFloat());
   REQUIRE(LoadAsFloat(b, 1, DType::kBF16) == bf16::FromFloat(0.1f).ToFloat());
+}
+
+// ---- fp8 e4m3 ------------------------------------------------------------
+
+// The correctly rounded e4m3 encoding of `x` by search over the 127
+// non-negative finite encodings: the nearest, ties to the even code (the even
+// mantissa), anything past 448 saturating to 448. An oracle for FromFloat.
+uint8_t Fp8NearestBySearch(float x) {
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const double ax = std::fabs(static_cast<double>(x));
+  uint8_t best = 0;
+  double best_distance = std::numeric_limits<double>::infinity();
+  for (uint32_t code = 0; code <= 0x7e; ++code) {
+    const float value = fp8_e4m3::FromBits(static_cast<uint8_t>(code)).ToFloat();
+    const double distance = std::fabs(static_cast<double>(value) - ax);
+    if (distance < best_distance || (distance == best_distance && code % 2 == 0)) {
+      best = static_cast<uint8_t>(code);
+      best_distance = distance;
+    }
+  }
+  return sign | best;
+}
+
+TEST_CASE("dtype: kv dtypes, names and element sizes", "[core]") {
+  REQUIRE(std::string(KvDTypeName(KvDType::kAuto)) == "auto");
+  REQUIRE(std::string(KvDTypeName(KvDType::kFP8E4M3)) == "fp8_e4m3");
+  REQUIRE(IsKnown(KvDType::kFP8E4M3));
+  REQUIRE_FALSE(IsKnown(static_cast<KvDType>(2)));
+  REQUIRE(KvElementBytes(DType::kBF16, KvDType::kAuto) == 2);
+  REQUIRE(KvElementBytes(DType::kF32, KvDType::kAuto) == 4);
+  REQUIRE(KvElementBytes(DType::kF16, KvDType::kFP8E4M3) == 1);
+}
+
+TEST_CASE("dtype: fp8 e4m3 known encodings", "[core]") {
+  REQUIRE(fp8_e4m3::FromFloat(1.0f).bits == 0x38);
+  REQUIRE(fp8_e4m3::FromFloat(-2.0f).bits == 0xc0);
+  REQUIRE(fp8_e4m3::FromFloat(448.0f).bits == 0x7e);
+  REQUIRE(fp8_e4m3::FromFloat(-448.0f).bits == 0xfe);
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(1.0f, -6)).bits == 0x08);  // smallest normal
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(7.0f, -9)).bits == 0x07);  // largest subnormal
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(1.0f, -9)).bits == 0x01);  // smallest subnormal
+  REQUIRE(fp8_e4m3::FromFloat(0.0f).bits == 0x00);
+  REQUIRE(fp8_e4m3::FromFloat(-0.0f).bits == 0x80);
+  REQUIRE(fp8_e4m3::FromBits(0x7e).ToFloat() == 448.0f);
+  REQUIRE(fp8_e4m3::FromBits(0x01).ToFloat() == std::ldexp(1.0f, -9));
+  REQUIRE(fp8_e4m3::FromBits(0x3a).ToFloat() == 1.25f);
+  REQUIRE(std::signbit(fp8_e4m3::FromBits(0x80).ToFloat()));
+}
+
+TEST_CASE("dtype: fp8 rounds ties to even, normal and subnormal", "[core]") {
+  REQUIRE(fp8_e4m3::FromFloat(1.0625f).bits == 0x38);  // between 1 and 1.125: even below
+  REQUIRE(fp8_e4m3::FromFloat(1.1875f).bits == 0x3a);  // between 1.125 and 1.25: even above
+  REQUIRE(fp8_e4m3::FromFloat(std::nextafter(1.0625f, 2.0f)).bits == 0x39);
+  REQUIRE(fp8_e4m3::FromFloat(-1.1875f).bits == 0xba);
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(1.0f, -10)).bits == 0x00);  // half the smallest: 0
+  REQUIRE(fp8_e4m3::FromFloat(std::nextafter(std::ldexp(1.0f, -10), 1.0f)).bits == 0x01);
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(1.5f, -9)).bits == 0x02);
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(2.5f, -9)).bits == 0x02);
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(7.5f, -9)).bits == 0x08);  // subnormal to normal
+  REQUIRE(fp8_e4m3::FromFloat(std::ldexp(1.0f, -30)).bits == 0x00);
+  REQUIRE(fp8_e4m3::FromFloat(-std::ldexp(1.0f, -30)).bits == 0x80);
+  REQUIRE(fp8_e4m3::FromFloat(std::numeric_limits<float>::denorm_min()).bits == 0x00);
+}
+
+TEST_CASE("dtype: fp8 saturates at 448; NaN is 0x7f", "[core]") {
+  const float inf = std::numeric_limits<float>::infinity();
+  REQUIRE(fp8_e4m3::FromFloat(416.0f).bits == 0x7d);
+  REQUIRE(fp8_e4m3::FromFloat(464.0f).bits == 0x7e);  // the tie with 480 (no such value)
+  REQUIRE(fp8_e4m3::FromFloat(470.0f).bits == 0x7e);  // rounds to 480: saturated
+  REQUIRE(fp8_e4m3::FromFloat(1e6f).bits == 0x7e);
+  REQUIRE(fp8_e4m3::FromFloat(std::numeric_limits<float>::max()).bits == 0x7e);
+  REQUIRE(fp8_e4m3::FromFloat(inf).bits == 0x7e);
+  REQUIRE(fp8_e4m3::FromFloat(-inf).bits == 0xfe);
+  REQUIRE(fp8_e4m3::FromFloat(std::numeric_limits<float>::quiet_NaN()).bits == 0x7f);
+  REQUIRE(fp8_e4m3::FromFloat(-std::numeric_limits<float>::quiet_NaN()).bits == 0x7f);
+  REQUIRE(std::isnan(fp8_e4m3::FromBits(0x7f).ToFloat()));
+  REQUIRE(std::isnan(fp8_e4m3::FromBits(0xff).ToFloat()));
+}
+
+TEST_CASE("dtype: every finite fp8 value survives a round trip through float", "[core]") {
+  int finite = 0;
+  for (uint32_t b = 0; b < 0x100; ++b) {
+    const auto bits = static_cast<uint8_t>(b);
+    const float f = fp8_e4m3::FromBits(bits).ToFloat();
+    if (std::isnan(f)) {
+      REQUIRE((bits & 0x7f) == 0x7f);
+      continue;
+    }
+    ++finite;
+    CAPTURE(b, f);
+    REQUIRE(fp8_e4m3::FromFloat(f).bits == bits);
+    REQUIRE(std::fabs(f) <= fp8_e4m3::kMax);
+  }
+  REQUIRE(finite == 254);
+}
+
+TEST_CASE("dtype: fp8 FromFloat rounds to nearest even like an exhaustive search", "[core]") {
+  std::mt19937 rng(4321);
+  for (int i = 0; i < 200000; ++i) {
+    float x = BitsToFloat(rng());
+    if (std::isnan(x)) continue;
+    // Most draws scaled into e4m3's range (subnormals to just past 448).
+    if (i % 4 != 0) x = std::ldexp(std::fmod(x, 1.0f), static_cast<int>(rng() % 22) - 12);
+    CAPTURE(x);
+    REQUIRE(fp8_e4m3::FromFloat(x).bits == Fp8NearestBySearch(x));
+  }
+}
+
+TEST_CASE("dtype: QuantizeRowFp8 scales each row by its amax", "[core]") {
+  fp8_e4m3 q[4];
+  const float zeros[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  REQUIRE(QuantizeRowFp8(zeros, 4, q) == 0.0f);
+  for (const fp8_e4m3 e : q) REQUIRE(e.bits == 0x00);
+
+  // amax 448: inv 1, every element representable is stored exactly, scale 1.
+  const float exact[4] = {448.0f, -224.0f, 1.0f, -0.0f};
+  REQUIRE(QuantizeRowFp8(exact, 4, q) == 1.0f);
+  REQUIRE(q[0].bits == 0x7e);
+  REQUIRE(q[1].bits == fp8_e4m3::FromFloat(-224.0f).bits);
+  REQUIRE(q[2].bits == 0x38);
+  REQUIRE(q[3].bits == 0x80);
+
+  // amax 2 (the negative element): the row is stored times 224.
+  const float twos[4] = {1.0f, -2.0f, 0.5f, 0.25f};
+  REQUIRE(QuantizeRowFp8(twos, 4, q) == 2.0f / 448.0f);
+  REQUIRE(q[0].bits == fp8_e4m3::FromFloat(224.0f).bits);
+  REQUIRE(q[1].bits == 0xfe);
+  REQUIRE(q[2].bits == fp8_e4m3::FromFloat(112.0f).bits);
+  REQUIRE(q[3].bits == fp8_e4m3::FromFloat(56.0f).bits);
+
+  // A NaN element is stored as NaN and does not take part in the amax.
+  const float with_nan[4] = {0.5f, std::numeric_limits<float>::quiet_NaN(), -1.0f, 0.0f};
+  REQUIRE(QuantizeRowFp8(with_nan, 4, q) == 1.0f / 448.0f);
+  REQUIRE(q[1].bits == 0x7f);
+  REQUIRE(q[2].bits == 0xfe);
+}
+
+TEST_CASE("dtype: QuantizeRowFp8 maps the amax to 448 and reads back within an ulp", "[core]") {
+  std::mt19937 rng(99);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  std::vector<float> row(128);
+  std::vector<fp8_e4m3> q(row.size());
+  for (int trial = 0; trial < 200; ++trial) {
+    const float magnitude = std::ldexp(1.0f, trial % 40 - 20);
+    size_t arg_max = 0;
+    for (size_t i = 0; i < row.size(); ++i) {
+      row[i] = value(rng) * magnitude;
+      if (std::fabs(row[i]) > std::fabs(row[arg_max])) arg_max = i;
+    }
+    const float scale = QuantizeRowFp8(row.data(), row.size(), q.data());
+    REQUIRE(scale == std::fabs(row[arg_max]) / 448.0f);
+    REQUIRE((q[arg_max].bits & 0x7f) == 0x7e);
+    for (size_t i = 0; i < row.size(); ++i) {
+      CAPTURE(trial, i, row[i]);
+      // e4m3 keeps 3 mantissa bits: a normal is within 2^-4 relative, a
+      // subnormal within half of 2^-9 of the scaled value.
+      const float back = q[i].ToFloat() * scale;
+      REQUIRE(std::fabs(back - row[i]) <=
+              std::max(std::fabs(row[i]) * 0.0625f, scale * std::ldexp(1.0f, -10)) * 1.0001f);
+    }
+  }
 }
 
 }  // namespace

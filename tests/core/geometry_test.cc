@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "core/geometry.h"
 
+#include <string>
+
 #include "core/paged_kv.h"
 #include "tests/testing/status_matchers.h"
 
@@ -34,6 +36,42 @@ TEST_CASE("CacheGeometry: every out-of-range field gets a clear error", "[core]"
                 absl::StatusCode::kInvalidArgument, "page_size");
   REQUIRE_ERROR(with([](CacheGeometry& g) { g.dtype = static_cast<DType>(9); }),
                 absl::StatusCode::kInvalidArgument, "dtype");
+}
+
+TEST_CASE("CacheGeometry: fp8 pages need f16 or bf16, and a known kv_dtype", "[core]") {
+  CacheGeometry g = CacheGeometry::Llama3_8B();
+  REQUIRE(g.kv_dtype == KvDType::kAuto);
+  REQUIRE_FALSE(g.fp8());
+  g.kv_dtype = KvDType::kFP8E4M3;
+  REQUIRE(g.fp8());
+  REQUIRE_OK(Validate(g));
+  g.dtype = DType::kF16;
+  REQUIRE_OK(Validate(g));
+  g.dtype = DType::kF32;
+  REQUIRE_ERROR(Validate(g), absl::StatusCode::kInvalidArgument, "fp8_e4m3 needs a model dtype");
+  g.dtype = DType::kBF16;
+  g.kv_dtype = static_cast<KvDType>(7);
+  REQUIRE_ERROR(Validate(g), absl::StatusCode::kInvalidArgument, "unknown kv_dtype value 7");
+  // f32 pages stay valid without fp8.
+  g.kv_dtype = KvDType::kAuto;
+  g.dtype = DType::kF32;
+  REQUIRE_OK(Validate(g));
+}
+
+TEST_CASE("CacheGeometry: fp8 page bytes, scale bytes and memory per page", "[core]") {
+  CacheGeometry g = CacheGeometry::Llama3_8B(DType::kBF16, 16);
+  REQUIRE(g.page_scale_bytes() == 0);
+  REQUIRE(g.page_memory_bytes() == g.page_bytes());
+  REQUIRE(g.DebugString().find("kv_dtype") == std::string::npos);
+  g.kv_dtype = KvDType::kFP8E4M3;
+  REQUIRE(g.page_bytes() == 2 * 16 * 128);                 // one byte per element
+  REQUIRE(g.page_scale_bytes() == 2 * 16 * sizeof(float));  // a K and a V scale per slot
+  REQUIRE(g.page_memory_bytes() == 2 * 16 * 128 + 2 * 16 * 4);
+  REQUIRE(g.DebugString().find("kv_dtype=fp8_e4m3") != std::string::npos);
+  g.page_size = 5;
+  g.head_dim = 64;
+  REQUIRE(g.page_bytes() == 2 * 5 * 64);
+  REQUIRE(g.page_memory_bytes() == 2 * 5 * 64 + 2 * 5 * 4);
 }
 
 TEST_CASE("PagedKV: offsets follow the documented page layout", "[core]") {

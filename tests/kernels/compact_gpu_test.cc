@@ -118,7 +118,7 @@ CompactArgs ArgsOf(const PagedKV& cache, const RandomPlan& host, DevicePlan* dev
 void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = false,
                      int32_t keep_base = 0) {
   RandomPlan plan(c, many_fresh);
-  DevicePool device(c.view(), c.data(), c.positions());
+  DevicePool device(c.view(), c.data(), c.positions(), c.scales());
   std::vector<float> slot_scores(c.positions().size());
   for (size_t i = 0; i < slot_scores.size(); ++i) slot_scores[i] = 0.25f * static_cast<float>(i) - 3.0f;
   DeviceBuffer device_scores(slot_scores);
@@ -159,20 +159,25 @@ void CheckAgainstRef(PagedCase& c, bool scattered = false, bool many_fresh = fal
   REQUIRE(device.positions.Download<int32_t>() == c.positions());
   REQUIRE(device.data.Download<uint8_t>() == c.data());
   REQUIRE(device_scores.Download<float>() == slot_scores);
+  if (c.view().fp8()) REQUIRE(testing::SameBits(device.scales.Download<float>(), c.scales()));
 }
 
 TEST_CASE("gpu::Compact equals ref::Compact, fresh and in place", "[kernels][gpu][sanitize]") {
-  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+  for (const testing::PageKind page_kind : testing::kEveryPageKind) {
+    const DType dtype = page_kind.dtype;
     for (int32_t head_dim : {64, 128, 256}) {
       for (int32_t page_size : {1, 16, 7}) {
-        CAPTURE(DTypeName(dtype), head_dim, page_size);
+        CAPTURE(DTypeName(dtype), KvDTypeName(page_kind.kv_dtype), head_dim, page_size);
         std::vector<int32_t> lens = testing::EdgeLengths(page_size);
         lens.push_back(40 * page_size + 3);
         const std::vector<int32_t> more = lens;
         lens.insert(lens.end(), more.begin(), more.end());  // two of each, more mode mixes
-        PagedCase c({page_size, head_dim, dtype, lens, 60 * (page_size + 1)},
+        PagedCase c({page_size, head_dim, dtype, lens, 60 * (page_size + 1), 1.0f,
+                     page_kind.kv_dtype},
                     static_cast<uint64_t>(head_dim + 1000 * page_size) + static_cast<int>(dtype));
         CheckAgainstRef(c);
+        // fp8 pages' scales also through scattered keep sets past a frozen prefix.
+        if (c.view().fp8()) CheckAgainstRef(c, /*scattered=*/true, false, /*keep_base=*/page_size);
       }
     }
   }
@@ -214,9 +219,13 @@ TEST_CASE("gpu::Compact: several slabs per warp", "[kernels][gpu]") {
   // Even rows (fresh, everything kept): 204K survivors.
   const std::vector<int32_t> lens{32768, 32768, 32768, 0,     32768, 32768,
                                   40000, 17,    32768, 32768, 32768, 5};
-  for (DType dtype : {DType::kBF16, DType::kF32}) {
-    CAPTURE(DTypeName(dtype));
-    PagedCase c({16, dtype == DType::kF32 ? 64 : 128, dtype, lens, 14000}, 41);
+  for (const testing::PageKind page_kind : {testing::PageKind{DType::kBF16, KvDType::kAuto},
+                                            testing::PageKind{DType::kF32, KvDType::kAuto},
+                                            testing::PageKind{DType::kBF16, KvDType::kFP8E4M3}}) {
+    const DType dtype = page_kind.dtype;
+    CAPTURE(DTypeName(dtype), KvDTypeName(page_kind.kv_dtype));
+    PagedCase c({16, dtype == DType::kF32 ? 64 : 128, dtype, lens, 14000, 1.0f, page_kind.kv_dtype},
+                41);
     CheckAgainstRef(c, /*scattered=*/false, /*many_fresh=*/true);
   }
 }

@@ -2,11 +2,14 @@
 #include "kernels/compact.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "core/kv_rows.h"
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/paged_case.h"
 #include "tests/testing/guarded_array.h"
 #include "tests/testing/status_matchers.h"
 
@@ -181,6 +184,82 @@ TEST_CASE("Compact: matches a dense gather, whatever the page ids", "[kernels]")
     for (size_t i = 0; i < dense_expected[r].size(); ++i) {
       REQUIRE(cache.Holds(SlotOf(dst_tables[r].data(), static_cast<int64_t>(i), page_size),
                           dense_expected[r][i]));
+    }
+  }
+}
+
+// One slot of an fp8 case as stored: K and V bytes, both scales, position.
+struct StoredSlot {
+  std::vector<uint8_t> bytes;
+  float scales[2];
+  int32_t position;
+
+  StoredSlot(const PagedKV& cache, int64_t slot) : position(cache.positions[slot]) {
+    for (const KvPart part : {KvPart::kKey, KvPart::kValue}) {
+      const auto* row = reinterpret_cast<const uint8_t*>(KvRowBytes(cache, slot, part));
+      bytes.insert(bytes.end(), row, row + cache.head_dim);
+      scales[static_cast<int>(part)] = KvRowScale(cache, slot, part);
+    }
+  }
+  bool operator==(const StoredSlot& other) const {
+    return bytes == other.bytes && position == other.position &&
+           std::memcmp(scales, other.scales, sizeof(scales)) == 0;
+  }
+};
+
+TEST_CASE("Compact: fp8 survivors move with their scales, fresh and in place", "[kernels]") {
+  const int32_t page_size = GENERATE(1, 5, 16);
+  CAPTURE(page_size);
+  // Two of each edge length: one row in place, one into fresh pages.
+  const std::vector<int32_t> edge = testing::EdgeLengths(page_size);
+  std::vector<int32_t> lens = edge;
+  lens.insert(lens.end(), edge.begin(), edge.end());
+  testing::PagedCase c({page_size, 64, DType::kBF16, lens, 40, 1.0f, KvDType::kFP8E4M3}, 51);
+  std::vector<int32_t> spare;
+  for (int32_t p = 0; p < c.num_pages(); ++p) {
+    if (std::find(c.page_ids().begin(), c.page_ids().end(), p) == c.page_ids().end()) {
+      spare.push_back(p);
+    }
+  }
+  std::mt19937 rng(52);
+  Plan plan;
+  std::vector<std::vector<StoredSlot>> expected;  // per row: the survivors, in order
+  std::vector<std::vector<int32_t>> dst_tables;
+  std::vector<float> slot_scores(static_cast<size_t>(c.view().num_slots()));
+  for (size_t i = 0; i < slot_scores.size(); ++i) slot_scores[i] = 0.5f * static_cast<float>(i);
+  std::vector<float> expected_scores;
+  for (int32_t s = 0; s < c.num_streams(); ++s) {
+    const std::vector<int32_t> src(c.page_ids().begin() + c.indptr()[s],
+                                   c.page_ids().begin() + c.indptr()[s + 1]);
+    std::vector<int32_t> keep;
+    expected.emplace_back();
+    for (int32_t i = 0; i < lens[s]; ++i) {
+      if (rng() % 3 != 0) {
+        keep.push_back(i);
+        expected.back().emplace_back(c.view(), c.Slot(s, i));
+        expected_scores.push_back(slot_scores[c.Slot(s, i)]);
+      }
+    }
+    const bool in_place = s < static_cast<int32_t>(edge.size());
+    const int64_t pages = PagesFor(static_cast<int64_t>(keep.size()), page_size);
+    std::vector<int32_t> dst(src.begin(), src.begin() + pages);
+    if (!in_place) {
+      dst.assign(spare.end() - pages, spare.end());
+      spare.resize(spare.size() - pages);
+    }
+    plan.AddRow(src, lens[s], dst, keep, in_place);
+    dst_tables.push_back(dst);
+  }
+  CompactArgs args = plan.Args(c.view());
+  args.slot_scores = slot_scores.data();
+  REQUIRE_OK(ref::Compact(args));
+  size_t k = 0;
+  for (size_t r = 0; r < expected.size(); ++r) {
+    for (size_t i = 0; i < expected[r].size(); ++i, ++k) {
+      const int64_t slot = SlotOf(dst_tables[r].data(), static_cast<int64_t>(i), page_size);
+      CAPTURE(r, i, slot);
+      REQUIRE(StoredSlot(c.view(), slot) == expected[r][i]);
+      REQUIRE(slot_scores[slot] == expected_scores[k]);
     }
   }
 }

@@ -42,7 +42,7 @@ class Problem {
         q_heads_(group * kv_heads),
         kv_heads_(kv_heads),
         q_(testing::RandomRows(Rows() * spec.head_dim, spec.dtype, q_scale, pool_.rng())),
-        device_(pool_.view(), pool_.data(), pool_.positions()),
+        device_(pool_.view(), pool_.data(), pool_.positions(), pool_.scales()),
         d_q_(q_),
         d_indptr_(pool_.indptr()),
         d_page_ids_(pool_.page_ids().empty() ? std::vector<int32_t>{0} : pool_.page_ids()),
@@ -51,6 +51,7 @@ class Problem {
         d_lse_(Rows() * sizeof(float)) {}
 
   size_t Rows() const { return static_cast<size_t>(seqs_) * q_heads_; }
+  void SetSmScale(float sm_scale) { sm_scale_ = sm_scale; }
   DType dtype() const { return pool_.spec().dtype; }
   int32_t head_dim() const { return pool_.spec().head_dim; }
   DeviceBuffer& d_lens() { return d_lens_; }
@@ -107,7 +108,10 @@ class Problem {
   void RequireMatchesRef() {
     const std::vector<uint8_t> out = d_out_.Download<uint8_t>();
     const std::vector<float> lse = d_lse_.Download<float>();
-    const double tolerance = OutTolerance(dtype());
+    // fp8 pages: the device rounds each weight times its V scale to f16.
+    const double tolerance = pool_.spec().kv_dtype == KvDType::kFP8E4M3
+                                 ? std::max(OutTolerance(dtype()), 2e-3)
+                                 : OutTolerance(dtype());
     for (size_t row = 0; row < Rows(); ++row) {
       CAPTURE(row);
       if (std::isinf(ref_lse_[row])) {
@@ -145,7 +149,8 @@ class Problem {
     args.num_seqs = seqs_;
     args.num_q_heads = q_heads_;
     args.num_kv_heads = kv_heads_;
-    args.sm_scale = 1.0f / std::sqrt(static_cast<float>(pool_.spec().head_dim));
+    args.sm_scale = sm_scale_ > 0.0f ? sm_scale_
+                                     : 1.0f / std::sqrt(static_cast<float>(pool_.spec().head_dim));
     args.num_splits = num_splits;
     args.num_page_ids = static_cast<int32_t>(pool_.page_ids().size());
     return args;
@@ -153,6 +158,7 @@ class Problem {
 
   PagedCase pool_;
   int32_t seqs_, q_heads_, kv_heads_;
+  float sm_scale_ = 0.0f;  // 0: 1 / sqrt(head_dim)
   std::vector<uint8_t> q_;
   DevicePool device_;
   DeviceBuffer d_q_, d_indptr_, d_page_ids_, d_lens_, d_out_, d_lse_, workspace_;
@@ -162,9 +168,12 @@ class Problem {
 
 // Streams of the edge lengths (two kv heads per seq, so three seqs), against
 // ref with one split, a few, and more splits than any stream has pages.
-void CheckEdgeLengths(DType dtype, int32_t head_dim, int32_t page_size, int32_t group) {
-  CAPTURE(DTypeName(dtype), head_dim, page_size, group);
-  Problem problem({page_size, head_dim, dtype, testing::EdgeLengths(page_size)}, group, 2,
+void CheckEdgeLengths(DType dtype, int32_t head_dim, int32_t page_size, int32_t group,
+                      KvDType kv_dtype = KvDType::kAuto) {
+  CAPTURE(DTypeName(dtype), KvDTypeName(kv_dtype), head_dim, page_size, group);
+  PagedCaseSpec spec{page_size, head_dim, dtype, testing::EdgeLengths(page_size)};
+  spec.kv_dtype = kv_dtype;
+  Problem problem(spec, group, 2,
                   static_cast<uint64_t>(head_dim * 1000 + page_size * 10 + group), 2.0f);
   problem.RunRef();
   for (int32_t splits : {1, 3, 40}) problem.RunGpuAndCompare(splits);
@@ -194,13 +203,59 @@ TEST_CASE("gpu::DecodeAttention equals ref: the sanitizer's subset", "[kernels][
   for (int32_t splits : {1, 2, 7}) problem.RunGpuAndCompare(splits);
 }
 
-TEST_CASE("gpu::DecodeAttention equals ref on a 32K-token stream", "[kernels][gpu]") {
-  for (DType dtype : {DType::kBF16, DType::kF16}) {
-    CAPTURE(DTypeName(dtype));
-    Problem problem({16, 128, dtype, {32768, 5000, 17, 0}}, 4, 2, 7, 2.0f);
+TEST_CASE("gpu::DecodeAttention equals ref on fp8 pages: every model dtype, head_dim, page size "
+          "and group",
+          "[kernels][gpu][fp8]") {
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      for (int32_t page_size : {1, 16, 33}) {
+        for (int32_t group : {1, 2, 4, 8}) {
+          CheckEdgeLengths(dtype, head_dim, page_size, group, KvDType::kFP8E4M3);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("gpu::DecodeAttention on fp8 pages: the sanitizer's subset",
+          "[kernels][gpu][sanitize][fp8]") {
+  CheckEdgeLengths(DType::kBF16, 128, 16, 4, KvDType::kFP8E4M3);
+  CheckEdgeLengths(DType::kF16, 64, 1, 8, KvDType::kFP8E4M3);
+  CheckEdgeLengths(DType::kBF16, 256, 7, 3, KvDType::kFP8E4M3);
+  PagedCaseSpec spec{16, 128, DType::kBF16, {700, 300, 0, 513}};
+  spec.kv_dtype = KvDType::kFP8E4M3;
+  Problem problem(spec, 4, 2, 5, 3.0f);
+  problem.RunRef();
+  for (int32_t splits : {1, 2, 7}) problem.RunGpuAndCompare(splits);
+}
+
+// Queries far outside f16's range (bf16 reaches 3e38): the fp8 pass scales
+// each head's query by a power of two before rounding it to f16.
+TEST_CASE("gpu::DecodeAttention on fp8 pages takes bf16 queries of any magnitude",
+          "[kernels][gpu][fp8]") {
+  for (float q_scale : {1e-6f, 1e6f}) {
+    CAPTURE(q_scale);
+    PagedCaseSpec spec{16, 128, DType::kBF16, {40, 7, 129, 1}};
+    spec.kv_dtype = KvDType::kFP8E4M3;
+    // sm_scale compensates, so the softmax stays well-conditioned.
+    Problem problem(spec, 4, 2, 31, q_scale);
+    problem.SetSmScale(1.0f / (q_scale * std::sqrt(128.0f)));
     problem.RunRef();
-    const int32_t heuristic = DecodeAttentionSplits(32768, 4, 132);
-    for (int32_t splits : {1, heuristic, 300}) problem.RunGpuAndCompare(splits);
+    problem.RunGpuAndCompare(1);
+  }
+}
+
+TEST_CASE("gpu::DecodeAttention equals ref on a 32K-token stream", "[kernels][gpu]") {
+  for (KvDType kv_dtype : {KvDType::kAuto, KvDType::kFP8E4M3}) {
+    for (DType dtype : {DType::kBF16, DType::kF16}) {
+      CAPTURE(DTypeName(dtype), KvDTypeName(kv_dtype));
+      PagedCaseSpec spec{16, 128, dtype, {32768, 5000, 17, 0}};
+      spec.kv_dtype = kv_dtype;
+      Problem problem(spec, 4, 2, 7, 2.0f);
+      problem.RunRef();
+      const int32_t heuristic = DecodeAttentionSplits(32768, 4, 132);
+      for (int32_t splits : {1, heuristic, 300}) problem.RunGpuAndCompare(splits);
+    }
   }
 }
 

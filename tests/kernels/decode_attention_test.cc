@@ -369,5 +369,71 @@ TEST_CASE("DecodeAttention: the split heuristic and the workspace size", "[kerne
   REQUIRE(DecodeAttentionSplits(int64_t{1} << 40, 1, 100000) == kDecodeMaxSplits);
 }
 
+TEST_CASE("DecodeAttention: ref on fp8 pages equals dense attention over the dequantized pages",
+          "[kernels][fp8]") {
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int32_t page_size : {1, 16, 33}) {
+      CAPTURE(DTypeName(dtype), page_size);
+      const std::vector<int32_t> lens = {page_size - 1, page_size + 1, 3 * page_size + 5, 200};
+      PagedCaseSpec spec{page_size, 64, dtype, lens};
+      spec.kv_dtype = KvDType::kFP8E4M3;
+      Step step(spec, 8, 2, 17, 3.0f);
+      auto args = step.Args();
+      REQUIRE_OK(ref::DecodeAttention(args));
+      RequireNearDense(step, DenseAttention(step, args.sm_scale));
+    }
+  }
+}
+
+// The error fp8 pages add, against the same K/V kept in bf16 (PagedCase draws
+// the same values for either kv_dtype): what docs/performance.md states as the
+// fp8 tolerance. Per query row, the L2 distance relative to the bf16 output's
+// norm; per element, relative to the element plus the row's RMS.
+TEST_CASE("DecodeAttention: fp8 pages stay within the stated tolerance of the bf16 oracle",
+          "[kernels][fp8]") {
+  // e4m3 keeps 3 mantissa bits: an element is off by up to 1/16 of itself
+  // (about 3.6% RMS), and a sharper softmax (larger queries) averages that
+  // over fewer tokens and turns score errors into weight errors.
+  struct Bound {
+    float q_scale;  // queries uniform in [-q_scale, q_scale]: scores of RMS ~ q_scale / 3
+    double row, element, lse;
+  };
+  for (const Bound& bound : {Bound{1.0f, 0.035, 0.09, 0.03}, Bound{4.0f, 0.09, 0.16, 0.08}}) {
+    const float q_scale = bound.q_scale;
+    const double kRowTolerance = bound.row, kElementTolerance = bound.element,
+                 kLseTolerance = bound.lse;
+    CAPTURE(q_scale);
+    const std::vector<int32_t> lens = {1, 17, 300, 2000};
+    PagedCaseSpec spec{16, 128, DType::kBF16, lens};
+    Step bf16(spec, 8, 2, 23, q_scale);
+    spec.kv_dtype = KvDType::kFP8E4M3;
+    Step fp8(spec, 8, 2, 23, q_scale);
+    REQUIRE(bf16.q == fp8.q);
+    REQUIRE_OK(ref::DecodeAttention(bf16.Args()));
+    REQUIRE_OK(ref::DecodeAttention(fp8.Args()));
+    double worst_row = 0, worst_element = 0, worst_lse = 0;
+    for (size_t row = 0; row < bf16.lse.size(); ++row) {
+      double norm = 0, dist = 0;
+      for (int32_t e = 0; e < 128; ++e) {
+        norm += std::pow(bf16.Out(row, e), 2);
+        dist += std::pow(fp8.Out(row, e) - bf16.Out(row, e), 2);
+      }
+      const double rms = std::sqrt(norm / 128);
+      worst_row = std::max(worst_row, std::sqrt(dist / norm));
+      for (int32_t e = 0; e < 128; ++e) {
+        const double want = bf16.Out(row, e);
+        worst_element =
+            std::max(worst_element, std::abs(fp8.Out(row, e) - want) / (std::abs(want) + rms));
+      }
+      worst_lse = std::max(worst_lse, static_cast<double>(std::abs(fp8.lse[row] - bf16.lse[row])));
+    }
+    WARN("fp8 against bf16: worst row L2 " << worst_row << ", worst element " << worst_element
+                                           << ", worst lse " << worst_lse);
+    REQUIRE(worst_lse <= kLseTolerance);
+    REQUIRE(worst_row <= kRowTolerance);
+    REQUIRE(worst_element <= kElementTolerance);
+  }
+}
+
 }  // namespace
 }  // namespace headpage

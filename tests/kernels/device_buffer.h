@@ -84,13 +84,20 @@ class DeviceBuffer {
 struct DevicePool {
   DeviceBuffer data;
   DeviceBuffer positions;
+  DeviceBuffer scales;  // fp8 pages only (one float when none)
   PagedKV view;
 
+  // `host_scales`: fp8 pages' [slot][2] scales; empty for 16-bit pages.
   DevicePool(const PagedKV& host, const std::vector<uint8_t>& host_data,
-             const std::vector<int32_t>& host_positions)
-      : data(host_data), positions(host_positions), view(host) {
+             const std::vector<int32_t>& host_positions,
+             const std::vector<float>& host_scales = {})
+      : data(host_data),
+        positions(host_positions),
+        scales(host_scales.empty() ? std::vector<float>{0.0f} : host_scales),
+        view(host) {
     view.data = data.get();
     view.positions = positions.get<int32_t>();
+    view.scales = host_scales.empty() ? nullptr : scales.get<float>();
     view.memory = MemoryKind::kDevice;
   }
 };

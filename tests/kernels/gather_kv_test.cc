@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "core/kv_rows.h"
 #include "tests/kernels/paged_case.h"
 #include "tests/testing/guarded_array.h"
 #include "tests/testing/status_matchers.h"
@@ -11,6 +12,21 @@ namespace headpage {
 namespace {
 
 using testing::PagedCase;
+
+// Every stream of `c`, into the given outputs.
+GatherKVArgs GatherAll(PagedCase& c, void* keys, void* values, int32_t* positions) {
+  GatherKVArgs args;
+  args.cache = c.view();
+  args.num_rows = c.num_streams();
+  args.indptr = c.indptr().data();
+  args.page_ids = c.page_ids().data();
+  args.num_page_ids = static_cast<int32_t>(c.page_ids().size());
+  args.lens = c.lens().data();
+  args.keys = keys;
+  args.values = values;
+  args.positions = positions;
+  return args;
+}
 
 TEST_CASE("GatherKV: rows come out dense, in order, whatever the page ids", "[kernels]") {
   const std::vector<int32_t> lens = testing::EdgeLengths(4);
@@ -25,17 +41,8 @@ TEST_CASE("GatherKV: rows come out dense, in order, whatever the page ids", "[ke
     keys.emplace_back(static_cast<size_t>(total) * 64 * 2);
     values.emplace_back(static_cast<size_t>(total) * 64 * 2);
     positions.emplace_back(static_cast<size_t>(total));
-    GatherKVArgs args;
-    args.cache = c->view();
-    args.num_rows = c->num_streams();
-    args.indptr = c->indptr().data();
-    args.page_ids = c->page_ids().data();
-    args.num_page_ids = static_cast<int32_t>(c->page_ids().size());
-    args.lens = c->lens().data();
-    args.keys = keys.back().data();
-    args.values = values.back().data();
-    args.positions = positions.back().data();
-    REQUIRE_OK(ref::GatherKV(args));
+    REQUIRE_OK(ref::GatherKV(
+        GatherAll(*c, keys.back().data(), values.back().data(), positions.back().data())));
     // The dense oracle: row after row, token after token.
     int64_t out = 0;
     for (int32_t s = 0; s < c->num_streams(); ++s) {
@@ -52,6 +59,51 @@ TEST_CASE("GatherKV: rows come out dense, in order, whatever the page ids", "[ke
   REQUIRE(keys[0] == keys[1]);
   REQUIRE(values[0] == values[1]);
   REQUIRE(positions[0] == positions[1]);
+}
+
+TEST_CASE("GatherKV: fp8 pages come out dequantized and rounded to the model dtype",
+          "[kernels]") {
+  for (const DType dtype : {DType::kF16, DType::kBF16}) {
+    CAPTURE(DTypeName(dtype));
+    const std::vector<int32_t> lens = testing::EdgeLengths(16);
+    PagedCase c({16, 64, dtype, lens, 2, 4.0f, KvDType::kFP8E4M3}, 35);
+    int64_t total = 0;
+    for (int32_t len : lens) total += len;
+    // Poisoned outputs, one row longer than needed: every written element
+    // changes, and nothing is written past the end.
+    const size_t bytes = static_cast<size_t>(total + 1) * 64 * SizeOf(dtype);
+    std::vector<uint8_t> keys(bytes, 0xff), values(bytes, 0xff);
+    std::vector<int32_t> positions(static_cast<size_t>(total + 1), -3);
+    REQUIRE_OK(ref::GatherKV(GatherAll(c, keys.data(), values.data(), positions.data())));
+    // The oracle, from the stored bytes: e4m3 value times the row's scale,
+    // rounded once to the model dtype.
+    const auto expect = [&](int64_t slot, KvPart part, int32_t e) {
+      const auto byte = static_cast<uint8_t>(KvRowBytes(c.view(), slot, part)[e]);
+      const float scale = c.scales()[2 * slot + static_cast<int>(part)];
+      const float x = fp8_e4m3::FromBits(byte).ToFloat() * scale;
+      return dtype == DType::kF16 ? f16::FromFloat(x).bits : bf16::FromFloat(x).bits;
+    };
+    const auto* key_bits = reinterpret_cast<const uint16_t*>(keys.data());
+    const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data());
+    int64_t out = 0;
+    for (int32_t s = 0; s < c.num_streams(); ++s) {
+      for (int32_t i = 0; i < lens[s]; ++i, ++out) {
+        const int64_t slot = c.Slot(s, i);
+        REQUIRE(positions[out] == c.Position(s, i));
+        for (int32_t e = 0; e < 64; ++e) {
+          CAPTURE(s, i, e);
+          REQUIRE(key_bits[out * 64 + e] == expect(slot, KvPart::kKey, e));
+          REQUIRE(value_bits[out * 64 + e] == expect(slot, KvPart::kValue, e));
+          // And within e4m3's rounding of the dense view the case drew.
+          REQUIRE(LoadAsFloat(keys.data(), out * 64 + e, dtype) ==
+                  Approx(c.Key(s, i, e)).epsilon(0.01).margin(1e-6));
+        }
+      }
+    }
+    REQUIRE(positions[out] == -3);
+    REQUIRE(key_bits[out * 64] == 0xffff);
+    REQUIRE(value_bits[out * 64 + 63] == 0xffff);
+  }
 }
 
 TEST_CASE("GatherKV: bad arguments are errors that write nothing", "[kernels]") {

@@ -19,19 +19,21 @@ using testing::DevicePool;
 using testing::PagedCase;
 
 TEST_CASE("gpu::TokenScores equals ref:: bit for bit", "[kernels][gpu][sanitize]") {
-  for (const DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+  for (const testing::PageKind page_kind : testing::kEveryPageKind) {
+    const DType dtype = page_kind.dtype;
     for (const int32_t head_dim : {64, 128, 256}) {
       for (const int32_t page_size : {16, 32}) {
-        CAPTURE(DTypeName(dtype), head_dim, page_size);
+        CAPTURE(DTypeName(dtype), KvDTypeName(page_kind.kv_dtype), head_dim, page_size);
         std::vector<int32_t> lens = testing::EdgeLengths(page_size);
         lens.push_back(1000);
         lens.push_back(257);
-        PagedCase c({page_size, head_dim, dtype, lens, 4}, 50 + head_dim + page_size);
+        PagedCase c({page_size, head_dim, dtype, lens, 4, 1.0f, page_kind.kv_dtype},
+                    50 + head_dim + page_size);
         std::vector<int32_t> offsets{0};
         for (int32_t len : lens) offsets.push_back(offsets.back() + len + 3);
         const int32_t tokens = offsets.back();
         const int32_t max_len = *std::max_element(lens.begin(), lens.end());
-        DevicePool pool(c.view(), c.data(), c.positions());
+        DevicePool pool(c.view(), c.data(), c.positions(), c.scales());
         DeviceBuffer indptr(c.indptr()), pages(c.page_ids()), d_lens(lens), d_offsets(offsets);
         for (const TokenScore kind :
              {TokenScore::kNone, TokenScore::kPosition, TokenScore::kKeyNorm, TokenScore::kRandom}) {

@@ -46,10 +46,11 @@ Dense Run(PagedCase& c, TokenScore kind, uint64_t seed, int32_t gap = 0) {
 
 TEST_CASE("TokenScores: positions, recency, key norm and random equal the policy functions",
           "[kernels]") {
-  for (const DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
-    CAPTURE(DTypeName(dtype));
+  for (const testing::PageKind page_kind : testing::kEveryPageKind) {
+    const DType dtype = page_kind.dtype;
+    CAPTURE(DTypeName(dtype), KvDTypeName(page_kind.kv_dtype));
     const std::vector<int32_t> lens = testing::EdgeLengths(16);
-    PagedCase c({16, 64, dtype, lens, 3}, 41);
+    PagedCase c({16, 64, dtype, lens, 3, 1.0f, page_kind.kv_dtype}, 41);
     for (const TokenScore kind :
          {TokenScore::kNone, TokenScore::kPosition, TokenScore::kKeyNorm, TokenScore::kRandom}) {
       CAPTURE(static_cast<int>(kind));

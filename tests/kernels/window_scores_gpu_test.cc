@@ -43,7 +43,7 @@ struct DeviceCase {
   WindowScoresArgs args;
 
   DeviceCase(WindowScoresCase& c, const Options& options)
-      : pool(c.pool().view(), c.pool().data(), c.pool().positions()),
+      : pool(c.pool().view(), c.pool().data(), c.pool().positions(), c.pool().scales()),
         queries(c.queries()),
         query_positions(c.query_positions()),
         indptr(c.pool().indptr()),
@@ -201,6 +201,29 @@ TEST_CASE("gpu::WindowScores equals ref:: on a 32K stream", "[kernels][gpu][wind
   for (policy::Pooling pooling : {policy::Pooling::kAvg, policy::Pooling::kMax}) {
     const double worst = CheckAgainstRef(c, {pooling, policy::GroupReduce::kMean, 7});
     WARN("32K stream, pooling " << static_cast<int>(pooling) << ": worst relative error " << worst);
+  }
+}
+
+// fp8 pages: the keys are dequantized and rounded to the model dtype on
+// their way into shared memory, as ref:: reads them.
+TEST_CASE("gpu::WindowScores equals ref:: on fp8 pages", "[kernels][gpu][window_scores][fp8]") {
+  uint64_t seed = 300;
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      for (int32_t page_size : {16, 7}) {
+        std::vector<int32_t> lens;
+        for (int32_t i = 0; i < 4; ++i) {
+          lens.push_back(testing::EdgeLengths(page_size)[(i + head_dim) % 6] + i * 300);
+        }
+        PagedCaseSpec spec{page_size, head_dim, dtype, lens};
+        spec.kv_dtype = KvDType::kFP8E4M3;
+        WindowScoresCase c(spec, WindowScoresShape{2, 8, 2, 32}, seed++);
+        CAPTURE(DTypeName(dtype), head_dim, page_size);
+        const double worst = CheckAgainstRef(c, {policy::Pooling::kAvg, policy::GroupReduce::kMean, 5});
+        WARN("fp8 pages, " << DTypeName(dtype) << " d=" << head_dim << ": worst relative error "
+                           << worst);
+      }
+    }
   }
 }
 

@@ -229,7 +229,16 @@ std::vector<float> Policy(WindowScoresCase& c, const WindowScoresArgs& args) {
       std::vector<float> keys(static_cast<size_t>(n) * d);
       std::vector<int32_t> positions(n);
       for (int32_t j = 0; j < n; ++j) {
-        for (int32_t e = 0; e < d; ++e) keys[static_cast<size_t>(j) * d + e] = pool.Key(stream, j, e);
+        for (int32_t e = 0; e < d; ++e) {
+          float key = pool.Key(stream, j, e);
+          if (pool.spec().kv_dtype == KvDType::kFP8E4M3) {
+            // ref:: reads fp8 keys dequantized and rounded to the model dtype.
+            uint8_t rounded[4];
+            StoreFromFloat(rounded, 0, pool.spec().dtype, key);
+            key = LoadAsFloat(rounded, 0, pool.spec().dtype);
+          }
+          keys[static_cast<size_t>(j) * d + e] = key;
+        }
         positions[j] = pool.Position(stream, j);
       }
       policy::StreamKeys k{keys.data(), positions.data(), n, d, DType::kF32};
@@ -297,6 +306,32 @@ TEST_CASE("WindowScores: ref equals policy::SnapKVScores on the gathered keys", 
     }
   }
   WARN("ref vs policy: worst relative difference " << worst);
+}
+
+TEST_CASE("WindowScores: ref on fp8 pages equals policy::SnapKVScores on the dequantized keys",
+          "[kernels][fp8]") {
+  uint64_t seed = 70;
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int32_t page_size : {16, 5}) {
+      std::vector<int32_t> lens;
+      for (int32_t i = 0; i < 4; ++i) lens.push_back(testing::EdgeLengths(page_size)[i + 1] + i * 40);
+      PagedCaseSpec spec{page_size, 64, dtype, lens};
+      spec.kv_dtype = KvDType::kFP8E4M3;
+      WindowScoresCase c(spec, WindowScoresShape{2, 4, 2, 8}, seed++);
+      CAPTURE(DTypeName(dtype), page_size);
+      WindowScoresArgs args = c.HostArgs();
+      args.kernel_size = 5;
+      args.pooling = policy::Pooling::kAvg;
+      args.reduce = policy::GroupReduce::kMean;
+      std::vector<float> scores(static_cast<size_t>(c.num_scores()), -1.0f);
+      args.scores = scores.data();
+      REQUIRE_OK(ref::WindowScores(args));
+      const std::vector<float> expected = Policy(c, args);
+      for (size_t j = 0; j < scores.size(); ++j) {
+        REQUIRE(scores[j] == Approx(expected[j]).epsilon(1e-5).margin(1e-9));
+      }
+    }
+  }
 }
 
 TEST_CASE("WindowScores: results do not depend on page ids", "[kernels]") {

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "kernels/write_kv.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <vector>
 
+#include "core/kv_rows.h"
 #include "kernels/supported.h"
 #include "tests/kernels/paged_case.h"
 #include "tests/kernels/kernel_test_util.h"
@@ -172,6 +176,109 @@ TEST_CASE("WriteKV: the dense view holds what was written, whatever the page ids
       }
     }
   }
+}
+
+TEST_CASE("WriteKV: fp8 pages store every row quantized with its own scale", "[kernels]") {
+  // The oracle: QuantizeRowFp8 of each input row's float values, its bytes at
+  // the slot's K (V) row and its scale at scales[2 * slot] ([2 * slot + 1]);
+  // skipped tokens and other slots keep the case's NaN bytes and scales.
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int32_t page_size : {1, 8, 16}) {
+      CAPTURE(DTypeName(dtype), page_size);
+      const std::vector<int32_t> lens = testing::EdgeLengths(page_size);
+      const int32_t d = 64;
+      testing::PagedCase c({page_size, d, dtype, lens, 3, 1.0f, KvDType::kFP8E4M3}, 24);
+      testing::PagedCase before = c;
+      const int32_t heads = static_cast<int32_t>(lens.size());
+      const int32_t tokens = *std::max_element(lens.begin(), lens.end());
+      std::mt19937_64 rng(25);
+      const auto keys = testing::RandomRows(size_t{1} * tokens * heads * d, dtype, 3, rng);
+      const auto values = testing::RandomRows(size_t{1} * tokens * heads * d, dtype, 3, rng);
+      std::vector<int32_t> positions(static_cast<size_t>(tokens));
+      for (int32_t t = 0; t < tokens; ++t) positions[t] = 70 + t;
+      // Head h writes token t at its logical slot t, every third one skipped.
+      std::vector<int32_t> slots(static_cast<size_t>(tokens) * heads, -1);
+      for (int32_t t = 0; t < tokens; ++t) {
+        for (int32_t h = 0; h < heads; ++h) {
+          if (t < lens[h] && t % 3 != 2) slots[t * heads + h] = static_cast<int32_t>(c.Slot(h, t));
+        }
+      }
+      WriteKVArgs args{c.view(), tokens, heads, keys.data(), values.data(), slots.data(), heads,
+                       positions.data()};
+      REQUIRE_OK(ref::WriteKV(args));
+      std::vector<float> row(d);
+      std::vector<fp8_e4m3> q(d);
+      for (int32_t h = 0; h < heads; ++h) {
+        for (int32_t t = 0; t < lens[h]; ++t) {
+          const int64_t slot = c.Slot(h, t);
+          CAPTURE(h, t, slot);
+          if (t % 3 == 2) continue;
+          REQUIRE(c.Position(h, t) == 70 + t);
+          for (const KvPart part : {KvPart::kKey, KvPart::kValue}) {
+            const auto& in = part == KvPart::kKey ? keys : values;
+            for (int32_t e = 0; e < d; ++e) {
+              row[e] = LoadAsFloat(in.data(), (static_cast<size_t>(t) * heads + h) * d + e, dtype);
+            }
+            const float scale = QuantizeRowFp8(row.data(), d, q.data());
+            REQUIRE(c.scales()[2 * slot + static_cast<int>(part)] == scale);
+            REQUIRE(std::memcmp(KvRowBytes(c.view(), slot, part), q.data(), d) == 0);
+          }
+        }
+      }
+      // Every other slot (skipped tokens, spare pages) is as it was, bit for bit.
+      for (int64_t slot = 0; slot < c.view().num_slots(); ++slot) {
+        if (std::find(slots.begin(), slots.end(), slot) != slots.end()) continue;
+        CAPTURE(slot);
+        REQUIRE(c.positions()[slot] == before.positions()[slot]);
+        REQUIRE(std::memcmp(&c.scales()[2 * slot], &before.scales()[2 * slot],
+                            2 * sizeof(float)) == 0);
+        for (const KvPart part : {KvPart::kKey, KvPart::kValue}) {
+          REQUIRE(std::memcmp(KvRowBytes(c.view(), slot, part),
+                              KvRowBytes(before.view(), slot, part), d) == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("WriteKV: fp8 pages read back within e4m3's rounding of what was written",
+          "[kernels]") {
+  testing::PagedCase c({16, 128, DType::kBF16, {40}, 1, 1.0f, KvDType::kFP8E4M3}, 26);
+  std::mt19937_64 rng(27);
+  const auto keys = testing::RandomRows(size_t{40} * 128, DType::kBF16, 5, rng);
+  const auto values = testing::RandomRows(size_t{40} * 128, DType::kBF16, 5, rng);
+  std::vector<int32_t> slots(40), positions(40);
+  for (int32_t t = 0; t < 40; ++t) {
+    slots[t] = static_cast<int32_t>(c.Slot(0, t));
+    positions[t] = t;
+  }
+  REQUIRE_OK(ref::WriteKV({c.view(), 40, 1, keys.data(), values.data(), slots.data(), 1,
+                           positions.data()}));
+  for (int32_t t = 0; t < 40; ++t) {
+    const float key_scale = c.scales()[2 * c.Slot(0, t)];
+    for (int32_t e = 0; e < 128; ++e) {
+      const float key = LoadAsFloat(keys.data(), static_cast<size_t>(t) * 128 + e, DType::kBF16);
+      // Half an e4m3 ulp (2^-4 relative), or half the smallest subnormal step.
+      REQUIRE(std::fabs(c.Key(0, t, e) - key) <=
+              std::max(std::fabs(key) / 16, key_scale / 1024) * 1.0001f);
+    }
+  }
+}
+
+TEST_CASE("WriteKV: fp8 pages need their scales and a 16-bit model dtype", "[kernels]") {
+  testing::PagedCase c({16, 64, DType::kBF16, {3}, 1, 1.0f, KvDType::kFP8E4M3}, 28);
+  WriteKVArgs args{c.view(), 0, 1, nullptr, nullptr, nullptr, 0, nullptr};
+  REQUIRE_OK(Validate(args));
+  args.cache.scales = nullptr;
+  REQUIRE_ERROR(Validate(args), absl::StatusCode::kInvalidArgument, "scales");
+  args.cache.scales = c.scales().data() + 1;  // 4-byte aligned only
+  REQUIRE_ERROR(Validate(args), absl::StatusCode::kInvalidArgument, "aligned");
+  args.cache = c.view();
+  args.cache.dtype = DType::kF32;
+  REQUIRE_ERROR(Validate(args), absl::StatusCode::kInvalidArgument, "f16 or bf16");
+  args.cache = c.view();
+  args.cache.kv_dtype = static_cast<KvDType>(3);
+  REQUIRE_ERROR(Validate(args), absl::StatusCode::kInvalidArgument, "kv_dtype");
 }
 
 }  // namespace
