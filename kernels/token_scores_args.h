@@ -23,6 +23,7 @@ enum class TokenScore : uint8_t {
   kNone,      // positions only; `scores` is not written
   kPosition,  // float(position): newer is more important
   kKeyNorm,   // -||k||_2, the sum of squares accumulated in order in float
+              // (fp8 pages: k dequantized and rounded to the model dtype)
   kRandom,    // splitmix64 of stream s's seed (seed + s), the j-th draw's top 24 bits / 2^24
 };
 

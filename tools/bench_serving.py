@@ -49,6 +49,11 @@ offloads and resets (transformers), seconds spent compressing, the decode
 step's time against its roofline (the weights it reads plus the K/V its
 attention reads, at the copy bandwidth measured at the start of the run), and
 the CUDA graphs captured and replayed.
+
+--kv-dtype fp8 stores headpage's pages in fp8 e4m3 with a scale per token and
+stream: the same --kv-gib holds about twice the pages of bf16 ones, and the
+roofline counts the bytes an fp8 token costs. transformers' own cache keeps the
+model's dtype.
 """
 import argparse
 import json
@@ -258,10 +263,14 @@ def warm_up(manager, args):
 def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_per_token,
                roofline):
     import headpage.serving
+    from headpage._kv_pages import cache_geometry, pages_in
     from transformers import GenerationConfig
 
-    page_bytes = bytes_per_token // (shape.num_layers * shape.num_kv_heads) * args.page_size
-    num_pages = int(args.kv_gib * (1 << 30) // page_bytes)
+    # headpage's pages store --kv-dtype (fp8 pages with their scales cost about
+    # half as much as bf16 ones: the same KV memory holds more of them).
+    geometry = cache_geometry(shape, model.dtype, args.page_size, args.kv_dtype)
+    page_bytes = geometry.page_memory_bytes
+    num_pages = pages_in(args.kv_gib * (1 << 30), geometry)
     name, modes = config_modes(config)
     if name == "transformers":
         if "init_continuous_batching" in vars(model):
@@ -272,7 +281,8 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
         headpage.serving.enable(model, num_pages=num_pages, page_size=args.page_size,
                                 policy=policy, budget=budget, floor_tokens=args.floor_tokens,
                                 protect_recent=args.protect_recent, cuda_graphs=graphs,
-                                compress_every=args.compress_every if budget else 0)
+                                compress_every=args.compress_every if budget else 0,
+                                kv_dtype=args.kv_dtype)
     generation = GenerationConfig(max_new_tokens=args.output, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(
         generation_config=generation,
@@ -357,8 +367,9 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
     if name == "transformers":
         row.update(offloads_or_resets=resets[0])
         return row
-    row.update(step_summary(cache.steps, roofline, bytes_per_token, shape, began))
-    row.update(preemptions=manager.pool_pressure.preemptions,
+    row.update(step_summary(cache.steps, roofline, page_bytes / args.page_size, began))
+    row.update(pool_pages=cache.page_pool.num_pages,
+               preemptions=manager.pool_pressure.preemptions,
                pool_budget_evictions=manager.pool_pressure.budget_evictions,
                pages_evicted_by_pool_budget=manager.pool_pressure.pages_evicted,
                starved_requests=manager.pool_pressure.starved,
@@ -418,10 +429,10 @@ def profile_steps(processor, spec):
     processor._generation_step = profiled_step
 
 
-def step_summary(steps, roofline, bytes_per_token, shape, began):
+def step_summary(steps, roofline, per_stream_token, began):
     """Decode-phase throughput and the decode step against its roofline, from the
-    cache's step records (a step lasts until the next one begins)."""
-    per_stream_token = bytes_per_token // (shape.num_layers * shape.num_kv_heads)
+    cache's step records (a step lasts until the next one begins); a token of a
+    stream costs `per_stream_token` bytes to read (its K, V and fp8 scales)."""
     decode_tokens, decode_seconds, ratios, step_ms = 0, 0.0, [], []
     pairs = [(s, f.began - s.began) for s, f in zip(steps, steps[1:])
              if not s.prefill_tokens and s.decoding]
@@ -462,6 +473,10 @@ def parse_args(argv):
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
     ap.add_argument("--kv-gib", type=float, default=8.0, help="KV memory of every configuration")
+    ap.add_argument("--kv-dtype", choices=["auto", "fp8", "fp8_e4m3"], default="auto",
+                    help="how headpage's pages store K/V: auto (the model's dtype) or fp8 "
+                         "(e4m3 with a scale per token and stream; --dtype bf16). "
+                         "transformers' own cache stays in the model's dtype")
     ap.add_argument("--page-size", type=int, default=16, help="headpage's page, in tokens")
     ap.add_argument("--transformers-page-size", type=int, default=256,
                     help="transformers' page (its default)")
@@ -498,6 +513,8 @@ def parse_args(argv):
         ap.error("want --prompt-min <= --prompt-max, --requests >= 1, --output >= 1, --turns >= 1")
     if args.arrivals_csv and args.workload == "multi-turn":
         ap.error("--arrivals-csv: a multi-turn workload's later turns depend on the answers")
+    if args.kv_dtype != "auto" and args.dtype == "f32":
+        ap.error(f"--kv-dtype {args.kv_dtype} needs a bf16 or f16 model: --dtype bf16")
     return args
 
 
@@ -526,7 +543,8 @@ def main(argv=None):
     prompts, arrivals, followups = make_requests(args, model.config.vocab_size)
     header = dict(model=args.model, device=(torch.cuda.get_device_name(device)
                                             if device.type == "cuda" else "cpu"),
-                  kv_gib=args.kv_gib, workload=args.workload, requests=args.requests,
+                  kv_gib=args.kv_gib, kv_dtype=args.kv_dtype, workload=args.workload,
+                  requests=args.requests,
                   turns=args.turns if args.workload == "multi-turn" else 1,
                   prompt_tokens=sum(map(len, prompts)), output=args.output, rate=args.rate,
                   copy_bandwidth=bandwidth, weight_bytes_read=weights,

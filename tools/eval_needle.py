@@ -22,6 +22,13 @@ tokens per second. "full" is headpage with every token kept; DBudgetKV's policie
 set their own budget and run once per prompt. The summary gives each policy's
 accuracy with its 95% Wilson interval.
 
+--kv-dtype auto,fp8 runs every configuration twice on the same prefill: pages of
+the model's dtype, then fp8 pages (e4m3 with a scale per token and stream,
+quantized as load_prefill writes the prompt and as decode appends); the summary
+has a row per (policy, budget, kv_dtype). fp8 pages need a bfloat16 or float16
+model: --dtype defaults to bfloat16 when fp8 is asked for (float32 otherwise),
+for both kv dtypes, so that they differ in the pages alone.
+
 dbudget-fro is not among the default policies: its Frobenius cut costs O(n^2) per
 KV head on the CPU (about 90 s for a 4K prompt) and at its 1% threshold it keeps
 every token of these prompts (docs/eviction.md); --policies adds it.
@@ -34,6 +41,7 @@ Not part of CI (the default sweep, 5 lengths x 10 depths, takes about an hour on
 """
 import argparse
 import csv
+import itertools
 import math
 import os
 import sys
@@ -42,6 +50,9 @@ import time
 import torch
 import headpage
 import headpage.hf as hf
+from headpage._kv_pages import check_kv_dtype
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = os.path.join(ROOT, "tools", "prompts")
@@ -163,6 +174,11 @@ def main():
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--new-tokens", type=int, default=28)
     ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--kv-dtype", default="auto",
+                    help="how pages store K/V, comma-separated: auto (the model's dtype), fp8")
+    ap.add_argument("--dtype", choices=sorted(DTYPES),
+                    help="the model's dtype (default: bfloat16 with an fp8 --kv-dtype, else "
+                         "float32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="build/needle.csv")
     ap.add_argument("--markdown", help="write the summary table here")
@@ -180,6 +196,13 @@ def main():
         return report(read_rows(args.summarize), args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kv_dtypes = args.kv_dtype.split(",")
+    dtype = DTYPES[args.dtype or ("float32" if kv_dtypes == ["auto"] else "bfloat16")]
+    for kv_dtype in kv_dtypes:
+        try:
+            check_kv_dtype(kv_dtype, dtype, "--kv-dtype")
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
 
     if args.model:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -188,9 +211,9 @@ def main():
         if args.model.endswith(".gguf"):
             folder, kw["gguf_file"] = os.path.split(os.path.abspath(args.model))
         tok = AutoTokenizer.from_pretrained(folder, **kw)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).eval()
     else:
-        tok, model = hf.load_smollm2()
+        tok, model = hf.load_smollm2(dtype)
     lines = haystack_lines()
     lengths = [int(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
@@ -212,10 +235,11 @@ def main():
                 prefill = hf.record_prefill(model, ids, queries=observed_queries(configs, ids.shape[1]))
                 prefill_s = time.perf_counter() - t0
                 first = prefill.logits.argmax(-1, keepdim=True)
-                for policy, budget in configs:
+                for (policy, budget), kv_dtype in itertools.product(configs, kv_dtypes):
                     cache = hf.Cache(model, policy=policy_config(policy, profiles),
                                      budget={"full": None, "own": "100%"}.get(budget, budget),
-                                     page_size=args.page_size, max_tokens=ids.shape[1] + args.new_tokens)
+                                     page_size=args.page_size, max_tokens=ids.shape[1] + args.new_tokens,
+                                     kv_dtype=kv_dtype)
                     t0 = time.perf_counter()
                     cache.load_prefill(prefill.keys, prefill.values, prefill.queries)
                     cache.compress()
@@ -225,29 +249,31 @@ def main():
                     pages = prompt_pages(cache, ids.shape[1], args.page_size)
                     full_pages = cache.geometry.streams_per_sequence * -(-ids.shape[1] // args.page_size)
                     row = dict(length=length, depth=depth, policy=policy, budget=budget,
-                               prompt_tokens=ids.shape[1], correct=int(color in answer.lower()),
+                               kv_dtype=kv_dtype, prompt_tokens=ids.shape[1],
+                               correct=int(color in answer.lower()),
                                exact=int(color in answer.lower() and animal in answer.lower()),
-                               pages=pages, kv_bytes=pages * cache.geometry.page_bytes,
+                               pages=pages, kv_bytes=pages * cache.geometry.page_memory_bytes,
                                kept_fraction=f"{pages / full_pages:.4f}", prefill_s=f"{prefill_s:.2f}",
                                compress_s=f"{compress_s:.3f}", decode_tok_s=f"{tok_s:.2f}",
                                answer=answer.replace("\n", " "))
                     writer.writerow(row)
                     f.flush()
                     rows.append(row)
-                    print(f"{length:5d} {depth:.2f} {policy:>15s} {budget:>5s} "
+                    print(f"{length:5d} {depth:.2f} {policy:>15s} {budget:>5s} {kv_dtype:>8s} "
                           f"{'ok ' if row['correct'] else 'no '} pages={pages} {tok_s:5.1f} tok/s  "
                           f"{answer[:60]!r}", flush=True)
                 del prefill
     return report(rows, args)
 
 
-FIELDS = ["length", "depth", "policy", "budget", "prompt_tokens", "correct", "exact", "pages",
+FIELDS = ["length", "depth", "policy", "budget", "kv_dtype", "prompt_tokens", "correct", "exact", "pages",
           "kv_bytes", "kept_fraction", "prefill_s", "compress_s", "decode_tok_s", "answer"]
 
 
 def read_rows(path):
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        # A run from before --kv-dtype stored the model's dtype.
+        return [{"kv_dtype": "auto", **row} for row in csv.DictReader(f)]
 
 
 def wilson(hits, n, z=1.96):
@@ -261,12 +287,12 @@ def wilson(hits, n, z=1.96):
 
 
 def summarize(rows):
-    """(policy, budget) -> dict: hits, runs, accuracy, its 95% interval, exact
+    """(policy, budget, kv_dtype) -> dict: hits, runs, accuracy, its 95% interval, exact
     answers, mean KV kept (MiB and fraction of the full cache), mean seconds and
     tokens per second, and accuracy per prompt length."""
     out = {}
     for r in rows:
-        acc = out.setdefault((r["policy"], r["budget"]), dict(hits=0, exact=0, runs=0, mib=0.0,
+        acc = out.setdefault((r["policy"], r["budget"], r["kv_dtype"]), dict(hits=0, exact=0, runs=0, mib=0.0,
                                                               kept=0.0, prefill=0.0, compress=0.0,
                                                               tok_s=0.0, by_length={}))
         acc["hits"] += int(r["correct"])
@@ -302,14 +328,14 @@ def report(rows, args):
 def write_markdown(path, summary):
     lengths = sorted({n for v in summary.values() for n in v["by_length"]})
     with open(path, "w", encoding="utf-8") as f:
-        f.write("| policy | budget | accuracy | 95% interval | " + " | ".join(f"at {n}" for n in lengths) +
+        f.write("| policy | budget | kv dtype | accuracy | 95% interval | " + " | ".join(f"at {n}" for n in lengths) +
                 " | exact | exact 95% interval | KV kept (% of full) | KV kept (MiB, mean) | compress s | decode tok/s | runs |\n")
-        f.write("| --- " * (len(lengths) + 11) + "|\n")
-        for (policy, budget), v in summary.items():
+        f.write("| --- " * (len(lengths) + 12) + "|\n")
+        for (policy, budget, kv_dtype), v in summary.items():
             per = " | ".join(f"{v['by_length'][x]:.0%}" if x in v["by_length"] else "" for x in lengths)
             lo, hi = v["interval"]
             elo, ehi = wilson(v["exact"], v["runs"])
-            f.write(f"| {policy} | {budget} | {v['accuracy']:.0%} | {lo:.0%}-{hi:.0%} | {per} | "
+            f.write(f"| {policy} | {budget} | {kv_dtype} | {v['accuracy']:.0%} | {lo:.0%}-{hi:.0%} | {per} | "
                     f"{v['exact'] / v['runs']:.0%} | {elo:.0%}-{ehi:.0%} | {v['kept']:.1%} | {v['mib']:.1f} | "
                     f"{v['compress']:.2f} | {v['tok_s']:.1f} | {v['runs']} |\n")
 
@@ -322,13 +348,15 @@ def plot(path, summary):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, (key, title) in zip(axes, (("hits", "names the colour"), ("exact", "names colour and animal"))):
-        for policy in sorted({p for p, _ in summary}):
-            points = sorted((v["kept"], v[key], v["runs"]) for (p, _), v in summary.items() if p == policy)
+        for policy, kv_dtype in sorted({(p, d) for p, _, d in summary}):
+            points = sorted((v["kept"], v[key], v["runs"]) for (p, _, d), v in summary.items()
+                            if (p, d) == (policy, kv_dtype))
             xs = [100 * x for x, _, _ in points]
             ys = [h / n for _, h, n in points]
             bounds = [wilson(h, n) for _, h, n in points]
             err = [[y - lo for y, (lo, _) in zip(ys, bounds)], [hi - y for y, (_, hi) in zip(ys, bounds)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=policy,
+            label = policy if kv_dtype == "auto" else f"{policy} ({kv_dtype})"
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label,
                         linestyle="none" if len(points) == 1 else "-")
         ax.set_xscale("log")
         ax.set_xlabel("KV memory kept after compression (% of the full cache)")

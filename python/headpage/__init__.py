@@ -23,6 +23,10 @@ Tensors cross through DLPack without copies: the kernels take torch tensors or n
 arrays (CPU tensors with a HostArena, which runs the CPU reference kernels; CUDA
 tensors with a CudaArena, which runs the CUDA kernels on the `stream` given), and
 `arena.kv` / `arena.positions` are views of the pool's memory (torch.from_dlpack).
+With CacheGeometry(..., kv_dtype="fp8") pages store K/V as fp8 e4m3 with a float
+scale per token and stream: write_kv quantizes, the kernels dequantize, `arena.kv`
+is torch.float8_e4m3fn and `arena.scales` holds the scales (None otherwise), and a
+page costs geometry.page_memory_bytes.
 What the bookkeeping returns is a small read-only object, never a dict
 (ReservePlan, CompressResult, BlockManagerStats, PagePoolStats, CompactionArgs);
 the arrays it carries are read-only numpy views of its own copy.

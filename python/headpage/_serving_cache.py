@@ -14,6 +14,7 @@ from torch.nn.attention.bias import causal_lower_right
 import headpage
 from headpage._decode_buffers import DecodeBuffers
 from headpage._decode_windows import DecodeWindows
+from headpage._kv_pages import cache_geometry, check_kv_dtype
 from headpage._model import (DTYPES, check_compress_every, check_ints, make_arena, model_shape,
                              output_projections, pages_for_tokens, resolve_policy)
 from headpage._serving_compress import Compressions
@@ -120,7 +121,7 @@ class ServingCache(Compressions, PrefixCaching):
 
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
                  budget=None, check_invariants=False, request_policies=None, graph_rows=0,
-                 compress_every=0, prefix_caching=True, request_prefixes=None):
+                 compress_every=0, prefix_caching=True, request_prefixes=None, kv_dtype="auto"):
         shape = model_shape(model, "headpage.serving")
         if model.dtype not in DTYPES:
             raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
@@ -134,10 +135,8 @@ class ServingCache(Compressions, PrefixCaching):
         self.decode_windows = None
         self._decoded = set()     # requests compressed during decode (from _compress_at)
         self.shape = shape
-        self.geometry = headpage.CacheGeometry(
-            num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
-            num_q_heads=shape.num_q_heads, head_dim=shape.head_dim, dtype=DTYPES[model.dtype],
-            page_size=page_size)
+        self.geometry = cache_geometry(shape, model.dtype, page_size, check_kv_dtype(
+            kv_dtype, model.dtype, "headpage.serving"))  # pages of the model's dtype, or fp8
         self.device = model.device
         self.dtype = model.dtype
         # Each layer's o_proj weight, for the policies that weigh values by it

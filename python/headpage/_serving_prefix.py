@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from headpage._kv_pages import read_pages
 from headpage.hf import Skipped
 
 # The key transformers' batch preparation knows its one allocator by.
@@ -218,9 +219,10 @@ class PrefixCaching:
         for h, n in enumerate(counts):
             pages[h, :n] = page_ids[indptr[h]:indptr[h + 1]]
         pages = torch.as_tensor(pages, device=query.device)
-        kv = torch.from_dlpack(self.arena.kv)
+        # fp8 pages come back dequantized, in the model's dtype.
+        keys, values = read_pages(self.arena, pages, query.dtype)
         heads, dim = self.shape.num_kv_heads, self.shape.head_dim
         longest = int(lens.max())
-        keys = kv[pages, 0].reshape(1, heads, -1, dim)[:, :, :longest]
-        values = kv[pages, 1].reshape(1, heads, -1, dim)[:, :, :longest]
+        keys = keys.reshape(1, heads, -1, dim)[:, :, :longest]
+        values = values.reshape(1, heads, -1, dim)[:, :, :longest]
         return keys, values, lens

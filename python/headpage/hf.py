@@ -39,6 +39,9 @@ leaves the device. Every named policy runs so (policy.runs_on_gpu); a custom
 configuration that does not (H2O with the max group reduction) is refused when
 the cache is set up.
 
+Pages store K/V in the model's dtype, or with kv_dtype="fp8" as fp8 e4m3 with a
+scale per token and stream (write_kv quantizes, the kernels dequantize).
+
 Limits: batches without padding (one headpage sequence per batch row), no beam
 search, no cropping.
 """
@@ -55,6 +58,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import headpage
+from headpage._kv_pages import cache_geometry, check_kv_dtype, read_pages
 from headpage._model import DTYPES as _DTYPES
 from headpage._model import (check_ints, make_arena, model_shape, output_projections,
                              pages_for_tokens, resolve_policy)
@@ -262,15 +266,21 @@ class Cache(_HFCache):
       max_tokens: tokens per sequence the pool must hold (prompt + new tokens),
         when num_pages is not given.
       num_pages: the pool's size; ResourceExhausted when it runs out.
+      kv_dtype: how pages store K/V: "auto" (the model's dtype) or "fp8" (fp8
+        e4m3 with a scale per token and stream, for a bfloat16 or float16 model:
+        half the bytes of bf16 pages).
     """
 
     def __init__(self, model, policy="full", budget=None, *, page_size=16, max_tokens=4096,
-                 num_pages=None):
-        shape = model_shape(model, "headpage.hf.Cache")
+                 num_pages=None, kv_dtype="auto"):
+        self._shape = shape = model_shape(model, "headpage.hf.Cache")
         check_ints(1, page_size=page_size, max_tokens=max_tokens)
         if num_pages is not None:
             check_ints(1, num_pages=num_pages)
         self.policy, self.budget = resolve_policy(policy, budget)
+        # A config has no dtype: the first update() checks it against the K/V's.
+        self.kv_dtype = check_kv_dtype(kv_dtype, getattr(model, "dtype", None),
+                                       "headpage.hf.Cache")
         self.num_layers, self.num_q_heads = shape.num_layers, shape.num_q_heads
         self.num_kv_heads, self.head_dim = shape.num_kv_heads, shape.head_dim
         self.page_size, self.max_tokens = page_size, max_tokens
@@ -313,12 +323,11 @@ class Cache(_HFCache):
                              f"{self.num_kv_heads} KV heads of {self.head_dim}")
         if key_states.dtype not in _DTYPES:
             raise NotImplementedError(f"headpage.hf.Cache: no cache dtype for {key_states.dtype}")
+        check_kv_dtype(self.kv_dtype, key_states.dtype, "headpage.hf.Cache")  # fp8 of f32
+        self.geometry = cache_geometry(self._shape, key_states.dtype, self.page_size,
+                                       self.kv_dtype)
         self.device = key_states.device
         self.dtype = key_states.dtype
-        self.geometry = headpage.CacheGeometry(
-            num_layers=self.num_layers, num_kv_heads=self.num_kv_heads,
-            num_q_heads=self.num_q_heads, head_dim=self.head_dim, dtype=_DTYPES[self.dtype],
-            page_size=self.page_size)
         pages = self.num_pages or batch * pages_for_tokens(
             self.max_tokens, self.page_size, self.geometry.streams_per_sequence)
         self.pool = headpage.PagePool(pages)
@@ -416,8 +425,8 @@ class Cache(_HFCache):
                 self._device_tables.refresh()
 
     def _dense(self, layer):
-        """The layer's K/V as [batch][kv_heads][tokens][head_dim], read from the pool."""
-        kv = torch.from_dlpack(self.arena.kv)
+        """The layer's K/V as [batch][kv_heads][tokens][head_dim], read from the pool
+        (dequantized, for fp8 pages)."""
         keys, values = [], []
         for seq in self.seqs:
             lens = self.manager.stream_lengths(seq)[layer]
@@ -429,8 +438,9 @@ class Cache(_HFCache):
             for h in range(self.num_kv_heads):
                 pages = torch.tensor(self.manager.stream_pages(seq, layer, h), dtype=torch.long,
                                      device=self.device)
-                k_heads.append(kv[pages, 0].reshape(-1, self.head_dim)[:n])
-                v_heads.append(kv[pages, 1].reshape(-1, self.head_dim)[:n])
+                k, v = read_pages(self.arena, pages, self.dtype)
+                k_heads.append(k.reshape(-1, self.head_dim)[:n])
+                v_heads.append(v.reshape(-1, self.head_dim)[:n])
             keys.append(torch.stack(k_heads))
             values.append(torch.stack(v_heads))
         return torch.stack(keys), torch.stack(values)
@@ -572,5 +582,6 @@ class Cache(_HFCache):
         return self.manager.stats() if self.manager is not None else None
 
     def __repr__(self):
-        return (f"headpage.hf.Cache(policy={self.policy.name!r}, budget={self.budget!r}, "
+        kv = f", kv_dtype={self.kv_dtype!r}" if self.kv_dtype != "auto" else ""
+        return (f"headpage.hf.Cache(policy={self.policy.name!r}, budget={self.budget!r}{kv}, "
                 f"tokens={self._tokens}, sequences={len(self.seqs)})")

@@ -12,7 +12,8 @@ GET /headpage/stats, the pool and what eviction did (ServingManager.stats()).
 The model is named as transformers serve names it (a Hub id, a folder, or
 `<folder or repo>:<file>.gguf`) and loaded once at start. The pool is
 --num-pages pages of --page-size tokens, or as many as --kv-gib of KV memory
-holds. SIGINT or SIGTERM stops the server and the engine.
+holds (a page of --kv-dtype fp8 costs about half a bf16 one). SIGINT or SIGTERM
+stops the server and the engine.
 
 It needs transformers' `serving` extra (fastapi, uvicorn, openai).
 """
@@ -24,6 +25,7 @@ import sys
 
 import headpage
 import headpage.serving
+from headpage._kv_pages import KV_DTYPES, cache_geometry, check_kv_dtype, pages_in
 from headpage._model import DTYPES, check_compress_every, model_shape, resolve_policy
 
 _log = logging.getLogger("headpage.serve")
@@ -34,12 +36,14 @@ _serving = []  # the live ServingManagers, for /headpage/stats
 def _pages_for(model, args):
     if args.num_pages is not None:
         return args.num_pages
-    shape = model_shape(model, "headpage.serve")
-    page_bytes = 2 * args.page_size * shape.head_dim * model.dtype.itemsize
-    pages = int(args.kv_gib * (1 << 30) // page_bytes)
+    kv_dtype = check_kv_dtype(args.kv_dtype, model.dtype, "headpage.serve")
+    geometry = cache_geometry(model_shape(model, "headpage.serve"), model.dtype, args.page_size,
+                              kv_dtype)
+    # A page costs its K/V and, for fp8, its scales.
+    pages = pages_in(args.kv_gib * (1 << 30), geometry)
     if pages < 1:
         raise ValueError(f"headpage.serve: --kv-gib {args.kv_gib} holds no page of "
-                         f"{page_bytes} bytes")
+                         f"{geometry.page_memory_bytes} bytes")
     return pages
 
 
@@ -66,7 +70,7 @@ def _install(args):
                                 policy=args.policy, budget=args.budget,
                                 floor_tokens=args.floor_tokens,
                                 protect_recent=args.protect_recent,
-                                compress_every=args.compress_every)
+                                compress_every=args.compress_every, kv_dtype=args.kv_dtype)
         make_manager = model.init_continuous_batching
 
         def init_continuous_batching(*b, **bk):
@@ -75,9 +79,9 @@ def _install(args):
             return manager
 
         model.init_continuous_batching = init_continuous_batching
-        _log.warning("headpage.serve: %s on a headpage pool of %d pages of %d tokens, policy "
-                     "%s, budget %s", type(model).__name__, pages, args.page_size, args.policy,
-                     args.budget)
+        _log.warning("headpage.serve: %s on a headpage pool of %d pages of %d tokens (K/V "
+                     "%s), policy %s, budget %s", type(model).__name__, pages, args.page_size,
+                     args.kv_dtype, args.policy, args.budget)
         return model
 
     model_manager.ModelManager._load_model = load_on_headpage
@@ -125,6 +129,9 @@ def parse_args(argv):
                     help="last tokens of a stream the pool budget never evicts (default 16)")
     ap.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda:0', ...")
     ap.add_argument("--dtype", default="auto", help="'auto', 'bfloat16', 'float32', ...")
+    ap.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES,
+                    help="how pages store K/V: auto (the model's dtype) or fp8 (e4m3 with a "
+                         "scale per token and stream; a bfloat16 or float16 model)")
     ap.add_argument("--max-batch-tokens", type=int, default=None,
                     help="tokens an engine step takes (default: transformers')")
     ap.add_argument("--host", default="127.0.0.1")
@@ -151,6 +158,9 @@ def parse_args(argv):
         ap.error(f"--kv-gib must be positive, got {args.kv_gib}")
     if args.floor_tokens < 0 or args.protect_recent < 0:
         ap.error("--floor-tokens and --protect-recent must be non-negative")
+    if args.kv_dtype != "auto" and args.dtype in ("float32", "f32"):
+        ap.error(f"--kv-dtype {args.kv_dtype} needs a bfloat16 or float16 model: "
+                 "--dtype bfloat16")
     return args
 
 

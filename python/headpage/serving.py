@@ -36,6 +36,10 @@ A request forked for num_return_sequences is compressed just before the fork
 (transformers prefills all but its last prompt token first), and its children
 share the compressed pages.
 
+enable(kv_dtype="fp8") stores the pool's K/V as fp8 e4m3 with a scale per token
+and stream (headpage._kv_pages): write_kv quantizes, the kernels dequantize, and a
+later prefill chunk reads its request's K/V back dequantized.
+
 Prefix sharing (content-hashed pages) is off: transformers hashes whole-model
 blocks, and a headpage page belongs to one compressible stream. Forks still share
 their prompt's pages.
@@ -50,6 +54,7 @@ from transformers.generation.continuous_batching import continuous_api
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 from headpage._decode_graphs import DecodeGraphs
+from headpage._kv_pages import check_kv_dtype
 from headpage._model import (check_compress_every, check_ints, model_shape, pages_for_tokens,
                              resolve_policy)
 from headpage._pool_pressure import PoolPressure
@@ -404,7 +409,7 @@ def _stop_chunks_at_prefix_boundaries(scheduler, cache):
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
            protect_recent=16, pool_headroom=0.02, check_invariants=False, cuda_graphs=True,
-           compress_every=0, prefix_caching=True):
+           compress_every=0, prefix_caching=True, kv_dtype="auto"):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
@@ -420,13 +425,17 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     allow_block_sharing, on by default), full prompt blocks stay cached after
     their request and a request that starts with cached tokens starts on their
     pages; a compressing policy keeps that shared prefix whole and compresses
-    the rest of the prompt to its budget. The arguments are checked now
+    the rest of the prompt to its budget. kv_dtype="fp8" stores K/V in fp8 e4m3
+    with a scale per token and stream (a bfloat16 or float16 model; "auto", the
+    default, stores the model's dtype). The arguments are checked now
     (ValueError, TypeError, NotImplementedError)."""
     check_engine()
+    model_shape(model, "headpage.serving")
     options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget,
                    check_invariants=bool(check_invariants), cuda_graphs=bool(cuda_graphs),
-                   compress_every=compress_every, prefix_caching=bool(prefix_caching))
-    model_shape(model, "headpage.serving")
+                   compress_every=compress_every, prefix_caching=bool(prefix_caching),
+                   kv_dtype=check_kv_dtype(kv_dtype, getattr(model, "dtype", None),
+                                           "headpage.serving"))
     config, _ = resolve_policy(policy, budget)
     check_ints(1, num_pages=num_pages, page_size=page_size)
     check_ints(0, floor_tokens=floor_tokens, protect_recent=protect_recent,

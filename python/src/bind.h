@@ -92,6 +92,9 @@ void NotInUse(const PagePool& pool);
 // dtypes (bind_core.cc).
 
 DType ParseDType(const std::string& name);  // "f32"/"float32", "f16", "bf16"
+// How pages store K/V: "auto" (the model's dtype), "fp8" or "fp8_e4m3". The one
+// place the names are read; ValueError naming the choices otherwise.
+KvDType ParseKvDType(const std::string& name);
 nb::dlpack::dtype DLPackOf(DType dtype);
 std::optional<DType> DTypeOf(const nb::dlpack::dtype& d);
 

@@ -3,12 +3,14 @@
 //
 // allocator: PagePool (page ids and refcounts, its PagePoolStats), HostArena and
 // CudaArena (the bytes), and ArenaView, the zero-copy DLPack view of an arena's
-// K/V or slot positions that arena.kv and arena.positions return.
+// K/V, slot positions or fp8 scales that arena.kv, arena.positions and
+// arena.scales return.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -24,36 +26,69 @@
 namespace headpage::bindings {
 namespace {
 
-// The arena's K/V, [num_pages][2][page_size][head_dim], or its slot positions,
-// as a DLPack array whose owner (the arena's Python object) keeps it alive.
+// DLPack's float8 e4m3fn (kDLFloat8_e4m3fn, DLPack 1.1): torch.from_dlpack
+// imports it as torch.float8_e4m3fn. nanobind has no name for the code.
+constexpr nb::dlpack::dtype kDLPackFp8E4M3{10, 8, 1};
+
+// Which memory of an arena a view shows.
+enum class ArenaPart : uint8_t { kKV, kPositions, kScales };
+
+// The arena's K/V, [num_pages][2][page_size][head_dim] of the stored element
+// (the model's dtype, or float8 e4m3fn for fp8 pages), its slot positions, or
+// its fp8 scales [num_pages][page_size][2] (K then V, float32), as a DLPack
+// array whose owner (the arena's Python object) keeps it alive.
 template <typename A>
-Array ArenaArray(const A& arena, bool positions, nb::handle owner) {
+Array ArenaArray(const A& arena, ArenaPart part, nb::handle owner) {
   const PagedKV& v = ViewOf(arena);
   const Place place = PlaceOf(arena);
   const int32_t device_type = place.cuda ? nb::device::cuda::value : nb::device::cpu::value;
-  if (positions) {
-    const size_t shape[1] = {static_cast<size_t>(v.num_slots())};
-    return Array(v.positions, 1, shape, owner, nullptr, nb::dtype<int32_t>(), device_type,
-                 place.device);
+  switch (part) {
+    case ArenaPart::kPositions: {
+      const size_t shape[1] = {static_cast<size_t>(v.num_slots())};
+      return Array(v.positions, 1, shape, owner, nullptr, nb::dtype<int32_t>(), device_type,
+                   place.device);
+    }
+    case ArenaPart::kScales: {
+      const size_t shape[3] = {static_cast<size_t>(v.num_pages), static_cast<size_t>(v.page_size),
+                               2};
+      return Array(v.scales, 3, shape, owner, nullptr, nb::dtype<float>(), device_type,
+                   place.device);
+    }
+    case ArenaPart::kKV:
+      break;
   }
   const size_t shape[4] = {static_cast<size_t>(v.num_pages), 2, static_cast<size_t>(v.page_size),
                            static_cast<size_t>(v.head_dim)};
-  return Array(v.data, 4, shape, owner, nullptr, DLPackOf(v.dtype), device_type, place.device);
+  return Array(v.data, 4, shape, owner, nullptr, v.fp8() ? kDLPackFp8E4M3 : DLPackOf(v.dtype),
+               device_type, place.device);
 }
 
-// What HostArena.kv and .positions return: an object that DLPack consumers
-// (torch.from_dlpack, numpy.from_dlpack) import without a copy. A DLPack capsule
-// can be consumed once, so every __dlpack__ call makes a fresh one.
+// What HostArena.kv, .positions and .scales return: an object that DLPack
+// consumers (torch.from_dlpack, numpy.from_dlpack) import without a copy. A
+// DLPack capsule can be consumed once, so every __dlpack__ call makes a fresh
+// one.
 struct ArenaView {
   nb::object arena;
-  bool positions = false;
+  ArenaPart part = ArenaPart::kKV;
 
   Array Get() const {
     if (nb::isinstance<HostArena>(arena))
-      return ArenaArray(nb::cast<const HostArena&>(arena), positions, arena);
-    return ArenaArray(nb::cast<const DeviceArena&>(arena), positions, arena);
+      return ArenaArray(nb::cast<const HostArena&>(arena), part, arena);
+    return ArenaArray(nb::cast<const DeviceArena&>(arena), part, arena);
   }
 };
+
+// arena.scales: the fp8 scales' view, None for pages that store the model's dtype.
+template <typename A>
+nb::object ScalesOf(nb::object self) {
+  if (!ViewOf(nb::cast<const A&>(self)).fp8()) return nb::none();
+  return nb::cast(ArenaView{self, ArenaPart::kScales});
+}
+
+template <typename A>
+std::string KvDTypeOf(const A& arena) {
+  return KvDTypeName(ViewOf(arena).kv_dtype);
+}
 
 void DefPagePool(nb::module_& m) {
   DefValueClass<PagePoolStats>(m, "PagePoolStats", "PagePool.stats(): page counts.",
@@ -146,11 +181,17 @@ void DefArenas(nb::module_& m) {
           },
           nb::arg("geometry"), nb::arg("num_pages"))
       .def_prop_ro(
-          "kv", [](nb::object self) { return ArenaView{self, false}; },
-          "[num_pages][2][page_size][head_dim]: K then V of every page (DLPack, no copy).")
+          "kv", [](nb::object self) { return ArenaView{self, ArenaPart::kKV}; },
+          "[num_pages][2][page_size][head_dim]: K then V of every page (DLPack, no copy), "
+          "of the model's dtype, or float8 e4m3fn for fp8 pages (torch.float8_e4m3fn; "
+          "numpy cannot import it): a row reads back as its values times its scale.")
       .def_prop_ro(
-          "positions", [](nb::object self) { return ArenaView{self, true}; },
+          "positions", [](nb::object self) { return ArenaView{self, ArenaPart::kPositions}; },
           "int32 [num_pages * page_size]: each slot's token position, -1 for none.")
+      .def_prop_ro("scales", &ScalesOf<HostArena>,
+                   "fp8 pages: float32 [num_pages][page_size][2], each slot's K then V scale "
+                   "(DLPack, no copy); None for pages of the model's dtype.")
+      .def_prop_ro("kv_dtype", &KvDTypeOf<HostArena>, "'auto' or 'fp8_e4m3', as the geometry's.")
       .def_prop_ro("num_pages", [](const HostArena& a) { return a.view().num_pages; })
       .def_prop_ro("kv_bytes", &HostArena::kv_bytes);
 
@@ -170,8 +211,11 @@ void DefArenas(nb::module_& m) {
             new (a) DeviceArena{std::move(arena), device};
           },
           nb::arg("geometry"), nb::arg("num_pages"))
-      .def_prop_ro("kv", [](nb::object self) { return ArenaView{self, false}; })
-      .def_prop_ro("positions", [](nb::object self) { return ArenaView{self, true}; })
+      .def_prop_ro("kv", [](nb::object self) { return ArenaView{self, ArenaPart::kKV}; })
+      .def_prop_ro("positions",
+                   [](nb::object self) { return ArenaView{self, ArenaPart::kPositions}; })
+      .def_prop_ro("scales", &ScalesOf<DeviceArena>)
+      .def_prop_ro("kv_dtype", &KvDTypeOf<DeviceArena>)
       .def_prop_ro("num_pages", [](const DeviceArena& a) { return a.arena.view().num_pages; })
       .def_prop_ro("device", [](const DeviceArena& a) { return a.device; })
       .def_prop_ro("kv_bytes", [](const DeviceArena& a) { return a.arena.kv_bytes(); });

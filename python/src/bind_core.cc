@@ -103,6 +103,12 @@ DType ParseDType(const std::string& name) {
   BadArgument("unknown dtype '" + name + "': want f32, f16 or bf16");
 }
 
+KvDType ParseKvDType(const std::string& name) {
+  if (name == "auto") return KvDType::kAuto;
+  if (name == "fp8" || name == "fp8_e4m3") return KvDType::kFP8E4M3;
+  BadArgument("unknown kv_dtype '" + name + "': want auto (the model's dtype), fp8 or fp8_e4m3");
+}
+
 nb::dlpack::dtype DLPackOf(DType dtype) {
   switch (dtype) {
     case DType::kF32:
@@ -141,29 +147,46 @@ void DefCore(nb::module_& m) {
 #endif
 
   nb::class_<CacheGeometry>(m, "CacheGeometry",
-                            "One model's KV cache: layers, heads, head_dim, dtype and page size.")
+                            "One model's KV cache: layers, heads, head_dim, dtype, page size, and "
+                            "how pages store K/V (kv_dtype: 'auto', the model's dtype, or 'fp8', "
+                            "fp8 e4m3 with a float scale per token and stream).")
       .def(
           "__init__",
           [](CacheGeometry* g, int32_t num_layers, int32_t num_kv_heads, int32_t num_q_heads,
-             int32_t head_dim, const std::string& dtype, int32_t page_size) {
-            new (g) CacheGeometry();
-            g->num_layers = num_layers;
-            g->num_kv_heads = num_kv_heads;
-            g->num_q_heads = num_q_heads;
-            g->head_dim = head_dim;
-            g->dtype = ParseDType(dtype);
-            g->page_size = page_size;
-            ThrowIfError(Validate(*g));
+             int32_t head_dim, const std::string& dtype, int32_t page_size,
+             const std::string& kv_dtype) {
+            // Parsed and validated before the object exists: a bad argument leaves
+            // nothing half made.
+            CacheGeometry geometry;
+            geometry.num_layers = num_layers;
+            geometry.num_kv_heads = num_kv_heads;
+            geometry.num_q_heads = num_q_heads;
+            geometry.head_dim = head_dim;
+            geometry.dtype = ParseDType(dtype);
+            geometry.page_size = page_size;
+            geometry.kv_dtype = ParseKvDType(kv_dtype);
+            ThrowIfError(Validate(geometry));
+            new (g) CacheGeometry(geometry);
           },
           nb::kw_only(), nb::arg("num_layers"), nb::arg("num_kv_heads"), nb::arg("num_q_heads"),
-          nb::arg("head_dim"), nb::arg("dtype") = "bf16", nb::arg("page_size") = 16)
+          nb::arg("head_dim"), nb::arg("dtype") = "bf16", nb::arg("page_size") = 16,
+          nb::arg("kv_dtype") = "auto")
       .def_ro("num_layers", &CacheGeometry::num_layers)
       .def_ro("num_kv_heads", &CacheGeometry::num_kv_heads)
       .def_ro("num_q_heads", &CacheGeometry::num_q_heads)
       .def_ro("head_dim", &CacheGeometry::head_dim)
       .def_ro("page_size", &CacheGeometry::page_size)
       .def_prop_ro("dtype", [](const CacheGeometry& g) { return std::string(DTypeName(g.dtype)); })
-      .def_prop_ro("page_bytes", &CacheGeometry::page_bytes)
+      .def_prop_ro("kv_dtype",
+                   [](const CacheGeometry& g) { return std::string(KvDTypeName(g.kv_dtype)); },
+                   "'auto' (pages store the model's dtype) or 'fp8_e4m3'.")
+      .def_prop_ro("page_bytes", &CacheGeometry::page_bytes,
+                   "Bytes of a page's K and V (without fp8 scales).")
+      .def_prop_ro("page_scale_bytes", &CacheGeometry::page_scale_bytes,
+                   "Bytes of a page's per-token K and V scales (0 unless fp8).")
+      .def_prop_ro("page_memory_bytes", &CacheGeometry::page_memory_bytes,
+                   "What a page costs in memory, scales included: divide a KV memory "
+                   "budget by it to get pages.")
       .def_prop_ro("streams_per_sequence", &CacheGeometry::streams_per_sequence)
       .def("__repr__", &CacheGeometry::DebugString);
 }

@@ -267,8 +267,9 @@ template <typename A>
 void DefArenaKernels(nb::module_& m) {
   m.def("write_kv", &WriteKV<A>, nb::arg("arena"), nb::arg("keys"), nb::arg("values"),
         nb::arg("slot_mapping"), nb::arg("positions"), nb::arg("stream") = 0,
-        "Scatters new tokens' K/V ([tokens][kv_heads][head_dim]) to their slots and stores "
-        "their positions beside them.");
+        "Scatters new tokens' K/V ([tokens][kv_heads][head_dim], the model's dtype) to their "
+        "slots and stores their positions beside them; fp8 pages store each row quantized, "
+        "with its scale.");
   m.def("decode_attention", &DecodeAttention<A>, nb::arg("arena"), nb::arg("q"), nb::arg("indptr"),
         nb::arg("page_ids"), nb::arg("lens"), nb::arg("out"), nb::arg("sm_scale") = nb::none(),
         nb::arg("lse") = nb::none(), nb::arg("num_splits") = 1, nb::arg("workspace") = nb::none(),
@@ -303,7 +304,8 @@ void DefKernels(nb::module_& m) {
   m.def("gather_kv", &GatherKV, nb::arg("arena"), nb::arg("indptr"), nb::arg("page_ids"),
         nb::arg("lens"), nb::arg("keys") = nb::none(), nb::arg("values") = nb::none(),
         nb::arg("positions") = nb::none(),
-        "Copies the rows' tokens out of a HostArena, row after row ([sum lens][head_dim]).");
+        "Copies the rows' tokens out of a HostArena, row after row ([sum lens][head_dim] of "
+        "the model's dtype: fp8 pages are dequantized with their scales).");
   m.def("decode_attention_workspace_bytes", &DecodeAttentionWorkspaceBytes, nb::arg("num_seqs"),
         nb::arg("num_q_heads"), nb::arg("head_dim"), nb::arg("num_splits"));
   m.def("decode_attention_splits", &DecodeAttentionSplits, nb::arg("max_len"),

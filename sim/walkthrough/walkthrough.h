@@ -27,7 +27,7 @@ namespace headpage {
 
 struct WalkthroughOptions {
   CacheGeometry geometry = CacheGeometry::Llama3_8B();
-  // Pool size: floor(pool_gib * 2^30 / page_bytes) pages.
+  // Pool size: floor(pool_gib * 2^30 / page_memory_bytes) pages.
   double pool_gib = 16.0;
   int64_t prefill_tokens = 8192;
   int64_t decode_steps = 64;      // one token each, before the fork
@@ -46,7 +46,7 @@ struct WalkthroughOptions {
 struct WalkthroughStep {
   std::string name;
   BlockManagerStats stats;
-  double kv_gib = 0.0;     // pages in use * page_bytes, in GiB
+  double kv_gib = 0.0;     // pages in use * page_memory_bytes, in GiB
   double manager_us = 0.0;  // steady_clock time inside the step's BlockManager calls
   int64_t manager_calls = 0;
   std::string note;  // what the step planned (page copies, compaction rows, ...)

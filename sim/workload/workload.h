@@ -147,8 +147,9 @@ struct WorkloadOptions {
   bool check_invariants = false;  // BlockManager::CheckInvariants() after every step (tests)
 };
 
-// Pages that a budget of `gib` GiB holds: floor(gib * 2^30 / page_bytes), the
-// pool_pages of a memory budget (the command line's default: 16 GiB of KV).
+// Pages that a budget of `gib` GiB holds: floor(gib * 2^30 / page_memory_bytes)
+// (K/V and, for fp8 pages, their scales), the pool_pages of a memory budget
+// (the command line's default: 16 GiB of KV).
 // InvalidArgument for a bad geometry, a budget that is not a positive finite
 // number, or one that holds no page.
 [[nodiscard]] absl::StatusOr<int64_t> PagesForBudget(const CacheGeometry& geometry, double gib);

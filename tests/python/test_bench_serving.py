@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 
 import bench_serving  # noqa: E402
@@ -76,3 +78,26 @@ def test_the_multi_turn_workload_sends_each_turn_after_the_last_answer(tmp_path)
     assert rows["full"]["prefix_hits"] == 0
     assert rows["full+prefix"]["prefix_hits"] >= 3 * 2
     assert rows["full+prefix"]["prefix_hit_tokens"] >= 3 * 2 * (64 + 40)
+
+
+def test_fp8_pages_give_the_same_kv_memory_more_pages(tmp_path):
+    rows = {}
+    for kv_dtype in ("auto", "fp8"):
+        out = tmp_path / f"{kv_dtype}.json"
+        assert bench_serving.main([
+            "--model", "tiny", "--device", "cpu", "--dtype", "bf16", "--kv-dtype", kv_dtype,
+            "--requests", "3", "--prompt-median", "96", "--prompt-min", "64",
+            "--prompt-max", "128", "--output", "8", "--max-batch-tokens", "256",
+            "--kv-gib", "0.002", "--configs", "full", "--out", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["header"]["kv_dtype"] == kv_dtype
+        rows[kv_dtype] = result["rows"][0]
+    auto, fp8 = rows["auto"], rows["fp8"]
+    assert fp8["requests"] == auto["requests"] == 3 and fp8["output_tokens"] == 3 * 8
+    # tiny: head_dim 64, pages of 16 tokens: 4096 bytes of bf16, or 2048 of fp8
+    # and 128 of scales, within the same 0.002 GiB.
+    assert auto["pool_pages"] == int(0.002 * 2**30) // 4096
+    assert fp8["pool_pages"] == int(0.002 * 2**30) // (2048 + 128)
+    assert fp8["kv_bytes"] == fp8["pool_pages"] * (2048 + 128) <= 0.002 * 2**30
+    with pytest.raises(SystemExit):  # fp8 pages of an f32 model
+        bench_serving.parse_args(TINY + ["--kv-dtype", "fp8"])
