@@ -19,8 +19,14 @@ kept tokens, the same prefill recorded once and loaded into a cache
 (record_prefill, load_prefill) must keep the same positions, and generation after
 compression is timed.
 
+With --kv-dtype fp8 the model runs in bfloat16 and each prompt is decoded greedily
+twice through headpage caches, with bf16 pages and with fp8 pages: the report gives
+the fp8 run's first token that differs, and, teacher-forced on the bf16 run's tokens,
+at how many of the steps fp8 picks the same token (and the largest logit difference).
+
   python3 tools/generate_check.py --device cuda --lengths 128,1024 --new-tokens 64
   python3 tools/generate_check.py --device cuda --lengths 1024 --policies ada-snapkv,pyramid
+  python3 tools/generate_check.py --device cuda --lengths 1024,4096 --kv-dtype fp8
 """
 import argparse
 import copy
@@ -108,6 +114,36 @@ def check_policy(model, model_cpu, ids, policy, args):
             "headpage_tok_s": round(args.new_tokens / t, 2), "ok": ok}, ok
 
 
+def fp8_against_bf16(model, ids, args):
+    """Greedy decoding of `ids` with bf16 pages and with fp8 pages (the model in
+    bfloat16): the fp8 run's first differing step, and the steps at which fp8,
+    fed the bf16 run's tokens, picks bf16's token."""
+    length, steps = ids.shape[1], args.new_tokens
+    caches = {kv: hf.Cache(model, page_size=args.page_size, max_tokens=length + steps, kv_dtype=kv)
+              for kv in ("auto", "fp8")}
+    want, _ = timed_generate(model, ids, caches["auto"], steps)
+    got, t_fp8 = timed_generate(model, ids, caches["fp8"], steps)
+    first = next((i for i in range(steps) if want[0, length + i] != got[0, length + i]), None)
+    # Teacher-forced: both caches see the bf16 run's tokens; compare each step's pick.
+    forced = {kv: hf.Cache(model, page_size=args.page_size, max_tokens=length + steps, kv_dtype=kv)
+              for kv in ("auto", "fp8")}
+    same, worst = 0, 0.0
+    with torch.no_grad():
+        logits = {kv: model(ids, past_key_values=c, use_cache=True).logits[:, -1].float()
+                  for kv, c in forced.items()}
+        for i in range(steps):
+            same += int(logits["auto"].argmax() == logits["fp8"].argmax())
+            worst = max(worst, float((logits["auto"] - logits["fp8"]).abs().max()))
+            step = want[:, length + i:length + i + 1]
+            logits = {kv: model(step, past_key_values=c, use_cache=True).logits[:, -1].float()
+                      for kv, c in forced.items()}
+    return {"device": args.device, "prompt": length, "new_tokens": steps, "kv_dtype": "fp8",
+            "first_difference": first, "teacher_forced_same": f"{same}/{steps}",
+            "max_logit_difference": round(worst, 4), "fp8_tok_s": round(steps / t_fp8, 2),
+            "pages_bf16": caches["auto"].stats().pages_in_use,
+            "pages_fp8": caches["fp8"].stats().pages_in_use}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,10 +154,19 @@ def main():
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--policies", default="", help="compress with these too (comma-separated)")
     ap.add_argument("--budget", default="20%")
+    ap.add_argument("--kv-dtype", default="auto", choices=("auto", "fp8"),
+                    help="fp8: compare fp8 pages with bf16 pages (the model in bfloat16)")
     args = ap.parse_args()
     policies = [p for p in args.policies.split(",") if p]
 
     model = hf.load_smollm2()[1] if args.real else smollm2_like(args.seed)
+    if args.kv_dtype == "fp8":
+        model = model.to(device=args.device, dtype=torch.bfloat16).eval()
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        for length in (int(x) for x in args.lengths.split(",")):
+            ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen)
+            print(json.dumps(fp8_against_bf16(model, ids.to(args.device), args)), flush=True)
+        return 0
     model = model.to(device=args.device, dtype=torch.float32).eval()
     model_cpu = copy.deepcopy(model).to("cpu") if policies else None
     gen = torch.Generator().manual_seed(args.seed + 1)
