@@ -41,7 +41,9 @@ absl::StatusOr<HostArena> HostArena::Create(const CacheGeometry& geometry, int64
   if (arena.kv_ == nullptr || arena.positions_ == nullptr ||
       (geometry.fp8() && arena.scales_ == nullptr)) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("cannot allocate ", rounded, " bytes of host memory for the KV arena"));
+        absl::StrCat("cannot allocate ", rounded, " bytes of host memory for the KV arena (and ",
+                     num_slots * (sizeof(int32_t) + (geometry.fp8() ? 2 * sizeof(float) : 0)),
+                     " for its positions and scales)"));
   }
   std::fill_n(arena.positions_.get(), num_slots, -1);
   arena.view_.data = arena.kv_.get();

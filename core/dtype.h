@@ -161,9 +161,8 @@ struct fp8_e4m3 {
     if (abs >= 0x43e00000u) return fp8_e4m3{static_cast<uint8_t>(sign | 0x7eu)};  // >= 448
     if (abs >= 0x3c800000u) {  // >= 2^-6: a normal e4m3, exponent rebias by 120
       const uint32_t rounded = abs + 0x7ffffu + ((abs >> 20) & 1u);
-      uint32_t q = (rounded >> 20) - (120u << 3);
-      if (q > 0x7eu) q = 0x7eu;  // 448 < |f| < 464 rounds to 480, which saturates
-      return fp8_e4m3{static_cast<uint8_t>(sign | q)};
+      // Below 448 the rounding reaches at most 448 itself (0x7e).
+      return fp8_e4m3{static_cast<uint8_t>(sign | ((rounded >> 20) - (120u << 3)))};
     }
     // Subnormal (or, rounding up, the smallest normal): |f| * 2^9 is exact;
     // round it to an integer, nearest even, in 0..8.
@@ -187,17 +186,20 @@ struct fp8_e4m3 {
 static_assert(sizeof(fp8_e4m3) == 1, "8-bit storage type");
 
 // The per-token quantization of fp8 pages: a row x of n floats is stored as
-// q_i = fp8(x_i * (448 / amax)) with scale = amax / 448, amax = max_i |x_i|, and
-// reads back as q_i * scale. A row of zeros has scale 0. The device computes
-// the same two divisions and one product per element (kernels/write_kv.cu), so
-// the bytes agree. Returns the scale.
+// q_i = fp8(x_i * min(448 / amax, FLT_MAX)) with scale = amax / 448,
+// amax = max_i |x_i|, and reads back as q_i * scale. A row of zeros has scale
+// 0; a row so small that 448 / amax overflows keeps its zeros zero (0 * inf
+// would be NaN). The device computes the same divisions, minimum and product
+// per element (kernels/write_kv.cu), so the bytes agree. Returns the scale.
 inline float QuantizeRowFp8(const float* x, size_t n, fp8_e4m3* q) {
   float amax = 0.0f;
   for (size_t i = 0; i < n; ++i) {
     const float a = x[i] < 0.0f ? -x[i] : x[i];
     amax = a > amax ? a : amax;  // a NaN element is skipped here and stored as NaN
   }
-  const float inv = amax > 0.0f ? fp8_e4m3::kMax / amax : 0.0f;
+  constexpr float kFloatMax = 3.40282347e+38f;
+  float inv = amax > 0.0f ? fp8_e4m3::kMax / amax : 0.0f;
+  inv = inv < kFloatMax ? inv : kFloatMax;
   for (size_t i = 0; i < n; ++i) q[i] = fp8_e4m3::FromFloat(x[i] * inv);
   return amax / fp8_e4m3::kMax;
 }

@@ -26,7 +26,7 @@
 // f32 (SimtKernel, decode_attention_simt.cu): CUDA cores, one block-wide
 // cp.async pipeline of tiles. fp8 pages (Fp8Kernel, decode_attention_fp8.cu):
 // the same grid and pipeline over fp8 bytes, the math turned around (tokens as
-// the tiles' rows) and dequantized in registers. What both share is in
+// the tiles' rows) and dequantized in registers. What they share is in
 // decode_attention_internal.cuh.
 #include <cfloat>
 #include <type_traits>

@@ -26,8 +26,12 @@
 // - P^T as the B operand is the transpose of the weights' accumulator layout:
 //   movmatrix.trans, two per chunk.
 // - The query is rounded to f16 after a power-of-two scale per head that puts
-//   its largest element in [2^14, 2^15): exact for bf16 queries of any range
-//   (bf16 has fewer mantissa bits than f16), and undone in the score scale.
+//   its largest element in [2^14, 2^15), undone in the score scale: exact for
+//   a bf16 query of any range (bf16 has fewer mantissa bits than f16) but for
+//   elements 2^24 times smaller than the head's largest, which turn subnormal.
+// - The weights enter P V times their token's V scale, normalized by the
+//   largest V scale the warp has seen (TokenRowSoftmax::v_exp), so that small
+//   values do not push small weights into f16's subnormals.
 #include <cuda_fp8.h>
 
 #include "kernels/cuda_common.cuh"
@@ -141,7 +145,7 @@ __device__ __forceinline__ float LoadScaledQuery(const DecodeAttentionKernelArgs
   // floor(log2(amax)) from the exponent field, kept where 2^(14 - e) is a
   // normal float (a subnormal amax scales less, still exactly).
   int e = amax > 0.0f ? static_cast<int>((__float_as_uint(amax) >> 23) & 0xffu) - 127 : 0;
-  e = max(-100, min(e, 100));
+  e = max(-112, min(e, 127));  // 2^(14 - e) and 2^(e - 14) both normal floats
   const float factor = __uint_as_float(static_cast<uint32_t>(127 + 14 - e) << 23);
 #pragma unroll
   for (int r = 0; r < Tr::kLaneVecs; ++r) {
@@ -236,6 +240,11 @@ struct TokenRowSoftmax {
   float m[2] = {kNoScore, kNoScore};
   float d[2] = {0.0f, 0.0f};
   float o[kHeadDim / 16][4];
+  // o holds the outputs times 2^-v_exp, where 2^v_exp is the largest V scale
+  // the warp has seen (rounded down to a power of two): the weights enter P V
+  // in f16 as weight * v_scale * 2^-v_exp, so that a layer of small values
+  // (v_scale = amax / 448) does not push small weights into f16's subnormals.
+  int v_exp = -126;
 
   __device__ TokenRowSoftmax() {
 #pragma unroll
@@ -318,7 +327,7 @@ __device__ __forceinline__ void ScoreFp8Chunk(const uint32_t (&qb)[kHeadDim / 16
 template <int kHeadDim>
 __device__ __forceinline__ void TokenRowSoftmaxUpdate(int chunk_token, int end, int quad,
                                                       const float (&score_scale)[2],
-                                                      float (&s)[4],
+                                                      const float2 (&kv_scales)[2], float (&s)[4],
                                                       TokenRowSoftmax<kHeadDim>& state) {
   const bool top_valid = chunk_token + quad < end;
   const bool bottom_valid = chunk_token + quad + 8 < end;
@@ -333,8 +342,20 @@ __device__ __forceinline__ void TokenRowSoftmaxUpdate(int chunk_token, int end, 
       chunk_max[h] = fmaxf(chunk_max[h], __shfl_xor_sync(kFullMask, chunk_max[h], mask));
     }
   }
+  // The chunk's largest V scale (every lane of a quad holds the same two).
+  float v_max = fmaxf(kv_scales[0].y, kv_scales[1].y);
+#pragma unroll
+  for (int mask = 4; mask < 32; mask *= 2) {
+    v_max = fmaxf(v_max, __shfl_xor_sync(kFullMask, v_max, mask));
+  }
+  const int chunk_v_exp = static_cast<int>((__float_as_uint(v_max) >> 23) & 0xffu) - 127;
   if (__any_sync(kFullMask, chunk_max[0] > state.m[0] + kRescaleSlack ||
-                                chunk_max[1] > state.m[1] + kRescaleSlack)) {
+                                chunk_max[1] > state.m[1] + kRescaleSlack) ||
+      chunk_v_exp > state.v_exp) {
+    // A power of two, exact (0 when the old range was empty).
+    const float v_rescale = chunk_v_exp > state.v_exp ? ldexpf(1.0f, state.v_exp - chunk_v_exp)
+                                                      : 1.0f;
+    state.v_exp = max(state.v_exp, chunk_v_exp);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const float m_new = fmaxf(state.m[h], chunk_max[h]);
@@ -343,8 +364,8 @@ __device__ __forceinline__ void TokenRowSoftmaxUpdate(int chunk_token, int end, 
       state.d[h] *= rescale;
 #pragma unroll
       for (int b = 0; b < kHeadDim / 16; ++b) {
-        state.o[b][h] *= rescale;
-        state.o[b][2 + h] *= rescale;
+        state.o[b][h] *= rescale * v_rescale;
+        state.o[b][2 + h] *= rescale * v_rescale;
       }
     }
   }
@@ -355,7 +376,7 @@ __device__ __forceinline__ void TokenRowSoftmaxUpdate(int chunk_token, int end, 
   }
 }
 
-// Stage: O^T += V^T P'^T with P' = weight * V scale in f16. P' is packed in
+// Stage: O^T += V^T P'^T with P' = weight * V scale * 2^-v_exp in f16. P' is packed in
 // the accumulator layout (row = token) and transposed by movmatrix into the B
 // operand (column = head, rows = tokens 2 pair, + 1 and + 8). One transposed
 // ldmatrix.x4 over the fp8 rows as b16 gives two 16-dim blocks of tokens 0-7
@@ -365,11 +386,13 @@ template <int kHeadDim>
 __device__ __forceinline__ void AccumulateFp8Values(const float (&s)[4],
                                                     const float2 (&kv_scales)[2],
                                                     const unsigned char* k_chunk,
-                                                    const LaneOffsets<kHeadDim>& at,
+                                                    const LaneOffsets<kHeadDim>& at, int v_exp,
                                                     float (&o)[kHeadDim / 16][4]) {
   using Tr = Fp8Traits<kHeadDim>;
-  const uint32_t b0 = MovMatrixTrans(PackHalf2(s[0] * kv_scales[0].y, s[1] * kv_scales[0].y));
-  const uint32_t b1 = MovMatrixTrans(PackHalf2(s[2] * kv_scales[1].y, s[3] * kv_scales[1].y));
+  const float v_norm = __uint_as_float(static_cast<uint32_t>(127 - v_exp) << 23);  // 2^-v_exp
+  const float top = kv_scales[0].y * v_norm, bottom = kv_scales[1].y * v_norm;
+  const uint32_t b0 = MovMatrixTrans(PackHalf2(s[0] * top, s[1] * top));
+  const uint32_t b1 = MovMatrixTrans(PackHalf2(s[2] * bottom, s[3] * bottom));
 #pragma unroll
   for (int i = 0; i < Tr::kRowVecs / 2; ++i) {
     uint32_t vb[4];
@@ -402,10 +425,11 @@ __device__ __forceinline__ void StoreFp8WarpState(const Reduction<kHeadDim>& red
     const int head = 2 * pair + h;
     if (head < group) {
       float* acc = reduce.acc + (warp * kG + head) * kHeadDim;
+      const float v_unnorm = __uint_as_float(static_cast<uint32_t>(127 + state.v_exp) << 23);
 #pragma unroll
       for (int b = 0; b < kHeadDim / 16; ++b) {
         *reinterpret_cast<float2*>(acc + 16 * b + 2 * quad) =
-            make_float2(state.o[b][h], state.o[b][2 + h]);
+            make_float2(state.o[b][h] * v_unnorm, state.o[b][2 + h] * v_unnorm);
       }
       if (quad == 0) {
         reduce.m[warp * kG + head] = state.m[h];
@@ -459,8 +483,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         float2 kv_scales[2];
         ScoreFp8Chunk<kHeadDim>(qb, k_chunk, offsets, quad, s, kv_scales);
         TokenRowSoftmaxUpdate<kHeadDim>(work.begin + Tr::kChunk * (warp + kWarps * i), work.end,
-                                        quad, score_scale, s, state);
-        AccumulateFp8Values<kHeadDim>(s, kv_scales, k_chunk, offsets, state.o);
+                                        quad, score_scale, kv_scales, s, state);
+        AccumulateFp8Values<kHeadDim>(s, kv_scales, k_chunk, offsets, state.v_exp, state.o);
       });
   __syncthreads();  // every warp's stages become the reduction's memory
 

@@ -3,11 +3,11 @@
 //
 // What DecodeAttention's kernels over the cache share: the tensor-core ones
 // (f16, bf16 pages: decode_attention.cu; fp8 pages: decode_attention_fp8.cu)
-// and the CUDA-core one (f32: decode_attention_simt.cu). Both run one block of kWarps warps per (stream,
-// split), pipeline K/V through shared memory with cp.async, keep an online
-// softmax per warp in the exp2 domain, and end with the same combine of the
-// warps' states (out and lse for one split, a float partial for more). CUDA and
-// plain headers only.
+// and the CUDA-core one (f32: decode_attention_simt.cu). All three run one
+// block of kWarps warps per (stream, split), pipeline K/V through shared
+// memory with cp.async, keep an online softmax per warp in the exp2 domain,
+// and end with the same combine of the warps' states (out and lse for one
+// split, a float partial for more). CUDA and plain headers only.
 #ifndef HEADPAGE_KERNELS_DECODE_ATTENTION_INTERNAL_CUH_
 #define HEADPAGE_KERNELS_DECODE_ATTENTION_INTERNAL_CUH_
 

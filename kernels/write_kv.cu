@@ -14,6 +14,8 @@
 // round-to-nearest-even conversion, and scale = amax / 448. Explicit _rn
 // intrinsics hold to that whatever the compiler flags (no FMA, no approximate
 // division), so the bytes and scales equal the host's.
+#include <cfloat>
+
 #include "kernels/cuda_common.cuh"
 #include "kernels/write_kv_args.h"
 
@@ -64,7 +66,8 @@ __device__ __forceinline__ float QuantizeRowPart(const T* in, uint8_t* out) {
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
     amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, offset));
   }
-  const float inv = amax > 0.0f ? __fdiv_rn(fp8_e4m3::kMax, amax) : 0.0f;
+  // As QuantizeRowFp8: inf (a tiny amax) becomes FLT_MAX, so zeros stay zero.
+  const float inv = amax > 0.0f ? fminf(__fdiv_rn(fp8_e4m3::kMax, amax), FLT_MAX) : 0.0f;
   Out q;
   auto* pairs = reinterpret_cast<uint16_t*>(&q);
 #pragma unroll

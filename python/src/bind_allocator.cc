@@ -193,7 +193,8 @@ void DefArenas(nb::module_& m) {
                    "(DLPack, no copy); None for pages of the model's dtype.")
       .def_prop_ro("kv_dtype", &KvDTypeOf<HostArena>, "'auto' or 'fp8_e4m3', as the geometry's.")
       .def_prop_ro("num_pages", [](const HostArena& a) { return a.view().num_pages; })
-      .def_prop_ro("kv_bytes", &HostArena::kv_bytes);
+      .def_prop_ro("kv_bytes", &HostArena::kv_bytes,
+                   "Bytes of the K/V block (the scales of fp8 pages and the positions apart).");
 
   nb::class_<DeviceArena>(
       m, "CudaArena", "The pool's bytes in CUDA memory (the current device); views as HostArena's.")
@@ -214,8 +215,9 @@ void DefArenas(nb::module_& m) {
       .def_prop_ro("kv", [](nb::object self) { return ArenaView{self, ArenaPart::kKV}; })
       .def_prop_ro("positions",
                    [](nb::object self) { return ArenaView{self, ArenaPart::kPositions}; })
-      .def_prop_ro("scales", &ScalesOf<DeviceArena>)
-      .def_prop_ro("kv_dtype", &KvDTypeOf<DeviceArena>)
+      .def_prop_ro("scales", &ScalesOf<DeviceArena>,
+                   "As HostArena.scales, in CUDA memory; None for pages of the model's dtype.")
+      .def_prop_ro("kv_dtype", &KvDTypeOf<DeviceArena>, "'auto' or 'fp8_e4m3', as the geometry's.")
       .def_prop_ro("num_pages", [](const DeviceArena& a) { return a.arena.view().num_pages; })
       .def_prop_ro("device", [](const DeviceArena& a) { return a.device; })
       .def_prop_ro("kv_bytes", [](const DeviceArena& a) { return a.arena.kv_bytes(); });

@@ -248,6 +248,16 @@ TEST_CASE("dtype: QuantizeRowFp8 scales each row by its amax", "[core]") {
   REQUIRE(QuantizeRowFp8(with_nan, 4, q) == 1.0f / 448.0f);
   REQUIRE(q[1].bits == 0x7f);
   REQUIRE(q[2].bits == 0xfe);
+
+  // A row so small that 448 / amax overflows (a subnormal bf16 value): the
+  // multiplier stops at FLT_MAX, so its zeros stay zero (0 * inf would be NaN).
+  const float tiny[4] = {1e-39f, 0.0f, -0.0f, -5e-40f};
+  const float tiny_scale = QuantizeRowFp8(tiny, 4, q);
+  REQUIRE(tiny_scale == 1e-39f / 448.0f);
+  REQUIRE(q[0].bits == fp8_e4m3::FromFloat(1e-39f * std::numeric_limits<float>::max()).bits);
+  REQUIRE(q[1].bits == 0x00);
+  REQUIRE(q[2].bits == 0x80);
+  for (const fp8_e4m3 e : q) REQUIRE(std::isfinite(e.ToFloat()));
 }
 
 TEST_CASE("dtype: QuantizeRowFp8 maps the amax to 448 and reads back within an ulp", "[core]") {

@@ -245,6 +245,23 @@ TEST_CASE("gpu::DecodeAttention on fp8 pages takes bf16 queries of any magnitude
   }
 }
 
+// Small values (a V scale of amax / 448 far below 1) under a sharp softmax:
+// the weights that enter P V in f16 are normalized by the largest V scale
+// seen, so the many small ones keep their bits instead of going subnormal.
+TEST_CASE("gpu::DecodeAttention on fp8 pages keeps small weights of small values",
+          "[kernels][gpu][fp8]") {
+  for (float value_scale : {0.02f, 1e-4f}) {
+    CAPTURE(value_scale);
+    PagedCaseSpec spec{16, 128, DType::kBF16, {32768, 3000, 17, 1}};
+    spec.kv_dtype = KvDType::kFP8E4M3;
+    spec.value_scale = value_scale;
+    // Scores of RMS ~ 2 whatever the values' scale.
+    Problem problem(spec, 4, 2, 13, 6.0f / value_scale);
+    problem.RunRef();
+    for (int32_t splits : {1, 8}) problem.RunGpuAndCompare(splits);
+  }
+}
+
 TEST_CASE("gpu::DecodeAttention equals ref on a 32K-token stream", "[kernels][gpu]") {
   for (KvDType kv_dtype : {KvDType::kAuto, KvDType::kFP8E4M3}) {
     for (DType dtype : {DType::kBF16, DType::kF16}) {
