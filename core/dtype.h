@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace headpage {
 
@@ -197,7 +198,7 @@ inline float QuantizeRowFp8(const float* x, size_t n, fp8_e4m3* q) {
     const float a = x[i] < 0.0f ? -x[i] : x[i];
     amax = a > amax ? a : amax;  // a NaN element is skipped here and stored as NaN
   }
-  constexpr float kFloatMax = 3.40282347e+38f;
+  constexpr float kFloatMax = std::numeric_limits<float>::max();
   float inv = amax > 0.0f ? fp8_e4m3::kMax / amax : 0.0f;
   inv = inv < kFloatMax ? inv : kFloatMax;
   for (size_t i = 0; i < n; ++i) q[i] = fp8_e4m3::FromFloat(x[i] * inv);

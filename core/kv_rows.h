@@ -50,6 +50,20 @@ inline void LoadKvRow(const PagedKV& cache, int64_t slot, KvPart part, float* ou
   for (int32_t d = 0; d < cache.head_dim; ++d) out[d] = LoadKvElement(cache, slot, part, d);
 }
 
+// The K or V row of `slot` into `out` (head_dim elements of the model dtype):
+// copied from 16-bit pages, and from fp8 pages each element dequantized and
+// rounded to the model dtype, the way the GPU's gathers and scorers read them.
+inline void LoadKvRowInModelDtype(const PagedKV& cache, int64_t slot, KvPart part, void* out) {
+  if (!cache.fp8()) {
+    std::memcpy(out, KvRowBytes(cache, slot, part),
+                static_cast<size_t>(cache.head_dim) * SizeOf(cache.dtype));
+    return;
+  }
+  for (int32_t d = 0; d < cache.head_dim; ++d) {
+    StoreFromFloat(out, static_cast<size_t>(d), cache.dtype, LoadKvElement(cache, slot, part, d));
+  }
+}
+
 // Stores `row` (head_dim elements of the model dtype, as given to WriteKV) as the
 // K or V row of `slot`: copied for 16-bit pages, quantized with a new scale for
 // fp8 (QuantizeRowFp8 of the row's float values). `scratch` holds head_dim

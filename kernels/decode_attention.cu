@@ -58,15 +58,9 @@ struct MmaTraits {
   static constexpr int kCopies = kChunk * kRowVecs / 32;    // K vectors per lane per chunk
   static constexpr int kCopyRowStride = 32 / kRowVecs;
   static constexpr int kPipelineBytes = kWarps * kStages * kStageBytes;
-  static constexpr int kSmemBytes = kPipelineBytes > Reduction<kHeadDim>::kBytes
-                                        ? kPipelineBytes
-                                        : Reduction<kHeadDim>::kBytes;
+  static constexpr int kSmemBytes = PassSmemBytes<kHeadDim>(kPipelineBytes);
   static_assert(sizeof(T) == 2 && kRowVecs >= 8 && kKSteps % 2 == 0, "16-bit rows of >= 64");
 };
-
-// Chunks rescale the running state only when their maximum exceeds it by more
-// than this (log2 units): weights stay below 2^8, exact either way.
-constexpr float kRescaleSlack = 8.0f;
 
 // Element offset of vector `vec` of row `row` in a chunk: vectors are XOR-
 // swizzled by the row, so that the 8 rows one ldmatrix reads hit 8 bank groups.

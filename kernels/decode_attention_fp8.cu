@@ -60,9 +60,7 @@ struct Fp8Traits {
   static constexpr int kCopies = kChunk * kRowVecs / 32;  // K vectors per lane per chunk
   static constexpr int kCopyRowStride = 32 / kRowVecs;
   static constexpr int kPipelineBytes = kWarps * kStages * kStageBytes;
-  static constexpr int kSmemBytes = kPipelineBytes > Reduction<kHeadDim>::kBytes
-                                        ? kPipelineBytes
-                                        : Reduction<kHeadDim>::kBytes;
+  static constexpr int kSmemBytes = PassSmemBytes<kHeadDim>(kPipelineBytes);
   static_assert(kRowVecs >= 4 && kKSteps == 4 * kLaneVecs, "fp8 rows of 64, 128 or 256 bytes");
   static_assert(kG == 8, "the group's heads are the 8 columns of a tile");
 };
@@ -94,8 +92,8 @@ __device__ __forceinline__ int LaneVec(int pair, int r) {
 }
 
 // Four e4m3 bytes as two f16x2 words, exactly (every e4m3 value is an f16):
-// bytes 0, 1 into `low`, 2, 3 into `high`. In PTX the word splits into its halves for free, where a C++ shift
-// and mask cost two instructions per word.
+// bytes 0, 1 into `low`, 2, 3 into `high`. In PTX the word splits into its
+// halves for free, where a C++ shift and mask cost two instructions per word.
 __device__ __forceinline__ void Fp8x4ToHalf2x2(uint32_t four_bytes, uint32_t* low,
                                                uint32_t* high) {
   asm("{\n"
@@ -252,15 +250,10 @@ struct TokenRowSoftmax {
   }
 };
 
-// Chunks rescale the running state only when their maximum exceeds it by more
-// than this (log2 units): weights stay below 2^8, exact either way (as in the
-// 16-bit pass).
-constexpr float kRescaleSlack = 8.0f;
-
 // Where a lane reads in a stage, computed once: the 16-byte vectors of key
-// rows quad and quad + 8 (LaneVec's order), the ldmatrix rows of the value
-// chunk, and the scales of tokens quad and quad + 8 (recomputing the swizzle
-// per chunk cost more instructions than the chunk's products).
+// rows quad and quad + 8 (LaneVec's order) and the ldmatrix rows of the value
+// chunk (recomputing the swizzle per chunk cost more instructions than the
+// chunk's products).
 template <int kHeadDim>
 struct LaneOffsets {
   using Tr = Fp8Traits<kHeadDim>;

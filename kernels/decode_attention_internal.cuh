@@ -151,6 +151,19 @@ struct Reduction {
       : acc(static_cast<float*>(smem)), m(acc + kWarps * kG * kHeadDim), d(m + kWarps * kG) {}
 };
 
+// Dynamic shared memory of a pass whose pipeline takes `pipeline_bytes`: the
+// final combine reuses the stages, so whichever is larger.
+template <int kHeadDim>
+constexpr int PassSmemBytes(int pipeline_bytes) {
+  return pipeline_bytes > Reduction<kHeadDim>::kBytes ? pipeline_bytes
+                                                      : Reduction<kHeadDim>::kBytes;
+}
+
+// The tensor-core passes rescale a running softmax state only when a chunk's
+// maximum exceeds it by more than this (log2 units): weights stay below 2^8,
+// exact either way.
+inline constexpr float kRescaleSlack = 8.0f;
+
 // After every warp stored its state (and a barrier): merge the warps and write
 // the block's result, out and lse for one split, a float partial for more.
 template <typename T, int kHeadDim>

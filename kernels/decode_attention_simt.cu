@@ -32,9 +32,7 @@ struct SimtTraits {
   static constexpr int kStages = 65536 / kTileBytes > 2 ? 65536 / kTileBytes : 2;
   static constexpr int kLoads = kTileTokens * kRowVecs / kThreads;    // K vectors per thread
   static constexpr int kLoadRowStride = kThreads / kRowVecs;
-  static constexpr int kSmemBytes = kStages * kTileBytes > Reduction<kHeadDim>::kBytes
-                                        ? kStages * kTileBytes
-                                        : Reduction<kHeadDim>::kBytes;
+  static constexpr int kSmemBytes = PassSmemBytes<kHeadDim>(kStages * kTileBytes);
   static_assert(kThreads % kRowVecs == 0, "a thread's vectors share one column");
   static_assert(kLoads * kThreads == kTileTokens * kRowVecs, "whole tiles per thread");
 };

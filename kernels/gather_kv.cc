@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "kernels/gather_kv.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 #include "core/kv_rows.h"
 #include "core/status.h"
@@ -33,18 +31,10 @@ absl::Status GatherKV(const GatherKVArgs& args) {
   const PagedKV& cache = args.cache;
   HEADPAGE_RETURN_IF_ERROR(
       CheckBlockTables(cache, args.num_rows, BlockTableOf(args), "GatherKV"));
-  const size_t row_bytes = static_cast<size_t>(cache.head_dim) * SizeOf(cache.dtype);
-  // A row out in the model dtype: as stored, or (fp8 pages) each element
-  // dequantized and rounded to the model dtype.
+  const int64_t row_bytes = static_cast<int64_t>(cache.head_dim) * SizeOf(cache.dtype);
+  // Rows out in the model dtype (fp8 pages' dequantized and rounded to it).
   const auto gather_row = [&](int64_t slot, KvPart part, void* out, int64_t row) {
-    char* dst = static_cast<char*>(out) + row * static_cast<int64_t>(row_bytes);
-    if (!cache.fp8()) {
-      std::memcpy(dst, KvRowBytes(cache, slot, part), row_bytes);
-      return;
-    }
-    for (int32_t d = 0; d < cache.head_dim; ++d) {
-      StoreFromFloat(dst, static_cast<size_t>(d), cache.dtype, LoadKvElement(cache, slot, part, d));
-    }
+    LoadKvRowInModelDtype(cache, slot, part, static_cast<char*>(out) + row * row_bytes);
   };
   int64_t out = 0;
   for (int32_t r = 0; r < args.num_rows; ++r) {

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -169,14 +168,7 @@ absl::Status WindowScores(const WindowScoresArgs& args) {
       positions.resize(n);
       for (int32_t j = 0; j < n; ++j) {
         const int64_t slot = SlotOf(pages, j, cache.page_size);
-        if (cache.fp8()) {
-          for (int32_t e = 0; e < d; ++e) {
-            StoreFromFloat(keys.data() + j * row, static_cast<size_t>(e), cache.dtype,
-                           LoadKvElement(cache, slot, KvPart::kKey, e));
-          }
-        } else {
-          std::memcpy(keys.data() + j * row, KvRowBytes(cache, slot, KvPart::kKey), row);
-        }
+        LoadKvRowInModelDtype(cache, slot, KvPart::kKey, keys.data() + j * row);
         positions[j] = cache.positions[slot];
       }
       // The group's queries, [group][window][d], scaled to the policy's 1/sqrt(d).
