@@ -169,6 +169,13 @@ __device__ __forceinline__ float DequantizeFp8(uint8_t bits, float scale) {
   return __fmul_rn(Fp8ToFloat(bits), scale);
 }
 
+// The same, rounded to the model dtype T: how the scorers read fp8 keys, on
+// the host through GatherKV (core/kv_rows.h LoadKvRowInModelDtype) as here.
+template <typename T>
+__device__ __forceinline__ T DequantizeFp8As(uint8_t bits, float scale) {
+  return FromFloat<T>(DequantizeFp8(bits, scale));
+}
+
 // Two floats to two e4m3 bytes (x the low one), rounding to nearest even and
 // saturating to +-448, as fp8_e4m3::FromFloat does on the host.
 __device__ __forceinline__ uint16_t FloatsToFp8x2(float x, float y) {

@@ -37,7 +37,7 @@ __device__ __forceinline__ float NegKeyNorm(const TokenScoresArgs& a, int64_t sl
     for (int e = 0; e < kPerVector; ++e) {
       float f;
       if constexpr (kFp8) {
-        f = ToFloat(FromFloat<T>(DequantizeFp8(x[e].__x, scale)));
+        f = ToFloat(DequantizeFp8As<T>(x[e].__x, scale));
       } else {
         f = ToFloat(x[e]);
       }

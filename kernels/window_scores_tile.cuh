@@ -294,7 +294,7 @@ struct KeyTileCopies {
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const uint8_t bits = static_cast<uint8_t>(words[e / 4] >> (8 * (e % 4)));
-        out[e] = FromFloat<T>(DequantizeFp8(bits, scale));
+        out[e] = DequantizeFp8As<T>(bits, scale);
       }
       *reinterpret_cast<uint4*>(dst + (SwizzledChunk(my_key, chunk) << 4)) =
           *reinterpret_cast<const uint4*>(out);
