@@ -293,7 +293,6 @@ absl::Status CudaExecutorImpl::ScoreAndSelect(const PolicyConfig& config, const 
   select.sinks = job.protection.sinks;
   select.recent = job.protection.recent;
   select.capacity = job.layer_capacity[0];
-  select.workspace = SelectWorkspaceBytes(select) > 0 ? d + d_select_ws_ : nullptr;
   // Ada-Pyramid's layers differ in capacity: one Select per layer.
   const bool per_layer = config.allocator == PolicyConfig::Allocator::kAdaPyramid;
   for (int32_t layer = 0; layer < (per_layer ? layers : 1); ++layer) {
@@ -483,7 +482,6 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
                                      : 0);
   d_query_positions_ = dev.Add(reads_queries ? sizeof(int32_t) * layers * max_rows : 0);
   d_scores_ws_ = dev.Add(scores_ws);
-  d_select_ws_ = dev.Add(SelectWorkspaceBytes(select_));
   d_plan_ = dev.Add(sizeof(int32_t) * plan_ints + static_cast<size_t>(layers) * heads);
   d_attention_ = dev.Add(dbudget ? sizeof(float) * group * tokens : 0);
   d_dbudget_ws_ = dev.Add(dbudget_ws);

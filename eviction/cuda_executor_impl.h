@@ -199,7 +199,7 @@ class CudaExecutorImpl final : public CudaExecutor {
   // Sections of device_ that a call's sequences reuse in turn (stream order
   // keeps one sequence's kernels before the next one's writes).
   size_t d_tables_ = 0, d_positions_ = 0, d_scores_ = 0, d_queries_ = 0, d_query_positions_ = 0,
-         d_scores_ws_ = 0, d_select_ws_ = 0, d_plan_ = 0, d_attention_ = 0, d_dbudget_ws_ = 0;
+         d_scores_ws_ = 0, d_plan_ = 0, d_attention_ = 0, d_dbudget_ws_ = 0;
   WindowScoresArgs scores_args_;
   SelectArgs select_;
 };

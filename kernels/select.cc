@@ -67,21 +67,7 @@ absl::Status Validate(const SelectArgs& args) {
     return absl::InvalidArgumentError(
         "Select: score_offsets, scores, positions, keep or kept_counts is null");
   }
-  if (SelectWorkspaceBytes(args) > 0 && !IsKernelAligned(args.workspace)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Select: workspace must be ", kKernelAlignment, "-byte aligned"));
-  }
-  if (SelectWorkspaceBytes(args) > 0 && args.workspace == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("Select: workspace is null, ",
-                                                   SelectWorkspaceBytes(args), " bytes needed"));
-  }
   return absl::OkStatus();
-}
-
-size_t SelectWorkspaceBytes(const SelectArgs& args) {
-  if (args.mode != SelectMode::kAda || args.floor != policy::AdaFloor::kProtectTop) return 0;
-  if (args.num_seqs <= 0 || args.num_kv_heads <= 0) return 0;
-  return size_t{16} * static_cast<size_t>(args.num_seqs) * static_cast<size_t>(args.num_kv_heads);
 }
 
 namespace ref {

@@ -30,13 +30,9 @@
 namespace headpage {
 
 // Checks what the host can see: counts, pointers, mode, alpha, capacity,
-// ctas_per_group, workspace (not the contents of device arrays); shared by both
+// ctas_per_group (not the contents of device arrays); shared by both
 // backends. InvalidArgument with the reason.
 [[nodiscard]] absl::Status Validate(const SelectArgs& args);
-
-// Device workspace gpu::Select needs: 16 bytes per stream for kAda with
-// kProtectTop (each stream's protected top), 0 otherwise.
-size_t SelectWorkspaceBytes(const SelectArgs& args);
 
 namespace ref {
 // CPU reference, written for clarity (it sorts). Host pointers. Also checks
@@ -50,9 +46,8 @@ namespace ref {
 #if HEADPAGE_HAVE_CUDA
 namespace gpu {
 // CUDA. Device pointers; enqueued on `stream` with no host synchronization, so
-// it can be captured in a CUDA graph; one to three kernels (kTopB: one; kAda:
-// the per-sequence allocation, then the keep sets; kProtectTop first finds each
-// stream's protected top). Array contents are not checked; bad ones give
+// it can be captured in a CUDA graph; one kernel (kTopB: a cluster per
+// stream; kAda: a cluster per sequence, the allocation and the keep sets). Array contents are not checked; bad ones give
 // well-formed, memory-safe output: kTopB kept and the allocated counts are
 // clamped to [protected, length], a capacity below a stream's protected count
 // counts as B'_h = 0, offsets that decrease give empty streams, positions

@@ -63,12 +63,11 @@ struct SelectArgs {
   int32_t* keep = nullptr;
   int32_t* kept_counts = nullptr;
 
-  // SelectWorkspaceBytes(args) bytes (select.h), device memory; may be null
-  // when that is 0.
-  void* workspace = nullptr;
-  // How many CTAs (one thread-block cluster) work on one group: 0 lets the
-  // GPU backend choose from the batch and the device; 1..8 forces it (tests
-  // cover every path this way). The result never depends on it.
+  // How many CTAs (one thread-block cluster) work on one group (a kTopB
+  // stream, a kAda sequence, whose CTAs each own whole streams: at most
+  // num_kv_heads of them): 0 lets the GPU backend choose from the batch and
+  // the device; 1..8 forces it (tests cover every path this way). The result
+  // never depends on it.
   int32_t ctas_per_group = 0;
 
   int32_t num_streams() const { return num_seqs * num_kv_heads; }

@@ -60,8 +60,6 @@ void RunSelect(benchmark::State& state, SelectMode mode, policy::AdaFloor floor,
   args.floor = floor;
   args.keep = keep.get<int32_t>();
   args.kept_counts = counts.get<int32_t>();
-  DeviceBuffer workspace(SelectWorkspaceBytes(args));
-  args.workspace = workspace.get();
   int64_t next = 0;
   TimeWithEvents(state, [&] {
     args.scores = scores[static_cast<size_t>(next++ % copies)].get<float>();

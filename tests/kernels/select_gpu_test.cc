@@ -38,17 +38,15 @@ SelectArgs WithMode(const SelectCase& c, const SelectArgs& mode_args) {
   return args;
 }
 
-// Runs gpu::Select on the case in `mode_args`' mode, every output and the
-// workspace poisoned first.
+// Runs gpu::Select on the case in `mode_args`' mode, every output poisoned
+// first.
 DeviceResult RunGpu(const SelectCase& c, const SelectArgs& mode_args, const Ints& kept) {
   DeviceBuffer offsets(c.offsets()), scores(c.scores()), positions(c.positions());
   DeviceBuffer d_kept(kept.empty() ? Ints{0} : kept);
   DeviceBuffer keep(sizeof(int32_t) * std::max(1, c.size()));
   DeviceBuffer counts(sizeof(int32_t) * static_cast<size_t>(c.num_streams()));
-  DeviceBuffer workspace(std::max<size_t>(1, SelectWorkspaceBytes(mode_args)));
   keep.Poison();
   counts.Poison();
-  workspace.Poison();
   SelectArgs args = WithMode(c, mode_args);
   args.score_offsets = offsets.get<int32_t>();
   args.scores = scores.get<float>();
@@ -56,7 +54,6 @@ DeviceResult RunGpu(const SelectCase& c, const SelectArgs& mode_args, const Ints
   args.kept = d_kept.get<int32_t>();
   args.keep = keep.get<int32_t>();
   args.kept_counts = counts.get<int32_t>();
-  args.workspace = workspace.get();
   REQUIRE_OK(gpu::Select(args, nullptr));
   HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
   return {counts.Download<int32_t>(), keep.Download<int32_t>()};
@@ -70,8 +67,6 @@ void CheckAgainstRef(const SelectCase& c, const SelectArgs& mode_args, const Int
   args.kept = kept.data();
   args.keep = ref_keep.data();
   args.kept_counts = ref_counts.data();
-  alignas(16) static char host_workspace[16];  // ref:: reads none; Validate wants one
-  args.workspace = host_workspace;
   REQUIRE_OK(ref::Select(args));
 
   const DeviceResult gpu = RunGpu(c, args, kept);

@@ -101,9 +101,6 @@ SelectArgs AdaArgs(const SelectCase& c, int32_t capacity, double alpha, policy::
   args.capacity = capacity;
   args.alpha = alpha;
   args.floor = floor;
-  // The reference needs no workspace; Validate() only wants a pointer.
-  alignas(16) static char workspace[16];
-  args.workspace = workspace;
   return args;
 }
 
@@ -250,17 +247,6 @@ TEST_CASE("ref::Select equals policy::SelectKeepSet and policy::AdaKept on rando
   }
 }
 
-TEST_CASE("SelectWorkspaceBytes: only kAda with kProtectTop needs any", "[kernels][select]") {
-  SelectArgs args;
-  args.num_seqs = 3;
-  args.num_kv_heads = 8;
-  REQUIRE(SelectWorkspaceBytes(args) == 0);
-  args.mode = SelectMode::kAda;
-  REQUIRE(SelectWorkspaceBytes(args) == 0);
-  args.floor = policy::AdaFloor::kProtectTop;
-  REQUIRE(SelectWorkspaceBytes(args) == 16 * 24);
-}
-
 TEST_CASE("Select: every Validate() error", "[kernels][select]") {
   const SelectCase c = FixedCase(1, 2, {kAdaA, kAdaB}, 0, 0);
   Ints kept = {4, 4}, keep(20), counts(2);
@@ -332,13 +318,6 @@ TEST_CASE("Select: every Validate() error", "[kernels][select]") {
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "above kAda's limit");
   args = ada();
   args.floor = policy::AdaFloor::kProtectTop;
-  args.workspace = nullptr;
-  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "workspace is null, 32 bytes");
-  alignas(16) static char workspace[48];
-  args.workspace = workspace + 8;
-  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "16-byte aligned");
-  args.workspace = nullptr;
-  args.floor = policy::AdaFloor::kScaled;
   REQUIRE_OK(Validate(args));
 }
 

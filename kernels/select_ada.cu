@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: kernels/select_ada.cu
+//
+// kAda's Select in one launch (select.cu has the overview): a cluster per
+// sequence whose CTAs each own whole streams. Each CTA reads its streams'
+// candidates once (into shared memory when they fit); kProtectTop first finds
+// its streams' own tops; the cluster ranks the competing candidates together;
+// each CTA reads its streams' hits, hence their kept counts, and selects and
+// writes their keep sets alone.
+#include "kernels/cuda_common.cuh"
+#include "kernels/select_args.h"
+#include "kernels/select_emit.cuh"
+#include "kernels/select_internal.cuh"
+
+namespace headpage::gpu::internal::selection {
+namespace {
+
+// kAda: one cluster per sequence, each CTA owning whole streams (heads
+// [rank H / size, (rank + 1) H / size)), so that only the sequence's
+// competition needs the cluster and each stream's own selects stay in its CTA.
+struct AdaShared {
+  SelectShared select;
+  EmitShared emit;
+  StreamRange ranges[kSelectMaxAdaHeads];
+  Segment segments[kSelectMaxAdaHeads];      // the competing streams' candidates, in head order
+  int32_t segment_of[kSelectMaxAdaHeads];    // per head: its segment, or -1 (covered)
+  int32_t segment_head[kSelectMaxAdaHeads];  // per segment: its head
+  // Per segment, this CTA's keys above the cut and at it (its own segments'
+  // only; peers read them), then the cluster's hits.
+  int32_t above[kSelectMaxAdaHeads];
+  int32_t equal[kSelectMaxAdaHeads];
+  int32_t hits[kSelectMaxAdaHeads];
+  int32_t num_segments;
+  int32_t total;     // candidates of the competing streams
+  int32_t share_lo;  // this CTA's streams' part of their concatenation
+  int32_t share_hi;
+  int64_t k;               // what the sequence's select takes
+  int32_t own_segments;    // how many of the segments are this CTA's
+  Segment stream_segment;  // the one segment of a per-stream select
+  // With one own segment, LoadShare's first-digit histogram is that stream's
+  // too: kept here, its own selects skip their first pass over the keys.
+  uint32_t first_digits[kMaxBins];
+};
+
+// Stage: the ranges of the sequence's streams (a warp each), then, by one
+// thread in head order (a short serial walk), the competing streams: those
+// whose budget does not cover their candidates, as the select's segments, this
+// CTA's part of them [own_begin, own_end) heads, and what the select takes
+// (kProtectTop's floors taken off).
+__device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int32_t first_stream,
+                                                        int32_t own_begin, int32_t own_end,
+                                                        AdaShared& sm) {
+  const int32_t num_heads = a.num_kv_heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int h = warp; h < num_heads; h += kWarps) {
+    const StreamRange range = LocateStream(a, first_stream + h);
+    if (lane == 0) sm.ranges[h] = range;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t count = 0, start = 0, lo = -1, hi = 0, own = 0;
+    int64_t k = 0;
+    for (int h = 0; h < num_heads; ++h) {
+      const StreamRange r = sm.ranges[h];
+      const int64_t budget = AdaBudget(a, r.num_protected());
+      if (budget >= r.num_candidates()) {
+        sm.segment_of[h] = -1;
+        continue;
+      }
+      k += budget;
+      if (a.floor == policy::AdaFloor::kProtectTop) k -= AdaFloorOf(a.alpha, budget);
+      // Each segment starts on a multiple of four in the concatenation (and so
+      // in the cache): EmitKeep reads a stream's keys 16 bytes at a time.
+      start = (start + 3) & ~3;
+      if (own_begin <= h && h < own_end) {
+        if (lo < 0) lo = start;
+        hi = start + r.num_candidates();
+        ++own;
+      }
+      sm.segments[count] = Segment{r.offset + r.begin, r.num_candidates(), start, 0, kAllKeys};
+      sm.segment_of[h] = count;
+      sm.segment_head[count++] = h;
+      start += r.num_candidates();
+    }
+    sm.num_segments = count;
+    sm.total = start;
+    sm.share_lo = lo < 0 ? 0 : lo;
+    sm.share_hi = lo < 0 ? 0 : hi;
+    sm.k = k;
+    sm.own_segments = own;
+  }
+  __syncthreads();
+}
+
+// Segment `seg` (this CTA's) alone, as a share of its own: its candidates
+// 0..size, their keys where the CTA's share keeps them. Every key counts (no
+// limit). With one own segment, the first digit's histogram is put back in
+// place (select with first_built = sm.own_segments == 1). Ends with a
+// barrier; the caller's next one must come before the next call.
+__device__ __forceinline__ Share StreamShare(AdaShared& sm, const Share& share, int seg) {
+  if (sm.own_segments == 1) {  // CTA-uniform: the first pass's histogram is at hand
+    for (int b = threadIdx.x; b < kMaxBins; b += kThreads)
+      sm.select.hist[0][b] = sm.first_digits[b];
+  }
+  const Segment whole = sm.segments[seg];
+  if (threadIdx.x == 0) sm.stream_segment = Segment{whole.first, whole.size, 0, 0, kAllKeys};
+  __syncthreads();
+  const uint32_t* cache = share.cache != nullptr ? share.cache + (whole.start - share.lo) : nullptr;
+  return Share{share.scores, &sm.stream_segment, 1, 0, whole.size, cache};
+}
+
+// Stage (kProtectTop): each of this CTA's competing streams' own top
+// floor(alpha B'_h), found in the CTA; what is left of the stream (every key
+// below the cut's rest limit, plus its extra copies of it) is what competes.
+__device__ __forceinline__ void ProtectOwnTops(const SelectArgs& a, AdaShared& sm,
+                                               const Share& share, int32_t own_begin,
+                                               int32_t own_end) {
+  CtaGroup cta;
+  for (int h = own_begin; h < own_end; ++h) {
+    const int seg = sm.segment_of[h];
+    if (seg < 0) continue;
+    const int64_t safe = AdaFloorOf(a.alpha, AdaBudget(a, sm.ranges[h].num_protected()));
+    if (safe == 0) continue;
+    const Share one = StreamShare(sm, share, seg);
+    const Cut cut = GroupSelect(cta, sm.select, one, safe, sm.own_segments == 1);
+    if (threadIdx.x == 0) {
+      sm.segments[seg].limit = cut.rest_limit;
+      sm.segments[seg].extra = cut.rest_extra;
+    }
+    __syncthreads();
+  }
+}
+
+// Stage: this CTA's keys above the cut and at it, per segment it holds, into
+// sm.above and sm.equal (zero for the others), its extra copies of the limit
+// included.
+__device__ __forceinline__ void CountSegmentsAtCut(AdaShared& sm, const Share& share,
+                                                   int num_segments, int64_t threshold) {
+  const int lane = threadIdx.x % 32;
+  for (int i = threadIdx.x; i < num_segments; i += kThreads) {
+    sm.above[i] = 0;
+    sm.equal[i] = 0;
+  }
+  __syncthreads();
+  for (int i = 0; i < num_segments; ++i) {
+    const Segment seg = sm.segments[i];
+    if (max(share.lo, seg.start) >= min(share.hi, seg.start + seg.size)) continue;  // CTA-uniform
+    int32_t above = 0, equal = 0;
+    const Threshold cut(threshold);
+    ForEachMemberKey(share, i, [&](uint32_t key) {
+      above += cut.Above(key);
+      equal += cut.Equal(key);
+    });
+    above = __reduce_add_sync(~0u, above);
+    equal = __reduce_add_sync(~0u, equal);
+    if (lane == 0) {
+      atomicAdd(&sm.above[i], above);
+      atomicAdd(&sm.equal[i], equal);
+    }
+  }
+  for (int i = threadIdx.x; i < num_segments; i += kThreads) {
+    const Segment seg = sm.segments[i];
+    if (seg.extra > 0 && HoldsStart(share, seg) && seg.limit > threshold) {
+      atomicAdd(&sm.above[i], seg.extra);
+    }
+    if (seg.extra > 0 && HoldsStart(share, seg) && seg.limit == threshold) {
+      atomicAdd(&sm.equal[i], seg.extra);
+    }
+  }
+}
+
+// Stage, instead of CountSegmentsAtCut when this CTA holds one segment: the
+// select's own counts are that segment's.
+__device__ __forceinline__ void StoreOwnCounts(AdaShared& sm, int32_t own_begin, int32_t own_end,
+                                               int num_segments) {
+  for (int i = threadIdx.x; i < num_segments; i += kThreads) {
+    const int h = sm.segment_head[i];
+    const bool own = own_begin <= h && h < own_end;
+    sm.above[i] = own ? sm.select.own_above : 0;
+    sm.equal[i] = own ? sm.select.own_equal : 0;
+  }
+}
+
+// Stage (after a cluster barrier; every CTA): the cluster's hits per segment
+// into sm.hits, the ties at the threshold handed to the earliest streams. The
+// sums wait in registers (a thread per segment) until every peer has read this
+// CTA's counts; no CTA reads another's memory after its cluster barrier.
+__device__ __forceinline__ void GatherHits(Group& g, AdaShared& sm, int num_segments,
+                                           int32_t ties) {
+  static_assert(kSelectMaxAdaHeads <= kThreads, "a thread per segment");
+  const int i = threadIdx.x;
+  int32_t above = 0, equal = 0;
+  if (i < num_segments) {
+#pragma unroll
+    for (int r = 0; r < kSelectMaxCtasPerGroup; ++r) {
+      if (r < static_cast<int>(g.size)) {
+        above += g.Peer(sm.above, r)[i];
+        equal += g.Peer(sm.equal, r)[i];
+      }
+    }
+  }
+  g.Sync();
+  if (i < num_segments) {
+    sm.hits[i] = above;
+    sm.equal[i] = equal;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t ties_left = ties;
+    for (int s = 0; s < num_segments; ++s) {
+      const int32_t taken = min(sm.equal[s], ties_left);
+      ties_left -= taken;
+      sm.hits[s] += taken;
+    }
+  }
+  __syncthreads();
+}
+
+// Stream h's kept count: everything when it does not compete, else Ada-KV's
+// allocation from its hits c_h.
+__device__ __forceinline__ int32_t AdaKeptCount(const SelectArgs& a, const AdaShared& sm, int h) {
+  const StreamRange r = sm.ranges[h];
+  const int seg = sm.segment_of[h];
+  if (seg < 0) return r.n;  // covered: keeps everything
+  const int64_t budget = AdaBudget(a, r.num_protected());
+  const int64_t hits = sm.hits[seg];
+  int64_t b;
+  if (a.floor == policy::AdaFloor::kScaled) {
+    // round_half_even(c_h (1 - alpha) + floor(alpha B'_h)) in double,
+    // unfused as on the CPU; rint rounds half to even.
+    const double scaled = __dadd_rn(__dmul_rn(static_cast<double>(hits), 1.0 - a.alpha),
+                                    static_cast<double>(AdaFloorOf(a.alpha, budget)));
+    b = static_cast<int64_t>(rint(scaled));
+  } else {
+    b = AdaFloorOf(a.alpha, budget) + hits;
+  }
+  return static_cast<int32_t>(min(b + r.num_protected(), int64_t{r.n}));
+}
+
+// Stage: this CTA's streams' kept counts and keep sets, each its top
+// (kept - protected) candidates by a select of the CTA alone.
+__device__ __forceinline__ void EmitOwnKeepSets(const SelectArgs& a, AdaShared& sm,
+                                                const Share& share, int32_t first_stream,
+                                                int32_t own_begin, int32_t own_end) {
+  CtaGroup cta;
+  for (int h = own_begin; h < own_end; ++h) {
+    const StreamRange r = sm.ranges[h];
+    const int32_t kept = AdaKeptCount(a, sm, h);
+    if (threadIdx.x == 0) a.kept_counts[first_stream + h] = kept;
+    const int32_t take = kept - r.num_protected();
+    if (!KeepUnranked(cta, a.keep + r.offset, r, take)) continue;  // CTA-uniform
+    const Share one = StreamShare(sm, share, sm.segment_of[h]);
+    const Cut cut = GroupSelect(cta, sm.select, one, take, sm.own_segments == 1);
+    EmitKeep(cta, sm.emit, one, a.keep + r.offset, cut, r.begin);
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+// kAda, one launch: the sequence's competition in the cluster, then each
+// CTA's own streams' keep sets. Every CTA reads its streams' candidates from
+// global memory once (into shared memory when they fit).
+__global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs a) {
+  __shared__ AdaShared sm;
+  extern __shared__ uint4 cache_storage[];  // kCacheBytes
+  Group g;
+  const int32_t num_heads = a.num_kv_heads;
+  const int32_t first_stream = static_cast<int32_t>(blockIdx.x / g.size) * num_heads;
+  const int32_t own_begin = static_cast<int32_t>(int64_t{num_heads} * g.rank / g.size);
+  const int32_t own_end = static_cast<int32_t>(int64_t{num_heads} * (g.rank + 1) / g.size);
+  CollectCompetingStreams(a, first_stream, own_begin, own_end, sm);
+  const int num_segments = sm.num_segments;
+  // Every CTA sees the same segments, so all take this branch or none.
+  if (num_segments > 0) {
+    Share share{a.scores, sm.segments, num_segments, sm.share_lo, sm.share_hi, nullptr};
+    LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage));
+    if (sm.own_segments == 1) {
+      for (int b = threadIdx.x; b < kMaxBins; b += kThreads) {
+        sm.first_digits[b] = sm.select.hist[0][b];
+      }
+    }
+    const bool protect = a.floor == policy::AdaFloor::kProtectTop;
+    if (protect) ProtectOwnTops(a, sm, share, own_begin, own_end);
+    // With one own segment, the select counts its hits on the way.
+    const bool one = sm.own_segments == 1;
+    const Cut cut = GroupSelect(g, sm.select, share, sm.k, /*first_built=*/!protect, one);
+    if (one) {
+      StoreOwnCounts(sm, own_begin, own_end, num_segments);
+    } else {
+      CountSegmentsAtCut(sm, share, num_segments, cut.threshold);
+    }
+    g.Sync();
+    GatherHits(g, sm, num_segments, cut.ties);
+    EmitOwnKeepSets(a, sm, share, first_stream, own_begin, own_end);
+  } else {
+    Share none{a.scores, sm.segments, 0, 0, 0, nullptr};
+    EmitOwnKeepSets(a, sm, none, first_stream, own_begin, own_end);
+  }
+}
+
+}  // namespace headpage::gpu::internal::selection

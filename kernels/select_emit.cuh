@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: Apache-2.0
+// File: kernels/select_emit.cuh
+//
+// What both Select kernels (select.cu, select_ada.cu) do once a stream's cut
+// is known: the slots kept without ranking (sinks, the recent window), then
+// the ranked ones, written in ascending order by the CTAs of a group (a
+// cluster, or one CTA alone) with prefix sums over warps and CTAs. CUDA and
+// plain headers only.
+#ifndef HEADPAGE_KERNELS_SELECT_EMIT_CUH_
+#define HEADPAGE_KERNELS_SELECT_EMIT_CUH_
+
+#include <cstdint>
+
+#include "kernels/select_internal.cuh"
+
+namespace headpage::gpu::internal::selection {
+
+struct EmitShared {
+  int32_t warp_above[kWarps];  // per warp: keys above the threshold, then their prefix
+  int32_t warp_equal[kWarps];  // keys equal to it
+  int32_t cta_above;           // this CTA's totals (peers read them)
+  int32_t cta_equal;
+  int32_t base_above;  // what the lower ranks of the cluster hold
+  int32_t base_equal;
+};
+
+// Emitting a one-segment share's keep set: lane l of a warp handles four
+// consecutive keys at a time (one 16-byte load from the cache, whose index 0
+// is the share's lo and 16-byte aligned), so that a pass costs a few
+// instructions per key; the warps' slices are whole groups of four.
+struct FourKeys {
+  uint32_t key[4];
+  int valid;  // how many of them are in the share
+};
+
+__device__ __forceinline__ FourKeys LoadFour(const Share& share, const float* scores, int32_t i) {
+  FourKeys f;
+  f.valid = min(4, share.hi - i);
+  if (share.cache != nullptr && f.valid == 4) {
+    const uint4 v = *reinterpret_cast<const uint4*>(share.cache + (i - share.lo));
+    f.key[0] = v.x;
+    f.key[1] = v.y;
+    f.key[2] = v.z;
+    f.key[3] = v.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f.key[j] = j < f.valid ? KeyAt(share, scores, i + j) : 0u;
+  }
+  return f;
+}
+
+// A cut's threshold as 32-bit tests: every key is above -1.
+struct Threshold {
+  bool everything;
+  uint32_t key;
+  __device__ explicit Threshold(int64_t threshold)
+      : everything(threshold < 0), key(static_cast<uint32_t>(max(threshold, int64_t{0}))) {}
+  __device__ bool Above(uint32_t k) const { return everything || k > key; }
+  __device__ bool Equal(uint32_t k) const { return !everything && k == key; }
+};
+
+// This warp's slice of the share: groups of four [first, last).
+struct WarpSlice {
+  int32_t first;
+  int32_t last;
+  __device__ WarpSlice(const Share& share, int warp) {
+    const int32_t groups = (share.hi - share.lo + 3) / 4;
+    first = static_cast<int32_t>(int64_t{groups} * warp / kWarps);
+    last = static_cast<int32_t>(int64_t{groups} * (warp + 1) / kWarps);
+  }
+};
+
+// Stage: the keys above the threshold and equal to it in this warp's slice,
+// into es.warp_above/warp_equal[warp].
+__device__ __forceinline__ void CountWarpSlice(EmitShared& es, const Share& share,
+                                               const float* scores, const WarpSlice& slice,
+                                               const Threshold& cut, int warp, int lane) {
+  int32_t above = 0, equal = 0;
+#pragma unroll 2
+  for (int32_t q = slice.first + lane; q < slice.last; q += 32) {
+    const FourKeys f = LoadFour(share, scores, share.lo + 4 * q);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      above += j < f.valid && cut.Above(f.key[j]);
+      equal += j < f.valid && cut.Equal(f.key[j]);
+    }
+  }
+  above = __reduce_add_sync(~0u, above);
+  equal = __reduce_add_sync(~0u, equal);
+  if (lane == 0) {
+    es.warp_above[warp] = above;
+    es.warp_equal[warp] = equal;
+  }
+}
+
+// Stage, after the warps' counts (and a barrier): their exclusive prefix sums
+// over the warps, and this CTA's base, the counts of the cluster's lower ranks.
+template <typename G>
+__device__ __forceinline__ void ScanCounts(G& g, EmitShared& es, int warp, int lane) {
+  if (warp == 0) {
+    const int32_t own_above = lane < kWarps ? es.warp_above[lane] : 0;
+    const int32_t own_equal = lane < kWarps ? es.warp_equal[lane] : 0;
+    int32_t x = own_above, y = own_equal;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int32_t xs = __shfl_up_sync(~0u, x, d), ys = __shfl_up_sync(~0u, y, d);
+      if (lane >= d) {
+        x += xs;
+        y += ys;
+      }
+    }
+    if (lane < kWarps) {
+      es.warp_above[lane] = x - own_above;
+      es.warp_equal[lane] = y - own_equal;
+    }
+    if (lane == 31) {
+      es.cta_above = x;
+      es.cta_equal = y;
+    }
+  }
+  g.Sync();
+  if (warp == 0) {
+    int32_t x = 0, y = 0;
+    if (lane < static_cast<int>(g.rank)) {
+      x = *g.Peer(&es.cta_above, lane);
+      y = *g.Peer(&es.cta_equal, lane);
+    }
+    x = __reduce_add_sync(~0u, x);
+    y = __reduce_add_sync(~0u, y);
+    if (lane == 0) {
+      es.base_above = x;
+      es.base_equal = y;
+    }
+  }
+}
+
+// Stage: the warp's slice again, each kept slot written to its place: every
+// key above the threshold, and those equal to it while the cut's ties last.
+// Per 128 keys, a ballot per key position j says which lanes keep their j-th
+// key; the lanes below and a lane's own earlier keys give its place. Keys
+// equal to the threshold are rare (one value): only a chunk that holds some
+// ranks them.
+__device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share& share,
+                                               const float* scores, int32_t* __restrict__ keep,
+                                               const Cut& cut, int32_t begin,
+                                               const WarpSlice& slice, int warp, int lane) {
+  const Threshold threshold(cut.threshold);
+  const uint32_t lanes_below = (1u << lane) - 1;
+  int32_t ties_before = es.base_equal + es.warp_equal[warp];
+  int32_t out = begin + es.base_above + es.warp_above[warp] + min(ties_before, cut.ties);
+  for (int32_t chunk = slice.first; chunk < slice.last; chunk += 32) {
+    const int32_t q = chunk + lane;
+    const int32_t i = share.lo + 4 * q;
+    FourKeys f = LoadFour(share, scores, i);
+    if (q >= slice.last) f.valid = 0;
+    bool kept[4], equal[4];
+    bool any_equal = false;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      kept[j] = j < f.valid && threshold.Above(f.key[j]);
+      equal[j] = j < f.valid && threshold.Equal(f.key[j]);
+      any_equal |= equal[j];
+    }
+    if (__any_sync(~0u, any_equal)) {  // warp-uniform
+      uint32_t equal_masks[4];
+      int32_t rank = ties_before, chunk_equal = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        equal_masks[j] = __ballot_sync(~0u, equal[j]);
+        rank += __popc(equal_masks[j] & lanes_below);
+        chunk_equal += __popc(equal_masks[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (equal[j]) kept[j] = rank++ < cut.ties;
+      }
+      ties_before += chunk_equal;
+    }
+    int32_t at = out, chunk_kept = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t kept_mask = __ballot_sync(~0u, kept[j]);
+      at += __popc(kept_mask & lanes_below);
+      chunk_kept += __popc(kept_mask);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (kept[j]) keep[at++] = begin + i + j;
+    }
+    out += chunk_kept;
+  }
+}
+
+// Writes the candidates of the cut in this CTA's share of one stream to keep
+// (the stream's), ascending. The share indexes the stream's candidates, which
+// start at slot `begin`, after the sinks. Each warp counts its contiguous
+// slice, prefix sums over the warps and the group's CTAs give it its first
+// output index and the ties before it, and it writes its slice.
+template <typename G>
+__device__ inline void EmitKeep(G& g, EmitShared& es, const Share& share,
+                                int32_t* __restrict__ keep, const Cut& cut, int32_t begin) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const WarpSlice slice(share, warp);
+  const float* scores = share.scores + share.segments[0].first;
+  CountWarpSlice(es, share, scores, slice, Threshold(cut.threshold), warp, lane);
+  __syncthreads();
+  ScanCounts(g, es, warp, lane);
+  __syncthreads();
+  WriteKeptSlots(es, share, scores, keep, cut, begin, slice, warp, lane);
+}
+
+// Stage: the slots kept without ranking, spread over the group: all of them
+// when every candidate is kept, else the sinks, and the recent ones after the
+// `take` candidates to come. Returns whether candidates remain to rank.
+template <typename G>
+__device__ __forceinline__ bool KeepUnranked(const G& g, int32_t* keep, const StreamRange& r,
+                                             int32_t take) {
+  const int32_t first = static_cast<int32_t>(g.rank) * kThreads + threadIdx.x;
+  const int32_t stride = static_cast<int32_t>(g.size) * kThreads;
+  if (take == r.num_candidates()) {
+    for (int32_t j = first; j < r.n; j += stride) keep[j] = j;
+    return false;
+  }
+  for (int32_t j = first; j < r.begin; j += stride) keep[j] = j;
+  for (int32_t j = r.end + first; j < r.n; j += stride) keep[j - r.end + r.begin + take] = j;
+  return take != 0;
+}
+
+}  // namespace headpage::gpu::internal::selection
+
+#endif  // HEADPAGE_KERNELS_SELECT_EMIT_CUH_
