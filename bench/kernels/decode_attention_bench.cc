@@ -7,23 +7,14 @@
 // same shapes) at least 1.8x faster than bf16 at 8x32K. The counter is the K/V
 // bytes of every stream's tokens (and fp8 scales) over the time (queries and
 // outputs are noise beside them).
-#include <algorithm>
-#include <cmath>
-#include <random>
+#include <cstdint>
 #include <vector>
 
+#include "bench/kernels/decode_bench_util.h"
 #include "bench/kernels/gpu_bench_util.h"
-#include "kernels/decode_attention.h"
 
 namespace headpage::bench {
 namespace {
-
-int32_t NumSMs() {
-  int device = 0, sms = 0;
-  HEADPAGE_CUDA_OK(cudaGetDevice(&device));
-  HEADPAGE_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
 
 // Times gpu::DecodeAttention over streams of `lens` (batch x kKVHeads of them)
 // with `num_splits`, or the heuristic's choice when it is 0.
@@ -32,43 +23,10 @@ int32_t NumSMs() {
 void RunDecode(benchmark::State& state, int32_t batch, const std::vector<int32_t>& lens,
                int32_t num_splits, bool checked = false, KvDType kv_dtype = KvDType::kAuto) {
   BenchPool pool(lens, 0, kHeadDim, kDType, kPageSize, 1, kv_dtype);
-  const int32_t max_len = *std::max_element(lens.begin(), lens.end());
-  if (num_splits == 0) {
-    num_splits = DecodeAttentionSplits(max_len, static_cast<int32_t>(lens.size()), NumSMs());
-  }
-  const size_t rows = static_cast<size_t>(batch) * kQHeads;
-  std::mt19937_64 rng(3);
-  std::vector<uint8_t> q(rows * kHeadDim * SizeOf(kDType));
-  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
-  for (size_t i = 0; i < rows * kHeadDim; ++i) StoreFromFloat(q.data(), i, kDType, value(rng));
-  DeviceBuffer d_q(q), out(q.size()), lse(rows * sizeof(float)),
-      workspace(DecodeAttentionWorkspaceBytes(batch, kQHeads, kHeadDim, num_splits));
-  DecodeAttentionArgs args;
-  args.cache = pool.view;
-  args.num_seqs = batch;
-  args.num_q_heads = kQHeads;
-  args.num_kv_heads = kKVHeads;
-  args.q = d_q.get();
-  args.indptr = pool.indptr.get<int32_t>();
-  args.page_ids = pool.page_ids.get<int32_t>();
-  args.num_page_ids = static_cast<int32_t>(pool.host_page_ids.size());
-  args.lens = pool.lens.get<int32_t>();
-  args.sm_scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
-  args.out = out.get();
-  args.lse = lse.get<float>();
-  args.num_splits = num_splits;
-  args.workspace = workspace.get();
-  args.workspace_bytes = workspace.bytes();
+  DecodeAttentionCall decode(pool, batch, num_splits);
   DeviceBuffer fault(sizeof(uint64_t));
-  if (checked) args.fault = fault.get<uint64_t>();
-  TimeWithEvents(state, [&] {
-    if (!gpu::DecodeAttention(args, nullptr).ok()) {
-      state.SkipWithError("gpu::DecodeAttention failed");
-    }
-  });
-  SetBytesPerSecond(state, "kv_read_Bps", pool.kv_bytes());
-  state.counters["splits"] = num_splits;
-  state.counters["kv_MB"] = pool.kv_bytes() / 1e6;
+  if (checked) decode.args.fault = fault.get<uint64_t>();
+  TimeDecodeAttention(state, pool, decode);
 }
 
 // Every stream holds all len tokens.
