@@ -9,9 +9,9 @@
 //    sequence's competing streams (the allocation), or one stream inside its
 //    CTA (AdaSelectKernel's own selects). A cluster's CTAs split the group's
 //    candidates; each pass builds a histogram of one digit (11, 11, 10 bits) of
-//    the keys still tied with the answer, in shared memory, and every CTA sums
-//    the cluster's histograms through distributed shared memory and finds the
-//    same bucket. A bucket the top k takes whole ends the select early. The
+//    the keys still tied with the answer, in shared memory, and every CTA reads
+//    the cluster's through distributed shared memory and finds the same
+//    bucket. A bucket the top k takes whole ends the select early. The
 //    result is a cut: every key above a threshold, plus the first `ties` keys
 //    equal to it in (stream, slot) order.
 //  - Keep sets: each warp counts the keys above and at the threshold in its
@@ -37,9 +37,11 @@
 // from global memory (L2) on every pass instead. A pass reads 16 bytes per
 // thread at a time and skips the vectors of four with no key in the running
 // bucket; a bucket is found from the peers' sums per 32 bins, then the 32 bins
-// of the chunk that holds it. The cluster size is the largest (up to 8, and
-// for kAda up to the kv heads) with which every group's cluster runs at once
-// (cudaOccupancyMaxActiveClusters), so that a launch is one wave.
+// of the chunk that holds it. The cluster size is the largest power of two (up
+// to 8, and for kAda up to the kv heads) with which every group's cluster runs
+// at once (cudaOccupancyMaxActiveClusters), so that a launch is one wave; a
+// forced size (SelectArgs::ctas_per_group) may be any, kAda's capped at the kv
+// heads.
 #include <algorithm>
 #include <mutex>
 
@@ -50,6 +52,10 @@
 
 namespace headpage::gpu::internal {
 namespace selection {
+
+// select_ada.cu: kAda, one cluster per sequence.
+__global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs a);
+
 namespace {
 struct StreamShared {
   SelectShared select;

@@ -47,13 +47,15 @@ namespace ref {
 namespace gpu {
 // CUDA. Device pointers; enqueued on `stream` with no host synchronization, so
 // it can be captured in a CUDA graph; one kernel (kTopB: a cluster per
-// stream; kAda: a cluster per sequence, the allocation and the keep sets). Array contents are not checked; bad ones give
-// well-formed, memory-safe output: kTopB kept and the allocated counts are
-// clamped to [protected, length], a capacity below a stream's protected count
-// counts as B'_h = 0, offsets that decrease give empty streams, positions
-// that do not ascend give some split into sinks and candidates. A NaN score
-// is ranked by its bits (sign clear: above +inf; set: below -inf), where the
-// reference rejects it.
+// stream; kAda: a cluster per sequence, the allocation and the keep sets).
+// Array contents are not checked; bad ones give well-formed, memory-safe
+// output: kTopB kept and the allocated counts are clamped to [protected,
+// length], a capacity below a stream's protected count counts as B'_h = 0,
+// offsets that decrease give empty streams (and overlapping ones that add up
+// to more than 2^31 kAda candidates in a sequence keep the streams past that
+// whole), positions that do not ascend give some split into sinks and
+// candidates. A NaN score is ranked by its bits (sign clear: above +inf; set:
+// below -inf), where the reference rejects it.
 [[nodiscard]] absl::Status Select(const SelectArgs& args, GpuStream stream);
 }  // namespace gpu
 #endif

@@ -26,12 +26,12 @@ struct AdaShared {
   int32_t segment_of[kSelectMaxAdaHeads];    // per head: its segment, or -1 (covered)
   int32_t segment_head[kSelectMaxAdaHeads];  // per segment: its head
   // Per segment, this CTA's keys above the cut and at it (its own segments'
-  // only; peers read them), then the cluster's hits.
+  // only; peers read them); then `equal` holds the cluster's, and `hits` the
+  // cluster's hits, the ties handed out.
   int32_t above[kSelectMaxAdaHeads];
   int32_t equal[kSelectMaxAdaHeads];
   int32_t hits[kSelectMaxAdaHeads];
   int32_t num_segments;
-  int32_t total;     // candidates of the competing streams
   int32_t share_lo;  // this CTA's streams' part of their concatenation
   int32_t share_hi;
   int64_t k;               // what the sequence's select takes
@@ -46,7 +46,10 @@ struct AdaShared {
 // thread in head order (a short serial walk), the competing streams: those
 // whose budget does not cover their candidates, as the select's segments, this
 // CTA's part of them [own_begin, own_end) heads, and what the select takes
-// (kProtectTop's floors taken off).
+// (kProtectTop's floors taken off). The concatenation's indexes are int32:
+// only overlapping streams (offsets that go back, bad input) can pass 2^31
+// candidates, and a stream that would is treated as covered (keeps
+// everything), so that every index stays in range.
 __device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int32_t first_stream,
                                                         int32_t own_begin, int32_t own_end,
                                                         AdaShared& sm) {
@@ -58,24 +61,25 @@ __device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t count = 0, start = 0, lo = -1, hi = 0, own = 0;
+    int32_t count = 0, start = 0, lo = 0, hi = 0, own = 0;
     int64_t k = 0;
     for (int h = 0; h < num_heads; ++h) {
       const StreamRange r = sm.ranges[h];
       const int64_t budget = AdaBudget(a, r.num_protected());
-      if (budget >= r.num_candidates()) {
+      // Each segment starts on a multiple of four in the concatenation, and so
+      // in the cache: StreamShare's per-stream shares, which the per-stream
+      // selects and EmitKeep read 16 bytes at a time, start aligned.
+      const int64_t aligned = (int64_t{start} + 3) & ~int64_t{3};
+      if (budget >= r.num_candidates() || aligned + r.num_candidates() > INT32_MAX) {
         sm.segment_of[h] = -1;
         continue;
       }
       k += budget;
       if (a.floor == policy::AdaFloor::kProtectTop) k -= AdaFloorOf(a.alpha, budget);
-      // Each segment starts on a multiple of four in the concatenation (and so
-      // in the cache): EmitKeep reads a stream's keys 16 bytes at a time.
-      start = (start + 3) & ~3;
+      start = static_cast<int32_t>(aligned);
       if (own_begin <= h && h < own_end) {
-        if (lo < 0) lo = start;
+        if (own++ == 0) lo = start;
         hi = start + r.num_candidates();
-        ++own;
       }
       sm.segments[count] = Segment{r.offset + r.begin, r.num_candidates(), start, 0, kAllKeys};
       sm.segment_of[h] = count;
@@ -83,9 +87,8 @@ __device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int
       start += r.num_candidates();
     }
     sm.num_segments = count;
-    sm.total = start;
-    sm.share_lo = lo < 0 ? 0 : lo;
-    sm.share_hi = lo < 0 ? 0 : hi;
+    sm.share_lo = lo;
+    sm.share_hi = hi;
     sm.k = k;
     sm.own_segments = own;
   }

@@ -215,14 +215,17 @@ __device__ inline void EmitKeep(G& g, EmitShared& es, const Share& share,
 template <typename G>
 __device__ __forceinline__ bool KeepUnranked(const G& g, int32_t* keep, const StreamRange& r,
                                              int32_t take) {
-  const int32_t first = static_cast<int32_t>(g.rank) * kThreads + threadIdx.x;
-  const int32_t stride = static_cast<int32_t>(g.size) * kThreads;
+  // 64-bit indexes: a stream may be nearly 2^31 slots long.
+  const int64_t first = int64_t{g.rank} * kThreads + threadIdx.x;
+  const int64_t stride = int64_t{g.size} * kThreads;
   if (take == r.num_candidates()) {
-    for (int32_t j = first; j < r.n; j += stride) keep[j] = j;
+    for (int64_t j = first; j < r.n; j += stride) keep[j] = static_cast<int32_t>(j);
     return false;
   }
-  for (int32_t j = first; j < r.begin; j += stride) keep[j] = j;
-  for (int32_t j = r.end + first; j < r.n; j += stride) keep[j - r.end + r.begin + take] = j;
+  for (int64_t j = first; j < r.begin; j += stride) keep[j] = static_cast<int32_t>(j);
+  for (int64_t j = r.end + first; j < r.n; j += stride) {
+    keep[j - r.end + r.begin + take] = static_cast<int32_t>(j);
+  }
   return take != 0;
 }
 

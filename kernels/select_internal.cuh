@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: kernels/select_internal.cuh
 //
-// What both Select kernels (select.cu) share. First the exact top-k they run
-// over a group of scores: an MSD radix select on order-preserving keys of the
-// floats, three digits (11, 11, 10 bits), by one thread-block cluster whose
-// CTAs each hold a share of the group (in shared memory when it fits) and sum
-// their histograms through distributed shared memory; the answer is a Cut.
-// Then a stream's candidate range and Ada-KV's budget arithmetic. CUDA, CCCL
-// and plain headers only.
+// What the Select kernels (select.cu, select_ada.cu) share. First the exact
+// top-k they run over a group of scores: an MSD radix select on
+// order-preserving keys of the floats, three digits (11, 11, 10 bits), by a
+// thread-block cluster whose CTAs each hold a share of the group (in shared
+// memory when it fits), or by one CTA alone (CtaGroup); a bucket is found from
+// the CTAs' sums per 32 bins, read through distributed shared memory, then the
+// 32 bins of one chunk; the answer is a Cut. Then a stream's candidate range
+// and Ada-KV's budget arithmetic. CUDA, CCCL and plain headers only.
 #ifndef HEADPAGE_KERNELS_SELECT_INTERNAL_CUH_
 #define HEADPAGE_KERNELS_SELECT_INTERNAL_CUH_
 
@@ -487,9 +488,6 @@ __device__ inline int64_t AdaBudget(const SelectArgs& a, int32_t num_protected) 
 __device__ inline int64_t AdaFloorOf(double alpha, int64_t budget) {
   return static_cast<int64_t>(floor(__dmul_rn(alpha, static_cast<double>(budget))));
 }
-
-// select_ada.cu: kAda, one cluster per sequence (select.cu launches it).
-__global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs a);
 
 }  // namespace headpage::gpu::internal::selection
 

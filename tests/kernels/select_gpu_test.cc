@@ -182,6 +182,34 @@ TEST_CASE("gpu::Select equals ref::Select on 32K streams, with and without ties"
   }
 }
 
+// kSelectMaxAdaHeads kv heads: CTAs that own many streams (tens of segments
+// each), every cluster size up to 8 (5 and 7 included), heavy ties (few
+// distinct scores, so kProtectTop's tops end in ties that the sequence's cut
+// meets again).
+TEST_CASE("gpu::Select equals ref::Select with 256 kv heads, every cluster size",
+          "[kernels][gpu][select]") {
+  std::mt19937_64 rng(29);
+  for (const int32_t distinct : {0, 2}) {
+    SelectCaseSpec spec;
+    spec.num_seqs = 2;
+    spec.num_kv_heads = kSelectMaxAdaHeads;
+    for (int32_t s = 0; s < spec.num_seqs * spec.num_kv_heads; ++s) {
+      spec.lens.push_back(static_cast<int32_t>(rng() % 300));
+    }
+    spec.distinct = distinct;
+    spec.sinks = 2;
+    spec.recent = 5;
+    SelectCase c(spec, rng());
+    for (const int32_t ctas : {0, 1, 3, 5, 7, 8}) {
+      INFO("distinct " << distinct << " ctas " << ctas);
+      CheckAgainstRef(c, TopB(ctas), c.RandomKept());
+      for (const policy::AdaFloor floor : {policy::AdaFloor::kScaled, policy::AdaFloor::kProtectTop}) {
+        CheckAgainstRef(c, Ada(MaxProtected(c) + 40, 0.3, floor, ctas));
+      }
+    }
+  }
+}
+
 TEST_CASE("gpu::Select equals ref::Select on 128K streams, cached in shared memory or not",
           "[kernels][gpu][select]") {
   SelectCaseSpec spec;
