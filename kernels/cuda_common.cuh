@@ -117,6 +117,18 @@ __host__ __device__ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b
 // Every lane of a warp, for the *_sync intrinsics.
 inline constexpr unsigned kFullMask = 0xffffffffu;
 
+// Warp-wide inclusive prefix sum over the lanes (lane 0 first), added in a
+// fixed order: the same bits on every run, for floating-point sums too.
+template <typename T>
+__device__ __forceinline__ T LaneInclusiveSum(T x, int lane) {
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const T below = __shfl_up_sync(kFullMask, x, d);
+    if (lane >= d) x += below;
+  }
+  return x;
+}
+
 // The length of stream `stream` as a kernel may use it: lens[stream], cut to
 // the tokens of the stream's own block-table row (indptr[stream]..
 // indptr[stream + 1] of page ids). The lengths live on the device, where the

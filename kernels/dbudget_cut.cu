@@ -157,12 +157,7 @@ __device__ void ReverseExclusiveScan(double* totals, int32_t stride, int32_t cou
   for (int32_t chunk = 0; chunk < count; chunk += 32) {
     const int32_t t = count - 1 - (chunk + lane);  // lane 0 takes the last
     const double own = t >= 0 ? totals[int64_t{t} * stride] : 0.0;
-    double inclusive = own;
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-      const double below = __shfl_up_sync(kFullMask, inclusive, d);
-      if (lane >= d) inclusive += below;
-    }
+    const double inclusive = LaneInclusiveSum(own, lane);
     const double exclusive = __shfl_up_sync(kFullMask, inclusive, 1);
     if (t >= 0) totals[int64_t{t} * stride] = running + (lane == 0 ? 0.0 : exclusive);
     running += __shfl_sync(kFullMask, inclusive, 31);

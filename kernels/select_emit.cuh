@@ -100,15 +100,8 @@ __device__ __forceinline__ void ScanCounts(G& g, EmitShared& es, int warp, int l
   if (warp == 0) {
     const int32_t own_above = lane < kWarps ? es.warp_above[lane] : 0;
     const int32_t own_equal = lane < kWarps ? es.warp_equal[lane] : 0;
-    int32_t x = own_above, y = own_equal;
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-      const int32_t xs = __shfl_up_sync(~0u, x, d), ys = __shfl_up_sync(~0u, y, d);
-      if (lane >= d) {
-        x += xs;
-        y += ys;
-      }
-    }
+    const int32_t x = LaneInclusiveSum(own_above, lane);
+    const int32_t y = LaneInclusiveSum(own_equal, lane);
     if (lane < kWarps) {
       es.warp_above[lane] = x - own_above;
       es.warp_equal[lane] = y - own_equal;

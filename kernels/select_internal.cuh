@@ -248,17 +248,6 @@ __device__ __forceinline__ void SumChunks(SelectShared& sm, int slot, int num_bi
   }
 }
 
-// Warp-wide inclusive prefix sum over the lanes.
-template <typename Int>
-__device__ __forceinline__ Int LaneInclusiveSum(Int x, int lane) {
-#pragma unroll
-  for (int d = 1; d < 32; d *= 2) {
-    const Int y = __shfl_up_sync(~0u, x, d);
-    if (lane >= d) x += y;
-  }
-  return x;
-}
-
 // In the group's histogram of `num_bins` digits (after a group barrier that
 // follows every CTA's SumChunks), the bucket of the need-th largest key
 // (need >= 1): sets sm.bucket, sm.need (how many of its keys the top takes)

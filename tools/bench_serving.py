@@ -466,6 +466,8 @@ def step_summary(steps, roofline, per_stream_token, began):
 
 
 def parse_args(argv):
+    from headpage._kv_pages import KV_DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
@@ -473,7 +475,7 @@ def parse_args(argv):
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
     ap.add_argument("--kv-gib", type=float, default=8.0, help="KV memory of every configuration")
-    ap.add_argument("--kv-dtype", choices=["auto", "fp8", "fp8_e4m3"], default="auto",
+    ap.add_argument("--kv-dtype", choices=KV_DTYPES, default="auto",
                     help="how headpage's pages store K/V: auto (the model's dtype) or fp8 "
                          "(e4m3 with a scale per token and stream; --dtype bf16). "
                          "transformers' own cache stays in the model's dtype")
