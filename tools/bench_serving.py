@@ -36,6 +36,9 @@ Each configuration runs in this process, one after another:
                         model compiled by torch.compile around the attention
                         (transformers' default_compile_level=1); a few short
                         requests compile it before the measured run
+  NAME+fused            with each decoder layer's q/k/v and gate/up projections
+                        fused into one product each
+                        (headpage.serving.fused_projections)
   NAME+prefix           with prefix caching (transformers' allow_block_sharing:
                         headpage's prefix cache, whose hits a compressing policy
                         keeps whole while it compresses the rest of the prompt)
@@ -56,6 +59,7 @@ roofline counts the bytes an fp8 token costs. transformers' own cache keeps the
 model's dtype.
 """
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -200,10 +204,10 @@ def engine_config(args, config, bytes_per_token):
 def config_modes(config):
     """(name, modes) of NAME[+MODE...]: the modes a set of "eager" and "compile"."""
     name, *modes = config.split("+")
-    unknown = set(modes) - {"eager", "compile", "prefix", "compressed"}
+    unknown = set(modes) - {"eager", "compile", "prefix", "compressed", "fused"}
     if unknown:
         raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
-                         "(the modes are +eager, +compile, +prefix and +compressed)")
+                         "(the modes are +eager, +compile, +prefix, +compressed and +fused)")
     if "compressed" in modes and ("prefix" not in modes or name == "transformers"):
         raise SystemExit(f"configuration '{config}': +compressed is headpage's, with +prefix")
     if name == "transformers" and "eager" in modes:
@@ -554,9 +558,13 @@ def main(argv=None):
                   pool_tokens_full=int(args.kv_gib * (1 << 30) // bytes_per_token))
     print(json.dumps(header), flush=True)
     rows = []
+    import headpage.serving
+
     for config in args.configs.split(","):
-        row = run_config(model, config, args, prompts, arrivals, followups, shape, bytes_per_token,
-                         roofline)
+        fused = "fused" in config_modes(config)[1]
+        with headpage.serving.fused_projections(model) if fused else contextlib.nullcontext():
+            row = run_config(model, config, args, prompts, arrivals, followups, shape,
+                             bytes_per_token, roofline)
         rows.append(row)
         brief = {k: v for k, v in row.items() if k not in ("series", "step_series")}
         print(json.dumps(brief), flush=True)

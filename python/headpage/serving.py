@@ -54,6 +54,7 @@ from transformers.generation.continuous_batching import continuous_api
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 from headpage._decode_graphs import DecodeGraphs
+from headpage._fused_projections import fuse_projections, fused_projections, restore_projections
 from headpage._kv_pages import check_kv_dtype
 from headpage._model import (check_compress_every, check_ints, model_shape, pages_for_tokens,
                              resolve_policy)
@@ -64,7 +65,8 @@ from headpage._serving_compress import RECENT_RESULTS
 __all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
            "RequestRefused",
            "ServingCache", "ServingManager", "StepRecord", "TESTED_TRANSFORMERS",
-           "check_engine", "enable"]
+           "check_engine", "enable", "fuse_projections", "fused_projections",
+           "restore_projections"]
 
 ATTENTION = "headpage_serving"
 
