@@ -36,8 +36,7 @@ Each configuration runs in this process, one after another:
                         model compiled by torch.compile around the attention
                         (transformers' default_compile_level=1); a few short
                         requests compile it before the measured run
-  NAME+fused            with each decoder layer's q/k/v and gate/up projections
-                        fused into one product each
+  NAME+fused            q/k/v and gate/up fused into one product each
                         (headpage.serving.fused_projections)
   NAME+prefix           with prefix caching (transformers' allow_block_sharing:
                         headpage's prefix cache, whose hits a compressing policy
@@ -202,7 +201,7 @@ def engine_config(args, config, bytes_per_token):
 
 
 def config_modes(config):
-    """(name, modes) of NAME[+MODE...]: the modes a set of "eager" and "compile"."""
+    """(name, modes) of NAME[+MODE...]: the modes a set of MODE names."""
     name, *modes = config.split("+")
     unknown = set(modes) - {"eager", "compile", "prefix", "compressed", "fused"}
     if unknown:
@@ -535,6 +534,8 @@ def write_arrivals(args, path):
 
 
 def main(argv=None):
+    from headpage.serving import fused_projections
+
     args = parse_args(argv)
     if args.arrivals_csv:
         write_arrivals(args, args.arrivals_csv)
@@ -558,11 +559,9 @@ def main(argv=None):
                   pool_tokens_full=int(args.kv_gib * (1 << 30) // bytes_per_token))
     print(json.dumps(header), flush=True)
     rows = []
-    import headpage.serving
-
     for config in args.configs.split(","):
         fused = "fused" in config_modes(config)[1]
-        with headpage.serving.fused_projections(model) if fused else contextlib.nullcontext():
+        with fused_projections(model) if fused else contextlib.nullcontext():
             row = run_config(model, config, args, prompts, arrivals, followups, shape,
                              bytes_per_token, roofline)
         rows.append(row)
