@@ -121,19 +121,17 @@ def _fuse_group(parent, names, uses):
     with torch.no_grad():
         weight = torch.cat([m.weight for m in members], 0)
         bias = torch.cat([m.bias for m in members], 0) if first.bias is not None else None
-        begin = 0
-        for m in members:
-            # The original now reads the concatenated storage: its own is freed.
-            m.weight.data = weight[begin:begin + m.out_features]
-            if bias is not None:
-                m.bias.data = bias[begin:begin + m.out_features]
-            begin += m.out_features
     kept = _KeptProduct()
     begin = 0
     for i, (name, member) in enumerate(zip(names, members)):
+        end = begin + member.out_features
+        # The original now reads the concatenated storage: its own is freed.
+        member.weight.data = weight[begin:end]
+        if bias is not None:
+            member.bias.data = bias[begin:end]
         setattr(parent, name, FusedLinear(member, kept, weight, bias, begin, leads=i == 0,
                                           last=i == len(names) - 1))
-        begin += member.out_features
+        begin = end
     return True
 
 
