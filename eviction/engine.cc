@@ -274,11 +274,17 @@ absl::StatusOr<CompressResult> EvictionEngine::Compress(SeqId seq, const PolicyC
   return std::move(results[0]);
 }
 
-absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
+absl::StatusOr<std::vector<EvictionEngine::Prepared>> EvictionEngine::PrepareBatch(
     absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
-    absl::Span<const absl::Span<const LayerQueries>> queries) {
+    absl::Span<const absl::Span<const LayerQueries>> queries) const {
   HEADPAGE_RETURN_IF_ERROR(Validate(config));
   HEADPAGE_RETURN_IF_ERROR(Validate(budget));
+  if (group_ != nullptr && !config.runs_on_head_slices()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "policy ", config.name, " reads across a layer's kv heads (TOVA's and DefensiveKV's "
+        "scores, DBudgetKV's metric, a head profile, random seeds by head), which a tensor-"
+        "parallel group does not exchange"));
+  }
   if (queries.size() != seqs.size()) {
     return absl::InvalidArgumentError(absl::StrCat("CompressBatch: ", seqs.size(),
                                                    " sequences but queries for ", queries.size()));
@@ -299,6 +305,20 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     HEADPAGE_RETURN_IF_ERROR(CheckQueryPositions(seqs[i], queries[i]));
     prepared.push_back(std::move(p));
   }
+  return prepared;
+}
+
+absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
+    absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
+    absl::Span<const absl::Span<const LayerQueries>> queries) {
+  absl::StatusOr<std::vector<Prepared>> checked = PrepareBatch(seqs, config, budget, queries);
+  if (group_ != nullptr) {
+    // The members go on only if every one accepted the call.
+    HEADPAGE_RETURN_IF_ERROR(
+        policy::Agree(*group_, checked.status(), {0, 0}, "EvictionEngine::Compress").status());
+  }
+  HEADPAGE_RETURN_IF_ERROR(checked.status());
+  const std::vector<Prepared>& prepared = *checked;
 
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads;
@@ -331,8 +351,10 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   }
   for (size_t i = 0; i < seqs.size() && config.compresses() && cuda_ == nullptr; ++i) {
     const Prepared& p = prepared[i];
+    // In a group every step is taken on every member, so that a failure on one
+    // meets the others at an agreement (FailTogether).
     if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers ||
-        config.needs_output_projection()) {
+        config.needs_output_projection() || group_ != nullptr) {
       HEADPAGE_RETURN_IF_ERROR(CompressScoringFirst(p, config, queries[i]));
       continue;
     }
@@ -354,6 +376,11 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
       HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(p.seq, layers, decision.keep_sets));
     }
   }
+  if (group_ != nullptr) {
+    // A member that failed in the last steps meets the others here.
+    HEADPAGE_RETURN_IF_ERROR(
+        policy::Agree(*group_, absl::OkStatus(), {0, 0}, "EvictionEngine::Compress").status());
+  }
   std::vector<CompressResult> results(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) {
     HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_after,
@@ -373,38 +400,50 @@ absl::Status EvictionEngine::CompressScoringFirst(const Prepared& p, const Polic
   // Every layer's scores first (keys dropped once scored: the allocation reads
   // scores and positions only), so that what the caller handed in (W_o's
   // values, the value norms) is refused before any layer is compacted.
+  // In a group, every failure is reported with FailTogether, or was agreed
+  // already (an Ada allocation).
   std::vector<LayerScores> layers(g.num_layers);
   for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-    HEADPAGE_ASSIGN_OR_RETURN(layers[layer], host_.Score(p.seq, layer, config,
-                                                         p.layer_capacity[layer], queries[layer]));
+    absl::StatusOr<LayerScores> scored =
+        host_.Score(p.seq, layer, config, p.layer_capacity[layer], queries[layer]);
+    if (!scored.ok()) return FailTogether(scored.status());
+    layers[layer] = *std::move(scored);
     layers[layer].data.keys = {};
   }
   // The budgets: one top-k over every stream of the sequence
-  // (Layer-DefensiveKV), or each layer's own.
+  // (Layer-DefensiveKV), or each layer's own; in a group, over every member's
+  // streams, ordered as one engine would list them.
+  const int64_t group_heads = int64_t{heads} * (group_ == nullptr ? 1 : group_->size());
   std::vector<int32_t> kept;
   if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
     std::vector<StreamScores> streams;
+    std::vector<int64_t> order;
     for (int32_t layer = 0; layer < g.num_layers; ++layer) {
       const std::vector<StreamScores> layer_streams = layers[layer].Streams(g, p.protection);
       streams.insert(streams.end(), layer_streams.begin(), layer_streams.end());
+      for (int32_t h = 0; h < heads; ++h) order.push_back(GroupOrder(layer, h));
     }
-    HEADPAGE_ASSIGN_OR_RETURN(kept, policy::AdaKept(streams, p.capacity, config.ada));
+    HEADPAGE_ASSIGN_OR_RETURN(kept, Allocate(config, streams, p.capacity, order,
+                                             group_heads * g.num_layers));
   } else {
+    std::vector<int64_t> order(heads);
+    for (int32_t h = 0; h < heads; ++h) order[h] = GroupOrder(0, h);
     for (int32_t layer = 0; layer < g.num_layers; ++layer) {
       HEADPAGE_ASSIGN_OR_RETURN(
           const std::vector<int32_t> layer_kept,
-          AllocateByCapacity(config, layers[layer].Streams(g, p.protection),
-                             p.layer_capacity[layer]));
+          Allocate(config, layers[layer].Streams(g, p.protection), p.layer_capacity[layer], order,
+                   group_heads));
       kept.insert(kept.end(), layer_kept.begin(), layer_kept.end());
     }
   }
   std::vector<std::vector<std::vector<int32_t>>> keep_sets(g.num_layers);
   for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-    HEADPAGE_ASSIGN_OR_RETURN(
-        keep_sets[layer],
+    absl::StatusOr<std::vector<std::vector<int32_t>>> selected =
         host_.Select(config, layers[layer],
                      absl::MakeConstSpan(kept).subspan(static_cast<size_t>(layer) * heads, heads),
-                     p.protection, p.layer_capacity[layer]));
+                     p.protection, p.layer_capacity[layer]);
+    if (!selected.ok()) return FailTogether(selected.status());
+    keep_sets[layer] = *std::move(selected);
   }
   // Nothing is refused past this point but a pool too short to compact into.
   SeqState& state = StateFor(p.seq);
@@ -413,7 +452,7 @@ absl::Status EvictionEngine::CompressScoringFirst(const Prepared& p, const Polic
       state.scores[layer * heads + h] = std::move(layers[layer].scores[h]);
     }
     const int32_t one[] = {layer};
-    HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(p.seq, one, keep_sets[layer]));
+    HEADPAGE_RETURN_IF_ERROR(FailTogether(ApplyKeepSets(p.seq, one, keep_sets[layer])));
   }
   return absl::OkStatus();
 }

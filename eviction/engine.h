@@ -40,6 +40,7 @@
 #include "eviction/host_executor.h"
 #include "eviction/layer_queries.h"
 #include "kernels/gpu_launch.h"
+#include "policy/collective.h"
 #include "policy/config.h"
 
 namespace headpage {
@@ -134,6 +135,24 @@ class EvictionEngine {
                                                           int32_t floor_tokens = 0,
                                                           int32_t protect_recent = 0);
 
+  // Makes this engine one member of `group`, a tensor-parallel group in which
+  // every member's pool holds its slice of every layer's KV heads, sliced as
+  // transformers shards k_proj: rank r of s holds heads [r H, (r + 1) H) of s H,
+  // H being this geometry's num_kv_heads. From then on Compress and
+  // CompressBatch decide, for this member's streams, exactly what one engine
+  // holding every head would (Ada-KV's top-k over a layer's heads, or over
+  // every layer's, is agreed through the group: policy::AdaKept with a Shard),
+  // and the members agree on errors: when one fails, every member returns an
+  // error (Aborted where another failed) and none waits for ever. Every member
+  // must make the same calls with the same arguments in the same order, as a
+  // replicated scheduler does. A policy that reads across a layer's heads
+  // (PolicyConfig::runs_on_head_slices) is then Unimplemented, as are decode-time
+  // schedules and the pool budget, which need their own agreements.
+  // InvalidArgument for a null group; Unimplemented on a device pool (its
+  // selection runs on the GPU and would need the histograms exchanged there).
+  // REQUIRES: the group outlives the engine.
+  [[nodiscard]] absl::Status JoinGroup(policy::Collective* group);
+
   // The score the engine keeps for each token of `seq`: [stream][slot] over
   // each stream's scored tokens (a prefix of its slots; the tokens appended
   // since the engine last scored the stream have none). For inspection and
@@ -184,6 +203,10 @@ class EvictionEngine {
     int64_t pages_before = 0;
   };
   absl::StatusOr<Prepared> Prepare(SeqId seq, const PolicyConfig& config, const Budget& budget) const;
+  // CompressBatch's checks, before anything changes: each sequence's Prepared.
+  absl::StatusOr<std::vector<Prepared>> PrepareBatch(
+      absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
+      absl::Span<const absl::Span<const LayerQueries>> queries) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
   // InvalidArgument when the policy needs each layer's output projection and a
   // layer has none, or one of another shape.
@@ -213,8 +236,24 @@ class EvictionEngine {
                                      absl::Span<const LayerQueries> queries,
                                      const DecodeSchedule& schedule);
 
+  // Group mode (JoinGroup): reports `error` to the group, meeting the other
+  // members at their next agreement point (every one is a policy::Agree), and
+  // returns it. Without a group, just returns it.
+  absl::Status FailTogether(absl::Status error);
+  // The kept counts of `streams` under a capacity-bound allocator; in a group
+  // an Ada allocator agrees with the members (order: the streams' indices among
+  // the group's, GroupOrder). Errors of an agreed allocation were agreed.
+  absl::StatusOr<std::vector<int32_t>> Allocate(const PolicyConfig& config,
+                                                absl::Span<const policy::StreamScores> streams,
+                                                int32_t capacity, absl::Span<const int64_t> order,
+                                                int64_t num_streams);
+  // The group-wide index of this member's kv head h of `layer`, streams listed
+  // layer by layer (layer * total heads + global head).
+  int64_t GroupOrder(int32_t layer, int32_t h) const;
+
   BlockManager* manager_;
   PagedKV cache_;
+  policy::Collective* group_ = nullptr;
   HostExecutor host_;
   std::unique_ptr<CudaExecutor> cuda_;  // set for a device pool
   absl::flat_hash_map<SeqId, SeqState> states_;

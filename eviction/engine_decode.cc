@@ -45,6 +45,11 @@ absl::Status EvictionEngine::ObserveDecode(SeqId seq, const PolicyConfig& config
         "DefensiveKV would need W_o at every compression, head classes keep their profile's "
         "capacities, and allocation across layers scores every layer at once)"));
   }
+  if (group_ != nullptr && schedule.interval > 0) {
+    return absl::UnimplementedError(
+        "decode-time compression in a tensor-parallel group (EvictionEngine::JoinGroup): a "
+        "member failing in the decode step before it would leave the others waiting");
+  }
   if (!manager_->Contains(seq)) {
     return absl::NotFoundError(absl::StrCat("sequence ", seq, " is not live"));
   }
@@ -147,6 +152,11 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
     return absl::InvalidArgumentError(absl::StrCat(
         "EnforcePoolBudget: pages_to_free ", pages_to_free, ", floor_tokens ", floor_tokens,
         " and protect_recent ", protect_recent, " must be >= 0"));
+  }
+  if (group_ != nullptr) {
+    return absl::UnimplementedError(
+        "EnforcePoolBudget in a tensor-parallel group (EvictionEngine::JoinGroup): its one "
+        "threshold over every stream is not yet agreed across the members");
   }
   if (pages_to_free == 0) return 0;
   // Sequences freed behind the engine's back leave no state behind.

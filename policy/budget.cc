@@ -8,6 +8,7 @@
 #include <queue>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 #include "policy/budget_internal.h"
 #include "policy/select.h"
 
@@ -160,23 +161,42 @@ absl::StatusOr<std::vector<int32_t>> PyramidCapacities(int32_t num_layers, int32
   return caps;
 }
 
-absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
-                                             int32_t capacity, const AdaOptions& options) {
-  if (capacity <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("AdaKept: capacity must be positive, got ", capacity));
-  }
-  if (!(options.alpha >= 0.0 && options.alpha <= 1.0)) {  // also rejects NaN
-    return absl::InvalidArgumentError(
-        absl::StrCat("AdaKept: alpha must be in [0, 1], got ", options.alpha));
-  }
-  if (options.floor != AdaFloor::kScaled && options.floor != AdaFloor::kProtectTop) {
-    return absl::InvalidArgumentError(absl::StrCat("AdaKept: unknown AdaFloor value ",
-                                                   static_cast<int>(options.floor)));
-  }
-  auto infos = InspectStreams(streams, "AdaKept");
-  if (!infos.ok()) return infos.status();
+namespace {
 
+// AdaKept's local steps, and with a shard the group's: `top_k` is where the
+// one global selection happens (SelectTopK here, SelectTopKAcross in a group).
+absl::StatusOr<std::vector<int32_t>> AdaKeptOn(absl::Span<const StreamScores> streams,
+                                               int32_t capacity, const AdaOptions& options,
+                                               const Shard* shard) {
+  // Every check first; in a group the members then agree on them before any
+  // exchange, so a refused member leaves nobody waiting.
+  absl::Status checked = absl::OkStatus();
+  if (capacity <= 0) {
+    checked = absl::InvalidArgumentError(
+        absl::StrCat("AdaKept: capacity must be positive, got ", capacity));
+  } else if (!(options.alpha >= 0.0 && options.alpha <= 1.0)) {  // also rejects NaN
+    checked = absl::InvalidArgumentError(
+        absl::StrCat("AdaKept: alpha must be in [0, 1], got ", options.alpha));
+  } else if (options.floor != AdaFloor::kScaled && options.floor != AdaFloor::kProtectTop) {
+    checked = absl::InvalidArgumentError(absl::StrCat("AdaKept: unknown AdaFloor value ",
+                                                      static_cast<int>(options.floor)));
+  } else if (shard != nullptr && shard->order.size() != streams.size()) {
+    checked = absl::InvalidArgumentError(absl::StrCat(
+        "AdaKept: ", streams.size(), " streams but ", shard->order.size(), " in the shard's order"));
+  }
+  for (size_t i = 0; checked.ok() && shard != nullptr && i < streams.size(); ++i) {
+    const int64_t o = shard->order[i];
+    if (o < 0 || o >= shard->num_streams || (i > 0 && o <= shard->order[i - 1])) {
+      checked = absl::InvalidArgumentError(absl::StrCat(
+          "AdaKept: the shard's order must ascend strictly inside [0, ", shard->num_streams,
+          "), stream ", i, " has ", o));
+    }
+  }
+  absl::StatusOr<std::vector<StreamInfo>> infos = std::vector<StreamInfo>();
+  if (checked.ok()) {
+    infos = InspectStreams(streams, "AdaKept");
+    checked = infos.status();
+  }
   std::vector<int32_t> kept(streams.size());
   // The streams that compete: those whose B'_h does not cover their candidates.
   // A covered stream keeps everything and leaves the competition, taking its
@@ -188,12 +208,13 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
   std::vector<size_t> competing;
   std::vector<absl::Span<const float>> segments;
   int64_t total_budget = 0;  // K = sum of B'_h over the competing streams
-  for (size_t i = 0; i < streams.size(); ++i) {
+  for (size_t i = 0; checked.ok() && i < streams.size(); ++i) {
     const StreamInfo& s = (*infos)[i];
     if (capacity < s.num_protected()) {
-      return absl::InvalidArgumentError(absl::StrCat("AdaKept: capacity ", capacity,
-                                                     " is smaller than stream ", i, "'s ",
-                                                     s.num_protected(), " protected tokens"));
+      checked = absl::InvalidArgumentError(absl::StrCat("AdaKept: capacity ", capacity,
+                                                        " is smaller than stream ", i, "'s ",
+                                                        s.num_protected(), " protected tokens"));
+      break;
     }
     kept[i] = s.num_tokens;
     const int64_t b = int64_t{capacity} - s.num_protected();
@@ -203,7 +224,26 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
       total_budget += b;
     }
   }
-  if (competing.empty()) return kept;
+  if (shard == nullptr) {
+    HEADPAGE_RETURN_IF_ERROR(checked);
+    if (competing.empty()) return kept;
+  }
+  // The one selection over every stream's candidates: here, or across the group
+  // (whose k and candidate count are the sums of its members').
+  std::vector<int64_t> order;
+  if (shard != nullptr) {
+    for (const size_t i : competing) order.push_back(shard->order[i]);
+  }
+  const auto top_k = [&](absl::Span<const absl::Span<const float>> segments,
+                         int64_t k) -> absl::StatusOr<internal::TopK> {
+    if (shard == nullptr) return SelectTopK(segments, k);
+    int64_t values = 0;
+    for (const auto& seg : segments) values += static_cast<int64_t>(seg.size());
+    HEADPAGE_ASSIGN_OR_RETURN(const auto sums,
+                              Agree(*shard->group, checked, {k, values}, "AdaKept"));
+    return internal::SelectTopKAcross(segments, order, shard->num_streams, *shard->group, sums[0],
+                                      sums[1]);
+  };
 
   const double alpha = options.alpha;
   if (options.floor == AdaFloor::kScaled) {
@@ -213,7 +253,8 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
     // every exact .5 tie and is closer to the formula elsewhere. nearbyint in
     // the default rounding mode (to nearest) rounds half to even, like
     // torch.round.
-    const std::vector<int64_t> hits = SelectTopK(segments, total_budget).counts;
+    HEADPAGE_ASSIGN_OR_RETURN(const internal::TopK top, top_k(segments, total_budget));
+    const std::vector<int64_t>& hits = top.counts;
     for (size_t c = 0; c < competing.size(); ++c) {
       const size_t i = competing[c];
       const StreamInfo& s = (*infos)[i];
@@ -274,12 +315,26 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
   for (size_t c = 0; c < competing.size(); ++c) {
     rest[c] = absl::MakeConstSpan(buffer.get() + rest_begin[c], rest_size[c]);
   }
-  const std::vector<int64_t> hits = SelectTopK(rest, total_budget - safe_total).counts;
+  HEADPAGE_ASSIGN_OR_RETURN(const internal::TopK top, top_k(rest, total_budget - safe_total));
+  const std::vector<int64_t>& hits = top.counts;
   for (size_t c = 0; c < competing.size(); ++c) {
     const size_t i = competing[c];
     kept[i] = static_cast<int32_t>(safe[c] + hits[c] + (*infos)[i].num_protected());
   }
   return kept;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
+                                             int32_t capacity, const AdaOptions& options) {
+  return AdaKeptOn(streams, capacity, options, nullptr);
+}
+
+absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
+                                             int32_t capacity, const AdaOptions& options,
+                                             const Shard& shard) {
+  return AdaKeptOn(streams, capacity, options, &shard);
 }
 
 absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> streams,

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "policy/collective.h"
 #include "policy/stream_scores.h"
 
 namespace headpage::policy {
@@ -74,6 +75,20 @@ struct AdaOptions {
 [[nodiscard]] absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
                                                            int32_t capacity,
                                                            const AdaOptions& options = AdaOptions());
+
+// AdaKept for one member of a group whose streams together are the ones a
+// single call would be given (tensor parallelism: each rank holds a slice of
+// the layer's KV heads; collective.h): shard.order places each local stream in
+// that order. Every member calls it with the same capacity and options and
+// gets, for its streams, exactly the kept counts of the single call, ties
+// included. The members agree on errors first: a member whose streams are
+// refused gets its error, the others Aborted, and no member waits for ever.
+// Five all-reduces (one agreement, three histograms of 2048 counts, the tie
+// counts of shard.num_streams streams).
+[[nodiscard]] absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
+                                                           int32_t capacity,
+                                                           const AdaOptions& options,
+                                                           const Shard& shard);
 
 // DBudgetKV (ReFreeKV's released code) for one layer. Per stream, candidates
 // (unprotected tokens) are ordered least important first: by score, or, with

@@ -135,6 +135,14 @@ constexpr NamedPolicy kPolicies[] = {
 
 }  // namespace
 
+bool PolicyConfig::runs_on_head_slices() const {
+  using S = Scorer;
+  using A = Allocator;
+  const bool per_head_scores = scorer != S::kTova && scorer != S::kDefensive && scorer != S::kRandom;
+  const bool sliceable_budget = allocator != A::kDBudget && allocator != A::kHeadClasses;
+  return !compresses() || (per_head_scores && sliceable_budget);
+}
+
 int32_t PolicyConfig::ObservedQueries(int32_t prompt_queries) const {
   if (observe == Observe::kAllPrompt) return prompt_queries;
   // Scorers that read no query still get one (the engine wants a window to

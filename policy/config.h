@@ -88,6 +88,14 @@ struct PolicyConfig {
   bool needs_output_projection() const {
     return compresses() && (critical || scorer == Scorer::kDefensive);
   }
+  // Whether a member of a tensor-parallel group, holding a slice of each
+  // layer's KV heads, decides for its heads what one process holding them all
+  // would (EvictionEngine::JoinGroup): the scorers that read one head at a time
+  // (not TOVA's or DefensiveKV's scores across a layer's heads, nor the random
+  // scorer, seeded by head index), and the allocators whose one layer-wide step
+  // is Ada-KV's top-k (not DBudgetKV's layer metric, nor head classes' profile,
+  // indexed by every head).
+  bool runs_on_head_slices() const;
   // How many of the last `prompt_queries` prompt queries compression observes
   // (one for the scorers that read none: recency, key norm, random).
   int32_t ObservedQueries(int32_t prompt_queries) const;

@@ -229,23 +229,28 @@ bool SampledSelect(absl::Span<const absl::Span<const float>> segments, int64_t k
 
 }  // namespace
 
+bool TrivialTopK(absl::Span<const absl::Span<const float>> segments, int64_t k, int64_t total,
+                 TopK* result) {
+  result->counts.assign(segments.size(), 0);
+  result->ties_taken = 0;
+  if (k <= 0) {
+    result->threshold = std::numeric_limits<float>::infinity();
+    return true;
+  }
+  if (k < total) return false;
+  result->threshold = -std::numeric_limits<float>::infinity();
+  for (size_t s = 0; s < segments.size(); ++s) {
+    result->counts[s] = static_cast<int64_t>(segments[s].size());
+    for (const float v : segments[s]) result->ties_taken += v == result->threshold;
+  }
+  return true;
+}
+
 TopK SelectTopK(absl::Span<const absl::Span<const float>> segments, int64_t k) {
   TopK result;
-  result.counts.assign(segments.size(), 0);
   int64_t total = 0;
   for (const auto& seg : segments) total += static_cast<int64_t>(seg.size());
-  if (k <= 0) {
-    result.threshold = std::numeric_limits<float>::infinity();
-    return result;
-  }
-  if (k >= total) {
-    result.threshold = -std::numeric_limits<float>::infinity();
-    for (size_t s = 0; s < segments.size(); ++s) {
-      result.counts[s] = static_cast<int64_t>(segments[s].size());
-      for (const float v : segments[s]) result.ties_taken += v == result.threshold;
-    }
-    return result;
-  }
+  if (TrivialTopK(segments, k, total, &result)) return result;
   if (!SampledSelect(segments, k, total, &result)) {
     CountPerSegment(segments, RadixKthLargest(segments, k), &result);
   }

@@ -61,6 +61,11 @@ struct TopK {
   std::vector<int64_t> counts;
 };
 TopK SelectTopK(absl::Span<const absl::Span<const float>> segments, int64_t k);
+// SelectTopK's two cases that need no selection, given the values' count:
+// fills *result and returns true for k <= 0 (nothing) and k >= total
+// (everything); returns false otherwise.
+bool TrivialTopK(absl::Span<const absl::Span<const float>> segments, int64_t k, int64_t total,
+                 TopK* result);
 
 // Positions strictly ascend, so the sinks (positions < sinks) are a prefix of
 // the slots and the recent window a suffix: the candidates (unprotected slots)
