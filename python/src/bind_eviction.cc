@@ -11,6 +11,8 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <exception>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,17 +21,64 @@
 #include "absl/strings/str_cat.h"
 #include "blockmgr/block_manager.h"
 #include "eviction/engine.h"
+#include "policy/collective.h"
 #include "python/src/bind.h"
 
 namespace headpage::bindings {
 namespace {
 
-// EvictionEngine plus the manager it drives (for the geometry) and where its
-// arena lives (queries may be there too).
+// A tensor-parallel group as Python supplies it: any object with int
+// attributes `rank` and `size` and a method all_reduce_sum(array) that sums a
+// numpy int64 array across the group in place (headpage.ProcessGroupCollective
+// over torch.distributed). The engine calls it with the GIL released; the call
+// takes it back, and a Python exception becomes Unavailable (the group can no
+// longer agree) instead of unwinding through the engine.
+class PyCollective : public policy::Collective {
+ public:
+  explicit PyCollective(nb::object group) : group_(std::move(group)) {
+    rank_ = nb::cast<int32_t>(group_.attr("rank"));
+    size_ = nb::cast<int32_t>(group_.attr("size"));
+    if (size_ < 1 || rank_ < 0 || rank_ >= size_) {
+      BadArgument(absl::StrCat("group: rank ", rank_, " of a group of ", size_));
+    }
+  }
+  int32_t rank() const override { return rank_; }
+  int32_t size() const override { return size_; }
+  const nb::object& object() const { return group_; }
+  absl::Status AllReduceSum(absl::Span<int64_t> values) override {
+    nb::gil_scoped_acquire gil;
+    try {
+      // A view of the engine's buffer, valid for this call only.
+      const size_t shape[1] = {values.size()};
+      nb::ndarray<nb::numpy, int64_t> array(values.data(), 1, shape, nb::handle());
+      // By reference: the sums must land in the engine's buffer (nanobind
+      // copies an array without an owner by default).
+      group_.attr("all_reduce_sum")(nb::cast(array, nb::rv_policy::reference));
+    } catch (nb::python_error& e) {
+      // The exception's type and message; its traceback is Python's, not the engine's.
+      const std::string type = nb::cast<std::string>(e.type().attr("__name__"));
+      const std::string message = nb::cast<std::string>(nb::str(e.value()));
+      return absl::UnavailableError(
+          absl::StrCat("the group's all_reduce_sum failed: ", type, ": ", message));
+    } catch (std::exception& e) {  // a cast of what Python returned
+      return absl::UnavailableError(absl::StrCat("the group's all_reduce_sum failed: ", e.what()));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  nb::object group_;
+  int32_t rank_ = 0;
+  int32_t size_ = 1;
+};
+
+// EvictionEngine plus the manager it drives (for the geometry), where its
+// arena lives (queries may be there too) and the group it joined, if any.
 struct Engine {
   EvictionEngine engine;
   BlockManager* manager;
   Place place;
+  std::unique_ptr<PyCollective> group;
 };
 
 // EvictionEngine.compress()'s result (Python: headpage.CompressResult); it owns
@@ -166,7 +215,7 @@ void DefEviction(nb::module_& m) {
             if (manager == nullptr) BadArgument("manager: want a BlockManager, got None");
             NotInUse(*manager);
             new (e) Engine{ValueOrThrow(EvictionEngine::Create(manager, arena.view())), manager,
-                           Place{}};
+                           Place{}, nullptr};
           },
           nb::arg("manager"), nb::arg("arena"), nb::keep_alive<1, 2>(), nb::keep_alive<1, 3>())
       .def(
@@ -176,7 +225,7 @@ void DefEviction(nb::module_& m) {
             NotInUse(*manager);
             new (e) Engine{
                 ValueOrThrow(EvictionEngine::Create(manager, arena.arena.view(), StreamOf(stream))),
-                manager, PlaceOf(arena)};
+                manager, PlaceOf(arena), nullptr};
           },
           nb::arg("manager"), nb::arg("arena"), nb::arg("stream") = 0, nb::keep_alive<1, 2>(),
           nb::keep_alive<1, 3>())
@@ -198,6 +247,30 @@ void DefEviction(nb::module_& m) {
            "lowest scores first (one threshold over all of them), keeping at least "
            "floor_tokens in every stream and its protect_recent last tokens. Returns the "
            "pages freed, fewer when the floors stop it; ValueError for a negative argument.")
+      .def(
+          "join_group",
+          [](Engine& e, nb::object group) {
+            NotInUse(*e.manager);
+            if (e.group != nullptr) BadArgument("join_group: the engine is in a group already");
+            auto member = std::make_unique<PyCollective>(std::move(group));
+            ThrowIfError(e.engine.JoinGroup(member.get()));
+            e.group = std::move(member);
+          },
+          nb::arg("group"),
+          "Makes the engine one member of a tensor-parallel group whose rank r of s holds kv "
+          "heads [r H, (r + 1) H) of every layer (H: this geometry's num_kv_heads): from "
+          "then on compress decides for these heads exactly what one engine over all s H "
+          "heads would (Ada-KV's top-k agreed through the group), and when one member fails "
+          "every member raises. group: an object with int attributes rank and size and a "
+          "method all_reduce_sum(array) summing an int64 numpy array across the group in "
+          "place (headpage.ProcessGroupCollective). Every member must make the same calls in "
+          "the same order. NotImplementedError for a CUDA engine.")
+      .def_prop_ro(
+          "group",
+          [](const Engine& e) -> nb::object {
+            return e.group == nullptr ? nb::none() : e.group->object();
+          },
+          "The group join_group() was given, or None.")
       .def(
           "freeze_prefix",
           [](Engine& e, SeqId seq, int64_t tokens) {

@@ -130,6 +130,11 @@ void DefPolicy(nb::module_& m) {
           nb::arg("prompt_queries"),
           "How many of the last prompt queries the compression at the end of the prefill "
           "observes.")
+      .def_prop_ro("runs_on_head_slices", &PolicyConfig::runs_on_head_slices,
+                   "Whether a rank of a tensor-parallel group, holding a slice of each layer's "
+                   "kv heads, decides what one engine over every head would "
+                   "(EvictionEngine.join_group): not for scores or budgets read across a "
+                   "layer's heads (TOVA, DefensiveKV, DBudgetKV, head classes, random).")
       .def_prop_ro(
           "runs_on_gpu", [](const PolicyConfig& c) { return CudaExecutor::Supports(c).ok(); },
           "Whether an EvictionEngine over a CudaArena runs this policy on the GPU.")

@@ -1,0 +1,169 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage.distributed: eviction engines of a tensor-parallel group, each holding a
+slice of every layer's KV heads, in real processes joined by torch.distributed's
+gloo backend, keep exactly what one engine over every head keeps: the same kept
+counts and the same tokens in every stream. When one rank's call fails, every
+rank raises and the group goes on serving."""
+import os
+import socket
+import traceback
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import headpage as hp
+from headpage.distributed import ProcessGroupCollective
+
+LAYERS, HEADS, GROUP, DIM, PAGE, PROMPT = 3, 4, 2, 32, 8, 300
+POLICIES = ("ada-snapkv", "ada-pyramid", "critical-ada-snapkv", "uniform-snapkv", "h2o")
+
+
+def prompt(seed=0):
+    """Every head's K/V [layer][token][HEADS][DIM], window queries
+    [layer][HEADS * GROUP][WINDOW][DIM] and W_o [layer][hidden][HEADS * GROUP * DIM]."""
+    gen = torch.Generator().manual_seed(seed)
+    keys = torch.randn(LAYERS, PROMPT, HEADS, DIM, generator=gen)
+    values = torch.randn(LAYERS, PROMPT, HEADS, DIM, generator=gen)
+    queries = 2 * torch.randn(LAYERS, HEADS * GROUP, PROMPT, DIM, generator=gen)
+    projections = torch.randn(LAYERS, 48, HEADS * GROUP * DIM, generator=gen)
+    return keys, values, queries, projections
+
+
+def compress_heads(first, heads, policy, budget, group=None, seq_offset=0):
+    """An engine over kv heads [first, first + heads): writes the prompt, compresses
+    it, and returns the kept counts and each stream's kept positions."""
+    keys, values, queries, projections = prompt()
+    g = hp.CacheGeometry(num_layers=LAYERS, num_kv_heads=heads, num_q_heads=heads * GROUP,
+                         head_dim=DIM, dtype="f32", page_size=PAGE)
+    pool = hp.PagePool(4096)
+    arena = hp.HostArena(g, 4096)
+    manager = hp.BlockManager(g, pool)
+    engine = hp.EvictionEngine(manager, arena)
+    if group is not None:
+        engine.join_group(group)
+    seq = manager.add_sequence()
+    plan = manager.reserve(seq, PROMPT)
+    positions = torch.arange(PROMPT, dtype=torch.int32)
+    for layer in range(LAYERS):
+        hp.write_kv(arena, keys[layer, :, first:first + heads].contiguous(),
+                    values[layer, :, first:first + heads].contiguous(),
+                    plan.slot_mapping[:, layer, :], positions)
+    q_first, q_heads = first * GROUP, heads * GROUP
+    config = hp.policy_by_name(policy)
+    observed = config.observed_queries(PROMPT)
+    window = [queries[layer, q_first:q_first + q_heads, PROMPT - observed:].contiguous()
+              for layer in range(LAYERS)]
+    w_o = [projections[layer, :, q_first * DIM:(q_first + q_heads) * DIM].contiguous()
+           for layer in range(LAYERS)]
+    result = engine.compress(seq + seq_offset, policy, budget, window,
+                             [torch.arange(PROMPT - observed, PROMPT, dtype=torch.int32)],
+                             output_projections=w_o if config.needs_output_projection else None)
+    kept_positions = []
+    for layer in range(LAYERS):
+        table = manager.block_table(layer, [seq])
+        n = int(table.lens.sum())
+        k, v, pos = torch.empty(n, DIM), torch.empty(n, DIM), torch.empty(n, dtype=torch.int32)
+        hp.gather_kv(arena, table.indptr, table.page_ids, table.lens, k, v, pos)
+        bounds = np.cumsum([0] + list(table.lens))
+        kept_positions.append([pos[bounds[h]:bounds[h + 1]].tolist() for h in range(heads)])
+    manager.check_invariants()
+    return result.kept.tolist(), kept_positions, engine, manager, seq
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(rank, size, port, results):
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=size)
+        group = ProcessGroupCollective()
+        heads = HEADS // size
+        out = {}
+        for policy in POLICIES:
+            for budget in ("25%", "40%"):
+                kept, positions, *_ = compress_heads(rank * heads, heads, policy, budget, group)
+                out[policy, budget] = (kept, positions)
+        # Rank 1 names a sequence it does not have: every rank raises, then the same
+        # call without the mistake succeeds on both.
+        errors = []
+        for offset in (99 if rank == 1 else 0, 0):
+            try:
+                compress_heads(rank * heads, heads, "ada-snapkv", "20%", group, offset)
+                errors.append(None)
+            except Exception as e:  # noqa: BLE001 (the type is what is checked)
+                errors.append(f"{type(e).__name__}: {e}")
+        out["errors"] = errors
+        dist.barrier()
+        dist.destroy_process_group()
+        results[rank] = out
+    except BaseException:  # noqa: BLE001 (reported to the test)
+        results[rank] = traceback.format_exc()
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_a_gloo_group_keeps_what_one_engine_keeps(size):
+    results = mp.Manager().dict()
+    mp.start_processes(rank_main, args=(size, free_port(), results), nprocs=size, join=True,
+                       start_method="spawn")
+    heads = HEADS // size
+    for rank in range(size):
+        assert not isinstance(results[rank], str), results[rank]
+    for policy in POLICIES:
+        for budget in ("25%", "40%"):
+            kept, positions, *_ = compress_heads(0, HEADS, policy, budget)
+            assert sum(map(sum, kept)) < LAYERS * HEADS * PROMPT  # it did compress
+            for rank in range(size):
+                got_kept, got_positions = results[rank][policy, budget]
+                for layer in range(LAYERS):
+                    mine = slice(rank * heads, (rank + 1) * heads)
+                    assert got_kept[layer] == kept[layer][mine], (policy, budget, rank, layer)
+                    assert got_positions[layer] == positions[layer][mine], (policy, budget)
+    failed = results[1]["errors"]
+    assert failed[0].startswith("KeyError") and failed[1] is None
+    for rank in [0] + list(range(2, size)):
+        first, second = results[rank]["errors"]
+        assert first.startswith("RuntimeError") and "other member of the group" in first, first
+        assert second is None
+
+
+class BrokenGroup:
+    """A group of one whose all_reduce_sum raises, as a lost peer's would."""
+    rank, size = 0, 1
+
+    def all_reduce_sum(self, array):
+        raise ConnectionError("peer 1 went away")
+
+
+def test_a_group_that_cannot_exchange_raises_and_changes_nothing():
+    g = hp.CacheGeometry(num_layers=1, num_kv_heads=2, num_q_heads=2, head_dim=32, dtype="f32",
+                         page_size=8)
+    pool, arena = hp.PagePool(64), hp.HostArena(g, 64)
+    manager = hp.BlockManager(g, pool)
+    engine = hp.EvictionEngine(manager, arena)
+    group = BrokenGroup()
+    engine.join_group(group)
+    assert engine.group is group
+    with pytest.raises(ValueError, match="in a group already"):
+        engine.join_group(group)
+    seq = manager.add_sequence()
+    plan = manager.reserve(seq, 64)
+    hp.write_kv(arena, torch.randn(64, 2, 32), torch.randn(64, 2, 32), plan.slot_mapping[:, 0, :],
+                torch.arange(64, dtype=torch.int32))
+    policy = hp.policy_by_name("ada-snapkv")
+    policy.window = 8
+    with pytest.raises(RuntimeError, match="all_reduce_sum failed: .*peer 1 went away"):
+        engine.compress(seq, policy, "25%", [torch.randn(2, 8, 32)],
+                        [torch.arange(56, 64, dtype=torch.int32)])
+    assert manager.stream_lengths(seq).tolist() == [[64, 64]]
+    with pytest.raises(NotImplementedError, match="across a layer's kv heads"):
+        engine.compress(seq, "tova", "25%", [torch.randn(2, 8, 32)],
+                        [torch.arange(56, 64, dtype=torch.int32)])
+    with pytest.raises(ValueError, match="rank 3 of a group of 2"):
+        hp.EvictionEngine(manager, arena).join_group(type("G", (), {"rank": 3, "size": 2})())
