@@ -142,12 +142,15 @@ class EvictionEngine {
   // CompressBatch decide, for this member's streams, exactly what one engine
   // holding every head would (Ada-KV's top-k over a layer's heads, or over
   // every layer's, is agreed through the group: policy::AdaKept with a Shard),
+  // and EnforcePoolBudget frees pages_to_free pages across the members' pools
+  // together, keeping what one engine over all of them would keep
+  // (policy::GlobalKept with a Shard; it returns the pages freed here),
   // and the members agree on errors: when one fails, every member returns an
   // error (Aborted where another failed) and none waits for ever. Every member
   // must make the same calls with the same arguments in the same order, as a
   // replicated scheduler does. A policy that reads across a layer's heads
   // (PolicyConfig::runs_on_head_slices) is then Unimplemented, as are decode-time
-  // schedules and the pool budget, which need their own agreements.
+  // schedules, whose decode steps would need their own agreements.
   // InvalidArgument for a null group; Unimplemented on a device pool (its
   // selection runs on the GPU and would need the histograms exchanged there).
   // REQUIRES: the group outlives the engine.

@@ -153,11 +153,7 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
         "EnforcePoolBudget: pages_to_free ", pages_to_free, ", floor_tokens ", floor_tokens,
         " and protect_recent ", protect_recent, " must be >= 0"));
   }
-  if (group_ != nullptr) {
-    return absl::UnimplementedError(
-        "EnforcePoolBudget in a tensor-parallel group (EvictionEngine::JoinGroup): its one "
-        "threshold over every stream is not yet agreed across the members");
-  }
+  // In a group every member passes the same arguments: 0 returns on all.
   if (pages_to_free == 0) return 0;
   // Sequences freed behind the engine's back leave no state behind.
   DropFreedSequences();
@@ -184,57 +180,99 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
   std::vector<std::vector<int32_t>> positions;
   std::vector<StreamScores> streams;
   std::vector<int32_t> floors;
-  LayerKeys data;
-  for (const SeqId seq : seqs) {
-    SeqState& state = states_[seq];
-    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-      HEADPAGE_RETURN_IF_ERROR(host_.GatherLayer(seq, layer, &data));
-      for (int32_t h = 0; h < heads; ++h) {
-        const int32_t n = data.offsets[h + 1] - data.offsets[h];
-        const std::vector<float>& known = state.scores[layer * heads + h];
-        const auto scored = static_cast<int32_t>(std::min<size_t>(known.size(), n));
-        scores.emplace_back(known.begin(), known.begin() + scored);
-        // GlobalKept compares shares of each stream's score mass, which needs
-        // scores >= 0. Knorm's are negative (-||k||): shift a stream's scores to
-        // start at zero, which keeps their order within the stream.
-        const auto lowest = std::min_element(scores.back().begin(), scores.back().end());
-        if (lowest != scores.back().end() && *lowest < 0.0f) {
-          const float shift = *lowest;
-          for (float& x : scores.back()) x -= shift;
+  const auto gather = [&]() -> absl::Status {
+    LayerKeys data;
+    for (const SeqId seq : seqs) {
+      SeqState& state = states_[seq];
+      for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+        HEADPAGE_RETURN_IF_ERROR(host_.GatherLayer(seq, layer, &data));
+        for (int32_t h = 0; h < heads; ++h) {
+          const int32_t n = data.offsets[h + 1] - data.offsets[h];
+          const std::vector<float>& known = state.scores[layer * heads + h];
+          const auto scored = static_cast<int32_t>(std::min<size_t>(known.size(), n));
+          scores.emplace_back(known.begin(), known.begin() + scored);
+          // GlobalKept compares shares of each stream's score mass, which needs
+          // scores >= 0. Knorm's are negative (-||k||): shift a stream's scores to
+          // start at zero, which keeps their order within the stream.
+          const auto lowest = std::min_element(scores.back().begin(), scores.back().end());
+          if (lowest != scores.back().end() && *lowest < 0.0f) {
+            const float shift = *lowest;
+            for (float& x : scores.back()) x -= shift;
+          }
+          scores.back().resize(static_cast<size_t>(n), 0.0f);
+          positions.emplace_back(data.positions.begin() + data.offsets[h],
+                                 data.positions.begin() + data.offsets[h + 1]);
+          floors.push_back(std::min(floor_tokens, n));
+          // Unscored tokens (appended since the engine last looked) are the
+          // stream's most recent ones: protect them with the recent window.
+          // A frozen prefix stays, as sinks do.
+          streams.push_back(StreamScores{
+              {}, {}, policy::Protection{state.frozen, std::max(protect_recent, n - scored)}});
         }
-        scores.back().resize(static_cast<size_t>(n), 0.0f);
-        positions.emplace_back(data.positions.begin() + data.offsets[h],
-                               data.positions.begin() + data.offsets[h + 1]);
-        floors.push_back(std::min(floor_tokens, n));
-        // Unscored tokens (appended since the engine last looked) are the
-        // stream's most recent ones: protect them with the recent window.
-        // A frozen prefix stays, as sinks do.
-        streams.push_back(StreamScores{
-            {}, {}, policy::Protection{state.frozen, std::max(protect_recent, n - scored)}});
       }
     }
+    for (size_t i = 0; i < streams.size(); ++i) {
+      streams[i].scores = scores[i];
+      streams[i].positions = positions[i];
+    }
+    return absl::OkStatus();
+  };
+  const absl::Status gathered = gather();
+  std::vector<int32_t> kept;
+  if (group_ == nullptr) {
+    HEADPAGE_RETURN_IF_ERROR(gathered);
+    HEADPAGE_ASSIGN_OR_RETURN(kept, policy::GlobalKept(streams, floors, g.page_size, pages_to_free));
+  } else {
+    // The members hold the same sequences (a replicated scheduler made them):
+    // stream i of sequence s, layer l is the group's (s L + l) H_group + rank H + h.
+    HEADPAGE_ASSIGN_OR_RETURN(
+        const auto sums, policy::Agree(*group_, gathered,
+                                       {static_cast<int64_t>(seqs.size()), 0},
+                                       "EvictionEngine::EnforcePoolBudget"));
+    if (sums[0] != static_cast<int64_t>(seqs.size()) * group_->size()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "EnforcePoolBudget: the group's members hold different numbers of scored sequences "
+          "(this one ", seqs.size(), ", ", sums[0], " in all)"));
+    }
+    std::vector<int64_t> order;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+        for (int32_t h = 0; h < heads; ++h) {
+          order.push_back(GroupOrder(static_cast<int32_t>(s * g.num_layers + layer), h));
+        }
+      }
+    }
+    const int64_t group_streams =
+        static_cast<int64_t>(seqs.size()) * g.num_layers * heads * group_->size();
+    HEADPAGE_ASSIGN_OR_RETURN(
+        kept, policy::GlobalKept(streams, floors, g.page_size, pages_to_free,
+                                 policy::Shard{group_, order, group_streams}));
   }
-  for (size_t i = 0; i < streams.size(); ++i) {
-    streams[i].scores = scores[i];
-    streams[i].positions = positions[i];
-  }
-  HEADPAGE_ASSIGN_OR_RETURN(const std::vector<int32_t> kept,
-                            policy::GlobalKept(streams, floors, g.page_size, pages_to_free));
   const int64_t free_before = manager_->pool().free_pages();
-  size_t i = 0;
-  for (const SeqId seq : seqs) {
-    for (int32_t layer = 0; layer < g.num_layers; ++layer, i += heads) {
-      bool changes = false;
-      for (int32_t h = 0; h < heads; ++h) changes |= kept[i + h] != streams[i + h].num_tokens();
-      if (!changes) continue;
-      std::vector<std::vector<int32_t>> keep_sets(heads);
-      for (int32_t h = 0; h < heads; ++h) {
-        HEADPAGE_RETURN_IF_ERROR(policy::SelectKeepSet(streams[i + h], kept[i + h], &keep_sets[h]));
+  const auto apply = [&]() -> absl::Status {
+    size_t i = 0;
+    for (const SeqId seq : seqs) {
+      for (int32_t layer = 0; layer < g.num_layers; ++layer, i += heads) {
+        bool changes = false;
+        for (int32_t h = 0; h < heads; ++h) changes |= kept[i + h] != streams[i + h].num_tokens();
+        if (!changes) continue;
+        std::vector<std::vector<int32_t>> keep_sets(heads);
+        for (int32_t h = 0; h < heads; ++h) {
+          HEADPAGE_RETURN_IF_ERROR(
+              policy::SelectKeepSet(streams[i + h], kept[i + h], &keep_sets[h]));
+        }
+        const int32_t layers[] = {layer};
+        HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(seq, layers, keep_sets));
       }
-      const int32_t layers[] = {layer};
-      HEADPAGE_RETURN_IF_ERROR(ApplyKeepSets(seq, layers, keep_sets));
     }
+    return absl::OkStatus();
+  };
+  const absl::Status applied = apply();
+  if (group_ != nullptr) {
+    HEADPAGE_RETURN_IF_ERROR(
+        policy::Agree(*group_, applied, {0, 0}, "EvictionEngine::EnforcePoolBudget").status());
   }
+  HEADPAGE_RETURN_IF_ERROR(applied);
   return manager_->pool().free_pages() - free_before;
 }
 

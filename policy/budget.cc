@@ -5,7 +5,6 @@
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <queue>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -64,7 +63,6 @@ using internal::OrderedKey;
 using internal::SelectTopK;
 
 constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 
 // Python's // (floor division), which the PyramidKV schedule is written in;
@@ -79,9 +77,6 @@ int64_t FloorDiv(int64_t a, int64_t b) {
 int64_t FloorOfProduct(double alpha, int64_t b) {
   return static_cast<int64_t>(std::floor(alpha * static_cast<double>(b)));
 }
-
-
-int64_t PagesFor(int64_t tokens, int64_t page_size) { return (tokens + page_size - 1) / page_size; }
 
 }  // namespace
 
@@ -335,115 +330,6 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
                                              int32_t capacity, const AdaOptions& options,
                                              const Shard& shard) {
   return AdaKeptOn(streams, capacity, options, &shard);
-}
-
-absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> streams,
-                                                absl::Span<const int32_t> floors,
-                                                int32_t page_size, int64_t pages_to_free) {
-  if (floors.size() != streams.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("GlobalKept: ", streams.size(),
-                                                   " streams but ", floors.size(), " floors"));
-  }
-  if (page_size <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GlobalKept: page_size must be positive, got ", page_size));
-  }
-  if (pages_to_free < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GlobalKept: pages_to_free must be >= 0, got ", pages_to_free));
-  }
-  auto infos = InspectStreams(streams, "GlobalKept");
-  if (!infos.ok()) return infos.status();
-
-  std::vector<int32_t> kept(streams.size());
-  std::vector<int32_t> min_kept(streams.size());
-  int64_t freeable = 0;  // pages freed if every stream went down to its minimum
-  for (size_t i = 0; i < streams.size(); ++i) {
-    const StreamInfo& s = (*infos)[i];
-    if (floors[i] < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("GlobalKept: floors[", i, "] is negative (", floors[i], ")"));
-    }
-    // Normalizing to a share of the stream's mass needs mass: a negative score
-    // (Knorm's -||k||) would flip the order, an infinite one makes 0/0.
-    const float* scores = streams[i].scores.data();
-    int bad = 0;
-    for (int32_t j = s.begin; j < s.end; ++j) bad |= !(scores[j] >= 0.0f && scores[j] < kInf);
-    if (bad) {
-      int32_t j = s.begin;
-      while (scores[j] >= 0.0f && scores[j] < kInf) ++j;
-      return absl::InvalidArgumentError(absl::StrCat("GlobalKept: stream ", i,
-                                                     ": scores must be finite and >= 0 "
-                                                     "(attention mass), slot ",
-                                                     j, " has ", scores[j]));
-    }
-    kept[i] = s.num_tokens;
-    min_kept[i] = std::max(s.num_protected(), std::min(floors[i], s.num_tokens));
-    freeable += PagesFor(s.num_tokens, page_size) - PagesFor(min_kept[i], page_size);
-  }
-  if (pages_to_free == 0) return kept;
-  if (freeable < pages_to_free) return min_kept;  // free what the floors allow
-
-  // Eviction goes in one global order: lowest normalized score (share) first,
-  // equal shares the higher stream first (the mirror of Ada's (stream, slot)
-  // top-k tie rule), each stream stopping at its minimum. Restricted to one
-  // stream that order is the stream's ascending score order, so each stream's
-  // candidates are sorted once and a heap holding each stream's next token
-  // merges them, stopping at the first prefix that frees enough pages.
-  std::vector<size_t> offset(streams.size() + 1, 0);
-  std::vector<double> mass(streams.size(), 0.0);
-  for (size_t i = 0; i < streams.size(); ++i) {
-    const bool evicts = kept[i] > min_kept[i];
-    offset[i + 1] = offset[i] + (evicts ? (*infos)[i].num_candidates() : 0);
-  }
-  std::vector<uint32_t> sorted(offset.back()), keys, scratch;
-  for (size_t i = 0; i < streams.size(); ++i) {
-    const StreamInfo& s = (*infos)[i];
-    if (offset[i + 1] == offset[i]) continue;
-    keys.resize(s.num_candidates());
-    const float* scores = streams[i].scores.data() + s.begin;
-    for (int32_t j = 0; j < s.num_candidates(); ++j) {
-      const float v = scores[j];
-      mass[i] += v;
-      keys[j] = OrderedKey(v);
-    }
-    RadixSort(&keys, &scratch, [](uint32_t key) { return key; });
-    std::copy(keys.begin(), keys.end(), sorted.begin() + offset[i]);
-  }
-  // A stream with no mass on its candidates (all scores 0) is treated as
-  // uniform: each token carries 1/n of it. Any other choice would make its
-  // tokens free (share 0) or priceless against every other stream.
-  auto share = [&](size_t i, size_t rank) {
-    const size_t n = offset[i + 1] - offset[i];
-    return mass[i] > 0.0 ? static_cast<double>(FromOrderedKey(sorted[offset[i] + rank])) / mass[i]
-                         : 1.0 / static_cast<double>(n);
-  };
-  struct Next {
-    double share;
-    int32_t stream;
-    int32_t rank;  // the stream's tokens evicted so far
-  };
-  // priority_queue pops its largest: "a < b" says b is evicted first.
-  auto later = [](const Next& a, const Next& b) {
-    return a.share > b.share || (a.share == b.share && a.stream < b.stream);
-  };
-  std::priority_queue<Next, std::vector<Next>, decltype(later)> heap(later);
-  for (size_t i = 0; i < streams.size(); ++i) {
-    if (offset[i + 1] > offset[i]) heap.push({share(i, 0), static_cast<int32_t>(i), 0});
-  }
-  int64_t freed = 0;
-  while (freed < pages_to_free && !heap.empty()) {
-    const Next next = heap.top();
-    heap.pop();
-    int32_t& k = kept[next.stream];
-    // A token frees a page exactly when it was alone on its stream's last page.
-    freed += PagesFor(k, page_size) - PagesFor(k - 1, page_size);
-    --k;
-    if (k > min_kept[next.stream]) {
-      heap.push({share(next.stream, next.rank + 1), next.stream, next.rank + 1});
-    }
-  }
-  return kept;
 }
 
 }  // namespace headpage::policy

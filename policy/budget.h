@@ -187,6 +187,19 @@ class DBudgetFrobenius {
                                                               int32_t page_size,
                                                               int64_t pages_to_free);
 
+// GlobalKept for one member of a group whose streams together are the ones a
+// single call would be given (collective.h; the pool-wide budget of a
+// tensor-parallel group, each rank's pool holding a slice of every layer's KV
+// heads): the members free pages_to_free pages between them (each member
+// passes the group's target), and each gets, for its streams, exactly the kept
+// counts of the single call. The members agree on errors first, as AdaKept's
+// do. About ten all-reduces: an agreement, eight rounds of 256 candidate
+// thresholds for the stop share, and one of shard.num_streams + 1 counts for
+// the ties at it. O(local candidates + 256 local streams) a round.
+[[nodiscard]] absl::StatusOr<std::vector<int32_t>> GlobalKept(
+    absl::Span<const StreamScores> streams, absl::Span<const int32_t> floors, int32_t page_size,
+    int64_t pages_to_free, const Shard& shard);
+
 }  // namespace headpage::policy
 
 #endif  // HEADPAGE_POLICY_BUDGET_H_

@@ -246,7 +246,10 @@ void DefEviction(nb::module_& m) {
            "Frees pages_to_free pages across every sequence the engine has scores for, "
            "lowest scores first (one threshold over all of them), keeping at least "
            "floor_tokens in every stream and its protect_recent last tokens. Returns the "
-           "pages freed, fewer when the floors stop it; ValueError for a negative argument.")
+           "pages freed, fewer when the floors stop it; ValueError for a negative argument. "
+           "In a group (join_group) every rank passes the same arguments, pages_to_free being "
+           "the group's: the ranks free them between their pools, each keeping what one "
+           "engine over every head would, and each returns the pages freed in its own pool.")
       .def(
           "join_group",
           [](Engine& e, nb::object group) {

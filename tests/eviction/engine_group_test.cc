@@ -5,6 +5,7 @@
 // and fail together.
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <random>
 #include <vector>
@@ -88,27 +89,27 @@ class Member {
     return seq;
   }
 
-  // This member's q heads of the observation window, and its columns of W_o.
+  // This member's q heads of the observation window, and its columns of W_o
+  // (valid while the member lives).
   std::vector<LayerQueries> Queries(const Prompt& p, bool with_projection) {
     const int32_t q_heads = heads_ * kGroup, q_first = first_ * kGroup;
     const size_t per_head = static_cast<size_t>(p.window) * kDim;
-    queries_.assign(kLayers, {});
-    projections_.assign(kLayers, {});
     std::vector<LayerQueries> out;
     for (int32_t layer = 0; layer < kLayers; ++layer) {
       const size_t base = (static_cast<size_t>(layer) * kHeads * kGroup + q_first) * per_head;
-      queries_[layer].assign(p.queries.begin() + base,
-                             p.queries.begin() + base + q_heads * per_head);
+      std::vector<float>& queries = buffers_.emplace_back(
+          p.queries.begin() + base, p.queries.begin() + base + q_heads * per_head);
+      std::vector<float>& projection = buffers_.emplace_back();
       const size_t row = static_cast<size_t>(kHeads) * kGroup * kDim;
       for (int32_t o = 0; o < kHidden; ++o) {
         const size_t at = (static_cast<size_t>(layer) * kHidden + o) * row + q_first * kDim;
-        projections_[layer].insert(projections_[layer].end(), p.projections.begin() + at,
-                                   p.projections.begin() + at + q_heads * kDim);
+        projection.insert(projection.end(), p.projections.begin() + at,
+                          p.projections.begin() + at + q_heads * kDim);
       }
-      LayerQueries q{queries_[layer].data(), p.query_positions.data(), p.window, DType::kF32,
+      LayerQueries q{queries.data(), p.query_positions.data(), p.window, DType::kF32,
                      MemoryKind::kHost, {}};
       if (with_projection) {
-        q.output_projection = {projections_[layer].data(), kHidden, q_heads, kDim, DType::kF32};
+        q.output_projection = {projection.data(), kHidden, q_heads, kDim, DType::kF32};
       }
       out.push_back(q);
     }
@@ -135,7 +136,9 @@ class Member {
   std::unique_ptr<testing::Fixture> fixture_;
   std::unique_ptr<HostArena> arena_;
   std::unique_ptr<EvictionEngine> engine_;
-  std::vector<std::vector<float>> queries_, projections_;
+  // What Queries() handed out, alive as long as the member (a deque keeps
+  // addresses when it grows).
+  std::deque<std::vector<float>> buffers_;
 };
 
 PolicyConfig Named(const char* name) {
@@ -217,33 +220,97 @@ TEST_CASE("EvictionEngine in a group: a member's refused call fails every member
   std::vector<std::vector<LayerQueries>> queries = {parts[0]->Queries(prompt, false),
                                                     parts[1]->Queries(prompt, false)};
   std::vector<absl::StatusOr<CompressResult>> results(2);
+  const PolicyConfig ada = Named("ada-snapkv"), tova = Named("tova");
   // Member 1 names a sequence it does not have.
   group.Run([&](int32_t r) {
-    results[r] = parts[r]->engine().Compress(r == 1 ? seqs[r] + 99 : seqs[r], Named("ada-snapkv"),
+    results[r] = parts[r]->engine().Compress(r == 1 ? seqs[r] + 99 : seqs[r], ada,
                                              Budget::Fraction(0.5), queries[r]);
   });
   REQUIRE_ERROR(results[1], absl::StatusCode::kNotFound, "");
   REQUIRE_ERROR(results[0], absl::StatusCode::kAborted, "1 other member");
   // A policy that reads across a layer's heads is refused on every member.
   group.Run([&](int32_t r) {
-    results[r] =
-        parts[r]->engine().Compress(seqs[r], Named("tova"), Budget::Fraction(0.5), queries[r]);
+    results[r] = parts[r]->engine().Compress(seqs[r], tova, Budget::Fraction(0.5), queries[r]);
   });
   for (int32_t r = 0; r < 2; ++r) {
     REQUIRE_ERROR(results[r], absl::StatusCode::kUnimplemented, "across a layer's kv heads");
   }
   // Nothing changed: the same call on both now compresses.
   group.Run([&](int32_t r) {
-    results[r] = parts[r]->engine().Compress(seqs[r], Named("ada-snapkv"), Budget::Fraction(0.5),
-                                             queries[r]);
+    results[r] = parts[r]->engine().Compress(seqs[r], ada, Budget::Fraction(0.5), queries[r]);
   });
   REQUIRE_OK(results[0]);
   REQUIRE_OK(results[1]);
   REQUIRE(results[0]->tokens_before == 2 * kLayers * 120);
-  // The pool budget and decode schedules are refused in a group.
-  REQUIRE_ERROR(parts[0]->engine().EnforcePoolBudget(1), absl::StatusCode::kUnimplemented,
-                "group");
   REQUIRE_ERROR(parts[0]->engine().JoinGroup(nullptr), absl::StatusCode::kInvalidArgument, "null");
+}
+
+TEST_CASE("EvictionEngine in a group: the pool budget frees what one engine over every head "
+          "frees",
+          "[eviction][group]") {
+  for (const int32_t members : {2, 4}) {
+    for (const int64_t target : {int64_t{1}, int64_t{9}, int64_t{40}, int64_t{100000}}) {
+      // Three requests compressed (their scores kept per token), then the budget.
+      const std::vector<Prompt> prompts = {Prompt(200, 70, 1), Prompt(260, 70, 2),
+                                           Prompt(230, 70, 3)};
+      Member whole(0, kHeads, 3000);
+      std::vector<SeqId> whole_seqs;
+      for (const Prompt& p : prompts) {
+        whole_seqs.push_back(whole.Prefill(p));
+        auto q = whole.Queries(p, false);
+        REQUIRE_OK(whole.engine().Compress(whole_seqs.back(), Named("uniform-snapkv"),
+                                           Budget::Fraction(0.6), q));
+      }
+      auto single = whole.engine().EnforcePoolBudget(target, 8, 4);
+      INFO(members << " members, " << target << " pages to free");
+      REQUIRE_OK(single);
+
+      ThreadGroup group(members);
+      const int32_t heads = kHeads / members;
+      std::vector<std::unique_ptr<Member>> parts;
+      std::vector<std::vector<SeqId>> seqs(members);
+      std::vector<absl::StatusOr<int64_t>> freed(members);
+      for (int32_t r = 0; r < members; ++r) {
+        parts.push_back(std::make_unique<Member>(r * heads, heads, 3000));
+        REQUIRE_OK(parts[r]->engine().JoinGroup(&group.member(r)));
+      }
+      // Catch's assertions (in Prefill, Queries, Named) stay on this thread.
+      std::vector<std::vector<std::vector<LayerQueries>>> queries(members);
+      for (int32_t r = 0; r < members; ++r) {
+        for (const Prompt& p : prompts) {
+          seqs[r].push_back(parts[r]->Prefill(p));
+          queries[r].push_back(parts[r]->Queries(p, false));
+        }
+      }
+      const PolicyConfig uniform = Named("uniform-snapkv");
+      group.Run([&](int32_t r) {
+        for (size_t s = 0; s < prompts.size(); ++s) {
+          auto compressed = parts[r]->engine().Compress(seqs[r][s], uniform,
+                                                        Budget::Fraction(0.6), queries[r][s]);
+          if (!compressed.ok()) {
+            freed[r] = compressed.status();
+            return;
+          }
+        }
+        freed[r] = parts[r]->engine().EnforcePoolBudget(target, 8, 4);
+      });
+      int64_t total = 0;
+      for (int32_t r = 0; r < members; ++r) {
+        REQUIRE_OK(freed[r]);
+        total += *freed[r];
+        for (size_t s = 0; s < prompts.size(); ++s) {
+          for (int32_t layer = 0; layer < kLayers; ++layer) {
+            for (int32_t h = 0; h < heads; ++h) {
+              REQUIRE(parts[r]->Positions(seqs[r][s], layer, h) ==
+                      whole.Positions(whole_seqs[s], layer, r * heads + h));
+            }
+          }
+        }
+      }
+      REQUIRE(total == *single);
+      REQUIRE(*single >= std::min<int64_t>(target, 1));
+    }
+  }
 }
 
 }  // namespace

@@ -213,5 +213,68 @@ TEST_CASE("Agree: the sums when every member is fine, the failure otherwise",
   }
 }
 
+TEST_CASE("GlobalKept in a group equals one GlobalKept over every stream",
+          "[policy][collective]") {
+  std::mt19937 rng(23);
+  for (int trial = 0; trial < 500; ++trial) {
+    const int32_t n = 2 + static_cast<int32_t>(rng() % 14);
+    // Few distinct scores over equal lengths make equal shares across streams,
+    // where the higher stream's tokens go first.
+    const int distinct = trial % 3 == 0 ? 2 : trial % 3 == 1 ? 6 : 1000;
+    const Streams s = RandomStreams(rng, n, 50, trial % 2 == 0, distinct);
+    const std::vector<StreamScores> views = s.views();
+    std::vector<int32_t> floors(n);
+    for (auto& f : floors) f = static_cast<int32_t>(rng() % 12);
+    const int32_t page_size = 1 + static_cast<int32_t>(rng() % 8);
+    int64_t pages = 0;
+    for (const auto& v : views) pages += (v.num_tokens() + page_size - 1) / page_size;
+    const int64_t target = static_cast<int64_t>(rng() % (pages + 2));
+    const Ints single = Kept(GlobalKept(views, floors, page_size, target));
+    const int32_t members = 1 + static_cast<int32_t>(rng() % std::min(n, 4));
+    const std::vector<int32_t> owner = Owners(n, members, trial % 2 == 1, 2);
+    std::vector<std::vector<int64_t>> orders(members);
+    for (int32_t i = 0; i < n; ++i) orders[owner[i]].push_back(i);
+    ThreadGroup group(members);
+    std::vector<absl::StatusOr<std::vector<int32_t>>> results(members);
+    group.Run([&](int32_t r) {
+      std::vector<StreamScores> local;
+      std::vector<int32_t> local_floors;
+      for (const int64_t i : orders[r]) {
+        local.push_back(views[i]);
+        local_floors.push_back(floors[i]);
+      }
+      results[r] = GlobalKept(local, local_floors, page_size, target,
+                              Shard{&group.member(r), orders[r], n});
+    });
+    INFO("trial " << trial << ": " << n << " streams, " << members << " members, page "
+                  << page_size << ", target " << target << " of " << pages);
+    for (int32_t r = 0; r < members; ++r) {
+      REQUIRE_OK(results[r]);
+      for (size_t j = 0; j < orders[r].size(); ++j) {
+        REQUIRE((*results[r])[j] == single[orders[r][j]]);
+      }
+    }
+  }
+}
+
+TEST_CASE("GlobalKept in a group: a member's refused input fails every member",
+          "[policy][collective]") {
+  Streams good, bad;
+  good.Add(Vec{0.9f, 0.8f, 0.1f, 0.1f});
+  bad.Add(Vec{0.9f, -1.0f, 0.1f, 0.1f});  // not attention mass
+  const std::vector<StreamScores> good_views = good.views(), bad_views = bad.views();
+  ThreadGroup group(2);
+  std::vector<absl::StatusOr<std::vector<int32_t>>> results(2);
+  const Ints floors = {0};
+  group.Run([&](int32_t r) {
+    const std::vector<int64_t> order = {r};
+    results[r] = GlobalKept(r == 1 ? bad_views : good_views, floors, 1, 2,
+                            Shard{&group.member(r), order, 2});
+  });
+  REQUIRE_ERROR(results[1], absl::StatusCode::kInvalidArgument, "finite and >= 0");
+  REQUIRE_ERROR(results[0], absl::StatusCode::kAborted, "1 other member");
+  REQUIRE(group.rounds() == 1);
+}
+
 }  // namespace
 }  // namespace headpage::policy

@@ -2,7 +2,8 @@
 """headpage.distributed: eviction engines of a tensor-parallel group, each holding a
 slice of every layer's KV heads, in real processes joined by torch.distributed's
 gloo backend, keep exactly what one engine over every head keeps: the same kept
-counts and the same tokens in every stream. When one rank's call fails, every
+counts and the same tokens in every stream, after a compression and after the
+pool-wide budget. When one rank's call fails, every
 rank raises and the group goes on serving."""
 import os
 import socket
@@ -61,16 +62,51 @@ def compress_heads(first, heads, policy, budget, group=None, seq_offset=0):
     result = engine.compress(seq + seq_offset, policy, budget, window,
                              [torch.arange(PROMPT - observed, PROMPT, dtype=torch.int32)],
                              output_projections=w_o if config.needs_output_projection else None)
-    kept_positions = []
+    manager.check_invariants()
+    return result.kept.tolist(), kept_positions(arena, manager, seq), engine, manager, seq
+
+
+def kept_positions(arena, manager, seq):
+    """[layer][kv head]: the positions each stream of seq holds, in slot order."""
+    out = []
     for layer in range(LAYERS):
         table = manager.block_table(layer, [seq])
         n = int(table.lens.sum())
         k, v, pos = torch.empty(n, DIM), torch.empty(n, DIM), torch.empty(n, dtype=torch.int32)
         hp.gather_kv(arena, table.indptr, table.page_ids, table.lens, k, v, pos)
         bounds = np.cumsum([0] + list(table.lens))
-        kept_positions.append([pos[bounds[h]:bounds[h + 1]].tolist() for h in range(heads)])
+        out.append([pos[bounds[h]:bounds[h + 1]].tolist() for h in range(len(table.lens))])
+    return out
+
+
+def pool_budget_heads(first, heads, pages_to_free, group=None):
+    """Two prompts compressed by uniform-snapkv in one pool over kv heads
+    [first, first + heads), then the pool budget; each stream's kept positions."""
+    keys, values, queries, _ = prompt()
+    g = hp.CacheGeometry(num_layers=LAYERS, num_kv_heads=heads, num_q_heads=heads * GROUP,
+                         head_dim=DIM, dtype="f32", page_size=PAGE)
+    pool, arena = hp.PagePool(4096), hp.HostArena(g, 4096)
+    manager = hp.BlockManager(g, pool)
+    engine = hp.EvictionEngine(manager, arena)
+    if group is not None:
+        engine.join_group(group)
+    seqs = []
+    for length in (PROMPT, PROMPT - 57):
+        seq = manager.add_sequence()
+        plan = manager.reserve(seq, length)
+        for layer in range(LAYERS):
+            hp.write_kv(arena, keys[layer, :length, first:first + heads].contiguous(),
+                        values[layer, :length, first:first + heads].contiguous(),
+                        plan.slot_mapping[:, layer, :], torch.arange(length, dtype=torch.int32))
+        window = [queries[layer, first * GROUP:(first + heads) * GROUP, length - 32:length]
+                  .contiguous() for layer in range(LAYERS)]
+        engine.compress(seq, "uniform-snapkv", "60%", window,
+                        [torch.arange(length - 32, length, dtype=torch.int32)])
+        seqs.append(seq)
+    freed = engine.enforce_pool_budget(pages_to_free, floor_tokens=8, protect_recent=4)
+    kept = [streams for seq in seqs for streams in kept_positions(arena, manager, seq)]
     manager.check_invariants()
-    return result.kept.tolist(), kept_positions, engine, manager, seq
+    return freed, kept
 
 
 def free_port():
@@ -100,6 +136,8 @@ def rank_main(rank, size, port, results):
             except Exception as e:  # noqa: BLE001 (the type is what is checked)
                 errors.append(f"{type(e).__name__}: {e}")
         out["errors"] = errors
+        out["pool"] = [pool_budget_heads(rank * heads, heads, target, group)
+                       for target in (3, 25)]
         dist.barrier()
         dist.destroy_process_group()
         results[rank] = out
@@ -125,6 +163,13 @@ def test_a_gloo_group_keeps_what_one_engine_keeps(size):
                     mine = slice(rank * heads, (rank + 1) * heads)
                     assert got_kept[layer] == kept[layer][mine], (policy, budget, rank, layer)
                     assert got_positions[layer] == positions[layer][mine], (policy, budget)
+    for i, target in enumerate((3, 25)):
+        freed, kept = pool_budget_heads(0, HEADS, target)
+        assert freed >= target
+        assert sum(results[rank]["pool"][i][0] for rank in range(size)) == freed
+        for rank in range(size):
+            for stream, streams in enumerate(results[rank]["pool"][i][1]):
+                assert streams == kept[stream][rank * heads:(rank + 1) * heads], (target, rank)
     failed = results[1]["errors"]
     assert failed[0].startswith("KeyError") and failed[1] is None
     for rank in [0] + list(range(2, size)):
