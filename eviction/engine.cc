@@ -425,6 +425,21 @@ absl::Status EvictionEngine::CompressScoringFirst(const Prepared& p, const Polic
     }
     HEADPAGE_ASSIGN_OR_RETURN(kept, Allocate(config, streams, p.capacity, order,
                                              group_heads * g.num_layers));
+  } else if (group_ != nullptr && (config.allocator == PolicyConfig::Allocator::kAda ||
+                                    config.allocator == PolicyConfig::Allocator::kAdaPyramid)) {
+    // Every layer's top-k in the same few exchanges.
+    std::vector<int64_t> order(heads);
+    for (int32_t h = 0; h < heads; ++h) order[h] = GroupOrder(0, h);
+    std::vector<std::vector<StreamScores>> streams(g.num_layers);
+    std::vector<policy::AdaAllocation> allocations;
+    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+      streams[layer] = layers[layer].Streams(g, p.protection);
+      allocations.push_back({streams[layer], p.layer_capacity[layer]});
+    }
+    HEADPAGE_ASSIGN_OR_RETURN(
+        const std::vector<std::vector<int32_t>> layer_kept,
+        policy::AdaKept(allocations, config.ada, policy::Shard{group_, order, group_heads}));
+    for (const auto& k : layer_kept) kept.insert(kept.end(), k.begin(), k.end());
   } else {
     std::vector<int64_t> order(heads);
     for (int32_t h = 0; h < heads; ++h) order[h] = GroupOrder(0, h);

@@ -158,41 +158,55 @@ absl::StatusOr<std::vector<int32_t>> PyramidCapacities(int32_t num_layers, int32
 
 namespace {
 
-// AdaKept's local steps, and with a shard the group's: `top_k` is where the
-// one global selection happens (SelectTopK here, SelectTopKAcross in a group).
-absl::StatusOr<std::vector<int32_t>> AdaKeptOn(absl::Span<const StreamScores> streams,
-                                               int32_t capacity, const AdaOptions& options,
-                                               const Shard* shard) {
-  // Every check first; in a group the members then agree on them before any
-  // exchange, so a refused member leaves nobody waiting.
-  absl::Status checked = absl::OkStatus();
+// AdaKept's steps before and after its one global selection, so that the
+// selection can run here (SelectTopK) or across a group, for several
+// allocations at once (SelectTopKAcross).
+struct AdaPrepared {
+  absl::Status checked;
+  std::vector<StreamInfo> infos;
+  std::vector<int32_t> kept;
+  // The streams that compete, and the values their global top-k ranks: their
+  // candidates (kScaled), or what their safe sets leave (kProtectTop).
+  std::vector<size_t> competing;
+  std::vector<absl::Span<const float>> segments;
+  std::vector<int64_t> safe;         // kProtectTop: each competing stream's safe set
+  std::unique_ptr<float[]> buffer;   // kProtectTop: the segments' storage
+  int64_t k = 0;                     // how many of the segments' values the top-k takes
+  int64_t values = 0;                // the segments' values
+};
+
+// Checks and lays out one allocation. With a shard, the order is checked too;
+// every error is left in `checked` for the caller to agree on.
+AdaPrepared PrepareAda(absl::Span<const StreamScores> streams, int32_t capacity,
+                       const AdaOptions& options, const Shard* shard) {
+  AdaPrepared p;
   if (capacity <= 0) {
-    checked = absl::InvalidArgumentError(
+    p.checked = absl::InvalidArgumentError(
         absl::StrCat("AdaKept: capacity must be positive, got ", capacity));
   } else if (!(options.alpha >= 0.0 && options.alpha <= 1.0)) {  // also rejects NaN
-    checked = absl::InvalidArgumentError(
+    p.checked = absl::InvalidArgumentError(
         absl::StrCat("AdaKept: alpha must be in [0, 1], got ", options.alpha));
   } else if (options.floor != AdaFloor::kScaled && options.floor != AdaFloor::kProtectTop) {
-    checked = absl::InvalidArgumentError(absl::StrCat("AdaKept: unknown AdaFloor value ",
-                                                      static_cast<int>(options.floor)));
+    p.checked = absl::InvalidArgumentError(absl::StrCat("AdaKept: unknown AdaFloor value ",
+                                                        static_cast<int>(options.floor)));
   } else if (shard != nullptr && shard->order.size() != streams.size()) {
-    checked = absl::InvalidArgumentError(absl::StrCat(
+    p.checked = absl::InvalidArgumentError(absl::StrCat(
         "AdaKept: ", streams.size(), " streams but ", shard->order.size(), " in the shard's order"));
   }
-  for (size_t i = 0; checked.ok() && shard != nullptr && i < streams.size(); ++i) {
+  for (size_t i = 0; p.checked.ok() && shard != nullptr && i < streams.size(); ++i) {
     const int64_t o = shard->order[i];
     if (o < 0 || o >= shard->num_streams || (i > 0 && o <= shard->order[i - 1])) {
-      checked = absl::InvalidArgumentError(absl::StrCat(
+      p.checked = absl::InvalidArgumentError(absl::StrCat(
           "AdaKept: the shard's order must ascend strictly inside [0, ", shard->num_streams,
           "), stream ", i, " has ", o));
     }
   }
-  absl::StatusOr<std::vector<StreamInfo>> infos = std::vector<StreamInfo>();
-  if (checked.ok()) {
-    infos = InspectStreams(streams, "AdaKept");
-    checked = infos.status();
-  }
-  std::vector<int32_t> kept(streams.size());
+  if (!p.checked.ok()) return p;
+  absl::StatusOr<std::vector<StreamInfo>> infos = InspectStreams(streams, "AdaKept");
+  p.checked = infos.status();
+  if (!p.checked.ok()) return p;
+  p.infos = *std::move(infos);
+  p.kept.resize(streams.size());
   // The streams that compete: those whose B'_h does not cover their candidates.
   // A covered stream keeps everything and leaves the competition, taking its
   // B'_h with it (unused budget is not handed to the others). When every
@@ -200,136 +214,150 @@ absl::StatusOr<std::vector<int32_t>> AdaKeptOn(absl::Span<const StreamScores> st
   // papers) either all streams compete or none does, and this is Ada-KV's
   // "B' >= L - w: no compression" (the reference's test is B' > L - w; at
   // B' == L - w its rounding can still drop a token, which we do not).
-  std::vector<size_t> competing;
-  std::vector<absl::Span<const float>> segments;
-  int64_t total_budget = 0;  // K = sum of B'_h over the competing streams
-  for (size_t i = 0; checked.ok() && i < streams.size(); ++i) {
-    const StreamInfo& s = (*infos)[i];
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const StreamInfo& s = p.infos[i];
     if (capacity < s.num_protected()) {
-      checked = absl::InvalidArgumentError(absl::StrCat("AdaKept: capacity ", capacity,
-                                                        " is smaller than stream ", i, "'s ",
-                                                        s.num_protected(), " protected tokens"));
-      break;
+      p.checked = absl::InvalidArgumentError(absl::StrCat("AdaKept: capacity ", capacity,
+                                                          " is smaller than stream ", i, "'s ",
+                                                          s.num_protected(), " protected tokens"));
+      return p;
     }
-    kept[i] = s.num_tokens;
+    p.kept[i] = s.num_tokens;
     const int64_t b = int64_t{capacity} - s.num_protected();
     if (b < s.num_candidates()) {
-      competing.push_back(i);
-      segments.push_back(streams[i].scores.subspan(s.begin, s.num_candidates()));
-      total_budget += b;
+      p.competing.push_back(i);
+      p.segments.push_back(streams[i].scores.subspan(s.begin, s.num_candidates()));
+      p.k += b;  // K = sum of B'_h over the competing streams
     }
   }
-  if (shard == nullptr) {
-    HEADPAGE_RETURN_IF_ERROR(checked);
-    if (competing.empty()) return kept;
-  }
-  // The one selection over every stream's candidates: here, or across the group
-  // (whose k and candidate count are the sums of its members').
-  std::vector<int64_t> order;
-  if (shard != nullptr) {
-    for (const size_t i : competing) order.push_back(shard->order[i]);
-  }
-  const auto top_k = [&](absl::Span<const absl::Span<const float>> segments,
-                         int64_t k) -> absl::StatusOr<internal::TopK> {
-    if (shard == nullptr) return SelectTopK(segments, k);
-    int64_t values = 0;
-    for (const auto& seg : segments) values += static_cast<int64_t>(seg.size());
-    HEADPAGE_ASSIGN_OR_RETURN(const auto sums,
-                              Agree(*shard->group, checked, {k, values}, "AdaKept"));
-    return internal::SelectTopKAcross(segments, order, shard->num_streams, *shard->group, sums[0],
-                                      sums[1]);
-  };
-
-  const double alpha = options.alpha;
-  if (options.floor == AdaFloor::kScaled) {
-    // Ada-KV: the global top-K picks c_h per stream, then
-    // B_h = round_half_even(c_h (1 - alpha) + floor(alpha B'_h)). The
-    // reference computes this in float32 (torch); double agrees with it on
-    // every exact .5 tie and is closer to the formula elsewhere. nearbyint in
-    // the default rounding mode (to nearest) rounds half to even, like
-    // torch.round.
-    HEADPAGE_ASSIGN_OR_RETURN(const internal::TopK top, top_k(segments, total_budget));
-    const std::vector<int64_t>& hits = top.counts;
-    for (size_t c = 0; c < competing.size(); ++c) {
-      const size_t i = competing[c];
-      const StreamInfo& s = (*infos)[i];
-      const int64_t b = int64_t{capacity} - s.num_protected();
-      const double scaled =
-          static_cast<double>(hits[c]) * (1.0 - alpha) + static_cast<double>(FloorOfProduct(alpha, b));
-      const int64_t budget = static_cast<int64_t>(std::nearbyint(scaled));
-      kept[i] = static_cast<int32_t>(std::min<int64_t>(budget + s.num_protected(), s.num_tokens));
-    }
-    return kept;
-  }
-
-  // kProtectTop (kvpress): each stream's top floor(alpha B'_h) candidates are in
-  // first; the rest of K is a global top-k over what remains. Only counts leave
-  // this function, so a stream's remainder is built as a multiset: the values
-  // below its safe threshold plus the threshold ties the safe set did not take.
-  std::vector<int64_t> safe(competing.size());
-  size_t total = 0;
-  for (const auto& seg : segments) total += seg.size();
-  // One past the end for the unconditional store of the compaction below;
-  // uninitialized, every value read is written first.
-  std::unique_ptr<float[]> buffer(new float[total + 1]);
-  std::vector<size_t> rest_begin(competing.size()), rest_size(competing.size());
-  size_t used = 0;
-  int64_t safe_total = 0;
-  for (size_t c = 0; c < competing.size(); ++c) {
-    const size_t i = competing[c];
-    const int64_t b = int64_t{capacity} - (*infos)[i].num_protected();
-    safe[c] = options.safe_counts_protected  // <= B'_h < candidates
-                  ? std::max<int64_t>(0, FloorOfProduct(alpha, capacity) -
-                                             (*infos)[i].num_protected())
-                  : FloorOfProduct(alpha, b);
-    safe_total += safe[c];
-    rest_begin[c] = used;
-    const float* v = segments[c].data();
-    const size_t n = segments[c].size();
-    if (safe[c] == 0) {
-      std::copy(v, v + n, buffer.get() + used);
-      used += n;
-    } else {
-      // Branch-free compaction of the values below the safe threshold (the
-      // store is unconditional, only the index moves), then the ties it left.
-      const internal::TopK top = SelectTopK({segments[c]}, safe[c]);
-      const float t = top.threshold;
-      int64_t equal = 0;
-      for (size_t j = 0; j < n; ++j) {
-        buffer[used] = v[j];
-        used += v[j] < t;
-        equal += v[j] == t;
+  if (options.floor == AdaFloor::kProtectTop) {
+    // kvpress: each stream's top floor(alpha B'_h) candidates are in first; the
+    // rest of K is a global top-k over what remains. Only counts leave AdaKept,
+    // so a stream's remainder is built as a multiset: the values below its safe
+    // threshold plus the threshold ties the safe set did not take.
+    const double alpha = options.alpha;
+    size_t total = 0;
+    for (const auto& seg : p.segments) total += seg.size();
+    // One past the end for the unconditional store of the compaction below;
+    // uninitialized, every value read is written first.
+    p.buffer.reset(new float[total + 1]);
+    p.safe.resize(p.competing.size());
+    std::vector<size_t> rest_begin(p.competing.size()), rest_size(p.competing.size());
+    size_t used = 0;
+    for (size_t c = 0; c < p.competing.size(); ++c) {
+      const size_t i = p.competing[c];
+      const int64_t b = int64_t{capacity} - p.infos[i].num_protected();
+      p.safe[c] = options.safe_counts_protected  // <= B'_h < candidates
+                      ? std::max<int64_t>(0, FloorOfProduct(alpha, capacity) -
+                                                 p.infos[i].num_protected())
+                      : FloorOfProduct(alpha, b);
+      p.k -= p.safe[c];
+      rest_begin[c] = used;
+      const float* v = p.segments[c].data();
+      const size_t n = p.segments[c].size();
+      if (p.safe[c] == 0) {
+        std::copy(v, v + n, p.buffer.get() + used);
+        used += n;
+      } else {
+        // Branch-free compaction of the values below the safe threshold (the
+        // store is unconditional, only the index moves), then the ties it left.
+        const internal::TopK top = SelectTopK({p.segments[c]}, p.safe[c]);
+        const float t = top.threshold;
+        int64_t equal = 0;
+        for (size_t j = 0; j < n; ++j) {
+          p.buffer[used] = v[j];
+          used += v[j] < t;
+          equal += v[j] == t;
+        }
+        const size_t leftover = static_cast<size_t>(equal - top.ties_taken);
+        std::fill(p.buffer.get() + used, p.buffer.get() + used + leftover, t);
+        used += leftover;
       }
-      const size_t leftover = static_cast<size_t>(equal - top.ties_taken);
-      std::fill(buffer.get() + used, buffer.get() + used + leftover, t);
-      used += leftover;
+      rest_size[c] = used - rest_begin[c];
     }
-    rest_size[c] = used - rest_begin[c];
+    for (size_t c = 0; c < p.competing.size(); ++c) {
+      p.segments[c] = absl::MakeConstSpan(p.buffer.get() + rest_begin[c], rest_size[c]);
+    }
   }
-  std::vector<absl::Span<const float>> rest(competing.size());
-  for (size_t c = 0; c < competing.size(); ++c) {
-    rest[c] = absl::MakeConstSpan(buffer.get() + rest_begin[c], rest_size[c]);
+  for (const auto& seg : p.segments) p.values += static_cast<int64_t>(seg.size());
+  return p;
+}
+
+// The kept counts, from the hits of the global top-k in each competing stream.
+std::vector<int32_t> FinishAda(AdaPrepared& p, int32_t capacity, const AdaOptions& options,
+                               absl::Span<const int64_t> hits) {
+  for (size_t c = 0; c < p.competing.size(); ++c) {
+    const size_t i = p.competing[c];
+    const StreamInfo& s = p.infos[i];
+    if (options.floor == AdaFloor::kScaled) {
+      // Ada-KV: the global top-K picks c_h per stream, then
+      // B_h = round_half_even(c_h (1 - alpha) + floor(alpha B'_h)). The
+      // reference computes this in float32 (torch); double agrees with it on
+      // every exact .5 tie and is closer to the formula elsewhere. nearbyint in
+      // the default rounding mode (to nearest) rounds half to even, like
+      // torch.round.
+      const int64_t b = int64_t{capacity} - s.num_protected();
+      const double scaled = static_cast<double>(hits[c]) * (1.0 - options.alpha) +
+                            static_cast<double>(FloorOfProduct(options.alpha, b));
+      const int64_t budget = static_cast<int64_t>(std::nearbyint(scaled));
+      p.kept[i] = static_cast<int32_t>(std::min<int64_t>(budget + s.num_protected(), s.num_tokens));
+    } else {
+      p.kept[i] = static_cast<int32_t>(p.safe[c] + hits[c] + s.num_protected());
+    }
   }
-  HEADPAGE_ASSIGN_OR_RETURN(const internal::TopK top, top_k(rest, total_budget - safe_total));
-  const std::vector<int64_t>& hits = top.counts;
-  for (size_t c = 0; c < competing.size(); ++c) {
-    const size_t i = competing[c];
-    kept[i] = static_cast<int32_t>(safe[c] + hits[c] + (*infos)[i].num_protected());
-  }
-  return kept;
+  return std::move(p.kept);
 }
 
 }  // namespace
 
 absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
                                              int32_t capacity, const AdaOptions& options) {
-  return AdaKeptOn(streams, capacity, options, nullptr);
+  AdaPrepared p = PrepareAda(streams, capacity, options, nullptr);
+  HEADPAGE_RETURN_IF_ERROR(p.checked);
+  if (p.competing.empty()) return std::move(p.kept);
+  const internal::TopK top = SelectTopK(p.segments, p.k);
+  return FinishAda(p, capacity, options, top.counts);
 }
 
 absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
                                              int32_t capacity, const AdaOptions& options,
                                              const Shard& shard) {
-  return AdaKeptOn(streams, capacity, options, &shard);
+  const AdaAllocation one[] = {{streams, capacity}};
+  HEADPAGE_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> kept, AdaKept(one, options, shard));
+  return std::move(kept[0]);
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> AdaKept(
+    absl::Span<const AdaAllocation> allocations, const AdaOptions& options, const Shard& shard) {
+  std::vector<AdaPrepared> prepared;
+  absl::Status checked = absl::OkStatus();
+  for (const AdaAllocation& a : allocations) {
+    prepared.push_back(PrepareAda(a.streams, a.capacity, options, &shard));
+    if (checked.ok()) checked = prepared.back().checked;
+  }
+  // The members go on only if every one accepted its streams; then they sum
+  // each allocation's k and values, and select them all at once.
+  HEADPAGE_RETURN_IF_ERROR(Agree(*shard.group, checked, {0, 0}, "AdaKept").status());
+  std::vector<int64_t> sums;
+  for (const AdaPrepared& p : prepared) {
+    sums.push_back(p.k);
+    sums.push_back(p.values);
+  }
+  HEADPAGE_RETURN_IF_ERROR(shard.group->AllReduceSum(absl::MakeSpan(sums)));
+  std::vector<std::vector<int64_t>> orders(prepared.size());
+  std::vector<internal::TopKProblem> problems(prepared.size());
+  for (size_t a = 0; a < prepared.size(); ++a) {
+    for (const size_t i : prepared[a].competing) orders[a].push_back(shard.order[i]);
+    problems[a] = {prepared[a].segments, orders[a], sums[2 * a], sums[2 * a + 1]};
+  }
+  HEADPAGE_ASSIGN_OR_RETURN(
+      const std::vector<internal::TopK> tops,
+      internal::SelectTopKAcross(problems, shard.num_streams, *shard.group));
+  std::vector<std::vector<int32_t>> kept;
+  for (size_t a = 0; a < prepared.size(); ++a) {
+    kept.push_back(FinishAda(prepared[a], allocations[a].capacity, options, tops[a].counts));
+  }
+  return kept;
 }
 
 }  // namespace headpage::policy

@@ -83,12 +83,26 @@ struct AdaOptions {
 // gets, for its streams, exactly the kept counts of the single call, ties
 // included. The members agree on errors first: a member whose streams are
 // refused gets its error, the others Aborted, and no member waits for ever.
-// Five all-reduces (one agreement, three histograms of 2048 counts, the tie
-// counts of shard.num_streams streams).
+// Six all-reduces (an agreement, the sums of K and of the candidates, three
+// histograms of 2048 counts, the tie counts of shard.num_streams streams).
 [[nodiscard]] absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> streams,
                                                            int32_t capacity,
                                                            const AdaOptions& options,
                                                            const Shard& shard);
+
+// One allocation of a batch: a set of streams meant to compete, at a capacity.
+struct AdaAllocation {
+  absl::Span<const StreamScores> streams;
+  int32_t capacity = 0;
+};
+
+// The group AdaKept above for several independent allocations at once (each
+// layer of a sequence, over the same heads: shard.order is each allocation's),
+// in the same six all-reduces, each the allocations' arrays end to end: a
+// compression's agreement costs the same few round trips for any number of
+// layers. Returns each allocation's kept counts.
+[[nodiscard]] absl::StatusOr<std::vector<std::vector<int32_t>>> AdaKept(
+    absl::Span<const AdaAllocation> allocations, const AdaOptions& options, const Shard& shard);
 
 // DBudgetKV (ReFreeKV's released code) for one layer. Per stream, candidates
 // (unprotected tokens) are ordered least important first: by score, or, with

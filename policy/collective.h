@@ -65,18 +65,27 @@ struct Shard {
 
 namespace internal {
 
-// SelectTopK (select.h) over segments spread across a group: the top k of all
-// members' segments together, ranked by value, equal values by (order[s],
-// index) order, earlier first. k and total, the group's count of values, are
-// already agreed (Agree); counts and ties_taken are the local segments'.
-// Three all-reduces of a 2048-bucket histogram find the threshold's bits, 11,
-// 11 and 10 at a time, and one of num_streams tie counts places the ties.
-// REQUIRES (checked: a bad order is a bug that would leave the group
-// waiting): order.size() == segments.size(), order ascends strictly inside
-// [0, num_streams). O(local values) per pass.
-[[nodiscard]] absl::StatusOr<TopK> SelectTopKAcross(
-    absl::Span<const absl::Span<const float>> segments, absl::Span<const int64_t> order,
-    int64_t num_streams, Collective& group, int64_t k, int64_t total);
+// One selection of SelectTopKAcross's batch: the segments this member holds
+// and their indices in the group's stream order, the group's k and the
+// group's count of values (already agreed: Agree, then a sum).
+struct TopKProblem {
+  absl::Span<const absl::Span<const float>> segments;
+  absl::Span<const int64_t> order;
+  int64_t k = 0;
+  int64_t total = 0;
+};
+
+// SelectTopK (select.h) over segments spread across a group, for several
+// independent selections at once: for each problem, the top k of all members'
+// segments together, ranked by value, equal values by (order[s], index) order,
+// earlier first; counts and ties_taken are the local segments'. Three
+// all-reduces of 2048 buckets per problem find the thresholds' bits, 11, 11
+// and 10 at a time, and one of num_streams tie counts per problem places the
+// ties; the problems share each all-reduce. REQUIRES (checked: a bad order is
+// a bug that would leave the group waiting): order.size() == segments.size(),
+// order ascends strictly inside [0, num_streams). O(local values) per pass.
+[[nodiscard]] absl::StatusOr<std::vector<TopK>> SelectTopKAcross(
+    absl::Span<const TopKProblem> problems, int64_t num_streams, Collective& group);
 
 }  // namespace internal
 

@@ -62,19 +62,30 @@ class PoolPressure:
         wanted = sum(cache._pages_for(state.request_id, 1)
                      for state in self.scheduler.active_requests.values()
                      if state.status == RequestStatus.DECODING)
-        deficit = wanted - cache.room(wanted)  # unused cached blocks go first
-        if deficit > 0 and self._evict(deficit) >= deficit:
-            self.budget_evictions += 1
+        deficit = self._agreed(wanted - cache.room(wanted))  # unused cached blocks go first
+        if deficit > 0:
+            self._evict(deficit)
+            if self._agreed(wanted - cache.room(wanted)) <= 0:
+                self.budget_evictions += 1
+
+    def _agreed(self, deficit):
+        """Under tensor parallelism (headpage._serving_tp) the largest of the ranks'
+        deficits, so that every rank takes the same steps; else `deficit`."""
+        tp = self.cache.tp
+        return deficit if tp is None else tp.max(deficit)
 
     def _evict(self, deficit):
         """Runs the pool budget for `deficit` pages and the headroom; returns the
         pages it freed. It evicts only from compressed requests: the others have no
-        scores."""
+        scores. Under tensor parallelism every rank runs it, for `deficit` and the
+        headroom on each rank: the ranks' engines free the total between them,
+        keeping what one engine over every head would."""
         extra = int(self.headroom * self.cache.page_pool.num_pages)
+        ranks = 1 if self.cache.tp is None else self.cache.tp.size
         before = self.cache.page_pool.free_pages
         try:
-            freed = self.cache.engine.enforce_pool_budget(deficit + extra, self.floor_tokens,
-                                                          self.protect_recent)
+            freed = self.cache.engine.enforce_pool_budget((deficit + extra) * ranks,
+                                                          self.floor_tokens, self.protect_recent)
         except MemoryError as error:
             # A stream shared with a fork cannot compact in place and found no
             # fresh pages: what the budget freed before it stays freed, and the
@@ -97,16 +108,16 @@ class PoolPressure:
         # Pages promised to the batch just scheduled are not free; unused cached
         # blocks go before any running request's tokens.
         deficit = wanted - cache.room(wanted)
-        if deficit <= 0:
+        if self._agreed(deficit) <= 0:
             return True
         if cache.engine is not None:  # none before the first step
-            freed = self._evict(deficit)
-            if freed >= deficit:
+            deficit -= self._evict(self._agreed(deficit))
+            if self._agreed(deficit) <= 0:
                 self.budget_evictions += 1
                 return True
-            deficit -= freed
         preempted = 0
-        while starved and deficit > 0 and len(self.scheduler.active_requests) - preempted > 1:
+        while starved and self._agreed(deficit) > 0 and \
+                len(self.scheduler.active_requests) - preempted > 1:
             state, _ = starved.pop()  # the newest
             pages = cache.manager.stats().pages_in_use
             cache.release(state.request_id)  # it keeps its policy
@@ -122,7 +133,7 @@ class PoolPressure:
             _log.info("headpage.serving: preempted %d requests (the pool budget freed %d pages)",
                       preempted, self.pages_evicted)
             return True
-        if starved and deficit > 0 and self.processor is not None:
+        if starved and self._agreed(deficit) > 0 and self.processor is not None:
             # The one request left cannot grow even with everything else evicted:
             # it fails with the reason, and the engine serves the waiting ones.
             state, _ = starved.pop()

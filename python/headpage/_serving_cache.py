@@ -121,13 +121,16 @@ class ServingCache(Compressions, PrefixCaching):
 
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
                  budget=None, check_invariants=False, request_policies=None, graph_rows=0,
-                 compress_every=0, prefix_caching=True, request_prefixes=None, kv_dtype="auto"):
+                 compress_every=0, prefix_caching=True, request_prefixes=None, kv_dtype="auto",
+                 tensor_parallel=None):
         shape = model_shape(model, "headpage.serving")
-        if model.dtype not in DTYPES:
-            raise NotImplementedError(f"headpage.serving: no cache dtype for {model.dtype}")
-        check_ints(1, num_pages=num_pages, page_size=page_size)
-        check_ints(0, compress_every=compress_every)
         self.policy, self.budget = resolve_policy(policy, budget)
+        # Under tensor parallelism (headpage._serving_tp) this rank's pool holds its
+        # slice of every layer's KV heads, and the ranks agree on every answer.
+        self.tp = tensor_parallel
+        if self.tp is not None:
+            shape, prefix_caching = self.tp.settle(shape, compress_every, prefix_caching,
+                                                   model.device, self.budget is not None)
         check_compress_every(compress_every, self.policy)
         # Generated tokens between decode-time compressions (0: the prompt only),
         # and the ring of decode queries they score with (made when first needed).
@@ -259,6 +262,8 @@ class ServingCache(Compressions, PrefixCaching):
         dry_run, promises them (the pages are reserved when the batch is prepared)."""
         need = self._pages_for(state.request_id, num_tokens)
         fits = self.room(need) >= need
+        if self.tp is not None:  # the scheduler runs on every rank: it fits on all or none
+            fits = self.tp.all(fits)
         if fits and not dry_run:
             if state.request_id not in self._seqs:
                 self._admit(state)
@@ -290,6 +295,8 @@ class ServingCache(Compressions, PrefixCaching):
     def compute_free_capacity(self, relative=True):
         # Unused cached blocks are reclaimed as soon as a request needs their pages.
         free = self.manager.available_pages
+        if self.tp is not None:  # the fullest rank's, so that the ranks decide alike
+            free = self.tp.min(free)
         return free / self.page_pool.num_pages if relative else free
 
     def free_blocks(self, request_id, no_cache=False):
@@ -403,6 +410,9 @@ class ServingCache(Compressions, PrefixCaching):
                                                       stream=self._stream())
             else:
                 self.engine = headpage.EvictionEngine(self.manager, self.arena)
+            if self.tp is not None and not self.engine.on_device:
+                # One budget across every rank's heads (EvictionEngine.join_group).
+                self.engine.join_group(self.tp.collective)
         if self._copies:  # copy-on-write of forked tail pages, before any write
             headpage.copy_pages(self.arena,
                                 self._to_device(np.concatenate([c[0] for c in self._copies])),

@@ -10,6 +10,7 @@ import time
 import torch
 
 import headpage
+from headpage._serving_tp import local_weight
 from headpage.hf import Skipped
 
 _log = logging.getLogger("headpage.serving")
@@ -31,7 +32,8 @@ class Compressions:
         where = self.device if self.engine.on_device else "cpu"
         # Moved (and made contiguous) once per cache, not once per compression.
         if self._projections_at is None:
-            self._projections_at = [w.detach().to(where).contiguous()
+            # Under tensor parallelism, this rank's columns (its heads' rows of W_o^T).
+            self._projections_at = [local_weight(w).detach().to(where).contiguous()
                                     for w in self._output_projections]
         return self._projections_at
 

@@ -61,6 +61,7 @@ from headpage._model import (check_compress_every, check_ints, model_shape, page
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
 from headpage._serving_compress import RECENT_RESULTS
+from headpage._serving_tp import CUDA_COMPRESSION, tensor_parallel
 
 __all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
            "RequestRefused",
@@ -124,6 +125,8 @@ def check_engine():
     need(ModelRunner, ["compute_batch", "_forward_process_and_sample", "supports_logits_to_keep"],
          "ModelRunner")
     need(ContinuousBatchingIOs, ["get_cb_kwargs", "get_model_kwargs"], "ContinuousBatchingIOs")
+    from transformers.generation.continuous_batching.distributed import DistributedHelper
+    need(DistributedHelper, ["are_kv_heads_tp_ed", "tp_all_reduce_min"], "DistributedHelper")
     public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
     theirs, ours = public(PagedAttentionCache), public(ServingCache)
     changes = [f"missing: {m}" for m in missing]
@@ -206,6 +209,10 @@ class ServingManager(ContinuousBatchingManager):
         self._next_id = 0
         _settle_engine_config(args[2])
         super().__init__(*args, **kwargs)
+        # transformers' tensor parallelism (headpage._serving_tp): this rank's heads.
+        self.tensor_parallel = tensor_parallel(self.distributed_helper)
+        if self.tensor_parallel is not None:
+            self._shape = self.tensor_parallel.local_shape(self._shape)
 
     def stats(self):
         """The pool and what eviction did so far, as a dict: num_pages, free_pages,
@@ -294,6 +301,8 @@ class ServingManager(ContinuousBatchingManager):
                 raise RequestRefused(f"headpage.serving: {error}") from None
         config, kept = chosen or self._default_policy
         compresses = kept is not None and config.compresses
+        if compresses and self.tensor_parallel is not None and self.model.device.type == "cuda":
+            raise RequestRefused(CUDA_COMPRESSION)
         every = options["compress_every"]
         if chosen is not None and compresses and every:
             # Its decode windows come from the ring, whose window is enable()'s policy's.
@@ -369,7 +378,8 @@ class ServingManager(ContinuousBatchingManager):
                                             config.max_batch_tokens or DEFAULT_BATCH_TOKENS)
             return ServingCache(self.model, config.max_batch_tokens,
                                 request_policies=self._request_policies,
-                                request_prefixes=self._request_prefixes, **options)
+                                request_prefixes=self._request_prefixes,
+                                tensor_parallel=self.tensor_parallel, **options)
 
         with _building:
             original = continuous_api.PagedAttentionCache

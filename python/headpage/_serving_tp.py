@@ -1,0 +1,97 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage.serving under transformers' tensor parallelism (docs/serving.md).
+
+transformers shards every layer's KV heads across the ranks of its tensor-parallel
+group (k_proj and v_proj column-wise: rank r of s holds heads [r H, (r + 1) H)),
+and runs the same scheduler on every rank from the requests its driver (rank 0)
+broadcasts: the ranks stay in step only if every question the scheduler asks of
+the cache gets the same answer on every rank. Each rank's headpage pool holds its
+own heads, and after head-wise compression the ranks hold different numbers of
+tokens, so their pools fill differently. TensorParallel makes the answers agree:
+a request fits when it fits on every rank, the free capacity is the fullest
+rank's, the pool budget runs on every rank when one rank needs it, and the
+ranks' eviction engines allocate one budget across all heads
+(EvictionEngine.join_group): each rank keeps, for its heads, what one engine over
+every head would keep."""
+import logging
+
+import torch
+import torch.distributed as dist
+
+from headpage._model import ModelShape
+from headpage.distributed import ProcessGroupCollective
+
+_log = logging.getLogger("headpage.serving")
+
+CUDA_COMPRESSION = ("headpage.serving: compression under tensor parallelism runs on CPU pools "
+                    "only for now (the CUDA executor does not yet agree one budget across the "
+                    "ranks)")
+
+
+class TensorParallel:
+    """The ranks of one tensor-parallel group, agreeing through transformers' CPU
+    (gloo) group of it: every method is a collective that every rank calls at the
+    same point."""
+
+    def __init__(self, helper):
+        self.size = helper.tp_size
+        self.rank = helper.tp_local_rank
+        self.group = helper.cpu_comm_group
+        self.collective = ProcessGroupCollective(self.group)
+        self._value = torch.zeros(1, dtype=torch.int64)
+
+    def _reduce(self, value, op):
+        self._value[0] = int(value)
+        dist.all_reduce(self._value, op=op, group=self.group)
+        return int(self._value[0])
+
+    def min(self, value):
+        return self._reduce(value, dist.ReduceOp.MIN)
+
+    def max(self, value):
+        return self._reduce(value, dist.ReduceOp.MAX)
+
+    def all(self, flag):
+        """True when `flag` holds on every rank."""
+        return self.min(1 if flag else 0) == 1
+
+    def settle(self, shape, compress_every, prefix_caching, device, compresses):
+        """This rank's attention shape, and whether its cache keeps prefixes (not
+        under tensor parallelism: each rank's pool reclaims cached blocks when it
+        runs short, and the ranks run short at different times, so a prompt would
+        hit on one rank and miss on another). NotImplementedError for
+        compress_every, which would need the ranks to agree at every decode step
+        of every request, and for compression on CUDA, whose executor selects on
+        the GPU and does not yet exchange its histograms (EvictionEngine.join_group)."""
+        if compresses and device.type == "cuda":
+            raise NotImplementedError(CUDA_COMPRESSION)
+        if compress_every:
+            raise NotImplementedError("headpage.serving: compress_every under tensor "
+                                      "parallelism is not supported")
+        if prefix_caching:
+            _log.info("headpage.serving: prefix caching is off under tensor parallelism "
+                      "(the ranks' caches would keep different blocks)")
+        return self.local_shape(shape), False
+
+    def local_shape(self, shape):
+        """This rank's slice of the model's attention: 1 / size of its heads."""
+        for name, heads in (("key-value", shape.num_kv_heads), ("query", shape.num_q_heads)):
+            if heads % self.size:
+                raise ValueError(f"headpage.serving: {heads} {name} heads do not split over a "
+                                 f"tensor-parallel group of {self.size}")
+        return ModelShape(shape.num_layers, shape.num_q_heads // self.size,
+                          shape.num_kv_heads // self.size, shape.head_dim)
+
+
+def tensor_parallel(helper):
+    """TensorParallel for transformers' DistributedHelper when it shards the KV
+    heads over several ranks; None otherwise (one rank, or heads replicated on
+    every rank, whose pools then fill alike)."""
+    if helper is None or helper.tp_size <= 1 or not helper.are_kv_heads_tp_ed():
+        return None
+    return TensorParallel(helper)
+
+
+def local_weight(weight):
+    """A parameter as this rank holds it (a DTensor's local shard)."""
+    return weight.to_local() if hasattr(weight, "to_local") else weight

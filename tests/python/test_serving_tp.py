@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: Apache-2.0
+"""headpage.serving under transformers' tensor parallelism, on the CPU: two real
+processes joined by gloo, each holding half of every layer's KV heads
+(from_pretrained(tp_plan="auto")) and its own headpage pool, serve a seeded
+random Llama as one process holding every head does: the same greedy tokens at
+the full budget (forks included), and under ada-snapkv the same tokens and, on
+each rank, the kept counts of one process for its heads. With a pool so small
+that the pool budget and preemption step in, the two ranks take every decision
+together (same tokens, same counts) and their pools' invariants hold at every
+step."""
+import json
+import os
+import socket
+import traceback
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+pytest.importorskip("transformers")
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers.distributed import DistributedConfig  # noqa: E402
+from transformers.generation.configuration_utils import ContinuousBatchingConfig  # noqa: E402
+
+SIZE = 2
+# (policy, budget, pages per rank, num_return_sequences, requests, new tokens). Under
+# "pressure" the ranks' pools run short at different steps (their heads keep different
+# numbers of tokens): without the agreements their schedulers part ways in a few steps.
+RUNS = {"full": ("full", None, 2048, 2, 4, 12), "ada": ("ada-snapkv", "30%", 2048, 1, 4, 12),
+        "pressure": ("ada-snapkv", "30%", 100, 1, 10, 40)}
+
+
+def prompts(n):
+    return [[1 + (i * 7 + j * 3) % 500 for j in range(60 + 23 * (i % 5))] for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A Llama of 2 layers, 8 query and 4 key-value heads, seeded random weights."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
+                         max_position_embeddings=2048, bos_token_id=0, pad_token_id=0,
+                         eos_token_id=None)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def serve(model, run, pages):
+    """Serves the run's prompts through headpage.serving; returns the tokens, each request's
+    kept counts (or why it was skipped) and the pool's counters."""
+    import headpage.serving as serving
+    policy, budget, _, sequences, requests, new_tokens = RUNS[run]
+    serving.enable(model, num_pages=pages, page_size=8, policy=policy, budget=budget,
+                   floor_tokens=8, protect_recent=4, check_invariants=True)
+    # Forks need sampling; top_k=1 samples the argmax, as greedy search does.
+    generation = GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=1, eos_token_id=None,
+                                  pad_token_id=0, num_return_sequences=sequences)
+    out = model.generate_batch(prompts(requests), generation_config=generation,
+                               continuous_batching_config=ContinuousBatchingConfig(
+                                   max_batch_tokens=64, cpu_group_timeout=60),
+                               persistent_manager=True)
+    manager = model._cached_continuous_batching_manager
+    kept = {rid: (r.kept.tolist() if hasattr(r, "kept") else "skipped")
+            for rid, r in manager.serving_cache.compressions.items()}
+    stats = manager.stats()
+    model.destroy_cached_continuous_batching_manager()
+    return dict(tokens={rid: out[rid].generated_tokens for rid in sorted(out)}, kept=kept,
+                stats={k: stats[k] for k in ("compressed", "pool_budget_evictions", "preemptions",
+                                             "starved", "failures")})
+
+
+def rank_main(rank, port, model_dir, results):
+    try:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(SIZE),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        model = LlamaForCausalLM.from_pretrained(
+            model_dir, distributed_config=DistributedConfig(tp_plan="auto"), dtype=torch.float32)
+        assert model.model.layers[0].self_attn.k_proj.weight.to_local().shape[0] == 2 * 16
+        results[rank] = json.dumps({run: serve(model, run, RUNS[run][2]) for run in RUNS})
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    except BaseException:  # noqa: BLE001 (reported to the test)
+        results[rank] = "failed: " + traceback.format_exc()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_serve_as_one_process(model_dir):
+    results = mp.Manager().dict()
+    mp.start_processes(rank_main, args=(free_port(), model_dir, results), nprocs=SIZE,
+                       join=True, start_method="spawn")
+    ranks = []
+    for rank in range(SIZE):
+        assert not results[rank].startswith("failed"), results[rank]
+        ranks.append(json.loads(results[rank]))
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    heads = 4 // SIZE
+    for run in ("full", "ada"):
+        # One process over every head, with the pages of both ranks' pools.
+        single = serve(model, run, RUNS[run][2] * SIZE)
+        for rank, got in enumerate(ranks):
+            assert got[run]["tokens"] == single["tokens"], (run, rank)
+            assert got[run]["kept"].keys() == single["kept"].keys()
+            for rid, kept in single["kept"].items():
+                mine = got[run]["kept"][rid]
+                want = kept if kept == "skipped" else [layer[rank * heads:(rank + 1) * heads]
+                                                       for layer in kept]
+                assert mine == want, (run, rid, rank)
+    assert len(ranks[0]["full"]["tokens"]) == 2 * 4  # forked children
+    assert single["stats"]["compressed"] >= 2
+    # Under pressure the ranks decide together, whatever one process would do.
+    for part in ("tokens", "stats"):  # kept counts are each rank's own heads'
+        assert ranks[0]["pressure"][part] == ranks[1]["pressure"][part], part
+    assert ranks[0]["pressure"]["kept"].keys() == ranks[1]["pressure"]["kept"].keys()
+    stats = ranks[0]["pressure"]["stats"]
+    assert stats["pool_budget_evictions"] + stats["preemptions"] > 0, stats
+    assert stats["failures"] == 0 and len(ranks[0]["pressure"]["tokens"]) == 10
