@@ -57,16 +57,24 @@ class PoolPressure:
         of them out. Prefilling requests have no scores yet; what they lack is
         offload_requests' to find."""
         cache = self.cache
+        cache.decode_promises = None
         if cache.engine is None:
             return
-        wanted = sum(cache._pages_for(state.request_id, 1)
-                     for state in self.scheduler.active_requests.values()
-                     if state.status == RequestStatus.DECODING)
+        needs = {state.request_id: cache._pages_for(state.request_id, 1)
+                 for state in self.scheduler.active_requests.values()
+                 if state.status == RequestStatus.DECODING}
+        wanted = sum(needs.values())
         deficit = self._agreed(wanted - cache.room(wanted))  # unused cached blocks go first
         if deficit > 0:
             self._evict(deficit)
             if self._agreed(wanted - cache.room(wanted)) <= 0:
                 self.budget_evictions += 1
+        elif cache.tp is not None:
+            # Every rank holds the next token of every decoding request: the
+            # scheduler's questions about them need no agreement this round
+            # (ServingCache.can_store_request_tokens). After an eviction the
+            # needs changed, and the questions are agreed one by one.
+            cache.decode_promises = needs
 
     def _agreed(self, deficit):
         """Under tensor parallelism (headpage._serving_tp) the largest of the ranks'

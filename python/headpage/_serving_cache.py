@@ -5,7 +5,6 @@ the attention of each layer over the pool (docs/serving.md)."""
 import collections
 import logging
 import time
-import typing
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from headpage._model import (DTYPES, check_compress_every, check_ints, make_aren
                              output_projections, pages_for_tokens, resolve_policy)
 from headpage._serving_compress import Compressions
 from headpage._serving_prefix import PrefixCaching, headwise_prefill_attention
+from headpage._serving_step import StepRecord, _StepInputs, _StepRow
 
 _log = logging.getLogger("headpage.serving")
 
@@ -59,61 +59,6 @@ class _NoSectorPool:
         return None
 
 
-class _StepRow:
-    """One request of the step being run: its rows [first, first + count) of the
-    packed batch, at logical positions past..past + count - 1. compress_at is the
-    logical length at which its prompt is compressed (None: it is not): the
-    prompt's length, or one less for a request that forks for
-    num_return_sequences. transformers forks such a request after prefilling all
-    but its last prompt token, so it is compressed then, and its children share
-    the compressed pages."""
-    __slots__ = ("request_id", "seq", "past", "count", "first", "slots", "compress_at")
-
-    def __init__(self, request_id, seq, past, count, first, slots, compress_at):
-        self.request_id, self.seq, self.past, self.count = request_id, seq, past, count
-        self.first, self.slots, self.compress_at = first, slots, compress_at
-
-    @property
-    def is_decode(self):
-        return self.count == 1 and self.past > 0
-
-    @property
-    def observes(self):
-        """Whether some of its rows are queries of the prompt still to be compressed."""
-        return self.compress_at is not None and self.past < self.compress_at
-
-    @property
-    def ends_prompt(self):
-        return self.observes and self.compress_at <= self.past + self.count
-
-
-class _StepInputs:
-    """What every layer of one step reads (ServingCache._prepare_step). A step run
-    as a CUDA graph (graph_rows set) reads only static device buffers, padded to
-    graph_rows decode rows."""
-    __slots__ = ("slots", "positions", "decode", "prefill", "observing", "decode_at", "seqs",
-                 "tables", "splits", "workspace", "graph_rows", "ring_index")
-
-    def __init__(self):
-        self.slots = self.positions = self.decode_at = self.seqs = self.tables = None
-        self.workspace = self.graph_rows = self.ring_index = None
-        self.decode, self.prefill, self.observing = [], [], []
-        self.splits = 1
-
-
-class StepRecord(typing.NamedTuple):
-    """One engine step, as ServingCache records it when record_steps is set."""
-    began: float          # time.perf_counter() when its first layer ran
-    requests: int         # rows of the batch: requests with tokens in the step
-    decoding: int         # of which one token of decode
-    prefill_tokens: int   # prompt tokens of the others
-    kv_tokens_read: int   # tokens the decode rows' attention read, over every stream
-    pool_evictions: int   # pool-budget evictions run while the step was scheduled
-    graph: bool           # whether it ran as a CUDA graph
-    tables: str           # what the decode tables needed: "", "new", "refresh",
-                          # "rebuilt" (a layer copied whole) or "reset" (another batch)
-
-
 class ServingCache(Compressions, PrefixCaching):
     """What transformers' continuous-batching engine asks of its cache, answered
     from a headpage pool (duck-typed: the engine reads the attributes and calls
@@ -128,6 +73,9 @@ class ServingCache(Compressions, PrefixCaching):
         # Under tensor parallelism (headpage._serving_tp) this rank's pool holds its
         # slice of every layer's KV heads, and the ranks agree on every answer.
         self.tp = tensor_parallel
+        # Under tensor parallelism, the pages each decoding request's next token
+        # needs, when every rank holds them all this round (PoolPressure sets it).
+        self.decode_promises = None
         if self.tp is not None:
             shape, prefix_caching = self.tp.settle(shape, compress_every, prefix_caching,
                                                    model.device, self.budget is not None)
@@ -261,9 +209,16 @@ class ServingCache(Compressions, PrefixCaching):
         """Whether the pool can take `num_tokens` more of the request; unless
         dry_run, promises them (the pages are reserved when the batch is prepared)."""
         need = self._pages_for(state.request_id, num_tokens)
-        fits = self.room(need) >= need
-        if self.tp is not None:  # the scheduler runs on every rank: it fits on all or none
-            fits = self.tp.all(fits)
+        held = self.decode_promises  # under tensor parallelism: set aside for decoding
+        if held is not None and num_tokens == 1 and state.request_id in held:
+            fits = True  # every rank has its next token's pages (PoolPressure)
+            if not dry_run:
+                held.pop(state.request_id)
+        else:
+            kept = sum(held.values()) if held else 0
+            fits = self.room(need + kept) >= need + kept
+            if self.tp is not None:  # the scheduler runs on every rank: it fits on all or none
+                fits = self.tp.all(fits)
         if fits and not dry_run:
             if state.request_id not in self._seqs:
                 self._admit(state)
@@ -370,6 +325,7 @@ class ServingCache(Compressions, PrefixCaching):
         if self._step_done:
             self._step, self._step_done = [], False
             self._promised_pages = 0  # what was promised is being reserved now
+            self.decode_promises = None
         seq = self._seqs[request_id]
         plan = self.manager.reserve(seq, query_length)
         if len(plan.copy_src):  # run at the step's first layer, on the model's stream

@@ -490,7 +490,7 @@ def test_requests_are_compressed_again_every_n_generated_tokens(device, monkeypa
 def test_decode_windows_return_each_requests_last_queries_in_order():
     from headpage._decode_windows import DecodeWindows
     from headpage._model import model_shape
-    from headpage._serving_cache import _StepRow
+    from headpage._serving_step import _StepRow
 
     shape = model_shape(small_model(), "test")
     windows = DecodeWindows(shape, 4, torch.device("cpu"), torch.float32, slots=2)
