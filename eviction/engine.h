@@ -156,6 +156,14 @@ class EvictionEngine {
   // REQUIRES: the group outlives the engine.
   [[nodiscard]] absl::Status JoinGroup(policy::Collective* group);
 
+  // In a group (JoinGroup): reports `error` to the group, meeting the other
+  // members at their next agreement point (every one is a policy::Agree), so
+  // that they fail too, and returns it. Without a group (or for OK), returns
+  // it. The engine uses it for its own failures; an embedder calls it when it
+  // refuses a call before it reaches the engine (a binding's bad argument),
+  // where the other members are already in that call.
+  [[nodiscard]] absl::Status FailTogether(absl::Status error);
+
   // The score the engine keeps for each token of `seq`: [stream][slot] over
   // each stream's scored tokens (a prefix of its slots; the tokens appended
   // since the engine last scored the stream have none). For inspection and
@@ -239,10 +247,6 @@ class EvictionEngine {
                                      absl::Span<const LayerQueries> queries,
                                      const DecodeSchedule& schedule);
 
-  // Group mode (JoinGroup): reports `error` to the group, meeting the other
-  // members at their next agreement point (every one is a policy::Agree), and
-  // returns it. Without a group, just returns it.
-  absl::Status FailTogether(absl::Status error);
   // The kept counts of `streams` under a capacity-bound allocator; in a group
   // an Ada allocator agrees with the members (order: the streams' indices among
   // the group's, GroupOrder). Errors of an agreed allocation were agreed.

@@ -225,15 +225,10 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
   } else {
     // The members hold the same sequences (a replicated scheduler made them):
     // stream i of sequence s, layer l is the group's (s L + l) H_group + rank H + h.
-    HEADPAGE_ASSIGN_OR_RETURN(
-        const auto sums, policy::Agree(*group_, gathered,
-                                       {static_cast<int64_t>(seqs.size()), 0},
-                                       "EvictionEngine::EnforcePoolBudget"));
-    if (sums[0] != static_cast<int64_t>(seqs.size()) * group_->size()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "EnforcePoolBudget: the group's members hold different numbers of scored sequences "
-          "(this one ", seqs.size(), ", ", sums[0], " in all)"));
-    }
+    HEADPAGE_RETURN_IF_ERROR(
+        policy::Agree(*group_, gathered, {0, 0}, "EvictionEngine::EnforcePoolBudget").status());
+    HEADPAGE_RETURN_IF_ERROR(policy::AgreeSame(*group_, static_cast<int64_t>(seqs.size()),
+                                               "EnforcePoolBudget: the scored sequences"));
     std::vector<int64_t> order;
     for (size_t s = 0; s < seqs.size(); ++s) {
       for (int32_t layer = 0; layer < g.num_layers; ++layer) {

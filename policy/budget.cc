@@ -329,6 +329,7 @@ absl::StatusOr<std::vector<int32_t>> AdaKept(absl::Span<const StreamScores> stre
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> AdaKept(
     absl::Span<const AdaAllocation> allocations, const AdaOptions& options, const Shard& shard) {
+  if (shard.group == nullptr) return absl::InvalidArgumentError("AdaKept: the shard has no group");
   std::vector<AdaPrepared> prepared;
   absl::Status checked = absl::OkStatus();
   for (const AdaAllocation& a : allocations) {
@@ -338,6 +339,9 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> AdaKept(
   // The members go on only if every one accepted its streams; then they sum
   // each allocation's k and values, and select them all at once.
   HEADPAGE_RETURN_IF_ERROR(Agree(*shard.group, checked, {0, 0}, "AdaKept").status());
+  // A batch of another length on some member would misalign every exchange.
+  HEADPAGE_RETURN_IF_ERROR(AgreeSame(*shard.group, static_cast<int64_t>(allocations.size()),
+                                     "AdaKept: the number of allocations"));
   std::vector<int64_t> sums;
   for (const AdaPrepared& p : prepared) {
     sums.push_back(p.k);

@@ -172,6 +172,7 @@ absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> s
                                                 absl::Span<const int32_t> floors,
                                                 int32_t page_size, int64_t pages_to_free,
                                                 const Shard& shard) {
+  if (shard.group == nullptr) return absl::InvalidArgumentError("GlobalKept: the shard has no group");
   absl::StatusOr<Candidates> inspected = Inspect(streams, floors, page_size, pages_to_free);
   if (inspected.ok() && shard.order.size() != streams.size()) {
     inspected = absl::InvalidArgumentError(absl::StrCat(
@@ -185,18 +186,13 @@ absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> s
           "), stream ", i, " has ", o));
     }
   }
-  // The members agree on their inputs and on what the floors let the group free.
-  HEADPAGE_ASSIGN_OR_RETURN(
-      const auto sums, Agree(*shard.group, inspected.status(),
-                             {inspected.ok() ? inspected->freeable : 0, pages_to_free}, "GlobalKept"));
+  // The members agree on their inputs, on the target, and on what the floors
+  // let the group free.
+  const int64_t freeable = inspected.ok() ? inspected->freeable : 0;
+  HEADPAGE_ASSIGN_OR_RETURN(const auto sums,
+                            Agree(*shard.group, inspected.status(), {freeable, 0}, "GlobalKept"));
+  HEADPAGE_RETURN_IF_ERROR(AgreeSame(*shard.group, pages_to_free, "GlobalKept: pages_to_free"));
   Candidates& c = *inspected;
-  if (sums[1] != pages_to_free * shard.group->size()) {
-    // Every member must ask for the same pages; the group cannot go on otherwise.
-    // (Decided alike everywhere only when all ask alike, which is the contract.)
-    return absl::InvalidArgumentError(absl::StrCat(
-        "GlobalKept: the members asked for different pages_to_free (this one ", pages_to_free,
-        ", the group's sum ", sums[1], ")"));
-  }
   if (pages_to_free == 0) return c.kept;
   if (sums[0] < pages_to_free) return c.min_kept;
 
@@ -227,8 +223,8 @@ absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> s
     thresholds.clear();
     const uint64_t width = hi - lo;
     for (int j = 1; j <= kSplits; ++j) {
-      const uint64_t t = lo + static_cast<uint64_t>(
-                                  (static_cast<unsigned __int128>(width) * j) / kSplits);
+      // lo + floor(width * j / kSplits), without overflowing 64 bits.
+      const uint64_t t = lo + (width / kSplits) * j + (width % kSplits) * j / kSplits;
       if (thresholds.empty() || t > thresholds.back()) thresholds.push_back(t);
     }
     freed_below(thresholds, &freed);
@@ -254,9 +250,9 @@ absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> s
     const int64_t cap = c.kept[i] - c.min_kept[i];
     base[i] = std::min<int64_t>(static_cast<int64_t>(below), cap);
     ties[i] = std::min<int64_t>(static_cast<int64_t>(at), cap) - base[i];
-    const int64_t pages_base = PagesFor(c.kept[i], page_size) - PagesFor(c.kept[i] - base[i], page_size);
-    const int64_t pages_all =
-        PagesFor(c.kept[i], page_size) - PagesFor(c.kept[i] - base[i] - ties[i], page_size);
+    const int64_t pages_before = PagesFor(c.kept[i], page_size);
+    const int64_t pages_base = pages_before - PagesFor(c.kept[i] - base[i], page_size);
+    const int64_t pages_all = pages_before - PagesFor(c.kept[i] - base[i] - ties[i], page_size);
     base_sum += pages_base;
     adds[shard.order[i]] += pages_all - pages_base;
   }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/check.h"
 #include "core/status.h"
 
@@ -20,9 +21,21 @@ absl::StatusOr<std::array<int64_t, 2>> Agree(Collective& group, const absl::Stat
   if (message[0] > 0) {
     return absl::AbortedError(absl::StrCat(who, ": ", message[0], " other member",
                                            message[0] == 1 ? "" : "s", " of the group (of ",
-                                           group.size(), ") failed; nothing was changed here"));
+                                           group.size(), ") failed, and this one stopped with "
+                                           "it (steps already taken here stay taken)"));
   }
   return std::array<int64_t, 2>{message[1], message[2]};
+}
+
+absl::Status AgreeSame(Collective& group, int64_t value, const char* what) {
+  std::vector<int64_t> values(static_cast<size_t>(group.size()), 0);
+  values[static_cast<size_t>(group.rank())] = value;
+  HEADPAGE_RETURN_IF_ERROR(group.AllReduceSum(absl::MakeSpan(values)));
+  if (std::all_of(values.begin(), values.end(), [&](int64_t v) { return v == values[0]; })) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(what, " differs between the members of the "
+                                                 "group: ", absl::StrJoin(values, ", ")));
 }
 
 namespace internal {

@@ -63,6 +63,12 @@ struct Shard {
                                                            std::array<int64_t, 2> values,
                                                            const char* who);
 
+// Whether every member passed the same `value` (an argument the contract
+// says they share): OK, or InvalidArgument naming `what` and the values on
+// every member alike. One all-reduce of size() values (each member's in its
+// slot), so the verdict comes from the same numbers everywhere.
+[[nodiscard]] absl::Status AgreeSame(Collective& group, int64_t value, const char* what);
+
 namespace internal {
 
 // One selection of SelectTopKAcross's batch: the segments this member holds
@@ -79,8 +85,8 @@ struct TopKProblem {
 // independent selections at once: for each problem, the top k of all members'
 // segments together, ranked by value, equal values by (order[s], index) order,
 // earlier first; counts and ties_taken are the local segments'. Three
-// all-reduces of 2048 buckets per problem find the thresholds' bits, 11, 11
-// and 10 at a time, and one of num_streams tie counts per problem places the
+// all-reduces of 2048, 2048 and 1024 buckets per problem find the thresholds'
+// bits, 11, 11 and 10 at a time, and one of num_streams tie counts per problem places the
 // ties; the problems share each all-reduce. REQUIRES (checked: a bad order is
 // a bug that would leave the group waiting): order.size() == segments.size(),
 // order ascends strictly inside [0, num_streams). O(local values) per pass.

@@ -94,10 +94,13 @@ class PoolPressure:
         try:
             freed = self.cache.engine.enforce_pool_budget((deficit + extra) * ranks,
                                                           self.floor_tokens, self.protect_recent)
-        except MemoryError as error:
+        except (MemoryError, RuntimeError) as error:
             # A stream shared with a fork cannot compact in place and found no
-            # fresh pages: what the budget freed before it stays freed, and the
-            # caller preempts for the rest.
+            # fresh pages (MemoryError; under tensor parallelism the other ranks
+            # stop with it, RuntimeError): what the budget freed before it stays
+            # freed, and the caller preempts for the rest, on every rank alike.
+            if isinstance(error, RuntimeError) and self.cache.tp is None:
+                raise
             freed = self.cache.page_pool.free_pages - before
             _log.warning("headpage.serving: the pool budget stopped short: %s", error)
         self.pages_evicted += freed

@@ -67,7 +67,12 @@ class PrefixCaching:
         """Under memory pressure: every unused cached block and every compressed
         prefix no request runs on goes back to the pool."""
         freed = self.manager.reclaim_cached_pages(self.page_pool.num_pages) > 0
-        return self._drop_unused_prefixes(lambda: False) or freed
+        freed = self._drop_unused_prefixes(lambda: False) or freed
+        if self.tp is not None:
+            # transformers asks the free capacity again (an agreement) when this is
+            # true: every rank must answer alike (it holds no cache under TP anyway).
+            freed = self.tp.max(int(freed)) > 0
+        return freed
 
     def _drop_unused_prefixes(self, enough):
         """Frees compressed prefixes that no live request started on, least

@@ -301,8 +301,15 @@ class ServingManager(ContinuousBatchingManager):
                 raise RequestRefused(f"headpage.serving: {error}") from None
         config, kept = chosen or self._default_policy
         compresses = kept is not None and config.compresses
-        if compresses and self.tensor_parallel is not None and self.model.device.type == "cuda":
-            raise RequestRefused(CUDA_COMPRESSION)
+        if self.tensor_parallel is not None:
+            if compresses and self.model.device.type == "cuda":
+                raise RequestRefused(CUDA_COMPRESSION)
+            if chosen is not None or compressed_prefix is not None:
+                # transformers broadcasts the request to the other ranks, not these.
+                raise RequestRefused("headpage.serving: a request's own policy, budget or "
+                                     "compressed_prefix is not supported under tensor "
+                                     "parallelism (only rank 0 would know them); "
+                                     "enable()'s apply to every request")
         every = options["compress_every"]
         if chosen is not None and compresses and every:
             # Its decode windows come from the ring, whose window is enable()'s policy's.

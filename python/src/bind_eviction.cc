@@ -149,19 +149,43 @@ void AddOutputProjections(const CacheGeometry& g, const std::vector<In>& project
   }
 }
 
+// Runs `convert` (a binding's checks and conversions, which raise); in a group,
+// a raise first tells the other members, already in the engine's call, that
+// this one failed (EvictionEngine::FailTogether), so that they raise too.
+template <typename Convert>
+auto InGroup(Engine& e, const char* what, Convert convert) {
+  try {
+    return convert();
+  } catch (const std::exception& error) {
+    if (e.group != nullptr) {
+      const absl::Status told = e.engine.FailTogether(absl::InvalidArgumentError(
+          absl::StrCat(what, ": refused before the engine: ", error.what())));
+      (void)told;  // the raise below carries the reason
+    }
+    throw;
+  }
+}
+
 Compression Compress(Engine& e, SeqId seq, nb::handle policy, nb::handle budget,
                      const std::vector<In>& queries, const std::vector<In>& positions,
                      const std::optional<std::vector<In>>& output_projections) {
   const CacheGeometry& g = e.manager->geometry();
-  const PolicyConfig config = PolicyOf(policy);
-  const Budget b = BudgetOf(budget);
-  std::vector<LayerQueries> q = QueriesOf(g, queries, positions, e.place);
-  if (output_projections) AddOutputProjections(g, *output_projections, e.place, &q);
+  struct Call {
+    PolicyConfig config;
+    Budget budget;
+    std::vector<LayerQueries> queries;
+  };
+  Call call = InGroup(e, "EvictionEngine.compress", [&] {
+    Call c{PolicyOf(policy), BudgetOf(budget), QueriesOf(g, queries, positions, e.place)};
+    if (output_projections) AddOutputProjections(g, *output_projections, e.place, &c.queries);
+    NotInUse(*e.manager);
+    return c;
+  });
   absl::StatusOr<CompressResult> result;
   {
     const InUse busy(*e.manager, "EvictionEngine.compress");
     nb::gil_scoped_release release;
-    result = e.engine.Compress(seq, config, b, q);
+    result = e.engine.Compress(seq, call.config, call.budget, call.queries);
   }
   CompressResult r = ValueOrThrow(std::move(result));
   return Compression{r.tokens_before,
@@ -175,6 +199,10 @@ Compression Compress(Engine& e, SeqId seq, nb::handle policy, nb::handle budget,
 int64_t EnforcePoolBudget(Engine& e, int64_t pages_to_free, int32_t floor_tokens,
                           int32_t protect_recent) {
   absl::StatusOr<int64_t> freed;
+  InGroup(e, "EvictionEngine.enforce_pool_budget", [&] {
+    NotInUse(*e.manager);
+    return 0;
+  });
   {
     const InUse busy(*e.manager, "EvictionEngine.enforce_pool_budget");
     nb::gil_scoped_release release;

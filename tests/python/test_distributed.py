@@ -53,7 +53,8 @@ def compress_heads(first, heads, policy, budget, group=None, seq_offset=0):
                     values[layer, :, first:first + heads].contiguous(),
                     plan.slot_mapping[:, layer, :], positions)
     q_first, q_heads = first * GROUP, heads * GROUP
-    config = hp.policy_by_name(policy)
+    # An unknown name goes to compress() as it is, for the binding to refuse.
+    config = hp.policy_by_name(policy if policy in hp.POLICIES else "ada-snapkv")
     observed = config.observed_queries(PROMPT)
     window = [queries[layer, q_first:q_first + q_heads, PROMPT - observed:].contiguous()
               for layer in range(LAYERS)]
@@ -128,10 +129,14 @@ def rank_main(rank, size, port, results):
                 out[policy, budget] = (kept, positions)
         # Rank 1 names a sequence it does not have: every rank raises, then the same
         # call without the mistake succeeds on both.
+        # Then rank 1 names a policy there is none of: the binding refuses it before
+        # the engine, and still the others raise instead of waiting for it.
         errors = []
-        for offset in (99 if rank == 1 else 0, 0):
+        calls = [(99 if rank == 1 else 0, "ada-snapkv"), (0, "ada-snapkv"),
+                 (0, "no-such-policy" if rank == 1 else "ada-snapkv"), (0, "ada-snapkv")]
+        for offset, policy in calls:
             try:
-                compress_heads(rank * heads, heads, "ada-snapkv", "20%", group, offset)
+                compress_heads(rank * heads, heads, policy, "20%", group, offset)
                 errors.append(None)
             except Exception as e:  # noqa: BLE001 (the type is what is checked)
                 errors.append(f"{type(e).__name__}: {e}")
@@ -171,11 +176,13 @@ def test_a_gloo_group_keeps_what_one_engine_keeps(size):
             for stream, streams in enumerate(results[rank]["pool"][i][1]):
                 assert streams == kept[stream][rank * heads:(rank + 1) * heads], (target, rank)
     failed = results[1]["errors"]
-    assert failed[0].startswith("KeyError") and failed[1] is None
+    assert failed[0].startswith("KeyError") and failed[1] is None and failed[3] is None
+    assert failed[2].startswith("ValueError") and "no-such-policy" in failed[2], failed[2]
     for rank in [0] + list(range(2, size)):
-        first, second = results[rank]["errors"]
-        assert first.startswith("RuntimeError") and "other member of the group" in first, first
-        assert second is None
+        first, second, third, fourth = results[rank]["errors"]
+        for refused in (first, third):
+            assert refused.startswith("RuntimeError") and "other member of the group" in refused
+        assert second is None and fourth is None
 
 
 class BrokenGroup:

@@ -119,5 +119,5 @@ def test_two_ranks_serve_as_one_process(model_dir):
         assert ranks[0]["pressure"][part] == ranks[1]["pressure"][part], part
     assert ranks[0]["pressure"]["kept"].keys() == ranks[1]["pressure"]["kept"].keys()
     stats = ranks[0]["pressure"]["stats"]
-    assert stats["pool_budget_evictions"] + stats["preemptions"] > 0, stats
+    assert stats["pool_budget_evictions"] > 0, stats  # the group budget ran
     assert stats["failures"] == 0 and len(ranks[0]["pressure"]["tokens"]) == 10

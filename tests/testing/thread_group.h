@@ -9,6 +9,7 @@
 #ifndef HEADPAGE_TESTS_TESTING_THREAD_GROUP_H_
 #define HEADPAGE_TESTS_TESTING_THREAD_GROUP_H_
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -74,8 +75,12 @@ class ThreadGroup {
       arrived_ = 0;
       ++generation_;
       done_.notify_all();
-    } else {
-      done_.wait(lock, [&] { return generation_ != round; });
+    } else if (!done_.wait_for(lock, std::chrono::seconds(60),
+                               [&] { return generation_ != round; })) {
+      // A member that never comes: the protocol bug the tests look for, reported
+      // instead of hanging the test (the group is unusable afterwards).
+      return absl::DeadlineExceededError(
+          absl::StrCat("ThreadGroup: round ", round, " waited 60 s for a member"));
     }
     // Members that brought arrays of different sizes have called out of turn:
     // the protocol bug the tests look for.
