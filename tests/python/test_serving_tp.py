@@ -71,14 +71,15 @@ def serve(model, run, pages):
                                              "starved", "failures")})
 
 
-def rank_main(rank, port, model_dir, results):
+def rank_main(rank, port, model_dir, results, runs=tuple(RUNS)):
     try:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(SIZE),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                          NCCL_NVLS_ENABLE="0")  # NVLink multicast stays off
         model = LlamaForCausalLM.from_pretrained(
             model_dir, distributed_config=DistributedConfig(tp_plan="auto"), dtype=torch.float32)
         assert model.model.layers[0].self_attn.k_proj.weight.to_local().shape[0] == 2 * 16
-        results[rank] = json.dumps({run: serve(model, run, RUNS[run][2]) for run in RUNS})
+        results[rank] = json.dumps({run: serve(model, run, RUNS[run][2]) for run in runs})
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     except BaseException:  # noqa: BLE001 (reported to the test)
@@ -121,3 +122,18 @@ def test_two_ranks_serve_as_one_process(model_dir):
     stats = ranks[0]["pressure"]["stats"]
     assert stats["pool_budget_evictions"] > 0, stats  # the group budget ran
     assert stats["failures"] == 0 and len(ranks[0]["pressure"]["tokens"]) == 10
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < SIZE, reason="needs two GPUs of one host")
+def test_two_gpus_serve_as_one_gpu(model_dir):
+    """The same model over NCCL on two GPUs (transformers places each rank on its own
+    device), at the full budget: one GPU's tokens, forks included. Compression under
+    tensor parallelism runs on CPU pools only for now."""
+    results = mp.Manager().dict()
+    mp.start_processes(rank_main, args=(free_port(), model_dir, results, ("full",)),
+                       nprocs=SIZE, join=True, start_method="spawn")
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda:0")
+    single = serve(model, "full", RUNS["full"][2] * SIZE)
+    for rank in range(SIZE):
+        assert not results[rank].startswith("failed"), results[rank]
+        assert json.loads(results[rank])["full"]["tokens"] == single["tokens"], rank
