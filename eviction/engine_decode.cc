@@ -221,7 +221,8 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
   std::vector<int32_t> kept;
   if (group_ == nullptr) {
     HEADPAGE_RETURN_IF_ERROR(gathered);
-    HEADPAGE_ASSIGN_OR_RETURN(kept, policy::GlobalKept(streams, floors, g.page_size, pages_to_free));
+    HEADPAGE_ASSIGN_OR_RETURN(kept,
+                              policy::GlobalKept(streams, floors, g.page_size, pages_to_free));
   } else {
     // The members hold the same sequences (a replicated scheduler made them):
     // stream i of sequence s, layer l is the group's (s L + l) H_group + rank H + h.

@@ -11,10 +11,12 @@
 namespace headpage {
 
 absl::Status EvictionEngine::JoinGroup(policy::Collective* group) {
-  if (group == nullptr) return absl::InvalidArgumentError("EvictionEngine::JoinGroup: group is null");
+  if (group == nullptr) {
+    return absl::InvalidArgumentError("EvictionEngine::JoinGroup: group is null");
+  }
   if (group->size() < 1 || group->rank() < 0 || group->rank() >= group->size()) {
-    return absl::InvalidArgumentError(absl::StrCat("EvictionEngine::JoinGroup: rank ",
-                                                   group->rank(), " of a group of ", group->size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EvictionEngine::JoinGroup: rank ", group->rank(), " of a group of ", group->size()));
   }
   if (cuda_ != nullptr) {
     return absl::UnimplementedError(

@@ -191,7 +191,8 @@ AdaPrepared PrepareAda(absl::Span<const StreamScores> streams, int32_t capacity,
                                                         static_cast<int>(options.floor)));
   } else if (shard != nullptr && shard->order.size() != streams.size()) {
     p.checked = absl::InvalidArgumentError(absl::StrCat(
-        "AdaKept: ", streams.size(), " streams but ", shard->order.size(), " in the shard's order"));
+        "AdaKept: ", streams.size(), " streams but ", shard->order.size(),
+        " in the shard's order"));
   }
   for (size_t i = 0; p.checked.ok() && shard != nullptr && i < streams.size(); ++i) {
     const int64_t o = shard->order[i];

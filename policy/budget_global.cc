@@ -172,7 +172,9 @@ absl::StatusOr<std::vector<int32_t>> GlobalKept(absl::Span<const StreamScores> s
                                                 absl::Span<const int32_t> floors,
                                                 int32_t page_size, int64_t pages_to_free,
                                                 const Shard& shard) {
-  if (shard.group == nullptr) return absl::InvalidArgumentError("GlobalKept: the shard has no group");
+  if (shard.group == nullptr) {
+    return absl::InvalidArgumentError("GlobalKept: the shard has no group");
+  }
   absl::StatusOr<Candidates> inspected = Inspect(streams, floors, page_size, pages_to_free);
   if (inspected.ok() && shard.order.size() != streams.size()) {
     inspected = absl::InvalidArgumentError(absl::StrCat(

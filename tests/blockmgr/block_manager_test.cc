@@ -182,7 +182,7 @@ TEST_CASE("BlockManager: HoldsPagesAlone says whether a fork shares a sequence's
   REQUIRE_ERROR(m->HoldsPagesAlone(*child), absl::StatusCode::kNotFound, "");
 }
 
-TEST_CASE("BlockManager: Fork shares pages; writing a shared partial tail copies it",
+TEST_CASE("BlockManager: Fork shares pages, writing a shared partial tail copies it",
           "[blockmgr]") {
   Fixture m(64);
   const SeqId parent = m->AddSequence();

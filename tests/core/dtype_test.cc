@@ -177,7 +177,7 @@ TEST_CASE("dtype: fp8 rounds ties to even, normal and subnormal", "[core]") {
   REQUIRE(fp8_e4m3::FromFloat(std::numeric_limits<float>::denorm_min()).bits == 0x00);
 }
 
-TEST_CASE("dtype: fp8 saturates at 448; NaN is 0x7f", "[core]") {
+TEST_CASE("dtype: fp8 saturates at 448, NaN is 0x7f", "[core]") {
   const float inf = std::numeric_limits<float>::infinity();
   REQUIRE(fp8_e4m3::FromFloat(416.0f).bits == 0x7d);
   REQUIRE(fp8_e4m3::FromFloat(464.0f).bits == 0x7e);  // the tie with 480 (no such value)

@@ -41,7 +41,7 @@ Shared MakeShared(EngineFixture& f) {
   return s;
 }
 
-TEST_CASE("EvictionEngine: a frozen prefix stays shared; the rest compresses as with sinks",
+TEST_CASE("EvictionEngine: a frozen prefix stays shared, the rest compresses as with sinks",
           "[eviction][prefix]") {
   const char* name = GENERATE("uniform-snapkv", "ada-snapkv", "pyramid", "h2o", "streamingllm",
                               "knorm", "critical-ada-snapkv", "dbudget");

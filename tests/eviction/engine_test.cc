@@ -157,7 +157,7 @@ TEST_CASE("EvictionEngine: dbudget-fro cuts where the paper's metric says, on ev
                 "DBudgetKV's Frobenius metric does not run on the GPU");
 }
 
-TEST_CASE("EvictionEngine: full changes nothing; a larger budget is a no-op", "[eviction]") {
+TEST_CASE("EvictionEngine: full changes nothing, a larger budget is a no-op", "[eviction]") {
   EngineFixture f;
   const SeqId seq = f.Prefill(60);
   auto queries = f.Queries(32, 28);

@@ -309,7 +309,7 @@ TEST_CASE("gpu::DecodeAttention replays from a CUDA graph, reading new lengths o
   HEADPAGE_CUDA_OK(cudaStreamDestroy(stream));
 }
 
-TEST_CASE("gpu::DecodeAttention: no seqs launches nothing; bad arguments are errors",
+TEST_CASE("gpu::DecodeAttention: no seqs launches nothing, bad arguments are errors",
           "[kernels][gpu][sanitize]") {
   Problem problem({16, 128, DType::kBF16, {40, 3}}, 2, 2, 11, 1.0f);
   DecodeAttentionArgs args = problem.DeviceArgs(1);

@@ -133,7 +133,7 @@ TEST_CASE("DecodeAttention: one key gives its value, and lse its score", "[kerne
   REQUIRE(step.lse[0] == Approx(args.sm_scale * dot).margin(1e-6));
 }
 
-TEST_CASE("DecodeAttention: two equal keys give the mean of their values; lse adds log 2",
+TEST_CASE("DecodeAttention: two equal keys give the mean of their values, lse adds log 2",
           "[kernels]") {
   Step step({4, 64, DType::kF32, {2}}, 2, 1, 5);
   // Token 1's key becomes token 0's (they sit on one page of 4).

@@ -283,7 +283,7 @@ TEST_CASE("gpu::GlobalKept: bad device contents give in-bounds counts",
   }
 }
 
-TEST_CASE("gpu::GlobalKept: no streams launch nothing; a short workspace is an error",
+TEST_CASE("gpu::GlobalKept: no streams launch nothing, a short workspace is an error",
           "[kernels][gpu][global_kept]") {
   GlobalKeptArgs none;
   none.page_size = 16;

@@ -112,7 +112,7 @@ TEST_CASE("ref::GlobalKept: hand example, fewest evictions that free the target"
   }
 }
 
-TEST_CASE("ref::GlobalKept: the slots after the candidates are protected; floors hold",
+TEST_CASE("ref::GlobalKept: the slots after the candidates are protected, floors hold",
           "[kernels][global_kept]") {
   // B's last slot is its recent window: its candidates are 1 1 6, shares
   // .125 .125 .75. A's shares are .4 .1 .3 .2. Page size 2. Order and pages
@@ -147,7 +147,7 @@ TEST_CASE("ref::GlobalKept: the slots after the candidates are protected; floors
   }
 }
 
-TEST_CASE("ref::GlobalKept: a stream without mass is uniform; equal shares go higher stream first",
+TEST_CASE("ref::GlobalKept: a stream without mass is uniform, equal shares go higher stream first",
           "[kernels][global_kept]") {
   // Stream 0 is all zeros, so its shares are .25 each. Stream 1's shares are
   // .1 .2 .3 .4. Page size 1. Order: 1.1 1.2 | 0 x4 | 1.3 1.4.

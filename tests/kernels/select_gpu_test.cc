@@ -257,7 +257,7 @@ TEST_CASE("gpu::Select: bad device contents give well-formed output", "[kernels]
   }
 }
 
-TEST_CASE("gpu::Select: no streams launches nothing; bad arguments are errors",
+TEST_CASE("gpu::Select: no streams launches nothing, bad arguments are errors",
           "[kernels][gpu][select]") {
   SelectArgs args;
   args.num_kv_heads = 8;

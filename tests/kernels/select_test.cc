@@ -138,7 +138,7 @@ TEST_CASE("ref::Select kTopB: hand example, protected slots and ties to the lowe
   REQUIRE(sets == PolicyKeepSets(c, kept));
 }
 
-TEST_CASE("ref::Select kTopB: sinks are positions; -0 ties +0; infinities at the ends",
+TEST_CASE("ref::Select kTopB: sinks are positions, -0 ties +0, infinities at the ends",
           "[kernels][select]") {
   SelectCase c = FixedCase(2, 1, {{0.0f, 0.0f, 5.0f, 1.0f, 2.0f}, {0.0f, -kInf, -0.0f, kInf, 0.0f, -1.0f}},
                            4, 0);

@@ -116,7 +116,7 @@ TEST_CASE("gpu::WriteKV quantizes fp8 pages as ref:: does: bytes, scales, positi
   }
 }
 
-TEST_CASE("gpu::WriteKV: no tokens launches nothing; bad arguments are errors", "[kernels][gpu][sanitize]") {
+TEST_CASE("gpu::WriteKV: no tokens launches nothing, bad arguments are errors", "[kernels][gpu][sanitize]") {
   PagedCase pool({16, 128, DType::kBF16, {4}, 1}, 1);
   DevicePool device(pool.view(), pool.data(), pool.positions());
   WriteKVArgs args;

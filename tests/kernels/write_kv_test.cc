@@ -61,7 +61,7 @@ TEST_CASE("WriteKV: every token lands in its slot, -1 is skipped", "[kernels]") 
   REQUIRE(written == 5);
 }
 
-TEST_CASE("WriteKV: reads one layer out of a [token][layer][kv_head] slot mapping", "[kernels]") {
+TEST_CASE("WriteKV: reads one layer out of a token x layer x kv_head slot mapping", "[kernels]") {
   HostCache cache(6, 4, 64);
   Input in(/*tokens=*/2, /*heads=*/2, 64);
   // 3 layers: layer 1's slots are the middle pair of each token's record.

@@ -182,7 +182,7 @@ TEST_CASE("AdaKept in a group over a batch of layers equals one AdaKept per laye
   }
 }
 
-TEST_CASE("AdaKept in a group: seven all-reduces; a member with no competing stream still "
+TEST_CASE("AdaKept in a group: seven all-reduces, and a member with no competing stream still "
           "takes part",
           "[policy][collective]") {
   Streams s;
@@ -199,7 +199,8 @@ TEST_CASE("AdaKept in a group: seven all-reduces; a member with no competing str
   const std::vector<int64_t> order0 = {0}, order1 = {1, 2};
   group.Run([&](int32_t r) {
     const std::vector<StreamScores> local =
-        r == 0 ? std::vector<StreamScores>{views[0]} : std::vector<StreamScores>{views[1], views[2]};
+        r == 0 ? std::vector<StreamScores>{views[0]}
+               : std::vector<StreamScores>{views[1], views[2]};
     results[r] = AdaKept(local, 2, options, Shard{&group.member(r), r == 0 ? order0 : order1, 3});
   });
   REQUIRE(Kept(results[0]) == Ints{2});

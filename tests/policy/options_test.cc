@@ -15,7 +15,7 @@ PolicyOptions Parsed(std::initializer_list<std::pair<const char*, const char*>> 
   return options;
 }
 
-TEST_CASE("PolicyOptions: each option replaces its one field; the rest keep the defaults",
+TEST_CASE("PolicyOptions: each option replaces its one field, the rest keep the defaults",
           "[policy]") {
   const PolicyOptions options =
       Parsed({{"window", "64"}, {"kernel", "5"}, {"pooling", "avg"}, {"reduce", "max"},

@@ -155,7 +155,7 @@ TEST_CASE("SnapKV and H2O agree with a dense re-implementation on random inputs"
   }
 }
 
-TEST_CASE("LastQueryAttention and TOVA agree with the dense tensor; rows sum to 1",
+TEST_CASE("LastQueryAttention and TOVA agree with the dense tensor, rows sum to 1",
           "[policy][scores]") {
   std::mt19937 rng(7);
   for (int iter = 0; iter < 200; ++iter) {

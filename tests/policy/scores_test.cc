@@ -295,7 +295,7 @@ TEST_CASE("KeyNormScores: minus the L2 norm of each key", "[policy][scores]") {
   }
 }
 
-TEST_CASE("RandomScores: deterministic per seed, uniform in [0, 1)", "[policy][scores]") {
+TEST_CASE("RandomScores: deterministic per seed, uniform from 0 up to 1", "[policy][scores]") {
   Vec a(10000), b(10000), c(10000), prefix(100);
   RandomScores(42, absl::MakeSpan(a));
   RandomScores(42, absl::MakeSpan(b));

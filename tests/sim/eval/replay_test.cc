@@ -162,7 +162,7 @@ TEST_CASE("Replay: over the later queries (the default), Ada-KV loses no more ma
   }
 }
 
-TEST_CASE("Replay: later is the window and the generated queries; all adds the prompt's before",
+TEST_CASE("Replay: later is the window and the generated queries, all adds the prompt's before",
           "[sim]") {
   const Trace trace = Open(BundledTraces()[0]);
   auto policy = PolicyByName("ada-snapkv");

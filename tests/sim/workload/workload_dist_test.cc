@@ -77,7 +77,7 @@ TEST_CASE("Workload: requests are the same for a seed, and the rate does not mov
   REQUIRE(differs);
 }
 
-TEST_CASE("Workload: Poisson arrivals have the rate's mean gap; inf sends all at 0",
+TEST_CASE("Workload: Poisson arrivals have the rate's mean gap, inf sends all at 0",
           "[sim][workload]") {
   const std::vector<WorkloadRequest> r = Generate("fixed:10,2", 20001, 10.0, 5);
   REQUIRE(r[0].arrival_s == 0.0);
