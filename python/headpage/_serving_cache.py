@@ -77,8 +77,8 @@ class ServingCache(Compressions, PrefixCaching):
         # needs, when every rank holds them all this round (PoolPressure sets it).
         self.decode_promises = None
         if self.tp is not None:
-            shape, prefix_caching = self.tp.settle(shape, compress_every, prefix_caching,
-                                                   model.device, self.budget is not None)
+            shape, prefix_caching = self.tp.settle(shape, prefix_caching, model.device,
+                                                   self.budget is not None)
         check_compress_every(compress_every, self.policy)
         # Generated tokens between decode-time compressions (0: the prompt only),
         # and the ring of decode queries they score with (made when first needed).

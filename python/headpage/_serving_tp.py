@@ -55,19 +55,17 @@ class TensorParallel:
         """True when `flag` holds on every rank."""
         return self.min(1 if flag else 0) == 1
 
-    def settle(self, shape, compress_every, prefix_caching, device, compresses):
+    def settle(self, shape, prefix_caching, device, compresses):
         """This rank's attention shape, and whether its cache keeps prefixes (not
         under tensor parallelism: each rank's pool reclaims cached blocks when it
         runs short, and the ranks run short at different times, so a prompt would
-        hit on one rank and miss on another). NotImplementedError for
-        compress_every, which would need the ranks to agree at every decode step
-        of every request, and for compression on CUDA, whose executor selects on
-        the GPU and does not yet exchange its histograms (EvictionEngine.join_group)."""
+        hit on one rank and miss on another). NotImplementedError for compression
+        on CUDA, whose executor selects on the GPU and does not yet exchange its
+        histograms (EvictionEngine.join_group). Decode-time compression
+        (compress_every) needs nothing more: every rank compresses the same
+        requests at the same step, and the engines agree as they do for a prompt."""
         if compresses and device.type == "cuda":
             raise NotImplementedError(CUDA_COMPRESSION)
-        if compress_every:
-            raise NotImplementedError("headpage.serving: compress_every under tensor "
-                                      "parallelism is not supported")
         if prefix_caching:
             _log.info("headpage.serving: prefix caching is off under tensor parallelism "
                       "(the ranks' caches would keep different blocks)")

@@ -23,11 +23,14 @@ from transformers.distributed import DistributedConfig  # noqa: E402
 from transformers.generation.configuration_utils import ContinuousBatchingConfig  # noqa: E402
 
 SIZE = 2
-# (policy, budget, pages per rank, num_return_sequences, requests, new tokens). Under
-# "pressure" the ranks' pools run short at different steps (their heads keep different
-# numbers of tokens): without the agreements their schedulers part ways in a few steps.
-RUNS = {"full": ("full", None, 2048, 2, 4, 12), "ada": ("ada-snapkv", "30%", 2048, 1, 4, 12),
-        "pressure": ("ada-snapkv", "30%", 100, 1, 10, 40)}
+# (policy, budget, pages per rank, num_return_sequences, requests, new tokens,
+# compress_every). Under "pressure" the ranks' pools run short at different steps (their
+# heads keep different numbers of tokens): without the agreements their schedulers part
+# ways in a few steps. "decode" compresses every request again after 16 and 32 of its
+# tokens, scored by its last 8 decode queries.
+RUNS = {"full": ("full", None, 2048, 2, 4, 12, 0), "ada": ("ada-snapkv", "30%", 2048, 1, 4, 12, 0),
+        "decode": ("ada-snapkv", "30%", 2048, 1, 4, 40, 16),
+        "pressure": ("ada-snapkv", "30%", 100, 1, 10, 40, 0)}
 
 
 def prompts(n):
@@ -50,13 +53,18 @@ def model_dir(tmp_path_factory):
 def serve(model, run, pages):
     """Serves the run's prompts through headpage.serving; returns the tokens, each request's
     kept counts (or why it was skipped) and the pool's counters."""
+    import headpage
     import headpage.serving as serving
-    policy, budget, _, sequences, requests, new_tokens = RUNS[run]
-    serving.enable(model, num_pages=pages, page_size=8, policy=policy, budget=budget,
-                   floor_tokens=8, protect_recent=4, check_invariants=True)
+    policy, budget, _, sequences, requests, new_tokens, every = RUNS[run]
+    config = headpage.policy_by_name(policy)
+    if every:
+        config.window = 8  # decode-time compression scores with the last 8 decode queries
+    serving.enable(model, num_pages=pages, page_size=8, policy=config, budget=budget,
+                   floor_tokens=8, protect_recent=4, check_invariants=True, compress_every=every)
     # Forks need sampling; top_k=1 samples the argmax, as greedy search does.
-    generation = GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=1, eos_token_id=None,
-                                  pad_token_id=0, num_return_sequences=sequences)
+    generation = GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=1,
+                                  eos_token_id=None, pad_token_id=0,
+                                  num_return_sequences=sequences)
     out = model.generate_batch(prompts(requests), generation_config=generation,
                                continuous_batching_config=ContinuousBatchingConfig(
                                    max_batch_tokens=64, cpu_group_timeout=60),
@@ -67,8 +75,9 @@ def serve(model, run, pages):
     stats = manager.stats()
     model.destroy_cached_continuous_batching_manager()
     return dict(tokens={rid: out[rid].generated_tokens for rid in sorted(out)}, kept=kept,
-                stats={k: stats[k] for k in ("compressed", "pool_budget_evictions", "preemptions",
-                                             "starved", "failures")})
+                stats={k: stats[k] for k in ("compressed", "decode_compressions",
+                                             "pool_budget_evictions", "preemptions", "starved",
+                                             "failures")})
 
 
 def rank_main(rank, port, model_dir, results, runs=tuple(RUNS)):
@@ -102,7 +111,7 @@ def test_two_ranks_serve_as_one_process(model_dir):
         ranks.append(json.loads(results[rank]))
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     heads = 4 // SIZE
-    for run in ("full", "ada"):
+    for run in ("full", "ada", "decode"):
         # One process over every head, with the pages of both ranks' pools.
         single = serve(model, run, RUNS[run][2] * SIZE)
         for rank, got in enumerate(ranks):
@@ -115,6 +124,9 @@ def test_two_ranks_serve_as_one_process(model_dir):
                 assert mine == want, (run, rid, rank)
     assert len(ranks[0]["full"]["tokens"]) == 2 * 4  # forked children
     assert single["stats"]["compressed"] >= 2
+    assert single["stats"]["decode_compressions"] >= 4  # the "decode" run, the last one
+    for rank in range(SIZE):
+        assert ranks[rank]["decode"]["stats"] == single["stats"]
     # Under pressure the ranks decide together, whatever one process would do.
     for part in ("tokens", "stats"):  # kept counts are each rank's own heads'
         assert ranks[0]["pressure"][part] == ranks[1]["pressure"][part], part
