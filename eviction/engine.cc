@@ -410,45 +410,41 @@ absl::Status EvictionEngine::CompressScoringFirst(const Prepared& p, const Polic
     layers[layer] = *std::move(scored);
     layers[layer].data.keys = {};
   }
-  // The budgets: one top-k over every stream of the sequence
-  // (Layer-DefensiveKV), or each layer's own; in a group, over every member's
-  // streams, ordered as one engine would list them.
-  const int64_t group_heads = int64_t{heads} * (group_ == nullptr ? 1 : group_->size());
+  // The budgets: one allocation over every stream of the sequence
+  // (Layer-DefensiveKV) or one per layer. Ada's top-k runs, in a group, over
+  // every member's streams ordered as one engine would list them, all
+  // allocations in the same few exchanges.
+  using A = PolicyConfig::Allocator;
+  const bool across = config.allocator == A::kAdaAcrossLayers;
+  const bool ada = across || config.allocator == A::kAda || config.allocator == A::kAdaPyramid;
+  std::vector<std::vector<StreamScores>> streams(across ? 1 : g.num_layers);
+  std::vector<int64_t> order;
+  for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+    const std::vector<StreamScores> layer_streams = layers[layer].Streams(g, p.protection);
+    std::vector<StreamScores>& into = streams[across ? 0 : layer];
+    into.insert(into.end(), layer_streams.begin(), layer_streams.end());
+    if (across || layer == 0) {
+      for (int32_t h = 0; h < heads; ++h) order.push_back(GroupOrder(across ? layer : 0, h));
+    }
+  }
+  std::vector<policy::AdaAllocation> allocations;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    allocations.push_back({streams[i], across ? p.capacity : p.layer_capacity[i]});
+  }
   std::vector<int32_t> kept;
-  if (config.allocator == PolicyConfig::Allocator::kAdaAcrossLayers) {
-    std::vector<StreamScores> streams;
-    std::vector<int64_t> order;
-    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-      const std::vector<StreamScores> layer_streams = layers[layer].Streams(g, p.protection);
-      streams.insert(streams.end(), layer_streams.begin(), layer_streams.end());
-      for (int32_t h = 0; h < heads; ++h) order.push_back(GroupOrder(layer, h));
-    }
-    HEADPAGE_ASSIGN_OR_RETURN(kept, Allocate(config, streams, p.capacity, order,
-                                             group_heads * g.num_layers));
-  } else if (group_ != nullptr && (config.allocator == PolicyConfig::Allocator::kAda ||
-                                    config.allocator == PolicyConfig::Allocator::kAdaPyramid)) {
-    // Every layer's top-k in the same few exchanges.
-    std::vector<int64_t> order(heads);
-    for (int32_t h = 0; h < heads; ++h) order[h] = GroupOrder(0, h);
-    std::vector<std::vector<StreamScores>> streams(g.num_layers);
-    std::vector<policy::AdaAllocation> allocations;
-    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-      streams[layer] = layers[layer].Streams(g, p.protection);
-      allocations.push_back({streams[layer], p.layer_capacity[layer]});
-    }
+  if (ada && group_ != nullptr) {
+    const int64_t group_heads = int64_t{heads} * group_->size() * (across ? g.num_layers : 1);
     HEADPAGE_ASSIGN_OR_RETURN(
-        const std::vector<std::vector<int32_t>> layer_kept,
+        const std::vector<std::vector<int32_t>> each_kept,
         policy::AdaKept(allocations, config.ada, policy::Shard{group_, order, group_heads}));
-    for (const auto& k : layer_kept) kept.insert(kept.end(), k.begin(), k.end());
+    for (const auto& k : each_kept) kept.insert(kept.end(), k.begin(), k.end());
   } else {
-    std::vector<int64_t> order(heads);
-    for (int32_t h = 0; h < heads; ++h) order[h] = GroupOrder(0, h);
-    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-      HEADPAGE_ASSIGN_OR_RETURN(
-          const std::vector<int32_t> layer_kept,
-          Allocate(config, layers[layer].Streams(g, p.protection), p.layer_capacity[layer], order,
-                   group_heads));
-      kept.insert(kept.end(), layer_kept.begin(), layer_kept.end());
+    for (const policy::AdaAllocation& a : allocations) {
+      absl::StatusOr<std::vector<int32_t>> each_kept =
+          ada ? policy::AdaKept(a.streams, a.capacity, config.ada)
+              : AllocateByCapacity(config, a.streams, a.capacity);
+      if (!each_kept.ok()) return FailTogether(each_kept.status());
+      kept.insert(kept.end(), each_kept->begin(), each_kept->end());
     }
   }
   std::vector<std::vector<std::vector<int32_t>>> keep_sets(g.num_layers);

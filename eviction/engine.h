@@ -247,13 +247,6 @@ class EvictionEngine {
                                      absl::Span<const LayerQueries> queries,
                                      const DecodeSchedule& schedule);
 
-  // The kept counts of `streams` under a capacity-bound allocator; in a group
-  // an Ada allocator agrees with the members (order: the streams' indices among
-  // the group's, GroupOrder). Errors of an agreed allocation were agreed.
-  absl::StatusOr<std::vector<int32_t>> Allocate(const PolicyConfig& config,
-                                                absl::Span<const policy::StreamScores> streams,
-                                                int32_t capacity, absl::Span<const int64_t> order,
-                                                int64_t num_streams);
   // The group-wide index of this member's kv head h of `layer`, streams listed
   // layer by layer (layer * total heads + global head).
   int64_t GroupOrder(int32_t layer, int32_t h) const;

@@ -40,19 +40,4 @@ int64_t EvictionEngine::GroupOrder(int32_t layer, int32_t h) const {
   return layer * heads * size + rank * heads + h;
 }
 
-absl::StatusOr<std::vector<int32_t>> EvictionEngine::Allocate(
-    const PolicyConfig& config, absl::Span<const policy::StreamScores> streams, int32_t capacity,
-    absl::Span<const int64_t> order, int64_t num_streams) {
-  using A = PolicyConfig::Allocator;
-  const bool ada = config.allocator == A::kAda || config.allocator == A::kAdaPyramid ||
-                   config.allocator == A::kAdaAcrossLayers;
-  if (!ada) {
-    absl::StatusOr<std::vector<int32_t>> kept = AllocateByCapacity(config, streams, capacity);
-    if (!kept.ok()) return FailTogether(kept.status());
-    return kept;
-  }
-  if (group_ == nullptr) return policy::AdaKept(streams, capacity, config.ada);
-  return policy::AdaKept(streams, capacity, config.ada, policy::Shard{group_, order, num_streams});
-}
-
 }  // namespace headpage

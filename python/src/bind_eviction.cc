@@ -199,10 +199,7 @@ Compression Compress(Engine& e, SeqId seq, nb::handle policy, nb::handle budget,
 int64_t EnforcePoolBudget(Engine& e, int64_t pages_to_free, int32_t floor_tokens,
                           int32_t protect_recent) {
   absl::StatusOr<int64_t> freed;
-  InGroup(e, "EvictionEngine.enforce_pool_budget", [&] {
-    NotInUse(*e.manager);
-    return 0;
-  });
+  InGroup(e, "EvictionEngine.enforce_pool_budget", [&] { NotInUse(*e.manager); });
   {
     const InUse busy(*e.manager, "EvictionEngine.enforce_pool_budget");
     nb::gil_scoped_release release;
