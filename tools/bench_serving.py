@@ -23,28 +23,9 @@ turns after a common system prompt of --prefix-tokens tokens: each turn adds
 that answer is complete). --rate 0 submits every request (first turn) at once; a
 rate r > 0 submits them as a Poisson process of r requests a second.
 
-Each configuration runs in this process, one after another:
-  full                  headpage at the full budget (same engine, same kernels)
-  POLICY:BUDGET         headpage compressing each prompt once prefilled
-  pool-pressure         ada-snapkv scores every prompt but keeps it all (100%);
-                        only the pool-wide budget evicts, when the pool runs short
-  transformers          transformers' own PagedAttentionCache (paged|sdpa) with
-                        the same KV bytes, the floor
-  NAME+eager            a headpage configuration with its decode steps launched
-                        from Python, not replayed as CUDA graphs
-  NAME+compile          a configuration (headpage's or transformers') with the
-                        model compiled by torch.compile around the attention
-                        (transformers' default_compile_level=1); a few short
-                        requests compile it before the measured run
-  NAME+fused            q/k/v and gate/up fused into one product each
-                        (headpage.serving.fused_projections)
-  NAME+prefix           with prefix caching (transformers' allow_block_sharing:
-                        headpage's prefix cache, whose hits a compressing policy
-                        keeps whole while it compresses the rest of the prompt)
-  NAME+prefix+compressed  shared-prefix: each request names the system prompt as
-                        its compressed prefix, compressed once by the policy and
-                        shared by every later request (add_request(...,
-                        compressed_prefix=--prefix-tokens))
+Each configuration runs in this process, one after another: full, POLICY:BUDGET,
+pool-pressure or transformers, each with modes such as +compile, +fused or
++async (tools/serving_configs.py says what each means).
 For each: output tokens a second end to end and in the decode-only steps, running
 requests (peak, mean over time), TTFT and TPOT p50/p90, preemptions (headpage) or
 offloads and resets (transformers), seconds spent compressing, the decode
@@ -67,6 +48,8 @@ import time
 
 import numpy as np
 import torch
+
+from serving_configs import config_modes, engine_config, evicts, parse_config
 
 MODELS = {
     # Llama-3-8B's architecture.
@@ -182,71 +165,6 @@ def percentiles(values, qs=(50, 90)):
     if not values:
         return {f"p{q}": None for q in qs}
     return {f"p{q}": float(np.percentile(values, q)) for q in qs}
-
-
-def engine_config(args, config, bytes_per_token):
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-    name, modes = config_modes(config)
-    common = dict(max_batch_tokens=args.max_batch_tokens,
-                  max_requests_per_batch=args.max_requests_per_batch, auto_switch_to_flash=False,
-                  use_async_batching=False, use_cuda_graph=False, max_memory_percent=None,
-                  default_compile_level=int("compile" in modes),
-                  allow_block_sharing="prefix" in modes)
-    if name == "transformers":
-        page = args.transformers_page_size
-        blocks = int(args.kv_gib * (1 << 30) // (bytes_per_token * page))
-        return ContinuousBatchingConfig(page_size=page, num_blocks=blocks, **common)
-    return ContinuousBatchingConfig(page_size=args.page_size, num_blocks=1, **common)
-
-
-def config_modes(config):
-    """(name, modes) of NAME[+MODE...]: the modes a set of MODE names."""
-    name, *modes = config.split("+")
-    unknown = set(modes) - {"eager", "compile", "prefix", "compressed", "fused"}
-    if unknown:
-        raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
-                         "(the modes are +eager, +compile, +prefix, +compressed and +fused)")
-    if "compressed" in modes and ("prefix" not in modes or name == "transformers"):
-        raise SystemExit(f"configuration '{config}': +compressed is headpage's, with +prefix")
-    if name == "transformers" and "eager" in modes:
-        raise SystemExit(f"configuration '{config}': +eager is for headpage's graphs")
-    return name, set(modes)
-
-
-def parse_config(config):
-    """(policy, budget, cuda_graphs) of a headpage configuration name: full,
-    pool-pressure or POLICY:BUDGET, with "+eager" for decode steps without CUDA
-    graphs (and "+compile", which engine_config reads)."""
-    name, modes = config_modes(config)
-    return _policy_of(name) + ("eager" not in modes,)
-
-
-def _policy_of(config):
-    """(policy, budget) of POLICY[:BUDGET] as the registry reads them (a policy
-    that evicts needs a budget), or of pool-pressure."""
-    from headpage._model import resolve_policy
-
-    if config == "pool-pressure":
-        return "ada-snapkv", "100%"
-    policy, _, budget = config.partition(":")
-    try:
-        resolve_policy(policy, budget or None)
-    except (ValueError, TypeError) as error:
-        raise SystemExit(f"configuration '{config}': {error} (want POLICY[:BUDGET], "
-                         "pool-pressure or transformers)") from None
-    return policy, budget or None
-
-
-def _evicts(config):
-    """Whether a configuration's policy evicts at admission (pool-pressure keeps
-    every prompt whole)."""
-    import headpage
-
-    name = config_modes(config)[0]
-    if name in ("transformers", "pool-pressure"):
-        return False
-    return headpage.policy_by_name(_policy_of(name)[0]).compresses
 
 
 def warm_up(manager, args):
@@ -572,7 +490,7 @@ def main(argv=None):
                 json.dump(dict(header=header, rows=rows), f)
     # The baseline: the first headpage configuration whose policy evicts nothing.
     base = next((r for r in rows if r["config"] not in ("transformers", "pool-pressure")
-                 and not _evicts(r["config"])), None)
+                 and not evicts(r["config"])), None)
     if base:
         for r in rows:
             r["end_to_end_vs_full"] = r["tokens_per_second"] / base["tokens_per_second"]

@@ -25,10 +25,17 @@ decode steps run eagerly from then on.
 
 Prefill steps, mixed steps, and a decode step whose query belongs to an
 observation window run eagerly, as does every step on the CPU.
+
+Under transformers' asynchronous batching the host prepares and launches step
+N+1 while the GPU runs step N. Nothing here waits for the GPU: the tables and
+the slots reach the device through pinned mirrors that are rewritten only once
+their last copy has run (DeviceBlockTables, PinnedUpload), and every copy and
+kernel is enqueued on transformers' compute stream, after step N's.
 """
 import logging
 
 import torch
+from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingAsyncIOs
 
 from headpage._serving_cache import ServingCache
 
@@ -61,8 +68,10 @@ class DecodeGraphs:
         self.cache = cache
         self.runner = runner
         self.io = inputs_and_outputs
+        self._pairs = isinstance(inputs_and_outputs, ContinuousBatchingAsyncIOs)
         self._eager = runner.compute_batch
-        self._graphs = {}  # (padded rows, splits, tables generation) -> CUDAGraph
+        # (IO pair, padded rows, splits, tables generation) -> CUDAGraph
+        self._graphs = {}
         self._generation = None
         self._pool = torch.cuda.graph_pool_handle()
         self.captures = 0
@@ -106,6 +115,10 @@ class DecodeGraphs:
                 padding = wide.get(name)
                 if padding is not None:
                     padding[..., n:].zero_()
+            # Under asynchronous batching each of transformers' two IO pairs has its
+            # own static inputs and outputs (and reads the other's last outputs):
+            # a graph is captured per pair.
+            key = (self.io.current_pair if self._pairs else 0,) + key
             graph = self._graphs.get(key)
             if graph is None:
                 # The step itself runs eagerly over the static buffers; the

@@ -45,11 +45,29 @@ class PoolPressure:
         schedule_batch = scheduler.schedule_batch
 
         def make_room_then_schedule(*args, **kwargs):
+            self.cache.finishing = self._finishing()
             self.make_room_for_decoding()
             return schedule_batch(*args, **kwargs)
 
         scheduler.schedule_batch = make_room_then_schedule
         return self
+
+    def _finishing(self):
+        """Under asynchronous batching, the requests whose last new token (by
+        max_new_tokens) the step in flight computes: transformers schedules the
+        next step before that step's tokens are read, and runs them once more.
+        Their row of the next step stores nothing and needs no pages, so that
+        they never make the pool budget evict, preempt or fail a request
+        (ServingCache.finishing). A request that ends on its end-of-sequence token
+        cannot be foreseen: its extra step takes its page like any other."""
+        io = getattr(self.processor, "inputs_and_outputs", None)
+        pairs = getattr(io, "io_pairs", None)
+        if not pairs:
+            return frozenset()
+        in_flight = pairs[1 - io.current_pair].host_io.requests_in_batch
+        return frozenset(f.state.request_id for f in in_flight
+                         if f.has_new_token and f.state.status == RequestStatus.DECODING
+                         and f.state.generated_len() + 1 >= f.state._new_tokens_limit)
 
     def make_room_for_decoding(self):
         """Evicts through the pool budget what the next token of every decoding
@@ -62,7 +80,8 @@ class PoolPressure:
             return
         needs = {state.request_id: cache._pages_for(state.request_id, 1)
                  for state in self.scheduler.active_requests.values()
-                 if state.status == RequestStatus.DECODING}
+                 if state.status == RequestStatus.DECODING
+                 and state.request_id not in cache.finishing}
         wanted = sum(needs.values())
         deficit = self._agreed(wanted - cache.room(wanted))  # unused cached blocks go first
         if deficit > 0:
@@ -153,6 +172,9 @@ class PoolPressure:
                 f"the pool of {cache.page_pool.num_pages} can give it, after the pool budget "
                 f"evicted what it could"), state)
             self.scheduler.finish_request(state.request_id)
+            # Under asynchronous batching a step in flight may still hold it: its
+            # update skips a finished request.
+            state._status = RequestStatus.FINISHED
             self.failures += 1
             _log.warning("headpage.serving: request %s failed: the pool cannot hold it",
                          state.request_id)

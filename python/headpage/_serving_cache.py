@@ -148,6 +148,10 @@ class ServingCache(Compressions, PrefixCaching):
         self._offered = {}        # admitted request -> tokens it offered so far
         self._policies = {}       # admitted request -> (PolicyConfig, budget)
         self._promised_pages = 0
+        # Under asynchronous batching: the requests whose last new token the step
+        # in flight computes. transformers schedules them once more before it
+        # knows; their row in that step stores nothing (PoolPressure sets it).
+        self.finishing = frozenset()
         self._step = []           # this step's _StepRow list, in batch order
         self._step_done = True    # the last layer ran: the next extend starts a step
         self._inputs = None       # _StepInputs of the step, made at its first layer
@@ -207,7 +211,10 @@ class ServingCache(Compressions, PrefixCaching):
 
     def can_store_request_tokens(self, state, num_tokens, dry_run=False):
         """Whether the pool can take `num_tokens` more of the request; unless
-        dry_run, promises them (the pages are reserved when the batch is prepared)."""
+        dry_run, promises them (the pages are reserved when the batch is prepared).
+        A finishing request's step needs none."""
+        if state.request_id in self.finishing:
+            return True
         need = self._pages_for(state.request_id, num_tokens)
         held = self.decode_promises  # under tensor parallelism: set aside for decoding
         if held is not None and num_tokens == 1 and state.request_id in held:
@@ -327,13 +334,20 @@ class ServingCache(Compressions, PrefixCaching):
             self._promised_pages = 0  # what was promised is being reserved now
             self.decode_promises = None
         seq = self._seqs[request_id]
-        plan = self.manager.reserve(seq, query_length)
-        if len(plan.copy_src):  # run at the step's first layer, on the model's stream
-            self._copies.append((np.array(plan.copy_src), np.array(plan.copy_dst)))
+        if request_id in self.finishing:
+            # Its token of this step is dropped: it writes nothing (slot -1) and
+            # attends to what it has.
+            slots = np.full((query_length, self.shape.num_layers, self.shape.num_kv_heads), -1,
+                            dtype=np.int32)
+        else:
+            plan = self.manager.reserve(seq, query_length)
+            if len(plan.copy_src):  # run at the step's first layer, on the model's stream
+                self._copies.append((np.array(plan.copy_src), np.array(plan.copy_dst)))
+            slots = np.array(plan.slot_mapping)
         compress_at = self._compress_at.get(request_id)
         first = self._step[-1].first + self._step[-1].count if self._step else 0
-        self._step.append(_StepRow(request_id, seq, past_length, query_length, first,
-                                   np.array(plan.slot_mapping), compress_at))
+        self._step.append(_StepRow(request_id, seq, past_length, query_length, first, slots,
+                                   compress_at))
         # transformers sizes its index tensors from these; headpage never reads them.
         write_index[0].extend([0] * query_length)
 

@@ -96,7 +96,8 @@ class Compressions:
         if windows is None:  # no decode step of a request compressed during decode yet
             return
         for r in self._step:
-            if r.request_id not in self._decoded or not r.is_decode:
+            if r.request_id not in self._decoded or not r.is_decode or \
+                    r.request_id in self.finishing:
                 continue
             generated = r.past + 1 - self._compress_at[r.request_id]
             if generated < max(self.compress_every, windows.window) or \

@@ -40,10 +40,14 @@ enable(kv_dtype="fp8") stores the pool's K/V as fp8 e4m3 with a scale per token
 and stream (headpage._kv_pages): write_kv quantizes, the kernels dequantize, and a
 later prefill chunk reads its request's K/V back dequantized.
 
-Prefix sharing (content-hashed pages) is off: transformers hashes whole-model
-blocks, and a headpage page belongs to one compressible stream. Forks still share
-their prompt's pages.
+Prefix sharing runs on headpage's own prefix cache (enable(prefix_caching=),
+headpage._serving_prefix): a request starts on the cached blocks of its prompt,
+and a compressing policy keeps that shared prefix whole.
+
+Under transformers' asynchronous batching (use_async_batching=True) the host prepares step N+1 while the GPU computes step N
+(_settle_async_batching, docs/serving.md).
 """
+import functools
 import threading
 import types
 
@@ -125,6 +129,14 @@ def check_engine():
     need(ModelRunner, ["compute_batch", "_forward_process_and_sample", "supports_logits_to_keep"],
          "ModelRunner")
     need(ContinuousBatchingIOs, ["get_cb_kwargs", "get_model_kwargs"], "ContinuousBatchingIOs")
+    # Asynchronous batching: the IO pairs' graphs, the step in flight's requests.
+    from transformers.generation.continuous_batching.input_outputs import (
+        ContinuousBatchingAsyncIOs)
+    from transformers.generation.continuous_batching.requests import FutureRequestState
+    need(ContinuousBatchingAsyncIOs, ["get_cb_kwargs", "swap_io_pairs", "carry_over_tokens"],
+         "ContinuousBatchingAsyncIOs")
+    need(FutureRequestState, ["state", "has_new_token"], "FutureRequestState")
+    need(RequestState, ["generated_len", "_new_tokens_limit"], "RequestState")
     from transformers.generation.continuous_batching.distributed import DistributedHelper
     need(DistributedHelper, ["are_kv_heads_tp_ed", "tp_all_reduce_min"], "DistributedHelper")
     public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
@@ -169,16 +181,16 @@ def _settle_engine_config(config):
     does not support, and refuses it when asked for (ValueError): transformers' CUDA
     graphs and their padding (the attention reads per-step Python state; headpage
     captures its own decode graphs: enable(cuda_graphs=True)), the decode fast
-    path's compile config (headpage's steps take the varlen path), asynchronous
-    batching (one step's bookkeeping at a time), CPU offloading (the pool budget and
-    preemption take its place) (docs/serving.md). Prefix sharing is headpage's own
-    (enable(prefix_caching=)), and transformers' allow_block_sharing turns it off. Compilation of
-    the varlen path (default_compile_level, varlen_compile_config) is supported:
-    the model is compiled around headpage's attention."""
+    path's compile config (headpage's steps take the varlen path), CPU offloading
+    (the pool budget and preemption take its place) (docs/serving.md). Prefix
+    sharing is headpage's own (enable(prefix_caching=)), and transformers'
+    allow_block_sharing turns it off. Compilation of the varlen path
+    (default_compile_level, varlen_compile_config) is supported: the model is
+    compiled around headpage's attention. Asynchronous batching is settled once
+    the manager knows its device and group (_settle_async_batching)."""
     graphs = config.use_cuda_graph
     asked = {
         "use_cuda_graph": graphs is True or (isinstance(graphs, tuple) and any(graphs)),
-        "use_async_batching": config.use_async_batching is True,
         "cpu_offload_space": (config.cpu_offload_space or 0) > 0,
         "decode_compile_config": config.decode_compile_config is not None,
     }
@@ -188,7 +200,29 @@ def _settle_engine_config(config):
                          + " of transformers' continuous batching (headpage captures its own "
                          "decode graphs: enable(cuda_graphs=True))")
     config.use_cuda_graph = False
-    config.use_async_batching = False
+
+
+def _settle_async_batching(asked, *, device, forks, tensor_parallel):
+    """Whether to run transformers' asynchronous batching, given what the
+    ContinuousBatchingConfig asked (use_async_batching: None, True or False);
+    unset, it is off. The host then schedules step N+1, reserves its slots,
+    uploads its tables and launches it while the GPU computes step N; every
+    kernel headpage enqueues runs on transformers' compute stream, so it stays
+    ordered with both steps (docs/serving.md). Refused (ValueError) off a CUDA
+    device (transformers' two IO pairs need CUDA streams), with
+    num_return_sequences > 1 (step N's fork would come after step N+1 reserved
+    the parent's last prompt token), and under tensor parallelism (not tested
+    there)."""
+    why_not = None
+    if device.type != "cuda":
+        why_not = "needs a CUDA device"
+    elif forks:
+        why_not = "does not support num_return_sequences > 1"
+    elif tensor_parallel:
+        why_not = "is not supported under tensor parallelism"
+    if asked and why_not is not None:
+        raise ValueError(f"headpage.serving: asynchronous batching (use_async_batching) {why_not}")
+    return bool(asked) and why_not is None
 
 
 class ServingManager(ContinuousBatchingManager):
@@ -208,11 +242,24 @@ class ServingManager(ContinuousBatchingManager):
         self._ids_lock = threading.Lock()
         self._next_id = 0
         _settle_engine_config(args[2])
+        asked_async = args[2].use_async_batching
+        settle_async = functools.partial(
+            _settle_async_batching, asked_async, device=args[0].device,
+            forks=(getattr(args[1], "num_return_sequences", None) or 1) > 1)
+        settle_async(tensor_parallel=False)  # refused before the model is touched
         super().__init__(*args, **kwargs)
         # transformers' tensor parallelism (headpage._serving_tp): this rank's heads.
         self.tensor_parallel = tensor_parallel(self.distributed_helper)
         if self.tensor_parallel is not None:
             self._shape = self.tensor_parallel.local_shape(self._shape)
+        try:  # on the copy transformers resolved
+            self.continuous_batching_config.use_async_batching = settle_async(
+                tensor_parallel=self.tensor_parallel is not None)
+        except ValueError:
+            # transformers switched the model to headpage's attention already.
+            if getattr(self, "_original_attn_impl", None) is not None:
+                self.model.set_attn_implementation(self._original_attn_impl)
+            raise
 
     def stats(self):
         """The pool and what eviction did so far, as a dict: num_pages, free_pages,
