@@ -44,7 +44,8 @@ Prefix sharing runs on headpage's own prefix cache (enable(prefix_caching=),
 headpage._serving_prefix): a request starts on the cached blocks of its prompt,
 and a compressing policy keeps that shared prefix whole.
 
-Under transformers' asynchronous batching (use_async_batching=True) the host prepares step N+1 while the GPU computes step N
+Under transformers' asynchronous batching (on by default where the decode graphs
+run) the host prepares step N+1 while the GPU computes step N
 (_settle_async_batching, docs/serving.md).
 """
 import functools
@@ -202,17 +203,19 @@ def _settle_engine_config(config):
     config.use_cuda_graph = False
 
 
-def _settle_async_batching(asked, *, device, forks, tensor_parallel):
+def _settle_async_batching(asked, *, device, cuda_graphs, forks, tensor_parallel):
     """Whether to run transformers' asynchronous batching, given what the
-    ContinuousBatchingConfig asked (use_async_batching: None, True or False);
-    unset, it is off. The host then schedules step N+1, reserves its slots,
+    ContinuousBatchingConfig asked (use_async_batching: None, True or False).
+    Unset, it is on where the decode steps run as CUDA graphs, here headpage's
+    (enable(cuda_graphs=True) on a CUDA device), as transformers decides for its
+    own graphs. The host then schedules step N+1, reserves its slots,
     uploads its tables and launches it while the GPU computes step N; every
     kernel headpage enqueues runs on transformers' compute stream, so it stays
     ordered with both steps (docs/serving.md). Refused (ValueError) off a CUDA
     device (transformers' two IO pairs need CUDA streams), with
     num_return_sequences > 1 (step N's fork would come after step N+1 reserved
     the parent's last prompt token), and under tensor parallelism (not tested
-    there)."""
+    there); off there when unset."""
     why_not = None
     if device.type != "cuda":
         why_not = "needs a CUDA device"
@@ -222,7 +225,7 @@ def _settle_async_batching(asked, *, device, forks, tensor_parallel):
         why_not = "is not supported under tensor parallelism"
     if asked and why_not is not None:
         raise ValueError(f"headpage.serving: asynchronous batching (use_async_batching) {why_not}")
-    return bool(asked) and why_not is None
+    return bool(cuda_graphs if asked is None else asked) and why_not is None
 
 
 class ServingManager(ContinuousBatchingManager):
@@ -245,7 +248,7 @@ class ServingManager(ContinuousBatchingManager):
         asked_async = args[2].use_async_batching
         settle_async = functools.partial(
             _settle_async_batching, asked_async, device=args[0].device,
-            forks=(getattr(args[1], "num_return_sequences", None) or 1) > 1)
+            cuda_graphs=cache_options["cuda_graphs"], forks=(getattr(args[1], "num_return_sequences", None) or 1) > 1)
         settle_async(tensor_parallel=False)  # refused before the model is touched
         super().__init__(*args, **kwargs)
         # transformers' tensor parallelism (headpage._serving_tp): this rank's heads.

@@ -95,10 +95,10 @@ def test_asynchronous_batching_gives_the_tokens_of_one_step_at_a_time(options, g
         stats[overlap] = (s["compressed"], s["tokens_after"], s["decode_compressions"])
         cache = manager.serving_cache
         assert cache.page_pool.free_pages == cache.page_pool.num_pages
-    # A carried-over token gone stale would repeat: the requests' tokens vary.
-    assert sum(len(set(t)) > 1 for t in runs[False]) >= 5
     assert runs[True] == runs[False]
     assert stats[True] == stats[False]
+    # So that a carried-over token gone stale would show: most requests' tokens vary.
+    assert sum(len(set(t)) > 1 for t in runs[False]) >= 3
 
 
 @needs_cuda
@@ -177,7 +177,7 @@ def test_asynchronous_batching_with_preemption_gives_transformers_tokens():
 
 
 @needs_cuda
-def test_asynchronous_batching_runs_where_asked_for_and_is_refused_with_forks():
+def test_asynchronous_batching_is_on_where_headpages_graphs_run_unless_asked_otherwise():
     def decided(cuda_graphs, asked=None, **generation):
         model = headpage.serving.enable(small_model("cuda"), num_pages=64,
                                         cuda_graphs=cuda_graphs)
@@ -190,7 +190,7 @@ def test_asynchronous_batching_runs_where_asked_for_and_is_refused_with_forks():
             continuous_batching_config=ContinuousBatchingConfig(**settings))
         return manager.continuous_batching_config.use_async_batching
 
-    assert decided(True) is False  # until measured on a GPU: asked for
+    assert decided(True) is True
     assert decided(False) is False
     assert decided(True, asked=False) is False
     assert decided(False, asked=True) is True
