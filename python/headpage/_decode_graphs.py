@@ -35,9 +35,9 @@ kernel is enqueued on transformers' compute stream, after step N's.
 import logging
 
 import torch
-from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingAsyncIOs
 
 from headpage._serving_cache import ServingCache
+from headpage._serving_step import io_pairs
 
 _log = logging.getLogger("headpage.serving")
 
@@ -68,7 +68,7 @@ class DecodeGraphs:
         self.cache = cache
         self.runner = runner
         self.io = inputs_and_outputs
-        self._pairs = isinstance(inputs_and_outputs, ContinuousBatchingAsyncIOs)
+        self._pairs = io_pairs(inputs_and_outputs) is not None
         self._eager = runner.compute_batch
         # (IO pair, padded rows, splits, tables generation) -> CUDAGraph
         self._graphs = {}

@@ -5,6 +5,8 @@ import logging
 
 from transformers.generation.continuous_batching.requests import RequestStatus
 
+from headpage._serving_step import io_pairs
+
 _log = logging.getLogger("headpage.serving")
 
 
@@ -61,7 +63,7 @@ class PoolPressure:
         (ServingCache.finishing). A request that ends on its end-of-sequence token
         cannot be foreseen: its extra step takes its page like any other."""
         io = getattr(self.processor, "inputs_and_outputs", None)
-        pairs = getattr(io, "io_pairs", None)
+        pairs = io_pairs(io)
         if not pairs:
             return frozenset()
         in_flight = pairs[1 - io.current_pair].host_io.requests_in_batch

@@ -4,6 +4,17 @@ with tokens in the step), what every layer of it reads, and the record
 ServingCache keeps of it for tools/bench_serving.py."""
 import typing
 
+from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingAsyncIOs
+
+
+def io_pairs(inputs_and_outputs):
+    """The two IO pairs of transformers' asynchronous batching (the engine
+    prepares one while the GPU runs the other), or None when the engine runs one
+    step at a time. The one place headpage.serving tells the two apart."""
+    if isinstance(inputs_and_outputs, ContinuousBatchingAsyncIOs):
+        return inputs_and_outputs.io_pairs
+    return None
+
 
 class _StepRow:
     """One request of the step being run: its rows [first, first + count) of the

@@ -24,9 +24,13 @@ SEVEN = PROMPTS + [list(range(5, 40)), [3] * 17, list(range(9, 90)), [4, 2]]
 LENGTHS = [6, 20, 9, 32, 14, 25, 1]
 
 
-def config(use_async_batching):
-    settings = dict(engine_config().__dict__)
-    settings["use_async_batching"] = use_async_batching
+def config(use_async_batching=None, **settings):
+    """The tests' engine configuration with use_async_batching as given (None:
+    unset, so that headpage.serving decides)."""
+    settings = {**{k: v for k, v in engine_config().__dict__.items()
+                   if k != "use_async_batching"}, **settings}
+    if use_async_batching is not None:
+        settings["use_async_batching"] = use_async_batching
     return ContinuousBatchingConfig(**settings)
 
 
@@ -129,8 +133,7 @@ def test_asynchronous_batching_with_prefix_caching_gives_the_tokens_of_one_step_
     for overlap in (False, True):
         model = headpage.serving.enable(small_model("cuda"), num_pages=1024, policy="ada-snapkv",
                                         budget="50%", check_invariants=True)
-        sharing = ContinuousBatchingConfig(**{**config(overlap).__dict__, "num_blocks": 128,
-                                              "allow_block_sharing": True})
+        sharing = config(overlap, num_blocks=128, allow_block_sharing=True)
         manager, runs[overlap] = serve(model, SHARING, [10] * len(SHARING), overlap,
                                        engine=sharing)
         hits[overlap] = manager.stats()["prefix_hits"]
@@ -181,13 +184,9 @@ def test_asynchronous_batching_is_on_where_headpages_graphs_run_unless_asked_oth
     def decided(cuda_graphs, asked=None, **generation):
         model = headpage.serving.enable(small_model("cuda"), num_pages=64,
                                         cuda_graphs=cuda_graphs)
-        settings = {k: v for k, v in engine_config().__dict__.items()
-                    if k != "use_async_batching"}
-        if asked is not None:
-            settings["use_async_batching"] = asked
         manager = model.init_continuous_batching(
             generation_config=GenerationConfig(**generation),
-            continuous_batching_config=ContinuousBatchingConfig(**settings))
+            continuous_batching_config=config(asked))
         return manager.continuous_batching_config.use_async_batching
 
     assert decided(True) is True
@@ -206,7 +205,5 @@ def test_asynchronous_batching_off_a_cuda_device_is_refused_and_off_by_default()
         model.init_continuous_batching(continuous_batching_config=config(True))
     # Refused before the manager switched the model to headpage's attention.
     assert model.config._attn_implementation == "sdpa"
-    settings = {k: v for k, v in engine_config().__dict__.items() if k != "use_async_batching"}
-    manager = model.init_continuous_batching(
-        continuous_batching_config=ContinuousBatchingConfig(**settings))
+    manager = model.init_continuous_batching(continuous_batching_config=config())
     assert manager.continuous_batching_config.use_async_batching is False
