@@ -12,13 +12,15 @@ a request fits when it fits on every rank, the free capacity is the fullest
 rank's, the pool budget runs on every rank when one rank needs it, and the
 ranks' eviction engines allocate one budget across all heads
 (EvictionEngine.join_group): each rank keeps, for its heads, what one engine over
-every head would keep."""
+every head would keep. A request's own policy and budget travel to the other
+ranks with the request itself (carry_request_policies)."""
 import logging
 
 import torch
 import torch.distributed as dist
 
-from headpage._model import ModelShape
+import headpage
+from headpage._model import ModelShape, resolve_policy
 from headpage.distributed import ProcessGroupCollective
 
 _log = logging.getLogger("headpage.serving")
@@ -79,6 +81,46 @@ class TensorParallel:
                                  f"tensor-parallel group of {self.size}")
         return ModelShape(shape.num_layers, shape.num_q_heads // self.size,
                           shape.num_kv_heads // self.size, shape.head_dim)
+
+
+def portable_policy(config):
+    """(name, options) from which headpage.policy_by_name rebuilds `config` on
+    another rank (PolicyConfig does not pickle); ValueError when it cannot: a
+    config renamed to what the registry does not know, or changed where its
+    options do not reach."""
+    options = {k: v for k, v in config.options.items() if not (k == "profile" and v == "-")}
+    try:
+        again = headpage.policy_by_name(config.name, **options)
+    except ValueError:
+        again = None
+    if again is None or again.options != config.options or repr(again) != repr(config):
+        raise ValueError(f"policy {config!r} cannot be rebuilt on the other ranks from its name "
+                         f"and options: under tensor parallelism a request's own policy must be "
+                         f"a registry policy (headpage.policy_by_name) with its options")
+    return config.name, options
+
+
+def carry_request_policies(helper, policies):
+    """Makes transformers' broadcast of new requests from the driver (tensor-
+    parallel rank 0) carry their own (policy, budget), as `policies` (request id
+    -> (PolicyConfig, budget)) holds them there, into `policies` on every other
+    rank, before any rank schedules them. Every rank resolves the same name,
+    options and budget, so their engines compress those requests alike."""
+    broadcast = helper.tp_broadcast_object_from_rank_0
+
+    def broadcast_with_policies(payload):
+        new_states, cancellations = payload
+        carried = {state.request_id: (portable_policy(policies[state.request_id][0]),
+                                      policies[state.request_id][1])
+                   for state in new_states if state.request_id in policies}
+        new_states, cancellations, carried = broadcast((new_states, cancellations, carried))
+        for request_id, ((name, options), budget) in carried.items():
+            if request_id not in policies:
+                policies[request_id] = resolve_policy(headpage.policy_by_name(name, **options),
+                                                      budget)
+        return new_states, cancellations
+
+    helper.tp_broadcast_object_from_rank_0 = broadcast_with_policies
 
 
 def tensor_parallel(helper):

@@ -66,7 +66,8 @@ from headpage._model import (check_compress_every, check_ints, model_shape, page
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
 from headpage._serving_compress import RECENT_RESULTS
-from headpage._serving_tp import CUDA_COMPRESSION, tensor_parallel
+from headpage._serving_tp import (CUDA_COMPRESSION, carry_request_policies, portable_policy,
+                                  tensor_parallel)
 
 __all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
            "RequestRefused",
@@ -139,7 +140,8 @@ def check_engine():
     need(FutureRequestState, ["state", "has_new_token"], "FutureRequestState")
     need(RequestState, ["generated_len", "_new_tokens_limit"], "RequestState")
     from transformers.generation.continuous_batching.distributed import DistributedHelper
-    need(DistributedHelper, ["are_kv_heads_tp_ed", "tp_all_reduce_min"], "DistributedHelper")
+    need(DistributedHelper, ["are_kv_heads_tp_ed", "tp_all_reduce_min",
+                             "tp_broadcast_object_from_rank_0"], "DistributedHelper")
     public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
     theirs, ours = public(PagedAttentionCache), public(ServingCache)
     changes = [f"missing: {m}" for m in missing]
@@ -255,6 +257,7 @@ class ServingManager(ContinuousBatchingManager):
         self.tensor_parallel = tensor_parallel(self.distributed_helper)
         if self.tensor_parallel is not None:
             self._shape = self.tensor_parallel.local_shape(self._shape)
+            carry_request_policies(self.distributed_helper, self._request_policies)
         try:  # on the copy transformers resolved
             self.continuous_batching_config.use_async_batching = settle_async(
                 tensor_parallel=self.tensor_parallel is not None)
@@ -354,12 +357,14 @@ class ServingManager(ContinuousBatchingManager):
         if self.tensor_parallel is not None:
             if compresses and self.model.device.type == "cuda":
                 raise RequestRefused(CUDA_COMPRESSION)
-            if chosen is not None or compressed_prefix is not None:
-                # transformers broadcasts the request to the other ranks, not these.
-                raise RequestRefused("headpage.serving: a request's own policy, budget or "
-                                     "compressed_prefix is not supported under tensor "
-                                     "parallelism (only rank 0 would know them); "
-                                     "enable()'s apply to every request")
+            if compressed_prefix is not None:
+                raise RequestRefused("headpage.serving: compressed_prefix is not supported under "
+                                     "tensor parallelism (prefix caching is off there)")
+            if chosen is not None:
+                try:  # it travels to the other ranks by name (carry_request_policies)
+                    portable_policy(config)
+                except ValueError as error:
+                    raise RequestRefused(f"headpage.serving: {error}") from None
         every = options["compress_every"]
         if chosen is not None and compresses and every:
             # Its decode windows come from the ring, whose window is enable()'s policy's.
@@ -385,7 +390,9 @@ class ServingManager(ContinuousBatchingManager):
                 + f"; the pool has {options['num_pages']}")
         if compressed_prefix is not None:
             self._check_compressed_prefix(compressed_prefix, prompt, compresses)
-        if chosen is None and compressed_prefix is None:
+        if (chosen is None and compressed_prefix is None) or not self.is_tp_driver:
+            # Off the driver transformers queues nothing: its requests come from
+            # rank 0's broadcast, their own policies with them.
             return super().add_request(input_ids, request_id, *args, **kwargs)
         if request_id is None:
             with self._ids_lock:

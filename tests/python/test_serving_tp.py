@@ -80,7 +80,53 @@ def serve(model, run, pages):
                                              "failures")})
 
 
-def rank_main(rank, port, model_dir, results, runs=tuple(RUNS)):
+def own_policies():
+    """(request id, policy, budget) of the "own" run: enable() gives ada-snapkv at
+    30%; three requests name their own, one a config with options of its own."""
+    import headpage
+    uniform = headpage.policy_by_name("uniform-snapkv", window=8)
+    tuned = headpage.policy_by_name("ada-snapkv", window=8, alpha=0.5)
+    return [("own_default", None, None), ("own_uniform", uniform, 24),
+            ("own_tuned", tuned, "50%"), ("own_full", "full", None)]
+
+
+def serve_own(model, pages):
+    """Serves four requests through a manager, each with the policy and budget it
+    names (own_policies); every rank adds them, as transformers' own generate_batch
+    does (only the driver's reach the engine). Under tensor parallelism a renamed
+    policy is refused on every rank, and the others are served. Returns what
+    serve() returns."""
+    import headpage
+    import headpage.serving as serving
+    default = headpage.policy_by_name("ada-snapkv", window=8)
+    serving.enable(model, num_pages=pages, page_size=8, policy=default, budget="30%",
+                   floor_tokens=8, protect_recent=4, check_invariants=True)
+    manager = model.init_continuous_batching(
+        generation_config=GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=None,
+                                           pad_token_id=0),
+        continuous_batching_config=ContinuousBatchingConfig(max_batch_tokens=64,
+                                                            cpu_group_timeout=60))
+    manager.start()
+    try:
+        if manager.tensor_parallel is not None:
+            renamed = headpage.policy_by_name("uniform-snapkv")
+            renamed.name = "my-snapkv"
+            with pytest.raises(serving.RequestRefused, match="registry policy"):
+                manager.add_request(prompts(1)[0], request_id="own_renamed", policy=renamed,
+                                    budget="50%")
+        for prompt, (rid, policy, budget) in zip(prompts(4), own_policies()):
+            options = {} if policy is None else dict(policy=policy, budget=budget)
+            manager.add_request(prompt, request_id=rid, **options)
+        out = {r.request_id: r for r in (manager.get_result(timeout=120) for _ in range(4))}
+    finally:
+        manager.stop(block=True)
+    kept = {rid: (r.kept.tolist() if hasattr(r, "kept") else "skipped")
+            for rid, r in manager.serving_cache.compressions.items()}
+    return dict(tokens={rid: list(out[rid].generated_tokens) for rid in sorted(out)}, kept=kept,
+                errors=[r.error for r in out.values() if r.error])
+
+
+def rank_main(rank, port, model_dir, results, runs=tuple(RUNS) + ("own",)):
     try:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(SIZE),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -88,7 +134,8 @@ def rank_main(rank, port, model_dir, results, runs=tuple(RUNS)):
         model = LlamaForCausalLM.from_pretrained(
             model_dir, distributed_config=DistributedConfig(tp_plan="auto"), dtype=torch.float32)
         assert model.model.layers[0].self_attn.k_proj.weight.to_local().shape[0] == 2 * 16
-        results[rank] = json.dumps({run: serve(model, run, RUNS[run][2]) for run in runs})
+        results[rank] = json.dumps({run: serve_own(model, 2048) if run == "own" else
+                                    serve(model, run, RUNS[run][2]) for run in runs})
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     except BaseException:  # noqa: BLE001 (reported to the test)
@@ -122,6 +169,18 @@ def test_two_ranks_serve_as_one_process(model_dir):
                 want = kept if kept == "skipped" else [layer[rank * heads:(rank + 1) * heads]
                                                        for layer in kept]
                 assert mine == want, (run, rid, rank)
+    # Requests with their own policies: rank 0's broadcast carried them, so each
+    # rank keeps one process's counts for its heads.
+    one = serve_own(model, 2048 * SIZE)
+    assert not one["errors"] and set(one["kept"]) == {"own_default", "own_uniform",
+                                                            "own_tuned"}
+    assert one["kept"]["own_uniform"][0] == [24] * 4  # uniform: 24 tokens every head
+    for rank, got in enumerate(ranks):
+        assert got["own"]["tokens"] == one["tokens"] and not got["own"]["errors"], rank
+        assert got["own"]["kept"].keys() == one["kept"].keys()
+        for rid, kept in one["kept"].items():
+            want = [layer[rank * heads:(rank + 1) * heads] for layer in kept]
+            assert got["own"]["kept"][rid] == want, (rid, rank)
     assert len(ranks[0]["full"]["tokens"]) == 2 * 4  # forked children
     assert single["stats"]["compressed"] >= 2
     assert single["stats"]["decode_compressions"] >= 4  # the "decode" run, the last one
@@ -149,3 +208,18 @@ def test_two_gpus_serve_as_one_gpu(model_dir):
     for rank in range(SIZE):
         assert not results[rank].startswith("failed"), results[rank]
         assert json.loads(results[rank])["full"]["tokens"] == single["tokens"], rank
+
+
+def test_every_registry_policy_travels_by_name_and_a_renamed_one_is_refused():
+    import headpage
+    from headpage._serving_tp import portable_policy
+    for name in headpage.policy_names():
+        config = headpage.policy_by_name(name)
+        config.window = 8
+        travelled, options = portable_policy(config)
+        again = headpage.policy_by_name(travelled, **options)
+        assert (again.options, repr(again)) == (config.options, repr(config)), name
+    renamed = headpage.policy_by_name("ada-snapkv")
+    renamed.name = "mine"
+    with pytest.raises(ValueError, match="registry policy"):
+        portable_policy(renamed)
