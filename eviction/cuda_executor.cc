@@ -64,6 +64,15 @@ bool CudaExecutor::KeepsScores(const BlockManager& manager, SeqId seq) {
 #if HEADPAGE_HAVE_CUDA
 namespace cuda_executor {
 
+std::vector<std::vector<policy::StreamScores>> ByLayer(
+    absl::Span<const policy::StreamScores> streams, int32_t layers, int32_t heads) {
+  std::vector<std::vector<policy::StreamScores>> by_layer(layers);
+  for (int32_t layer = 0; layer < layers; ++layer) {
+    by_layer[layer].assign(streams.begin() + layer * heads, streams.begin() + (layer + 1) * heads);
+  }
+  return by_layer;
+}
+
 void Tables::Clear() {
   indptr.assign(1, 0);
   page_ids.clear();
@@ -260,14 +269,16 @@ SlotScoresArgs CudaExecutorImpl::StoreArgs(const Tables& t, const DeviceTables& 
 
 // A call that fails part way may leave copies into and out of the pinned
 // scratch queued: wait for them before the next call rewrites it.
-absl::Status CudaExecutorImpl::Compress(const PolicyConfig& config, absl::Span<const Job> jobs) {
-  absl::Status status = CompressJobs(config, jobs);
+absl::Status CudaExecutorImpl::Compress(const PolicyConfig& config, absl::Span<const Job> jobs,
+                                        const AgreeLayerKept& agree_kept) {
+  absl::Status status = CompressJobs(config, jobs, agree_kept);
   if (!status.ok()) cudaStreamSynchronize(stream());
   return status;
 }
 
 absl::Status CudaExecutorImpl::ScoreAndSelect(const PolicyConfig& config, const Job& job,
-                                              const JobState& state) {
+                                              const JobState& state,
+                                              const AgreeLayerKept& agree_kept) {
   const CacheGeometry& g = manager_->geometry();
   const int32_t heads = g.num_kv_heads, layers = g.num_layers;
   const Tables& t = state.tables;
@@ -287,6 +298,18 @@ absl::Status CudaExecutorImpl::ScoreAndSelect(const PolicyConfig& config, const 
 
   // Selection: keep sets at each stream's score offset, kept counts beside.
   SelectArgs select = select_;
+  if (agree_kept) {
+    // The counts the group agreed (over the streams layer by layer), in place
+    // of the tables' capacities; each stream keeps its top count.
+    const std::vector<policy::Protection> protection(t.streams(), job.protection);
+    HEADPAGE_RETURN_IF_ERROR(AgreeAndUpload(
+        t, protection, {},
+        [&](absl::Span<const policy::StreamScores> streams) {
+          return agree_kept(job, ByLayer(streams, layers, heads));
+        },
+        const_cast<int32_t*>(tables.kept)));  // the executor's own scratch
+    select.mode = SelectMode::kTopB;
+  }
   select.scores = At<float>(d, d_scores_);
   select.positions = At<int32_t>(d, d_positions_);
   select.keep = At<int32_t>(d, state.d_keep);
@@ -379,7 +402,8 @@ absl::Status CudaExecutorImpl::PlanAndCompact(SeqId seq, const int32_t* counts,
   return compacted;
 }
 
-absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Span<const Job> jobs) {
+absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Span<const Job> jobs,
+                                            const AgreeLayerKept& agree_kept) {
   using A = PolicyConfig::Allocator;
   using S = PolicyConfig::Scorer;
   HEADPAGE_RETURN_IF_ERROR(Supports(config));
@@ -486,6 +510,10 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
   d_attention_ = dev.Add(dbudget ? sizeof(float) * group * tokens : 0);
   d_dbudget_ws_ = dev.Add(dbudget_ws);
   Layout host;
+  if (agree_kept) {
+    h_scored_ = host.Add((sizeof(float) + sizeof(int32_t)) * tokens);
+    h_agreed_ = host.Add(sizeof(int32_t) * layers * heads);
+  }
   for (JobState& state : jobs_) {
     state.d_keep = dev.Add(sizeof(int32_t) * state.size.tokens);
     state.d_counts = dev.Add(sizeof(int32_t) * state.size.streams);
@@ -501,12 +529,20 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
   // the GPU starts on the first while the host builds the next.
   for (size_t j = 0; j < jobs.size(); ++j) {
     JobState& state = jobs_[j];
-    if (state.size.tokens == 0) continue;
+    if (state.size.tokens == 0) {
+      // Nothing to score or select; a group still meets for its agreement.
+      if (agree_kept) {
+        const std::vector<policy::StreamScores> empty(layers * heads,
+                                                      policy::StreamScores{{}, {}, jobs[j].protection});
+        HEADPAGE_RETURN_IF_ERROR(agree_kept(jobs[j], ByLayer(empty, layers, heads)).status());
+      }
+      continue;
+    }
     state.tables.Clear();
     HEADPAGE_RETURN_IF_ERROR(state.tables.Append(*manager_, jobs[j].seq, jobs[j].layer_capacity, {},
                                                  jobs[j].stream_capacity));
     if (dbudget) state.tables.SetGroupOffsets(group);
-    HEADPAGE_RETURN_IF_ERROR(ScoreAndSelect(config, jobs[j], state));
+    HEADPAGE_RETURN_IF_ERROR(ScoreAndSelect(config, jobs[j], state, agree_kept));
     HEADPAGE_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(events_[j], stream()), "recording"));
   }
   for (size_t j = 0; j < jobs.size(); ++j) {

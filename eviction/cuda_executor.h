@@ -28,6 +28,7 @@
 #define HEADPAGE_EVICTION_CUDA_EXECUTOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -39,6 +40,7 @@
 #include "eviction/layer_queries.h"
 #include "kernels/gpu_launch.h"
 #include "policy/config.h"
+#include "policy/stream_scores.h"
 #include "policy/types.h"
 
 namespace headpage {
@@ -76,6 +78,23 @@ class CudaExecutor {
     int32_t frozen_tokens = 0;
   };
 
+  // In a tensor-parallel group (EvictionEngine::JoinGroup) the members' kv
+  // heads share Ada-KV's budget of a layer, and the pool-wide budget, so how
+  // many tokens each stream keeps is agreed with the other members instead of
+  // being computed on the device: the executor scores on the GPU, copies the
+  // scores and positions to the host, asks the caller for the kept counts, and
+  // keeps each stream's top count (Select's kTopB) as the device's own
+  // selection would. Only counts cross between members.
+  //
+  // One job's streams, layer by layer ([layer]: that layer's kv heads, with the
+  // job's protection): each stream's kept count, [layer][kv head].
+  using AgreeLayerKept = std::function<absl::StatusOr<std::vector<int32_t>>(
+      const Job& job, absl::Span<const std::vector<policy::StreamScores>> layers)>;
+  // The pool budget's streams (every sequence of the call, [seq][layer][kv
+  // head], as policy::GlobalKept takes them) and their floors: each one's count.
+  using AgreeGlobalKept = std::function<absl::StatusOr<std::vector<int32_t>>(
+      absl::Span<const policy::StreamScores> streams, absl::Span<const int32_t> floors)>;
+
   // Compresses every layer of every job's sequence. The sequences are pipelined:
   // every sequence's scores and keep sets are enqueued first, then each one's
   // kept counts are waited for in turn and its plan and compaction enqueued,
@@ -85,8 +104,12 @@ class CudaExecutor {
   // the first compaction change nothing; a ResourceExhausted from Evict (a
   // stream shared with a fork in a pool without room) leaves the sequences
   // and layers before the failing one compressed, as the host executor does.
+  // With `agree_kept` (an Ada allocator in a group) each job's kept counts come
+  // from it, called once per job in order, after the job's scoring; an error
+  // it returns is returned as it is.
   [[nodiscard]] virtual absl::Status Compress(const PolicyConfig& config,
-                                              absl::Span<const Job> jobs) = 0;
+                                              absl::Span<const Job> jobs,
+                                              const AgreeLayerKept& agree_kept) = 0;
 
   // The score store: one float per slot of the pool, beside the positions,
   // moved by every compaction the executor runs. A stream's scored tokens are
@@ -127,11 +150,16 @@ class CudaExecutor {
   // are seqs[i]'s counts, updated to what each stream keeps) gives up its
   // globally least important scored tokens, keeping at least floor_tokens and
   // its last protect_recent tokens and every unscored one, until
-  // pages_to_free pages are free or the floors stop it.
+  // pages_to_free pages are free or the floors stop it. With `agree_kept` (a
+  // group) the counts come from it, called once unless seqs is empty; its
+  // streams hold each scored token's stored score (shifted to start at zero
+  // where they go below it, as the device's selection weighs them) and 0 for
+  // the unscored ones, which their protection keeps.
   [[nodiscard]] virtual absl::Status EnforcePoolBudget(absl::Span<const SeqId> seqs,
                                                        absl::Span<std::vector<int32_t>* const> scored,
                                                        int64_t pages_to_free, int32_t floor_tokens,
-                                                       int32_t protect_recent) = 0;
+                                                       int32_t protect_recent,
+                                                       const AgreeGlobalKept& agree_kept) = 0;
 
   // The stored scores of `seq`'s streams, [stream][slot] over each scored prefix.
   [[nodiscard]] virtual absl::StatusOr<std::vector<std::vector<float>>> StoredScores(

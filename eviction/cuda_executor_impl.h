@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -82,6 +83,11 @@ struct Measured {
 };
 absl::StatusOr<Measured> Measure(const BlockManager& manager, SeqId seq);
 
+// A sequence's streams ([layer][kv head], end to end) split by layer, as a
+// group's AgreeLayerKept takes them.
+std::vector<std::vector<policy::StreamScores>> ByLayer(
+    absl::Span<const policy::StreamScores> streams, int32_t layers, int32_t heads);
+
 // One job of a Compress call: its tables and its own scratch sections (its
 // keep sets and counts are read by its compaction, after later jobs' scoring
 // ran; its tables, counts and plan in pinned memory may have copies pending).
@@ -109,7 +115,8 @@ class CudaExecutorImpl final : public CudaExecutor {
       : CudaExecutor(stream), manager_(manager), cache_(cache) {}
   ~CudaExecutorImpl() override;
 
-  absl::Status Compress(const PolicyConfig& config, absl::Span<const Job> jobs) override;
+  absl::Status Compress(const PolicyConfig& config, absl::Span<const Job> jobs,
+                        const AgreeLayerKept& agree_kept) override;
   absl::Status ObserveDecode(const PolicyConfig& config, SeqId seq,
                              absl::Span<const LayerQueries> queries, absl::Span<int32_t> scored,
                              int32_t capacity, const policy::Protection& protection) override;
@@ -120,16 +127,32 @@ class CudaExecutorImpl final : public CudaExecutor {
   absl::Status EnforcePoolBudget(absl::Span<const SeqId> seqs,
                                  absl::Span<std::vector<int32_t>* const> scored,
                                  int64_t pages_to_free, int32_t floor_tokens,
-                                 int32_t protect_recent) override;
+                                 int32_t protect_recent,
+                                 const AgreeGlobalKept& agree_kept) override;
   absl::StatusOr<std::vector<std::vector<float>>> StoredScores(
       SeqId seq, absl::Span<const int32_t> scored) override;
 
  private:
   // cuda_executor.cc: the compression pipeline.
-  absl::Status CompressJobs(const PolicyConfig& config, absl::Span<const Job> jobs);
+  absl::Status CompressJobs(const PolicyConfig& config, absl::Span<const Job> jobs,
+                            const AgreeLayerKept& agree_kept);
   // Scores and selects one sequence, stores its scores, and starts the copy of
-  // its kept counts.
-  absl::Status ScoreAndSelect(const PolicyConfig& config, const Job& job, const JobState& state);
+  // its kept counts; with agree_kept, selects the counts it returns.
+  absl::Status ScoreAndSelect(const PolicyConfig& config, const Job& job, const JobState& state,
+                              const AgreeLayerKept& agree_kept);
+  // A group's agreement over `t`'s streams: copies their dense scores and
+  // positions (d_scores_, d_positions_) to pinned memory at h_scored_, waits,
+  // hands each stream's StreamScores (stream s protected by protection[s], its
+  // first scores_count[s] scores as copied and the rest 0; all of them when
+  // scores_count is empty) to `agree`, checks the counts it returns (one per
+  // stream, in [0, length]) and uploads them through pinned memory at
+  // h_agreed_ to `kept` on the device.
+  absl::Status AgreeAndUpload(
+      const Tables& t, absl::Span<const policy::Protection> protection,
+      absl::Span<const int32_t> scores_count,
+      const std::function<absl::StatusOr<std::vector<int32_t>>(
+          absl::Span<const policy::StreamScores>)>& agree,
+      int32_t* kept);
   // Waits for `counted` (unless null), evicts `seq` to the kept counts (host
   // memory, [layer][kv head]), uploads the plan from pinned memory at h_plan
   // and enqueues the compaction, reading keep sets at d_keep + offsets[s] and
@@ -200,6 +223,8 @@ class CudaExecutorImpl final : public CudaExecutor {
   // keeps one sequence's kernels before the next one's writes).
   size_t d_tables_ = 0, d_positions_ = 0, d_scores_ = 0, d_queries_ = 0, d_query_positions_ = 0,
          d_scores_ws_ = 0, d_plan_ = 0, d_attention_ = 0, d_dbudget_ws_ = 0;
+  // Sections of pinned_ for a group's agreement (AgreeAndUpload).
+  size_t h_scored_ = 0, h_agreed_ = 0;
   WindowScoresArgs scores_args_;
   SelectArgs select_;
 };

@@ -45,7 +45,8 @@ absl::StatusOr<std::vector<std::vector<float>>> CudaExecutorImpl::StoredScores(
 absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
                                                  absl::Span<std::vector<int32_t>* const> scored,
                                                  int64_t pages_to_free, int32_t floor_tokens,
-                                                 int32_t protect_recent) {
+                                                 int32_t protect_recent,
+                                                 const AgreeGlobalKept& agree_kept) {
   const CacheGeometry& g = manager_->geometry();
   const int32_t per_seq = g.streams_per_sequence();
   if (seqs.empty() || pages_to_free == 0) return absl::OkStatus();
@@ -86,6 +87,10 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
   const size_t h_candidates_and_floors = host.Add(sizeof(int32_t) * candidates_and_floors.size());
   const size_t h_counts = host.Add(sizeof(int32_t) * streams);
   const size_t h_plan = host.Add(sizeof(int32_t) * plan_ints + per_seq);
+  if (agree_kept) {
+    h_scored_ = host.Add((sizeof(float) + sizeof(int32_t)) * tables_.tokens());
+    h_agreed_ = host.Add(sizeof(int32_t) * streams);
+  }
   HEADPAGE_RETURN_IF_ERROR(Reserve(dev, host));
   HEADPAGE_RETURN_IF_ERROR(Store().status());
   char* d = device_.data();
@@ -105,17 +110,31 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
     load.shift_to_zero = true;
     load.unscored = std::numeric_limits<float>::infinity();
     HEADPAGE_RETURN_IF_ERROR(gpu::SlotScores(load, stream()));
-    global.score_offsets = tables.offsets;
-    global.scores = At<float>(d, d_scores_);
-    global.candidate_counts = At<int32_t>(d, d_candidates_and_floors);
-    global.floors = At<int32_t>(d, d_candidates_and_floors) + streams;
-    global.kept_counts = At<int32_t>(d, d_kept);
-    global.workspace = d + d_global_ws;
-    global.workspace_bytes = GlobalKeptWorkspaceBytes(global);
-    HEADPAGE_RETURN_IF_ERROR(gpu::GlobalKept(global, stream()));
-
     const TokenScoresArgs positions = PositionsArgs(tables_, tables);
     HEADPAGE_RETURN_IF_ERROR(gpu::TokenScores(positions, stream()));
+    if (agree_kept) {
+      // The group's GlobalKept, on the host streams the engine's host path
+      // builds: unscored tokens score 0 and sit in the protected recent window.
+      std::vector<policy::Protection> protection(streams);
+      for (int32_t s = 0; s < streams; ++s) {
+        protection[s].recent = std::max(protect_recent, tables_.lens[s] - tables_.scored[s]);
+      }
+      const absl::Span<const int32_t> floors =
+          absl::MakeConstSpan(candidates_and_floors).subspan(streams);
+      HEADPAGE_RETURN_IF_ERROR(AgreeAndUpload(
+          tables_, protection, tables_.scored,
+          [&](absl::Span<const policy::StreamScores> each) { return agree_kept(each, floors); },
+          At<int32_t>(d, d_kept)));
+    } else {
+      global.score_offsets = tables.offsets;
+      global.scores = At<float>(d, d_scores_);
+      global.candidate_counts = At<int32_t>(d, d_candidates_and_floors);
+      global.floors = At<int32_t>(d, d_candidates_and_floors) + streams;
+      global.kept_counts = At<int32_t>(d, d_kept);
+      global.workspace = d + d_global_ws;
+      global.workspace_bytes = GlobalKeptWorkspaceBytes(global);
+      HEADPAGE_RETURN_IF_ERROR(gpu::GlobalKept(global, stream()));
+    }
     SelectArgs select;
     select.num_seqs = streams / g.num_kv_heads;
     select.num_kv_heads = g.num_kv_heads;

@@ -331,7 +331,21 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
                       prepared[i].protection, queries[i],
                       CudaExecutor::KeepsScores(*manager_, seqs[i]), prepared[i].frozen});
     }
-    const absl::Status compressed = cuda_->Compress(config, jobs);
+    // In a group, Ada's budget is agreed across the members' heads from the
+    // scores the GPU computed. A failure inside the agreement is known to
+    // every member already; any other meets theirs (FailTogether).
+    bool agreement_failed = false;
+    CudaExecutor::AgreeLayerKept agree;
+    using A = PolicyConfig::Allocator;
+    if (group_ != nullptr && (config.allocator == A::kAda || config.allocator == A::kAdaPyramid)) {
+      agree = [&](const CudaExecutor::Job& job,
+                  absl::Span<const std::vector<StreamScores>> layers) {
+        absl::StatusOr<std::vector<int32_t>> kept = AgreeAdaKept(config, job.layer_capacity, layers);
+        agreement_failed = !kept.ok();
+        return kept;
+      };
+    }
+    const absl::Status compressed = cuda_->Compress(config, jobs, agree);
     for (size_t i = 0; i < seqs.size(); ++i) {
       SeqState& state = StateFor(seqs[i]);
       if (!compressed.ok() || !jobs[i].keeps_scores) {
@@ -347,7 +361,7 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
         state.capacity.assign(state.capacity.size(), prepared[i].capacity);
       }
     }
-    HEADPAGE_RETURN_IF_ERROR(compressed);
+    if (!compressed.ok()) return agreement_failed ? compressed : FailTogether(compressed);
   }
   for (size_t i = 0; i < seqs.size() && config.compresses() && cuda_ == nullptr; ++i) {
     const Prepared& p = prepared[i];
@@ -434,10 +448,7 @@ absl::Status EvictionEngine::CompressScoringFirst(const Prepared& p, const Polic
   std::vector<int32_t> kept;
   if (ada && group_ != nullptr) {
     const int64_t group_heads = int64_t{heads} * group_->size() * (across ? g.num_layers : 1);
-    HEADPAGE_ASSIGN_OR_RETURN(
-        const std::vector<std::vector<int32_t>> each_kept,
-        policy::AdaKept(allocations, config.ada, policy::Shard{group_, order, group_heads}));
-    for (const auto& k : each_kept) kept.insert(kept.end(), k.begin(), k.end());
+    HEADPAGE_ASSIGN_OR_RETURN(kept, AdaKeptInGroup(config, allocations, order, group_heads));
   } else {
     for (const policy::AdaAllocation& a : allocations) {
       absl::StatusOr<std::vector<int32_t>> each_kept =

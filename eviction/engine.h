@@ -40,6 +40,7 @@
 #include "eviction/host_executor.h"
 #include "eviction/layer_queries.h"
 #include "kernels/gpu_launch.h"
+#include "policy/budget.h"
 #include "policy/collective.h"
 #include "policy/config.h"
 
@@ -150,10 +151,10 @@ class EvictionEngine {
   // must make the same calls with the same arguments in the same order, as a
   // replicated scheduler does. A policy that reads across a layer's heads
   // (PolicyConfig::runs_on_head_slices) is then Unimplemented, as are decode-time
-  // schedules, whose decode steps would need their own agreements.
-  // InvalidArgument for a null group; Unimplemented on a device pool (its
-  // selection runs on the GPU and would need the histograms exchanged there).
-  // REQUIRES: the group outlives the engine.
+  // schedules, whose decode steps would need their own agreements. On a device
+  // pool the GPU scores and the agreed counts come back to it (only counts
+  // cross between members: CudaExecutor::AgreeLayerKept). InvalidArgument for
+  // a null group. REQUIRES: the group outlives the engine.
   [[nodiscard]] absl::Status JoinGroup(policy::Collective* group);
 
   // In a group (JoinGroup): reports `error` to the group, meeting the other
@@ -250,6 +251,24 @@ class EvictionEngine {
   // The group-wide index of this member's kv head h of `layer`, streams listed
   // layer by layer (layer * total heads + global head).
   int64_t GroupOrder(int32_t layer, int32_t h) const;
+  // In a group: policy::AdaKept with a Shard over `allocations` (this member's
+  // streams, ranked group-wide by `order` among group_heads), every
+  // allocation's counts end to end. Its errors are agreed already.
+  absl::StatusOr<std::vector<int32_t>> AdaKeptInGroup(
+      const PolicyConfig& config, absl::Span<const policy::AdaAllocation> allocations,
+      absl::Span<const int64_t> order, int64_t group_heads) const;
+  // In a group: the pool budget's policy::GlobalKept with a Shard over this
+  // member's streams of num_seqs sequences ([seq][layer][kv head]), after the
+  // agreement that a member failing before it meets (unless `agreed`: the
+  // caller just made one) and the check that every member has num_seqs.
+  absl::StatusOr<std::vector<int32_t>> GlobalKeptInGroup(
+      size_t num_seqs, absl::Span<const policy::StreamScores> streams,
+      absl::Span<const int32_t> floors, int64_t pages_to_free, bool agreed = false) const;
+  // The CUDA executor's AgreeLayerKept: one sequence's layers, each its own
+  // allocation at layer_capacity[layer].
+  absl::StatusOr<std::vector<int32_t>> AgreeAdaKept(
+      const PolicyConfig& config, absl::Span<const int32_t> layer_capacity,
+      absl::Span<const std::vector<policy::StreamScores>> layers) const;
 
   BlockManager* manager_;
   PagedKV cache_;

@@ -172,8 +172,32 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
     std::vector<std::vector<int32_t>*> scored;
     for (const SeqId seq : seqs) scored.push_back(&states_[seq].scored);
     const int64_t free_before = manager_->pool().free_pages();
-    HEADPAGE_RETURN_IF_ERROR(
-        cuda_->EnforcePoolBudget(seqs, scored, pages_to_free, floor_tokens, protect_recent));
+    // In a group the members agree on the counts as the host path does (the
+    // same agreements in the same order). Whether the agreement ran tells how
+    // a failure reaches the others: before it, at its first agreement; inside
+    // it, they know; after it, at the last one below.
+    enum class Agreement { kNotReached, kFailed, kDone } agreement = Agreement::kNotReached;
+    CudaExecutor::AgreeGlobalKept agree;
+    if (group_ != nullptr) {
+      agree = [&](absl::Span<const StreamScores> streams, absl::Span<const int32_t> floors)
+          -> absl::StatusOr<std::vector<int32_t>> {
+        agreement = Agreement::kFailed;
+        HEADPAGE_ASSIGN_OR_RETURN(std::vector<int32_t> kept,
+                                  GlobalKeptInGroup(seqs.size(), streams, floors, pages_to_free));
+        agreement = Agreement::kDone;
+        return kept;
+      };
+    }
+    const absl::Status applied =
+        cuda_->EnforcePoolBudget(seqs, scored, pages_to_free, floor_tokens, protect_recent, agree);
+    if (group_ != nullptr && agreement != Agreement::kFailed) {
+      HEADPAGE_RETURN_IF_ERROR(agreement == Agreement::kNotReached
+                                   ? FailTogether(applied)
+                                   : policy::Agree(*group_, applied, {0, 0},
+                                                   "EvictionEngine::EnforcePoolBudget")
+                                         .status());
+    }
+    HEADPAGE_RETURN_IF_ERROR(applied);
     return manager_->pool().free_pages() - free_before;
   }
   std::vector<std::vector<float>> scores;      // padded to each stream's length
@@ -224,25 +248,10 @@ absl::StatusOr<int64_t> EvictionEngine::EnforcePoolBudget(int64_t pages_to_free,
     HEADPAGE_ASSIGN_OR_RETURN(kept,
                               policy::GlobalKept(streams, floors, g.page_size, pages_to_free));
   } else {
-    // The members hold the same sequences (a replicated scheduler made them):
-    // stream i of sequence s, layer l is the group's (s L + l) H_group + rank H + h.
     HEADPAGE_RETURN_IF_ERROR(
         policy::Agree(*group_, gathered, {0, 0}, "EvictionEngine::EnforcePoolBudget").status());
-    HEADPAGE_RETURN_IF_ERROR(policy::AgreeSame(*group_, static_cast<int64_t>(seqs.size()),
-                                               "EnforcePoolBudget: the scored sequences"));
-    std::vector<int64_t> order;
-    for (size_t s = 0; s < seqs.size(); ++s) {
-      for (int32_t layer = 0; layer < g.num_layers; ++layer) {
-        for (int32_t h = 0; h < heads; ++h) {
-          order.push_back(GroupOrder(static_cast<int32_t>(s * g.num_layers + layer), h));
-        }
-      }
-    }
-    const int64_t group_streams =
-        static_cast<int64_t>(seqs.size()) * g.num_layers * heads * group_->size();
-    HEADPAGE_ASSIGN_OR_RETURN(
-        kept, policy::GlobalKept(streams, floors, g.page_size, pages_to_free,
-                                 policy::Shard{group_, order, group_streams}));
+    HEADPAGE_ASSIGN_OR_RETURN(kept, GlobalKeptInGroup(seqs.size(), streams, floors, pages_to_free,
+                                                      /*agreed=*/true));
   }
   const int64_t free_before = manager_->pool().free_pages();
   const auto apply = [&]() -> absl::Status {

@@ -18,11 +18,6 @@ absl::Status EvictionEngine::JoinGroup(policy::Collective* group) {
     return absl::InvalidArgumentError(absl::StrCat(
         "EvictionEngine::JoinGroup: rank ", group->rank(), " of a group of ", group->size()));
   }
-  if (cuda_ != nullptr) {
-    return absl::UnimplementedError(
-        "EvictionEngine::JoinGroup: not on a device pool yet (its Ada selection runs on the GPU "
-        "and would need its histograms exchanged there)");
-  }
   group_ = group;
   return absl::OkStatus();
 }
@@ -31,6 +26,57 @@ absl::Status EvictionEngine::FailTogether(absl::Status error) {
   if (group_ == nullptr || error.ok()) return error;
   // Agree returns our own error; the exchange only lets the others stop.
   return policy::Agree(*group_, error, {0, 0}, "EvictionEngine").status();
+}
+
+absl::StatusOr<std::vector<int32_t>> EvictionEngine::AdaKeptInGroup(
+    const PolicyConfig& config, absl::Span<const policy::AdaAllocation> allocations,
+    absl::Span<const int64_t> order, int64_t group_heads) const {
+  HEADPAGE_ASSIGN_OR_RETURN(
+      const std::vector<std::vector<int32_t>> each,
+      policy::AdaKept(allocations, config.ada, policy::Shard{group_, order, group_heads}));
+  std::vector<int32_t> kept;
+  for (const std::vector<int32_t>& k : each) kept.insert(kept.end(), k.begin(), k.end());
+  return kept;
+}
+
+absl::StatusOr<std::vector<int32_t>> EvictionEngine::AgreeAdaKept(
+    const PolicyConfig& config, absl::Span<const int32_t> layer_capacity,
+    absl::Span<const std::vector<policy::StreamScores>> layers) const {
+  const int32_t heads = manager_->geometry().num_kv_heads;
+  std::vector<policy::AdaAllocation> allocations;
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    allocations.push_back({layers[layer], layer_capacity[layer]});
+  }
+  std::vector<int64_t> order;
+  for (int32_t h = 0; h < heads; ++h) order.push_back(GroupOrder(0, h));
+  return AdaKeptInGroup(config, allocations, order, int64_t{heads} * group_->size());
+}
+
+absl::StatusOr<std::vector<int32_t>> EvictionEngine::GlobalKeptInGroup(
+    size_t num_seqs, absl::Span<const policy::StreamScores> streams, absl::Span<const int32_t> floors,
+    int64_t pages_to_free, bool agreed) const {
+  const CacheGeometry& g = manager_->geometry();
+  const int32_t heads = g.num_kv_heads;
+  if (!agreed) {
+    HEADPAGE_RETURN_IF_ERROR(
+        policy::Agree(*group_, absl::OkStatus(), {0, 0}, "EvictionEngine::EnforcePoolBudget")
+            .status());
+  }
+  // The members hold the same sequences (a replicated scheduler made them):
+  // stream i of sequence s, layer l is the group's (s L + l) H_group + rank H + h.
+  HEADPAGE_RETURN_IF_ERROR(policy::AgreeSame(*group_, static_cast<int64_t>(num_seqs),
+                                             "EnforcePoolBudget: the scored sequences"));
+  std::vector<int64_t> order;
+  for (size_t s = 0; s < num_seqs; ++s) {
+    for (int32_t layer = 0; layer < g.num_layers; ++layer) {
+      for (int32_t h = 0; h < heads; ++h) {
+        order.push_back(GroupOrder(static_cast<int32_t>(s * g.num_layers + layer), h));
+      }
+    }
+  }
+  const int64_t group_streams = static_cast<int64_t>(num_seqs) * g.num_layers * heads * group_->size();
+  return policy::GlobalKept(streams, floors, g.page_size, pages_to_free,
+                            policy::Shard{group_, order, group_streams});
 }
 
 int64_t EvictionEngine::GroupOrder(int32_t layer, int32_t h) const {

@@ -26,8 +26,8 @@ from headpage.distributed import ProcessGroupCollective
 _log = logging.getLogger("headpage.serving")
 
 CUDA_COMPRESSION = ("headpage.serving: compression under tensor parallelism runs on CPU pools "
-                    "only for now (the CUDA executor does not yet agree one budget across the "
-                    "ranks)")
+                    "only for now (the CUDA executor's agreement across the ranks has not yet "
+                    "run on GPUs)")
 
 
 class TensorParallel:
@@ -62,8 +62,8 @@ class TensorParallel:
         under tensor parallelism: each rank's pool reclaims cached blocks when it
         runs short, and the ranks run short at different times, so a prompt would
         hit on one rank and miss on another). NotImplementedError for compression
-        on CUDA, whose executor selects on the GPU and does not yet exchange its
-        histograms (EvictionEngine.join_group). Decode-time compression
+        on CUDA, whose executor's agreement (EvictionEngine.join_group on a device
+        pool) has not yet run on GPUs. Decode-time compression
         (compress_every) needs nothing more: every rank compresses the same
         requests at the same step, and the engines agree as they do for a prompt."""
         if compresses and device.type == "cuda":

@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: Apache-2.0
+// EvictionEngine in a tensor-parallel group on device pools (ctest label
+// `gpu`): members holding a slice of every layer's kv heads, threads of one
+// process sharing one GPU here, each with its own CudaArena, keep exactly what
+// one engine over every head keeps on a CudaArena, for Ada-KV's layer-wide
+// budget (agreed on the host from the GPU's scores) and for the pool-wide
+// budget, and fail together. The several-GPU run is tests/python/
+// test_serving_tp.py's.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "allocator/arena.h"
+#include "eviction/engine.h"
+#include "tests/eviction/group_member.h"
+#include "tests/kernels/device_buffer.h"
+#include "tests/testing/catch.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/thread_group.h"
+
+namespace headpage {
+namespace {
+
+using testing::DeviceMirror;
+using testing::GroupShape;
+using testing::Member;
+using testing::Named;
+using testing::Prompt;
+using testing::ThreadGroup;
+
+// head_dim and page sizes the GPU kernels take.
+const GroupShape kShape{/*layers=*/2, /*heads=*/4, /*group=*/2, /*dim=*/64, /*page=*/16,
+                        /*hidden=*/24};
+
+// A member's device pool: a CudaArena that a byte copy of its host pool fills.
+struct DeviceArena {
+  std::unique_ptr<CudaArena> arena;
+  DeviceMirror pool;
+
+  DeviceArena(int32_t heads, int64_t pages) {
+    auto created = CudaArena::Create(Member::Geometry(kShape, heads), pages);
+    REQUIRE_OK(created);
+    arena = std::make_unique<CudaArena>(std::move(created).value());
+    const PagedKV view = arena->view();
+    pool.view = view;
+    // Page by page: the device pool's other pages may hold compacted streams.
+    pool.mirror = [view](const HostArena& host, const std::vector<int64_t>& pages) {
+      const size_t page_bytes = view.page_elements() * sizeof(float);
+      HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+      for (const int64_t page : pages) {
+        HEADPAGE_CUDA_OK(cudaMemcpy(static_cast<char*>(view.data) + page * page_bytes,
+                                    static_cast<const char*>(host.view().data) + page * page_bytes,
+                                    page_bytes, cudaMemcpyHostToDevice));
+        HEADPAGE_CUDA_OK(cudaMemcpy(view.positions + page * view.page_size,
+                                    host.view().positions + page * view.page_size,
+                                    sizeof(int32_t) * view.page_size, cudaMemcpyHostToDevice));
+      }
+    };
+    pool.positions = [view]() {
+      std::vector<int32_t> positions(static_cast<size_t>(view.num_slots()));
+      HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+      HEADPAGE_CUDA_OK(cudaMemcpy(positions.data(), view.positions,
+                                  sizeof(int32_t) * positions.size(), cudaMemcpyDeviceToHost));
+      return positions;
+    };
+  }
+};
+
+// `members` engines over the heads of kShape, on device pools of `pages`.
+struct DeviceGroup {
+  ThreadGroup group;
+  std::vector<std::unique_ptr<DeviceArena>> arenas;
+  std::vector<std::unique_ptr<Member>> parts;
+
+  DeviceGroup(int32_t members, int64_t pages) : group(members) {
+    const int32_t heads = kShape.heads / members;
+    for (int32_t r = 0; r < members; ++r) {
+      arenas.push_back(std::make_unique<DeviceArena>(heads, pages));
+      parts.push_back(std::make_unique<Member>(kShape, r * heads, heads, pages, &arenas[r]->pool));
+      REQUIRE_OK(parts[r]->engine().JoinGroup(&group.member(r)));
+    }
+  }
+};
+
+TEST_CASE("CUDA executor in a group keeps what one engine over every head keeps",
+          "[eviction][gpu][group]") {
+  const char* const policies[] = {"ada-snapkv", "ada-pyramid", "uniform-snapkv", "knorm"};
+  int trial = 0;
+  for (const char* name : policies) {
+    for (const int32_t members : {2, 4}) {
+      const PolicyConfig config = Named(name);
+      const Prompt prompt(kShape, 300 + 37 * (trial % 3), 32, 200 + trial);
+      ++trial;
+      DeviceArena whole_arena(kShape.heads, 2000);
+      Member whole(kShape, 0, kShape.heads, 2000, &whole_arena.pool);
+      const SeqId whole_seq = whole.Prefill(prompt);
+      std::vector<LayerQueries> whole_queries = whole.Queries(prompt, false);
+      auto single =
+          whole.engine().Compress(whole_seq, config, Budget::Fraction(0.3), whole_queries);
+      INFO(name << ", " << members << " members");
+      REQUIRE_OK(single);
+      REQUIRE(single->tokens_after < single->tokens_before);
+
+      DeviceGroup group(members, 2000);
+      const int32_t heads = kShape.heads / members;
+      std::vector<SeqId> seqs;
+      std::vector<std::vector<LayerQueries>> queries;
+      for (int32_t r = 0; r < members; ++r) {
+        seqs.push_back(group.parts[r]->Prefill(prompt));
+        queries.push_back(group.parts[r]->Queries(prompt, false));
+      }
+      std::vector<absl::StatusOr<CompressResult>> results(members);
+      group.group.Run([&](int32_t r) {
+        results[r] = group.parts[r]->engine().Compress(seqs[r], config, Budget::Fraction(0.3),
+                                                       queries[r]);
+      });
+      for (int32_t r = 0; r < members; ++r) {
+        REQUIRE_OK(results[r]);
+        for (int32_t layer = 0; layer < kShape.layers; ++layer) {
+          for (int32_t h = 0; h < heads; ++h) {
+            const int32_t global = r * heads + h;
+            REQUIRE(results[r]->kept[layer * heads + h] ==
+                    single->kept[layer * kShape.heads + global]);
+            REQUIRE(group.parts[r]->Positions(seqs[r], layer, h) ==
+                    whole.Positions(whole_seq, layer, global));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("CUDA executor in a group: the pool budget frees what one engine over every head "
+          "frees",
+          "[eviction][gpu][group]") {
+  for (const int32_t members : {2, 4}) {
+    for (const int64_t target : {int64_t{1}, int64_t{9}, int64_t{100000}}) {
+      const std::vector<Prompt> prompts = {Prompt(kShape, 200, 32, 1),
+                                           Prompt(kShape, 260, 32, 2),
+                                           Prompt(kShape, 230, 32, 3)};
+      const PolicyConfig ada = Named("ada-snapkv");
+      DeviceArena whole_arena(kShape.heads, 3000);
+      Member whole(kShape, 0, kShape.heads, 3000, &whole_arena.pool);
+      std::vector<SeqId> whole_seqs;
+      for (const Prompt& p : prompts) {
+        whole_seqs.push_back(whole.Prefill(p));
+        auto q = whole.Queries(p, false);
+        REQUIRE_OK(whole.engine().Compress(whole_seqs.back(), ada, Budget::Fraction(0.6), q));
+      }
+      auto single = whole.engine().EnforcePoolBudget(target, 8, 4);
+      INFO(members << " members, " << target << " pages to free");
+      REQUIRE_OK(single);
+
+      DeviceGroup group(members, 3000);
+      const int32_t heads = kShape.heads / members;
+      std::vector<std::vector<SeqId>> seqs(members);
+      std::vector<std::vector<std::vector<LayerQueries>>> queries(members);
+      for (int32_t r = 0; r < members; ++r) {
+        for (const Prompt& p : prompts) {
+          seqs[r].push_back(group.parts[r]->Prefill(p));
+          queries[r].push_back(group.parts[r]->Queries(p, false));
+        }
+      }
+      std::vector<absl::StatusOr<int64_t>> freed(members);
+      group.group.Run([&](int32_t r) {
+        for (size_t s = 0; s < prompts.size(); ++s) {
+          auto compressed = group.parts[r]->engine().Compress(seqs[r][s], ada,
+                                                              Budget::Fraction(0.6),
+                                                              queries[r][s]);
+          if (!compressed.ok()) {
+            freed[r] = compressed.status();
+            return;
+          }
+        }
+        freed[r] = group.parts[r]->engine().EnforcePoolBudget(target, 8, 4);
+      });
+      int64_t total = 0;
+      for (int32_t r = 0; r < members; ++r) {
+        REQUIRE_OK(freed[r]);
+        total += *freed[r];
+        for (size_t s = 0; s < prompts.size(); ++s) {
+          for (int32_t layer = 0; layer < kShape.layers; ++layer) {
+            for (int32_t h = 0; h < heads; ++h) {
+              REQUIRE(group.parts[r]->Positions(seqs[r][s], layer, h) ==
+                      whole.Positions(whole_seqs[s], layer, r * heads + h));
+            }
+          }
+        }
+      }
+      REQUIRE(total == *single);
+      REQUIRE(*single >= 1);
+    }
+  }
+}
+
+TEST_CASE("CUDA executor in a group: a member's failure fails every member, none waits",
+          "[eviction][gpu][group]") {
+  const Prompt prompt(kShape, 120, 16, 5);
+  DeviceGroup group(2, 1000);
+  std::vector<SeqId> seqs;
+  std::vector<std::vector<LayerQueries>> queries;
+  for (int32_t r = 0; r < 2; ++r) {
+    seqs.push_back(group.parts[r]->Prefill(prompt));
+    queries.push_back(group.parts[r]->Queries(prompt, false));
+  }
+  std::vector<absl::StatusOr<CompressResult>> results(2);
+  const PolicyConfig ada = Named("ada-snapkv");
+  // Member 1 names a sequence it does not have.
+  group.group.Run([&](int32_t r) {
+    results[r] = group.parts[r]->engine().Compress(r == 1 ? seqs[r] + 99 : seqs[r], ada,
+                                                   Budget::Fraction(0.5), queries[r]);
+  });
+  REQUIRE_ERROR(results[1], absl::StatusCode::kNotFound, "");
+  REQUIRE_ERROR(results[0], absl::StatusCode::kAborted, "1 other member");
+  // Nothing changed: the same call on both now compresses.
+  group.group.Run([&](int32_t r) {
+    results[r] = group.parts[r]->engine().Compress(seqs[r], ada, Budget::Fraction(0.5), queries[r]);
+  });
+  REQUIRE_OK(results[0]);
+  REQUIRE_OK(results[1]);
+  REQUIRE(results[0]->tokens_after < results[0]->tokens_before);
+}
+
+}  // namespace
+}  // namespace headpage
