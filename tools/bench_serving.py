@@ -33,6 +33,10 @@ step's time against its roofline (the weights it reads plus the K/V its
 attention reads, at the copy bandwidth measured at the start of the run), and
 the CUDA graphs captured and replayed.
 
+--tensor-parallel N runs it on N ranks (tools/serving_tp.py): each holds 1/N of
+every layer's kv heads and a pool of --kv-gib, one GPU each (or the CPU over gloo);
+rank 0 submits and reports, and the roofline is each rank's.
+
 --kv-dtype fp8 stores headpage's pages in fp8 e4m3 with a scale per token and
 stream: the same --kv-gib holds about twice the pages of bf16 ones, and the
 roofline counts the bytes an fp8 token costs. transformers' own cache keeps the
@@ -49,6 +53,7 @@ import time
 import numpy as np
 import torch
 
+import serving_tp
 from serving_configs import config_modes, engine_config, evicts, parse_config
 
 MODELS = {
@@ -91,9 +96,22 @@ def kv_bytes_per_token(model):
 
 def weight_bytes_read(model):
     """Bytes of weights a decode step reads: every parameter but the input
-    embedding table, of which it reads a few rows."""
+    embedding table, of which it reads a few rows (under tensor parallelism,
+    this rank's shards)."""
+    from headpage._serving_tp import local_weight
+
     embed = model.get_input_embeddings().weight
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not embed)
+    return sum(local_weight(p).numel() * p.element_size() for p in model.parameters()
+               if p is not embed)
+
+
+def local_kv_heads(model, shape):
+    """The kv heads this process holds of every layer (all of them, unless tensor
+    parallelism shards k_proj)."""
+    from headpage._serving_tp import local_weight
+
+    k_proj = model.model.layers[0].self_attn.k_proj.weight
+    return local_weight(k_proj).shape[0] // shape.head_dim
 
 
 def copy_bandwidth(device):
@@ -173,8 +191,9 @@ def warm_up(manager, args):
     and decode steps of one and of several requests. Returns its seconds."""
     began = time.perf_counter()
     lengths = [(96, 6), (64, 2), (32, 12)]  # (prompt, new tokens): the last decodes alone
-    ids = [manager.add_request([7] * prompt, max_new_tokens=new) for prompt, new in lengths]
-    for _ in ids:
+    for prompt, new in lengths:  # a no-op off the driver (tensor parallelism)
+        manager.add_request([7] * prompt, max_new_tokens=new)
+    for _ in lengths:
         result = manager.get_result(timeout=args.timeout)
         if result is None or result.error:
             raise RuntimeError(f"warm-up failed: {result.error if result else 'no result'}")
@@ -245,7 +264,13 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
             shared = ({"compressed_prefix": args.prefix_tokens} if "compressed" in modes
                       else {})
 
+            # Under tensor parallelism only the driver (rank 0) submits; every
+            # rank gets every result.
+            driver = manager.is_tp_driver
+
             def submit(conversation, turn, prompt):
+                if not driver:
+                    return
                 rid = manager.add_request(prompt, record_timestamps=True, **shared)
                 submitted[rid] = time.perf_counter()
                 turns_of[rid] = (conversation, turn, prompt)
@@ -261,6 +286,8 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
                 if result is None:
                     raise RuntimeError(f"{config}: no result within {args.timeout} s")
                 results[result.request_id] = result
+                if not driver:
+                    continue
                 conversation, turn, prompt = turns_of[result.request_id]
                 if turn < len(followups[conversation]) and not result.error:
                     submit(conversation, turn + 1, prompt + list(result.generated_tokens)
@@ -274,7 +301,8 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
     generated = sum(len(r.generated_tokens) for r in results.values())
     # From submission: a preempted request is queued again with new timestamps,
     # and its wait counts.
-    ttft = [r.timestamps[0] - submitted[rid] for rid, r in results.items() if r.timestamps]
+    ttft = [r.timestamps[0] - submitted[rid] for rid, r in results.items()
+            if r.timestamps and rid in submitted]
     tpot = [(r.timestamps[-1] - r.timestamps[0]) / (len(r.timestamps) - 1)
             for r in results.values() if r.timestamps and len(r.timestamps) > 1]
     running = [n for _, n in sampler.samples]
@@ -424,6 +452,9 @@ def parse_args(argv):
     ap.add_argument("--floor-tokens", type=int, default=64)
     ap.add_argument("--protect-recent", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                    help="N ranks, each holding 1/N of every layer's kv heads and a pool of "
+                         "--kv-gib (tools/serving_tp.py; one GPU each, or the CPU over gloo)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for a result")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--arrivals-csv", metavar="FILE",
@@ -434,6 +465,8 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.prompt_min > args.prompt_max or args.requests < 1 or args.output < 1 or args.turns < 1:
         ap.error("want --prompt-min <= --prompt-max, --requests >= 1, --output >= 1, --turns >= 1")
+    if args.tensor_parallel < 1:
+        ap.error(f"--tensor-parallel {args.tensor_parallel}: want at least 1")
     if args.arrivals_csv and args.workload == "multi-turn":
         ap.error("--arrivals-csv: a multi-turn workload's later turns depend on the answers")
     if args.kv_dtype != "auto" and args.dtype == "f32":
@@ -458,9 +491,18 @@ def main(argv=None):
     if args.arrivals_csv:
         write_arrivals(args, args.arrivals_csv)
         return 0
-    device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[args.dtype]
-    model = build_model(args.model, device, dtype, args.seed)
+    if args.tensor_parallel > 1 and not serving_tp.in_rank():
+        return serving_tp.launch(argv if argv is not None else sys.argv[1:], args, build_model,
+                                 dtype)
+    if serving_tp.in_rank():
+        model = serving_tp.load_model(dtype)
+    else:
+        model = build_model(args.model, torch.device(args.device), dtype, args.seed)
+    device = model.device
+    # Under tensor parallelism rank 0 reports; the others run silently.
+    lead = serving_tp.rank() == 0
+    say = print if lead else (lambda *a, **k: None)
     shape, bytes_per_token = kv_bytes_per_token(model)
     bandwidth = copy_bandwidth(device)
     weights = weight_bytes_read(model)
@@ -469,13 +511,15 @@ def main(argv=None):
     header = dict(model=args.model, device=(torch.cuda.get_device_name(device)
                                             if device.type == "cuda" else "cpu"),
                   kv_gib=args.kv_gib, kv_dtype=args.kv_dtype, workload=args.workload,
+                  tensor_parallel=args.tensor_parallel,
+                  kv_heads_per_rank=local_kv_heads(model, shape),
                   requests=args.requests,
                   turns=args.turns if args.workload == "multi-turn" else 1,
                   prompt_tokens=sum(map(len, prompts)), output=args.output, rate=args.rate,
                   copy_bandwidth=bandwidth, weight_bytes_read=weights,
                   kv_bytes_per_token=bytes_per_token,
                   pool_tokens_full=int(args.kv_gib * (1 << 30) // bytes_per_token))
-    print(json.dumps(header), flush=True)
+    say(json.dumps(header), flush=True)
     rows = []
     for config in args.configs.split(","):
         fused = "fused" in config_modes(config)[1]
@@ -484,8 +528,8 @@ def main(argv=None):
                              bytes_per_token, roofline)
         rows.append(row)
         brief = {k: v for k, v in row.items() if k not in ("series", "step_series")}
-        print(json.dumps(brief), flush=True)
-        if args.out:  # after every configuration, so a run cut short keeps its rows
+        say(json.dumps(brief), flush=True)
+        if args.out and lead:  # after every configuration, so a run cut short keeps its rows
             with open(args.out, "w") as f:
                 json.dump(dict(header=header, rows=rows), f)
     # The baseline: the first headpage configuration whose policy evicts nothing.
@@ -497,6 +541,8 @@ def main(argv=None):
             if r.get("decode_tokens_per_second") and base.get("decode_tokens_per_second"):
                 r["decode_vs_full"] = (r["decode_tokens_per_second"] /
                                        base["decode_tokens_per_second"])
+    if not lead:
+        return 0
     print(f"{'config':<20} {'tok/s':>8} {'decode tok/s':>12} {'x full':>6} {'running':>11} "
           f"{'TTFT p50':>8} {'TPOT p50':>8} {'preempt':>7} {'compress s':>10} {'step/roof':>9}")
     for r in rows:

@@ -105,3 +105,23 @@ def test_fp8_pages_give_the_same_kv_memory_more_pages(tmp_path):
     assert fp8["kv_bytes"] == fp8["pool_pages"] * (2048 + 128) <= 0.002 * 2**30
     with pytest.raises(SystemExit):  # fp8 pages of an f32 model
         bench_serving.parse_args(TINY + ["--kv-dtype", "fp8"])
+
+
+def test_the_serving_benchmark_runs_under_tensor_parallelism(tmp_path):
+    # Two ranks over gloo, each with half of the tiny model's kv heads and a pool of
+    # its own: rank 0 submits and reports, and every request is served (and
+    # compressed, the group agreeing its Ada budget) on both.
+    out = tmp_path / "tp.json"
+    assert bench_serving.main(TINY + [
+        "--tensor-parallel", "2", "--requests", "4", "--prompt-median", "160",
+        "--prompt-min", "100", "--prompt-max", "300", "--output", "8",
+        "--max-batch-tokens", "256", "--kv-gib", "0.002",
+        "--configs", "full,ada-snapkv:50%", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["header"]["tensor_parallel"] == 2
+    assert results["header"]["kv_heads_per_rank"] == 1  # of the tiny model's 2
+    rows = {r["config"]: r for r in results["rows"]}
+    for row in rows.values():
+        assert row["requests"] == 4 and row["output_tokens"] == 4 * 8
+        assert row["tokens_per_second"] > 0 and row["ttft"]["p50"] is not None
+    assert rows["ada-snapkv:50%"]["compressed"] == 4 and rows["full"]["compressed"] == 0
