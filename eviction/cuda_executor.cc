@@ -230,6 +230,8 @@ void CudaExecutorImpl::SetScoresArgs(int32_t kernel_size, policy::Pooling poolin
   scores_args_.kernel_size = kernel_size;
   scores_args_.pooling = pooling;
   scores_args_.reduce = reduce;
+  // In a group, chunks as one executor over every head cuts them.
+  scores_args_.plan_streams = group_members_ > 1 ? g.streams_per_sequence() * group_members_ : 0;
 }
 
 TokenScoresArgs CudaExecutorImpl::PositionsArgs(const Tables& t, const DeviceTables& d) const {

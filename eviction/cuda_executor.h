@@ -151,7 +151,7 @@ class CudaExecutor {
   // globally least important scored tokens, keeping at least floor_tokens and
   // its last protect_recent tokens and every unscored one, until
   // pages_to_free pages are free or the floors stop it. With `agree_kept` (a
-  // group) the counts come from it, called once unless seqs is empty; its
+  // group) the counts come from it, called once (also for no sequences); its
   // streams hold each scored token's stored score (shifted to start at zero
   // where they go below it, as the device's selection weighs them) and 0 for
   // the unscored ones, which their protection keeps.
@@ -164,6 +164,12 @@ class CudaExecutor {
   // The stored scores of `seq`'s streams, [stream][slot] over each scored prefix.
   [[nodiscard]] virtual absl::StatusOr<std::vector<std::vector<float>>> StoredScores(
       SeqId seq, absl::Span<const int32_t> scored) = 0;
+
+  // In a group of `members` (EvictionEngine::JoinGroup; 1: alone): scores are
+  // computed in key chunks sized for members x this pool's streams
+  // (WindowScoresArgs::plan_streams), so that each member's scores, and with
+  // them its kept tokens, are bit for bit those of one executor over every head.
+  virtual void SetGroupMembers(int32_t members) = 0;
 
   GpuStream stream() const { return stream_; }
 

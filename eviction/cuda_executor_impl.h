@@ -124,6 +124,7 @@ class CudaExecutorImpl final : public CudaExecutor {
                                int32_t window) override;
   absl::StatusOr<std::vector<LayerQueries>> RecentQueries(SeqId seq) override;
   void Forget(SeqId seq) override { rings_.erase(seq); }
+  void SetGroupMembers(int32_t members) override { group_members_ = members; }
   absl::Status EnforcePoolBudget(absl::Span<const SeqId> seqs,
                                  absl::Span<std::vector<int32_t>* const> scored,
                                  int64_t pages_to_free, int32_t floor_tokens,
@@ -227,6 +228,7 @@ class CudaExecutorImpl final : public CudaExecutor {
   size_t h_scored_ = 0, h_agreed_ = 0;
   WindowScoresArgs scores_args_;
   SelectArgs select_;
+  int32_t group_members_ = 1;
 };
 
 }  // namespace headpage::cuda_executor

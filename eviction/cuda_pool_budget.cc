@@ -49,7 +49,9 @@ absl::Status CudaExecutorImpl::EnforcePoolBudget(absl::Span<const SeqId> seqs,
                                                  const AgreeGlobalKept& agree_kept) {
   const CacheGeometry& g = manager_->geometry();
   const int32_t per_seq = g.streams_per_sequence();
-  if (seqs.empty() || pages_to_free == 0) return absl::OkStatus();
+  if (pages_to_free == 0) return absl::OkStatus();
+  // A group meets for its agreement even when this member scored nothing.
+  if (seqs.empty()) return agree_kept ? agree_kept({}, {}).status() : absl::OkStatus();
   HEADPAGE_RETURN_IF_ERROR(BeginCall(0));
   tables_.Clear();
   int64_t plan_ints = 0;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "eviction/cuda_executor.h"
 #include "policy/budget.h"
 
 namespace headpage {
@@ -19,6 +20,7 @@ absl::Status EvictionEngine::JoinGroup(policy::Collective* group) {
         "EvictionEngine::JoinGroup: rank ", group->rank(), " of a group of ", group->size()));
   }
   group_ = group;
+  if (cuda_ != nullptr) cuda_->SetGroupMembers(group->size());
   return absl::OkStatus();
 }
 

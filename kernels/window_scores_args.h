@@ -51,6 +51,12 @@ struct WindowScoresArgs {
   const int32_t* score_offsets = nullptr;  // [streams + 1]
   int32_t max_len = 0;     // host-side bound of lens: sizes the grid and the workspace
   int32_t num_scores = 0;  // elements of `scores`
+  // The stream count the key chunks are sized for (0: num_seqs * num_kv_heads).
+  // A score's last bits depend on the chunks its stream is cut into (their
+  // softmax statistics are merged), so a tensor-parallel member passes its
+  // group's total to score its streams bit for bit as one call over every
+  // head would.
+  int32_t plan_streams = 0;
   float sm_scale = 0.0f;   // logit = (q . k) * sm_scale; SnapKV uses 1 / sqrt(head_dim)
   int32_t kernel_size = 7;  // odd; 1 disables pooling
   policy::Pooling pooling = policy::Pooling::kMax;
@@ -94,7 +100,7 @@ inline WindowScoresPlan PlanWindowScores(const WindowScoresArgs& args) {
   WindowScoresPlan plan;
   if (args.num_seqs <= 0 || args.num_kv_heads <= 0 || args.num_q_heads < args.num_kv_heads ||
       args.window < 1 || args.window > kMaxScoreWindow || args.max_len <= 0 ||
-      args.num_scores < 0) {
+      args.num_scores < 0 || args.plan_streams < 0) {
     return plan;
   }
   plan.num_streams = args.num_seqs * args.num_kv_heads;
@@ -106,7 +112,8 @@ inline WindowScoresPlan PlanWindowScores(const WindowScoresArgs& args) {
   // About 2048 blocks over the longest streams (a few waves on any current
   // GPU), with chunks of 256..1024 keys: shorter ones multiply the blocks'
   // fixed cost (each loads its 32 KiB of queries), longer ones leave SMs idle.
-  const int64_t work = static_cast<int64_t>(args.max_len) * plan.num_streams * plan.row_groups;
+  const int64_t sized_for = args.plan_streams > 0 ? args.plan_streams : plan.num_streams;
+  const int64_t work = static_cast<int64_t>(args.max_len) * sized_for * plan.row_groups;
   int64_t tiles = (work + 2048 * kScoreTileKeys - 1) / (2048 * kScoreTileKeys);
   tiles = tiles < 4 ? 4 : (tiles > 16 ? 16 : tiles);
   const int64_t len_tiles = (args.max_len + kScoreTileKeys - 1) / kScoreTileKeys;

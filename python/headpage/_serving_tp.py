@@ -100,24 +100,32 @@ def portable_policy(config):
     return config.name, options
 
 
-def carry_request_policies(helper, policies):
+def carried_policy(portable, budget):
+    """(PolicyConfig, budget) rebuilt from portable_policy's (name, options)."""
+    name, options = portable
+    return resolve_policy(headpage.policy_by_name(name, **options), budget)
+
+
+def carry_request_policies(helper, policies, portable):
     """Makes transformers' broadcast of new requests from the driver (tensor-
-    parallel rank 0) carry their own (policy, budget), as `policies` (request id
-    -> (PolicyConfig, budget)) holds them there, into `policies` on every other
-    rank, before any rank schedules them. Every rank resolves the same name,
-    options and budget, so their engines compress those requests alike."""
+    parallel rank 0) carry their own policies and budgets (`portable` there:
+    request id -> ((name, options), budget), taken as they travel) to every
+    rank, before any rank schedules them: each rank's `policies` (request id ->
+    (PolicyConfig, budget)) then holds exactly the broadcast requests' own, and
+    nothing for the others (an id used before leaves nothing behind). Nothing
+    here can fail before the broadcast, which the other ranks are waiting in."""
     broadcast = helper.tp_broadcast_object_from_rank_0
 
     def broadcast_with_policies(payload):
         new_states, cancellations = payload
-        carried = {state.request_id: (portable_policy(policies[state.request_id][0]),
-                                      policies[state.request_id][1])
-                   for state in new_states if state.request_id in policies}
+        carried = {state.request_id: portable.pop(state.request_id) for state in new_states
+                   if state.request_id in portable}
         new_states, cancellations, carried = broadcast((new_states, cancellations, carried))
-        for request_id, ((name, options), budget) in carried.items():
-            if request_id not in policies:
-                policies[request_id] = resolve_policy(headpage.policy_by_name(name, **options),
-                                                      budget)
+        for state in new_states:
+            if state.request_id in carried:
+                policies[state.request_id] = carried_policy(*carried[state.request_id])
+            else:
+                policies.pop(state.request_id, None)
         return new_states, cancellations
 
     helper.tp_broadcast_object_from_rank_0 = broadcast_with_policies

@@ -66,8 +66,8 @@ from headpage._model import (check_compress_every, check_ints, model_shape, page
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
 from headpage._serving_compress import RECENT_RESULTS
-from headpage._serving_tp import (CUDA_COMPRESSION, carry_request_policies, portable_policy,
-                                  tensor_parallel)
+from headpage._serving_tp import (CUDA_COMPRESSION, carried_policy, carry_request_policies,
+                                  portable_policy, tensor_parallel)
 
 __all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
            "RequestRefused",
@@ -244,6 +244,9 @@ class ServingManager(ContinuousBatchingManager):
         self.decode_graphs = None  # DecodeGraphs, on CUDA with cuda_graphs
         self._request_policies = {}  # request -> (PolicyConfig, budget) asked for it
         self._request_prefixes = {}  # request -> the prefix it shares compressed
+        # Under tensor parallelism, on the driver: request -> ((name, options),
+        # budget) of its own policy, until the broadcast carries it.
+        self._request_portable = {}
         self._ids_lock = threading.Lock()
         self._next_id = 0
         _settle_engine_config(args[2])
@@ -257,7 +260,8 @@ class ServingManager(ContinuousBatchingManager):
         self.tensor_parallel = tensor_parallel(self.distributed_helper)
         if self.tensor_parallel is not None:
             self._shape = self.tensor_parallel.local_shape(self._shape)
-            carry_request_policies(self.distributed_helper, self._request_policies)
+            carry_request_policies(self.distributed_helper, self._request_policies,
+                                   self._request_portable)
         try:  # on the copy transformers resolved
             self.continuous_batching_config.use_async_batching = settle_async(
                 tensor_parallel=self.tensor_parallel is not None)
@@ -362,9 +366,12 @@ class ServingManager(ContinuousBatchingManager):
                                      "tensor parallelism (prefix caching is off there)")
             if chosen is not None:
                 try:  # it travels to the other ranks by name (carry_request_policies)
-                    portable_policy(config)
+                    portable = portable_policy(config), chosen[1]
                 except ValueError as error:
                     raise RequestRefused(f"headpage.serving: {error}") from None
+                # Every rank, this one too, serves a copy rebuilt from what travels:
+                # the caller's config may change after the call.
+                chosen = carried_policy(*portable)
         every = options["compress_every"]
         if chosen is not None and compresses and every:
             # Its decode windows come from the ring, whose window is enable()'s policy's.
@@ -390,9 +397,14 @@ class ServingManager(ContinuousBatchingManager):
                 + f"; the pool has {options['num_pages']}")
         if compressed_prefix is not None:
             self._check_compressed_prefix(compressed_prefix, prompt, compresses)
-        if (chosen is None and compressed_prefix is None) or not self.is_tp_driver:
+        if not self.is_tp_driver:
             # Off the driver transformers queues nothing: its requests come from
             # rank 0's broadcast, their own policies with them.
+            return super().add_request(input_ids, request_id, *args, **kwargs)
+        if chosen is None and compressed_prefix is None:
+            if request_id is not None:  # an id used before leaves nothing behind
+                self._request_policies.pop(request_id, None)
+                self._request_prefixes.pop(request_id, None)
             return super().add_request(input_ids, request_id, *args, **kwargs)
         if request_id is None:
             with self._ids_lock:
@@ -400,14 +412,19 @@ class ServingManager(ContinuousBatchingManager):
                 request_id = f"hp_req_{self._next_id}"
         if chosen is not None:
             self._request_policies[request_id] = chosen
+            if self.tensor_parallel is not None:
+                self._request_portable[request_id] = portable
         if compressed_prefix is not None:
             self._request_prefixes[request_id] = int(compressed_prefix)
+        queued = None
         try:
-            return super().add_request(input_ids, request_id, *args, **kwargs)
-        except BaseException:
-            self._request_policies.pop(request_id, None)
-            self._request_prefixes.pop(request_id, None)
-            raise
+            queued = super().add_request(input_ids, request_id, *args, **kwargs)
+            return queued
+        finally:
+            if queued is None:  # refused, or not accepting requests: nothing queued
+                for kept in (self._request_policies, self._request_prefixes,
+                             self._request_portable):
+                    kept.pop(request_id, None)
 
     def _check_compressed_prefix(self, tokens, prompt, compresses):
         """RequestRefused unless a request may share `tokens` of its `prompt`

@@ -145,10 +145,12 @@ TEST_CASE("CUDA executor in a group: the pool budget frees what one engine over 
       DeviceArena whole_arena(kShape.heads, 3000);
       Member whole(kShape, 0, kShape.heads, 3000, &whole_arena.pool);
       std::vector<SeqId> whole_seqs;
-      for (const Prompt& p : prompts) {
-        whole_seqs.push_back(whole.Prefill(p));
-        auto q = whole.Queries(p, false);
+      for (size_t s = 0; s < prompts.size(); ++s) {
+        whole_seqs.push_back(whole.Prefill(prompts[s]));
+        auto q = whole.Queries(prompts[s], false);
         REQUIRE_OK(whole.engine().Compress(whole_seqs.back(), ada, Budget::Fraction(0.6), q));
+        // Decode steps since: unscored tokens, which the budget keeps.
+        whole.Append(whole_seqs.back(), 7 + static_cast<int32_t>(s), 40 + s);
       }
       auto single = whole.engine().EnforcePoolBudget(target, 8, 4);
       INFO(members << " members, " << target << " pages to free");
@@ -165,16 +167,22 @@ TEST_CASE("CUDA executor in a group: the pool budget frees what one engine over 
         }
       }
       std::vector<absl::StatusOr<int64_t>> freed(members);
+      std::vector<absl::Status> compressed(members);
       group.group.Run([&](int32_t r) {
-        for (size_t s = 0; s < prompts.size(); ++s) {
-          auto compressed = group.parts[r]->engine().Compress(seqs[r][s], ada,
-                                                              Budget::Fraction(0.6),
-                                                              queries[r][s]);
-          if (!compressed.ok()) {
-            freed[r] = compressed.status();
-            return;
-          }
+        for (size_t s = 0; s < prompts.size() && compressed[r].ok(); ++s) {
+          compressed[r] = group.parts[r]->engine()
+                              .Compress(seqs[r][s], ada, Budget::Fraction(0.6), queries[r][s])
+                              .status();
         }
+      });
+      // Catch's assertions stay on this thread: the appends between the calls.
+      for (int32_t r = 0; r < members; ++r) {
+        REQUIRE_OK(compressed[r]);
+        for (size_t s = 0; s < prompts.size(); ++s) {
+          group.parts[r]->Append(seqs[r][s], 7 + static_cast<int32_t>(s), 40 + s);
+        }
+      }
+      group.group.Run([&](int32_t r) {
         freed[r] = group.parts[r]->engine().EnforcePoolBudget(target, 8, 4);
       });
       int64_t total = 0;

@@ -100,20 +100,41 @@ class Member {
 
   // Writes this member's heads of the prompt into a new sequence.
   SeqId Prefill(const Prompt& p) {
-    const auto& s = shape_;
     const SeqId seq = fixture_->manager->AddSequence();
-    auto plan = fixture_->manager->Reserve(seq, p.len);
+    Write(seq, p.len, p.keys, p.values);
+    return seq;
+  }
+
+  // Appends `n` tokens of random K/V (from `seed`, the same for every member:
+  // each writes its heads' share) to `seq`, as decode steps would.
+  void Append(SeqId seq, int32_t n, uint64_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal;
+    std::vector<float> keys(static_cast<size_t>(shape_.layers) * n * shape_.heads * shape_.dim);
+    std::vector<float> values(keys.size());
+    for (float& x : keys) x = normal(rng);
+    for (float& x : values) x = normal(rng);
+    Write(seq, n, keys, values);
+  }
+
+  // Writes `len` tokens of `keys` and `values` ([layer][token][every head][dim])
+  // after `seq`'s, this member's heads of them.
+  void Write(SeqId seq, int32_t len, const std::vector<float>& all_keys,
+             const std::vector<float>& all_values) {
+    const auto& s = shape_;
+    auto plan = fixture_->manager->Reserve(seq, len);
     REQUIRE_OK(plan);
-    std::vector<int32_t> positions(p.len);
-    for (int32_t t = 0; t < p.len; ++t) positions[t] = t;
+    std::vector<int32_t> positions(len);
+    for (int32_t t = 0; t < len; ++t) positions[t] = static_cast<int32_t>(plan->first_position + t);
     for (int32_t layer = 0; layer < s.layers; ++layer) {
       std::vector<float> keys, values;
-      for (int32_t t = 0; t < p.len; ++t) {
-        const size_t at = ((static_cast<size_t>(layer) * p.len + t) * s.heads + first_) * s.dim;
-        keys.insert(keys.end(), p.keys.begin() + at, p.keys.begin() + at + heads_ * s.dim);
-        values.insert(values.end(), p.values.begin() + at, p.values.begin() + at + heads_ * s.dim);
+      for (int32_t t = 0; t < len; ++t) {
+        const size_t at = ((static_cast<size_t>(layer) * len + t) * s.heads + first_) * s.dim;
+        keys.insert(keys.end(), all_keys.begin() + at, all_keys.begin() + at + heads_ * s.dim);
+        values.insert(values.end(), all_values.begin() + at,
+                      all_values.begin() + at + heads_ * s.dim);
       }
-      REQUIRE_OK(ref::WriteKV({arena_->view(), p.len, heads_, keys.data(), values.data(),
+      REQUIRE_OK(ref::WriteKV({arena_->view(), len, heads_, keys.data(), values.data(),
                                plan->slot_mapping.data() + layer * heads_, s.layers * heads_,
                                positions.data()}));
     }
@@ -124,7 +145,6 @@ class Member {
       pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
       device_->mirror(*arena_, pages);
     }
-    return seq;
   }
 
   // This member's q heads of the observation window, and its columns of W_o

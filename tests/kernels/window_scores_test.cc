@@ -498,6 +498,24 @@ TEST_CASE("WindowScores: the plan and the workspace check", "[kernels]") {
   REQUIRE(groups(16, 128) == 2);
   REQUIRE(groups(8, 1) == 1);     // one 16-row tile per head
 
+  // A tensor-parallel member (half the kv heads) cuts its streams into the chunks
+  // one call over every head would when it passes the group's stream count, and
+  // into others when it does not: its scores' rounding would differ.
+  args = c.HostArgs();
+  args.num_seqs = 32;  // layers
+  args.num_q_heads = 32;
+  args.num_kv_heads = 8;
+  args.max_len = 4096;
+  const WindowScoresPlan whole = PlanWindowScores(args);
+  args.num_q_heads = 16;
+  args.num_kv_heads = 4;
+  REQUIRE(PlanWindowScores(args).chunk != whole.chunk);
+  args.plan_streams = 32 * 8;
+  REQUIRE(PlanWindowScores(args).chunk == whole.chunk);
+  REQUIRE(PlanWindowScores(args).num_splits == whole.num_splits);
+  args.plan_streams = -1;
+  REQUIRE_ERROR(ref::WindowScores(args), absl::StatusCode::kInvalidArgument, "plan_streams -1");
+
   args = c.HostArgs();
   const size_t bytes = WindowScoresWorkspaceBytes(args);
   REQUIRE(bytes > 0);
