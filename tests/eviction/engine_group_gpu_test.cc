@@ -223,6 +223,16 @@ TEST_CASE("CUDA executor in a group: a member's failure fails every member, none
   });
   REQUIRE_ERROR(results[1], absl::StatusCode::kNotFound, "");
   REQUIRE_ERROR(results[0], absl::StatusCode::kAborted, "1 other member");
+  // Member 1 fails in the executor, before its agreement (the GPU scores at most
+  // 128 window queries), while member 0 waits in the agreement: both return.
+  const Prompt wide(kShape, 120, 129, 6);
+  std::vector<LayerQueries> too_many = group.parts[1]->Queries(wide, false);
+  group.group.Run([&](int32_t r) {
+    results[r] = group.parts[r]->engine().Compress(seqs[r], ada, Budget::Fraction(0.5),
+                                                   r == 1 ? too_many : queries[r]);
+  });
+  REQUIRE_ERROR(results[1], absl::StatusCode::kInvalidArgument, "at most 128");
+  REQUIRE_ERROR(results[0], absl::StatusCode::kAborted, "1 other member");
   // Nothing changed: the same call on both now compresses.
   group.group.Run([&](int32_t r) {
     results[r] = group.parts[r]->engine().Compress(seqs[r], ada, Budget::Fraction(0.5), queries[r]);
