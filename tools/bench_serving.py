@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 import serving_tp
-from serving_configs import config_modes, engine_config, evicts, parse_config
+from serving_configs import compile_level, config_modes, engine_config, evicts, parse_config
 
 MODELS = {
     # Llama-3-8B's architecture.
@@ -235,7 +235,7 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
     processor = manager.batch_processor
     if args.profile and config == args.profile.rsplit(":", 3)[0]:
         profile_steps(processor, args.profile)
-    warm_up_seconds = warm_up(manager, args) if "compile" in modes else 0.0
+    warm_up_seconds = warm_up(manager, args) if compile_level(modes) else 0.0
     resets = [0]
     if name == "transformers":
         kv_bytes = processor.cache.num_sectors * processor.cache.bytes_per_sector

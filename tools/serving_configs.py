@@ -13,6 +13,10 @@
                         model compiled by torch.compile around the attention
                         (transformers' default_compile_level=1); a few short
                         requests compile it before the measured run
+  NAME+autotune         +compile at transformers' default_compile_level=2:
+                        mode max-autotune-no-cudagraphs, where Inductor times
+                        its own matrix-product kernels against cuBLAS for the
+                        decode step's shapes (compiling takes longer)
   NAME+fused            q/k/v and gate/up fused into one product each
                         (headpage.serving.fused_projections)
   NAME+async            transformers' asynchronous batching: the host prepares
@@ -39,7 +43,7 @@ def engine_config(args, config, bytes_per_token):
                   max_requests_per_batch=args.max_requests_per_batch, auto_switch_to_flash=False,
                   use_async_batching="async" in modes, use_cuda_graph=False,
                   max_memory_percent=None,
-                  default_compile_level=int("compile" in modes),
+                  default_compile_level=compile_level(modes),
                   allow_block_sharing="prefix" in modes)
     if name == "transformers":
         page = args.transformers_page_size
@@ -48,14 +52,21 @@ def engine_config(args, config, bytes_per_token):
     return ContinuousBatchingConfig(page_size=args.page_size, num_blocks=1, **common)
 
 
+def compile_level(modes):
+    """transformers' default_compile_level for a configuration's modes: 0 (not
+    compiled), 1 (+compile) or 2 (+autotune)."""
+    return 2 if "autotune" in modes else int("compile" in modes)
+
+
 def config_modes(config):
     """(name, modes) of NAME[+MODE...]: the modes a set of MODE names."""
     name, *modes = config.split("+")
-    unknown = set(modes) - {"eager", "compile", "prefix", "compressed", "fused", "async"}
+    unknown = set(modes) - {"eager", "compile", "autotune", "prefix", "compressed", "fused",
+                            "async"}
     if unknown:
         raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
-                         "(the modes are +eager, +compile, +prefix, +compressed, +fused "
-                         "and +async)")
+                         "(the modes are +eager, +compile, +autotune, +prefix, +compressed, "
+                         "+fused and +async)")
     if "compressed" in modes and ("prefix" not in modes or name == "transformers"):
         raise SystemExit(f"configuration '{config}': +compressed is headpage's, with +prefix")
     if name == "transformers" and "eager" in modes:

@@ -125,3 +125,13 @@ def test_the_serving_benchmark_runs_under_tensor_parallelism(tmp_path):
         assert row["requests"] == 4 and row["output_tokens"] == 4 * 8
         assert row["tokens_per_second"] > 0 and row["ttft"]["p50"] is not None
     assert rows["ada-snapkv:50%"]["compressed"] == 4 and rows["full"]["compressed"] == 0
+
+
+def test_autotune_compiles_at_transformers_second_level():
+    from serving_configs import compile_level, config_modes
+
+    assert compile_level(config_modes("full+autotune+fused+async")[1]) == 2
+    assert compile_level(config_modes("ada-snapkv:20%+compile")[1]) == 1
+    assert compile_level(config_modes("full")[1]) == 0
+    with pytest.raises(SystemExit, match="unknown mode"):
+        config_modes("full+turbo")
