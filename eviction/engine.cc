@@ -176,7 +176,8 @@ int64_t PagesHeld(const BlockManager& manager, SeqId seq) {
 
 absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
                                                                 const PolicyConfig& config,
-                                                                const Budget& budget) const {
+                                                                const Budget& budget,
+                                                                int32_t longest) const {
   const CacheGeometry& g = manager_->geometry();
   HEADPAGE_ASSIGN_OR_RETURN(const absl::Span<const uint32_t> lens_now, manager_->StreamLengths(seq));
   Prepared p;
@@ -184,7 +185,8 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   p.frozen = FrozenOf(seq);
   for (const uint32_t len : lens_now) p.tokens_before += len;
   p.pages_before = PagesHeld(*manager_, seq);
-  const int32_t prompt_len = static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end()));
+  p.longest = static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end()));
+  const int32_t prompt_len = std::max(p.longest, longest);
   // A frozen prefix is kept on top of the budget, which the rest of the
   // prompt gets as if it were the whole prompt.
   const int32_t rest = std::max(prompt_len - p.frozen, 0);
@@ -276,7 +278,8 @@ absl::StatusOr<CompressResult> EvictionEngine::Compress(SeqId seq, const PolicyC
 
 absl::StatusOr<std::vector<EvictionEngine::Prepared>> EvictionEngine::PrepareBatch(
     absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
-    absl::Span<const absl::Span<const LayerQueries>> queries) const {
+    absl::Span<const absl::Span<const LayerQueries>> queries,
+    absl::Span<const int32_t> longest) const {
   HEADPAGE_RETURN_IF_ERROR(Validate(config));
   HEADPAGE_RETURN_IF_ERROR(Validate(budget));
   if (group_ != nullptr && !config.runs_on_head_slices()) {
@@ -301,7 +304,8 @@ absl::StatusOr<std::vector<EvictionEngine::Prepared>> EvictionEngine::PrepareBat
   for (size_t i = 0; i < seqs.size(); ++i) {
     HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries[i], /*one_each=*/false));
     HEADPAGE_RETURN_IF_ERROR(CheckOutputProjections(config, queries[i]));
-    HEADPAGE_ASSIGN_OR_RETURN(Prepared p, Prepare(seqs[i], config, budget));
+    HEADPAGE_ASSIGN_OR_RETURN(Prepared p,
+                              Prepare(seqs[i], config, budget, longest.empty() ? 0 : longest[i]));
     HEADPAGE_RETURN_IF_ERROR(CheckQueryPositions(seqs[i], queries[i]));
     prepared.push_back(std::move(p));
   }
@@ -316,6 +320,17 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     // The members go on only if every one accepted the call.
     HEADPAGE_RETURN_IF_ERROR(
         policy::Agree(*group_, checked.status(), {0, 0}, "EvictionEngine::Compress").status());
+    // One engine over every head sizes a sequence's budget by its longest
+    // stream among all of them. After head-wise eviction the members' longest
+    // differ (a decode-time compression): prepare again where another's is.
+    HEADPAGE_ASSIGN_OR_RETURN(const std::vector<int32_t> longest, GroupLongest(*checked));
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (longest[i] != (*checked)[i].longest) {
+        checked = PrepareBatch(seqs, config, budget, queries, longest);
+        HEADPAGE_RETURN_IF_ERROR(FailTogether(checked.status()));
+        break;
+      }
+    }
   }
   HEADPAGE_RETURN_IF_ERROR(checked.status());
   const std::vector<Prepared>& prepared = *checked;

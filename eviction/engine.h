@@ -213,12 +213,21 @@ class EvictionEngine {
     int32_t frozen = 0;  // FreezePrefix's tokens, protected by `protection`
     int64_t tokens_before = 0;
     int64_t pages_before = 0;
+    int32_t longest = 0;  // its longest stream here, which sizes the budget
   };
-  absl::StatusOr<Prepared> Prepare(SeqId seq, const PolicyConfig& config, const Budget& budget) const;
-  // CompressBatch's checks, before anything changes: each sequence's Prepared.
+  // `longest`: a group's longest stream of `seq` (0: this engine's), which one
+  // engine over every head would size the budget by.
+  absl::StatusOr<Prepared> Prepare(SeqId seq, const PolicyConfig& config, const Budget& budget,
+                                   int32_t longest = 0) const;
+  // CompressBatch's checks, before anything changes: each sequence's Prepared
+  // (sized by longest[i] where given).
   absl::StatusOr<std::vector<Prepared>> PrepareBatch(
       absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
-      absl::Span<const absl::Span<const LayerQueries>> queries) const;
+      absl::Span<const absl::Span<const LayerQueries>> queries,
+      absl::Span<const int32_t> longest = {}) const;
+  // In a group: each sequence's longest stream over every member (one
+  // all-reduce; every member calls it at the same point).
+  absl::StatusOr<std::vector<int32_t>> GroupLongest(absl::Span<const Prepared> prepared) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
   // InvalidArgument when the policy needs each layer's output projection and a
   // layer has none, or one of another shape.

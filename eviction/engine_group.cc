@@ -4,6 +4,9 @@
 // them, and fail together. Compress's steps are in engine.cc.
 #include "eviction/engine.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "eviction/cuda_executor.h"
@@ -79,6 +82,22 @@ absl::StatusOr<std::vector<int32_t>> EvictionEngine::GlobalKeptInGroup(
   const int64_t group_streams = static_cast<int64_t>(num_seqs) * g.num_layers * heads * group_->size();
   return policy::GlobalKept(streams, floors, g.page_size, pages_to_free,
                             policy::Shard{group_, order, group_streams});
+}
+
+absl::StatusOr<std::vector<int32_t>> EvictionEngine::GroupLongest(
+    absl::Span<const Prepared> prepared) const {
+  const size_t n = prepared.size();
+  // Each member's lengths in its own slots: the sums are every member's.
+  std::vector<int64_t> lengths(n * group_->size(), 0);
+  for (size_t i = 0; i < n; ++i) lengths[group_->rank() * n + i] = prepared[i].longest;
+  HEADPAGE_RETURN_IF_ERROR(group_->AllReduceSum(absl::MakeSpan(lengths)));
+  std::vector<int32_t> longest(n, 0);
+  for (int32_t member = 0; member < group_->size(); ++member) {
+    for (size_t i = 0; i < n; ++i) {
+      longest[i] = std::max<int32_t>(longest[i], static_cast<int32_t>(lengths[member * n + i]));
+    }
+  }
+  return longest;
 }
 
 int64_t EvictionEngine::GroupOrder(int32_t layer, int32_t h) const {

@@ -84,6 +84,61 @@ TEST_CASE("EvictionEngine in a group keeps what one engine over every head keeps
   }
 }
 
+TEST_CASE("EvictionEngine in a group: compressing again after head-wise eviction keeps what one "
+          "engine keeps",
+          "[eviction][group]") {
+  // After a head-wise compression the members' longest streams differ. A later
+  // compression (decode-time) sizes the budget, and PyramidKV's schedule, by the
+  // longest stream over every head, as one engine does.
+  int trial = 0;
+  for (const char* name : {"ada-pyramid", "pyramid", "ada-snapkv"}) {
+    const PolicyConfig first = Named("ada-snapkv"), second = Named(name);
+    const Prompt prompt(kShape, 420, 70, 60 + trial++);
+    Member whole(kShape, 0, kHeads, 3000);
+    const SeqId whole_seq = whole.Prefill(prompt);
+    std::vector<LayerQueries> whole_queries = whole.Queries(prompt, false);
+    REQUIRE_OK(whole.engine().Compress(whole_seq, first, Budget::Fraction(0.3), whole_queries));
+    whole.Append(whole_seq, 50, 77);
+    auto single = whole.engine().Compress(whole_seq, second, Budget::Fraction(0.5), whole_queries);
+    INFO(name);
+    REQUIRE_OK(single);
+
+    ThreadGroup group(2);
+    const int32_t heads = kHeads / 2;
+    std::vector<std::unique_ptr<Member>> parts;
+    std::vector<SeqId> seqs;
+    std::vector<std::vector<LayerQueries>> queries;
+    for (int32_t r = 0; r < 2; ++r) {
+      parts.push_back(std::make_unique<Member>(kShape, r * heads, heads, 3000));
+      REQUIRE_OK(parts[r]->engine().JoinGroup(&group.member(r)));
+      seqs.push_back(parts[r]->Prefill(prompt));
+      queries.push_back(parts[r]->Queries(prompt, false));
+    }
+    std::vector<absl::StatusOr<CompressResult>> results(2);
+    group.Run([&](int32_t r) {
+      results[r] = parts[r]->engine().Compress(seqs[r], first, Budget::Fraction(0.3), queries[r]);
+    });
+    for (int32_t r = 0; r < 2; ++r) {
+      REQUIRE_OK(results[r]);
+      parts[r]->Append(seqs[r], 50, 77);  // on this thread: Catch's assertions
+    }
+    group.Run([&](int32_t r) {
+      results[r] = parts[r]->engine().Compress(seqs[r], second, Budget::Fraction(0.5), queries[r]);
+    });
+    for (int32_t r = 0; r < 2; ++r) {
+      REQUIRE_OK(results[r]);
+      for (int32_t layer = 0; layer < kLayers; ++layer) {
+        for (int32_t h = 0; h < heads; ++h) {
+          REQUIRE(results[r]->kept[layer * heads + h] ==
+                  single->kept[layer * kHeads + r * heads + h]);
+          REQUIRE(parts[r]->Positions(seqs[r], layer, h) ==
+                  whole.Positions(whole_seq, layer, r * heads + h));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("EvictionEngine in a group: a member's refused call fails every member, none waits",
           "[eviction][group]") {
   const Prompt prompt(kShape, 120, 16, 5);
