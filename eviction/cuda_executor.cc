@@ -475,6 +475,8 @@ absl::Status CudaExecutorImpl::CompressJobs(const PolicyConfig& config, absl::Sp
     plan_ints = std::max(plan_ints, state.size.plan_ints());
     tokens = std::max(tokens, state.size.tokens);
     if (reads_queries && state.size.max_len > 0) {
+      // Without the job's plan_len: a longer planned length only lengthens the
+      // chunks, so this bounds what the launch needs.
       WindowScoresArgs args = scores_args_;
       args.window = max_rows;
       args.max_len = state.size.max_len;

@@ -76,6 +76,10 @@ class CudaExecutor {
     // Leading tokens of every stream that stay where they are (a shared
     // prefix): `protection` keeps them, and the compaction starts after them.
     int32_t frozen_tokens = 0;
+    // In a group: the sequence's longest stream over every member, which the
+    // scores' key chunks are planned for (WindowScoresArgs::plan_max_len), as
+    // one executor over every head plans them (0: this pool's longest).
+    int32_t plan_len = 0;
   };
 
   // In a tensor-parallel group (EvictionEngine::JoinGroup) the members' kv

@@ -193,7 +193,9 @@ class CudaExecutorImpl final : public CudaExecutor {
   // query (the highest position) alone.
   absl::Status StageQueries(absl::Span<const LayerQueries> queries, int32_t first, int32_t rows,
                             bool last_only);
-  WindowScoresArgs ScoresArgs(const Tables& t, const DeviceTables& d, int32_t window) const;
+  // plan_len: the stream length the key chunks are planned for (Job::plan_len).
+  WindowScoresArgs ScoresArgs(const Tables& t, const DeviceTables& d, int32_t window,
+                              int32_t plan_len = 0) const;
   // DBudgetKV: the last query's attention row of every q head (one WindowScores
   // per position in the group, each over the q heads at that position), then
   // the cut, which overwrites the tables' kept counts on the device.

@@ -26,10 +26,11 @@ TokenScore TokenScoreOf(PolicyConfig::Scorer scorer) {
 }  // namespace
 
 WindowScoresArgs CudaExecutorImpl::ScoresArgs(const Tables& t, const DeviceTables& d,
-                                              int32_t window) const {
+                                              int32_t window, int32_t plan_len) const {
   WindowScoresArgs args = scores_args_;
   args.window = window;
   args.max_len = t.max_len;
+  args.plan_max_len = plan_len;
   args.num_scores = t.tokens();
   args.queries = device_.data() + d_queries_;
   args.query_positions = At<int32_t>(device_.data(), d_query_positions_);
@@ -170,7 +171,7 @@ absl::Status CudaExecutorImpl::ScoreAllQueries(const Job& job, const Tables& t,
   for (int32_t first = 0; first < total; first += kMaxScoreWindow) {
     const int32_t rows = std::min(kMaxScoreWindow, total - first);
     HEADPAGE_RETURN_IF_ERROR(StageQueries(job.queries, first, rows, /*last_only=*/false));
-    WindowScoresArgs args = ScoresArgs(t, d, rows);
+    WindowScoresArgs args = ScoresArgs(t, d, rows, job.plan_len);
     args.accumulate = true;
     HEADPAGE_RETURN_IF_ERROR(gpu::WindowScores(args, stream()));
   }
@@ -193,7 +194,7 @@ absl::Status CudaExecutorImpl::Score(const PolicyConfig& config, const Job& job,
   // averaged over each group ...
   const int32_t rows = tova ? 1 : job.queries[0].num_queries;
   HEADPAGE_RETURN_IF_ERROR(StageQueries(job.queries, 0, rows, tova));
-  HEADPAGE_RETURN_IF_ERROR(gpu::WindowScores(ScoresArgs(t, d, rows), stream()));
+  HEADPAGE_RETURN_IF_ERROR(gpu::WindowScores(ScoresArgs(t, d, rows, job.plan_len), stream()));
   if (!tova) return absl::OkStatus();
   // ... then over the layer's groups: one score per token for every head.
   MeanOverHeadsArgs mean;

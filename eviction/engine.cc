@@ -185,8 +185,8 @@ absl::StatusOr<EvictionEngine::Prepared> EvictionEngine::Prepare(SeqId seq,
   p.frozen = FrozenOf(seq);
   for (const uint32_t len : lens_now) p.tokens_before += len;
   p.pages_before = PagesHeld(*manager_, seq);
-  p.longest = static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end()));
-  const int32_t prompt_len = std::max(p.longest, longest);
+  const int32_t prompt_len = std::max(
+      static_cast<int32_t>(*std::max_element(lens_now.begin(), lens_now.end())), longest);
   // A frozen prefix is kept on top of the budget, which the rest of the
   // prompt gets as if it were the whole prompt.
   const int32_t rest = std::max(prompt_len - p.frozen, 0);
@@ -315,22 +315,19 @@ absl::StatusOr<std::vector<EvictionEngine::Prepared>> EvictionEngine::PrepareBat
 absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
     absl::Span<const absl::Span<const LayerQueries>> queries) {
-  absl::StatusOr<std::vector<Prepared>> checked = PrepareBatch(seqs, config, budget, queries);
+  // One engine over every head sizes a sequence's budget by its longest stream
+  // among all of them; after head-wise eviction the members' own longest differ
+  // (a decode-time compression), so a group's are agreed before the checks.
+  std::vector<int32_t> longest;
+  if (group_ != nullptr) {
+    HEADPAGE_ASSIGN_OR_RETURN(longest, GroupLongest(seqs));
+  }
+  absl::StatusOr<std::vector<Prepared>> checked =
+      PrepareBatch(seqs, config, budget, queries, longest);
   if (group_ != nullptr) {
     // The members go on only if every one accepted the call.
     HEADPAGE_RETURN_IF_ERROR(
         policy::Agree(*group_, checked.status(), {0, 0}, "EvictionEngine::Compress").status());
-    // One engine over every head sizes a sequence's budget by its longest
-    // stream among all of them. After head-wise eviction the members' longest
-    // differ (a decode-time compression): prepare again where another's is.
-    HEADPAGE_ASSIGN_OR_RETURN(const std::vector<int32_t> longest, GroupLongest(*checked));
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      if (longest[i] != (*checked)[i].longest) {
-        checked = PrepareBatch(seqs, config, budget, queries, longest);
-        HEADPAGE_RETURN_IF_ERROR(FailTogether(checked.status()));
-        break;
-      }
-    }
   }
   HEADPAGE_RETURN_IF_ERROR(checked.status());
   const std::vector<Prepared>& prepared = *checked;
@@ -344,7 +341,8 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
     for (size_t i = 0; i < seqs.size(); ++i) {
       jobs.push_back({seqs[i], prepared[i].layer_capacity, prepared[i].stream_capacity,
                       prepared[i].protection, queries[i],
-                      CudaExecutor::KeepsScores(*manager_, seqs[i]), prepared[i].frozen});
+                      CudaExecutor::KeepsScores(*manager_, seqs[i]), prepared[i].frozen,
+                      longest.empty() ? 0 : longest[i]});
     }
     // In a group, Ada's budget is agreed across the members' heads from the
     // scores the GPU computed. A failure inside the agreement is known to

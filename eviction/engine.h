@@ -213,7 +213,6 @@ class EvictionEngine {
     int32_t frozen = 0;  // FreezePrefix's tokens, protected by `protection`
     int64_t tokens_before = 0;
     int64_t pages_before = 0;
-    int32_t longest = 0;  // its longest stream here, which sizes the budget
   };
   // `longest`: a group's longest stream of `seq` (0: this engine's), which one
   // engine over every head would size the budget by.
@@ -226,8 +225,8 @@ class EvictionEngine {
       absl::Span<const absl::Span<const LayerQueries>> queries,
       absl::Span<const int32_t> longest = {}) const;
   // In a group: each sequence's longest stream over every member (one
-  // all-reduce; every member calls it at the same point).
-  absl::StatusOr<std::vector<int32_t>> GroupLongest(absl::Span<const Prepared> prepared) const;
+  // all-reduce, which every member makes at the start of CompressBatch).
+  absl::StatusOr<std::vector<int32_t>> GroupLongest(absl::Span<const SeqId> seqs) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
   // InvalidArgument when the policy needs each layer's output projection and a
   // layer has none, or one of another shape.

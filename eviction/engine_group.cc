@@ -85,11 +85,17 @@ absl::StatusOr<std::vector<int32_t>> EvictionEngine::GlobalKeptInGroup(
 }
 
 absl::StatusOr<std::vector<int32_t>> EvictionEngine::GroupLongest(
-    absl::Span<const Prepared> prepared) const {
-  const size_t n = prepared.size();
-  // Each member's lengths in its own slots: the sums are every member's.
+    absl::Span<const SeqId> seqs) const {
+  const size_t n = seqs.size();
+  // Each member's lengths in its own slots: the sums are every member's. A
+  // sequence this member does not hold counts 0 here; PrepareBatch refuses it.
   std::vector<int64_t> lengths(n * group_->size(), 0);
-  for (size_t i = 0; i < n; ++i) lengths[group_->rank() * n + i] = prepared[i].longest;
+  for (size_t i = 0; i < n; ++i) {
+    const absl::StatusOr<absl::Span<const uint32_t>> lens = manager_->StreamLengths(seqs[i]);
+    if (lens.ok() && !lens->empty()) {
+      lengths[group_->rank() * n + i] = *std::max_element(lens->begin(), lens->end());
+    }
+  }
   HEADPAGE_RETURN_IF_ERROR(group_->AllReduceSum(absl::MakeSpan(lengths)));
   std::vector<int32_t> longest(n, 0);
   for (int32_t member = 0; member < group_->size(); ++member) {

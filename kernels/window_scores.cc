@@ -65,10 +65,11 @@ absl::Status Validate(const WindowScoresArgs& args) {
     return absl::InvalidArgumentError(
         absl::StrCat("WindowScores: sm_scale must be positive and finite, got ", args.sm_scale));
   }
-  if (args.max_len < 0 || args.num_scores < 0 || args.plan_streams < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("WindowScores: max_len ", args.max_len,
-                                                   ", num_scores ", args.num_scores,
-                                                   ", plan_streams ", args.plan_streams));
+  if (args.max_len < 0 || args.num_scores < 0 || args.plan_streams < 0 ||
+      args.plan_max_len < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "WindowScores: max_len ", args.max_len, ", num_scores ", args.num_scores,
+        ", plan_streams ", args.plan_streams, ", plan_max_len ", args.plan_max_len));
   }
   if (args.num_seqs > 0 &&
       (args.queries == nullptr || args.query_positions == nullptr || args.indptr == nullptr ||

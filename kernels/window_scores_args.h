@@ -57,6 +57,9 @@ struct WindowScoresArgs {
   // group's total to score its streams bit for bit as one call over every
   // head would.
   int32_t plan_streams = 0;
+  // Likewise the stream length they are sized for, when longer than max_len:
+  // a member's group's longest stream (0: max_len).
+  int32_t plan_max_len = 0;
   float sm_scale = 0.0f;   // logit = (q . k) * sm_scale; SnapKV uses 1 / sqrt(head_dim)
   int32_t kernel_size = 7;  // odd; 1 disables pooling
   policy::Pooling pooling = policy::Pooling::kMax;
@@ -100,7 +103,7 @@ inline WindowScoresPlan PlanWindowScores(const WindowScoresArgs& args) {
   WindowScoresPlan plan;
   if (args.num_seqs <= 0 || args.num_kv_heads <= 0 || args.num_q_heads < args.num_kv_heads ||
       args.window < 1 || args.window > kMaxScoreWindow || args.max_len <= 0 ||
-      args.num_scores < 0 || args.plan_streams < 0) {
+      args.num_scores < 0 || args.plan_streams < 0 || args.plan_max_len < 0) {
     return plan;
   }
   plan.num_streams = args.num_seqs * args.num_kv_heads;
@@ -113,10 +116,11 @@ inline WindowScoresPlan PlanWindowScores(const WindowScoresArgs& args) {
   // GPU), with chunks of 256..1024 keys: shorter ones multiply the blocks'
   // fixed cost (each loads its 32 KiB of queries), longer ones leave SMs idle.
   const int64_t sized_for = args.plan_streams > 0 ? args.plan_streams : plan.num_streams;
-  const int64_t work = static_cast<int64_t>(args.max_len) * sized_for * plan.row_groups;
+  const int64_t sized_len = args.plan_max_len > args.max_len ? args.plan_max_len : args.max_len;
+  const int64_t work = sized_len * sized_for * plan.row_groups;
   int64_t tiles = (work + 2048 * kScoreTileKeys - 1) / (2048 * kScoreTileKeys);
   tiles = tiles < 4 ? 4 : (tiles > 16 ? 16 : tiles);
-  const int64_t len_tiles = (args.max_len + kScoreTileKeys - 1) / kScoreTileKeys;
+  const int64_t len_tiles = (sized_len + kScoreTileKeys - 1) / kScoreTileKeys;
   if (tiles > len_tiles) tiles = len_tiles;
   plan.chunk = static_cast<int32_t>(tiles) * kScoreTileKeys;
   plan.num_splits = (args.max_len + plan.chunk - 1) / plan.chunk;

@@ -455,6 +455,9 @@ def parse_args(argv):
     ap.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                     help="N ranks, each holding 1/N of every layer's kv heads and a pool of "
                          "--kv-gib (tools/serving_tp.py; one GPU each, or the CPU over gloo)")
+    ap.add_argument("--tp-checkpoint", metavar="DIR",
+                    help="--tensor-parallel: save the model here (reused when it holds the "
+                         "same model and seed) instead of a temporary folder")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for a result")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--arrivals-csv", metavar="FILE",
@@ -503,7 +506,11 @@ def main(argv=None):
     # Under tensor parallelism rank 0 reports; the others run silently.
     lead = serving_tp.rank() == 0
     say = print if lead else (lambda *a, **k: None)
+    if not lead:
+        args.profile = None  # rank 0's steps stand for the others'
     shape, bytes_per_token = kv_bytes_per_token(model)
+    # Under tensor parallelism a token of this rank's pool holds its heads only.
+    bytes_per_token = bytes_per_token * local_kv_heads(model, shape) // shape.num_kv_heads
     bandwidth = copy_bandwidth(device)
     weights = weight_bytes_read(model)
     roofline = (weights, bandwidth) if bandwidth else None
@@ -513,6 +520,7 @@ def main(argv=None):
                   kv_gib=args.kv_gib, kv_dtype=args.kv_dtype, workload=args.workload,
                   tensor_parallel=args.tensor_parallel,
                   kv_heads_per_rank=local_kv_heads(model, shape),
+                  tp_checkpoint=args.tp_checkpoint,
                   requests=args.requests,
                   turns=args.turns if args.workload == "multi-turn" else 1,
                   prompt_tokens=sum(map(len, prompts)), output=args.output, rate=args.rate,

@@ -7,6 +7,7 @@ benchmark, rank 0 submitting the requests (transformers broadcasts them) and
 reporting. Every rank's headpage pool has --kv-gib of its own, as each GPU of a
 tensor-parallel server has its own memory; the decode step's roofline is each
 rank's (its weight shards and the K/V of its heads)."""
+import contextlib
 import os
 import socket
 import sys
@@ -28,12 +29,23 @@ def rank():
 
 
 def launch(argv, args, build_model, dtype):
-    """Saves the model, runs bench_serving.main(argv) on args.tensor_parallel
-    ranks and returns 0 when every rank did."""
-    with tempfile.TemporaryDirectory(prefix="bench-serving-tp-") as path:
-        model = build_model(args.model, torch.device("cpu"), dtype, args.seed)
-        model.save_pretrained(path)
-        del model
+    """Saves the model (built on --device with --seed, so the same weights as a
+    one-rank run's; into --tp-checkpoint, where one saved for the same model
+    and seed is reused), runs bench_serving.main(argv) on args.tensor_parallel
+    ranks and returns 0 when every rank did (a rank's failure raises here)."""
+    with contextlib.ExitStack() as stack:
+        path = args.tp_checkpoint or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="bench-serving-tp-"))
+        stamp = os.path.join(path, "bench_serving_model.txt")
+        want = f"{args.model} seed {args.seed} {args.dtype}\n"
+        if not (os.path.exists(stamp) and open(stamp).read() == want):
+            model = build_model(args.model, torch.device(args.device), dtype, args.seed)
+            model.save_pretrained(path)
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            with open(stamp, "w") as f:
+                f.write(want)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

@@ -118,8 +118,11 @@ def carry_request_policies(helper, policies, portable):
 
     def broadcast_with_policies(payload):
         new_states, cancellations = payload
-        carried = {state.request_id: portable.pop(state.request_id) for state in new_states
-                   if state.request_id in portable}
+        carried = {}
+        for state in new_states:  # one step each: add_request may pop one too
+            entry = portable.pop(state.request_id, None)
+            if entry is not None:
+                carried[state.request_id] = entry
         new_states, cancellations, carried = broadcast((new_states, cancellations, carried))
         for state in new_states:
             if state.request_id in carried:

@@ -403,8 +403,9 @@ class ServingManager(ContinuousBatchingManager):
             return super().add_request(input_ids, request_id, *args, **kwargs)
         if chosen is None and compressed_prefix is None:
             if request_id is not None:  # an id used before leaves nothing behind
-                self._request_policies.pop(request_id, None)
-                self._request_prefixes.pop(request_id, None)
+                for kept in (self._request_policies, self._request_prefixes,
+                             self._request_portable):
+                    kept.pop(request_id, None)
             return super().add_request(input_ids, request_id, *args, **kwargs)
         if request_id is None:
             with self._ids_lock:

@@ -46,17 +46,19 @@ struct DeviceArena {
     arena = std::make_unique<CudaArena>(std::move(created).value());
     const PagedKV view = arena->view();
     pool.view = view;
-    // Page by page: the device pool's other pages may hold compacted streams.
-    pool.mirror = [view](const HostArena& host, const std::vector<int64_t>& pages) {
-      const size_t page_bytes = view.page_elements() * sizeof(float);
+    // Slot by slot: the rest of a page may hold tokens the device compacted.
+    pool.mirror = [view](const HostArena& host, const std::vector<int32_t>& slots) {
+      const PagedKV& from = host.view();
+      const size_t row = static_cast<size_t>(view.head_dim) * sizeof(float);
+      const auto* src = static_cast<const float*>(from.data);
+      auto* dst = static_cast<float*>(view.data);
       HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
-      for (const int64_t page : pages) {
-        HEADPAGE_CUDA_OK(cudaMemcpy(static_cast<char*>(view.data) + page * page_bytes,
-                                    static_cast<const char*>(host.view().data) + page * page_bytes,
-                                    page_bytes, cudaMemcpyHostToDevice));
-        HEADPAGE_CUDA_OK(cudaMemcpy(view.positions + page * view.page_size,
-                                    host.view().positions + page * view.page_size,
-                                    sizeof(int32_t) * view.page_size, cudaMemcpyHostToDevice));
+      for (const int32_t slot : slots) {
+        for (const int64_t at : {view.KeyOffset(slot), view.ValueOffset(slot)}) {
+          HEADPAGE_CUDA_OK(cudaMemcpy(dst + at, src + at, row, cudaMemcpyHostToDevice));
+        }
+        HEADPAGE_CUDA_OK(cudaMemcpy(view.positions + slot, from.positions + slot,
+                                    sizeof(int32_t), cudaMemcpyHostToDevice));
       }
     };
     pool.positions = [view]() {
@@ -225,11 +227,14 @@ TEST_CASE("CUDA executor in a group: a member's failure fails every member, none
   REQUIRE_ERROR(results[0], absl::StatusCode::kAborted, "1 other member");
   // Member 1 fails in the executor, before its agreement (the GPU scores at most
   // 128 window queries), while member 0 waits in the agreement: both return.
-  const Prompt wide(kShape, 120, 129, 6);
-  std::vector<LayerQueries> too_many = group.parts[1]->Queries(wide, false);
+  // The same 200 tokens on both (the same seed), queried by 16 and 129 rows.
+  const Prompt narrow(kShape, 200, 16, 6), wide(kShape, 200, 129, 6);
+  std::vector<SeqId> longer = {group.parts[0]->Prefill(narrow), group.parts[1]->Prefill(wide)};
+  const std::vector<std::vector<LayerQueries>> mixed = {group.parts[0]->Queries(narrow, false),
+                                                        group.parts[1]->Queries(wide, false)};
   group.group.Run([&](int32_t r) {
-    results[r] = group.parts[r]->engine().Compress(seqs[r], ada, Budget::Fraction(0.5),
-                                                   r == 1 ? too_many : queries[r]);
+    results[r] = group.parts[r]->engine().Compress(longer[r], ada, Budget::Fraction(0.5),
+                                                   mixed[r]);
   });
   REQUIRE_ERROR(results[1], absl::StatusCode::kInvalidArgument, "at most 128");
   REQUIRE_ERROR(results[0], absl::StatusCode::kAborted, "1 other member");

@@ -9,7 +9,6 @@
 #ifndef HEADPAGE_TESTS_EVICTION_GROUP_MEMBER_H_
 #define HEADPAGE_TESTS_EVICTION_GROUP_MEMBER_H_
 
-#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -59,12 +58,13 @@ struct Prompt {
 };
 
 // Where a member keeps its pool when it is in device memory: the K/V are
-// written into a host pool first, then `mirror` copies the given pages of it
-// (a new sequence's) into the device pool (`view`); `positions` reads the
-// device pool's positions back.
+// written into a host pool first, then `mirror` copies the given slots of it
+// (the tokens just written) into the device pool (`view`), whose other slots
+// may hold tokens the device compacted; `positions` reads the device pool's
+// positions back.
 struct DeviceMirror {
   PagedKV view;
-  std::function<void(const HostArena&, const std::vector<int64_t>& pages)> mirror;
+  std::function<void(const HostArena&, const std::vector<int32_t>& slots)> mirror;
   std::function<std::vector<int32_t>()> positions;
 };
 
@@ -138,13 +138,7 @@ class Member {
                                plan->slot_mapping.data() + layer * heads_, s.layers * heads_,
                                positions.data()}));
     }
-    if (device_ != nullptr) {
-      std::vector<int64_t> pages;
-      for (const int32_t slot : plan->slot_mapping) pages.push_back(slot / s.page);
-      std::sort(pages.begin(), pages.end());
-      pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
-      device_->mirror(*arena_, pages);
-    }
+    if (device_ != nullptr) device_->mirror(*arena_, plan->slot_mapping);
   }
 
   // This member's q heads of the observation window, and its columns of W_o

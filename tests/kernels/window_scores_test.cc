@@ -513,6 +513,12 @@ TEST_CASE("WindowScores: the plan and the workspace check", "[kernels]") {
   args.plan_streams = 32 * 8;
   REQUIRE(PlanWindowScores(args).chunk == whole.chunk);
   REQUIRE(PlanWindowScores(args).num_splits == whole.num_splits);
+  // After head-wise eviction its longest stream is shorter than the group's: the
+  // planned length keeps the chunks.
+  args.max_len = 1500;
+  REQUIRE(PlanWindowScores(args).chunk != whole.chunk);
+  args.plan_max_len = 4096;
+  REQUIRE(PlanWindowScores(args).chunk == whole.chunk);
   args.plan_streams = -1;
   REQUIRE_ERROR(ref::WindowScores(args), absl::StatusCode::kInvalidArgument, "plan_streams -1");
 
