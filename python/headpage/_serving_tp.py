@@ -100,16 +100,20 @@ def portable_policy(config):
     return config.name, options
 
 
-def carried_policy(portable, budget):
-    """(PolicyConfig, budget) rebuilt from portable_policy's (name, options)."""
+def carried_policy(portable, budget, default):
+    """(PolicyConfig, budget) rebuilt from portable_policy's (name, options), or
+    `default` (enable()'s policy) with the budget when portable is None."""
+    if portable is None:
+        return resolve_policy(default, budget)
     name, options = portable
     return resolve_policy(headpage.policy_by_name(name, **options), budget)
 
 
-def carry_request_policies(helper, policies, portable):
+def carry_request_policies(helper, policies, portable, default):
     """Makes transformers' broadcast of new requests from the driver (tensor-
     parallel rank 0) carry their own policies and budgets (`portable` there:
-    request id -> ((name, options), budget), taken as they travel) to every
+    request id -> ((name, options) or None for enable()'s policy `default`,
+    budget), taken as they travel) to every
     rank, before any rank schedules them: each rank's `policies` (request id ->
     (PolicyConfig, budget)) then holds exactly the broadcast requests' own, and
     nothing for the others (an id used before leaves nothing behind). Nothing
@@ -126,7 +130,7 @@ def carry_request_policies(helper, policies, portable):
         new_states, cancellations, carried = broadcast((new_states, cancellations, carried))
         for state in new_states:
             if state.request_id in carried:
-                policies[state.request_id] = carried_policy(*carried[state.request_id])
+                policies[state.request_id] = carried_policy(*carried[state.request_id], default)
             else:
                 policies.pop(state.request_id, None)
         return new_states, cancellations

@@ -261,7 +261,7 @@ class ServingManager(ContinuousBatchingManager):
         if self.tensor_parallel is not None:
             self._shape = self.tensor_parallel.local_shape(self._shape)
             carry_request_policies(self.distributed_helper, self._request_policies,
-                                   self._request_portable)
+                                   self._request_portable, self._default_policy[0])
         try:  # on the copy transformers resolved
             self.continuous_batching_config.use_async_batching = settle_async(
                 tensor_parallel=self.tensor_parallel is not None)
@@ -365,13 +365,16 @@ class ServingManager(ContinuousBatchingManager):
                 raise RequestRefused("headpage.serving: compressed_prefix is not supported under "
                                      "tensor parallelism (prefix caching is off there)")
             if chosen is not None:
-                try:  # it travels to the other ranks by name (carry_request_policies)
-                    portable = portable_policy(config), chosen[1]
+                # It travels to the other ranks by name (carry_request_policies);
+                # a request naming only its budget keeps enable()'s policy, which
+                # every rank has.
+                try:
+                    portable = (None if policy is None else portable_policy(config)), chosen[1]
                 except ValueError as error:
                     raise RequestRefused(f"headpage.serving: {error}") from None
                 # Every rank, this one too, serves a copy rebuilt from what travels:
                 # the caller's config may change after the call.
-                chosen = carried_policy(*portable)
+                chosen = carried_policy(*portable, self._default_policy[0])
         every = options["compress_every"]
         if chosen is not None and compresses and every:
             # Its decode windows come from the ring, whose window is enable()'s policy's.

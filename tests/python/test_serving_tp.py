@@ -87,7 +87,7 @@ def own_policies():
     uniform = headpage.policy_by_name("uniform-snapkv", window=8)
     tuned = headpage.policy_by_name("ada-snapkv", window=8, alpha=0.5)
     return [("own_default", None, None), ("own_uniform", uniform, 24),
-            ("own_tuned", tuned, "50%"), ("own_full", "full", None)]
+            ("own_tuned", tuned, "50%"), ("own_full", "full", None), ("own_budget", None, 20)]
 
 
 def serve_own(model, pages):
@@ -99,6 +99,9 @@ def serve_own(model, pages):
     import headpage
     import headpage.serving as serving
     default = headpage.policy_by_name("ada-snapkv", window=8)
+    # A name the registry does not know: a request naming only its budget keeps
+    # this config, which every rank was given.
+    default.name = "my-ada-snapkv"
     serving.enable(model, num_pages=pages, page_size=8, policy=default, budget="30%",
                    floor_tokens=8, protect_recent=4, check_invariants=True)
     manager = model.init_continuous_batching(
@@ -114,10 +117,13 @@ def serve_own(model, pages):
             with pytest.raises(serving.RequestRefused, match="registry policy"):
                 manager.add_request(prompts(1)[0], request_id="own_renamed", policy=renamed,
                                     budget="50%")
-        for prompt, (rid, policy, budget) in zip(prompts(4), own_policies()):
-            options = {} if policy is None else dict(policy=policy, budget=budget)
+        requests = own_policies()
+        for prompt, (rid, policy, budget) in zip(prompts(len(requests)), requests):
+            options = {k: v for k, v in dict(policy=policy, budget=budget).items()
+                       if v is not None}
             manager.add_request(prompt, request_id=rid, **options)
-        out = {r.request_id: r for r in (manager.get_result(timeout=120) for _ in range(4))}
+        out = {r.request_id: r for r in (manager.get_result(timeout=120)
+                                         for _ in range(len(requests)))}
     finally:
         manager.stop(block=True)
     kept = {rid: (r.kept.tolist() if hasattr(r, "kept") else "skipped")
@@ -173,7 +179,7 @@ def test_two_ranks_serve_as_one_process(model_dir):
     # rank keeps one process's counts for its heads.
     one = serve_own(model, 2048 * SIZE)
     assert not one["errors"] and set(one["kept"]) == {"own_default", "own_uniform",
-                                                            "own_tuned"}
+                                                      "own_tuned", "own_budget"}
     assert one["kept"]["own_uniform"][0] == [24] * 4  # uniform: 24 tokens every head
     for rank, got in enumerate(ranks):
         assert got["own"]["tokens"] == one["tokens"] and not got["own"]["errors"], rank
