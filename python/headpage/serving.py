@@ -406,9 +406,7 @@ class ServingManager(ContinuousBatchingManager):
             return super().add_request(input_ids, request_id, *args, **kwargs)
         if chosen is None and compressed_prefix is None:
             if request_id is not None:  # an id used before leaves nothing behind
-                for kept in (self._request_policies, self._request_prefixes,
-                             self._request_portable):
-                    kept.pop(request_id, None)
+                self._forget_request(request_id)
             return super().add_request(input_ids, request_id, *args, **kwargs)
         if request_id is None:
             with self._ids_lock:
@@ -426,9 +424,12 @@ class ServingManager(ContinuousBatchingManager):
             return queued
         finally:
             if queued is None:  # refused, or not accepting requests: nothing queued
-                for kept in (self._request_policies, self._request_prefixes,
-                             self._request_portable):
-                    kept.pop(request_id, None)
+                self._forget_request(request_id)
+
+    def _forget_request(self, request_id):
+        """Drops what _add_request keeps beside a request."""
+        for entries in (self._request_policies, self._request_prefixes, self._request_portable):
+            entries.pop(request_id, None)
 
     def _check_compressed_prefix(self, tokens, prompt, compresses):
         """RequestRefused unless a request may share `tokens` of its `prompt`
