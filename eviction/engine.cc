@@ -280,6 +280,23 @@ absl::StatusOr<std::vector<EvictionEngine::Prepared>> EvictionEngine::PrepareBat
     absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
     absl::Span<const absl::Span<const LayerQueries>> queries,
     absl::Span<const int32_t> longest) const {
+  HEADPAGE_RETURN_IF_ERROR(CheckCall(seqs, config, budget, queries));
+  // Every check before anything changes.
+  std::vector<Prepared> prepared;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries[i], /*one_each=*/false));
+    HEADPAGE_RETURN_IF_ERROR(CheckOutputProjections(config, queries[i]));
+    HEADPAGE_ASSIGN_OR_RETURN(Prepared p,
+                              Prepare(seqs[i], config, budget, longest.empty() ? 0 : longest[i]));
+    HEADPAGE_RETURN_IF_ERROR(CheckQueryPositions(seqs[i], queries[i]));
+    prepared.push_back(std::move(p));
+  }
+  return prepared;
+}
+
+absl::Status EvictionEngine::CheckCall(absl::Span<const SeqId> seqs, const PolicyConfig& config,
+                                       const Budget& budget,
+                                       absl::Span<const absl::Span<const LayerQueries>> queries) const {
   HEADPAGE_RETURN_IF_ERROR(Validate(config));
   HEADPAGE_RETURN_IF_ERROR(Validate(budget));
   if (group_ != nullptr && !config.runs_on_head_slices()) {
@@ -299,17 +316,7 @@ absl::StatusOr<std::vector<EvictionEngine::Prepared>> EvictionEngine::PrepareBat
     }
   }
   if (cuda_ != nullptr && config.compresses()) HEADPAGE_RETURN_IF_ERROR(CudaExecutor::Supports(config));
-  // Every check before anything changes.
-  std::vector<Prepared> prepared;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    HEADPAGE_RETURN_IF_ERROR(ValidateQueries(queries[i], /*one_each=*/false));
-    HEADPAGE_RETURN_IF_ERROR(CheckOutputProjections(config, queries[i]));
-    HEADPAGE_ASSIGN_OR_RETURN(Prepared p,
-                              Prepare(seqs[i], config, budget, longest.empty() ? 0 : longest[i]));
-    HEADPAGE_RETURN_IF_ERROR(CheckQueryPositions(seqs[i], queries[i]));
-    prepared.push_back(std::move(p));
-  }
-  return prepared;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
@@ -320,7 +327,8 @@ absl::StatusOr<std::vector<CompressResult>> EvictionEngine::CompressBatch(
   // (a decode-time compression), so a group's are agreed before the checks.
   std::vector<int32_t> longest;
   if (group_ != nullptr) {
-    HEADPAGE_ASSIGN_OR_RETURN(longest, GroupLongest(seqs));
+    HEADPAGE_ASSIGN_OR_RETURN(longest,
+                              GroupLongest(seqs, CheckCall(seqs, config, budget, queries)));
   }
   absl::StatusOr<std::vector<Prepared>> checked =
       PrepareBatch(seqs, config, budget, queries, longest);

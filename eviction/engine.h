@@ -218,15 +218,22 @@ class EvictionEngine {
   // engine over every head would size the budget by.
   absl::StatusOr<Prepared> Prepare(SeqId seq, const PolicyConfig& config, const Budget& budget,
                                    int32_t longest = 0) const;
+  // CompressBatch's checks of the call's arguments, before any sequence's.
+  absl::Status CheckCall(absl::Span<const SeqId> seqs, const PolicyConfig& config,
+                         const Budget& budget,
+                         absl::Span<const absl::Span<const LayerQueries>> queries) const;
   // CompressBatch's checks, before anything changes: each sequence's Prepared
   // (sized by longest[i] where given).
   absl::StatusOr<std::vector<Prepared>> PrepareBatch(
       absl::Span<const SeqId> seqs, const PolicyConfig& config, const Budget& budget,
       absl::Span<const absl::Span<const LayerQueries>> queries,
       absl::Span<const int32_t> longest = {}) const;
-  // In a group: each sequence's longest stream over every member (one
-  // all-reduce, which every member makes at the start of CompressBatch).
-  absl::StatusOr<std::vector<int32_t>> GroupLongest(absl::Span<const SeqId> seqs) const;
+  // In a group: each sequence's longest stream over every member, at the start
+  // of CompressBatch: an agreement on `checked` (CheckCall's verdict; where a
+  // member's earlier failure meets the others, and batches of different sizes
+  // are refused on every member), then one all-reduce of the lengths.
+  absl::StatusOr<std::vector<int32_t>> GroupLongest(absl::Span<const SeqId> seqs,
+                                                    const absl::Status& checked) const;
   absl::Status ValidateQueries(absl::Span<const LayerQueries> queries, bool one_each) const;
   // InvalidArgument when the policy needs each layer's output projection and a
   // layer has none, or one of another shape.

@@ -85,8 +85,21 @@ absl::StatusOr<std::vector<int32_t>> EvictionEngine::GlobalKeptInGroup(
 }
 
 absl::StatusOr<std::vector<int32_t>> EvictionEngine::GroupLongest(
-    absl::Span<const SeqId> seqs) const {
+    absl::Span<const SeqId> seqs, const absl::Status& checked) const {
   const size_t n = seqs.size();
+  // First the point every failure meets (this member's refusal of the call,
+  // or an embedder's before the engine: FailTogether), which also checks that
+  // every member brought as many sequences: the sums of n and n^2 over the
+  // members say so alike on all.
+  const auto count = static_cast<int64_t>(n);
+  HEADPAGE_ASSIGN_OR_RETURN(const auto sums, policy::Agree(*group_, checked,
+                                                           {count, count * count},
+                                                           "EvictionEngine::Compress"));
+  if (sums[0] * sums[0] != int64_t{group_->size()} * sums[1]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EvictionEngine::Compress: the members of the group compress batches of different "
+        "sizes (", sums[0], " sequences over ", group_->size(), " members)"));
+  }
   // Each member's lengths in its own slots: the sums are every member's. A
   // sequence this member does not hold counts 0 here; PrepareBatch refuses it.
   std::vector<int64_t> lengths(n * group_->size(), 0);
