@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kv_rows.h"
 #include "core/status.h"
+#include "kernels/decode_attention_plan.h"
 #include "kernels/gpu_status.h"
 #include "kernels/table_checks_host.h"
 #include "kernels/validate_common.h"
@@ -23,6 +24,39 @@ size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int3
   // 16-byte rows), then after all of them the partial lse (decode_attention.cu).
   const size_t partials = static_cast<size_t>(num_seqs) * num_q_heads * num_splits;
   return partials * (static_cast<size_t>(head_dim) + 1) * sizeof(float);
+}
+
+size_t DecodeAttentionBalancedWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads,
+                                             int32_t num_kv_heads, int32_t head_dim,
+                                             int32_t balanced_blocks) {
+  if (balanced_blocks <= 0 || num_seqs <= 0 || num_q_heads <= 0 || num_kv_heads <= 0 ||
+      head_dim <= 0) {
+    return 0;
+  }
+  return static_cast<size_t>(decode_plan::BalancedWorkspace::Of(
+                                 int64_t{num_seqs} * num_kv_heads, num_q_heads / num_kv_heads,
+                                 head_dim, balanced_blocks)
+                                 .bytes);
+}
+
+size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionKernelArgs& args) {
+  if (args.balanced_blocks > 0) {
+    return DecodeAttentionBalancedWorkspaceBytes(args.num_seqs, args.num_q_heads,
+                                                 args.num_kv_heads, args.cache.head_dim,
+                                                 args.balanced_blocks);
+  }
+  return DecodeAttentionWorkspaceBytes(args.num_seqs, args.num_q_heads, args.cache.head_dim,
+                                       args.num_splits);
+}
+
+int32_t DecodeAttentionResidentBlocks(const PagedKV& cache) {
+  if (cache.fp8()) return cache.head_dim <= 128 ? 4 : 2;
+  return cache.dtype != DType::kF32 && cache.head_dim > 128 ? 1 : 2;
+}
+
+int32_t DecodeAttentionBalancedBlocks(const PagedKV& cache, int32_t num_sms) {
+  const int64_t blocks = int64_t{DecodeAttentionResidentBlocks(cache)} * std::max(num_sms, 1);
+  return static_cast<int32_t>(std::min<int64_t>(blocks, kDecodeMaxSplits));
 }
 
 int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms) {
@@ -66,6 +100,18 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
     return absl::InvalidArgumentError(absl::StrCat("DecodeAttention: num_splits ", args.num_splits,
                                                    " is outside [1, ", kDecodeMaxSplits, "]"));
   }
+  // The merge weighs a stream's pieces in shared memory, kDecodeMaxSplits at
+  // most, and a stream can span every block.
+  if (args.balanced_blocks < 0 || args.balanced_blocks > kDecodeMaxSplits) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: balanced_blocks ", args.balanced_blocks,
+                     " is outside [0, ", kDecodeMaxSplits, "]"));
+  }
+  if (args.balanced_blocks > 0 && args.num_splits != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: num_splits ", args.num_splits, " and balanced_blocks ",
+                     args.balanced_blocks, " both set: they are two divisions of the work"));
+  }
   // One CUDA block per (stream, split), in a one-dimensional grid.
   if (static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * args.num_splits >
       std::numeric_limits<int32_t>::max()) {
@@ -91,13 +137,14 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
   if (!IsKernelAligned(args.q)) {
     return absl::InvalidArgumentError("DecodeAttention: q is not 16-byte aligned");
   }
-  const size_t needed = DecodeAttentionWorkspaceBytes(args.num_seqs, args.num_q_heads,
-                                                      args.cache.head_dim, args.num_splits);
+  const size_t needed = DecodeAttentionWorkspaceBytes(args);
   if (needed > 0 && (args.workspace == nullptr || args.workspace_bytes < needed)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("DecodeAttention: workspace of ", args.workspace_bytes, " bytes",
-                     args.workspace == nullptr ? " (null)" : "", " is below the ", needed,
-                     " that ", args.num_splits, " splits need"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DecodeAttention: workspace of ", args.workspace_bytes, " bytes",
+        args.workspace == nullptr ? " (null)" : "", " is below the ", needed, " that ",
+        args.balanced_blocks > 0 ? absl::StrCat(args.balanced_blocks, " balanced blocks")
+                                 : absl::StrCat(args.num_splits, " splits"),
+        " need"));
   }
   if (needed > 0 && !IsKernelAligned(args.workspace)) {
     return absl::InvalidArgumentError("DecodeAttention: workspace is not 16-byte aligned");

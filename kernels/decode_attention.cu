@@ -279,7 +279,7 @@ __device__ __forceinline__ void StoreWarpState(const Reduction<kHeadDim>& reduce
   }
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kBalanced>
 __global__ void __launch_bounds__(kThreads, 2)
     MmaKernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
               const uint64_t* fault) {
@@ -287,40 +287,41 @@ __global__ void __launch_bounds__(kThreads, 2)
   extern __shared__ __align__(128) unsigned char smem[];
   if (TablesFaulted(fault)) return;
 
-  const BlockWork work = WorkOfThisBlock(args, Tr::kTileTokens);
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int quad = lane >> 2;  // mma fragment row: the query head
-  const int pair = lane & 3;   // mma fragment column pair
+  ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int quad = lane >> 2;  // mma fragment row: the query head
+    const int pair = lane & 3;   // mma fragment column pair
 
-  uint32_t qa[Tr::kKSteps][2];
-  LoadQueryFragments<T, kHeadDim>(args, work, quad, pair, qa);
-  const float score_scale = args.sm_scale * kLog2E;
+    uint32_t qa[Tr::kKSteps][2];
+    LoadQueryFragments<T, kHeadDim>(args, work, quad, pair, qa);
+    const float score_scale = args.sm_scale * kLog2E;
 
-  T* stages = reinterpret_cast<T*>(smem) + warp * Tr::kStages * 2 * Tr::kChunkElems;
-  WarpChunkCopies<T, kHeadDim> copies(args, work, stages, warp, lane);
-  WarpSoftmax<Tr::kDimBlocks> state;
+    T* stages = reinterpret_cast<T*>(smem) + warp * Tr::kStages * 2 * Tr::kChunkElems;
+    WarpChunkCopies<T, kHeadDim> copies(args, work, stages, warp, lane);
+    WarpSoftmax<Tr::kDimBlocks> state;
 
-  // The warp's own pipeline, synchronized by the warp alone.
-  const int num_chunks = (work.end - work.begin + Tr::kChunk - 1) / Tr::kChunk;
-  const int my_chunks = num_chunks > warp ? (num_chunks - warp + kWarps - 1) / kWarps : 0;
-  RunPipeline<Tr::kStages>(
-      my_chunks, [&](int stage) { copies.Issue(stage); }, [&]() { copies.Advance(); },
-      [] { __syncwarp(); },
-      [&](int stage, int i) {
-        const T* k_chunk = stages + stage * 2 * Tr::kChunkElems;
-        float s[2][4];
-        ScoreChunk<T, kHeadDim>(qa, k_chunk, lane, s);
-        OnlineSoftmaxUpdate(work.begin + Tr::kChunk * (warp + kWarps * i), work.end, pair,
-                            score_scale, s, state);
-        AccumulateValues<T, kHeadDim>(s, k_chunk + Tr::kChunkElems, lane, state.o);
-      });
-  __syncthreads();  // every warp's stages become the reduction's memory
+    // The warp's own pipeline, synchronized by the warp alone.
+    const int num_chunks = (work.end - work.begin + Tr::kChunk - 1) / Tr::kChunk;
+    const int my_chunks = num_chunks > warp ? (num_chunks - warp + kWarps - 1) / kWarps : 0;
+    RunPipeline<Tr::kStages>(
+        my_chunks, [&](int stage) { copies.Issue(stage); }, [&]() { copies.Advance(); },
+        [] { __syncwarp(); },
+        [&](int stage, int i) {
+          const T* k_chunk = stages + stage * 2 * Tr::kChunkElems;
+          float s[2][4];
+          ScoreChunk<T, kHeadDim>(qa, k_chunk, lane, s);
+          OnlineSoftmaxUpdate(work.begin + Tr::kChunk * (warp + kWarps * i), work.end, pair,
+                              score_scale, s, state);
+          AccumulateValues<T, kHeadDim>(s, k_chunk + Tr::kChunkElems, lane, state.o);
+        });
+    __syncthreads();  // every warp's stages become the reduction's memory
 
-  const Reduction<kHeadDim> reduce(smem);
-  StoreWarpState(reduce, state, warp, quad, pair, work.group);
-  __syncthreads();
-  StoreCombined<T, kHeadDim>(args, reduce, work, partial_out, partial_lse);
+    const Reduction<kHeadDim> reduce(smem);
+    StoreWarpState(reduce, state, warp, quad, pair, work.group);
+    __syncthreads();
+    StoreCombined<T, kHeadDim, kBalanced>(args, reduce, work, partial_out, partial_lse);
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -345,18 +346,28 @@ __device__ __forceinline__ float BlockReduce(float x, float* scratch) {
   return x;
 }
 
+// Where a row's partials are: `count` of them, the i-th at first + i * stride
+// (in partials: a float lse, or head_dim floats of out).
+struct RowPartials {
+  int64_t first;
+  int count, stride;
+};
+
 // Stage: the splits' weights exp2(lse_i - max) into `weights`, their maximum
 // into *m_all; returns their sum. Its last barrier publishes weights[].
-__device__ __forceinline__ float WeighSplits(const float* lses, int num_splits, float* weights,
-                                             float* max_scratch, float* sum_scratch,
-                                             float* m_all) {
+__device__ __forceinline__ float WeighSplits(const float* partial_lse, const RowPartials& row,
+                                             float* weights, float* max_scratch,
+                                             float* sum_scratch, float* m_all) {
+  const float* lses = partial_lse + row.first;
   float m = -INFINITY;
-  for (int i = threadIdx.x; i < num_splits; i += kMergeThreads) m = fmaxf(m, lses[i]);
+  for (int i = threadIdx.x; i < row.count; i += kMergeThreads) {
+    m = fmaxf(m, lses[static_cast<int64_t>(i) * row.stride]);
+  }
   m = BlockReduce<true>(m, max_scratch);
   float sum = 0.0f;
-  for (int i = threadIdx.x; i < num_splits; i += kMergeThreads) {
+  for (int i = threadIdx.x; i < row.count; i += kMergeThreads) {
     // Every split is written, an empty one as out 0 and lse -inf.
-    weights[i] = m == -INFINITY ? 0.0f : FastExp2(lses[i] - m);
+    weights[i] = m == -INFINITY ? 0.0f : FastExp2(lses[static_cast<int64_t>(i) * row.stride] - m);
     sum += weights[i];
   }
   *m_all = m;
@@ -366,13 +377,14 @@ __device__ __forceinline__ float WeighSplits(const float* lses, int num_splits, 
 // Stage: this thread's share of the weighted sum of the splits' outputs: dims
 // 4 vec.. of the splits split_group, split_group + kSplitGroups, ...
 template <int kDimVecs, int kSplitGroups>
-__device__ __forceinline__ float4 SumSplitShare(const float4* parts, const float* weights,
-                                                int num_splits, int vec, int split_group) {
+__device__ __forceinline__ float4 SumSplitShare(const float* partial_out, const RowPartials& row,
+                                                const float* weights, int vec, int split_group) {
+  const auto* parts = reinterpret_cast<const float4*>(partial_out) + row.first * kDimVecs;
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
-  for (int i = split_group; i < num_splits; i += kSplitGroups) {
+  for (int i = split_group; i < row.count; i += kSplitGroups) {
     const float w = weights[i];
-    const float4 p = parts[i * kDimVecs + vec];
+    const float4 p = parts[static_cast<int64_t>(i) * row.stride * kDimVecs + vec];
     acc.x = fmaf(w, p.x, acc.x);
     acc.y = fmaf(w, p.y, acc.y);
     acc.z = fmaf(w, p.z, acc.z);
@@ -381,10 +393,35 @@ __device__ __forceinline__ float4 SumSplitShare(const float4* parts, const float
   return acc;
 }
 
-template <typename T, int kHeadDim>
+// The partials of row `row` = (seq, q head) under the balanced division:
+// its stream's pieces (decode_attention_plan.h), at query head h of the
+// group, found from where the pass's block 0 wrote that the stream begins. A
+// count of 1 means the pass wrote the row itself.
+__device__ __forceinline__ RowPartials BalancedRowPartials(const DecodeAttentionKernelArgs& args,
+                                                           int64_t row) {
+  const int group = args.num_q_heads / args.num_kv_heads;
+  const int seq = static_cast<int>(row / args.num_q_heads);
+  const int q_head = static_cast<int>(row - static_cast<int64_t>(seq) * args.num_q_heads);
+  const int stream = seq * args.num_kv_heads + q_head / group;
+  const long long* begins = BalancedBegins(args);
+  const int unit_tokens = decode_plan::UnitTokens(args.cache.page_size);
+  const decode_plan::BalancedDivision division = decode_plan::BalancedDivision::Of(
+      begins[args.num_seqs * args.num_kv_heads], unit_tokens, args.balanced_blocks);
+  int64_t len;
+  const int64_t units = StreamUnits(args, stream, unit_tokens, &len);
+  RowPartials partials;
+  int64_t first_piece;
+  division.StreamPieces(stream, begins[stream], units, &first_piece, &partials.count);
+  partials.first = first_piece * group + (q_head - (q_head / group) * group);
+  partials.stride = group;
+  return partials;
+}
+
+// One block per row (seq, q head); one instance per division, as the passes.
+template <typename T, int kHeadDim, bool kBalanced>
 __global__ void __launch_bounds__(kMergeThreads)
-    MergeKernel(const float* partial_out, const float* partial_lse, int num_splits, T* out,
-                float* lse, const uint64_t* fault) {
+    MergeKernel(DecodeAttentionKernelArgs args, const float* partial_out,
+                const float* partial_lse, const uint64_t* fault) {
   constexpr int kDimVecs = kHeadDim / 4;                   // float4s per partial row
   constexpr int kSplitGroups = kMergeThreads / kDimVecs;   // threads per dim vector
   __shared__ float weights[kDecodeMaxSplits];
@@ -392,15 +429,19 @@ __global__ void __launch_bounds__(kMergeThreads)
   __shared__ float max_scratch[kMergeThreads / 32], sum_scratch[kMergeThreads / 32];
   if (TablesFaulted(fault)) return;
   const int64_t row = blockIdx.x;
+  RowPartials partials{row * args.num_splits, args.num_splits, 1};
+  if constexpr (kBalanced) {
+    partials = BalancedRowPartials(args, row);
+    if (partials.count == 1) return;  // a piece that was the whole stream
+  }
   float m_all;
-  const float sum = WeighSplits(partial_lse + row * num_splits, num_splits, weights, max_scratch,
-                                sum_scratch, &m_all);
+  const float sum =
+      WeighSplits(partial_lse, partials, weights, max_scratch, sum_scratch, &m_all);
 
   const int vec = threadIdx.x % kDimVecs;
   const int split_group = threadIdx.x / kDimVecs;
-  const auto* parts = reinterpret_cast<const float4*>(partial_out + row * num_splits * kHeadDim);
   sums[split_group][vec] =
-      SumSplitShare<kDimVecs, kSplitGroups>(parts, weights, num_splits, vec, split_group);
+      SumSplitShare<kDimVecs, kSplitGroups>(partial_out, partials, weights, vec, split_group);
   __syncthreads();
   if (threadIdx.x < kDimVecs) {
     float4 total = sums[0][threadIdx.x];
@@ -413,19 +454,48 @@ __global__ void __launch_bounds__(kMergeThreads)
       total.w += more.w;
     }
     const float scale = sum > 0.0f ? 1.0f / sum : 0.0f;
-    T* dst = out + row * kHeadDim + 4 * threadIdx.x;
+    T* dst = static_cast<T*>(args.out) + row * kHeadDim + 4 * threadIdx.x;
     dst[0] = FromFloat<T>(total.x * scale);
     dst[1] = FromFloat<T>(total.y * scale);
     dst[2] = FromFloat<T>(total.z * scale);
     dst[3] = FromFloat<T>(total.w * scale);
   }
-  if (threadIdx.x == 0 && lse != nullptr) {
-    lse[row] = sum > 0.0f ? (m_all + log2f(sum)) * kLn2 : -INFINITY;
+  if (threadIdx.x == 0 && args.lse != nullptr) {
+    args.lse[row] = sum > 0.0f ? (m_all + log2f(sum)) * kLn2 : -INFINITY;
   }
 }
 
 }  // namespace
 }  // namespace decode
+
+namespace {
+
+// The pass over args.cache's pages (launched, or with `occupancy` only queried).
+template <typename T, int kHeadDim>
+LaunchResult LaunchPass(const DecodeAttentionArgs& args, float* partial_out, float* partial_lse,
+                        GpuStream stream, int* occupancy) {
+  if (args.cache.fp8()) {
+    return decode::LaunchFp8Pass(args, partial_out, partial_lse, stream, occupancy);
+  } else if constexpr (std::is_same<T, float>::value) {
+    return decode::LaunchSimtPass(args, partial_out, partial_lse, stream, occupancy);
+  } else {
+    return decode::LaunchWithSmem(decode::MmaKernel<T, kHeadDim, false>,
+                                  decode::MmaKernel<T, kHeadDim, true>,
+                                  decode::MmaTraits<T, kHeadDim>::kSmemBytes, args, partial_out,
+                                  partial_lse, stream, occupancy);
+  }
+}
+
+}  // namespace
+
+LaunchResult DecodeAttentionResidentBlocks(const DecodeAttentionArgs& args, int* blocks_per_sm) {
+  return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,
+                                                                           auto head_dim_tag) {
+    using T = typename decltype(dtype_tag)::type;
+    return LaunchPass<T, decltype(head_dim_tag)::value>(args, nullptr, nullptr, nullptr,
+                                                         blocks_per_sm);
+  });
+}
 
 LaunchResult LaunchDecodeAttention(const DecodeAttentionArgs& args, GpuStream stream) {
   return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,
@@ -434,24 +504,25 @@ LaunchResult LaunchDecodeAttention(const DecodeAttentionArgs& args, GpuStream st
     constexpr int kHeadDim = decltype(head_dim_tag)::value;
     const int64_t rows = static_cast<int64_t>(args.num_seqs) * args.num_q_heads;
     // The workspace (DecodeAttentionWorkspaceBytes): partial outs, then lses.
+    const bool merged = args.num_splits > 1 || args.balanced_blocks > 0;
     float* partial_out = static_cast<float*>(args.workspace);
-    float* partial_lse =
-        args.num_splits > 1 ? partial_out + rows * args.num_splits * kHeadDim : nullptr;
-    LaunchResult launched;
-    if (args.cache.fp8()) {
-      launched = decode::LaunchFp8Pass(args, partial_out, partial_lse, stream);
-    } else if constexpr (std::is_same<T, float>::value) {
-      launched = decode::LaunchSimtPass(args, partial_out, partial_lse, stream);
-    } else {
-      launched = decode::LaunchWithSmem(decode::MmaKernel<T, kHeadDim>,
-                                        decode::MmaTraits<T, kHeadDim>::kSmemBytes, args,
-                                        partial_out, partial_lse, stream);
+    float* partial_lse = merged ? partial_out + rows * args.num_splits * kHeadDim : nullptr;
+    if (args.balanced_blocks > 0) {
+      partial_lse = partial_out + decode_plan::BalancedWorkspace::Of(
+                                      static_cast<int64_t>(args.num_seqs) * args.num_kv_heads,
+                                      args.num_q_heads / args.num_kv_heads, kHeadDim,
+                                      args.balanced_blocks)
+                                          .lse_offset /
+                                      sizeof(float);
     }
-    if (!launched.ok() || args.num_splits == 1) return launched;
-    decode::MergeKernel<T, kHeadDim>
-        <<<static_cast<unsigned>(rows), decode::kMergeThreads, 0, stream>>>(
-            partial_out, partial_lse, args.num_splits, static_cast<T*>(args.out), args.lse,
-            args.fault);
+    const LaunchResult launched =
+        LaunchPass<T, kHeadDim>(args, partial_out, partial_lse, stream, nullptr);
+    if (!launched.ok() || !merged) return launched;
+    const auto merge = args.balanced_blocks > 0 ? decode::MergeKernel<T, kHeadDim, true>
+                                                : decode::MergeKernel<T, kHeadDim, false>;
+    merge<<<static_cast<unsigned>(rows), decode::kMergeThreads, 0, stream>>>(
+        static_cast<const DecodeAttentionKernelArgs&>(args), partial_out, partial_lse,
+        args.fault);
     return CheckLaunch();
   });
 }

@@ -14,11 +14,17 @@
 // A stream of length 0 gives out = 0 and lse = -inf (FlashInfer's convention),
 // so partial results over disjoint token sets merge as online softmax states.
 //
-// Split-KV: the GPU cuts every stream into `num_splits` contiguous, page-aligned
-// ranges sized from that stream's own length (read on the device), computes a
-// partial (out, lse) per range into the workspace, then merges them. The grid
-// depends only on num_seqs, num_kv_heads and num_splits, so one capture in a
-// CUDA graph serves every later set of lengths. Plain C++: .cu files include it.
+// Split-KV, two divisions of the work, both read from the lengths on the device
+// with a grid fixed by the shapes alone, so that one capture in a CUDA graph
+// serves every later set of lengths:
+// - even splits (num_splits): every stream is cut into `num_splits` contiguous,
+//   page-aligned ranges of its own length, one block each;
+// - balanced (balanced_blocks > 0): the streams are laid end to end and each of
+//   `balanced_blocks` blocks reads an equal run of their pages, whatever the
+//   streams' lengths (decode_attention_plan.h), so that streams of different
+//   lengths leave no block working alone at the end.
+// More than one range per stream computes a partial (out, lse) per range into
+// the workspace, then merges them. Plain C++: .cu files include it.
 #ifndef HEADPAGE_KERNELS_DECODE_ATTENTION_ARGS_H_
 #define HEADPAGE_KERNELS_DECODE_ATTENTION_ARGS_H_
 
@@ -58,6 +64,10 @@ struct DecodeAttentionKernelArgs {
   // KV splits per stream, chosen on the host (DecodeAttentionSplits) and fixed
   // for a CUDA graph; 1 writes `out` directly and needs no workspace.
   int32_t num_splits = 1;
+  // > 0: the balanced division over this many blocks (DecodeAttentionBalancedBlocks
+  // fills the GPU once), with num_splits left at 1. (It fills the padding before
+  // `workspace`: the kernels' parameters keep their layout.)
+  int32_t balanced_blocks = 0;
   void* workspace = nullptr;          // 16-byte aligned, DecodeAttentionWorkspaceBytes(...) long
   size_t workspace_bytes = 0;
 };
@@ -77,6 +87,27 @@ struct DecodeAttentionArgs : DecodeAttentionKernelArgs {
 size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_dim,
                                      int32_t num_splits);
 
+// Workspace bytes of the balanced division over `balanced_blocks` blocks: a
+// partial per piece (at most num_seqs * num_kv_heads + balanced_blocks - 1 of
+// them) and query head of its group; 0 when balanced_blocks is 0.
+size_t DecodeAttentionBalancedWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads,
+                                             int32_t num_kv_heads, int32_t head_dim,
+                                             int32_t balanced_blocks);
+
+// The workspace `args` needs, whichever division they ask for.
+size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionKernelArgs& args);
+
+// Blocks of the balanced pass over `cache` that are resident on one
+// multiprocessor at once, as the kernels' registers and shared memory allow:
+// two for 16-bit pages (one at head_dim 256, whose stages take 128 KiB) and
+// f32 pages, four for fp8 pages (two at head_dim 256). A gpu test holds it to
+// CUDA's occupancy calculator (gpu::internal::DecodeAttentionResidentBlocks).
+int32_t DecodeAttentionResidentBlocks(const PagedKV& cache);
+
+// The balanced division's block count: one wave, every resident block of
+// `num_sms` multiprocessors, so that all of them read the whole time.
+int32_t DecodeAttentionBalancedBlocks(const PagedKV& cache, int32_t num_sms);
+
 // A split count for streams of at most `max_len` tokens: enough (stream, split)
 // blocks to fill `num_sms` multiprocessors a few times over, so that a few long
 // streams do not leave the GPU idle, but no split shorter than a few hundred
@@ -86,6 +117,10 @@ int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_
 namespace gpu::internal {
 // decode_attention.cu; gpu::DecodeAttention (decode_attention.h) validates, then calls it.
 LaunchResult LaunchDecodeAttention(const DecodeAttentionArgs& args, GpuStream stream);
+// The blocks of the pass `args` would launch that one SM holds at once, from
+// CUDA's occupancy calculator (the gpu test holds DecodeAttentionResidentBlocks
+// to it).
+LaunchResult DecodeAttentionResidentBlocks(const DecodeAttentionArgs& args, int* blocks_per_sm);
 }  // namespace gpu::internal
 
 }  // namespace headpage

@@ -434,7 +434,7 @@ __device__ __forceinline__ void StoreFp8WarpState(const Reduction<kHeadDim>& red
 
 // kStages and kMinBlocks are Fp8Traits' (template parameters so that a tuning
 // run can instantiate others side by side).
-template <typename T, int kHeadDim, int kStages, int kMinBlocks>
+template <typename T, int kHeadDim, int kStages, int kMinBlocks, bool kBalanced>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     Fp8Kernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
               const uint64_t* fault) {
@@ -442,55 +442,56 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   extern __shared__ __align__(128) unsigned char smem[];
   if (TablesFaulted(fault)) return;
 
-  const BlockWork work = WorkOfThisBlock(args, Tr::kTileTokens);
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int quad = lane >> 2;
-  const int pair = lane & 3;
+  ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int quad = lane >> 2;
+    const int pair = lane & 3;
 
-  // Q'^T as the B operand: column `quad` is head quad (the same registers as
-  // an A operand whose row is that head).
-  uint32_t qb[Tr::kKSteps][2];
-  const float query_unscale = LoadScaledQuery<T, kHeadDim>(args, work, quad, pair, qb);
-  // The lane's columns are heads 2 pair and 2 pair + 1: their unscales.
-  float score_scale[2];
+    // Q'^T as the B operand: column `quad` is head quad (the same registers as
+    // an A operand whose row is that head).
+    uint32_t qb[Tr::kKSteps][2];
+    const float query_unscale = LoadScaledQuery<T, kHeadDim>(args, work, quad, pair, qb);
+    // The lane's columns are heads 2 pair and 2 pair + 1: their unscales.
+    float score_scale[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    score_scale[h] =
-        args.sm_scale * kLog2E * __shfl_sync(kFullMask, query_unscale, 4 * (2 * pair + h));
-  }
+    for (int h = 0; h < 2; ++h) {
+      score_scale[h] =
+          args.sm_scale * kLog2E * __shfl_sync(kFullMask, query_unscale, 4 * (2 * pair + h));
+    }
 
-  unsigned char* stages = smem + warp * kStages * Tr::kStageBytes;
-  Fp8ChunkCopies<kHeadDim> copies(args, work, stages, warp, lane);
-  TokenRowSoftmax<kHeadDim> state;
-  const LaneOffsets<kHeadDim> offsets(lane, quad, pair);
+    unsigned char* stages = smem + warp * kStages * Tr::kStageBytes;
+    Fp8ChunkCopies<kHeadDim> copies(args, work, stages, warp, lane);
+    TokenRowSoftmax<kHeadDim> state;
+    const LaneOffsets<kHeadDim> offsets(lane, quad, pair);
 
-  const int num_chunks = (work.end - work.begin + Tr::kChunk - 1) / Tr::kChunk;
-  const int my_chunks = num_chunks > warp ? (num_chunks - warp + kWarps - 1) / kWarps : 0;
-  RunPipeline<kStages>(
-      my_chunks, [&](int stage) { copies.Issue(stage); }, [&]() { copies.Advance(); },
-      [] { __syncwarp(); },
-      [&](int stage, int i) {
-        const unsigned char* k_chunk = stages + stage * Tr::kStageBytes;
-        float s[4];
-        float2 kv_scales[2];
-        ScoreFp8Chunk<kHeadDim>(qb, k_chunk, offsets, quad, s, kv_scales);
-        TokenRowSoftmaxUpdate<kHeadDim>(work.begin + Tr::kChunk * (warp + kWarps * i), work.end,
-                                        quad, score_scale, kv_scales, s, state);
-        AccumulateFp8Values<kHeadDim>(s, kv_scales, k_chunk, offsets, state.v_exp, state.o);
-      });
-  __syncthreads();  // every warp's stages become the reduction's memory
+    const int num_chunks = (work.end - work.begin + Tr::kChunk - 1) / Tr::kChunk;
+    const int my_chunks = num_chunks > warp ? (num_chunks - warp + kWarps - 1) / kWarps : 0;
+    RunPipeline<kStages>(
+        my_chunks, [&](int stage) { copies.Issue(stage); }, [&]() { copies.Advance(); },
+        [] { __syncwarp(); },
+        [&](int stage, int i) {
+          const unsigned char* k_chunk = stages + stage * Tr::kStageBytes;
+          float s[4];
+          float2 kv_scales[2];
+          ScoreFp8Chunk<kHeadDim>(qb, k_chunk, offsets, quad, s, kv_scales);
+          TokenRowSoftmaxUpdate<kHeadDim>(work.begin + Tr::kChunk * (warp + kWarps * i), work.end,
+                                          quad, score_scale, kv_scales, s, state);
+          AccumulateFp8Values<kHeadDim>(s, kv_scales, k_chunk, offsets, state.v_exp, state.o);
+        });
+    __syncthreads();  // every warp's stages become the reduction's memory
 
-  const Reduction<kHeadDim> reduce(smem);
-  StoreFp8WarpState(reduce, state, warp, quad, pair, work.group);
-  __syncthreads();
-  StoreCombined<T, kHeadDim>(args, reduce, work, partial_out, partial_lse);
+    const Reduction<kHeadDim> reduce(smem);
+    StoreFp8WarpState(reduce, state, warp, quad, pair, work.group);
+    __syncthreads();
+    StoreCombined<T, kHeadDim, kBalanced>(args, reduce, work, partial_out, partial_lse);
+  });
 }
 
 }  // namespace
 
 LaunchResult LaunchFp8Pass(const DecodeAttentionArgs& args, float* partial_out,
-                           float* partial_lse, GpuStream stream) {
+                           float* partial_lse, GpuStream stream, int* occupancy) {
   return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,
                                                                            auto head_dim_tag) {
     using T = typename decltype(dtype_tag)::type;
@@ -500,8 +501,10 @@ LaunchResult LaunchFp8Pass(const DecodeAttentionArgs& args, float* partial_out,
       return Unsupported(LaunchResult::Kind::kUnsupportedDType);
     } else {
       using Tr = Fp8Traits<kHeadDim>;
-      return LaunchWithSmem(Fp8Kernel<T, kHeadDim, Tr::kStages, Tr::kMinBlocks>, Tr::kSmemBytes,
-                            args, partial_out, partial_lse, stream);
+      return LaunchWithSmem(Fp8Kernel<T, kHeadDim, Tr::kStages, Tr::kMinBlocks, false>,
+                            Fp8Kernel<T, kHeadDim, Tr::kStages, Tr::kMinBlocks, true>,
+                            Tr::kSmemBytes, args, partial_out, partial_lse, stream,
+                            occupancy);
     }
   });
 }

@@ -16,6 +16,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_mma.cuh"
 #include "kernels/decode_attention_args.h"
+#include "kernels/decode_attention_plan.h"
 #include "kernels/table_checks.h"
 
 namespace headpage::gpu::internal::decode {
@@ -27,31 +28,176 @@ inline constexpr int kWarps = 4;
 inline constexpr int kThreads = 32 * kWarps;
 inline constexpr int kG = kDecodeMaxGroup;
 
-// What a block works on: split `split` of stream `stream` = (seq, kv_head),
-// the query heads kv_head * group.. of seq, and the split's tokens [begin, end).
+// What a block works on: stream `stream` = (seq, kv_head), the query heads
+// kv_head * group.. of seq, and the stream's tokens [begin, end): split `piece`
+// of even splits, or piece number `piece` of the balanced division, `whole`
+// when it is the stream's only one (decode_attention_plan.h).
 struct BlockWork {
-  int split, stream, seq, kv_head, group, begin, end;
+  int stream, seq, kv_head, group, begin, end, piece;
+  bool whole;
 };
 
-// Splits have one size per stream, rounded up to whole pages and, where pages
-// are small, to whole tiles of `tile_tokens`.
+__device__ __forceinline__ BlockWork StreamWork(const DecodeAttentionKernelArgs& args,
+                                                int stream) {
+  BlockWork work;
+  work.stream = stream;
+  work.seq = stream / args.num_kv_heads;
+  work.kv_head = stream - work.seq * args.num_kv_heads;
+  work.group = args.num_q_heads / args.num_kv_heads;
+  work.whole = false;
+  return work;
+}
+
+// Even splits have one size per stream, rounded up to whole pages and, where
+// pages are small, to whole tiles of `tile_tokens`.
 __device__ __forceinline__ BlockWork WorkOfThisBlock(const DecodeAttentionKernelArgs& args,
                                                      int tile_tokens) {
-  BlockWork work;
-  work.split = static_cast<int>(blockIdx.x % args.num_splits);
-  work.stream = static_cast<int>(blockIdx.x / args.num_splits);
-  work.seq = work.stream / args.num_kv_heads;
-  work.kv_head = work.stream - work.seq * args.num_kv_heads;
-  work.group = args.num_q_heads / args.num_kv_heads;
+  const int split = static_cast<int>(blockIdx.x % args.num_splits);
+  BlockWork work = StreamWork(args, static_cast<int>(blockIdx.x / args.num_splits));
   const int page_size = args.cache.page_size;
   const int64_t len = TableClampedLength<int64_t>(args.lens, args.indptr, work.stream, page_size);
   const int64_t align =
       static_cast<int64_t>(page_size) * ((tile_tokens + page_size - 1) / page_size);
   const int64_t chunk = ((len + args.num_splits - 1) / args.num_splits + align - 1) / align * align;
-  const int64_t begin = work.split * chunk < len ? work.split * chunk : len;
+  const int64_t begin = split * chunk < len ? split * chunk : len;
   work.begin = static_cast<int>(begin);
   work.end = static_cast<int>(begin + chunk < len ? begin + chunk : len);
+  work.piece = split;
   return work;
+}
+
+// Stream `stream`'s length in units of the balanced division (a negative
+// length of an unchecked table reads as empty).
+__device__ __forceinline__ int64_t StreamUnits(const DecodeAttentionKernelArgs& args, int stream,
+                                               int unit_tokens, int64_t* len) {
+  *len = TableClampedLength<int64_t>(args.lens, args.indptr, stream, args.cache.page_size);
+  return *len > 0 ? decode_plan::UnitsOf(*len, unit_tokens) : 0;
+}
+
+// The streams laid end to end, for a block of kBlockThreads threads: thread t
+// owns streams [*first, *last), a contiguous share, which start at unit
+// *begin; returns the division of all the units. `scratch`: kBlockThreads / 32
+// shared words. Every thread of the block calls it.
+template <int kBlockThreads>
+__device__ __forceinline__ decode_plan::BalancedDivision LayStreamsEndToEnd(
+    const DecodeAttentionKernelArgs& args, long long* scratch, int* first, int* last,
+    int64_t* begin) {
+  constexpr int kBlockWarps = kBlockThreads / 32;
+  const int num_streams = args.num_seqs * args.num_kv_heads;
+  const int unit_tokens = decode_plan::UnitTokens(args.cache.page_size);
+  const int per_thread = (num_streams + kBlockThreads - 1) / kBlockThreads;
+  *first = min(static_cast<int>(threadIdx.x) * per_thread, num_streams);
+  *last = min(*first + per_thread, num_streams);
+  long long units = 0;
+  for (int s = *first; s < *last; ++s) {
+    int64_t len;
+    units += StreamUnits(args, s, unit_tokens, &len);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const long long inclusive = LaneInclusiveSum(units, lane);
+  if (lane == 31) scratch[warp] = inclusive;
+  __syncthreads();
+  long long before = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < kBlockWarps; ++w) {
+    before += w < warp ? scratch[w] : 0;
+    total += scratch[w];
+  }
+  __syncthreads();  // scratch is free again
+  *begin = before + inclusive - units;
+  return decode_plan::BalancedDivision::Of(total, unit_tokens, args.balanced_blocks);
+}
+
+// The balanced division's array of every stream's first unit, then the total
+// (decode_plan::BalancedWorkspace), in the workspace.
+__device__ __forceinline__ long long* BalancedBegins(const DecodeAttentionKernelArgs& args) {
+  const int num_streams = args.num_seqs * args.num_kv_heads;
+  const decode_plan::BalancedWorkspace layout = decode_plan::BalancedWorkspace::Of(
+      num_streams, args.num_q_heads / args.num_kv_heads, args.cache.head_dim,
+      args.balanced_blocks);
+  return reinterpret_cast<long long*>(static_cast<char*>(args.workspace) + layout.begins_offset);
+}
+
+// ForEachPiece's balanced division. Its loop keeps its state in shared
+// memory and reads the rest from the parameters, so that none of it holds
+// registers while body runs (the fp8 pass at four blocks per SM has none to
+// spare).
+template <typename Body>
+__device__ __forceinline__ void ForEachBalancedPiece(const DecodeAttentionKernelArgs& args,
+                                                     Body& body) {
+  __shared__ long long scratch[kWarps];
+  // The next stream to look at and its first unit; the block's units are [lo, hi).
+  __shared__ int next_stream;
+  __shared__ long long next_begin, lo, hi;
+  int first, last;
+  int64_t begin;
+  const decode_plan::BalancedDivision division =
+      LayStreamsEndToEnd<kThreads>(args, scratch, &first, &last, &begin);
+  if (static_cast<int>(blockIdx.x) >= division.blocks) return;
+  const int64_t block_begin = division.BlockBegin(blockIdx.x);
+  if (threadIdx.x == 0) {
+    next_stream = -1;
+    lo = block_begin;
+    hi = division.BlockBegin(blockIdx.x + 1);
+  }
+  __syncthreads();
+  // The stream holding unit lo: one thread finds it (none when the block's
+  // run is empty, which only an empty batch gives). Block 0 also publishes
+  // where every stream begins, for the merge.
+  long long* const begins = blockIdx.x == 0 ? BalancedBegins(args) : nullptr;
+  if (begins != nullptr && threadIdx.x == 0) {
+    begins[args.num_seqs * args.num_kv_heads] = division.total_units;
+  }
+  for (int s = first; s < last; ++s) {
+    int64_t len;
+    const int64_t units = StreamUnits(args, s, division.unit_tokens, &len);
+    if (begin <= block_begin && block_begin < begin + units) {
+      next_stream = s;
+      next_begin = begin;
+    }
+    if (begins != nullptr) begins[s] = begin;
+    begin += units;
+  }
+  for (;;) {
+    __syncthreads();  // the state is written (and the last piece's shared memory free)
+    const int s = next_stream;
+    const int64_t stream_begin = next_begin, run_begin = lo, run_end = hi;
+    __syncthreads();  // every thread has read it
+    if (s < 0 || s >= args.num_seqs * args.num_kv_heads || stream_begin >= run_end) return;
+    const int unit_tokens = decode_plan::UnitTokens(args.cache.page_size);
+    int64_t len;
+    const int64_t units = StreamUnits(args, s, unit_tokens, &len);
+    if (threadIdx.x == 0) {
+      next_stream = s + 1;
+      next_begin = stream_begin + units;
+    }
+    if (units > 0) {
+      const decode_plan::Piece piece = decode_plan::PieceOf(
+          run_begin, run_end, unit_tokens, blockIdx.x, s, stream_begin, units, len);
+      BlockWork work = StreamWork(args, s);
+      work.begin = piece.begin;
+      work.end = piece.end;
+      work.piece = static_cast<int>(piece.number);
+      work.whole = piece.whole;
+      body(work);
+    }
+  }
+}
+
+// Runs body(work) on each piece of this block's work, with a barrier after
+// each (the next piece reuses the shared memory): the one split of even splits,
+// or the block's pieces of the balanced division (decode_attention_plan.h), in
+// stream order. Every thread of the block calls it. The passes are compiled
+// once per division (kBalanced): the balanced loop's state costs registers the
+// even splits' kernels need not pay (at head_dim 256 it spills).
+template <bool kBalanced, typename Body>
+__device__ __forceinline__ void ForEachPiece(const DecodeAttentionKernelArgs& args,
+                                             int tile_tokens, Body&& body) {
+  if constexpr (!kBalanced) {
+    body(WorkOfThisBlock(args, tile_tokens));
+  } else {
+    ForEachBalancedPiece(args, body);
+  }
 }
 
 // Where a warp's next 16-token chunk starts, for the tensor-core passes: the
@@ -165,8 +311,10 @@ constexpr int PassSmemBytes(int pipeline_bytes) {
 inline constexpr float kRescaleSlack = 8.0f;
 
 // After every warp stored its state (and a barrier): merge the warps and write
-// the block's result, out and lse for one split, a float partial for more.
-template <typename T, int kHeadDim>
+// the block's result, out and lse for a whole stream, else a float partial: a
+// split's beside its row's other splits (row * num_splits + split), a balanced
+// piece's with its group's other heads (piece * group + h).
+template <typename T, int kHeadDim, bool kBalanced>
 __device__ __forceinline__ void StoreCombined(const DecodeAttentionKernelArgs& args,
                                               const Reduction<kHeadDim>& reduce,
                                               const BlockWork& work, float* partial_out,
@@ -188,26 +336,38 @@ __device__ __forceinline__ void StoreCombined(const DecodeAttentionKernelArgs& a
     const float lse2 = d_all > 0.0f ? m_all + log2f(d_all) : -INFINITY;  // log2 of sum exp2
     const int64_t row =
         static_cast<int64_t>(work.seq) * args.num_q_heads + work.kv_head * work.group + h;
-    if (args.num_splits == 1) {
+    if (kBalanced ? work.whole : args.num_splits == 1) {
       static_cast<T*>(args.out)[row * kHeadDim + dim] = FromFloat<T>(out);
       if (dim == 0 && args.lse != nullptr) args.lse[row] = lse2 * kLn2;
     } else {
-      const int64_t partial = row * args.num_splits + work.split;
+      const int64_t partial = kBalanced
+                                  ? static_cast<int64_t>(work.piece) * work.group + h
+                                  : row * args.num_splits + work.piece;
       partial_out[partial * kHeadDim + dim] = out;
       if (dim == 0) partial_lse[partial] = lse2;
     }
   }
 }
 
-// Launches a pass kernel, one block per (stream, split), with `smem_bytes` of
-// dynamic shared memory.
+// Launches a pass kernel with `smem_bytes` of dynamic shared memory: `even`,
+// one block per (stream, split), or `balanced`, balanced_blocks blocks (the
+// pass's two instances), as the arguments ask. With `occupancy`, launches
+// nothing and stores there how many blocks of that kernel one SM holds.
 template <typename Kernel>
-LaunchResult LaunchWithSmem(Kernel kernel, int smem_bytes, const DecodeAttentionArgs& args,
-                            float* partial_out, float* partial_lse, GpuStream stream) {
+LaunchResult LaunchWithSmem(Kernel even, Kernel balanced, int smem_bytes,
+                            const DecodeAttentionArgs& args, float* partial_out,
+                            float* partial_lse, GpuStream stream, int* occupancy) {
+  const Kernel kernel = args.balanced_blocks > 0 ? balanced : even;
   const LaunchResult attribute = CudaErrorResult(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
   if (!attribute.ok()) return attribute;
-  const int64_t blocks = static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * args.num_splits;
+  if (occupancy != nullptr) {
+    return CudaErrorResult(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(occupancy, kernel, kThreads, smem_bytes));
+  }
+  const int64_t blocks = args.balanced_blocks > 0 ? args.balanced_blocks
+                                                  : static_cast<int64_t>(args.num_seqs) *
+                                                        args.num_kv_heads * args.num_splits;
   // The kernel's own fields only (DecodeAttentionKernelArgs), and the fault word apart.
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(
       static_cast<const DecodeAttentionKernelArgs&>(args), partial_out, partial_lse, args.fault);
@@ -216,11 +376,11 @@ LaunchResult LaunchWithSmem(Kernel kernel, int smem_bytes, const DecodeAttention
 
 // decode_attention_simt.cu: the f32 pass, for every supported head_dim.
 LaunchResult LaunchSimtPass(const DecodeAttentionArgs& args, float* partial_out,
-                            float* partial_lse, GpuStream stream);
+                            float* partial_lse, GpuStream stream, int* occupancy);
 
 // decode_attention_fp8.cu: the pass over fp8 pages (f16 and bf16 models).
 LaunchResult LaunchFp8Pass(const DecodeAttentionArgs& args, float* partial_out,
-                           float* partial_lse, GpuStream stream);
+                           float* partial_lse, GpuStream stream, int* occupancy);
 
 }  // namespace headpage::gpu::internal::decode
 

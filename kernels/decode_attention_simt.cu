@@ -257,7 +257,7 @@ __device__ __forceinline__ void StoreWarpState(const Reduction<kHeadDim>& reduce
   }
 }
 
-template <int kHeadDim>
+template <int kHeadDim, bool kBalanced>
 __global__ void __launch_bounds__(kThreads, 2)
     SimtKernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
                const uint64_t* fault) {
@@ -265,104 +265,106 @@ __global__ void __launch_bounds__(kThreads, 2)
   extern __shared__ __align__(128) unsigned char smem[];
   if (TablesFaulted(fault)) return;
 
-  const BlockWork work = WorkOfThisBlock(args, Tr::kTileTokens);
-  const int group = work.group;
-  const int num_tiles = (work.end - work.begin + Tr::kTileTokens - 1) / Tr::kTileTokens;
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int row_group = lane / Tr::kRowLanes;  // which row of a pass this lane reads
-  const int row_lane = lane % Tr::kRowLanes;   // which vectors of the row
+  ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
+    const int group = work.group;
+    const int num_tiles = (work.end - work.begin + Tr::kTileTokens - 1) / Tr::kTileTokens;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int row_group = lane / Tr::kRowLanes;  // which row of a pass this lane reads
+    const int row_lane = lane % Tr::kRowLanes;   // which vectors of the row
 
-  LaneQueries<kHeadDim> q;
-  LoadScaledQueries<kHeadDim>(args, work, row_lane, q);
+    LaneQueries<kHeadDim> q;
+    LoadScaledQueries<kHeadDim>(args, work, row_lane, q);
 
-  // Stage: the block's cp.async copies of K and V tiles. This thread's vectors
-  // are column load_col of rows load_row0 + k * kLoadRowStride of every tile;
-  // per row, where its next token lives. (Lambdas over the kernel's locals: as
-  // a struct, the compiler re-derived addresses in the loop, 2-3% more
-  // instructions.)
-  float* tiles = reinterpret_cast<float*>(smem);
-  const PagedKV& cache = args.cache;
-  const int page_size = cache.page_size;
-  const int end = work.end;
-  const float* data = static_cast<const float*>(cache.data);
-  const int32_t* table = args.page_ids + args.indptr[work.stream];
-  const int load_col = threadIdx.x % Tr::kRowVecs;
-  const int load_row0 = threadIdx.x / Tr::kRowVecs;
-  const int step_pages = Tr::kTileTokens / page_size;
-  const int step_offset = Tr::kTileTokens - step_pages * page_size;
-  int page_index[Tr::kLoads], offset[Tr::kLoads], page[Tr::kLoads];
-  int load_tile_token = work.begin;  // first token of the tile the copy state describes
-#pragma unroll
-  for (int k = 0; k < Tr::kLoads; ++k) {
-    const int token = work.begin + load_row0 + k * Tr::kLoadRowStride;
-    page_index[k] = token / page_size;
-    offset[k] = token - page_index[k] * page_size;
-    page[k] = token < end ? __ldg(table + page_index[k]) : -1;
-  }
-  auto issue_copies = [&](int stage) {
-    float* k_tile = tiles + stage * 2 * Tr::kTileElems;
-    float* v_tile = k_tile + Tr::kTileElems;
+    // Stage: the block's cp.async copies of K and V tiles. This thread's vectors
+    // are column load_col of rows load_row0 + k * kLoadRowStride of every tile;
+    // per row, where its next token lives. (Lambdas over the kernel's locals: as
+    // a struct, the compiler re-derived addresses in the loop, 2-3% more
+    // instructions.)
+    float* tiles = reinterpret_cast<float*>(smem);
+    const PagedKV& cache = args.cache;
+    const int page_size = cache.page_size;
+    const int end = work.end;
+    const float* data = static_cast<const float*>(cache.data);
+    const int32_t* table = args.page_ids + args.indptr[work.stream];
+    const int load_col = threadIdx.x % Tr::kRowVecs;
+    const int load_row0 = threadIdx.x / Tr::kRowVecs;
+    const int step_pages = Tr::kTileTokens / page_size;
+    const int step_offset = Tr::kTileTokens - step_pages * page_size;
+    int page_index[Tr::kLoads], offset[Tr::kLoads], page[Tr::kLoads];
+    int load_tile_token = work.begin;  // first token of the tile the copy state describes
 #pragma unroll
     for (int k = 0; k < Tr::kLoads; ++k) {
-      // page is -1 past the range; an id outside the cache reads as zeros.
-      const bool fill = page[k] >= 0 && page[k] < cache.num_pages;
-      const int64_t key = fill ? page[k] * cache.page_elements() +
-                                     static_cast<int64_t>(offset[k]) * kHeadDim +
-                                     load_col * Tr::kVecElems
-                               : 0;
-      const int at = (load_row0 + k * Tr::kLoadRowStride) * kHeadDim + load_col * Tr::kVecElems;
-      CpAsync16(SmemAddress(k_tile + at), data + key, fill);
-      CpAsync16(SmemAddress(v_tile + at), data + key + static_cast<int64_t>(page_size) * kHeadDim,
-                fill);
-    }
-  };
-  auto advance_copies = [&]() {
-    load_tile_token += Tr::kTileTokens;
-#pragma unroll
-    for (int k = 0; k < Tr::kLoads; ++k) {
-      offset[k] += step_offset;
-      page_index[k] += step_pages;
-      if (offset[k] >= page_size) {
-        offset[k] -= page_size;
-        ++page_index[k];
-      }
-      const int token = load_tile_token + load_row0 + k * Tr::kLoadRowStride;
+      const int token = work.begin + load_row0 + k * Tr::kLoadRowStride;
+      page_index[k] = token / page_size;
+      offset[k] = token - page_index[k] * page_size;
       page[k] = token < end ? __ldg(table + page_index[k]) : -1;
     }
-  };
+    auto issue_copies = [&](int stage) {
+      float* k_tile = tiles + stage * 2 * Tr::kTileElems;
+      float* v_tile = k_tile + Tr::kTileElems;
+#pragma unroll
+      for (int k = 0; k < Tr::kLoads; ++k) {
+        // page is -1 past the range; an id outside the cache reads as zeros.
+        const bool fill = page[k] >= 0 && page[k] < cache.num_pages;
+        const int64_t key = fill ? page[k] * cache.page_elements() +
+                                       static_cast<int64_t>(offset[k]) * kHeadDim +
+                                       load_col * Tr::kVecElems
+                                 : 0;
+        const int at = (load_row0 + k * Tr::kLoadRowStride) * kHeadDim + load_col * Tr::kVecElems;
+        CpAsync16(SmemAddress(k_tile + at), data + key, fill);
+        CpAsync16(SmemAddress(v_tile + at), data + key + static_cast<int64_t>(page_size) * kHeadDim,
+                  fill);
+      }
+    };
+    auto advance_copies = [&]() {
+      load_tile_token += Tr::kTileTokens;
+#pragma unroll
+      for (int k = 0; k < Tr::kLoads; ++k) {
+        offset[k] += step_offset;
+        page_index[k] += step_pages;
+        if (offset[k] >= page_size) {
+          offset[k] -= page_size;
+          ++page_index[k];
+        }
+        const int token = load_tile_token + load_row0 + k * Tr::kLoadRowStride;
+        page[k] = token < end ? __ldg(table + page_index[k]) : -1;
+      }
+    };
 
-  SimtState<kHeadDim> state;
+    SimtState<kHeadDim> state;
 
-  // One pipeline for the block: every warp reads every thread's copies.
-  RunPipeline<Tr::kStages>(
-      num_tiles, issue_copies, advance_copies, [] { __syncthreads(); },
-      [&](int stage, int t) {
-        const float* k_tile = tiles + stage * 2 * Tr::kTileElems;
-        TileScores<kHeadDim> s;
-        ScoreTile<kHeadDim>(q, k_tile, work.begin + t * Tr::kTileTokens, work.end, group, warp,
-                            row_group, row_lane, s);
-        OnlineSoftmaxUpdate<kHeadDim>(group, s, state);
-        AccumulateValues<kHeadDim>(s, k_tile + Tr::kTileElems, group, warp, row_group, row_lane,
-                                   state);
-      });
-  __syncthreads();  // the tiles' memory becomes the reduction's
+    // One pipeline for the block: every warp reads every thread's copies.
+    RunPipeline<Tr::kStages>(
+        num_tiles, issue_copies, advance_copies, [] { __syncthreads(); },
+        [&](int stage, int t) {
+          const float* k_tile = tiles + stage * 2 * Tr::kTileElems;
+          TileScores<kHeadDim> s;
+          ScoreTile<kHeadDim>(q, k_tile, work.begin + t * Tr::kTileTokens, work.end, group, warp,
+                              row_group, row_lane, s);
+          OnlineSoftmaxUpdate<kHeadDim>(group, s, state);
+          AccumulateValues<kHeadDim>(s, k_tile + Tr::kTileElems, group, warp, row_group, row_lane,
+                                     state);
+        });
+    __syncthreads();  // the tiles' memory becomes the reduction's
 
-  MergeRowGroups<kHeadDim>(group, state);
-  const Reduction<kHeadDim> reduce(smem);
-  StoreWarpState<kHeadDim>(reduce, state, group, warp, lane, row_group, row_lane);
-  __syncthreads();
-  StoreCombined<float, kHeadDim>(args, reduce, work, partial_out, partial_lse);
+    MergeRowGroups<kHeadDim>(group, state);
+    const Reduction<kHeadDim> reduce(smem);
+    StoreWarpState<kHeadDim>(reduce, state, group, warp, lane, row_group, row_lane);
+    __syncthreads();
+    StoreCombined<float, kHeadDim, kBalanced>(args, reduce, work, partial_out, partial_lse);
+  });
 }
 
 }  // namespace
 
 LaunchResult LaunchSimtPass(const DecodeAttentionArgs& args, float* partial_out,
-                            float* partial_lse, GpuStream stream) {
+                            float* partial_lse, GpuStream stream, int* occupancy) {
   return DispatchHeadDim(args.cache.head_dim, [&](auto head_dim_tag) {
     constexpr int kHeadDim = decltype(head_dim_tag)::value;
-    return LaunchWithSmem(SimtKernel<kHeadDim>, SimtTraits<kHeadDim>::kSmemBytes, args,
-                          partial_out, partial_lse, stream);
+    return LaunchWithSmem(SimtKernel<kHeadDim, false>, SimtKernel<kHeadDim, true>,
+                          SimtTraits<kHeadDim>::kSmemBytes, args, partial_out, partial_lse,
+                          stream, occupancy);
   });
 }
 

@@ -222,7 +222,8 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
                                 policy=policy, budget=budget, floor_tokens=args.floor_tokens,
                                 protect_recent=args.protect_recent, cuda_graphs=graphs,
                                 compress_every=args.compress_every if budget else 0,
-                                kv_dtype=args.kv_dtype)
+                                kv_dtype=args.kv_dtype,
+                                decode_division="balanced" if "balanced" in modes else "even")
     generation = GenerationConfig(max_new_tokens=args.output, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(
         generation_config=generation,

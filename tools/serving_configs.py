@@ -19,6 +19,10 @@
                         decode step's shapes (compiling takes longer)
   NAME+fused            q/k/v and gate/up fused into one product each
                         (headpage.serving.fused_projections)
+  NAME+balanced         decode attention's balanced division: one wave of
+                        blocks, each an equal run of all the step's pages
+                        (enable(decode_division="balanced"); the default
+                        splits every stream alike)
   NAME+async            transformers' asynchronous batching: the host prepares
                         and launches step N+1 while the GPU runs step N (every
                         other configuration runs one step at a time)
@@ -62,11 +66,13 @@ def config_modes(config):
     """(name, modes) of NAME[+MODE...]: the modes a set of MODE names."""
     name, *modes = config.split("+")
     unknown = set(modes) - {"eager", "compile", "autotune", "prefix", "compressed", "fused",
-                            "async"}
+                            "async", "balanced"}
     if unknown:
         raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
                          "(the modes are +eager, +compile, +autotune, +prefix, +compressed, "
-                         "+fused and +async)")
+                         "+fused, +balanced and +async)")
+    if name == "transformers" and "balanced" in modes:
+        raise SystemExit(f"configuration '{config}': +balanced is headpage's decode attention")
     if "compressed" in modes and ("prefix" not in modes or name == "transformers"):
         raise SystemExit(f"configuration '{config}': +compressed is headpage's, with +prefix")
     if name == "transformers" and "eager" in modes:

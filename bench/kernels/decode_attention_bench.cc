@@ -20,10 +20,12 @@ namespace {
 // with `num_splits`, or the heuristic's choice when it is 0.
 // With `checked`, the block tables are checked on the device first
 // (DecodeAttentionArgs::fault: what Python's decode_attention does by default).
+// `waves` > 0: the balanced division over that many waves of blocks instead.
 void RunDecode(benchmark::State& state, int32_t batch, const std::vector<int32_t>& lens,
-               int32_t num_splits, bool checked = false, KvDType kv_dtype = KvDType::kAuto) {
+               int32_t num_splits, bool checked = false, KvDType kv_dtype = KvDType::kAuto,
+               int32_t waves = 0) {
   BenchPool pool(lens, 0, kHeadDim, kDType, kPageSize, 1, kv_dtype);
-  DecodeAttentionCall decode(pool, batch, num_splits);
+  DecodeAttentionCall decode(pool, batch, num_splits, waves);
   DeviceBuffer fault(sizeof(uint64_t));
   if (checked) decode.args.fault = fault.get<uint64_t>();
   TimeDecodeAttention(state, pool, decode);
@@ -136,6 +138,55 @@ void BM_DecodeAttentionHeadwise20Splits(benchmark::State& state) {
 BENCHMARK(BM_DecodeAttentionHeadwise20Splits)
     ->ArgNames({"batch", "len", "splits"})
     ->ArgsProduct({{8}, {32768}, {2, 4, 8, 16, 32}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// The balanced division (DecodeAttentionArgs::balanced_blocks) against the
+// even splits above, on the same shapes: one wave of resident blocks (what
+// DecodeAttentionBalancedBlocks picks) and two.
+void BM_DecodeAttentionBalanced(benchmark::State& state) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len), 1,
+            /*checked=*/false, KvDType::kAuto, static_cast<int32_t>(state.range(2)));
+}
+BENCHMARK(BM_DecodeAttentionBalanced)
+    ->ArgNames({"batch", "len", "waves"})
+    ->ArgsProduct({{8}, {32768}, {1, 2}})
+    ->ArgsProduct({{1}, {131072}, {1, 2}})
+    ->ArgsProduct({{1}, {32768}, {1}})
+    ->ArgsProduct({{8}, {8192}, {1}})
+    ->ArgsProduct({{32}, {4096}, {1}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_DecodeAttentionBalancedHeadwise20(benchmark::State& state) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  RunDecode(state, batch, SkewedLengths(batch * kKVHeads, len, 0.2, 5.0, 11), 1,
+            /*checked=*/false, KvDType::kAuto, static_cast<int32_t>(state.range(2)));
+}
+BENCHMARK(BM_DecodeAttentionBalancedHeadwise20)
+    ->ArgNames({"batch", "len", "waves"})
+    ->ArgsProduct({{8}, {32768}, {1, 2}})
+    ->ArgsProduct({{1}, {131072}, {1}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_DecodeAttentionBalancedFp8(benchmark::State& state) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  const bool headwise = state.range(2) != 0;
+  const size_t streams = static_cast<size_t>(batch) * kKVHeads;
+  RunDecode(state, batch,
+            headwise ? SkewedLengths(static_cast<int32_t>(streams), len, 0.2, 5.0, 11)
+                     : std::vector<int32_t>(streams, len),
+            1, /*checked=*/false, KvDType::kFP8E4M3, 1);
+}
+BENCHMARK(BM_DecodeAttentionBalancedFp8)
+    ->ArgNames({"batch", "len", "headwise20"})
+    ->ArgsProduct({{8}, {32768}, {0, 1}})
+    ->ArgsProduct({{1}, {131072}, {0}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -34,15 +34,21 @@ inline int32_t NumSMs() {
 // One gpu::DecodeAttention call over `pool` (batch sequences, each of kQHeads
 // query heads over kKVHeads streams), with the buffers its arguments point
 // into: queries uniform in [-1, 1] from seed 3, lse written, `num_splits` KV
-// splits (0: the split heuristic's count), the block tables trusted (set
-// args.fault to check them).
+// splits (0: the split heuristic's count) or, with `waves` > 0, the balanced
+// division over that many waves of resident blocks (num_splits not read), the
+// block tables trusted (set args.fault to check them).
 struct DecodeAttentionCall {
   DeviceBuffer q, out, lse, workspace;
   DecodeAttentionArgs args;
 
-  DecodeAttentionCall(const BenchPool& pool, int32_t batch, int32_t num_splits = 0) {
+  DecodeAttentionCall(const BenchPool& pool, int32_t batch, int32_t num_splits = 0,
+                      int32_t waves = 0) {
     const std::vector<int32_t>& lens = pool.host_lens;
-    if (num_splits == 0) {
+    if (waves > 0) {
+      num_splits = 1;
+      args.balanced_blocks =
+          std::min(waves * DecodeAttentionBalancedBlocks(pool.view, NumSMs()), kDecodeMaxSplits);
+    } else if (num_splits == 0) {
       const int32_t max_len = *std::max_element(lens.begin(), lens.end());
       num_splits = DecodeAttentionSplits(max_len, static_cast<int32_t>(lens.size()), NumSMs());
     }
@@ -56,7 +62,6 @@ struct DecodeAttentionCall {
     q = DeviceBuffer(host_q);
     out = DeviceBuffer(host_q.size());
     lse = DeviceBuffer(rows * sizeof(float));
-    workspace = DeviceBuffer(DecodeAttentionWorkspaceBytes(batch, kQHeads, kHeadDim, num_splits));
     args.cache = pool.view;
     args.num_seqs = batch;
     args.num_q_heads = kQHeads;
@@ -70,6 +75,7 @@ struct DecodeAttentionCall {
     args.out = out.get();
     args.lse = lse.get<float>();
     args.num_splits = num_splits;
+    workspace = DeviceBuffer(DecodeAttentionWorkspaceBytes(args));
     args.workspace = workspace.get();
     args.workspace_bytes = workspace.bytes();
   }
@@ -93,6 +99,7 @@ inline void TimeDecodeAttention(benchmark::State& state, const BenchPool& pool,
   });
   SetKvCounters(state, pool);
   state.counters["splits"] = decode.args.num_splits;
+  state.counters["blocks"] = decode.args.balanced_blocks;
 }
 
 }  // namespace headpage::bench

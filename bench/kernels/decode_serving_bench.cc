@@ -7,7 +7,8 @@
 // use) whose pages are shuffled, as a long-running pool's are.
 //
 //   BM_DecodeAttentionServing  split count `splits` (0: what headpage.serving
-//                              picks for a 16-row graph)
+//                              picks for a 16-row graph; -1, -2: the balanced
+//                              division over one or two waves of blocks)
 //   BM_ReadServingPages        the floor: the same pages only read
 //                              (page_read.cu), so that the two rates say how
 //                              much of the gap to the copy bandwidth is the
@@ -67,14 +68,16 @@ void BM_DecodeAttentionServing(benchmark::State& state) {
   const BenchPool& pool = ServingPool(state.range(0));
   auto splits = static_cast<int32_t>(state.range(1));
   if (splits == 0) splits = DecodeAttentionSplits(kGraphSplitTokens, kGraphRows * kKVHeads, NumSMs());
-  DecodeAttentionCall decode(pool, kGraphRows, splits);
+  // Negative: the balanced division over -splits waves of resident blocks.
+  const int32_t waves = splits < 0 ? -splits : 0;
+  DecodeAttentionCall decode(pool, kGraphRows, splits < 0 ? 1 : splits, waves);
   TimeDecodeAttention(state, pool, decode);
   state.counters["pool_MB"] = static_cast<double>(pool.view.num_pages) * pool.view.page_elements() *
                               SizeOf(kDType) / 1e6;
 }
 BENCHMARK(BM_DecodeAttentionServing)
     ->ArgNames({"pool_gib", "splits"})
-    ->ArgsProduct({{0, 8}, {0, 1, 2, 3, 4, 6, 8}})
+    ->ArgsProduct({{0, 8}, {-2, -1, 0, 1, 2, 3, 4, 6, 8}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -57,6 +57,8 @@ from headpage._ext import (  # noqa: F401
     compact,
     copy_pages,
     decode_attention,
+    decode_attention_balanced_blocks,
+    decode_attention_balanced_workspace_bytes,
     decode_attention_splits,
     decode_attention_workspace_bytes,
     gather_kv,

@@ -46,7 +46,7 @@ class DecodeBuffers:
         self._padded = {}         # padded rows -> per layer views of that many rows
         self._generation = None   # the tables' generation the views are of
         self.last_update = ""     # what update() did: new, refresh, rebuilt or reset
-        self._workspaces = {}     # (padded rows, splits) -> a graph's split-KV workspace
+        self._workspaces = {}     # (padded rows, splits, blocks) -> a graph's split-KV workspace
         self._ids = None  # PinnedUpload, int32: positions [graph_rows], slots [graph_rows][L][H]
 
     @property
@@ -110,16 +110,23 @@ class DecodeBuffers:
             self._padded[rows] = views
         return views
 
-    def workspace(self, rows, splits, static):
-        """Split-KV workspace for `rows` decode rows; a graph's (static) is kept."""
-        size = headpage.decode_attention_workspace_bytes(
-            rows, self.shape.num_q_heads, self.shape.head_dim, splits)
+    def workspace(self, rows, splits, static, balanced_blocks=0):
+        """Split-KV workspace for `rows` decode rows, `splits` per stream or the
+        balanced division over `balanced_blocks`; a graph's (static) is kept."""
+        if balanced_blocks:
+            size = headpage.decode_attention_balanced_workspace_bytes(
+                rows, self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim,
+                balanced_blocks)
+        else:
+            size = headpage.decode_attention_workspace_bytes(
+                rows, self.shape.num_q_heads, self.shape.head_dim, splits)
         if not static:
             return torch.empty(size, dtype=torch.uint8, device=self.device)
-        workspace = self._workspaces.get((rows, splits))
+        key = (rows, splits, balanced_blocks)
+        workspace = self._workspaces.get(key)
         if workspace is None:
             workspace = torch.empty(size, dtype=torch.uint8, device=self.device)
-            self._workspaces[(rows, splits)] = workspace
+            self._workspaces[key] = workspace
         return workspace
 
     def graph_ids(self, rows, graph_rows):

@@ -67,7 +67,7 @@ class ServingCache(Compressions, PrefixCaching):
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
                  budget=None, check_invariants=False, request_policies=None, graph_rows=0,
                  compress_every=0, prefix_caching=True, request_prefixes=None, kv_dtype="auto",
-                 tensor_parallel=None):
+                 tensor_parallel=None, decode_division="even"):
         shape = model_shape(model, "headpage.serving")
         self.policy, self.budget = resolve_policy(policy, budget)
         # Under tensor parallelism (headpage._serving_tp) this rank's pool holds its
@@ -164,6 +164,12 @@ class ServingCache(Compressions, PrefixCaching):
             self.manager, shape, num_pages, self.graph_rows, self.device, self._stream)
         self._num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                          if self.device.type == "cuda" else 0)
+        # decode_division "balanced": decode attention divides every step's pages
+        # equally among one wave of blocks (decode_attention's balanced_blocks).
+        self._balanced_blocks = 0
+        if decode_division == "balanced" and self._num_sms:
+            self._balanced_blocks = headpage.decode_attention_balanced_blocks(self.arena,
+                                                                              self._num_sms)
         # Measurement, read by tools/bench_serving.py: seconds spent compressing,
         # and with record_steps set, one StepRecord per step.
         self.compress_seconds = 0.0
@@ -420,11 +426,13 @@ class ServingCache(Compressions, PrefixCaching):
                     # splits past a short stream's end have nothing to do.
                     longest = max(longest, GRAPH_SPLIT_TOKENS)
                 launched = graph_rows or len(decode)
-                inputs.splits = headpage.decode_attention_splits(
+                inputs.balanced_blocks = self._balanced_blocks
+                inputs.splits = 1 if inputs.balanced_blocks else headpage.decode_attention_splits(
                     longest, launched * self.shape.num_kv_heads, self._num_sms)
-                if inputs.splits > 1:
+                if inputs.splits > 1 or inputs.balanced_blocks:
                     inputs.workspace = buffers.workspace(launched, inputs.splits,
-                                                         static=graph_rows is not None)
+                                                         static=graph_rows is not None,
+                                                         balanced_blocks=inputs.balanced_blocks)
             else:
                 inputs.seqs = seqs
             inputs.ring_index = self._ring_index(decode, graph_rows)
@@ -499,7 +507,8 @@ class ServingCache(Compressions, PrefixCaching):
             # The manager built these tables: no device check.
             headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
                                       num_splits=inputs.splits, workspace=inputs.workspace,
-                                      stream=self._stream(), check=False)
+                                      stream=self._stream(), check=False,
+                                      balanced_blocks=inputs.balanced_blocks)
             out[0].index_copy_(0, inputs.decode_at, o)
         if layer == self.shape.num_layers - 1:
             self.end_step()
@@ -519,7 +528,8 @@ class ServingCache(Compressions, PrefixCaching):
         indptr, page_ids, lens = inputs.tables[layer]
         headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
                                   num_splits=inputs.splits, workspace=inputs.workspace,
-                                  stream=self._stream(), check=False)
+                                  stream=self._stream(), check=False,
+                                  balanced_blocks=inputs.balanced_blocks)
         return o.unsqueeze(0)
 
     def end_step(self):

@@ -49,13 +49,14 @@ class _StepInputs:
     as a CUDA graph (graph_rows set) reads only static device buffers, padded to
     graph_rows decode rows."""
     __slots__ = ("slots", "positions", "decode", "prefill", "observing", "decode_at", "seqs",
-                 "tables", "splits", "workspace", "graph_rows", "ring_index")
+                 "tables", "splits", "balanced_blocks", "workspace", "graph_rows", "ring_index")
 
     def __init__(self):
         self.slots = self.positions = self.decode_at = self.seqs = self.tables = None
         self.workspace = self.graph_rows = self.ring_index = None
         self.decode, self.prefill, self.observing = [], [], []
         self.splits = 1
+        self.balanced_blocks = 0
 
 
 class StepRecord(typing.NamedTuple):

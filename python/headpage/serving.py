@@ -507,7 +507,7 @@ def _stop_chunks_at_prefix_boundaries(scheduler, cache):
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
            protect_recent=16, pool_headroom=0.02, check_invariants=False, cuda_graphs=True,
-           compress_every=0, prefix_caching=True, kv_dtype="auto"):
+           compress_every=0, prefix_caching=True, kv_dtype="auto", decode_division="even"):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
@@ -525,15 +525,22 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     pages; a compressing policy keeps that shared prefix whole and compresses
     the rest of the prompt to its budget. kv_dtype="fp8" stores K/V in fp8 e4m3
     with a scale per token and stream (a bfloat16 or float16 model; "auto", the
-    default, stores the model's dtype). The arguments are checked now
-    (ValueError, TypeError, NotImplementedError)."""
+    default, stores the model's dtype). decode_division picks how decode
+    attention divides a step's pages among the GPU's blocks: "even" splits each
+    stream alike (as many splits as fill the GPU for the longest), "balanced"
+    hands every block of one wave an equal run of all the streams' pages
+    (docs/serving.md). The arguments are checked now (ValueError, TypeError,
+    NotImplementedError)."""
     check_engine()
     model_shape(model, "headpage.serving")
     options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget,
                    check_invariants=bool(check_invariants), cuda_graphs=bool(cuda_graphs),
                    compress_every=compress_every, prefix_caching=bool(prefix_caching),
                    kv_dtype=check_kv_dtype(kv_dtype, getattr(model, "dtype", None),
-                                           "headpage.serving"))
+                                           "headpage.serving"),
+                   decode_division=decode_division)
+    if decode_division not in ("even", "balanced"):
+        raise ValueError(f"decode_division must be 'even' or 'balanced', got {decode_division!r}")
     config, _ = resolve_policy(policy, budget)
     check_ints(1, num_pages=num_pages, page_size=page_size)
     check_ints(0, floor_tokens=floor_tokens, protect_recent=protect_recent,

@@ -149,7 +149,7 @@ template <typename A>
 void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& page_ids,
                      const In& lens, const Array& out, std::optional<float> sm_scale,
                      std::optional<Array> lse, int32_t num_splits, std::optional<Array> workspace,
-                     uintptr_t stream, bool check) {
+                     uintptr_t stream, bool check, int32_t balanced_blocks) {
   const PagedKV& cache = ViewOf(arena);
   const Place place = PlaceOf(arena);
   CheckRows(q, "q", place, cache, {-1, -1});
@@ -178,6 +178,7 @@ void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& pa
     args.lse = static_cast<float*>(lse->data());
   }
   args.num_splits = num_splits;
+  args.balanced_blocks = balanced_blocks;
   if (workspace) {
     CheckPlace(*workspace, "workspace", place);
     if (!IsRowMajor(*workspace)) BadArgument("workspace: want a contiguous tensor");
@@ -273,9 +274,14 @@ void DefArenaKernels(nb::module_& m) {
   m.def("decode_attention", &DecodeAttention<A>, nb::arg("arena"), nb::arg("q"), nb::arg("indptr"),
         nb::arg("page_ids"), nb::arg("lens"), nb::arg("out"), nb::arg("sm_scale") = nb::none(),
         nb::arg("lse") = nb::none(), nb::arg("num_splits") = 1, nb::arg("workspace") = nb::none(),
-        nb::arg("stream") = 0, nb::arg("check") = true,
+        nb::arg("stream") = 0, nb::arg("check") = true, nb::arg("balanced_blocks") = 0,
         "One query per sequence ([seqs][q_heads][head_dim]) against head-wise block tables "
         "(CSR over streams, seq-major, kv-head-minor); writes out (and lse, natural log). "
+        "The work is divided in num_splits ranges per stream, or, with balanced_blocks > 0 "
+        "(and num_splits 1), among that many blocks that each read an equal run of all the "
+        "streams' pages (decode_attention_balanced_blocks); either way past one range per "
+        "stream it needs a workspace (decode_attention_workspace_bytes, "
+        "decode_attention_balanced_workspace_bytes). "
         "The tables are checked first (indptr from 0, ascending, inside page_ids; lens inside "
         "their pages; page ids inside the pool) and a bad one raises ValueError, writing "
         "nothing. On a CudaArena the check runs on the device and waits for the stream (so "
@@ -288,6 +294,14 @@ void DefArenaKernels(nb::module_& m) {
         "The plan is checked first, as decode_attention's tables are (keep sets strictly "
         "ascending inside their rows, destinations long enough, in-place rows' destination "
         "a prefix of their source); check=False skips the device check.");
+  m.def(
+      "decode_attention_balanced_blocks",
+      [](const A& arena, int32_t num_sms) {
+        return DecodeAttentionBalancedBlocks(ViewOf(arena), num_sms);
+      },
+      nb::arg("arena"), nb::arg("num_sms"),
+      "decode_attention's balanced_blocks that fill `num_sms` multiprocessors once with "
+      "resident blocks of the pass over the arena's pages.");
   m.def("copy_pages", &CopyPages<A>, nb::arg("arena"), nb::arg("src"), nb::arg("dst"),
         nb::arg("stream") = 0, "Copies whole pages (copy-on-write).");
 }
@@ -306,8 +320,13 @@ void DefKernels(nb::module_& m) {
         nb::arg("positions") = nb::none(),
         "Copies the rows' tokens out of a HostArena, row after row ([sum lens][head_dim] of "
         "the model's dtype: fp8 pages are dequantized with their scales).");
-  m.def("decode_attention_workspace_bytes", &DecodeAttentionWorkspaceBytes, nb::arg("num_seqs"),
-        nb::arg("num_q_heads"), nb::arg("head_dim"), nb::arg("num_splits"));
+  m.def("decode_attention_workspace_bytes",
+        static_cast<size_t (*)(int32_t, int32_t, int32_t, int32_t)>(
+            &DecodeAttentionWorkspaceBytes),
+        nb::arg("num_seqs"), nb::arg("num_q_heads"), nb::arg("head_dim"), nb::arg("num_splits"));
+  m.def("decode_attention_balanced_workspace_bytes", &DecodeAttentionBalancedWorkspaceBytes,
+        nb::arg("num_seqs"), nb::arg("num_q_heads"), nb::arg("num_kv_heads"),
+        nb::arg("head_dim"), nb::arg("balanced_blocks"));
   m.def("decode_attention_splits", &DecodeAttentionSplits, nb::arg("max_len"),
         nb::arg("num_streams"), nb::arg("num_sms"));
 }

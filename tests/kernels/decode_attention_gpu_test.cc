@@ -4,11 +4,13 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "kernels/decode_attention.h"
 #include "kernels/table_checks_host.h"
+#include "tests/kernels/captured_graph.h"
 #include "tests/kernels/device_buffer.h"
 #include "tests/kernels/paged_case.h"
 #include "tests/testing/status_matchers.h"
@@ -57,8 +59,10 @@ class Problem {
   DeviceBuffer& d_lens() { return d_lens_; }
   std::vector<float> DownloadLse() const { return d_lse_.Download<float>(); }
 
-  DecodeAttentionArgs DeviceArgs(int32_t num_splits) {
+  // Even splits, or the balanced division over `balanced_blocks` blocks.
+  DecodeAttentionArgs DeviceArgs(int32_t num_splits, int32_t balanced_blocks = 0) {
     DecodeAttentionArgs args = Common(num_splits);
+    args.balanced_blocks = balanced_blocks;
     args.cache = device_.view;
     args.q = d_q_.get();
     args.indptr = d_indptr_.get<int32_t>();
@@ -66,7 +70,7 @@ class Problem {
     args.lens = d_lens_.get<int32_t>();
     args.out = d_out_.get();
     args.lse = d_lse_.get<float>();
-    const size_t bytes = DecodeAttentionWorkspaceBytes(seqs_, q_heads_, head_dim(), num_splits);
+    const size_t bytes = DecodeAttentionWorkspaceBytes(args);
     if (workspace_.bytes() < bytes) workspace_ = DeviceBuffer(bytes);
     workspace_.Poison();
     args.workspace = workspace_.get();
@@ -135,10 +139,10 @@ class Problem {
   }
 
   // Poisoned outputs, gpu::, synchronize, compare with the last RunRef.
-  void RunGpuAndCompare(int32_t num_splits) {
-    CAPTURE(num_splits);
+  void RunGpuAndCompare(int32_t num_splits, int32_t balanced_blocks = 0) {
+    CAPTURE(num_splits, balanced_blocks);
     PoisonOutputs();
-    REQUIRE_OK(gpu::DecodeAttention(DeviceArgs(num_splits), nullptr));
+    REQUIRE_OK(gpu::DecodeAttention(DeviceArgs(num_splits, balanced_blocks), nullptr));
     HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
     RequireMatchesRef();
   }
@@ -177,6 +181,23 @@ void CheckEdgeLengths(DType dtype, int32_t head_dim, int32_t page_size, int32_t 
                   static_cast<uint64_t>(head_dim * 1000 + page_size * 10 + group), 2.0f);
   problem.RunRef();
   for (int32_t splits : {1, 3, 40}) problem.RunGpuAndCompare(splits);
+  // Short streams: one block reads them all, each piece a whole stream.
+  for (int32_t blocks : {1, 7}) problem.RunGpuAndCompare(1, blocks);
+}
+
+// The balanced division where streams span blocks: a block's run ends inside
+// one stream and another's starts there, so the merge combines pieces; an
+// empty stream and one of a single unit between them; more blocks launched
+// than have work.
+void CheckBalanced(DType dtype, int32_t head_dim, int32_t page_size, int32_t group,
+                   KvDType kv_dtype = KvDType::kAuto) {
+  CAPTURE(DTypeName(dtype), KvDTypeName(kv_dtype), head_dim, page_size, group);
+  PagedCaseSpec spec{page_size, head_dim, dtype, {700, 300, 0, 64, 2000, 513}};
+  spec.kv_dtype = kv_dtype;
+  Problem problem(spec, group, 2,
+                  static_cast<uint64_t>(head_dim * 1000 + page_size * 10 + group + 7), 2.0f);
+  problem.RunRef();
+  for (int32_t blocks : {2, 5, 9, 264}) problem.RunGpuAndCompare(1, blocks);
 }
 
 TEST_CASE("gpu::DecodeAttention equals ref: every dtype, head_dim, page size and group",
@@ -184,7 +205,10 @@ TEST_CASE("gpu::DecodeAttention equals ref: every dtype, head_dim, page size and
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (int32_t head_dim : {64, 128, 256}) {
       for (int32_t page_size : {1, 16, 33}) {
-        for (int32_t group : {1, 2, 4, 8}) CheckEdgeLengths(dtype, head_dim, page_size, group);
+        for (int32_t group : {1, 2, 4, 8}) {
+          CheckEdgeLengths(dtype, head_dim, page_size, group);
+          CheckBalanced(dtype, head_dim, page_size, group);
+        }
       }
     }
   }
@@ -197,6 +221,8 @@ TEST_CASE("gpu::DecodeAttention equals ref: the sanitizer's subset", "[kernels][
   CheckEdgeLengths(DType::kF16, 64, 1, 8);
   CheckEdgeLengths(DType::kBF16, 256, 7, 3);
   CheckEdgeLengths(DType::kF32, 256, 16, 1);
+  CheckBalanced(DType::kBF16, 128, 16, 4);
+  CheckBalanced(DType::kF32, 64, 7, 2);
   // A few hundred tokens, so that the pipeline wraps around its stages.
   Problem problem({16, 128, DType::kBF16, {700, 300, 0, 513}}, 4, 2, 5, 3.0f);
   problem.RunRef();
@@ -211,6 +237,7 @@ TEST_CASE("gpu::DecodeAttention equals ref on fp8 pages: every model dtype, head
       for (int32_t page_size : {1, 16, 33}) {
         for (int32_t group : {1, 2, 4, 8}) {
           CheckEdgeLengths(dtype, head_dim, page_size, group, KvDType::kFP8E4M3);
+          CheckBalanced(dtype, head_dim, page_size, group, KvDType::kFP8E4M3);
         }
       }
     }
@@ -222,6 +249,7 @@ TEST_CASE("gpu::DecodeAttention on fp8 pages: the sanitizer's subset",
   CheckEdgeLengths(DType::kBF16, 128, 16, 4, KvDType::kFP8E4M3);
   CheckEdgeLengths(DType::kF16, 64, 1, 8, KvDType::kFP8E4M3);
   CheckEdgeLengths(DType::kBF16, 256, 7, 3, KvDType::kFP8E4M3);
+  CheckBalanced(DType::kBF16, 128, 16, 4, KvDType::kFP8E4M3);
   PagedCaseSpec spec{16, 128, DType::kBF16, {700, 300, 0, 513}};
   spec.kv_dtype = KvDType::kFP8E4M3;
   Problem problem(spec, 4, 2, 5, 3.0f);
@@ -272,41 +300,54 @@ TEST_CASE("gpu::DecodeAttention equals ref on a 32K-token stream", "[kernels][gp
       problem.RunRef();
       const int32_t heuristic = DecodeAttentionSplits(32768, 4, 132);
       for (int32_t splits : {1, heuristic, 300}) problem.RunGpuAndCompare(splits);
+      for (int32_t blocks : {264, kDecodeMaxSplits}) problem.RunGpuAndCompare(1, blocks);
+    }
+  }
+}
+
+TEST_CASE("DecodeAttentionResidentBlocks is what CUDA's occupancy calculator says",
+          "[kernels][gpu]") {
+  for (const testing::PageKind& kind : testing::kEveryPageKind) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      CAPTURE(DTypeName(kind.dtype), KvDTypeName(kind.kv_dtype), head_dim);
+      DecodeAttentionArgs args;
+      args.cache.dtype = kind.dtype;
+      args.cache.kv_dtype = kind.kv_dtype;
+      args.cache.head_dim = head_dim;
+      args.balanced_blocks = 1;
+      int blocks_per_sm = 0;
+      REQUIRE(gpu::internal::DecodeAttentionResidentBlocks(args, &blocks_per_sm).ok());
+      REQUIRE(DecodeAttentionResidentBlocks(args.cache) == blocks_per_sm);
     }
   }
 }
 
 TEST_CASE("gpu::DecodeAttention replays from a CUDA graph, reading new lengths on the device",
           "[kernels][gpu][sanitize]") {
-  const std::vector<int32_t> lens = {300, 0, 17, 129, 64, 1};
-  Problem problem({16, 128, DType::kBF16, lens}, 4, 2, 9, 2.0f);
-  cudaStream_t stream;
-  HEADPAGE_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const DecodeAttentionArgs args = problem.DeviceArgs(4);  // poisons the workspace, synchronously
-  cudaGraph_t graph;
-  HEADPAGE_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  const absl::Status captured = gpu::DecodeAttention(args, stream);
-  HEADPAGE_CUDA_OK(cudaStreamEndCapture(stream, &graph));
-  REQUIRE_OK(captured);
-  cudaGraphExec_t exec;
-  HEADPAGE_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  const std::vector<int32_t> lens = {3000, 0, 17, 1290, 64, 1};
+  // Even splits, and the balanced division, whose pieces follow the lengths.
+  for (const auto& [splits, blocks] : {std::pair{4, 0}, std::pair{1, 6}}) {
+    CAPTURE(splits, blocks);
+    Problem problem({16, 128, DType::kBF16, lens}, 4, 2, 9, 2.0f);
+    // DeviceArgs poisons the workspace, synchronously.
+    const DecodeAttentionArgs args = problem.DeviceArgs(splits, blocks);
+    testing::CapturedGraph graph(
+        [&](cudaStream_t stream) { return gpu::DecodeAttention(args, stream); });
+    REQUIRE_OK(graph.captured());
 
-  // Replays: the captured lengths, then every stream shorter (a head-wise
-  // eviction), then longer again, each written into the device array the graph reads.
-  std::vector<int32_t> shorter = lens;
-  for (int32_t& len : shorter) len = len / 3;
-  for (const std::vector<int32_t>& now : {lens, shorter, lens}) {
-    problem.d_lens().Upload(now);
-    problem.PoisonOutputs();
-    HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
-    HEADPAGE_CUDA_OK(cudaGraphLaunch(exec, stream));
-    HEADPAGE_CUDA_OK(cudaStreamSynchronize(stream));
-    problem.RunRef(now);
-    problem.RequireMatchesRef();
+    // Replays: the captured lengths, then every stream shorter (a head-wise
+    // eviction), then longer again, each written into the device array the graph reads.
+    std::vector<int32_t> shorter = lens;
+    for (int32_t& len : shorter) len = len / 3;
+    for (const std::vector<int32_t>& now : {lens, shorter, lens}) {
+      problem.d_lens().Upload(now);
+      problem.PoisonOutputs();
+      HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+      graph.ReplayAndWait();
+      problem.RunRef(now);
+      problem.RequireMatchesRef();
+    }
   }
-  HEADPAGE_CUDA_OK(cudaGraphExecDestroy(exec));
-  HEADPAGE_CUDA_OK(cudaGraphDestroy(graph));
-  HEADPAGE_CUDA_OK(cudaStreamDestroy(stream));
 }
 
 TEST_CASE("gpu::DecodeAttention: no seqs launches nothing, bad arguments are errors",
@@ -328,6 +369,11 @@ TEST_CASE("gpu::DecodeAttention: no seqs launches nothing, bad arguments are err
   args.workspace = nullptr;
   REQUIRE_ERROR(gpu::DecodeAttention(args, nullptr), absl::StatusCode::kInvalidArgument,
                 "workspace");
+  args = good;
+  args.balanced_blocks = 4;  // without a workspace
+  args.workspace = nullptr;
+  REQUIRE_ERROR(gpu::DecodeAttention(args, nullptr), absl::StatusCode::kInvalidArgument,
+                "4 balanced blocks need");
   // A page id outside the cache reads as zeros instead of faulting.
   DeviceBuffer bad_ids(std::vector<int32_t>{1 << 30, -5, 1 << 30, 1 << 30});
   args = good;
@@ -375,9 +421,9 @@ TEST_CASE("gpu::DecodeAttention checks its tables on the device as ref does, wri
     const absl::Status want = problem.RunRefOn(t.indptr, t.page_ids, t.lens);
     REQUIRE(want.code() == absl::StatusCode::kOutOfRange);
     DeviceBuffer indptr(t.indptr), page_ids(t.page_ids), lens(t.lens);
-    for (int32_t splits : {1, 3}) {
-      CAPTURE(splits);
-      DecodeAttentionArgs args = problem.DeviceArgs(splits);
+    for (const auto& [splits, blocks] : {std::pair{1, 0}, std::pair{3, 0}, std::pair{1, 5}}) {
+      CAPTURE(splits, blocks);
+      DecodeAttentionArgs args = problem.DeviceArgs(splits, blocks);
       args.indptr = indptr.get<int32_t>();
       args.page_ids = page_ids.get<int32_t>();
       args.num_page_ids = static_cast<int32_t>(t.page_ids.size());

@@ -259,6 +259,15 @@ TEST_CASE("DecodeAttention: Validate names every bad argument", "[kernels]") {
   args.num_q_heads = 2;
   args.num_splits = kDecodeMaxSplits;
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "int32 block range");
+  for (int32_t blocks : {-1, kDecodeMaxSplits + 1}) {
+    args = good;
+    args.balanced_blocks = blocks;
+    REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "balanced_blocks");
+  }
+  args = good;
+  args.num_splits = 3;
+  args.balanced_blocks = 4;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "two divisions of the work");
   args = good;
   args.sm_scale = std::nanf("");
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "sm_scale");
@@ -285,6 +294,17 @@ TEST_CASE("DecodeAttention: Validate names every bad argument", "[kernels]") {
   REQUIRE_OK(Validate(args));
   args.workspace = workspace.data() + 1;
   REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "workspace is not 16-byte aligned");
+  // The balanced division's workspace: a partial per piece and query head.
+  args = good;
+  args.balanced_blocks = 6;
+  const size_t balanced = DecodeAttentionBalancedWorkspaceBytes(1, 4, 2, 128, 6);
+  REQUIRE(DecodeAttentionWorkspaceBytes(args) == balanced);
+  std::vector<float> balanced_workspace(balanced / sizeof(float));
+  args.workspace = balanced_workspace.data();
+  args.workspace_bytes = balanced - 4;
+  REQUIRE_ERROR(Validate(args), StatusCode::kInvalidArgument, "6 balanced blocks need");
+  args.workspace_bytes = balanced;
+  REQUIRE_OK(Validate(args));
   // No sequences: nothing is read, so null arrays are fine.
   args = DecodeAttentionArgs{};
   args.cache = good.cache;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/global_kept.h"
+#include "tests/kernels/captured_graph.h"
 #include "tests/kernels/device_buffer.h"
 #include "tests/testing/status_matchers.h"
 
@@ -231,22 +232,11 @@ TEST_CASE("gpu::GlobalKept runs inside a CUDA graph: no host synchronization",
   DeviceBuffer workspace(GlobalKeptWorkspaceBytes(args));
   args.workspace = workspace.get();
   args.workspace_bytes = workspace.bytes();
-  cudaStream_t stream;
-  HEADPAGE_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaGraph_t graph;
-  HEADPAGE_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  const absl::Status captured = gpu::GlobalKept(args, stream);
-  HEADPAGE_CUDA_OK(cudaStreamEndCapture(stream, &graph));
-  REQUIRE_OK(captured);
-  cudaGraphExec_t exec;
-  HEADPAGE_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  testing::CapturedGraph graph([&](cudaStream_t stream) { return gpu::GlobalKept(args, stream); });
+  REQUIRE_OK(graph.captured());
   kept.Poison();
-  HEADPAGE_CUDA_OK(cudaGraphLaunch(exec, stream));
-  HEADPAGE_CUDA_OK(cudaStreamSynchronize(stream));
+  graph.ReplayAndWait();
   REQUIRE(kept.Download<int32_t>() == RunRef(c, spec.page_size, pages));
-  HEADPAGE_CUDA_OK(cudaGraphExecDestroy(exec));
-  HEADPAGE_CUDA_OK(cudaGraphDestroy(graph));
-  HEADPAGE_CUDA_OK(cudaStreamDestroy(stream));
 }
 
 TEST_CASE("gpu::GlobalKept: bad device contents give in-bounds counts",

@@ -112,6 +112,32 @@ def test_decode_attention_matches_dense(small):
         torch.testing.assert_close(lse[b], torch.logsumexp(scores, -1), rtol=1e-5, atol=1e-5)
 
 
+def test_decode_attention_divisions_are_checked_on_the_host(small):
+    g, pool, arena, manager = small
+    seqs = [manager.add_sequence() for _ in range(2)]
+    for i, (s, n) in enumerate(zip(seqs, (5, 9))):
+        fill(arena, manager, s, 2, n, seed=i)
+    table = manager.block_table(1, seqs)
+    q = torch.randn(2, 4, 64)
+    want = torch.empty(2, 4, 64)
+    hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, want)
+    size = hp.decode_attention_balanced_workspace_bytes(2, 4, 2, 64, 6)
+    # A partial per piece and query head of the group, then each stream's first unit.
+    assert size == (2 * 2 + 6) * 2 * 65 * 4 + (2 * 2 + 1) * 8
+    out = torch.empty(2, 4, 64)
+    # The CPU reference divides nothing, but checks the arguments as the GPU does.
+    hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, out,
+                        balanced_blocks=6, workspace=torch.empty(size, dtype=torch.uint8))
+    torch.testing.assert_close(out, want)
+    with pytest.raises(ValueError, match="6 balanced blocks need"):
+        hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, out,
+                            balanced_blocks=6, workspace=torch.empty(size - 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="two divisions of the work"):
+        hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, out,
+                            num_splits=2, balanced_blocks=6,
+                            workspace=torch.empty(size, dtype=torch.uint8))
+
+
 def test_fork_copy_on_write(small):
     g, pool, arena, manager = small
     parent = manager.add_sequence()

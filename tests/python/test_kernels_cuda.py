@@ -79,6 +79,16 @@ def test_decode_attention_on_the_device_equals_the_host():
     for check in (True, False):
         got = attend(dev, "cuda", d.indptr, d.page_ids, d.lens, check=check)
         torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+    # Split: three ranges per stream, and the balanced division over 3 blocks.
+    streams = len(d.lens)
+    for kwargs, size in [
+            (dict(num_splits=3), hp.decode_attention_workspace_bytes(2, 4, HEAD_DIM, 3)),
+            (dict(balanced_blocks=3),
+             hp.decode_attention_balanced_workspace_bytes(2, 4, streams // 2, HEAD_DIM, 3))]:
+        workspace = torch.empty(size, dtype=torch.uint8, device="cuda")
+        got = attend(dev, "cuda", d.indptr, d.page_ids, d.lens, workspace=workspace, **kwargs)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+    assert hp.decode_attention_balanced_blocks(dev, 132) == 264
 
 
 def test_bad_tables_are_refused_on_the_device_as_on_the_host():

@@ -287,7 +287,7 @@ def decode_args(w):
     indptr, page_ids, lens = table_args(w)
     return dict(arena=w.arena, q=torch.zeros(2, Q_HEADS, HEAD_DIM), indptr=indptr,
                 page_ids=page_ids, lens=lens, out=torch.zeros(2, Q_HEADS, HEAD_DIM),
-                lse=torch.zeros(2, Q_HEADS), num_splits=1, sm_scale=None)
+                lse=torch.zeros(2, Q_HEADS), num_splits=1, sm_scale=None, balanced_blocks=0)
 
 
 def gather_args(w):
@@ -444,6 +444,7 @@ def targets(w):
                 "lens": either(table_lens, lambda w, rng, v: v[:3]),
                 "page_ids": page_ids, "indptr": row_arrays,
                 "num_splits": one_of(0, -1, 10**6, 2**31, None, "one"),
+                "balanced_blocks": one_of(-1, 10**6, 2**31, None, "one"),
                 "sm_scale": one_of(math.nan, math.inf, -math.inf, "x")}),
         Target("gather_kv", hp.gather_kv, gather_args,
                {"arena": bad_object, "keys": bad_output, "values": bad_output,
@@ -465,6 +466,15 @@ def targets(w):
         Target("decode_attention_workspace_bytes", hp.decode_attention_workspace_bytes,
                lambda w: dict(num_seqs=2, num_q_heads=4, head_dim=64, num_splits=2),
                {"num_seqs": one_of(None, "two", 2**31, 2.5), "num_splits": one_of(None, 2**31)}),
+        Target("decode_attention_balanced_workspace_bytes",
+               hp.decode_attention_balanced_workspace_bytes,
+               lambda w: dict(num_seqs=2, num_q_heads=4, num_kv_heads=2, head_dim=64,
+                              balanced_blocks=8),
+               {"num_kv_heads": one_of(None, "two", 2**31, 2.5),
+                "balanced_blocks": one_of(None, 2**31)}),
+        Target("decode_attention_balanced_blocks", hp.decode_attention_balanced_blocks,
+               lambda w: dict(arena=w.arena, num_sms=132),
+               {"arena": bad_object, "num_sms": one_of(None, 2**31, "many")}),
         Target("decode_attention_splits", hp.decode_attention_splits,
                lambda w: dict(max_len=1000, num_streams=4, num_sms=132),
                {"max_len": one_of(None, 2**63, "long"), "num_streams": one_of(None, 2**31, 1.5)}),
