@@ -304,6 +304,10 @@ class Cache(_HFCache):
         self._compress_due = False
         self._tables = {}       # layer -> BlockTable kept up to date between decode steps (CPU)
         self._device_tables = None  # on CUDA: every layer's tables in device memory
+        # On CUDA, a decode step's split-KV count (enough blocks to fill the GPU:
+        # one per stream would leave most of it idle at small batches) and its
+        # workspace, kept while large enough.
+        self._splits, self._workspace = 1, None
 
     # -- what transformers asks ------------------------------------------------
 
@@ -423,6 +427,7 @@ class Cache(_HFCache):
                     device=self.device.index or 0)
             else:
                 self._device_tables.refresh()
+            self._plan_decode_splits()
 
     def _dense(self, layer):
         """The layer's K/V as [batch][kv_heads][tokens][head_dim], read from the pool
@@ -545,6 +550,18 @@ class Cache(_HFCache):
             self.manager.refresh_block_table(table)
         return table
 
+    def _plan_decode_splits(self):
+        """The split-KV count of this decode step on CUDA, for streams of at most
+        the tokens seen (compressed ones are shorter), and its workspace."""
+        batch = len(self.seqs)
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        self._splits = headpage.decode_attention_splits(self._tokens + 1,
+                                                        batch * self.num_kv_heads, sms)
+        size = headpage.decode_attention_workspace_bytes(batch, self.num_q_heads, self.head_dim,
+                                                         self._splits)
+        if size and (self._workspace is None or self._workspace.numel() < size):
+            self._workspace = torch.empty(size, dtype=torch.uint8, device=self.device)
+
     def _decode_attention(self, layer, query, scaling):
         q = query[:, :, 0, :].contiguous()
         out = torch.empty_like(q)
@@ -556,7 +573,10 @@ class Cache(_HFCache):
             indptr, page_ids, lens = (self._to_device(table.indptr), self._to_device(table.page_ids),
                                       self._to_device(table.lens))
         # The manager built these tables: no device check (and no wait for it).
+        split = self._device_tables is not None and self._splits > 1
         headpage.decode_attention(self.arena, q, indptr, page_ids, lens, out, sm_scale=scaling,
+                                  num_splits=self._splits if split else 1,
+                                  workspace=self._workspace if split else None,
                                   stream=self._stream(), check=False)
         return out.unsqueeze(1)  # [batch][1][q_heads][head_dim], as transformers expects
 
