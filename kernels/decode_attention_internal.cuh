@@ -184,10 +184,10 @@ __device__ __forceinline__ void ForEachBalancedPiece(const DecodeAttentionKernel
   }
 }
 
-// Runs body(work) on each piece of this block's work, with a barrier after
-// each (the next piece reuses the shared memory): the one split of even splits,
-// or the block's pieces of the balanced division (decode_attention_plan.h), in
-// stream order. Every thread of the block calls it. The passes are compiled
+// Runs body(work) on each piece of this block's work: the one split of even
+// splits, or the block's pieces of the balanced division
+// (decode_attention_plan.h) in stream order, with a barrier between two (the
+// next reuses the shared memory). Every thread of the block calls it. The passes are compiled
 // once per division (kBalanced): the balanced loop's state costs registers the
 // even splits' kernels need not pay (at head_dim 256 it spills).
 template <bool kBalanced, typename Body>

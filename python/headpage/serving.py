@@ -529,8 +529,8 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     attention divides a step's pages among the GPU's blocks: "even" splits each
     stream alike (as many splits as fill the GPU for the longest), "balanced"
     hands every block of one wave an equal run of all the streams' pages
-    (docs/serving.md). The arguments are checked now (ValueError, TypeError,
-    NotImplementedError)."""
+    (docs/serving.md; on the CPU both read every stream whole). The arguments
+    are checked now (ValueError, TypeError, NotImplementedError)."""
     check_engine()
     model_shape(model, "headpage.serving")
     options = dict(num_pages=num_pages, page_size=page_size, policy=policy, budget=budget,
