@@ -19,34 +19,25 @@ namespace headpage {
 
 size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int32_t head_dim,
                                      int32_t num_splits) {
-  if (num_splits <= 1 || num_seqs <= 0 || num_q_heads <= 0 || head_dim <= 0) return 0;
-  // Per (seq, q head, split), in float: the partial out (head_dim values, so
-  // 16-byte rows), then after all of them the partial lse (decode_attention.cu).
-  const size_t partials = static_cast<size_t>(num_seqs) * num_q_heads * num_splits;
-  return partials * (static_cast<size_t>(head_dim) + 1) * sizeof(float);
+  // The even splits' layout does not depend on the KV heads: any divisor will do.
+  return static_cast<size_t>(
+      decode_plan::DecodeWorkspace::Of(num_seqs, num_q_heads, 1, head_dim, num_splits, 0).bytes);
 }
 
 size_t DecodeAttentionBalancedWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads,
                                              int32_t num_kv_heads, int32_t head_dim,
                                              int32_t balanced_blocks) {
-  if (balanced_blocks <= 0 || num_seqs <= 0 || num_q_heads <= 0 || num_kv_heads <= 0 ||
-      head_dim <= 0) {
-    return 0;
-  }
-  return static_cast<size_t>(decode_plan::BalancedWorkspace::Of(
-                                 int64_t{num_seqs} * num_kv_heads, num_q_heads / num_kv_heads,
-                                 head_dim, balanced_blocks)
+  if (balanced_blocks <= 0) return 0;
+  return static_cast<size_t>(decode_plan::DecodeWorkspace::Of(num_seqs, num_q_heads, num_kv_heads,
+                                                              head_dim, 1, balanced_blocks)
                                  .bytes);
 }
 
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionKernelArgs& args) {
-  if (args.balanced_blocks > 0) {
-    return DecodeAttentionBalancedWorkspaceBytes(args.num_seqs, args.num_q_heads,
-                                                 args.num_kv_heads, args.cache.head_dim,
-                                                 args.balanced_blocks);
-  }
-  return DecodeAttentionWorkspaceBytes(args.num_seqs, args.num_q_heads, args.cache.head_dim,
-                                       args.num_splits);
+  return static_cast<size_t>(decode_plan::DecodeWorkspace::Of(
+                                 args.num_seqs, args.num_q_heads, args.num_kv_heads,
+                                 args.cache.head_dim, args.num_splits, args.balanced_blocks)
+                                 .bytes);
 }
 
 int32_t DecodeAttentionResidentBlocks(const PagedKV& cache) {

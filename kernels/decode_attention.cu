@@ -503,18 +503,14 @@ LaunchResult LaunchDecodeAttention(const DecodeAttentionArgs& args, GpuStream st
     using T = typename decltype(dtype_tag)::type;
     constexpr int kHeadDim = decltype(head_dim_tag)::value;
     const int64_t rows = static_cast<int64_t>(args.num_seqs) * args.num_q_heads;
-    // The workspace (DecodeAttentionWorkspaceBytes): partial outs, then lses.
+    // The workspace (decode_plan::DecodeWorkspace): partial outs, then lses.
     const bool merged = args.num_splits > 1 || args.balanced_blocks > 0;
+    const decode_plan::DecodeWorkspace layout = decode_plan::DecodeWorkspace::Of(
+        args.num_seqs, args.num_q_heads, args.num_kv_heads, kHeadDim, args.num_splits,
+        args.balanced_blocks);
     float* partial_out = static_cast<float*>(args.workspace);
-    float* partial_lse = merged ? partial_out + rows * args.num_splits * kHeadDim : nullptr;
-    if (args.balanced_blocks > 0) {
-      partial_lse = partial_out + decode_plan::BalancedWorkspace::Of(
-                                      static_cast<int64_t>(args.num_seqs) * args.num_kv_heads,
-                                      args.num_q_heads / args.num_kv_heads, kHeadDim,
-                                      args.balanced_blocks)
-                                          .lse_offset /
-                                      sizeof(float);
-    }
+    float* partial_lse =
+        merged ? partial_out + layout.lse_offset / static_cast<int64_t>(sizeof(float)) : nullptr;
     const LaunchResult launched =
         LaunchPass<T, kHeadDim>(args, partial_out, partial_lse, stream, nullptr);
     if (!launched.ok() || !merged) return launched;

@@ -109,10 +109,10 @@ __device__ __forceinline__ decode_plan::BalancedDivision LayStreamsEndToEnd(
 }
 
 // The balanced division's array of every stream's first unit, then the total
-// (decode_plan::BalancedWorkspace), in the workspace.
+// (decode_plan::DecodeWorkspace), in the workspace.
 __device__ __forceinline__ long long* BalancedBegins(const DecodeAttentionKernelArgs& args) {
   const int num_streams = args.num_seqs * args.num_kv_heads;
-  const decode_plan::BalancedWorkspace layout = decode_plan::BalancedWorkspace::Of(
+  const decode_plan::DecodeWorkspace layout = decode_plan::DecodeWorkspace::Balanced(
       num_streams, args.num_q_heads / args.num_kv_heads, args.cache.head_dim,
       args.balanced_blocks);
   return reinterpret_cast<long long*>(static_cast<char*>(args.workspace) + layout.begins_offset);

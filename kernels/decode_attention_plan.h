@@ -92,18 +92,40 @@ struct BalancedDivision {
   }
 };
 
-// Where the balanced division's workspace keeps what: a partial out (head_dim
-// floats) per piece and query head of its group, then their lses (floats),
-// then, at a multiple of 8 bytes, every stream's first unit and after them the
-// total (int64: written by the pass's block 0, read by the merge, which so
-// finds a stream's pieces without summing over every stream again).
-struct BalancedWorkspace {
-  int64_t partials = 0;  // pieces x group
-  int64_t lse_offset = 0, begins_offset = 0, bytes = 0;  // in bytes
+// Where the split-KV workspace keeps what, for either division: a partial out
+// (head_dim floats) per partial, then their lses (floats); the even splits have
+// one partial per (seq, q head, split), the balanced division one per piece and
+// query head of its group, and after the lses, at a multiple of 8 bytes, every
+// stream's first unit and after them the total (int64: written by the pass's
+// block 0, read by the merge, which so finds a stream's pieces without summing
+// over every stream again). The launcher and DecodeAttentionWorkspaceBytes both
+// read it, so that the two cannot drift apart.
+struct DecodeWorkspace {
+  int64_t partials = 0;
+  int64_t lse_offset = 0, begins_offset = 0, bytes = 0;  // in bytes; bytes 0: none needed
 
-  HEADPAGE_HOST_DEVICE static BalancedWorkspace Of(int64_t num_streams, int64_t group,
-                                                   int64_t head_dim, int64_t blocks) {
-    BalancedWorkspace w;
+  // num_splits even splits a stream, or (balanced_blocks > 0) the balanced
+  // division over that many blocks; nothing for one split.
+  HEADPAGE_HOST_DEVICE static DecodeWorkspace Of(int64_t num_seqs, int64_t num_q_heads,
+                                                 int64_t num_kv_heads, int64_t head_dim,
+                                                 int64_t num_splits, int64_t balanced_blocks) {
+    if (num_seqs <= 0 || num_q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0) return {};
+    if (balanced_blocks > 0) {
+      return Balanced(num_seqs * num_kv_heads, num_q_heads / num_kv_heads, head_dim,
+                      balanced_blocks);
+    }
+    if (num_splits <= 1) return {};
+    DecodeWorkspace w;
+    w.partials = num_seqs * num_q_heads * num_splits;
+    w.lse_offset = w.partials * head_dim * 4;
+    w.begins_offset = w.bytes = w.lse_offset + w.partials * 4;
+    return w;
+  }
+
+  // The balanced division's, over num_streams streams of `group` query heads.
+  HEADPAGE_HOST_DEVICE static DecodeWorkspace Balanced(int64_t num_streams, int64_t group,
+                                                       int64_t head_dim, int64_t blocks) {
+    DecodeWorkspace w;
     w.partials = (num_streams + blocks) * group;
     w.lse_offset = w.partials * head_dim * 4;
     w.begins_offset = (w.lse_offset + w.partials * 4 + 7) / 8 * 8;

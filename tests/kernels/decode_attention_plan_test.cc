@@ -152,11 +152,39 @@ TEST_CASE("DecodeAttention's balanced division: one wave of resident blocks", "[
   // then 8-byte aligned every stream's first unit and the total.
   REQUIRE(DecodeAttentionBalancedWorkspaceBytes(2, 8, 2, 128, 10) ==
           size_t{2 * 2 + 10} * 4 * 129 * sizeof(float) + (2 * 2 + 1) * 8);
-  const auto odd = decode_plan::BalancedWorkspace::Of(3, 1, 64, 2);  // 5 lses: 20 bytes
+  const auto odd = decode_plan::DecodeWorkspace::Balanced(3, 1, 64, 2);  // 5 lses: 20 bytes
   REQUIRE(odd.lse_offset == 5 * 64 * 4);
   REQUIRE(odd.begins_offset == 5 * 64 * 4 + 24);
   REQUIRE(odd.bytes == odd.begins_offset + 4 * 8);
   REQUIRE(DecodeAttentionBalancedWorkspaceBytes(2, 8, 2, 128, 0) == 0);
+}
+
+TEST_CASE("DecodeWorkspace lays out the even splits' partials, then their lses",
+          "[decode_plan]") {
+  // 3 seqs x 4 q heads x 5 splits at head_dim 64.
+  const auto even = decode_plan::DecodeWorkspace::Of(3, 4, 2, 64, 5, 0);
+  REQUIRE(even.partials == 60);
+  REQUIRE(even.lse_offset == 60 * 64 * 4);
+  REQUIRE(even.bytes == 60 * 65 * 4);
+  REQUIRE(DecodeAttentionWorkspaceBytes(3, 4, 64, 5) == static_cast<size_t>(even.bytes));
+  // One split needs no workspace; the balanced division ignores num_splits.
+  REQUIRE(decode_plan::DecodeWorkspace::Of(3, 4, 2, 64, 1, 0).bytes == 0);
+  REQUIRE(DecodeAttentionWorkspaceBytes(3, 4, 64, 1) == 0);
+  const auto balanced = decode_plan::DecodeWorkspace::Of(3, 4, 2, 64, 1, 7);
+  const auto expected = decode_plan::DecodeWorkspace::Balanced(6, 2, 64, 7);
+  REQUIRE(balanced.bytes == expected.bytes);
+  REQUIRE(balanced.lse_offset == expected.lse_offset);
+  REQUIRE(balanced.begins_offset == expected.begins_offset);
+  DecodeAttentionKernelArgs args;
+  args.num_seqs = 3;
+  args.num_q_heads = 4;
+  args.num_kv_heads = 2;
+  args.cache.head_dim = 64;
+  args.num_splits = 5;
+  REQUIRE(DecodeAttentionWorkspaceBytes(args) == static_cast<size_t>(even.bytes));
+  args.num_splits = 1;
+  args.balanced_blocks = 7;
+  REQUIRE(DecodeAttentionWorkspaceBytes(args) == static_cast<size_t>(expected.bytes));
 }
 
 }  // namespace
