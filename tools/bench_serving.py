@@ -54,7 +54,8 @@ import numpy as np
 import torch
 
 import serving_tp
-from serving_configs import compile_level, config_modes, engine_config, evicts, parse_config
+from serving_configs import (compile_level, config_modes, decode_splits, engine_config, evicts,
+                             parse_config)
 
 MODELS = {
     # Llama-3-8B's architecture.
@@ -223,7 +224,8 @@ def run_config(model, config, args, prompts, arrivals, followups, shape, bytes_p
                                 protect_recent=args.protect_recent, cuda_graphs=graphs,
                                 compress_every=args.compress_every if budget else 0,
                                 kv_dtype=args.kv_dtype,
-                                decode_division="balanced" if "balanced" in modes else "even")
+                                decode_division="balanced" if "balanced" in modes else "even",
+                                decode_splits=decode_splits(modes))
     generation = GenerationConfig(max_new_tokens=args.output, do_sample=False, eos_token_id=-1)
     manager = model.init_continuous_batching(
         generation_config=generation,

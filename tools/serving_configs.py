@@ -23,6 +23,9 @@
                         blocks, each an equal run of all the step's pages
                         (enable(decode_division="balanced"); the default
                         splits every stream alike)
+  NAME+splitsN          decode attention's even division with N splits a
+                        stream at every step (enable(decode_splits=N); by
+                        default decode_attention_splits chooses)
   NAME+async            transformers' asynchronous batching: the host prepares
                         and launches step N+1 while the GPU runs step N (every
                         other configuration runs one step at a time)
@@ -66,18 +69,35 @@ def config_modes(config):
     """(name, modes) of NAME[+MODE...]: the modes a set of MODE names."""
     name, *modes = config.split("+")
     unknown = set(modes) - {"eager", "compile", "autotune", "prefix", "compressed", "fused",
-                            "async", "balanced"}
+                            "async", "balanced"} - {m for m in modes if split_count(m)}
     if unknown:
         raise SystemExit(f"configuration '{config}': unknown mode(s) {sorted(unknown)} "
                          "(the modes are +eager, +compile, +autotune, +prefix, +compressed, "
-                         "+fused, +balanced and +async)")
-    if name == "transformers" and "balanced" in modes:
-        raise SystemExit(f"configuration '{config}': +balanced is headpage's decode attention")
+                         "+fused, +balanced, +splitsN and +async)")
+    splits = [m for m in modes if split_count(m)]
+    if name == "transformers" and ("balanced" in modes or splits):
+        raise SystemExit(f"configuration '{config}': +balanced and +splitsN are headpage's "
+                         "decode attention")
+    if len(splits) > 1 or (splits and "balanced" in modes):
+        raise SystemExit(f"configuration '{config}': one of +balanced and +splitsN at most")
     if "compressed" in modes and ("prefix" not in modes or name == "transformers"):
         raise SystemExit(f"configuration '{config}': +compressed is headpage's, with +prefix")
     if name == "transformers" and "eager" in modes:
         raise SystemExit(f"configuration '{config}': +eager is for headpage's graphs")
     return name, set(modes)
+
+
+def split_count(mode):
+    """N of a mode splitsN (N a whole number from 1), else None."""
+    digits = mode[len("splits"):]
+    if mode.startswith("splits") and digits.isdigit() and int(digits) >= 1:
+        return int(digits)
+    return None
+
+
+def decode_splits(modes):
+    """enable()'s decode_splits for a configuration's modes (None: the default)."""
+    return next((split_count(m) for m in modes if split_count(m)), None)
 
 
 def parse_config(config):

@@ -110,9 +110,9 @@ void BM_DecodeAttentionSplits(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeAttentionSplits)
     ->ArgNames({"batch", "len", "splits"})
-    ->ArgsProduct({{8}, {32768}, {2, 4, 8, 16, 32}})
-    ->ArgsProduct({{1}, {131072}, {8, 16, 32, 64, 128}})
-    ->ArgsProduct({{1}, {32768}, {8, 16, 32, 64}})
+    ->ArgsProduct({{8}, {32768}, {2, 4, 6, 8, 12, 16, 32}})
+    ->ArgsProduct({{1}, {131072}, {8, 16, 32, 48, 64, 99, 128}})
+    ->ArgsProduct({{1}, {32768}, {8, 16, 32, 64, 99}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
@@ -137,7 +137,7 @@ void BM_DecodeAttentionHeadwise20Splits(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeAttentionHeadwise20Splits)
     ->ArgNames({"batch", "len", "splits"})
-    ->ArgsProduct({{8}, {32768}, {2, 4, 8, 16, 32}})
+    ->ArgsProduct({{8}, {32768}, {2, 4, 8, 12, 16, 32}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -77,7 +77,7 @@ void BM_DecodeAttentionServing(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeAttentionServing)
     ->ArgNames({"pool_gib", "splits"})
-    ->ArgsProduct({{0, 8}, {-2, -1, 0, 1, 2, 3, 4, 6, 8}})
+    ->ArgsProduct({{0, 8}, {-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

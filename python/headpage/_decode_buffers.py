@@ -3,11 +3,43 @@
 block tables of every layer, resident (one DeviceBlockTables for the cache's
 life, refreshed each step and reset in place when the batch changes), the
 split-KV workspaces, and for steps run as CUDA graphs the padded views and one
-static buffer of slots and positions (headpage._decode_graphs)."""
+static buffer of slots and positions (headpage._decode_graphs). headpage.hf.Cache
+sizes its split-KV workspace with the helpers here too."""
+import functools
+
 import numpy as np
 import torch
 
 import headpage
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocessors(device):
+    """The CUDA device's multiprocessor count (decode_attention_splits fills
+    them), asked of the driver once per device."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def workspace_bytes(rows, num_q_heads, num_kv_heads, head_dim, splits, balanced_blocks=0):
+    """decode_attention's split-KV workspace for `rows` decode rows: `splits` per
+    stream, or the balanced division over `balanced_blocks` (0: even splits)."""
+    if balanced_blocks:
+        return headpage.decode_attention_balanced_workspace_bytes(
+            rows, num_q_heads, num_kv_heads, head_dim, balanced_blocks)
+    return headpage.decode_attention_workspace_bytes(rows, num_q_heads, head_dim, splits)
+
+
+class GrowingWorkspace:
+    """A device byte buffer kept across calls and replaced only by a larger one."""
+
+    def __init__(self):
+        self.buffer = None
+
+    def at_least(self, size, device):
+        """The buffer, at least `size` bytes on `device` (None when size is 0)."""
+        if size and (self.buffer is None or self.buffer.numel() < size):
+            self.buffer = torch.empty(size, dtype=torch.uint8, device=device)
+        return self.buffer if size else None
 
 
 class PinnedUpload:
@@ -113,13 +145,8 @@ class DecodeBuffers:
     def workspace(self, rows, splits, static, balanced_blocks=0):
         """Split-KV workspace for `rows` decode rows, `splits` per stream or the
         balanced division over `balanced_blocks`; a graph's (static) is kept."""
-        if balanced_blocks:
-            size = headpage.decode_attention_balanced_workspace_bytes(
-                rows, self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim,
-                balanced_blocks)
-        else:
-            size = headpage.decode_attention_workspace_bytes(
-                rows, self.shape.num_q_heads, self.shape.head_dim, splits)
+        size = workspace_bytes(rows, self.shape.num_q_heads, self.shape.num_kv_heads,
+                               self.shape.head_dim, splits, balanced_blocks)
         if not static:
             return torch.empty(size, dtype=torch.uint8, device=self.device)
         key = (rows, splits, balanced_blocks)

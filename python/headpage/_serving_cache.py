@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention.bias import causal_lower_right
 
 import headpage
-from headpage._decode_buffers import DecodeBuffers
+from headpage._decode_buffers import DecodeBuffers, multiprocessors
 from headpage._decode_windows import DecodeWindows
 from headpage._kv_pages import cache_geometry, check_kv_dtype
 from headpage._model import (DTYPES, check_compress_every, check_ints, make_arena, model_shape,
@@ -67,7 +67,7 @@ class ServingCache(Compressions, PrefixCaching):
     def __init__(self, model, max_batch_tokens, *, num_pages, page_size=16, policy="full",
                  budget=None, check_invariants=False, request_policies=None, graph_rows=0,
                  compress_every=0, prefix_caching=True, request_prefixes=None, kv_dtype="auto",
-                 tensor_parallel=None, decode_division="even"):
+                 tensor_parallel=None, decode_division="even", decode_splits=None):
         shape = model_shape(model, "headpage.serving")
         self.policy, self.budget = resolve_policy(policy, budget)
         # Under tensor parallelism (headpage._serving_tp) this rank's pool holds its
@@ -162,14 +162,16 @@ class ServingCache(Compressions, PrefixCaching):
         self.graph_rows = graph_rows if self.device.type == "cuda" else 0
         self.decode_buffers = None if self.device.type != "cuda" else DecodeBuffers(
             self.manager, shape, num_pages, self.graph_rows, self.device, self._stream)
-        self._num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
-                         if self.device.type == "cuda" else 0)
+        self._num_sms = multiprocessors(self.device) if self.device.type == "cuda" else 0
         # decode_division "balanced": decode attention divides every step's pages
         # equally among one wave of blocks (decode_attention's balanced_blocks).
         self._balanced_blocks = 0
         if decode_division == "balanced" and self._num_sms:
             self._balanced_blocks = headpage.decode_attention_balanced_blocks(self.arena,
                                                                               self._num_sms)
+        # decode_splits: the even division's split count, fixed (None: chosen
+        # per step, or per graph, by decode_attention_splits).
+        self._fixed_splits = decode_splits
         # Measurement, read by tools/bench_serving.py: seconds spent compressing,
         # and with record_steps set, one StepRecord per step.
         self.compress_seconds = 0.0
@@ -427,8 +429,13 @@ class ServingCache(Compressions, PrefixCaching):
                     longest = max(longest, GRAPH_SPLIT_TOKENS)
                 launched = graph_rows or len(decode)
                 inputs.balanced_blocks = self._balanced_blocks
-                inputs.splits = 1 if inputs.balanced_blocks else headpage.decode_attention_splits(
-                    longest, launched * self.shape.num_kv_heads, self._num_sms)
+                if inputs.balanced_blocks:
+                    inputs.splits = 1
+                elif self._fixed_splits is not None:
+                    inputs.splits = self._fixed_splits
+                else:
+                    inputs.splits = headpage.decode_attention_splits(
+                        longest, launched * self.shape.num_kv_heads, self._num_sms)
                 if inputs.splits > 1 or inputs.balanced_blocks:
                     inputs.workspace = buffers.workspace(launched, inputs.splits,
                                                          static=graph_rows is not None,

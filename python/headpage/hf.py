@@ -58,6 +58,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import headpage
+from headpage._decode_buffers import GrowingWorkspace, multiprocessors, workspace_bytes
 from headpage._kv_pages import cache_geometry, check_kv_dtype, read_pages
 from headpage._model import DTYPES as _DTYPES
 from headpage._model import (check_ints, make_arena, model_shape, output_projections,
@@ -304,10 +305,9 @@ class Cache(_HFCache):
         self._compress_due = False
         self._tables = {}       # layer -> BlockTable kept up to date between decode steps (CPU)
         self._device_tables = None  # on CUDA: every layer's tables in device memory
-        # On CUDA, a decode step's split-KV count (enough blocks to fill the GPU:
-        # one per stream would leave most of it idle at small batches) and its
-        # workspace, kept while large enough.
-        self._splits, self._workspace = 1, None
+        # On CUDA: a decode step's split-KV count (one block per stream would
+        # leave most of the GPU idle at small batches) and its kept workspace.
+        self._splits, self._workspace = 1, GrowingWorkspace()
 
     # -- what transformers asks ------------------------------------------------
 
@@ -554,13 +554,10 @@ class Cache(_HFCache):
         """The split-KV count of this decode step on CUDA, for streams of at most
         the tokens seen (compressed ones are shorter), and its workspace."""
         batch = len(self.seqs)
-        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
-        self._splits = headpage.decode_attention_splits(self._tokens + 1,
-                                                        batch * self.num_kv_heads, sms)
-        size = headpage.decode_attention_workspace_bytes(batch, self.num_q_heads, self.head_dim,
-                                                         self._splits)
-        if size and (self._workspace is None or self._workspace.numel() < size):
-            self._workspace = torch.empty(size, dtype=torch.uint8, device=self.device)
+        self._splits = headpage.decode_attention_splits(
+            self._tokens + 1, batch * self.num_kv_heads, multiprocessors(self.device))
+        self._workspace.at_least(workspace_bytes(batch, self.num_q_heads, self.num_kv_heads,
+                                                 self.head_dim, self._splits), self.device)
 
     def _decode_attention(self, layer, query, scaling):
         q = query[:, :, 0, :].contiguous()
@@ -576,7 +573,7 @@ class Cache(_HFCache):
         split = self._device_tables is not None and self._splits > 1
         headpage.decode_attention(self.arena, q, indptr, page_ids, lens, out, sm_scale=scaling,
                                   num_splits=self._splits if split else 1,
-                                  workspace=self._workspace if split else None,
+                                  workspace=self._workspace.buffer if split else None,
                                   stream=self._stream(), check=False)
         return out.unsqueeze(1)  # [batch][1][q_heads][head_dim], as transformers expects
 

@@ -58,6 +58,7 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import continuous_api
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
+import headpage
 from headpage._decode_graphs import DecodeGraphs
 from headpage._fused_projections import fuse_projections, fused_projections, restore_projections
 from headpage._kv_pages import check_kv_dtype
@@ -507,7 +508,8 @@ def _stop_chunks_at_prefix_boundaries(scheduler, cache):
 
 def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_tokens=64,
            protect_recent=16, pool_headroom=0.02, check_invariants=False, cuda_graphs=True,
-           compress_every=0, prefix_caching=True, kv_dtype="auto", decode_division="even"):
+           compress_every=0, prefix_caching=True, kv_dtype="auto", decode_division="even",
+           decode_splits=None):
     """Makes model.generate_batch() and model.init_continuous_batching() serve from a
     headpage pool of `num_pages` pages of `page_size` tokens, compressing every
     prompt with `policy` at `budget` once it is prefilled ("full": no eviction).
@@ -529,7 +531,10 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     attention divides a step's pages among the GPU's blocks: "even" splits each
     stream alike (as many splits as fill the GPU for the longest), "balanced"
     hands every block of one wave an equal run of all the streams' pages
-    (docs/serving.md; on the CPU both read every stream whole). The arguments
+    (docs/serving.md; on the CPU both read every stream whole). decode_splits
+    fixes the even division's split count (1 to 1024) for every decode step;
+    None, the default, splits as many ways as fill the GPU for the step's (or
+    its graph's) streams (decode_attention_splits). The arguments
     are checked now (ValueError, TypeError, NotImplementedError)."""
     check_engine()
     model_shape(model, "headpage.serving")
@@ -538,9 +543,17 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
                    compress_every=compress_every, prefix_caching=bool(prefix_caching),
                    kv_dtype=check_kv_dtype(kv_dtype, getattr(model, "dtype", None),
                                            "headpage.serving"),
-                   decode_division=decode_division)
+                   decode_division=decode_division, decode_splits=decode_splits)
     if decode_division not in ("even", "balanced"):
         raise ValueError(f"decode_division must be 'even' or 'balanced', got {decode_division!r}")
+    if decode_splits is not None:
+        check_ints(1, decode_splits=decode_splits)
+        if decode_splits > headpage.decode_max_splits:
+            raise ValueError(f"decode_splits must be at most {headpage.decode_max_splits}, "
+                             f"got {decode_splits}")
+        if decode_division != "even":
+            raise ValueError("decode_splits is the even division's split count: not with "
+                             f"decode_division={decode_division!r}")
     config, _ = resolve_policy(policy, budget)
     check_ints(1, num_pages=num_pages, page_size=page_size)
     check_ints(0, floor_tokens=floor_tokens, protect_recent=protect_recent,

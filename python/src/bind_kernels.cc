@@ -329,6 +329,7 @@ void DefKernels(nb::module_& m) {
         nb::arg("head_dim"), nb::arg("balanced_blocks"));
   m.def("decode_attention_splits", &DecodeAttentionSplits, nb::arg("max_len"),
         nb::arg("num_streams"), nb::arg("num_sms"));
+  m.attr("decode_max_splits") = kDecodeMaxSplits;
 }
 
 }  // namespace headpage::bindings

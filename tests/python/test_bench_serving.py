@@ -135,3 +135,17 @@ def test_autotune_compiles_at_transformers_second_level():
     assert compile_level(config_modes("full")[1]) == 0
     with pytest.raises(SystemExit, match="unknown mode"):
         config_modes("full+turbo")
+
+
+def test_a_split_count_mode_names_enables_decode_splits():
+    from serving_configs import config_modes, decode_splits
+
+    assert decode_splits(config_modes("full+compile+splits6")[1]) == 6
+    assert decode_splits(config_modes("full+compile")[1]) is None
+    for bad in ("full+splits0", "full+splits", "full+splitsx"):
+        with pytest.raises(SystemExit, match="unknown mode"):
+            config_modes(bad)
+    with pytest.raises(SystemExit, match="at most"):
+        config_modes("full+splits4+balanced")
+    with pytest.raises(SystemExit, match="headpage's"):
+        config_modes("transformers+splits4")

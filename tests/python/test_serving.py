@@ -241,6 +241,11 @@ def test_bad_arguments_are_refused_when_enabled():
         headpage.serving.enable(model, num_pages=64, floor_tokens=-1)
     with pytest.raises(ValueError, match="decode_division"):
         headpage.serving.enable(model, num_pages=64, decode_division="diagonal")
+    for splits in (0, headpage.decode_max_splits + 1, 2.5):
+        with pytest.raises(ValueError, match="decode_splits"):
+            headpage.serving.enable(model, num_pages=64, decode_splits=splits)
+    with pytest.raises(ValueError, match="decode_splits"):
+        headpage.serving.enable(model, num_pages=64, decode_division="balanced", decode_splits=4)
 
 
 def test_the_engine_parts_headpage_relies_on_are_there_and_a_change_is_named(monkeypatch):
@@ -413,14 +418,15 @@ def test_decode_steps_as_cuda_graphs_give_the_eager_tokens(policy, budget):
     # Seven requests that arrive together and finish at different lengths: the
     # decode batch changes size (padded graphs of 8 rows) and members (the tables
     # reset in place), and graphs are replayed across both; the graphs again with
-    # decode attention's balanced division.
+    # decode attention's balanced division, and with a fixed split count.
     prompts = PROMPTS + [list(range(5, 40)), [3] * 17, list(range(9, 90)), [4, 2]]
     lengths = [6, 20, 9, 30, 14, 25, 11]
     runs = {}
-    for graphs, division in ((False, "even"), (True, "even"), (True, "balanced")):
+    for graphs, division, splits in ((False, "even", None), (True, "even", None),
+                                     (True, "balanced", None), (True, "even", 3)):
         model = headpage.serving.enable(small_model("cuda"), num_pages=2048, policy=policy,
                                         budget=budget, check_invariants=True, cuda_graphs=graphs,
-                                        decode_division=division)
+                                        decode_division=division, decode_splits=splits)
         manager = started(model)
         try:
             ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(prompts, lengths)]
@@ -428,15 +434,17 @@ def test_decode_steps_as_cuda_graphs_give_the_eager_tokens(policy, budget):
         finally:
             manager.stop(block=True)
         by_id = {r.request_id: list(r.generated_tokens) for r in results}
-        runs[graphs, division] = [by_id[i] for i in ids]
-        assert [len(t) for t in runs[graphs, division]] == lengths
+        runs[graphs, division, splits] = [by_id[i] for i in ids]
+        assert [len(t) for t in runs[graphs, division, splits]] == lengths
         if graphs:
             assert manager.decode_graphs.captures >= 1
             assert manager.decode_graphs.replays >= 20
         else:
             assert manager.decode_graphs is None
-    assert runs[True, "even"] == runs[False, "even"]
-    assert runs[True, "balanced"] == runs[False, "even"]
+    eager = runs[False, "even", None]
+    assert runs[True, "even", None] == eager
+    assert runs[True, "balanced", None] == eager
+    assert runs[True, "even", 3] == eager
 
 
 def test_requests_are_compressed_again_every_n_generated_tokens(device, monkeypatch):
