@@ -50,21 +50,28 @@ int32_t DecodeAttentionBalancedBlocks(const PagedKV& cache, int32_t num_sms) {
   return static_cast<int32_t>(std::min<int64_t>(blocks, kDecodeMaxSplits));
 }
 
-int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms) {
+int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms,
+                              int32_t resident_blocks) {
   if (max_len <= 0 || num_streams <= 0) return 1;
-  // At most about four (stream, split) blocks per multiprocessor: two waves
-  // at the 16-bit pass's two resident blocks each (one at the fp8 pass's
-  // four), so that a wave's tail is a small part of the time even when
-  // lengths differ 5x between streams (measured on an H100: fewer leave
-  // streams too long, more pay each block's start and a larger merge).
-  // Rounded down: a few blocks past whole waves cost a wave (on the H200 at
-  // 8x32K, 9 splits took 310 us where 8 took 261).
-  constexpr int64_t kBlocksPerSM = 4;
-  // A split reads at least this many tokens (128 KiB of bf16 K/V at head_dim
+  // About six (stream, split) blocks per multiprocessor, in whole waves: three
+  // at the 16-bit pass's two resident blocks, one at the fp8 pass's four. Many
+  // blocks keep a wave's tail a small part of the time when lengths differ, as
+  // they do between a batch's requests and between a compressed request's
+  // heads; a fraction of a wave past whole ones costs a whole wave when they do
+  // not. Measured on an H100 (docs/performance.md): at a serving step's 16 rows
+  // of 1K-8.7K tokens six splits took 102 us where four took 110, at head-wise
+  // 20% 8x32K twelve took 92.6 us where eight took 95.8, and at full 8x32K and
+  // 1x128K two waves or three ran alike. On the H200 at fp8 8x32K, 12 splits
+  // (1.5 waves) took 174 us where 8 took 148, and at bf16 9 splits took 310 us
+  // where 8 took 261.
+  constexpr int64_t kTargetBlocksPerSM = 6;
+  const int64_t resident = std::max(resident_blocks, 1);
+  const int64_t blocks_per_sm = resident * std::max<int64_t>(kTargetBlocksPerSM / resident, 1);
+  // A split reads at least this many tokens (256 KiB of bf16 K/V at head_dim
   // 128): shorter ones spend more on their pipeline start and the merge than
-  // the parallelism gains.
-  constexpr int64_t kMinSplitTokens = 256;
-  const int64_t wanted = kBlocksPerSM * std::max(num_sms, 1) / num_streams;
+  // the parallelism gains (1x32K on an H100: 64 splits 63.8 us, 99 splits 66.6).
+  constexpr int64_t kMinSplitTokens = 512;
+  const int64_t wanted = blocks_per_sm * std::max(num_sms, 1) / num_streams;
   const int64_t useful = (max_len + kMinSplitTokens - 1) / kMinSplitTokens;
   return static_cast<int32_t>(
       std::clamp<int64_t>(std::min(wanted, useful), 1, int64_t{kDecodeMaxSplits}));

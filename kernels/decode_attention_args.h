@@ -109,10 +109,13 @@ int32_t DecodeAttentionResidentBlocks(const PagedKV& cache);
 int32_t DecodeAttentionBalancedBlocks(const PagedKV& cache, int32_t num_sms);
 
 // A split count for streams of at most `max_len` tokens: enough (stream, split)
-// blocks to fill `num_sms` multiprocessors a few times over, so that a few long
+// blocks to fill `num_sms` multiprocessors a few times over, in whole waves of
+// `resident_blocks` blocks per multiprocessor (DecodeAttentionResidentBlocks
+// of the cache; 2, the default, is the 16-bit pass's), so that a few long
 // streams do not leave the GPU idle, but no split shorter than a few hundred
 // tokens, where the merge and each block's start would cost more than they save.
-int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms);
+int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms,
+                              int32_t resident_blocks = 2);
 
 namespace gpu::internal {
 // decode_attention.cu; gpu::DecodeAttention (decode_attention.h) validates, then calls it.

@@ -113,6 +113,10 @@ BENCHMARK(BM_DecodeAttentionSplits)
     ->ArgsProduct({{8}, {32768}, {2, 4, 6, 8, 12, 16, 32}})
     ->ArgsProduct({{1}, {131072}, {8, 16, 32, 48, 64, 99, 128}})
     ->ArgsProduct({{1}, {32768}, {8, 16, 32, 64, 99}})
+    ->ArgsProduct({{8}, {8192}, {8, 12, 16}})
+    ->ArgsProduct({{32}, {4096}, {2, 3, 4}})
+    ->ArgsProduct({{1}, {8192}, {16, 32}})
+    ->ArgsProduct({{1}, {4096}, {8, 16}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

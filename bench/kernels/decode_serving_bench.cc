@@ -67,7 +67,10 @@ const BenchPool& ServingPool(int64_t pool_gib) {
 void BM_DecodeAttentionServing(benchmark::State& state) {
   const BenchPool& pool = ServingPool(state.range(0));
   auto splits = static_cast<int32_t>(state.range(1));
-  if (splits == 0) splits = DecodeAttentionSplits(kGraphSplitTokens, kGraphRows * kKVHeads, NumSMs());
+  if (splits == 0) {
+    splits = DecodeAttentionSplits(kGraphSplitTokens, kGraphRows * kKVHeads, NumSMs(),
+                                   DecodeAttentionResidentBlocks(pool.view));
+  }
   // Negative: the balanced division over -splits waves of resident blocks.
   const int32_t waves = splits < 0 ? -splits : 0;
   DecodeAttentionCall decode(pool, kGraphRows, splits < 0 ? 1 : splits, waves);

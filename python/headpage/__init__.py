@@ -59,6 +59,7 @@ from headpage._ext import (  # noqa: F401
     decode_attention,
     decode_attention_balanced_blocks,
     decode_attention_balanced_workspace_bytes,
+    decode_attention_resident_blocks,
     decode_attention_splits,
     decode_max_splits,
     decode_attention_workspace_bytes,

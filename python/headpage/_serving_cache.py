@@ -163,6 +163,7 @@ class ServingCache(Compressions, PrefixCaching):
         self.decode_buffers = None if self.device.type != "cuda" else DecodeBuffers(
             self.manager, shape, num_pages, self.graph_rows, self.device, self._stream)
         self._num_sms = multiprocessors(self.device) if self.device.type == "cuda" else 0
+        self._resident_blocks = headpage.decode_attention_resident_blocks(self.arena)
         # decode_division "balanced": decode attention divides every step's pages
         # equally among one wave of blocks (decode_attention's balanced_blocks).
         self._balanced_blocks = 0
@@ -435,7 +436,8 @@ class ServingCache(Compressions, PrefixCaching):
                     inputs.splits = self._fixed_splits
                 else:
                     inputs.splits = headpage.decode_attention_splits(
-                        longest, launched * self.shape.num_kv_heads, self._num_sms)
+                        longest, launched * self.shape.num_kv_heads, self._num_sms,
+                        self._resident_blocks)
                 if inputs.splits > 1 or inputs.balanced_blocks:
                     inputs.workspace = buffers.workspace(launched, inputs.splits,
                                                          static=graph_rows is not None,

@@ -555,7 +555,8 @@ class Cache(_HFCache):
         the tokens seen (compressed ones are shorter), and its workspace."""
         batch = len(self.seqs)
         self._splits = headpage.decode_attention_splits(
-            self._tokens + 1, batch * self.num_kv_heads, multiprocessors(self.device))
+            self._tokens + 1, batch * self.num_kv_heads, multiprocessors(self.device),
+            headpage.decode_attention_resident_blocks(self.arena))
         self._workspace.at_least(workspace_bytes(batch, self.num_q_heads, self.num_kv_heads,
                                                  self.head_dim, self._splits), self.device)
 

@@ -302,6 +302,12 @@ void DefArenaKernels(nb::module_& m) {
       nb::arg("arena"), nb::arg("num_sms"),
       "decode_attention's balanced_blocks that fill `num_sms` multiprocessors once with "
       "resident blocks of the pass over the arena's pages.");
+  m.def(
+      "decode_attention_resident_blocks",
+      [](const A& arena) { return DecodeAttentionResidentBlocks(ViewOf(arena)); },
+      nb::arg("arena"),
+      "Blocks of decode_attention's pass over the arena's pages that one multiprocessor "
+      "holds at once (decode_attention_splits' resident_blocks).");
   m.def("copy_pages", &CopyPages<A>, nb::arg("arena"), nb::arg("src"), nb::arg("dst"),
         nb::arg("stream") = 0, "Copies whole pages (copy-on-write).");
 }
@@ -328,7 +334,10 @@ void DefKernels(nb::module_& m) {
         nb::arg("num_seqs"), nb::arg("num_q_heads"), nb::arg("num_kv_heads"),
         nb::arg("head_dim"), nb::arg("balanced_blocks"));
   m.def("decode_attention_splits", &DecodeAttentionSplits, nb::arg("max_len"),
-        nb::arg("num_streams"), nb::arg("num_sms"));
+        nb::arg("num_streams"), nb::arg("num_sms"), nb::arg("resident_blocks") = 2,
+        "decode_attention's num_splits for streams of at most max_len tokens: about six "
+        "blocks per multiprocessor in whole waves of resident_blocks "
+        "(decode_attention_resident_blocks of the arena; 2: the 16-bit pass's).");
   m.attr("decode_max_splits") = kDecodeMaxSplits;
 }
 

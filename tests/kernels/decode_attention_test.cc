@@ -387,6 +387,12 @@ TEST_CASE("DecodeAttention: the split heuristic and the workspace size", "[kerne
   REQUIRE(long_many > 1);
   REQUIRE(8 * long_few >= 4 * 132);  // a few waves of blocks
   REQUIRE(DecodeAttentionSplits(int64_t{1} << 40, 1, 100000) == kDecodeMaxSplits);
+  // Whole waves: three of the 16-bit pass's two blocks per SM, one of fp8's four.
+  REQUIRE(DecodeAttentionSplits(32768, 64, 132) == 6 * 132 / 64);
+  REQUIRE(DecodeAttentionSplits(32768, 64, 132, 4) == 4 * 132 / 64);
+  REQUIRE(DecodeAttentionSplits(32768, 64, 132, 1) == 6 * 132 / 64);
+  REQUIRE(DecodeAttentionSplits(8192, 128, 132) == 6);  // a serving graph's 16 rows
+  REQUIRE(DecodeAttentionSplits(32768, 8, 132) == 64);   // no split under 512 tokens
 }
 
 TEST_CASE("DecodeAttention: ref on fp8 pages equals dense attention over the dequantized pages",

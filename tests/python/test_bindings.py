@@ -138,6 +138,19 @@ def test_decode_attention_divisions_are_checked_on_the_host(small):
                             workspace=torch.empty(size, dtype=torch.uint8))
 
 
+def test_the_split_count_fills_whole_waves_of_the_arenas_blocks(small):
+    arena = small[2]
+    assert hp.decode_attention_resident_blocks(arena) == 2  # f32 pages
+    fp8 = hp.HostArena(hp.CacheGeometry(num_layers=1, num_kv_heads=2, num_q_heads=4, head_dim=128,
+                                        dtype="bf16", page_size=16, kv_dtype="fp8"), 4)
+    assert hp.decode_attention_resident_blocks(fp8) == 4
+    # About six blocks per SM: three waves of two, one wave of four.
+    assert hp.decode_attention_splits(32768, 64, 132, 2) == 12
+    assert hp.decode_attention_splits(32768, 64, 132, 4) == 8
+    assert hp.decode_attention_splits(32768, 64, 132) == 12  # the 16-bit pass's two
+    assert hp.decode_attention_splits(2048, 8, 132) == 4      # no split under 512 tokens
+
+
 def test_fork_copy_on_write(small):
     g, pool, arena, manager = small
     parent = manager.add_sequence()

@@ -476,8 +476,11 @@ def targets(w):
                lambda w: dict(arena=w.arena, num_sms=132),
                {"arena": bad_object, "num_sms": one_of(None, 2**31, "many")}),
         Target("decode_attention_splits", hp.decode_attention_splits,
-               lambda w: dict(max_len=1000, num_streams=4, num_sms=132),
-               {"max_len": one_of(None, 2**63, "long"), "num_streams": one_of(None, 2**31, 1.5)}),
+               lambda w: dict(max_len=1000, num_streams=4, num_sms=132, resident_blocks=4),
+               {"max_len": one_of(None, 2**63, "long"), "num_streams": one_of(None, 2**31, 1.5),
+                "resident_blocks": one_of(None, 2**31, "two")}),
+        Target("decode_attention_resident_blocks", hp.decode_attention_resident_blocks,
+               lambda w: dict(arena=w.arena), {"arena": bad_object}),
     ]
     if hp.has_cuda:
         result += [
