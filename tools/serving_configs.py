@@ -90,7 +90,7 @@ def config_modes(config):
 def split_count(mode):
     """N of a mode splitsN (N a whole number from 1), else None."""
     digits = mode[len("splits"):]
-    if mode.startswith("splits") and digits.isdigit() and int(digits) >= 1:
+    if mode.startswith("splits") and digits.isascii() and digits.isdecimal() and int(digits) >= 1:
         return int(digits)
     return None
 

@@ -67,7 +67,8 @@ class DecodeStep {
     int sms = 0, device = 0;
     HEADPAGE_CUDA_OK(cudaGetDevice(&device));
     HEADPAGE_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    splits_ = DecodeAttentionSplits(context + 512, batch * kKVHeads, sms);
+    splits_ = DecodeAttentionSplits(context + 512, batch * kKVHeads, sms,
+                                    DecodeAttentionResidentBlocks(arena_->view()));
     ws_bytes_ = DecodeAttentionWorkspaceBytes(batch, kQHeads, kHeadDim, splits_);
     workspace_ = DeviceBuffer(ws_bytes_ > 0 ? ws_bytes_ : 16);
   }

@@ -532,9 +532,11 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
     stream alike (as many splits as fill the GPU for the longest), "balanced"
     hands every block of one wave an equal run of all the streams' pages
     (docs/serving.md; on the CPU both read every stream whole). decode_splits
-    fixes the even division's split count (1 to 1024) for every decode step;
-    None, the default, splits as many ways as fill the GPU for the step's (or
-    its graph's) streams (decode_attention_splits). The arguments
+    fixes the even division's split count (1 to 1024) for every decode step (a
+    measurement knob: every graph size then keeps a workspace of rows x query
+    heads x decode_splits partial rows); None, the default, splits as many
+    ways as fill the GPU for the step's (or its graph's) streams
+    (decode_attention_splits). The arguments
     are checked now (ValueError, TypeError, NotImplementedError)."""
     check_engine()
     model_shape(model, "headpage.serving")

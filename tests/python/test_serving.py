@@ -435,6 +435,9 @@ def test_decode_steps_as_cuda_graphs_give_the_eager_tokens(policy, budget):
             manager.stop(block=True)
         by_id = {r.request_id: list(r.generated_tokens) for r in results}
         runs[graphs, division, splits] = [by_id[i] for i in ids]
+        if splits is not None:  # every graph's decode attention took the fixed count
+            kept = manager.serving_cache.decode_buffers._workspaces
+            assert kept and {key[1] for key in kept} == {splits}
         assert [len(t) for t in runs[graphs, division, splits]] == lengths
         if graphs:
             assert manager.decode_graphs.captures >= 1
