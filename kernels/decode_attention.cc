@@ -27,7 +27,7 @@ size_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads, int3
 size_t DecodeAttentionBalancedWorkspaceBytes(int32_t num_seqs, int32_t num_q_heads,
                                              int32_t num_kv_heads, int32_t head_dim,
                                              int32_t balanced_blocks) {
-  if (balanced_blocks <= 0) return 0;
+  // num_splits 1: no balanced blocks, no workspace.
   return static_cast<size_t>(decode_plan::DecodeWorkspace::Of(num_seqs, num_q_heads, num_kv_heads,
                                                               head_dim, 1, balanced_blocks)
                                  .bytes);
