@@ -18,7 +18,15 @@ namespace headpage {
 using GpuStream = CUstream_st*;  // a cudaStream_t; nullptr is the legacy default stream
 
 struct LaunchResult {
-  enum class Kind : uint8_t { kOk, kUnsupportedDType, kUnsupportedHeadDim, kCudaError };
+  // kUnsupportedDevice: the kernel the arguments ask for is not built for, or
+  // cannot run on, the current device.
+  enum class Kind : uint8_t {
+    kOk,
+    kUnsupportedDType,
+    kUnsupportedHeadDim,
+    kUnsupportedDevice,
+    kCudaError
+  };
   Kind kind = Kind::kOk;
   int cuda_error = 0;                  // the cudaError_t, for kCudaError
   const char* cuda_message = nullptr;  // cudaGetErrorString's static text, for kCudaError

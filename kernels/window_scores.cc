@@ -204,6 +204,20 @@ namespace gpu {
 
 absl::Status WindowScores(const WindowScoresArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  switch (args.backend) {
+    case WindowScoresBackend::kAuto:
+    case WindowScoresBackend::kWarpMma:
+      break;
+    case WindowScoresBackend::kWarpgroupMma:
+      if (args.cache.dtype == DType::kF32) {
+        return absl::InvalidArgumentError(
+            "WindowScores: the warpgroup MMA backend takes f16 or bf16 keys, not f32");
+      }
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("WindowScores: unknown backend value ",
+                                                     static_cast<int>(args.backend)));
+  }
   HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "WindowScores"));
   HEADPAGE_RETURN_IF_ERROR(ValidateWindowScoresWorkspace(args));
   if (args.num_seqs == 0 || args.max_len == 0) return absl::OkStatus();

@@ -31,6 +31,15 @@ namespace headpage {
 
 inline constexpr int32_t kMaxScoreWindow = 128;
 
+// Which tensor-core instruction gpu::WindowScores computes the logits of f16
+// and bf16 keys with (f32 keys take FMAs whatever it says). kAuto takes
+// Hopper's warpgroup MMA (wgmma) where the library was built for sm_90a (90
+// among CMAKE_CUDA_ARCHITECTURES) and the device is of compute capability
+// 9.0, the warp MMA (mma.sync, sm_80 and newer) elsewhere; kWarpgroupMma
+// where it cannot run is an error (FailedPrecondition). Both give the same
+// scores up to the order of float additions; tests and benchmarks pin one.
+enum class WindowScoresBackend : uint8_t { kAuto, kWarpMma, kWarpgroupMma };
+
 struct WindowScoresArgs {
   PagedKV cache;
   int32_t num_seqs = 0;
@@ -69,6 +78,7 @@ struct WindowScoresArgs {
   // attention summed over chunks of prompt queries, or a decode step's
   // attention folded into a running total.
   bool accumulate = false;
+  WindowScoresBackend backend = WindowScoresBackend::kAuto;  // gpu:: only
   // gpu:: only (ref:: ignores them): at least WindowScoresWorkspaceBytes(args)
   // bytes of device memory, 16-byte aligned, contents irrelevant.
   void* workspace = nullptr;

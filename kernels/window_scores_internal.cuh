@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: kernels/window_scores_internal.cuh
 //
-// What the two .cu files of WindowScores share: window_scores.cu (passes 1
-// and 3 over the keys, and the launch of all four) and window_scores_pool.cu
-// (passes 2 and 4, per row and per key). CUDA and plain headers only.
+// What the .cu files of WindowScores share: window_scores.cu (the launch of
+// all four passes), window_scores_wgmma.cu (passes 1 and 3 by the warpgroup
+// MMA) and window_scores_pool.cu (passes 2 and 4, per row and per key). CUDA
+// and plain headers only.
 #ifndef HEADPAGE_KERNELS_WINDOW_SCORES_INTERNAL_CUH_
 #define HEADPAGE_KERNELS_WINDOW_SCORES_INTERNAL_CUH_
 
@@ -33,6 +34,10 @@ LaunchResult LaunchMergeStats(const WindowScoresArgs& args, const WindowScoresPl
 // window_scores_pool.cu: pass 4, block = 256 consecutive keys of one stream.
 LaunchResult LaunchPool(const WindowScoresArgs& args, const WindowScoresPlan& plan,
                         GpuStream stream);
+// window_scores_wgmma.cu (built where 90 is among the CUDA architectures):
+// all four launches, passes 1 and 3 by the warpgroup MMA; f16 or bf16 keys.
+LaunchResult LaunchWarpgroupPasses(const WindowScoresArgs& args, const WindowScoresPlan& plan,
+                                   GpuStream stream);
 
 }  // namespace headpage::gpu::internal::window
 

@@ -16,42 +16,76 @@
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_mma.cuh"
+#include "kernels/cuda_wgmma.cuh"
 #include "kernels/window_scores_args.h"
 #include "kernels/window_scores_internal.cuh"
 
 namespace headpage::gpu::internal::window {
 
-// The block's shape per storage type and head_dim. A warp owns two m-tiles
-// (32 rows) so that each key fragment read from shared memory feeds two MMAs;
-// at d = 256 their query fragments would not fit in registers, so one.
+// The block's shape per storage type and head_dim. The 128 rows are two
+// m64 tiles, each of a warpgroup's four warps (rows 16w..16w+15 of the tile
+// for its warp w): the warpgroup MMA's shape, which the warp MMA path keeps
+// so that both share everything but the logits. At d <= 128 one warpgroup
+// takes both m64 tiles, so that each key fragment feeds two products; at
+// d = 256 their query fragments would not fit in registers, so two
+// warpgroups take one each.
 template <typename T, int kHeadDim>
 struct Shape {
-  static constexpr int kMTilesPerWarp = kHeadDim == 256 ? 1 : 2;
+  static constexpr int kMTilesPerWarp = kHeadDim == 256 ? 1 : 2;  // = m64 tiles per warpgroup
   static constexpr int kWarps = kMTiles / kMTilesPerWarp;
   static constexpr int kThreads = kWarps * 32;
-  // Four blocks of 128 threads per SM (128 registers, ~60 bytes spilled, three
-  // stages) measured ~1% faster than three (168 registers, four stages).
-  static constexpr int kMinBlocks = kThreads == 128 ? 4 : 2;
+  // Three blocks of 128 threads per SM (168 registers): the warpgroup MMA's
+  // two m64 x 64 accumulators and query fragments need about 160; the warp
+  // MMA path measured ~1% slower at three than at four (128 registers with
+  // spills) on the H100.
+  static constexpr int kMinBlocks = kThreads == 128 ? 3 : 2;
   static constexpr int kRowBytes = kHeadDim * static_cast<int>(sizeof(T));
   static constexpr int kRowChunks = kRowBytes / 16;
+  // A stage holds kRowBytes / 128 regions of kTile rows of 128 bytes
+  // (cuda_wgmma.cuh's layout), 1024-byte aligned.
+  static constexpr int kRegionBytes = kTile * kWgmmaRowBytes;
   static constexpr int kStageBytes = kTile * kRowBytes;
   static constexpr int kStages = kStageBytes <= 16384 ? 3 : 2;
   static constexpr int kThreadsPerKey = kThreads / kTile;
-  // K stages, their positions, then two buffers of the warps' column sums (pass 3).
+  // K stages, their positions, then two buffers of the warps' column sums
+  // (pass 3), after up to 1 KiB that aligns the stages.
   static constexpr int kPositionsOffset = kStages * kStageBytes;
   static constexpr int kColumnSumsOffset = kPositionsOffset + kStages * kTile * 4;
-  static constexpr int kSmemBytes = kColumnSumsOffset + 2 * kMTiles * kTile * 4;
-  static_assert(kRowChunks % 8 == 0, "the swizzle permutes 8 chunks of 16 bytes");
+  static constexpr int kSmemBytes = kColumnSumsOffset + 2 * kMTiles * kTile * 4 + kWgmmaAtomBytes;
+  static_assert(kRowChunks % 8 == 0, "a stage is made of whole 128-byte regions");
   static_assert(kThreads % kTile == 0 && kRowChunks % kThreadsPerKey == 0, "whole keys per pass");
+  static_assert(kThreadsPerKey == 2 || kThreadsPerKey == 4, "CopyKey pairs 2 or 4 threads a key");
+  static_assert(kStageBytes % kWgmmaAtomBytes == 0, "stages stay 1024-byte aligned");
 };
 
-// Where 16-byte chunk `chunk` of key row `key` lives in a stage: the XOR
-// swizzle of cuda_mma.cuh by a permutation of key % 8 (bits 0, 1 up one, bit
-// 2 down to 0), so that the 8 rows an ldmatrix phase reads (8 keys, one chunk)
-// and the 8 chunks a cp.async phase writes (4 keys x 2 chunks) each fall in 8
-// different bank groups.
-__device__ __forceinline__ int SwizzledChunk(int key, int chunk) {
-  return SwizzleChunk(((key & 3) << 1) | ((key >> 2) & 1), chunk);
+// The m16 tile (rows 16i..16i+15 of the block's 128) of warp `warp`'s
+// m-tile mt: warp w % 4 of warpgroup w / 4, whose m64 tiles are consecutive.
+template <int kMTilesPerWarp>
+__device__ __forceinline__ int RowTile(int warp, int mt) {
+  return 4 * ((warp >> 2) * kMTilesPerWarp + mt) + (warp & 3);
+}
+
+// Where 16-byte chunk `chunk` of key row `key` lives in a stage: region
+// chunk / 8, row `key` of it, chunk % 8 swizzled by key % 8. The 8 rows an
+// ldmatrix phase reads (8 keys, one chunk) fall in 8 different bank groups.
+__device__ __forceinline__ int ChunkOffset(int key, int chunk) {
+  return (chunk >> 3) * (kTile * kWgmmaRowBytes) + key * kWgmmaRowBytes +
+         (SwizzleChunk(key, chunk & 7) << 4);
+}
+
+// The key a copying thread takes within each tile: kThreadsPerKey neighbours
+// share a key, each taking every kThreadsPerKey-th chunk. The keys of one
+// 8-thread store phase differ so that their chunks land in 8 bank groups:
+// {0, 2, 4, 6} then {1, 3, 5, 7} for pairs (chunks 2j, 2j + 1: c ^ k and
+// its neighbour), {0, 4}, {1, 5}, ... for quads (chunks 4j..4j + 3).
+template <int kThreadsPerKey>
+__device__ __forceinline__ int CopyKey(int thread) {
+  const int q = thread / kThreadsPerKey;
+  if constexpr (kThreadsPerKey == 2) {
+    return (q & ~7) | ((q & 3) << 1) | ((q >> 2) & 1);
+  } else {
+    return (q & ~7) | ((q & 1) << 2) | ((q >> 1) & 3);
+  }
 }
 
 // What a block works on: a chunk of one stream's keys against one row group.
@@ -109,14 +143,13 @@ struct Queries<float, kHeadDim, kMT> {
 template <typename T, int kHeadDim, int kMT>
 __device__ __forceinline__ void LoadQueries(const WindowScoresArgs& args,
                                             const WindowScoresPlan& plan, const BlockTask& task,
-                                            int first_mt, int lane,
-                                            Queries<T, kHeadDim, kMT>* q) {
+                                            int warp, int lane, Queries<T, kHeadDim, kMT>* q) {
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
     for (int half_rows = 0; half_rows < 2; ++half_rows) {
       bool valid;
-      const int row = (first_mt + mt) * 16 + (lane >> 2) + half_rows * 8;
+      const int row = RowTile<kMT>(warp, mt) * 16 + (lane >> 2) + half_rows * 8;
       const int64_t offset = QueryRowOffset(args, plan, task, row, &valid);
       if constexpr (std::is_same_v<T, float>) {
         q->row[mt][half_rows] = valid ? static_cast<const float*>(args.queries) + offset : nullptr;
@@ -136,39 +169,41 @@ __device__ __forceinline__ void LoadQueries(const WindowScoresArgs& args,
 }
 
 // The lane's ldmatrix addresses in a stage for k-steps 0..3 of keys 0..15;
-// k-step ks and key block kb add (ks / 4) * 128 + kb * 16 * kRowBytes. Lanes
-// 0-7 address keys 0-7 at a k-step's low 8 columns, 8-15 the same keys' high
-// 8, 16-31 keys 8-15 likewise: the B fragments of two n-tiles. The swizzle
-// XORs chunk 2 ks + hi with F = SwizzledChunk(key, 0), which depends on key % 8
-// = lane % 8 only, and 2 ks + hi ^ F = 2 (ks ^ F / 2) + (hi ^ F % 2), where
-// ks ^ F / 2 flips only the low two bits of ks.
-template <int kRowBytes>
+// k-step ks and key block kb add (ks / 4) * kRegionBytes + kb * 16 * 128.
+// Lanes 0-7 address keys 0-7 at a k-step's low 8 columns, 8-15 the same keys'
+// high 8, 16-31 keys 8-15 likewise: the B fragments of two n-tiles. Chunk
+// 2 ks + hi of a region's row sits at (2 ks + hi) ^ F, F = key % 8 = lane % 8,
+// which is 2 (ks ^ F / 2) + (hi ^ F % 2), where ks ^ F / 2 flips only the low
+// two bits of ks.
 __device__ __forceinline__ void LdMatrixBases(uint32_t stage_address, int lane,
                                               uint32_t (&bases)[4]) {
   const int key = (lane & 7) + ((lane >> 4) << 3);
   const int hi = (lane >> 3) & 1;
-  const int f = SwizzledChunk(key, 0);
+  const int f = lane & 7;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    bases[k] = stage_address + key * kRowBytes + 32 * (k ^ (f >> 1)) + 16 * (hi ^ (f & 1));
+    bases[k] = stage_address + key * kWgmmaRowBytes + 32 * (k ^ (f >> 1)) + 16 * (hi ^ (f & 1));
   }
 }
 
-// acc[mt][nt][c] = q . k for the warp's rows and the 32 keys of half `half` of
-// the stage, in the mma accumulator layout: c = 0, 1 row g, c = 2, 3 row g + 8
-// of m-tile mt; columns nt * 8 + 2t + (c & 1) of the half.
+// The logits of the warp's rows for the 32 keys of half `half` of the stage:
+// acc[mt][4 * half + nt][c] = q . k in the mma accumulator layout (c = 0, 1
+// row g, c = 2, 3 row g + 8 of m-tile mt; columns nt * 8 + 2t + (c & 1) of
+// the half), by warp MMAs (f16, bf16) or FMAs (f32). The m-tiles not in
+// `active` are left as they are.
 template <typename T, int kHeadDim, int kMT>
 __device__ __forceinline__ void Logits(const Queries<T, kHeadDim, kMT>& q,
                                        const unsigned char* stage,
                                        const uint32_t (&ldmatrix_base)[4], uint32_t stage_offset,
-                                       int half, int lane, float (&acc)[kMT][4][4]) {
+                                       int half, int lane, const bool (&active)[kMT],
+                                       float (&acc)[kMT][8][4]) {
   using S = Shape<T, kHeadDim>;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-      for (int c = 0; c < 4; ++c) acc[mt][nt][c] = 0.0f;
+      for (int c = 0; c < 4; ++c) acc[mt][4 * half + nt][c] = 0.0f;
     }
   }
   if constexpr (std::is_same_v<T, float>) {
@@ -188,13 +223,12 @@ __device__ __forceinline__ void Logits(const Queries<T, kHeadDim, kMT>& q,
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int key = half * 32 + nt * 8 + 2 * (lane & 3) + c;
-          const float4 kv = *reinterpret_cast<const float4*>(
-              stage + key * S::kRowBytes + (SwizzledChunk(key, chunk) << 4));
+          const float4 kv = *reinterpret_cast<const float4*>(stage + ChunkOffset(key, chunk));
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-              float& a = acc[mt][nt][2 * r + c];
+              float& a = acc[mt][4 * half + nt][2 * r + c];
               a = fmaf(qv[mt][r].x, kv.x, a);
               a = fmaf(qv[mt][r].y, kv.y, a);
               a = fmaf(qv[mt][r].z, kv.z, a);
@@ -211,35 +245,72 @@ __device__ __forceinline__ void Logits(const Queries<T, kHeadDim, kMT>& q,
 #pragma unroll
       for (int pair = 0; pair < 2; ++pair) {
         // Register + immediate: no address arithmetic per ldmatrix.
-        const uint32_t address = ldmatrix_base[ks & 3] + stage_offset + (ks >> 2) * 128 +
-                                 (half * 32 + pair * 16) * S::kRowBytes;
+        const uint32_t address = ldmatrix_base[ks & 3] + stage_offset +
+                                 (ks >> 2) * S::kRegionBytes +
+                                 (half * 32 + pair * 16) * kWgmmaRowBytes;
         LdMatrixX4(address, b[2 * pair][0], b[2 * pair][1], b[2 * pair + 1][0],
                    b[2 * pair + 1][1]);
       }
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
+        if (!active[mt]) continue;
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
           const uint32_t(&a)[4] = q.frag[mt][ks];
-          MmaM16N8K16<T>(acc[mt][nt], a[0], a[1], a[2], a[3], b[nt][0], b[nt][1]);
+          MmaM16N8K16<T>(acc[mt][4 * half + nt], a[0], a[1], a[2], a[3], b[nt][0], b[nt][1]);
         }
       }
     }
   }
 }
 
+// The logits of the warpgroup's m64 tiles for all 64 keys of the stage at
+// shared address `stage`, by warpgroup MMAs (f16, bf16 on sm_90a): acc as
+// Logits() leaves it for both halves. `second_active` (the same in every
+// thread, and computed from the block's task only) skips a second tile of
+// padding rows. A branch that depends on the thread would make ptxas
+// serialize the MMAs.
+template <typename T, int kHeadDim, int kMT>
+__device__ __forceinline__ void LogitsWarpgroup(const Queries<T, kHeadDim, kMT>& q,
+                                                uint32_t stage, bool second_active,
+                                                float (&acc)[kMT][8][4]) {
+  using S = Shape<T, kHeadDim>;
+  WgmmaFence();
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    if (mt > 0 && !second_active) break;
+    float(&d)[32] = reinterpret_cast<float(&)[32]>(acc[mt]);
+#pragma unroll
+    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+      const uint64_t desc =
+          WgmmaDescriptorSw128(stage + (ks >> 2) * S::kRegionBytes + (ks & 3) * 32);
+      WgmmaM64N64K16<T>(d, q.frag[mt][ks], desc, ks > 0);
+    }
+  }
+  WgmmaCommit();
+  WgmmaWait<0>();
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) WgmmaFenceOperand(acc[mt][j][c]);
+    }
+  }
+}
+
 // The block's cp.async copies of key tiles and their positions. Each
-// thread copies the same key of every tile, kThreadsPerKey neighbours
-// interleaving its 16-byte chunks, so a warp reads whole 32-byte sectors.
-// Tiles are loaded in order, so the key's (page, offset) advances by a
-// precomputed 64 / page_size, 64 % page_size: no division per tile. The page
-// id is read one tile ahead, so that no cp.async waits for it.
+// thread copies the same key of every tile (CopyKey), kThreadsPerKey
+// neighbours interleaving its 16-byte chunks, so a warp reads whole 32-byte
+// sectors. Tiles are loaded in order, so the key's (page, offset) advances by
+// a precomputed 64 / page_size, 64 % page_size: no division per tile. The
+// page id is read one tile ahead, so that no cp.async waits for it.
 template <typename T, int kHeadDim>
 struct KeyTileCopies {
   using S = Shape<T, kHeadDim>;
   const PagedKV& cache;
   const int32_t* pages;  // the stream's block-table row
-  unsigned char* smem;
+  unsigned char* smem;   // the stages (1024-byte aligned)
   int32_t* positions;
   int32_t end;
   int my_key, my_chunk;
@@ -252,7 +323,7 @@ struct KeyTileCopies {
     pages = args.page_ids + args.indptr[task.stream];
     positions = reinterpret_cast<int32_t*>(smem + S::kPositionsOffset);
     end = task.end;
-    my_key = threadIdx.x / S::kThreadsPerKey;
+    my_key = CopyKey<S::kThreadsPerKey>(threadIdx.x);
     my_chunk = threadIdx.x % S::kThreadsPerKey;
     page_step = kTile / cache.page_size;
     offset_step = kTile - page_step * cache.page_size;
@@ -270,7 +341,7 @@ struct KeyTileCopies {
         (page * cache.page_elements() + static_cast<int64_t>(offset) * kHeadDim) * sizeof(T);
 #pragma unroll
     for (int chunk = my_chunk; chunk < S::kRowChunks; chunk += S::kThreadsPerKey) {
-      CpAsync16(SmemAddress(dst + (SwizzledChunk(my_key, chunk) << 4)), src + chunk * 16, valid);
+      CpAsync16(SmemAddress(dst + ChunkOffset(my_key, chunk)), src + chunk * 16, valid);
     }
   }
 
@@ -296,7 +367,7 @@ struct KeyTileCopies {
         const uint8_t bits = static_cast<uint8_t>(words[e / 4] >> (8 * (e % 4)));
         out[e] = DequantizeFp8As<T>(bits, scale);
       }
-      *reinterpret_cast<uint4*>(dst + (SwizzledChunk(my_key, chunk) << 4)) =
+      *reinterpret_cast<uint4*>(dst + ChunkOffset(my_key, chunk)) =
           *reinterpret_cast<const uint4*>(out);
     }
   }
@@ -315,7 +386,7 @@ struct KeyTileCopies {
       ++next_page_index;
     }
     next_page = next_key < end ? pages[next_page_index] : 0;
-    unsigned char* dst = smem + stage * S::kStageBytes + my_key * S::kRowBytes;
+    unsigned char* dst = smem + stage * S::kStageBytes;
     if constexpr (!std::is_same_v<T, float>) {
       if (cache.fp8()) {
         IssueFp8Key(dst, page, offset, slot, valid);

@@ -21,7 +21,7 @@ namespace {
 
 constexpr int32_t kWindow = 32;
 
-void BM_WindowScores(benchmark::State& state) {
+void RunWindowScores(benchmark::State& state, WindowScoresBackend backend) {
   const int32_t batch = static_cast<int32_t>(state.range(0));
   const int32_t len = static_cast<int32_t>(state.range(1));
   const int32_t streams = batch * kKVHeads;
@@ -64,6 +64,7 @@ void BM_WindowScores(benchmark::State& state) {
   args.pooling = policy::Pooling::kAvg;
   args.reduce = policy::GroupReduce::kMean;
   args.scores = d_scores.get<float>();
+  args.backend = backend;
   DeviceBuffer workspace(WindowScoresWorkspaceBytes(args));
   args.workspace = workspace.get();
   args.workspace_bytes = workspace.bytes();
@@ -79,7 +80,20 @@ void BM_WindowScores(benchmark::State& state) {
                              static_cast<double>(state.iterations()),
                          benchmark::Counter::kIsRate);
 }
+// What a user gets (kAuto: the warpgroup MMA on an H100/H200 built for sm_90a).
+void BM_WindowScores(benchmark::State& state) {
+  RunWindowScores(state, WindowScoresBackend::kAuto);
+}
 BENCHMARK(BM_WindowScores)->Apply(BatchLengthShapes)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// The warp MMA (mma.sync) path, what other GPUs run, side by side.
+void BM_WindowScoresWarpMma(benchmark::State& state) {
+  RunWindowScores(state, WindowScoresBackend::kWarpMma);
+}
+BENCHMARK(BM_WindowScoresWarpMma)
+    ->Apply(BatchLengthShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace headpage::bench

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/window_scores.h"
+#include "tests/kernels/captured_graph.h"
 #include "tests/kernels/device_buffer.h"
 #include "tests/kernels/window_scores_case.h"
 #include "tests/testing/status_matchers.h"
@@ -82,10 +83,41 @@ std::vector<float> RunRef(WindowScoresCase& c, const Options& options) {
   return scores;
 }
 
-// gpu:: on `c` equals ref:: within the dtype's tolerance; returns the worst
-// relative error (over scores above 1e-6).
-double CheckAgainstRef(WindowScoresCase& c, const Options& options) {
+// Whether this build has the warpgroup MMA (an sm_90a build) and the device
+// runs it (compute capability 9.0).
+bool WarpgroupMmaHere() {
+#if HEADPAGE_HAVE_WGMMA
+  int device = 0;
+  cudaDeviceProp prop;
+  HEADPAGE_CUDA_OK(cudaGetDevice(&device));
+  HEADPAGE_CUDA_OK(cudaGetDeviceProperties(&prop, device));
+  return prop.major == 9 && prop.minor == 0;
+#else
+  return false;
+#endif
+}
+
+// Every backend that computes `dtype`'s logits here: the warp MMA (FMAs for
+// f32), and the warpgroup MMA for 16-bit keys where it runs.
+std::vector<WindowScoresBackend> BackendsFor(DType dtype) {
+  std::vector<WindowScoresBackend> backends = {WindowScoresBackend::kWarpMma};
+  if (dtype != DType::kF32 && WarpgroupMmaHere()) {
+    backends.push_back(WindowScoresBackend::kWarpgroupMma);
+  }
+  return backends;
+}
+
+const char* BackendName(WindowScoresBackend backend) {
+  return backend == WindowScoresBackend::kWarpgroupMma ? "wgmma" : "mma.sync";
+}
+
+// gpu:: on `c` with `backend` equals ref:: within the dtype's tolerance;
+// returns the worst relative error (over scores above 1e-6).
+double CheckAgainstRef(WindowScoresCase& c, const Options& options,
+                       WindowScoresBackend backend) {
+  CAPTURE(BackendName(backend));
   DeviceCase device(c, options);
+  device.args.backend = backend;
   REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
   HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> actual = device.scores.Download<float>();
@@ -133,9 +165,11 @@ TEST_CASE("gpu::WindowScores equals ref:: on small cases",
     CAPTURE(DTypeName(s.dtype), s.head_dim, s.shape.num_q_heads, s.shape.window,
             static_cast<int>(s.options.pooling), static_cast<int>(s.options.reduce));
     WindowScoresCase c(PagedCaseSpec{16, s.head_dim, s.dtype, {0, 1, 15, 600}}, s.shape, seed++);
-    const double worst = CheckAgainstRef(c, s.options);
-    WARN(DTypeName(s.dtype) << " d=" << s.head_dim << " W=" << s.shape.window
-                            << ": worst relative error " << worst);
+    for (WindowScoresBackend backend : BackendsFor(s.dtype)) {
+      const double worst = CheckAgainstRef(c, s.options, backend);
+      WARN(DTypeName(s.dtype) << " d=" << s.head_dim << " W=" << s.shape.window << " "
+                              << BackendName(backend) << ": worst relative error " << worst);
+    }
   }
 }
 
@@ -182,9 +216,11 @@ TEST_CASE("gpu::WindowScores equals ref:: across dtypes, head_dims, pages and op
           for (policy::GroupReduce reduce : {policy::GroupReduce::kMean, policy::GroupReduce::kMax}) {
             CAPTURE(DTypeName(dtype), head_dim, page_size, shape.num_q_heads, shape.num_kv_heads,
                     shape.window, static_cast<int>(pooling), static_cast<int>(reduce));
-            const double w = CheckAgainstRef(c, {pooling, reduce, 5});
-            double& slot = worst[static_cast<int>(dtype)];
-            slot = std::max(slot, w);
+            for (WindowScoresBackend backend : BackendsFor(dtype)) {
+              const double w = CheckAgainstRef(c, {pooling, reduce, 5}, backend);
+              double& slot = worst[static_cast<int>(dtype)];
+              slot = std::max(slot, w);
+            }
           }
         }
       }
@@ -199,8 +235,11 @@ TEST_CASE("gpu::WindowScores equals ref:: on a 32K stream", "[kernels][gpu][wind
   WindowScoresCase c(PagedCaseSpec{16, 128, DType::kBF16, {32768, 5, 0, 3000}},
                      WindowScoresShape{2, 8, 2, 32}, 7);
   for (policy::Pooling pooling : {policy::Pooling::kAvg, policy::Pooling::kMax}) {
-    const double worst = CheckAgainstRef(c, {pooling, policy::GroupReduce::kMean, 7});
-    WARN("32K stream, pooling " << static_cast<int>(pooling) << ": worst relative error " << worst);
+    for (WindowScoresBackend backend : BackendsFor(DType::kBF16)) {
+      const double worst = CheckAgainstRef(c, {pooling, policy::GroupReduce::kMean, 7}, backend);
+      WARN("32K stream, pooling " << static_cast<int>(pooling) << " " << BackendName(backend)
+                                  << ": worst relative error " << worst);
+    }
   }
 }
 
@@ -219,9 +258,12 @@ TEST_CASE("gpu::WindowScores equals ref:: on fp8 pages", "[kernels][gpu][window_
         spec.kv_dtype = KvDType::kFP8E4M3;
         WindowScoresCase c(spec, WindowScoresShape{2, 8, 2, 32}, seed++);
         CAPTURE(DTypeName(dtype), head_dim, page_size);
-        const double worst = CheckAgainstRef(c, {policy::Pooling::kAvg, policy::GroupReduce::kMean, 5});
-        WARN("fp8 pages, " << DTypeName(dtype) << " d=" << head_dim << ": worst relative error "
-                           << worst);
+        for (WindowScoresBackend backend : BackendsFor(dtype)) {
+          const double worst =
+              CheckAgainstRef(c, {policy::Pooling::kAvg, policy::GroupReduce::kMean, 5}, backend);
+          WARN("fp8 pages, " << DTypeName(dtype) << " d=" << head_dim << " "
+                             << BackendName(backend) << ": worst relative error " << worst);
+        }
       }
     }
   }
@@ -233,26 +275,24 @@ TEST_CASE("gpu::WindowScores: deterministic and CUDA-graph capturable",
           "[kernels][gpu][window_scores]") {
   WindowScoresCase c(PagedCaseSpec{16, 128, DType::kBF16, {2000, 700, 1, 64}},
                      WindowScoresShape{2, 16, 2, 32}, 21);
-  DeviceCase device(c, Options{});
-  REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
-  HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<float> direct = device.scores.Download<float>();
+  for (WindowScoresBackend backend : BackendsFor(DType::kBF16)) {
+    CAPTURE(BackendName(backend));
+    DeviceCase device(c, Options{});
+    device.args.backend = backend;
+    REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
+    HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> direct = device.scores.Download<float>();
+    REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
+    HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+    REQUIRE(device.scores.Download<float>() == direct);
 
-  cudaStream_t stream;
-  HEADPAGE_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  device.scores.Poison();
-  cudaGraph_t graph;
-  HEADPAGE_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  REQUIRE_OK(gpu::WindowScores(device.args, stream));
-  HEADPAGE_CUDA_OK(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  HEADPAGE_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  HEADPAGE_CUDA_OK(cudaGraphLaunch(exec, stream));
-  HEADPAGE_CUDA_OK(cudaStreamSynchronize(stream));
-  REQUIRE(device.scores.Download<float>() == direct);
-  HEADPAGE_CUDA_OK(cudaGraphExecDestroy(exec));
-  HEADPAGE_CUDA_OK(cudaGraphDestroy(graph));
-  HEADPAGE_CUDA_OK(cudaStreamDestroy(stream));
+    device.scores.Poison();
+    testing::CapturedGraph graph(
+        [&](cudaStream_t stream) { return gpu::WindowScores(device.args, stream); });
+    REQUIRE_OK(graph.captured());
+    graph.ReplayAndWait();
+    REQUIRE(device.scores.Download<float>() == direct);
+  }
 }
 
 TEST_CASE("gpu::WindowScores: bad arguments and a short workspace are errors",
@@ -269,6 +309,16 @@ TEST_CASE("gpu::WindowScores: bad arguments and a short workspace are errors",
   args = device.args;
   args.window = 0;
   REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kInvalidArgument, "window 0");
+  args = device.args;
+  args.backend = static_cast<WindowScoresBackend>(7);
+  REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kInvalidArgument,
+                "unknown backend value 7");
+  args = device.args;
+  args.backend = WindowScoresBackend::kWarpgroupMma;
+  if (!WarpgroupMmaHere()) {
+    REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kFailedPrecondition,
+                  "sm_90a");
+  }
   // Nothing to do: no workspace needed, nothing launched, nothing written.
   args = device.args;
   args.max_len = 0;
