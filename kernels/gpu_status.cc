@@ -16,14 +16,13 @@ absl::Status LaunchStatus(const LaunchResult& result, const char* op, DType dtyp
     case LaunchResult::Kind::kUnsupportedHeadDim:
       return absl::UnimplementedError(
           absl::StrCat(op, ": head_dim ", head_dim, " is not compiled into the CUDA kernel"));
-    case LaunchResult::Kind::kUnsupportedDevice:
-      return absl::FailedPreconditionError(absl::StrCat(
-          op, ": the kernel asked for needs a build for sm_90a (90 among the CUDA "
-              "architectures) and a GPU of compute capability 9.0"));
     case LaunchResult::Kind::kCudaError:
       return absl::InternalError(absl::StrCat(op, ": CUDA error ", result.cuda_error, " (",
                                               result.cuda_message ? result.cuda_message : "?",
                                               ")"));
+    case LaunchResult::Kind::kUnsupportedDevice:
+      return absl::FailedPreconditionError(absl::StrCat(
+          op, ": the kernel the arguments ask for is not built for this GPU or cannot run on it"));
   }
   return absl::InternalError(absl::StrCat(op, ": unknown launch result"));
 }

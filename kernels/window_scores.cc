@@ -208,12 +208,19 @@ absl::Status WindowScores(const WindowScoresArgs& args, GpuStream stream) {
     case WindowScoresBackend::kAuto:
     case WindowScoresBackend::kWarpMma:
       break;
-    case WindowScoresBackend::kWarpgroupMma:
+    case WindowScoresBackend::kWarpgroupMma: {
       if (args.cache.dtype == DType::kF32) {
         return absl::InvalidArgumentError(
             "WindowScores: the warpgroup MMA backend takes f16 or bf16 keys, not f32");
       }
+      HEADPAGE_ASSIGN_OR_RETURN(const bool runs, WindowScoresWarpgroupMmaRuns());
+      if (!runs) {
+        return absl::FailedPreconditionError(
+            "WindowScores: the warpgroup MMA backend needs a build for sm_90a (90 among "
+            "CMAKE_CUDA_ARCHITECTURES) and a GPU of compute capability 9.0");
+      }
       break;
+    }
     default:
       return absl::InvalidArgumentError(absl::StrCat("WindowScores: unknown backend value ",
                                                      static_cast<int>(args.backend)));
@@ -223,6 +230,13 @@ absl::Status WindowScores(const WindowScoresArgs& args, GpuStream stream) {
   if (args.num_seqs == 0 || args.max_len == 0) return absl::OkStatus();
   return LaunchStatus(internal::LaunchWindowScores(args, stream), "WindowScores",
                       args.cache.dtype, args.cache.head_dim);
+}
+
+absl::StatusOr<bool> WindowScoresWarpgroupMmaRuns() {
+  bool runs = false;
+  const LaunchResult result = internal::WarpgroupMmaRuns(&runs);
+  if (!result.ok()) return LaunchStatus(result, "WindowScores", DType::kBF16, 128);
+  return runs;
 }
 
 }  // namespace gpu

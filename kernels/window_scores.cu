@@ -49,36 +49,40 @@
 #include "kernels/window_scores_pass.cuh"
 
 namespace headpage::gpu::internal {
-namespace {
 
-// Whether this build has the warpgroup MMA's instances and the current device
-// can run them (sm_90a code runs on compute capability 9.0 only).
-bool WarpgroupMmaRuns() {
+LaunchResult WarpgroupMmaRuns(bool* runs) {
+  *runs = false;
 #if HEADPAGE_HAVE_WGMMA
   int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    return false;
+  LaunchResult result = CudaErrorResult(cudaGetDevice(&device));
+  if (result.ok()) {
+    result = CudaErrorResult(
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   }
-  return major == 9 && minor == 0;
-#else
-  return false;
+  if (result.ok()) {
+    result = CudaErrorResult(
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  }
+  if (!result.ok()) return result;
+  // sm_90a code runs on compute capability 9.0 only.
+  *runs = major == 9 && minor == 0;
 #endif
+  return LaunchResult{};
 }
-
-}  // namespace
 
 LaunchResult LaunchWindowScores(const WindowScoresArgs& args, GpuStream stream) {
   const WindowScoresPlan plan = PlanWindowScores(args);
   if (plan.num_splits == 0) return LaunchResult{};
   const bool sixteen_bit = args.cache.dtype == DType::kF16 || args.cache.dtype == DType::kBF16;
   if (sixteen_bit && args.backend != WindowScoresBackend::kWarpMma) {
-    if (WarpgroupMmaRuns()) return window::LaunchWarpgroupPasses(args, plan, stream);
+    bool runs = false;
+    const LaunchResult result = WarpgroupMmaRuns(&runs);
+    if (!result.ok()) return result;
+    if (runs) return window::LaunchWarpgroupPasses(args, plan, stream);
     if (args.backend == WindowScoresBackend::kWarpgroupMma) {
-      LaunchResult result;
-      result.kind = LaunchResult::Kind::kUnsupportedDevice;
-      return result;
+      LaunchResult unsupported;
+      unsupported.kind = LaunchResult::Kind::kUnsupportedDevice;
+      return unsupported;
     }
   }
   return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,

@@ -8,6 +8,7 @@
 #define HEADPAGE_KERNELS_WINDOW_SCORES_H_
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/window_scores_args.h"
 
 namespace headpage {
@@ -34,8 +35,16 @@ namespace gpu {
 // CUDA. Device pointers; four launches on `stream` (row statistics per key
 // chunk, their merge, the scores, the pooling), no host synchronization, so it
 // can be captured in a CUDA graph. The device arrays are not checked: lengths
-// above max_len are cut there, and block tables must be valid.
+// above max_len are cut there, and block tables must be valid. With backend
+// kWarpgroupMma: InvalidArgument for f32 keys, FailedPrecondition where
+// WindowScoresWarpgroupMmaRuns() is false (even with nothing to do).
 [[nodiscard]] absl::Status WindowScores(const WindowScoresArgs& args, GpuStream stream);
+
+// Whether WindowScoresBackend::kWarpgroupMma runs on the current device: this
+// library has the warpgroup MMA's instances (90 among its CUDA architectures)
+// and the device is of compute capability 9.0. Internal when the device cannot
+// be queried.
+[[nodiscard]] absl::StatusOr<bool> WindowScoresWarpgroupMmaRuns();
 }  // namespace gpu
 #endif
 

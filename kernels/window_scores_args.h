@@ -32,12 +32,15 @@ namespace headpage {
 inline constexpr int32_t kMaxScoreWindow = 128;
 
 // Which tensor-core instruction gpu::WindowScores computes the logits of f16
-// and bf16 keys with (f32 keys take FMAs whatever it says). kAuto takes
+// and bf16 keys with (fp8 pages count as their model dtype). kAuto takes
 // Hopper's warpgroup MMA (wgmma) where the library was built for sm_90a (90
 // among CMAKE_CUDA_ARCHITECTURES) and the device is of compute capability
-// 9.0, the warp MMA (mma.sync, sm_80 and newer) elsewhere; kWarpgroupMma
-// where it cannot run is an error (FailedPrecondition). Both give the same
-// scores up to the order of float additions; tests and benchmarks pin one.
+// 9.0, the warp MMA (mma.sync, sm_80 and newer) elsewhere, and FMAs for f32
+// keys; kWarpMma the warp MMA (FMAs for f32); kWarpgroupMma the warpgroup MMA,
+// an error for f32 keys (InvalidArgument) and where it cannot run
+// (FailedPrecondition, gpu::WindowScoresWarpgroupMmaRuns()). The backends'
+// scores agree to float rounding (the gpu tests compare them); tests and
+// benchmarks pin one.
 enum class WindowScoresBackend : uint8_t { kAuto, kWarpMma, kWarpgroupMma };
 
 struct WindowScoresArgs {
@@ -154,6 +157,10 @@ inline size_t WindowScoresWorkspaceBytes(const WindowScoresArgs& args) {
 namespace gpu::internal {
 // window_scores.cu; gpu::WindowScores (window_scores.h) validates, then calls it.
 LaunchResult LaunchWindowScores(const WindowScoresArgs& args, GpuStream stream);
+// window_scores.cu: *runs = whether the warpgroup MMA's instances are built and
+// the current device (compute capability 9.0) runs them; kCudaError when the
+// device cannot be queried.
+LaunchResult WarpgroupMmaRuns(bool* runs);
 }  // namespace gpu::internal
 
 }  // namespace headpage

@@ -5,7 +5,10 @@
 // four): the kernel and the stages it runs per tile of keys after
 // window_scores_tile.cuh has computed the tile's logits. Included by
 // window_scores.cu (the warp MMA and FMA instances) and window_scores_wgmma.cu
-// (the warpgroup MMA instances, built for sm_90a). CUDA and plain headers only.
+// (the warpgroup MMA instances, built for sm_90a): the one kernel template
+// two .cu files include, because CMake can build a file, not an instance, for
+// another architecture; each file instantiates its own kWarpgroup. CUDA and
+// plain headers only.
 #ifndef HEADPAGE_KERNELS_WINDOW_SCORES_PASS_CUH_
 #define HEADPAGE_KERNELS_WINDOW_SCORES_PASS_CUH_
 
@@ -274,17 +277,25 @@ __device__ __forceinline__ void WriteRowStats(const WindowScoresArgs& args,
 // pipeline and the logits, which kWarpgroup takes from the warpgroup MMA
 // (sm_90a, window_scores_wgmma.cu) and otherwise from Logits().
 template <typename T, int kHeadDim, bool kScores, bool kWarpgroup>
-__global__ void __launch_bounds__(Shape<T, kHeadDim>::kThreads, Shape<T, kHeadDim>::kMinBlocks)
+__global__ void __launch_bounds__(Shape<T, kHeadDim>::kThreads,
+                                  kWarpgroup ? Shape<T, kHeadDim>::kMinBlocksWarpgroup
+                                             : Shape<T, kHeadDim>::kMinBlocks)
     WindowPassKernel(WindowScoresArgs args, WindowScoresPlan plan) {
   using S = Shape<T, kHeadDim>;
   constexpr int kMT = S::kMTilesPerWarp;
   static_assert(!kWarpgroup || !std::is_same_v<T, float>, "the warpgroup MMA takes 16-bit keys");
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // cuda_wgmma.cuh's wrappers trap outside sm_90a code: refuse to build them.
+  static_assert(!kWarpgroup, "warpgroup MMA instances must be built for sm_90a");
+#endif
   extern __shared__ __align__(16) unsigned char raw_smem[];
-  // The stages at the first 1024-byte boundary (the swizzle's atom; the
-  // kernel has no static shared memory, so this is where the window starts).
-  unsigned char* smem =
-      raw_smem + ((kWgmmaAtomBytes - (SmemAddress(raw_smem) & (kWgmmaAtomBytes - 1))) &
-                  (kWgmmaAtomBytes - 1));
+  // The warpgroup MMA's stages start at the first 1024-byte boundary (the
+  // swizzle's atom).
+  unsigned char* smem = raw_smem;
+  if constexpr (kWarpgroup) {
+    smem += (kWgmmaAtomBytes - (SmemAddress(raw_smem) & (kWgmmaAtomBytes - 1))) &
+            (kWgmmaAtomBytes - 1);
+  }
   BlockTask task;
   if (!MakeTask(args, plan, &task)) return;
   const int lane = threadIdx.x & 31;
@@ -402,12 +413,13 @@ LaunchResult LaunchPass(const WindowScoresArgs& args, const WindowScoresPlan& pl
                         GpuStream stream) {
   using S = Shape<T, kHeadDim>;
   auto* kernel = WindowPassKernel<T, kHeadDim, kScores, kWarpgroup>;
+  constexpr int kSmemBytes = kWarpgroup ? S::kSmemBytesWarpgroup : S::kSmemBytes;
   LaunchResult result = CudaErrorResult(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   if (!result.ok()) return result;
   const int64_t blocks =
       static_cast<int64_t>(plan.num_streams) * plan.num_splits * plan.row_groups;
-  kernel<<<static_cast<unsigned>(blocks), S::kThreads, S::kSmemBytes, stream>>>(args, plan);
+  kernel<<<static_cast<unsigned>(blocks), S::kThreads, kSmemBytes, stream>>>(args, plan);
   return CheckLaunch();
 }
 

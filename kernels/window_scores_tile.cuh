@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: kernels/window_scores_tile.cuh
 //
-// What a block of WindowScores' passes 1 and 3 (window_scores.cu) does with a
+// What a block of WindowScores' passes 1 and 3 (window_scores_pass.cuh) does with a
 // tile of keys before the passes part ways: the block's shape and task, the
 // cp.async copies of the keys (and their positions) into swizzled shared
 // memory (fp8 keys dequantized to the model dtype on the way), the query rows
@@ -34,11 +34,12 @@ struct Shape {
   static constexpr int kMTilesPerWarp = kHeadDim == 256 ? 1 : 2;  // = m64 tiles per warpgroup
   static constexpr int kWarps = kMTiles / kMTilesPerWarp;
   static constexpr int kThreads = kWarps * 32;
-  // Three blocks of 128 threads per SM (168 registers): the warpgroup MMA's
-  // two m64 x 64 accumulators and query fragments need about 160; the warp
-  // MMA path measured ~1% slower at three than at four (128 registers with
-  // spills) on the H100.
-  static constexpr int kMinBlocks = kThreads == 128 ? 3 : 2;
+  // Blocks per SM the registers are bounded for. The warp MMA path measured
+  // ~1% faster at four blocks of 128 threads (128 registers, some spilled)
+  // than at three; the warpgroup MMA's two m64 x 64 accumulators and query
+  // fragments need about 160 registers: three blocks (168).
+  static constexpr int kMinBlocks = kThreads == 128 ? 4 : 2;
+  static constexpr int kMinBlocksWarpgroup = kThreads == 128 ? 3 : 2;
   static constexpr int kRowBytes = kHeadDim * static_cast<int>(sizeof(T));
   static constexpr int kRowChunks = kRowBytes / 16;
   // A stage holds kRowBytes / 128 regions of kTile rows of 128 bytes
@@ -48,10 +49,12 @@ struct Shape {
   static constexpr int kStages = kStageBytes <= 16384 ? 3 : 2;
   static constexpr int kThreadsPerKey = kThreads / kTile;
   // K stages, their positions, then two buffers of the warps' column sums
-  // (pass 3), after up to 1 KiB that aligns the stages.
+  // (pass 3). The warpgroup MMA's descriptors need the stages 1024-byte
+  // aligned: its blocks ask for up to 1 KiB more and start there.
   static constexpr int kPositionsOffset = kStages * kStageBytes;
   static constexpr int kColumnSumsOffset = kPositionsOffset + kStages * kTile * 4;
-  static constexpr int kSmemBytes = kColumnSumsOffset + 2 * kMTiles * kTile * 4 + kWgmmaAtomBytes;
+  static constexpr int kSmemBytes = kColumnSumsOffset + 2 * kMTiles * kTile * 4;
+  static constexpr int kSmemBytesWarpgroup = kSmemBytes + kWgmmaAtomBytes;
   static_assert(kRowChunks % 8 == 0, "a stage is made of whole 128-byte regions");
   static_assert(kThreads % kTile == 0 && kRowChunks % kThreadsPerKey == 0, "whole keys per pass");
   static_assert(kThreadsPerKey == 2 || kThreadsPerKey == 4, "CopyKey pairs 2 or 4 threads a key");
@@ -190,7 +193,7 @@ __device__ __forceinline__ void LdMatrixBases(uint32_t stage_address, int lane,
 // acc[mt][4 * half + nt][c] = q . k in the mma accumulator layout (c = 0, 1
 // row g, c = 2, 3 row g + 8 of m-tile mt; columns nt * 8 + 2t + (c & 1) of
 // the half), by warp MMAs (f16, bf16) or FMAs (f32). The m-tiles not in
-// `active` are left as they are.
+// `active` are left at zero.
 template <typename T, int kHeadDim, int kMT>
 __device__ __forceinline__ void Logits(const Queries<T, kHeadDim, kMT>& q,
                                        const unsigned char* stage,

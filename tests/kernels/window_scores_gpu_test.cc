@@ -83,18 +83,11 @@ std::vector<float> RunRef(WindowScoresCase& c, const Options& options) {
   return scores;
 }
 
-// Whether this build has the warpgroup MMA (an sm_90a build) and the device
-// runs it (compute capability 9.0).
+// Whether WindowScoresBackend::kWarpgroupMma runs here.
 bool WarpgroupMmaHere() {
-#if HEADPAGE_HAVE_WGMMA
-  int device = 0;
-  cudaDeviceProp prop;
-  HEADPAGE_CUDA_OK(cudaGetDevice(&device));
-  HEADPAGE_CUDA_OK(cudaGetDeviceProperties(&prop, device));
-  return prop.major == 9 && prop.minor == 0;
-#else
-  return false;
-#endif
+  const absl::StatusOr<bool> runs = gpu::WindowScoresWarpgroupMmaRuns();
+  REQUIRE_OK(runs.status());
+  return *runs;
 }
 
 // Every backend that computes `dtype`'s logits here: the warp MMA (FMAs for
@@ -243,6 +236,60 @@ TEST_CASE("gpu::WindowScores equals ref:: on a 32K stream", "[kernels][gpu][wind
   }
 }
 
+// The two tensor-core paths against each other: the same products in float
+// accumulators, so the same scores to float rounding (measured: equal).
+TEST_CASE("gpu::WindowScores: the warpgroup MMA agrees with the warp MMA",
+          "[kernels][gpu][window_scores]") {
+  if (!WarpgroupMmaHere()) {
+    WARN("the warpgroup MMA does not run here: nothing to compare");
+    return;
+  }
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      CAPTURE(DTypeName(dtype), head_dim);
+      WindowScoresCase c(PagedCaseSpec{16, head_dim, dtype, {4100, 33, 0, 1000, 7, 2048}},
+                         WindowScoresShape{3, 16, 2, 24}, 41 + head_dim);
+      std::vector<float> scores[2];
+      int i = 0;
+      for (WindowScoresBackend backend :
+           {WindowScoresBackend::kWarpMma, WindowScoresBackend::kWarpgroupMma}) {
+        DeviceCase device(c, Options{policy::Pooling::kMax, policy::GroupReduce::kMax, 5});
+        device.args.backend = backend;
+        REQUIRE_OK(gpu::WindowScores(device.args, nullptr));
+        HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
+        scores[i++] = device.scores.Download<float>();
+      }
+      double worst = 0.0;
+      for (size_t j = 0; j < scores[0].size(); ++j) {
+        INFO("score " << j);
+        REQUIRE(scores[1][j] == Approx(scores[0][j]).epsilon(1e-6).margin(1e-12));
+        if (scores[0][j] > 0) {
+          worst = std::max<double>(worst, std::abs(scores[1][j] - scores[0][j]) / scores[0][j]);
+        }
+      }
+      WARN(DTypeName(dtype) << " d=" << head_dim << ": wgmma against mma.sync, worst relative "
+                            << "difference " << worst);
+    }
+  }
+}
+
+// A build with 90 among its architectures runs the warpgroup MMA on compute
+// capability 9.0 (the CMake wiring), and no build runs it elsewhere.
+TEST_CASE("gpu::WindowScoresWarpgroupMmaRuns says where the warpgroup MMA runs",
+          "[kernels][gpu][window_scores]") {
+  cudaDeviceProp prop;
+  int device = 0;
+  HEADPAGE_CUDA_OK(cudaGetDevice(&device));
+  HEADPAGE_CUDA_OK(cudaGetDeviceProperties(&prop, device));
+#if HEADPAGE_HAVE_WGMMA
+  const bool built = true;
+#else
+  const bool built = false;
+#endif
+  CAPTURE(prop.major, prop.minor, built);
+  REQUIRE(WarpgroupMmaHere() == (built && prop.major == 9 && prop.minor == 0));
+}
+
 // fp8 pages: the keys are dequantized and rounded to the model dtype on
 // their way into shared memory, as ref:: reads them.
 TEST_CASE("gpu::WindowScores equals ref:: on fp8 pages", "[kernels][gpu][window_scores][fp8]") {
@@ -318,6 +365,17 @@ TEST_CASE("gpu::WindowScores: bad arguments and a short workspace are errors",
   if (!WarpgroupMmaHere()) {
     REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kFailedPrecondition,
                   "sm_90a");
+    args.max_len = 0;  // refused even with nothing to do
+    REQUIRE_ERROR(gpu::WindowScores(args, nullptr), absl::StatusCode::kFailedPrecondition,
+                  "sm_90a");
+  }
+  {
+    WindowScoresCase f32(PagedCaseSpec{16, 64, DType::kF32, {40, 3}},
+                         WindowScoresShape{1, 4, 2, 8}, 6);
+    DeviceCase f32_device(f32, Options{});
+    f32_device.args.backend = WindowScoresBackend::kWarpgroupMma;
+    REQUIRE_ERROR(gpu::WindowScores(f32_device.args, nullptr),
+                  absl::StatusCode::kInvalidArgument, "not f32");
   }
   // Nothing to do: no workspace needed, nothing launched, nothing written.
   args = device.args;
