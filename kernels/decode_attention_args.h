@@ -112,8 +112,9 @@ int32_t DecodeAttentionBalancedBlocks(const PagedKV& cache, int32_t num_sms);
 // blocks to fill `num_sms` multiprocessors a few times over, in whole waves of
 // `resident_blocks` blocks per multiprocessor (DecodeAttentionResidentBlocks
 // of the cache; 2, the default, is the 16-bit pass's), so that a few long
-// streams do not leave the GPU idle, but no split shorter than a few hundred
-// tokens, where the merge and each block's start would cost more than they save.
+// streams do not leave the GPU idle; fewer waves where splits would fall under
+// 512 tokens (the merge and each block's start would cost more than they
+// save), and where even one wave would, one wave of splits of at least 256.
 int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms,
                               int32_t resident_blocks = 2);
 

@@ -392,7 +392,13 @@ TEST_CASE("DecodeAttention: the split heuristic and the workspace size", "[kerne
   REQUIRE(DecodeAttentionSplits(32768, 64, 132, 4) == 4 * 132 / 64);
   REQUIRE(DecodeAttentionSplits(32768, 64, 132, 1) == 6 * 132 / 64);
   REQUIRE(DecodeAttentionSplits(8192, 128, 132) == 6);  // a serving graph's 16 rows
-  REQUIRE(DecodeAttentionSplits(32768, 8, 132) == 64);   // no split under 512 tokens
+  // Fewer waves rather than splits under 512 tokens: 1x32K takes one wave.
+  REQUIRE(DecodeAttentionSplits(32768, 8, 132) == 2 * 132 / 8);
+  REQUIRE(DecodeAttentionSplits(131072, 8, 132) == 6 * 132 / 8);
+  // Where one wave would cut under 512 tokens, it is filled down to 256.
+  REQUIRE(DecodeAttentionSplits(8192, 8, 132) == 32);
+  REQUIRE(DecodeAttentionSplits(4096, 8, 132) == 16);
+  REQUIRE(DecodeAttentionSplits(32768, 8, 132, 4) == 4 * 132 / 8);  // fp8: one wave
 }
 
 TEST_CASE("DecodeAttention: ref on fp8 pages equals dense attention over the dequantized pages",

@@ -148,7 +148,7 @@ def test_the_split_count_fills_whole_waves_of_the_arenas_blocks(small):
     assert hp.decode_attention_splits(32768, 64, 132, 2) == 12
     assert hp.decode_attention_splits(32768, 64, 132, 4) == 8
     assert hp.decode_attention_splits(32768, 64, 132) == 12  # the 16-bit pass's two
-    assert hp.decode_attention_splits(2048, 8, 132) == 4      # no split under 512 tokens
+    assert hp.decode_attention_splits(2048, 8, 132) == 8      # one wave, none under 256 tokens
 
 
 def test_fork_copy_on_write(small):
