@@ -337,7 +337,9 @@ void DefKernels(nb::module_& m) {
         nb::arg("num_streams"), nb::arg("num_sms"), nb::arg("resident_blocks") = 2,
         "decode_attention's num_splits for streams of at most max_len tokens: about six "
         "blocks per multiprocessor in whole waves of resident_blocks "
-        "(decode_attention_resident_blocks of the arena; 2: the 16-bit pass's).");
+        "(decode_attention_resident_blocks of the arena; 2: the 16-bit pass's), fewer "
+        "waves where splits would fall under 512 tokens, and one wave of splits of at "
+        "least 256 where even one would.");
   m.attr("decode_max_splits") = kDecodeMaxSplits;
 }
 
