@@ -18,16 +18,7 @@ namespace headpage {
 using GpuStream = CUstream_st*;  // a cudaStream_t; nullptr is the legacy default stream
 
 struct LaunchResult {
-  // kUnsupportedDevice (last, so that the older kinds keep their values): the
-  // kernel the arguments ask for is not built for, or cannot run on, the
-  // current device.
-  enum class Kind : uint8_t {
-    kOk,
-    kUnsupportedDType,
-    kUnsupportedHeadDim,
-    kCudaError,
-    kUnsupportedDevice
-  };
+  enum class Kind : uint8_t { kOk, kUnsupportedDType, kUnsupportedHeadDim, kCudaError };
   Kind kind = Kind::kOk;
   int cuda_error = 0;                  // the cudaError_t, for kCudaError
   const char* cuda_message = nullptr;  // cudaGetErrorString's static text, for kCudaError

@@ -20,9 +20,6 @@ absl::Status LaunchStatus(const LaunchResult& result, const char* op, DType dtyp
       return absl::InternalError(absl::StrCat(op, ": CUDA error ", result.cuda_error, " (",
                                               result.cuda_message ? result.cuda_message : "?",
                                               ")"));
-    case LaunchResult::Kind::kUnsupportedDevice:
-      return absl::FailedPreconditionError(absl::StrCat(
-          op, ": the kernel the arguments ask for is not built for this GPU or cannot run on it"));
   }
   return absl::InternalError(absl::StrCat(op, ": unknown launch result"));
 }

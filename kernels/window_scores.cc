@@ -204,12 +204,17 @@ namespace gpu {
 
 absl::Status WindowScores(const WindowScoresArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
+  // The one place that decides the backend: the launcher runs the warpgroup
+  // MMA exactly when it gets kWarpgroupMma.
+  WindowScoresArgs resolved = args;
+  const bool sixteen_bit = args.cache.dtype == DType::kF16 || args.cache.dtype == DType::kBF16;
   switch (args.backend) {
     case WindowScoresBackend::kAuto:
     case WindowScoresBackend::kWarpMma:
+      resolved.backend = WindowScoresBackend::kWarpMma;
       break;
     case WindowScoresBackend::kWarpgroupMma: {
-      if (args.cache.dtype == DType::kF32) {
+      if (!sixteen_bit) {
         return absl::InvalidArgumentError(
             "WindowScores: the warpgroup MMA backend takes f16 or bf16 keys, not f32");
       }
@@ -228,7 +233,11 @@ absl::Status WindowScores(const WindowScoresArgs& args, GpuStream stream) {
   HEADPAGE_RETURN_IF_ERROR(ValidateGpuHeadDim(args.cache, "WindowScores"));
   HEADPAGE_RETURN_IF_ERROR(ValidateWindowScoresWorkspace(args));
   if (args.num_seqs == 0 || args.max_len == 0) return absl::OkStatus();
-  return LaunchStatus(internal::LaunchWindowScores(args, stream), "WindowScores",
+  if (args.backend == WindowScoresBackend::kAuto && sixteen_bit) {
+    HEADPAGE_ASSIGN_OR_RETURN(const bool runs, WindowScoresWarpgroupMmaRuns());
+    if (runs) resolved.backend = WindowScoresBackend::kWarpgroupMma;
+  }
+  return LaunchStatus(internal::LaunchWindowScores(resolved, stream), "WindowScores",
                       args.cache.dtype, args.cache.head_dim);
 }
 

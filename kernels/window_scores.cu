@@ -36,7 +36,8 @@
 // fixed-latency dependencies); the warpgroup MMA issues a tile's 16 products
 // as one asynchronous group instead of 128 dependent warp instructions.
 //
-// This file: the choice of MMA and the warp MMA's and FMAs' instances;
+// This file: whether the warpgroup MMA runs here, and the warp MMA's and FMAs'
+// instances (gpu::WindowScores chooses);
 // window_scores_pass.cuh: passes 1 and 3; window_scores_tile.cuh: what they do
 // with a tile of keys (copies, queries, logits); window_scores_wgmma.cu: the
 // warpgroup MMA's instances; window_scores_pool.cu: passes 2 and 4;
@@ -73,17 +74,8 @@ LaunchResult WarpgroupMmaRuns(bool* runs) {
 LaunchResult LaunchWindowScores(const WindowScoresArgs& args, GpuStream stream) {
   const WindowScoresPlan plan = PlanWindowScores(args);
   if (plan.num_splits == 0) return LaunchResult{};
-  const bool sixteen_bit = args.cache.dtype == DType::kF16 || args.cache.dtype == DType::kBF16;
-  if (sixteen_bit && args.backend != WindowScoresBackend::kWarpMma) {
-    bool runs = false;
-    const LaunchResult result = WarpgroupMmaRuns(&runs);
-    if (!result.ok()) return result;
-    if (runs) return window::LaunchWarpgroupPasses(args, plan, stream);
-    if (args.backend == WindowScoresBackend::kWarpgroupMma) {
-      LaunchResult unsupported;
-      unsupported.kind = LaunchResult::Kind::kUnsupportedDevice;
-      return unsupported;
-    }
+  if (args.backend == WindowScoresBackend::kWarpgroupMma) {
+    return window::LaunchWarpgroupPasses(args, plan, stream);
   }
   return DispatchDTypeAndHeadDim(args.cache.dtype, args.cache.head_dim, [&](auto dtype_tag,
                                                                            auto head_dim_tag) {

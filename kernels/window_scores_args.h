@@ -155,7 +155,9 @@ inline size_t WindowScoresWorkspaceBytes(const WindowScoresArgs& args) {
 }
 
 namespace gpu::internal {
-// window_scores.cu; gpu::WindowScores (window_scores.h) validates, then calls it.
+// window_scores.cu; gpu::WindowScores (window_scores.h) validates, resolves
+// args.backend to kWarpMma or (f16/bf16 keys where WarpgroupMmaRuns) to
+// kWarpgroupMma, then calls it.
 LaunchResult LaunchWindowScores(const WindowScoresArgs& args, GpuStream stream);
 // window_scores.cu: *runs = whether the warpgroup MMA's instances are built and
 // the current device (compute capability 9.0) runs them; kCudaError when the
