@@ -14,20 +14,24 @@
 // f16 and bf16 (MmaKernel, this file): each warp owns 16-token chunks of the
 // range (warp w takes chunks w, w + 4, ...) and pipelines them through its own
 // shared memory with cp.async, kStages deep, zero-filled past the range. The
-// math runs on the tensor cores, FlashAttention-2's way round with the query
-// heads as the rows: S[8 heads][16 tokens] = Q K^T, then O[8 heads][head_dim]
-// += P V, by mma.m16n8k16 whose upper 8 rows stay zero; ldmatrix reads K and
-// (transposed) V from rows swizzled against bank conflicts. The softmax is
-// online, in the exp2 domain, and rescales only when a chunk raises the running
-// maximum by more than 2^8, so most chunks skip the rescale. P enters the
-// second product in the cache dtype; for f16 as a hi + lo pair, which keeps f16
-// within 1e-3.
+// math runs on the tensor cores with the chunk's 16 tokens as the rows of the
+// m16n8k16 tiles and the GQA group's query heads as their 8 columns:
+// S^T[16 tokens][8 heads] = K Q^T, then O^T[head_dim][8 heads] += V^T P^T.
+// ldmatrix gives K as the A operand and (transposed) V^T, from rows swizzled
+// against bank conflicts; movmatrix turns the weights' accumulator layout into
+// the B operand. A chunk costs head_dim / 16 tiles per product, and O^T fills
+// every accumulator register: the first version, with the heads as the rows
+// (FlashAttention-2's way round), left 8 of each tile's 16 rows zero, and took
+// twice the tiles and 171 registers where this one takes 128 (bf16, head_dim
+// 128; f16 at 256 spilled, now 203 without spills). The softmax is online, in the exp2 domain, and
+// rescales only when a chunk raises a head's running maximum by more than 2^8,
+// so most chunks skip the rescale. P enters the second product in the cache
+// dtype; for f16 as a hi + lo pair, which keeps f16 within 1e-3.
 //
 // f32 (SimtKernel, decode_attention_simt.cu): CUDA cores, one block-wide
 // cp.async pipeline of tiles. fp8 pages (Fp8Kernel, decode_attention_fp8.cu):
-// the same grid and pipeline over fp8 bytes, the math turned around (tokens as
-// the tiles' rows) and dequantized in registers. What they share is in
-// decode_attention_internal.cuh.
+// the same grid, pipeline and tiles over fp8 bytes, dequantized in registers.
+// What they share is in decode_attention_internal.cuh.
 #include <cfloat>
 #include <type_traits>
 
@@ -49,8 +53,7 @@ struct MmaTraits {
   static constexpr int kTileTokens = kWarps * kChunk;       // tokens per block step
   static constexpr int kVecElems = ElementsPerVector<T>();  // 8
   static constexpr int kRowVecs = kHeadDim / kVecElems;     // 16-byte vectors per row, >= 8
-  static constexpr int kKSteps = kHeadDim / 16;             // mma k-steps of Q K^T
-  static constexpr int kDimBlocks = kHeadDim / 8;           // mma n-blocks of P V
+  static constexpr int kKSteps = kHeadDim / 16;             // of K Q^T; V^T P^T's m-tiles
   static constexpr int kChunkElems = kChunk * kHeadDim;     // of K, and of V
   static constexpr int kStageBytes = 2 * kChunkElems * static_cast<int>(sizeof(T));
   // About 24 KiB of shared memory per warp: two or more chunks in flight.
@@ -69,14 +72,6 @@ __device__ __forceinline__ int Swizzled(int row, int vec) {
   return (row * kRowVecs + SwizzleChunk(row, vec)) * 8;
 }
 
-// c += a b for one m16n8k16 tile whose A rows 8..15 are zero: the group's
-// heads are rows 0..7 (a0: k 0..7, a2: k 8..15).
-template <typename T>
-__device__ __forceinline__ void MmaHeadRows(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0,
-                                            uint32_t b1) {
-  MmaM16N8K16<T>(c, a0, 0u, a2, 0u, b0, b1);
-}
-
 // Two floats rounded to T, packed low element first; `rest` gets what the
 // rounding lost (x - T(x)) for a second, low-order product.
 template <typename T>
@@ -90,8 +85,8 @@ __device__ __forceinline__ uint32_t Pack(float lo, float hi, float* rest_lo, flo
   return static_cast<uint32_t>(bits_a) | (static_cast<uint32_t>(bits_b) << 16);
 }
 
-// Stage: Q as the A operand (rows = heads of the group, zero past it): per
-// k-step, elements 2*pair.. and 8 + 2*pair.. of head `quad`.
+// Stage: Q^T as the B operand of S^T = K Q^T (column = head of the group,
+// zero past it): per k-step, elements 2*pair.. and 8 + 2*pair.. of head `quad`.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void LoadQueryFragments(const DecodeAttentionKernelArgs& args,
                                                    const BlockWork& work, int quad, int pair,
@@ -109,8 +104,11 @@ __device__ __forceinline__ void LoadQueryFragments(const DecodeAttentionKernelAr
 }
 
 // Stage: a warp's cp.async copies of K and V chunks into its own stages
-// (ChunkCursor says where they are). Lane copies column `col` of rows
-// row0 + k * kCopyRowStride.
+// (ChunkCursor says where they are), zero-filled past the range or for an id
+// outside the cache. Lane copies column `col` of rows row0 + k *
+// kCopyRowStride. Where 16 divides the page size a chunk lies in one page,
+// whose address is computed once (as in the fp8 pass) rather than a 64-bit
+// product per row.
 template <typename T, int kHeadDim>
 struct WarpChunkCopies {
   using Tr = MmaTraits<T, kHeadDim>;
@@ -123,159 +121,121 @@ struct WarpChunkCopies {
 
   __device__ WarpChunkCopies(const DecodeAttentionKernelArgs& args, const BlockWork& work,
                              T* warp_stages, int warp, int lane)
-      : cache(args.cache), stages(warp_stages), data(static_cast<const T*>(cache.data)),
-        cursor(args, work, warp), col(lane % Tr::kRowVecs), row0(lane / Tr::kRowVecs) {}
+      : cache(args.cache),
+        stages(warp_stages),
+        data(static_cast<const T*>(cache.data)),
+        cursor(args, work, warp),
+        col(lane % Tr::kRowVecs),
+        row0(lane / Tr::kRowVecs) {}
 
   __device__ __forceinline__ void Issue(int stage) const {
     T* k_chunk = stages + stage * 2 * Tr::kChunkElems;
-#pragma unroll
-    for (int k = 0; k < Tr::kCopies; ++k) {
-      const int row = row0 + k * Tr::kCopyRowStride;
-      int row_page, row_offset;
-      const bool fill = cursor.RowPlace(row, &row_page, &row_offset);
-      const int64_t key = fill ? row_page * cache.page_elements() +
-                                     static_cast<int64_t>(row_offset) * kHeadDim +
-                                     col * Tr::kVecElems
-                               : 0;
-      const int at = Swizzled<Tr::kRowVecs>(row, col);
-      CpAsync16(SmemAddress(k_chunk + at), data + key, fill);
-      CpAsync16(SmemAddress(k_chunk + Tr::kChunkElems + at),
-                data + key + static_cast<int64_t>(cache.page_size) * kHeadDim, fill);
-    }
+    const int64_t v_offset = static_cast<int64_t>(cache.page_size) * kHeadDim;
+    ForEachChunkRow<kHeadDim, Tr::kCopies, Tr::kCopyRowStride>(
+        cursor, cache, row0, col * Tr::kVecElems, [&](int row, int64_t key, bool fill) {
+          const int at = Swizzled<Tr::kRowVecs>(row, col);
+          CpAsync16(SmemAddress(k_chunk + at), data + key, fill);
+          CpAsync16(SmemAddress(k_chunk + Tr::kChunkElems + at), data + key + v_offset, fill);
+        });
   }
 
   __device__ __forceinline__ void Advance() { cursor.Advance(); }
 };
 
-// The online softmax of head `quad`: m (shared by the quad's 4 lanes) and this
-// lane's part of the sum d; o's fragments c0, c1 hold dims 8n + 2 pair.
-template <int kDimBlocks>
+// The online softmax of the two heads a lane's columns hold (2 pair, + 1):
+// their running maxima (shared by the 8 lanes of the same pair), this lane's
+// part of their sums, and its accumulators of O^T: o[b][h] is dim 16b + quad
+// and o[b][2 + h] dim 16b + quad + 8 of head 2 pair + h.
+template <int kHeadDim>
 struct WarpSoftmax {
-  float m = kNoScore;
-  float d = 0.0f;
-  float o[kDimBlocks][4];
+  float m[2] = {kNoScore, kNoScore};
+  float d[2] = {0.0f, 0.0f};
+  float o[kHeadDim / 16][4];
 
   __device__ WarpSoftmax() {
 #pragma unroll
-    for (int n = 0; n < kDimBlocks; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int b = 0; b < kHeadDim / 16; ++b) o[b][0] = o[b][1] = o[b][2] = o[b][3] = 0.0f;
   }
 };
 
-// Stage: S = Q K^T for the chunk's tokens 8j.. (s[j], head `quad`, tokens
-// 8j + 2 pair + c in c0, c1); one ldmatrix.x4 serves two k-steps.
+// Stage: S^T = K Q^T for the chunk (s[c]: token quad + 8 (c / 2), head
+// 2 pair + c % 2). One ldmatrix.x4 gives K's A operand of a k-step: lanes
+// 0-15 address rows 0-15 at the step's first 8 dims, lanes 16-31 at its last
+// 8. Two accumulators (even and odd k-steps), so that the products form two
+// dependent chains of head_dim / 32 tiles instead of one of head_dim / 16.
 template <typename T, int kHeadDim>
-__device__ __forceinline__ void ScoreChunk(const uint32_t (&qa)[kHeadDim / 16][2],
-                                           const T* k_chunk, int lane, float (&s)[2][4]) {
+__device__ __forceinline__ void ScoreChunk(const uint32_t (&qb)[kHeadDim / 16][2], const T* k_chunk,
+                                           int lane, float (&s)[4]) {
   using Tr = MmaTraits<T, kHeadDim>;
+  float acc[2][4] = {};
+  const int row = (lane & 7) + (lane & 8);
 #pragma unroll
-  for (int j = 0; j < 2; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-  for (int kp = 0; kp < Tr::kKSteps / 2; ++kp) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      uint32_t kb[4];
-      const int row = 8 * j + (lane & 7);
-      LdMatrixX4(SmemAddress(k_chunk + Swizzled<Tr::kRowVecs>(row, 4 * kp + (lane >> 3))), kb[0],
-                 kb[1], kb[2], kb[3]);
-      MmaHeadRows<T>(s[j], qa[2 * kp][0], qa[2 * kp][1], kb[0], kb[1]);
-      MmaHeadRows<T>(s[j], qa[2 * kp + 1][0], qa[2 * kp + 1][1], kb[2], kb[3]);
-    }
+  for (int ks = 0; ks < Tr::kKSteps; ++ks) {
+    uint32_t a[4];
+    LdMatrixX4(SmemAddress(k_chunk + Swizzled<Tr::kRowVecs>(row, 2 * ks + (lane >> 4))), a[0], a[1],
+               a[2], a[3]);
+    MmaM16N8K16<T>(acc[ks & 1], a[0], a[1], a[2], a[3], qb[ks][0], qb[ks][1]);
   }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) s[c] = acc[0][c] + acc[1][c];
 }
 
 // Stage: the chunk's scores into the exp2 domain (tokens at or past `end`
-// masked), the running maximum raised when the chunk exceeds it by more than
-// kRescaleSlack (d and o rescaled), and s turned into the weights exp2(s - m).
-template <int kDimBlocks>
-__device__ __forceinline__ void OnlineSoftmaxUpdate(int chunk_token, int end, int pair,
-                                                    float score_scale, float (&s)[2][4],
-                                                    WarpSoftmax<kDimBlocks>& state) {
-  float chunk_max = -INFINITY;
+// masked), each head's running maximum raised when the chunk exceeds it by
+// more than kRescaleSlack (its d and o rescaled), s turned into the weights.
+template <int kHeadDim>
+__device__ __forceinline__ void OnlineSoftmaxUpdate(int chunk_token, int end, int quad,
+                                                    float score_scale, float (&s)[4],
+                                                    WarpSoftmax<kHeadDim>& state) {
+  const bool top_valid = chunk_token + quad < end;
+  const bool bottom_valid = chunk_token + quad + 8 < end;
+  float chunk_max[2];
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const bool valid = chunk_token + 8 * j + 2 * pair + c < end;
-      s[j][c] = valid ? s[j][c] * score_scale : -INFINITY;
-      chunk_max = fmaxf(chunk_max, s[j][c]);
-    }
+  for (int h = 0; h < 2; ++h) {
+    s[h] = top_valid ? s[h] * score_scale : -INFINITY;
+    s[2 + h] = bottom_valid ? s[2 + h] * score_scale : -INFINITY;
+    chunk_max[h] = HeadColumnMax(fmaxf(s[h], s[2 + h]));
   }
-  chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 1));
-  chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullMask, chunk_max, 2));
-  if (__any_sync(kFullMask, chunk_max > state.m + kRescaleSlack)) {
-    const float m_new = fmaxf(state.m, chunk_max);
-    const float rescale = FastExp2(state.m - m_new);
-    state.m = m_new;
-    state.d *= rescale;
-#pragma unroll
-    for (int n = 0; n < kDimBlocks; ++n) {
-      state.o[n][0] *= rescale;
-      state.o[n][1] *= rescale;
-    }
+  if (__any_sync(kFullMask, chunk_max[0] > state.m[0] + kRescaleSlack ||
+                                chunk_max[1] > state.m[1] + kRescaleSlack)) {
+    RaiseHeadMaxima(chunk_max, 1.0f, state.m, state.d, state.o);
   }
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      s[j][c] = FastExp2(s[j][c] - state.m);  // now the weight
-      state.d += s[j][c];
-    }
+  for (int c = 0; c < 4; ++c) {
+    s[c] = FastExp2(s[c] - state.m[c % 2]);  // now the weight
+    state.d[c % 2] += s[c];
   }
 }
 
-// Stage: O += P V. P, the weights in the cache dtype, is the A operand (head
-// quad, tokens 2 pair.. and 8 + 2 pair..); for f16, which keeps 11 bits of a
-// weight, a second product adds the next 11. One transposed ldmatrix.x4 gives
-// V for two dim blocks.
+// Stage: O^T += V^T P^T. P, packed in the accumulator layout (row = token),
+// becomes the B operand by movmatrix.trans (rows = tokens 2 pair, + 1 and
+// + 8, column = head quad); for f16, a second product adds what the first
+// weights' rounding lost. One transposed ldmatrix.x4 gives V^T's A operand of
+// one 16-dim tile: lanes 0-7 and 8-15 address tokens 0-7 at the tile's first
+// and last 8 dims, lanes 16-31 tokens 8-15.
 template <typename T, int kHeadDim>
-__device__ __forceinline__ void AccumulateValues(const float (&s)[2][4], const T* v_chunk,
-                                                 int lane, float (&o)[kHeadDim / 8][4]) {
+__device__ __forceinline__ void AccumulateValues(const float (&s)[4], const T* v_chunk, int lane,
+                                                 float (&o)[kHeadDim / 16][4]) {
   using Tr = MmaTraits<T, kHeadDim>;
   constexpr bool kSplitWeights = std::is_same<T, __half>::value;
-  float rest[2][2];
-  const uint32_t p0 = Pack<T>(s[0][0], s[0][1], &rest[0][0], &rest[0][1]);
-  const uint32_t p2 = Pack<T>(s[1][0], s[1][1], &rest[1][0], &rest[1][1]);
-  uint32_t r0 = 0, r2 = 0;
+  float rest[4];
+  const uint32_t b0 = MovMatrixTrans(Pack<T>(s[0], s[1], &rest[0], &rest[1]));
+  const uint32_t b1 = MovMatrixTrans(Pack<T>(s[2], s[3], &rest[2], &rest[3]));
+  uint32_t r0 = 0, r1 = 0;
   if (kSplitWeights) {
     float unused[2];
-    r0 = Pack<T>(rest[0][0], rest[0][1], &unused[0], &unused[1]);
-    r2 = Pack<T>(rest[1][0], rest[1][1], &unused[0], &unused[1]);
+    r0 = MovMatrixTrans(Pack<T>(rest[0], rest[1], &unused[0], &unused[1]));
+    r1 = MovMatrixTrans(Pack<T>(rest[2], rest[3], &unused[0], &unused[1]));
   }
+  const int row = (lane & 7) + ((lane >> 4) << 3);
+  const int half = (lane >> 3) & 1;
 #pragma unroll
-  for (int i = 0; i < Tr::kDimBlocks / 2; ++i) {
-    uint32_t vb[4];
-    LdMatrixX4Trans(
-        SmemAddress(v_chunk + Swizzled<Tr::kRowVecs>((lane & 7) + (lane & 8), 2 * i + (lane >> 4))),
-        vb[0], vb[1], vb[2], vb[3]);
-    MmaHeadRows<T>(o[2 * i], p0, p2, vb[0], vb[1]);
-    MmaHeadRows<T>(o[2 * i + 1], p0, p2, vb[2], vb[3]);
-    if (kSplitWeights) {
-      MmaHeadRows<T>(o[2 * i], r0, r2, vb[0], vb[1]);
-      MmaHeadRows<T>(o[2 * i + 1], r0, r2, vb[2], vb[3]);
-    }
-  }
-}
-
-// Stage: the warp's state into the reduction's shared memory (after the
-// barrier that ends the pipeline): d summed over the quad, then per head of
-// the group its row of o, m and d.
-template <int kHeadDim>
-__device__ __forceinline__ void StoreWarpState(const Reduction<kHeadDim>& reduce,
-                                               WarpSoftmax<kHeadDim / 8>& state, int warp,
-                                               int quad, int pair, int group) {
-  state.d += __shfl_xor_sync(kFullMask, state.d, 1);
-  state.d += __shfl_xor_sync(kFullMask, state.d, 2);
-  if (quad < group) {
-    float* acc = reduce.acc + (warp * kG + quad) * kHeadDim;
-#pragma unroll
-    for (int n = 0; n < kHeadDim / 8; ++n) {
-      acc[8 * n + 2 * pair] = state.o[n][0];
-      acc[8 * n + 2 * pair + 1] = state.o[n][1];
-    }
-    if (pair == 0) {
-      reduce.m[warp * kG + quad] = state.m;
-      reduce.d[warp * kG + quad] = state.d;
-    }
+  for (int b = 0; b < Tr::kKSteps; ++b) {
+    uint32_t a[4];
+    LdMatrixX4Trans(SmemAddress(v_chunk + Swizzled<Tr::kRowVecs>(row, 2 * b + half)), a[0], a[1],
+                    a[2], a[3]);
+    MmaM16N8K16<T>(o[b], a[0], a[1], a[2], a[3], b0, b1);
+    if (kSplitWeights) MmaM16N8K16<T>(o[b], a[0], a[1], a[2], a[3], r0, r1);
   }
 }
 
@@ -290,18 +250,17 @@ __global__ void __launch_bounds__(kThreads, 2)
   ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    const int quad = lane >> 2;  // mma fragment row: the query head
-    const int pair = lane & 3;   // mma fragment column pair
+    const int quad = lane >> 2;
+    const int pair = lane & 3;
 
-    uint32_t qa[Tr::kKSteps][2];
-    LoadQueryFragments<T, kHeadDim>(args, work, quad, pair, qa);
+    uint32_t qb[Tr::kKSteps][2];
+    LoadQueryFragments<T, kHeadDim>(args, work, quad, pair, qb);
     const float score_scale = args.sm_scale * kLog2E;
 
     T* stages = reinterpret_cast<T*>(smem) + warp * Tr::kStages * 2 * Tr::kChunkElems;
     WarpChunkCopies<T, kHeadDim> copies(args, work, stages, warp, lane);
-    WarpSoftmax<Tr::kDimBlocks> state;
+    WarpSoftmax<kHeadDim> state;
 
-    // The warp's own pipeline, synchronized by the warp alone.
     const int num_chunks = (work.end - work.begin + Tr::kChunk - 1) / Tr::kChunk;
     const int my_chunks = num_chunks > warp ? (num_chunks - warp + kWarps - 1) / kWarps : 0;
     RunPipeline<Tr::kStages>(
@@ -309,16 +268,23 @@ __global__ void __launch_bounds__(kThreads, 2)
         [] { __syncwarp(); },
         [&](int stage, int i) {
           const T* k_chunk = stages + stage * 2 * Tr::kChunkElems;
-          float s[2][4];
-          ScoreChunk<T, kHeadDim>(qa, k_chunk, lane, s);
-          OnlineSoftmaxUpdate(work.begin + Tr::kChunk * (warp + kWarps * i), work.end, pair,
-                              score_scale, s, state);
+          float s[4];
+          ScoreChunk<T, kHeadDim>(qb, k_chunk, lane, s);
+          OnlineSoftmaxUpdate<kHeadDim>(work.begin + Tr::kChunk * (warp + kWarps * i), work.end,
+                                        quad, score_scale, s, state);
           AccumulateValues<T, kHeadDim>(s, k_chunk + Tr::kChunkElems, lane, state.o);
         });
     __syncthreads();  // every warp's stages become the reduction's memory
 
     const Reduction<kHeadDim> reduce(smem);
-    StoreWarpState(reduce, state, warp, quad, pair, work.group);
+    StoreHeadColumns(reduce, state.m, state.d, warp, quad, pair, work.group,
+                     [&](int h, float* row) {
+#pragma unroll
+                       for (int b = 0; b < kHeadDim / 16; ++b) {
+                         row[16 * b + quad] = state.o[b][h];
+                         row[16 * b + quad + 8] = state.o[b][2 + h];
+                       }
+                     });
     __syncthreads();
     StoreCombined<T, kHeadDim, kBalanced>(args, reduce, work, partial_out, partial_lse);
   });

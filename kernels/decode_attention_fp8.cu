@@ -179,44 +179,12 @@ struct Fp8ChunkCopies {
   __device__ __forceinline__ void Issue(int stage) const {
     unsigned char* k_chunk = stages + stage * Tr::kStageBytes;
     const int64_t v_offset = static_cast<int64_t>(cache.page_size) * kHeadDim;
-    if (cursor.whole_chunks) {
-      // One page for the chunk: its address once, rows at fixed strides (the
-      // 64-bit products per row were most of this function's instructions).
-      const bool page_ok = cursor.page >= 0 && cursor.page < cache.num_pages;
-      const unsigned char* chunk_keys =
-          data + (page_ok ? static_cast<int64_t>(cursor.page) * cache.page_elements() +
-                                static_cast<int64_t>(cursor.offset) * kHeadDim
-                          : 0);
-#pragma unroll
-      for (int k = 0; k < Tr::kCopies; ++k) {
-        const int row = row0 + k * Tr::kCopyRowStride;
-        const bool fill = page_ok && cursor.token + row < cursor.end;
-        const unsigned char* key = chunk_keys + (fill ? row * kHeadDim + col * 16 : 0);
-        const int at = 16 * Fp8Vector<Tr::kRowVecs>(row, col);
-        CpAsync16(SmemAddress(k_chunk + at), key, fill);
-        CpAsync16(SmemAddress(k_chunk + Tr::kChunkBytes + at), key + v_offset, fill);
-      }
-      if (lane < Tr::kChunk) {
-        const bool fill = page_ok && cursor.token + lane < cursor.end;
-        const int64_t slot =
-            fill ? static_cast<int64_t>(cursor.page) * cache.page_size + cursor.offset + lane : 0;
-        CpAsync8(SmemAddress(k_chunk + 2 * Tr::kChunkBytes + 8 * lane), cache.scales + 2 * slot,
-                 fill);
-      }
-      return;
-    }
-#pragma unroll
-    for (int k = 0; k < Tr::kCopies; ++k) {
-      const int row = row0 + k * Tr::kCopyRowStride;
-      int row_page, row_offset;
-      const bool fill = cursor.RowPlace(row, &row_page, &row_offset);
-      const int64_t key = fill ? static_cast<int64_t>(row_page) * cache.page_elements() +
-                                     row_offset * kHeadDim + col * 16
-                               : 0;
-      const int at = 16 * Fp8Vector<Tr::kRowVecs>(row, col);
-      CpAsync16(SmemAddress(k_chunk + at), data + key, fill);
-      CpAsync16(SmemAddress(k_chunk + Tr::kChunkBytes + at), data + key + v_offset, fill);
-    }
+    ForEachChunkRow<kHeadDim, Tr::kCopies, Tr::kCopyRowStride>(
+        cursor, cache, row0, col * 16, [&](int row, int64_t key, bool fill) {
+          const int at = 16 * Fp8Vector<Tr::kRowVecs>(row, col);
+          CpAsync16(SmemAddress(k_chunk + at), data + key, fill);
+          CpAsync16(SmemAddress(k_chunk + Tr::kChunkBytes + at), data + key + v_offset, fill);
+        });
     if (lane < Tr::kChunk) {
       int row_page, row_offset;
       const bool fill = cursor.RowPlace(lane, &row_page, &row_offset);
@@ -329,18 +297,10 @@ __device__ __forceinline__ void TokenRowSoftmaxUpdate(int chunk_token, int end, 
   for (int h = 0; h < 2; ++h) {
     s[h] = top_valid ? s[h] * score_scale[h] : -INFINITY;
     s[2 + h] = bottom_valid ? s[2 + h] * score_scale[h] : -INFINITY;
-    chunk_max[h] = fmaxf(s[h], s[2 + h]);
-#pragma unroll
-    for (int mask = 4; mask < 32; mask *= 2) {
-      chunk_max[h] = fmaxf(chunk_max[h], __shfl_xor_sync(kFullMask, chunk_max[h], mask));
-    }
+    chunk_max[h] = HeadColumnMax(fmaxf(s[h], s[2 + h]));
   }
   // The chunk's largest V scale (every lane of a quad holds the same two).
-  float v_max = fmaxf(kv_scales[0].y, kv_scales[1].y);
-#pragma unroll
-  for (int mask = 4; mask < 32; mask *= 2) {
-    v_max = fmaxf(v_max, __shfl_xor_sync(kFullMask, v_max, mask));
-  }
+  const float v_max = HeadColumnMax(fmaxf(kv_scales[0].y, kv_scales[1].y));
   const int chunk_v_exp = static_cast<int>((__float_as_uint(v_max) >> 23) & 0xffu) - 127;
   if (__any_sync(kFullMask, chunk_max[0] > state.m[0] + kRescaleSlack ||
                                 chunk_max[1] > state.m[1] + kRescaleSlack) ||
@@ -349,18 +309,7 @@ __device__ __forceinline__ void TokenRowSoftmaxUpdate(int chunk_token, int end, 
     const float v_rescale = chunk_v_exp > state.v_exp ? ldexpf(1.0f, state.v_exp - chunk_v_exp)
                                                       : 1.0f;
     state.v_exp = max(state.v_exp, chunk_v_exp);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float m_new = fmaxf(state.m[h], chunk_max[h]);
-      const float rescale = FastExp2(state.m[h] - m_new);
-      state.m[h] = m_new;
-      state.d[h] *= rescale;
-#pragma unroll
-      for (int b = 0; b < kHeadDim / 16; ++b) {
-        state.o[b][h] *= rescale * v_rescale;
-        state.o[b][2 + h] *= rescale * v_rescale;
-      }
-    }
+    RaiseHeadMaxima(chunk_max, v_rescale, state.m, state.d, state.o);
   }
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
@@ -399,35 +348,6 @@ __device__ __forceinline__ void AccumulateFp8Values(const float (&s)[4],
       Fp8x4ToHalf2x2(first, &a[0], &a[1]);
       Fp8x4ToHalf2x2(second, &a[2], &a[3]);
       MmaM16N8K16<__half>(o[2 * i + h], a[0], a[1], a[2], a[3], b0, b1);
-    }
-  }
-}
-
-// Stage: the warp's state into the reduction's shared memory: per head of the
-// group, its maximum, its sum (over the 8 lanes of a pair) and its outputs.
-template <int kHeadDim>
-__device__ __forceinline__ void StoreFp8WarpState(const Reduction<kHeadDim>& reduce,
-                                                  TokenRowSoftmax<kHeadDim>& state, int warp,
-                                                  int quad, int pair, int group) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int mask = 4; mask < 32; mask *= 2) {
-      state.d[h] += __shfl_xor_sync(kFullMask, state.d[h], mask);
-    }
-    const int head = 2 * pair + h;
-    if (head < group) {
-      float* acc = reduce.acc + (warp * kG + head) * kHeadDim;
-      const float v_unnorm = __uint_as_float(static_cast<uint32_t>(127 + state.v_exp) << 23);
-#pragma unroll
-      for (int b = 0; b < kHeadDim / 16; ++b) {
-        *reinterpret_cast<float2*>(acc + 16 * b + 2 * quad) =
-            make_float2(state.o[b][h] * v_unnorm, state.o[b][2 + h] * v_unnorm);
-      }
-      if (quad == 0) {
-        reduce.m[warp * kG + head] = state.m[h];
-        reduce.d[warp * kG + head] = state.d[h];
-      }
     }
   }
 }
@@ -482,7 +402,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     __syncthreads();  // every warp's stages become the reduction's memory
 
     const Reduction<kHeadDim> reduce(smem);
-    StoreFp8WarpState(reduce, state, warp, quad, pair, work.group);
+    // o holds the outputs times 2^-v_exp (TokenRowSoftmax).
+    const float v_unnorm = __uint_as_float(static_cast<uint32_t>(127 + state.v_exp) << 23);
+    StoreHeadColumns(reduce, state.m, state.d, warp, quad, pair, work.group,
+                     [&](int h, float* row) {
+#pragma unroll
+                       for (int b = 0; b < kHeadDim / 16; ++b) {
+                         *reinterpret_cast<float2*>(row + 16 * b + 2 * quad) = make_float2(
+                             state.o[b][h] * v_unnorm, state.o[b][2 + h] * v_unnorm);
+                       }
+                     });
     __syncthreads();
     StoreCombined<T, kHeadDim, kBalanced>(args, reduce, work, partial_out, partial_lse);
   });

@@ -258,6 +258,42 @@ struct ChunkCursor {
   }
 };
 
+// Calls copy(row, offset, fill) for a lane's rows row0 + k * kRowStride
+// (k < kRows) of the cursor's chunk, for the tensor-core passes' copies: offset
+// is where the row's K elements from `col_offset` on are in the cache's data
+// (its V is page_size * kHeadDim further on); fill is false past the range or
+// for an id outside the cache (the copy zero-fills; offset 0). Where the chunk
+// lies in one page, its address is computed once: a 64-bit product per row
+// was most of the copies' instructions.
+template <int kHeadDim, int kRows, int kRowStride, typename Copy>
+__device__ __forceinline__ void ForEachChunkRow(const ChunkCursor& cursor, const PagedKV& cache,
+                                                int row0, int col_offset, Copy&& copy) {
+  if (cursor.whole_chunks) {
+    const bool page_ok = cursor.page >= 0 && cursor.page < cache.num_pages;
+    const int64_t chunk = page_ok ? static_cast<int64_t>(cursor.page) * cache.page_elements() +
+                                        static_cast<int64_t>(cursor.offset) * kHeadDim
+                                  : 0;
+#pragma unroll
+    for (int k = 0; k < kRows; ++k) {
+      const int row = row0 + k * kRowStride;
+      const bool fill = page_ok && cursor.token + row < cursor.end;
+      copy(row, chunk + (fill ? row * kHeadDim + col_offset : 0), fill);
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kRows; ++k) {
+    const int row = row0 + k * kRowStride;
+    int row_page, row_offset;
+    const bool fill = cursor.RowPlace(row, &row_page, &row_offset);
+    copy(row,
+         fill ? static_cast<int64_t>(row_page) * cache.page_elements() +
+                    static_cast<int64_t>(row_offset) * kHeadDim + col_offset
+              : 0,
+         fill);
+  }
+}
+
 // The cp.async pipeline of both kernels over `steps` steps: kStages - 1 steps
 // ahead, one commit group per step (empty past the end) so that the wait
 // counts stay fixed. sync() makes step i's copies visible to every thread that
@@ -303,6 +339,60 @@ template <int kHeadDim>
 constexpr int PassSmemBytes(int pipeline_bytes) {
   return pipeline_bytes > Reduction<kHeadDim>::kBytes ? pipeline_bytes
                                                       : Reduction<kHeadDim>::kBytes;
+}
+
+// The tensor-core passes keep tokens as the rows of their m16n8k16 tiles and
+// the GQA group's query heads as the 8 columns: a lane's accumulators hold
+// heads 2 pair and 2 pair + 1, which the 8 lanes of the same pair share.
+__device__ __forceinline__ float HeadColumnMax(float x) {
+#pragma unroll
+  for (int mask = 4; mask < 32; mask *= 2) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, mask));
+  return x;
+}
+
+// Raises each head's running maximum m[h] to chunk_max[h] where that is
+// larger, and rescales its sum d[h] and its outputs o[b][h], o[b][2 + h] by
+// exp2(m_old - m_new) times `also` (1 but for the fp8 pass's V-scale change).
+template <int kTiles>
+__device__ __forceinline__ void RaiseHeadMaxima(const float (&chunk_max)[2], float also,
+                                                float (&m)[2], float (&d)[2],
+                                                float (&o)[kTiles][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float m_new = fmaxf(m[h], chunk_max[h]);
+    const float rescale = FastExp2(m[h] - m_new);
+    m[h] = m_new;
+    d[h] *= rescale;
+#pragma unroll
+    for (int b = 0; b < kTiles; ++b) {
+      o[b][h] *= rescale * also;
+      o[b][2 + h] *= rescale * also;
+    }
+  }
+}
+
+// Stage: a warp's state into the reduction's shared memory (after the barrier
+// that ends the pipeline), for the passes above: per head 2 pair + h of the
+// group, its sum d[h] over the pair's 8 lanes, its maximum m[h], and its row
+// of outputs, which store_row(h, row) writes (each lane its own dims).
+template <int kHeadDim, typename StoreRow>
+__device__ __forceinline__ void StoreHeadColumns(const Reduction<kHeadDim>& reduce,
+                                                 const float (&m)[2], float (&d)[2], int warp,
+                                                 int quad, int pair, int group,
+                                                 StoreRow&& store_row) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int mask = 4; mask < 32; mask *= 2) d[h] += __shfl_xor_sync(kFullMask, d[h], mask);
+    const int head = 2 * pair + h;
+    if (head < group) {
+      store_row(h, reduce.acc + (warp * kG + head) * kHeadDim);
+      if (quad == 0) {
+        reduce.m[warp * kG + head] = m[h];
+        reduce.d[warp * kG + head] = d[h];
+      }
+    }
+  }
 }
 
 // The tensor-core passes rescale a running softmax state only when a chunk's
