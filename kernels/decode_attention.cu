@@ -20,13 +20,13 @@
 // ldmatrix gives K as the A operand and (transposed) V^T, from rows swizzled
 // against bank conflicts; movmatrix turns the weights' accumulator layout into
 // the B operand. A chunk costs head_dim / 16 tiles per product, and O^T fills
-// every accumulator register: the first version, with the heads as the rows
-// (FlashAttention-2's way round), left 8 of each tile's 16 rows zero, and took
-// twice the tiles and 171 registers where this one takes 128 (bf16, head_dim
-// 128; f16 at 256 spilled, now 203 without spills). The softmax is online, in the exp2 domain, and
-// rescales only when a chunk raises a head's running maximum by more than 2^8,
-// so most chunks skip the rescale. P enters the second product in the cache
-// dtype; for f16 as a hi + lo pair, which keeps f16 within 1e-3.
+// every accumulator register, where heads as the rows (FlashAttention-2's way
+// round) would leave 8 of each tile's 16 rows empty, doubling the tiles and
+// the accumulators (docs/performance.md measures both). The softmax is
+// online, in the exp2 domain, and rescales only when a chunk raises a head's
+// running maximum by more than 2^8, so most chunks skip the rescale. P enters
+// the second product in the cache dtype; for f16 as a hi + lo pair, which
+// keeps f16 within 1e-3.
 //
 // f32 (SimtKernel, decode_attention_simt.cu): CUDA cores, one block-wide
 // cp.async pipeline of tiles. fp8 pages (Fp8Kernel, decode_attention_fp8.cu):
@@ -62,7 +62,7 @@ struct MmaTraits {
   static constexpr int kCopyRowStride = 32 / kRowVecs;
   static constexpr int kPipelineBytes = kWarps * kStages * kStageBytes;
   static constexpr int kSmemBytes = PassSmemBytes<kHeadDim>(kPipelineBytes);
-  static_assert(sizeof(T) == 2 && kRowVecs >= 8 && kKSteps % 2 == 0, "16-bit rows of >= 64");
+  static_assert(sizeof(T) == 2 && kRowVecs >= 8, "16-bit rows of >= 64");
 };
 
 // Element offset of vector `vec` of row `row` in a chunk: vectors are XOR-
@@ -90,7 +90,7 @@ __device__ __forceinline__ uint32_t Pack(float lo, float hi, float* rest_lo, flo
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void LoadQueryFragments(const DecodeAttentionKernelArgs& args,
                                                    const BlockWork& work, int quad, int pair,
-                                                   uint32_t (&qa)[kHeadDim / 16][2]) {
+                                                   uint32_t (&qb)[kHeadDim / 16][2]) {
   const T* q_row = static_cast<const T*>(args.q) +
                    (static_cast<int64_t>(work.seq) * args.num_q_heads +
                     work.kv_head * work.group + quad) *
@@ -98,17 +98,15 @@ __device__ __forceinline__ void LoadQueryFragments(const DecodeAttentionKernelAr
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     const auto* words = reinterpret_cast<const uint32_t*>(q_row + 16 * kk + 2 * pair);
-    qa[kk][0] = quad < work.group ? words[0] : 0u;
-    qa[kk][1] = quad < work.group ? words[4] : 0u;  // 8 elements on
+    qb[kk][0] = quad < work.group ? words[0] : 0u;
+    qb[kk][1] = quad < work.group ? words[4] : 0u;  // 8 elements on
   }
 }
 
 // Stage: a warp's cp.async copies of K and V chunks into its own stages
 // (ChunkCursor says where they are), zero-filled past the range or for an id
-// outside the cache. Lane copies column `col` of rows row0 + k *
-// kCopyRowStride. Where 16 divides the page size a chunk lies in one page,
-// whose address is computed once (as in the fp8 pass) rather than a 64-bit
-// product per row.
+// outside the cache (ForEachChunkRow). Lane copies column `col` of rows
+// row0 + k * kCopyRowStride.
 template <typename T, int kHeadDim>
 struct WarpChunkCopies {
   using Tr = MmaTraits<T, kHeadDim>;
@@ -194,7 +192,7 @@ __device__ __forceinline__ void OnlineSoftmaxUpdate(int chunk_token, int end, in
   for (int h = 0; h < 2; ++h) {
     s[h] = top_valid ? s[h] * score_scale : -INFINITY;
     s[2 + h] = bottom_valid ? s[2 + h] * score_scale : -INFINITY;
-    chunk_max[h] = HeadColumnMax(fmaxf(s[h], s[2 + h]));
+    chunk_max[h] = MaxOverPair(fmaxf(s[h], s[2 + h]));
   }
   if (__any_sync(kFullMask, chunk_max[0] > state.m[0] + kRescaleSlack ||
                                 chunk_max[1] > state.m[1] + kRescaleSlack)) {
@@ -208,9 +206,9 @@ __device__ __forceinline__ void OnlineSoftmaxUpdate(int chunk_token, int end, in
 }
 
 // Stage: O^T += V^T P^T. P, packed in the accumulator layout (row = token),
-// becomes the B operand by movmatrix.trans (rows = tokens 2 pair, + 1 and
-// + 8, column = head quad); for f16, a second product adds what the first
-// weights' rounding lost. One transposed ldmatrix.x4 gives V^T's A operand of
+// becomes the B operand by movmatrix.trans (column = head quad; b0: tokens
+// 2 pair and 2 pair + 1, b1: the same + 8); for f16, a second product adds
+// what the first weights' rounding lost. One transposed ldmatrix.x4 gives V^T's A operand of
 // one 16-dim tile: lanes 0-7 and 8-15 address tokens 0-7 at the tile's first
 // and last 8 dims, lanes 16-31 tokens 8-15.
 template <typename T, int kHeadDim>

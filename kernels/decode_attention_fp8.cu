@@ -297,10 +297,10 @@ __device__ __forceinline__ void TokenRowSoftmaxUpdate(int chunk_token, int end, 
   for (int h = 0; h < 2; ++h) {
     s[h] = top_valid ? s[h] * score_scale[h] : -INFINITY;
     s[2 + h] = bottom_valid ? s[2 + h] * score_scale[h] : -INFINITY;
-    chunk_max[h] = HeadColumnMax(fmaxf(s[h], s[2 + h]));
+    chunk_max[h] = MaxOverPair(fmaxf(s[h], s[2 + h]));
   }
   // The chunk's largest V scale (every lane of a quad holds the same two).
-  const float v_max = HeadColumnMax(fmaxf(kv_scales[0].y, kv_scales[1].y));
+  const float v_max = MaxOverPair(fmaxf(kv_scales[0].y, kv_scales[1].y));
   const int chunk_v_exp = static_cast<int>((__float_as_uint(v_max) >> 23) & 0xffu) - 127;
   if (__any_sync(kFullMask, chunk_max[0] > state.m[0] + kRescaleSlack ||
                                 chunk_max[1] > state.m[1] + kRescaleSlack) ||

@@ -262,9 +262,9 @@ struct ChunkCursor {
 // (k < kRows) of the cursor's chunk, for the tensor-core passes' copies: offset
 // is where the row's K elements from `col_offset` on are in the cache's data
 // (its V is page_size * kHeadDim further on); fill is false past the range or
-// for an id outside the cache (the copy zero-fills; offset 0). Where the chunk
-// lies in one page, its address is computed once: a 64-bit product per row
-// was most of the copies' instructions.
+// for an id outside the cache (the copy zero-fills, reading nothing). Where
+// the chunk lies in one page, its address is computed once: a 64-bit product
+// per row was most of the copies' instructions.
 template <int kHeadDim, int kRows, int kRowStride, typename Copy>
 __device__ __forceinline__ void ForEachChunkRow(const ChunkCursor& cursor, const PagedKV& cache,
                                                 int row0, int col_offset, Copy&& copy) {
@@ -343,8 +343,10 @@ constexpr int PassSmemBytes(int pipeline_bytes) {
 
 // The tensor-core passes keep tokens as the rows of their m16n8k16 tiles and
 // the GQA group's query heads as the 8 columns: a lane's accumulators hold
-// heads 2 pair and 2 pair + 1, which the 8 lanes of the same pair share.
-__device__ __forceinline__ float HeadColumnMax(float x) {
+// heads 2 pair and 2 pair + 1 (pair = lane % 4), which the 8 lanes of the same
+// pair share. Returns the largest x of the 8 lanes of the caller's pair; every
+// lane of the warp calls it.
+__device__ __forceinline__ float MaxOverPair(float x) {
 #pragma unroll
   for (int mask = 4; mask < 32; mask *= 2) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, mask));
   return x;
@@ -373,13 +375,15 @@ __device__ __forceinline__ void RaiseHeadMaxima(const float (&chunk_max)[2], flo
 
 // Stage: a warp's state into the reduction's shared memory (after the barrier
 // that ends the pipeline), for the passes above: per head 2 pair + h of the
-// group, its sum d[h] over the pair's 8 lanes, its maximum m[h], and its row
-// of outputs, which store_row(h, row) writes (each lane its own dims).
+// group, its sum over the pair's 8 lanes of d[h] (each lane's part), its
+// maximum m[h], and its row of outputs, which store_row(h, row) writes (each
+// lane its own dims).
 template <int kHeadDim, typename StoreRow>
 __device__ __forceinline__ void StoreHeadColumns(const Reduction<kHeadDim>& reduce,
-                                                 const float (&m)[2], float (&d)[2], int warp,
-                                                 int quad, int pair, int group,
+                                                 const float (&m)[2], const float (&lane_d)[2],
+                                                 int warp, int quad, int pair, int group,
                                                  StoreRow&& store_row) {
+  float d[2] = {lane_d[0], lane_d[1]};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
 #pragma unroll
