@@ -77,8 +77,7 @@ class ServingCache(Compressions, PrefixCaching):
         # needs, when every rank holds them all this round (PoolPressure sets it).
         self.decode_promises = None
         if self.tp is not None:
-            shape, prefix_caching = self.tp.settle(shape, prefix_caching, model.device,
-                                                   self.budget is not None)
+            shape, prefix_caching = self.tp.settle(shape, prefix_caching)
         check_compress_every(compress_every, self.policy)
         # Generated tokens between decode-time compressions (0: the prompt only),
         # and the ring of decode queries they score with (made when first needed).
@@ -389,8 +388,10 @@ class ServingCache(Compressions, PrefixCaching):
                                                       stream=self._stream())
             else:
                 self.engine = headpage.EvictionEngine(self.manager, self.arena)
-            if self.tp is not None and not self.engine.on_device:
-                # One budget across every rank's heads (EvictionEngine.join_group).
+            if self.tp is not None:
+                # One budget across every rank's heads (EvictionEngine.join_group),
+                # agreed over the group's CPU (gloo) side whether the pools are
+                # host memory or device memory.
                 self.engine.join_group(self.tp.collective)
         if self._copies:  # copy-on-write of forked tail pages, before any write
             headpage.copy_pages(self.arena,

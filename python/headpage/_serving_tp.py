@@ -25,11 +25,6 @@ from headpage.distributed import ProcessGroupCollective
 
 _log = logging.getLogger("headpage.serving")
 
-CUDA_COMPRESSION = ("headpage.serving: compression under tensor parallelism runs on CPU pools "
-                    "only for now (the CUDA executor's agreement across the ranks has not yet "
-                    "run on GPUs)")
-
-
 class TensorParallel:
     """The ranks of one tensor-parallel group, agreeing through transformers' CPU
     (gloo) group of it: every method is a collective that every rank calls at the
@@ -57,17 +52,15 @@ class TensorParallel:
         """True when `flag` holds on every rank."""
         return self.min(1 if flag else 0) == 1
 
-    def settle(self, shape, prefix_caching, device, compresses):
+    def settle(self, shape, prefix_caching):
         """This rank's attention shape, and whether its cache keeps prefixes (not
         under tensor parallelism: each rank's pool reclaims cached blocks when it
         runs short, and the ranks run short at different times, so a prompt would
-        hit on one rank and miss on another). NotImplementedError for compression
-        on CUDA, whose executor's agreement (EvictionEngine.join_group on a device
-        pool) has not yet run on GPUs. Decode-time compression
-        (compress_every) needs nothing more: every rank compresses the same
-        requests at the same step, and the engines agree as they do for a prompt."""
-        if compresses and device.type == "cuda":
-            raise NotImplementedError(CUDA_COMPRESSION)
+        hit on one rank and miss on another). Compression needs nothing more, on
+        host or device pools: the ranks' engines agree through join_group. Nor
+        does decode-time compression (compress_every): every rank compresses the
+        same requests at the same step, and the engines agree as they do for a
+        prompt."""
         if prefix_caching:
             _log.info("headpage.serving: prefix caching is off under tensor parallelism "
                       "(the ranks' caches would keep different blocks)")

@@ -67,8 +67,8 @@ from headpage._model import (check_compress_every, check_ints, model_shape, page
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
 from headpage._serving_compress import RECENT_RESULTS
-from headpage._serving_tp import (CUDA_COMPRESSION, carried_policy, carry_request_policies,
-                                  portable_policy, tensor_parallel)
+from headpage._serving_tp import (carried_policy, carry_request_policies, portable_policy,
+                                  tensor_parallel)
 
 __all__ = ["ATTENTION", "DEFAULT_BATCH_TOKENS", "GRAPH_ROWS", "RECENT_RESULTS", "PoolPressure",
            "RequestRefused",
@@ -360,8 +360,6 @@ class ServingManager(ContinuousBatchingManager):
         config, kept = chosen or self._default_policy
         compresses = kept is not None and config.compresses
         if self.tensor_parallel is not None:
-            if compresses and self.model.device.type == "cuda":
-                raise RequestRefused(CUDA_COMPRESSION)
             if compressed_prefix is not None:
                 raise RequestRefused("headpage.serving: compressed_prefix is not supported under "
                                      "tensor parallelism (prefix caching is off there)")

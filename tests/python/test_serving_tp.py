@@ -204,16 +204,28 @@ def test_two_ranks_serve_as_one_process(model_dir):
 @pytest.mark.skipif(torch.cuda.device_count() < SIZE, reason="needs two GPUs of one host")
 def test_two_gpus_serve_as_one_gpu(model_dir):
     """The same model over NCCL on two GPUs (transformers places each rank on its own
-    device), at the full budget: one GPU's tokens, forks included. Compression under
-    tensor parallelism runs on CPU pools only for now."""
+    device, and each rank's pool and eviction engine are on it): one GPU's tokens at
+    the full budget, forks included, and under ada-snapkv one GPU's tokens with each
+    rank keeping one GPU's counts for its heads (the CUDA executors agree through the
+    group)."""
     results = mp.Manager().dict()
-    mp.start_processes(rank_main, args=(free_port(), model_dir, results, ("full",)),
+    mp.start_processes(rank_main, args=(free_port(), model_dir, results, ("full", "ada")),
                        nprocs=SIZE, join=True, start_method="spawn")
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda:0")
-    single = serve(model, "full", RUNS["full"][2] * SIZE)
-    for rank in range(SIZE):
-        assert not results[rank].startswith("failed"), results[rank]
-        assert json.loads(results[rank])["full"]["tokens"] == single["tokens"], rank
+    heads = 4 // SIZE
+    for run in ("full", "ada"):
+        single = serve(model, run, RUNS[run][2] * SIZE)
+        for rank in range(SIZE):
+            assert not results[rank].startswith("failed"), results[rank]
+            got = json.loads(results[rank])[run]
+            assert got["tokens"] == single["tokens"], (run, rank)
+            assert got["kept"].keys() == single["kept"].keys(), (run, rank)
+            for rid, kept in single["kept"].items():
+                want = kept if kept == "skipped" else [layer[rank * heads:(rank + 1) * heads]
+                                                       for layer in kept]
+                assert got["kept"][rid] == want, (run, rid, rank)
+        if run == "ada":
+            assert single["stats"]["compressed"] >= 2, single["stats"]
 
 
 def test_every_registry_policy_travels_by_name_and_a_renamed_one_is_refused():
