@@ -10,7 +10,7 @@ k_proj), and the ranks' eviction engines agree on one budget through the group.
     engine.compress(seq, "ada-snapkv", "20%", my_heads_queries, [positions])
 
 Every rank then keeps, for its heads, exactly what one engine over all heads keeps
-(Ada-KV's top-k over every layer's heads is agreed in nine small all-reduces a
+(Ada-KV's top-k over every layer's heads is agreed in eleven small all-reduces a
 compression, whatever its length: docs/eviction.md), and when one rank's call
 fails, its bad arguments included, every rank raises. Every rank must make the same calls
 in the same order, as transformers' replicated continuous-batching scheduler does.

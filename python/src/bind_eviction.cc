@@ -292,7 +292,9 @@ void DefEviction(nb::module_& m) {
           "every member raises. group: an object with int attributes rank and size and a "
           "method all_reduce_sum(array) summing an int64 numpy array across the group in "
           "place (headpage.ProcessGroupCollective). Every member must make the same calls in "
-          "the same order. NotImplementedError for a CUDA engine.")
+          "the same order. A CUDA engine agrees the same way: its executor scores on the GPU, "
+          "copies the scores to the host for the agreement and keeps each stream's agreed "
+          "count on the GPU.")
       .def_prop_ro(
           "group",
           [](const Engine& e) -> nb::object {
