@@ -119,12 +119,8 @@ struct WarpChunkCopies {
 
   __device__ WarpChunkCopies(const DecodeAttentionKernelArgs& args, const BlockWork& work,
                              T* warp_stages, int warp, int lane)
-      : cache(args.cache),
-        stages(warp_stages),
-        data(static_cast<const T*>(cache.data)),
-        cursor(args, work, warp),
-        col(lane % Tr::kRowVecs),
-        row0(lane / Tr::kRowVecs) {}
+      : cache(args.cache), stages(warp_stages), data(static_cast<const T*>(cache.data)),
+        cursor(args, work, warp), col(lane % Tr::kRowVecs), row0(lane / Tr::kRowVecs) {}
 
   __device__ __forceinline__ void Issue(int stage) const {
     T* k_chunk = stages + stage * 2 * Tr::kChunkElems;
@@ -138,22 +134,6 @@ struct WarpChunkCopies {
   }
 
   __device__ __forceinline__ void Advance() { cursor.Advance(); }
-};
-
-// The online softmax of the two heads a lane's columns hold (2 pair, + 1):
-// their running maxima (shared by the 8 lanes of the same pair), this lane's
-// part of their sums, and its accumulators of O^T: o[b][h] is dim 16b + quad
-// and o[b][2 + h] dim 16b + quad + 8 of head 2 pair + h.
-template <int kHeadDim>
-struct WarpSoftmax {
-  float m[2] = {kNoScore, kNoScore};
-  float d[2] = {0.0f, 0.0f};
-  float o[kHeadDim / 16][4];
-
-  __device__ WarpSoftmax() {
-#pragma unroll
-    for (int b = 0; b < kHeadDim / 16; ++b) o[b][0] = o[b][1] = o[b][2] = o[b][3] = 0.0f;
-  }
 };
 
 // Stage: S^T = K Q^T for the chunk (s[c]: token quad + 8 (c / 2), head
@@ -184,7 +164,7 @@ __device__ __forceinline__ void ScoreChunk(const uint32_t (&qb)[kHeadDim / 16][2
 template <int kHeadDim>
 __device__ __forceinline__ void OnlineSoftmaxUpdate(int chunk_token, int end, int quad,
                                                     float score_scale, float (&s)[4],
-                                                    WarpSoftmax<kHeadDim>& state) {
+                                                    HeadColumnSoftmax<kHeadDim>& state) {
   const bool top_valid = chunk_token + quad < end;
   const bool bottom_valid = chunk_token + quad + 8 < end;
   float chunk_max[2];
@@ -208,9 +188,9 @@ __device__ __forceinline__ void OnlineSoftmaxUpdate(int chunk_token, int end, in
 // Stage: O^T += V^T P^T. P, packed in the accumulator layout (row = token),
 // becomes the B operand by movmatrix.trans (column = head quad; b0: tokens
 // 2 pair and 2 pair + 1, b1: the same + 8); for f16, a second product adds
-// what the first weights' rounding lost. One transposed ldmatrix.x4 gives V^T's A operand of
-// one 16-dim tile: lanes 0-7 and 8-15 address tokens 0-7 at the tile's first
-// and last 8 dims, lanes 16-31 tokens 8-15.
+// what the first weights' rounding lost. One transposed ldmatrix.x4 gives
+// V^T's A operand of one 16-dim tile: lanes 0-7 and 8-15 address tokens 0-7
+// at the tile's first and last 8 dims, lanes 16-31 tokens 8-15.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void AccumulateValues(const float (&s)[4], const T* v_chunk, int lane,
                                                  float (&o)[kHeadDim / 16][4]) {
@@ -257,7 +237,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     T* stages = reinterpret_cast<T*>(smem) + warp * Tr::kStages * 2 * Tr::kChunkElems;
     WarpChunkCopies<T, kHeadDim> copies(args, work, stages, warp, lane);
-    WarpSoftmax<kHeadDim> state;
+    // o[b][h] is dim 16b + quad and o[b][2 + h] dim 16b + quad + 8 of head 2 pair + h.
+    HeadColumnSoftmax<kHeadDim> state;
 
     const int num_chunks = (work.end - work.begin + Tr::kChunk - 1) / Tr::kChunk;
     const int my_chunks = num_chunks > warp ? (num_chunks - warp + kWarps - 1) / kWarps : 0;

@@ -197,25 +197,16 @@ struct Fp8ChunkCopies {
   __device__ __forceinline__ void Advance() { cursor.Advance(); }
 };
 
-// The online softmax of the two heads a lane's columns hold (2 pair, + 1):
-// their running maxima (shared by the 8 lanes of the same pair), this lane's
-// part of their sums, and its accumulators of O^T: o[b][0], o[b][1] are dim
-// 16b + 2 quad of heads 2 pair, 2 pair + 1; o[b][2], o[b][3] dim 16b + 2 quad + 1.
+// A lane's softmax state (HeadColumnSoftmax) with the V scales' exponent:
+// o[b][0], o[b][1] are dim 16b + 2 quad of heads 2 pair, 2 pair + 1;
+// o[b][2], o[b][3] dim 16b + 2 quad + 1.
 template <int kHeadDim>
-struct TokenRowSoftmax {
-  float m[2] = {kNoScore, kNoScore};
-  float d[2] = {0.0f, 0.0f};
-  float o[kHeadDim / 16][4];
+struct TokenRowSoftmax : HeadColumnSoftmax<kHeadDim> {
   // o holds the outputs times 2^-v_exp, where 2^v_exp is the largest V scale
   // the warp has seen (rounded down to a power of two): the weights enter P V
   // in f16 as weight * v_scale * 2^-v_exp, so that a layer of small values
   // (v_scale = amax / 448) does not push small weights into f16's subnormals.
   int v_exp = -126;
-
-  __device__ TokenRowSoftmax() {
-#pragma unroll
-    for (int b = 0; b < kHeadDim / 16; ++b) o[b][0] = o[b][1] = o[b][2] = o[b][3] = 0.0f;
-  }
 };
 
 // Where a lane reads in a stage, computed once: the 16-byte vectors of key

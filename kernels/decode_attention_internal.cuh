@@ -344,8 +344,24 @@ constexpr int PassSmemBytes(int pipeline_bytes) {
 // The tensor-core passes keep tokens as the rows of their m16n8k16 tiles and
 // the GQA group's query heads as the 8 columns: a lane's accumulators hold
 // heads 2 pair and 2 pair + 1 (pair = lane % 4), which the 8 lanes of the same
-// pair share. Returns the largest x of the 8 lanes of the caller's pair; every
-// lane of the warp calls it.
+// pair share. A lane's online softmax of those two heads: their running maxima
+// (shared by the pair's lanes), this lane's part of their sums, and its
+// accumulators of O^T, o[b][h] and o[b][2 + h] for head 2 pair + h (which dims
+// of tile b they are is the pass's own layout).
+template <int kHeadDim>
+struct HeadColumnSoftmax {
+  float m[2] = {kNoScore, kNoScore};
+  float d[2] = {0.0f, 0.0f};
+  float o[kHeadDim / 16][4];
+
+  __device__ HeadColumnSoftmax() {
+#pragma unroll
+    for (int b = 0; b < kHeadDim / 16; ++b) o[b][0] = o[b][1] = o[b][2] = o[b][3] = 0.0f;
+  }
+};
+
+// Returns the largest x of the 8 lanes of the caller's pair; every lane of the
+// warp calls it.
 __device__ __forceinline__ float MaxOverPair(float x) {
 #pragma unroll
   for (int mask = 4; mask < 32; mask *= 2) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, mask));

@@ -25,6 +25,7 @@ from headpage.distributed import ProcessGroupCollective
 
 _log = logging.getLogger("headpage.serving")
 
+
 class TensorParallel:
     """The ranks of one tensor-parallel group, agreeing through transformers' CPU
     (gloo) group of it: every method is a collective that every rank calls at the
