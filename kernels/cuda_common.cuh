@@ -14,6 +14,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 #include <type_traits>
 
@@ -201,6 +202,41 @@ template <> struct AlignedBytes<2> { using type = uint16_t; };
 template <> struct AlignedBytes<4> { using type = uint32_t; };
 template <> struct AlignedBytes<8> { using type = uint2; };
 template <> struct AlignedBytes<16> { using type = uint4; };
+
+// A lane's kPerLane elements of one row (of the model dtype T) quantized to
+// e4m3, the row being kPerLane * 32 elements over the warp, which reduces its
+// amax (fmaxf skips NaN, as the host's comparison does); every lane of the
+// warp calls it. Writes the kPerLane bytes to `out` and returns the row's
+// scale. The same IEEE operations as QuantizeRowFp8 (core/dtype.h): inv = 448
+// / amax, one product x * inv, a saturating round-to-nearest-even conversion,
+// scale = amax / 448; explicit _rn intrinsics hold to that whatever the
+// compiler flags (no FMA, no approximate division), so the bytes and scales
+// equal the host's. WriteKV and DecodeAttention's new tokens both store so.
+template <typename T, int kPerLane>
+__device__ __forceinline__ float QuantizeFp8RowPart(const T* in, uint8_t* out) {
+  using In = typename AlignedBytes<kPerLane * static_cast<int>(sizeof(T))>::type;
+  using Out = typename AlignedBytes<kPerLane>::type;
+  const In packed = *reinterpret_cast<const In*>(in);
+  const T* x = reinterpret_cast<const T*>(&packed);
+  float amax = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) amax = fmaxf(amax, fabsf(ToFloat(x[e])));
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, offset));
+  }
+  // As QuantizeRowFp8: inf (a tiny amax) becomes FLT_MAX, so zeros stay zero.
+  const float inv = amax > 0.0f ? fminf(__fdiv_rn(fp8_e4m3::kMax, amax), FLT_MAX) : 0.0f;
+  Out q;
+  auto* pairs = reinterpret_cast<uint16_t*>(&q);
+#pragma unroll
+  for (int e = 0; e < kPerLane; e += 2) {
+    pairs[e / 2] =
+        FloatsToFp8x2(__fmul_rn(ToFloat(x[e]), inv), __fmul_rn(ToFloat(x[e + 1]), inv));
+  }
+  *reinterpret_cast<Out*>(out) = q;
+  return __fdiv_rn(amax, fp8_e4m3::kMax);
+}
 
 }  // namespace headpage::gpu::internal
 

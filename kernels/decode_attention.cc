@@ -14,6 +14,7 @@
 #include "kernels/gpu_status.h"
 #include "kernels/table_checks_host.h"
 #include "kernels/validate_common.h"
+#include "kernels/write_kv.h"
 
 namespace headpage {
 
@@ -157,6 +158,19 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
   if (needed > 0 && !IsKernelAligned(args.workspace)) {
     return absl::InvalidArgumentError("DecodeAttention: workspace is not 16-byte aligned");
   }
+  const DecodeNewTokens& new_tokens = args.new_tokens;
+  if (new_tokens.keys != nullptr || new_tokens.values != nullptr ||
+      new_tokens.positions != nullptr) {
+    if (new_tokens.keys == nullptr || new_tokens.values == nullptr ||
+        new_tokens.positions == nullptr) {
+      return absl::InvalidArgumentError(
+          "DecodeAttention: new tokens need keys, values and positions, one of them is null");
+    }
+    if (!IsKernelAligned(new_tokens.keys) || !IsKernelAligned(new_tokens.values)) {
+      return absl::InvalidArgumentError(
+          "DecodeAttention: the new tokens' keys and values must be 16-byte aligned");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -178,6 +192,34 @@ absl::Status TableFaultStatus(const DecodeAttentionArgs& args, const TableFault&
 }
 
 namespace ref {
+namespace {
+
+// The new tokens as WriteKV stores them, over the slot mapping Reserve would
+// have given: each stream's last token, or -1 (skip) for an empty stream.
+// The tables are checked.
+absl::Status WriteNewTokens(const DecodeAttentionArgs& args) {
+  const int32_t num_streams = args.num_seqs * args.num_kv_heads;
+  std::vector<int32_t> slots(static_cast<size_t>(num_streams), -1);
+  for (int32_t stream = 0; stream < num_streams; ++stream) {
+    const int32_t len = args.lens[stream];
+    if (len > 0) {
+      slots[stream] = static_cast<int32_t>(
+          SlotOf(args.page_ids + args.indptr[stream], len - 1, args.cache.page_size));
+    }
+  }
+  WriteKVArgs write;
+  write.cache = args.cache;
+  write.num_tokens = args.num_seqs;
+  write.num_kv_heads = args.num_kv_heads;
+  write.keys = args.new_tokens.keys;
+  write.values = args.new_tokens.values;
+  write.slot_mapping = slots.data();
+  write.slot_stride = args.num_kv_heads;
+  write.positions = args.new_tokens.positions;
+  return WriteKV(write);
+}
+
+}  // namespace
 
 absl::Status DecodeAttention(const DecodeAttentionArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(Validate(args));
@@ -185,6 +227,7 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& args) {
   HEADPAGE_RETURN_IF_ERROR(TableFaultStatus(
       args, FirstTableFault(BlockTableOf(args), args.num_seqs * args.num_kv_heads,
                             args.cache.page_size, args.cache.num_pages)));
+  if (args.new_tokens.keys != nullptr) HEADPAGE_RETURN_IF_ERROR(WriteNewTokens(args));
   const PagedKV& cache = args.cache;
   const int32_t head_dim = cache.head_dim;
   const int32_t group = args.num_q_heads / args.num_kv_heads;

@@ -28,6 +28,10 @@
 // the second product in the cache dtype; for f16 as a hi + lo pair, which
 // keeps f16 within 1e-3.
 //
+// A decode step's new tokens (DecodeNewTokens) are written by the block whose
+// range ends where its stream does, before its pipeline starts
+// (StoreNewToken): the separate WriteKV kernel and its boundary go.
+//
 // f32 (SimtKernel, decode_attention_simt.cu): CUDA cores, one block-wide
 // cp.async pipeline of tiles. fp8 pages (Fp8Kernel, decode_attention_fp8.cu):
 // the same grid, pipeline and tiles over fp8 bytes, dequantized in registers.
@@ -220,12 +224,13 @@ __device__ __forceinline__ void AccumulateValues(const float (&s)[4], const T* v
 template <typename T, int kHeadDim, bool kBalanced>
 __global__ void __launch_bounds__(kThreads, 2)
     MmaKernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
-              const uint64_t* fault) {
+              const uint64_t* fault, DecodeNewTokens new_tokens) {
   using Tr = MmaTraits<T, kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
   if (TablesFaulted(fault)) return;
 
   ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
+    StoreNewToken<T, kHeadDim>(args, new_tokens, work);
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int quad = lane >> 2;

@@ -72,8 +72,26 @@ struct DecodeAttentionKernelArgs {
   size_t workspace_bytes = 0;
 };
 
+// A decode step's new tokens, one per sequence, which the op writes into the
+// cache before reading it: stream (seq, kv head) of length len > 0 gets the
+// rows keys[seq][kv head] and values[seq][kv head] in the slot of its token
+// len - 1 (the last its block table holds, where the block manager's Reserve
+// put the step's token), and positions[seq] beside them; fp8 pages store the
+// rows quantized with their scales, as WriteKV does. This is WriteKV over
+// Reserve's slot mapping, done by the pass's block that reads the stream's
+// last token, before it reads it: a serving step saves a kernel and its
+// boundary per layer. Passed to the kernels as a parameter of its own, after
+// the fault word (DecodeAttentionKernelArgs' layout is register-sensitive).
+struct DecodeNewTokens {
+  const void* keys = nullptr;          // [num_seqs][num_kv_heads][head_dim] of cache.dtype,
+                                       // 16-byte aligned; null: no new tokens
+  const void* values = nullptr;        // the same shape
+  const int32_t* positions = nullptr;  // [num_seqs]
+};
+
 struct DecodeAttentionArgs : DecodeAttentionKernelArgs {
   int32_t num_page_ids = 0;  // entries of page_ids: indptr must end inside it
+  DecodeNewTokens new_tokens;
   // Optional, device memory, one word: the GPU checks the block tables on the
   // device first (kernels/table_checks.h: indptr, lens, page ids against the
   // lengths above and the pool) and records the first fault here; then the op

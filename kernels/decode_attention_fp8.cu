@@ -348,12 +348,13 @@ __device__ __forceinline__ void AccumulateFp8Values(const float (&s)[4],
 template <typename T, int kHeadDim, int kStages, int kMinBlocks, bool kBalanced>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     Fp8Kernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
-              const uint64_t* fault) {
+              const uint64_t* fault, DecodeNewTokens new_tokens) {
   using Tr = Fp8Traits<kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
   if (TablesFaulted(fault)) return;
 
   ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
+    StoreNewTokenFp8<T, kHeadDim>(args, new_tokens, work);
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int quad = lane >> 2;

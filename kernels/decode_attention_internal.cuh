@@ -200,6 +200,80 @@ __device__ __forceinline__ void ForEachPiece(const DecodeAttentionKernelArgs& ar
   }
 }
 
+// The slot where `work` stores its stream's new token (DecodeNewTokens): that
+// of the stream's last token when the piece ends where the stream does, else
+// -1 (as when there are no new tokens, or an unchecked table's page id is
+// outside the cache: nothing is written then).
+__device__ __forceinline__ int64_t NewTokenSlot(const DecodeAttentionKernelArgs& args,
+                                                const DecodeNewTokens& new_tokens,
+                                                const BlockWork& work) {
+  if (new_tokens.keys == nullptr || work.begin >= work.end) return -1;
+  const int page_size = args.cache.page_size;
+  if (work.end != TableClampedLength<int>(args.lens, args.indptr, work.stream, page_size)) {
+    return -1;
+  }
+  const int last = work.end - 1;
+  const int page = args.page_ids[args.indptr[work.stream] + last / page_size];
+  if (page < 0 || page >= args.cache.num_pages) return -1;
+  return static_cast<int64_t>(page) * page_size + last % page_size;
+}
+
+// Stage, before a piece's pipeline: the stream's new token into the cache
+// when the piece holds it, then a barrier, after which the warp whose chunk
+// holds the token reads it (through L2, where the stores went). 16-bit and f32
+// pages: the block's threads copy the K and V rows' 16-byte vectors. Every
+// thread of the block calls it.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void StoreNewToken(const DecodeAttentionKernelArgs& args,
+                                              const DecodeNewTokens& new_tokens,
+                                              const BlockWork& work) {
+  const int64_t slot = NewTokenSlot(args, new_tokens, work);
+  if (slot < 0) return;  // the same for the whole block
+  constexpr int kRowVecs = kHeadDim * static_cast<int>(sizeof(T)) / kVectorBytes;
+  const PagedKV& cache = args.cache;
+  T* const data = static_cast<T*>(cache.data);
+  // Row `stream` of [num_seqs][num_kv_heads][head_dim]: stream = seq * num_kv_heads + head.
+  const int64_t row = static_cast<int64_t>(work.stream) * kRowVecs;
+  for (int i = threadIdx.x; i < 2 * kRowVecs; i += kThreads) {
+    const bool value = i >= kRowVecs;
+    const int vec = value ? i - kRowVecs : i;
+    const auto* src = static_cast<const Vector*>(value ? new_tokens.values : new_tokens.keys);
+    auto* dst = reinterpret_cast<Vector*>(
+        data + (value ? cache.ValueOffset(slot) : cache.KeyOffset(slot)));
+    dst[vec] = src[row + vec];
+  }
+  if (threadIdx.x == 0) cache.positions[slot] = new_tokens.positions[work.seq];
+  __syncthreads();
+}
+
+// StoreNewToken's fp8 pages: warp 0 quantizes the K and the V row as WriteKV
+// does (QuantizeFp8RowPart, the host's bytes and scales).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void StoreNewTokenFp8(const DecodeAttentionKernelArgs& args,
+                                                 const DecodeNewTokens& new_tokens,
+                                                 const BlockWork& work) {
+  const int64_t slot = NewTokenSlot(args, new_tokens, work);
+  if (slot < 0) return;  // the same for the whole block
+  if (threadIdx.x < 32) {
+    constexpr int kPerLane = kHeadDim / 32;
+    const PagedKV& cache = args.cache;
+    auto* const data = static_cast<uint8_t*>(cache.data);
+    const int lane = threadIdx.x;
+    const int64_t in = static_cast<int64_t>(work.stream) * kHeadDim + lane * kPerLane;
+    const float key_scale =
+        QuantizeFp8RowPart<T, kPerLane>(static_cast<const T*>(new_tokens.keys) + in,
+                                        data + cache.KeyOffset(slot) + lane * kPerLane);
+    const float value_scale = QuantizeFp8RowPart<T, kPerLane>(
+        static_cast<const T*>(new_tokens.values) + in,
+        data + cache.ValueOffset(slot) + lane * kPerLane);
+    if (lane == 0) {
+      reinterpret_cast<float2*>(cache.scales)[slot] = make_float2(key_scale, value_scale);
+      cache.positions[slot] = new_tokens.positions[work.seq];
+    }
+  }
+  __syncthreads();
+}
+
 // Where a warp's next 16-token chunk starts, for the tensor-core passes: the
 // warp's chunks are begin + 16 (warp + kWarps i). When 16 divides the page
 // size a chunk lies in one page (ranges start on page boundaries), whose id
@@ -478,9 +552,11 @@ LaunchResult LaunchWithSmem(Kernel even, Kernel balanced, int smem_bytes,
   const int64_t blocks = args.balanced_blocks > 0 ? args.balanced_blocks
                                                   : static_cast<int64_t>(args.num_seqs) *
                                                         args.num_kv_heads * args.num_splits;
-  // The kernel's own fields only (DecodeAttentionKernelArgs), and the fault word apart.
+  // The kernel's own fields only (DecodeAttentionKernelArgs); the fault word and
+  // the new tokens apart.
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(
-      static_cast<const DecodeAttentionKernelArgs&>(args), partial_out, partial_lse, args.fault);
+      static_cast<const DecodeAttentionKernelArgs&>(args), partial_out, partial_lse, args.fault,
+      args.new_tokens);
   return CheckLaunch();
 }
 

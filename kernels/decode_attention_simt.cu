@@ -260,12 +260,13 @@ __device__ __forceinline__ void StoreWarpState(const Reduction<kHeadDim>& reduce
 template <int kHeadDim, bool kBalanced>
 __global__ void __launch_bounds__(kThreads, 2)
     SimtKernel(DecodeAttentionKernelArgs args, float* partial_out, float* partial_lse,
-               const uint64_t* fault) {
+               const uint64_t* fault, DecodeNewTokens new_tokens) {
   using Tr = SimtTraits<kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
   if (TablesFaulted(fault)) return;
 
   ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
+    StoreNewToken<float, kHeadDim>(args, new_tokens, work);
     const int group = work.group;
     const int num_tiles = (work.end - work.begin + Tr::kTileTokens - 1) / Tr::kTileTokens;
     const int warp = threadIdx.x / 32;

@@ -7,15 +7,8 @@
 // together; the row's first thread also stores the position.
 //
 // fp8 pages: one warp per (token, kv head), each lane on head_dim / 32
-// contiguous elements of the K and of the V row. The warp reduces the rows'
-// amax (fmaxf skips NaN, as the host's comparison does), then every lane
-// quantizes its elements with the same IEEE operations as QuantizeRowFp8
-// (core/dtype.h): inv = 448 / amax, one product x * inv, a saturating
-// round-to-nearest-even conversion, and scale = amax / 448. Explicit _rn
-// intrinsics hold to that whatever the compiler flags (no FMA, no approximate
-// division), so the bytes and scales equal the host's.
-#include <cfloat>
-
+// contiguous elements of the K and of the V row, quantized by
+// QuantizeFp8RowPart (cuda_common.cuh) to the host's bytes and scales.
 #include "kernels/cuda_common.cuh"
 #include "kernels/write_kv_args.h"
 
@@ -50,35 +43,6 @@ constexpr int kWarpSize = 32;
 constexpr int kFp8Threads = 256;
 constexpr int kFp8WarpsPerBlock = kFp8Threads / kWarpSize;
 
-// A lane's kPerLane elements of one row (of the model dtype T) quantized: the
-// row's amax is reduced over the warp. Writes the kPerLane bytes to `out` and
-// returns the row's scale.
-template <typename T, int kPerLane>
-__device__ __forceinline__ float QuantizeRowPart(const T* in, uint8_t* out) {
-  using In = typename AlignedBytes<kPerLane * static_cast<int>(sizeof(T))>::type;
-  using Out = typename AlignedBytes<kPerLane>::type;
-  const In packed = *reinterpret_cast<const In*>(in);
-  const T* x = reinterpret_cast<const T*>(&packed);
-  float amax = 0.0f;
-#pragma unroll
-  for (int e = 0; e < kPerLane; ++e) amax = fmaxf(amax, fabsf(ToFloat(x[e])));
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, offset));
-  }
-  // As QuantizeRowFp8: inf (a tiny amax) becomes FLT_MAX, so zeros stay zero.
-  const float inv = amax > 0.0f ? fminf(__fdiv_rn(fp8_e4m3::kMax, amax), FLT_MAX) : 0.0f;
-  Out q;
-  auto* pairs = reinterpret_cast<uint16_t*>(&q);
-#pragma unroll
-  for (int e = 0; e < kPerLane; e += 2) {
-    pairs[e / 2] =
-        FloatsToFp8x2(__fmul_rn(ToFloat(x[e]), inv), __fmul_rn(ToFloat(x[e + 1]), inv));
-  }
-  *reinterpret_cast<Out*>(out) = q;
-  return __fdiv_rn(amax, fp8_e4m3::kMax);
-}
-
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kFp8Threads)
     WriteKVFp8Kernel(WriteKVArgs args, int64_t num_rows) {
@@ -98,9 +62,9 @@ __global__ void __launch_bounds__(kFp8Threads)
     const int32_t slot = args.slot_mapping[token * args.slot_stride + head];
     if (slot < 0 || slot >= cache.num_slots()) continue;
     const int64_t in = row * kHeadDim + lane * kPerLane;
-    const float key_scale = QuantizeRowPart<T, kPerLane>(
+    const float key_scale = QuantizeFp8RowPart<T, kPerLane>(
         keys + in, base + cache.KeyOffset(slot) + lane * kPerLane);
-    const float value_scale = QuantizeRowPart<T, kPerLane>(
+    const float value_scale = QuantizeFp8RowPart<T, kPerLane>(
         values + in, base + cache.ValueOffset(slot) + lane * kPerLane);
     if (lane == 0) {
       reinterpret_cast<float2*>(cache.scales)[slot] = make_float2(key_scale, value_scale);

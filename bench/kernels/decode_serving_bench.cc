@@ -9,6 +9,11 @@
 //   BM_DecodeAttentionServing  split count `splits` (0: what headpage.serving
 //                              picks for a 16-row graph; -1, -2: the balanced
 //                              division over one or two waves of blocks)
+//   BM_DecodeStepServing       one layer's write of the step's new K/V and its
+//                              attention, as headpage.serving's graph steps
+//                              ran them (WriteKV, then DecodeAttention;
+//                              fused 0) and run them now (DecodeAttention
+//                              writing the new tokens itself; fused 1)
 //   BM_ReadServingPages        the floor: the same pages only read
 //                              (page_read.cu), so that the two rates say how
 //                              much of the gap to the copy bandwidth is the
@@ -24,6 +29,7 @@
 #include "bench/kernels/decode_bench_util.h"
 #include "bench/kernels/gpu_bench_util.h"
 #include "bench/kernels/page_read.h"
+#include "kernels/write_kv.h"
 
 namespace headpage::bench {
 namespace {
@@ -81,6 +87,53 @@ void BM_DecodeAttentionServing(benchmark::State& state) {
 BENCHMARK(BM_DecodeAttentionServing)
     ->ArgNames({"pool_gib", "splits"})
     ->ArgsProduct({{0, 8}, {-2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_DecodeStepServing(benchmark::State& state) {
+  const BenchPool& pool = ServingPool(state.range(0));
+  const bool fused = state.range(1) != 0;
+  const int32_t splits = DecodeAttentionSplits(kGraphSplitTokens, kGraphRows * kKVHeads, NumSMs(),
+                                               DecodeAttentionResidentBlocks(pool.view));
+  DecodeAttentionCall decode(pool, kGraphRows, splits);
+  // The step's token of every stream is its last (a padding row's: none).
+  const size_t rows = static_cast<size_t>(kGraphRows) * kKVHeads;
+  std::vector<int32_t> slots(rows, -1);
+  for (size_t stream = 0; stream < rows; ++stream) {
+    const int32_t len = pool.host_lens[stream];
+    if (len > 0) {
+      slots[stream] = static_cast<int32_t>(
+          SlotOf(pool.host_page_ids.data() + pool.host_indptr[stream], len - 1, kPageSize));
+    }
+  }
+  std::vector<uint8_t> host_rows(rows * kHeadDim * SizeOf(kDType));
+  for (size_t i = 0; i < rows * kHeadDim; ++i) StoreFromFloat(host_rows.data(), i, kDType, 0.5f);
+  DeviceBuffer keys(host_rows), values(host_rows), d_slots(slots),
+      positions(std::vector<int32_t>(kGraphRows, 4096));
+  WriteKVArgs write;
+  write.cache = pool.view;
+  write.num_tokens = kGraphRows;
+  write.num_kv_heads = kKVHeads;
+  write.keys = keys.get();
+  write.values = values.get();
+  write.slot_mapping = d_slots.get<int32_t>();
+  write.slot_stride = kKVHeads;
+  write.positions = positions.get<int32_t>();
+  if (fused) {
+    decode.args.new_tokens.keys = keys.get();
+    decode.args.new_tokens.values = values.get();
+    decode.args.new_tokens.positions = positions.get<int32_t>();
+  }
+  TimeWithEvents(state, [&] {
+    if (!fused && !gpu::WriteKV(write, nullptr).ok()) state.SkipWithError("gpu::WriteKV failed");
+    if (!decode.Run().ok()) state.SkipWithError("gpu::DecodeAttention failed");
+  });
+  SetKvCounters(state, pool);
+  state.counters["splits"] = splits;
+}
+BENCHMARK(BM_DecodeStepServing)
+    ->ArgNames({"pool_gib", "fused"})
+    ->ArgsProduct({{0, 8}, {0, 1, 0, 1}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -492,9 +492,13 @@ class ServingCache(Compressions, PrefixCaching):
             return self._attend_graph(layer, inputs, query, key, value, scaling)
         out = torch.empty(1, query.shape[2], self.shape.num_q_heads, self.shape.head_dim,
                           dtype=query.dtype, device=query.device)
-        headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
-                          value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
-                          inputs.positions, stream=self._stream())
+        # A step of decode rows alone writes its tokens inside decode_attention
+        # (each stream's last slot is where reserve put the row's token); prefill
+        # rows attend to their own K/V in the pool, written first.
+        if inputs.prefill:
+            headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
+                              value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
+                              inputs.positions, stream=self._stream())
         for r in inputs.prefill:
             out[0, r.first:r.first + r.count] = self._attend_prefill(layer, r, query, key, value,
                                                                      scaling)
@@ -514,11 +518,16 @@ class ServingCache(Compressions, PrefixCaching):
                 self._keep_window(layer, r, q[i].unsqueeze(1))
             if inputs.ring_index is not None:
                 self.decode_windows.record(layer, inputs.ring_index, q)
+            new = {}
+            if not inputs.prefill:
+                new = dict(new_keys=key[0].transpose(0, 1).index_select(0, inputs.decode_at),
+                           new_values=value[0].transpose(0, 1).index_select(0, inputs.decode_at),
+                           new_positions=inputs.positions.index_select(0, inputs.decode_at))
             # The manager built these tables: no device check.
             headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
                                       num_splits=inputs.splits, workspace=inputs.workspace,
                                       stream=self._stream(), check=False,
-                                      balanced_blocks=inputs.balanced_blocks)
+                                      balanced_blocks=inputs.balanced_blocks, **new)
             out[0].index_copy_(0, inputs.decode_at, o)
         if layer == self.shape.num_layers - 1:
             self.end_step()
@@ -527,10 +536,8 @@ class ServingCache(Compressions, PrefixCaching):
     def _attend_graph(self, layer, inputs, query, key, value, scaling):
         """One layer of a decode step in a CUDA graph: every row is one token of
         decode, in batch order, padded to graph_rows; only static buffers are read
-        (the padding writes nothing and attends to empty tables)."""
-        headpage.write_kv(self.arena, key[0].transpose(0, 1).contiguous(),
-                          value[0].transpose(0, 1).contiguous(), inputs.slots[:, layer, :],
-                          inputs.positions, stream=self._stream())
+        (the padding writes nothing and attends to empty tables). The rows'
+        new K/V are written by decode_attention itself."""
         q = query[0].transpose(0, 1).contiguous()  # [graph_rows][q_heads][D]
         if inputs.ring_index is not None:
             self.decode_windows.record(layer, inputs.ring_index, q)
@@ -539,7 +546,10 @@ class ServingCache(Compressions, PrefixCaching):
         headpage.decode_attention(self.arena, q, indptr, page_ids, lens, o, sm_scale=scaling,
                                   num_splits=inputs.splits, workspace=inputs.workspace,
                                   stream=self._stream(), check=False,
-                                  balanced_blocks=inputs.balanced_blocks)
+                                  balanced_blocks=inputs.balanced_blocks,
+                                  new_keys=key[0].transpose(0, 1).contiguous(),
+                                  new_values=value[0].transpose(0, 1).contiguous(),
+                                  new_positions=inputs.positions)
         return o.unsqueeze(0)
 
     def end_step(self):

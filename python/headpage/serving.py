@@ -22,7 +22,9 @@ head. enable() keeps the engine and replaces its cache and attention:
 - The attention function ("headpage_serving") writes the step's K/V with write_kv,
   attends every decode row of the layer in one decode_attention over the running
   requests' head-wise tables, and each prefill chunk with SDPA over its request's
-  own K/V, read back from the pool.
+  own K/V, read back from the pool. A step of decode rows alone (every CUDA graph
+  step) hands its K/V to decode_attention, which writes them before it reads them:
+  one kernel a layer fewer.
 - After the last layer of the step that completes a prompt, the EvictionEngine
   compresses that request with the policy and budget (the observation window's
   queries were kept as the chunks went by), and the pages it frees are back in

@@ -149,7 +149,9 @@ template <typename A>
 void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& page_ids,
                      const In& lens, const Array& out, std::optional<float> sm_scale,
                      std::optional<Array> lse, int32_t num_splits, std::optional<Array> workspace,
-                     uintptr_t stream, bool check, int32_t balanced_blocks) {
+                     uintptr_t stream, bool check, int32_t balanced_blocks,
+                     std::optional<In> new_keys, std::optional<In> new_values,
+                     std::optional<In> new_positions) {
   const PagedKV& cache = ViewOf(arena);
   const Place place = PlaceOf(arena);
   CheckRows(q, "q", place, cache, {-1, -1});
@@ -184,6 +186,16 @@ void DecodeAttention(const A& arena, const In& q, const In& indptr, const In& pa
     if (!IsRowMajor(*workspace)) BadArgument("workspace: want a contiguous tensor");
     args.workspace = workspace->data();
     args.workspace_bytes = workspace->nbytes();
+  }
+  if (new_keys || new_values || new_positions) {
+    if (!new_keys || !new_values || !new_positions) {
+      BadArgument("new_keys, new_values and new_positions: give all three or none");
+    }
+    CheckRows(*new_keys, "new_keys", place, cache, {seqs, args.num_kv_heads});
+    CheckRows(*new_values, "new_values", place, cache, {seqs, args.num_kv_heads});
+    args.new_tokens.keys = new_keys->data();
+    args.new_tokens.values = new_values->data();
+    args.new_tokens.positions = Int32s(*new_positions, "new_positions", place, seqs);
   }
   RunTableOp(
       place, args, stream, check,
@@ -275,8 +287,14 @@ void DefArenaKernels(nb::module_& m) {
         nb::arg("page_ids"), nb::arg("lens"), nb::arg("out"), nb::arg("sm_scale") = nb::none(),
         nb::arg("lse") = nb::none(), nb::arg("num_splits") = 1, nb::arg("workspace") = nb::none(),
         nb::arg("stream") = 0, nb::arg("check") = true, nb::arg("balanced_blocks") = 0,
+        nb::arg("new_keys") = nb::none(), nb::arg("new_values") = nb::none(),
+        nb::arg("new_positions") = nb::none(),
         "One query per sequence ([seqs][q_heads][head_dim]) against head-wise block tables "
         "(CSR over streams, seq-major, kv-head-minor); writes out (and lse, natural log). "
+        "With new_keys and new_values ([seqs][kv_heads][head_dim]) and new_positions ([seqs], "
+        "int32), it first stores each non-empty stream's new row in the slot of its last "
+        "token (where BlockManager.reserve put the step's token) and the position beside it, "
+        "as write_kv would, then attends: a decode step's write and attention in one launch. "
         "The work is divided in num_splits ranges per stream, or, with balanced_blocks > 0 "
         "(and num_splits 1), among that many blocks that each read an equal run of all the "
         "streams' pages (decode_attention_balanced_blocks); either way past one range per "

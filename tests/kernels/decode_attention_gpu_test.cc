@@ -3,6 +3,7 @@
 // (ctest label `gpu`), split and unsplit, eagerly and replayed from a CUDA graph.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <utility>
 #include <vector>
@@ -75,7 +76,56 @@ class Problem {
     workspace_.Poison();
     args.workspace = workspace_.get();
     args.workspace_bytes = workspace_.bytes();
+    if (!new_keys_.empty()) {
+      // Every run starts from the pool before the write (its last slots NaN).
+      device_.data.Upload(before_data_);
+      device_.positions.Upload(before_positions_);
+      if (!before_scales_.empty()) device_.scales.Upload(before_scales_);
+      args.new_tokens.keys = d_new_keys_.get();
+      args.new_tokens.values = d_new_values_.get();
+      args.new_tokens.positions = d_new_positions_.get<int32_t>();
+    }
     return args;
+  }
+
+  // Gives the step new tokens (DecodeNewTokens): random rows of `scale` and
+  // positions, after every non-empty stream's last slot became NaN (fp8: NaN
+  // bytes and scales) and position -1, a slot that reserve gave and nothing
+  // wrote yet: a pass that reads it before its block writes it spreads NaN.
+  void AddNewTokens(float scale) {
+    const size_t rows = static_cast<size_t>(seqs_) * kv_heads_;
+    new_keys_ = testing::RandomRows(rows * head_dim(), dtype(), scale, pool_.rng());
+    new_values_ = testing::RandomRows(rows * head_dim(), dtype(), scale, pool_.rng());
+    new_positions_.clear();
+    for (int32_t s = 0; s < seqs_; ++s) new_positions_.push_back(1000 + 3 * s);
+    const PagedKV view = pool_.view();
+    for (int32_t stream = 0; stream < pool_.num_streams(); ++stream) {
+      const int32_t len = pool_.lens()[stream];
+      if (len == 0) continue;
+      const int64_t slot = pool_.Slot(stream, len - 1);
+      if (view.fp8()) {
+        const size_t bytes = static_cast<size_t>(head_dim());
+        std::fill_n(pool_.data().begin() + view.KeyOffset(slot), bytes,
+                    fp8_e4m3::FromFloat(NAN).bits);
+        std::fill_n(pool_.data().begin() + view.ValueOffset(slot), bytes,
+                    fp8_e4m3::FromFloat(NAN).bits);
+        pool_.scales()[2 * slot] = pool_.scales()[2 * slot + 1] = NAN;
+      } else {
+        for (int32_t e = 0; e < head_dim(); ++e) {
+          StoreFromFloat(pool_.data().data(), static_cast<size_t>(view.KeyOffset(slot) + e),
+                         dtype(), NAN);
+          StoreFromFloat(pool_.data().data(), static_cast<size_t>(view.ValueOffset(slot) + e),
+                         dtype(), NAN);
+        }
+      }
+      pool_.positions()[static_cast<size_t>(slot)] = -1;
+    }
+    before_data_ = pool_.data();
+    before_positions_ = pool_.positions();
+    before_scales_ = pool_.scales();
+    d_new_keys_ = DeviceBuffer(new_keys_);
+    d_new_values_ = DeviceBuffer(new_values_);
+    d_new_positions_ = DeviceBuffer(new_positions_);
   }
 
   // ref:: on the host with stream lengths `lens` (the pool's by default).
@@ -97,6 +147,11 @@ class Problem {
     ref_lse_.assign(Rows(), NAN);
     args.out = ref_out_.data();
     args.lse = ref_lse_.data();
+    if (!new_keys_.empty()) {  // writes the host pool: it becomes what the device's must be
+      args.new_tokens.keys = new_keys_.data();
+      args.new_tokens.values = new_values_.data();
+      args.new_tokens.positions = new_positions_.data();
+    }
     return ref::DecodeAttention(args);
   }
 
@@ -108,8 +163,17 @@ class Problem {
     d_lse_.Poison();
   }
 
-  // The device's out and lse against the last RunRef.
+  // The device's out and lse against the last RunRef, and with new tokens its
+  // pool's bytes, positions and scales against the host's after ref wrote them.
   void RequireMatchesRef() {
+    if (!new_keys_.empty()) {
+      REQUIRE(device_.data.Download<uint8_t>() == pool_.data());
+      REQUIRE(device_.positions.Download<int32_t>() == pool_.positions());
+      if (!pool_.scales().empty()) {
+        const std::vector<float> scales = device_.scales.Download<float>();
+        REQUIRE(std::memcmp(scales.data(), pool_.scales().data(), scales.size() * 4) == 0);
+      }
+    }
     const std::vector<uint8_t> out = d_out_.Download<uint8_t>();
     const std::vector<float> lse = d_lse_.Download<float>();
     // fp8 pages: the device rounds each weight times its V scale to f16.
@@ -166,6 +230,13 @@ class Problem {
   std::vector<uint8_t> q_;
   DevicePool device_;
   DeviceBuffer d_q_, d_indptr_, d_page_ids_, d_lens_, d_out_, d_lse_, workspace_;
+  // AddNewTokens': the rows and positions, and the pool before they are written.
+  std::vector<uint8_t> new_keys_, new_values_;
+  std::vector<int32_t> new_positions_;
+  std::vector<uint8_t> before_data_;
+  std::vector<int32_t> before_positions_;
+  std::vector<float> before_scales_;
+  DeviceBuffer d_new_keys_, d_new_values_, d_new_positions_;
   std::vector<uint8_t> ref_out_;
   std::vector<float> ref_lse_;
 };
@@ -198,6 +269,42 @@ void CheckBalanced(DType dtype, int32_t head_dim, int32_t page_size, int32_t gro
                   static_cast<uint64_t>(head_dim * 1000 + page_size * 10 + group + 7), 2.0f);
   problem.RunRef();
   for (int32_t blocks : {2, 5, 9, 264}) problem.RunGpuAndCompare(1, blocks);
+}
+
+// DecodeNewTokens: the edge lengths and the balanced batch's, whose last
+// tokens fall at every place of a page and of a split, under both divisions.
+void CheckNewTokens(DType dtype, int32_t head_dim, int32_t page_size, int32_t group,
+                    KvDType kv_dtype = KvDType::kAuto) {
+  CAPTURE(DTypeName(dtype), KvDTypeName(kv_dtype), head_dim, page_size, group);
+  std::vector<int32_t> lens = testing::EdgeLengths(page_size);
+  for (int32_t len : {700, 300, 0, 64, 2000, 513}) lens.push_back(len);
+  PagedCaseSpec spec{page_size, head_dim, dtype, lens};
+  spec.kv_dtype = kv_dtype;
+  Problem problem(spec, group, 2,
+                  static_cast<uint64_t>(head_dim * 1000 + page_size * 10 + group + 11), 2.0f);
+  problem.AddNewTokens(3.0f);
+  problem.RunRef();
+  for (int32_t splits : {1, 3, 40}) problem.RunGpuAndCompare(splits);
+  for (int32_t blocks : {1, 5, 264}) problem.RunGpuAndCompare(1, blocks);
+}
+
+TEST_CASE("gpu::DecodeAttention writes the step's new tokens before it reads them as ref does",
+          "[kernels][gpu]") {
+  for (const testing::PageKind& kind : testing::kEveryPageKind) {
+    for (int32_t head_dim : {64, 128, 256}) {
+      for (int32_t page_size : {1, 16, 33}) {
+        for (int32_t group : {1, 4}) CheckNewTokens(kind.dtype, head_dim, page_size, group,
+                                                    kind.kv_dtype);
+      }
+    }
+  }
+}
+
+TEST_CASE("gpu::DecodeAttention writes new tokens: the sanitizer's subset",
+          "[kernels][gpu][sanitize]") {
+  CheckNewTokens(DType::kBF16, 128, 16, 4);
+  CheckNewTokens(DType::kF32, 64, 7, 2);
+  CheckNewTokens(DType::kBF16, 128, 16, 4, KvDType::kFP8E4M3);
 }
 
 TEST_CASE("gpu::DecodeAttention equals ref: every dtype, head_dim, page size and group",

@@ -195,6 +195,78 @@ TEST_CASE("DecodeAttention: ref takes any head_dim, not only the GPU kernels' on
   }
 }
 
+// A decode step's new tokens (DecodeNewTokens): two seqs of two kv heads, one
+// stream empty, one of a single token, one ending on a page boundary.
+struct NewTokenStep {
+  Step step{{16, 64, DType::kF32, {3, 0, 16, 1}}, 4, 2, 23, 2.0f};
+  std::vector<uint8_t> keys, values;
+  std::vector<int32_t> positions = {500, 900};
+
+  NewTokenStep() {
+    keys = testing::RandomRows(4 * 64, DType::kF32, 3.0f, step.pool.rng());
+    values = testing::RandomRows(4 * 64, DType::kF32, 3.0f, step.pool.rng());
+  }
+  DecodeAttentionArgs Args() {
+    DecodeAttentionArgs args = step.Args();
+    args.new_tokens.keys = keys.data();
+    args.new_tokens.values = values.data();
+    args.new_tokens.positions = positions.data();
+    return args;
+  }
+  float NewElement(const std::vector<uint8_t>& rows, int32_t stream, int32_t e) const {
+    return LoadAsFloat(rows.data(), static_cast<size_t>(stream) * 64 + e, DType::kF32);
+  }
+};
+
+TEST_CASE("DecodeAttention: new tokens go to each stream's last slot, then are attended",
+          "[kernels]") {
+  NewTokenStep t;
+  const std::vector<uint8_t> data_before = t.step.pool.data();
+  auto args = t.Args();
+  REQUIRE_OK(ref::DecodeAttention(args));
+  const PagedKV view = t.step.pool.view();
+  int64_t written_bytes = 0;
+  for (int32_t stream = 0; stream < 4; ++stream) {
+    const int32_t len = t.step.pool.lens()[stream];
+    if (len == 0) continue;
+    CAPTURE(stream);
+    for (int32_t e = 0; e < 64; ++e) {
+      REQUIRE(t.step.pool.Key(stream, len - 1, e) == t.NewElement(t.keys, stream, e));
+      REQUIRE(t.step.pool.Value(stream, len - 1, e) == t.NewElement(t.values, stream, e));
+    }
+    REQUIRE(t.step.pool.Position(stream, len - 1) == t.positions[stream / 2]);
+    written_bytes += 2 * 64 * 4;
+  }
+  // Nothing else changed: the bytes that differ are the written rows' at most.
+  int64_t changed = 0;
+  for (size_t i = 0; i < data_before.size(); ++i) {
+    changed += data_before[i] != t.step.pool.data()[i];
+  }
+  REQUIRE(changed > 0);
+  REQUIRE(changed <= written_bytes);
+  // The outputs attend to the pool as written (the dense oracle reads it now).
+  RequireNearDense(t.step, DenseAttention(t.step, args.sm_scale));
+}
+
+TEST_CASE("DecodeAttention: bad new tokens or a bad table write nothing", "[kernels]") {
+  NewTokenStep t;
+  const std::vector<uint8_t> data_before = t.step.pool.data();
+  const std::vector<int32_t> positions_before = t.step.pool.positions();
+  auto args = t.Args();
+  args.new_tokens.positions = nullptr;
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kInvalidArgument, "positions");
+  args = t.Args();
+  args.new_tokens.values = t.values.data() + 4;  // not 16-byte aligned
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kInvalidArgument, "aligned");
+  args = t.Args();
+  std::vector<int32_t> page_ids = t.step.pool.page_ids();
+  page_ids.back() = t.step.pool.num_pages();  // outside the pool
+  args.page_ids = page_ids.data();
+  REQUIRE_ERROR(ref::DecodeAttention(args), absl::StatusCode::kOutOfRange, "page");
+  REQUIRE(t.step.pool.data() == data_before);
+  REQUIRE(t.step.pool.positions() == positions_before);
+}
+
 TEST_CASE("DecodeAttention: the same result whatever the page ids", "[kernels]") {
   Step step({16, 128, DType::kBF16, {33, 0, 100, 16, 17, 1}}, 6, 3, 13);
   REQUIRE_OK(ref::DecodeAttention(step.Args()));

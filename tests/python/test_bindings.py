@@ -138,6 +138,53 @@ def test_decode_attention_divisions_are_checked_on_the_host(small):
                             workspace=torch.empty(size, dtype=torch.uint8))
 
 
+def test_decode_attention_writes_the_steps_tokens_first(small):
+    """new_keys/new_values/new_positions: the same pool and outputs as write_kv
+    over reserve's slots, then decode_attention; bad ones write nothing."""
+    g, pool, arena, manager = small
+    seqs = [manager.add_sequence() for _ in range(2)]
+    for i, (s, n) in enumerate(zip(seqs, (5, 8))):  # the second step's token opens a page
+        fill(arena, manager, s, 2, n, seed=i)
+    plans = [manager.reserve(s, 1) for s in seqs]
+    k, v = torch.randn(2, 2, 64), torch.randn(2, 2, 64)
+    positions = torch.tensor([5, 8], dtype=torch.int32)
+    table = manager.block_table(1, seqs)
+    q = torch.randn(2, 4, 64)
+    kv = torch.from_dlpack(arena.kv).view(torch.int32)  # bits: unwritten slots may be NaN
+    positions_view = torch.from_dlpack(arena.positions)
+    before = (kv.clone(), positions_view.clone())
+
+    fused = torch.empty(2, 4, 64)
+    hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, fused,
+                        new_keys=k, new_values=v, new_positions=positions)
+    after = (kv.clone(), positions_view.clone())
+    kv.copy_(before[0])
+    positions_view.copy_(before[1])
+    slots = np.concatenate([p.slot_mapping[:, 1, :] for p in plans])
+    hp.write_kv(arena, k, v, slots, positions)
+    want = torch.empty(2, 4, 64)
+    hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, want)
+    assert torch.equal(kv, after[0]) and torch.equal(positions_view, after[1])
+    assert not torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+    torch.testing.assert_close(fused, want, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="all three or none"):
+        hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, fused,
+                            new_keys=k, new_values=v)
+    with pytest.raises(ValueError, match="new_values"):
+        hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, fused,
+                            new_keys=k, new_values=v[:1], new_positions=positions)
+    with pytest.raises(ValueError, match="new_positions"):
+        hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, fused,
+                            new_keys=k, new_values=v, new_positions=positions.long())
+    bad_ids = table.page_ids.copy()
+    bad_ids[-1] = 64  # outside the pool
+    with pytest.raises(ValueError, match="page"):
+        hp.decode_attention(arena, q, table.indptr, bad_ids, table.lens, fused,
+                            new_keys=k * 2, new_values=v, new_positions=positions)
+    assert torch.equal(kv, after[0])
+
+
 def test_the_split_count_fills_whole_waves_of_the_arenas_blocks(small):
     arena = small[2]
     assert hp.decode_attention_resident_blocks(arena) == 2  # f32 pages

@@ -91,6 +91,42 @@ def test_decode_attention_on_the_device_equals_the_host():
     assert hp.decode_attention_balanced_blocks(dev, 132) == 264
 
 
+def test_decode_attention_writes_new_tokens_on_the_device_as_on_the_host():
+    """A decode step's tokens through decode_attention's new_keys: the device
+    pool and outputs equal the host's, under each division of the work."""
+    gen = torch.Generator().manual_seed(8)
+    k, v = torch.randn(2, 2, HEAD_DIM, generator=gen), torch.randn(2, 2, HEAD_DIM, generator=gen)
+    positions = torch.tensor([5, 9], dtype=torch.int32)
+    results = []
+    for arena_type, device in ((hp.HostArena, "cpu"), (hp.CudaArena, "cuda")):
+        arena, manager, seqs = build(arena_type, device)
+        for s in seqs:
+            manager.reserve(s, 1)
+        t = manager.block_table(0, seqs)
+        kwargs = dict(new_keys=k.to(device), new_values=v.to(device),
+                      new_positions=positions.to(device))
+        outs = [attend(arena, device, t.indptr, t.page_ids, t.lens, **kwargs)]
+        if device == "cuda":
+            streams = len(t.lens)
+            for division, size in [
+                    (dict(num_splits=3), hp.decode_attention_workspace_bytes(2, 4, HEAD_DIM, 3)),
+                    (dict(balanced_blocks=3), hp.decode_attention_balanced_workspace_bytes(
+                        2, 4, streams // 2, HEAD_DIM, 3))]:
+                workspace = torch.empty(size, dtype=torch.uint8, device="cuda")
+                outs.append(attend(arena, device, t.indptr, t.page_ids, t.lens, check=False,
+                                   workspace=workspace, **division, **kwargs))
+        torch.cuda.synchronize()
+        # Every stream's tokens, K and V (slots past them hold what they held).
+        pool = torch.from_dlpack(arena.kv).cpu()
+        kv = torch.stack([pool[t.page_ids[t.indptr[s] + i // PAGE], :, i % PAGE]
+                          for s in range(len(t.lens)) for i in range(t.lens[s])])
+        results.append((outs, kv))
+    (host_outs, host_kv), (dev_outs, dev_kv) = results
+    for got in dev_outs:
+        torch.testing.assert_close(got.cpu(), host_outs[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(dev_kv, host_kv)
+
+
 def test_bad_tables_are_refused_on_the_device_as_on_the_host():
     host, host_manager, host_seqs = build(hp.HostArena, "cpu")
     dev, dev_manager, dev_seqs = build(hp.CudaArena, "cuda")
