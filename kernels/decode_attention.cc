@@ -136,6 +136,19 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
     return absl::InvalidArgumentError(
         absl::StrCat("DecodeAttention: sm_scale ", args.sm_scale, " is not finite"));
   }
+  const DecodeNewTokens& new_tokens = args.new_tokens;
+  if (new_tokens.keys != nullptr || new_tokens.values != nullptr ||
+      new_tokens.positions != nullptr) {
+    if (new_tokens.keys == nullptr || new_tokens.values == nullptr ||
+        new_tokens.positions == nullptr) {
+      return absl::InvalidArgumentError(
+          "DecodeAttention: new tokens need keys, values and positions, one of them is null");
+    }
+    if (!IsKernelAligned(new_tokens.keys) || !IsKernelAligned(new_tokens.values)) {
+      return absl::InvalidArgumentError(
+          "DecodeAttention: the new tokens' keys and values must be 16-byte aligned");
+    }
+  }
   if (args.num_seqs == 0) return absl::OkStatus();
   if (args.q == nullptr || args.indptr == nullptr ||
       (args.num_page_ids > 0 && args.page_ids == nullptr) || args.lens == nullptr ||
@@ -157,19 +170,6 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
   }
   if (needed > 0 && !IsKernelAligned(args.workspace)) {
     return absl::InvalidArgumentError("DecodeAttention: workspace is not 16-byte aligned");
-  }
-  const DecodeNewTokens& new_tokens = args.new_tokens;
-  if (new_tokens.keys != nullptr || new_tokens.values != nullptr ||
-      new_tokens.positions != nullptr) {
-    if (new_tokens.keys == nullptr || new_tokens.values == nullptr ||
-        new_tokens.positions == nullptr) {
-      return absl::InvalidArgumentError(
-          "DecodeAttention: new tokens need keys, values and positions, one of them is null");
-    }
-    if (!IsKernelAligned(new_tokens.keys) || !IsKernelAligned(new_tokens.values)) {
-      return absl::InvalidArgumentError(
-          "DecodeAttention: the new tokens' keys and values must be 16-byte aligned");
-    }
   }
   return absl::OkStatus();
 }
@@ -195,14 +195,14 @@ namespace ref {
 namespace {
 
 // The new tokens as WriteKV stores them, over the slot mapping Reserve would
-// have given: each stream's last token, or -1 (skip) for an empty stream.
-// The tables are checked.
+// have given: each stream's last token, or -1 (skip) for an empty stream and
+// for every stream of a seq whose position is negative. The tables are checked.
 absl::Status WriteNewTokens(const DecodeAttentionArgs& args) {
   const int32_t num_streams = args.num_seqs * args.num_kv_heads;
   std::vector<int32_t> slots(static_cast<size_t>(num_streams), -1);
   for (int32_t stream = 0; stream < num_streams; ++stream) {
     const int32_t len = args.lens[stream];
-    if (len > 0) {
+    if (len > 0 && args.new_tokens.positions[stream / args.num_kv_heads] >= 0) {
       slots[stream] = static_cast<int32_t>(
           SlotOf(args.page_ids + args.indptr[stream], len - 1, args.cache.page_size));
     }

@@ -22,6 +22,9 @@ namespace headpage {
 [[nodiscard]] absl::Status TableFaultStatus(const DecodeAttentionArgs& args,
                                             const TableFault& fault);
 
+// With args.new_tokens (DecodeNewTokens, decode_attention_args.h) both
+// backends first write the step's tokens into the cache, as WriteKV would.
+
 namespace ref {
 // CPU reference, the oracle: float accumulation, two-pass softmax, one stream at
 // a time, whatever num_splits says (the workspace is not touched). Also checks
@@ -37,8 +40,8 @@ namespace gpu {
 // allocation, so it can be captured in a CUDA graph. The block tables and
 // lengths live on the device and are read there. With args.fault set, they
 // are checked there first, as the CPU reference checks them, and a fault
-// leaves out and lse unwritten (the caller reads it with gpu::ReadTableFault);
-// without, they are trusted.
+// leaves out and lse (and, with new tokens, the pool) unwritten (the caller
+// reads it with gpu::ReadTableFault); without, they are trusted.
 [[nodiscard]] absl::Status DecodeAttention(const DecodeAttentionArgs& args, GpuStream stream);
 }  // namespace gpu
 #endif

@@ -73,20 +73,24 @@ struct DecodeAttentionKernelArgs {
 };
 
 // A decode step's new tokens, one per sequence, which the op writes into the
-// cache before reading it: stream (seq, kv head) of length len > 0 gets the
-// rows keys[seq][kv head] and values[seq][kv head] in the slot of its token
-// len - 1 (the last its block table holds, where the block manager's Reserve
-// put the step's token), and positions[seq] beside them; fp8 pages store the
-// rows quantized with their scales, as WriteKV does. This is WriteKV over
-// Reserve's slot mapping, done by the pass's block that reads the stream's
-// last token, before it reads it: a serving step saves a kernel and its
-// boundary per layer. Passed to the kernels as a parameter of its own, after
-// the fault word (DecodeAttentionKernelArgs' layout is register-sensitive).
+// cache before reading it: stream (seq, kv head) of length len = lens[stream]
+// > 0 gets the rows keys[seq][kv head] and values[seq][kv head] in the slot of
+// its token len - 1 (where the block manager's Reserve put the step's token),
+// and positions[seq] beside them; fp8 pages store the rows quantized with
+// their scales, as WriteKV does. A sequence whose position is negative has no
+// new token (a row that reserved nothing, as WriteKV's slot -1): nothing of it
+// is written. This is WriteKV over Reserve's slot mapping, done by the pass's
+// block that reads the stream's last token, before it reads it: a serving step
+// saves a kernel and its boundary per layer. No other stream of the batch may
+// hold that slot (Reserve's copy-on-write makes a tail page private). A
+// checked table that faults writes nothing, the pool included. Passed to the
+// kernels as a parameter of its own, after the fault word
+// (DecodeAttentionKernelArgs' layout is register-sensitive).
 struct DecodeNewTokens {
   const void* keys = nullptr;          // [num_seqs][num_kv_heads][head_dim] of cache.dtype,
                                        // 16-byte aligned; null: no new tokens
   const void* values = nullptr;        // the same shape
-  const int32_t* positions = nullptr;  // [num_seqs]
+  const int32_t* positions = nullptr;  // [num_seqs]; negative: that seq has none
 };
 
 struct DecodeAttentionArgs : DecodeAttentionKernelArgs {

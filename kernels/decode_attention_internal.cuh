@@ -202,16 +202,16 @@ __device__ __forceinline__ void ForEachPiece(const DecodeAttentionKernelArgs& ar
 
 // The slot where `work` stores its stream's new token (DecodeNewTokens): that
 // of the stream's last token when the piece ends where the stream does, else
-// -1 (as when there are no new tokens, or an unchecked table's page id is
-// outside the cache: nothing is written then).
+// -1, as when there are no new tokens, the seq's position is negative (it has
+// none), or an unchecked table's length is past its pages or its page id
+// outside the cache: nothing is written then.
 __device__ __forceinline__ int64_t NewTokenSlot(const DecodeAttentionKernelArgs& args,
                                                 const DecodeNewTokens& new_tokens,
                                                 const BlockWork& work) {
   if (new_tokens.keys == nullptr || work.begin >= work.end) return -1;
+  // The pieces end at TableClampedLength: it is lens[stream] unless the table is bad.
+  if (work.end != args.lens[work.stream] || new_tokens.positions[work.seq] < 0) return -1;
   const int page_size = args.cache.page_size;
-  if (work.end != TableClampedLength<int>(args.lens, args.indptr, work.stream, page_size)) {
-    return -1;
-  }
   const int last = work.end - 1;
   const int page = args.page_ids[args.indptr[work.stream] + last / page_size];
   if (page < 0 || page >= args.cache.num_pages) return -1;
@@ -220,9 +220,9 @@ __device__ __forceinline__ int64_t NewTokenSlot(const DecodeAttentionKernelArgs&
 
 // Stage, before a piece's pipeline: the stream's new token into the cache
 // when the piece holds it, then a barrier, after which the warp whose chunk
-// holds the token reads it (through L2, where the stores went). 16-bit and f32
-// pages: the block's threads copy the K and V rows' 16-byte vectors. Every
-// thread of the block calls it.
+// holds the token reads it (the barrier orders the block's stores before its
+// later cp.async reads). 16-bit and f32 pages: the block's threads copy the K
+// and V rows' 16-byte vectors. Every thread of the block calls it.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void StoreNewToken(const DecodeAttentionKernelArgs& args,
                                               const DecodeNewTokens& new_tokens,

@@ -158,7 +158,9 @@ class DecodeBuffers:
 
     def graph_ids(self, rows, graph_rows):
         """The slots [graph_rows][L][H] and positions [graph_rows] of the step's
-        decode `rows`, padded (slot -1: nothing written), in the static device
+        decode `rows`, padded (slot -1 and position 0: nothing written, the
+        padding's tables being empty; a row that reserved nothing has position
+        -1, which decode_attention's new tokens skip), in the static device
         buffer: one copy from pinned memory on the current stream."""
         layers, heads = self.shape.num_layers, self.shape.num_kv_heads
         capacity = self._graph_rows
@@ -166,7 +168,7 @@ class DecodeBuffers:
             self._ids = PinnedUpload(capacity * (1 + layers * heads), torch.int32, self.device)
         host = self._ids.host()
         n = len(rows)
-        host[:n] = [r.past for r in rows]
+        host[:n] = [r.write_positions()[0] for r in rows]  # -1: the row writes nothing
         host[n:graph_rows] = 0
         sent = capacity + graph_rows * layers * heads
         slots = host[capacity:sent].reshape(graph_rows, -1)

@@ -342,7 +342,8 @@ class ServingCache(Compressions, PrefixCaching):
             self._promised_pages = 0  # what was promised is being reserved now
             self.decode_promises = None
         seq = self._seqs[request_id]
-        if request_id in self.finishing:
+        reserved = request_id not in self.finishing
+        if not reserved:
             # Its token of this step is dropped: it writes nothing (slot -1) and
             # attends to what it has.
             slots = np.full((query_length, self.shape.num_layers, self.shape.num_kv_heads), -1,
@@ -355,7 +356,7 @@ class ServingCache(Compressions, PrefixCaching):
         compress_at = self._compress_at.get(request_id)
         first = self._step[-1].first + self._step[-1].count if self._step else 0
         self._step.append(_StepRow(request_id, seq, past_length, query_length, first, slots,
-                                   compress_at))
+                                   compress_at, reserved))
         # transformers sizes its index tensors from these; headpage never reads them.
         write_index[0].extend([0] * query_length)
 
@@ -403,8 +404,7 @@ class ServingCache(Compressions, PrefixCaching):
         inputs.graph_rows = graph_rows
         if graph_rows is None:
             inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
-            inputs.positions = self._to_device(np.concatenate(
-                [np.arange(r.past, r.past + r.count, dtype=np.int32) for r in rows]))
+            inputs.positions = self._to_device(np.concatenate([r.write_positions() for r in rows]))
         else:
             inputs.slots, inputs.positions = self.decode_buffers.graph_ids(rows, graph_rows)
         inputs.decode = [r for r in rows if r.is_decode]

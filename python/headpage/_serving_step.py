@@ -4,6 +4,7 @@ with tokens in the step), what every layer of it reads, and the record
 ServingCache keeps of it for tools/bench_serving.py."""
 import typing
 
+import numpy as np
 from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingAsyncIOs
 
 
@@ -23,12 +24,22 @@ class _StepRow:
     prompt's length, or one less for a request that forks for
     num_return_sequences. transformers forks such a request after prefilling all
     but its last prompt token, so it is compressed then, and its children share
-    the compressed pages."""
-    __slots__ = ("request_id", "seq", "past", "count", "first", "slots", "compress_at")
+    the compressed pages. reserved is False for a finishing request's row, whose
+    token is dropped: it reserved nothing (its slots are -1) and writes nothing."""
+    __slots__ = ("request_id", "seq", "past", "count", "first", "slots", "compress_at",
+                 "reserved")
 
-    def __init__(self, request_id, seq, past, count, first, slots, compress_at):
+    def __init__(self, request_id, seq, past, count, first, slots, compress_at, reserved=True):
         self.request_id, self.seq, self.past, self.count = request_id, seq, past, count
         self.first, self.slots, self.compress_at = first, slots, compress_at
+        self.reserved = reserved
+
+    def write_positions(self):
+        """The positions its tokens are written at: -1 (nothing written, by write_kv's
+        slots or decode_attention's new tokens) for a row that reserved nothing."""
+        if not self.reserved:
+            return np.full(self.count, -1, dtype=np.int32)
+        return np.arange(self.past, self.past + self.count, dtype=np.int32)
 
     @property
     def is_decode(self):

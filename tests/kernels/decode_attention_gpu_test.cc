@@ -92,16 +92,18 @@ class Problem {
   // positions, after every non-empty stream's last slot became NaN (fp8: NaN
   // bytes and scales) and position -1, a slot that reserve gave and nothing
   // wrote yet: a pass that reads it before its block writes it spreads NaN.
-  void AddNewTokens(float scale) {
+  // Seq `skipped` (if any) has position -1, no new token: its slots stay as
+  // they are, and a write to them fails the pool's comparison.
+  void AddNewTokens(float scale, int32_t skipped = -1) {
     const size_t rows = static_cast<size_t>(seqs_) * kv_heads_;
     new_keys_ = testing::RandomRows(rows * head_dim(), dtype(), scale, pool_.rng());
     new_values_ = testing::RandomRows(rows * head_dim(), dtype(), scale, pool_.rng());
     new_positions_.clear();
-    for (int32_t s = 0; s < seqs_; ++s) new_positions_.push_back(1000 + 3 * s);
+    for (int32_t s = 0; s < seqs_; ++s) new_positions_.push_back(s == skipped ? -1 : 1000 + 3 * s);
     const PagedKV view = pool_.view();
     for (int32_t stream = 0; stream < pool_.num_streams(); ++stream) {
       const int32_t len = pool_.lens()[stream];
-      if (len == 0) continue;
+      if (len == 0 || stream / kv_heads_ == skipped) continue;
       const int64_t slot = pool_.Slot(stream, len - 1);
       if (view.fp8()) {
         const size_t bytes = static_cast<size_t>(head_dim());
@@ -161,6 +163,12 @@ class Problem {
   void PoisonOutputs() {
     d_out_.Poison();
     d_lse_.Poison();
+  }
+
+  // With new tokens: the device's pool is still what it was before the write.
+  void RequirePoolUnwritten() const {
+    REQUIRE(device_.data.Download<uint8_t>() == before_data_);
+    REQUIRE(device_.positions.Download<int32_t>() == before_positions_);
   }
 
   // The device's out and lse against the last RunRef, and with new tokens its
@@ -282,7 +290,7 @@ void CheckNewTokens(DType dtype, int32_t head_dim, int32_t page_size, int32_t gr
   spec.kv_dtype = kv_dtype;
   Problem problem(spec, group, 2,
                   static_cast<uint64_t>(head_dim * 1000 + page_size * 10 + group + 11), 2.0f);
-  problem.AddNewTokens(3.0f);
+  problem.AddNewTokens(3.0f, /*skipped=*/1);
   problem.RunRef();
   for (int32_t splits : {1, 3, 40}) problem.RunGpuAndCompare(splits);
   for (int32_t blocks : {1, 5, 264}) problem.RunGpuAndCompare(1, blocks);
@@ -494,7 +502,9 @@ TEST_CASE("gpu::DecodeAttention: no seqs launches nothing, bad arguments are err
 TEST_CASE("gpu::DecodeAttention checks its tables on the device as ref does, writing nothing",
           "[kernels][gpu][sanitize]") {
   // Two seqs of two kv heads; lens 40, 3, 17, 0 at 16 tokens a page: indptr 0 3 4 6 6.
+  // With new tokens: a fault writes nothing to the pool either.
   Problem problem({16, 128, DType::kBF16, {40, 3, 17, 0}}, 2, 2, 13, 1.0f);
+  problem.AddNewTokens(2.0f);
   DeviceBuffer fault(sizeof(uint64_t));
   // Good tables, checked: no fault, and the results of an unchecked run.
   problem.RunRef();
@@ -546,6 +556,7 @@ TEST_CASE("gpu::DecodeAttention checks its tables on the device as ref does, wri
       REQUIRE(got == want);
       REQUIRE(problem.DownloadOut() == before);  // nothing written
       for (float lse : problem.DownloadLse()) REQUIRE(std::isnan(lse));
+      problem.RequirePoolUnwritten();
     }
   }
 }

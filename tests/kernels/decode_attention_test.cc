@@ -248,6 +248,26 @@ TEST_CASE("DecodeAttention: new tokens go to each stream's last slot, then are a
   RequireNearDense(t.step, DenseAttention(t.step, args.sm_scale));
 }
 
+TEST_CASE("DecodeAttention: a seq whose new position is negative has no new token",
+          "[kernels]") {
+  NewTokenStep t;
+  t.positions = {500, -1};  // seq 1 (streams 2 and 3) reserved nothing
+  const std::vector<uint8_t> data_before = t.step.pool.data();
+  std::vector<float> before(64);
+  for (int32_t e = 0; e < 64; ++e) before[e] = t.step.pool.Key(2, 15, e);
+  REQUIRE_OK(ref::DecodeAttention(t.Args()));
+  for (int32_t e = 0; e < 64; ++e) {
+    REQUIRE(t.step.pool.Key(2, 15, e) == before[e]);
+    REQUIRE(t.step.pool.Key(0, 2, e) == t.NewElement(t.keys, 0, e));  // seq 0 still written
+  }
+  REQUIRE(t.step.pool.Position(0, 2) == 500);
+  int64_t changed = 0;
+  for (size_t i = 0; i < data_before.size(); ++i) {
+    changed += data_before[i] != t.step.pool.data()[i];
+  }
+  REQUIRE(changed <= 2 * 64 * 4);  // stream 0's rows only (stream 1 is empty)
+}
+
 TEST_CASE("DecodeAttention: bad new tokens or a bad table write nothing", "[kernels]") {
   NewTokenStep t;
   const std::vector<uint8_t> data_before = t.step.pool.data();

@@ -41,8 +41,8 @@ PAGE = 4
 HEAD_DIM = 64
 
 
-def build(arena_type, device):
-    """Two sequences of 5 and 9 tokens, one layer, two kv heads, the same K/V."""
+def build(arena_type, device, lengths=(5, 9)):
+    """Two sequences of `lengths` tokens, one layer, two kv heads, the same K/V."""
     g = hp.CacheGeometry(num_layers=1, num_kv_heads=2, num_q_heads=4, head_dim=HEAD_DIM,
                          dtype="f32", page_size=PAGE)
     pool = hp.PagePool(64)
@@ -50,7 +50,7 @@ def build(arena_type, device):
     manager = hp.BlockManager(g, pool)
     gen = torch.Generator().manual_seed(5)
     seqs = []
-    for n in (5, 9):
+    for n in lengths:
         seq = manager.add_sequence()
         plan = manager.reserve(seq, n)
         k = torch.randn(n, 2, HEAD_DIM, generator=gen).to(device)
@@ -92,39 +92,48 @@ def test_decode_attention_on_the_device_equals_the_host():
 
 
 def test_decode_attention_writes_new_tokens_on_the_device_as_on_the_host():
-    """A decode step's tokens through decode_attention's new_keys: the device
-    pool and outputs equal the host's, under each division of the work."""
+    """A decode step's tokens through decode_attention's new_keys, over streams of
+    150 and 301 tokens: the device pool's tokens and the outputs equal the host's,
+    one range per stream and under each division of the work, each from a pool
+    that has not seen the write."""
     gen = torch.Generator().manual_seed(8)
     k, v = torch.randn(2, 2, HEAD_DIM, generator=gen), torch.randn(2, 2, HEAD_DIM, generator=gen)
-    positions = torch.tensor([5, 9], dtype=torch.int32)
-    results = []
-    for arena_type, device in ((hp.HostArena, "cpu"), (hp.CudaArena, "cuda")):
-        arena, manager, seqs = build(arena_type, device)
+    positions = torch.tensor([150, 301], dtype=torch.int32)
+
+    def step(arena_type, device, **division):
+        arena, manager, seqs = build(arena_type, device, lengths=(150, 301))
         for s in seqs:
             manager.reserve(s, 1)
         t = manager.block_table(0, seqs)
-        kwargs = dict(new_keys=k.to(device), new_values=v.to(device),
-                      new_positions=positions.to(device))
-        outs = [attend(arena, device, t.indptr, t.page_ids, t.lens, **kwargs)]
+        if "num_splits" in division:
+            size = hp.decode_attention_workspace_bytes(2, 4, HEAD_DIM, division["num_splits"])
+        else:
+            size = hp.decode_attention_balanced_workspace_bytes(
+                2, 4, len(t.lens) // 2, HEAD_DIM, division.get("balanced_blocks", 0))
+        workspace = torch.empty(max(size, 16), dtype=torch.uint8, device=device)
+        out = attend(arena, device, t.indptr, t.page_ids, t.lens, workspace=workspace,
+                     new_keys=k.to(device), new_values=v.to(device),
+                     new_positions=positions.to(device), **division)
         if device == "cuda":
-            streams = len(t.lens)
-            for division, size in [
-                    (dict(num_splits=3), hp.decode_attention_workspace_bytes(2, 4, HEAD_DIM, 3)),
-                    (dict(balanced_blocks=3), hp.decode_attention_balanced_workspace_bytes(
-                        2, 4, streams // 2, HEAD_DIM, 3))]:
-                workspace = torch.empty(size, dtype=torch.uint8, device="cuda")
-                outs.append(attend(arena, device, t.indptr, t.page_ids, t.lens, check=False,
-                                   workspace=workspace, **division, **kwargs))
-        torch.cuda.synchronize()
-        # Every stream's tokens, K and V (slots past them hold what they held).
+            torch.cuda.synchronize()
+        # Every stream's tokens, K and V, and their positions (slots past them hold
+        # what they held).
         pool = torch.from_dlpack(arena.kv).cpu()
-        kv = torch.stack([pool[t.page_ids[t.indptr[s] + i // PAGE], :, i % PAGE]
-                          for s in range(len(t.lens)) for i in range(t.lens[s])])
-        results.append((outs, kv))
-    (host_outs, host_kv), (dev_outs, dev_kv) = results
-    for got in dev_outs:
-        torch.testing.assert_close(got.cpu(), host_outs[0], rtol=1e-4, atol=1e-4)
-    assert torch.equal(dev_kv, host_kv)
+        slot_positions = torch.from_dlpack(arena.positions).cpu()
+        places = [(t.page_ids[t.indptr[s] + i // PAGE], i % PAGE)
+                  for s in range(len(t.lens)) for i in range(t.lens[s])]
+        kv = torch.stack([pool[page, :, offset] for page, offset in places])
+        held = [int(slot_positions[page * PAGE + offset]) for page, offset in places]
+        return out.cpu(), kv, held
+
+    want_out, want_kv, want_positions = step(hp.HostArena, "cpu")
+    assert 150 in want_positions and 301 in want_positions
+    for division in (dict(num_splits=1), dict(num_splits=3), dict(num_splits=40),
+                     dict(balanced_blocks=3), dict(balanced_blocks=7)):
+        out, kv, held = step(hp.CudaArena, "cuda", **division)
+        torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-4)
+        assert torch.equal(kv, want_kv), division
+        assert held == want_positions, division
 
 
 def test_bad_tables_are_refused_on_the_device_as_on_the_host():

@@ -142,6 +142,46 @@ def test_asynchronous_batching_with_prefix_caching_gives_the_tokens_of_one_step_
 
 
 @needs_cuda
+def test_a_finishing_requests_dropped_token_leaves_the_cached_prefix_as_it_was(monkeypatch):
+    # A request's last step is scheduled once more (its token dropped): that row
+    # reserves nothing, and decode_attention, which writes a step's tokens in the
+    # slot of each stream's last token, must not write it over the request's last
+    # token. Here that token ends a 64-token prompt, four whole blocks that the
+    # prefix cache holds; requests served after it start on those blocks.
+    finishing_rows = []
+    step_row = headpage.serving.ServingCache.extend_read_and_write_indices
+
+    def record(cache, request_id, *args):
+        if request_id in cache.finishing:
+            finishing_rows.append(request_id)
+        return step_row(cache, request_id, *args)
+
+    monkeypatch.setattr(headpage.serving.ServingCache, "extend_read_and_write_indices", record)
+    first = list(range(7, 71))
+    later = [first + [5, 9, 2], first + list(range(40, 52))]
+    runs = {}
+    for overlap in (False, True):
+        model = headpage.serving.enable(small_model("cuda"), num_pages=1024,
+                                        check_invariants=True)
+        manager = model.init_continuous_batching(
+            generation_config=GenerationConfig(do_sample=False, eos_token_id=-1),
+            continuous_batching_config=config(overlap, num_blocks=128, allow_block_sharing=True))
+        manager.start()
+        try:
+            for n in (1, 2):  # requests that end one and two tokens after their prompt
+                manager.add_request(first, max_new_tokens=n)
+                assert manager.get_result(timeout=300).error is None
+            ids = [manager.add_request(p, max_new_tokens=8) for p in later]
+            results = {r.request_id: r for r in (manager.get_result(timeout=300) for _ in ids)}
+        finally:
+            manager.stop(block=True)
+        runs[overlap] = [list(results[i].generated_tokens) for i in ids]
+        assert manager.stats()["prefix_hits"] >= 2
+    assert finishing_rows  # the overlapped run scheduled a finishing row
+    assert runs[True] == runs[False]
+
+
+@needs_cuda
 def test_asynchronous_batching_under_pool_pressure_serves_every_request():
     # test_serving's pool pressure: three 100-token prompts compressed to half,
     # then 40 new tokens each, in a pool that holds them only after the pool-wide
