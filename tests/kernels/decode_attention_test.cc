@@ -224,7 +224,6 @@ TEST_CASE("DecodeAttention: new tokens go to each stream's last slot, then are a
   const std::vector<uint8_t> data_before = t.step.pool.data();
   auto args = t.Args();
   REQUIRE_OK(ref::DecodeAttention(args));
-  const PagedKV view = t.step.pool.view();
   int64_t written_bytes = 0;
   for (int32_t stream = 0; stream < 4; ++stream) {
     const int32_t len = t.step.pool.lens()[stream];

@@ -177,6 +177,21 @@ def test_decode_attention_writes_the_steps_tokens_first(small):
     with pytest.raises(ValueError, match="new_positions"):
         hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, fused,
                             new_keys=k, new_values=v, new_positions=positions.long())
+    # A seq at position -1 has no new token: seq 1's streams keep what they hold.
+    kv.copy_(before[0])
+    positions_view.copy_(before[1])
+    hp.decode_attention(arena, q, table.indptr, table.page_ids, table.lens, fused,
+                        new_keys=k, new_values=v,
+                        new_positions=torch.tensor([5, -1], dtype=torch.int32))
+    seq1_slots = torch.as_tensor(slots[1].astype(np.int64))
+    assert torch.equal(positions_view[seq1_slots], before[1][seq1_slots])
+    for slot in slots[1].tolist():
+        page, offset = divmod(slot, PAGE)
+        assert torch.equal(kv[page, :, offset], before[0][page, :, offset])
+    assert torch.equal(positions_view[torch.as_tensor(slots[0].astype(np.int64))],
+                       torch.tensor([5, 5], dtype=torch.int32))
+    kv.copy_(after[0])
+    positions_view.copy_(after[1])
     bad_ids = table.page_ids.copy()
     bad_ids[-1] = 64  # outside the pool
     with pytest.raises(ValueError, match="page"):
