@@ -168,7 +168,7 @@ class DecodeBuffers:
             self._ids = PinnedUpload(capacity * (1 + layers * heads), torch.int32, self.device)
         host = self._ids.host()
         n = len(rows)
-        host[:n] = [r.write_positions()[0] for r in rows]  # -1: the row writes nothing
+        host[:n] = [r.past if r.reserved else -1 for r in rows]  # -1: the row writes nothing
         host[n:graph_rows] = 0
         sent = capacity + graph_rows * layers * heads
         slots = host[capacity:sent].reshape(graph_rows, -1)

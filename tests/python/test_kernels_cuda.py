@@ -41,12 +41,13 @@ PAGE = 4
 HEAD_DIM = 64
 
 
-def build(arena_type, device, lengths=(5, 9)):
-    """Two sequences of `lengths` tokens, one layer, two kv heads, the same K/V."""
+def build(arena_type, device, lengths=(5, 9), num_pages=64):
+    """Two sequences of `lengths` tokens, one layer, two kv heads, the same K/V,
+    in a pool of num_pages pages."""
     g = hp.CacheGeometry(num_layers=1, num_kv_heads=2, num_q_heads=4, head_dim=HEAD_DIM,
                          dtype="f32", page_size=PAGE)
-    pool = hp.PagePool(64)
-    arena = arena_type(g, 64)
+    pool = hp.PagePool(num_pages)
+    arena = arena_type(g, num_pages)
     manager = hp.BlockManager(g, pool)
     gen = torch.Generator().manual_seed(5)
     seqs = []
@@ -101,7 +102,7 @@ def test_decode_attention_writes_new_tokens_on_the_device_as_on_the_host():
     positions = torch.tensor([150, 301], dtype=torch.int32)
 
     def step(arena_type, device, **division):
-        arena, manager, seqs = build(arena_type, device, lengths=(150, 301))
+        arena, manager, seqs = build(arena_type, device, lengths=(150, 301), num_pages=256)
         for s in seqs:
             manager.reserve(s, 1)
         t = manager.block_table(0, seqs)
