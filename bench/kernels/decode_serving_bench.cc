@@ -36,7 +36,7 @@ namespace {
 
 constexpr int32_t kRequests = 14;
 constexpr int32_t kGraphRows = 16;
-// headpage.serving's GRAPH_SPLIT_TOKENS: a graph's split count is chosen for
+// headpage.serving's GRAPH_SPLIT_TOKENS (headpage/_decode_buffers.py): a graph's split count is chosen for
 // streams this long.
 constexpr int32_t kGraphSplitTokens = 8192;
 

@@ -2,15 +2,25 @@
 """What the decode rows of headpage.serving's steps read on a CUDA device: the
 block tables of every layer, resident (one DeviceBlockTables for the cache's
 life, refreshed each step and reset in place when the batch changes), the
-split-KV workspaces, and for steps run as CUDA graphs the padded views and one
-static buffer of slots and positions (headpage._decode_graphs). headpage.hf.Cache
+split-KV workspaces, and for steps run as CUDA graphs their padded size, views and one
+static buffer of the rows' positions (headpage._decode_graphs). headpage.hf.Cache
 sizes its split-KV workspace with the helpers here too."""
 import functools
 
-import numpy as np
 import torch
 
 import headpage
+
+# The stream length a decode graph's split-KV count is chosen for.
+GRAPH_SPLIT_TOKENS = 8192
+
+
+def padded_rows(n, limit):
+    """The batch size a CUDA graph of an n-request decode step is captured for:
+    n rounded up to a multiple of 8 up to 64, of 16 up to 128, of 32 up to 256,
+    then of 64 (about eight sizes a doubling), at most `limit`."""
+    step = 8 if n <= 64 else 16 if n <= 128 else 32 if n <= 256 else 64
+    return min(-(-n // step) * step, limit)
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,7 +76,7 @@ class PinnedUpload:
 
 class DecodeBuffers:
     """The device side of the decode rows, for a ServingCache on CUDA. A graph
-    captured over padded_views() and graph_ids() stays valid while `generation`
+    captured over padded_views() and graph_positions() stays valid while `generation`
     stays the same."""
 
     def __init__(self, manager, shape, num_pages, graph_rows, device, stream):
@@ -79,7 +89,7 @@ class DecodeBuffers:
         self._generation = None   # the tables' generation the views are of
         self.last_update = ""     # what update() did: new, refresh, rebuilt or reset
         self._workspaces = {}     # (padded rows, splits, blocks) -> a graph's split-KV workspace
-        self._ids = None  # PinnedUpload, int32: positions [graph_rows], slots [graph_rows][L][H]
+        self._positions = None  # PinnedUpload, int32 [graph_rows]: a graph step's positions
 
     @property
     def generation(self):
@@ -156,23 +166,16 @@ class DecodeBuffers:
             self._workspaces[key] = workspace
         return workspace
 
-    def graph_ids(self, rows, graph_rows):
-        """The slots [graph_rows][L][H] and positions [graph_rows] of the step's
-        decode `rows`, padded (slot -1 and position 0: nothing written, the
-        padding's tables being empty; a row that reserved nothing has position
-        -1, which decode_attention's new tokens skip), in the static device
-        buffer: one copy from pinned memory on the current stream."""
-        layers, heads = self.shape.num_layers, self.shape.num_kv_heads
-        capacity = self._graph_rows
-        if self._ids is None:
-            self._ids = PinnedUpload(capacity * (1 + layers * heads), torch.int32, self.device)
-        host = self._ids.host()
+    def graph_positions(self, rows, graph_rows):
+        """The positions [graph_rows] of the step's decode `rows`, where
+        decode_attention writes their tokens (in each stream's last slot: the
+        slots themselves are not needed), padded with 0 (the padding's tables
+        are empty, so nothing is written), in the static device buffer: one copy
+        from pinned memory on the current stream."""
+        if self._positions is None:
+            self._positions = PinnedUpload(self._graph_rows, torch.int32, self.device)
+        host = self._positions.host()
         n = len(rows)
-        host[:n] = [r.past if r.reserved else -1 for r in rows]  # -1: the row writes nothing
+        host[:n] = [r.write_positions()[0] for r in rows]  # -1: the row writes nothing
         host[n:graph_rows] = 0
-        sent = capacity + graph_rows * layers * heads
-        slots = host[capacity:sent].reshape(graph_rows, -1)
-        slots[:n] = np.concatenate([r.slots for r in rows]).reshape(n, -1)
-        slots[n:] = -1
-        ids = self._ids.send(sent)
-        return ids[capacity:sent].view(graph_rows, layers, heads), ids[:graph_rows]
+        return self._positions.send(graph_rows)[:graph_rows]

@@ -9,7 +9,7 @@ whole forward, sampling included (transformers' _forward_process_and_sample, the
 function its own graphs capture), and headpage's attention in it reads only
 static device buffers (ServingCache._attend_graph): the decode tables' padded
 views, which keep their addresses while the DeviceBlockTables keep their
-generation, and one buffer of slots and positions uploaded before the replay.
+generation, and one buffer of positions uploaded before the replay.
 
 transformers pads its inputs only when its own graphs are on; these steps pad
 theirs here: the model's inputs are views at offset 0 of transformers' static

@@ -11,29 +11,20 @@ import torch
 from torch.nn.attention.bias import causal_lower_right
 
 import headpage
-from headpage._decode_buffers import DecodeBuffers, multiprocessors
+from headpage._decode_buffers import (GRAPH_SPLIT_TOKENS, DecodeBuffers, multiprocessors,
+                                      padded_rows)
 from headpage._decode_windows import DecodeWindows
 from headpage._kv_pages import cache_geometry, check_kv_dtype
-from headpage._model import (DTYPES, check_compress_every, check_ints, make_arena, model_shape,
-                             output_projections, pages_for_tokens, resolve_policy)
+from headpage._model import (check_compress_every, make_arena, model_shape, output_projections,
+                             pages_for_tokens, resolve_policy)
 from headpage._serving_compress import Compressions
 from headpage._serving_prefix import PrefixCaching, headwise_prefill_attention
 from headpage._serving_step import StepRecord, _StepInputs, _StepRow
 
 _log = logging.getLogger("headpage.serving")
 
-# The stream length a decode graph's split-KV count is chosen for.
-GRAPH_SPLIT_TOKENS = 8192
 # Tokens a step takes when transformers' config leaves max_batch_tokens unset.
 DEFAULT_BATCH_TOKENS = 2048
-
-
-def padded_rows(n, limit):
-    """The batch size a CUDA graph of an n-request decode step is captured for:
-    n rounded up to a multiple of 8 up to 64, of 16 up to 128, of 32 up to 256,
-    then of 64 (about eight sizes a doubling), at most `limit`."""
-    step = 8 if n <= 64 else 16 if n <= 128 else 32 if n <= 256 else 64
-    return min(-(-n // step) * step, limit)
 
 
 class _AllocatorView:
@@ -402,13 +393,14 @@ class ServingCache(Compressions, PrefixCaching):
             self._copies = []
         inputs = _StepInputs()
         inputs.graph_rows = graph_rows
-        if graph_rows is None:
-            inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
-            inputs.positions = self._to_device(np.concatenate([r.write_positions() for r in rows]))
-        else:
-            inputs.slots, inputs.positions = self.decode_buffers.graph_ids(rows, graph_rows)
         inputs.decode = [r for r in rows if r.is_decode]
         inputs.prefill = [r for r in rows if not r.is_decode]
+        if graph_rows is not None:
+            inputs.positions = self.decode_buffers.graph_positions(rows, graph_rows)
+        else:
+            inputs.positions = self._to_device(np.concatenate([r.write_positions() for r in rows]))
+            if inputs.prefill:  # write_kv's slots; decode rows alone write in decode_attention
+                inputs.slots = self._to_device(np.concatenate([r.slots for r in rows]))  # [T][L][H]
         inputs.observing = [(i, r) for i, r in enumerate(inputs.decode) if r.observes]
         decode = inputs.decode
         if decode:
