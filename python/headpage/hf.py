@@ -17,9 +17,10 @@ Every (sequence, layer, KV head) stream has its own block table in one page pool
   budget (SnapKV scores from the window queries, Ada-KV / PyramidKV / DBudgetKV
   budgets, ...). The pages it frees are back in the pool before the first decode
   step. compress() does it at once; otherwise the first decode step does.
-- Decode: update() appends the new token's K/V, and the layer attends through
-  decode_attention over the head-wise block tables (kernels::ref on the CPU,
-  kernels::gpu on CUDA), whatever each stream's length. On CUDA the tables of
+- Decode: update() reserves the new token in every stream, and the layer attends
+  through decode_attention over the head-wise block tables (kernels::ref on the
+  CPU, kernels::gpu on CUDA), whatever each stream's length; the same launch
+  writes the token's K/V into its slot, each stream's last, before reading it. On CUDA the tables of
   every layer live in device memory (headpage.DeviceBlockTables) and a step
   brings them up to date with one upload.
 
@@ -277,8 +278,10 @@ class Cache(_HFCache):
         self.compression = []   # per sequence once compressed (see compress())
         self._tokens = 0        # tokens every layer has seen
         self._steps = {}        # layer -> "prefill" | "decode": what its attention must do
-        self._slots = None      # this step's slot mapping per sequence, [T][layers][kv_heads]
+        self._slots = None      # a prefill step's slot mapping per sequence, [T][layers][kv_heads]
         self._positions = None  # this step's token positions, int32 [T]
+        self._new_positions = None  # a decode step's: int32 [B], the one position per sequence
+        self._new_tokens = None  # a decode layer's K and V [B][kv_heads][D], until it attends
         self._window = {}       # layer -> the prompt's last queries [B][q_heads][w][D]
         self._compress_due = False
         self._tables = {}       # layer -> BlockTable kept up to date between decode steps (CPU)
@@ -364,17 +367,21 @@ class Cache(_HFCache):
             raise ValueError(f"batch of {batch}, but the cache holds {len(self.seqs)} sequences")
         if layer == 0:
             self._begin_step(tokens)
+        if layer == self.num_layers - 1:
+            self._tokens += tokens
+        if tokens == 1 and self._tokens_before > 0:
+            # decode_attention writes the token's K/V into its reserved slot (each
+            # stream's last) before it reads the page: one launch a layer, no write_kv.
+            self._steps[layer] = "decode"
+            self._new_tokens = (key_states[:, :, 0, :].contiguous(),
+                                value_states[:, :, 0, :].contiguous())
+            return key_states, value_states  # not read: decode attends from the pool
         stream = self._stream()
         for b, seq in enumerate(self.seqs):
             slots = self._slots[b]
             headpage.write_kv(self.arena, key_states[b].transpose(0, 1).contiguous(),
                               value_states[b].transpose(0, 1).contiguous(), slots[:, layer, :],
                               self._positions, stream=stream)
-        if layer == self.num_layers - 1:
-            self._tokens += tokens
-        if tokens == 1 and self._tokens_before > 0:
-            self._steps[layer] = "decode"
-            return key_states, value_states  # not read: decode attends from the pool
         if self._tokens_before == 0:
             self._steps[layer] = "prefill"
             return key_states, value_states
@@ -386,15 +393,18 @@ class Cache(_HFCache):
         if self._compress_due:
             self.compress()
         self._tokens_before = self._tokens
+        decoding = tokens == 1 and self._tokens > 0  # decode_attention writes, no slots needed
         self._slots = []
         for seq in self.seqs:
             plan = self.manager.reserve(seq, tokens)
-            self._slots.append(self._to_device(plan.slot_mapping))
+            self._slots.append(None if decoding else self._to_device(plan.slot_mapping))
             if len(plan.copy_src):  # copy-on-write, before any write of this step
                 headpage.copy_pages(self.arena, self._to_device(plan.copy_src),
                                     self._to_device(plan.copy_dst), stream=self._stream())
         self._positions = torch.arange(self._tokens, self._tokens + tokens, dtype=torch.int32,
                                        device=self.device)
+        self._new_positions = (self._positions.expand(len(self.seqs)).contiguous()
+                               if decoding else None)
         if self._tokens == 0 and self._compresses():
             self._compress_due = True
         if self.device.type == "cuda" and tokens == 1 and self._tokens > 0:
@@ -550,10 +560,14 @@ class Cache(_HFCache):
                                       self._to_device(table.lens))
         # The manager built these tables: no device check (and no wait for it).
         split = self._device_tables is not None and self._splits > 1
+        new_keys, new_values = self._new_tokens
+        self._new_tokens = None
         headpage.decode_attention(self.arena, q, indptr, page_ids, lens, out, sm_scale=scaling,
                                   num_splits=self._splits if split else 1,
                                   workspace=self._workspace.buffer if split else None,
-                                  stream=self._stream(), check=False)
+                                  stream=self._stream(), check=False, new_keys=new_keys,
+                                  new_values=new_values,
+                                  new_positions=self._new_positions)
         return out.unsqueeze(1)  # [batch][1][q_heads][head_dim], as transformers expects
 
     # -- memory ---------------------------------------------------------------------
