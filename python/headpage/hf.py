@@ -41,7 +41,8 @@ configuration that does not (H2O with the max group reduction) is refused when
 the cache is set up.
 
 Pages store K/V in the model's dtype, or with kv_dtype="fp8" as fp8 e4m3 with a
-scale per token and stream (write_kv quantizes, the kernels dequantize).
+scale per token and stream (write_kv, or decode_attention for a decode step's token,
+quantizes; the kernels dequantize).
 
 Limits: batches without padding (one headpage sequence per batch row), no beam
 search, no cropping.

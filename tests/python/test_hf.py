@@ -44,9 +44,30 @@ def test_full_budget_gives_transformers_tokens(smollm2, prompt):
     assert stats.pages_in_use == 30 * 3 * math.ceil(tokens / 16)
 
 
+def test_a_batch_decodes_each_rows_tokens_into_its_own_streams(smollm2):
+    # Two sequences of one length (no padding): decode_attention writes each row's
+    # token into its own streams' last slots, at the step's position.
+    tok, model = smollm2
+    rows = [chat_ids(tok, p) for p in PROMPTS[1:]]
+    length = min(r.shape[1] for r in rows)
+    ids = torch.cat([r[:, :length] for r in rows])
+    new_tokens = 16
+    want = generate(model, ids, DynamicCache(config=model.config), new_tokens)
+    cache = hf.Cache(model, page_size=16)
+    got = generate(model, ids, cache, new_tokens)
+    assert got.tolist() == want.tolist()
+    tokens = length + new_tokens - 1
+    for sequence in range(2):
+        streams = cache.stream_positions(sequence)
+        assert len(streams) == 30 * 3
+        for positions in streams:
+            assert positions.tolist() == list(range(tokens))
+
+
 @torch.no_grad()
 def test_chunked_prefill_at_full_budget(smollm2):
-    """A second multi-token step attends densely over K/V read back from the pool."""
+    """A second multi-token step attends densely over K/V read back from the pool;
+    the decode steps after it attend over the pool as after a one-chunk prompt."""
     tok, model = smollm2
     ids = chat_ids(tok, PROMPTS[1])
     half = ids.shape[1] // 2
@@ -56,6 +77,14 @@ def test_chunked_prefill_at_full_budget(smollm2):
         got = model(chunk, past_key_values=cache, use_cache=True).logits
     torch.testing.assert_close(got, want)
     assert cache.get_seq_length() == ids.shape[1]
+    for _ in range(4):
+        token = want[:, -1:].argmax(-1)
+        want = model(token, past_key_values=dynamic, use_cache=True).logits
+        got = model(token, past_key_values=cache, use_cache=True).logits
+        # decode_attention's float32 sums run in another order than SDPA's
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert got[:, -1].argmax(-1).tolist() == want[:, -1].argmax(-1).tolist()
+    assert cache.get_seq_length() == ids.shape[1] + 4
 
 
 @torch.no_grad()
