@@ -281,6 +281,7 @@ class Cache(_HFCache):
         self._steps = {}        # layer -> "prefill" | "decode": what its attention must do
         self._slots = None      # a prefill step's slot mapping per sequence, [T][layers][kv_heads]
         self._positions = None  # this step's token positions, int32 [T]
+        self._decoding = False  # one token after the prompt: decode_attention writes it
         self._new_positions = None  # a decode step's: int32 [B], the one position per sequence
         self._new_tokens = None  # a decode layer's K and V [B][kv_heads][D], until it attends
         self._window = {}       # layer -> the prompt's last queries [B][q_heads][w][D]
@@ -370,7 +371,7 @@ class Cache(_HFCache):
             self._begin_step(tokens)
         if layer == self.num_layers - 1:
             self._tokens += tokens
-        if tokens == 1 and self._tokens_before > 0:
+        if self._decoding:
             # decode_attention writes the token's K/V into its reserved slot (each
             # stream's last) before it reads the page: one launch a layer, no write_kv.
             self._steps[layer] = "decode"
@@ -394,21 +395,22 @@ class Cache(_HFCache):
         if self._compress_due:
             self.compress()
         self._tokens_before = self._tokens
-        decoding = tokens == 1 and self._tokens > 0  # decode_attention writes, no slots needed
+        self._decoding = tokens == 1 and self._tokens > 0
         self._slots = []
         for seq in self.seqs:
             plan = self.manager.reserve(seq, tokens)
-            self._slots.append(None if decoding else self._to_device(plan.slot_mapping))
+            # A decode step's slots go unused: decode_attention writes each stream's last.
+            self._slots.append(None if self._decoding else self._to_device(plan.slot_mapping))
             if len(plan.copy_src):  # copy-on-write, before any write of this step
                 headpage.copy_pages(self.arena, self._to_device(plan.copy_src),
                                     self._to_device(plan.copy_dst), stream=self._stream())
         self._positions = torch.arange(self._tokens, self._tokens + tokens, dtype=torch.int32,
                                        device=self.device)
         self._new_positions = (self._positions.expand(len(self.seqs)).contiguous()
-                               if decoding else None)
+                               if self._decoding else None)
         if self._tokens == 0 and self._compresses():
             self._compress_due = True
-        if self.device.type == "cuda" and tokens == 1 and self._tokens > 0:
+        if self.device.type == "cuda" and self._decoding:
             # A decode step: every layer's device tables up to date, one upload.
             if self._device_tables is None:
                 self._device_tables = headpage.DeviceBlockTables(
