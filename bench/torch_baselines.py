@@ -21,6 +21,7 @@ Geometry: 32 query heads, 8 KV heads, head_dim 128, bf16.
 import argparse
 import json
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,13 @@ SHAPES = [(1, 32768), (8, 8192), (32, 4096), (8, 32768), (1, 131072)]
 DT = torch.bfloat16
 
 
+# As bench_kernels' TimeWithEvents: each timed call is queued behind a kernel
+# that holds the GPU (torch.cuda._sleep spins this many cycles, about 100 us),
+# so that the events time the GPU's work and not PyTorch's dispatch;
+# HEADPAGE_BENCH_HOST_LATENCY=1 leaves it out (the figures before 2026-12-06).
+HOLD_CYCLES = 0 if os.environ.get("HEADPAGE_BENCH_HOST_LATENCY") == "1" else 200_000
+
+
 def time_ms(fn, iters=20, warmup=3):
     for _ in range(warmup):
         fn()
@@ -37,6 +45,8 @@ def time_ms(fn, iters=20, warmup=3):
     times = []
     for _ in range(iters):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if HOLD_CYCLES:
+            torch.cuda._sleep(HOLD_CYCLES)
         start.record()
         fn()
         stop.record()

@@ -42,6 +42,20 @@ BENCHMARK(BM_DecodeAttention)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+// The floor under BM_DecodeAttention: the same pool's pages only read
+// (page_read.cu), so that its rate against the copy bandwidth says what the
+// pages' placement allows and DecodeAttention's rate against it says what the
+// kernel leaves.
+void BM_ReadDecodePages(benchmark::State& state) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  TimePageReads(state, BenchPool(std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len)));
+}
+BENCHMARK(BM_ReadDecodePages)
+    ->Apply(BatchLengthShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
 // Head-wise eviction's shape: stream lengths averaging 20% of len, 5x apart.
 void BM_DecodeAttentionHeadwise20(benchmark::State& state) {
   const auto batch = static_cast<int32_t>(state.range(0));

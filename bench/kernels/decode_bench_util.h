@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "bench/kernels/gpu_bench_util.h"
+#include "bench/kernels/page_read.h"
 #include "kernels/decode_attention.h"
 
 namespace headpage::bench {
@@ -101,6 +102,21 @@ inline void TimeDecodeAttention(benchmark::State& state, const BenchPool& pool,
   SetKvCounters(state, pool);
   state.counters["splits"] = decode.args.num_splits;
   state.counters["blocks"] = decode.args.balanced_blocks;
+}
+
+// Times reading every page of `pool`'s streams whole (page_read.cu): the floor
+// under DecodeAttention over the same pages where they lie.
+inline void TimePageReads(benchmark::State& state, const BenchPool& pool) {
+  const auto num_page_ids = static_cast<int32_t>(pool.host_page_ids.size());
+  DeviceBuffer sink((num_page_ids / kReadPagesPerBlock + 1) * sizeof(uint32_t));
+  const int64_t page_bytes = pool.view.page_elements() * SizeOf(kDType);
+  TimeWithEvents(state, [&] {
+    HEADPAGE_CUDA_OK(ReadPages(pool.view.data, page_bytes, pool.page_ids.get<int32_t>(),
+                               num_page_ids, sink.get<uint32_t>(), nullptr));
+  });
+  // Whole pages: a stream's last page is read to its end.
+  SetBytesPerSecond(state, "kv_read_Bps", static_cast<double>(num_page_ids) * page_bytes);
+  state.counters["kv_MB"] = static_cast<double>(num_page_ids) * page_bytes / 1e6;
 }
 
 }  // namespace headpage::bench

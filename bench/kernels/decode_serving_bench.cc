@@ -28,7 +28,6 @@
 
 #include "bench/kernels/decode_bench_util.h"
 #include "bench/kernels/gpu_bench_util.h"
-#include "bench/kernels/page_read.h"
 #include "kernels/write_kv.h"
 
 namespace headpage::bench {
@@ -138,17 +137,7 @@ BENCHMARK(BM_DecodeStepServing)
     ->Unit(benchmark::kMicrosecond);
 
 void BM_ReadServingPages(benchmark::State& state) {
-  const BenchPool& pool = ServingPool(state.range(0));
-  const auto num_page_ids = static_cast<int32_t>(pool.host_page_ids.size());
-  DeviceBuffer sink((num_page_ids / kReadPagesPerBlock + 1) * sizeof(uint32_t));
-  const int64_t page_bytes = pool.view.page_elements() * SizeOf(kDType);
-  TimeWithEvents(state, [&] {
-    HEADPAGE_CUDA_OK(ReadPages(pool.view.data, page_bytes, pool.page_ids.get<int32_t>(),
-                               num_page_ids, sink.get<uint32_t>(), nullptr));
-  });
-  // Whole pages: a stream's last page is read to its end.
-  SetBytesPerSecond(state, "kv_read_Bps", static_cast<double>(num_page_ids) * page_bytes);
-  state.counters["kv_MB"] = static_cast<double>(num_page_ids) * page_bytes / 1e6;
+  TimePageReads(state, ServingPool(state.range(0)));
 }
 BENCHMARK(BM_ReadServingPages)
     ->ArgNames({"pool_gib"})
