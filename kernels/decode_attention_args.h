@@ -137,8 +137,10 @@ int32_t DecodeAttentionBalancedBlocks(const PagedKV& cache, int32_t num_sms);
 // streams do not leave the GPU idle; fewer waves where splits would fall under
 // 512 tokens (the merge and each block's start would cost more than they
 // save), and where even one wave would, one wave of splits of at least 256.
+// `min_len`, where the caller knows it (0: unknown), is the shortest stream's
+// length: streams within an eighth of one length take one wave.
 int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms,
-                              int32_t resident_blocks = 2);
+                              int32_t resident_blocks = 2, int64_t min_len = 0);
 
 namespace gpu::internal {
 // decode_attention.cu; gpu::DecodeAttention (decode_attention.h) validates, then calls it.

@@ -50,9 +50,9 @@ struct DecodeAttentionCall {
       args.balanced_blocks =
           std::min(waves * DecodeAttentionBalancedBlocks(pool.view, NumSMs()), kDecodeMaxSplits);
     } else if (num_splits == 0) {
-      const int32_t max_len = *std::max_element(lens.begin(), lens.end());
-      num_splits = DecodeAttentionSplits(max_len, static_cast<int32_t>(lens.size()), NumSMs(),
-                                         DecodeAttentionResidentBlocks(pool.view));
+      const auto [min_len, max_len] = std::minmax_element(lens.begin(), lens.end());
+      num_splits = DecodeAttentionSplits(*max_len, static_cast<int32_t>(lens.size()), NumSMs(),
+                                         DecodeAttentionResidentBlocks(pool.view), *min_len);
     }
     const size_t rows = static_cast<size_t>(batch) * kQHeads;
     std::mt19937_64 rng(3);

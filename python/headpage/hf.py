@@ -543,11 +543,14 @@ class Cache(_HFCache):
 
     def _plan_decode_splits(self):
         """The split-KV count of this decode step on CUDA, for streams of at most
-        the tokens seen (compressed ones are shorter), and its workspace."""
+        the tokens seen (compressed ones are shorter; until a compression, every
+        stream holds them all), and its workspace."""
         batch = len(self.seqs)
+        longest = self._tokens + 1
         self._splits = headpage.decode_attention_splits(
-            self._tokens + 1, batch * self.num_kv_heads, multiprocessors(self.device),
-            headpage.decode_attention_resident_blocks(self.arena))
+            longest, batch * self.num_kv_heads, multiprocessors(self.device),
+            headpage.decode_attention_resident_blocks(self.arena),
+            min_len=0 if self.compression else longest)
         self._workspace.at_least(workspace_bytes(batch, self.num_q_heads, self.num_kv_heads,
                                                  self.head_dim, self._splits), self.device)
 

@@ -354,11 +354,13 @@ void DefKernels(nb::module_& m) {
         nb::arg("head_dim"), nb::arg("balanced_blocks"));
   m.def("decode_attention_splits", &DecodeAttentionSplits, nb::arg("max_len"),
         nb::arg("num_streams"), nb::arg("num_sms"), nb::arg("resident_blocks") = 2,
+        nb::arg("min_len") = 0,
         "decode_attention's num_splits for streams of at most max_len tokens: about six "
         "blocks per multiprocessor in whole waves of resident_blocks "
         "(decode_attention_resident_blocks of the arena; 2: the 16-bit pass's), fewer "
         "waves where splits would fall under 512 tokens, and one wave of splits of at "
-        "least 256 where even one would.");
+        "least 256 where even one would. min_len, where known (0: unknown), is the "
+        "shortest stream's length: streams within an eighth of one length take one wave.");
   m.attr("decode_max_splits") = kDecodeMaxSplits;
 }
 

@@ -490,6 +490,14 @@ TEST_CASE("DecodeAttention: the split heuristic and the workspace size", "[kerne
   REQUIRE(DecodeAttentionSplits(8192, 8, 132) == 32);
   REQUIRE(DecodeAttentionSplits(4096, 8, 132) == 16);
   REQUIRE(DecodeAttentionSplits(32768, 8, 132, 4) == 4 * 132 / 8);  // fp8: one wave
+  // Streams of about one length take one wave; lengths further apart, or an
+  // unknown shortest, as many as before.
+  REQUIRE(DecodeAttentionSplits(131072, 8, 132, 2, 131072) == 2 * 132 / 8);
+  REQUIRE(DecodeAttentionSplits(32768, 64, 132, 2, 32768 - 4096) == 2 * 132 / 64);
+  REQUIRE(DecodeAttentionSplits(32768, 64, 132, 2, 32768 - 4097) == 6 * 132 / 64);
+  REQUIRE(DecodeAttentionSplits(131072, 8, 132, 2, 0) == 6 * 132 / 8);
+  REQUIRE(DecodeAttentionSplits(8192, 8, 132, 2, 8192) == 32);  // one wave already
+  REQUIRE(DecodeAttentionSplits(32768, 4096, 132, 2, 32768) == 1);
 }
 
 TEST_CASE("DecodeAttention: ref on fp8 pages equals dense attention over the dequantized pages",
