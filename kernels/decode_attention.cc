@@ -82,14 +82,15 @@ int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_
   };
   // Streams of about one length (the shortest within an eighth of the
   // longest) give every block the same work: one wave has no tail to fill,
-  // and its fewer, longer splits spend less on their starts and the merge. On
-  // an H200 at 1x128K one wave (32 splits) took 141 us where three (99) took
-  // 147-150; on an H100 they ran alike (200 and 198 us).
-  const bool even = min_len > 0 && 8 * min_len >= 7 * max_len;
+  // and its fewer, longer splits spend less on their starts and the merge. At
+  // 1x128K one wave (32-33 splits) took 141 us on an H200 where three (99)
+  // took 147-150, and 182-189 us on H100s where three took 185-193. One wave
+  // still gives every SM a block: streams * floor(per_wave / streams) > per_wave / 2.
+  const bool even = min_len > 0 && min_len <= max_len && min_len >= max_len - max_len / 8;
   const int64_t most_waves = even ? 1 : std::max<int64_t>(kTargetBlocksPerSM / resident, 1);
   for (int64_t waves = most_waves; waves >= 1; --waves) {
     const int64_t splits = waves * per_wave / num_streams;
-    if (splits <= 1) return 1;  // the streams alone fill the waves
+    if (splits <= 1) return 1;  // the streams alone fill the waves, or half of one
     if ((max_len + splits - 1) / splits >= kMinSplitTokens) return clamp(splits);
   }
   return clamp(std::min(per_wave / num_streams, (max_len + kMinFillTokens - 1) / kMinFillTokens));
@@ -116,8 +117,8 @@ absl::Status Validate(const DecodeAttentionArgs& args) {
     return absl::InvalidArgumentError(absl::StrCat("DecodeAttention: num_splits ", args.num_splits,
                                                    " is outside [1, ", kDecodeMaxSplits, "]"));
   }
-  // The merge weighs a stream's pieces in shared memory, kDecodeMaxSplits at
-  // most, and a stream can span every block.
+  // The bound the even splits have: a stream can span every block, and the
+  // merge folds one piece per block of a row.
   if (args.balanced_blocks < 0 || args.balanced_blocks > kDecodeMaxSplits) {
     return absl::InvalidArgumentError(
         absl::StrCat("DecodeAttention: balanced_blocks ", args.balanced_blocks,

@@ -138,7 +138,8 @@ int32_t DecodeAttentionBalancedBlocks(const PagedKV& cache, int32_t num_sms);
 // 512 tokens (the merge and each block's start would cost more than they
 // save), and where even one wave would, one wave of splits of at least 256.
 // `min_len`, where the caller knows it (0: unknown), is the shortest stream's
-// length: streams within an eighth of one length take one wave.
+// length: streams within an eighth of one length take one wave. A min_len
+// outside (0, max_len] counts as unknown.
 int32_t DecodeAttentionSplits(int64_t max_len, int32_t num_streams, int32_t num_sms,
                               int32_t resident_blocks = 2, int64_t min_len = 0);
 

@@ -16,10 +16,11 @@
 #include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string_view>
 #include <vector>
 
-#include "core/dtype.h"
 #include "bench/kernels/launch_ahead.h"
+#include "core/dtype.h"
 #include "core/paged_kv.h"
 #include "tests/kernels/device_buffer.h"
 
@@ -156,7 +157,7 @@ struct BenchPool {
 inline bool TimeHostLatency() {
   static const bool host = [] {
     const char* value = std::getenv("HEADPAGE_BENCH_HOST_LATENCY");
-    return value != nullptr && value[0] == '1';
+    return value != nullptr && std::string_view(value) == "1";
   }();
   return host;
 }

@@ -498,6 +498,12 @@ TEST_CASE("DecodeAttention: the split heuristic and the workspace size", "[kerne
   REQUIRE(DecodeAttentionSplits(131072, 8, 132, 2, 0) == 6 * 132 / 8);
   REQUIRE(DecodeAttentionSplits(8192, 8, 132, 2, 8192) == 32);  // one wave already
   REQUIRE(DecodeAttentionSplits(32768, 4096, 132, 2, 32768) == 1);
+  // A shortest past the longest, or so large that 8x it would overflow, is
+  // not taken for even lengths.
+  REQUIRE(DecodeAttentionSplits(32768, 64, 132, 2, 32769) == 6 * 132 / 64);
+  const int64_t huge = int64_t{1} << 61;
+  REQUIRE(DecodeAttentionSplits(huge, 8, 132, 2, huge) == 2 * 132 / 8);
+  REQUIRE(DecodeAttentionSplits(huge, 8, 132, 2, huge / 2) == 6 * 132 / 8);
 }
 
 TEST_CASE("DecodeAttention: ref on fp8 pages equals dense attention over the dequantized pages",
