@@ -314,15 +314,33 @@ struct MergeState {
     m = m_new;
   }
 
-  // Adds `weight` times `out` (weight relative to m).
+  // Adds one split's `out` at `weight` (relative to m).
   __device__ __forceinline__ void Add(float weight, const float4& out) {
     sum += weight;
+    AddToAcc(weight, out);
+  }
+
+  // Adds another state's weighted outputs and its weights' sum, both
+  // scaled by `weight` (its maximum's, relative to m).
+  __device__ __forceinline__ void AddState(float weight, const float4& other_acc, float other_sum) {
+    sum = fmaf(weight, other_sum, sum);
+    AddToAcc(weight, other_acc);
+  }
+
+ private:
+  __device__ __forceinline__ void AddToAcc(float weight, const float4& out) {
     acc.x = fmaf(weight, out.x, acc.x);
     acc.y = fmaf(weight, out.y, acc.y);
     acc.z = fmaf(weight, out.z, acc.z);
     acc.w = fmaf(weight, out.w, acc.w);
   }
 };
+
+// The weight exp2(lse - m) of a state or split of log-sum `lse` under a
+// maximum m >= lse; 0 for an empty one (lse -inf), whatever m is.
+__device__ __forceinline__ float WeightUnder(float lse, float m) {
+  return lse == -INFINITY ? 0.0f : FastExp2(lse - m);
+}
 
 // This thread's share: dims 4 vec.. of splits split_group, split_group +
 // kSplitGroups, ... Every split is written, an empty one as out 0 and lse
@@ -351,7 +369,7 @@ __device__ __forceinline__ MergeState FoldSplitShare(const float* partial_out,
     state.RaiseMax(m_batch);
 #pragma unroll
     for (int u = 0; u < kMergeBatch; ++u) {
-      state.Add(lse[u] == -INFINITY ? 0.0f : FastExp2(lse[u] - state.m), out[u]);
+      state.Add(WeightUnder(lse[u], state.m), out[u]);
     }
   }
   return state;
@@ -413,13 +431,7 @@ __global__ void __launch_bounds__(kMergeThreads)
     for (int g = 0; g < kSplitGroups; ++g) all.RaiseMax(group_m[g]);
 #pragma unroll
     for (int g = 0; g < kSplitGroups; ++g) {
-      const float weight = group_m[g] == -INFINITY ? 0.0f : FastExp2(group_m[g] - all.m);
-      all.sum = fmaf(weight, group_sum[g], all.sum);
-      const float4 more = group_acc[g][threadIdx.x];
-      all.acc.x = fmaf(weight, more.x, all.acc.x);
-      all.acc.y = fmaf(weight, more.y, all.acc.y);
-      all.acc.z = fmaf(weight, more.z, all.acc.z);
-      all.acc.w = fmaf(weight, more.w, all.acc.w);
+      all.AddState(WeightUnder(group_m[g], all.m), group_acc[g][threadIdx.x], group_sum[g]);
     }
     const float scale = all.sum > 0.0f ? 1.0f / all.sum : 0.0f;
     T* dst = static_cast<T*>(args.out) + row * kHeadDim + 4 * threadIdx.x;
