@@ -20,9 +20,9 @@ Every (sequence, layer, KV head) stream has its own block table in one page pool
 - Decode: update() reserves the new token in every stream, and the layer attends
   through decode_attention over the head-wise block tables (kernels::ref on the
   CPU, kernels::gpu on CUDA), whatever each stream's length; the same launch
-  writes the token's K/V into its slot, each stream's last, before reading it. On CUDA the tables of
-  every layer live in device memory (headpage.DeviceBlockTables) and a step
-  brings them up to date with one upload.
+  writes the token's K/V into its slot, each stream's last, before reading it.
+  On CUDA the tables of every layer live in device memory
+  (headpage.DeviceBlockTables) and a step brings them up to date with one upload.
 
 Cache(model) calls attach(model): the model's attention becomes "headpage", a
 function registered with transformers' AttentionInterface, and each attention
@@ -51,7 +51,7 @@ import dataclasses
 
 
 import torch
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface
 from transformers.cache_utils import Cache as _HFCache
 from transformers.cache_utils import CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -63,6 +63,7 @@ from headpage._kv_pages import cache_geometry, check_kv_dtype, read_pages
 from headpage._model import DTYPES as _DTYPES
 from headpage._model import (check_ints, make_arena, model_shape, output_projections,
                              pages_for_tokens, resolve_policy)
+from headpage._prefill_record import Prefill, PrefillRecorder
 # The bundled real model, loaded here for the tests, tools and examples that use this module.
 from headpage._smollm2 import load_smollm2, smollm2_gguf  # noqa: F401
 
@@ -79,7 +80,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     this module's layer in the cache it is handed (headpage_cache, see attach()),
     or plain SDPA when there is none (any other cache, or a dense step)."""
     layer = getattr(module, "layer_idx", None)
-    if isinstance(headpage_cache, _PrefillRecorder):
+    if isinstance(headpage_cache, PrefillRecorder):
         headpage_cache.record(layer, query)
         headpage_cache = None
     step = headpage_cache._take_step(layer) if headpage_cache is not None else None
@@ -106,7 +107,7 @@ def _hand_over_cache(module, args, kwargs):
     when it is a headpage Cache and the model attends through "headpage", on to
     the attention function as the keyword headpage_cache."""
     cache = kwargs.get("past_key_values")
-    if not isinstance(cache, (Cache, _PrefillRecorder)):
+    if not isinstance(cache, (Cache, PrefillRecorder)):
         return None
     implementation = getattr(getattr(module, "config", None), "_attn_implementation", ATTENTION)
     if implementation != ATTENTION:
@@ -141,32 +142,6 @@ def attach(model):
     return model
 
 
-class _PrefillRecorder(DynamicCache):
-    """transformers' DynamicCache that also keeps each layer's last `keep` queries
-    of the prefill (all of them when None), handed over like a headpage Cache."""
-
-    def __init__(self, config, keep):
-        super().__init__(config=config)
-        self.keep, self.queries = keep, {}
-
-    def record(self, layer, query):
-        if layer not in self.queries:
-            rows = query.shape[2] if self.keep is None else min(self.keep, query.shape[2])
-            self.queries[layer] = query[:, :, query.shape[2] - rows:].detach().clone()
-
-
-@dataclasses.dataclass(frozen=True)
-class Prefill:
-    """A prompt's prefill, run once by record_prefill() for Cache.load_prefill():
-    logits of the last position [batch][vocab], and per layer keys and values
-    [batch][kv_heads][tokens][head_dim] and the last queries
-    [batch][q_heads][q][head_dim] (after RoPE)."""
-    logits: torch.Tensor
-    keys: list
-    values: list
-    queries: list
-
-
 @torch.no_grad()
 def record_prefill(model, input_ids, queries=None):
     """Runs `model` once over input_ids [batch][tokens] with transformers'
@@ -175,7 +150,7 @@ def record_prefill(model, input_ids, queries=None):
     metric observe). Load it into one Cache per policy with load_prefill() to
     compare policies on the same prompt without prefilling it again."""
     attach(model)
-    recorder = _PrefillRecorder(model.config, queries)
+    recorder = PrefillRecorder(model.config, queries)
     out = model(input_ids, past_key_values=recorder, use_cache=True)
     layers = range(len(recorder.layers))
     return Prefill(out.logits[:, -1], [recorder.layers[i].keys for i in layers],
