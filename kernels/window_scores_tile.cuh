@@ -336,7 +336,9 @@ struct KeyTileCopies {
     next_page = next_key < end ? pages[next_page_index] : 0;
   }
 
-  // The key's row as stored, by cp.async.
+  // The key's row as stored, by cp.async. A warp's copy touches a few 16-byte
+  // chunks of each of 8 or 16 rows, so L2 is asked for 256 bytes of each row
+  // at once (3% on the H100).
   __device__ __forceinline__ void IssueKey(unsigned char* dst, int64_t page, int32_t offset,
                                            bool valid) const {
     const unsigned char* src =
@@ -344,7 +346,8 @@ struct KeyTileCopies {
         (page * cache.page_elements() + static_cast<int64_t>(offset) * kHeadDim) * sizeof(T);
 #pragma unroll
     for (int chunk = my_chunk; chunk < S::kRowChunks; chunk += S::kThreadsPerKey) {
-      CpAsync16(SmemAddress(dst + ChunkOffset(my_key, chunk)), src + chunk * 16, valid);
+      CpAsync16Prefetch256(SmemAddress(dst + ChunkOffset(my_key, chunk)), src + chunk * 16,
+                           valid);
     }
   }
 
