@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Issue #5's targets as a Markdown table: bench_kernels' JSON beside the PyTorch
-baselines of torch_baselines.py, both measured by one scripts/gpu-check run.
+"""The kernels' targets as a Markdown table: bench_kernels' JSON beside the PyTorch
+baselines of torch_baselines.py, both measured by one scripts/gpu-check run (or
+`scripts/gpu-check figures`). The targets are issue #18's where it raised issue #5's
+(DecodeAttention's read rate, WindowScores' floor, Compact) or added its own (ahead of
+SDPA, fp8 pages, Select's time); issue #5's others stay.
 
   python3 bench/kernel_report.py bench_kernels.json torch_baselines.json [--device device.txt]
 
-Each row: the kernel figure, its baseline, the ratio and the target. Exit status
+Where bench_kernels ran repetitions, each figure is their median. Each row: the
+kernel figure, its baseline, the ratio and the target. Exit status
 1 when a figure is missing (a benchmark renamed or not run), so a silent gap
 cannot pass; a missed target is reported in the table, not as a failure, since
 the table is what docs/performance.md quotes.
@@ -19,11 +23,15 @@ import sys
 def load_bench(path):
     with open(path) as f:
         data = json.load(f)
-    runs = {}
+    runs, medians = {}, {}
     for b in data["benchmarks"]:
-        if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+        if b.get("error_occurred"):
             continue
-        runs[b["name"]] = b
+        if b.get("run_type", "iteration") == "iteration":
+            runs[b["name"]] = b
+        elif b.get("aggregate_name") == "median":
+            medians[b["run_name"]] = b
+    runs.update(medians)  # a repeated benchmark's median, under its iterations' name
     return data.get("context", {}), runs
 
 
@@ -72,23 +80,43 @@ def main():
     attempt(copy)
 
     for batch, length in [(8, 32768), (1, 131072)]:
-        def full(batch=batch, length=length):
+        shape = f"{batch}x{length // 1024}K"
+
+        def full(batch=batch, length=length, shape=shape):
             run = find(runs, rf"BM_DecodeAttention/batch:{batch}/len:{length}/manual_time")
             kv = run["kv_read_Bps"]
             sdpa = torch["sdpa"][f"{batch}x{length}"]
-            row(f"DecodeAttention, full, {batch}x{length // 1024}K: K/V read rate",
+            row(f"DecodeAttention, full, {shape}: K/V read rate",
                 f"{kv / 1e12:.2f} TB/s ({ms(run):.3f} ms)",
                 f"copy {copy_Bps / 1e12:.2f} TB/s (SDPA {sdpa['kv_Bps'] / 1e12:.2f} TB/s, "
-                f"{sdpa['ms']:.3f} ms)", kv / copy_Bps, ">= 0.85", kv / copy_Bps >= 0.85)
+                f"{sdpa['ms']:.3f} ms)", kv / copy_Bps, ">= 0.95", kv / copy_Bps >= 0.95)
+            row(f"DecodeAttention, full, {shape} vs dense SDPA", f"{ms(run):.4f} ms",
+                f"{sdpa['ms']:.4f} ms", sdpa["ms"] / ms(run), "> 1 (ahead)",
+                sdpa["ms"] / ms(run) > 1)
         attempt(full)
+
+        def floor(batch=batch, length=length, shape=shape):
+            run = find(runs, rf"BM_DecodeAttention/batch:{batch}/len:{length}/manual_time")
+            pages = find(runs, rf"BM_ReadDecodePages/batch:{batch}/len:{length}/manual_time")
+            row(f"DecodeAttention, full, {shape} vs reading its pages alone", f"{ms(run):.4f} ms",
+                f"{ms(pages):.4f} ms", ms(run) / ms(pages), "(the floor)", True)
+        attempt(floor)
+
+    def fp8():
+        run = find(runs, r"BM_DecodeAttentionFp8/batch:8/len:32768/manual_time")
+        bf16 = find(runs, r"BM_DecodeAttention/batch:8/len:32768/manual_time")
+        row("DecodeAttention, fp8 pages vs bf16, 8x32K", f"{ms(run):.4f} ms", f"{ms(bf16):.4f} ms",
+            ms(bf16) / ms(run), ">= 1.8 (speed-up)", ms(bf16) / ms(run) >= 1.8)
+
+    attempt(fp8)
 
     def headwise():
         at20 = find(runs, r"BM_DecodeAttentionHeadwise20/batch:8/len:32768/manual_time")
         at100 = find(runs, r"BM_DecodeAttention/batch:8/len:32768/manual_time")
         sdpa20 = torch["sdpa20"]["8x32768"]["ms"]
         row("DecodeAttention, head-wise 20% (5x skew), 8x32K vs dense SDPA on uniform 20%",
-            f"{ms(at20):.4f} ms", f"{sdpa20:.4f} ms", ms(at20) / sdpa20, "<= 1.2",
-            ms(at20) / sdpa20 <= 1.2)
+            f"{ms(at20):.4f} ms", f"{sdpa20:.4f} ms", sdpa20 / ms(at20), "> 1 (ahead)",
+            sdpa20 / ms(at20) > 1)
         row("DecodeAttention, head-wise 20% vs itself at 100%, 8x32K", f"{ms(at20):.4f} ms",
             f"{ms(at100):.4f} ms", ms(at100) / ms(at20), ">= 3.5 (speed-up)",
             ms(at100) / ms(at20) >= 3.5)
@@ -111,8 +139,8 @@ def main():
         flops = run["qk_flops"] * seconds
         floor = (key_bytes / copy_Bps + flops / torch["matmul"]["flops"]) * 1e3
         row("WindowScores (W=32), 8x32K vs its floor (keys once + QK^T FLOPs)",
-            f"{ms(run):.3f} ms", f"{floor:.3f} ms", ms(run) / floor, "<= 3",
-            ms(run) / floor <= 3)
+            f"{ms(run):.3f} ms", f"{floor:.3f} ms", ms(run) / floor, "<= 2",
+            ms(run) / floor <= 2)
 
     attempt(scores)
 
@@ -121,6 +149,8 @@ def main():
         base = torch["topk"]["8x8x32768"]["ms"]
         row("Select, Ada (8 seqs x 8 heads x 32K, 20%, floors) vs torch.topk", f"{ms(run):.4f} ms",
             f"{base:.4f} ms", base / ms(run), ">= 4 (speed-up)", base / ms(run) >= 4)
+        row("Select, Ada, 8 seqs x 8 heads x 32K: time against 30 us", f"{ms(run):.4f} ms",
+            "0.0300 ms", ms(run) / 0.03, "<= 1", ms(run) <= 0.03)
 
     attempt(select)
 
@@ -128,7 +158,7 @@ def main():
         run = find(runs, r"BM_CompactTo20Percent/batch:8/len:32768/manual_time")
         rate = run["read_write_Bps"]
         row("Compact to 20%, 8x32K: bytes read + written", f"{rate / 1e12:.2f} TB/s",
-            f"copy {copy_Bps / 1e12:.2f} TB/s", rate / copy_Bps, ">= 0.70", rate / copy_Bps >= 0.7)
+            f"copy {copy_Bps / 1e12:.2f} TB/s", rate / copy_Bps, ">= 0.85", rate / copy_Bps >= 0.85)
 
     attempt(compact)
 
