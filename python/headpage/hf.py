@@ -253,6 +253,7 @@ class Cache(_HFCache):
         self.seqs = []
         self.compression = []   # per sequence once compressed (see compress())
         self._tokens = 0        # tokens every layer has seen
+        self._compressed_at = 0  # self._tokens when compress() ran
         self._steps = {}        # layer -> "prefill" | "decode": what its attention must do
         self._slots = None      # a prefill step's slot mapping per sequence, [T][layers][kv_heads]
         self._positions = None  # this step's token positions, int32 [T]
@@ -485,7 +486,7 @@ class Cache(_HFCache):
         if len(self._window) != self.num_layers:
             raise RuntimeError("headpage.hf.Cache: the prefill did not go through the 'headpage' "
                                "attention (model.set_attn_implementation('headpage'))")
-        prompt = self._tokens
+        prompt = self._compressed_at = self._tokens
         window = self._window[0].shape[2]
         positions = torch.arange(prompt - window, prompt, dtype=torch.int32,
                                  device=self._window[0].device)
@@ -516,16 +517,28 @@ class Cache(_HFCache):
             self.manager.refresh_block_table(table)
         return table
 
+    def _decode_lengths(self):
+        """(shortest, longest) of this decode step's streams, its new token
+        included: every token seen until a compression; after it, what the policy
+        kept of each stream (a Skipped sequence kept its prompt) plus the tokens
+        since."""
+        step = self._tokens + 1
+        if not self.compression:
+            return step, step
+        since = step - self._compressed_at
+        kept = [(self._compressed_at, self._compressed_at) if isinstance(c, Skipped)
+                else (int(c.kept.min()), int(c.kept.max())) for c in self.compression]
+        return min(lo for lo, _ in kept) + since, max(hi for _, hi in kept) + since
+
     def _plan_decode_splits(self):
-        """The split-KV count of this decode step on CUDA, for streams of at most
-        the tokens seen (compressed ones are shorter; until a compression, every
-        stream holds them all), and its workspace."""
+        """The split-KV count of this decode step on CUDA, from its streams'
+        lengths (one wave where they are about equal, as before a compression or
+        after a uniform one), and its workspace."""
         batch = len(self.seqs)
-        longest = self._tokens + 1
+        shortest, longest = self._decode_lengths()
         self._splits = headpage.decode_attention_splits(
             longest, batch * self.num_kv_heads, multiprocessors(self.device),
-            headpage.decode_attention_resident_blocks(self.arena),
-            min_len=0 if self.compression else longest)
+            headpage.decode_attention_resident_blocks(self.arena), min_len=shortest)
         self._workspace.at_least(workspace_bytes(batch, self.num_q_heads, self.num_kv_heads,
                                                  self.head_dim, self._splits), self.device)
 

@@ -137,9 +137,12 @@ def test_compression_frees_the_pages_of_the_budget(smollm2, long_prompt, policy)
     before = cache.stats()
     free_before = cache.pool.free_pages
     assert before.pages_in_use == 90 * math.ceil(prompt / 16)
+    # A decode step sizes its split-KV count (on CUDA) by its streams' lengths.
+    assert cache._decode_lengths() == (prompt + 1, prompt + 1)
     result = cache.compress()[0]
     after = cache.stats()
     kept = result.kept
+    assert cache._decode_lengths() == (int(kept.min()) + 1, int(kept.max()) + 1)
     assert kept.tolist() == cache.manager.stream_lengths(cache.seqs[0]).tolist()
     # The pool got back exactly the pages the kept tokens no longer fill.
     assert after.pages_in_use == pages_for(kept, 16)
@@ -173,6 +176,17 @@ def test_compression_frees_the_pages_of_the_budget(smollm2, long_prompt, policy)
     lengths = cache2.manager.stream_lengths(cache2.seqs[0])
     assert (lengths == kept + steps - 1).all()
     assert cache2.stats().pages_in_use == pages_for(lengths, 16)
+    assert cache2._decode_lengths() == (int(lengths.min()) + 1, int(lengths.max()) + 1)
+
+
+def test_a_prompt_within_the_window_is_not_compressed(smollm2):
+    _, model = smollm2
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    cache = hf.Cache(model, policy="uniform-snapkv", budget="20%")
+    model(ids, past_key_values=cache, use_cache=True)
+    assert isinstance(cache.compress()[0], hf.Skipped)
+    assert cache.manager.stream_lengths(cache.seqs[0]).tolist() == [[7] * 3] * 30
+    assert cache._decode_lengths() == (8, 8)
 
 
 def test_bad_arguments(smollm2):
