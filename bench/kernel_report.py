@@ -126,6 +126,15 @@ def main():
 
     attempt(headwise)
 
+    def headwise_long():
+        at20 = find(runs, r"BM_DecodeAttentionHeadwise20/batch:1/len:131072/manual_time")
+        sdpa20 = torch["sdpa20"]["1x131072"]["ms"]
+        row("DecodeAttention, head-wise 20% (5x skew), 1x128K vs dense SDPA on uniform 20%",
+            f"{ms(at20):.4f} ms", f"{sdpa20:.4f} ms", sdpa20 / ms(at20), "> 1 (ahead)",
+            sdpa20 / ms(at20) > 1)
+
+    attempt(headwise_long)
+
     def scores():
         run = find(runs, r"BM_WindowScores/batch:8/len:32768/manual_time")
         base = torch["snapkv"]["8x32768"]["ms"]
