@@ -24,9 +24,12 @@
 //    each CTA, its streams' own top floor(alpha B'_h). One cut over the
 //    competing candidates (for kProtectTop, what those tops leave) gives the
 //    hits c_h per stream, ties handed out in stream order, hence the kept
-//    counts; then each CTA selects its streams' keep sets alone, its first
-//    histogram reused and its hits read off the cluster select's histograms
-//    when it owns one stream. The price: a sequence gets at most num_kv_heads
+//    counts; then each CTA selects its streams' keep sets alone. When it owns
+//    one stream, its hits are read off the cluster select's histograms, and
+//    its own select reuses each of them whose bucket it shares (each pass has
+//    a histogram slot of its own: select_radix.cuh), so that a stream whose
+//    cut lies near the sequence's reads its keys once or not at all after
+//    loading them. The price: a sequence gets at most num_kv_heads
 //    CTAs, so one sequence of very long streams (more than 40K candidates
 //    each) runs on few multiprocessors from L2 (docs/performance.md).
 //
@@ -37,11 +40,11 @@
 // from global memory (L2) on every pass instead. A pass reads 16 bytes per
 // thread at a time and skips the vectors of four with no key in the running
 // bucket; a bucket is found from the peers' sums per 32 bins, then the 32 bins
-// of the chunk that holds it. The cluster size is the largest power of two (up
-// to 8, and for kAda up to the kv heads) with which every group's cluster runs
-// at once (cudaOccupancyMaxActiveClusters), so that a launch is one wave; a
-// forced size (SelectArgs::ctas_per_group) may be any, kAda's capped at the kv
-// heads.
+// of the chunk that holds it, the peers' loads in flight together. The
+// cluster size is the largest power of two (up to 8, and for kAda up to the
+// kv heads) with which every group's cluster runs at once
+// (cudaOccupancyMaxActiveClusters), so that a launch is one wave; a forced
+// size (SelectArgs::ctas_per_group) may be any, kAda's capped at the kv heads.
 #include <algorithm>
 #include <mutex>
 
@@ -49,6 +52,7 @@
 #include "kernels/select_args.h"
 #include "kernels/select_emit.cuh"
 #include "kernels/select_internal.cuh"
+#include "kernels/select_radix.cuh"
 
 namespace headpage::gpu::internal {
 namespace selection {
@@ -97,8 +101,8 @@ __global__ void __launch_bounds__(kThreads, 1) StreamKernel(const SelectArgs a) 
   __syncthreads();
   Share share{a.scores, &sm.segment, 1, g.ShareBegin(num_candidates), g.ShareEnd(num_candidates),
               nullptr};
-  LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage));
-  const Cut cut = GroupSelect(g, sm.select, share, take, /*first_built=*/true);
+  LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage), /*keys=*/0);
+  const Cut cut = GroupSelect(g, sm.select, share, take, /*keys=*/0);
   EmitKeep(g, sm.emit, share, a.keep + r.offset, cut, r.begin);
   g.Sync();  // peers may still read this CTA's shared memory
 }

@@ -11,6 +11,7 @@
 #include "kernels/select_args.h"
 #include "kernels/select_emit.cuh"
 #include "kernels/select_internal.cuh"
+#include "kernels/select_radix.cuh"
 
 namespace headpage::gpu::internal::selection {
 namespace {
@@ -34,11 +35,14 @@ struct AdaShared {
   int32_t num_segments;
   int32_t share_lo;  // this CTA's streams' part of their concatenation
   int32_t share_hi;
-  int64_t k;               // what the sequence's select takes
-  int32_t own_segments;    // how many of the segments are this CTA's
-  Segment stream_segment;  // the one segment of a per-stream select
+  int64_t k;                  // what the sequence's select takes
+  int32_t own_segments;       // how many of the segments are this CTA's
+  int32_t first_own_segment;  // the first of them (-1: none)
+  Segment stream_segment;     // the one segment of a per-stream select
   // With one own segment, LoadShare's first-digit histogram is that stream's
-  // too: kept here, its own selects skip their first pass over the keys.
+  // too, and its own selects skip their first pass over the keys. kProtectTop's
+  // sequence select builds slot 0 again from what the tops leave, so that
+  // first histogram waits here for the keep sets' selects.
   uint32_t first_digits[kMaxBins];
 };
 
@@ -61,7 +65,7 @@ __device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t count = 0, start = 0, lo = 0, hi = 0, own = 0;
+    int32_t count = 0, start = 0, lo = 0, hi = 0, own = 0, first_own = -1;
     int64_t k = 0;
     for (int h = 0; h < num_heads; ++h) {
       const StreamRange r = sm.ranges[h];
@@ -78,7 +82,10 @@ __device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int
       if (a.floor == policy::AdaFloor::kProtectTop) k -= AdaFloorOf(a.alpha, budget);
       start = static_cast<int32_t>(aligned);
       if (own_begin <= h && h < own_end) {
-        if (own++ == 0) lo = start;
+        if (own++ == 0) {
+          lo = start;
+          first_own = count;
+        }
         hi = start + r.num_candidates();
       }
       sm.segments[count] = Segment{r.offset + r.begin, r.num_candidates(), start, 0, kAllKeys};
@@ -91,19 +98,28 @@ __device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int
     sm.share_hi = hi;
     sm.k = k;
     sm.own_segments = own;
+    sm.first_own_segment = first_own;
   }
   __syncthreads();
 }
 
 // Segment `seg` (this CTA's) alone, as a share of its own: its candidates
-// 0..size, their keys where the CTA's share keeps them. Every key counts (no
-// limit). With one own segment, the first digit's histogram is put back in
-// place (select with first_built = sm.own_segments == 1). Ends with a
+// 0..size, their keys where the CTA's share keeps them; its keys' tag for the
+// select is `seg`. With one own segment, the first digit's histogram is put
+// back in slot 0 where kProtectTop's sequence select replaced it. Ends with a
 // barrier; the caller's next one must come before the next call.
 __device__ __forceinline__ Share StreamShare(AdaShared& sm, const Share& share, int seg) {
-  if (sm.own_segments == 1) {  // CTA-uniform: the first pass's histogram is at hand
-    for (int b = threadIdx.x; b < kMaxBins; b += kThreads)
-      sm.select.hist[0][b] = sm.first_digits[b];
+  // CTA-uniform: the tag changed last before a barrier.
+  if (sm.own_segments == 1 && sm.select.built_keys[0] != seg) {
+    for (int b = threadIdx.x; b < kMaxBins; b += kThreads) {
+      sm.select.hist(0)[b] = sm.first_digits[b];
+    }
+    __syncthreads();
+    SumChunks(sm.select, 0, kMaxBins);
+    if (threadIdx.x == 0) {
+      sm.select.built_keys[0] = seg;
+      sm.select.built_prefix[0] = 0;
+    }
   }
   const Segment whole = sm.segments[seg];
   if (threadIdx.x == 0) sm.stream_segment = Segment{whole.first, whole.size, 0, 0, kAllKeys};
@@ -125,7 +141,7 @@ __device__ __forceinline__ void ProtectOwnTops(const SelectArgs& a, AdaShared& s
     const int64_t safe = AdaFloorOf(a.alpha, AdaBudget(a, sm.ranges[h].num_protected()));
     if (safe == 0) continue;
     const Share one = StreamShare(sm, share, seg);
-    const Cut cut = GroupSelect(cta, sm.select, one, safe, sm.own_segments == 1);
+    const Cut cut = GroupSelect(cta, sm.select, one, safe, /*keys=*/seg);
     if (threadIdx.x == 0) {
       sm.segments[seg].limit = cut.rest_limit;
       sm.segments[seg].extra = cut.rest_extra;
@@ -133,6 +149,16 @@ __device__ __forceinline__ void ProtectOwnTops(const SelectArgs& a, AdaShared& s
     __syncthreads();
   }
 }
+
+// A cut's threshold as 32-bit tests: every key is above -1.
+struct Threshold {
+  bool everything;
+  uint32_t key;
+  __device__ explicit Threshold(int64_t threshold)
+      : everything(threshold < 0), key(static_cast<uint32_t>(max(threshold, int64_t{0}))) {}
+  __device__ bool Above(uint32_t k) const { return everything || k > key; }
+  __device__ bool Equal(uint32_t k) const { return !everything && k == key; }
+};
 
 // Stage: this CTA's keys above the cut and at it, per segment it holds, into
 // sm.above and sm.equal (zero for the others), its extra copies of the limit
@@ -194,13 +220,8 @@ __device__ __forceinline__ void GatherHits(Group& g, AdaShared& sm, int num_segm
   const int i = threadIdx.x;
   int32_t above = 0, equal = 0;
   if (i < num_segments) {
-#pragma unroll
-    for (int r = 0; r < kSelectMaxCtasPerGroup; ++r) {
-      if (r < static_cast<int>(g.size)) {
-        above += g.Peer(sm.above, r)[i];
-        equal += g.Peer(sm.equal, r)[i];
-      }
-    }
+    above = g.SumOverPeers(&sm.above[i]);
+    equal = g.SumOverPeers(&sm.equal[i]);
   }
   g.Sync();
   if (i < num_segments) {
@@ -252,8 +273,11 @@ __device__ __forceinline__ void EmitOwnKeepSets(const SelectArgs& a, AdaShared& 
     if (threadIdx.x == 0) a.kept_counts[first_stream + h] = kept;
     const int32_t take = kept - r.num_protected();
     if (!KeepUnranked(cta, a.keep + r.offset, r, take)) continue;  // CTA-uniform
-    const Share one = StreamShare(sm, share, sm.segment_of[h]);
-    const Cut cut = GroupSelect(cta, sm.select, one, take, sm.own_segments == 1);
+    const int seg = sm.segment_of[h];
+    const Share one = StreamShare(sm, share, seg);
+    // After the sequence's select, a stream's own cut usually lies in the
+    // same buckets: those passes are its histograms already.
+    const Cut cut = GroupSelect(cta, sm.select, one, take, /*keys=*/seg);
     EmitKeep(cta, sm.emit, one, a.keep + r.offset, cut, r.begin);
     __syncthreads();
   }
@@ -277,17 +301,20 @@ __global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs 
   // Every CTA sees the same segments, so all take this branch or none.
   if (num_segments > 0) {
     Share share{a.scores, sm.segments, num_segments, sm.share_lo, sm.share_hi, nullptr};
-    LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage));
-    if (sm.own_segments == 1) {
+    // With one own segment, this CTA's keys are that segment's alone.
+    const bool one = sm.own_segments == 1;
+    const int32_t share_keys = one ? sm.first_own_segment : kShareKeys;
+    LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage), share_keys);
+    const bool protect = a.floor == policy::AdaFloor::kProtectTop;
+    if (protect && one) {
       for (int b = threadIdx.x; b < kMaxBins; b += kThreads) {
-        sm.first_digits[b] = sm.select.hist[0][b];
+        sm.first_digits[b] = sm.select.hist(0)[b];
       }
     }
-    const bool protect = a.floor == policy::AdaFloor::kProtectTop;
     if (protect) ProtectOwnTops(a, sm, share, own_begin, own_end);
-    // With one own segment, the select counts its hits on the way.
-    const bool one = sm.own_segments == 1;
-    const Cut cut = GroupSelect(g, sm.select, share, sm.k, /*first_built=*/!protect, one);
+    // kProtectTop's sequence select ranks what the tops leave: other keys than
+    // LoadShare's. With one own segment, the select counts its hits on the way.
+    const Cut cut = GroupSelect(g, sm.select, share, sm.k, protect ? kUntagged : share_keys, one);
     if (one) {
       StoreOwnCounts(sm, own_begin, own_end, num_segments);
     } else {

@@ -24,42 +24,7 @@ struct EmitShared {
   int32_t base_equal;
 };
 
-// Emitting a one-segment share's keep set: lane l of a warp handles four
-// consecutive keys at a time (one 16-byte load from the cache, whose index 0
-// is the share's lo and 16-byte aligned), so that a pass costs a few
-// instructions per key; the warps' slices are whole groups of four.
-struct FourKeys {
-  uint32_t key[4];
-  int valid;  // how many of them are in the share
-};
-
-__device__ __forceinline__ FourKeys LoadFour(const Share& share, const float* scores, int32_t i) {
-  FourKeys f;
-  f.valid = min(4, share.hi - i);
-  if (share.cache != nullptr && f.valid == 4) {
-    const uint4 v = *reinterpret_cast<const uint4*>(share.cache + (i - share.lo));
-    f.key[0] = v.x;
-    f.key[1] = v.y;
-    f.key[2] = v.z;
-    f.key[3] = v.w;
-  } else {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) f.key[j] = j < f.valid ? KeyAt(share, scores, i + j) : 0u;
-  }
-  return f;
-}
-
-// A cut's threshold as 32-bit tests: every key is above -1.
-struct Threshold {
-  bool everything;
-  uint32_t key;
-  __device__ explicit Threshold(int64_t threshold)
-      : everything(threshold < 0), key(static_cast<uint32_t>(max(threshold, int64_t{0}))) {}
-  __device__ bool Above(uint32_t k) const { return everything || k > key; }
-  __device__ bool Equal(uint32_t k) const { return !everything && k == key; }
-};
-
-// This warp's slice of the share: groups of four [first, last).
+// This warp's slice of the share: groups of four keys [first, last).
 struct WarpSlice {
   int32_t first;
   int32_t last;
@@ -69,29 +34,6 @@ struct WarpSlice {
     last = static_cast<int32_t>(int64_t{groups} * (warp + 1) / kWarps);
   }
 };
-
-// Stage: the keys above the threshold and equal to it in this warp's slice,
-// into es.warp_above/warp_equal[warp].
-__device__ __forceinline__ void CountWarpSlice(EmitShared& es, const Share& share,
-                                               const float* scores, const WarpSlice& slice,
-                                               const Threshold& cut, int warp, int lane) {
-  int32_t above = 0, equal = 0;
-#pragma unroll 2
-  for (int32_t q = slice.first + lane; q < slice.last; q += 32) {
-    const FourKeys f = LoadFour(share, scores, share.lo + 4 * q);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      above += j < f.valid && cut.Above(f.key[j]);
-      equal += j < f.valid && cut.Equal(f.key[j]);
-    }
-  }
-  above = __reduce_add_sync(~0u, above);
-  equal = __reduce_add_sync(~0u, equal);
-  if (lane == 0) {
-    es.warp_above[warp] = above;
-    es.warp_equal[warp] = equal;
-  }
-}
 
 // Stage, after the warps' counts (and a barrier): their exclusive prefix sums
 // over the warps, and this CTA's base, the counts of the cluster's lower ranks.
@@ -127,31 +69,85 @@ __device__ __forceinline__ void ScanCounts(G& g, EmitShared& es, int warp, int l
   }
 }
 
+// Lane l of a warp handles four consecutive keys at a time: one 16-byte load
+// from the cache (kCached; its index 0 is the share's lo, 16-byte aligned), or
+// four from global memory.
+struct FourKeys {
+  uint32_t key[4];
+  int valid;  // how many of them are in the share
+};
+
+template <bool kCached>
+__device__ __forceinline__ FourKeys LoadFour(const Share& share, const float* scores, int32_t i) {
+  FourKeys f;
+  f.valid = min(4, share.hi - i);
+  if (kCached && f.valid == 4) {
+    const uint4 v = *reinterpret_cast<const uint4*>(share.cache + (i - share.lo));
+    f.key[0] = v.x;
+    f.key[1] = v.y;
+    f.key[2] = v.z;
+    f.key[3] = v.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      f.key[j] = j >= f.valid ? 0u
+                 : kCached    ? share.cache[i + j - share.lo]
+                              : OrderedKey(__ldg(scores + i + j));
+    }
+  }
+  return f;
+}
+
+// Stage: the keys above the threshold and equal to it in this warp's slice,
+// into es.warp_above/warp_equal[warp].
+template <bool kCached>
+__device__ __forceinline__ void CountWarpSlice(EmitShared& es, const Share& share,
+                                               const float* scores, const WarpSlice& slice,
+                                               uint32_t threshold, int warp, int lane) {
+  int32_t above = 0, equal = 0;
+#pragma unroll 2
+  for (int32_t q = slice.first + lane; q < slice.last; q += 32) {
+    const FourKeys f = LoadFour<kCached>(share, scores, share.lo + 4 * q);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      above += j < f.valid && f.key[j] > threshold;
+      equal += j < f.valid && f.key[j] == threshold;
+    }
+  }
+  above = __reduce_add_sync(~0u, above);
+  equal = __reduce_add_sync(~0u, equal);
+  if (lane == 0) {
+    es.warp_above[warp] = above;
+    es.warp_equal[warp] = equal;
+  }
+}
+
 // Stage: the warp's slice again, each kept slot written to its place: every
 // key above the threshold, and those equal to it while the cut's ties last.
 // Per 128 keys, a ballot per key position j says which lanes keep their j-th
 // key; the lanes below and a lane's own earlier keys give its place. Keys
 // equal to the threshold are rare (one value): only a chunk that holds some
 // ranks them.
+template <bool kCached>
 __device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share& share,
                                                const float* scores, int32_t* __restrict__ keep,
                                                const Cut& cut, int32_t begin,
                                                const WarpSlice& slice, int warp, int lane) {
-  const Threshold threshold(cut.threshold);
+  const uint32_t threshold = static_cast<uint32_t>(cut.threshold);
   const uint32_t lanes_below = (1u << lane) - 1;
   int32_t ties_before = es.base_equal + es.warp_equal[warp];
   int32_t out = begin + es.base_above + es.warp_above[warp] + min(ties_before, cut.ties);
   for (int32_t chunk = slice.first; chunk < slice.last; chunk += 32) {
     const int32_t q = chunk + lane;
     const int32_t i = share.lo + 4 * q;
-    FourKeys f = LoadFour(share, scores, i);
+    FourKeys f = LoadFour<kCached>(share, scores, i);
     if (q >= slice.last) f.valid = 0;
     bool kept[4], equal[4];
     bool any_equal = false;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      kept[j] = j < f.valid && threshold.Above(f.key[j]);
-      equal[j] = j < f.valid && threshold.Equal(f.key[j]);
+      kept[j] = j < f.valid && f.key[j] > threshold;
+      equal[j] = j < f.valid && f.key[j] == threshold;
       any_equal |= equal[j];
     }
     if (__any_sync(~0u, any_equal)) {  // warp-uniform
@@ -188,18 +184,35 @@ __device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share
 // (the stream's), ascending. The share indexes the stream's candidates, which
 // start at slot `begin`, after the sinks. Each warp counts its contiguous
 // slice, prefix sums over the warps and the group's CTAs give it its first
-// output index and the ties before it, and it writes its slice.
-template <typename G>
-__device__ inline void EmitKeep(G& g, EmitShared& es, const Share& share,
-                                int32_t* __restrict__ keep, const Cut& cut, int32_t begin) {
+// output index and the ties before it, and it writes its slice. A cut that
+// takes everything writes the slots in order.
+template <bool kCached, typename G>
+__device__ __forceinline__ void EmitKeepFrom(G& g, EmitShared& es, const Share& share,
+                                             int32_t* __restrict__ keep, const Cut& cut,
+                                             int32_t begin) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WarpSlice slice(share, warp);
   const float* scores = share.scores + share.segments[0].first;
-  CountWarpSlice(es, share, scores, slice, Threshold(cut.threshold), warp, lane);
+  CountWarpSlice<kCached>(es, share, scores, slice, static_cast<uint32_t>(cut.threshold), warp,
+                          lane);
   __syncthreads();
   ScanCounts(g, es, warp, lane);
   __syncthreads();
-  WriteKeptSlots(es, share, scores, keep, cut, begin, slice, warp, lane);
+  WriteKeptSlots<kCached>(es, share, scores, keep, cut, begin, slice, warp, lane);
+}
+
+template <typename G>
+__device__ inline void EmitKeep(G& g, EmitShared& es, const Share& share,
+                                int32_t* __restrict__ keep, const Cut& cut, int32_t begin) {
+  if (cut.threshold < 0) {  // group-uniform: every key is above -1
+    for (int32_t i = share.lo + static_cast<int32_t>(threadIdx.x); i < share.hi; i += kThreads) {
+      keep[begin + i] = begin + i;
+    }
+  } else if (share.cache != nullptr) {  // CTA-uniform; ScanCounts' g.Sync() is every CTA's
+    EmitKeepFrom<true>(g, es, share, keep, cut, begin);
+  } else {
+    EmitKeepFrom<false>(g, es, share, keep, cut, begin);
+  }
 }
 
 // Stage: the slots kept without ranking, spread over the group: all of them

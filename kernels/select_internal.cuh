@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // File: kernels/select_internal.cuh
 //
-// What the Select kernels (select.cu, select_ada.cu) share. First the exact
-// top-k they run over a group of scores: an MSD radix select on
-// order-preserving keys of the floats, three digits (11, 11, 10 bits), by a
-// thread-block cluster whose CTAs each hold a share of the group (in shared
-// memory when it fits), or by one CTA alone (CtaGroup); a bucket is found from
-// the CTAs' sums per 32 bins, read through distributed shared memory, then the
-// 32 bins of one chunk; the answer is a Cut. Then a stream's candidate range
-// and Ada-KV's budget arithmetic. CUDA, CCCL and plain headers only.
+// What the Select kernels (select.cu, select_ada.cu) share: the
+// order-preserving keys of the float scores, a group's segments and the cut
+// its select answers, the CTAs of a group (a cluster, or one CTA alone), a
+// CTA's share of the group and the walks over its keys (from shared memory
+// when they fit, else global memory); then a stream's candidate range and
+// Ada-KV's budget arithmetic. The radix select itself is select_radix.cuh.
+// CUDA, CCCL and plain headers only.
 #ifndef HEADPAGE_KERNELS_SELECT_INTERNAL_CUH_
 #define HEADPAGE_KERNELS_SELECT_INTERNAL_CUH_
 
@@ -81,6 +80,25 @@ struct Group {
   __device__ T* Peer(T* local, uint32_t peer) {
     return cluster.map_shared_rank(local, peer);
   }
+  // The sum of `local`'s counterparts in every CTA of the group. The loads
+  // are all issued before the first add: a read of distributed shared memory
+  // takes about 300 cycles, so eight in a row would cost eight of them.
+  template <typename T>
+  __device__ T SumOverPeers(T* local) {
+    // Unconditional loads (a rank past the group reads this CTA's own), so
+    // that none waits for a test of an earlier one.
+    T value[kSelectMaxCtasPerGroup];
+#pragma unroll
+    for (int r = 0; r < kSelectMaxCtasPerGroup; ++r) {
+      value[r] = *Peer(local, r < static_cast<int>(size) ? static_cast<uint32_t>(r) : rank);
+    }
+    T sum = value[0];
+#pragma unroll
+    for (int r = 1; r < kSelectMaxCtasPerGroup; ++r) {
+      if (r < static_cast<int>(size)) sum += value[r];
+    }
+    return sum;
+  }
   // This CTA's share [lo, hi) of `total` items.
   __device__ int32_t ShareBegin(int32_t total) const {
     return static_cast<int32_t>(int64_t{total} * rank / size);
@@ -100,23 +118,10 @@ struct CtaGroup {
   __device__ T* Peer(T* local, uint32_t) {
     return local;
   }
-};
-
-inline constexpr int kBinsPerChunk = 32;
-inline constexpr int kMaxChunks = kMaxBins / kBinsPerChunk;
-
-struct SelectShared {
-  // This CTA's histogram and its sums per chunk of 32 bins, double-buffered:
-  // peers read pass p's while this CTA may already fill pass p + 1's.
-  uint32_t hist[2][kMaxBins];
-  uint32_t chunks[2][kMaxChunks];
-  int32_t bucket;  // FindBucket's answer
-  int32_t need;
-  int32_t count;
-  int32_t total;
-  // GroupSelect's count_own: this CTA's keys above the cut and at it.
-  int32_t own_above;
-  int32_t own_equal;
+  template <typename T>
+  __device__ T SumOverPeers(T* local) {
+    return *local;
+  }
 };
 
 // Calls f(index, key) for every index in [lo, hi) of p, spread over the CTA:
@@ -154,18 +159,11 @@ __device__ __forceinline__ void ForEachKey(const float* __restrict__ p, int32_t 
   if (t < hi - tail) f(tail + t, OrderedKey(__ldg(p + tail + t)));
 }
 
-// Every key: the default `wanted` of the key walks below.
-struct AnyKey {
-  __device__ bool operator()(uint32_t) const { return true; }
-};
-
 // Calls f(key) for cache[lo, hi), spread over the CTA: 16-byte loads for the
-// aligned body (cache itself is 16-byte aligned), so that a pass costs a few
-// instructions per key. `wanted` is a quick test: f sees a vector of four
-// keys only when one of them passes it (a select's later passes want few).
-template <typename F, typename W = AnyKey>
+// aligned body (cache itself is 16-byte aligned).
+template <typename F>
 __device__ __forceinline__ void ForEachCachedKey(const uint32_t* cache, int32_t lo, int32_t hi,
-                                                 F&& f, W wanted = W()) {
+                                                 F&& f) {
   if (lo >= hi) return;
   const int t = threadIdx.x;
   const int32_t body = min(hi, (lo + 3) & ~3);
@@ -175,7 +173,6 @@ __device__ __forceinline__ void ForEachCachedKey(const uint32_t* cache, int32_t 
 #pragma unroll 2
   for (int32_t i = t; i < num_vectors; i += kThreads) {
     const uint4 v = vectors[i];
-    if (!(wanted(v.x) || wanted(v.y) || wanted(v.z) || wanted(v.w))) continue;
     f(v.x);
     f(v.y);
     f(v.z);
@@ -197,232 +194,22 @@ struct Share {
   const uint32_t* cache;
 };
 
-// Calls f(key) for every key of segment s in the share (the limit filter is
-// f's to apply); `wanted` as for ForEachCachedKey.
-template <typename F, typename W = AnyKey>
-__device__ __forceinline__ void ForEachSegmentKey(const Share& share, int s, F&& f,
-                                                  W wanted = W()) {
+// Calls f(key) for every key of segment s in the share that belongs to it
+// (below its limit).
+template <typename F>
+__device__ __forceinline__ void ForEachMemberKey(const Share& share, int s, F&& f) {
   const Segment seg = share.segments[s];
   const int32_t begin = max(share.lo, seg.start), end = min(share.hi, seg.start + seg.size);
   if (begin >= end) return;
+  const auto member = [&](uint32_t key) {
+    if (int64_t{key} < seg.limit) f(key);
+  };
   if (share.cache != nullptr) {
-    ForEachCachedKey(share.cache, begin - share.lo, end - share.lo, f, wanted);
+    ForEachCachedKey(share.cache, begin - share.lo, end - share.lo, member);
   } else {
     ForEachKey(share.scores + seg.first, begin - seg.start, end - seg.start,
-               [&](int32_t, uint32_t key) { f(key); });
+               [&](int32_t, uint32_t key) { member(key); });
   }
-}
-
-// Calls f(key) for every key of segment s in the share that belongs to it
-// (below its limit); the limit's test is left out for the usual segment that
-// has none.
-template <typename F, typename W = AnyKey>
-__device__ __forceinline__ void ForEachMemberKey(const Share& share, int s, F&& f, W wanted = W()) {
-  const int64_t limit = share.segments[s].limit;
-  if (limit >= kAllKeys) {
-    ForEachSegmentKey(share, s, f, wanted);
-  } else {
-    const uint32_t below = static_cast<uint32_t>(limit);
-    ForEachSegmentKey(
-        share, s,
-        [&](uint32_t key) {
-          if (key < below) f(key);
-        },
-        wanted);
-  }
-}
-
-// The key of index i of a one-segment share.
-__device__ __forceinline__ uint32_t KeyAt(const Share& share, const float* segment_scores,
-                                          int32_t i) {
-  return share.cache != nullptr ? share.cache[i - share.lo] : OrderedKey(__ldg(segment_scores + i));
-}
-
-// Stage, once this CTA's histogram of the pass is complete (and a barrier):
-// its sums per chunk of 32 bins, which peers read first.
-__device__ __forceinline__ void SumChunks(SelectShared& sm, int slot, int num_bins) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int c = warp; c < num_bins / kBinsPerChunk; c += kWarps) {
-    const uint32_t sum = __reduce_add_sync(~0u, sm.hist[slot][c * kBinsPerChunk + lane]);
-    if (lane == 0) sm.chunks[slot][c] = sum;
-  }
-}
-
-// In the group's histogram of `num_bins` digits (after a group barrier that
-// follows every CTA's SumChunks), the bucket of the need-th largest key
-// (need >= 1): sets sm.bucket, sm.need (how many of its keys the top takes)
-// and sm.count (its size), when the histogram holds need keys. Returns how
-// many keys it holds. One warp reads the peers' chunk sums, then only the 32
-// bins of the chunk that holds the answer: 3 KiB of distributed shared memory
-// per pass instead of every peer's whole histogram.
-template <typename G>
-__device__ inline int32_t FindBucket(G& g, SelectShared& sm, int slot, int num_bins, int32_t need) {
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    const int num_chunks = num_bins / kBinsPerChunk;
-    const int per_lane = num_chunks / 32;  // 1 or 2; lane 0 holds the highest chunks
-    uint32_t mine[2] = {0, 0};
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      if (j >= per_lane) break;
-      const int c = num_chunks - 1 - (lane * per_lane + j);
-#pragma unroll
-      for (int r = 0; r < kSelectMaxCtasPerGroup; ++r) {
-        if (r < static_cast<int>(g.size)) mine[j] += g.Peer(sm.chunks[slot], r)[c];
-      }
-    }
-    const uint32_t lane_sum = mine[0] + mine[1];
-    const uint32_t through = LaneInclusiveSum(lane_sum, lane);
-    const uint32_t total = __shfl_sync(~0u, through, 31);
-    const uint32_t wanted = static_cast<uint32_t>(need);
-    if (wanted <= total) {
-      const int holder = __ffs(__ballot_sync(~0u, through >= wanted)) - 1;
-      uint32_t above = __shfl_sync(~0u, through - lane_sum, holder);
-      const uint32_t first = __shfl_sync(~0u, mine[0], holder);
-      int j = 0;
-      if (above + first < wanted) {
-        above += first;
-        j = 1;
-      }
-      const int chunk = num_chunks - 1 - (holder * per_lane + j);
-      const int bin = chunk * kBinsPerChunk + kBinsPerChunk - 1 - lane;  // highest first
-      uint32_t h = 0;
-#pragma unroll
-      for (int r = 0; r < kSelectMaxCtasPerGroup; ++r) {
-        if (r < static_cast<int>(g.size)) h += g.Peer(sm.hist[slot], r)[bin];
-      }
-      const uint32_t upto = above + LaneInclusiveSum(h, lane);
-      const int at = __ffs(__ballot_sync(~0u, upto >= wanted)) - 1;
-      if (lane == at) {
-        sm.bucket = bin;
-        sm.need = static_cast<int32_t>(wanted - (upto - h));
-        sm.count = static_cast<int32_t>(h);
-      }
-    }
-    if (lane == 0) sm.total = static_cast<int32_t>(total);
-  }
-  __syncthreads();
-  return sm.total;
-}
-
-// Reads the share from global memory once: into `buffer` (kCacheKeys keys of
-// shared memory) when it fits, and into the first digit's histogram. The
-// segments have no limits yet (kProtectTop sets them later).
-__device__ inline void LoadShare(SelectShared& sm, Share& share, uint32_t* buffer) {
-  uint32_t* hist = sm.hist[0];
-  for (int b = threadIdx.x; b < kMaxBins; b += kThreads) hist[b] = 0;
-  __syncthreads();
-  const bool fits = share.hi - share.lo <= kCacheKeys;
-  for (int s = 0; s < share.num_segments; ++s) {
-    const Segment seg = share.segments[s];
-    const int32_t begin = max(share.lo, seg.start), end = min(share.hi, seg.start + seg.size);
-    if (begin >= end) continue;
-    const int32_t out = seg.start - share.lo;  // cache index of the segment's index 0
-    ForEachKey(share.scores + seg.first, begin - seg.start, end - seg.start,
-               [&](int32_t i, uint32_t key) {
-                 if (fits) buffer[out + i] = key;
-                 atomicAdd(&hist[key >> 21], 1u);
-               });
-  }
-  share.cache = fits ? buffer : nullptr;
-  __syncthreads();
-}
-
-// Stage (warp 0, after FindBucket): this CTA's keys of the pass's histogram in
-// bins above `bucket` (all of them for -1) added to sm.own_above; returns
-// those in the bucket itself.
-__device__ __forceinline__ int32_t CountOwnAbove(SelectShared& sm, int slot, int num_bins,
-                                                 int bucket) {
-  const int lane = threadIdx.x % 32;
-  const int num_chunks = num_bins / kBinsPerChunk;
-  const int bucket_chunk = bucket < 0 ? -1 : bucket / kBinsPerChunk;
-  uint32_t above = 0;
-  for (int c = bucket_chunk + 1 + lane; c < num_chunks; c += 32) above += sm.chunks[slot][c];
-  uint32_t in_bucket = 0;
-  if (bucket >= 0) {
-    const int bin = bucket_chunk * kBinsPerChunk + lane;
-    const uint32_t h = sm.hist[slot][bin];
-    if (bin > bucket) above += h;
-    if (bin == bucket) in_bucket = h;
-  }
-  above = __reduce_add_sync(~0u, above);
-  in_bucket = __reduce_add_sync(~0u, in_bucket);
-  if (lane == 0) sm.own_above += static_cast<int32_t>(above);
-  return static_cast<int32_t>(in_bucket);
-}
-
-// Whether this CTA's share holds segment `seg`'s first index: the CTA that
-// adds the segment's extra copies of its limit to the counts.
-__device__ __forceinline__ bool HoldsStart(const Share& share, const Segment& seg) {
-  return share.lo <= seg.start && seg.start < share.hi;
-}
-
-// The top k of the group, ties in group order. Every thread of every CTA of
-// the group calls it and gets the same cut. The first digit's histogram is
-// the one LoadShare built when `first_built`, else built here. With
-// `count_own`, also this CTA's keys above the cut and at it (sm.own_above,
-// sm.own_equal), read off its histograms: a pass over the keys saved. A group
-// that selects again must pass a barrier of the whole group (g.Sync()) first:
-// peers may still read this CTA's last histogram.
-template <typename G>
-__device__ inline Cut GroupSelect(G& g, SelectShared& sm, const Share& share, int64_t k,
-                                  bool first_built, bool count_own = false) {
-  if (count_own && threadIdx.x == 0) {
-    sm.own_above = 0;
-    sm.own_equal = 0;
-  }
-  if (k <= 0) {
-    __syncthreads();
-    return Cut{0xFFFFFFFFll, 0, 0, kAllKeys};
-  }
-  uint32_t prefix = 0, mask = 0;  // the digits found so far
-  int32_t need = static_cast<int32_t>(min(k, int64_t{0x7FFFFFFF}));
-  for (int pass = 0; pass < 3; ++pass) {
-    const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0;
-    const int num_bins = pass == 2 ? 1024 : 2048;
-    uint32_t* hist = sm.hist[pass & 1];
-    if (pass > 0 || !first_built) {
-      for (int b = threadIdx.x; b < num_bins; b += kThreads) hist[b] = 0;
-      __syncthreads();
-      const auto matches = [mask, prefix](uint32_t key) { return (key & mask) == prefix; };
-      for (int s = 0; s < share.num_segments; ++s) {
-        ForEachMemberKey(
-            share, s,
-            [&](uint32_t key) {
-              if (matches(key)) atomicAdd(&hist[(key >> shift) & (num_bins - 1)], 1u);
-            },
-            matches);
-      }
-    }
-    for (int s = threadIdx.x; s < share.num_segments; s += kThreads) {
-      const Segment& seg = share.segments[s];
-      const uint32_t key = static_cast<uint32_t>(seg.limit);
-      if (seg.extra > 0 && HoldsStart(share, seg) && (key & mask) == prefix) {
-        atomicAdd(&hist[(key >> shift) & (num_bins - 1)], static_cast<uint32_t>(seg.extra));
-      }
-    }
-    __syncthreads();
-    SumChunks(sm, pass & 1, num_bins);
-    g.Sync();
-    const int32_t total = FindBucket(g, sm, pass & 1, num_bins, need);
-    const bool everything = pass == 0 && need >= total;
-    const bool whole_bucket = !everything && sm.count == sm.need;
-    if (count_own && threadIdx.x < 32) {
-      const int32_t in_bucket = CountOwnAbove(sm, pass & 1, num_bins, everything ? -1 : sm.bucket);
-      if (threadIdx.x == 0) {
-        if (whole_bucket) sm.own_above += in_bucket;
-        if (pass == 2 && !whole_bucket) sm.own_equal = in_bucket;
-      }
-    }
-    if (count_own) __syncthreads();
-    if (everything) return Cut{-1, 0, 0, 0};  // all of it
-    prefix |= static_cast<uint32_t>(sm.bucket) << shift;
-    mask |= static_cast<uint32_t>(num_bins - 1) << shift;
-    // The top takes the whole bucket: everything from its lowest key up.
-    if (whole_bucket) return Cut{int64_t{prefix} - 1, 0, 0, prefix};
-    need = sm.need;
-  }
-  return Cut{prefix, need, sm.count - need, prefix};
 }
 
 // One stream: its tokens are [offset, offset + n) of the arrays, its
