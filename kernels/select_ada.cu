@@ -41,8 +41,8 @@ struct AdaShared {
   Segment stream_segment;     // the one segment of a per-stream select
   // With one own segment, LoadShare's first-digit histogram is that stream's
   // too, and its own selects skip their first pass over the keys. kProtectTop's
-  // sequence select builds slot 0 again from what the tops leave, so that
-  // first histogram waits here for the keep sets' selects.
+  // sequence select builds slot 0 again from what the tops leave, so a copy
+  // waits here for the keep sets' selects.
   uint32_t first_digits[kMaxBins];
 };
 
@@ -306,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs 
     const int32_t share_keys = one ? sm.first_own_segment : kShareKeys;
     LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage), share_keys);
     const bool protect = a.floor == policy::AdaFloor::kProtectTop;
-    if (protect && one) {
+    if (one) {  // for StreamShare, should a select replace slot 0
       for (int b = threadIdx.x; b < kMaxBins; b += kThreads) {
         sm.first_digits[b] = sm.select.hist(0)[b];
       }
