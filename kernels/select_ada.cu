@@ -306,10 +306,11 @@ __global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs 
     const int32_t share_keys = one ? sm.first_own_segment : kShareKeys;
     LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage), share_keys);
     const bool protect = a.floor == policy::AdaFloor::kProtectTop;
-    if (one) {  // for StreamShare, should a select replace slot 0
+    if (one) {  // CTA-uniform: for StreamShare, should a select replace slot 0
       for (int b = threadIdx.x; b < kMaxBins; b += kThreads) {
         sm.first_digits[b] = sm.select.hist(0)[b];
       }
+      __syncthreads();  // before the next select may zero slot 0
     }
     if (protect) ProtectOwnTops(a, sm, share, own_begin, own_end);
     // kProtectTop's sequence select ranks what the tops leave: other keys than
