@@ -237,14 +237,10 @@ __device__ inline void BuildHistogram(SelectShared& sm, const Share& share, int 
                                 shift, bin_mask, hist);
       }
     } else {
-      // From L2, a few instructions per key matter less: one walk for both.
-      const int64_t limit = seg.limit;
-      ForEachKey(share.scores + seg.first, begin - seg.start, end - seg.start,
-                 [&](int32_t, uint32_t key) {
-                   if ((key & mask) == prefix && int64_t{key} < limit) {
-                     atomicAdd(&hist[(key >> shift) & bin_mask], 1u);
-                   }
-                 });
+      // From L2, a few instructions per key matter less: the generic walk.
+      ForEachMemberKey(share, s, [&](uint32_t key) {
+        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & bin_mask], 1u);
+      });
     }
   }
   for (int s = threadIdx.x; s < share.num_segments; s += kThreads) {
