@@ -124,11 +124,13 @@ struct CtaGroup {
   }
 };
 
-// Calls f(index, key) for every index in [lo, hi) of p, spread over the CTA:
-// 16-byte loads for the aligned body, kUnroll of them in flight per thread.
-template <typename F>
-__device__ __forceinline__ void ForEachKey(const float* __restrict__ p, int32_t lo, int32_t hi,
-                                           F&& f) {
+// Calls f(index, key) for the unaligned head and tail of [lo, hi) of p and
+// f4(index, keys) for each aligned vector of four between (keys of index ..
+// index + 3), spread over the CTA: 16-byte loads, kUnroll of them in flight
+// per thread.
+template <typename F, typename F4>
+__device__ __forceinline__ void ForEachKeyVector(const float* __restrict__ p, int32_t lo,
+                                                 int32_t hi, F&& f, F4&& f4) {
   if (lo >= hi) return;
   const int t = threadIdx.x;
   const int32_t misalign = static_cast<int32_t>((reinterpret_cast<uintptr_t>(p + lo) >> 2) & 3);
@@ -147,16 +149,25 @@ __device__ __forceinline__ void ForEachKey(const float* __restrict__ p, int32_t 
     for (int u = 0; u < kUnroll; ++u) {
       const int32_t j = i + u * kThreads;
       if (j < num_vectors) {
-        const int32_t at = body + 4 * j;
-        f(at, OrderedKey(x[u].x));
-        f(at + 1, OrderedKey(x[u].y));
-        f(at + 2, OrderedKey(x[u].z));
-        f(at + 3, OrderedKey(x[u].w));
+        f4(body + 4 * j, make_uint4(OrderedKey(x[u].x), OrderedKey(x[u].y), OrderedKey(x[u].z),
+                                    OrderedKey(x[u].w)));
       }
     }
   }
   const int32_t tail = body + 4 * num_vectors;
   if (t < hi - tail) f(tail + t, OrderedKey(__ldg(p + tail + t)));
+}
+
+// Calls f(index, key) for every index in [lo, hi) of p, spread over the CTA.
+template <typename F>
+__device__ __forceinline__ void ForEachKey(const float* __restrict__ p, int32_t lo, int32_t hi,
+                                           F&& f) {
+  ForEachKeyVector(p, lo, hi, f, [&](int32_t at, const uint4& keys) {
+    f(at, keys.x);
+    f(at + 1, keys.y);
+    f(at + 2, keys.z);
+    f(at + 3, keys.w);
+  });
 }
 
 // Calls f(key) for cache[lo, hi), spread over the CTA: 16-byte loads for the

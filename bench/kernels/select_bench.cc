@@ -21,29 +21,37 @@ namespace {
 constexpr int32_t kSinks = 4;
 constexpr int32_t kWindow = 32;
 
-void RunSelect(benchmark::State& state, SelectMode mode, policy::AdaFloor floor, bool cold) {
+// `lead`: unused scores in front of the first stream. The engine packs its
+// streams' scores back to back, so a stream's candidates start 16-byte
+// aligned only when the lengths before them happen to sum to a multiple of
+// four; a lead of 1 puts every stream off that boundary.
+void RunSelect(benchmark::State& state, SelectMode mode, policy::AdaFloor floor, bool cold,
+               int32_t lead = 0) {
   const int32_t batch = static_cast<int32_t>(state.range(0));
   const int32_t len = static_cast<int32_t>(state.range(1));
   const int32_t streams = batch * kKVHeads;
   const int64_t total = int64_t{streams} * len;
+  const int64_t size = lead + total;  // the scores array, the lead included
   const int32_t budget = std::max(kSinks + kWindow, len / 5);  // 20%, protected ones included
 
-  std::vector<int32_t> offsets(static_cast<size_t>(streams) + 1), positions(static_cast<size_t>(total));
-  for (int32_t s = 0; s <= streams; ++s) offsets[static_cast<size_t>(s)] = s * len;
-  for (int64_t i = 0; i < total; ++i) positions[static_cast<size_t>(i)] = static_cast<int32_t>(i % len);
+  std::vector<int32_t> offsets(static_cast<size_t>(streams) + 1), positions(static_cast<size_t>(size));
+  for (int32_t s = 0; s <= streams; ++s) offsets[static_cast<size_t>(s)] = lead + s * len;
+  for (int64_t i = 0; i < total; ++i) {
+    positions[static_cast<size_t>(lead + i)] = static_cast<int32_t>(i % len);
+  }
   // Cold: at least 256 MiB of score copies, far over the 50 MiB L2.
   const int64_t copies = cold ? std::max<int64_t>(2, (int64_t{256} << 20) / (total * 4)) : 1;
   std::vector<DeviceBuffer> scores;
   std::mt19937_64 rng(11);
   std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
-  std::vector<float> host(static_cast<size_t>(total));
+  std::vector<float> host(static_cast<size_t>(size));
   for (int64_t c = 0; c < copies; ++c) {
     for (float& v : host) v = uniform(rng);
     scores.emplace_back(host);
   }
   DeviceBuffer d_offsets(offsets), d_positions(positions),
       d_kept(std::vector<int32_t>(static_cast<size_t>(streams), budget)),
-      keep(static_cast<size_t>(total) * sizeof(int32_t)),
+      keep(static_cast<size_t>(size) * sizeof(int32_t)),
       counts(static_cast<size_t>(streams) * sizeof(int32_t));
 
   SelectArgs args;
@@ -80,6 +88,9 @@ void BM_SelectAdaProtectTop(benchmark::State& state) {
 void BM_SelectAdaCold(benchmark::State& state) {
   RunSelect(state, SelectMode::kAda, policy::AdaFloor::kScaled, true);
 }
+void BM_SelectAdaUnaligned(benchmark::State& state) {
+  RunSelect(state, SelectMode::kAda, policy::AdaFloor::kScaled, false, /*lead=*/1);
+}
 void BM_SelectTopBCold(benchmark::State& state) {
   RunSelect(state, SelectMode::kTopB, policy::AdaFloor::kScaled, true);
 }
@@ -93,6 +104,7 @@ BENCHMARK(BM_SelectAda)->Apply(BatchLengthShapes)->UseManualTime()->Unit(benchma
 BENCHMARK(BM_SelectAdaProtectTop)->Apply(Layer8x32K)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_SelectTopBCold)->Apply(Layer8x32K)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_SelectAdaCold)->Apply(Layer8x32K)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_SelectAdaUnaligned)->Apply(Layer8x32K)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace headpage::bench

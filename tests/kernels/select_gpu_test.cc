@@ -228,6 +228,66 @@ TEST_CASE("gpu::Select equals ref::Select on 128K streams, cached in shared memo
   }
 }
 
+// Scores shaped so that the cut lies inside one narrow bucket of the first
+// digit that holds about 128 of the group's keys, spread over the cluster's
+// CTAs: the later passes, their bucket searches and the ties at the cut all
+// cross CTAs. Per stream: `above` keys far over the bucket, `bucket` keys
+// just over 1.0 (distinct, or in runs of four ties), the rest under 0.5,
+// shuffled; every stream keeps its keys above the bucket and about half of
+// the bucket's.
+void ShapeBucket(SelectCase& c, int32_t above, int32_t bucket, bool ties, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> low(0.0f, 0.5f);
+  for (int32_t s = 0; s < c.num_streams(); ++s) {
+    const auto first = c.mutable_scores().begin() + c.offsets()[s];
+    const auto last = first + c.length(s);
+    int32_t i = 0;
+    for (auto it = first; it != last; ++it, ++i) {
+      if (i < above) {
+        *it = 4.0f + 0.001f * static_cast<float>(i);
+      } else if (i < above + bucket) {
+        const int32_t j = ties ? (i - above) / 4 : i - above;
+        *it = 1.0f + std::ldexp(static_cast<float>(j), -20);
+      } else {
+        *it = low(rng);
+      }
+    }
+    std::shuffle(first, last, rng);
+  }
+}
+
+TEST_CASE("gpu::Select equals ref::Select where the cut's bucket holds about 128 keys",
+          "[kernels][gpu][select]") {
+  std::mt19937_64 rng(31);
+  constexpr int32_t kAbove = 300;
+  for (const bool ties : {false, true}) {
+    SelectCaseSpec spec;
+    spec.num_seqs = 2;
+    spec.num_kv_heads = 4;
+    spec.lens.assign(8, 4096);
+    SelectCase c(spec, rng());
+    // kTopB: the bucket is one stream's, spread over its cluster's CTAs.
+    for (const int32_t bucket : {127, 128, 129}) {
+      ShapeBucket(c, kAbove, bucket, ties, rng);
+      const Ints kept(static_cast<size_t>(c.num_streams()), kAbove + bucket / 2);
+      for (const int32_t ctas : {1, 2, 8}) {
+        INFO("ties " << ties << " bucket " << bucket << " ctas " << ctas);
+        CheckAgainstRef(c, TopB(ctas), kept);
+      }
+    }
+    // kAda: the sequence's bucket is its four streams' together.
+    for (const int32_t bucket : {31, 32, 33}) {
+      ShapeBucket(c, kAbove, bucket, ties, rng);
+      for (const int32_t ctas : {0, 1, 4}) {
+        for (const policy::AdaFloor floor : {policy::AdaFloor::kScaled, policy::AdaFloor::kProtectTop}) {
+          INFO("ties " << ties << " bucket " << bucket << " ctas " << ctas << " floor "
+                       << static_cast<int>(floor));
+          CheckAgainstRef(c, Ada(kAbove + bucket / 2, 0.2, floor, ctas));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("gpu::Select: bad device contents give well-formed output", "[kernels][gpu][select][sanitize]") {
   SelectCaseSpec spec;
   spec.num_seqs = 1;
