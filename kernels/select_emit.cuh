@@ -167,7 +167,7 @@ __device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share
     // The lanes below keep through - mine slots of this chunk: one scan of
     // the lanes' counts by shuffles instead of a ballot and two population
     // counts per key position (eight POPCs; 2% off 128K streams read from
-    // L2, the same on cached ones: docs/performance.md).
+    // L2, within 1% on cached ones: docs/performance.md).
     const int32_t mine = kept[0] + kept[1] + kept[2] + kept[3];
     const int32_t through = LaneInclusiveSum(mine, lane);
     int32_t at = out + through - mine;
