@@ -14,11 +14,13 @@
 //    bucket. A bucket the top k takes whole ends the select early. The
 //    result is a cut: every key above a threshold, plus the first `ties` keys
 //    equal to it in (stream, slot) order.
-//  - Keep sets: each warp counts the keys above and at the threshold in its
-//    contiguous slice of the stream, four consecutive keys per lane; prefix
-//    sums over the warps and the group's CTAs give each warp its first output
-//    index and the ties before it, and a ballot per key position writes the
-//    kept slots, ascending.
+//  - Keep sets: each warp takes a contiguous slice of the stream. From shared
+//    memory it stages its slice's kept slots in place, over keys it has read,
+//    a ballot per 32 consecutive keys placing them, and counts them; from
+//    global memory it counts first. Prefix sums over the warps and the
+//    group's CTAs give each warp its first output index and the ties before
+//    it; it then copies its staged slots (or writes its slice's kept slots)
+//    to the keep set, ascending.
 //  - kAda, one launch (AdaSelectKernel, select_ada.cu): a cluster per
 //    sequence whose CTAs each own whole streams. kProtectTop first finds, in
 //    each CTA, its streams' own top floor(alpha B'_h). One cut over the

@@ -4,8 +4,9 @@
 // What both Select kernels (select.cu, select_ada.cu) do once a stream's cut
 // is known: the slots kept without ranking (sinks, the recent window), then
 // the ranked ones, written in ascending order by the CTAs of a group (a
-// cluster, or one CTA alone) with prefix sums over warps and CTAs. CUDA and
-// plain headers only.
+// cluster, or one CTA alone) with prefix sums over warps and CTAs; from a
+// share cached in shared memory in one pass over its keys (EmitKeepStaged),
+// from global memory in two (EmitKeepFromScores). CUDA and plain headers only.
 #ifndef HEADPAGE_KERNELS_SELECT_EMIT_CUH_
 #define HEADPAGE_KERNELS_SELECT_EMIT_CUH_
 
@@ -69,45 +70,30 @@ __device__ __forceinline__ void ScanCounts(G& g, EmitShared& es, int warp, int l
   }
 }
 
-// Lane l of a warp handles four consecutive keys at a time: one 16-byte load
-// from the cache (kCached; its index 0 is the share's lo, 16-byte aligned), or
-// four from global memory.
+// Lane l of a warp handles four consecutive keys at a time, read from the
+// scores in global memory (a share too large for the cache).
 struct FourKeys {
   uint32_t key[4];
   int valid;  // how many of them are in the share
 };
 
-template <bool kCached>
 __device__ __forceinline__ FourKeys LoadFour(const Share& share, const float* scores, int32_t i) {
   FourKeys f;
   f.valid = min(4, share.hi - i);
-  if (kCached && f.valid == 4) {
-    const uint4 v = *reinterpret_cast<const uint4*>(share.cache + (i - share.lo));
-    f.key[0] = v.x;
-    f.key[1] = v.y;
-    f.key[2] = v.z;
-    f.key[3] = v.w;
-  } else {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      f.key[j] = j >= f.valid ? 0u
-                 : kCached    ? share.cache[i + j - share.lo]
-                              : OrderedKey(__ldg(scores + i + j));
-    }
-  }
+  for (int j = 0; j < 4; ++j) f.key[j] = j < f.valid ? OrderedKey(__ldg(scores + i + j)) : 0u;
   return f;
 }
 
 // Stage: the keys above the threshold and equal to it in this warp's slice,
 // into es.warp_above/warp_equal[warp].
-template <bool kCached>
 __device__ __forceinline__ void CountWarpSlice(EmitShared& es, const Share& share,
                                                const float* scores, const WarpSlice& slice,
                                                uint32_t threshold, int warp, int lane) {
   int32_t above = 0, equal = 0;
 #pragma unroll 2
   for (int32_t q = slice.first + lane; q < slice.last; q += 32) {
-    const FourKeys f = LoadFour<kCached>(share, scores, share.lo + 4 * q);
+    const FourKeys f = LoadFour(share, scores, share.lo + 4 * q);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       above += j < f.valid && f.key[j] > threshold;
@@ -127,7 +113,6 @@ __device__ __forceinline__ void CountWarpSlice(EmitShared& es, const Share& shar
 // Per 128 keys, a scan of the lanes' kept counts gives each lane its place,
 // and its own earlier keys give each key's. Keys equal to the threshold are
 // rare (one value): only a chunk that holds some ranks them.
-template <bool kCached>
 __device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share& share,
                                                const float* scores, int32_t* __restrict__ keep,
                                                const Cut& cut, int32_t begin,
@@ -139,7 +124,7 @@ __device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share
   for (int32_t chunk = slice.first; chunk < slice.last; chunk += 32) {
     const int32_t q = chunk + lane;
     const int32_t i = share.lo + 4 * q;
-    FourKeys f = LoadFour<kCached>(share, scores, i);
+    FourKeys f = LoadFour(share, scores, i);
     if (q >= slice.last) f.valid = 0;
     bool kept[4], equal[4];
     bool any_equal = false;
@@ -180,24 +165,107 @@ __device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share
 }
 
 // Writes the candidates of the cut in this CTA's share of one stream to keep
-// (the stream's), ascending. The share indexes the stream's candidates, which
-// start at slot `begin`, after the sinks. Each warp counts its contiguous
-// slice, prefix sums over the warps and the group's CTAs give it its first
-// output index and the ties before it, and it writes its slice. A cut that
-// takes everything writes the slots in order.
-template <bool kCached, typename G>
-__device__ __forceinline__ void EmitKeepFrom(G& g, EmitShared& es, const Share& share,
+// (the stream's), ascending, for a share read from global memory. The share
+// indexes the stream's candidates, which start at slot `begin`, after the
+// sinks. Each warp counts its contiguous slice, prefix sums over the warps and
+// the group's CTAs give it its first output index and the ties before it, and
+// it writes its slice.
+template <typename G>
+__device__ __forceinline__ void EmitKeepFromScores(G& g, EmitShared& es, const Share& share,
                                              int32_t* __restrict__ keep, const Cut& cut,
                                              int32_t begin) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WarpSlice slice(share, warp);
   const float* scores = share.scores + share.segments[0].first;
-  CountWarpSlice<kCached>(es, share, scores, slice, static_cast<uint32_t>(cut.threshold), warp,
+  CountWarpSlice(es, share, scores, slice, static_cast<uint32_t>(cut.threshold), warp,
                           lane);
   __syncthreads();
   ScanCounts(g, es, warp, lane);
   __syncthreads();
-  WriteKeptSlots<kCached>(es, share, scores, keep, cut, begin, slice, warp, lane);
+  WriteKeptSlots(es, share, scores, keep, cut, begin, slice, warp, lane);
+}
+
+// The same for a share cached in shared memory, in one pass over its keys:
+// each warp stages the slots of its slice's keys at or above the threshold in
+// place, over the keys it has read (ascending; an equal key's slot with bit
+// 31 set, and only when the cut takes ties), and counts them; after the prefix
+// sums over the warps and the group's CTAs, it copies them to keep, 128
+// contiguous bytes a store. EmitKeepFromScores' count pass is saved, and a
+// ballot per 32 consecutive keys places them, not a scan of the lanes' counts.
+inline constexpr uint32_t kStagedEqual = 0x80000000u;
+
+template <typename G>
+__device__ __forceinline__ void EmitKeepStaged(G& g, EmitShared& es, const Share& share,
+                                               int32_t* __restrict__ keep, const Cut& cut,
+                                               int32_t begin) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const WarpSlice slice(share, warp);
+  const uint32_t threshold = static_cast<uint32_t>(cut.threshold);
+  const bool stage_equal = cut.ties > 0;  // group-uniform
+  // The cache is this kernel's own shared memory; a share's keys are not read
+  // again after its keep set.
+  const int32_t first = 4 * slice.first;
+  const int32_t end = min(4 * slice.last, share.hi - share.lo);
+  uint32_t* staged = const_cast<uint32_t*>(share.cache) + first;
+  const uint32_t lanes_below = (1u << lane) - 1;
+  int32_t num_staged = 0, num_equal = 0;  // warp-uniform
+  // 128 keys a step, lane l reading keys l, 32 + l, 64 + l and 96 + l: a
+  // ballot per 32 consecutive keys gives each staged key its place.
+  for (int32_t c = first; c < end; c += 128) {
+    uint32_t key[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int32_t k = c + 32 * j + lane;
+      key[j] = k < end ? share.cache[k] : 0u;
+    }
+    // No entry lands past this step's keys, which every lane has read before
+    // the barrier: the staged never outrun the read.
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int32_t k = c + 32 * j + lane;
+      const bool valid = k < end;
+      const bool is_equal = valid && key[j] == threshold;
+      const bool stage = valid && (key[j] > threshold || (stage_equal && is_equal));
+      const uint32_t staging = __ballot_sync(~0u, stage);
+      if (stage) {
+        staged[num_staged + __popc(staging & lanes_below)] =
+            static_cast<uint32_t>(begin + share.lo + k) | (is_equal ? kStagedEqual : 0u);
+      }
+      num_staged += __popc(staging);
+      if (stage_equal) num_equal += __popc(__ballot_sync(~0u, is_equal));
+    }
+  }
+  // Without ties to hand out, keys at the threshold are not kept, and no
+  // warp's count of them matters.
+  const int32_t num_above = num_staged - num_equal;
+  if (lane == 0) {
+    es.warp_above[warp] = num_above;
+    es.warp_equal[warp] = num_equal;
+  }
+  __syncthreads();
+  ScanCounts(g, es, warp, lane);
+  __syncthreads();
+  const int32_t ties_before = es.base_equal + es.warp_equal[warp];
+  int32_t out = begin + es.base_above + es.warp_above[warp] + min(ties_before, cut.ties);
+  __syncwarp();  // the staged entries, written by other lanes
+  if (num_equal == 0 || !stage_equal) {  // warp-uniform: every staged slot is kept
+    for (int32_t k = lane; k < num_staged; k += 32) keep[out + k] = static_cast<int32_t>(staged[k]);
+    return;
+  }
+  // Keys equal to the threshold: kept while the cut's ties last, in order.
+  int32_t rank = ties_before;
+  for (int32_t k0 = 0; k0 < num_staged; k0 += 32) {
+    const int32_t k = k0 + lane;
+    const uint32_t e = k < num_staged ? staged[k] : 0u;
+    const bool is_equal = k < num_staged && (e & kStagedEqual) != 0;
+    const uint32_t equal_mask = __ballot_sync(~0u, is_equal);
+    const bool kept = k < num_staged && (!is_equal || rank + __popc(equal_mask & lanes_below) < cut.ties);
+    const uint32_t kept_mask = __ballot_sync(~0u, kept);
+    if (kept) keep[out + __popc(kept_mask & lanes_below)] = static_cast<int32_t>(e & ~kStagedEqual);
+    out += __popc(kept_mask);
+    rank += __popc(equal_mask);
+  }
 }
 
 template <typename G>
@@ -208,9 +276,9 @@ __device__ inline void EmitKeep(G& g, EmitShared& es, const Share& share,
       keep[begin + i] = begin + i;
     }
   } else if (share.cache != nullptr) {  // CTA-uniform; ScanCounts' g.Sync() is every CTA's
-    EmitKeepFrom<true>(g, es, share, keep, cut, begin);
+    EmitKeepStaged(g, es, share, keep, cut, begin);
   } else {
-    EmitKeepFrom<false>(g, es, share, keep, cut, begin);
+    EmitKeepFromScores(g, es, share, keep, cut, begin);
   }
 }
 

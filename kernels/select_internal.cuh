@@ -99,12 +99,15 @@ struct Group {
     }
     return sum;
   }
-  // This CTA's share [lo, hi) of `total` items.
-  __device__ int32_t ShareBegin(int32_t total) const {
-    return static_cast<int32_t>(int64_t{total} * rank / size);
-  }
-  __device__ int32_t ShareEnd(int32_t total) const {
-    return static_cast<int32_t>(int64_t{total} * (rank + 1) / size);
+  // This CTA's share [lo, hi) of `total` items. Every boundary but the last
+  // is a multiple of four, so that a stream whose scores start on 16 bytes
+  // has its keys stored 16 bytes at a time by LoadShare in every CTA, not in
+  // the first alone (top-B 8x32K: 19.1 against 19.4 us, H200).
+  __device__ int32_t ShareBegin(int32_t total) const { return Boundary(total, rank); }
+  __device__ int32_t ShareEnd(int32_t total) const { return Boundary(total, rank + 1); }
+  __device__ int32_t Boundary(int32_t total, uint32_t r) const {
+    if (r >= size) return total;
+    return static_cast<int32_t>((int64_t{total} * r / size) & ~int64_t{3});
   }
 };
 
