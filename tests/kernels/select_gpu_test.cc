@@ -228,6 +228,28 @@ TEST_CASE("gpu::Select equals ref::Select on 128K streams, cached in shared memo
   }
 }
 
+// One stream over a cluster of 8 whose shares straddle the cache: 327700
+// candidates split at multiples of four give four CTAs 40960 keys (cached) and
+// four 40964 (read from global memory), so that one cluster mixes the staged
+// keep set with the two-pass one, and their prefix sums meet.
+TEST_CASE("gpu::Select equals ref::Select where a cluster's shares straddle the cache",
+          "[kernels][gpu][select]") {
+  std::mt19937_64 rng(31);
+  for (const int32_t distinct : {0, 3}) {
+    SelectCaseSpec spec;
+    spec.num_seqs = 1;
+    spec.num_kv_heads = 1;
+    spec.lens = {327700 + 4 + 64};
+    spec.sinks = 4;
+    spec.recent = 64;
+    spec.distinct = distinct;
+    SelectCase c(spec, rng());
+    INFO("distinct " << distinct);
+    CheckAgainstRef(c, TopB(8), {65608});
+    CheckAgainstRef(c, TopB(8), c.RandomKept());
+  }
+}
+
 // Scores shaped so that the cut lies inside one narrow bucket of the first
 // digit that holds about 128 of the group's keys, spread over the cluster's
 // CTAs: the later passes, their bucket searches and the ties at the cut all
