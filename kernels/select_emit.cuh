@@ -172,13 +172,12 @@ __device__ __forceinline__ void WriteKeptSlots(const EmitShared& es, const Share
 // it writes its slice.
 template <typename G>
 __device__ __forceinline__ void EmitKeepFromScores(G& g, EmitShared& es, const Share& share,
-                                             int32_t* __restrict__ keep, const Cut& cut,
-                                             int32_t begin) {
+                                                   int32_t* __restrict__ keep, const Cut& cut,
+                                                   int32_t begin) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WarpSlice slice(share, warp);
   const float* scores = share.scores + share.segments[0].first;
-  CountWarpSlice(es, share, scores, slice, static_cast<uint32_t>(cut.threshold), warp,
-                          lane);
+  CountWarpSlice(es, share, scores, slice, static_cast<uint32_t>(cut.threshold), warp, lane);
   __syncthreads();
   ScanCounts(g, es, warp, lane);
   __syncthreads();
@@ -249,7 +248,8 @@ __device__ __forceinline__ void EmitKeepStaged(G& g, EmitShared& es, const Share
   const int32_t ties_before = es.base_equal + es.warp_equal[warp];
   int32_t out = begin + es.base_above + es.warp_above[warp] + min(ties_before, cut.ties);
   __syncwarp();  // the staged entries, written by other lanes
-  if (num_equal == 0 || !stage_equal) {  // warp-uniform: every staged slot is kept
+  // Warp-uniform; num_equal is 0 when the cut takes no ties: every staged slot is kept.
+  if (num_equal == 0) {
     for (int32_t k = lane; k < num_staged; k += 32) keep[out + k] = static_cast<int32_t>(staged[k]);
     return;
   }
@@ -260,7 +260,8 @@ __device__ __forceinline__ void EmitKeepStaged(G& g, EmitShared& es, const Share
     const uint32_t e = k < num_staged ? staged[k] : 0u;
     const bool is_equal = k < num_staged && (e & kStagedEqual) != 0;
     const uint32_t equal_mask = __ballot_sync(~0u, is_equal);
-    const bool kept = k < num_staged && (!is_equal || rank + __popc(equal_mask & lanes_below) < cut.ties);
+    const bool kept =
+        k < num_staged && (!is_equal || rank + __popc(equal_mask & lanes_below) < cut.ties);
     const uint32_t kept_mask = __ballot_sync(~0u, kept);
     if (kept) keep[out + __popc(kept_mask & lanes_below)] = static_cast<int32_t>(e & ~kStagedEqual);
     out += __popc(kept_mask);
