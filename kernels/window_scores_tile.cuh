@@ -48,6 +48,10 @@ struct Shape {
   static constexpr int kStageBytes = kTile * kRowBytes;
   static constexpr int kStages = kStageBytes <= 16384 ? 3 : 2;
   static constexpr int kThreadsPerKey = kThreads / kTile;
+  // KeyTileCopies' whole rows: a warp's consecutive keys of a tile, and the
+  // 16-byte copies a thread issues for them.
+  static constexpr int kWarpKeys = kTile / kWarps;
+  static constexpr int kWarpRowCopies = kWarpKeys * kRowChunks / 32;
   // K stages, their positions, then two buffers of the warps' column sums
   // (pass 3). The warpgroup MMA's descriptors need the stages 1024-byte
   // aligned: its blocks ask for up to 1 KiB more and start there.
@@ -58,6 +62,10 @@ struct Shape {
   static_assert(kRowChunks % 8 == 0, "a stage is made of whole 128-byte regions");
   static_assert(kThreads % kTile == 0 && kRowChunks % kThreadsPerKey == 0, "whole keys per pass");
   static_assert(kThreadsPerKey == 2 || kThreadsPerKey == 4, "CopyKey pairs 2 or 4 threads a key");
+  static_assert(kWarpRowCopies * 32 == kWarpKeys * kRowChunks,
+                "a warp's rows split into whole rounds of 16-byte copies");
+  static_assert(kTile % kWarps == 0 && kWarpKeys % 8 == 0,
+                "a warp's first key is a multiple of 8: its swizzle is its rows' own");
   static_assert(kStageBytes % kWgmmaAtomBytes == 0, "stages stay 1024-byte aligned");
 };
 
@@ -302,12 +310,22 @@ __device__ __forceinline__ void LogitsWarpgroup(const Queries<T, kHeadDim, kMT>&
   }
 }
 
-// The block's cp.async copies of key tiles and their positions. Each
-// thread copies the same key of every tile (CopyKey), kThreadsPerKey
-// neighbours interleaving its 16-byte chunks, so a warp reads whole 32-byte
-// sectors. Tiles are loaded in order, so the key's (page, offset) advances by
-// a precomputed 64 / page_size, 64 % page_size: no division per tile. The
+// The block's cp.async copies of key tiles and their positions, in one of
+// two orders. Tiles are loaded in order, so a key's (page, offset) advances
+// by a precomputed 64 / page_size, 64 % page_size: no division per tile. The
 // page id is read one tile ahead, so that no cp.async waits for it.
+// - Whole rows (the page size a multiple of kWarpKeys, as 16-token pages
+//   are): tiles start on multiples of 64 keys, so a warp's kWarpKeys
+//   consecutive keys of a tile lie in one page, one after another (pages of
+//   48: the warp starts 0, 16 or 32 keys in), and the warp copies them in
+//   memory order: each cp.async instruction moves 512 contiguous bytes,
+//   whole 128-byte lines asked of L2 at once (fp8 pages: 256 bytes a load).
+// - Otherwise each thread copies the same key of every tile (CopyKey),
+//   kThreadsPerKey neighbours interleaving its 16-byte chunks, so that a
+//   warp reads whole 32-byte sectors: an instruction touches a few chunks of
+//   each of 8 or 16 rows, and L2 is asked for 256 bytes of each row at once
+//   (3% on the H100).
+// Either way a chunk lands where ChunkOffset puts it.
 template <typename T, int kHeadDim>
 struct KeyTileCopies {
   using S = Shape<T, kHeadDim>;
@@ -316,6 +334,8 @@ struct KeyTileCopies {
   unsigned char* smem;   // the stages (1024-byte aligned)
   int32_t* positions;
   int32_t end;
+  // Whole rows: the warp's first key of a tile and the thread's lane; else
+  // the thread's key and its first chunk.
   int my_key, my_chunk;
   int32_t page_step, offset_step;
   int32_t next_key, next_page_index, next_offset, next_page;
@@ -326,8 +346,13 @@ struct KeyTileCopies {
     pages = args.page_ids + args.indptr[task.stream];
     positions = reinterpret_cast<int32_t*>(smem + S::kPositionsOffset);
     end = task.end;
-    my_key = CopyKey<S::kThreadsPerKey>(threadIdx.x);
-    my_chunk = threadIdx.x % S::kThreadsPerKey;
+    if (WholeRows()) {
+      my_key = static_cast<int>(threadIdx.x / 32) * S::kWarpKeys;
+      my_chunk = threadIdx.x % 32;
+    } else {
+      my_key = CopyKey<S::kThreadsPerKey>(threadIdx.x);
+      my_chunk = threadIdx.x % S::kThreadsPerKey;
+    }
     page_step = kTile / cache.page_size;
     offset_step = kTile - page_step * cache.page_size;
     next_key = task.begin + my_key;
@@ -336,9 +361,12 @@ struct KeyTileCopies {
     next_page = next_key < end ? pages[next_page_index] : 0;
   }
 
-  // The key's row as stored, by cp.async. A warp's copy touches a few 16-byte
-  // chunks of each of 8 or 16 rows, so L2 is asked for 256 bytes of each row
-  // at once (3% on the H100).
+  // Whole rows or not: the same for the whole launch, and read from the
+  // parameters each time rather than held in a register (the warpgroup MMA's
+  // passes spilled more with it).
+  __device__ __forceinline__ bool WholeRows() const { return cache.page_size % S::kWarpKeys == 0; }
+
+  // The key's row as stored, by cp.async.
   __device__ __forceinline__ void IssueKey(unsigned char* dst, int64_t page, int32_t offset,
                                            bool valid) const {
     const unsigned char* src =
@@ -349,6 +377,41 @@ struct KeyTileCopies {
       CpAsync16Prefetch256(SmemAddress(dst + ChunkOffset(my_key, chunk)), src + chunk * 16,
                            valid);
     }
+  }
+
+  // Whole rows: the warp's keys first.. (first the key at `offset` of
+  // `page`) as stored, by cp.async; copy i of the thread is chunk
+  // (32 i + lane) of the warp's rows laid end to end. Keys past the end read
+  // nothing (zero-filled, their addresses still inside the page).
+  __device__ __forceinline__ void IssueWarpRows(unsigned char* dst, int64_t page, int32_t offset,
+                                                int32_t first) const {
+    const unsigned char* src =
+        static_cast<const unsigned char*>(cache.data) +
+        (page * cache.page_elements() + static_cast<int64_t>(offset) * kHeadDim) * sizeof(T);
+    // my_key is a multiple of 8, so the swizzle of key my_key + k is k's.
+    unsigned char* const warp_dst = dst + my_key * kWgmmaRowBytes;
+#pragma unroll 2
+    for (int i = 0; i < S::kWarpRowCopies; ++i) {
+      const int copy = 32 * i + my_chunk;
+      const int key = copy / S::kRowChunks, chunk = copy % S::kRowChunks;
+      CpAsync16Prefetch256(SmemAddress(warp_dst + ChunkOffset(key, chunk)), src + copy * 16,
+                           first + key < end);
+    }
+  }
+
+  // fp8 pages: 16 bytes of T are 8 elements, 8 fp8 bytes of the row at
+  // `src`, dequantized with `scale` and rounded to T.
+  __device__ __forceinline__ static uint4 DequantizeChunk(const unsigned char* src, float scale,
+                                                          bool valid) {
+    const uint2 raw = valid ? __ldg(reinterpret_cast<const uint2*>(src)) : make_uint2(0u, 0u);
+    const uint32_t words[2] = {raw.x, raw.y};
+    T out[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const uint8_t bits = static_cast<uint8_t>(words[e / 4] >> (8 * (e % 4)));
+      out[e] = DequantizeFp8As<T>(bits, scale);
+    }
+    return *reinterpret_cast<const uint4*>(out);
   }
 
   // fp8 pages: the key's row read now, dequantized and rounded to T, and
@@ -363,18 +426,26 @@ struct KeyTileCopies {
     const float scale = valid ? __ldg(cache.scales + 2 * slot) : 0.0f;
 #pragma unroll
     for (int chunk = my_chunk; chunk < S::kRowChunks; chunk += S::kThreadsPerKey) {
-      // 16 bytes of T are 8 elements: 8 fp8 bytes of the row.
-      const uint2 raw = valid ? __ldg(reinterpret_cast<const uint2*>(src + chunk * 8))
-                              : make_uint2(0u, 0u);
-      const uint32_t words[2] = {raw.x, raw.y};
-      T out[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const uint8_t bits = static_cast<uint8_t>(words[e / 4] >> (8 * (e % 4)));
-        out[e] = DequantizeFp8As<T>(bits, scale);
-      }
       *reinterpret_cast<uint4*>(dst + ChunkOffset(my_key, chunk)) =
-          *reinterpret_cast<const uint4*>(out);
+          DequantizeChunk(src + chunk * 8, scale, valid);
+    }
+  }
+
+  // IssueFp8Key over whole rows, in IssueWarpRows' order.
+  __device__ __forceinline__ void IssueFp8WarpRows(unsigned char* dst, int64_t page, int32_t offset,
+                                                   int32_t first) const {
+    const unsigned char* src = static_cast<const unsigned char*>(cache.data) +
+                               page * cache.page_elements() +
+                               static_cast<int64_t>(offset) * kHeadDim;
+    const int64_t slot = page * cache.page_size + offset;
+#pragma unroll 2
+    for (int i = 0; i < S::kWarpRowCopies; ++i) {
+      const int copy = 32 * i + my_chunk;
+      const int key = copy / S::kRowChunks, chunk = copy % S::kRowChunks;
+      const bool valid = first + key < end;
+      const float scale = valid ? __ldg(cache.scales + 2 * (slot + key)) : 0.0f;
+      *reinterpret_cast<uint4*>(dst + ChunkOffset(my_key + key, chunk)) =
+          DequantizeChunk(src + copy * 8, scale, valid);
     }
   }
 
@@ -393,6 +464,27 @@ struct KeyTileCopies {
     }
     next_page = next_key < end ? pages[next_page_index] : 0;
     unsigned char* dst = smem + stage * S::kStageBytes;
+    int32_t* const stage_positions = positions + stage * kTile;
+    if (WholeRows()) {
+      if constexpr (!std::is_same_v<T, float>) {
+        if (cache.fp8()) {
+          IssueFp8WarpRows(dst, page, offset, i);
+        } else {
+          IssueWarpRows(dst, page, offset, i);
+        }
+      } else {
+        IssueWarpRows(dst, page, offset, i);
+      }
+      if (my_chunk < S::kWarpKeys) {  // a lane a key: the warp's positions, contiguous
+        int32_t* position = stage_positions + my_key + my_chunk;
+        if (i + my_chunk < end) {
+          CpAsync4(SmemAddress(position), cache.positions + slot + my_chunk);
+        } else {
+          *position = INT_MAX;
+        }
+      }
+      return;
+    }
     if constexpr (!std::is_same_v<T, float>) {
       if (cache.fp8()) {
         IssueFp8Key(dst, page, offset, slot, valid);
@@ -403,7 +495,7 @@ struct KeyTileCopies {
       IssueKey(dst, page, offset, valid);
     }
     if (my_chunk == 0) {
-      int32_t* position = positions + stage * kTile + my_key;
+      int32_t* position = stage_positions + my_key;
       if (valid) {
         CpAsync4(SmemAddress(position), cache.positions + slot);
       } else {

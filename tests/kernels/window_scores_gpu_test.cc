@@ -197,7 +197,7 @@ TEST_CASE("gpu::WindowScores equals ref:: across dtypes, head_dims, pages and op
   int which = 0;
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (int32_t head_dim : {64, 128, 256}) {
-      for (int32_t page_size : {16, 7}) {
+      for (int32_t page_size : {16, 7, 48, 8}) {
         const WindowScoresShape& shape = shapes[which++ % shapes.size()];
         std::vector<int32_t> lens;
         const int32_t streams = shape.num_seqs * shape.num_kv_heads;
@@ -296,7 +296,7 @@ TEST_CASE("gpu::WindowScores equals ref:: on fp8 pages", "[kernels][gpu][window_
   uint64_t seed = 300;
   for (DType dtype : {DType::kF16, DType::kBF16}) {
     for (int32_t head_dim : {64, 128, 256}) {
-      for (int32_t page_size : {16, 7}) {
+      for (int32_t page_size : {16, 7, 48, 8}) {
         std::vector<int32_t> lens;
         for (int32_t i = 0; i < 4; ++i) {
           lens.push_back(testing::EdgeLengths(page_size)[(i + head_dim) % 6] + i * 300);
