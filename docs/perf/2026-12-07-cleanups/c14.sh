@@ -7,11 +7,16 @@ export LD_LIBRARY_PATH=/tmp/x/lib
 B=/tmp/x/bin; S=/usr/local/cuda/bin/compute-sanitizer
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee $OUT/device.txt
 echo "== compact tests" >> $OUT/checks.txt; timeout 90 $B/kernels_gpu_tests "gpu::Compact*" 2>&1 | tail -2 | tee -a $OUT/checks.txt
-ab() {  # ab ROUNDS FILTER FILE: alternating rounds of main's and exp12's bench_kernels
-  for r in $(seq $1); do for v in bench_kernels_main bench_kernels; do
+# kernels_gpu_tests is built from the newest variant packed; an older one's tests, where packed, check its Compact
+[[ -x $B/kernels_gpu_tests_exp12 ]] && { echo "== compact tests, exp12" >> $OUT/checks.txt; timeout 90 $B/kernels_gpu_tests_exp12 "gpu::Compact*" 2>&1 | tail -2 | tee -a $OUT/checks.txt; }
+ab() {  # ab ROUNDS FILTER FILE: alternating rounds of main's bench_kernels, exp12's and (if packed)
+        # bench_kernels_slot (exp12 + docs/perf/2026-12-07-compact-staged-chain/slot-derived.patch)
+  local vs="bench_kernels_main bench_kernels"
+  [[ -x $B/bench_kernels_slot ]] && vs="$vs bench_kernels_slot"
+  for r in $(seq $1); do for v in $vs; do
     timeout 60 $B/$v --benchmark_filter="$2" --benchmark_min_time=0.2 2>&1 | grep '^BM_' | awk -v v=$v -v r=$r '{print v, r, $1, $2, $3}'
   done; done | tee -a $OUT/$3 > /dev/null
-  awk '{sub("/manual_time","",$3); k=$3; s[$1" "k]+=$4; n[$1" "k]++; keys[k]=1} END {for (k in keys) {printf "%-58s", k; split("bench_kernels_main bench_kernels", vs, " "); for (i=1;i<=2;i++) if (n[vs[i]" "k]) printf " %s=%.2f", (i==1?"main":"new"), s[vs[i]" "k]/n[vs[i]" "k]; printf "\n"}}' $OUT/$3 | sort
+  awk '{sub("/manual_time","",$3); k=$3; s[$1" "k]+=$4; n[$1" "k]++; keys[k]=1} END {for (k in keys) {printf "%-58s", k; split("bench_kernels_main bench_kernels bench_kernels_slot", vs, " "); split("main exp12 slot", names, " "); for (i=1;i<=3;i++) if (n[vs[i]" "k]) printf " %s=%.2f", names[i], s[vs[i]" "k]/n[vs[i]" "k]; printf "\n"}}' $OUT/$3 | sort
 }
 ab 3 '^BM_CopyBandwidth|^BM_Compact' ab_compact.txt
 echo "== window_scores tests" >> $OUT/checks.txt; timeout 90 $B/kernels_gpu_tests "[window_scores]" 2>&1 | tail -2 | tee -a $OUT/checks.txt
