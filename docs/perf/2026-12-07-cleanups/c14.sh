@@ -1,8 +1,10 @@
 #!/bin/bash
-# 2026-12-07 session 2: exp12 (compact-staged-chain + window-issue-once + select-load-once) against main's
-# kernels (bench_kernels_main, 632c4bd's). Most important first; every step writes into $OUT as it goes.
+# 2026-12-07 session 2: main's kernels (bench_kernels_main, 632c4bd's) against exp12 (compact-staged-chain +
+# window-issue-once + select-load-once; bench_kernels) and exp13 (exp12 + compact-slot-derived;
+# bench_kernels_slot), from the pack exp13.tar.xz (notes.txt says what it holds). Most important first; every
+# step writes into $OUT as it goes.
 OUT=$1
-mkdir -p /tmp/x && tar -xJf .device-carry/exp/exp12.tar.xz -C /tmp/x
+mkdir -p /tmp/x && tar -xJf .device-carry/exp/exp13.tar.xz -C /tmp/x
 export LD_LIBRARY_PATH=/tmp/x/lib
 B=/tmp/x/bin; S=/usr/local/cuda/bin/compute-sanitizer
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee $OUT/device.txt
