@@ -12,7 +12,7 @@
 // once per survivor and not once per thread), and the warp then moves the
 // slab's K and V rows with every lane on one 16-byte vector, the addresses
 // passed round by shuffles. The next slab's index chain is loaded while this
-// slab's vectors are in flight.
+// slab's vectors are in flight, one dependent step per group of them.
 //
 // An in-place row is moved by one block alone, in ascending chunks: each chunk
 // is read into registers, the block synchronizes, then writes it. Survivor i
@@ -51,13 +51,21 @@ __device__ __forceinline__ int64_t KeyVectorOf(int32_t page, int32_t offset, int
   return static_cast<int64_t>(page) * (2 * page_size * kRowVectors) + offset * kRowVectors;
 }
 
+// The slot of the token whose K row starts at vector `key` (KeyVectorOf's
+// inverse): recomputed where it is stored rather than held across a slab.
+template <int kRowVectors>
+__device__ __forceinline__ int64_t SlotOfKeyVector(int64_t key, int32_t page_size) {
+  const int64_t row = key / kRowVectors;  // page * 2 page_size + offset
+  const int64_t page = row / (2 * page_size);
+  return row - page * page_size;
+}
+
 // ---- Fresh rows: flat slabs of survivors ----------------------------------
 
 // One survivor of a slab, as its lane sees it.
 struct SurvivorMove {
   int64_t from = -1;  // K row vector index of the source; < 0: nothing to move
   int64_t to = 0;     // K row vector index of the destination
-  int64_t to_slot = 0;
   int32_t position = 0;
   float score = 0.0f;  // the slot's score, when the caller keeps them
   float2 scales{};     // the slot's K and V scales, on fp8 pages
@@ -85,24 +93,52 @@ __device__ __forceinline__ int32_t RowOf(const CompactArgs& a, int64_t i) {
   return lo;
 }
 
-// Where flat survivor i (of row r) goes, if i < end and its row is fresh. Also
-// loads the survivor's position, to be stored once the move happens.
-template <int kRowVectors, bool kScales>
-__device__ __forceinline__ SurvivorMove FreshMoveOf(const CompactArgs& a, int32_t r, int64_t i,
-                                                    int64_t end) {
-  SurvivorMove move;
-  if (i >= end || a.in_place[r]) return move;
+// Where a fresh row's survivor goes is a chain of three dependent loads: its
+// keep index, then its source and destination pages, then its position (and
+// score and scales). A warp resolves the next slab's chain one step per group
+// of this slab's vectors, each step issued while a group's loads are in
+// flight and read a group later, so that no step waits on the loads of the
+// one just before it.
+struct PendingMove {
+  int32_t row = 0;
+  int32_t j = -1;  // index in its row's keep set; < 0: nothing to move
+  int32_t k = 0;   // its token in the row's source (step 1)
+  int32_t from_page = 0;
+  int32_t to_page = 0;  // (step 2)
+};
+
+// Step 1 for flat survivor i of row r: its keep index, if i < end and its row
+// is fresh.
+__device__ __forceinline__ PendingMove StartFreshMove(const CompactArgs& a, int32_t r, int64_t i,
+                                                      int64_t end) {
+  PendingMove pending;
+  pending.row = r;
+  if (i >= end || a.in_place[r]) return pending;
+  pending.j = static_cast<int32_t>(i - a.keep_indptr[r]);
+  pending.k = a.keep[KeepBegin(a, r) + pending.j] - a.keep_base;
+  return pending;
+}
+
+// Step 2: the survivor's source and destination pages.
+__device__ __forceinline__ void ResolvePages(const CompactArgs& a, PendingMove& pending) {
+  if (pending.j < 0) return;
   const int32_t ps = a.cache.page_size;
-  const int32_t j = static_cast<int32_t>(i - a.keep_indptr[r]);
-  const int32_t k = a.keep[KeepBegin(a, r) + j] - a.keep_base;
-  const int32_t from_index = k / ps, to_index = j / ps;
-  const int32_t from_page = a.src_page_ids[a.src_indptr[r] + from_index];
-  const int32_t to_page = a.dst_page_ids[a.dst_indptr[r] + to_index];
-  const int32_t from_offset = k - from_index * ps, to_offset = j - to_index * ps;
-  move.from = KeyVectorOf<kRowVectors>(from_page, from_offset, ps);
-  move.to = KeyVectorOf<kRowVectors>(to_page, to_offset, ps);
-  move.to_slot = static_cast<int64_t>(to_page) * ps + to_offset;
-  const int64_t from_slot = static_cast<int64_t>(from_page) * ps + from_offset;
+  pending.from_page = a.src_page_ids[a.src_indptr[pending.row] + pending.k / ps];
+  pending.to_page = a.dst_page_ids[a.dst_indptr[pending.row] + pending.j / ps];
+}
+
+// Step 3: the move itself, with the survivor's position (to be stored once
+// the move happens), score and scales loaded.
+template <int kRowVectors, bool kScales>
+__device__ __forceinline__ SurvivorMove FinishFreshMove(const CompactArgs& a,
+                                                        const PendingMove& pending) {
+  SurvivorMove move;
+  if (pending.j < 0) return move;
+  const int32_t ps = a.cache.page_size;
+  const int32_t from_offset = pending.k % ps, to_offset = pending.j % ps;
+  move.from = KeyVectorOf<kRowVectors>(pending.from_page, from_offset, ps);
+  move.to = KeyVectorOf<kRowVectors>(pending.to_page, to_offset, ps);
+  const int64_t from_slot = static_cast<int64_t>(pending.from_page) * ps + from_offset;
   move.position = a.cache.positions[from_slot];
   if (a.slot_scores != nullptr) move.score = a.slot_scores[from_slot];
   if constexpr (kScales) move.scales = ScalesOf(a.cache, from_slot);
@@ -142,8 +178,16 @@ __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t
     return part < kRowVectors ? part : value_row + (part - kRowVectors);
   };
   Vector* data = static_cast<Vector*>(a.cache.data);
+  // The groups of a slab that take the next slab's chain steps 2 and 3 (step
+  // 1 goes with group 0); where a token's vectors make fewer groups, the last
+  // group takes what is left.
+  constexpr int kGroups = kTokenVectors / kHeld;
+  constexpr int kPagesGroup = (kGroups > 1 ? 1 : 0) * kHeld;
+  constexpr int kFinishGroup = (kGroups > 2 ? 2 : kGroups - 1) * kHeld;
   int32_t row = RowOf(a, min(begin + lane, end - 1));
-  SurvivorMove move = FreshMoveOf<kRowVectors, kScales>(a, row, begin + lane, end);
+  PendingMove pending = StartFreshMove(a, row, begin + lane, end);
+  ResolvePages(a, pending);
+  SurvivorMove move = FinishFreshMove<kRowVectors, kScales>(a, pending);
   for (int64_t slab = begin; slab < end; slab += kWarpSize) {
     SurvivorMove next;
     // Not unrolled: the compiler would hoist later groups' loads and hold
@@ -157,12 +201,14 @@ __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t
         const int64_t from = __shfl_sync(kFullMask, move.from, vector / kTokenVectors);
         if (from >= 0) held[u] = __ldcs(data + from + VectorWithin(vector % kTokenVectors));
       }
+      // The next slab's chain, a step while this group's loads are in flight.
       if (group == 0) {
-        // The next slab's index chain, while this group's loads are in flight.
         const int64_t next_i = slab + kWarpSize + lane;
         if (next_i < end) row = AdvanceRow(a, row, next_i);
-        next = FreshMoveOf<kRowVectors, kScales>(a, row, next_i, end);
+        pending = StartFreshMove(a, row, next_i, end);
       }
+      if (group == kPagesGroup) ResolvePages(a, pending);
+      if (group == kFinishGroup) next = FinishFreshMove<kRowVectors, kScales>(a, pending);
 #pragma unroll
       for (int u = 0; u < kHeld; ++u) {
         const int vector = lane + kWarpSize * (group + u);
@@ -172,9 +218,10 @@ __device__ __forceinline__ void MoveFreshSurvivors(const CompactArgs& a, int32_t
       }
     }
     if (move.from >= 0) {
-      a.cache.positions[move.to_slot] = move.position;
-      if (a.slot_scores != nullptr) a.slot_scores[move.to_slot] = move.score;
-      if constexpr (kScales) ScalesOf(a.cache, move.to_slot) = move.scales;
+      const int64_t to_slot = SlotOfKeyVector<kRowVectors>(move.to, a.cache.page_size);
+      a.cache.positions[to_slot] = move.position;
+      if (a.slot_scores != nullptr) a.slot_scores[to_slot] = move.score;
+      if constexpr (kScales) ScalesOf(a.cache, to_slot) = move.scales;
     }
     move = next;
   }
