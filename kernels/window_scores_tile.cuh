@@ -449,6 +449,30 @@ struct KeyTileCopies {
     }
   }
 
+  // A tile's key rows from `page` at `offset` (the tile's first key `first`,
+  // at `slot`) into the stage at `dst`, as whole rows or as the thread's
+  // chunks of its key; the page kind picks the copy.
+  template <bool kWholeRows>
+  __device__ __forceinline__ void IssueRows(unsigned char* dst, int64_t page, int32_t offset,
+                                            int64_t slot, int32_t first, bool valid) const {
+    // fp8 keys are dequantized into 16-bit tiles: the f32 pass has no fp8 pages.
+    if constexpr (!std::is_same_v<T, float>) {
+      if (cache.fp8()) {
+        if constexpr (kWholeRows) {
+          IssueFp8WarpRows(dst, page, offset, first);
+        } else {
+          IssueFp8Key(dst, page, offset, slot, valid);
+        }
+        return;
+      }
+    }
+    if constexpr (kWholeRows) {
+      IssueWarpRows(dst, page, offset, first);
+    } else {
+      IssueKey(dst, page, offset, valid);
+    }
+  }
+
   __device__ __forceinline__ void Issue(int stage) {
     const int32_t i = next_key;
     const bool valid = i < end;
@@ -466,15 +490,7 @@ struct KeyTileCopies {
     unsigned char* dst = smem + stage * S::kStageBytes;
     int32_t* const stage_positions = positions + stage * kTile;
     if (WholeRows()) {
-      if constexpr (!std::is_same_v<T, float>) {
-        if (cache.fp8()) {
-          IssueFp8WarpRows(dst, page, offset, i);
-        } else {
-          IssueWarpRows(dst, page, offset, i);
-        }
-      } else {
-        IssueWarpRows(dst, page, offset, i);
-      }
+      IssueRows<true>(dst, page, offset, slot, i, valid);
       if (my_chunk < S::kWarpKeys) {  // a lane a key: the warp's positions, contiguous
         int32_t* position = stage_positions + my_key + my_chunk;
         if (i + my_chunk < end) {
@@ -485,15 +501,7 @@ struct KeyTileCopies {
       }
       return;
     }
-    if constexpr (!std::is_same_v<T, float>) {
-      if (cache.fp8()) {
-        IssueFp8Key(dst, page, offset, slot, valid);
-      } else {
-        IssueKey(dst, page, offset, valid);
-      }
-    } else {
-      IssueKey(dst, page, offset, valid);
-    }
+    IssueRows<false>(dst, page, offset, slot, i, valid);
     if (my_chunk == 0) {
       int32_t* position = stage_positions + my_key;
       if (valid) {
