@@ -17,6 +17,7 @@
 #include <cfloat>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "core/dtype.h"
 #include "kernels/gpu_launch.h"
@@ -114,6 +115,42 @@ template <typename T>
 constexpr int ElementsPerVector() { return kVectorBytes / static_cast<int>(sizeof(T)); }
 
 __host__ __device__ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Programmatic dependent launch (sm_90). A kernel launched with
+// LaunchOverlappingTail may be scheduled while the kernel ahead of it in the
+// stream still runs, once every block of that kernel has called
+// AllowDependentLaunch (or exited), so that its launch and the start of its
+// blocks hide under the other's last wave; before it reads anything that
+// kernel wrote it calls WaitForPrerequisiteGrids, which returns once that
+// kernel has finished and its writes are visible. Both are no-ops for a
+// kernel launched the ordinary way.
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void WaitForPrerequisiteGrids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <typename... Params, typename... Args>
+LaunchResult LaunchOverlappingTail(void (*kernel)(Params...), unsigned blocks, unsigned threads,
+                                   size_t smem_bytes, GpuStream stream, Args&&... args) {
+  cudaLaunchAttribute overlap[1];
+  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = overlap;
+  config.numAttrs = 1;
+  return CudaErrorResult(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
 
 // Every lane of a warp, for the *_sync intrinsics.
 inline constexpr unsigned kFullMask = 0xffffffffu;

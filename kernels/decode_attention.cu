@@ -227,6 +227,7 @@ __global__ void __launch_bounds__(kThreads, 2)
               const uint64_t* fault, DecodeNewTokens new_tokens) {
   using Tr = MmaTraits<T, kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
+  AllowDependentLaunch();  // the merge (LaunchDecodeAttention)
   if (TablesFaulted(fault)) return;
 
   ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
@@ -408,6 +409,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   constexpr int kSplitGroups = kMergeThreads / kDimVecs;   // threads per dim vector
   __shared__ float4 group_acc[kSplitGroups][kDimVecs];
   __shared__ float group_m[kSplitGroups], group_sum[kSplitGroups];
+  WaitForPrerequisiteGrids();  // the pass's partials
   if (TablesFaulted(fault)) return;
   const int64_t row = blockIdx.x;
   RowPartials partials{row * args.num_splits, args.num_splits, 1};
@@ -496,10 +498,12 @@ LaunchResult LaunchDecodeAttention(const DecodeAttentionArgs& args, GpuStream st
     if (!launched.ok() || !merged) return launched;
     const auto merge = args.balanced_blocks > 0 ? decode::MergeKernel<T, kHeadDim, true>
                                                 : decode::MergeKernel<T, kHeadDim, false>;
-    merge<<<static_cast<unsigned>(rows), decode::kMergeThreads, 0, stream>>>(
-        static_cast<const DecodeAttentionKernelArgs&>(args), partial_out, partial_lse,
-        args.fault);
-    return CheckLaunch();
+    // Scheduled under the pass's last wave (the passes allow it as their blocks
+    // start); its blocks wait there for the pass to finish.
+    return LaunchOverlappingTail(merge, static_cast<unsigned>(rows), decode::kMergeThreads, 0,
+                                 stream, static_cast<const DecodeAttentionKernelArgs&>(args),
+                                 static_cast<const float*>(partial_out),
+                                 static_cast<const float*>(partial_lse), args.fault);
   });
 }
 

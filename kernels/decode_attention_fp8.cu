@@ -351,6 +351,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
               const uint64_t* fault, DecodeNewTokens new_tokens) {
   using Tr = Fp8Traits<kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
+  AllowDependentLaunch();  // the merge (LaunchDecodeAttention)
   if (TablesFaulted(fault)) return;
 
   ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {
