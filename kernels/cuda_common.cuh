@@ -120,10 +120,12 @@ __host__ __device__ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b
 // LaunchOverlappingTail may be scheduled while the kernel ahead of it in the
 // stream still runs, once every block of that kernel has called
 // AllowDependentLaunch (or exited), so that its launch and the start of its
-// blocks hide under the other's last wave; before it reads anything that
-// kernel wrote it calls WaitForPrerequisiteGrids, which returns once that
-// kernel has finished and its writes are visible. Both are no-ops for a
-// kernel launched the ordinary way.
+// blocks hide under the other's last wave. Such a kernel calls
+// WaitForPrerequisiteGrids before it reads anything the kernel ahead wrote (or
+// writes anything it reads); the wait returns once that kernel has finished
+// and its writes are visible. AllowDependentLaunch only matters to a kernel
+// launched that way next; WaitForPrerequisiteGrids returns at once in a kernel
+// launched the ordinary way.
 __device__ __forceinline__ void AllowDependentLaunch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -133,6 +135,21 @@ __device__ __forceinline__ void AllowDependentLaunch() {
 __device__ __forceinline__ void WaitForPrerequisiteGrids() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether every architecture this file is compiled for has the wait: a build
+// that also holds older code (which a newer GPU could run, compiled from its
+// PTX) has kernels whose wait is compiled out, so they launch the ordinary way.
+constexpr bool EveryArchWaitsForPrerequisites() {
+#if defined(__CUDA_ARCH_LIST__)
+  constexpr int kArchs[] = {__CUDA_ARCH_LIST__};
+  for (const int arch : kArchs) {
+    if (arch < 900) return false;
+  }
+  return true;
+#else
+  return false;
 #endif
 }
 
@@ -148,8 +165,12 @@ LaunchResult LaunchOverlappingTail(void (*kernel)(Params...), unsigned blocks, u
   config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
   config.attrs = overlap;
-  config.numAttrs = 1;
-  return CudaErrorResult(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  config.numAttrs = EveryArchWaitsForPrerequisites() ? 1 : 0;
+  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  // A failed launch also sets the thread's last error; clear it, so that the
+  // next op's CheckLaunch does not report it as its own.
+  if (launched != cudaSuccess) static_cast<void>(cudaGetLastError());
+  return CudaErrorResult(launched);
 }
 
 // Every lane of a warp, for the *_sync intrinsics.

@@ -160,6 +160,10 @@ class Problem {
   const PagedCase& pool() const { return pool_; }
   std::vector<uint8_t> DownloadOut() const { return d_out_.Download<uint8_t>(); }
 
+  // The partials too: a merge that read them before the pass wrote them would
+  // read NaNs rather than the last call's values.
+  void PoisonWorkspace() { workspace_.Poison(); }
+
   void PoisonOutputs() {
     d_out_.Poison();
     d_lse_.Poison();
@@ -457,6 +461,7 @@ TEST_CASE("gpu::DecodeAttention replays from a CUDA graph, reading new lengths o
     for (const std::vector<int32_t>& now : {lens, shorter, lens}) {
       problem.d_lens().Upload(now);
       problem.PoisonOutputs();
+      problem.PoisonWorkspace();
       HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
       graph.ReplayAndWait();
       problem.RunRef(now);
