@@ -153,24 +153,36 @@ constexpr bool EveryArchWaitsForPrerequisites() {
 #endif
 }
 
+// Launches `kernel` on a 1-D grid with the launch attributes `attrs` (the
+// extended launch: clusters, programmatic serialization). The caller's
+// attributes outlive the call; cudaLaunchKernelEx copies what it needs.
+template <typename... Params, typename... Args>
+LaunchResult LaunchWithAttributes(void (*kernel)(Params...), unsigned blocks, unsigned threads,
+                                  size_t smem_bytes, GpuStream stream, cudaLaunchAttribute* attrs,
+                                  unsigned num_attrs, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = num_attrs > 0 ? attrs : nullptr;
+  config.numAttrs = num_attrs;
+  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  // A failed launch also sets the thread's last error; clear it, so that the
+  // next op's CheckLaunch does not report it as its own.
+  if (launched != cudaSuccess) static_cast<void>(cudaGetLastError());
+  return CudaErrorResult(launched);
+}
+
 template <typename... Params, typename... Args>
 LaunchResult LaunchOverlappingTail(void (*kernel)(Params...), unsigned blocks, unsigned threads,
                                    size_t smem_bytes, GpuStream stream, Args&&... args) {
   cudaLaunchAttribute overlap[1];
   overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   overlap[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  config.attrs = overlap;
-  config.numAttrs = EveryArchWaitsForPrerequisites() ? 1 : 0;
-  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-  // A failed launch also sets the thread's last error; clear it, so that the
-  // next op's CheckLaunch does not report it as its own.
-  if (launched != cudaSuccess) static_cast<void>(cudaGetLastError());
-  return CudaErrorResult(launched);
+  return LaunchWithAttributes(kernel, blocks, threads, smem_bytes, stream, overlap,
+                              EveryArchWaitsForPrerequisites() ? 1u : 0u,
+                              std::forward<Args>(args)...);
 }
 
 // Every lane of a warp, for the *_sync intrinsics.

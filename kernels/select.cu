@@ -176,21 +176,13 @@ LaunchResult LaunchClusters(void (*kernel)(Params...), int which, int32_t forced
       PrepareKernel(reinterpret_cast<const void*>(kernel), which, device, &fit);
   if (!prepared.ok()) return prepared;
   const int ctas = CtasPerGroup(forced_ctas, useful_ctas, groups, fit);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(groups * ctas));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kCacheBytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = static_cast<unsigned>(ctas);
-  attribute.val.clusterDim.y = 1;
-  attribute.val.clusterDim.z = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  const cudaError_t error = cudaLaunchKernelEx(&config, kernel, std::forward<Actual>(args)...);
-  if (error != cudaSuccess) return CudaErrorResult(error);
-  return CheckLaunch();
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(ctas);
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  return LaunchWithAttributes(kernel, static_cast<unsigned>(groups * ctas), kThreads, kCacheBytes,
+                              stream, cluster, 1, std::forward<Actual>(args)...);
 }
 
 }  // namespace
