@@ -1,52 +1,68 @@
 #!/bin/bash
-# Prepared 2026-12-07 (fourth session, which had no device time left), for the next session's first call:
-#   run(command="bash docs/perf/2026-12-07-s4/next-call.sh $OUT", carry=[".device-carry"])
-# .device-carry must hold kernels.tar.xz (`scripts/gpu-check pack` of main at 1a38752 or later) and
-# exp/pdlcheck.tar.xz (bin/bench_kernels, bin/kernels_gpu_tests of the decode-pdl-check branch). Most
-# important first; every step writes into $OUT as it goes. About 8 minutes on an H100.
-#  1. main's kernels_gpu_tests (every case) and eviction_gpu_tests: Select launches through the shared
-#     LaunchWithAttributes since daee6e3, and the CUDA-graph replay case poisons the partials (98d8494);
-#     neither has run on a GPU.
-#  2. compute-sanitizer memcheck and racecheck on Select's and DecodeAttention's sanitizer subsets.
-#  3. decode-pdl-check against main: its DecodeAttention gpu cases, then BM_DecodeAttentionChecked and
-#     BM_DecodeAttention in three alternating rounds (the checked call's pass under the check's tail).
-#  4. c20-next.sh's Nsight Compute diagnostic (docs/perf/2026-12-07-s3-h100/), main's bench_kernels.
-# The Python serving tests (the merge's overlapped launch inside torch's CUDA graphs) are a second call:
-#   scripts/gpu-check pack-serving here, then run(command="scripts/gpu-check serving $OUT",
-#   carry=[".device-carry"]).
-OUT=$1
-M=/tmp/next-main; P=/tmp/next-pdl
-mkdir -p $M $P
-tar -xJf .device-carry/kernels.tar.xz -C $M || exit 1
-tar -xJf .device-carry/exp/pdlcheck.tar.xz -C $P || exit 1
+# Prepared 2026-12-07 (fourth session, which had no device time left), for the next session's first
+# calls, back to back (the machine is given back after 30 s idle):
+#   run(command="bash docs/perf/2026-12-07-s4/next-call.sh $OUT checks", carry=[".device-carry"])
+#   run(command="bash docs/perf/2026-12-07-s4/next-call.sh $OUT ab", carry=[".device-carry"])
+# .device-carry holds kernels.tar.xz (`scripts/gpu-check pack` of main at 1a38752), and exp/pdlcheck.tar.xz
+# and exp/wsrev.tar.xz: bin/bench_kernels and bin/kernels_gpu_tests of the branches decode-pdl-check
+# (b0195a8) and window-scores-reversed (3237bcb), which use kernels.tar.xz's lib/. Each step writes into
+# $OUT as it goes, so a call cut off at 600 s still returns what ran.
+#   checks: main's kernels_gpu_tests (every case) and eviction_gpu_tests, then compute-sanitizer on
+#     Select's and DecodeAttention's subsets: Select launches through the shared LaunchWithAttributes
+#     since daee6e3, and the CUDA-graph replay case poisons the partials since 98d8494; neither has run
+#     on a GPU. Then each branch's gpu cases and sanitizers.
+#   ab: decode-pdl-check against main (BM_DecodeAttentionChecked and BM_DecodeAttention: a checked
+#     call's pass launched under the tail of the tables' check), window-scores-reversed against main
+#     (pass 3 takes its tasks in the reverse of pass 1's order, so that its first blocks read from L2 the
+#     keys pass 1 read last), three alternating rounds each; then ../2026-12-07-s3-h100/c20-next.sh
+#     (Nsight Compute: the full cache's split sweep, head-wise against uniform 20% with warm caches).
+# The serving engine's GPU tests (the merge's overlapped launch captured in torch's CUDA graphs) are a
+# third call; .device-carry's serving.tar.xz and site.tar.xz are packed for it (pack-serving, same commit):
+#   run(command="HEADPAGE_SERVING_TESTS=1 scripts/gpu-check serving $OUT", carry=[".device-carry"])
+OUT=$1; PHASE=${2:-checks}
+M=/tmp/next-main; P=/tmp/next-pdl; W=/tmp/next-wsrev
+mkdir -p $M $P $W
+[[ -d $M/.device ]] || tar -xJf .device-carry/kernels.tar.xz -C $M || exit 1
+[[ -d $P/bin ]] || tar -xJf .device-carry/exp/pdlcheck.tar.xz -C $P || exit 1
+[[ -d $W/bin ]] || tar -xJf .device-carry/exp/wsrev.tar.xz -C $W || exit 1
 export LD_LIBRARY_PATH=$M/.device/lib
-MB=$M/.device/bin; PB=$P/bin; S=/usr/local/cuda/bin/compute-sanitizer
+MB=$M/.device/bin; S=/usr/local/cuda/bin/compute-sanitizer
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee $OUT/device.txt
 
-{ echo "== main: kernels_gpu_tests"; timeout 240 $MB/kernels_gpu_tests 2>&1 | tail -3
-  echo "== main: eviction_gpu_tests"; timeout 120 $MB/eviction_gpu_tests 2>&1 | tail -3
-} | tee $OUT/tests.txt
-
-for tool in memcheck racecheck; do
-  for subset in "[select][sanitize]" "gpu::DecodeAttention*[sanitize]"; do
+sanitize() {  # sanitize BINARY SUBSET...: memcheck and racecheck on each subset
+  local binary=$1; shift
+  for tool in memcheck racecheck; do for subset in "$@"; do
     echo "== $tool $subset"
-    timeout 120 $S --tool $tool --error-exitcode 3 --print-limit 20 $MB/kernels_gpu_tests "$subset" 2>&1 | tail -2
-  done
-done | tee $OUT/sanitize.txt
+    timeout 120 $S --tool $tool --error-exitcode 3 --print-limit 20 $binary "$subset" 2>&1 | tail -2
+  done; done
+}
 
-{ echo "== decode-pdl-check: DecodeAttention gpu cases"; timeout 150 $PB/kernels_gpu_tests "gpu::DecodeAttention*" 2>&1 | tail -2
-  for tool in memcheck racecheck; do
-    echo "== decode-pdl-check: $tool, DecodeAttention's checked tables"
-    timeout 90 $S --tool $tool --error-exitcode 3 --print-limit 20 $PB/kernels_gpu_tests \
-      "gpu::DecodeAttention checks its tables on the device as ref does, writing nothing" 2>&1 | tail -2
-  done
-} | tee $OUT/pdlcheck-tests.txt
-F='^BM_DecodeAttention(Checked|)/batch:(8/len:32768|1/len:131072|1/len:32768|8/len:8192)/'
-for r in 1 2 3; do for v in $MB/bench_kernels $PB/bench_kernels; do
-  timeout 60 $v --benchmark_filter="$F" --benchmark_min_time=0.2 2>&1 | grep '^BM_' |
-    awk -v v=$([[ $v == $MB/* ]] && echo main || echo pdlcheck) -v r=$r '{print v, r, $1, $2, $3}'
-done; done | tee $OUT/ab_pdlcheck.txt
-awk '{sub("/manual_time","",$3); s[$3" "$1]+=$4; n[$3" "$1]++} END {for (k in s) printf "%-60s %.2f\n", k, s[k]/n[k]}' \
-  $OUT/ab_pdlcheck.txt | sort | tee $OUT/ab_pdlcheck_means.txt
+# ab NAME FILTER BINARY: three alternating rounds of main's bench_kernels and BINARY, then the means.
+ab() {
+  for r in 1 2 3; do for v in main $1; do
+    local binary=$3; [[ $v == main ]] && binary=$MB/bench_kernels
+    timeout 60 $binary --benchmark_filter="$2" --benchmark_min_time=0.2 2>&1 | grep '^BM_' |
+      awk -v v=$v -v r=$r '{print v, r, $1, $2, $3}'
+  done; done | tee $OUT/ab_$1.txt
+  awk '{sub("/manual_time","",$3); s[$3" "$1]+=$4; n[$3" "$1]++}
+       END {for (k in s) printf "%-64s %.4f\n", k, s[k]/n[k]}' $OUT/ab_$1.txt | sort | tee $OUT/ab_$1_means.txt
+}
 
-B=$MB bash docs/perf/2026-12-07-s3-h100/c20-next.sh $OUT
+if [[ $PHASE == checks ]]; then
+  { echo "== main: kernels_gpu_tests"; timeout 240 $MB/kernels_gpu_tests 2>&1 | tail -3
+    echo "== main: eviction_gpu_tests"; timeout 120 $MB/eviction_gpu_tests 2>&1 | tail -3
+  } | tee $OUT/tests.txt
+  sanitize $MB/kernels_gpu_tests "[select][sanitize]" "gpu::DecodeAttention*[sanitize]" | tee $OUT/sanitize.txt
+  { echo "== decode-pdl-check: DecodeAttention gpu cases"
+    timeout 150 $P/bin/kernels_gpu_tests "gpu::DecodeAttention*" 2>&1 | tail -2
+    sanitize $P/bin/kernels_gpu_tests "gpu::DecodeAttention checks its tables on the device as ref does*"
+    echo "== window-scores-reversed: WindowScores gpu cases"
+    timeout 150 $W/bin/kernels_gpu_tests "[window_scores]" 2>&1 | tail -2
+    sanitize $W/bin/kernels_gpu_tests "[window_scores][sanitize]"
+  } | tee $OUT/branch-tests.txt
+else
+  ab pdlcheck '^BM_DecodeAttention(Checked|)/batch:(8/len:32768|1/len:131072|1/len:32768|8/len:8192)/' \
+    $P/bin/bench_kernels
+  ab wsrev '^BM_WindowScores(WarpMma|)/batch:(8/len:32768|1/len:131072|8/len:8192)/' $W/bin/bench_kernels
+  B=$MB bash docs/perf/2026-12-07-s3-h100/c20-next.sh $OUT
+fi
