@@ -14,8 +14,10 @@
 #   ab: decode-pdl-check against main (BM_DecodeAttentionChecked and BM_DecodeAttention: a checked
 #     call's pass launched under the tail of the tables' check), window-scores-reversed against main
 #     (pass 3 takes its tasks in the reverse of pass 1's order, so that its first blocks read from L2 the
-#     keys pass 1 read last), three alternating rounds each; then ../2026-12-07-s3-h100/c20-next.sh
-#     (Nsight Compute: the full cache's split sweep, head-wise against uniform 20% with warm caches).
+#     keys pass 1 read last), three alternating rounds each; bench_flashinfer (main's kernels beside
+#     FlashInfer 0.7.4's tensor-core decode, exp/flashinfer.tar.xz), two rounds; then
+#     ../2026-12-07-s3-h100/c20-next.sh (Nsight Compute: the full cache's split sweep, head-wise against
+#     uniform 20% with warm caches).
 # The serving engine's GPU tests (the merge's overlapped launch captured in torch's CUDA graphs) are a
 # third call; .device-carry's serving.tar.xz and site.tar.xz are packed for it (pack-serving, same commit):
 #   run(command="HEADPAGE_SERVING_TESTS=1 scripts/gpu-check serving $OUT", carry=[".device-carry"])
@@ -25,6 +27,8 @@ mkdir -p $M $P $W
 [[ -d $M/.device ]] || tar -xJf .device-carry/kernels.tar.xz -C $M || exit 1
 [[ -d $P/bin ]] || tar -xJf .device-carry/exp/pdlcheck.tar.xz -C $P || exit 1
 [[ -d $W/bin ]] || tar -xJf .device-carry/exp/wsrev.tar.xz -C $W || exit 1
+F_BIN=/tmp/next-flashinfer/bin; mkdir -p /tmp/next-flashinfer
+[[ -d $F_BIN ]] || tar -xJf .device-carry/exp/flashinfer.tar.xz -C /tmp/next-flashinfer || exit 1
 export LD_LIBRARY_PATH=$M/.device/lib
 MB=$M/.device/bin; S=/usr/local/cuda/bin/compute-sanitizer
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee $OUT/device.txt
@@ -64,5 +68,17 @@ else
   ab pdlcheck '^BM_DecodeAttention(Checked|)/batch:(8/len:32768|1/len:131072|1/len:32768|8/len:8192)/' \
     $P/bin/bench_kernels
   ab wsrev '^BM_WindowScores(WarpMma|)/batch:(8/len:32768|1/len:131072|8/len:8192)/' $W/bin/bench_kernels
+  # FlashInfer 0.7.4's tensor-core decode against the kernels as they are now: the page's only side by
+  # side ran on an H200 on 2026-12-04, before the pass took tokens as the tiles' rows.
+  F='^BM_(HeadpageDecode(Headwise20)?|FlashInferTensorCore(Headwise20|Headwise|DenseHND))/batch:(8/len:32768|1/len:131072)/'
+  for r in 1 2; do
+    timeout 150 $F_BIN/bench_flashinfer --benchmark_filter="$F" --benchmark_min_time=0.2 \
+      --benchmark_counters_tabular=true 2>&1 | grep -E '^BM_|^Benchmark' | awk -v r=$r '{print r, $0}'
+  done | tee $OUT/flashinfer.txt
   B=$MB bash docs/perf/2026-12-07-s3-h100/c20-next.sh $OUT
+  # On an H200, issue #18's figures of main's kernels (the last H200 figures predate four changes).
+  if grep -q H200 $OUT/device.txt; then
+    mkdir -p $OUT/figures && cp $OUT/device.txt $OUT/figures/
+    timeout 240 scripts/gpu-check figures $OUT/figures 2>&1 | tail -30
+  fi
 fi
