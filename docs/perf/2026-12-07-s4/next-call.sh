@@ -19,8 +19,11 @@
 #     ../2026-12-07-s3-h100/c20-next.sh (Nsight Compute: the full cache's split sweep, head-wise against
 #     uniform 20% with warm caches).
 # The serving engine's GPU tests (the merge's overlapped launch captured in torch's CUDA graphs) are a
-# third call; .device-carry's serving.tar.xz and site.tar.xz are packed for it (pack-serving, same commit):
-#   run(command="HEADPAGE_SERVING_TESTS=1 scripts/gpu-check serving $OUT", carry=[".device-carry"])
+# third call. Its pack (pack-serving of the same commit: serving.tar.xz, site.tar.xz) waits in
+# .device-serving-carry/, apart, since the working tree (46 MiB) and both packs together pass the
+# device tool's 64 MiB:
+#   run(command="mkdir -p .device-carry && cp .device-serving-carry/*.tar.xz .device-carry/ &&
+#       scripts/gpu-check serving $OUT", carry=[".device-serving-carry"])
 OUT=$1; PHASE=${2:-checks}
 M=/tmp/next-main; P=/tmp/next-pdl; W=/tmp/next-wsrev
 mkdir -p $M $P $W
