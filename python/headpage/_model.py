@@ -69,6 +69,18 @@ def resolve_policy(policy, budget):
     return config, budget
 
 
+def check_policy_runs_on(config, device, who):
+    """NotImplementedError when a compressing `config` cannot compress a pool on
+    `device`: over a CudaArena the EvictionEngine runs on the GPU, where H2O
+    with reduce='max', DBudgetKV's Frobenius metric, CriticalKV and DefensiveKV
+    do not run (PolicyConfig.runs_on_gpu)."""
+    if torch.device(device).type == "cuda" and config.compresses and not config.runs_on_gpu:
+        raise NotImplementedError(
+            f"{who}: policy '{config.name}' does not run on the GPU (H2O with reduce='max', "
+            "DBudgetKV's Frobenius metric, CriticalKV and DefensiveKV run on a CPU model "
+            "only); use a CPU model or another policy")
+
+
 def check_ints(minimum, **values):
     """ValueError naming the first of `values` that is not an int of at least
     `minimum` (1: positive, 0: non-negative)."""

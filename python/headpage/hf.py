@@ -36,9 +36,9 @@ can still generate with transformers' DynamicCache.
 Compression on CUDA: the EvictionEngine runs over the CudaArena itself, on the
 current CUDA stream: the observed queries stay on the GPU, scores, selection and
 compaction run there, and only the kept counts cross to the host; no K/V byte
-leaves the device. Every named policy runs so (policy.runs_on_gpu); a custom
-configuration that does not (H2O with the max group reduction) is refused when
-the cache is set up.
+leaves the device. Most named policies run so (policy.runs_on_gpu); those that
+do not (DBudgetKV's Frobenius metric, CriticalKV, DefensiveKV, and H2O with the
+max group reduction) are refused for a model on a GPU when the cache is set up.
 
 Pages store K/V in the model's dtype, or with kv_dtype="fp8" as fp8 e4m3 with a
 scale per token and stream (write_kv, or decode_attention for a decode step's token,
@@ -61,8 +61,8 @@ import headpage
 from headpage._decode_buffers import GrowingWorkspace, multiprocessors, workspace_bytes
 from headpage._kv_pages import cache_geometry, check_kv_dtype, read_pages
 from headpage._model import DTYPES as _DTYPES
-from headpage._model import (check_ints, make_arena, model_shape, output_projections,
-                             pages_for_tokens, resolve_policy)
+from headpage._model import (check_ints, check_policy_runs_on, make_arena, model_shape,
+                             output_projections, pages_for_tokens, resolve_policy)
 from headpage._prefill_record import Prefill, PrefillRecorder
 # The bundled real model, loaded here for the tests, tools and examples that use this module.
 from headpage._smollm2 import load_smollm2, smollm2_gguf  # noqa: F401
@@ -234,6 +234,10 @@ class Cache(_HFCache):
         if num_pages is not None:
             check_ints(1, num_pages=num_pages)
         self.policy, self.budget = resolve_policy(policy, budget)
+        # A config has no device either: the first update() checks the policy
+        # against where the K/V are.
+        if getattr(model, "device", None) is not None:
+            check_policy_runs_on(self.policy, model.device, "headpage.hf.Cache")
         # A config has no dtype: the first update() checks it against the K/V's.
         self.kv_dtype = check_kv_dtype(kv_dtype, getattr(model, "dtype", None),
                                        "headpage.hf.Cache")
@@ -299,11 +303,7 @@ class Cache(_HFCache):
         if self._compresses():
             # The engine works where the arena is: on the GPU for a CudaArena.
             if self.device.type == "cuda":
-                if not self.policy.runs_on_gpu:
-                    raise NotImplementedError(
-                        f"headpage.hf.Cache: policy {self.policy.name} does not run on the GPU "
-                        "(H2O with reduce='max', DBudgetKV's Frobenius metric, CriticalKV and "
-                        "DefensiveKV run on a CPU model only); use a CPU model or another policy")
+                check_policy_runs_on(self.policy, self.device, "headpage.hf.Cache")
                 self.engine = headpage.EvictionEngine(self.manager, self.arena,
                                                       stream=self._stream())
             else:

@@ -64,8 +64,8 @@ import headpage
 from headpage._decode_graphs import DecodeGraphs
 from headpage._fused_projections import fuse_projections, fused_projections, restore_projections
 from headpage._kv_pages import check_kv_dtype
-from headpage._model import (check_compress_every, check_ints, model_shape, pages_for_tokens,
-                             resolve_policy)
+from headpage._model import (check_compress_every, check_ints, check_policy_runs_on, model_shape,
+                             pages_for_tokens, resolve_policy)
 from headpage._pool_pressure import PoolPressure
 from headpage._serving_cache import _CACHE_PROTOCOL, DEFAULT_BATCH_TOKENS, ServingCache, StepRecord
 from headpage._serving_compress import RECENT_RESULTS
@@ -241,7 +241,9 @@ class ServingManager(ContinuousBatchingManager):
         self._pressure_options = pressure_options
         self._shape = model_shape(args[0], "headpage.serving")
         # (PolicyConfig, budget) of enable(), checked there: a request's by default.
+        # The model may have moved to a GPU since.
         self._default_policy = resolve_policy(cache_options["policy"], cache_options["budget"])
+        check_policy_runs_on(self._default_policy[0], args[0].device, "headpage.serving")
         self.serving_cache = None
         self.pool_pressure = None
         self.decode_graphs = None  # DecodeGraphs, on CUDA with cuda_graphs
@@ -359,6 +361,10 @@ class ServingManager(ContinuousBatchingManager):
                                         options["budget"] if budget is None else budget)
             except (ValueError, TypeError) as error:
                 raise RequestRefused(f"headpage.serving: {error}") from None
+            try:
+                check_policy_runs_on(chosen[0], self.model.device, "headpage.serving")
+            except NotImplementedError as error:
+                raise RequestRefused(str(error)) from None
         config, kept = chosen or self._default_policy
         compresses = kept is not None and config.compresses
         if self.tensor_parallel is not None:
@@ -557,6 +563,7 @@ def enable(model, *, num_pages, page_size=16, policy="full", budget=None, floor_
             raise ValueError("decode_splits is the even division's split count: not with "
                              f"decode_division={decode_division!r}")
     config, _ = resolve_policy(policy, budget)
+    check_policy_runs_on(config, getattr(model, "device", "cpu"), "headpage.serving")
     check_ints(1, num_pages=num_pages, page_size=page_size)
     check_ints(0, floor_tokens=floor_tokens, protect_recent=protect_recent,
                compress_every=compress_every)

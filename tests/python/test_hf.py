@@ -277,6 +277,30 @@ def test_value_weighted_policies_need_the_model(smollm2):
     assert not headpage.policy_by_name("ada-snapkv").needs_output_projection
 
 
+def test_a_policy_the_gpu_does_not_run_is_refused_for_a_model_on_a_gpu(smollm2):
+    """Over a CudaArena the engine compresses on the GPU, which does not run CriticalKV,
+    DefensiveKV, DBudgetKV's Frobenius metric or H2O with reduce='max': hf.Cache and
+    headpage.serving refuse them for a model on a GPU when they are set up, before
+    touching the model. Only the model's device is read, so a stand-in with a CUDA
+    device checks it without a GPU; a model on the CPU runs every policy."""
+    import types
+
+    import headpage.serving
+    _, model = smollm2
+    on_gpu = types.SimpleNamespace(config=model.config, device=torch.device("cuda"))
+    cpu_only = [n for n in headpage.POLICIES if not headpage.policy_by_name(n).runs_on_gpu]
+    assert "defensivekv" in cpu_only and "ada-snapkv" not in cpu_only
+    for name in cpu_only:
+        with pytest.raises(NotImplementedError, match=f"policy '{name}' does not run on the GPU"):
+            hf.Cache(on_gpu, policy=name, budget="20%")
+        with pytest.raises(NotImplementedError, match=f"policy '{name}' does not run on the GPU"):
+            headpage.serving.enable(on_gpu, num_pages=64, policy=name, budget="20%")
+    assert vars(on_gpu).keys() == {"config", "device"}  # nothing was attached to it
+    hf.Cache(on_gpu, policy="ada-snapkv", budget="20%")
+    hf.Cache(on_gpu)  # the full budget compresses nothing: it runs anywhere
+    hf.Cache(model, policy="defensivekv", budget="20%")
+
+
 @torch.no_grad()
 def test_head_classes_keep_retrieval_heads_whole(smollm2, long_prompt, tmp_path):
     """duoattention through the cache: the profile's retrieval heads keep the
