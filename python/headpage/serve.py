@@ -12,8 +12,9 @@ GET /headpage/stats, the pool and what eviction did (ServingManager.stats()).
 The model is named as transformers serve names it (a Hub id, a folder, or
 `<folder or repo>:<file>.gguf`) and loaded once at start. The pool is
 --num-pages pages of --page-size tokens, or as many as --kv-gib of KV memory
-holds (a page of --kv-dtype fp8 costs about half a bf16 one). SIGINT or SIGTERM
-stops the server and the engine.
+holds (a page of --kv-dtype fp8 costs about half a bf16 one). Full prompt blocks
+stay cached after their request for the next one that starts with them
+(--no-prefix-caching: none). SIGINT or SIGTERM stops the server and the engine.
 
 It needs transformers' `serving` extra (fastapi, uvicorn, openai).
 """
@@ -70,7 +71,8 @@ def _install(args):
                                 policy=args.policy, budget=args.budget,
                                 floor_tokens=args.floor_tokens,
                                 protect_recent=args.protect_recent,
-                                compress_every=args.compress_every, kv_dtype=args.kv_dtype)
+                                compress_every=args.compress_every, kv_dtype=args.kv_dtype,
+                                prefix_caching=not args.no_prefix_caching)
         make_manager = model.init_continuous_batching
 
         def init_continuous_batching(*b, **bk):
@@ -132,6 +134,9 @@ def parse_args(argv):
     ap.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES,
                     help="how pages store K/V: auto (the model's dtype) or fp8 (e4m3 with a "
                          "scale per token and stream; a bfloat16 or float16 model)")
+    ap.add_argument("--no-prefix-caching", action="store_true",
+                    help="keep no prompt blocks after their request (by default a request "
+                         "that starts with cached tokens starts on their pages)")
     ap.add_argument("--max-batch-tokens", type=int, default=None,
                     help="tokens an engine step takes (default: transformers')")
     ap.add_argument("--host", default="127.0.0.1")
@@ -174,7 +179,8 @@ def main(argv=None):
     from transformers.cli.serve import Serve
 
     _install(args)
-    config = ContinuousBatchingConfig(page_size=args.page_size, allow_block_sharing=False,
+    config = ContinuousBatchingConfig(page_size=args.page_size,
+                                      allow_block_sharing=not args.no_prefix_caching,
                                       max_batch_tokens=args.max_batch_tokens,
                                       auto_switch_to_flash=False)
     # transformers' command line has no flag for allow_block_sharing or

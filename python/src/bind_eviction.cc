@@ -29,10 +29,11 @@ namespace {
 
 // A tensor-parallel group as Python supplies it: any object with int
 // attributes `rank` and `size` and a method all_reduce_sum(array) that sums a
-// numpy int64 array across the group in place (headpage.ProcessGroupCollective
-// over torch.distributed). The engine calls it with the GIL released; the call
-// takes it back, and a Python exception becomes Unavailable (the group can no
-// longer agree) instead of unwinding through the engine.
+// numpy int64 array across the group in place
+// (headpage.distributed.ProcessGroupCollective over torch.distributed). The
+// engine calls it with the GIL released; the call takes it back, and a Python
+// exception becomes Unavailable (the group can no longer agree) instead of
+// unwinding through the engine.
 class PyCollective : public policy::Collective {
  public:
   explicit PyCollective(nb::object group) : group_(std::move(group)) {
@@ -264,8 +265,8 @@ void DefEviction(nb::module_& m) {
            "tensors on its device); positions: int32 [n], one for all layers or one per layer, "
            "where the queries are; output_projections: per layer the o_proj weight "
            "[hidden][q_heads * head_dim], where the queries are, for the policies whose "
-           "needs_output_projection is set (CriticalKV, DefensiveKV). Returns a CompressResult: tokens_before, tokens_after, "
-           "pages_freed, kept.")
+           "needs_output_projection is set (CriticalKV, DefensiveKV). Returns a CompressResult: "
+           "tokens_before, tokens_after, pages_freed, kept.")
       .def("enforce_pool_budget", &EnforcePoolBudget, nb::arg("pages_to_free"),
            nb::arg("floor_tokens") = 0, nb::arg("protect_recent") = 0,
            "Frees pages_to_free pages across every sequence the engine has scores for, "
@@ -291,10 +292,10 @@ void DefEviction(nb::module_& m) {
           "heads would (Ada-KV's top-k agreed through the group), and when one member fails "
           "every member raises. group: an object with int attributes rank and size and a "
           "method all_reduce_sum(array) summing an int64 numpy array across the group in "
-          "place (headpage.ProcessGroupCollective). Every member must make the same calls in "
-          "the same order. A CUDA engine agrees the same way: its executor scores on the GPU, "
-          "copies the scores to the host for the agreement and keeps each stream's agreed "
-          "count on the GPU.")
+          "place (headpage.distributed.ProcessGroupCollective). Every member must make the "
+          "same calls in the same order. A CUDA engine agrees the same way: its executor "
+          "scores on the GPU, copies the scores to the host for the agreement and keeps each "
+          "stream's agreed count on the GPU.")
       .def_prop_ro(
           "group",
           [](const Engine& e) -> nb::object {

@@ -100,12 +100,16 @@ def test_the_server_answers_concurrent_requests_compresses_and_stops_cleanly(ser
     stats = get_json(f"{base}/headpage/stats")["managers"]
     assert len(stats) == 1
     stats = stats[0]
-    # The two long prompts were compressed and gave pages back; the two short
-    # ones kept their prompt; every request is done, so the pool is empty again.
+    # The two long prompts were compressed; the short ones kept their prompt. The
+    # second "capital of France" started on the blocks the first one left in the
+    # prefix cache (on by default). Every request is done, so the pool holds only
+    # those cached blocks, which are free for the taking. (How much the long
+    # prompts' compression freed depends on which of them cached its blocks first:
+    # a compressing request keeps a shared prefix whole.)
     assert stats["compressed"] == 2 and stats["skipped"] == 3
     assert stats["tokens_after"] < stats["tokens_before"]
-    assert stats["pages_freed_by_compression"] > 0
-    assert stats["free_pages"] == stats["num_pages"] == NUM_PAGES
+    assert stats["prefix_hits"] >= 1 and stats["cached_pages"] == stats["cached_only_pages"] > 0
+    assert stats["free_pages"] + stats["cached_only_pages"] == stats["num_pages"] == NUM_PAGES
     assert stats["sequences"] == 0 and stats["preemptions"] == 0
 
     process.send_signal(signal.SIGTERM)
