@@ -38,8 +38,13 @@ template <> struct CudaType<DType::kF32> { using type = float; };
 template <> struct CudaType<DType::kF16> { using type = __half; };
 template <> struct CudaType<DType::kBF16> { using type = __nv_bfloat16; };
 
+// A runtime call's error as a LaunchResult. A failed call also leaves its error
+// as the thread's last error; it is cleared here, where it is reported, so that
+// the next op's CheckLaunch does not report it again as its own. (A sticky
+// error, a fault in a kernel, stays: every later call returns it.)
 inline LaunchResult CudaErrorResult(cudaError_t error) {
   if (error == cudaSuccess) return LaunchResult{};
+  static_cast<void>(cudaGetLastError());
   LaunchResult result;
   result.kind = LaunchResult::Kind::kCudaError;
   result.cuda_error = static_cast<int>(error);
@@ -167,11 +172,7 @@ LaunchResult LaunchWithAttributes(void (*kernel)(Params...), unsigned blocks, un
   config.stream = stream;
   config.attrs = num_attrs > 0 ? attrs : nullptr;
   config.numAttrs = num_attrs;
-  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-  // A failed launch also sets the thread's last error; clear it, so that the
-  // next op's CheckLaunch does not report it as its own.
-  if (launched != cudaSuccess) static_cast<void>(cudaGetLastError());
-  return CudaErrorResult(launched);
+  return CudaErrorResult(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 template <typename... Params, typename... Args>

@@ -280,7 +280,8 @@ class ServingManager(ContinuousBatchingManager):
         """The pool and what eviction did so far, as a dict: num_pages, free_pages,
         sequences (requests holding pages), compressed (prompts compressed),
         tokens_before and tokens_after (their stream tokens, summed),
-        pages_freed_by_compression, skipped (prompts left whole),
+        pages_freed_by_compression (negative where the prefix cache keeps a
+        compressed prompt's original blocks), skipped (prompts left whole),
         decode_compressions and decode_pages_freed (compressions during decode,
         enable(compress_every=)), compress_seconds,
         pool_budget_evictions, pages_evicted_by_pool_budget, starved (running

@@ -286,6 +286,7 @@ def test_a_policy_the_gpu_does_not_run_is_refused_for_a_model_on_a_gpu(smollm2):
     import types
 
     import headpage.serving
+    from headpage._model import resolve_policy
     _, model = smollm2
     on_gpu = types.SimpleNamespace(config=model.config, device=torch.device("cuda"))
     cpu_only = [n for n in headpage.POLICIES if not headpage.policy_by_name(n).runs_on_gpu]
@@ -296,6 +297,14 @@ def test_a_policy_the_gpu_does_not_run_is_refused_for_a_model_on_a_gpu(smollm2):
         with pytest.raises(NotImplementedError, match=f"policy '{name}' does not run on the GPU"):
             headpage.serving.enable(on_gpu, num_pages=64, policy=name, budget="20%")
     assert vars(on_gpu).keys() == {"config", "device"}  # nothing was attached to it
+    # A request naming one is refused when it is added, before anything is queued
+    # (a stand-in manager on a GPU: the refusal reads no more than this).
+    manager = types.SimpleNamespace(
+        _cache_options=dict(policy="full", budget=None), model=on_gpu,
+        _default_policy=resolve_policy("full", None))
+    with pytest.raises(headpage.serving.RequestRefused, match="does not run on the GPU"):
+        headpage.serving.ServingManager._add_request(manager, [1, 2, 3], policy="defensivekv",
+                                                     budget="20%")
     hf.Cache(on_gpu, policy="ada-snapkv", budget="20%")
     hf.Cache(on_gpu)  # the full budget compresses nothing: it runs anywhere
     hf.Cache(model, policy="defensivekv", budget="20%")
