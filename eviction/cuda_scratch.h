@@ -15,8 +15,13 @@
 
 namespace headpage::cuda_executor {
 
+// A runtime call's error as a Status. A failed call also leaves its error as
+// the thread's last error; it is cleared here, where it is reported, so that a
+// later launch's check does not report it again as its own (a sticky error, a
+// fault in a kernel, stays), as the kernels' CudaErrorResult does.
 inline absl::Status CudaStatus(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return absl::OkStatus();
+  cudaGetLastError();
   const auto code = error == cudaErrorMemoryAllocation ? absl::StatusCode::kResourceExhausted
                                                        : absl::StatusCode::kInternal;
   return absl::Status(code, absl::StrCat("CudaExecutor: ", what, ": ", cudaGetErrorName(error),
@@ -41,7 +46,6 @@ class Scratch {
     const cudaError_t error = kPinned ? cudaMallocHost(&data_, bytes) : cudaMalloc(&data_, bytes);
     if (error != cudaSuccess) {
       data_ = nullptr;
-      cudaGetLastError();  // not sticky: clear it
       return CudaStatus(error, kPinned ? "pinned host scratch" : "device scratch");
     }
     bytes_ = bytes;
