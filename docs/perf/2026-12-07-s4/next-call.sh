@@ -45,17 +45,6 @@ sanitize() {  # sanitize BINARY SUBSET...: memcheck and racecheck on each subset
   done; done
 }
 
-# ab NAME FILTER BINARY: three alternating rounds of main's bench_kernels and BINARY, then the means.
-ab() {
-  for r in 1 2 3; do for v in main $1; do
-    local binary=$3; [[ $v == main ]] && binary=$MB/bench_kernels
-    timeout 60 $binary --benchmark_filter="$2" --benchmark_min_time=0.2 2>&1 | grep '^BM_' |
-      awk -v v=$v -v r=$r '{print v, r, $1, $2, $3}'
-  done; done | tee $OUT/ab_$1.txt
-  awk '{sub("/manual_time","",$3); s[$3" "$1]+=$4; n[$3" "$1]++}
-       END {for (k in s) printf "%-64s %.4f\n", k, s[k]/n[k]}' $OUT/ab_$1.txt | sort | tee $OUT/ab_$1_means.txt
-}
-
 if [[ $PHASE == checks ]]; then
   { echo "== main: kernels_gpu_tests"; timeout 240 $MB/kernels_gpu_tests 2>&1 | tail -3
     echo "== main: eviction_gpu_tests"; timeout 120 $MB/eviction_gpu_tests 2>&1 | tail -3
@@ -69,9 +58,11 @@ if [[ $PHASE == checks ]]; then
     sanitize $W/bin/kernels_gpu_tests "[window_scores][sanitize]"
   } | tee $OUT/branch-tests.txt
 else
-  ab pdlcheck '^BM_DecodeAttention(Checked|)/batch:(8/len:32768|1/len:131072|1/len:32768|8/len:8192)/' \
+  scripts/gpu-check ab $OUT pdlcheck \
+    '^BM_DecodeAttention(Checked|)/batch:(8/len:32768|1/len:131072|1/len:32768|8/len:8192)/' \
     $P/bin/bench_kernels
-  ab wsrev '^BM_WindowScores(WarpMma|)/batch:(8/len:32768|1/len:131072|8/len:8192)/' $W/bin/bench_kernels
+  scripts/gpu-check ab $OUT wsrev '^BM_WindowScores(WarpMma|)/batch:(8/len:32768|1/len:131072|8/len:8192)/' \
+    $W/bin/bench_kernels
   # FlashInfer 0.7.4's tensor-core decode against the kernels as they are now: the page's only side by
   # side ran on an H200 on 2026-12-04, before the pass took tokens as the tiles' rows.
   F='^BM_(HeadpageDecode(Headwise20)?|FlashInferTensorCore(Headwise20|Headwise|DenseHND))/batch:(8/len:32768|1/len:131072)/'
