@@ -234,7 +234,7 @@ class Cache(_HFCache):
         if num_pages is not None:
             check_ints(1, num_pages=num_pages)
         self.policy, self.budget = resolve_policy(policy, budget)
-        # A config has no device either: the first update() checks the policy
+        # A config has no device: the first update() checks the policy
         # against where the K/V are.
         if getattr(model, "device", None) is not None:
             check_policy_runs_on(self.policy, model.device, "headpage.hf.Cache")
