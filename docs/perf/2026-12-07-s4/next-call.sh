@@ -3,15 +3,15 @@
 # calls, back to back (the machine is given back after 30 s idle):
 #   run(command="bash docs/perf/2026-12-07-s4/next-call.sh $OUT checks", carry=[".device-carry"])
 #   run(command="bash docs/perf/2026-12-07-s4/next-call.sh $OUT ab", carry=[".device-carry"])
-# .device-carry holds kernels.tar.xz (`scripts/gpu-check pack` of main at 8e34761), and exp/pdlcheck.tar.xz
+# .device-carry holds kernels.tar.xz (`scripts/gpu-check pack` of main at cfd93ad), and exp/pdlcheck.tar.xz
 # and exp/wsrev.tar.xz: bin/bench_kernels and bin/kernels_gpu_tests of the branches decode-pdl-check
 # (b0195a8) and window-scores-reversed (3237bcb), which use kernels.tar.xz's lib/. Each step writes into
 # $OUT as it goes, so a call cut off at 600 s still returns what ran.
 #   checks: main's kernels_gpu_tests (every case) and eviction_gpu_tests, then compute-sanitizer on
 #     Select's and DecodeAttention's subsets: Select launches through the shared LaunchWithAttributes
-#     since daee6e3, a reported CUDA error is cleared since 8e34761, and the CUDA-graph replay case
-#     poisons the partials since 98d8494; none has run on a GPU. Then each branch's gpu cases and
-#     sanitizers.
+#     since daee6e3, a reported CUDA error is cleared since 8e34761 and fae08bc, and the CUDA-graph
+#     replay case poisons the partials since 98d8494; none has run on a GPU. Then each branch's gpu
+#     cases and sanitizers.
 #   ab: decode-pdl-check against main (BM_DecodeAttentionChecked and BM_DecodeAttention: a checked
 #     call's pass launched under the tail of the tables' check), window-scores-reversed against main
 #     (pass 3 takes its tasks in the reverse of pass 1's order, so that its first blocks read from L2 the
