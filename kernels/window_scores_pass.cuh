@@ -297,7 +297,7 @@ __global__ void __launch_bounds__(Shape<T, kHeadDim>::kThreads,
             (kWgmmaAtomBytes - 1);
   }
   BlockTask task;
-  if (!MakeTask(args, plan, &task)) return;
+  if (!MakeTask(args, plan, /*reversed=*/kScores, &task)) return;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   KeyTileCopies<T, kHeadDim> copies(args, task, smem);

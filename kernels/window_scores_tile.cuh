@@ -106,11 +106,15 @@ struct BlockTask {
   int32_t heads, rows;        // q heads and rows (heads * padded window) of the row group
 };
 
+// `reversed`: the last block takes the first task. Pass 3 runs its tasks in
+// the reverse of pass 1's order, so that its first blocks read the keys pass 1
+// read last, which L2 still holds.
 __device__ __forceinline__ bool MakeTask(const WindowScoresArgs& args,
-                                         const WindowScoresPlan& plan, BlockTask* task) {
+                                         const WindowScoresPlan& plan, bool reversed,
+                                         BlockTask* task) {
   // Row groups vary fastest, so the blocks that read the same keys run together
   // and all but the first find them in L2.
-  int64_t b = blockIdx.x;
+  int64_t b = reversed ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   task->row_group = static_cast<int32_t>(b % plan.row_groups);
   b /= plan.row_groups;
   task->split = static_cast<int32_t>(b % plan.num_splits);
