@@ -553,7 +553,18 @@ LaunchResult LaunchWithSmem(Kernel even, Kernel balanced, int smem_bytes,
                                                   : static_cast<int64_t>(args.num_seqs) *
                                                         args.num_kv_heads * args.num_splits;
   // The kernel's own fields only (DecodeAttentionKernelArgs); the fault word and
-  // the new tokens apart.
+  // the new tokens apart. A checked call's pass follows the tables' check
+  // (CheckTablesKernel, which allows the early launch and writes only the fault
+  // word) and is launched under its tail; the pass waits before it reads
+  // anything. Unchecked, the kernel before it is the caller's, which may write
+  // the tables the pass reads through the read-only path: launched the
+  // ordinary way.
+  if (args.fault != nullptr) {
+    return LaunchOverlappingTail(kernel, static_cast<unsigned>(blocks), kThreads,
+                                 static_cast<size_t>(smem_bytes), stream,
+                                 static_cast<const DecodeAttentionKernelArgs&>(args), partial_out,
+                                 partial_lse, args.fault, args.new_tokens);
+  }
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(
       static_cast<const DecodeAttentionKernelArgs&>(args), partial_out, partial_lse, args.fault,
       args.new_tokens);

@@ -263,7 +263,8 @@ __global__ void __launch_bounds__(kThreads, 2)
                const uint64_t* fault, DecodeNewTokens new_tokens) {
   using Tr = SimtTraits<kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
-  AllowDependentLaunch();  // the merge (LaunchDecodeAttention)
+  AllowDependentLaunch();      // the merge (LaunchDecodeAttention)
+  WaitForPrerequisiteGrids();  // the tables' check, in a checked call (LaunchWithSmem)
   if (TablesFaulted(fault)) return;
 
   ForEachPiece<kBalanced>(args, Tr::kTileTokens, [&](const BlockWork& work) {

@@ -84,6 +84,7 @@ __device__ __forceinline__ int32_t FirstFailing(const Team& team, int64_t count,
 __global__ void __launch_bounds__(kThreads)
     CheckTablesKernel(BlockTableArrays t, int32_t num_rows, int32_t page_size, int32_t num_pages,
                       int32_t team_warps, uint64_t* fault) {
+  AllowDependentLaunch();  // DecodeAttention's pass waits for the fault word itself
   const Team team = TeamOfThisThread(team_warps);
   CheckRows(
       team, num_rows, fault, [&](int32_t row) { return CheckTableRow(t, row, page_size); },
