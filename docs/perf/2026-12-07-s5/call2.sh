@@ -8,7 +8,7 @@
 #       carry=[".device-carry/kernels.tar.xz", ".device-serving-carry"])
 OUT=$1
 T0=$SECONDS
-left() { echo $((400 - (SECONDS - T0))); }
+left() { echo $((300 - (SECONDS - T0))); }
 mkdir -p .device-carry && cp .device-serving-carry/*.tar.xz .device-carry/ || exit 1
 M=/tmp/s5-main; mkdir -p $M
 tar -xJf .device-carry/kernels.tar.xz -C $M || exit 1
