@@ -159,6 +159,21 @@ BENCHMARK(BM_DecodeAttentionHeadwise20Splits)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+// The uniform 20% cache at the split counts the heuristic gives it (4 at 8x32K)
+// and the head-wise cache (12): with BM_DecodeAttentionHeadwise20Splits, whether
+// head-wise decode's 2 us over uniform come from its split count or its lengths.
+void BM_DecodeAttentionUniform20Splits(benchmark::State& state) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len / 5),
+            static_cast<int32_t>(state.range(2)));
+}
+BENCHMARK(BM_DecodeAttentionUniform20Splits)
+    ->ArgNames({"batch", "len", "splits"})
+    ->ArgsProduct({{8}, {32768}, {4, 8, 12, 16}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
 // The balanced division (DecodeAttentionArgs::balanced_blocks) against the
 // even splits above, on the same shapes: one wave of resident blocks (what
 // DecodeAttentionBalancedBlocks picks) and two.
