@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/kernels/gather_floor.h"
 #include "bench/kernels/gpu_bench_util.h"
 #include "kernels/compact.h"
 #include "kernels/copy_pages.h"
@@ -13,6 +14,24 @@
 
 namespace headpage::bench {
 namespace {
+
+// Each of `streams` streams of len tokens keeps `kept` of them: runs of `run`
+// consecutive tokens at random places (run 1: a uniformly random set), in
+// ascending order. Appends to keep and keep_indptr (which starts at {0}).
+void RandomKeepSets(int32_t streams, int32_t len, int32_t kept, int32_t run,
+                    std::vector<int32_t>& keep, std::vector<int32_t>& keep_indptr) {
+  std::mt19937_64 rng(7);
+  std::vector<int32_t> runs(static_cast<size_t>(len / run));
+  for (int32_t s = 0; s < streams; ++s) {
+    for (size_t i = 0; i < runs.size(); ++i) runs[i] = static_cast<int32_t>(i) * run;
+    std::shuffle(runs.begin(), runs.end(), rng);
+    std::sort(runs.begin(), runs.begin() + kept / run);
+    for (int32_t i = 0; i < kept / run; ++i) {
+      for (int32_t j = 0; j < run; ++j) keep.push_back(runs[static_cast<size_t>(i)] + j);
+    }
+    keep_indptr.push_back(static_cast<int32_t>(keep.size()));
+  }
+}
 
 // Every stream of batch x kKVHeads keeps `kept` of its len tokens into fresh
 // pages (the eviction engine's usual plan when the pool has room): runs of
@@ -26,16 +45,8 @@ void RunCompact(benchmark::State& state, int32_t kept, int32_t run) {
                  streams * dst_pages_per_stream);
   const std::vector<int32_t> dst_pages = pool.SparePages();
   std::vector<int32_t> dst_indptr{0}, keep, keep_indptr{0};
-  std::mt19937_64 rng(7);
-  std::vector<int32_t> runs(static_cast<size_t>(len / run));
+  RandomKeepSets(streams, len, kept, run, keep, keep_indptr);
   for (int32_t s = 0; s < streams; ++s) {
-    for (size_t i = 0; i < runs.size(); ++i) runs[i] = static_cast<int32_t>(i) * run;
-    std::shuffle(runs.begin(), runs.end(), rng);
-    std::sort(runs.begin(), runs.begin() + kept / run);
-    for (int32_t i = 0; i < kept / run; ++i) {
-      for (int32_t j = 0; j < run; ++j) keep.push_back(runs[static_cast<size_t>(i)] + j);
-    }
-    keep_indptr.push_back(static_cast<int32_t>(keep.size()));
     dst_indptr.push_back(dst_indptr.back() + dst_pages_per_stream);
   }
   DeviceBuffer d_dst_indptr(dst_indptr), d_dst_pages(dst_pages), d_keep_indptr(keep_indptr),
@@ -87,6 +98,57 @@ BENCHMARK(BM_CompactAll)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_CompactTo20Percent)
     ->Apply(BatchLengthShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Compact's floor: BM_CompactTo20Percent's survivors (the same keep sets,
+// pool and fresh pages) moved by a bare gather, sources and destinations
+// computed on the host, a warp per token a step. layout 0 places a token's rows
+// as the pool does (K rows, then V rows half a page later); layout 1 as a
+// token-major page would (V right after K: 512 contiguous bytes a token), the
+// same bytes of the same pages. Their ratio says what moving K and V together
+// would give Compact; against BM_CopyBandwidth, how near the target a gather gets.
+void BM_GatherFloor(benchmark::State& state) {
+  const int32_t batch = static_cast<int32_t>(state.range(0));
+  const int32_t len = static_cast<int32_t>(state.range(1));
+  const bool token_major = state.range(2) != 0;
+  const int32_t kept = len / 5;
+  const int32_t streams = batch * kKVHeads;
+  const int32_t dst_pages_per_stream = static_cast<int32_t>(PagesFor(kept, kPageSize));
+  BenchPool pool(std::vector<int32_t>(static_cast<size_t>(streams), len),
+                 streams * dst_pages_per_stream);
+  const std::vector<int32_t> dst_pages = pool.SparePages();
+  std::vector<int32_t> keep, keep_indptr{0};
+  RandomKeepSets(streams, len, kept, 1, keep, keep_indptr);
+  // In 16-byte vectors: a row, a page (K rows and V rows), and a token's first
+  // vector within its page in either layout.
+  const int32_t row = kHeadDim * static_cast<int32_t>(SizeOf(kDType)) / 16;
+  const int64_t page = int64_t{2} * kPageSize * row;
+  const int64_t value_offset = token_major ? row : int64_t{kPageSize} * row;
+  const int64_t token_stride = token_major ? 2 * row : row;
+  std::vector<int64_t> src, dst;
+  for (int32_t s = 0; s < streams; ++s) {
+    const int32_t* pages = pool.host_page_ids.data() + pool.host_indptr[static_cast<size_t>(s)];
+    for (int32_t j = 0; j < kept; ++j) {
+      const int32_t k = keep[static_cast<size_t>(keep_indptr[static_cast<size_t>(s)] + j)];
+      const int32_t to = dst_pages[static_cast<size_t>(s * dst_pages_per_stream + j / kPageSize)];
+      src.push_back(pages[k / kPageSize] * page + (k % kPageSize) * token_stride);
+      dst.push_back(to * page + (j % kPageSize) * token_stride);
+    }
+  }
+  DeviceBuffer d_src(src), d_dst(dst);
+  TimeWithEvents(state, [&] {
+    if (GatherTokens(pool.data.get(), d_src.get<int64_t>(), d_dst.get<int64_t>(),
+                     static_cast<int64_t>(src.size()), row, value_offset, nullptr) != cudaSuccess) {
+      state.SkipWithError("GatherTokens failed");
+    }
+  });
+  const double moved = static_cast<double>(src.size()) * 2 * kHeadDim * SizeOf(kDType);
+  SetBytesPerSecond(state, "read_write_Bps", 2.0 * moved);
+}
+BENCHMARK(BM_GatherFloor)
+    ->ArgNames({"batch", "len", "token_major"})
+    ->ArgsProduct({{8}, {32768}, {0, 1}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
