@@ -15,42 +15,54 @@
 namespace headpage::bench {
 namespace {
 
-// Each of `streams` streams of len tokens keeps `kept` of them: runs of `run`
-// consecutive tokens at random places (run 1: a uniformly random set), in
-// ascending order. Appends to keep and keep_indptr (which starts at {0}).
-void RandomKeepSets(int32_t streams, int32_t len, int32_t kept, int32_t run,
-                    std::vector<int32_t>& keep, std::vector<int32_t>& keep_indptr) {
-  std::mt19937_64 rng(7);
-  std::vector<int32_t> runs(static_cast<size_t>(len / run));
-  for (int32_t s = 0; s < streams; ++s) {
-    for (size_t i = 0; i < runs.size(); ++i) runs[i] = static_cast<int32_t>(i) * run;
-    std::shuffle(runs.begin(), runs.end(), rng);
-    std::sort(runs.begin(), runs.begin() + kept / run);
-    for (int32_t i = 0; i < kept / run; ++i) {
-      for (int32_t j = 0; j < run; ++j) keep.push_back(runs[static_cast<size_t>(i)] + j);
-    }
-    keep_indptr.push_back(static_cast<int32_t>(keep.size()));
-  }
-}
-
 // Every stream of batch x kKVHeads keeps `kept` of its len tokens into fresh
 // pages (the eviction engine's usual plan when the pool has room): runs of
-// `run` consecutive tokens at random places (run 1: a uniformly random set).
-void RunCompact(benchmark::State& state, int32_t kept, int32_t run) {
-  const int32_t batch = static_cast<int32_t>(state.range(0));
-  const int32_t len = static_cast<int32_t>(state.range(1));
-  const int32_t streams = batch * kKVHeads;
-  const int32_t dst_pages_per_stream = static_cast<int32_t>(PagesFor(kept, kPageSize));
-  BenchPool pool(std::vector<int32_t>(static_cast<size_t>(streams), len),
-                 streams * dst_pages_per_stream);
-  const std::vector<int32_t> dst_pages = pool.SparePages();
-  std::vector<int32_t> dst_indptr{0}, keep, keep_indptr{0};
-  RandomKeepSets(streams, len, kept, run, keep, keep_indptr);
-  for (int32_t s = 0; s < streams; ++s) {
-    dst_indptr.push_back(dst_indptr.back() + dst_pages_per_stream);
+// `run` consecutive tokens at random places (run 1: a uniformly random set),
+// each stream's in ascending order, destination pages dst_pages_per_stream a
+// stream from the pool's spare pages. Compact and its gather floor move the same plan.
+struct FreshCompaction {
+  int32_t streams, kept, dst_pages_per_stream;
+  BenchPool pool;
+  std::vector<int32_t> dst_pages, keep, keep_indptr{0};
+
+  FreshCompaction(int32_t batch, int32_t len, int32_t kept_per_stream, int32_t run)
+      : streams(batch * kKVHeads),
+        kept(kept_per_stream),
+        dst_pages_per_stream(static_cast<int32_t>(PagesFor(kept_per_stream, kPageSize))),
+        pool(std::vector<int32_t>(static_cast<size_t>(streams), len),
+             streams * dst_pages_per_stream),
+        dst_pages(pool.SparePages()) {
+    std::mt19937_64 rng(7);
+    std::vector<int32_t> runs(static_cast<size_t>(len / run));
+    for (int32_t s = 0; s < streams; ++s) {
+      for (size_t i = 0; i < runs.size(); ++i) runs[i] = static_cast<int32_t>(i) * run;
+      std::shuffle(runs.begin(), runs.end(), rng);
+      std::sort(runs.begin(), runs.begin() + kept / run);
+      for (int32_t i = 0; i < kept / run; ++i) {
+        for (int32_t j = 0; j < run; ++j) keep.push_back(runs[static_cast<size_t>(i)] + j);
+      }
+      keep_indptr.push_back(static_cast<int32_t>(keep.size()));
+    }
   }
-  DeviceBuffer d_dst_indptr(dst_indptr), d_dst_pages(dst_pages), d_keep_indptr(keep_indptr),
-      d_keep(keep), d_in_place(std::vector<uint8_t>(static_cast<size_t>(streams), 0));
+
+  // K and V rows of every survivor, read once and written once.
+  double moved_bytes() const {
+    return static_cast<double>(streams) * kept * 2 * kHeadDim * SizeOf(kDType);
+  }
+};
+
+void RunCompact(benchmark::State& state, int32_t kept, int32_t run) {
+  FreshCompaction plan(static_cast<int32_t>(state.range(0)), static_cast<int32_t>(state.range(1)),
+                       kept, run);
+  BenchPool& pool = plan.pool;
+  const int32_t streams = plan.streams;
+  std::vector<int32_t> dst_indptr{0};
+  for (int32_t s = 0; s < streams; ++s) {
+    dst_indptr.push_back(dst_indptr.back() + plan.dst_pages_per_stream);
+  }
+  DeviceBuffer d_dst_indptr(dst_indptr), d_dst_pages(plan.dst_pages),
+      d_keep_indptr(plan.keep_indptr), d_keep(plan.keep),
+      d_in_place(std::vector<uint8_t>(static_cast<size_t>(streams), 0));
   CompactArgs args;
   args.cache = pool.view;
   args.num_rows = streams;
@@ -60,17 +72,15 @@ void RunCompact(benchmark::State& state, int32_t kept, int32_t run) {
   args.src_lens = pool.lens.get<int32_t>();
   args.dst_indptr = d_dst_indptr.get<int32_t>();
   args.dst_page_ids = d_dst_pages.get<int32_t>();
-  args.num_dst_page_ids = static_cast<int32_t>(dst_pages.size());
+  args.num_dst_page_ids = static_cast<int32_t>(plan.dst_pages.size());
   args.keep_indptr = d_keep_indptr.get<int32_t>();
   args.keep = d_keep.get<int32_t>();
-  args.num_keep = static_cast<int32_t>(keep.size());
+  args.num_keep = static_cast<int32_t>(plan.keep.size());
   args.in_place = d_in_place.get<uint8_t>();
   TimeWithEvents(state, [&] {
     if (!gpu::Compact(args, nullptr).ok()) state.SkipWithError("gpu::Compact failed");
   });
-  // K and V rows of every survivor, read once and written once.
-  const double moved = static_cast<double>(streams) * kept * 2 * kHeadDim * SizeOf(kDType);
-  SetBytesPerSecond(state, "read_write_Bps", 2.0 * moved);
+  SetBytesPerSecond(state, "read_write_Bps", 2.0 * plan.moved_bytes());
 }
 
 // The figure: a uniformly random 20%, the hardest pattern (every
@@ -109,17 +119,9 @@ BENCHMARK(BM_CompactTo20Percent)
 // same bytes of the same pages. Their ratio says what moving K and V together
 // would give Compact; against BM_CopyBandwidth, how near the target a gather gets.
 void BM_GatherFloor(benchmark::State& state) {
-  const int32_t batch = static_cast<int32_t>(state.range(0));
   const int32_t len = static_cast<int32_t>(state.range(1));
   const bool token_major = state.range(2) != 0;
-  const int32_t kept = len / 5;
-  const int32_t streams = batch * kKVHeads;
-  const int32_t dst_pages_per_stream = static_cast<int32_t>(PagesFor(kept, kPageSize));
-  BenchPool pool(std::vector<int32_t>(static_cast<size_t>(streams), len),
-                 streams * dst_pages_per_stream);
-  const std::vector<int32_t> dst_pages = pool.SparePages();
-  std::vector<int32_t> keep, keep_indptr{0};
-  RandomKeepSets(streams, len, kept, 1, keep, keep_indptr);
+  FreshCompaction plan(static_cast<int32_t>(state.range(0)), len, len / 5, 1);
   // In 16-byte vectors: a row, a page (K rows and V rows), and a token's first
   // vector within its page in either layout.
   const int32_t row = kHeadDim * static_cast<int32_t>(SizeOf(kDType)) / 16;
@@ -127,24 +129,26 @@ void BM_GatherFloor(benchmark::State& state) {
   const int64_t value_offset = token_major ? row : int64_t{kPageSize} * row;
   const int64_t token_stride = token_major ? 2 * row : row;
   std::vector<int64_t> src, dst;
-  for (int32_t s = 0; s < streams; ++s) {
-    const int32_t* pages = pool.host_page_ids.data() + pool.host_indptr[static_cast<size_t>(s)];
-    for (int32_t j = 0; j < kept; ++j) {
-      const int32_t k = keep[static_cast<size_t>(keep_indptr[static_cast<size_t>(s)] + j)];
-      const int32_t to = dst_pages[static_cast<size_t>(s * dst_pages_per_stream + j / kPageSize)];
+  for (int32_t s = 0; s < plan.streams; ++s) {
+    const int32_t* pages =
+        plan.pool.host_page_ids.data() + plan.pool.host_indptr[static_cast<size_t>(s)];
+    for (int32_t j = 0; j < plan.kept; ++j) {
+      const int32_t k =
+          plan.keep[static_cast<size_t>(plan.keep_indptr[static_cast<size_t>(s)] + j)];
+      const int32_t to =
+          plan.dst_pages[static_cast<size_t>(s * plan.dst_pages_per_stream + j / kPageSize)];
       src.push_back(pages[k / kPageSize] * page + (k % kPageSize) * token_stride);
       dst.push_back(to * page + (j % kPageSize) * token_stride);
     }
   }
   DeviceBuffer d_src(src), d_dst(dst);
   TimeWithEvents(state, [&] {
-    if (GatherTokens(pool.data.get(), d_src.get<int64_t>(), d_dst.get<int64_t>(),
+    if (GatherTokens(plan.pool.data.get(), d_src.get<int64_t>(), d_dst.get<int64_t>(),
                      static_cast<int64_t>(src.size()), row, value_offset, nullptr) != cudaSuccess) {
       state.SkipWithError("GatherTokens failed");
     }
   });
-  const double moved = static_cast<double>(src.size()) * 2 * kHeadDim * SizeOf(kDType);
-  SetBytesPerSecond(state, "read_write_Bps", 2.0 * moved);
+  SetBytesPerSecond(state, "read_write_Bps", 2.0 * plan.moved_bytes());
 }
 BENCHMARK(BM_GatherFloor)
     ->ArgNames({"batch", "len", "token_major"})
