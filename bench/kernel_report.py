@@ -120,6 +120,30 @@ def main():
                 sdpa20 / ms(at20), "> 1 (ahead)", sdpa20 / ms(at20) > 1)
         attempt(headwise_against_sdpa)
 
+    # The same comparisons with L2 emptied before every call on both sides
+    # (bench_kernels' *ColdL2, torch_baselines.py's *_cold): a serving step's
+    # layer finds its K/V out of L2.
+    for batch, length in [(8, 32768), (1, 131072)]:
+        shape = f"{batch}x{length // 1024}K"
+
+        def cold(batch=batch, length=length, shape=shape):
+            key = f"{batch}x{length}"
+            full = find(runs, rf"BM_DecodeAttentionColdL2/batch:{batch}/len:{length}/manual_time")
+            pages = find(runs, rf"BM_ReadDecodePagesColdL2/batch:{batch}/len:{length}/manual_time")
+            at20 = find(runs, rf"BM_DecodeAttentionHeadwise20ColdL2/batch:{batch}/len:{length}"
+                              r"/manual_time")
+            sdpa, sdpa20 = torch["sdpa_cold"][key]["ms"], torch["sdpa20_cold"][key]["ms"]
+            row(f"DecodeAttention, full, {shape} vs dense SDPA, L2 cold (both)",
+                f"{ms(full):.4f} ms", f"{sdpa:.4f} ms", sdpa / ms(full), "> 1 (ahead)",
+                sdpa / ms(full) > 1)
+            row(f"DecodeAttention, full, {shape} vs reading its pages alone, L2 cold (both)",
+                f"{ms(full):.4f} ms", f"{ms(pages):.4f} ms", ms(full) / ms(pages), "(the floor)",
+                True)
+            row(f"DecodeAttention, head-wise 20% (5x skew), {shape} vs dense SDPA on uniform 20%, "
+                "L2 cold (both)", f"{ms(at20):.4f} ms", f"{sdpa20:.4f} ms", sdpa20 / ms(at20),
+                "> 1 (ahead)", sdpa20 / ms(at20) > 1)
+        attempt(cold)
+
     def headwise():
         at20 = find(runs, r"BM_DecodeAttentionHeadwise20/batch:8/len:32768/manual_time")
         at100 = find(runs, r"BM_DecodeAttention/batch:8/len:32768/manual_time")

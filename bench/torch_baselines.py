@@ -9,6 +9,8 @@ Geometry: 32 query heads, 8 KV heads, head_dim 128, bf16.
   copy          torch copy_ of 1 GiB (bytes read + written per second)
   sdpa          decode attention, one query per sequence, dense K/V, GQA
   sdpa20        the same on a uniform 20% cache (what head-wise eviction competes with)
+  sdpa_cold, sdpa20_cold
+                both with L2 emptied before each call (bench_kernels' *ColdL2)
   gather_sdpa20 gather a head-wise 20% keep set out of the full cache, then SDPA:
                 what a PyTorch-level head-wise eviction does per decode step
   snapkv        SnapKV scoring, the PyTorch formulation (kvpress/Ada-KV style):
@@ -38,13 +40,27 @@ DT = torch.bfloat16
 HOLD_CYCLES = 0 if os.environ.get("HEADPAGE_BENCH_HOST_LATENCY") == "1" else 200_000
 
 
-def time_ms(fn, iters=20, warmup=3):
+_l2_evictor = None
+
+
+def evict_l2():
+    """Reads 256 MiB (more than any L2), as bench_kernels' EvictL2: the lines it
+    leaves are clean, so the timed call after it pays no write-backs for them."""
+    global _l2_evictor
+    if _l2_evictor is None:
+        _l2_evictor = torch.zeros(1 << 26, dtype=torch.float32, device="cuda")
+    _l2_evictor.sum()
+
+
+def time_ms(fn, iters=20, warmup=3, cold=False):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if cold:
+            evict_l2()
         if HOLD_CYCLES:
             torch.cuda._sleep(HOLD_CYCLES)
         start.record()
@@ -56,11 +72,11 @@ def time_ms(fn, iters=20, warmup=3):
     return times[len(times) // 2]  # the median, as robust as Google Benchmark's repetitions
 
 
-def sdpa_decode(batch, length):
+def sdpa_decode(batch, length, cold=False):
     q = torch.randn(batch, Q_HEADS, 1, HEAD_DIM, device="cuda", dtype=DT)
     k = torch.randn(batch, KV_HEADS, length, HEAD_DIM, device="cuda", dtype=DT)
     v = torch.randn_like(k)
-    ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), cold=cold)
     return ms, 2 * k.numel() * k.element_size()
 
 
@@ -131,6 +147,14 @@ def main():
         results.setdefault("sdpa20", {})[key] = {"ms": ms20, "kv_Bps": kv20 / (ms20 / 1e3)}
         print(f"sdpa {key}: {ms:.4f} ms ({kv_bytes / (ms / 1e3) / 1e12:.2f} TB/s K/V); "
               f"uniform 20%: {ms20:.4f} ms")
+        torch.cuda.empty_cache()
+    for batch, length in [(8, 32768), (1, 131072)]:
+        key = f"{batch}x{length}"
+        ms, _ = sdpa_decode(batch, length, cold=True)
+        ms20, _ = sdpa_decode(batch, int(length * 0.2), cold=True)
+        results.setdefault("sdpa_cold", {})[key] = {"ms": ms}
+        results.setdefault("sdpa20_cold", {})[key] = {"ms": ms20}
+        print(f"sdpa {key}, L2 emptied before each call: {ms:.4f} ms; uniform 20%: {ms20:.4f} ms")
         torch.cuda.empty_cache()
     for batch, length in [(8, 32768)]:
         key = f"{batch}x{length}"

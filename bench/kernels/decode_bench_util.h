@@ -95,10 +95,13 @@ inline void SetKvCounters(benchmark::State& state, const BenchPool& pool) {
 
 // Times `decode` over `pool` and reports its counters.
 inline void TimeDecodeAttention(benchmark::State& state, const BenchPool& pool,
-                                const DecodeAttentionCall& decode) {
-  TimeWithEvents(state, [&] {
-    if (!decode.Run().ok()) state.SkipWithError("gpu::DecodeAttention failed");
-  });
+                                const DecodeAttentionCall& decode, L2 l2 = L2::kWarm) {
+  TimeWithEvents(
+      state,
+      [&] {
+        if (!decode.Run().ok()) state.SkipWithError("gpu::DecodeAttention failed");
+      },
+      l2);
   SetKvCounters(state, pool);
   state.counters["splits"] = decode.args.num_splits;
   state.counters["blocks"] = decode.args.balanced_blocks;
@@ -106,14 +109,17 @@ inline void TimeDecodeAttention(benchmark::State& state, const BenchPool& pool,
 
 // Times reading every page of `pool`'s streams whole (page_read.cu): the floor
 // under DecodeAttention over the same pages where they lie.
-inline void TimePageReads(benchmark::State& state, const BenchPool& pool) {
+inline void TimePageReads(benchmark::State& state, const BenchPool& pool, L2 l2 = L2::kWarm) {
   const auto num_page_ids = static_cast<int32_t>(pool.host_page_ids.size());
   DeviceBuffer sink((num_page_ids / kReadPagesPerBlock + 1) * sizeof(uint32_t));
   const int64_t page_bytes = pool.view.page_elements() * SizeOf(kDType);
-  TimeWithEvents(state, [&] {
-    HEADPAGE_CUDA_OK(ReadPages(pool.view.data, page_bytes, pool.page_ids.get<int32_t>(),
-                               num_page_ids, sink.get<uint32_t>(), nullptr));
-  });
+  TimeWithEvents(
+      state,
+      [&] {
+        HEADPAGE_CUDA_OK(ReadPages(pool.view.data, page_bytes, pool.page_ids.get<int32_t>(),
+                                   num_page_ids, sink.get<uint32_t>(), nullptr));
+      },
+      l2);
   // Whole pages: a stream's last page is read to its end.
   SetBytesPerSecond(state, "kv_read_Bps", static_cast<double>(num_page_ids) * page_bytes);
   state.counters["kv_MB"] = static_cast<double>(num_page_ids) * page_bytes / 1e6;

@@ -174,8 +174,13 @@ inline constexpr int64_t kHoldNanoseconds = 50'000;
 // CUDA graphs sees it and as BM_CopyBandwidth, the yardstick, is measured
 // (a 1 GiB copy hides its own launch). Without the hold, the host's
 // validation and launch calls (about 5 us) counted too.
+// kCold: before each iteration's hold, EvictL2, so that the timed work finds
+// none of its data in L2, as a serving step's layer finds its K/V (read last
+// one step ago, every other layer's since). The yardsticks stay warm.
+enum class L2 { kWarm, kCold };
+
 template <typename Launch>
-void TimeWithEvents(benchmark::State& state, Launch&& launch) {
+void TimeWithEvents(benchmark::State& state, Launch&& launch, L2 l2 = L2::kWarm) {
   cudaEvent_t start, stop;
   HEADPAGE_CUDA_OK(cudaEventCreate(&start));
   HEADPAGE_CUDA_OK(cudaEventCreate(&stop));
@@ -183,6 +188,7 @@ void TimeWithEvents(benchmark::State& state, Launch&& launch) {
   HEADPAGE_CUDA_OK(cudaDeviceSynchronize());
   const bool hold = !TimeHostLatency();
   for (auto _ : state) {
+    if (l2 == L2::kCold) HEADPAGE_CUDA_OK(EvictL2(nullptr));
     if (hold) HEADPAGE_CUDA_OK(HoldStream(kHoldNanoseconds, nullptr));
     HEADPAGE_CUDA_OK(cudaEventRecord(start));
     launch();
