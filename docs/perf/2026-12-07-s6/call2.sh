@@ -1,5 +1,5 @@
 #!/bin/bash
-# The sixth session's second call, on an H200: issue #18's figures (scripts/gpu-check figures),
+# The sixth session's second call, asked of an H200 (an H100 came): issue #18's figures (scripts/gpu-check figures),
 # whose H200 figures predate four changes (L2's prefetch hint, WindowScores' whole-row copies
 # and reversed pass 3, the merge under the pass's tail). WindowScores' targets name the H200.
 OUT=$1
