@@ -146,6 +146,43 @@ TEST_CASE("gpu::Select equals ref::Select on the edge lengths, every cluster siz
   CheckEdgeLengths(4, false);
 }
 
+// A capacity of exactly the protected tokens leaves every long stream
+// competing for nothing: the sequence's select takes k = 0 and passes no
+// cluster barrier, so the hits' exchange between the cluster's CTAs must bring
+// its own.
+TEST_CASE("gpu::Select: an Ada layer with no budget left selects nothing, every cluster size",
+          "[kernels][gpu][select][sanitize]") {
+  std::mt19937_64 rng(29);
+  SelectCaseSpec spec;
+  spec.num_seqs = 2;
+  spec.num_kv_heads = 8;
+  spec.lens = {0, 1, 15, 16, 17, 53, 40, 9, 53, 17, 0, 16, 33, 1, 15, 64};
+  spec.recent = 3;  // no sinks: every stream longer than 3 protects exactly 3
+  SelectCase c(spec, rng());
+  const int32_t capacity = MaxProtected(c);
+  // The case is what it claims: in each sequence some stream competes, and
+  // every competing stream's budget (capacity - protected) is 0.
+  for (int32_t seq = 0; seq < spec.num_seqs; ++seq) {
+    int competing = 0;
+    for (int32_t h = 0; h < spec.num_kv_heads; ++h) {
+      const int32_t s = seq * spec.num_kv_heads + h;
+      const int32_t budget = capacity - c.NumProtected(s);
+      if (budget < spec.lens[static_cast<size_t>(s)] - c.NumProtected(s)) {
+        ++competing;
+        REQUIRE(budget == 0);
+      }
+    }
+    REQUIRE(competing > 0);
+  }
+  for (const int32_t ctas : {1, 2, 3, 8}) {
+    for (const policy::AdaFloor floor :
+         {policy::AdaFloor::kScaled, policy::AdaFloor::kProtectTop}) {
+      INFO("ctas " << ctas << " floor " << static_cast<int>(floor));
+      CheckAgainstRef(c, Ada(capacity, 0.2, floor, ctas));
+    }
+  }
+}
+
 TEST_CASE("gpu::Select equals ref::Select on the edge lengths, more cases",
           "[kernels][gpu][select]") {
   CheckEdgeLengths(16, true);

@@ -1,0 +1,28 @@
+#!/bin/bash
+# For the next session's first call (prepared 2026-12-07, sixth session, whose device time
+# ran out): branch select-push-hits (its bench_kernels and kernels_gpu_tests, built from that
+# branch's commit, are in .device-branch/select-push-hits.tar.xz; main's pack of a64420b in
+# .device-carry/).
+#   run(command="bash docs/perf/2026-12-07-s6/next-call.sh $OUT",
+#       carry=[".device-carry", ".device-branch"])
+# 1. The branch's Select gpu cases against the CPU reference, then compute-sanitizer memcheck
+#    and racecheck on [select][sanitize] (its cluster's hits are now remote atomics on every
+#    peer's shared memory before one cluster barrier, where each CTA read its peers' counts
+#    between two barriers).
+# 2. Select, main against the branch, three alternating rounds (scripts/gpu-check ab).
+OUT=$1
+B=/tmp/branch; mkdir -p $B
+tar -xJf .device-branch/select-push-hits.tar.xz -C $B || exit 1
+M=/tmp/next-main; mkdir -p $M
+[[ -d $M/.device ]] || tar -xJf .device-carry/kernels.tar.xz -C $M || exit 1
+export LD_LIBRARY_PATH=$M/.device/lib
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee $OUT/device.txt
+T=$B/select-push-hits/kernels_gpu_tests
+timeout 120 $T "[select]" 2>&1 | tail -3 | tee $OUT/branch-tests.txt
+S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+for tool in memcheck racecheck; do
+  timeout 200 $S --tool $tool --error-exitcode 3 --print-limit 20 $T "[select][sanitize]" \
+    >$OUT/branch-$tool.log 2>&1; echo "$tool rc=$?"; tail -n 3 $OUT/branch-$tool.log
+done
+timeout 200 scripts/gpu-check ab $OUT push-hits '^BM_Select(Ada|AdaProtectTop|AdaCold|TopB)/' \
+  $B/select-push-hits/bench_kernels 3 2>&1 | tail -20
