@@ -148,8 +148,7 @@ TEST_CASE("gpu::Select equals ref::Select on the edge lengths, every cluster siz
 
 // A capacity of exactly the protected tokens leaves every long stream
 // competing for nothing: the sequence's select takes k = 0 and passes no
-// cluster barrier, so the hits' exchange between the cluster's CTAs must bring
-// its own.
+// cluster barrier of its own, and every stream keeps its protected tokens.
 TEST_CASE("gpu::Select: an Ada layer with no budget left selects nothing, every cluster size",
           "[kernels][gpu][select][sanitize]") {
   std::mt19937_64 rng(29);
