@@ -4,8 +4,10 @@
 # branch's commit, are in .device-branch/select-push-hits.tar.xz; main's pack of a64420b in
 # .device-carry/).
 #   run(command="bash docs/perf/2026-12-07-s6/next-call.sh $OUT",
-#       carry=[".device-carry", ".device-branch"])
-# (.device-branch also holds decode-stamps.tar.xz, branch decode-stamps' bench_kernels, for step 4.)
+#       carry=[".device-carry/kernels.tar.xz", ".device-branch"])
+# (.device-branch also holds decode-stamps.tar.xz, branch decode-stamps' bench_kernels, for step 4.
+# The repository's 48 MB, kernels.tar.xz's 5 MB and .device-branch's 10 MB just fit the 64 MiB a
+# call carries; the wheels' site.tar.xz, for the serving runs only, stays behind.)
 # 1. The branch's Select gpu cases against the CPU reference, then compute-sanitizer memcheck
 #    and racecheck on [select][sanitize] (its cluster's hits are now remote atomics on every
 #    peer's shared memory before one cluster barrier, where each CTA read its peers' counts
