@@ -32,49 +32,60 @@ void RunDecode(benchmark::State& state, int32_t batch, const std::vector<int32_t
   TimeDecodeAttention(state, pool, decode, l2);
 }
 
+// The caches issue #18's figures compare, over batch x kKVHeads streams of the
+// state's (batch, len), with L2 as the previous call left it (kWarm) or emptied
+// before each call (kCold: the *ColdL2 benchmarks below).
+//
 // Every stream holds all len tokens.
-void BM_DecodeAttention(benchmark::State& state) {
+void RunFull(benchmark::State& state, L2 l2) {
   const auto batch = static_cast<int32_t>(state.range(0));
   const auto len = static_cast<int32_t>(state.range(1));
-  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len), 0);
+  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len), 0,
+            /*checked=*/false, KvDType::kAuto, /*waves=*/0, l2);
 }
+// The floor under RunFull: the same pool's pages only read (page_read.cu), so
+// that its rate against the copy bandwidth says what the pages' placement
+// allows and DecodeAttention's rate against it says what the kernel leaves.
+void RunReadFullPages(benchmark::State& state, L2 l2) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  TimePageReads(state, BenchPool(std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len)),
+                l2);
+}
+// Head-wise eviction's shape: stream lengths averaging 20% of len, 5x apart.
+void RunHeadwise20(benchmark::State& state, L2 l2) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  RunDecode(state, batch, SkewedLengths(batch * kKVHeads, len, 0.2, 5.0, 11), 0,
+            /*checked=*/false, KvDType::kAuto, /*waves=*/0, l2);
+}
+// Every stream at 20% of len: the uniform cache dense SDPA is measured on.
+void RunUniform20(benchmark::State& state, L2 l2) {
+  const auto batch = static_cast<int32_t>(state.range(0));
+  const auto len = static_cast<int32_t>(state.range(1));
+  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len / 5), 0,
+            /*checked=*/false, KvDType::kAuto, /*waves=*/0, l2);
+}
+
+void BM_DecodeAttention(benchmark::State& state) { RunFull(state, L2::kWarm); }
 BENCHMARK(BM_DecodeAttention)
     ->Apply(BatchLengthShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// The floor under BM_DecodeAttention: the same pool's pages only read
-// (page_read.cu), so that its rate against the copy bandwidth says what the
-// pages' placement allows and DecodeAttention's rate against it says what the
-// kernel leaves.
-void BM_ReadDecodePages(benchmark::State& state) {
-  const auto batch = static_cast<int32_t>(state.range(0));
-  const auto len = static_cast<int32_t>(state.range(1));
-  TimePageReads(state, BenchPool(std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len)));
-}
+void BM_ReadDecodePages(benchmark::State& state) { RunReadFullPages(state, L2::kWarm); }
 BENCHMARK(BM_ReadDecodePages)
     ->Apply(BatchLengthShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// Head-wise eviction's shape: stream lengths averaging 20% of len, 5x apart.
-void BM_DecodeAttentionHeadwise20(benchmark::State& state) {
-  const auto batch = static_cast<int32_t>(state.range(0));
-  const auto len = static_cast<int32_t>(state.range(1));
-  RunDecode(state, batch, SkewedLengths(batch * kKVHeads, len, 0.2, 5.0, 11), 0);
-}
+void BM_DecodeAttentionHeadwise20(benchmark::State& state) { RunHeadwise20(state, L2::kWarm); }
 BENCHMARK(BM_DecodeAttentionHeadwise20)
     ->Apply(BatchLengthShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// Every stream at 20% of len: the uniform cache dense SDPA is measured on.
-void BM_DecodeAttentionUniform20(benchmark::State& state) {
-  const auto batch = static_cast<int32_t>(state.range(0));
-  const auto len = static_cast<int32_t>(state.range(1));
-  RunDecode(state, batch,
-            std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len / 5), 0);
-}
+void BM_DecodeAttentionUniform20(benchmark::State& state) { RunUniform20(state, L2::kWarm); }
 BENCHMARK(BM_DecodeAttentionUniform20)
     ->Apply(BatchLengthShapes)
     ->UseManualTime()
@@ -90,45 +101,27 @@ void ColdShapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "len"})->Args({8, 32768})->Args({1, 131072});
 }
 
-void BM_DecodeAttentionColdL2(benchmark::State& state) {
-  const auto batch = static_cast<int32_t>(state.range(0));
-  const auto len = static_cast<int32_t>(state.range(1));
-  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len), 0,
-            /*checked=*/false, KvDType::kAuto, /*waves=*/0, L2::kCold);
-}
+void BM_DecodeAttentionColdL2(benchmark::State& state) { RunFull(state, L2::kCold); }
 BENCHMARK(BM_DecodeAttentionColdL2)
     ->Apply(ColdShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-void BM_ReadDecodePagesColdL2(benchmark::State& state) {
-  const auto batch = static_cast<int32_t>(state.range(0));
-  const auto len = static_cast<int32_t>(state.range(1));
-  TimePageReads(state, BenchPool(std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len)),
-                L2::kCold);
-}
+void BM_ReadDecodePagesColdL2(benchmark::State& state) { RunReadFullPages(state, L2::kCold); }
 BENCHMARK(BM_ReadDecodePagesColdL2)
     ->Apply(ColdShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
 void BM_DecodeAttentionHeadwise20ColdL2(benchmark::State& state) {
-  const auto batch = static_cast<int32_t>(state.range(0));
-  const auto len = static_cast<int32_t>(state.range(1));
-  RunDecode(state, batch, SkewedLengths(batch * kKVHeads, len, 0.2, 5.0, 11), 0,
-            /*checked=*/false, KvDType::kAuto, /*waves=*/0, L2::kCold);
+  RunHeadwise20(state, L2::kCold);
 }
 BENCHMARK(BM_DecodeAttentionHeadwise20ColdL2)
     ->Apply(ColdShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-void BM_DecodeAttentionUniform20ColdL2(benchmark::State& state) {
-  const auto batch = static_cast<int32_t>(state.range(0));
-  const auto len = static_cast<int32_t>(state.range(1));
-  RunDecode(state, batch, std::vector<int32_t>(static_cast<size_t>(batch) * kKVHeads, len / 5), 0,
-            /*checked=*/false, KvDType::kAuto, /*waves=*/0, L2::kCold);
-}
+void BM_DecodeAttentionUniform20ColdL2(benchmark::State& state) { RunUniform20(state, L2::kCold); }
 BENCHMARK(BM_DecodeAttentionUniform20ColdL2)
     ->Apply(ColdShapes)
     ->UseManualTime()
