@@ -27,11 +27,12 @@ struct AdaShared {
   int32_t segment_of[kSelectMaxAdaHeads];    // per head: its segment, or -1 (covered)
   int32_t segment_head[kSelectMaxAdaHeads];  // per segment: its head
   // Per segment, this CTA's keys above the cut and at it (its own segments'
-  // only; peers read them); then `equal` holds the cluster's, and `hits` the
-  // cluster's hits, the ties handed out.
+  // only); then the cluster's, which every CTA adds into every peer's
+  // (GatherHits): `hits` above the cut, then with the ties handed out.
   int32_t above[kSelectMaxAdaHeads];
   int32_t equal[kSelectMaxAdaHeads];
   int32_t hits[kSelectMaxAdaHeads];
+  int32_t cluster_equal[kSelectMaxAdaHeads];
   int32_t num_segments;
   int32_t share_lo;  // this CTA's streams' part of their concatenation
   int32_t share_hi;
@@ -59,6 +60,11 @@ __device__ __forceinline__ void CollectCompetingStreams(const SelectArgs& a, int
                                                         AdaShared& sm) {
   const int32_t num_heads = a.num_kv_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Zeroed a cluster barrier before any peer adds to them (GatherHits).
+  for (int i = threadIdx.x; i < kSelectMaxAdaHeads; i += kThreads) {
+    sm.hits[i] = 0;
+    sm.cluster_equal[i] = 0;
+  }
   for (int h = warp; h < num_heads; h += kWarps) {
     const StreamRange range = LocateStream(a, first_stream + h);
     if (lane == 0) sm.ranges[h] = range;
@@ -210,29 +216,32 @@ __device__ __forceinline__ void StoreOwnCounts(AdaShared& sm, int32_t own_begin,
   }
 }
 
-// Stage (after a cluster barrier; every CTA): the cluster's hits per segment
-// into sm.hits, the ties at the threshold handed to the earliest streams. The
-// sums wait in registers (a thread per segment) until every peer has read this
-// CTA's counts; no CTA reads another's memory after its cluster barrier.
+// Stage (every CTA, this CTA's counts in sm.above and sm.equal): the
+// cluster's hits per segment into sm.hits, the ties at the threshold handed to
+// the earliest streams. Each CTA adds its nonzero counts into every peer's
+// sums, then one cluster barrier: a CTA's own segments are its only nonzero
+// ones when it holds one, so that is a few remote atomics, where reading every
+// peer's counts took a barrier before the reads and one after them. That last
+// barrier also ends every peer's reads of this CTA's histograms, which the
+// keep sets' selects then rewrite; no CTA touches another's memory after it.
 __device__ __forceinline__ void GatherHits(Group& g, AdaShared& sm, int num_segments,
                                            int32_t ties) {
+  __syncthreads();  // this CTA's counts are complete
   static_assert(kSelectMaxAdaHeads <= kThreads, "a thread per segment");
   const int i = threadIdx.x;
-  int32_t above = 0, equal = 0;
-  if (i < num_segments) {
-    above = g.SumOverPeers(&sm.above[i]);
-    equal = g.SumOverPeers(&sm.equal[i]);
+  if (i < num_segments && (sm.above[i] != 0 || sm.equal[i] != 0)) {
+    const int32_t above = sm.above[i], equal = sm.equal[i];
+#pragma unroll 1
+    for (uint32_t peer = 0; peer < g.size; ++peer) {
+      atomicAdd(g.Peer(&sm.hits[i], peer), above);
+      atomicAdd(g.Peer(&sm.cluster_equal[i], peer), equal);
+    }
   }
   g.Sync();
-  if (i < num_segments) {
-    sm.hits[i] = above;
-    sm.equal[i] = equal;
-  }
-  __syncthreads();
   if (threadIdx.x == 0) {
     int32_t ties_left = ties;
     for (int s = 0; s < num_segments; ++s) {
-      const int32_t taken = min(sm.equal[s], ties_left);
+      const int32_t taken = min(sm.cluster_equal[s], ties_left);
       ties_left -= taken;
       sm.hits[s] += taken;
     }
@@ -306,7 +315,9 @@ __global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs 
     const int32_t share_keys = one ? sm.first_own_segment : kShareKeys;
     LoadShare(sm.select, share, reinterpret_cast<uint32_t*>(cache_storage), share_keys);
     const bool protect = a.floor == policy::AdaFloor::kProtectTop;
-    if (one) {  // CTA-uniform: for StreamShare, should a select replace slot 0
+    // kProtectTop's sequence select replaces slot 0 (see first_digits); with
+    // kScaled it keeps LoadShare's, the stream's own.
+    if (one && protect) {  // CTA-uniform
       for (int b = threadIdx.x; b < kMaxBins; b += kThreads) {
         sm.first_digits[b] = sm.select.hist(0)[b];
       }
@@ -321,7 +332,11 @@ __global__ void __launch_bounds__(kThreads, 1) AdaSelectKernel(const SelectArgs 
     } else {
       CountSegmentsAtCut(sm, share, num_segments, cut.threshold);
     }
-    g.Sync();
+    // A select of nothing (k <= 0) passed no cluster barrier: one before the
+    // remote adds (a NaN's key can still count as at its cut), so that every
+    // peer has started and zeroed its sums. Skipping GatherHits there instead
+    // would be right too, but costs the kernel a spill (ptxas, 64 registers).
+    if (sm.k <= 0) g.Sync();
     GatherHits(g, sm, num_segments, cut.ties);
     EmitOwnKeepSets(a, sm, share, first_stream, own_begin, own_end);
   } else {

@@ -148,7 +148,8 @@ TEST_CASE("gpu::Select equals ref::Select on the edge lengths, every cluster siz
 
 // A capacity of exactly the protected tokens leaves every long stream
 // competing for nothing: the sequence's select takes k = 0 and passes no
-// cluster barrier of its own, and every stream keeps its protected tokens.
+// cluster barrier of its own (the kernel adds one before the hits' exchange),
+// and every stream keeps its protected tokens.
 TEST_CASE("gpu::Select: an Ada layer with no budget left selects nothing, every cluster size",
           "[kernels][gpu][select][sanitize]") {
   std::mt19937_64 rng(29);
