@@ -24,6 +24,7 @@ FIGURES = {
     "BM_WindowScores/batch:8/len:32768/manual_time": (500.0, {"key_read_Bps": 1.0e12,
                                                               "qk_flops": 1.4e14}),
     "BM_SelectAda/batch:8/len:32768/manual_time": (29.0, {"scores_Bps": 2e11}),
+    "BM_SelectAdaTraceLike/batch:8/len:32768/manual_time": (33.0, {"scores_Bps": 1.8e11}),
     "BM_CompactTo20Percent/batch:8/len:32768/manual_time": (170.0, {"read_write_Bps": 2.4e12}),
     # With L2 emptied before every call (SDPA too, TORCH's *_cold).
     "BM_DecodeAttentionColdL2/batch:8/len:32768/manual_time": (352.0, {"kv_read_Bps": 3.0e12}),
@@ -86,6 +87,9 @@ def test_the_median_of_repetitions_is_the_figure(tmp_path):
     assert done.returncode == 0, done.stderr
     assert row(done.stdout, "Select, Ada, 8 seqs x 8 heads x 32K: time against 30 us")[1:] == [
         "0.0290 ms", "0.0300 ms", "0.97", "<= 1", "yes"]
+    assert row(done.stdout, "Select, Ada, 8 seqs x 8 heads x 32K, scores like SnapKV's: time "
+                            "against 30 us")[1:] == ["0.0330 ms", "0.0300 ms", "1.10", "<= 1",
+                                                     "**no**"]
     # 0.36 ms of SDPA against 0.350: ahead; 0.18 against 0.185: behind.
     assert row(done.stdout, "DecodeAttention, full, 8x32K vs dense SDPA")[-1] == "yes"
     assert row(done.stdout, "DecodeAttention, full, 1x128K vs dense SDPA")[-1] == "**no**"
