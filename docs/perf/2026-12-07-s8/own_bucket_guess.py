@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Whether AdaSelectKernel could guess each stream's own buckets while the sequence's select
+runs (Ada-KV, kScaled, alpha 0.2, 20% of 8 x 32K, 4 sinks and a 32-token window protected):
+after the sequence's pass p, a stream's hits lie in [above, above + inside], its keys above
+the sequence's bucket and inside it. The guess holds where both ends of that range give the
+stream's own cut the same bucket at pass p's digit. Prints, for uniform scores and for
+BM_SelectAdaTraceLike's (fit_scores.py): how many streams need a rebuilt pass at all (own
+cut outside the sequence's bucket), how many of those one guess covers, and two guesses
+(the ends' buckets), and how often all 64 CTAs of the layer are covered.
+
+  .venv-python/bin/python docs/perf/2026-12-07-s8/own_bucket_guess.py
+"""
+import numpy as np
+
+ALPHA, N, HEADS, PROTECTED = 0.2, 32768, 8, 36
+CANDIDATES, BUDGET = N - PROTECTED, N // 5 - PROTECTED
+SHIFTS = (21, 10)  # the first two digits' shifts (11 and 11 bits)
+
+
+def order_key(x):
+    bits = x.astype(np.float32).view(np.uint32)
+    return np.where(bits >> 31, ~bits, bits | 0x80000000).astype(np.uint32)
+
+
+def draw(kind, rng):
+    if kind == "uniform":
+        return rng.random((HEADS, CANDIDATES)).astype(np.float32)
+    mu = rng.normal(-1.3, 1.1, HEADS)
+    sigma = rng.uniform(1.0, 2.6, HEADS)
+    return (np.exp(mu[:, None] + sigma[:, None] * rng.standard_normal((HEADS, CANDIDATES))) / N)
+
+
+def take_of(hits):
+    return int(np.rint(hits * (1 - ALPHA) + np.floor(ALPHA * BUDGET)))
+
+
+def main():
+    rng = np.random.default_rng(5)
+    for kind in ("uniform", "trace-like"):
+        need = one = two = 0
+        layers_one = layers_two = 0
+        for layer in range(8):
+            all_one = all_two = True
+            for seq in range(8):
+                keys = order_key(draw(kind, rng))
+                ranked = np.sort(keys, axis=1)[:, ::-1]
+                cut = np.sort(keys.ravel())[::-1][HEADS * BUDGET - 1]
+                for h in range(HEADS):
+                    own = ranked[h]
+                    hits = int((own >= cut).sum())
+                    own_cut = own[take_of(hits) - 1]
+                    for shift in SHIFTS:
+                        prefix = cut >> shift
+                        if own_cut >> shift == prefix:
+                            continue  # the sequence's pass serves the stream's own
+                        need += 1
+                        above = int(((own >> shift) > prefix).sum())
+                        inside = int(((own >> shift) == prefix).sum())
+                        ends = {own[take_of(c) - 1] >> shift for c in (above, above + inside)}
+                        one += len(ends) == 1
+                        two += len(ends) <= 2
+                        all_one &= len(ends) == 1
+                        all_two &= len(ends) <= 2
+            layers_one += all_one
+            layers_two += all_two
+        print(f"{kind:10s}: {need} of {8 * 64 * 2} stream passes rebuilt; one guess covers "
+              f"{one / max(need, 1):.2f} of them, two {two / max(need, 1):.2f}; every CTA of a "
+              f"layer covered in {layers_one}/8 layers with one guess, {layers_two}/8 with two")
+
+
+if __name__ == "__main__":
+    main()
