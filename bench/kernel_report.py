@@ -174,13 +174,16 @@ def main():
 
     attempt(scores)
 
+    def select_time(run, scores):
+        row(f"Select, Ada, 8 seqs x 8 heads x 32K{scores}: time against 30 us",
+            f"{ms(run):.4f} ms", "0.0300 ms", ms(run) / 0.03, "<= 1", ms(run) <= 0.03)
+
     def select():
         run = find(runs, r"BM_SelectAda/batch:8/len:32768/manual_time")
         base = torch["topk"]["8x8x32768"]["ms"]
         row("Select, Ada (8 seqs x 8 heads x 32K, 20%, floors) vs torch.topk", f"{ms(run):.4f} ms",
             f"{base:.4f} ms", base / ms(run), ">= 4 (speed-up)", base / ms(run) >= 4)
-        row("Select, Ada, 8 seqs x 8 heads x 32K: time against 30 us", f"{ms(run):.4f} ms",
-            "0.0300 ms", ms(run) / 0.03, "<= 1", ms(run) <= 0.03)
+        select_time(run, "")
 
     attempt(select)
 
@@ -188,8 +191,7 @@ def main():
     # (select_bench.cc's ScoreDistribution): what an engine selects over.
     def select_trace_like():
         run = find(runs, r"BM_SelectAdaTraceLike/batch:8/len:32768/manual_time")
-        row("Select, Ada, 8 seqs x 8 heads x 32K, scores like SnapKV's: time against 30 us",
-            f"{ms(run):.4f} ms", "0.0300 ms", ms(run) / 0.03, "<= 1", ms(run) <= 0.03)
+        select_time(run, ", scores like SnapKV's")
 
     attempt(select_trace_like)
 

@@ -20,10 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-
-def order_key(x):
-    bits = x.astype(np.float32).view(np.uint32)
-    return np.where(bits >> 31, ~bits, bits | 0x80000000).astype(np.uint32)
+from layer_scores import draw_layer, order_key
 
 
 def bucket_shares(scores, kept=0.2):
@@ -73,13 +70,7 @@ def main():
     for name in ("uniform", "trace-like"):
         shares = []
         for _ in range(4):
-            if name == "uniform":
-                s = rng.random((8, n)).astype(np.float32)
-            else:
-                mu = rng.normal(-1.3, 1.1, 8)
-                sigma = rng.uniform(1.0, 2.6, 8)
-                s = (np.exp(mu[:, None] + sigma[:, None] * rng.standard_normal((8, n))) / n)
-            shares.append(bucket_shares(s.astype(np.float32)))
+            shares.append(bucket_shares(draw_layer(name, rng, keys=n)))
         first, second = np.mean(shares, axis=0)
         print(f"{name:10s}: the 20% cut's first-digit bucket holds {first:.4f} of the keys, "
               f"its first two digits' {second:.6f} ({second * 8 * n:.0f} keys of 8 x 32K)")

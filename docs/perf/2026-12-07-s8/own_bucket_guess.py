@@ -12,26 +12,9 @@ cut outside the sequence's bucket), how many of those one guess covers, and two 
 """
 import numpy as np
 
-ALPHA, N, HEADS, PROTECTED = 0.2, 32768, 8, 36
-CANDIDATES, BUDGET = N - PROTECTED, N // 5 - PROTECTED
+from layer_scores import BUDGET, HEADS, draw_layer, order_key, take_of
+
 SHIFTS = (21, 10)  # the first two digits' shifts (11 and 11 bits)
-
-
-def order_key(x):
-    bits = x.astype(np.float32).view(np.uint32)
-    return np.where(bits >> 31, ~bits, bits | 0x80000000).astype(np.uint32)
-
-
-def draw(kind, rng):
-    if kind == "uniform":
-        return rng.random((HEADS, CANDIDATES)).astype(np.float32)
-    mu = rng.normal(-1.3, 1.1, HEADS)
-    sigma = rng.uniform(1.0, 2.6, HEADS)
-    return (np.exp(mu[:, None] + sigma[:, None] * rng.standard_normal((HEADS, CANDIDATES))) / N)
-
-
-def take_of(hits):
-    return int(np.rint(hits * (1 - ALPHA) + np.floor(ALPHA * BUDGET)))
 
 
 def main():
@@ -42,7 +25,7 @@ def main():
         for layer in range(8):
             all_one = all_two = True
             for seq in range(8):
-                keys = order_key(draw(kind, rng))
+                keys = order_key(draw_layer(kind, rng))
                 ranked = np.sort(keys, axis=1)[:, ::-1]
                 cut = np.sort(keys.ravel())[::-1][HEADS * BUDGET - 1]
                 for h in range(HEADS):
